@@ -4,6 +4,16 @@
 
 #include "sluice/common.h"
 #include "sluice/policy_maps.h"
+#include "sluice/conntrack.h"
+
+/* Connection tracking. LRU so a full table evicts the coldest flow rather
+ * than refusing new ones; the Go loader sizes it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1 << 16);
+	__type(key, struct sl_ct_key);
+	__type(value, struct sl_ct_value);
+} sl_ct SEC(".maps");
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 

@@ -20,6 +20,56 @@ const (
 	datapathSlContSlotSL_CONT_DENY  datapathSlContSlot = 1
 )
 
+type datapathSlCtKey struct {
+	_     structs.HostLayout
+	AddrA uint32
+	AddrB uint32
+	PortA uint16
+	PortB uint16
+	Proto uint8
+	Pad   [3]uint8
+}
+
+type datapathSlCtLeg struct {
+	_       structs.HostLayout
+	Bytes   uint64
+	Packets uint32
+	Flags   datapathSlCtLegFlags
+	Ifindex uint32
+	Pad     uint32
+}
+
+type datapathSlCtLegFlags uint32
+
+const (
+	datapathSlCtLegFlagsSL_CT_LEG_SYN datapathSlCtLegFlags = 1
+	datapathSlCtLegFlagsSL_CT_LEG_ACK datapathSlCtLegFlags = 2
+	datapathSlCtLegFlagsSL_CT_LEG_FIN datapathSlCtLegFlags = 4
+	datapathSlCtLegFlagsSL_CT_LEG_RST datapathSlCtLegFlags = 8
+)
+
+type datapathSlCtType uint32
+
+const (
+	datapathSlCtTypeSL_CT_NORMAL  datapathSlCtType = 0
+	datapathSlCtTypeSL_CT_NAT_FWD datapathSlCtType = 1
+	datapathSlCtTypeSL_CT_NAT_REV datapathSlCtType = 2
+)
+
+type datapathSlCtValue struct {
+	_        structs.HostLayout
+	Created  uint64
+	LastSeen uint64
+	Type     datapathSlCtType
+	Flags    uint32
+	A_toB    datapathSlCtLeg
+	B_toA    datapathSlCtLeg
+	NatPeer  datapathSlCtKey
+	OrigAddr uint32
+	OrigPort uint16
+	Pad1     uint16
+}
+
 type datapathSlIpsetKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -69,6 +119,7 @@ const (
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	datapathMapSlConts       = "sl_conts"
+	datapathMapSlCt          = "sl_ct"
 	datapathMapSlIpsets      = "sl_ipsets"
 	datapathMapSlPolicyJumps = "sl_policy_jumps"
 	datapathMapSlRuleHits    = "sl_rule_hits"
@@ -126,6 +177,7 @@ type datapathProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathMapSpecs struct {
 	SlConts       *ebpf.MapSpec `ebpf:"sl_conts"`
+	SlCt          *ebpf.MapSpec `ebpf:"sl_ct"`
 	SlIpsets      *ebpf.MapSpec `ebpf:"sl_ipsets"`
 	SlPolicyJumps *ebpf.MapSpec `ebpf:"sl_policy_jumps"`
 	SlRuleHits    *ebpf.MapSpec `ebpf:"sl_rule_hits"`
@@ -159,6 +211,7 @@ func (o *datapathObjects) Close() error {
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathMaps struct {
 	SlConts       *ebpf.Map `ebpf:"sl_conts"`
+	SlCt          *ebpf.Map `ebpf:"sl_ct"`
 	SlIpsets      *ebpf.Map `ebpf:"sl_ipsets"`
 	SlPolicyJumps *ebpf.Map `ebpf:"sl_policy_jumps"`
 	SlRuleHits    *ebpf.Map `ebpf:"sl_rule_hits"`
@@ -168,6 +221,7 @@ type datapathMaps struct {
 func (m *datapathMaps) Close() error {
 	return _DatapathClose(
 		m.SlConts,
+		m.SlCt,
 		m.SlIpsets,
 		m.SlPolicyJumps,
 		m.SlRuleHits,

@@ -1,0 +1,59 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Connection-tracking layouts. The Go package conntrack mirrors these
+ * through bpf2go's generated types and checks them against BTF. */
+#pragma once
+
+#include "common.h"
+
+/* Kind of a conntrack entry. */
+enum sl_ct_type {
+	SL_CT_NORMAL	= 0, /* a flow without NAT: one entry covers both directions */
+	SL_CT_NAT_FWD	= 1, /* keyed by the pre-DNAT tuple; points at the reverse entry */
+	SL_CT_NAT_REV	= 2, /* keyed by the post-DNAT tuple; holds the flow's state */
+};
+
+/* What a leg has seen (sl_ct_leg.flags). */
+enum sl_ct_leg_flags {
+	SL_CT_LEG_SYN	= 1u << 0,
+	SL_CT_LEG_ACK	= 1u << 1,
+	SL_CT_LEG_FIN	= 1u << 2,
+	SL_CT_LEG_RST	= 1u << 3,
+};
+
+/* Canonical IPv4 flow key: the lower (addr, port) endpoint is A, so both
+ * directions of a flow find one entry. */
+struct sl_ct_key {
+	__be32	addr_a;		/* network order */
+	__be32	addr_b;		/* network order */
+	__u16	port_a;		/* host order; ICMP echo: the identifier */
+	__u16	port_b;		/* host order */
+	__u8	proto;		/* IPPROTO_* */
+	__u8	pad[3];
+};
+SL_ASSERT_SIZE(struct sl_ct_key, 16);
+
+/* One direction of a flow. */
+struct sl_ct_leg {
+	__u64	bytes;
+	__u32	packets;
+	enum sl_ct_leg_flags flags;	/* what this leg has seen */
+	__u32	ifindex;	/* interface the leg's packets arrived on */
+	__u32	pad;
+};
+SL_ASSERT_SIZE(struct sl_ct_leg, 24);
+
+/* A conntrack entry. Flat rather than a union of NAT variants so that Go
+ * and BTF see every field. */
+struct sl_ct_value {
+	__u64	created;		/* bpf_ktime_get_ns at creation */
+	__u64	last_seen;		/* bpf_ktime_get_ns of the last packet */
+	enum sl_ct_type type;		/* kind of entry */
+	__u32	flags;			/* SL_CT_F_* bits */
+	struct sl_ct_leg a_to_b;	/* packets from A to B */
+	struct sl_ct_leg b_to_a;	/* packets from B to A */
+	struct sl_ct_key nat_peer;	/* NAT_FWD: the reverse entry's key; NAT_REV: the forward entry's */
+	__be32	orig_addr;		/* NAT_REV: destination before DNAT */
+	__u16	orig_port;		/* NAT_REV: destination port before DNAT, host order */
+	__u16	pad1;
+};
+SL_ASSERT_SIZE(struct sl_ct_value, 96);
