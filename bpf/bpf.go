@@ -32,12 +32,17 @@ const (
 	MapPolicyJumps = datapathMapSlPolicyJumps
 	// MapConts is the prog array of the programs policy continues into.
 	MapConts = datapathMapSlConts
+	// MapConntrack is the LRU hash of conntrack entries (CTKey to CTValue).
+	MapConntrack = datapathMapSlCt
 )
 
 // C type names of the shared structs, for layout checks against BTF.
 const (
 	TypeState    = "sl_state"
 	TypeIPSetKey = "sl_ipset_key"
+	TypeCTKey    = "sl_ct_key"
+	TypeCTValue  = "sl_ct_value"
+	TypeCTLeg    = "sl_ct_leg"
 )
 
 // State mirrors struct sl_state: the per-CPU packet state the datapath
@@ -74,6 +79,36 @@ type ContSlot = datapathSlContSlot
 const (
 	ContAllow = datapathSlContSlotSL_CONT_ALLOW
 	ContDeny  = datapathSlContSlotSL_CONT_DENY
+)
+
+// CTKey mirrors struct sl_ct_key, the canonical IPv4 flow key.
+type CTKey = datapathSlCtKey
+
+// CTValue mirrors struct sl_ct_value, a conntrack entry.
+type CTValue = datapathSlCtValue
+
+// CTLeg mirrors struct sl_ct_leg, one direction of a flow.
+type CTLeg = datapathSlCtLeg
+
+// CTType is the kind of a conntrack entry (enum sl_ct_type).
+type CTType = datapathSlCtType
+
+// Conntrack entry kinds.
+const (
+	CTNormal = datapathSlCtTypeSL_CT_NORMAL
+	CTNATFwd = datapathSlCtTypeSL_CT_NAT_FWD
+	CTNATRev = datapathSlCtTypeSL_CT_NAT_REV
+)
+
+// CTLegFlags are the bits of CTLeg.Flags (enum sl_ct_leg_flags).
+type CTLegFlags = datapathSlCtLegFlags
+
+// Conntrack leg flags: what a direction of a flow has seen.
+const (
+	CTLegSYN = datapathSlCtLegFlagsSL_CT_LEG_SYN
+	CTLegACK = datapathSlCtLegFlagsSL_CT_LEG_ACK
+	CTLegFIN = datapathSlCtLegFlagsSL_CT_LEG_FIN
+	CTLegRST = datapathSlCtLegFlagsSL_CT_LEG_RST
 )
 
 // LoadSpec returns a fresh CollectionSpec of the datapath. Each call parses
