@@ -12,53 +12,17 @@ import (
 	"github.com/sluicenet/sluice/bpf"
 )
 
-// The conntrack mirrors bpf2go generates (datapathSlCt*) are unexported
-// and bpf has no aliases for them yet, so these fixtures copy the generated
-// declarations verbatim; the positive test proves CheckLayout accepts
-// bpf2go's output, including its A_toB naming of a_to_b.
-type ctKeyFixture struct {
-	_     structs.HostLayout
-	AddrA uint32
-	AddrB uint32
-	PortA uint16
-	PortB uint16
-	Proto uint8
-	Pad   [3]uint8
-}
-
-type ctLegFixture struct {
-	_       structs.HostLayout
-	Bytes   uint64
-	Packets uint32
-	Flags   uint32
-	Ifindex uint32
-	Pad     uint32
-}
-
-type ctValueFixture struct {
-	_        structs.HostLayout
-	Created  uint64
-	LastSeen uint64
-	Type     uint32
-	Flags    uint32
-	A_toB    ctLegFixture
-	B_toA    ctLegFixture
-	NatPeer  ctKeyFixture
-	OrigAddr uint32
-	OrigPort uint16
-	Pad1     uint16
-}
-
-// ctValueCamel names the legs the plain CamelCase way and one field by tag.
+// ctValueCamel mirrors sl_ct_value with the legs named the plain CamelCase
+// way and one field renamed by tag; the nested types are bpf2go's.
 type ctValueCamel struct {
 	_        structs.HostLayout
 	Created  uint64
 	LastSeen uint64
 	Kind     uint32 `btf:"type"`
 	Flags    uint32
-	AToB     ctLegFixture
-	BToA     ctLegFixture
-	NatPeer  ctKeyFixture
+	AToB     bpf.CTLeg
+	BToA     bpf.CTLeg
+	NatPeer  bpf.CTKey
 	OrigAddr uint32
 	OrigPort uint16
 	Pad1     uint16
@@ -120,8 +84,8 @@ type (
 		Type     uint32
 		Flags    uint32
 		A_toB    ctLegSwapped
-		B_toA    ctLegFixture
-		NatPeer  ctKeyFixture
+		B_toA    bpf.CTLeg
+		NatPeer  bpf.CTKey
 		OrigAddr uint32
 		OrigPort uint16
 		Pad1     uint16
@@ -146,10 +110,10 @@ func TestCheckLayoutAcceptsMirrors(t *testing.T) {
 		{bpf.TypeState, bpf.State{}},
 		{bpf.TypeState, &bpf.State{}},
 		{bpf.TypeIPSetKey, bpf.IPSetKey{}},
-		{"sl_ct_key", ctKeyFixture{}},
-		{"sl_ct_leg", &ctLegFixture{}},
-		{"sl_ct_value", ctValueFixture{}},
-		{"sl_ct_value", ctValueCamel{}},
+		{bpf.TypeCTKey, bpf.CTKey{}},
+		{bpf.TypeCTLeg, &bpf.CTLeg{}},
+		{bpf.TypeCTValue, bpf.CTValue{}},
+		{bpf.TypeCTValue, ctValueCamel{}},
 	}
 	for _, tt := range tests {
 		if err := CheckLayout(types, tt.cType, tt.goValue); err != nil {
@@ -166,12 +130,12 @@ func TestCheckLayoutCatchesWrongStructs(t *testing.T) {
 		goValue    any
 		wantFields []string
 	}{
-		{"moved field", "sl_ct_key", ctKeySwappedPorts{}, []string{"PortB", "PortA"}},
-		{"wrong size", "sl_ct_key", ctKeyWideProto{}, []string{"Proto", "Pad", "Pad", "Pad"}},
-		{"missing field", "sl_ct_key", ctKeyMissingProto{}, []string{"proto"}},
-		{"extra field", "sl_ct_key", ctKeyExtraField{}, []string{"", "Vlan"}},
-		{"unknown tag", "sl_ct_key", ctKeyBadTag{}, []string{"Proto", "proto"}},
-		{"wrong nested offset", "sl_ct_value", ctValueBadLeg{}, []string{"A_toB.Pad", "A_toB.Ifindex"}},
+		{"moved field", bpf.TypeCTKey, ctKeySwappedPorts{}, []string{"PortB", "PortA"}},
+		{"wrong size", bpf.TypeCTKey, ctKeyWideProto{}, []string{"Proto", "Pad", "Pad", "Pad"}},
+		{"missing field", bpf.TypeCTKey, ctKeyMissingProto{}, []string{"proto"}},
+		{"extra field", bpf.TypeCTKey, ctKeyExtraField{}, []string{"", "Vlan"}},
+		{"unknown tag", bpf.TypeCTKey, ctKeyBadTag{}, []string{"Proto", "proto"}},
+		{"wrong nested offset", bpf.TypeCTValue, ctValueBadLeg{}, []string{"A_toB.Pad", "A_toB.Ifindex"}},
 		{"wrong type entirely", bpf.TypeState, bpf.IPSetKey{}, []string{
 			"", "Prefixlen", "SetId", "Addr", "Port", "Proto", "Pad",
 			"src_addr", "dst_addr", "pre_nat_dst_addr", "src_port", "dst_port", "pre_nat_dst_port",
