@@ -1,0 +1,231 @@
+package testpkt
+
+import (
+	"bytes"
+	"net"
+	"net/netip"
+	"strings"
+)
+
+// TCPFlags is the TCP flags byte (header byte 13).
+type TCPFlags uint8
+
+// TCP flag bits, lowest first.
+const (
+	FIN TCPFlags = 1 << iota
+	SYN
+	RST
+	PSH
+	ACK
+	URG
+	ECE
+	CWR
+)
+
+var tcpFlagNames = [...]string{"FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR"}
+
+// String names the set flags, for example "SYN|ACK"; no flags is "0".
+func (f TCPFlags) String() string {
+	var names []string
+	for i, name := range tcpFlagNames {
+		if f&(1<<i) != 0 {
+			names = append(names, name)
+		}
+	}
+	if len(names) == 0 {
+		return "0"
+	}
+	return strings.Join(names, "|")
+}
+
+// EtherTypes Parse decodes or the constructors set.
+const (
+	EtherTypeIPv4 uint16 = 0x0800
+	EtherTypeARP  uint16 = 0x0806
+	EtherTypeIPv6 uint16 = 0x86dd
+)
+
+// IP protocol numbers of the L4 layers this package builds.
+const (
+	ProtoICMPv4 uint8 = 1
+	ProtoTCP    uint8 = 6
+	ProtoUDP    uint8 = 17
+)
+
+// ICMPv4 message types the tests use most.
+const (
+	ICMPv4EchoReply       uint8 = 0
+	ICMPv4DestUnreachable uint8 = 3
+	ICMPv4Redirect        uint8 = 5
+	ICMPv4EchoRequest     uint8 = 8
+	ICMPv4TimeExceeded    uint8 = 11
+	ICMPv4ParamProblem    uint8 = 12
+)
+
+// Fixed header sizes in bytes.
+const (
+	EthLen       = 14
+	IPv4MinLen   = 20
+	IPv4MaxLen   = 60
+	TCPMinLen    = 20
+	TCPMaxLen    = 60
+	UDPLen       = 8
+	ICMPv4HdrLen = 8
+)
+
+// Eth is an Ethernet II header.
+type Eth struct {
+	// Dst and Src are 6-byte MAC addresses; nil is written as all zeros.
+	Dst, Src net.HardwareAddr
+	// Type is the EtherType. 0 means derived from the L3 layer (0x0800 for
+	// IPv4); Parse leaves it 0 when it decoded the L3 layer.
+	Type uint16
+}
+
+// IPv4 is an IPv4 header.
+type IPv4 struct {
+	Src, Dst netip.Addr
+	// Protocol 0 means derived from the L4 layer. Parse sets it only when
+	// it did not decode an L4 layer (unknown protocol, non-first fragment).
+	Protocol uint8
+	TOS      uint8
+	ID       uint16
+	// TTL 0 means 64; set ZeroTTL to put a literal 0 on the wire.
+	TTL           uint8
+	DontFragment  bool
+	MoreFragments bool
+	// FragOffset is in 8-byte units (13 bits).
+	FragOffset uint16
+	// Options are written after the fixed header, padded with zeros (End of
+	// Options List) to a multiple of 4 bytes; at most 40 bytes.
+	Options []byte
+
+	// Overrides for malformed variants; 0 means computed correctly.
+
+	// Version replaces the version nibble (4).
+	Version uint8
+	// IHL replaces the header-length nibble, in 4-byte words (max 15). The
+	// bytes written are still the fixed header plus Options.
+	IHL uint8
+	// TotalLen replaces the total-length field; the bytes written do not
+	// change.
+	TotalLen uint16
+	// Checksum replaces the header checksum; it wins over BadChecksum.
+	Checksum uint16
+	// BadChecksum writes a header checksum that does not verify. Parse sets
+	// it whenever the checksum on the wire does not verify.
+	BadChecksum bool
+	// ZeroTTL writes TTL 0, which the TTL field cannot express.
+	ZeroTTL bool
+}
+
+// TCP is a TCP header.
+type TCP struct {
+	SrcPort, DstPort uint16
+	Seq, Ack         uint32
+	Flags            TCPFlags
+	Window           uint16
+	Urgent           uint16
+	// Options are padded with zeros to a multiple of 4 bytes; at most 40.
+	Options []byte
+
+	// Overrides for malformed variants; 0 means computed correctly.
+
+	// DataOffset replaces the data-offset nibble, in 4-byte words (max 15).
+	DataOffset uint8
+	// Checksum replaces the checksum; it wins over BadChecksum.
+	Checksum uint16
+	// BadChecksum writes a checksum that does not verify. Parse sets it
+	// whenever the checksum on the wire does not verify.
+	BadChecksum bool
+}
+
+// UDP is a UDP header.
+type UDP struct {
+	SrcPort, DstPort uint16
+
+	// Overrides for malformed variants; 0 means computed correctly.
+
+	// Length replaces the length field; the bytes written do not change.
+	Length uint16
+	// Checksum replaces the checksum; it wins over NoChecksum and
+	// BadChecksum.
+	Checksum uint16
+	// NoChecksum writes 0, which in IPv4 means "no checksum".
+	NoChecksum bool
+	// BadChecksum writes a non-zero checksum that does not verify. Parse
+	// sets it whenever a non-zero checksum on the wire does not verify.
+	BadChecksum bool
+}
+
+// ICMPv4 is an ICMPv4 header.
+type ICMPv4 struct {
+	Type, Code uint8
+	// ID and Seq fill bytes 4-7 of query messages (echo, timestamp,
+	// information and address-mask requests and replies).
+	ID, Seq uint16
+	// Rest fills bytes 4-7 of every other type: unused, the next-hop MTU of
+	// "fragmentation needed" in Rest[2:4], the pointer of a parameter
+	// problem in Rest[0], the gateway of a redirect.
+	Rest [4]byte
+
+	// Checksum replaces the checksum; it wins over BadChecksum.
+	Checksum uint16
+	// BadChecksum writes a checksum that does not verify. Parse sets it
+	// whenever the checksum on the wire does not verify.
+	BadChecksum bool
+}
+
+// IsQuery reports whether the type carries an identifier and sequence number
+// in bytes 4-7 rather than Rest.
+func (c *ICMPv4) IsQuery() bool {
+	switch c.Type {
+	case 0, 8, 13, 14, 15, 16, 17, 18:
+		return true
+	}
+	return false
+}
+
+// Packet is an Ethernet frame and the layers inside it. At most one L4 layer
+// may be set, and only with an L3 layer.
+type Packet struct {
+	Eth    Eth
+	IPv4   *IPv4
+	TCP    *TCP
+	UDP    *UDP
+	ICMPv4 *ICMPv4
+	// Payload follows the innermost layer that is set.
+	Payload []byte
+	// Trailer follows the IP packet, outside its total length: Ethernet
+	// padding, or bytes a truncating TotalLen override left behind.
+	Trailer []byte
+}
+
+// Clone returns a deep copy of p, so a test can change one field of a base
+// packet without touching the base.
+func (p Packet) Clone() Packet {
+	c := p
+	c.Eth.Dst = bytes.Clone(p.Eth.Dst)
+	c.Eth.Src = bytes.Clone(p.Eth.Src)
+	if p.IPv4 != nil {
+		ip := *p.IPv4
+		ip.Options = bytes.Clone(ip.Options)
+		c.IPv4 = &ip
+	}
+	if p.TCP != nil {
+		tcp := *p.TCP
+		tcp.Options = bytes.Clone(tcp.Options)
+		c.TCP = &tcp
+	}
+	if p.UDP != nil {
+		udp := *p.UDP
+		c.UDP = &udp
+	}
+	if p.ICMPv4 != nil {
+		icmp := *p.ICMPv4
+		c.ICMPv4 = &icmp
+	}
+	c.Payload = bytes.Clone(p.Payload)
+	c.Trailer = bytes.Clone(p.Trailer)
+	return c
+}
