@@ -1,0 +1,328 @@
+package maps
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"iter"
+	"sync/atomic"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// dumpChunk is how many entries one BPF_MAP_LOOKUP_BATCH call asks for.
+// Large enough that a 100,000-entry map takes a dozen syscalls, small
+// enough that the buffers stay cheap for small maps.
+const dumpChunk = 8192
+
+// Map is a typed view of an *ebpf.Map whose keys and values have fixed
+// sizes: K and V are encoded as cilium/ebpf does (encoding/binary layout,
+// native endianness) and must be exactly the map's key and value size.
+//
+// Batch operations try the kernel's batch commands first. When the kernel
+// answers that a command is not supported for this map (LPM tries have
+// none; kernels before 5.6 have none at all), Map remembers that and uses
+// per-element syscalls for that command from then on.
+//
+// A Map is safe for concurrent use as far as the kernel map is.
+type Map[K, V any] struct {
+	m *ebpf.Map
+
+	noBatchLookup atomic.Bool
+	noBatchUpdate atomic.Bool
+	noBatchDelete atomic.Bool
+
+	// dumpChunk overrides the default batch lookup size (tests).
+	dumpChunk int
+}
+
+// BatchSupport says which batch commands a Map still tries.
+type BatchSupport struct {
+	Lookup, Update, Delete bool
+}
+
+// New returns a typed view of m. It fails when K or V do not encode to the
+// map's key or value size, and for per-CPU maps (use PerCPUMap).
+func New[K, V any](m *ebpf.Map) (*Map[K, V], error) {
+	if m == nil {
+		return nil, errors.New("new typed map: nil map")
+	}
+	if isPerCPU(m.Type()) {
+		return nil, fmt.Errorf("new typed map: %s holds a value per CPU, use NewPerCPU", m.Type())
+	}
+	if err := checkSizes[K, V](m); err != nil {
+		return nil, fmt.Errorf("new typed map: %w", err)
+	}
+	return &Map[K, V]{m: m}, nil
+}
+
+func checkSizes[K, V any](m *ebpf.Map) error {
+	var k K
+	var v V
+	if size := binary.Size(k); size != int(m.KeySize()) {
+		return fmt.Errorf("key type %T encodes to %d bytes, map key size is %d", k, size, m.KeySize())
+	}
+	if size := binary.Size(v); size != int(m.ValueSize()) {
+		return fmt.Errorf("value type %T encodes to %d bytes, map value size is %d", v, size, m.ValueSize())
+	}
+	return nil
+}
+
+func isPerCPU(t ebpf.MapType) bool {
+	switch t {
+	case ebpf.PerCPUHash, ebpf.PerCPUArray, ebpf.LRUCPUHash, ebpf.PerCPUCGroupStorage:
+		return true
+	}
+	return false
+}
+
+// EBPF returns the underlying map, for attaching to programs or pinning.
+func (m *Map[K, V]) EBPF() *ebpf.Map { return m.m }
+
+// Lookup returns the value stored under key. A missing key yields an error
+// wrapping ebpf.ErrKeyNotExist.
+func (m *Map[K, V]) Lookup(key K) (V, error) {
+	var value V
+	if err := m.m.Lookup(&key, &value); err != nil {
+		return value, fmt.Errorf("lookup in %s: %w", m.m, err)
+	}
+	return value, nil
+}
+
+// Update stores value under key; flags are ebpf.UpdateAny, UpdateNoExist
+// or UpdateExist.
+func (m *Map[K, V]) Update(key K, value V, flags ebpf.MapUpdateFlags) error {
+	if err := m.m.Update(&key, &value, flags); err != nil {
+		return fmt.Errorf("update %s: %w", m.m, err)
+	}
+	return nil
+}
+
+// Delete removes key. A missing key yields an error wrapping
+// ebpf.ErrKeyNotExist.
+func (m *Map[K, V]) Delete(key K) error {
+	if err := m.m.Delete(&key); err != nil {
+		return fmt.Errorf("delete from %s: %w", m.m, err)
+	}
+	return nil
+}
+
+// All iterates over the map entry by entry (BPF_MAP_GET_NEXT_KEY). When
+// the iteration stops early because of an error, it stores the error in
+// *errOut, which must not be nil; a complete iteration, or one the caller
+// breaks off, leaves *errOut untouched. As with any iteration of a live
+// map, entries added or removed meanwhile may be missed or seen twice.
+//
+//	var err error
+//	for key, value := range m.All(&err) { ... }
+//	if err != nil { ... }
+func (m *Map[K, V]) All(errOut *error) iter.Seq2[K, V] {
+	return func(yield func(K, V) bool) {
+		var key K
+		var value V
+		entries := m.m.Iterate()
+		for entries.Next(&key, &value) {
+			if !yield(key, value) {
+				return
+			}
+		}
+		if err := entries.Err(); err != nil {
+			*errOut = fmt.Errorf("iterate %s: %w", m.m, err)
+		}
+	}
+}
+
+// BatchSupport reports which batch commands the Map will still try; a
+// command drops out when the kernel has refused it for this map, or after
+// DisableBatch.
+func (m *Map[K, V]) BatchSupport() BatchSupport {
+	return BatchSupport{
+		Lookup: !m.noBatchLookup.Load(),
+		Update: !m.noBatchUpdate.Load(),
+		Delete: !m.noBatchDelete.Load(),
+	}
+}
+
+// DisableBatch makes every batch method use per-element syscalls, as if
+// the kernel had no batch commands.
+func (m *Map[K, V]) DisableBatch() {
+	m.noBatchLookup.Store(true)
+	m.noBatchUpdate.Store(true)
+	m.noBatchDelete.Store(true)
+}
+
+// BatchUpdate stores values[i] under keys[i] for every i and returns how
+// many it stored. It uses one BPF_MAP_UPDATE_BATCH where the kernel has
+// it and per-element updates otherwise.
+func (m *Map[K, V]) BatchUpdate(keys []K, values []V, flags ebpf.MapUpdateFlags) (int, error) {
+	if len(keys) != len(values) {
+		return 0, fmt.Errorf("batch update %s: %d keys but %d values", m.m, len(keys), len(values))
+	}
+	if len(keys) == 0 {
+		return 0, nil
+	}
+	if !m.noBatchUpdate.Load() {
+		n, err := m.m.BatchUpdate(keys, values, &ebpf.BatchOptions{ElemFlags: uint64(flags)})
+		if !errors.Is(err, ebpf.ErrNotSupported) {
+			if err != nil {
+				return n, fmt.Errorf("batch update %s: %w", m.m, err)
+			}
+			return n, nil
+		}
+		m.noBatchUpdate.Store(true)
+	}
+	for i := range keys {
+		if err := m.m.Update(&keys[i], &values[i], flags); err != nil {
+			return i, fmt.Errorf("batch update %s (per element): %w", m.m, err)
+		}
+	}
+	return len(keys), nil
+}
+
+// BatchDelete removes every key and returns how many it removed. A missing
+// key stops it with an error wrapping ebpf.ErrKeyNotExist, as the kernel's
+// batch command does.
+func (m *Map[K, V]) BatchDelete(keys []K) (int, error) {
+	if len(keys) == 0 {
+		return 0, nil
+	}
+	if !m.noBatchDelete.Load() {
+		n, err := m.m.BatchDelete(keys, nil)
+		if !errors.Is(err, ebpf.ErrNotSupported) {
+			if err != nil {
+				return n, fmt.Errorf("batch delete from %s: %w", m.m, err)
+			}
+			return n, nil
+		}
+		m.noBatchDelete.Store(true)
+	}
+	for i := range keys {
+		if err := m.m.Delete(&keys[i]); err != nil {
+			return i, fmt.Errorf("batch delete from %s (per element): %w", m.m, err)
+		}
+	}
+	return len(keys), nil
+}
+
+// Dump returns every entry of the map, read with BPF_MAP_LOOKUP_BATCH where
+// the kernel has it and by iteration otherwise.
+func (m *Map[K, V]) Dump() ([]K, []V, error) {
+	return m.dumpInto(nil, nil)
+}
+
+// dumpInto appends every entry to keys and values, so callers can reuse
+// their buffers between dumps.
+func (m *Map[K, V]) dumpInto(keys []K, values []V) ([]K, []V, error) {
+	base := len(keys)
+	if !m.noBatchLookup.Load() {
+		var err error
+		keys, values, err = m.batchDump(keys, values)
+		if !errors.Is(err, ebpf.ErrNotSupported) {
+			return keys, values, err
+		}
+		m.noBatchLookup.Store(true)
+		keys, values = keys[:base], values[:base]
+	}
+	var err error
+	for key, value := range m.All(&err) {
+		keys = append(keys, key)
+		values = append(values, value)
+	}
+	return keys, values, err
+}
+
+func (m *Map[K, V]) batchDump(keys []K, values []V) ([]K, []V, error) {
+	chunk := min(dumpChunk, max(int(m.m.MaxEntries()), 1))
+	if m.dumpChunk > 0 {
+		chunk = m.dumpChunk
+	}
+	keyBuf := make([]K, chunk)
+	valueBuf := make([]V, chunk)
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := m.m.BatchLookup(&cursor, keyBuf, valueBuf, nil)
+		keys = append(keys, keyBuf[:n]...)
+		values = append(values, valueBuf[:n]...)
+		switch {
+		case errors.Is(err, ebpf.ErrKeyNotExist):
+			return keys, values, nil
+		case errors.Is(err, unix.ENOSPC) && n == 0 && len(keyBuf) < 1<<20:
+			// A hash bucket holds more entries than the buffer: the
+			// kernel returns nothing and keeps the cursor, so retry
+			// with a larger buffer.
+			keyBuf = make([]K, 2*len(keyBuf))
+			valueBuf = make([]V, 2*len(valueBuf))
+		case errors.Is(err, ebpf.ErrNotSupported):
+			return keys, values, err
+		case err != nil:
+			return keys, values, fmt.Errorf("dump %s: %w", m.m, err)
+		}
+	}
+}
+
+// PerCPUMap is a typed view of a per-CPU map: V is one CPU's value and
+// lookups return one V per possible CPU.
+type PerCPUMap[K, V any] struct {
+	m *ebpf.Map
+}
+
+// NewPerCPU returns a typed view of the per-CPU map m.
+func NewPerCPU[K, V any](m *ebpf.Map) (*PerCPUMap[K, V], error) {
+	if m == nil {
+		return nil, errors.New("new per-CPU map: nil map")
+	}
+	if !isPerCPU(m.Type()) {
+		return nil, fmt.Errorf("new per-CPU map: %s is not a per-CPU map, use New", m.Type())
+	}
+	if err := checkSizes[K, V](m); err != nil {
+		return nil, fmt.Errorf("new per-CPU map: %w", err)
+	}
+	return &PerCPUMap[K, V]{m: m}, nil
+}
+
+// EBPF returns the underlying map.
+func (m *PerCPUMap[K, V]) EBPF() *ebpf.Map { return m.m }
+
+// Lookup returns the values of every possible CPU stored under key.
+func (m *PerCPUMap[K, V]) Lookup(key K) ([]V, error) {
+	var values []V
+	if err := m.m.Lookup(&key, &values); err != nil {
+		return nil, fmt.Errorf("lookup in %s: %w", m.m, err)
+	}
+	return values, nil
+}
+
+// Update stores values, one per possible CPU, under key.
+func (m *PerCPUMap[K, V]) Update(key K, values []V, flags ebpf.MapUpdateFlags) error {
+	if err := m.m.Update(&key, values, flags); err != nil {
+		return fmt.Errorf("update %s: %w", m.m, err)
+	}
+	return nil
+}
+
+// Delete removes key.
+func (m *PerCPUMap[K, V]) Delete(key K) error {
+	if err := m.m.Delete(&key); err != nil {
+		return fmt.Errorf("delete from %s: %w", m.m, err)
+	}
+	return nil
+}
+
+// All iterates over the map like Map.All, yielding every CPU's values.
+func (m *PerCPUMap[K, V]) All(errOut *error) iter.Seq2[K, []V] {
+	return func(yield func(K, []V) bool) {
+		var key K
+		var values []V
+		entries := m.m.Iterate()
+		for entries.Next(&key, &values) {
+			if !yield(key, values) {
+				return
+			}
+			values = nil
+		}
+		if err := entries.Err(); err != nil {
+			*errOut = fmt.Errorf("iterate %s: %w", m.m, err)
+		}
+	}
+}
