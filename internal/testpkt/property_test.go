@@ -77,9 +77,22 @@ func randOptions(r *rand.Rand) []byte {
 	return randBytes(r, 4*r.IntN(11))
 }
 
-// randPacket builds a well-formed random packet with every derived field
-// left at zero, so Parse must give it back unchanged.
-func randPacket(r *rand.Rand) Packet {
+// Kinds of random packet: which layer follows IPv4.
+const (
+	kindTCP = iota
+	kindUDP
+	kindICMP
+	kindRawProto
+	kindFragment
+	numKinds
+)
+
+// randPacket builds a well-formed random packet of a random kind.
+func randPacket(r *rand.Rand) Packet { return randPacketOf(r, r.IntN(numKinds)) }
+
+// randPacketOf builds a well-formed random packet of the given kind with
+// every derived field left at zero, so Parse must give it back unchanged.
+func randPacketOf(r *rand.Rand, kind int) Packet {
 	p := Packet{
 		Eth: Eth{Dst: net.HardwareAddr(randBytes(r, 6)), Src: net.HardwareAddr(randBytes(r, 6))},
 		IPv4: &IPv4{
@@ -89,28 +102,28 @@ func randPacket(r *rand.Rand) Packet {
 		},
 		Payload: randBytes(r, r.IntN(300)),
 	}
-	switch r.IntN(5) {
-	case 0:
+	switch kind {
+	case kindTCP:
 		p.TCP = &TCP{
 			SrcPort: uint16(r.Uint32()), DstPort: uint16(r.Uint32()),
 			Seq: r.Uint32(), Ack: r.Uint32(), Flags: TCPFlags(r.Uint32()),
 			Window: uint16(r.Uint32()), Urgent: uint16(r.Uint32()), Options: randOptions(r),
 		}
-	case 1:
+	case kindUDP:
 		p.UDP = &UDP{SrcPort: uint16(r.Uint32()), DstPort: uint16(r.Uint32())}
-	case 2:
+	case kindICMP:
 		p.ICMPv4 = &ICMPv4{Type: uint8(r.IntN(20)), Code: uint8(r.IntN(16))}
 		if p.ICMPv4.IsQuery() {
 			p.ICMPv4.ID, p.ICMPv4.Seq = uint16(r.Uint32()), uint16(r.Uint32())
 		} else {
 			p.ICMPv4.Rest = [4]byte(randBytes(r, 4))
 		}
-	case 3:
+	case kindRawProto:
 		// A protocol without an L4 decoder: the payload stays raw.
 		for p.IPv4.Protocol == 0 || p.IPv4.Protocol == ProtoTCP || p.IPv4.Protocol == ProtoUDP || p.IPv4.Protocol == ProtoICMPv4 {
 			p.IPv4.Protocol = uint8(r.Uint32())
 		}
-	case 4:
+	case kindFragment:
 		// A non-first fragment: never decoded past IP.
 		p.IPv4.Protocol = []uint8{ProtoTCP, ProtoUDP, ProtoICMPv4}[r.IntN(3)]
 		p.IPv4.FragOffset = uint16(1 + r.IntN(0x1fff))
