@@ -154,7 +154,9 @@ func (m *Map[K, V]) DisableBatch() {
 
 // BatchUpdate stores values[i] under keys[i] for every i and returns how
 // many it stored. It uses one BPF_MAP_UPDATE_BATCH where the kernel has
-// it and per-element updates otherwise.
+// it and per-element updates otherwise; flags other than ebpf.UpdateAny
+// and ebpf.UpdateLock always go per element, as the batch command does
+// not take them.
 func (m *Map[K, V]) BatchUpdate(keys []K, values []V, flags ebpf.MapUpdateFlags) (int, error) {
 	if len(keys) != len(values) {
 		return 0, fmt.Errorf("batch update %s: %d keys but %d values", m.m, len(keys), len(values))
@@ -162,7 +164,9 @@ func (m *Map[K, V]) BatchUpdate(keys []K, values []V, flags ebpf.MapUpdateFlags)
 	if len(keys) == 0 {
 		return 0, nil
 	}
-	if !m.noBatchUpdate.Load() {
+	// The kernel's batch update takes no per-element flags but BPF_F_LOCK:
+	// NoExist and Exist are per element only.
+	if !m.noBatchUpdate.Load() && flags&^ebpf.UpdateLock == 0 {
 		n, err := m.m.BatchUpdate(keys, values, &ebpf.BatchOptions{ElemFlags: uint64(flags)})
 		if !errors.Is(err, ebpf.ErrNotSupported) {
 			if err != nil {

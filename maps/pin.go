@@ -327,6 +327,12 @@ func startMigration(p Params, cfg *openConfig, from uint32) (*ebpf.Map, OpenRepo
 	if err != nil {
 		return nil, OpenReport{}, fmt.Errorf("load version %d: %w", from, err)
 	}
+	// Refuse before repinning, so that a misconfiguration leaves the
+	// pinned map where the datapath finds it.
+	if err := checkMigration(p, cfg, from, old); err != nil {
+		old.Close()
+		return nil, OpenReport{}, err
+	}
 	// Pin renames an already pinned map, atomically on the same bpffs.
 	err = old.Pin(oldPath)
 	old.Close()
@@ -341,21 +347,13 @@ func startMigration(p Params, cfg *openConfig, from uint32) (*ebpf.Map, OpenRepo
 // map, pins the new map and removes oldPath.
 func migrate(p Params, cfg *openConfig, oldPath string, from uint32) (OpenReport, *ebpf.Map, error) {
 	report := OpenReport{Action: Migrated, FromVersion: from}
-	if from > p.Version {
-		return report, nil, fmt.Errorf("migration from version %d to older %d", from, p.Version)
-	}
-	for v := from; v < p.Version; v++ {
-		if cfg.upgrades[v] == nil {
-			return report, nil, fmt.Errorf("no upgrade registered from version %d to %d", v, v+1)
-		}
-	}
 	old, err := ebpf.LoadPinnedMap(oldPath, nil)
 	if err != nil {
 		return report, nil, fmt.Errorf("load map being migrated: %w", err)
 	}
 	defer old.Close()
-	if isPerCPU(old.Type()) || isPerCPU(p.Type) {
-		return report, nil, fmt.Errorf("migrating per-CPU map %s is not supported", old)
+	if err := checkMigration(p, cfg, from, old); err != nil {
+		return report, nil, err
 	}
 
 	fresh, err := ebpf.NewMap(p.spec())
@@ -375,6 +373,23 @@ func migrate(p Params, cfg *openConfig, oldPath string, from uint32) (OpenReport
 		return report, nil, fmt.Errorf("unpin migrated map: %w", err)
 	}
 	return report, fresh, nil
+}
+
+// checkMigration reports whether old, of version from, can be migrated to
+// p with the registered upgrades.
+func checkMigration(p Params, cfg *openConfig, from uint32, old *ebpf.Map) error {
+	if from > p.Version {
+		return fmt.Errorf("migration from version %d to older %d", from, p.Version)
+	}
+	for v := from; v < p.Version; v++ {
+		if cfg.upgrades[v] == nil {
+			return fmt.Errorf("no upgrade registered from version %d to %d", v, v+1)
+		}
+	}
+	if isPerCPU(old.Type()) || isPerCPU(p.Type) {
+		return fmt.Errorf("migrating per-CPU map %s is not supported", old)
+	}
+	return nil
 }
 
 // copyEntries runs every entry of src through the upgrade steps and
