@@ -1,0 +1,65 @@
+// Package conntrack reads, writes and garbage-collects sluice's connection
+// tracking table, the LRU hash bpf.MapConntrack ("sl_ct") that the C
+// datapath fills.
+//
+// # Layout
+//
+// Key, Value and Leg are named types over the bpf2go mirrors of struct
+// sl_ct_key, sl_ct_value and sl_ct_leg in bpf/include/sluice/conntrack.h,
+// so no offset is written twice; the tests check them against the
+// object's BTF with maps.CheckLayout.
+//
+// # Canonical keys
+//
+// One entry covers both directions of a flow: the key names the flow's
+// "lower" endpoint A and the other endpoint B. The datapath must order
+// endpoints exactly as NewKey does:
+//
+//	lower(x, y) = ntohl(x.addr) < ntohl(y.addr) ||
+//	              (x.addr == y.addr && x.port < y.port)
+//
+// that is, addresses compare as big-endian (network order) unsigned
+// numbers, and ports, stored in host order, break ties. The source is A
+// unless the destination is lower; a flow from an endpoint to itself keeps
+// the source as A. For ICMP echo both ports should carry the identifier,
+// so that the order still does not depend on direction when the two
+// addresses are equal.
+//
+// # Entry types
+//
+// A flow without NAT has one Normal entry. A DNATed flow has two: a
+// NATForward entry keyed by the pre-DNAT tuple, whose NATPeer is the
+// reverse entry's key, and a NATReverse entry keyed by the post-DNAT tuple,
+// which holds the flow's state (legs, last_seen, the original destination)
+// and whose NATPeer points back. The datapath must refresh the reverse
+// entry for packets of both directions; the forward entry only redirects.
+//
+// # Garbage collection
+//
+// A Scanner sweeps the table on an interval. Liveness (Timeouts, per
+// protocol and TCP state, against last_seen) decides first; embedder
+// Checks, such as "the backend is gone", run after. Checks see the
+// entries that hold state (Normal and NATReverse); deleting a reverse
+// entry deletes its forward entry too, and a forward entry whose reverse
+// entry is missing is judged on its own last_seen. An entry whose
+// last_seen moved between the check and the delete is kept. Each sweep
+// reports how full the table is (ScanStats.Fullness), so an embedder can
+// grow it through the maps migration before LRU eviction starts dropping
+// live flows.
+//
+// Times are CLOCK_MONOTONIC nanoseconds, the clock of bpf_ktime_get_ns,
+// held as time.Duration since boot.
+//
+// # Kernel features
+//
+//   - BPF_MAP_TYPE_LRU_HASH (Linux 4.10) for the table itself; NewMap also
+//     accepts a plain hash map.
+//   - BPF_MAP_LOOKUP_BATCH on hash maps (5.6) to read the table in chunks
+//     that stay consistent while the datapath inserts and evicts. Without
+//     it Map falls back to BPF_MAP_GET_NEXT_KEY iteration, which can
+//     restart, and so see entries twice, when entries vanish meanwhile.
+//   - BPF_MAP_LOOKUP_AND_DELETE_ELEM on hash maps (5.14), which narrows
+//     the race between the scanner's refresh check and its delete. The
+//     Scanner probes it by trying and falls back to a lookup followed by a
+//     delete.
+package conntrack

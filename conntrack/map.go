@@ -1,0 +1,228 @@
+package conntrack
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"sync/atomic"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// Sizes of the kernel map's key and value; the layout tests hold them to
+// BTF.
+const (
+	keySize   = int(unsafe.Sizeof(Key{}))
+	valueSize = int(unsafe.Sizeof(Value{}))
+)
+
+// readChunk is how many entries one BPF_MAP_LOOKUP_BATCH call asks for:
+// a few hundred kilobytes of buffer, a few hundred syscalls for a
+// 512,000-entry table.
+const readChunk = 2048
+
+// maxReadChunk bounds the retries with larger buffers when one hash bucket
+// holds more entries than the buffer.
+const maxReadChunk = 1 << 20
+
+// Map is the conntrack table: a hash or LRU hash map from Key to Value,
+// normally the datapath's bpf.MapConntrack. It is safe for concurrent use
+// as far as the kernel map is.
+type Map struct {
+	m *ebpf.Map
+
+	// noBatchLookup is set once the kernel refuses BPF_MAP_LOOKUP_BATCH.
+	noBatchLookup atomic.Bool
+}
+
+// Entry is one key and value of the table.
+type Entry struct {
+	Key   Key
+	Value Value
+}
+
+// NewMap wraps m, which must be a hash or LRU hash map with the conntrack
+// key and value sizes. The Map does not own m: closing m is the caller's.
+func NewMap(m *ebpf.Map) (*Map, error) {
+	if m == nil {
+		return nil, errors.New("conntrack map: nil map")
+	}
+	if t := m.Type(); t != ebpf.LRUHash && t != ebpf.Hash {
+		return nil, fmt.Errorf("conntrack map %s: type %s, want LRU hash or hash", m, t)
+	}
+	if int(m.KeySize()) != keySize || int(m.ValueSize()) != valueSize {
+		return nil, fmt.Errorf("conntrack map %s: key/value size %d/%d, want %d/%d",
+			m, m.KeySize(), m.ValueSize(), keySize, valueSize)
+	}
+	return &Map{m: m}, nil
+}
+
+// EBPF returns the underlying map.
+func (m *Map) EBPF() *ebpf.Map { return m.m }
+
+// MaxEntries returns the table's capacity.
+func (m *Map) MaxEntries() int { return int(m.m.MaxEntries()) }
+
+// Lookup returns the entry stored under k. A missing key yields an error
+// wrapping ebpf.ErrKeyNotExist.
+func (m *Map) Lookup(k Key) (Value, error) {
+	var v Value
+	if err := m.m.Lookup(&k, &v); err != nil {
+		return Value{}, fmt.Errorf("conntrack lookup %s: %w", k, err)
+	}
+	return v, nil
+}
+
+// Update stores v under k; flags are ebpf.UpdateAny, UpdateNoExist or
+// UpdateExist. In an LRU map, inserting into a full table evicts the
+// least recently used entry.
+func (m *Map) Update(k Key, v Value, flags ebpf.MapUpdateFlags) error {
+	if err := m.m.Update(&k, &v, flags); err != nil {
+		return fmt.Errorf("conntrack update %s: %w", k, err)
+	}
+	return nil
+}
+
+// Delete removes k. A missing key yields an error wrapping
+// ebpf.ErrKeyNotExist.
+func (m *Map) Delete(k Key) error {
+	if err := m.m.Delete(&k); err != nil {
+		return fmt.Errorf("conntrack delete %s: %w", k, err)
+	}
+	return nil
+}
+
+// lookupAndDelete removes k and returns the value it held, atomically.
+func (m *Map) lookupAndDelete(k Key) (Value, error) {
+	var v Value
+	if err := m.m.LookupAndDelete(&k, &v); err != nil {
+		return Value{}, fmt.Errorf("conntrack lookup and delete %s: %w", k, err)
+	}
+	return v, nil
+}
+
+// All iterates over the table for range-over-func. When the iteration
+// stops early because of an error it stores the error in *errOut, which
+// must not be nil; a complete iteration, or one the caller breaks off,
+// leaves *errOut untouched. As with any read of a live table, entries the
+// datapath adds or removes meanwhile may be missed.
+//
+//	var err error
+//	for k, v := range m.All(&err) { ... }
+//	if err != nil { ... }
+func (m *Map) All(errOut *error) func(yield func(Key, Value) bool) {
+	return func(yield func(Key, Value) bool) {
+		if err := m.Range(yield); err != nil {
+			*errOut = err
+		}
+	}
+}
+
+// Range calls fn for every entry until fn returns false. It reads the
+// table in chunks with BPF_MAP_LOOKUP_BATCH, whose cursor is a hash bucket
+// and so survives concurrent deletes, and falls back to
+// BPF_MAP_GET_NEXT_KEY iteration on kernels without it. fn must not
+// delete entries when the fallback is in use; the Scanner collects its
+// deletions and applies them after the read.
+func (m *Map) Range(fn func(Key, Value) bool) error {
+	if !m.noBatchLookup.Load() {
+		err := m.rangeBatch(fn)
+		if !errors.Is(err, ebpf.ErrNotSupported) {
+			return err
+		}
+		m.noBatchLookup.Store(true)
+	}
+	return m.rangeIterate(fn)
+}
+
+func (m *Map) rangeBatch(fn func(Key, Value) bool) error {
+	chunk := min(readChunk, max(m.MaxEntries(), 1))
+	keys := make([]Key, chunk)
+	values := make([]Value, chunk)
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := m.m.BatchLookup(&cursor, keys, values, nil)
+		for i := range n {
+			if !fn(keys[i], values[i]) {
+				return nil
+			}
+		}
+		switch {
+		case errors.Is(err, ebpf.ErrKeyNotExist):
+			return nil
+		case errors.Is(err, unix.ENOSPC) && n == 0 && len(keys) < maxReadChunk:
+			// One hash bucket holds more entries than the buffer: the
+			// kernel copies nothing and keeps the cursor, so retry larger.
+			keys = make([]Key, 2*len(keys))
+			values = make([]Value, 2*len(values))
+		case errors.Is(err, ebpf.ErrNotSupported):
+			return err
+		case err != nil:
+			return fmt.Errorf("read conntrack table %s: %w", m.m, err)
+		}
+	}
+}
+
+func (m *Map) rangeIterate(fn func(Key, Value) bool) error {
+	var k Key
+	var v Value
+	entries := m.m.Iterate()
+	for entries.Next(&k, &v) {
+		if !fn(k, v) {
+			return nil
+		}
+	}
+	if err := entries.Err(); err != nil {
+		return fmt.Errorf("iterate conntrack table %s: %w", m.m, err)
+	}
+	return nil
+}
+
+// Entries returns every entry, sorted by key (Key.Compare).
+func (m *Map) Entries() ([]Entry, error) {
+	var entries []Entry
+	err := m.Range(func(k Key, v Value) bool {
+		entries = append(entries, Entry{Key: k, Value: v})
+		return true
+	})
+	if err != nil {
+		return nil, err
+	}
+	slices.SortFunc(entries, func(x, y Entry) int { return x.Key.Compare(y.Key) })
+	// The fallback iteration can restart and yield a key twice.
+	entries = slices.CompactFunc(entries, func(x, y Entry) bool { return x.Key == y.Key })
+	return entries, nil
+}
+
+// Count returns the number of entries.
+func (m *Map) Count() (int, error) {
+	n := 0
+	err := m.Range(func(Key, Value) bool {
+		n++
+		return true
+	})
+	return n, err
+}
+
+// Dump writes one line per entry, sorted by key: the key, two spaces, the
+// value, as Key.String and Value.String format them.
+func (m *Map) Dump(w io.Writer) error {
+	entries, err := m.Entries()
+	if err != nil {
+		return fmt.Errorf("dump conntrack: %w", err)
+	}
+	bw := bufio.NewWriter(w)
+	for _, e := range entries {
+		if _, err := fmt.Fprintf(bw, "%s  %s\n", e.Key, e.Value); err != nil {
+			return fmt.Errorf("dump conntrack: %w", err)
+		}
+	}
+	if err := bw.Flush(); err != nil {
+		return fmt.Errorf("dump conntrack: %w", err)
+	}
+	return nil
+}
