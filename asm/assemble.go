@@ -3,6 +3,7 @@ package asm
 import (
 	"fmt"
 	"math"
+	"slices"
 
 	ebpfasm "github.com/cilium/ebpf/asm"
 )
@@ -247,9 +248,38 @@ func (l *layouter) canDefer(i, size, target int) bool {
 // trampoline places, before item i, one "ja target" entry per pending target
 // and redirects the pending jumps to them. The entries become the new pending
 // jumps, so a target still too far is reached through the next trampoline.
+// Jumps to item i itself keep going straight to it when they still reach it
+// past the trampoline.
 func (l *layouter) trampoline(i int) {
 	a := l.a
+	var targets []int
+	seen := map[int]bool{}
+	for j := l.head; j < len(l.queue); j++ {
+		if t := l.queue[j].target; t >= i && !seen[t] {
+			seen[t] = true
+			targets = append(targets, t)
+		}
+	}
+	skip := 0
 	if n := len(a.out); n > 0 && fallsThrough(a.out[n-1].ins) {
+		skip = 1
+	}
+	var queue []pendingJump
+	byTarget := map[int][]int{}
+	if jumps, ok := l.byTarget[i]; ok {
+		oldest := a.out[jumps[0]].slot
+		if a.slots+skip+len(targets)-1-oldest-1 <= l.stride {
+			for _, o := range jumps {
+				queue = append(queue, pendingJump{slot: a.out[o].slot, target: i, out: o})
+			}
+			byTarget[i] = jumps
+			targets = slices.DeleteFunc(targets, func(t int) bool { return t == i })
+		}
+	}
+	if len(targets) == 0 {
+		return
+	}
+	if skip == 1 {
 		a.out = append(a.out, placed{
 			ins:       ebpfasm.Instruction{OpCode: ebpfasm.Ja.Op(ebpfasm.ImmSource)},
 			slot:      a.slots,
@@ -259,16 +289,7 @@ func (l *layouter) trampoline(i int) {
 		})
 		a.slots++
 	}
-	var queue []pendingJump
-	byTarget := map[int][]int{}
-	for j := l.head; j < len(l.queue); j++ {
-		t := l.queue[j].target
-		if t < i {
-			continue
-		}
-		if _, done := byTarget[t]; done {
-			continue
-		}
+	for _, t := range targets {
 		jumps := l.byTarget[t]
 		entry := len(a.out)
 		a.out = append(a.out, placed{

@@ -64,6 +64,13 @@ type Option func(*Block)
 // default is DefaultTrampolineStride; tests use small values to exercise
 // trampolines in short programs. Values outside [4, math.MaxInt16] are
 // recorded as an error.
+//
+// A trampoline is placed only when some pending forward jump would otherwise
+// span more than n slots. It holds one "ja" entry per distinct label that
+// pending jumps are waiting for, and those entries must reach the next
+// trampoline in turn, so n must exceed about twice the number of such labels
+// at any point; Assemble returns ErrJumpOutOfRange when it does not. With the
+// default that means some 16,000 labels pending at once.
 func WithTrampolineStride(n int) Option {
 	return func(b *Block) {
 		if n < minTrampolineStride || n > math.MaxInt16 {

@@ -2,6 +2,7 @@ package asm_test
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -223,4 +224,24 @@ func TestJumpOver70000(t *testing.T) {
 		t.Fatalf("marshal plain cilium/ebpf program: %v", err)
 	}
 	t.Logf("plain cilium/ebpf encodes the jump over %d instructions with offset %d", body+1, plain[0].Offset)
+}
+
+// TestStrideTooSmall: a trampoline needs one entry per distinct pending
+// target, and with three far targets a stride of 4 cannot hold them and still
+// reach the next trampoline. That must be an error, not a wrong jump.
+func TestStrideTooSmall(t *testing.T) {
+	b := asm.NewBlock(asm.WithTrampolineStride(4))
+	loadLen(b)
+	b.Emit(ebpfasm.Mov.Imm(ebpfasm.R0, 0))
+	for _, l := range []string{"a", "b", "c"} {
+		b.Jump(ebpfasm.JEq, ebpfasm.R2, 1, l)
+	}
+	filler(b, 20)
+	for _, l := range []string{"a", "b", "c"} {
+		b.Label(l)
+		b.Emit(ebpfasm.Return())
+	}
+	if _, err := b.Assemble(); !errors.Is(err, asm.ErrJumpOutOfRange) {
+		t.Fatalf("Assemble error = %v, want ErrJumpOutOfRange", err)
+	}
 }
