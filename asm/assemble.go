@@ -101,7 +101,7 @@ func (b *Block) assemble() (*assembly, error) {
 	// Renumber the reachable items; jump targets are reachable by
 	// construction, so every target survives.
 	newIndex := make([]int, len(b.items))
-	var items []item
+	items := make([]item, 0, len(b.items))
 	for i := range b.items {
 		newIndex[i] = -1
 		if live[i] {
@@ -143,7 +143,8 @@ func reachable(items []item, targets []int) ([]bool, error) {
 	for len(stack) > 0 {
 		i := stack[len(stack)-1]
 		stack = stack[:len(stack)-1]
-		next := []int{}
+		var buf [2]int
+		next := buf[:0]
 		if t := targets[i]; t >= 0 {
 			next = append(next, t)
 		}
@@ -190,7 +191,7 @@ type layouter struct {
 
 func (b *Block) layout(items []item, targets []int) (*assembly, error) {
 	l := &layouter{
-		a:        &assembly{itemSlot: make([]int, len(items))},
+		a:        &assembly{itemSlot: make([]int, len(items)), out: make([]placed, 0, len(items)+len(items)/8)},
 		stride:   b.stride,
 		byTarget: map[int][]int{},
 	}
