@@ -6,21 +6,32 @@
 // structs; the objects and the Go files are committed, so importing this
 // package needs neither clang nor network access.
 //
-// Kernel features: BPF_PROG_TYPE_SCHED_CLS, per-CPU array, LPM trie,
-// per-CPU hash and prog array maps, and the v3 instruction set (-mcpu=v3,
-// Linux 5.1 or newer).
+// The TC datapath is one object: ProgTCIngress and ProgTCEgress are
+// attached to interfaces, one per hook, and read each interface's settings
+// (Iface) from MapIfaces; policy programs in MapPolicyJumps end in the
+// continuations ProgTCAllow and ProgTCDeny, which Load installs in
+// MapConts. See datapath.c for the packet path and Load for loading.
+//
+// Kernel features: BPF_PROG_TYPE_SCHED_CLS with tail calls and BPF-to-BPF
+// calls mixed (Linux 5.10 on x86-64), hash, LRU hash, per-CPU array and
+// hash, LPM trie and prog array maps, BPF atomics and the v3 instruction
+// set (-mcpu=v3).
 package bpf
-
-import (
-	"fmt"
-
-	"github.com/cilium/ebpf"
-)
 
 // Names of the programs and maps in the datapath collection.
 const (
 	// ProgTCPass accepts every packet: a floor for benchmarks.
 	ProgTCPass = datapathProgSlTcPass
+	// ProgTCIngress is the datapath program for TC ingress hooks.
+	ProgTCIngress = datapathProgSlTcIngress
+	// ProgTCEgress is the datapath program for TC egress hooks.
+	ProgTCEgress = datapathProgSlTcEgress
+	// ProgTCAllow is the continuation policy tail-calls to allow a packet
+	// (MapConts slot ContAllow).
+	ProgTCAllow = datapathProgSlTcAllow
+	// ProgTCDeny is the continuation policy tail-calls to deny a packet
+	// (MapConts slot ContDeny).
+	ProgTCDeny = datapathProgSlTcDeny
 
 	// MapState is the per-CPU array holding one State per CPU.
 	MapState = datapathMapSlStateMap
@@ -34,6 +45,14 @@ const (
 	MapConts = datapathMapSlConts
 	// MapConntrack is the LRU hash of conntrack entries (CTKey to CTValue).
 	MapConntrack = datapathMapSlCt
+	// MapIfaces is the hash of interface settings, ifindex (uint32) to Iface.
+	MapIfaces = datapathMapSlIfaces
+	// MapCounters is the per-CPU hash of verdict counters, CounterKey to
+	// ReasonCounts.
+	MapCounters = datapathMapSlCounters
+	// MapPending is the per-CPU array holding the packet that waits for a
+	// policy verdict (one Pending per CPU), read by the continuations.
+	MapPending = datapathMapSlPendingMap
 )
 
 // C type names of the shared structs, for layout checks against BTF.
@@ -43,6 +62,11 @@ const (
 	TypeCTKey    = "sl_ct_key"
 	TypeCTValue  = "sl_ct_value"
 	TypeCTLeg    = "sl_ct_leg"
+
+	TypeIface        = "sl_iface"
+	TypeCounterKey   = "sl_counter_key"
+	TypeReasonCounts = "sl_reason_counts"
+	TypePending      = "sl_pending"
 )
 
 // State mirrors struct sl_state: the per-CPU packet state the datapath
@@ -109,15 +133,90 @@ const (
 	CTLegACK = datapathSlCtLegFlagsSL_CT_LEG_ACK
 	CTLegFIN = datapathSlCtLegFlagsSL_CT_LEG_FIN
 	CTLegRST = datapathSlCtLegFlagsSL_CT_LEG_RST
+	// CTLegIngressOK: the leg's packets pass the TC ingress hook of
+	// CTLeg.Ifindex without policy (approved there, or replies).
+	CTLegIngressOK = datapathSlCtLegFlagsSL_CT_LEG_INGRESS_OK
+	// CTLegEgressOK: policy at the TC egress hook the leg leaves through
+	// approved it.
+	CTLegEgressOK = datapathSlCtLegFlagsSL_CT_LEG_EGRESS_OK
 )
 
-// LoadSpec returns a fresh CollectionSpec of the datapath. Each call parses
-// the embedded object anew, so callers may modify the result (map sizes,
-// pinning) without affecting others.
-func LoadSpec() (*ebpf.CollectionSpec, error) {
-	spec, err := loadDatapath()
-	if err != nil {
-		return nil, fmt.Errorf("load datapath spec: %w", err)
-	}
-	return spec, nil
-}
+// CTDir is a packet's direction relative to its conntrack key (enum
+// sl_ct_dir).
+type CTDir = datapathSlCtDir
+
+// Packet directions.
+const (
+	CTDirAToB = datapathSlCtDirSL_CT_DIR_A_TO_B
+	CTDirBToA = datapathSlCtDirSL_CT_DIR_B_TO_A
+)
+
+// Iface mirrors struct sl_iface, the value of MapIfaces: an interface's
+// flags and the MapPolicyJumps slots of the policies its hooks run.
+type Iface = datapathSlIface
+
+// IfaceFlags are the bits of Iface.Flags (enum sl_iface_flags).
+type IfaceFlags = datapathSlIfaceFlags
+
+// Interface flags. Zero is the safe default of each.
+const (
+	IfaceWorkload      = datapathSlIfaceFlagsSL_IFACE_WORKLOAD
+	IfaceHost          = datapathSlIfaceFlagsSL_IFACE_HOST
+	IfaceReady         = datapathSlIfaceFlagsSL_IFACE_READY
+	IfaceDropNonIP     = datapathSlIfaceFlagsSL_IFACE_DROP_NON_IP
+	IfacePassIPv6      = datapathSlIfaceFlagsSL_IFACE_PASS_IPV6
+	IfaceDropMidFlow   = datapathSlIfaceFlagsSL_IFACE_DROP_MID_FLOW
+	IfacePassFragments = datapathSlIfaceFlagsSL_IFACE_PASS_FRAGMENTS
+)
+
+// Hook is a TC hook (enum sl_hook).
+type Hook = datapathSlHook
+
+// TC hooks.
+const (
+	HookIngress = datapathSlHookSL_HOOK_INGRESS
+	HookEgress  = datapathSlHookSL_HOOK_EGRESS
+)
+
+// Reason is why the datapath passed or dropped a packet (enum sl_reason):
+// an index into ReasonCounts.Packets.
+type Reason = datapathSlReason
+
+// Verdict reasons. Reasons below ReasonDroppedByPolicy accept the packet;
+// ReasonCTCreateFailed is an event counted beside a packet's verdict.
+const (
+	ReasonAcceptedByPolicy    = datapathSlReasonSL_REASON_ACCEPTED_BY_POLICY
+	ReasonAcceptedEstablished = datapathSlReasonSL_REASON_ACCEPTED_ESTABLISHED
+	ReasonAcceptedRelated     = datapathSlReasonSL_REASON_ACCEPTED_RELATED
+	ReasonNonIPPassed         = datapathSlReasonSL_REASON_NON_IP_PASSED
+	ReasonIPv6Passed          = datapathSlReasonSL_REASON_IPV6PASSED
+	ReasonFragmentPassed      = datapathSlReasonSL_REASON_FRAGMENT_PASSED
+	ReasonCTCreateFailed      = datapathSlReasonSL_REASON_CT_CREATE_FAILED
+	ReasonDroppedByPolicy     = datapathSlReasonSL_REASON_DROPPED_BY_POLICY
+	ReasonDroppedNoIface      = datapathSlReasonSL_REASON_DROPPED_NO_IFACE
+	ReasonDroppedNotReady     = datapathSlReasonSL_REASON_DROPPED_NOT_READY
+	ReasonDroppedNoPolicy     = datapathSlReasonSL_REASON_DROPPED_NO_POLICY
+	ReasonDroppedMidFlow      = datapathSlReasonSL_REASON_DROPPED_MID_FLOW
+	ReasonDroppedShort        = datapathSlReasonSL_REASON_DROPPED_SHORT
+	ReasonDroppedBadVersion   = datapathSlReasonSL_REASON_DROPPED_BAD_VERSION
+	ReasonDroppedBadIHL       = datapathSlReasonSL_REASON_DROPPED_BAD_IHL
+	ReasonDroppedBadLen       = datapathSlReasonSL_REASON_DROPPED_BAD_LEN
+	ReasonDroppedBadTCPDoff   = datapathSlReasonSL_REASON_DROPPED_BAD_TCP_DOFF
+	ReasonDroppedFragment     = datapathSlReasonSL_REASON_DROPPED_FRAGMENT
+	ReasonDroppedNonIP        = datapathSlReasonSL_REASON_DROPPED_NON_IP
+	ReasonDroppedIPv6         = datapathSlReasonSL_REASON_DROPPED_IPV6
+	ReasonDroppedBadHandoff   = datapathSlReasonSL_REASON_DROPPED_BAD_HANDOFF
+	// ReasonCount is the number of reasons, the length of
+	// ReasonCounts.Packets.
+	ReasonCount = datapathSlReasonSL_REASON_COUNT
+)
+
+// CounterKey mirrors struct sl_counter_key, the key of MapCounters.
+type CounterKey = datapathSlCounterKey
+
+// ReasonCounts mirrors struct sl_reason_counts, one CPU's value in
+// MapCounters: packets per Reason.
+type ReasonCounts = datapathSlReasonCounts
+
+// Pending mirrors struct sl_pending, the value of MapPending.
+type Pending = datapathSlPending

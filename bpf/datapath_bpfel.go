@@ -20,6 +20,19 @@ const (
 	datapathSlContSlotSL_CONT_DENY  datapathSlContSlot = 1
 )
 
+type datapathSlCounterKey struct {
+	_       structs.HostLayout
+	Ifindex uint32
+	Hook    datapathSlHook
+}
+
+type datapathSlCtDir uint32
+
+const (
+	datapathSlCtDirSL_CT_DIR_A_TO_B datapathSlCtDir = 0
+	datapathSlCtDirSL_CT_DIR_B_TO_A datapathSlCtDir = 1
+)
+
 type datapathSlCtKey struct {
 	_     structs.HostLayout
 	AddrA uint32
@@ -42,10 +55,12 @@ type datapathSlCtLeg struct {
 type datapathSlCtLegFlags uint32
 
 const (
-	datapathSlCtLegFlagsSL_CT_LEG_SYN datapathSlCtLegFlags = 1
-	datapathSlCtLegFlagsSL_CT_LEG_ACK datapathSlCtLegFlags = 2
-	datapathSlCtLegFlagsSL_CT_LEG_FIN datapathSlCtLegFlags = 4
-	datapathSlCtLegFlagsSL_CT_LEG_RST datapathSlCtLegFlags = 8
+	datapathSlCtLegFlagsSL_CT_LEG_SYN        datapathSlCtLegFlags = 1
+	datapathSlCtLegFlagsSL_CT_LEG_ACK        datapathSlCtLegFlags = 2
+	datapathSlCtLegFlagsSL_CT_LEG_FIN        datapathSlCtLegFlags = 4
+	datapathSlCtLegFlagsSL_CT_LEG_RST        datapathSlCtLegFlags = 8
+	datapathSlCtLegFlagsSL_CT_LEG_INGRESS_OK datapathSlCtLegFlags = 16
+	datapathSlCtLegFlagsSL_CT_LEG_EGRESS_OK  datapathSlCtLegFlags = 32
 )
 
 type datapathSlCtType uint32
@@ -70,6 +85,33 @@ type datapathSlCtValue struct {
 	Pad1     uint16
 }
 
+type datapathSlHook uint32
+
+const (
+	datapathSlHookSL_HOOK_INGRESS datapathSlHook = 0
+	datapathSlHookSL_HOOK_EGRESS  datapathSlHook = 1
+)
+
+type datapathSlIface struct {
+	_             structs.HostLayout
+	Flags         datapathSlIfaceFlags
+	IngressPolicy uint32
+	EgressPolicy  uint32
+	Pad           uint32
+}
+
+type datapathSlIfaceFlags uint32
+
+const (
+	datapathSlIfaceFlagsSL_IFACE_WORKLOAD       datapathSlIfaceFlags = 1
+	datapathSlIfaceFlagsSL_IFACE_HOST           datapathSlIfaceFlags = 2
+	datapathSlIfaceFlagsSL_IFACE_READY          datapathSlIfaceFlags = 4
+	datapathSlIfaceFlagsSL_IFACE_DROP_NON_IP    datapathSlIfaceFlags = 8
+	datapathSlIfaceFlagsSL_IFACE_PASS_IPV6      datapathSlIfaceFlags = 16
+	datapathSlIfaceFlagsSL_IFACE_DROP_MID_FLOW  datapathSlIfaceFlags = 32
+	datapathSlIfaceFlagsSL_IFACE_PASS_FRAGMENTS datapathSlIfaceFlags = 64
+)
+
 type datapathSlIpsetKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -80,6 +122,15 @@ type datapathSlIpsetKey struct {
 	Pad       uint8
 }
 
+type datapathSlPending struct {
+	_        structs.HostLayout
+	CtKey    datapathSlCtKey
+	Ifindex  uint32
+	Hook     datapathSlHook
+	Dir      datapathSlCtDir
+	LegFlags datapathSlCtLegFlags
+}
+
 type datapathSlPolicyRc uint32
 
 const (
@@ -87,6 +138,38 @@ const (
 	datapathSlPolicyRcSL_POLICY_ALLOW datapathSlPolicyRc = 1
 	datapathSlPolicyRcSL_POLICY_DENY  datapathSlPolicyRc = 2
 )
+
+type datapathSlReason uint32
+
+const (
+	datapathSlReasonSL_REASON_ACCEPTED_BY_POLICY   datapathSlReason = 0
+	datapathSlReasonSL_REASON_ACCEPTED_ESTABLISHED datapathSlReason = 1
+	datapathSlReasonSL_REASON_ACCEPTED_RELATED     datapathSlReason = 2
+	datapathSlReasonSL_REASON_NON_IP_PASSED        datapathSlReason = 3
+	datapathSlReasonSL_REASON_IPV6PASSED           datapathSlReason = 4
+	datapathSlReasonSL_REASON_FRAGMENT_PASSED      datapathSlReason = 5
+	datapathSlReasonSL_REASON_CT_CREATE_FAILED     datapathSlReason = 6
+	datapathSlReasonSL_REASON_DROPPED_BY_POLICY    datapathSlReason = 7
+	datapathSlReasonSL_REASON_DROPPED_NO_IFACE     datapathSlReason = 8
+	datapathSlReasonSL_REASON_DROPPED_NOT_READY    datapathSlReason = 9
+	datapathSlReasonSL_REASON_DROPPED_NO_POLICY    datapathSlReason = 10
+	datapathSlReasonSL_REASON_DROPPED_MID_FLOW     datapathSlReason = 11
+	datapathSlReasonSL_REASON_DROPPED_SHORT        datapathSlReason = 12
+	datapathSlReasonSL_REASON_DROPPED_BAD_VERSION  datapathSlReason = 13
+	datapathSlReasonSL_REASON_DROPPED_BAD_IHL      datapathSlReason = 14
+	datapathSlReasonSL_REASON_DROPPED_BAD_LEN      datapathSlReason = 15
+	datapathSlReasonSL_REASON_DROPPED_BAD_TCP_DOFF datapathSlReason = 16
+	datapathSlReasonSL_REASON_DROPPED_FRAGMENT     datapathSlReason = 17
+	datapathSlReasonSL_REASON_DROPPED_NON_IP       datapathSlReason = 18
+	datapathSlReasonSL_REASON_DROPPED_IPV6         datapathSlReason = 19
+	datapathSlReasonSL_REASON_DROPPED_BAD_HANDOFF  datapathSlReason = 20
+	datapathSlReasonSL_REASON_COUNT                datapathSlReason = 21
+)
+
+type datapathSlReasonCounts struct {
+	_       structs.HostLayout
+	Packets [21]uint64
+}
 
 type datapathSlState struct {
 	_             structs.HostLayout
@@ -119,11 +202,18 @@ const (
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	datapathMapSlConts       = "sl_conts"
+	datapathMapSlCounters    = "sl_counters"
 	datapathMapSlCt          = "sl_ct"
+	datapathMapSlIfaces      = "sl_ifaces"
 	datapathMapSlIpsets      = "sl_ipsets"
+	datapathMapSlPendingMap  = "sl_pending_map"
 	datapathMapSlPolicyJumps = "sl_policy_jumps"
 	datapathMapSlRuleHits    = "sl_rule_hits"
 	datapathMapSlStateMap    = "sl_state_map"
+	datapathProgSlTcAllow    = "sl_tc_allow"
+	datapathProgSlTcDeny     = "sl_tc_deny"
+	datapathProgSlTcEgress   = "sl_tc_egress"
+	datapathProgSlTcIngress  = "sl_tc_ingress"
 	datapathProgSlTcPass     = "sl_tc_pass"
 )
 
@@ -169,7 +259,11 @@ type datapathSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathProgramSpecs struct {
-	SlTcPass *ebpf.ProgramSpec `ebpf:"sl_tc_pass"`
+	SlTcAllow   *ebpf.ProgramSpec `ebpf:"sl_tc_allow"`
+	SlTcDeny    *ebpf.ProgramSpec `ebpf:"sl_tc_deny"`
+	SlTcEgress  *ebpf.ProgramSpec `ebpf:"sl_tc_egress"`
+	SlTcIngress *ebpf.ProgramSpec `ebpf:"sl_tc_ingress"`
+	SlTcPass    *ebpf.ProgramSpec `ebpf:"sl_tc_pass"`
 }
 
 // datapathMapSpecs contains maps before they are loaded into the kernel.
@@ -177,8 +271,11 @@ type datapathProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathMapSpecs struct {
 	SlConts       *ebpf.MapSpec `ebpf:"sl_conts"`
+	SlCounters    *ebpf.MapSpec `ebpf:"sl_counters"`
 	SlCt          *ebpf.MapSpec `ebpf:"sl_ct"`
+	SlIfaces      *ebpf.MapSpec `ebpf:"sl_ifaces"`
 	SlIpsets      *ebpf.MapSpec `ebpf:"sl_ipsets"`
+	SlPendingMap  *ebpf.MapSpec `ebpf:"sl_pending_map"`
 	SlPolicyJumps *ebpf.MapSpec `ebpf:"sl_policy_jumps"`
 	SlRuleHits    *ebpf.MapSpec `ebpf:"sl_rule_hits"`
 	SlStateMap    *ebpf.MapSpec `ebpf:"sl_state_map"`
@@ -211,8 +308,11 @@ func (o *datapathObjects) Close() error {
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathMaps struct {
 	SlConts       *ebpf.Map `ebpf:"sl_conts"`
+	SlCounters    *ebpf.Map `ebpf:"sl_counters"`
 	SlCt          *ebpf.Map `ebpf:"sl_ct"`
+	SlIfaces      *ebpf.Map `ebpf:"sl_ifaces"`
 	SlIpsets      *ebpf.Map `ebpf:"sl_ipsets"`
+	SlPendingMap  *ebpf.Map `ebpf:"sl_pending_map"`
 	SlPolicyJumps *ebpf.Map `ebpf:"sl_policy_jumps"`
 	SlRuleHits    *ebpf.Map `ebpf:"sl_rule_hits"`
 	SlStateMap    *ebpf.Map `ebpf:"sl_state_map"`
@@ -221,8 +321,11 @@ type datapathMaps struct {
 func (m *datapathMaps) Close() error {
 	return _DatapathClose(
 		m.SlConts,
+		m.SlCounters,
 		m.SlCt,
+		m.SlIfaces,
 		m.SlIpsets,
+		m.SlPendingMap,
 		m.SlPolicyJumps,
 		m.SlRuleHits,
 		m.SlStateMap,
@@ -239,11 +342,19 @@ type datapathVariables struct {
 //
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathPrograms struct {
-	SlTcPass *ebpf.Program `ebpf:"sl_tc_pass"`
+	SlTcAllow   *ebpf.Program `ebpf:"sl_tc_allow"`
+	SlTcDeny    *ebpf.Program `ebpf:"sl_tc_deny"`
+	SlTcEgress  *ebpf.Program `ebpf:"sl_tc_egress"`
+	SlTcIngress *ebpf.Program `ebpf:"sl_tc_ingress"`
+	SlTcPass    *ebpf.Program `ebpf:"sl_tc_pass"`
 }
 
 func (p *datapathPrograms) Close() error {
 	return _DatapathClose(
+		p.SlTcAllow,
+		p.SlTcDeny,
+		p.SlTcEgress,
+		p.SlTcIngress,
 		p.SlTcPass,
 	)
 }

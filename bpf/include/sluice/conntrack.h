@@ -18,15 +18,27 @@ enum sl_ct_leg_flags {
 	SL_CT_LEG_ACK	= 1u << 1,
 	SL_CT_LEG_FIN	= 1u << 2,
 	SL_CT_LEG_RST	= 1u << 3,
+	/* The leg's packets pass the TC ingress hook of sl_ct_leg.ifindex:
+	 * that hook's policy approved the leg, or the opposite leg was
+	 * approved leaving through that interface (so these are replies). */
+	SL_CT_LEG_INGRESS_OK	= 1u << 4,
+	/* Policy at the TC egress hook the leg's packets leave through
+	 * approved the leg. Not tied to an ifindex: the egress interface
+	 * follows from the destination, which the key fixes. */
+	SL_CT_LEG_EGRESS_OK	= 1u << 5,
 };
 
 /* Canonical IPv4 flow key: the lower (addr, port) endpoint is A, so both
- * directions of a flow find one entry. */
+ * directions of a flow find one entry. Endpoints compare by address as an
+ * unsigned big-endian number (netip.Addr.Compare's order), then by port;
+ * with equal endpoints the source is A. TCP and UDP use their ports; ICMP
+ * echo requests and replies put the identifier in both ports; other
+ * protocols and other ICMP types use 0 and 0. */
 struct sl_ct_key {
 	__be32	addr_a;		/* network order */
 	__be32	addr_b;		/* network order */
 	__u16	port_a;		/* host order; ICMP echo: the identifier */
-	__u16	port_b;		/* host order */
+	__u16	port_b;		/* host order; ICMP echo: the identifier */
 	__u8	proto;		/* IPPROTO_* */
 	__u8	pad[3];
 };
@@ -37,7 +49,7 @@ struct sl_ct_leg {
 	__u64	bytes;
 	__u32	packets;
 	enum sl_ct_leg_flags flags;	/* what this leg has seen */
-	__u32	ifindex;	/* interface the leg's packets arrived on */
+	__u32	ifindex;	/* interface the leg's packets arrive on (see SL_CT_LEG_INGRESS_OK) */
 	__u32	pad;
 };
 SL_ASSERT_SIZE(struct sl_ct_leg, 24);

@@ -1,0 +1,211 @@
+package bpf
+
+import (
+	"fmt"
+	"net/netip"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+
+	"github.com/sluicenet/sluice/internal/testpkt"
+)
+
+// ctCmp compares entries on everything but the timestamps, which
+// checkTimes covers.
+var ctCmp = cmp.Options{
+	cmpopts.IgnoreUnexported(CTValue{}, CTLeg{}, CTKey{}),
+	cmpopts.IgnoreFields(CTValue{}, "Created", "LastSeen"),
+}
+
+func checkTimes(t *testing.T, step string, v CTValue, prevLastSeen uint64) {
+	t.Helper()
+	if v.Created == 0 || v.LastSeen < v.Created || v.LastSeen < prevLastSeen {
+		t.Errorf("%s: timestamps created=%d last_seen=%d (previous last_seen %d)", step, v.Created, v.LastSeen, prevLastSeen)
+	}
+}
+
+// flowStep is one packet of a flow: from the client or the server, run at
+// a hook, with what it should do to the verdict and the entry.
+type flowStep struct {
+	fromClient bool
+	flags      testpkt.TCPFlags
+	payload    int
+	legFlags   CTLegFlags // bits the packet's leg gains
+}
+
+// TestTCPSequences drives handshake, data, FIN and RST sequences through
+// both hooks, with the client on either side of the canonical order, and
+// checks the verdict, the counter and the whole conntrack entry after every
+// packet.
+func TestTCPSequences(t *testing.T) {
+	h := newHarness(t)
+	handshakeFin := []flowStep{
+		{true, testpkt.SYN, 0, CTLegSYN},
+		{false, testpkt.SYN | testpkt.ACK, 0, CTLegSYN | CTLegACK},
+		{true, testpkt.ACK, 0, CTLegACK},
+		{true, testpkt.PSH | testpkt.ACK, 100, CTLegACK},
+		{false, testpkt.PSH | testpkt.ACK, 1400, CTLegACK},
+		{true, testpkt.FIN | testpkt.ACK, 0, CTLegFIN | CTLegACK},
+		{false, testpkt.FIN | testpkt.ACK, 0, CTLegFIN | CTLegACK},
+		{true, testpkt.ACK, 0, CTLegACK},
+	}
+	handshakeRst := []flowStep{
+		{true, testpkt.SYN, 0, CTLegSYN},
+		{false, testpkt.SYN | testpkt.ACK, 0, CTLegSYN | CTLegACK},
+		{true, testpkt.ACK, 0, CTLegACK},
+		{false, testpkt.RST, 0, CTLegRST},
+		{true, testpkt.RST | testpkt.ACK, 0, CTLegRST | CTLegACK},
+	}
+	server := netip.MustParseAddrPort("10.0.0.50:80")
+	clients := map[string]netip.AddrPort{
+		"client is A": netip.MustParseAddrPort("10.0.0.7:40000"),
+		"client is B": netip.MustParseAddrPort("10.0.0.200:40000"),
+	}
+	port := uint16(40000)
+	for _, openAt := range []Hook{HookIngress, HookEgress} {
+		for clientName, client := range clients {
+			for seqName, steps := range map[string][]flowStep{"fin": handshakeFin, "rst": handshakeRst} {
+				port++ // a fresh flow per sequence
+				client := netip.AddrPortFrom(client.Addr(), port)
+				name := fmt.Sprintf("open at %s/%s/%s", hookName(openAt), clientName, seqName)
+				t.Run(name, func(t *testing.T) { runTCPSequence(t, h, openAt, client, server, steps) })
+			}
+		}
+	}
+}
+
+func hookName(hk Hook) string {
+	if hk == HookIngress {
+		return "ingress"
+	}
+	return "egress"
+}
+
+func progOf(hk Hook) string {
+	if hk == HookIngress {
+		return ProgTCIngress
+	}
+	return ProgTCEgress
+}
+
+func otherHook(hk Hook) Hook { return 1 - hk }
+
+func runTCPSequence(t *testing.T, h *harness, openAt Hook, client, server netip.AddrPort, steps []flowStep) {
+	key, clientDir := ctKeyOf(testpkt.ProtoTCP, client, server)
+	want := CTValue{Type: CTNormal}
+	legOf := func(v *CTValue, dir CTDir) *CTLeg {
+		if dir == CTDirAToB {
+			return &v.A_toB
+		}
+		return &v.B_toA
+	}
+	// The opening hook's approval: at ingress the client's leg may enter
+	// lo; at egress the client's leg may leave and replies may enter lo.
+	if openAt == HookIngress {
+		legOf(&want, clientDir).Flags |= CTLegIngressOK
+		legOf(&want, clientDir).Ifindex = loIfindex
+	} else {
+		legOf(&want, clientDir).Flags |= CTLegEgressOK
+		legOf(&want, 1-clientDir).Flags |= CTLegIngressOK
+		legOf(&want, 1-clientDir).Ifindex = loIfindex
+	}
+	var lastSeen uint64
+	for i, s := range steps {
+		src, dst, dir, hook := client, server, clientDir, openAt
+		if !s.fromClient {
+			src, dst, dir, hook = server, client, 1-clientDir, otherHook(openAt)
+		}
+		frame := testpkt.MustBytes(t, testpkt.TCPv4(src, dst, s.flags, make([]byte, s.payload)))
+		wantReason := ReasonAcceptedEstablished
+		if i == 0 {
+			wantReason = ReasonAcceptedByPolicy
+		}
+		step := fmt.Sprintf("packet %d (%v %s at %s)", i, s.flags, map[bool]string{true: "from client", false: "from server"}[s.fromClient], hookName(hook))
+
+		before := h.counters(loIfindex, hook)
+		if ret := h.run(progOf(hook), frame); ret != tcActOK {
+			t.Fatalf("%s: verdict %d, want TC_ACT_OK", step, ret)
+		}
+		if diff := cmp.Diff(map[Reason]uint64{wantReason: 1}, reasonDelta(before, h.counters(loIfindex, hook))); diff != "" {
+			t.Errorf("%s: counters (-want +got):\n%s", step, diff)
+		}
+
+		leg := legOf(&want, dir)
+		leg.Packets++
+		leg.Bytes += uint64(len(frame))
+		leg.Flags |= s.legFlags
+		got, ok := h.ctEntry(key)
+		if !ok {
+			t.Fatalf("%s: no conntrack entry for %+v", step, key)
+		}
+		if diff := cmp.Diff(want, got, ctCmp); diff != "" {
+			t.Errorf("%s: conntrack entry (-want +got):\n%s", step, diff)
+		}
+		checkTimes(t, step, got, lastSeen)
+		lastSeen = got.LastSeen
+	}
+}
+
+// TestUDPAndICMPEchoFlows opens a UDP flow and an ICMP echo exchange at
+// ingress, answers at egress, and checks each entry after every packet.
+func TestUDPAndICMPEchoFlows(t *testing.T) {
+	h := newHarness(t)
+	client := netip.MustParseAddrPort("10.1.0.9:5353")
+	server := netip.MustParseAddrPort("10.1.0.1:80")
+	tests := []struct {
+		name    string
+		key     CTKey
+		request []byte
+		reply   []byte
+	}{
+		{
+			name:    "udp",
+			request: testpkt.MustBytes(t, testpkt.UDPv4(client, server, []byte("query"))),
+			reply:   testpkt.MustBytes(t, testpkt.UDPv4(server, client, []byte("answer!"))),
+		},
+		{
+			name:    "icmp echo",
+			request: testpkt.MustBytes(t, testpkt.ICMPv4Echo(client.Addr(), server.Addr(), 0x4242, 1, false)),
+			reply:   testpkt.MustBytes(t, testpkt.ICMPv4Echo(server.Addr(), client.Addr(), 0x4242, 1, true)),
+		},
+	}
+	tests[0].key, _ = ctKeyOf(testpkt.ProtoUDP, client, server)
+	// Echo: the identifier is both ports.
+	tests[1].key, _ = ctKeyOf(testpkt.ProtoICMPv4, netip.AddrPortFrom(client.Addr(), 0x4242), netip.AddrPortFrom(server.Addr(), 0x4242))
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			// server < client, so the client is B.
+			want := CTValue{Type: CTNormal, B_toA: CTLeg{Flags: CTLegIngressOK, Ifindex: loIfindex}}
+			steps := []struct {
+				hook   Hook
+				frame  []byte
+				leg    *CTLeg
+				reason Reason
+			}{
+				{HookIngress, tt.request, &want.B_toA, ReasonAcceptedByPolicy},
+				{HookEgress, tt.reply, &want.A_toB, ReasonAcceptedEstablished},
+				{HookIngress, tt.request, &want.B_toA, ReasonAcceptedEstablished},
+				{HookEgress, tt.reply, &want.A_toB, ReasonAcceptedEstablished},
+			}
+			for i, s := range steps {
+				before := h.counters(loIfindex, s.hook)
+				if ret := h.run(progOf(s.hook), s.frame); ret != tcActOK {
+					t.Fatalf("packet %d: verdict %d, want TC_ACT_OK", i, ret)
+				}
+				if diff := cmp.Diff(map[Reason]uint64{s.reason: 1}, reasonDelta(before, h.counters(loIfindex, s.hook))); diff != "" {
+					t.Errorf("packet %d: counters (-want +got):\n%s", i, diff)
+				}
+				s.leg.Packets++
+				s.leg.Bytes += uint64(len(s.frame))
+				got, ok := h.ctEntry(tt.key)
+				if !ok {
+					t.Fatalf("packet %d: no conntrack entry for %+v", i, tt.key)
+				}
+				if diff := cmp.Diff(want, got, ctCmp); diff != "" {
+					t.Errorf("packet %d: conntrack entry (-want +got):\n%s", i, diff)
+				}
+			}
+		})
+	}
+}

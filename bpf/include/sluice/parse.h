@@ -1,0 +1,218 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Packet parsing for the TC datapath: Ethernet, IPv4 (options skipped),
+ * TCP, UDP and ICMP. Each step either fills struct sl_pkt or names the
+ * reason the packet is dropped or passed unparsed. */
+#pragma once
+
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <stdbool.h>
+
+#include "counters.h"
+
+/* Bytes the parser may read: Ethernet, an IPv4 header with full options,
+ * an ICMP header, and the quoted IPv4 header with full options and 8 bytes
+ * of its L4 header. Pulled into the linear area when it is not there. */
+#define SL_PARSE_LEN (ETH_HLEN + 60 + 8 + 60 + 8)
+
+#define SL_IP_MF	0x2000	/* frag_off: more fragments */
+#define SL_IP_OFFSET	0x1fff	/* frag_off: fragment offset in 8-byte units */
+
+/* ICMP types the datapath tells apart. Not from <linux/icmp.h>, which
+ * needs libc headers a BPF build does not have. */
+#define SL_ICMP_ECHOREPLY	0
+#define SL_ICMP_DEST_UNREACH	3	/* code 4: fragmentation needed */
+#define SL_ICMP_ECHO		8
+#define SL_ICMP_TIME_EXCEEDED	11
+
+/* The first 8 bytes of every ICMP message. */
+struct sl_icmphdr {
+	__u8	type;
+	__u8	code;
+	__u16	checksum;
+	__be16	id;	/* echo: identifier; errors: unused or MTU */
+	__be16	seq;
+};
+
+/* TCP flag bits in header byte 13. */
+#define SL_TCP_FIN	0x01
+#define SL_TCP_SYN	0x02
+#define SL_TCP_RST	0x04
+#define SL_TCP_ACK	0x10
+
+/* What the datapath needs of a parsed packet. */
+struct sl_pkt {
+	__be32	saddr;		/* network order */
+	__be32	daddr;		/* network order */
+	__u16	sport;		/* host order; 0 without ports */
+	__u16	dport;		/* host order; 0 without ports */
+	__u16	l4_off;		/* offset of the L4 header from skb->data */
+	__u16	l4_len;		/* IP total length minus the IP header */
+	__u8	proto;		/* IPPROTO_* */
+	__u8	tcp_flags;	/* TCP header byte 13; 0 for other protocols */
+	__u8	icmp_type;
+	__u8	icmp_code;
+	__u16	icmp_id;	/* echo identifier, host order */
+};
+
+/* The outcome of a parse step. */
+enum sl_parse_rc {
+	SL_PARSE_IPV4,		/* an IPv4 packet, parsed; policy and conntrack apply */
+	SL_PARSE_VERDICT,	/* *reason decides the packet */
+};
+
+SL_INLINE bool sl_icmp_is_echo(__u8 type)
+{
+	return type == SL_ICMP_ECHO || type == SL_ICMP_ECHOREPLY;
+}
+
+/* Errors whose quoted packet may belong to a tracked flow. Fragmentation
+ * needed is a code of ICMP_DEST_UNREACH. */
+SL_INLINE bool sl_icmp_is_error(__u8 type)
+{
+	return type == SL_ICMP_DEST_UNREACH || type == SL_ICMP_TIME_EXCEEDED;
+}
+
+/* sl_pull makes the headers the parser reads linear. Packets from the
+ * stack almost always are; GRO'd or paged ones may not be. */
+SL_INLINE void sl_pull(struct __sk_buff *skb)
+{
+	__u32 want = skb->len < SL_PARSE_LEN ? skb->len : SL_PARSE_LEN;
+
+	if (skb->data + want > skb->data_end)
+		bpf_skb_pull_data(skb, want);
+}
+
+/* sl_parse_eth sorts frames by ethertype; only IPv4 continues. */
+SL_INLINE enum sl_parse_rc sl_parse_eth(struct __sk_buff *skb, enum sl_iface_flags iflags,
+					enum sl_reason *reason)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > end) {
+		*reason = SL_REASON_DROPPED_SHORT;
+		return SL_PARSE_VERDICT;
+	}
+	if (eth->h_proto == bpf_htons(ETH_P_IP))
+		return SL_PARSE_IPV4;
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		*reason = iflags & SL_IFACE_PASS_IPV6 ? SL_REASON_IPV6_PASSED : SL_REASON_DROPPED_IPV6;
+	else
+		*reason = iflags & SL_IFACE_DROP_NON_IP ? SL_REASON_DROPPED_NON_IP : SL_REASON_NON_IP_PASSED;
+	return SL_PARSE_VERDICT;
+}
+
+/* sl_parse_ipv4 checks the IPv4 header and its lengths. Options are
+ * accepted and skipped. Fragments: without reassembly a non-first fragment
+ * has no ports to match, so by default every fragment is dropped (passing
+ * the first alone would be pointless). With SL_IFACE_PASS_FRAGMENTS the
+ * first fragment is policed like any packet and later ones pass: the
+ * receiver cannot reassemble them without the policed first fragment. */
+SL_INLINE enum sl_parse_rc sl_parse_ipv4(struct __sk_buff *skb, enum sl_iface_flags iflags,
+					 struct sl_pkt *pkt, enum sl_reason *reason)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct iphdr *ip = data + ETH_HLEN;
+	__u32 ihl, tot_len;
+	__u16 frag;
+
+	*reason = SL_REASON_DROPPED_SHORT;
+	if ((void *)(ip + 1) > end)
+		return SL_PARSE_VERDICT;
+	if (ip->version != 4) {
+		*reason = SL_REASON_DROPPED_BAD_VERSION;
+		return SL_PARSE_VERDICT;
+	}
+	ihl = ip->ihl * 4;
+	if (ihl < sizeof(*ip)) {
+		*reason = SL_REASON_DROPPED_BAD_IHL;
+		return SL_PARSE_VERDICT;
+	}
+	if ((void *)ip + ihl > end)
+		return SL_PARSE_VERDICT;
+	tot_len = bpf_ntohs(ip->tot_len);
+	if (tot_len < ihl || tot_len > skb->len - ETH_HLEN) {
+		*reason = SL_REASON_DROPPED_BAD_LEN;
+		return SL_PARSE_VERDICT;
+	}
+	frag = bpf_ntohs(ip->frag_off);
+	if (frag & (SL_IP_MF | SL_IP_OFFSET)) {
+		bool pass = iflags & SL_IFACE_PASS_FRAGMENTS;
+
+		if (!pass || (frag & SL_IP_OFFSET)) {
+			*reason = pass ? SL_REASON_FRAGMENT_PASSED : SL_REASON_DROPPED_FRAGMENT;
+			return SL_PARSE_VERDICT;
+		}
+	}
+	pkt->saddr = ip->saddr;
+	pkt->daddr = ip->daddr;
+	pkt->proto = ip->protocol;
+	pkt->l4_off = ETH_HLEN + ihl;
+	/* The L4 parsers measure against the IP payload, not the frame, so
+	 * Ethernet padding is never taken for L4 bytes. */
+	pkt->l4_len = tot_len - ihl;
+	return SL_PARSE_IPV4;
+}
+
+/* sl_parse_tcp reads ports and flags and checks the data offset. */
+SL_INLINE enum sl_parse_rc sl_parse_tcp(void *l4, void *end, __u32 l4_len, struct sl_pkt *pkt,
+					enum sl_reason *reason)
+{
+	struct tcphdr *tcp = l4;
+	__u32 doff;
+
+	if (l4_len < sizeof(*tcp) || (void *)(tcp + 1) > end)
+		return SL_PARSE_VERDICT; /* *reason is DROPPED_SHORT */
+	doff = tcp->doff * 4;
+	if (doff < sizeof(*tcp) || doff > l4_len) {
+		*reason = SL_REASON_DROPPED_BAD_TCP_DOFF;
+		return SL_PARSE_VERDICT;
+	}
+	pkt->sport = bpf_ntohs(tcp->source);
+	pkt->dport = bpf_ntohs(tcp->dest);
+	pkt->tcp_flags = ((__u8 *)tcp)[13];
+	return SL_PARSE_IPV4;
+}
+
+/* sl_parse_l4 reads the L4 header the packet's protocol has. UDP and ICMP
+ * need their 8 bytes; other protocols pass on with ports 0. */
+SL_INLINE enum sl_parse_rc sl_parse_l4(struct __sk_buff *skb, struct sl_pkt *pkt,
+				       enum sl_reason *reason)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	__u32 l4_len = pkt->l4_len;
+	__u32 off = pkt->l4_off;
+	void *l4;
+
+	*reason = SL_REASON_DROPPED_SHORT;
+	if (off > ETH_HLEN + 60)
+		return SL_PARSE_VERDICT; /* cannot happen: bounds the offset for the verifier */
+	l4 = data + off;
+	if (pkt->proto == IPPROTO_TCP)
+		return sl_parse_tcp(l4, end, l4_len, pkt, reason);
+	if (pkt->proto != IPPROTO_UDP && pkt->proto != IPPROTO_ICMP)
+		return SL_PARSE_IPV4;
+	if (l4_len < 8 || l4 + 8 > end)
+		return SL_PARSE_VERDICT;
+	if (pkt->proto == IPPROTO_UDP) {
+		struct udphdr *udp = l4;
+
+		pkt->sport = bpf_ntohs(udp->source);
+		pkt->dport = bpf_ntohs(udp->dest);
+		return SL_PARSE_IPV4;
+	}
+	struct sl_icmphdr *icmp = l4;
+
+	pkt->icmp_type = icmp->type;
+	pkt->icmp_code = icmp->code;
+	if (sl_icmp_is_echo(icmp->type))
+		pkt->icmp_id = bpf_ntohs(icmp->id);
+	return SL_PARSE_IPV4;
+}

@@ -1,0 +1,25 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* What the main program hands to its allow and deny continuations, beside
+ * the sl_state it hands to policy. Policy programs never read it. */
+#pragma once
+
+#include "conntrack.h"
+#include "iface.h"
+
+/* Direction of a packet relative to its conntrack key. */
+enum sl_ct_dir {
+	SL_CT_DIR_A_TO_B	= 0, /* source is the key's A endpoint */
+	SL_CT_DIR_B_TO_A	= 1, /* source is the key's B endpoint */
+};
+
+/* The packet waiting for a policy verdict on this CPU (sl_pending, entry
+ * 0). ifindex doubles as a validity mark: the main program sets it, the
+ * continuation checks it against the skb and clears it. */
+struct sl_pending {
+	struct sl_ct_key ct_key;	/* the flow's tracking key */
+	__u32	ifindex;		/* interface whose hook asked policy; 0 when none */
+	enum sl_hook hook;		/* SL_HOOK_* */
+	enum sl_ct_dir dir;		/* packet direction relative to ct_key */
+	enum sl_ct_leg_flags leg_flags;	/* TCP flags of the packet as leg bits */
+};
+SL_ASSERT_SIZE(struct sl_pending, 32);
