@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"iter"
+	"slices"
 	"sync/atomic"
 
 	"github.com/cilium/ebpf"
@@ -241,22 +242,23 @@ func (m *Map[K, V]) batchDump(keys []K, values []V) ([]K, []V, error) {
 	if m.dumpChunk > 0 {
 		chunk = m.dumpChunk
 	}
-	keyBuf := make([]K, chunk)
-	valueBuf := make([]V, chunk)
 	var cursor ebpf.MapBatchCursor
 	for {
-		n, err := m.m.BatchLookup(&cursor, keyBuf, valueBuf, nil)
-		keys = append(keys, keyBuf[:n]...)
-		values = append(values, valueBuf[:n]...)
+		// The kernel writes straight into the spare capacity of keys and
+		// values: no staging buffer, and no new memory once the caller's
+		// buffers have grown to the map's size.
+		keys, values = slices.Grow(keys, chunk), slices.Grow(values, chunk)
+		base := len(keys)
+		n, err := m.m.BatchLookup(&cursor, keys[base:base+chunk], values[base:base+chunk], nil)
+		keys, values = keys[:base+n], values[:base+n]
 		switch {
 		case errors.Is(err, ebpf.ErrKeyNotExist):
 			return keys, values, nil
-		case errors.Is(err, unix.ENOSPC) && n == 0 && len(keyBuf) < 1<<20:
-			// A hash bucket holds more entries than the buffer: the
+		case errors.Is(err, unix.ENOSPC) && n == 0 && chunk < 1<<20:
+			// A hash bucket holds more entries than the chunk: the
 			// kernel returns nothing and keeps the cursor, so retry
-			// with a larger buffer.
-			keyBuf = make([]K, 2*len(keyBuf))
-			valueBuf = make([]V, 2*len(valueBuf))
+			// with a larger chunk.
+			chunk *= 2
 		case errors.Is(err, ebpf.ErrNotSupported):
 			return keys, values, err
 		case err != nil:

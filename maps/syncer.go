@@ -30,12 +30,11 @@ type SyncStats struct {
 type Syncer[K, V comparable] struct {
 	m *Map[K, V]
 
-	// Buffers kept between calls: the dump, then the write list.
-	keys          []K
-	values        []V
-	changedKeys   []K
-	changedValues []V
-	current       map[K]V
+	// Buffers kept between calls: the dump, the work lists, and the set
+	// of dumped keys used to find adds.
+	keys, deletes, changedKeys, writeKeys []K
+	values, changedValues, writeValues    []V
+	present                               map[K]struct{}
 }
 
 // NewSyncer returns a Syncer that programs m.
@@ -49,6 +48,10 @@ func NewSyncer[K, V comparable](m *Map[K, V]) *Syncer[K, V] {
 // commands, or per element). Deleting first keeps a full map from
 // refusing the new entries.
 //
+// Apply expects to be the map's only writer while it runs. A concurrent
+// writer can make the read miss or repeat entries; the map is then put
+// right by the next Apply.
+//
 // On error the map holds a mix of the old and desired entries; the stats
 // count what was done up to the failure, and a later Apply completes the
 // work.
@@ -59,53 +62,56 @@ func (s *Syncer[K, V]) Apply(desired map[K]V) (SyncStats, error) {
 	if err != nil {
 		return stats, fmt.Errorf("sync: read kernel map: %w", err)
 	}
-	if s.current == nil {
-		s.current = make(map[K]V, len(s.keys))
-	}
-	clear(s.current)
+
+	// One pass over the kernel's entries finds deletes, changes and
+	// unchanged entries. Adds are the desired keys the pass did not meet;
+	// in the steady state there are none, which the count of met keys
+	// proves without a second pass over desired.
+	s.deletes, s.changedKeys, s.changedValues = s.deletes[:0], s.changedKeys[:0], s.changedValues[:0]
 	for i, key := range s.keys {
-		s.current[key] = s.values[i]
-	}
-
-	// Reuse the read buffers for the work lists: the dump is in
-	// s.current now.
-	deletes := s.keys[:0]
-	for key := range s.current {
-		if _, ok := desired[key]; !ok {
-			deletes = append(deletes, key)
-		}
-	}
-	n, err := s.m.BatchDelete(deletes)
-	stats.Deleted = n
-	if err != nil {
-		return stats, fmt.Errorf("sync: %w", err)
-	}
-
-	// Adds go first in the write list and changes after them, so a
-	// partial write is attributed exactly.
-	updateKeys := deletes[:0]
-	updateValues := s.values[:0]
-	s.changedKeys, s.changedValues = s.changedKeys[:0], s.changedValues[:0]
-	for key, want := range desired {
-		have, ok := s.current[key]
+		want, ok := desired[key]
 		switch {
 		case !ok:
-			updateKeys = append(updateKeys, key)
-			updateValues = append(updateValues, want)
-		case have != want:
+			s.deletes = append(s.deletes, key)
+		case want != s.values[i]:
 			s.changedKeys = append(s.changedKeys, key)
 			s.changedValues = append(s.changedValues, want)
 		default:
 			stats.Unchanged++
 		}
 	}
-	added := len(updateKeys)
-	updateKeys = append(updateKeys, s.changedKeys...)
-	updateValues = append(updateValues, s.changedValues...)
-	n, err = s.m.BatchUpdate(updateKeys, updateValues, ebpf.UpdateAny)
+	met := len(s.keys) - len(s.deletes)
+
+	// Adds go first in the write list and changes after them, so a
+	// partial write is attributed exactly.
+	s.writeKeys, s.writeValues = s.writeKeys[:0], s.writeValues[:0]
+	if met < len(desired) {
+		if s.present == nil {
+			s.present = make(map[K]struct{}, len(s.keys))
+		}
+		clear(s.present)
+		for _, key := range s.keys {
+			s.present[key] = struct{}{}
+		}
+		for key, want := range desired {
+			if _, ok := s.present[key]; !ok {
+				s.writeKeys = append(s.writeKeys, key)
+				s.writeValues = append(s.writeValues, want)
+			}
+		}
+	}
+	added := len(s.writeKeys)
+	s.writeKeys = append(s.writeKeys, s.changedKeys...)
+	s.writeValues = append(s.writeValues, s.changedValues...)
+
+	n, err := s.m.BatchDelete(s.deletes)
+	stats.Deleted = n
+	if err != nil {
+		return stats, fmt.Errorf("sync: %w", err)
+	}
+	n, err = s.m.BatchUpdate(s.writeKeys, s.writeValues, ebpf.UpdateAny)
 	stats.Added = min(n, added)
 	stats.Changed = n - stats.Added
-	s.keys, s.values = updateKeys, updateValues
 	if err != nil {
 		return stats, fmt.Errorf("sync: %w", err)
 	}
