@@ -1,0 +1,314 @@
+package polprog
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/cilium/ebpf"
+	ebpfasm "github.com/cilium/ebpf/asm"
+
+	"github.com/sluicenet/sluice/asm"
+	"github.com/sluicenet/sluice/bpf"
+)
+
+// Defaults for Options fields left zero.
+const (
+	// DefaultMaxParts bounds the chain of tail calls a policy uses. The
+	// kernel allows 33 tail calls per packet; the rest are the datapath's.
+	DefaultMaxParts = 24
+	// DefaultSplitJumps is the conditional-jump count after which a part
+	// ends. The verifier's limit is asm.MaxJumpSequences (8192); one rule
+	// may add at most the difference minus splitHeadroom.
+	DefaultSplitJumps = 7000
+	// DefaultSplitInstructions is the instruction count after which a part
+	// ends, far below asm.MaxInstructions so verification stays quick.
+	DefaultSplitInstructions = 200000
+	// DefaultMergeThreshold is the number of CIDR or port alternatives
+	// from which a run of rules becomes one LPM trie lookup.
+	DefaultMergeThreshold = 24
+	// splitHeadroom is kept below asm.MaxJumpSequences for the header,
+	// the resume table and the footer.
+	splitHeadroom = 200
+	// maxLookupMapsPerPart keeps a part's maps below the kernel's 64 per
+	// program, counting the five shared maps.
+	maxLookupMapsPerPart = 48
+)
+
+// Options configure Compile.
+type Options struct {
+	// MaxRules is the most rules Compile accepts; 0 means
+	// DefaultMaxRules.
+	MaxRules int
+	// EntrySlot is the sl_policy_jumps slot of the first part; part i
+	// goes to EntrySlot + i*SlotStride.
+	EntrySlot uint32
+	// SlotStride spaces the parts' slots; 0 means 1.
+	SlotStride uint32
+	// MaxParts is the most parts a policy may be split into; 0 means
+	// DefaultMaxParts.
+	MaxParts int
+	// AllowSlot and DenySlot are the sl_conts slots the program ends in.
+	// When both are 0, bpf.ContAllow and bpf.ContDeny apply.
+	AllowSlot, DenySlot uint32
+	// SplitJumps and SplitInstructions set when a part ends; 0 means
+	// DefaultSplitJumps and DefaultSplitInstructions.
+	SplitJumps, SplitInstructions int
+	// MergeThreshold is the number of CIDR or port alternatives from
+	// which consecutive rules that differ only in that field become one
+	// LPM lookup; 0 means DefaultMergeThreshold, negative disables
+	// merging.
+	MergeThreshold int
+	// TrampolineStride is passed to asm.WithTrampolineStride when not 0.
+	TrampolineStride int
+}
+
+// Compiled is a policy compiled into one or more programs.
+type Compiled struct {
+	// Parts are the programs: Parts[0] is the entry, each later part is
+	// reached by tail call from the one before.
+	Parts []Part
+	// LookupMaps are the maps of merged rules that the parts reference;
+	// Load creates them with their contents.
+	LookupMaps []LookupMap
+}
+
+// Part is one program of a compiled policy.
+type Part struct {
+	// Slot is the part's sl_policy_jumps slot.
+	Slot uint32
+	// Instructions reference the shared maps by their bpf.Map* names and
+	// lookup maps by LookupMap.Name.
+	Instructions ebpfasm.Instructions
+	// Stats are the asm counts, before unreachable code was dropped.
+	Stats asm.Stats
+
+	block *asm.Block
+}
+
+// Listing returns the part's annotated assembly listing.
+func (p Part) Listing() (string, error) {
+	if p.block == nil {
+		return "", errors.New("part has no listing")
+	}
+	s, err := p.block.Listing()
+	if err != nil {
+		return "", fmt.Errorf("listing of part at slot %d: %w", p.Slot, err)
+	}
+	return s, nil
+}
+
+// LookupMap describes a map of merged rules: an LPM trie from an address or
+// port prefix to the ID and action of the first rule that matches it.
+type LookupMap struct {
+	// Name is the instructions' reference to the map.
+	Name string
+	// Spec creates the map, with its contents.
+	Spec *ebpf.MapSpec
+}
+
+// Compile validates rules and builds the policy program.
+func Compile(rules Rules, opts Options) (*Compiled, error) {
+	p, err := validate(rules, opts.MaxRules)
+	if err != nil {
+		return nil, fmt.Errorf("validate rules: %w", err)
+	}
+	if err := requireIPv4(p); err != nil {
+		return nil, err
+	}
+	c := newCompiler(opts)
+	if err := c.program(p); err != nil {
+		return nil, fmt.Errorf("compile: %w", err)
+	}
+	return c.out, nil
+}
+
+// requireIPv4 rejects IPv6 prefixes: the programs match IPv4 packets only
+// for now.
+func requireIPv4(p *program) error {
+	check := func(rs []rule) error {
+		for i := range rs {
+			for _, l := range [][]netip.Prefix{rs[i].srcNets, rs[i].notSrcNets, rs[i].dstNets, rs[i].notDstNets} {
+				for _, n := range l {
+					if !n.Addr().Is4() {
+						return fmt.Errorf("rule %s: IPv6 CIDR %s: the compiler supports IPv4 only", rs[i].where, n)
+					}
+				}
+			}
+		}
+		return nil
+	}
+	for _, ts := range [][]tier{p.tiers, p.preDNAT, p.forward} {
+		for i := range ts {
+			if err := check(ts[i].rules); err != nil {
+				return err
+			}
+		}
+	}
+	return check(p.profiles)
+}
+
+// compiler holds the state of one Compile.
+type compiler struct {
+	opts Options
+	out  *Compiled
+
+	part *partBuilder
+	// nextLabelID numbers cross-part labels (their resume values) and
+	// rule-local labels.
+	nextLabelID uint32
+	crossIDs    map[string]uint32
+	// lastPending are the labels the finished part left for the next.
+	lastPending []string
+}
+
+func newCompiler(opts Options) *compiler {
+	if opts.SlotStride == 0 {
+		opts.SlotStride = 1
+	}
+	if opts.MaxParts <= 0 {
+		opts.MaxParts = DefaultMaxParts
+	}
+	if opts.AllowSlot == 0 && opts.DenySlot == 0 {
+		opts.AllowSlot, opts.DenySlot = uint32(bpf.ContAllow), uint32(bpf.ContDeny)
+	}
+	if opts.SplitJumps <= 0 {
+		opts.SplitJumps = DefaultSplitJumps
+	}
+	if opts.SplitInstructions <= 0 {
+		opts.SplitInstructions = DefaultSplitInstructions
+	}
+	if opts.MergeThreshold == 0 {
+		opts.MergeThreshold = DefaultMergeThreshold
+	}
+	return &compiler{opts: opts, out: &Compiled{}, crossIDs: map[string]uint32{}}
+}
+
+// stage is where rules send their verdicts.
+type stage struct {
+	// preDNAT: allow continues to the second stage instead of allowing.
+	preDNAT bool
+	// dstAddr and dstPort are the state offsets of the destination the
+	// stage matches.
+	dstAddr, dstPort int16
+}
+
+func (c *compiler) program(p *program) error {
+	if err := c.startPart(nil); err != nil {
+		return err
+	}
+	post := stage{dstAddr: offDstAddr, dstPort: offDstPort}
+	if !p.forHost {
+		if err := c.stageCode(post, p.tiers, p.profiles, p.noMatchID); err != nil {
+			return err
+		}
+		return c.finishPart(true)
+	}
+	pre := stage{preDNAT: true, dstAddr: offPreNATDstAddr, dstPort: offPreNATDstPort}
+	if err := c.tiers(pre, p.preDNAT); err != nil {
+		return err
+	}
+	c.crossLabel(labelStage2)
+	b := c.part.b
+	b.Comment("second stage: host tiers when the host is an end, else apply-on-forward")
+	b.Emit(ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R9, offFlags, ebpfasm.Word),
+		ebpfasm.And.Imm32(ebpfasm.R1, int32(bpf.StateFlagSrcIsHost|bpf.StateFlagDstIsHost)))
+	c.crossJump32(ebpfasm.JEq, ebpfasm.R1, 0, labelForward)
+	if err := c.stageCode(post, p.tiers, p.profiles, p.noMatchID); err != nil {
+		return err
+	}
+	c.crossLabel(labelForward)
+	if err := c.stageCode(post, p.forward, nil, p.noMatchID); err != nil {
+		return err
+	}
+	return c.finishPart(true)
+}
+
+// stageCode emits tiers, then profiles, then the default deny.
+func (c *compiler) stageCode(st stage, tiers []tier, profiles []rule, noMatchID uint64) error {
+	if err := c.tiers(st, tiers); err != nil {
+		return err
+	}
+	if len(profiles) > 0 {
+		c.part.b.Comment("profiles")
+		if err := c.rules(st, profiles, ""); err != nil {
+			return err
+		}
+	}
+	c.part.b.Comment("no rule decided: default deny")
+	c.decide(ActionDeny, noMatchID, st)
+	return nil
+}
+
+func (c *compiler) tiers(st stage, tiers []tier) error {
+	for i := range tiers {
+		t := &tiers[i]
+		end := c.newCrossLabel("tier_next")
+		c.part.b.Comment(fmt.Sprintf("tier %q", t.name))
+		if err := c.rules(st, t.rules, end); err != nil {
+			return err
+		}
+		if t.end == EndDeny {
+			c.part.b.Comment(fmt.Sprintf("end of tier %q: deny", t.name))
+			c.decide(ActionDeny, t.endID, st)
+		}
+		// Pass skips the tier's end action.
+		c.crossLabel(end)
+	}
+	return nil
+}
+
+// rules emits a tier's (or the profiles') rules, merging runs where that
+// pays, and splitting the program between rules.
+func (c *compiler) rules(st stage, rs []rule, tierEnd string) error {
+	sc := &shapeCache{rules: rs, keys: map[[2]int]string{}}
+	for i := 0; i < len(rs); {
+		g := c.findGroup(sc, i)
+		if err := c.maybeSplit(g != nil); err != nil {
+			return err
+		}
+		before := c.part.b.Stats()
+		n := 1
+		if g != nil {
+			if err := c.groupCode(st, g, tierEnd); err != nil {
+				return err
+			}
+			n = len(g.rules)
+		} else {
+			c.ruleCode(st, &rs[i], tierEnd)
+		}
+		if err := c.part.b.Err(); err != nil {
+			return fmt.Errorf("rule %s: %w", rs[i].where, err)
+		}
+		if added := c.part.b.Stats().Jumps - before.Jumps; added > c.maxRuleJumps() {
+			return fmt.Errorf("rule %s needs %d jumps, more than one program can hold after %d", rs[i].where, added, c.opts.SplitJumps)
+		}
+		i += n
+	}
+	return nil
+}
+
+func (c *compiler) maxRuleJumps() int {
+	return asm.MaxJumpSequences - splitHeadroom - c.opts.SplitJumps
+}
+
+// maybeSplit ends the current part when it has reached a split threshold.
+func (c *compiler) maybeSplit(needsMap bool) error {
+	s := c.part.b.Stats()
+	full := s.Jumps >= c.opts.SplitJumps || s.Instructions >= c.opts.SplitInstructions ||
+		(needsMap && c.part.lookupMaps >= maxLookupMapsPerPart)
+	if !full {
+		return nil
+	}
+	cont := c.newCrossLabel("cont")
+	c.part.b.Comment("split: continue in the next part")
+	c.crossJa(cont)
+	if err := c.finishPart(false); err != nil {
+		return err
+	}
+	if err := c.startPart(c.lastPending); err != nil {
+		return err
+	}
+	c.crossLabel(cont)
+	return nil
+}

@@ -1,0 +1,60 @@
+// Package polprog compiles network policy (tiers of policies of rules, and
+// profiles) into eBPF programs that decide allow or deny for the packet
+// described in the datapath's per-CPU struct sl_state, and evaluates the same
+// rules in pure Go.
+//
+// # Semantics
+//
+// A rule's fields are ANDed and the entries of a list field are ORed; an
+// empty field matches everything, a Not field matches when none of its
+// entries does. Rules are evaluated in order: allow and deny end evaluation,
+// pass skips to the next tier (past the tier's end action), log sets
+// StateFlagLog, counts the rule and continues. A tier that nothing decided
+// ends with its EndAction: deny (with EndRuleID) or pass to the next tier.
+// Profiles follow the tiers; pass there denies. A packet nothing decided is
+// denied with Rules.NoMatchRuleID.
+//
+// Host endpoints (Rules.ForHost) evaluate in two stages. The pre-DNAT tiers
+// match the destination before DNAT (pre_nat_dst_addr, pre_nat_dst_port); a
+// deny there denies, while an allow (counted) or the end of the pre-DNAT
+// tiers continues with the second stage. The second stage is the normal
+// tiers then the profiles when the state flags say the source or the
+// destination is the host, and the apply-on-forward tiers otherwise. Nothing
+// deciding in the second stage denies with NoMatchRuleID.
+//
+// Evaluator (and Evaluate) implement these semantics in Go; the package's
+// differential tests hold the compiled programs to it. Use it to explain a
+// verdict or to test policy without root.
+//
+// # Programs
+//
+// Compile emits one or more parts. Each part finds sl_state, evaluates a
+// slice of the rules and either ends by setting policy_rc and rule_id,
+// counting the deciding rule in sl_rule_hits and tail calling the allow or
+// deny continuation in sl_conts (TC_ACT_SHOT if that tail call fails), or
+// tail calls the next part in sl_policy_jumps with state.resume naming where
+// it continues. Parts are cut between rules, before the verifier's limit on
+// pending branch states (asm.MaxJumpSequences) or a configured instruction
+// count; 20,000 rules fit in a few parts.
+//
+// Runs of consecutive rules that differ only in their IDs, actions and the
+// entries of one CIDR or port list (and a single rule with many such
+// entries) become one lookup in an LPM trie that the program owns, whose
+// value is the ID and action of the first rule in order that matches. Their
+// cost per packet then no longer grows with the number of rules, while order,
+// actions and rule IDs stay exact.
+//
+// IP sets live in the shared sl_ipsets LPM trie (struct sl_ipset_key): CIDR
+// members with prefix 64+96+bits (IPv4-mapped), named-port members as exact
+// (address, port, protocol) entries.
+//
+// The model holds netip values and the state 16-byte addresses; the
+// compiler emits IPv4 matches only for now and rejects IPv6 CIDRs.
+//
+// # Kernel features
+//
+// BPF_PROG_TYPE_SCHED_CLS programs, bpf_tail_call with BPF_MAP_TYPE_PROG_ARRAY,
+// BPF_MAP_TYPE_PERCPU_ARRAY (state), BPF_MAP_TYPE_LPM_TRIE (IP sets and
+// merged rules), BPF_MAP_TYPE_PERCPU_HASH (hit counters) and JMP32
+// instructions (Linux 5.1).
+package polprog

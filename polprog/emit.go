@@ -1,0 +1,265 @@
+package polprog
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+
+	ebpfasm "github.com/cilium/ebpf/asm"
+
+	"github.com/sluicenet/sluice/bpf"
+)
+
+// ruleCode emits one rule: each check jumps to the rule's end when it
+// fails, and the action follows the last check.
+func (c *compiler) ruleCode(st stage, r *rule, tierEnd string) {
+	next := c.newLabel("rule_end")
+	c.part.b.Comment(fmt.Sprintf("rule %s: %s, id %d", r.where, r.action, r.id))
+	c.part.key.valid = false
+	c.checks(st, r, fieldNone, next)
+	c.action(st, r.action, r.id, tierEnd)
+	c.label(next)
+}
+
+// action emits what a matched rule does.
+func (c *compiler) action(st stage, action Action, id uint64, tierEnd string) {
+	b := c.part.b
+	switch action {
+	case ActionPass:
+		c.crossJa(tierEnd)
+	case ActionLog:
+		b.Emit(
+			ebpfasm.LoadMem(ebpfasm.R1, regState, offFlags, ebpfasm.Word),
+			ebpfasm.Or.Imm32(ebpfasm.R1, int32(bpf.StateFlagLog)),
+			ebpfasm.StoreMem(regState, offFlags, ebpfasm.R1, ebpfasm.Word),
+		)
+		if id != 0 {
+			b.Emit(
+				ebpfasm.LoadImm(ebpfasm.R1, int64(id), ebpfasm.DWord),
+				ebpfasm.StoreMem(ebpfasm.R10, stackLogID, ebpfasm.R1, ebpfasm.DWord),
+			)
+			c.bumpHits(ebpfasm.R10, stackLogID)
+		}
+	default:
+		c.decide(action, id, st)
+	}
+}
+
+// field names the list field a merged group looks up instead of checking
+// inline.
+type field int
+
+const (
+	fieldNone field = iota
+	fieldSrcNets
+	fieldDstNets
+	fieldSrcPorts
+	fieldDstPorts
+)
+
+// checks emits every match of r except skip, jumping to fail when one does
+// not hold. Cheap register compares come first, map lookups last.
+func (c *compiler) checks(st stage, r *rule, skip field, fail string) {
+	b := c.part.b
+	if r.proto >= 0 {
+		b.Emit(ebpfasm.LoadMem(ebpfasm.R1, regState, offProto, ebpfasm.Byte))
+		b.Jump(ebpfasm.JNE, ebpfasm.R1, int32(r.proto), fail)
+	}
+	if r.notProto >= 0 {
+		b.Emit(ebpfasm.LoadMem(ebpfasm.R1, regState, offProto, ebpfasm.Byte))
+		b.Jump(ebpfasm.JEq, ebpfasm.R1, int32(r.notProto), fail)
+	}
+	if r.icmp != nil {
+		c.icmpCheck(r.icmp, fail, false)
+	}
+	if r.notICMP != nil {
+		c.icmpCheck(r.notICMP, fail, true)
+	}
+	if skip != fieldSrcPorts {
+		c.portRanges(offSrcPort, r.srcPorts, r.srcNamed, offSrcAddr, fail, false)
+	}
+	c.portRanges(offSrcPort, r.notSrcPorts, r.notSrcNamed, offSrcAddr, fail, true)
+	if skip != fieldDstPorts {
+		c.portRanges(st.dstPort, r.dstPorts, r.dstNamed, st.dstAddr, fail, false)
+	}
+	c.portRanges(st.dstPort, r.notDstPorts, r.notDstNamed, st.dstAddr, fail, true)
+	if skip != fieldSrcNets {
+		c.nets(offSrcAddr, r.srcNets, fail, false)
+	}
+	c.nets(offSrcAddr, r.notSrcNets, fail, true)
+	if skip != fieldDstNets {
+		c.nets(st.dstAddr, r.dstNets, fail, false)
+	}
+	c.nets(st.dstAddr, r.notDstNets, fail, true)
+	for _, id := range r.srcSets {
+		c.ipsetLookup(id, offSrcAddr, -1, ebpfasm.JEq, fail)
+	}
+	for _, id := range r.notSrcSets {
+		c.ipsetLookup(id, offSrcAddr, -1, ebpfasm.JNE, fail)
+	}
+	for _, id := range r.dstSets {
+		c.ipsetLookup(id, st.dstAddr, -1, ebpfasm.JEq, fail)
+	}
+	for _, id := range r.notDstSets {
+		c.ipsetLookup(id, st.dstAddr, -1, ebpfasm.JNE, fail)
+	}
+}
+
+func (c *compiler) icmpCheck(m *ICMPMatch, fail string, negate bool) {
+	b := c.part.b
+	b.Emit(ebpfasm.LoadMem(ebpfasm.R1, regState, offICMPType, ebpfasm.Byte))
+	if !m.HasCode {
+		b.Jump(pickOp(negate, ebpfasm.JEq, ebpfasm.JNE), ebpfasm.R1, int32(m.Type), fail)
+		return
+	}
+	if !negate {
+		b.Jump(ebpfasm.JNE, ebpfasm.R1, int32(m.Type), fail)
+		b.Emit(ebpfasm.LoadMem(ebpfasm.R1, regState, offICMPCode, ebpfasm.Byte))
+		b.Jump(ebpfasm.JNE, ebpfasm.R1, int32(m.Code), fail)
+		return
+	}
+	differs := c.newLabel("icmp_differs")
+	b.Jump(ebpfasm.JNE, ebpfasm.R1, int32(m.Type), differs)
+	b.Emit(ebpfasm.LoadMem(ebpfasm.R1, regState, offICMPCode, ebpfasm.Byte))
+	b.Jump(ebpfasm.JEq, ebpfasm.R1, int32(m.Code), fail)
+	c.label(differs)
+}
+
+// pickOp returns a when cond, else b.
+func pickOp(cond bool, a, b ebpfasm.JumpOp) ebpfasm.JumpOp {
+	if cond {
+		return a
+	}
+	return b
+}
+
+// portRanges checks the port at portOff against ranges and named-port sets
+// (ORed). Without negate the port must be in one of them, with negate in
+// none.
+func (c *compiler) portRanges(portOff int16, ranges []PortRange, named []uint64, addrOff int16, fail string, negate bool) {
+	if len(ranges) == 0 && len(named) == 0 {
+		return
+	}
+	b := c.part.b
+	// in is where a port in the list goes: fail when negated.
+	in := fail
+	if !negate {
+		in = c.newLabel("port_ok")
+	}
+	if len(ranges) > 0 {
+		b.Emit(ebpfasm.LoadMem(ebpfasm.R1, regState, portOff, ebpfasm.Half))
+	}
+	for _, pr := range ranges {
+		if pr.First == pr.Last {
+			b.Jump(ebpfasm.JEq, ebpfasm.R1, int32(pr.First), in)
+			continue
+		}
+		// One unsigned compare: port-First <= Last-First.
+		b.Emit(ebpfasm.Mov.Reg(ebpfasm.R2, ebpfasm.R1), ebpfasm.Add.Imm(ebpfasm.R2, -int32(pr.First)))
+		b.Jump(ebpfasm.JLE, ebpfasm.R2, int32(pr.Last-pr.First), in)
+	}
+	for _, id := range named {
+		c.ipsetLookup(id, addrOff, portOff, ebpfasm.JNE, in)
+	}
+	if !negate {
+		b.Ja(fail)
+		c.label(in)
+	}
+}
+
+// addrWord returns the IPv4 address of p and its mask as they read from
+// memory in one 32-bit load on this host.
+func addrWord(p netip.Prefix) (addr, mask int32) {
+	a := p.Addr().As4()
+	m := uint64(0xffffffff) << (32 - p.Bits())
+	var mb [4]byte
+	binary.BigEndian.PutUint32(mb[:], uint32(m))
+	return int32(binary.NativeEndian.Uint32(a[:])), int32(binary.NativeEndian.Uint32(mb[:]))
+}
+
+// nets checks the IPv4 address at addrOff (IPv4-mapped: the last word)
+// against CIDRs (ORed).
+func (c *compiler) nets(addrOff int16, nets []netip.Prefix, fail string, negate bool) {
+	if len(nets) == 0 {
+		return
+	}
+	b := c.part.b
+	b.Emit(ebpfasm.LoadMem(ebpfasm.R1, regState, addrOff+12, ebpfasm.Word))
+	if len(nets) == 1 && !negate {
+		c.netCompare(nets[0], ebpfasm.JNE, fail)
+		return
+	}
+	in := fail
+	if !negate {
+		in = c.newLabel("net_ok")
+	}
+	for _, n := range nets {
+		c.netCompare(n, ebpfasm.JEq, in)
+	}
+	if !negate {
+		b.Ja(fail)
+		c.label(in)
+	}
+}
+
+// netCompare jumps to label when (R1 in n) is (op == JEq).
+func (c *compiler) netCompare(n netip.Prefix, op ebpfasm.JumpOp, label string) {
+	b := c.part.b
+	addr, mask := addrWord(n)
+	if n.Bits() == 32 {
+		b.Jump32(op, ebpfasm.R1, addr, label)
+		return
+	}
+	b.Emit(ebpfasm.Mov.Reg32(ebpfasm.R2, ebpfasm.R1), ebpfasm.And.Imm32(ebpfasm.R2, mask))
+	b.Jump32(op, ebpfasm.R2, addr, label)
+}
+
+// ipsetLookup looks up set id in sl_ipsets with the address at addrOff
+// and, when portOff >= 0, the port there and the protocol (a named-port
+// match). It jumps to label when R0 (the member) is op 0.
+func (c *compiler) ipsetLookup(id uint64, addrOff, portOff int16, op ebpfasm.JumpOp, label string) {
+	b := c.part.b
+	k := &c.part.key
+	const base = stackIPSetKey
+	var idBytes [8]byte
+	binary.NativeEndian.PutUint64(idBytes[:], id)
+	b.Emit(
+		ebpfasm.StoreImm(ebpfasm.R10, base+ipsetKeySetID, int64(int32(binary.NativeEndian.Uint32(idBytes[:4]))), ebpfasm.Word),
+		ebpfasm.StoreImm(ebpfasm.R10, base+ipsetKeySetID+4, int64(int32(binary.NativeEndian.Uint32(idBytes[4:]))), ebpfasm.Word),
+	)
+	if !k.valid || k.addr != addrOff {
+		for i := int16(0); i < 16; i += 4 {
+			b.Emit(
+				ebpfasm.LoadMem(ebpfasm.R1, regState, addrOff+i, ebpfasm.Word),
+				ebpfasm.StoreMem(ebpfasm.R10, base+ipsetKeyAddr+i, ebpfasm.R1, ebpfasm.Word),
+			)
+		}
+	}
+	switch {
+	case portOff < 0 && (!k.valid || k.tail != 1):
+		b.Emit(
+			ebpfasm.StoreImm(ebpfasm.R10, base, ipsetKeyAddrBits, ebpfasm.Word),
+			ebpfasm.StoreImm(ebpfasm.R10, base+ipsetKeyPort, 0, ebpfasm.Word),
+		)
+	case portOff >= 0 && (!k.valid || k.tail != 2 || k.port != portOff):
+		b.Emit(
+			ebpfasm.StoreImm(ebpfasm.R10, base, ipsetKeyPortBits, ebpfasm.Word),
+			ebpfasm.StoreImm(ebpfasm.R10, base+ipsetKeyPort, 0, ebpfasm.Word),
+			ebpfasm.LoadMem(ebpfasm.R1, regState, portOff, ebpfasm.Half),
+			ebpfasm.StoreMem(ebpfasm.R10, base+ipsetKeyPort, ebpfasm.R1, ebpfasm.Half),
+			ebpfasm.LoadMem(ebpfasm.R1, regState, offProto, ebpfasm.Byte),
+			ebpfasm.StoreMem(ebpfasm.R10, base+ipsetKeyProto, ebpfasm.R1, ebpfasm.Byte),
+		)
+	}
+	b.Emit(
+		ebpfasm.LoadMapPtr(ebpfasm.R1, 0).WithReference(bpf.MapIPSets),
+		ebpfasm.Mov.Reg(ebpfasm.R2, ebpfasm.R10),
+		ebpfasm.Add.Imm(ebpfasm.R2, base),
+		ebpfasm.FnMapLookupElem.Call(),
+	)
+	b.Jump(op, ebpfasm.R0, 0, label)
+	*k = ipsetKeyCache{valid: true, addr: addrOff, tail: 1}
+	if portOff >= 0 {
+		k.tail, k.port = 2, portOff
+	}
+}

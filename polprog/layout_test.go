@@ -1,0 +1,110 @@
+package polprog
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
+
+	"github.com/sluicenet/sluice/bpf"
+	"github.com/sluicenet/sluice/maps"
+)
+
+// TestStateLayout checks the Go mirrors whose offsets the compiler uses
+// against the datapath object's BTF.
+func TestStateLayout(t *testing.T) {
+	spec, err := bpf.LoadSpec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := maps.CheckLayout(spec.Types, bpf.TypeState, bpf.State{}); err != nil {
+		t.Error(err)
+	}
+	// sl_ipset_key is packed; the compiler's constants must match BTF.
+	want := map[string]int{"set_id": ipsetKeySetID, "addr": ipsetKeyAddr, "port": ipsetKeyPort, "proto": ipsetKeyProto}
+	var key *btfStruct
+	if key, err = findStruct(spec, bpf.TypeIPSetKey); err != nil {
+		t.Fatal(err)
+	}
+	if key.size != ipsetKeySize {
+		t.Errorf("sl_ipset_key size %d, compiler uses %d", key.size, ipsetKeySize)
+	}
+	for name, off := range want {
+		if got, ok := key.offsets[name]; !ok || got != off {
+			t.Errorf("sl_ipset_key.%s at %d (present %v), compiler uses %d", name, got, ok, off)
+		}
+	}
+}
+
+func TestValidateErrors(t *testing.T) {
+	good := Rule{ID: 1, Action: ActionAllow}
+	cases := []struct {
+		name string
+		rule Rule
+		want string
+	}{
+		{"unknown action", Rule{ID: 1, Action: 9}, "invalid action"},
+		{"unknown protocol", Rule{Action: ActionAllow, Protocol: "tcpx"}, "unknown protocol"},
+		{"protocol out of range", Rule{Action: ActionAllow, NotProtocol: "256"}, "unknown protocol"},
+		{"invalid CIDR", Rule{Action: ActionAllow, SrcNets: []netip.Prefix{{}}}, "invalid CIDR"},
+		{"mapped CIDR", Rule{Action: ActionAllow, DstNets: []netip.Prefix{netip.MustParsePrefix("::ffff:10.0.0.0/104")}}, "IPv4-mapped"},
+		{"reversed range", Rule{Action: ActionAllow, DstPorts: []PortRange{{10, 9}}}, "reversed range"},
+		{"icmp without protocol", Rule{Action: ActionAllow, ICMP: &ICMPMatch{Type: 8}}, "ICMP matches need"},
+		{"IPv6 CIDR", Rule{Action: ActionAllow, SrcNets: []netip.Prefix{netip.MustParsePrefix("fd00::/8")}}, "IPv4 only"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Compile(oneRule(tc.rule), Options{})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("Compile error %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+	t.Run("too many rules", func(t *testing.T) {
+		_, err := Compile(Rules{Tiers: []Tier{{Policies: []Policy{{Rules: []Rule{good, good, good}}}}}}, Options{MaxRules: 2})
+		if !errors.Is(err, ErrTooManyRules) {
+			t.Errorf("Compile error %v, want ErrTooManyRules", err)
+		}
+	})
+	t.Run("bad end action", func(t *testing.T) {
+		if _, err := Compile(Rules{Tiers: []Tier{{EndAction: 7}}}, Options{}); err == nil {
+			t.Error("Compile accepted end action 7")
+		}
+	})
+	t.Run("host tiers without ForHost", func(t *testing.T) {
+		if _, err := Compile(Rules{PreDNATTiers: []Tier{{}}}, Options{}); err == nil {
+			t.Error("Compile accepted pre-DNAT tiers for a workload")
+		}
+	})
+	t.Run("too many parts", func(t *testing.T) {
+		rs := make([]Rule, 10)
+		for i := range rs {
+			rs[i] = Rule{ID: uint64(i + 1), Action: ActionDeny, Protocol: "tcp"}
+		}
+		_, err := Compile(Rules{Tiers: []Tier{{Policies: []Policy{{Rules: rs}}}}}, Options{SplitJumps: 1, MaxParts: 3})
+		if err == nil || !strings.Contains(err.Error(), "more than 3 programs") {
+			t.Errorf("Compile error %v, want too many programs", err)
+		}
+	})
+}
+
+type btfStruct struct {
+	size    int
+	offsets map[string]int
+}
+
+func findStruct(spec *ebpf.CollectionSpec, name string) (*btfStruct, error) {
+	var s *btf.Struct
+	if err := spec.Types.TypeByName(name, &s); err != nil {
+		return nil, fmt.Errorf("find %s: %w", name, err)
+	}
+	out := &btfStruct{size: int(s.Size), offsets: map[string]int{}}
+	for _, m := range s.Members {
+		out.offsets[m.Name] = int(m.Offset.Bytes())
+	}
+	return out, nil
+}

@@ -1,0 +1,239 @@
+package polprog
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+)
+
+// IDs used by the table: a rule that matches reports ruleA (or ruleB...),
+// the tier end tierEnd, nothing at all noMatch.
+const (
+	ruleA   = 1
+	ruleB   = 2
+	ruleC   = 3
+	tierEnd = 900
+	noMatch = 999
+)
+
+// basePacket is TCP 10.0.1.5:40000 -> 10.0.2.7:80, DNATed from
+// 192.168.0.10:8080.
+var basePacket = Packet{
+	Src: mustAddr("10.0.1.5"), Dst: mustAddr("10.0.2.7"), PreNATDst: mustAddr("192.168.0.10"),
+	SrcPort: 40000, DstPort: 80, PreNATDstPort: 8080, Protocol: 6,
+}
+
+var icmpPacket = Packet{Src: mustAddr("10.0.1.5"), Dst: mustAddr("10.0.2.7"), Protocol: 1, ICMPType: 8, ICMPCode: 0}
+
+// tableSets: set 10 holds 10.0.1.0/24, set 11 holds 10.0.2.7/32, set 12
+// holds 172.16.0.0/12, set 20 holds the named port (10.0.2.7, tcp, 80), set
+// 21 the named port (10.0.1.5, tcp, 40000), set 22 (10.0.2.7, udp, 80).
+var tableSets = IPSetMembers{
+	10: {Nets: []netip.Prefix{mustPrefix("10.0.1.0/24")}},
+	11: {Nets: []netip.Prefix{mustPrefix("10.0.2.7/32")}},
+	12: {Nets: []netip.Prefix{mustPrefix("172.16.0.0/12")}},
+	20: {NamedPorts: []NamedPortMember{{Addr: mustAddr("10.0.2.7"), Protocol: 6, Port: 80}}},
+	21: {NamedPorts: []NamedPortMember{{Addr: mustAddr("10.0.1.5"), Protocol: 6, Port: 40000}}},
+	22: {NamedPorts: []NamedPortMember{{Addr: mustAddr("10.0.2.7"), Protocol: 17, Port: 80}}},
+}
+
+// oneRule is a workload policy of one tier holding r as ruleA.
+func oneRule(r Rule) Rules {
+	r.ID = ruleA
+	if r.Action == 0 {
+		r.Action = ActionAllow
+	}
+	return Rules{Tiers: []Tier{{Name: "t", EndRuleID: tierEnd, Policies: []Policy{{Name: "p", Rules: []Rule{r}}}}},
+		NoMatchRuleID: noMatch}
+}
+
+type tableCase struct {
+	name  string
+	rules Rules
+	pkt   Packet
+	want  Decision
+}
+
+var (
+	allowA  = Decision{Verdict: VerdictAllow, RuleID: ruleA}
+	endDeny = Decision{Verdict: VerdictDeny, RuleID: tierEnd}
+)
+
+func fieldCases() []tableCase {
+	icmpCode := func(t, c uint8) *ICMPMatch { return &ICMPMatch{Type: t, Code: c, HasCode: true} }
+	type fc struct {
+		name  string
+		rule  Rule
+		pkt   Packet
+		match bool
+	}
+	list := []fc{
+		{"protocol name", Rule{Protocol: "tcp"}, basePacket, true},
+		{"protocol number", Rule{Protocol: "6"}, basePacket, true},
+		{"protocol other", Rule{Protocol: "udp"}, basePacket, false},
+		{"not protocol same", Rule{NotProtocol: "tcp"}, basePacket, false},
+		{"not protocol other", Rule{NotProtocol: "17"}, basePacket, true},
+		{"src net", Rule{SrcNets: []netip.Prefix{mustPrefix("10.0.0.0/16")}}, basePacket, true},
+		{"src net miss", Rule{SrcNets: []netip.Prefix{mustPrefix("10.1.0.0/16")}}, basePacket, false},
+		{"src nets ORed", Rule{SrcNets: []netip.Prefix{mustPrefix("10.1.0.0/16"), mustPrefix("10.0.1.5/32")}}, basePacket, true},
+		{"src net /0", Rule{SrcNets: []netip.Prefix{mustPrefix("0.0.0.0/0")}}, basePacket, true},
+		{"not src net hit", Rule{NotSrcNets: []netip.Prefix{mustPrefix("10.9.0.0/16"), mustPrefix("10.0.1.0/24")}}, basePacket, false},
+		{"not src net miss", Rule{NotSrcNets: []netip.Prefix{mustPrefix("10.9.0.0/16")}}, basePacket, true},
+		{"dst net", Rule{DstNets: []netip.Prefix{mustPrefix("10.0.2.7/32")}}, basePacket, true},
+		{"dst net is post-DNAT", Rule{DstNets: []netip.Prefix{mustPrefix("192.168.0.0/24")}}, basePacket, false},
+		{"not dst net hit", Rule{NotDstNets: []netip.Prefix{mustPrefix("10.0.2.0/24")}}, basePacket, false},
+		{"not dst net miss", Rule{NotDstNets: []netip.Prefix{mustPrefix("10.0.3.0/24")}}, basePacket, true},
+		{"src ip set", Rule{SrcIPSets: []uint64{10}}, basePacket, true},
+		{"src ip sets all", Rule{SrcIPSets: []uint64{10, 12}}, basePacket, false},
+		{"src ip set unknown", Rule{SrcIPSets: []uint64{77}}, basePacket, false},
+		{"not src ip set hit", Rule{NotSrcIPSets: []uint64{12, 10}}, basePacket, false},
+		{"not src ip set miss", Rule{NotSrcIPSets: []uint64{12}}, basePacket, true},
+		{"dst ip set", Rule{DstIPSets: []uint64{11}}, basePacket, true},
+		{"dst ip set miss", Rule{DstIPSets: []uint64{10}}, basePacket, false},
+		{"not dst ip set hit", Rule{NotDstIPSets: []uint64{11}}, basePacket, false},
+		{"not dst ip set miss", Rule{NotDstIPSets: []uint64{10}}, basePacket, true},
+		{"named port set is not an address", Rule{DstIPSets: []uint64{20}}, basePacket, false},
+		{"src port range", Rule{SrcPorts: []PortRange{{32768, 60999}}}, basePacket, true},
+		{"src port miss", Rule{SrcPorts: []PortRange{{1, 1023}}}, basePacket, false},
+		{"not src port hit", Rule{NotSrcPorts: []PortRange{{40000, 40000}}}, basePacket, false},
+		{"not src port miss", Rule{NotSrcPorts: []PortRange{{1, 39999}, {40001, 65535}}}, basePacket, true},
+		{"dst port", Rule{DstPorts: []PortRange{Port(443), Port(80)}}, basePacket, true},
+		{"dst port miss", Rule{DstPorts: []PortRange{Port(8080)}}, basePacket, false},
+		{"not dst port hit", Rule{NotDstPorts: []PortRange{{0, 100}}}, basePacket, false},
+		{"not dst port miss", Rule{NotDstPorts: []PortRange{{81, 65535}}}, basePacket, true},
+		{"dst named port", Rule{DstNamedPorts: []uint64{20}}, basePacket, true},
+		{"dst named port other proto", Rule{DstNamedPorts: []uint64{22}}, basePacket, false},
+		{"dst named port ORed with range", Rule{DstPorts: []PortRange{Port(1)}, DstNamedPorts: []uint64{22, 20}}, basePacket, true},
+		{"dst named port via CIDR member", Rule{DstNamedPorts: []uint64{11}}, basePacket, true},
+		{"not dst named port hit", Rule{NotDstNamedPorts: []uint64{20}}, basePacket, false},
+		{"not dst named port miss", Rule{NotDstNamedPorts: []uint64{22}}, basePacket, true},
+		{"src named port", Rule{SrcNamedPorts: []uint64{21}}, basePacket, true},
+		{"src named port miss", Rule{SrcNamedPorts: []uint64{20}}, basePacket, false},
+		{"not src named port hit", Rule{NotSrcNamedPorts: []uint64{21}}, basePacket, false},
+		{"not src named port miss", Rule{NotSrcNamedPorts: []uint64{20}}, basePacket, true},
+		{"icmp type", Rule{Protocol: "icmp", ICMP: &ICMPMatch{Type: 8}}, icmpPacket, true},
+		{"icmp type miss", Rule{Protocol: "icmp", ICMP: &ICMPMatch{Type: 0}}, icmpPacket, false},
+		{"icmp type and code", Rule{Protocol: "icmp", ICMP: icmpCode(8, 0)}, icmpPacket, true},
+		{"icmp code miss", Rule{Protocol: "icmp", ICMP: icmpCode(8, 1)}, icmpPacket, false},
+		{"not icmp type hit", Rule{Protocol: "icmp", NotICMP: &ICMPMatch{Type: 8}}, icmpPacket, false},
+		{"not icmp type miss", Rule{Protocol: "icmp", NotICMP: &ICMPMatch{Type: 3}}, icmpPacket, true},
+		{"not icmp type and code hit", Rule{Protocol: "icmp", NotICMP: icmpCode(8, 0)}, icmpPacket, false},
+		{"not icmp code differs", Rule{Protocol: "icmp", NotICMP: icmpCode(8, 1)}, icmpPacket, true},
+		{"not icmp type differs", Rule{Protocol: "icmp", NotICMP: icmpCode(3, 0)}, icmpPacket, true},
+		{"fields ANDed", Rule{Protocol: "tcp", SrcIPSets: []uint64{10}, DstPorts: []PortRange{Port(81)}}, basePacket, false},
+	}
+	var out []tableCase
+	for _, c := range list {
+		want := endDeny
+		if c.match {
+			want = allowA
+		}
+		out = append(out, tableCase{name: "field/" + c.name, rules: oneRule(c.rule), pkt: c.pkt, want: want})
+	}
+	return out
+}
+
+func mkTier(name string, end EndAction, rules ...Rule) Tier {
+	return Tier{Name: name, EndAction: end, EndRuleID: tierEnd, Policies: []Policy{{Name: name + "-pol", Rules: rules}}}
+}
+
+func structureCases() []tableCase {
+	tcp := Rule{Protocol: "tcp"}
+	with := func(r Rule, id uint64, a Action) Rule { r.ID, r.Action = id, a; return r }
+	denyTCP, allowTCP, passTCP, logTCP := with(tcp, ruleA, ActionDeny), with(tcp, ruleB, ActionAllow), with(tcp, ruleA, ActionPass), with(tcp, ruleC, ActionLog)
+	allowAll := Rule{ID: ruleB, Action: ActionAllow}
+	hostPkt, fwdPkt := basePacket, basePacket
+	hostPkt.DstIsHost = true
+	return []tableCase{
+		{"action/deny", Rules{Tiers: []Tier{mkTier("a", EndDeny, denyTCP, allowAll)}}, basePacket,
+			Decision{Verdict: VerdictDeny, RuleID: ruleA}},
+		{"action/pass to next tier", Rules{Tiers: []Tier{mkTier("a", EndDeny, passTCP, with(tcp, ruleC, ActionDeny)), mkTier("b", EndDeny, allowAll)}},
+			basePacket, Decision{Verdict: VerdictAllow, RuleID: ruleB}},
+		{"action/log continues", Rules{Tiers: []Tier{mkTier("a", EndDeny, logTCP, allowTCP)}}, basePacket,
+			Decision{Verdict: VerdictAllow, RuleID: ruleB, Logged: true}},
+		{"action/first match wins", Rules{Tiers: []Tier{mkTier("a", EndDeny, allowTCP, denyTCP)}}, basePacket,
+			Decision{Verdict: VerdictAllow, RuleID: ruleB}},
+		{"tier/end deny", Rules{Tiers: []Tier{mkTier("a", EndDeny, with(Rule{Protocol: "udp"}, ruleA, ActionAllow)), mkTier("b", EndDeny, allowAll)}},
+			basePacket, endDeny},
+		{"tier/end pass", Rules{Tiers: []Tier{mkTier("a", EndPass, with(Rule{Protocol: "udp"}, ruleA, ActionAllow)), mkTier("b", EndDeny, allowAll)}},
+			basePacket, Decision{Verdict: VerdictAllow, RuleID: ruleB}},
+		{"tier/empty tier denies", Rules{Tiers: []Tier{{Name: "empty", EndRuleID: tierEnd}}}, basePacket, endDeny},
+		{"profiles/after passing tiers", Rules{Tiers: []Tier{mkTier("a", EndPass)}, Profiles: []Policy{{Name: "prof", Rules: []Rule{allowAll}}}},
+			basePacket, Decision{Verdict: VerdictAllow, RuleID: ruleB}},
+		{"profiles/pass denies", Rules{Profiles: []Policy{{Rules: []Rule{passTCP, allowAll}}}}, basePacket,
+			Decision{Verdict: VerdictDeny, RuleID: ruleA}},
+		{"profiles/no match", Rules{Profiles: []Policy{{Rules: []Rule{with(Rule{Protocol: "udp"}, ruleA, ActionAllow)}}}, NoMatchRuleID: noMatch},
+			basePacket, Decision{Verdict: VerdictDeny, RuleID: noMatch}},
+		{"no rules at all", Rules{NoMatchRuleID: noMatch}, basePacket, Decision{Verdict: VerdictDeny, RuleID: noMatch}},
+		{"host/pre-DNAT deny", Rules{ForHost: true, PreDNATTiers: []Tier{mkTier("pre", EndPass, denyTCP)}, Tiers: []Tier{mkTier("n", EndDeny, allowAll)}},
+			hostPkt, Decision{Verdict: VerdictDeny, RuleID: ruleA}},
+		{"host/pre-DNAT matches pre-DNAT destination", Rules{ForHost: true,
+			PreDNATTiers: []Tier{mkTier("pre", EndPass, with(Rule{DstNets: []netip.Prefix{mustPrefix("192.168.0.10/32")}, DstPorts: []PortRange{Port(8080)}}, ruleA, ActionDeny))},
+			Tiers:        []Tier{mkTier("n", EndDeny, allowAll)}},
+			hostPkt, Decision{Verdict: VerdictDeny, RuleID: ruleA}},
+		{"host/pre-DNAT allow continues", Rules{ForHost: true, PreDNATTiers: []Tier{mkTier("pre", EndDeny, with(tcp, ruleC, ActionAllow))},
+			Tiers: []Tier{mkTier("n", EndDeny, with(tcp, ruleA, ActionDeny))}},
+			hostPkt, Decision{Verdict: VerdictDeny, RuleID: ruleA}},
+		{"host/pre-DNAT end deny", Rules{ForHost: true, PreDNATTiers: []Tier{mkTier("pre", EndDeny, with(Rule{Protocol: "udp"}, ruleC, ActionAllow))},
+			Tiers: []Tier{mkTier("n", EndDeny, allowAll)}},
+			hostPkt, endDeny},
+		{"host/normal tiers for host traffic", Rules{ForHost: true, Tiers: []Tier{mkTier("n", EndDeny, allowAll)},
+			ApplyOnForwardTiers: []Tier{mkTier("f", EndDeny, denyTCP)}},
+			hostPkt, Decision{Verdict: VerdictAllow, RuleID: ruleB}},
+		{"host/forward tiers for forwarded traffic", Rules{ForHost: true, Tiers: []Tier{mkTier("n", EndDeny, allowAll)},
+			ApplyOnForwardTiers: []Tier{mkTier("f", EndDeny, denyTCP)}},
+			fwdPkt, Decision{Verdict: VerdictDeny, RuleID: ruleA}},
+		{"host/forward with no tiers denies", Rules{ForHost: true, Tiers: []Tier{mkTier("n", EndDeny, allowAll)}, NoMatchRuleID: noMatch},
+			fwdPkt, Decision{Verdict: VerdictDeny, RuleID: noMatch}},
+		{"host/profiles after normal tiers", Rules{ForHost: true, Tiers: []Tier{mkTier("n", EndPass)}, Profiles: []Policy{{Rules: []Rule{allowAll}}}},
+			hostPkt, Decision{Verdict: VerdictAllow, RuleID: ruleB}},
+	}
+}
+
+func tableCases() []tableCase { return append(fieldCases(), structureCases()...) }
+
+var decisionCmp = cmpopts.IgnoreFields(Decision{}, "Hits")
+
+// TestEvaluateTable holds the reference evaluator to the table (no kernel).
+func TestEvaluateTable(t *testing.T) {
+	for _, tc := range tableCases() {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := Evaluate(tc.rules, tableSets, tc.pkt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tc.want, got, decisionCmp); diff != "" {
+				t.Errorf("Evaluate (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestKernelTable runs the table through compiled programs, with and without
+// splitting every rule into its own part, and checks hit counters.
+func TestKernelTable(t *testing.T) {
+	k := newKernel(t)
+	k.setIPSets(t, tableSets)
+	for _, split := range []bool{false, true} {
+		for _, tc := range tableCases() {
+			name := tc.name
+			opts := Options{}
+			if split {
+				name, opts.SplitJumps = "split/"+name, 1
+			}
+			t.Run(name, func(t *testing.T) {
+				p := k.load(t, tc.rules, opts)
+				before := k.hits(t, tc.want.RuleID)
+				got := k.run(t, p, tc.pkt)
+				if diff := cmp.Diff(tc.want, got, decisionCmp); diff != "" {
+					t.Errorf("kernel (-want +got):\n%s", diff)
+				}
+				if after := k.hits(t, tc.want.RuleID); tc.want.RuleID != 0 && after != before+1 {
+					t.Errorf("hits of rule %d went from %d to %d, want +1", tc.want.RuleID, before, after)
+				}
+			})
+		}
+	}
+}

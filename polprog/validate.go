@@ -1,0 +1,244 @@
+package polprog
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+)
+
+// DefaultMaxRules is the rule limit when Options.MaxRules is 0.
+const DefaultMaxRules = 50000
+
+// ErrTooManyRules is wrapped by the error for a policy past the rule limit.
+var ErrTooManyRules = errors.New("too many rules")
+
+// protocolNumbers maps the protocol names a rule may use to their numbers.
+var protocolNumbers = map[string]uint8{
+	"icmp":    1,
+	"tcp":     6,
+	"udp":     17,
+	"icmpv6":  58,
+	"sctp":    132,
+	"udplite": 136,
+}
+
+// ParseProtocol turns a protocol name or decimal number into its number.
+func ParseProtocol(s string) (uint8, error) {
+	if n, ok := protocolNumbers[strings.ToLower(s)]; ok {
+		return n, nil
+	}
+	n, err := strconv.ParseUint(s, 10, 8)
+	if err != nil {
+		return 0, fmt.Errorf("unknown protocol %q", s)
+	}
+	return uint8(n), nil
+}
+
+// rule is a validated Rule: protocols parsed, prefixes masked and unmapped.
+type rule struct {
+	id     uint64
+	action Action
+	// proto and notProto are -1 when unset.
+	proto, notProto int
+
+	srcNets, notSrcNets, dstNets, notDstNets []netip.Prefix
+	srcSets, notSrcSets, dstSets, notDstSets []uint64
+
+	srcPorts, notSrcPorts, dstPorts, notDstPorts []PortRange
+	srcNamed, notSrcNamed, dstNamed, notDstNamed []uint64
+
+	icmp, notICMP *ICMPMatch
+
+	// where names the rule in listings: tier/namespace/policy#index.
+	where string
+}
+
+// tier is a validated Tier.
+type tier struct {
+	name  string
+	rules []rule
+	end   EndAction
+	endID uint64
+}
+
+// program is a validated Rules.
+type program struct {
+	forHost   bool
+	tiers     []tier
+	profiles  []rule
+	preDNAT   []tier
+	forward   []tier
+	noMatchID uint64
+}
+
+// validate checks rules and turns them into a program. maxRules <= 0 means
+// DefaultMaxRules.
+func validate(rules Rules, maxRules int) (*program, error) {
+	if maxRules <= 0 {
+		maxRules = DefaultMaxRules
+	}
+	v := validator{max: maxRules}
+	p := &program{forHost: rules.ForHost, noMatchID: rules.NoMatchRuleID}
+	var err error
+	if p.tiers, err = v.tiers("", rules.Tiers); err != nil {
+		return nil, err
+	}
+	for i, pol := range rules.Profiles {
+		rs, err := v.policy("profile", i, pol)
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range rs {
+			// Pass has no next tier to go to in profiles.
+			if r.action == ActionPass {
+				r.action = ActionDeny
+			}
+			p.profiles = append(p.profiles, r)
+		}
+	}
+	if !rules.ForHost {
+		if len(rules.PreDNATTiers) > 0 || len(rules.ApplyOnForwardTiers) > 0 {
+			return nil, errors.New("pre-DNAT and apply-on-forward tiers need ForHost")
+		}
+		return p, nil
+	}
+	if p.preDNAT, err = v.tiers("pre-DNAT ", rules.PreDNATTiers); err != nil {
+		return nil, err
+	}
+	if p.forward, err = v.tiers("apply-on-forward ", rules.ApplyOnForwardTiers); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+type validator struct {
+	max, count int
+}
+
+func (v *validator) tiers(kind string, in []Tier) ([]tier, error) {
+	out := make([]tier, 0, len(in))
+	for i, t := range in {
+		if t.EndAction != EndDeny && t.EndAction != EndPass {
+			return nil, fmt.Errorf("%stier %d (%q): invalid end action %d", kind, i, t.Name, t.EndAction)
+		}
+		vt := tier{name: t.Name, end: t.EndAction, endID: t.EndRuleID}
+		for j, pol := range t.Policies {
+			rs, err := v.policy(kind+"tier "+t.Name, j, pol)
+			if err != nil {
+				return nil, err
+			}
+			vt.rules = append(vt.rules, rs...)
+		}
+		out = append(out, vt)
+	}
+	return out, nil
+}
+
+func (v *validator) policy(where string, index int, pol Policy) ([]rule, error) {
+	name := pol.Name
+	if pol.Namespace != "" {
+		name = pol.Namespace + "/" + pol.Name
+	}
+	if name == "" {
+		name = strconv.Itoa(index)
+	}
+	out := make([]rule, 0, len(pol.Rules))
+	for i, r := range pol.Rules {
+		v.count++
+		if v.count > v.max {
+			return nil, fmt.Errorf("more than %d rules: %w", v.max, ErrTooManyRules)
+		}
+		where := fmt.Sprintf("%s/%s#%d", where, name, i)
+		vr, err := validateRule(r)
+		if err != nil {
+			return nil, fmt.Errorf("rule %s: %w", where, err)
+		}
+		vr.where = where
+		out = append(out, vr)
+	}
+	return out, nil
+}
+
+func validateRule(r Rule) (rule, error) {
+	vr := rule{id: r.ID, action: r.Action, proto: -1, notProto: -1, icmp: r.ICMP, notICMP: r.NotICMP}
+	if r.Action < ActionAllow || r.Action > ActionLog {
+		return rule{}, fmt.Errorf("invalid action %d", r.Action)
+	}
+	var err error
+	if vr.proto, err = optionalProtocol(r.Protocol); err != nil {
+		return rule{}, fmt.Errorf("protocol: %w", err)
+	}
+	if vr.notProto, err = optionalProtocol(r.NotProtocol); err != nil {
+		return rule{}, fmt.Errorf("not-protocol: %w", err)
+	}
+	if (r.ICMP != nil || r.NotICMP != nil) && vr.proto != 1 && vr.proto != 58 {
+		return rule{}, errors.New("ICMP matches need protocol icmp or icmpv6")
+	}
+	nets := []struct {
+		name string
+		in   []netip.Prefix
+		out  *[]netip.Prefix
+	}{
+		{"source nets", r.SrcNets, &vr.srcNets},
+		{"not-source nets", r.NotSrcNets, &vr.notSrcNets},
+		{"destination nets", r.DstNets, &vr.dstNets},
+		{"not-destination nets", r.NotDstNets, &vr.notDstNets},
+	}
+	for _, n := range nets {
+		if *n.out, err = validPrefixes(n.in); err != nil {
+			return rule{}, fmt.Errorf("%s: %w", n.name, err)
+		}
+	}
+	ports := []struct {
+		name string
+		in   []PortRange
+		out  *[]PortRange
+	}{
+		{"source ports", r.SrcPorts, &vr.srcPorts},
+		{"not-source ports", r.NotSrcPorts, &vr.notSrcPorts},
+		{"destination ports", r.DstPorts, &vr.dstPorts},
+		{"not-destination ports", r.NotDstPorts, &vr.notDstPorts},
+	}
+	for _, p := range ports {
+		for _, pr := range p.in {
+			if pr.First > pr.Last {
+				return rule{}, fmt.Errorf("%s: reversed range %d-%d", p.name, pr.First, pr.Last)
+			}
+		}
+		*p.out = p.in
+	}
+	vr.srcSets, vr.notSrcSets = r.SrcIPSets, r.NotSrcIPSets
+	vr.dstSets, vr.notDstSets = r.DstIPSets, r.NotDstIPSets
+	vr.srcNamed, vr.notSrcNamed = r.SrcNamedPorts, r.NotSrcNamedPorts
+	vr.dstNamed, vr.notDstNamed = r.DstNamedPorts, r.NotDstNamedPorts
+	return vr, nil
+}
+
+func optionalProtocol(s string) (int, error) {
+	if s == "" {
+		return -1, nil
+	}
+	n, err := ParseProtocol(s)
+	return int(n), err
+}
+
+// validPrefixes masks each prefix and rejects invalid and IPv4-mapped ones
+// (an IPv4-mapped prefix would silently never match an IPv4 packet).
+func validPrefixes(in []netip.Prefix) ([]netip.Prefix, error) {
+	if len(in) == 0 {
+		return nil, nil
+	}
+	out := make([]netip.Prefix, len(in))
+	for i, p := range in {
+		if !p.IsValid() {
+			return nil, fmt.Errorf("invalid CIDR %q", p.String())
+		}
+		if p.Addr().Is4In6() {
+			return nil, fmt.Errorf("IPv4-mapped CIDR %s: use the IPv4 form", p)
+		}
+		out[i] = p.Masked()
+	}
+	return out, nil
+}
