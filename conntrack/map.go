@@ -11,6 +11,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/sluicenet/sluice/maps"
 )
 
 // Sizes of the kernel map's key and value; the layout tests hold them to
@@ -32,10 +34,17 @@ const maxReadChunk = 1 << 20
 // Map is the conntrack table: a hash or LRU hash map from Key to Value,
 // normally the datapath's bpf.MapConntrack. It is safe for concurrent use
 // as far as the kernel map is.
+//
+// Element operations and Entries go through the maps package's typed map.
+// Range streams the table in fixed-size chunks instead of reading it
+// whole, so a sweep of a 512,000-entry table every few seconds needs a few
+// hundred kilobytes rather than tens of megabytes.
 type Map struct {
-	m *ebpf.Map
+	m     *ebpf.Map
+	typed *maps.Map[Key, Value]
 
-	// noBatchLookup is set once the kernel refuses BPF_MAP_LOOKUP_BATCH.
+	// noBatchLookup is set once the kernel refuses BPF_MAP_LOOKUP_BATCH
+	// to Range.
 	noBatchLookup atomic.Bool
 }
 
@@ -58,7 +67,11 @@ func NewMap(m *ebpf.Map) (*Map, error) {
 		return nil, fmt.Errorf("conntrack map %s: key/value size %d/%d, want %d/%d",
 			m, m.KeySize(), m.ValueSize(), keySize, valueSize)
 	}
-	return &Map{m: m}, nil
+	typed, err := maps.New[Key, Value](m)
+	if err != nil {
+		return nil, fmt.Errorf("conntrack map: %w", err)
+	}
+	return &Map{m: m, typed: typed}, nil
 }
 
 // EBPF returns the underlying map.
@@ -70,8 +83,8 @@ func (m *Map) MaxEntries() int { return int(m.m.MaxEntries()) }
 // Lookup returns the entry stored under k. A missing key yields an error
 // wrapping ebpf.ErrKeyNotExist.
 func (m *Map) Lookup(k Key) (Value, error) {
-	var v Value
-	if err := m.m.Lookup(&k, &v); err != nil {
+	v, err := m.typed.Lookup(k)
+	if err != nil {
 		return Value{}, fmt.Errorf("conntrack lookup %s: %w", k, err)
 	}
 	return v, nil
@@ -81,7 +94,7 @@ func (m *Map) Lookup(k Key) (Value, error) {
 // UpdateExist. In an LRU map, inserting into a full table evicts the
 // least recently used entry.
 func (m *Map) Update(k Key, v Value, flags ebpf.MapUpdateFlags) error {
-	if err := m.m.Update(&k, &v, flags); err != nil {
+	if err := m.typed.Update(k, v, flags); err != nil {
 		return fmt.Errorf("conntrack update %s: %w", k, err)
 	}
 	return nil
@@ -90,7 +103,7 @@ func (m *Map) Update(k Key, v Value, flags ebpf.MapUpdateFlags) error {
 // Delete removes k. A missing key yields an error wrapping
 // ebpf.ErrKeyNotExist.
 func (m *Map) Delete(k Key) error {
-	if err := m.m.Delete(&k); err != nil {
+	if err := m.typed.Delete(k); err != nil {
 		return fmt.Errorf("conntrack delete %s: %w", k, err)
 	}
 	return nil
@@ -184,13 +197,13 @@ func (m *Map) rangeIterate(fn func(Key, Value) bool) error {
 
 // Entries returns every entry, sorted by key (Key.Compare).
 func (m *Map) Entries() ([]Entry, error) {
-	var entries []Entry
-	err := m.Range(func(k Key, v Value) bool {
-		entries = append(entries, Entry{Key: k, Value: v})
-		return true
-	})
+	keys, values, err := m.typed.Dump()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("read conntrack table: %w", err)
+	}
+	entries := make([]Entry, len(keys))
+	for i := range keys {
+		entries[i] = Entry{Key: keys[i], Value: values[i]}
 	}
 	slices.SortFunc(entries, func(x, y Entry) int { return x.Key.Compare(y.Key) })
 	// The fallback iteration can restart and yield a key twice.

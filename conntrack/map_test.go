@@ -155,10 +155,31 @@ func TestMapIteration(t *testing.T) {
 		return out
 	})
 
-	batched := readKeys()
-	m.noBatchLookup.Store(true) // the path of kernels before 5.6
-	iterated := readKeys()
-	for name, got := range map[string][]Key{"batch": batched, "iterate": iterated} {
+	entryKeys := func() []Key {
+		t.Helper()
+		entries, err := m.Entries()
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys := make([]Key, len(entries))
+		for i, e := range entries {
+			keys[i] = e.Key
+		}
+		if !slices.IsSortedFunc(keys, Key.Compare) {
+			t.Error("Entries not sorted")
+		}
+		return keys
+	}
+
+	batched, batchedEntries := readKeys(), entryKeys()
+	// The paths of kernels before 5.6, without BPF_MAP_LOOKUP_BATCH.
+	m.noBatchLookup.Store(true)
+	m.typed.DisableBatch()
+	iterated, iteratedEntries := readKeys(), entryKeys()
+	for name, got := range map[string][]Key{
+		"batch": batched, "iterate": iterated,
+		"batch entries": batchedEntries, "iterate entries": iteratedEntries,
+	} {
 		if diff := cmp.Diff(want, got, sortKeys); diff != "" {
 			t.Errorf("%s read (-want +got):\n%s", name, diff)
 		}

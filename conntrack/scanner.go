@@ -142,7 +142,7 @@ func NewScanner(m *Map, opts ScannerOptions) (*Scanner, error) {
 		return nil, fmt.Errorf("conntrack scanner: %w", err)
 	}
 	for i, c := range opts.Checks {
-		if c == nil {
+		if f, isFunc := c.(CheckFunc); c == nil || isFunc && f == nil {
 			return nil, fmt.Errorf("conntrack scanner: check %d is nil", i)
 		}
 	}
