@@ -1,0 +1,127 @@
+package polprog
+
+import (
+	"encoding/binary"
+	"fmt"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// diffOptions varies the compiler across seeds: defaults, eager merging,
+// eager merging with tiny parts, and no merging.
+func diffOptions(seed uint64, g *gen) Options {
+	switch seed % 4 {
+	case 1:
+		return Options{MergeThreshold: 3}
+	case 2:
+		return Options{MergeThreshold: 3, SplitJumps: 8 + g.r.IntN(40)}
+	case 3:
+		return Options{MergeThreshold: -1}
+	}
+	return Options{}
+}
+
+// diffStats counts what a differential run covered.
+type diffStats struct {
+	cases, parts, lookupMaps, splitPolicies int
+	verdicts                                map[Verdict]int
+	logged                                  int
+}
+
+// differential compiles the random policy of seed, then runs packets
+// through the kernel and the evaluator and compares their decisions.
+func differential(t testing.TB, k *kernel, seed uint64, packets int, st *diffStats) {
+	g := newGen(seed)
+	rules := g.rules()
+	opts := diffOptions(seed, g)
+	ev, err := NewEvaluator(rules)
+	if err != nil {
+		t.Fatalf("seed %d: evaluator: %v", seed, err)
+	}
+	c, err := Compile(rules, opts)
+	if err != nil {
+		t.Fatalf("seed %d: compile: %v", seed, err)
+	}
+	k.clearIPSets(t)
+	k.setIPSets(t, g.sets)
+	p, err := c.Load(k.maps)
+	if err != nil {
+		t.Fatalf("seed %d: load: %v", seed, err)
+	}
+	defer p.Close()
+	st.parts += len(c.Parts)
+	st.lookupMaps += len(c.LookupMaps)
+	if len(c.Parts) > 1 {
+		st.splitPolicies++
+	}
+	for i := 0; i < packets; i++ {
+		pkt := g.packet()
+		want := ev.Evaluate(g.sets, pkt)
+		got := k.run(t, p, pkt)
+		if diff := cmp.Diff(want, got, decisionCmp); diff != "" {
+			t.Fatalf("seed %d (options %+v), packet %d %+v: kernel differs from Evaluate (-evaluate +kernel):\n%s",
+				seed, opts, i, pkt, diff)
+		}
+		st.cases++
+		st.verdicts[got.Verdict]++
+		if got.Logged {
+			st.logged++
+		}
+	}
+}
+
+// TestDifferential holds compiled programs to Evaluate on random policies
+// (tiers, profiles, host stages, every field, IP sets with named ports,
+// merged runs, small parts) and random packets: 100,000 cases, 10,000 with
+// -short.
+func TestDifferential(t *testing.T) {
+	k := newKernel(t)
+	policies, packets := 250, 400
+	if testing.Short() {
+		policies = 25
+	}
+	st := diffStats{verdicts: map[Verdict]int{}}
+	for seed := uint64(0); seed < uint64(policies); seed++ {
+		differential(t, k, seed, packets, &st)
+	}
+	t.Logf("%d cases over %d policies: %d parts, %d split policies, %d merged lookups, verdicts %v, %d logged",
+		st.cases, policies, st.parts, st.splitPolicies, st.lookupMaps, st.verdicts, st.logged)
+	// The run must have exercised what it claims to.
+	if st.splitPolicies == 0 || st.lookupMaps == 0 || st.logged == 0 ||
+		st.verdicts[VerdictAllow] < st.cases/20 || st.verdicts[VerdictDeny] < st.cases/20 {
+		t.Errorf("random cases missed a path: %+v", st)
+	}
+}
+
+// FuzzCompileEvaluate compiles the random policy that the fuzzer's seed
+// selects and compares the kernel with Evaluate on packets from it.
+func FuzzCompileEvaluate(f *testing.F) {
+	for _, s := range []uint64{1, 2, 3, 1 << 40} {
+		f.Add(binary.LittleEndian.AppendUint64(nil, s))
+	}
+	k := newKernel(f)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var seed [8]byte
+		copy(seed[:], data)
+		st := diffStats{verdicts: map[Verdict]int{}}
+		differential(t, k, binary.LittleEndian.Uint64(seed[:]), 50, &st)
+	})
+}
+
+// TestEvaluatorDeterministic checks that Evaluate does not depend on state
+// left by earlier calls.
+func TestEvaluatorDeterministic(t *testing.T) {
+	g := newGen(42)
+	ev, err := NewEvaluator(g.rules())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 1000; i++ {
+		pkt := g.packet()
+		a, b := ev.Evaluate(g.sets, pkt), ev.Evaluate(g.sets, pkt)
+		if diff := cmp.Diff(a, b); diff != "" {
+			t.Fatalf("%s", fmt.Sprint(diff))
+		}
+	}
+}
