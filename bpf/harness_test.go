@@ -137,12 +137,37 @@ func stubPolicy(decide asm.Instructions) asm.Instructions {
 	return insns
 }
 
+// stubPolicyRaw sets policy_rc to rc and tail-calls continuation cont,
+// whatever the packet: for testing the continuations' own checks.
+func stubPolicyRaw(cont ContSlot, rc PolicyRC) asm.Instructions {
+	return asm.Instructions{
+		asm.Mov.Reg(asm.R6, asm.R1),
+		asm.StoreImm(asm.RFP, -4, 0, asm.Word),
+		asm.LoadMapPtr(asm.R1, 0).WithReference(MapState),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -4),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "fail"),
+		asm.StoreImm(asm.R0, int16(unsafe.Offsetof(State{}.PolicyRc)), int64(rc), asm.Word),
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.LoadMapPtr(asm.R2, 0).WithReference(MapConts),
+		asm.Mov.Imm(asm.R3, int32(cont)),
+		asm.FnTailCall.Call(),
+		asm.Mov.Imm(asm.R0, tcActShot).WithSymbol("fail"),
+		asm.Return(),
+	}
+}
+
 // allowDstPorts allows packets to the given destination ports (0 matches
 // ICMP and other port-less protocols) and denies the rest. A match sets
 // rule ID 1000+port.
 func allowDstPorts(ports ...uint16) asm.Instructions {
 	dport := int16(unsafe.Offsetof(State{}.DstPort))
-	decide := asm.Instructions{asm.LoadMem(asm.R1, asm.R7, dport, asm.Half)}
+	decide := asm.Instructions{
+		asm.LoadMem(asm.R1, asm.R7, dport, asm.Half),
+		// Never true: keeps "allow" reachable for an empty port list.
+		asm.JEq.Imm(asm.R1, 1<<16, "allow"),
+	}
 	for i, p := range ports {
 		next := "next_" + string(rune('a'+i))
 		decide = append(decide,

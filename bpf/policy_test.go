@@ -1,0 +1,175 @@
+package bpf
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/sluicenet/sluice/internal/testpkt"
+)
+
+// packetCase is one packet run at lo and what it should do.
+type packetCase struct {
+	name     string
+	hook     Hook
+	frame    []byte
+	wantRet  uint32
+	want     map[Reason]uint64
+	wantCT   *CTKey // an entry that must exist afterwards
+	wantNoCT *CTKey // an entry that must not
+	arrange  func(h *harness)
+}
+
+func (h *harness) runCase(t *testing.T, c packetCase) {
+	t.Helper()
+	if c.arrange != nil {
+		c.arrange(h)
+	}
+	before := h.counters(loIfindex, c.hook)
+	ret := h.run(progOf(c.hook), c.frame)
+	if ret != c.wantRet {
+		t.Errorf("%s: verdict %d, want %d", c.name, ret, c.wantRet)
+	}
+	if diff := cmp.Diff(c.want, reasonDelta(before, h.counters(loIfindex, c.hook))); diff != "" {
+		t.Errorf("%s: counters (-want +got):\n%s", c.name, diff)
+	}
+	if c.wantCT != nil {
+		if _, ok := h.ctEntry(*c.wantCT); !ok {
+			t.Errorf("%s: no conntrack entry %+v", c.name, *c.wantCT)
+		}
+	}
+	if c.wantNoCT != nil {
+		if _, ok := h.ctEntry(*c.wantNoCT); ok {
+			t.Errorf("%s: unexpected conntrack entry %+v", c.name, *c.wantNoCT)
+		}
+	}
+}
+
+func one(r Reason) map[Reason]uint64 { return map[Reason]uint64{r: 1} }
+
+func keyPtr(proto uint8, src, dst netip.AddrPort) *CTKey {
+	k, _ := ctKeyOf(proto, src, dst)
+	return &k
+}
+
+// TestPolicyVerdicts runs packets whose verdict policy, conntrack or the
+// interface state decides, in order: each case may rely on the ones before.
+func TestPolicyVerdicts(t *testing.T) {
+	h := newHarness(t)
+	client := netip.MustParseAddrPort("10.2.0.10:41000")
+	web := netip.MustParseAddrPort("10.2.0.20:80")
+	other := netip.MustParseAddrPort("10.2.0.20:81")
+	router := netip.MustParseAddr("10.2.0.254")
+	tcp := func(src, dst netip.AddrPort, f testpkt.TCPFlags) []byte {
+		return testpkt.MustBytes(t, testpkt.TCPv4(src, dst, f, nil))
+	}
+	syn := tcp(client, web, testpkt.SYN)
+	icmpErr := func(typ, code uint8, quoted []byte) []byte {
+		return testpkt.MustBytes(t, testpkt.ICMPv4Error(router, client.Addr(), typ, code, testpkt.Quote(quoted)))
+	}
+	untracked := tcp(client, netip.MustParseAddrPort("10.2.0.30:80"), testpkt.SYN)
+	iface := Iface{Flags: IfaceWorkload | IfaceReady, IngressPolicy: slotIngress, EgressPolicy: slotEgress}
+
+	cases := []packetCase{
+		{name: "new flow allowed", hook: HookIngress, frame: syn, wantRet: tcActOK,
+			want: one(ReasonAcceptedByPolicy), wantCT: keyPtr(testpkt.ProtoTCP, client, web)},
+		{name: "new flow denied", hook: HookIngress, frame: tcp(client, other, testpkt.SYN), wantRet: tcActShot,
+			want: one(ReasonDroppedByPolicy), wantNoCT: keyPtr(testpkt.ProtoTCP, client, other)},
+		{name: "reply of allowed flow", hook: HookEgress, frame: tcp(web, client, testpkt.SYN|testpkt.ACK), wantRet: tcActOK,
+			want: one(ReasonAcceptedEstablished)},
+		{name: "reply of denied flow", hook: HookEgress, frame: tcp(other, client, testpkt.SYN|testpkt.ACK), wantRet: tcActShot,
+			want: one(ReasonDroppedByPolicy)},
+		{name: "unreachable quoting tracked flow", hook: HookEgress, frame: icmpErr(testpkt.ICMPv4DestUnreachable, 1, syn),
+			wantRet: tcActOK, want: one(ReasonAcceptedRelated)},
+		{name: "fragmentation needed quoting tracked flow", hook: HookEgress, frame: icmpErr(testpkt.ICMPv4DestUnreachable, 4, syn),
+			wantRet: tcActOK, want: one(ReasonAcceptedRelated)},
+		{name: "time exceeded quoting tracked flow", hook: HookIngress,
+			frame:   testpkt.MustBytes(t, testpkt.ICMPv4Error(router, client.Addr(), testpkt.ICMPv4TimeExceeded, 0, testpkt.Quote(syn))),
+			wantRet: tcActOK, want: one(ReasonAcceptedRelated)},
+		{name: "error quoting untracked flow goes to policy", hook: HookEgress, frame: icmpErr(testpkt.ICMPv4DestUnreachable, 1, untracked),
+			arrange: func(h *harness) { h.setPolicy(slotEgress, allowDstPorts(80)) },
+			wantRet: tcActShot, want: one(ReasonDroppedByPolicy)},
+		{name: "error sent to the quoted packet's destination goes to policy", hook: HookEgress,
+			frame:   testpkt.MustBytes(t, testpkt.ICMPv4Error(router, web.Addr(), testpkt.ICMPv4DestUnreachable, 1, testpkt.Quote(syn))),
+			wantRet: tcActShot, want: one(ReasonDroppedByPolicy)},
+		{name: "established skips a policy that now denies", hook: HookIngress, frame: tcp(client, web, testpkt.ACK),
+			arrange: func(h *harness) { h.setPolicy(slotIngress, allowDstPorts()) },
+			wantRet: tcActOK, want: one(ReasonAcceptedEstablished)},
+		{name: "SYN seen again runs policy", hook: HookIngress, frame: syn,
+			wantRet: tcActShot, want: one(ReasonDroppedByPolicy)},
+		{name: "missing policy slot drops", hook: HookIngress, frame: tcp(client, netip.MustParseAddrPort("10.2.0.21:80"), testpkt.SYN),
+			arrange: func(h *harness) { h.clearPolicy(slotIngress) },
+			wantRet: tcActShot, want: one(ReasonDroppedNoPolicy)},
+		{name: "missing policy slot does not stop established", hook: HookIngress, frame: tcp(client, web, testpkt.ACK),
+			wantRet: tcActOK, want: one(ReasonAcceptedEstablished)},
+		{name: "mid-flow TCP goes through policy", hook: HookIngress, frame: tcp(client, netip.MustParseAddrPort("10.2.0.22:80"), testpkt.ACK),
+			arrange: func(h *harness) { h.setPolicy(slotIngress, allowDstPorts(80)) },
+			wantRet: tcActOK, want: one(ReasonAcceptedByPolicy), wantCT: keyPtr(testpkt.ProtoTCP, client, netip.MustParseAddrPort("10.2.0.22:80"))},
+		{name: "mid-flow TCP dropped when configured", hook: HookIngress, frame: tcp(client, netip.MustParseAddrPort("10.2.0.23:80"), testpkt.ACK),
+			arrange: func(h *harness) {
+				f := iface
+				f.Flags |= IfaceDropMidFlow
+				h.setIface(loIfindex, f)
+			},
+			wantRet: tcActShot, want: one(ReasonDroppedMidFlow)},
+		{name: "SYN allowed with mid-flow drop", hook: HookIngress, frame: tcp(client, netip.MustParseAddrPort("10.2.0.23:80"), testpkt.SYN),
+			wantRet: tcActOK, want: one(ReasonAcceptedByPolicy)},
+		{name: "interface not ready", hook: HookIngress, frame: tcp(client, web, testpkt.ACK),
+			arrange: func(h *harness) { h.setIface(loIfindex, Iface{Flags: IfaceWorkload, IngressPolicy: slotIngress}) },
+			wantRet: tcActShot, want: one(ReasonDroppedNotReady)},
+		{name: "no interface state", hook: HookEgress, frame: tcp(web, client, testpkt.ACK),
+			arrange: func(h *harness) {
+				if err := h.m(MapIfaces).Delete(uint32(loIfindex)); err != nil {
+					t.Fatal(err)
+				}
+			},
+			wantRet: tcActShot, want: one(ReasonDroppedNoIface)},
+	}
+	for _, c := range cases {
+		h.runCase(t, c)
+	}
+}
+
+// TestContinuationWithoutPendingPacket runs the continuations directly, as
+// if something other than the datapath's policy reached them.
+func TestContinuationWithoutPendingPacket(t *testing.T) {
+	h := newHarness(t)
+	frame := testpkt.MustBytes(t, testpkt.TCPv4(netip.MustParseAddrPort("10.3.0.1:1"), netip.MustParseAddrPort("10.3.0.2:80"), testpkt.SYN, nil))
+	for _, prog := range []string{ProgTCAllow, ProgTCDeny} {
+		before := h.counters(loIfindex, HookIngress)
+		if ret := h.run(prog, frame); ret != tcActShot {
+			t.Errorf("%s: verdict %d, want TC_ACT_SHOT", prog, ret)
+		}
+		if diff := cmp.Diff(one(ReasonDroppedBadHandoff), reasonDelta(before, h.counters(loIfindex, HookIngress))); diff != "" {
+			t.Errorf("%s: counters (-want +got):\n%s", prog, diff)
+		}
+	}
+}
+
+// TestAllowContinuationNeedsAllowVerdict checks that the allow
+// continuation does not accept a packet whose state says policy did not
+// allow it, and that it consumes the pending packet either way.
+func TestAllowContinuationNeedsAllowVerdict(t *testing.T) {
+	h := newHarness(t)
+	// A policy that jumps to the allow continuation but leaves policy_rc
+	// at PolicyNone.
+	h.setPolicy(slotIngress, stubPolicyRaw(ContAllow, PolicyNone))
+	frame := testpkt.MustBytes(t, testpkt.TCPv4(netip.MustParseAddrPort("10.3.0.1:1"), netip.MustParseAddrPort("10.3.0.2:80"), testpkt.SYN, nil))
+	before := h.counters(loIfindex, HookIngress)
+	if ret := h.run(ProgTCIngress, frame); ret != tcActShot {
+		t.Errorf("verdict %d, want TC_ACT_SHOT", ret)
+	}
+	if diff := cmp.Diff(one(ReasonDroppedBadHandoff), reasonDelta(before, h.counters(loIfindex, HookIngress))); diff != "" {
+		t.Errorf("counters (-want +got):\n%s", diff)
+	}
+	var pending []Pending
+	if err := h.m(MapPending).Lookup(uint32(0), &pending); err != nil {
+		t.Fatal(err)
+	}
+	for cpu, p := range pending {
+		if p.Ifindex != 0 {
+			t.Errorf("CPU %d: pending packet left behind: %+v", cpu, p)
+		}
+	}
+}
