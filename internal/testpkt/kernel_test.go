@@ -108,10 +108,16 @@ func (l *kernelLink) send(t *testing.T, p Packet) []byte {
 	t.Helper()
 	p.Eth = l.ethFor()
 	frame := MustBytes(t, p)
+	l.sendFrame(t, frame)
+	return frame
+}
+
+// sendFrame writes a built frame out of A as it is.
+func (l *kernelLink) sendFrame(t *testing.T, frame []byte) {
+	t.Helper()
 	if _, err := unix.Write(l.fd, frame); err != nil {
 		t.Fatalf("write frame: %v", err)
 	}
-	return frame
 }
 
 // receive returns the first frame arriving at A that parses and matches, or
@@ -233,17 +239,14 @@ func TestKernelAcceptsUDP(t *testing.T) {
 		}
 		return string(buf[:n])
 	}
-	fragments := func(t *testing.T, payload string) []Packet {
-		whole := MustBytes(t, UDPv4(from, kernelUDPPort, []byte(payload)))
-		l4 := whole[EthLen+IPv4MinLen:]
-		first, second := UDPv4(from, kernelUDPPort, nil), UDPv4(from, kernelUDPPort, nil)
-		for i, f := range []*Packet{&first, &second} {
-			f.UDP, f.IPv4.Protocol, f.IPv4.ID = nil, ProtoUDP, 0x4242
-			f.Payload = [][]byte{l4[:32], l4[32:]}[i]
+	fragments := func(t *testing.T, payload string) [][]byte {
+		whole := UDPv4(from, kernelUDPPort, []byte(payload))
+		whole.Eth, whole.IPv4.ID = l.ethFor(), 0x4242
+		frags, err := Fragment(MustBytes(t, whole), 24)
+		if err != nil {
+			t.Fatal(err)
 		}
-		first.IPv4.MoreFragments = true
-		second.IPv4.FragOffset = 32 / 8
-		return []Packet{first, second}
+		return frags
 	}
 
 	tests := []struct {
@@ -252,6 +255,7 @@ func TestKernelAcceptsUDP(t *testing.T) {
 		bad            []Packet
 		group, counter string
 		good           []Packet
+		goodFrames     [][]byte
 		payload        string
 	}{
 		{
@@ -279,9 +283,9 @@ func TestKernelAcceptsUDP(t *testing.T) {
 			payload: "with options",
 		},
 		{
-			name:    "fragments",
-			good:    fragments(t, "a datagram long enough to be cut into two IPv4 fragments"),
-			payload: "a datagram long enough to be cut into two IPv4 fragments",
+			name:       "fragments",
+			goodFrames: fragments(t, "a datagram long enough to be cut into three IPv4 fragments"),
+			payload:    "a datagram long enough to be cut into three IPv4 fragments",
 		},
 	}
 	for _, tt := range tests {
@@ -295,6 +299,9 @@ func TestKernelAcceptsUDP(t *testing.T) {
 			}
 			for _, p := range tt.good {
 				l.send(t, p)
+			}
+			for _, f := range tt.goodFrames {
+				l.sendFrame(t, f)
 			}
 			if got := read(t); got != tt.payload {
 				t.Fatalf("first datagram read = %q, want %q", got, tt.payload)
