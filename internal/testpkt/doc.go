@@ -10,6 +10,10 @@
 // Bytes would compute, so for well-formed packets built with the derived
 // fields left at zero, Parse(Bytes(p)) equals p and Bytes(Parse(b)) equals b.
 //
+// Diff compares packets (netip.Addr needs an option go-cmp lacks by
+// default). Quote cuts what an ICMP error quotes, Fragment splits a datagram
+// into IPv4 fragments, and Truncate cuts a frame for truncation tests.
+//
 // L4 checksums go through L4Checksum, which takes the addresses as
 // netip.Addr and picks the pseudo-header of their family, so an IPv6 layer
 // can be added beside IPv4 without touching the L4 code.
