@@ -76,7 +76,8 @@ type ScanStats struct {
 	// Deleted counts the entries removed, NAT partners included.
 	Deleted int
 	// Refreshed counts the entries a check condemned but kept, because
-	// traffic moved their last_seen before the delete.
+	// traffic moved their last_seen before the delete (or, for an orphan
+	// forward entry, the datapath wrote its reverse entry meanwhile).
 	Refreshed int
 	// Entries is the table's size after the sweep (Scanned - Deleted).
 	Entries int
@@ -180,6 +181,8 @@ func monotonicClock() time.Duration {
 type condemned struct {
 	key      Key
 	lastSeen uint64
+	// orphan marks a forward entry condemned for lacking a reverse entry.
+	orphan bool
 }
 
 // Scan sweeps the table once. It reads every entry and runs the checks,
@@ -206,13 +209,13 @@ func (s *Scanner) Scan() (ScanStats, error) {
 				return true
 			}
 			if orphan && s.liveness.Check(k, v, now) == Delete {
-				doomed = append(doomed, condemned{k, v.LastSeen})
+				doomed = append(doomed, condemned{k, v.LastSeen, true})
 			}
 			return true
 		}
 		for _, c := range s.checks {
 			if c.Check(k, v, now) == Delete {
-				doomed = append(doomed, condemned{k, v.LastSeen})
+				doomed = append(doomed, condemned{k, v.LastSeen, false})
 				break
 			}
 		}
@@ -257,7 +260,20 @@ func (s *Scanner) deleteCondemned(doomed []condemned, stats *ScanStats) error {
 		if s.beforeDelete != nil {
 			s.beforeDelete(c.key)
 		}
-		result, v, err := s.removeUnless(c.key, func(v Value) bool { return v.LastSeen != c.lastSeen })
+		var lookupErr error
+		result, v, err := s.removeUnless(c.key, func(v Value) bool {
+			if v.LastSeen != c.lastSeen {
+				return true
+			}
+			if !c.orphan {
+				return false
+			}
+			// The datapath may have written the reverse entry since.
+			orphan, err := s.orphanForward(c.key, v)
+			lookupErr = err
+			return err != nil || !orphan
+		})
+		err = errors.Join(err, lookupErr)
 		if err != nil {
 			errs = append(errs, err)
 			continue

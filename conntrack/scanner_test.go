@@ -431,3 +431,39 @@ func TestNewScannerOptions(t *testing.T) {
 		}
 	}
 }
+
+// TestScannerKeepsAdoptedForward condemns an orphan forward entry, then
+// has the datapath write its reverse entry before the delete: the pair
+// must survive.
+func TestScannerKeepsAdoptedForward(t *testing.T) {
+	for _, atomic := range []bool{true, false} {
+		t.Run(fmt.Sprintf("atomic=%v", atomic), func(t *testing.T) {
+			m := newTestMap(t, 64)
+			fwd := mustKey(t, ProtoTCP, "10.0.0.1:1", "10.96.0.1:80")
+			rev := mustKey(t, ProtoTCP, "10.0.0.1:1", "10.0.7.7:8080")
+			fwdValue := Value{LastSeen: seenAgo(time.Hour), Type: bpf.CTType(NATForward)}
+			fwdValue.SetPeer(rev)
+			put(t, m, fwd, fwdValue)
+
+			s := newTestScanner(t, m)
+			if !atomic {
+				s.atomicDelete = probeUnsupported
+			}
+			s.beforeDelete = func(k Key) {
+				revValue := Value{LastSeen: uint64(testNow), Type: bpf.CTType(NATReverse)}
+				revValue.SetPeer(k)
+				put(t, m, rev, revValue)
+			}
+			stats, err := s.Scan()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := diffKeys(sorted(fwd, rev), remainingKeys(t, m)); diff != "" {
+				t.Errorf("entries left (-want +got):\n%s", diff)
+			}
+			if stats.Deleted != 0 || stats.Refreshed != 1 {
+				t.Errorf("stats %+v, want nothing deleted, 1 refreshed", stats)
+			}
+		})
+	}
+}

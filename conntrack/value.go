@@ -41,12 +41,19 @@ func (t EntryType) String() string {
 // sl_ct_leg_flags).
 type LegFlags uint32
 
-// Leg flags: the TCP flags a direction has carried at least once.
+// Leg flags: the TCP flags a direction has carried at least once, and
+// where policy approved it.
 const (
 	LegSYN = LegFlags(bpf.CTLegSYN)
 	LegACK = LegFlags(bpf.CTLegACK)
 	LegFIN = LegFlags(bpf.CTLegFIN)
 	LegRST = LegFlags(bpf.CTLegRST)
+	// LegIngressOK: the leg's packets pass the TC ingress hook of
+	// Leg.Ifindex without policy.
+	LegIngressOK = LegFlags(bpf.CTLegIngressOK)
+	// LegEgressOK: policy at the TC egress hook the leg leaves through
+	// approved it.
+	LegEgressOK = LegFlags(bpf.CTLegEgressOK)
 )
 
 var legFlagNames = []struct {
@@ -57,6 +64,8 @@ var legFlagNames = []struct {
 	{LegACK, "ACK"},
 	{LegFIN, "FIN"},
 	{LegRST, "RST"},
+	{LegIngressOK, "INGRESS_OK"},
+	{LegEgressOK, "EGRESS_OK"},
 }
 
 // String joins the set flags with "|" ("SYN|ACK"), appends unknown bits

@@ -16,7 +16,9 @@ func TestLegFlagsString(t *testing.T) {
 		{LegSYN, "SYN"},
 		{LegSYN | LegACK, "SYN|ACK"},
 		{LegRST | LegFIN | LegACK | LegSYN, "SYN|ACK|FIN|RST"},
-		{LegACK | 0x30, "ACK|0x30"},
+		{LegSYN | LegIngressOK, "SYN|INGRESS_OK"},
+		{LegEgressOK, "EGRESS_OK"},
+		{LegACK | 0xc0, "ACK|0xc0"},
 		{0x100, "0x100"},
 	}
 	for _, tt := range tests {
