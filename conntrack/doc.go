@@ -12,8 +12,9 @@
 // # Canonical keys
 //
 // One entry covers both directions of a flow: the key names the flow's
-// "lower" endpoint A and the other endpoint B. The datapath must order
-// endpoints exactly as NewKey does:
+// "lower" endpoint A and the other endpoint B. The datapath
+// (sl_ct_key_fill in bpf/include/sluice/ct_ops.h) orders endpoints exactly
+// as NewKey does, and a test holds the two together on random flows:
 //
 //	lower(x, y) = ntohl(x.addr) < ntohl(y.addr) ||
 //	              (x.addr == y.addr && x.port < y.port)
@@ -42,7 +43,8 @@
 // entries that hold state (Normal and NATReverse); deleting a reverse
 // entry deletes its forward entry too, and a forward entry whose reverse
 // entry is missing is judged on its own last_seen. An entry whose
-// last_seen moved between the check and the delete is kept. Each sweep
+// last_seen moved between the check and the delete is kept (see
+// Scanner.removeUnless for the race that remains). Each sweep
 // reports how full the table is (ScanStats.Fullness), so an embedder can
 // grow it through the maps migration before LRU eviction starts dropping
 // live flows.
