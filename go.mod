@@ -10,6 +10,6 @@ require (
 
 require github.com/cilium/ebpf v0.22.0
 
-require github.com/google/go-cmp v0.7.0 // indirect
+require github.com/google/go-cmp v0.7.0
 
 tool github.com/cilium/ebpf/cmd/bpf2go
