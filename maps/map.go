@@ -111,8 +111,8 @@ func (m *Map[K, V]) Delete(key K) error {
 
 // All iterates over the map entry by entry (BPF_MAP_GET_NEXT_KEY). When
 // the iteration stops early because of an error, it stores the error in
-// *errOut, which must not be nil; a complete iteration, or one the caller
-// breaks off, leaves *errOut untouched. As with any iteration of a live
+// *errOut (a nil errOut drops it); a complete iteration, or one the
+// caller breaks off, leaves *errOut untouched. As with any iteration of a live
 // map, entries added or removed meanwhile may be missed or seen twice.
 //
 //	var err error
@@ -128,7 +128,7 @@ func (m *Map[K, V]) All(errOut *error) iter.Seq2[K, V] {
 				return
 			}
 		}
-		if err := entries.Err(); err != nil {
+		if err := entries.Err(); err != nil && errOut != nil {
 			*errOut = fmt.Errorf("iterate %s: %w", m.m, err)
 		}
 	}
@@ -327,7 +327,7 @@ func (m *PerCPUMap[K, V]) All(errOut *error) iter.Seq2[K, []V] {
 			}
 			values = nil
 		}
-		if err := entries.Err(); err != nil {
+		if err := entries.Err(); err != nil && errOut != nil {
 			*errOut = fmt.Errorf("iterate %s: %w", m.m, err)
 		}
 	}
