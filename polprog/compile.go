@@ -82,6 +82,9 @@ type Part struct {
 	Instructions ebpfasm.Instructions
 	// Stats are the asm counts, before unreachable code was dropped.
 	Stats asm.Stats
+	// Rules counts the rules whose code is in this part, in evaluation
+	// order (pre-DNAT tiers, tiers, profiles, apply-on-forward tiers).
+	Rules int
 
 	block *asm.Block
 }
@@ -283,6 +286,7 @@ func (c *compiler) rules(st stage, rs []rule, tierEnd string) error {
 		if added := c.part.b.Stats().Jumps - before.Jumps; added > c.maxRuleJumps() {
 			return fmt.Errorf("rule %s needs %d jumps, more than one program can hold after %d", rs[i].where, added, c.opts.SplitJumps)
 		}
+		c.part.rules += n
 		i += n
 	}
 	return nil

@@ -77,9 +77,9 @@ func differential(t testing.TB, k *kernel, seed uint64, packets int, st *diffSta
 // -short.
 func TestDifferential(t *testing.T) {
 	k := newKernel(t)
-	policies, packets := 250, 400
+	policies, packets := 125, 800
 	if testing.Short() {
-		policies = 25
+		policies = 13
 	}
 	st := diffStats{verdicts: map[Verdict]int{}}
 	for seed := uint64(0); seed < uint64(policies); seed++ {

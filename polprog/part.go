@@ -87,6 +87,7 @@ type partBuilder struct {
 	// used are the footer labels that code jumped to.
 	used       map[string]bool
 	lookupMaps int
+	rules      int
 	key        ipsetKeyCache
 }
 
@@ -244,7 +245,7 @@ func (c *compiler) finishPart(last bool) error {
 	if err != nil {
 		return fmt.Errorf("assemble part %d: %w", p.index, err)
 	}
-	c.out.Parts = append(c.out.Parts, Part{Slot: c.slot(p.index), Instructions: insns, Stats: b.Stats(), block: b})
+	c.out.Parts = append(c.out.Parts, Part{Slot: c.slot(p.index), Instructions: insns, Stats: b.Stats(), Rules: p.rules, block: b})
 	c.lastPending = pending
 	return nil
 }
