@@ -83,3 +83,48 @@ func benchmarkApply(b *testing.B, noBatch bool) {
 	b.ReportMetric(naiveNs, "naive-ns/op")
 	b.ReportMetric(naiveNs/applyNs, "naive/apply")
 }
+
+// BenchmarkMapDump reads a 100,000-entry hash map with Dump, the read at
+// the start of every Apply.
+func BenchmarkMapDump(b *testing.B) {
+	const entries = 100_000
+	m := newFlowHash(b, entries)
+	keys, values := benchEntries(entries)
+	if _, err := m.BatchUpdate(keys, values, ebpf.UpdateAny); err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		var err error
+		keys, values, err = m.dumpInto(keys[:0], values[:0])
+		if err != nil {
+			b.Fatal(err)
+		}
+		if len(keys) != entries {
+			b.Fatalf("dumped %d entries, want %d", len(keys), entries)
+		}
+	}
+	b.ReportMetric(entries/(float64(b.Elapsed().Nanoseconds())/float64(b.N)/1e9), "entries/s")
+}
+
+// BenchmarkMapBatchUpdate overwrites every entry of a 100,000-entry hash
+// map with one BatchUpdate, the naive baseline of BenchmarkSyncerApply.
+func BenchmarkMapBatchUpdate(b *testing.B) {
+	const entries = 100_000
+	m := newFlowHash(b, entries)
+	keys, values := benchEntries(entries)
+	for b.Loop() {
+		if _, err := m.BatchUpdate(keys, values, ebpf.UpdateAny); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(entries/(float64(b.Elapsed().Nanoseconds())/float64(b.N)/1e9), "entries/s")
+}
+
+func benchEntries(n int) ([]flowKey, []flowValue) {
+	keys := make([]flowKey, n)
+	values := make([]flowValue, n)
+	for i := range n {
+		keys[i], values[i] = flowEntry(i)
+	}
+	return keys, values
+}
