@@ -193,7 +193,9 @@ type OpenReport struct {
 // so no entry is lost or duplicated.
 //
 // Entries the datapath writes into the old map while the copy runs may be
-// missed; callers migrate before attaching programs to the new map.
+// missed; callers migrate before attaching programs to the new map. One
+// process at a time may open a given map: OpenOrCreate takes no lock.
+// PinDir is created if missing; it must be on a bpffs.
 // Migration copies key and value bytes and so does not support per-CPU
 // maps.
 func OpenOrCreate(p Params, opts ...Option) (*ebpf.Map, OpenReport, error) {
@@ -203,6 +205,9 @@ func OpenOrCreate(p Params, opts ...Option) (*ebpf.Map, OpenReport, error) {
 	}
 	if err := p.validate(); err != nil {
 		return nil, OpenReport{}, fmt.Errorf("open or create map %q: %w", p.Name, err)
+	}
+	if err := os.MkdirAll(p.PinDir, 0o700); err != nil {
+		return nil, OpenReport{}, fmt.Errorf("open or create map %q: pin directory: %w", p.Name, err)
 	}
 	m, report, err := openOrCreate(p, &cfg)
 	if err != nil {

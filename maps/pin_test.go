@@ -104,7 +104,7 @@ func TestParamsValidation(t *testing.T) {
 }
 
 func TestOpenOrCreateCreatesThenReuses(t *testing.T) {
-	dir := testutil.TempBPFFS(t)
+	dir := filepath.Join(testutil.TempBPFFS(t), "sluice")
 	p := flowParams(dir, 1, 64)
 	m, report := openFlows(t, p)
 	if report.Action != Created {
