@@ -141,6 +141,18 @@ func (c *compiler) portRanges(portOff int16, ranges []PortRange, named []uint64,
 		return
 	}
 	b := c.part.b
+	if !negate && len(ranges) == 1 && len(named) == 0 {
+		// One range: a single jump away when the port is outside.
+		pr := ranges[0]
+		b.Emit(ebpfasm.LoadMem(ebpfasm.R1, regState, portOff, ebpfasm.Half))
+		if pr.First == pr.Last {
+			b.Jump(ebpfasm.JNE, ebpfasm.R1, int32(pr.First), fail)
+			return
+		}
+		b.Emit(ebpfasm.Mov.Reg(ebpfasm.R2, ebpfasm.R1), ebpfasm.Add.Imm(ebpfasm.R2, -int32(pr.First)))
+		b.Jump(ebpfasm.JGT, ebpfasm.R2, int32(pr.Last-pr.First), fail)
+		return
+	}
 	// in is where a port in the list goes: fail when negated.
 	in := fail
 	if !negate {
