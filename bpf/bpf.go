@@ -47,8 +47,8 @@ const (
 	MapConntrack = datapathMapSlCt
 	// MapIfaces is the hash of interface settings, ifindex (uint32) to Iface.
 	MapIfaces = datapathMapSlIfaces
-	// MapCounters is the per-CPU hash of verdict counters, CounterKey to
-	// ReasonCounts.
+	// MapCounters is the per-CPU array of verdict counters (ReasonCounts):
+	// an interface's hook counts at CounterIndex(Iface.CounterSlot, hook).
 	MapCounters = datapathMapSlCounters
 	// MapPending is the per-CPU array holding the packet that waits for a
 	// policy verdict (one Pending per CPU), read by the continuations.
@@ -64,7 +64,6 @@ const (
 	TypeCTLeg    = "sl_ct_leg"
 
 	TypeIface        = "sl_iface"
-	TypeCounterKey   = "sl_counter_key"
 	TypeReasonCounts = "sl_reason_counts"
 	TypePending      = "sl_pending"
 )
@@ -211,12 +210,16 @@ const (
 	ReasonCount = datapathSlReasonSL_REASON_COUNT
 )
 
-// CounterKey mirrors struct sl_counter_key, the key of MapCounters.
-type CounterKey = datapathSlCounterKey
-
 // ReasonCounts mirrors struct sl_reason_counts, one CPU's value in
 // MapCounters: packets per Reason.
 type ReasonCounts = datapathSlReasonCounts
 
 // Pending mirrors struct sl_pending, the value of MapPending.
 type Pending = datapathSlPending
+
+// CounterIndex is the MapCounters index of a hook of the interface with
+// counter slot slot (SL_COUNTER_INDEX). Slot 0 counts the packets of
+// interfaces without state; give each interface its own slot from 1 up.
+func CounterIndex(slot uint32, hook Hook) uint32 {
+	return slot*2 + uint32(hook)
+}

@@ -13,7 +13,9 @@
  *          sl_tc_allow: create or update the entry, TC_ACT_OK
  *          sl_tc_deny:  TC_ACT_SHOT
  *
- * Every packet is counted under one enum sl_reason in sl_counters. */
+ * Every packet is counted under one enum sl_reason in sl_counters.
+ * polprog's programs count the deciding rule in sl_rule_hits themselves,
+ * so the continuations leave those counters alone. */
 
 #include "sluice/common.h"
 #include "sluice/policy_maps.h"
@@ -35,17 +37,17 @@ struct {
  * attaches; an interface without an entry drops everything. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
+	__uint(max_entries, 1024);
 	__type(key, __u32);
 	__type(value, struct sl_iface);
 } sl_ifaces SEC(".maps");
 
-/* Verdict counters, created by the datapath on an interface's first
- * packet. Per-CPU, so increments need no atomics. */
+/* Verdict counters by SL_COUNTER_INDEX(slot, hook). Per-CPU, so
+ * increments need no atomics. */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, 8192);
-	__type(key, struct sl_counter_key);
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2048);
+	__type(key, __u32);
 	__type(value, struct sl_reason_counts);
 } sl_counters SEC(".maps");
 
@@ -61,19 +63,17 @@ struct {
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
-/* sl_count adds a packet to its interface's counters. Not inlined: it is
- * called from every verdict site, and as a real function its reason
- * argument puts enum sl_reason into BTF for the Go constants. */
-static __noinline int sl_count(__u32 ifindex, enum sl_hook hook, enum sl_reason reason)
+/* sl_count adds a packet to the counters at index. An index past the
+ * array (a counter_slot the loader did not size for) counts in slot 0.
+ * Not inlined: it is called from every verdict site, and as a real
+ * function its reason argument puts enum sl_reason into BTF for Go. */
+static __noinline int sl_count(__u32 index, enum sl_reason reason)
 {
-	struct sl_counter_key key = { .ifindex = ifindex, .hook = hook };
-	struct sl_reason_counts *c = bpf_map_lookup_elem(&sl_counters, &key);
+	struct sl_reason_counts *c = bpf_map_lookup_elem(&sl_counters, &index);
 
 	if (!c) {
-		struct sl_reason_counts zero = {};
-
-		bpf_map_update_elem(&sl_counters, &key, &zero, BPF_NOEXIST);
-		c = bpf_map_lookup_elem(&sl_counters, &key);
+		index &= 1;
+		c = bpf_map_lookup_elem(&sl_counters, &index);
 		if (!c)
 			return 0;
 	}
@@ -83,9 +83,9 @@ static __noinline int sl_count(__u32 ifindex, enum sl_hook hook, enum sl_reason 
 }
 
 /* sl_verdict counts the packet and turns its reason into a TC action. */
-SL_INLINE int sl_verdict(__u32 ifindex, enum sl_hook hook, enum sl_reason reason)
+SL_INLINE int sl_verdict(__u32 counter_index, enum sl_reason reason)
 {
-	sl_count(ifindex, hook, reason);
+	sl_count(counter_index, reason);
 	return reason < SL_REASON_FIRST_DROP ? TC_ACT_OK : TC_ACT_SHOT;
 }
 
@@ -152,24 +152,25 @@ SL_INLINE void sl_fill_state(struct sl_state *st, const struct sl_pkt *pkt)
 /* sl_to_policy hands the packet to the hook's policy program. It returns
  * only when the slot is empty: fail closed. */
 SL_INLINE int sl_to_policy(struct __sk_buff *skb, __u32 slot, enum sl_hook hook,
-			   const struct sl_pkt *pkt, const struct sl_ct_key *key,
-			   enum sl_ct_dir dir)
+			   __u32 counter_index, const struct sl_pkt *pkt,
+			   const struct sl_ct_key *key, enum sl_ct_dir dir)
 {
 	__u32 ifindex = skb->ifindex, zero = 0;
 	struct sl_pending *pd = bpf_map_lookup_elem(&sl_pending_map, &zero);
 	struct sl_state *st = bpf_map_lookup_elem(&sl_state_map, &zero);
 
 	if (!pd || !st)
-		return sl_verdict(ifindex, hook, SL_REASON_DROPPED_BAD_HANDOFF);
+		return sl_verdict(counter_index, SL_REASON_DROPPED_BAD_HANDOFF);
 	sl_fill_state(st, pkt);
 	pd->ct_key = *key;
 	pd->ifindex = ifindex;
 	pd->hook = hook;
 	pd->dir = dir;
 	pd->leg_flags = sl_ct_leg_flags_of(pkt->tcp_flags);
+	pd->counter_index = counter_index;
 	bpf_tail_call(skb, &sl_policy_jumps, slot);
 	pd->ifindex = 0;
-	return sl_verdict(ifindex, hook, SL_REASON_DROPPED_NO_POLICY);
+	return sl_verdict(counter_index, SL_REASON_DROPPED_NO_POLICY);
 }
 
 /* sl_tc_main is the whole per-packet path of both hooks; hook is a
@@ -184,24 +185,25 @@ SL_INLINE int sl_tc_main(struct __sk_buff *skb, enum sl_hook hook)
 	enum sl_ct_dir dir;
 	enum sl_iface_flags iflags;
 	__u16 sport, dport;
-	__u32 slot;
+	__u32 slot, counters;
 
 	struct sl_iface *iface = bpf_map_lookup_elem(&sl_ifaces, &ifindex);
 	if (!iface)
-		return sl_verdict(ifindex, hook, SL_REASON_DROPPED_NO_IFACE);
+		return sl_verdict(SL_COUNTER_INDEX(0, hook), SL_REASON_DROPPED_NO_IFACE);
 	iflags = iface->flags;
 	slot = hook == SL_HOOK_INGRESS ? iface->ingress_policy : iface->egress_policy;
+	counters = SL_COUNTER_INDEX(iface->counter_slot, hook);
 	if (!(iflags & SL_IFACE_READY))
-		return sl_verdict(ifindex, hook, SL_REASON_DROPPED_NOT_READY);
+		return sl_verdict(counters, SL_REASON_DROPPED_NOT_READY);
 
 	sl_pull(skb);
 	if (sl_parse_eth(skb, iflags, &reason) != SL_PARSE_IPV4 ||
 	    sl_parse_ipv4(skb, iflags, &pkt, &reason) != SL_PARSE_IPV4 ||
 	    sl_parse_l4(skb, &pkt, &reason) != SL_PARSE_IPV4)
-		return sl_verdict(ifindex, hook, reason);
+		return sl_verdict(counters, reason);
 
 	if (pkt.proto == IPPROTO_ICMP && sl_icmp_is_error(pkt.icmp_type) && sl_related(skb, &pkt))
-		return sl_verdict(ifindex, hook, SL_REASON_ACCEPTED_RELATED);
+		return sl_verdict(counters, SL_REASON_ACCEPTED_RELATED);
 
 	sl_ct_ports(&pkt, &sport, &dport);
 	dir = sl_ct_key_fill(&key, pkt.proto, pkt.saddr, sport, pkt.daddr, dport);
@@ -211,14 +213,14 @@ SL_INLINE int sl_tc_main(struct __sk_buff *skb, enum sl_hook hook)
 	if (ct && !syn && sl_ct_passes(ct, dir, ifindex, hook)) {
 		sl_ct_leg_account(ct, sl_ct_leg_of(ct, dir), sl_ct_leg_flags_of(pkt.tcp_flags),
 				  skb->len, bpf_ktime_get_ns());
-		return sl_verdict(ifindex, hook, SL_REASON_ACCEPTED_ESTABLISHED);
+		return sl_verdict(counters, SL_REASON_ACCEPTED_ESTABLISHED);
 	}
 	/* TCP that is neither a SYN nor part of a flow approved here started
 	 * before this hook watched it, or is forged. */
 	if (pkt.proto == IPPROTO_TCP && !(pkt.tcp_flags & SL_TCP_SYN) &&
 	    (iflags & SL_IFACE_DROP_MID_FLOW))
-		return sl_verdict(ifindex, hook, SL_REASON_DROPPED_MID_FLOW);
-	return sl_to_policy(skb, slot, hook, &pkt, &key, dir);
+		return sl_verdict(counters, SL_REASON_DROPPED_MID_FLOW);
+	return sl_to_policy(skb, slot, hook, counters, &pkt, &key, dir);
 }
 
 /* The programs to attach: one per TC hook. */
@@ -258,12 +260,12 @@ int sl_tc_allow(struct __sk_buff *skb)
 	struct sl_state *st = bpf_map_lookup_elem(&sl_state_map, &zero);
 
 	if (!sl_take_pending(skb, &pd))
-		return sl_verdict(skb->ifindex, SL_HOOK_INGRESS, SL_REASON_DROPPED_BAD_HANDOFF);
+		return sl_verdict(SL_COUNTER_INDEX(0, SL_HOOK_INGRESS), SL_REASON_DROPPED_BAD_HANDOFF);
 	if (!st || st->policy_rc != SL_POLICY_ALLOW)
-		return sl_verdict(pd.ifindex, pd.hook, SL_REASON_DROPPED_BAD_HANDOFF);
+		return sl_verdict(pd.counter_index, SL_REASON_DROPPED_BAD_HANDOFF);
 	if (sl_ct_approve(&pd, skb->len))
-		sl_count(pd.ifindex, pd.hook, SL_REASON_CT_CREATE_FAILED);
-	return sl_verdict(pd.ifindex, pd.hook, SL_REASON_ACCEPTED_BY_POLICY);
+		sl_count(pd.counter_index, SL_REASON_CT_CREATE_FAILED);
+	return sl_verdict(pd.counter_index, SL_REASON_ACCEPTED_BY_POLICY);
 }
 
 /* sl_tc_deny is where policy continues when it denies (sl_conts slot
@@ -274,8 +276,8 @@ int sl_tc_deny(struct __sk_buff *skb)
 	struct sl_pending pd;
 
 	if (!sl_take_pending(skb, &pd))
-		return sl_verdict(skb->ifindex, SL_HOOK_INGRESS, SL_REASON_DROPPED_BAD_HANDOFF);
-	return sl_verdict(pd.ifindex, pd.hook, SL_REASON_DROPPED_BY_POLICY);
+		return sl_verdict(SL_COUNTER_INDEX(0, SL_HOOK_INGRESS), SL_REASON_DROPPED_BAD_HANDOFF);
+	return sl_verdict(pd.counter_index, SL_REASON_DROPPED_BY_POLICY);
 }
 
 /* sl_tc_pass accepts every packet. It is the floor the datapath's

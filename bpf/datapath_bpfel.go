@@ -20,12 +20,6 @@ const (
 	datapathSlContSlotSL_CONT_DENY  datapathSlContSlot = 1
 )
 
-type datapathSlCounterKey struct {
-	_       structs.HostLayout
-	Ifindex uint32
-	Hook    datapathSlHook
-}
-
 type datapathSlCtDir uint32
 
 const (
@@ -97,7 +91,7 @@ type datapathSlIface struct {
 	Flags         datapathSlIfaceFlags
 	IngressPolicy uint32
 	EgressPolicy  uint32
-	Pad           uint32
+	CounterSlot   uint32
 }
 
 type datapathSlIfaceFlags uint32
@@ -123,12 +117,13 @@ type datapathSlIpsetKey struct {
 }
 
 type datapathSlPending struct {
-	_        structs.HostLayout
-	CtKey    datapathSlCtKey
-	Ifindex  uint32
-	Hook     datapathSlHook
-	Dir      datapathSlCtDir
-	LegFlags datapathSlCtLegFlags
+	_            structs.HostLayout
+	CtKey        datapathSlCtKey
+	Ifindex      uint32
+	Hook         datapathSlHook
+	Dir          datapathSlCtDir
+	LegFlags     datapathSlCtLegFlags
+	CounterIndex uint32
 }
 
 type datapathSlPolicyRc uint32

@@ -45,8 +45,17 @@ func newHarness(tb testing.TB) *harness {
 	h := &harness{t: tb, dp: dp}
 	h.setPolicy(slotIngress, allowDstPorts(80, 0))
 	h.setPolicy(slotEgress, allowDstPorts(80, 0))
-	h.setIface(loIfindex, Iface{Flags: IfaceWorkload | IfaceReady, IngressPolicy: slotIngress, EgressPolicy: slotEgress})
+	h.setIface(loIfindex, loIface(IfaceWorkload|IfaceReady))
 	return h
+}
+
+// loCounterSlot is lo's counter slot: not 0, which interfaces without
+// state share.
+const loCounterSlot = 1
+
+// loIface is lo's interface state with the harness's policy slots.
+func loIface(flags IfaceFlags) Iface {
+	return Iface{Flags: flags, IngressPolicy: slotIngress, EgressPolicy: slotEgress, CounterSlot: loCounterSlot}
 }
 
 func (h *harness) m(name string) *ebpf.Map { return h.dp.Collection.Maps[name] }
@@ -220,6 +229,15 @@ func (h *harness) ctEntry(key CTKey) (CTValue, bool) {
 func (h *harness) counters(ifindex uint32, hook Hook) [ReasonCount]uint64 {
 	h.t.Helper()
 	c, err := h.dp.Counters(ifindex, hook)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return c
+}
+
+func (h *harness) countersAt(index uint32) [ReasonCount]uint64 {
+	h.t.Helper()
+	c, err := h.dp.CountersAt(index)
 	if err != nil {
 		h.t.Fatal(err)
 	}

@@ -41,9 +41,9 @@ func TestTwoWorkloadInterfaces(t *testing.T) {
 	h.setPolicy(slotAllow80, allowDstPorts(80))
 	h.setPolicy(slotDenyAll, allowDstPorts())
 	h.setPolicy(slotPod2In, allowDstPorts())
-	h.setIface(ifindex["pod1"], Iface{Flags: IfaceWorkload | IfaceReady, IngressPolicy: slotAllow80, EgressPolicy: slotDenyAll})
-	h.setIface(ifindex["pod2"], Iface{Flags: IfaceWorkload | IfaceReady, IngressPolicy: slotDenyAll, EgressPolicy: slotPod2In})
-	h.setIface(ifindex["pod3"], Iface{Flags: IfaceWorkload | IfaceReady, IngressPolicy: slotDenyAll, EgressPolicy: slotDenyAll})
+	h.setIface(ifindex["pod1"], Iface{Flags: IfaceWorkload | IfaceReady, IngressPolicy: slotAllow80, EgressPolicy: slotDenyAll, CounterSlot: 2})
+	h.setIface(ifindex["pod2"], Iface{Flags: IfaceWorkload | IfaceReady, IngressPolicy: slotDenyAll, EgressPolicy: slotPod2In, CounterSlot: 3})
+	h.setIface(ifindex["pod3"], Iface{Flags: IfaceWorkload | IfaceReady, IngressPolicy: slotDenyAll, EgressPolicy: slotDenyAll, CounterSlot: 4})
 
 	pod1 := netip.MustParseAddrPort("10.4.0.1:43000")
 	pod2 := netip.MustParseAddrPort("10.4.0.2:80")

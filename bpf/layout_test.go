@@ -23,7 +23,6 @@ func TestLayouts(t *testing.T) {
 		{TypeCTLeg, CTLeg{}},
 		{TypeCTValue, CTValue{}},
 		{TypeIface, Iface{}},
-		{TypeCounterKey, CounterKey{}},
 		{TypeReasonCounts, ReasonCounts{}},
 		{TypePending, Pending{}},
 	}
@@ -46,7 +45,7 @@ func TestMapTypes(t *testing.T) {
 	}{
 		{MapConntrack, TypeCTKey, TypeCTValue},
 		{MapIfaces, "__u32", TypeIface},
-		{MapCounters, TypeCounterKey, TypeReasonCounts},
+		{MapCounters, "__u32", TypeReasonCounts},
 		{MapPending, "__u32", TypePending},
 		{MapState, "__u32", TypeState},
 		{MapIPSets, TypeIPSetKey, "__u32"},

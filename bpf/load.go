@@ -20,7 +20,8 @@ type LoadOptions struct {
 	PolicySlots uint32
 	// IfaceEntries sizes MapIfaces.
 	IfaceEntries uint32
-	// CounterEntries sizes MapCounters: two per interface (one per hook).
+	// CounterEntries sizes MapCounters: two per counter slot (one per
+	// hook), so the highest Iface.CounterSlot is CounterEntries/2 - 1.
 	CounterEntries uint32
 
 	// PinPath, if set, is a directory on a BPF filesystem where every map
@@ -127,18 +128,25 @@ func (d *Datapath) Close() error {
 	return nil
 }
 
-// Counters returns an interface hook's verdict counters summed over CPUs,
-// indexed by Reason. An interface that has seen no packet has none.
+// Counters returns the verdict counters of an interface's hook summed over
+// CPUs, indexed by Reason: those of its Iface.CounterSlot, or of slot 0,
+// shared by all interfaces without state, when it has no MapIfaces entry.
 func (d *Datapath) Counters(ifindex uint32, hook Hook) ([ReasonCount]uint64, error) {
+	var iface Iface
+	err := d.Collection.Maps[MapIfaces].Lookup(ifindex, &iface)
+	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return [ReasonCount]uint64{}, fmt.Errorf("read counters of ifindex %d: %w", ifindex, err)
+	}
+	return d.CountersAt(CounterIndex(iface.CounterSlot, hook))
+}
+
+// CountersAt returns the verdict counters at a MapCounters index summed
+// over CPUs, indexed by Reason.
+func (d *Datapath) CountersAt(index uint32) ([ReasonCount]uint64, error) {
 	var sum [ReasonCount]uint64
 	var perCPU []ReasonCounts
-	key := CounterKey{Ifindex: ifindex, Hook: hook}
-	err := d.Collection.Maps[MapCounters].Lookup(&key, &perCPU)
-	if errors.Is(err, ebpf.ErrKeyNotExist) {
-		return sum, nil
-	}
-	if err != nil {
-		return sum, fmt.Errorf("read counters of ifindex %d hook %d: %w", ifindex, hook, err)
+	if err := d.Collection.Maps[MapCounters].Lookup(index, &perCPU); err != nil {
+		return sum, fmt.Errorf("read counters at index %d: %w", index, err)
 	}
 	for _, c := range perCPU {
 		for r, n := range c.Packets {

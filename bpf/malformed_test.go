@@ -55,7 +55,7 @@ func expectOf(frame []byte, flags IfaceFlags) Reason {
 // false when the kernel refused to run the frame at all.
 func (h *harness) runMalformed(t *testing.T, name string, frame []byte, flags IfaceFlags, want Reason) bool {
 	t.Helper()
-	h.setIface(loIfindex, Iface{Flags: flags | IfaceReady, IngressPolicy: slotIngress, EgressPolicy: slotEgress})
+	h.setIface(loIfindex, loIface(flags|IfaceReady))
 	if model := expectOf(frame, flags); model != want {
 		t.Errorf("%s: reference model says %d, want %d", name, model, want)
 	}

@@ -69,7 +69,7 @@ func TestPolicyVerdicts(t *testing.T) {
 		return testpkt.MustBytes(t, testpkt.ICMPv4Error(router, client.Addr(), typ, code, testpkt.Quote(quoted)))
 	}
 	untracked := tcp(client, netip.MustParseAddrPort("10.2.0.30:80"), testpkt.SYN)
-	iface := Iface{Flags: IfaceWorkload | IfaceReady, IngressPolicy: slotIngress, EgressPolicy: slotEgress}
+	iface := loIface(IfaceWorkload | IfaceReady)
 
 	cases := []packetCase{
 		{name: "new flow allowed", hook: HookIngress, frame: syn, wantRet: tcActOK,
@@ -116,7 +116,7 @@ func TestPolicyVerdicts(t *testing.T) {
 		{name: "SYN allowed with mid-flow drop", hook: HookIngress, frame: tcp(client, netip.MustParseAddrPort("10.2.0.23:80"), testpkt.SYN),
 			wantRet: tcActOK, want: one(ReasonAcceptedByPolicy)},
 		{name: "interface not ready", hook: HookIngress, frame: tcp(client, web, testpkt.ACK),
-			arrange: func(h *harness) { h.setIface(loIfindex, Iface{Flags: IfaceWorkload, IngressPolicy: slotIngress}) },
+			arrange: func(h *harness) { h.setIface(loIfindex, loIface(IfaceWorkload)) },
 			wantRet: tcActShot, want: one(ReasonDroppedNotReady)},
 		{name: "no interface state", hook: HookEgress, frame: tcp(web, client, testpkt.ACK),
 			arrange: func(h *harness) {
@@ -136,12 +136,15 @@ func TestPolicyVerdicts(t *testing.T) {
 func TestContinuationWithoutPendingPacket(t *testing.T) {
 	h := newHarness(t)
 	frame := testpkt.MustBytes(t, testpkt.TCPv4(netip.MustParseAddrPort("10.3.0.1:1"), netip.MustParseAddrPort("10.3.0.2:80"), testpkt.SYN, nil))
+	// Without a pending packet the continuation knows no interface: it
+	// counts in slot 0.
+	shared := CounterIndex(0, HookIngress)
 	for _, prog := range []string{ProgTCAllow, ProgTCDeny} {
-		before := h.counters(loIfindex, HookIngress)
+		before := h.countersAt(shared)
 		if ret := h.run(prog, frame); ret != tcActShot {
 			t.Errorf("%s: verdict %d, want TC_ACT_SHOT", prog, ret)
 		}
-		if diff := cmp.Diff(one(ReasonDroppedBadHandoff), reasonDelta(before, h.counters(loIfindex, HookIngress))); diff != "" {
+		if diff := cmp.Diff(one(ReasonDroppedBadHandoff), reasonDelta(before, h.countersAt(shared))); diff != "" {
 			t.Errorf("%s: counters (-want +got):\n%s", prog, diff)
 		}
 	}
@@ -171,5 +174,23 @@ func TestAllowContinuationNeedsAllowVerdict(t *testing.T) {
 		if p.Ifindex != 0 {
 			t.Errorf("CPU %d: pending packet left behind: %+v", cpu, p)
 		}
+	}
+}
+
+// TestCounterSlotPastArray checks that an interface whose counter slot
+// the counters map was not sized for counts in slot 0 instead of nowhere.
+func TestCounterSlotPastArray(t *testing.T) {
+	h := newHarness(t)
+	f := loIface(IfaceWorkload | IfaceReady)
+	f.CounterSlot = h.m(MapCounters).MaxEntries()
+	h.setIface(loIfindex, f)
+	frame := testpkt.MustBytes(t, testpkt.TCPv4(netip.MustParseAddrPort("10.3.0.1:1"), netip.MustParseAddrPort("10.3.0.2:80"), testpkt.SYN, nil))
+	shared := CounterIndex(0, HookEgress)
+	before := h.countersAt(shared)
+	if ret := h.run(ProgTCEgress, frame); ret != tcActOK {
+		t.Errorf("verdict %d, want TC_ACT_OK", ret)
+	}
+	if diff := cmp.Diff(one(ReasonAcceptedByPolicy), reasonDelta(before, h.countersAt(shared))); diff != "" {
+		t.Errorf("slot 0 counters (-want +got):\n%s", diff)
 	}
 }

@@ -45,7 +45,7 @@ func loadWithPolicy(tb testing.TB, rules polprog.Rules, opts polprog.Options) *b
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { prog.Close() })
-	iface := bpf.Iface{Flags: bpf.IfaceWorkload | bpf.IfaceReady, IngressPolicy: prog.EntrySlot(), EgressPolicy: prog.EntrySlot()}
+	iface := bpf.Iface{Flags: bpf.IfaceWorkload | bpf.IfaceReady, IngressPolicy: prog.EntrySlot(), EgressPolicy: prog.EntrySlot(), CounterSlot: 1}
 	if err := m[bpf.MapIfaces].Put(uint32(lo), iface); err != nil {
 		tb.Fatal(err)
 	}

@@ -36,12 +36,13 @@ enum sl_reason {
 
 #define SL_REASON_FIRST_DROP SL_REASON_DROPPED_BY_POLICY
 
-/* Key of sl_counters. */
-struct sl_counter_key {
-	__u32	ifindex;	/* interface the hook is attached to */
-	enum sl_hook hook;	/* SL_HOOK_* */
-};
-SL_ASSERT_SIZE(struct sl_counter_key, 8);
+/* sl_counters is a per-CPU array: the counters of an interface's hook are
+ * at SL_COUNTER_INDEX(sl_iface.counter_slot, hook). Slot 0 collects the
+ * packets of interfaces that have no state, so the agent gives each
+ * interface its own slot from 1 up. An array rather than a hash keyed by
+ * ifindex because the verifier inlines its lookup: counting stays a few
+ * instructions on every packet's path. */
+#define SL_COUNTER_INDEX(slot, hook) ((slot) * 2 + (hook))
 
 /* Value of sl_counters: packets per enum sl_reason, one copy per CPU. */
 struct sl_reason_counts {

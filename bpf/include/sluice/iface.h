@@ -32,6 +32,6 @@ struct sl_iface {
 	enum sl_iface_flags flags;	/* SL_IFACE_* bits */
 	__u32	ingress_policy;		/* sl_policy_jumps slot run at the TC ingress hook */
 	__u32	egress_policy;		/* sl_policy_jumps slot run at the TC egress hook */
-	__u32	pad;
+	__u32	counter_slot;		/* the interface's sl_counters slot, from 1 up */
 };
 SL_ASSERT_SIZE(struct sl_iface, 16);

@@ -21,5 +21,6 @@ struct sl_pending {
 	enum sl_hook hook;		/* SL_HOOK_* */
 	enum sl_ct_dir dir;		/* packet direction relative to ct_key */
 	enum sl_ct_leg_flags leg_flags;	/* TCP flags of the packet as leg bits */
+	__u32	counter_index;		/* sl_counters index of the interface's hook */
 };
-SL_ASSERT_SIZE(struct sl_pending, 32);
+SL_ASSERT_SIZE(struct sl_pending, 36);
