@@ -27,6 +27,11 @@ const (
 	// DefaultMergeThreshold is the number of CIDR or port alternatives
 	// from which a run of rules becomes one LPM trie lookup.
 	DefaultMergeThreshold = 24
+	// DefaultFallThroughRules: below about this many rules the branch
+	// predictor holds every rule's branch, and the extra jump of the
+	// fall-through layout costs more than it saves (0.8 against 0.62
+	// ns per CIDR rule at 1,000 rules; 2.1 against 6.0 at 10,000).
+	DefaultFallThroughRules = 2000
 	// splitHeadroom is kept below asm.MaxJumpSequences for the header,
 	// the resume table and the footer.
 	splitHeadroom = 200
@@ -61,6 +66,10 @@ type Options struct {
 	MergeThreshold int
 	// TrampolineStride is passed to asm.WithTrampolineStride when not 0.
 	TrampolineStride int
+	// FallThroughRules is the rule count from which each rule's first
+	// check falls through when it fails (see compiler.mismatch); 0 means
+	// DefaultFallThroughRules, negative never.
+	FallThroughRules int
 }
 
 // Compiled is a policy compiled into one or more programs.
@@ -120,6 +129,7 @@ func Compile(rules Rules, opts Options) (*Compiled, error) {
 		return nil, err
 	}
 	c := newCompiler(opts)
+	c.fallThrough = c.opts.FallThroughRules > 0 && p.ruleCount >= c.opts.FallThroughRules
 	if err := c.program(p); err != nil {
 		return nil, fmt.Errorf("compile: %w", err)
 	}
@@ -163,6 +173,8 @@ type compiler struct {
 	crossIDs    map[string]uint32
 	// lastPending are the labels the finished part left for the next.
 	lastPending []string
+	// fallThrough: use the fall-through layout for rules' first checks.
+	fallThrough bool
 }
 
 func newCompiler(opts Options) *compiler {
@@ -180,6 +192,9 @@ func newCompiler(opts Options) *compiler {
 	}
 	if opts.SplitInstructions <= 0 {
 		opts.SplitInstructions = DefaultSplitInstructions
+	}
+	if opts.FallThroughRules == 0 {
+		opts.FallThroughRules = DefaultFallThroughRules
 	}
 	if opts.MergeThreshold == 0 {
 		opts.MergeThreshold = DefaultMergeThreshold

@@ -9,7 +9,8 @@ import (
 )
 
 // diffOptions varies the compiler across seeds: defaults, eager merging,
-// eager merging with tiny parts, and no merging.
+// eager merging with tiny parts, and no merging with the fall-through
+// layout.
 func diffOptions(seed uint64, g *gen) Options {
 	switch seed % 4 {
 	case 1:
@@ -17,7 +18,7 @@ func diffOptions(seed uint64, g *gen) Options {
 	case 2:
 		return Options{MergeThreshold: 3, SplitJumps: 8 + g.r.IntN(40)}
 	case 3:
-		return Options{MergeThreshold: -1}
+		return Options{MergeThreshold: -1, FallThroughRules: 1}
 	}
 	return Options{}
 }

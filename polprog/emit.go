@@ -16,7 +16,9 @@ func (c *compiler) ruleCode(st stage, r *rule, tierEnd string) {
 	next := c.newLabel("rule_end")
 	c.part.b.Comment(fmt.Sprintf("rule %s: %s, id %d", r.where, r.action, r.id))
 	c.part.key.valid = false
+	c.part.invertMismatch = c.fallThrough
 	c.checks(st, r, fieldNone, next)
+	c.part.invertMismatch = false
 	c.action(st, r.action, r.id, tierEnd)
 	c.label(next)
 }
@@ -63,7 +65,7 @@ func (c *compiler) checks(st stage, r *rule, skip field, fail string) {
 	b := c.part.b
 	if r.proto >= 0 {
 		b.Emit(ebpfasm.LoadMem(ebpfasm.R1, regState, offProto, ebpfasm.Byte))
-		b.Jump(ebpfasm.JNE, ebpfasm.R1, int32(r.proto), fail)
+		c.mismatch(false, ebpfasm.JNE, ebpfasm.R1, int32(r.proto), fail)
 	}
 	if r.notProto >= 0 {
 		b.Emit(ebpfasm.LoadMem(ebpfasm.R1, regState, offProto, ebpfasm.Byte))
@@ -109,13 +111,17 @@ func (c *compiler) icmpCheck(m *ICMPMatch, fail string, negate bool) {
 	b := c.part.b
 	b.Emit(ebpfasm.LoadMem(ebpfasm.R1, regState, offICMPType, ebpfasm.Byte))
 	if !m.HasCode {
-		b.Jump(pickOp(negate, ebpfasm.JEq, ebpfasm.JNE), ebpfasm.R1, int32(m.Type), fail)
+		if negate {
+			b.Jump(ebpfasm.JEq, ebpfasm.R1, int32(m.Type), fail)
+		} else {
+			c.mismatch(false, ebpfasm.JNE, ebpfasm.R1, int32(m.Type), fail)
+		}
 		return
 	}
 	if !negate {
-		b.Jump(ebpfasm.JNE, ebpfasm.R1, int32(m.Type), fail)
+		c.mismatch(false, ebpfasm.JNE, ebpfasm.R1, int32(m.Type), fail)
 		b.Emit(ebpfasm.LoadMem(ebpfasm.R1, regState, offICMPCode, ebpfasm.Byte))
-		b.Jump(ebpfasm.JNE, ebpfasm.R1, int32(m.Code), fail)
+		c.mismatch(false, ebpfasm.JNE, ebpfasm.R1, int32(m.Code), fail)
 		return
 	}
 	differs := c.newLabel("icmp_differs")
@@ -125,12 +131,28 @@ func (c *compiler) icmpCheck(m *ICMPMatch, fail string, negate bool) {
 	c.label(differs)
 }
 
-// pickOp returns a when cond, else b.
-func pickOp(cond bool, a, b ebpfasm.JumpOp) ebpfasm.JumpOp {
-	if cond {
-		return a
+// mismatch jumps to fail, where a positive check goes when it does not
+// hold. The first such jump of a rule is the one a non-matching packet
+// usually takes, rule after rule; a taken conditional branch the predictor
+// has not seen costs a misprediction, and thousands of rules outgrow the
+// branch target buffer. So that jump is inverted into a rarely taken branch
+// over an unconditional jump, which the CPU predicts at decode.
+func (c *compiler) mismatch(jump32 bool, op ebpfasm.JumpOp, dst ebpfasm.Register, imm int32, fail string) {
+	b := c.part.b
+	jump := b.Jump
+	if jump32 {
+		jump = b.Jump32
 	}
-	return b
+	if !c.part.invertMismatch {
+		jump(op, dst, imm, fail)
+		return
+	}
+	c.part.invertMismatch = false
+	inverse := map[ebpfasm.JumpOp]ebpfasm.JumpOp{ebpfasm.JNE: ebpfasm.JEq, ebpfasm.JEq: ebpfasm.JNE, ebpfasm.JGT: ebpfasm.JLE}[op]
+	body := c.newLabel("rule_body")
+	jump(inverse, dst, imm, body)
+	b.Ja(fail)
+	b.Label(body) // reached only by the jump: what the key cache knows holds
 }
 
 // portRanges checks the port at portOff against ranges and named-port sets
@@ -146,11 +168,11 @@ func (c *compiler) portRanges(portOff int16, ranges []PortRange, named []uint64,
 		pr := ranges[0]
 		b.Emit(ebpfasm.LoadMem(ebpfasm.R1, regState, portOff, ebpfasm.Half))
 		if pr.First == pr.Last {
-			b.Jump(ebpfasm.JNE, ebpfasm.R1, int32(pr.First), fail)
+			c.mismatch(false, ebpfasm.JNE, ebpfasm.R1, int32(pr.First), fail)
 			return
 		}
 		b.Emit(ebpfasm.Mov.Reg(ebpfasm.R2, ebpfasm.R1), ebpfasm.Add.Imm(ebpfasm.R2, -int32(pr.First)))
-		b.Jump(ebpfasm.JGT, ebpfasm.R2, int32(pr.Last-pr.First), fail)
+		c.mismatch(false, ebpfasm.JGT, ebpfasm.R2, int32(pr.Last-pr.First), fail)
 		return
 	}
 	// in is where a port in the list goes: fail when negated.
@@ -218,12 +240,16 @@ func (c *compiler) nets(addrOff int16, nets []netip.Prefix, fail string, negate 
 func (c *compiler) netCompare(n netip.Prefix, op ebpfasm.JumpOp, label string) {
 	b := c.part.b
 	addr, mask := addrWord(n)
-	if n.Bits() == 32 {
-		b.Jump32(op, ebpfasm.R1, addr, label)
+	reg := ebpfasm.R1
+	if n.Bits() != 32 {
+		reg = ebpfasm.R2
+		b.Emit(ebpfasm.Mov.Reg32(ebpfasm.R2, ebpfasm.R1), ebpfasm.And.Imm32(ebpfasm.R2, mask))
+	}
+	if op == ebpfasm.JNE {
+		c.mismatch(true, op, reg, addr, label)
 		return
 	}
-	b.Emit(ebpfasm.Mov.Reg32(ebpfasm.R2, ebpfasm.R1), ebpfasm.And.Imm32(ebpfasm.R2, mask))
-	b.Jump32(op, ebpfasm.R2, addr, label)
+	b.Jump32(op, reg, addr, label)
 }
 
 // ipsetLookup looks up set id in sl_ipsets with the address at addrOff
@@ -269,7 +295,11 @@ func (c *compiler) ipsetLookup(id uint64, addrOff, portOff int16, op ebpfasm.Jum
 		ebpfasm.Add.Imm(ebpfasm.R2, base),
 		ebpfasm.FnMapLookupElem.Call(),
 	)
-	b.Jump(op, ebpfasm.R0, 0, label)
+	if op == ebpfasm.JEq && portOff < 0 {
+		c.mismatch(false, op, ebpfasm.R0, 0, label)
+	} else {
+		b.Jump(op, ebpfasm.R0, 0, label)
+	}
 	*k = ipsetKeyCache{valid: true, addr: addrOff, tail: 1}
 	if portOff >= 0 {
 		k.tail, k.port = 2, portOff

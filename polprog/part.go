@@ -89,6 +89,9 @@ type partBuilder struct {
 	lookupMaps int
 	rules      int
 	key        ipsetKeyCache
+	// invertMismatch: the next mismatch jump is a rule's first (see
+	// compiler.mismatch).
+	invertMismatch bool
 }
 
 // ipsetKeyCache remembers what the IP set key on the stack holds, so that a

@@ -71,6 +71,7 @@ type program struct {
 	preDNAT   []tier
 	forward   []tier
 	noMatchID uint64
+	ruleCount int
 }
 
 // validate checks rules and turns them into a program. maxRules <= 0 means
@@ -98,6 +99,7 @@ func validate(rules Rules, maxRules int) (*program, error) {
 			p.profiles = append(p.profiles, r)
 		}
 	}
+	defer func() { p.ruleCount = v.count }()
 	if !rules.ForHost {
 		if len(rules.PreDNATTiers) > 0 || len(rules.ApplyOnForwardTiers) > 0 {
 			return nil, errors.New("pre-DNAT and apply-on-forward tiers need ForHost")
