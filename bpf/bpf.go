@@ -18,6 +18,8 @@
 // set (-mcpu=v3).
 package bpf
 
+import "encoding/binary"
+
 // Names of the programs and maps in the datapath collection.
 const (
 	// ProgTCPass accepts every packet: a floor for benchmarks.
@@ -74,6 +76,13 @@ type State = datapathSlState
 
 // IPSetKey mirrors struct sl_ipset_key, the key of MapIPSets.
 type IPSetKey = datapathSlIpsetKey
+
+// IPSetID encodes a 64-bit IP set ID as IPSetKey.SetId holds it (big-endian).
+func IPSetID(id uint64) [8]byte {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], id)
+	return b
+}
 
 // PolicyRC is a policy verdict left in State.PolicyRc (enum sl_policy_rc).
 type PolicyRC = datapathSlPolicyRc

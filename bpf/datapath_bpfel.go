@@ -109,7 +109,7 @@ const (
 type datapathSlIpsetKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
-	SetId     uint64
+	SetId     [8]uint8
 	Addr      [16]uint8
 	Port      uint16
 	Proto     uint8

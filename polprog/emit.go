@@ -259,8 +259,7 @@ func (c *compiler) ipsetLookup(id uint64, addrOff, portOff int16, op ebpfasm.Jum
 	b := c.part.b
 	k := &c.part.key
 	const base = stackIPSetKey
-	var idBytes [8]byte
-	binary.NativeEndian.PutUint64(idBytes[:], id)
+	idBytes := bpf.IPSetID(id)
 	b.Emit(
 		ebpfasm.StoreImm(ebpfasm.R10, base+ipsetKeySetID, int64(int32(binary.NativeEndian.Uint32(idBytes[:4]))), ebpfasm.Word),
 		ebpfasm.StoreImm(ebpfasm.R10, base+ipsetKeySetID+4, int64(int32(binary.NativeEndian.Uint32(idBytes[4:]))), ebpfasm.Word),

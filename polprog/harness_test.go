@@ -97,7 +97,7 @@ func (k *kernel) setIPSets(tb testing.TB, sets IPSetMembers) {
 	one := uint32(1)
 	for id, set := range sets {
 		for _, n := range set.Nets {
-			key := bpf.IPSetKey{SetId: id, Addr: n.Masked().Addr().As16()}
+			key := bpf.IPSetKey{SetId: bpf.IPSetID(id), Addr: n.Masked().Addr().As16()}
 			key.Prefixlen = 64 + uint32(n.Bits())
 			if n.Addr().Is4() {
 				key.Prefixlen += 96
@@ -107,7 +107,7 @@ func (k *kernel) setIPSets(tb testing.TB, sets IPSetMembers) {
 			}
 		}
 		for _, np := range set.NamedPorts {
-			key := bpf.IPSetKey{Prefixlen: ipsetKeyPortBits, SetId: id, Addr: np.Addr.As16(), Port: np.Port, Proto: np.Protocol}
+			key := bpf.IPSetKey{Prefixlen: uint32(ipsetKeyPortBits), SetId: bpf.IPSetID(id), Addr: np.Addr.As16(), Port: np.Port, Proto: np.Protocol}
 			if err := k.maps.IPSets.Put(&key, &one); err != nil {
 				tb.Fatalf("put ipset named port: %v", err)
 			}

@@ -29,15 +29,16 @@ var (
 	offRuleID        = int16(unsafe.Offsetof(bpf.State{}.RuleId))
 )
 
-// Offsets in struct sl_ipset_key (packed).
-const (
-	ipsetKeySize     = 32
-	ipsetKeySetID    = 4
-	ipsetKeyAddr     = 12
-	ipsetKeyPort     = 28
-	ipsetKeyProto    = 30
-	ipsetKeyAddrBits = 64 + 128      // set ID and address
-	ipsetKeyPortBits = 64 + 128 + 24 // and port and protocol
+// Offsets in struct sl_ipset_key, from bpf2go's mirror like the state's.
+var (
+	ipsetKeySetID = int16(unsafe.Offsetof(bpf.IPSetKey{}.SetId))
+	ipsetKeyAddr  = int16(unsafe.Offsetof(bpf.IPSetKey{}.Addr))
+	ipsetKeyPort  = int16(unsafe.Offsetof(bpf.IPSetKey{}.Port))
+	ipsetKeyProto = int16(unsafe.Offsetof(bpf.IPSetKey{}.Proto))
+	// LPM prefix lengths: set ID and address for CIDR members; set ID,
+	// address, port and protocol for named-port members.
+	ipsetKeyAddrBits = int64(ipsetKeyPort-ipsetKeySetID) * 8
+	ipsetKeyPortBits = int64(ipsetKeyProto+1-ipsetKeySetID) * 8
 )
 
 // Stack layout (offsets from R10). The verifier wants aligned stack

@@ -45,15 +45,17 @@ SL_ASSERT_SIZE(struct sl_state, 80);
 
 /* A member of an IP set in the sl_ipsets LPM trie. The prefix always covers
  * set_id; a CIDR member adds 96 (IPv4-mapped) or 0 (IPv6) bits plus its own
- * prefix, and a named-port member is an exact match on all fields. */
+ * prefix, and a named-port member is an exact match on all fields. set_id is
+ * a byte array so that the struct needs no packing: its Go mirror then has
+ * the same offsets, and polprog takes them from it. */
 struct sl_ipset_key {
 	__u32	prefixlen;		/* LPM prefix length in bits, from set_id on */
-	__u64	set_id;			/* 64-bit set ID, host order */
+	__u8	set_id[8];		/* 64-bit set ID, big-endian */
 	__u8	addr[16];		/* member address, IPv4-mapped for IPv4 */
 	__u16	port;			/* named-port members: port, host order */
 	__u8	proto;			/* named-port members: IPPROTO_* */
 	__u8	pad;
-} __attribute__((packed));
+};
 SL_ASSERT_SIZE(struct sl_ipset_key, 32);
 
 /* Number of bits of sl_ipset_key after prefixlen. */
