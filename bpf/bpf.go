@@ -14,8 +14,8 @@
 //
 // Kernel features: BPF_PROG_TYPE_SCHED_CLS with tail calls and BPF-to-BPF
 // calls mixed (Linux 5.10 on x86-64), hash, LRU hash, per-CPU array and
-// hash, LPM trie and prog array maps, BPF atomics and the v3 instruction
-// set (-mcpu=v3).
+// hash, LPM trie and prog array maps, BPF atomics, bpf_ktime_get_coarse_ns
+// (5.11) and the v3 instruction set (-mcpu=v3).
 package bpf
 
 import "encoding/binary"

@@ -212,7 +212,7 @@ SL_INLINE int sl_tc_main(struct __sk_buff *skb, enum sl_hook hook)
 	bool syn = pkt.proto == IPPROTO_TCP && (pkt.tcp_flags & (SL_TCP_SYN | SL_TCP_ACK)) == SL_TCP_SYN;
 	if (ct && !syn && sl_ct_passes(ct, dir, ifindex, hook)) {
 		sl_ct_leg_account(ct, sl_ct_leg_of(ct, dir), sl_ct_leg_flags_of(pkt.tcp_flags),
-				  skb->len, bpf_ktime_get_ns());
+				  skb->len, bpf_ktime_get_coarse_ns());
 		return sl_verdict(counters, SL_REASON_ACCEPTED_ESTABLISHED);
 	}
 	/* TCP that is neither a SYN nor part of a flow approved here started

@@ -89,6 +89,9 @@ func (o *LoadOptions) apply(spec *ebpf.CollectionSpec) error {
 // attaches Ingress and Egress, and closes the Datapath when done (pinned
 // maps and attached programs stay in the kernel).
 func Load(opts LoadOptions) (*Datapath, error) {
+	if err := CheckKernel(); err != nil {
+		return nil, fmt.Errorf("load datapath: %w", err)
+	}
 	spec, err := LoadSpec()
 	if err != nil {
 		return nil, err

@@ -154,7 +154,7 @@ func TestDatapathAgrees(t *testing.T) {
 			t.Errorf("%v (reversed %v): legs %v", e.Key, f.reversed, e.Value)
 		}
 		if seen := time.Duration(e.Value.LastSeen); seen < before || seen > after {
-			t.Errorf("%v: last_seen %v outside the CLOCK_MONOTONIC window [%v, %v]", e.Key, seen, before, after)
+			t.Errorf("%v: last_seen %v outside the CLOCK_MONOTONIC_COARSE window [%v, %v]", e.Key, seen, before, after)
 		}
 	}
 

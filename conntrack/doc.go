@@ -49,8 +49,8 @@
 // grow it through the maps migration before LRU eviction starts dropping
 // live flows.
 //
-// Times are CLOCK_MONOTONIC nanoseconds, the clock of bpf_ktime_get_ns,
-// held as time.Duration since boot.
+// Times are CLOCK_MONOTONIC_COARSE nanoseconds, the clock of
+// bpf_ktime_get_coarse_ns, held as time.Duration since boot.
 //
 // # Kernel features
 //

@@ -38,7 +38,7 @@ func (v Verdict) String() string {
 	return fmt.Sprintf("verdict(%d)", int(v))
 }
 
-// Check decides whether an entry should go. now is CLOCK_MONOTONIC, as in
+// Check decides whether an entry should go. now is CLOCK_MONOTONIC_COARSE, as in
 // Value.LastSeen. A Scanner calls checks from one goroutine, one sweep at
 // a time, and only for entries that hold a flow's state (Normal and
 // NATReverse; a NATReverse entry's key is the post-DNAT tuple and
@@ -59,7 +59,7 @@ type ScannerOptions struct {
 	Interval time.Duration
 	// Timeouts for the liveness check; DefaultTimeouts when zero.
 	Timeouts Timeouts
-	// Clock returns CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns; tests
+	// Clock returns CLOCK_MONOTONIC_COARSE, the clock of bpf_ktime_get_coarse_ns; tests
 	// inject their own. Nil reads the kernel's.
 	Clock func() time.Duration
 	// Checks run, in order, after liveness on each entry liveness keeps;
@@ -159,13 +159,13 @@ func NewScanner(m *Map, opts ScannerOptions) (*Scanner, error) {
 
 func kernelMonotonic() (time.Duration, error) {
 	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
-		return 0, fmt.Errorf("read CLOCK_MONOTONIC: %w", err)
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC_COARSE, &ts); err != nil {
+		return 0, fmt.Errorf("read CLOCK_MONOTONIC_COARSE: %w", err)
 	}
 	return time.Duration(ts.Nano()), nil
 }
 
-// monotonicClock reads CLOCK_MONOTONIC. NewScanner has checked that it
+// monotonicClock reads CLOCK_MONOTONIC_COARSE. NewScanner has checked that it
 // works; should it fail later, zero makes every entry look fresh, so the
 // sweep deletes nothing rather than everything.
 func monotonicClock() time.Duration {

@@ -340,7 +340,7 @@ func TestScannerFullness(t *testing.T) {
 }
 
 // TestScannerDefaultClock checks that the default clock reads
-// CLOCK_MONOTONIC, the datapath's: an entry stamped now is fresh, one
+// CLOCK_MONOTONIC_COARSE, the datapath's: an entry stamped now is fresh, one
 // stamped at boot is long expired.
 func TestScannerDefaultClock(t *testing.T) {
 	m := newTestMap(t, 64)

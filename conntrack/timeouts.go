@@ -142,7 +142,7 @@ func (t Timeouts) For(s FlowState) time.Duration {
 }
 
 // Expired reports whether the entry has been idle longer than its
-// timeout at now (CLOCK_MONOTONIC). An entry seen at or after now is never
+// timeout at now (CLOCK_MONOTONIC_COARSE). An entry seen at or after now is never
 // expired, so a clock behind the datapath's keeps entries rather than
 // deleting them.
 func (t Timeouts) Expired(k Key, v Value, now time.Duration) bool {

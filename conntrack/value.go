@@ -111,7 +111,7 @@ func (l Leg) String() string {
 }
 
 // Value is a conntrack entry, struct sl_ct_value. Created and LastSeen are
-// CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns).
+// CLOCK_MONOTONIC_COARSE nanoseconds (bpf_ktime_get_coarse_ns).
 type Value bpf.CTValue
 
 // EntryType returns the kind of entry.
@@ -169,7 +169,7 @@ func (v Value) Age() time.Duration {
 	return monotonicSince(v.Created, v.LastSeen)
 }
 
-// Idle returns how long before now (CLOCK_MONOTONIC) the flow's last
+// Idle returns how long before now (CLOCK_MONOTONIC_COARSE) the flow's last
 // packet was seen, or zero if LastSeen is not earlier than now.
 func (v Value) Idle(now time.Duration) time.Duration {
 	return monotonicSince(v.LastSeen, uint64(max(now, 0)))

@@ -122,7 +122,7 @@ SL_INLINE void sl_ct_leg_account(struct sl_ct_value *ct, struct sl_ct_leg *leg, 
  * a negative error when no entry could be written. */
 SL_INLINE int sl_ct_approve(const struct sl_pending *pd, __u32 len)
 {
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = bpf_ktime_get_coarse_ns();
 	__u32 flags = pd->leg_flags;
 	struct sl_ct_value *ct;
 	struct sl_ct_leg *leg;

@@ -1,0 +1,47 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/features"
+)
+
+// CheckKernel probes the running kernel for every feature the datapath
+// uses, by asking the kernel rather than comparing versions (distribution
+// kernels backport). It returns nil when all are present, or an error that
+// names the first missing feature and wraps ebpf.ErrNotSupported. Load
+// calls it, so a missing feature is reported by name rather than as a
+// verifier log.
+func CheckKernel() error {
+	probes := []struct {
+		name  string
+		probe func() error
+	}{
+		{"program type sched_cls", func() error { return features.HaveProgramType(ebpf.SchedCLS) }},
+		{"map type hash", func() error { return features.HaveMapType(ebpf.Hash) }},
+		{"map type lru_hash", func() error { return features.HaveMapType(ebpf.LRUHash) }},
+		{"map type percpu_array", func() error { return features.HaveMapType(ebpf.PerCPUArray) }},
+		{"map type percpu_hash", func() error { return features.HaveMapType(ebpf.PerCPUHash) }},
+		{"map type lpm_trie", func() error { return features.HaveMapType(ebpf.LPMTrie) }},
+		{"map type prog_array", func() error { return features.HaveMapType(ebpf.ProgramArray) }},
+		{"helper bpf_tail_call", func() error { return features.HaveProgramHelper(ebpf.SchedCLS, asm.FnTailCall) }},
+		{"helper bpf_ktime_get_coarse_ns", func() error {
+			return features.HaveProgramHelper(ebpf.SchedCLS, asm.FnKtimeGetCoarseNs)
+		}},
+		{"v3 instruction set", features.HaveV3ISA},
+	}
+	for _, p := range probes {
+		err := p.probe()
+		if err == nil {
+			continue
+		}
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			return fmt.Errorf("datapath needs %s: %w", p.name, err)
+		}
+		return fmt.Errorf("probe %s: %w", p.name, err)
+	}
+	return nil
+}
