@@ -6,11 +6,9 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"sync/atomic"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
-	"golang.org/x/sys/unix"
 
 	"github.com/sluicenet/sluice/maps"
 )
@@ -22,30 +20,16 @@ const (
 	valueSize = int(unsafe.Sizeof(Value{}))
 )
 
-// readChunk is how many entries one BPF_MAP_LOOKUP_BATCH call asks for:
-// a few hundred kilobytes of buffer, a few hundred syscalls for a
-// 512,000-entry table.
-const readChunk = 2048
-
-// maxReadChunk bounds the retries with larger buffers when one hash bucket
-// holds more entries than the buffer.
-const maxReadChunk = 1 << 20
-
 // Map is the conntrack table: a hash or LRU hash map from Key to Value,
 // normally the datapath's bpf.MapConntrack. It is safe for concurrent use
 // as far as the kernel map is.
 //
-// Element operations and Entries go through the maps package's typed map.
-// Range streams the table in fixed-size chunks instead of reading it
-// whole, so a sweep of a 512,000-entry table every few seconds needs a few
-// hundred kilobytes rather than tens of megabytes.
+// Every operation goes through the maps package's typed map. Range
+// streams the table in its fixed-size chunks (maps.Map.Range) instead of
+// reading it whole, so a sweep of a 512,000-entry table every few seconds
+// needs a quarter of a megabyte rather than tens of megabytes.
 type Map struct {
-	m     *ebpf.Map
 	typed *maps.Map[Key, Value]
-
-	// noBatchLookup is set once the kernel refuses BPF_MAP_LOOKUP_BATCH
-	// to Range.
-	noBatchLookup atomic.Bool
 }
 
 // Entry is one key and value of the table.
@@ -71,14 +55,14 @@ func NewMap(m *ebpf.Map) (*Map, error) {
 	if err != nil {
 		return nil, fmt.Errorf("conntrack map: %w", err)
 	}
-	return &Map{m: m, typed: typed}, nil
+	return &Map{typed: typed}, nil
 }
 
 // EBPF returns the underlying map.
-func (m *Map) EBPF() *ebpf.Map { return m.m }
+func (m *Map) EBPF() *ebpf.Map { return m.typed.EBPF() }
 
 // MaxEntries returns the table's capacity.
-func (m *Map) MaxEntries() int { return int(m.m.MaxEntries()) }
+func (m *Map) MaxEntries() int { return int(m.typed.EBPF().MaxEntries()) }
 
 // Lookup returns the entry stored under k. A missing key yields an error
 // wrapping ebpf.ErrKeyNotExist.
@@ -109,10 +93,12 @@ func (m *Map) Delete(k Key) error {
 	return nil
 }
 
-// lookupAndDelete removes k and returns the value it held, atomically.
+// lookupAndDelete removes k and returns the value it held, atomically
+// (maps.Map.LookupAndDelete: errors wrap ebpf.ErrNotSupported where the
+// kernel lacks the command for hash maps).
 func (m *Map) lookupAndDelete(k Key) (Value, error) {
-	var v Value
-	if err := m.m.LookupAndDelete(&k, &v); err != nil {
+	v, err := m.typed.LookupAndDelete(k)
+	if err != nil {
 		return Value{}, fmt.Errorf("conntrack lookup and delete %s: %w", k, err)
 	}
 	return v, nil
@@ -135,62 +121,15 @@ func (m *Map) All(errOut *error) func(yield func(Key, Value) bool) {
 	}
 }
 
-// Range calls fn for every entry until fn returns false. It reads the
-// table in chunks with BPF_MAP_LOOKUP_BATCH, whose cursor is a hash bucket
-// and so survives concurrent deletes, and falls back to
+// Range calls fn for every entry until fn returns false, reading the
+// table as maps.Map.Range does: in chunks with BPF_MAP_LOOKUP_BATCH, whose
+// cursor is a hash bucket and so survives concurrent deletes, and by
 // BPF_MAP_GET_NEXT_KEY iteration on kernels without it. fn must not
 // delete entries when the fallback is in use; the Scanner collects its
 // deletions and applies them after the read.
 func (m *Map) Range(fn func(Key, Value) bool) error {
-	if !m.noBatchLookup.Load() {
-		err := m.rangeBatch(fn)
-		if !errors.Is(err, ebpf.ErrNotSupported) {
-			return err
-		}
-		m.noBatchLookup.Store(true)
-	}
-	return m.rangeIterate(fn)
-}
-
-func (m *Map) rangeBatch(fn func(Key, Value) bool) error {
-	chunk := min(readChunk, max(m.MaxEntries(), 1))
-	keys := make([]Key, chunk)
-	values := make([]Value, chunk)
-	var cursor ebpf.MapBatchCursor
-	for {
-		n, err := m.m.BatchLookup(&cursor, keys, values, nil)
-		for i := range n {
-			if !fn(keys[i], values[i]) {
-				return nil
-			}
-		}
-		switch {
-		case errors.Is(err, ebpf.ErrKeyNotExist):
-			return nil
-		case errors.Is(err, unix.ENOSPC) && n == 0 && len(keys) < maxReadChunk:
-			// One hash bucket holds more entries than the buffer: the
-			// kernel copies nothing and keeps the cursor, so retry larger.
-			keys = make([]Key, 2*len(keys))
-			values = make([]Value, 2*len(values))
-		case errors.Is(err, ebpf.ErrNotSupported):
-			return err
-		case err != nil:
-			return fmt.Errorf("read conntrack table %s: %w", m.m, err)
-		}
-	}
-}
-
-func (m *Map) rangeIterate(fn func(Key, Value) bool) error {
-	var k Key
-	var v Value
-	entries := m.m.Iterate()
-	for entries.Next(&k, &v) {
-		if !fn(k, v) {
-			return nil
-		}
-	}
-	if err := entries.Err(); err != nil {
-		return fmt.Errorf("iterate conntrack table %s: %w", m.m, err)
+	if err := m.typed.Range(fn); err != nil {
+		return fmt.Errorf("read conntrack table: %w", err)
 	}
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/sluicenet/sluice/bpf"
 	"github.com/sluicenet/sluice/internal/testutil"
+	"github.com/sluicenet/sluice/maps"
 )
 
 // newTestMap creates a private conntrack table from the datapath's map
@@ -173,8 +174,7 @@ func TestMapIteration(t *testing.T) {
 
 	batched, batchedEntries := readKeys(), entryKeys()
 	// The paths of kernels before 5.6, without BPF_MAP_LOOKUP_BATCH.
-	m.noBatchLookup.Store(true)
-	m.typed.DisableBatch()
+	setBatchLookup(t, m, false)
 	iterated, iteratedEntries := readKeys(), entryKeys()
 	for name, got := range map[string][]Key{
 		"batch": batched, "iterate": iterated,
@@ -191,7 +191,7 @@ func TestMapIteration(t *testing.T) {
 	}
 
 	for _, batch := range []bool{true, false} {
-		m.noBatchLookup.Store(!batch)
+		setBatchLookup(t, m, batch)
 		seen := 0
 		err := m.Range(func(Key, Value) bool {
 			seen++
@@ -201,6 +201,21 @@ func TestMapIteration(t *testing.T) {
 			t.Errorf("batch %v: Range stopped after %d entries (%v), want 5", batch, seen, err)
 		}
 	}
+}
+
+// setBatchLookup makes m read with BPF_MAP_LOOKUP_BATCH again (a fresh
+// typed view, which has not met a refusal) or never (DisableBatch).
+func setBatchLookup(t *testing.T, m *Map, batch bool) {
+	t.Helper()
+	if !batch {
+		m.typed.DisableBatch()
+		return
+	}
+	typed, err := maps.New[Key, Value](m.EBPF())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.typed = typed
 }
 
 func TestMapDump(t *testing.T) {

@@ -8,11 +8,19 @@
 // Map[K, V] wraps an *ebpf.Map whose key and value encode to exactly K and
 // V (encoding/binary layout, as cilium/ebpf marshals them; bpf2go's
 // structs with their structs.HostLayout marker work as they are). Besides
-// Lookup, Update and Delete it offers All, a range-over-func iterator that
-// reports its error through a pointer, and BatchUpdate, BatchDelete and
-// Dump, which use the kernel's batch commands and fall back to one syscall
-// per element where the kernel refuses them. PerCPUMap[K, V] covers
-// per-CPU maps, with one V per possible CPU.
+// Lookup, Update and Delete it offers LookupAndDelete, and BatchUpdate and
+// BatchDelete, which use the kernel's batch commands and fall back to one
+// syscall per element where the kernel refuses them. PerCPUMap[K, V]
+// covers per-CPU maps, with one V per possible CPU.
+//
+// Whole-map reads share one chunked reader. Range (and All, its
+// range-over-func form, which reports its error through a pointer) reads
+// a bounded number of entries at a time with BPF_MAP_LOOKUP_BATCH into one
+// 256 KiB buffer, so a sweep of a huge map takes fixed memory; Dump reads
+// the same way straight into the slices it returns. Where a hash bucket
+// outgrows the buffer the kernel answers ENOSPC and the reader doubles the
+// buffer; where the kernel has no batch lookup for the map the reader
+// iterates with BPF_MAP_GET_NEXT_KEY instead.
 //
 // # Pinned, versioned maps
 //
@@ -45,6 +53,9 @@
 //     support is probed by trying each command on each map, never by
 //     comparing kernel versions: a command the kernel answers with
 //     ENOTSUPP is not tried on that map again (Map.BatchSupport).
+//   - BPF_MAP_LOOKUP_AND_DELETE_ELEM for Map.LookupAndDelete (Linux 5.14
+//     for hash maps); where it is missing the error wraps
+//     ebpf.ErrNotSupported and the caller chooses the fallback.
 //   - BPF_F_NO_PREALLOC, which LPM tries require (Linux 4.11 for LPM).
 //   - A bpffs mount for pins, and renameat2 with RENAME_NOREPLACE on it
 //     (Linux 3.15), which makes the repin before a migration atomic.

@@ -5,17 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"iter"
-	"slices"
 	"sync/atomic"
 
 	"github.com/cilium/ebpf"
-	"golang.org/x/sys/unix"
 )
-
-// dumpChunk is how many entries one BPF_MAP_LOOKUP_BATCH call asks for.
-// Large enough that a 100,000-entry map takes a dozen syscalls, small
-// enough that the buffers stay cheap for small maps.
-const dumpChunk = 8192
 
 // Map is a typed view of an *ebpf.Map whose keys and values have fixed
 // sizes: K and V are encoded as cilium/ebpf does (encoding/binary layout,
@@ -34,8 +27,9 @@ type Map[K, V any] struct {
 	noBatchUpdate atomic.Bool
 	noBatchDelete atomic.Bool
 
-	// dumpChunk overrides the default batch lookup size (tests).
-	dumpChunk int
+	// readChunk, when positive, overrides the number of entries one
+	// batch lookup asks for (tests).
+	readChunk int
 }
 
 // BatchSupport says which batch commands a Map still tries.
@@ -91,6 +85,22 @@ func (m *Map[K, V]) Lookup(key K) (V, error) {
 	return value, nil
 }
 
+// LookupAndDelete removes key and returns the value it held, in one
+// BPF_MAP_LOOKUP_AND_DELETE_ELEM, so that no update lands between the
+// read and the delete. A missing key yields an error wrapping
+// ebpf.ErrKeyNotExist. Hash and LRU hash maps have the command since Linux
+// 5.14; where the kernel answers that it is not supported for this map
+// the error wraps ebpf.ErrNotSupported, and callers can fall back to
+// Lookup and Delete. (Kernels before 4.20, which lack the command
+// altogether, answer EINVAL instead.)
+func (m *Map[K, V]) LookupAndDelete(key K) (V, error) {
+	var value V
+	if err := m.m.LookupAndDelete(&key, &value); err != nil {
+		return value, fmt.Errorf("lookup and delete in %s: %w", m.m, err)
+	}
+	return value, nil
+}
+
 // Update stores value under key; flags are ebpf.UpdateAny, UpdateNoExist
 // or UpdateExist.
 func (m *Map[K, V]) Update(key K, value V, flags ebpf.MapUpdateFlags) error {
@@ -107,31 +117,6 @@ func (m *Map[K, V]) Delete(key K) error {
 		return fmt.Errorf("delete from %s: %w", m.m, err)
 	}
 	return nil
-}
-
-// All iterates over the map entry by entry (BPF_MAP_GET_NEXT_KEY). When
-// the iteration stops early because of an error, it stores the error in
-// *errOut (a nil errOut drops it); a complete iteration, or one the
-// caller breaks off, leaves *errOut untouched. As with any iteration of a live
-// map, entries added or removed meanwhile may be missed or seen twice.
-//
-//	var err error
-//	for key, value := range m.All(&err) { ... }
-//	if err != nil { ... }
-func (m *Map[K, V]) All(errOut *error) iter.Seq2[K, V] {
-	return func(yield func(K, V) bool) {
-		var key K
-		var value V
-		entries := m.m.Iterate()
-		for entries.Next(&key, &value) {
-			if !yield(key, value) {
-				return
-			}
-		}
-		if err := entries.Err(); err != nil && errOut != nil {
-			*errOut = fmt.Errorf("iterate %s: %w", m.m, err)
-		}
-	}
 }
 
 // BatchSupport reports which batch commands the Map will still try; a
@@ -210,63 +195,6 @@ func (m *Map[K, V]) BatchDelete(keys []K) (int, error) {
 	return len(keys), nil
 }
 
-// Dump returns every entry of the map, read with BPF_MAP_LOOKUP_BATCH where
-// the kernel has it and by iteration otherwise.
-func (m *Map[K, V]) Dump() ([]K, []V, error) {
-	return m.dumpInto(nil, nil)
-}
-
-// dumpInto appends every entry to keys and values, so callers can reuse
-// their buffers between dumps.
-func (m *Map[K, V]) dumpInto(keys []K, values []V) ([]K, []V, error) {
-	base := len(keys)
-	if !m.noBatchLookup.Load() {
-		var err error
-		keys, values, err = m.batchDump(keys, values)
-		if !errors.Is(err, ebpf.ErrNotSupported) {
-			return keys, values, err
-		}
-		m.noBatchLookup.Store(true)
-		keys, values = keys[:base], values[:base]
-	}
-	var err error
-	for key, value := range m.All(&err) {
-		keys = append(keys, key)
-		values = append(values, value)
-	}
-	return keys, values, err
-}
-
-func (m *Map[K, V]) batchDump(keys []K, values []V) ([]K, []V, error) {
-	chunk := min(dumpChunk, max(int(m.m.MaxEntries()), 1))
-	if m.dumpChunk > 0 {
-		chunk = m.dumpChunk
-	}
-	var cursor ebpf.MapBatchCursor
-	for {
-		// The kernel writes straight into the spare capacity of keys and
-		// values: no staging buffer, and no new memory once the caller's
-		// buffers have grown to the map's size.
-		keys, values = slices.Grow(keys, chunk), slices.Grow(values, chunk)
-		base := len(keys)
-		n, err := m.m.BatchLookup(&cursor, keys[base:base+chunk], values[base:base+chunk], nil)
-		keys, values = keys[:base+n], values[:base+n]
-		switch {
-		case errors.Is(err, ebpf.ErrKeyNotExist):
-			return keys, values, nil
-		case errors.Is(err, unix.ENOSPC) && n == 0 && chunk < 1<<20:
-			// A hash bucket holds more entries than the chunk: the
-			// kernel returns nothing and keeps the cursor, so retry
-			// with a larger chunk.
-			chunk *= 2
-		case errors.Is(err, ebpf.ErrNotSupported):
-			return keys, values, err
-		case err != nil:
-			return keys, values, fmt.Errorf("dump %s: %w", m.m, err)
-		}
-	}
-}
-
 // PerCPUMap is a typed view of a per-CPU map: V is one CPU's value and
 // lookups return one V per possible CPU.
 type PerCPUMap[K, V any] struct {
@@ -315,7 +243,8 @@ func (m *PerCPUMap[K, V]) Delete(key K) error {
 	return nil
 }
 
-// All iterates over the map like Map.All, yielding every CPU's values.
+// All iterates over the map entry by entry (BPF_MAP_GET_NEXT_KEY),
+// yielding every CPU's values. Errors are reported as by Map.All.
 func (m *PerCPUMap[K, V]) All(errOut *error) iter.Seq2[K, []V] {
 	return func(yield func(K, []V) bool) {
 		var key K

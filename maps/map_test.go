@@ -218,7 +218,7 @@ func TestBatchOperations(t *testing.T) {
 func TestDumpGrowsBufferOnENOSPC(t *testing.T) {
 	const n = 256
 	m := newFlowHash(t, n)
-	m.dumpChunk = 1
+	m.readChunk = 1
 	want := make(map[flowKey]flowValue)
 	for i := range n {
 		k, v := flowEntry(i)
