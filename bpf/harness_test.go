@@ -113,17 +113,10 @@ func (h *harness) loadPolicy(insns asm.Instructions) *ebpf.Program {
 func stubPolicy(decide asm.Instructions) asm.Instructions {
 	rc := int16(unsafe.Offsetof(State{}.PolicyRc))
 	ruleID := int16(unsafe.Offsetof(State{}.RuleId))
-	insns := asm.Instructions{
-		asm.Mov.Reg(asm.R6, asm.R1),
-		asm.StoreImm(asm.RFP, -4, 0, asm.Word),
-		asm.LoadMapPtr(asm.R1, 0).WithReference(MapState),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, -4),
-		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(asm.R0, 0, "fail"),
+	insns := append(stateLookup(),
 		asm.Mov.Reg(asm.R7, asm.R0),
 		asm.Mov.Imm(asm.R8, 0),
-	}
+	)
 	insns = append(insns, decide...)
 	insns = append(insns,
 		asm.Ja.Label("deny"),
@@ -146,9 +139,9 @@ func stubPolicy(decide asm.Instructions) asm.Instructions {
 	return insns
 }
 
-// stubPolicyRaw sets policy_rc to rc and tail-calls continuation cont,
-// whatever the packet: for testing the continuations' own checks.
-func stubPolicyRaw(cont ContSlot, rc PolicyRC) asm.Instructions {
+// stateLookup saves the context in R6 and looks up this CPU's sl_state,
+// jumping to "fail" when there is none; R0 points at it.
+func stateLookup() asm.Instructions {
 	return asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1),
 		asm.StoreImm(asm.RFP, -4, 0, asm.Word),
@@ -157,6 +150,13 @@ func stubPolicyRaw(cont ContSlot, rc PolicyRC) asm.Instructions {
 		asm.Add.Imm(asm.R2, -4),
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(asm.R0, 0, "fail"),
+	}
+}
+
+// stubPolicyRaw sets policy_rc to rc and tail-calls continuation cont,
+// whatever the packet: for testing the continuations' own checks.
+func stubPolicyRaw(cont ContSlot, rc PolicyRC) asm.Instructions {
+	return append(stateLookup(),
 		asm.StoreImm(asm.R0, int16(unsafe.Offsetof(State{}.PolicyRc)), int64(rc), asm.Word),
 		asm.Mov.Reg(asm.R1, asm.R6),
 		asm.LoadMapPtr(asm.R2, 0).WithReference(MapConts),
@@ -164,7 +164,7 @@ func stubPolicyRaw(cont ContSlot, rc PolicyRC) asm.Instructions {
 		asm.FnTailCall.Call(),
 		asm.Mov.Imm(asm.R0, tcActShot).WithSymbol("fail"),
 		asm.Return(),
-	}
+	)
 }
 
 // allowDstPorts allows packets to the given destination ports (0 matches
