@@ -92,6 +92,9 @@ const (
 	PolicyNone  = datapathSlPolicyRcSL_POLICY_NONE
 	PolicyAllow = datapathSlPolicyRcSL_POLICY_ALLOW
 	PolicyDeny  = datapathSlPolicyRcSL_POLICY_DENY
+	// PolicyFailed: a policy program could not finish (a failed tail
+	// call, or a later part entered without a resume point).
+	PolicyFailed = datapathSlPolicyRcSL_POLICY_FAILED
 )
 
 // StateFlags are the bits of State.Flags (enum sl_state_flags).

@@ -129,9 +129,10 @@ type datapathSlPending struct {
 type datapathSlPolicyRc uint32
 
 const (
-	datapathSlPolicyRcSL_POLICY_NONE  datapathSlPolicyRc = 0
-	datapathSlPolicyRcSL_POLICY_ALLOW datapathSlPolicyRc = 1
-	datapathSlPolicyRcSL_POLICY_DENY  datapathSlPolicyRc = 2
+	datapathSlPolicyRcSL_POLICY_NONE   datapathSlPolicyRc = 0
+	datapathSlPolicyRcSL_POLICY_ALLOW  datapathSlPolicyRc = 1
+	datapathSlPolicyRcSL_POLICY_DENY   datapathSlPolicyRc = 2
+	datapathSlPolicyRcSL_POLICY_FAILED datapathSlPolicyRc = 3
 )
 
 type datapathSlReason uint32

@@ -20,6 +20,11 @@ enum sl_policy_rc {
 	SL_POLICY_NONE	= 0, /* policy has not decided (yet) */
 	SL_POLICY_ALLOW	= 1,
 	SL_POLICY_DENY	= 2,
+	/* A policy program could not finish: a tail call to its next part
+	 * or to the allow continuation failed, or a later part was entered
+	 * without a resume point. The deny continuation counts the packet
+	 * under SL_REASON_DROPPED_POLICY_FAILED. */
+	SL_POLICY_FAILED = 3,
 };
 
 /* Addresses are 16 bytes in network order. IPv4 is stored IPv4-mapped
