@@ -11,10 +11,13 @@ import (
 var be = binary.BigEndian
 
 // Bytes serializes p as an Ethernet frame with correct lengths and checksums,
-// except where an override field asks for a wrong one. It returns an error
-// for packets no override can describe: a MAC that is not 6 bytes, an
-// address of the wrong family, options past 40 bytes, more than one L4
-// layer, an L4 layer without an L3 layer, or a field too wide for its bits.
+// except where an override field asks for a wrong one. VLAN tags are written
+// outermost first; any number may be set, though Parse reads at most
+// MaxVLANTags. It returns an error for packets no override can describe: a
+// MAC that is not 6 bytes, a VLAN tag with TPID 0, an address of the wrong
+// family, options past 40 bytes, more than one L4 layer, an L4 layer
+// without an L3 layer, or a field too wide for its bits (a PCP past 7, a VID
+// past 4095, ...).
 func (p Packet) Bytes() ([]byte, error) {
 	l4Count := 0
 	for _, set := range []bool{p.TCP != nil, p.UDP != nil, p.ICMPv4 != nil} {
@@ -54,7 +57,7 @@ func MustBytes(tb testing.TB, p Packet) []byte {
 }
 
 func (e Eth) header(hasIPv4 bool) ([]byte, error) {
-	h := make([]byte, EthLen)
+	h := make([]byte, EthLen+VLANTagLen*len(e.VLANs))
 	for _, m := range []struct {
 		name string
 		mac  net.HardwareAddr
@@ -65,11 +68,25 @@ func (e Eth) header(hasIPv4 bool) ([]byte, error) {
 		}
 		copy(h[m.at:], m.mac)
 	}
+	at := 12
+	for i, tag := range e.VLANs {
+		switch {
+		case tag.TPID == 0:
+			return nil, fmt.Errorf("VLAN tag %d: TPID 0", i)
+		case tag.PCP > 7:
+			return nil, fmt.Errorf("VLAN tag %d: PCP %d does not fit 3 bits", i, tag.PCP)
+		case tag.VID > 0x0fff:
+			return nil, fmt.Errorf("VLAN tag %d: VID %d does not fit 12 bits", i, tag.VID)
+		}
+		be.PutUint16(h[at:], tag.TPID)
+		be.PutUint16(h[at+2:], tag.TCI())
+		at += VLANTagLen
+	}
 	typ := e.Type
 	if typ == 0 && hasIPv4 {
 		typ = EtherTypeIPv4
 	}
-	be.PutUint16(h[12:], typ)
+	be.PutUint16(h[at:], typ)
 	return h, nil
 }
 

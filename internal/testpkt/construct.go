@@ -61,9 +61,14 @@ func ICMPv4Echo(src, dst netip.Addr, id, seq uint16, reply bool) Packet {
 }
 
 // ICMPv4Error returns an ICMPv4 error message (destination unreachable, time
-// exceeded, ...) whose data is quoted: the offending packet's IP header and
-// the first 8 bytes of its L4 header, as Quote cuts them. Set ICMPv4.Rest
-// for type-specific fields such as the next-hop MTU.
+// exceeded, ...) whose data is quoted, normally the offending packet's IP
+// header and the first 8 bytes of its L4 header, as Quote cuts them. The data
+// is written as given, so it may run past the quote: bytes appended after it
+// (an RFC 4884 extension after a quote PadQuote lengthened, or a payload an
+// attacker smuggles behind a real quote) are covered by the ICMP checksum
+// and come back from Parse as the tail of Payload. Set ICMPv4.Rest for
+// type-specific fields such as the next-hop MTU, or the RFC 4884 length of
+// the padded quote in 32-bit words in Rest[1].
 func ICMPv4Error(src, dst netip.Addr, typ, code uint8, quoted []byte) Packet {
 	return Packet{
 		Eth:     defaultEth(),
@@ -74,15 +79,29 @@ func ICMPv4Error(src, dst netip.Addr, typ, code uint8, quoted []byte) Packet {
 }
 
 // Quote returns what an ICMP error quotes of an Ethernet frame: the IP
-// header, by its IHL, and the first 8 bytes after it. It copies less when
-// the frame is shorter, and takes 20 header bytes when the IHL is below 5.
+// header, by its IHL, and the first 8 bytes after it. It skips the frame's
+// VLAN tags, copies less when the frame is shorter, and takes 20 header bytes
+// when the IHL is below 5. A frame with no bytes after its Ethernet header,
+// or whose tags Parse cannot read, quotes nothing.
 func Quote(frame []byte) []byte {
-	if len(frame) <= EthLen {
+	_, _, l3, err := splitEth(frame)
+	if err != nil || len(frame) <= l3 {
 		return nil
 	}
-	ip := frame[EthLen:]
+	ip := frame[l3:]
 	hlen := max(int(ip[0]&0x0f)*4, IPv4MinLen)
 	return Truncate(ip, hlen+8)
+}
+
+// PadQuote returns a copy of quote with zeros appended up to n bytes, the way
+// RFC 4884 pads an ICMP error's original-datagram field (to at least 128
+// bytes, a multiple of 4) before an extension structure, or a test pads an
+// error to a given size. A quote already n bytes or longer is copied as it
+// is.
+func PadQuote(quote []byte, n int) []byte {
+	out := make([]byte, max(n, len(quote)))
+	copy(out, quote)
+	return out
 }
 
 // Truncate returns a copy of b cut to n bytes; n past the end copies all of

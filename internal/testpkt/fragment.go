@@ -9,14 +9,16 @@ import (
 // hold at most size bytes, rounded down to a multiple of 8 as fragment
 // offsets require. Build the whole datagram first so its L4 checksum covers
 // all of it, as a real sender's does. Each fragment gets a copy of the
-// Ethernet header and of the IPv4 header with all its options, its own total
-// length, offset, MF bit and header checksum; splitting a fragment again
-// keeps its offset and MF bit. Bytes past the total length are dropped.
+// Ethernet header with its VLAN tags and of the IPv4 header with all its
+// options, its own total length, offset, MF bit and header checksum;
+// splitting a fragment again keeps its offset and MF bit. Bytes past the
+// total length are dropped.
 func Fragment(frame []byte, size int) ([][]byte, error) {
-	if len(frame) < EthLen+IPv4MinLen || be.Uint16(frame[12:]) != EtherTypeIPv4 {
+	_, typ, l3, err := splitEth(frame)
+	if err != nil || typ != EtherTypeIPv4 || len(frame) < l3+IPv4MinLen {
 		return nil, errors.New("fragment: not an Ethernet frame holding an IPv4 header")
 	}
-	ip := frame[EthLen:]
+	ip := frame[l3:]
 	hlen, total := int(ip[0]&0x0f)*4, int(be.Uint16(ip[2:]))
 	if hlen < IPv4MinLen || total < hlen || total > len(ip) {
 		return nil, fmt.Errorf("fragment: IHL %d and total length %d do not fit %d bytes", ip[0]&0x0f, total, len(ip))
@@ -31,8 +33,8 @@ func Fragment(frame []byte, size int) ([][]byte, error) {
 	var frames [][]byte
 	for start := 0; start == 0 || start < len(payload); start += size {
 		end := min(start+size, len(payload))
-		f := concat(frame[:EthLen+hlen], payload[start:end])
-		h := f[EthLen : EthLen+hlen]
+		f := concat(frame[:l3+hlen], payload[start:end])
+		h := f[l3 : l3+hlen]
 		be.PutUint16(h[2:], uint16(hlen+end-start))
 		if offset+start/8 > 0x1fff {
 			return nil, fmt.Errorf("fragment: offset %d does not fit 13 bits", offset+start/8)

@@ -86,6 +86,10 @@ func TestGoldenKernelFrames(t *testing.T) {
 				Payload: Quote(MustBytes(t, probe)),
 			},
 		},
+		{
+			file: "kernel_arp_reply",
+			want: arpReply(t, mustMAC(t, "4e:cd:95:f4:97:86"), goldenB, mustMAC(t, "a2:21:dc:e6:d5:14"), goldenA),
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {
@@ -113,5 +117,47 @@ func TestGoldenIPv4HeaderExample(t *testing.T) {
 	frame := MustBytes(t, p)
 	if got := frame[EthLen : EthLen+IPv4MinLen]; !bytes.Equal(got, want) {
 		t.Errorf("IPv4 header:\n got % x\nwant % x", got, want)
+	}
+}
+
+// TestGoldenVLANFrames rebuilds frames whose tags were written into the
+// kernel's echo reply by hand, by the field layout of IEEE 802.1Q: Bytes must
+// give the file's bytes and Parse the tags, outer first. Dropping the tags
+// must leave the kernel's frame, which checks the hand-written files.
+func TestGoldenVLANFrames(t *testing.T) {
+	reply := Packet{
+		Eth:     Eth{Dst: mustMAC(t, "4a:fe:6e:f1:b2:d2"), Src: mustMAC(t, "3e:fd:9a:31:8a:8d")},
+		IPv4:    &IPv4{Src: goldenB, Dst: goldenA, ID: 0x027b, TTL: 64},
+		ICMPv4:  &ICMPv4{Type: ICMPv4EchoReply, ID: 0x5151, Seq: 2},
+		Payload: []byte("sluice echo data"),
+	}
+	untagged := readGolden(t, "kernel_icmp_echo_reply")
+	tests := []struct {
+		file string
+		tags []VLANTag
+	}{
+		{"vlan_8021q_icmp_echo_reply", []VLANTag{{TPID: TPID8021Q, PCP: 5, DEI: true, VID: 123}}},
+		{"vlan_qinq_icmp_echo_reply", []VLANTag{{TPID: TPID8021AD, PCP: 7, VID: 100}, {TPID: TPID8021Q, PCP: 1, DEI: true, VID: 3712}}},
+		{"vlan_9100_priority_icmp_echo_reply", []VLANTag{{TPID: TPIDQinQ, PCP: 1, VID: 5}, {TPID: TPID8021Q, PCP: 5}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.file, func(t *testing.T) {
+			golden := readGolden(t, tt.file)
+			if got := concat(golden[:12], golden[12+VLANTagLen*len(tt.tags):]); !bytes.Equal(got, untagged) {
+				t.Fatalf("%s without its tags is not kernel_icmp_echo_reply:\n got % x\nwant % x", tt.file, got, untagged)
+			}
+			want := reply.Clone()
+			want.Eth.VLANs = tt.tags
+			if got := MustBytes(t, want); !bytes.Equal(got, golden) {
+				t.Errorf("Bytes differs from the golden frame:\n got % x\nwant % x", got, golden)
+			}
+			got, err := Parse(golden)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := Diff(&want, got); diff != "" {
+				t.Errorf("Parse (-want +got):\n%s", diff)
+			}
+		})
 	}
 }

@@ -403,3 +403,77 @@ func TestKernelPortUnreachable(t *testing.T) {
 	}
 	captureGolden(t, "kernel_icmp_port_unreachable", "ICMP port unreachable 10.201.7.2 -> 10.201.7.1 quoting an empty UDP datagram 10.201.7.1:42000 -> 10.201.7.2:9, IP ID 0x1234.", frame)
 }
+
+// TestKernelPriorityTags pings B with VLAN-tagged requests. It needs no VLAN
+// interfaces (the test kernel may lack CONFIG_VLAN_8021Q): the core receive
+// path itself strips 802.1Q and 802.1ad tags, delivers a frame whose tags all
+// carry VID 0 (priority tags) to the untagged interface, and drops one with
+// any other VID as meant for another host. So a request with PCP and DEI set
+// but VID 0 must be answered, and one that differs only in a VID, or in a
+// TPID Linux does not read as a tag, must not: that holds Bytes to the
+// kernel's reading of the TPID and TCI layout.
+func TestKernelPriorityTags(t *testing.T) {
+	tests := []struct {
+		name      string
+		good, bad []VLANTag
+	}{
+		{
+			name: "802.1Q",
+			good: []VLANTag{{TPID: TPID8021Q, PCP: 7, DEI: true}},
+			bad:  []VLANTag{{TPID: TPID8021Q, PCP: 7, DEI: true, VID: 1}},
+		},
+		{
+			name: "802.1ad over 802.1Q",
+			good: []VLANTag{{TPID: TPID8021AD, PCP: 3, DEI: true}, {TPID: TPID8021Q, PCP: 5}},
+			bad:  []VLANTag{{TPID: TPID8021AD, PCP: 3, DEI: true}, {TPID: TPID8021Q, PCP: 5, VID: 0x800}},
+		},
+		{
+			name: "pre-standard QinQ TPID",
+			good: []VLANTag{{TPID: TPID8021AD, PCP: 1}},
+			bad:  []VLANTag{{TPID: TPIDQinQ, PCP: 1}},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l := newKernelLink(t)
+			const id = 0x7171
+			data := []byte("sluice priority tag")
+			// The bad request goes first, so the first reply tells them apart.
+			for i, tags := range [][]VLANTag{tt.bad, tt.good} {
+				req := ICMPv4Echo(kernelA.Addr(), kernelB.Addr(), id, uint16(i+1), false)
+				req.Eth, req.Payload = l.ethFor(), data
+				req.Eth.VLANs = tags
+				l.sendFrame(t, MustBytes(t, req))
+			}
+			frame, got := l.receive(t, "echo reply", func(p *Packet) bool {
+				return p.ICMPv4 != nil && p.ICMPv4.Type == ICMPv4EchoReply && p.ICMPv4.ID == id
+			})
+			if got.ICMPv4.Seq != 2 {
+				t.Fatalf("echo reply answers seq %d, want 2: the request tagged %+v was answered", got.ICMPv4.Seq, tt.bad)
+			}
+			// B answers on its untagged interface.
+			want := ICMPv4Echo(kernelB.Addr(), kernelA.Addr(), id, 2, true)
+			want.Eth, want.Payload = Eth{Dst: l.va.HWAddr, Src: l.vb.HWAddr}, data
+			want.IPv4.ID, want.IPv4.DontFragment = got.IPv4.ID, got.IPv4.DontFragment
+			expectKernelFrame(t, frame, got, &want)
+		})
+	}
+}
+
+// TestKernelARP sends the request ARPRequest builds: Linux must answer it,
+// with the reply arpReply describes.
+func TestKernelARP(t *testing.T) {
+	l := newKernelLink(t)
+	req, err := ARPRequest(l.va.HWAddr, kernelA.Addr(), kernelB.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.sendFrame(t, MustBytes(t, req))
+
+	frame, got := l.receive(t, "ARP reply", func(p *Packet) bool {
+		return p.Eth.Type == EtherTypeARP && len(p.Payload) >= 8 && binary.BigEndian.Uint16(p.Payload[6:]) == ARPOpReply
+	})
+	want := arpReply(t, l.vb.HWAddr, kernelB.Addr(), l.va.HWAddr, kernelA.Addr())
+	expectKernelFrame(t, frame, got, &want)
+	captureGolden(t, "kernel_arp_reply", "ARP reply: 10.201.7.2 is at the sender MAC, to 10.201.7.1.", frame)
+}

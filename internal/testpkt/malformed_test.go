@@ -27,11 +27,17 @@ func samplePackets() map[string]Packet {
 	frag.IPv4.Protocol = ProtoUDP
 	frag.IPv4.FragOffset = 185
 	frag.Payload = []byte("second fragment data")
+	vlan := UDPv4(srcAP, dstAP, []byte("tagged"))
+	vlan.Eth.VLANs = []VLANTag{{TPID: TPID8021Q, PCP: 2, VID: 100}}
+	qinq := tcp.Clone()
+	qinq.Eth.VLANs = []VLANTag{{TPID: TPID8021AD, VID: 10}, {TPID: TPID8021Q, DEI: true, VID: 20}}
 	return map[string]Packet{
 		"tcp":      tcp,
 		"udp":      UDPv4(srcAP, dstAP, []byte("payload")),
 		"icmp":     ICMPv4Echo(srcAP.Addr(), dstAP.Addr(), 7, 9, false),
 		"fragment": frag,
+		"vlan":     vlan,
+		"qinq":     qinq,
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 )
 
@@ -38,12 +39,46 @@ func (f TCPFlags) String() string {
 	return strings.Join(names, "|")
 }
 
-// EtherTypes Parse decodes or the constructors set.
+// EtherTypes Parse decodes or the constructors set. Parse decodes IPv4 and
+// the VLAN TPIDs; every other EtherType's payload stays raw.
 const (
 	EtherTypeIPv4 uint16 = 0x0800
 	EtherTypeARP  uint16 = 0x0806
 	EtherTypeIPv6 uint16 = 0x86dd
+	// EtherTypeMPLSUnicast and EtherTypeMPLSMulticast carry an MPLS label
+	// stack (RFC 3032).
+	EtherTypeMPLSUnicast   uint16 = 0x8847
+	EtherTypeMPLSMulticast uint16 = 0x8848
+	// EtherTypePPPoEDiscovery and EtherTypePPPoESession carry PPPoE (RFC
+	// 2516); session frames hold PPP, which can hold IPv4.
+	EtherTypePPPoEDiscovery uint16 = 0x8863
+	EtherTypePPPoESession   uint16 = 0x8864
+	// EtherTypeLLDP is the Link Layer Discovery Protocol (IEEE 802.1AB).
+	EtherTypeLLDP uint16 = 0x88cc
+	// EtherTypeMin is the smallest EtherType: a smaller value in the type
+	// field is an IEEE 802.3 length (at most MaxLength8023), and the frame
+	// holds an 802.2 LLC header instead of an EtherType's protocol.
+	EtherTypeMin uint16 = 0x0600
 )
+
+// MaxLength8023 is the largest value of an IEEE 802.3 length field.
+const MaxLength8023 = 1500
+
+// VLAN tag protocol identifiers: the value in the EtherType position that
+// announces a VLANTag.
+const (
+	// TPID8021Q is an IEEE 802.1Q customer VLAN tag (C-tag).
+	TPID8021Q uint16 = 0x8100
+	// TPID8021AD is an IEEE 802.1ad service VLAN tag (S-tag), the outer tag
+	// of QinQ.
+	TPID8021AD uint16 = 0x88a8
+	// TPIDQinQ is the pre-standard QinQ outer tag some switches still send.
+	TPIDQinQ uint16 = 0x9100
+)
+
+// MaxVLANTags is how many VLAN tags Parse decodes before it gives up with
+// ErrMalformed.
+const MaxVLANTags = 8
 
 // IP protocol numbers of the L4 layers this package builds.
 const (
@@ -71,15 +106,63 @@ const (
 	TCPMaxLen    = 60
 	UDPLen       = 8
 	ICMPv4HdrLen = 8
+	// VLANTagLen is one VLAN tag: TPID and TCI.
+	VLANTagLen = 4
+	// LLCSNAPLen is an 802.2 LLC header with a SNAP extension.
+	LLCSNAPLen = 8
+	// ARPv4Len is an ARP message for IPv4 over Ethernet.
+	ARPv4Len = 28
 )
 
-// Eth is an Ethernet II header.
+// Eth is an Ethernet II header, with any VLAN tags.
 type Eth struct {
 	// Dst and Src are 6-byte MAC addresses; nil is written as all zeros.
 	Dst, Src net.HardwareAddr
-	// Type is the EtherType. 0 means derived from the L3 layer (0x0800 for
-	// IPv4); Parse leaves it 0 when it decoded the L3 layer.
+	// VLANs are the tags between Src and Type, outermost first, as they
+	// appear on the wire.
+	VLANs []VLANTag
+	// Type is the inner EtherType: the one after the last VLAN tag, which
+	// names the payload. 0 means derived from the L3 layer (0x0800 for
+	// IPv4); Parse leaves it 0 when it decoded the L3 layer. Below
+	// EtherTypeMin it is an 802.3 length field.
 	Type uint16
+}
+
+// VLANTag is an IEEE 802.1Q or 802.1ad tag: a TPID and the 16-bit tag
+// control information (PCP, DEI, VID).
+type VLANTag struct {
+	// TPID announces the tag: TPID8021Q, TPID8021AD or TPIDQinQ. Bytes
+	// writes any other non-zero value as given, but Parse reads only those
+	// three as tags.
+	TPID uint16
+	// PCP is the priority code point (3 bits).
+	PCP uint8
+	// DEI is the drop eligible indicator.
+	DEI bool
+	// VID is the VLAN identifier (12 bits). 0 is a priority tag: the frame
+	// belongs to the port's native VLAN and the tag carries only PCP.
+	VID uint16
+}
+
+// TCI packs the tag control information: PCP in the top 3 bits, then DEI,
+// then VID. Bits past a field's width are dropped; Bytes rejects them.
+func (v VLANTag) TCI() uint16 {
+	tci := uint16(v.PCP&0x7)<<13 | v.VID&0x0fff
+	if v.DEI {
+		tci |= 0x1000
+	}
+	return tci
+}
+
+// VLANTagFromTCI unpacks a tag's control information, the inverse of TCI.
+func VLANTagFromTCI(tpid, tci uint16) VLANTag {
+	return VLANTag{TPID: tpid, PCP: uint8(tci >> 13), DEI: tci&0x1000 != 0, VID: tci & 0x0fff}
+}
+
+// IsVLANTPID reports whether Parse reads typ in the EtherType position as
+// the start of a VLAN tag.
+func IsVLANTPID(typ uint16) bool {
+	return typ == TPID8021Q || typ == TPID8021AD || typ == TPIDQinQ
 }
 
 // IPv4 is an IPv4 header.
@@ -207,6 +290,7 @@ func (p Packet) Clone() Packet {
 	c := p
 	c.Eth.Dst = bytes.Clone(p.Eth.Dst)
 	c.Eth.Src = bytes.Clone(p.Eth.Src)
+	c.Eth.VLANs = slices.Clone(p.Eth.VLANs)
 	if p.IPv4 != nil {
 		ip := *p.IPv4
 		ip.Options = bytes.Clone(ip.Options)

@@ -16,28 +16,34 @@ var ErrTruncated = errors.New("truncated")
 // for a reason other than truncation, such as an IHL below 5.
 var ErrMalformed = errors.New("malformed")
 
-// Parse decodes an Ethernet frame: Ethernet, IPv4 with options, and a TCP,
-// UDP or ICMPv4 layer. It fills override fields only where the wire differs
-// from what Bytes would compute: BadChecksum whenever a checksum does not
-// verify, Checksum when the wrong value is not the one BadChecksum writes,
-// UDP Length when it is not the datagram's size, ZeroTTL for a TTL of 0.
-// Bytes after the IPv4 total length go to Trailer. A non-first fragment's
-// payload is not decoded as L4; a first fragment's is, and its L4 checksum
-// is checked over the bytes present, as Bytes computes it.
+// Parse decodes an Ethernet frame: Ethernet with up to MaxVLANTags VLAN
+// tags, IPv4 with options, and a TCP, UDP or ICMPv4 layer. It fills override
+// fields only where the wire differs from what Bytes would compute:
+// BadChecksum whenever a checksum does not verify, Checksum when the wrong
+// value is not the one BadChecksum writes, UDP Length when it is not the
+// datagram's size, ZeroTTL for a TTL of 0. Bytes after the IPv4 total length
+// go to Trailer. A non-first fragment's payload is not decoded as L4; a first
+// fragment's is, and its L4 checksum is checked over the bytes present, as
+// Bytes computes it. Any EtherType other than IPv4 and the VLAN TPIDs (ARP,
+// IPv6, MPLS, an 802.3 length, ...) is kept in Eth.Type with everything after
+// it in Payload, raw.
 //
 // It returns an error wrapping ErrTruncated when a header or a length field
-// reaches past the bytes, and ErrMalformed for an IHL below 5, a TCP data
-// offset below 5 or a total length shorter than the IPv4 header.
+// reaches past the bytes, and ErrMalformed for more than MaxVLANTags tags, an
+// IHL below 5, a TCP data offset below 5 or a total length shorter than the
+// IPv4 header.
 func Parse(b []byte) (*Packet, error) {
-	if len(b) < EthLen {
-		return nil, fmt.Errorf("ethernet header: %d of %d bytes: %w", len(b), EthLen, ErrTruncated)
+	tags, typ, l3, err := splitEth(b)
+	if err != nil {
+		return nil, err
 	}
 	p := &Packet{Eth: Eth{
-		Dst:  net.HardwareAddr(bytes.Clone(b[0:6])),
-		Src:  net.HardwareAddr(bytes.Clone(b[6:12])),
-		Type: be.Uint16(b[12:]),
+		Dst:   net.HardwareAddr(bytes.Clone(b[0:6])),
+		Src:   net.HardwareAddr(bytes.Clone(b[6:12])),
+		VLANs: tags,
+		Type:  typ,
 	}}
-	rest := b[EthLen:]
+	rest := b[l3:]
 	if p.Eth.Type != EtherTypeIPv4 {
 		p.Payload = cloneOrNil(rest)
 		return p, nil
@@ -47,6 +53,28 @@ func Parse(b []byte) (*Packet, error) {
 		return nil, fmt.Errorf("ipv4: %w", err)
 	}
 	return p, nil
+}
+
+// splitEth decodes an Ethernet header's VLAN tags and returns them, the
+// inner EtherType and the offset of the payload it names.
+func splitEth(b []byte) (tags []VLANTag, etherType uint16, l3 int, err error) {
+	if len(b) < EthLen {
+		return nil, 0, 0, fmt.Errorf("ethernet header: %d of %d bytes: %w", len(b), EthLen, ErrTruncated)
+	}
+	at := 12
+	typ := be.Uint16(b[at:])
+	for IsVLANTPID(typ) {
+		if len(tags) == MaxVLANTags {
+			return nil, 0, 0, fmt.Errorf("ethernet: more than %d VLAN tags: %w", MaxVLANTags, ErrMalformed)
+		}
+		if need := at + VLANTagLen + 2; len(b) < need {
+			return nil, 0, 0, fmt.Errorf("ethernet: VLAN tag %d: %d of %d bytes: %w", len(tags), len(b), need, ErrTruncated)
+		}
+		tags = append(tags, VLANTagFromTCI(typ, be.Uint16(b[at+2:])))
+		at += VLANTagLen
+		typ = be.Uint16(b[at:])
+	}
+	return tags, typ, at + 2, nil
 }
 
 func (p *Packet) parseIPv4(b []byte) error {
