@@ -12,10 +12,17 @@ import (
 	"github.com/sluicenet/sluice/bpf"
 )
 
+// MaxParts is the most parts Options.MaxParts may allow. The kernel
+// allows 33 tail calls per packet (MAX_TAIL_CALL_CNT). The datapath spends
+// one to enter policy and one for the continuation, and a policy of
+// MaxParts parts spends MaxParts-1 between its parts: 31 in all, which
+// leaves two for later stages of the datapath.
+const MaxParts = 30
+
 // Defaults for Options fields left zero.
 const (
-	// DefaultMaxParts bounds the chain of tail calls a policy uses. The
-	// kernel allows 33 tail calls per packet; the rest are the datapath's.
+	// DefaultMaxParts bounds the chain of tail calls a policy uses when
+	// Options.MaxParts is 0; see MaxParts for the budget.
 	DefaultMaxParts = 24
 	// DefaultSplitJumps is the conditional-jump count after which a part
 	// ends. The verifier's limit is asm.MaxJumpSequences (8192); one rule
@@ -51,7 +58,7 @@ type Options struct {
 	// SlotStride spaces the parts' slots; 0 means 1.
 	SlotStride uint32
 	// MaxParts is the most parts a policy may be split into; 0 means
-	// DefaultMaxParts.
+	// DefaultMaxParts. Above MaxParts (the constant) is an error.
 	MaxParts int
 	// AllowSlot and DenySlot are the sl_conts slots the program ends in.
 	// When both are 0, bpf.ContAllow and bpf.ContDeny apply.
@@ -121,6 +128,9 @@ type LookupMap struct {
 
 // Compile validates rules and builds the policy program.
 func Compile(rules Rules, opts Options) (*Compiled, error) {
+	if opts.MaxParts > MaxParts {
+		return nil, fmt.Errorf("compile: Options.MaxParts %d is above MaxParts (%d), the tail-call budget", opts.MaxParts, MaxParts)
+	}
 	p, err := validate(rules, opts.MaxRules)
 	if err != nil {
 		return nil, fmt.Errorf("validate rules: %w", err)

@@ -35,7 +35,8 @@
 // tail calls the next part in sl_policy_jumps with state.resume naming where
 // it continues. Parts are cut between rules, before the verifier's limit on
 // pending branch states (asm.MaxJumpSequences) or a configured instruction
-// count; 20,000 rules fit in a few parts.
+// count; 20,000 rules fit in a few parts, and at most MaxParts are allowed
+// (the tail-call budget).
 //
 // Runs of consecutive rules that differ only in their IDs, actions and the
 // entries of one CIDR or port list (and a single rule with many such

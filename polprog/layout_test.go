@@ -3,12 +3,14 @@ package polprog
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
+	"github.com/google/go-cmp/cmp"
 
 	"github.com/sluicenet/sluice/bpf"
 	"github.com/sluicenet/sluice/maps"
@@ -67,6 +69,19 @@ func TestValidateErrors(t *testing.T) {
 	t.Run("host tiers without ForHost", func(t *testing.T) {
 		if _, err := Compile(Rules{PreDNATTiers: []Tier{{}}}, Options{}); err == nil {
 			t.Error("Compile accepted pre-DNAT tiers for a workload")
+		}
+	})
+	t.Run("MaxParts above the tail-call budget", func(t *testing.T) {
+		rules := Rules{Tiers: []Tier{{Policies: []Policy{{Rules: []Rule{good}}}}}}
+		type result struct{ Accepted, Rejected bool }
+		var got []result
+		for _, n := range []int{MaxParts, MaxParts + 1, math.MaxInt} {
+			c, err := Compile(rules, Options{MaxParts: n})
+			got = append(got, result{Accepted: c != nil && err == nil,
+				Rejected: c == nil && err != nil && strings.Contains(err.Error(), "above MaxParts")})
+		}
+		if diff := cmp.Diff([]result{{Accepted: true}, {Rejected: true}, {Rejected: true}}, got); diff != "" {
+			t.Errorf("Compile with MaxParts %d, %d, MaxInt (-want +got):\n%s", MaxParts, MaxParts+1, diff)
 		}
 	})
 	t.Run("too many parts", func(t *testing.T) {
