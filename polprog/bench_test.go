@@ -108,6 +108,8 @@ func BenchmarkPolicy(b *testing.B) {
 // policies of each size, and closing them.
 func BenchmarkCompileLoad(b *testing.B) {
 	k := newKernel(b)
+	slots, free := k.allocSlots(b, MaxParts)
+	defer free()
 	for _, shape := range benchShapes {
 		for _, n := range benchSizes {
 			rules := benchPolicy(n, shape.rule)
@@ -117,7 +119,7 @@ func BenchmarkCompileLoad(b *testing.B) {
 					if err != nil {
 						b.Fatal(err)
 					}
-					p, err := c.Load(k.maps)
+					p, err := c.Load(k.maps, slots[:len(c.Parts)])
 					if err != nil {
 						b.Fatal(err)
 					}

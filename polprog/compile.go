@@ -52,11 +52,6 @@ type Options struct {
 	// MaxRules is the most rules Compile accepts; 0 means
 	// DefaultMaxRules.
 	MaxRules int
-	// EntrySlot is the sl_policy_jumps slot of the first part; part i
-	// goes to EntrySlot + i*SlotStride.
-	EntrySlot uint32
-	// SlotStride spaces the parts' slots; 0 means 1.
-	SlotStride uint32
 	// MaxParts is the most parts a policy may be split into; 0 means
 	// DefaultMaxParts. Above MaxParts (the constant) is an error.
 	MaxParts int
@@ -79,10 +74,13 @@ type Options struct {
 	FallThroughRules int
 }
 
-// Compiled is a policy compiled into one or more programs.
+// Compiled is a policy compiled into one or more programs. It holds no
+// sl_policy_jumps slots: Load takes them, so one Compiled may be loaded
+// several times into different slots.
 type Compiled struct {
 	// Parts are the programs: Parts[0] is the entry, each later part is
-	// reached by tail call from the one before.
+	// reached by tail call from the one before, through the slot that
+	// Load gives it.
 	Parts []Part
 	// LookupMaps are the maps of merged rules that the parts reference;
 	// Load creates them with their contents.
@@ -91,10 +89,10 @@ type Compiled struct {
 
 // Part is one program of a compiled policy.
 type Part struct {
-	// Slot is the part's sl_policy_jumps slot.
-	Slot uint32
 	// Instructions reference the shared maps by their bpf.Map* names and
-	// lookup maps by LookupMap.Name.
+	// lookup maps by LookupMap.Name. The tail call to the next part loads
+	// its slot with a placeholder (-1, tagged in the instruction's
+	// metadata) that Load replaces.
 	Instructions ebpfasm.Instructions
 	// Stats are the asm counts, before unreachable code was dropped.
 	Stats asm.Stats
@@ -112,7 +110,7 @@ func (p Part) Listing() (string, error) {
 	}
 	s, err := p.block.Listing()
 	if err != nil {
-		return "", fmt.Errorf("listing of part at slot %d: %w", p.Slot, err)
+		return "", fmt.Errorf("listing of part: %w", err)
 	}
 	return s, nil
 }
@@ -188,9 +186,6 @@ type compiler struct {
 }
 
 func newCompiler(opts Options) *compiler {
-	if opts.SlotStride == 0 {
-		opts.SlotStride = 1
-	}
 	if opts.MaxParts <= 0 {
 		opts.MaxParts = DefaultMaxParts
 	}

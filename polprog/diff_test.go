@@ -46,7 +46,9 @@ func differential(t testing.TB, k *kernel, seed uint64, packets int, st *diffSta
 	}
 	k.clearIPSets(t)
 	k.setIPSets(t, g.sets)
-	p, err := c.Load(k.maps)
+	slots, free := k.allocSlots(t, len(c.Parts))
+	defer free()
+	p, err := c.Load(k.maps, slots)
 	if err != nil {
 		t.Fatalf("seed %d: load: %v", seed, err)
 	}

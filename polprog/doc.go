@@ -38,6 +38,12 @@
 // count; 20,000 rules fit in a few parts, and at most MaxParts are allowed
 // (the tail-call budget).
 //
+// Compiled holds no slots: Compiled.Load takes one sl_policy_jumps slot per
+// part, sets each part's tail call to the next part's slot and installs
+// the entry last. Program.Close removes only the slots that still hold its
+// parts, so a runtime can load a policy into fresh slots, switch an
+// interface to it and then close the old one (make-before-break).
+//
 // Runs of consecutive rules that differ only in their IDs, actions and the
 // entries of one CIDR or port list (and a single rule with many such
 // entries) become one lookup in an LPM trie that the program owns, whose

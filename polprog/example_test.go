@@ -63,10 +63,16 @@ func ExampleCompile() {
 	}
 	defer dp.Close()
 
-	const ingressSlot = 10
-	compiled, err := polprog.Compile(webPolicy, polprog.Options{EntrySlot: ingressSlot})
+	compiled, err := polprog.Compile(webPolicy, polprog.Options{})
 	if err != nil {
 		log.Fatal(err)
+	}
+	// One free sl_policy_jumps slot per part; the embedder (or its
+	// runtime) owns the slots.
+	const firstFreeSlot = 10
+	slots := make([]uint32, len(compiled.Parts))
+	for i := range slots {
+		slots[i] = firstFreeSlot + uint32(i)
 	}
 	maps := dp.Collection.Maps
 	prog, err := compiled.Load(polprog.Maps{
@@ -75,7 +81,7 @@ func ExampleCompile() {
 		RuleHits:    maps[bpf.MapRuleHits],
 		PolicyJumps: maps[bpf.MapPolicyJumps],
 		Conts:       maps[bpf.MapConts],
-	})
+	}, slots)
 	if err != nil {
 		log.Fatal(err)
 	}

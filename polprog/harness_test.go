@@ -12,19 +12,30 @@ import (
 	"github.com/sluicenet/sluice/internal/testutil"
 )
 
-// Return codes of the stub continuations.
+// Base return codes of the stub continuations: a stub returns its base
+// plus the policy_rc it found in the state (stubNoState without state), so
+// that a run reports which continuation it reached and what that saw.
 const (
 	stubAllowRC = 100
 	stubDenyRC  = 200
+	stubNoState = 99
 )
 
 // kernel holds the datapath maps a policy program needs and stub
-// continuations in sl_conts that return stubAllowRC and stubDenyRC.
+// continuations in sl_conts (see stubAllowRC), and hands out
+// sl_policy_jumps slots.
 type kernel struct {
 	maps  Maps
 	ncpu  int
 	state []bpf.State
+	// slotUsed marks the slots handed out; nextSlot is where the search
+	// for a free one starts, so that loads get varied slots.
+	slotUsed []bool
+	nextSlot int
 }
+
+// policyJumpSlots sizes the test's sl_policy_jumps.
+const policyJumpSlots = 256
 
 func newKernel(tb testing.TB) *kernel {
 	tb.Helper()
@@ -33,7 +44,7 @@ func newKernel(tb testing.TB) *kernel {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	sizes := map[string]uint32{bpf.MapIPSets: 1 << 16, bpf.MapRuleHits: 1 << 16, bpf.MapPolicyJumps: 256}
+	sizes := map[string]uint32{bpf.MapIPSets: 1 << 16, bpf.MapRuleHits: 1 << 16, bpf.MapPolicyJumps: policyJumpSlots}
 	mk := func(name string) *ebpf.Map {
 		ms := spec.Maps[name].Copy()
 		if n, ok := sizes[name]; ok {
@@ -49,21 +60,14 @@ func newKernel(tb testing.TB) *kernel {
 	k := &kernel{maps: Maps{
 		State: mk(bpf.MapState), IPSets: mk(bpf.MapIPSets), RuleHits: mk(bpf.MapRuleHits),
 		PolicyJumps: mk(bpf.MapPolicyJumps), Conts: mk(bpf.MapConts),
-	}}
+	}, slotUsed: make([]bool, policyJumpSlots)}
 	k.ncpu, err = ebpf.PossibleCPU()
 	if err != nil {
 		tb.Fatal(err)
 	}
 	k.state = make([]bpf.State, k.ncpu)
 	for slot, rc := range map[bpf.ContSlot]int32{bpf.ContAllow: stubAllowRC, bpf.ContDeny: stubDenyRC} {
-		stub, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-			Type: ebpf.SchedCLS, License: "Dual BSD/GPL",
-			Instructions: ebpfasm.Instructions{ebpfasm.Mov.Imm(ebpfasm.R0, rc), ebpfasm.Return()},
-		})
-		if err != nil {
-			tb.Fatalf("load stub: %v", err)
-		}
-		tb.Cleanup(func() { stub.Close() })
+		stub := k.stub(tb, rc)
 		if err := k.maps.Conts.Put(slot, stub); err != nil {
 			tb.Fatalf("install stub: %v", err)
 		}
@@ -71,14 +75,65 @@ func newKernel(tb testing.TB) *kernel {
 	return k
 }
 
-// load compiles and loads rules, failing the test on error.
-func (k *kernel) load(tb testing.TB, rules Rules, opts Options) *Program {
+// stub loads a continuation that returns base plus state.policy_rc, or
+// stubNoState.
+func (k *kernel) stub(tb testing.TB, base int32) *ebpf.Program {
 	tb.Helper()
-	c, err := Compile(rules, opts)
+	stub, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type: ebpf.SchedCLS, License: "Dual BSD/GPL",
+		Instructions: ebpfasm.Instructions{
+			ebpfasm.StoreImm(ebpfasm.R10, -4, 0, ebpfasm.Word),
+			ebpfasm.LoadMapPtr(ebpfasm.R1, k.maps.State.FD()),
+			ebpfasm.Mov.Reg(ebpfasm.R2, ebpfasm.R10),
+			ebpfasm.Add.Imm(ebpfasm.R2, -4),
+			ebpfasm.FnMapLookupElem.Call(),
+			ebpfasm.JNE.Imm(ebpfasm.R0, 0, "found"),
+			ebpfasm.Mov.Imm(ebpfasm.R0, stubNoState),
+			ebpfasm.Return(),
+			ebpfasm.LoadMem(ebpfasm.R0, ebpfasm.R0, offPolicyRC, ebpfasm.Word).WithSymbol("found"),
+			ebpfasm.Add.Imm(ebpfasm.R0, base),
+			ebpfasm.Return(),
+		},
+	})
 	if err != nil {
-		tb.Fatalf("compile: %v", err)
+		tb.Fatalf("load stub: %v", err)
 	}
-	p, err := c.Load(k.maps)
+	tb.Cleanup(func() { stub.Close() })
+	return stub
+}
+
+// allocSlots hands out n free sl_policy_jumps slots (not in order) and
+// returns them with the function that frees them again.
+func (k *kernel) allocSlots(tb testing.TB, n int) ([]uint32, func()) {
+	tb.Helper()
+	var slots []uint32
+	for tries := 0; len(slots) < n && tries < len(k.slotUsed); tries++ {
+		s := k.nextSlot
+		k.nextSlot = (k.nextSlot + 7) % len(k.slotUsed)
+		if !k.slotUsed[s] {
+			k.slotUsed[s] = true
+			slots = append(slots, uint32(s))
+		}
+	}
+	free := func() {
+		for _, s := range slots {
+			k.slotUsed[s] = false
+		}
+	}
+	if len(slots) < n {
+		free()
+		tb.Fatalf("no %d free policy slots", n)
+	}
+	return slots, free
+}
+
+// loadCompiled loads c into fresh slots; closing the Program and freeing
+// the slots are left to the test's cleanup.
+func (k *kernel) loadCompiled(tb testing.TB, c *Compiled) *Program {
+	tb.Helper()
+	slots, free := k.allocSlots(tb, len(c.Parts))
+	tb.Cleanup(free)
+	p, err := c.Load(k.maps, slots)
 	if err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
@@ -88,6 +143,16 @@ func (k *kernel) load(tb testing.TB, rules Rules, opts Options) *Program {
 	}
 	tb.Cleanup(func() { p.Close() })
 	return p
+}
+
+// load compiles and loads rules, failing the test on error.
+func (k *kernel) load(tb testing.TB, rules Rules, opts Options) *Program {
+	tb.Helper()
+	c, err := Compile(rules, opts)
+	if err != nil {
+		tb.Fatalf("compile: %v", err)
+	}
+	return k.loadCompiled(tb, c)
 }
 
 // setIPSets writes the members of sets into sl_ipsets as the ipsets package
@@ -151,38 +216,46 @@ func stateOf(pkt Packet) bpf.State {
 // packetData is the smallest frame a SchedCLS test run accepts.
 var packetData = make([]byte, 14)
 
-// run sets the state for pkt, runs the policy's entry program and returns
-// what the kernel decided.
-func (k *kernel) run(tb testing.TB, p *Program, pkt Packet) Decision {
+// runProg sets every CPU's state to s, runs prog and returns its return
+// code and the state it left on the CPU it ran on (the one that changed;
+// s when none did).
+func (k *kernel) runProg(tb testing.TB, prog *ebpf.Program, s bpf.State) (uint32, bpf.State) {
 	tb.Helper()
-	s := stateOf(pkt)
 	for i := range k.state {
 		k.state[i] = s
 	}
 	if err := k.maps.State.Put(uint32(0), k.state); err != nil {
 		tb.Fatalf("write state: %v", err)
 	}
-	ret, err := p.Programs()[0].Run(&ebpf.RunOptions{Data: packetData})
+	ret, err := prog.Run(&ebpf.RunOptions{Data: packetData})
 	if err != nil {
 		tb.Fatalf("run: %v", err)
 	}
 	if err := k.maps.State.Lookup(uint32(0), &k.state); err != nil {
 		tb.Fatalf("read state: %v", err)
 	}
-	var out *bpf.State
+	out := s
 	for i := range k.state {
-		if k.state[i].PolicyRc != bpf.PolicyNone {
-			out = &k.state[i]
+		if k.state[i] != s {
+			out = k.state[i]
 		}
 	}
-	if out == nil {
+	return ret, out
+}
+
+// run sets the state for pkt, runs the policy's entry program and returns
+// what the kernel decided.
+func (k *kernel) run(tb testing.TB, p *Program, pkt Packet) Decision {
+	tb.Helper()
+	ret, out := k.runProg(tb, p.Programs()[0], stateOf(pkt))
+	if out.PolicyRc == bpf.PolicyNone {
 		tb.Fatalf("run returned %d and left no verdict in the state", ret)
 	}
 	d := Decision{RuleID: out.RuleId, Logged: out.Flags&bpf.StateFlagLog != 0}
 	switch {
-	case ret == stubAllowRC && out.PolicyRc == bpf.PolicyAllow:
+	case ret == stubAllowRC+uint32(bpf.PolicyAllow) && out.PolicyRc == bpf.PolicyAllow:
 		d.Verdict = VerdictAllow
-	case ret == stubDenyRC && out.PolicyRc == bpf.PolicyDeny:
+	case ret == stubDenyRC+uint32(bpf.PolicyDeny) && out.PolicyRc == bpf.PolicyDeny:
 		d.Verdict = VerdictDeny
 	default:
 		tb.Fatalf("run returned %d with policy_rc %d", ret, out.PolicyRc)

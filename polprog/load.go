@@ -6,6 +6,7 @@ import (
 	"slices"
 
 	"github.com/cilium/ebpf"
+	ebpfasm "github.com/cilium/ebpf/asm"
 
 	"github.com/sluicenet/sluice/bpf"
 )
@@ -21,17 +22,54 @@ type Maps struct {
 }
 
 // Program is a loaded policy: its parts are installed in sl_policy_jumps.
+// It holds its own handle (a clone) of the jump map, so the maps' owner may
+// close them before Program.Close.
 type Program struct {
-	parts   []*ebpf.Program
-	slots   []uint32
-	lookups []*ebpf.Map
-	jumps   *ebpf.Map
-	entry   uint32
+	parts []*ebpf.Program
+	// ids are the parts' program IDs, which a prog array lookup from
+	// user space yields.
+	ids []ebpf.ProgramID
+	// slots[i] is part i's slot; installed[i] is set while Close has
+	// yet to remove it.
+	slots     []uint32
+	installed []bool
+	lookups   []*ebpf.Map
+	jumps     *ebpf.Map
 }
 
-// Load creates the lookup maps, loads every part and installs the parts in
-// maps.PolicyJumps, the entry last so that it never reaches a missing part.
-func (c *Compiled) Load(maps Maps) (*Program, error) {
+// Load creates the lookup maps, loads every part and installs part i in
+// maps.PolicyJumps at slots[i], the entry (part 0) last so that it never
+// reaches a missing part. Each part's tail call to the next goes to the
+// next part's slot, so the same Compiled can be loaded again into other
+// slots (as a runtime that switches policies make-before-break does).
+//
+// slots must hold one distinct slot per part, each below
+// maps.PolicyJumps.MaxEntries(). Load overwrites what those slots held;
+// choosing free ones is the caller's.
+func (c *Compiled) Load(maps Maps, slots []uint32) (*Program, error) {
+	p, err := c.load(maps, slots)
+	if err != nil {
+		return nil, fmt.Errorf("load policy: %w", err)
+	}
+	return p, nil
+}
+
+func (c *Compiled) load(maps Maps, slots []uint32) (*Program, error) {
+	if c == nil {
+		return nil, errors.New("nil Compiled")
+	}
+	if len(c.Parts) == 0 {
+		return nil, errors.New("no parts")
+	}
+	if maps.PolicyJumps == nil {
+		return nil, errors.New("no policy jump map")
+	}
+	if t := maps.PolicyJumps.Type(); t != ebpf.ProgramArray {
+		return nil, fmt.Errorf("policy jump map is a %s, not a prog array", t)
+	}
+	if err := checkSlots(slots, len(c.Parts), maps.PolicyJumps.MaxEntries()); err != nil {
+		return nil, err
+	}
 	byName := map[string]*ebpf.Map{
 		bpf.MapState:       maps.State,
 		bpf.MapIPSets:      maps.IPSets,
@@ -39,13 +77,26 @@ func (c *Compiled) Load(maps Maps) (*Program, error) {
 		bpf.MapPolicyJumps: maps.PolicyJumps,
 		bpf.MapConts:       maps.Conts,
 	}
-	if maps.PolicyJumps == nil {
-		return nil, errors.New("load policy: no policy jump map")
+	lookupNames := map[string]bool{}
+	for _, lm := range c.LookupMaps {
+		if lm.Spec == nil {
+			return nil, fmt.Errorf("lookup map %s has no spec", lm.Name)
+		}
+		lookupNames[lm.Name] = true
 	}
-	if len(c.Parts) == 0 {
-		return nil, errors.New("load policy: no parts")
+	for i, part := range c.Parts {
+		for name := range part.Instructions.ReferenceOffsets() {
+			if byName[name] == nil && !lookupNames[name] {
+				return nil, fmt.Errorf("part %d: no map for reference %q", i, name)
+			}
+		}
 	}
-	p := &Program{jumps: maps.PolicyJumps, entry: c.Parts[0].Slot}
+
+	jumps, err := maps.PolicyJumps.Clone()
+	if err != nil {
+		return nil, fmt.Errorf("clone policy jump map: %w", err)
+	}
+	p := &Program{jumps: jumps, slots: slices.Clone(slots), installed: make([]bool, len(slots))}
 	for _, lm := range c.LookupMaps {
 		m, err := ebpf.NewMap(lm.Spec)
 		if err != nil {
@@ -56,61 +107,168 @@ func (c *Compiled) Load(maps Maps) (*Program, error) {
 		byName[lm.Name] = m
 	}
 	for i, part := range c.Parts {
-		insns := slices.Clone(part.Instructions)
-		for name := range insns.ReferenceOffsets() {
-			m := byName[name]
-			if m == nil {
-				p.closeAll()
-				return nil, fmt.Errorf("load policy part %d: no map for reference %q", i, name)
-			}
-			if err := insns.AssociateMap(name, m); err != nil {
-				p.closeAll()
-				return nil, fmt.Errorf("load policy part %d: map %s: %w", i, name, err)
-			}
-		}
-		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-			Name:         fmt.Sprintf("slp_part%d", i),
-			Type:         ebpf.SchedCLS,
-			License:      "Dual BSD/GPL",
-			Instructions: insns,
-		})
+		prog, id, err := loadPart(part.Instructions, i, slots, byName)
 		if err != nil {
 			p.closeAll()
-			return nil, fmt.Errorf("load policy part %d: %w", i, err)
+			return nil, err
 		}
 		p.parts = append(p.parts, prog)
+		p.ids = append(p.ids, id)
 	}
 	for i := len(p.parts) - 1; i >= 0; i-- {
-		slot := c.Parts[i].Slot
-		if err := maps.PolicyJumps.Put(slot, p.parts[i]); err != nil {
+		if err := maps.PolicyJumps.Put(slots[i], p.parts[i]); err != nil {
 			_ = p.Close()
-			return nil, fmt.Errorf("install policy part %d at slot %d: %w", i, slot, err)
+			return nil, fmt.Errorf("install part %d at slot %d: %w", i, slots[i], err)
 		}
-		p.slots = append(p.slots, slot)
+		p.installed[i] = true
 	}
 	return p, nil
 }
 
-// EntrySlot is the sl_policy_jumps slot the datapath tail calls.
-func (p *Program) EntrySlot() uint32 {
-	return p.entry
+// checkSlots checks that there is one distinct slot per part, each below
+// max.
+func checkSlots(slots []uint32, parts int, max uint32) error {
+	if len(slots) != parts {
+		return fmt.Errorf("%d slots for %d parts", len(slots), parts)
+	}
+	seen := make(map[uint32]int, len(slots))
+	for i, s := range slots {
+		if s >= max {
+			return fmt.Errorf("slot %d of part %d is past the policy jump map's %d entries", s, i, max)
+		}
+		if j, ok := seen[s]; ok {
+			return fmt.Errorf("slot %d given to parts %d and %d", s, j, i)
+		}
+		seen[s] = i
+	}
+	return nil
 }
 
-// Programs returns the loaded parts, the entry first.
-func (p *Program) Programs() []*ebpf.Program { return p.parts }
-
-// Close removes the parts from sl_policy_jumps (entry first) and releases
-// the programs and lookup maps.
-func (p *Program) Close() error {
-	var errs []error
-	for i := len(p.slots) - 1; i >= 0; i-- {
-		if err := p.jumps.Delete(p.slots[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			errs = append(errs, fmt.Errorf("remove policy slot %d: %w", p.slots[i], err))
+// loadPart sets the next part's slot and the maps in a copy of part i's
+// instructions, loads it and returns it with its program ID.
+func loadPart(insns ebpfasm.Instructions, i int, slots []uint32, byName map[string]*ebpf.Map) (*ebpf.Program, ebpf.ProgramID, error) {
+	insns = slices.Clone(insns)
+	if err := setNextSlot(insns, i, slots); err != nil {
+		return nil, 0, fmt.Errorf("part %d: %w", i, err)
+	}
+	for name := range insns.ReferenceOffsets() {
+		if err := insns.AssociateMap(name, byName[name]); err != nil {
+			return nil, 0, fmt.Errorf("part %d: map %s: %w", i, name, err)
 		}
 	}
-	p.slots = nil
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name:         fmt.Sprintf("slp_part%d", i),
+		Type:         ebpf.SchedCLS,
+		License:      "Dual BSD/GPL",
+		Instructions: insns,
+	})
+	if err != nil {
+		return nil, 0, fmt.Errorf("part %d: %w", i, err)
+	}
+	info, err := prog.Info()
+	if err != nil {
+		prog.Close()
+		return nil, 0, fmt.Errorf("part %d: program info: %w", i, err)
+	}
+	id, ok := info.ID()
+	if !ok {
+		prog.Close()
+		return nil, 0, fmt.Errorf("part %d: the kernel reports no program ID", i)
+	}
+	return prog, id, nil
+}
+
+// setNextSlot replaces, in part i's instructions, the placeholder of the
+// next part's slot. Every load of sl_policy_jumps must be followed by the
+// placeholder, and only a part with a successor may have one.
+func setNextSlot(insns ebpfasm.Instructions, i int, slots []uint32) error {
+	for j := range insns {
+		if insns[j].Reference() != bpf.MapPolicyJumps {
+			continue
+		}
+		if j+1 >= len(insns) || insns[j+1].Metadata.Get(nextSlotMeta{}) == nil {
+			return fmt.Errorf("instruction %d loads %s without the next slot's placeholder after it", j, bpf.MapPolicyJumps)
+		}
+		if i+1 >= len(slots) {
+			return fmt.Errorf("the last part tail calls a next part")
+		}
+		insns[j+1].Constant = int64(slots[i+1])
+	}
+	return nil
+}
+
+// EntrySlot is the sl_policy_jumps slot the datapath tail calls: that of
+// part 0. It is 0 for a nil Program.
+func (p *Program) EntrySlot() uint32 {
+	if p == nil || len(p.slots) == 0 {
+		return 0
+	}
+	return p.slots[0]
+}
+
+// Slots returns the sl_policy_jumps slots given to Load: part i's at index
+// i, the entry first.
+func (p *Program) Slots() []uint32 {
+	if p == nil {
+		return nil
+	}
+	return slices.Clone(p.slots)
+}
+
+// Programs returns the loaded parts, the entry first; none after Close.
+func (p *Program) Programs() []*ebpf.Program {
+	if p == nil {
+		return nil
+	}
+	return p.parts
+}
+
+// Close removes the parts from sl_policy_jumps (entry first) and releases
+// the programs, the lookup maps and the jump map's clone. It removes a
+// slot only while it still holds that part: one that someone has since
+// filled with another program (a policy loaded into a freed slot) is left
+// alone. Looking a slot up and deleting it are two system calls, not one
+// atomic step, so writers of one jump map must be serialised by the
+// caller. Closing twice is fine; a nil Program is an error.
+func (p *Program) Close() error {
+	if p == nil {
+		return errors.New("close policy: nil Program")
+	}
+	var errs []error
+	for i, in := range p.installed {
+		if !in {
+			continue
+		}
+		if err := p.removePart(i); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	p.installed = nil
 	p.closeAll()
-	return errors.Join(errs...)
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("close policy: %w", err)
+	}
+	return nil
+}
+
+// removePart deletes part i's slot if the slot still holds part i.
+func (p *Program) removePart(i int) error {
+	slot := p.slots[i]
+	var id uint32
+	err := p.jumps.Lookup(slot, &id)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("look up slot %d: %w", slot, err)
+	}
+	if ebpf.ProgramID(id) != p.ids[i] {
+		return nil
+	}
+	if err := p.jumps.Delete(slot); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("remove slot %d: %w", slot, err)
+	}
+	return nil
 }
 
 func (p *Program) closeAll() {
@@ -120,5 +278,8 @@ func (p *Program) closeAll() {
 	for _, m := range p.lookups {
 		m.Close()
 	}
-	p.parts, p.lookups = nil, nil
+	if p.jumps != nil {
+		p.jumps.Close()
+	}
+	p.parts, p.ids, p.lookups, p.jumps = nil, nil, nil, nil
 }

@@ -54,6 +54,16 @@ const (
 // TC_ACT_SHOT: the answer when a tail call fails.
 const tcActShot = 2
 
+// nextSlotPlaceholder is the immediate of the instruction that loads the
+// next part's sl_policy_jumps slot until Load sets it. As a u32 index it
+// is past the end of any prog array, so an unpatched tail call fails
+// rather than reaching a wrong slot.
+const nextSlotPlaceholder = -1
+
+// nextSlotMeta is the metadata key that marks the instruction loading the
+// next part's slot.
+type nextSlotMeta struct{}
+
 // Names of cross-part labels and footer labels.
 const (
 	labelStage2     = "stage2"
@@ -234,11 +244,13 @@ func (c *compiler) finishPart(last bool) error {
 			b.Ja(labelNextPart)
 		}
 		b.Label(labelNextPart)
-		b.Comment("tail call the next part")
+		b.Comment("tail call the next part (Load sets its slot)")
+		slot := ebpfasm.Mov.Imm(ebpfasm.R3, nextSlotPlaceholder)
+		slot.Metadata.Set(nextSlotMeta{}, true)
 		b.Emit(
 			ebpfasm.Mov.Reg(ebpfasm.R1, regCtx),
 			ebpfasm.LoadMapPtr(ebpfasm.R2, 0).WithReference(bpf.MapPolicyJumps),
-			ebpfasm.Mov.Imm(ebpfasm.R3, int32(c.slot(p.index+1))),
+			slot,
 			ebpfasm.FnTailCall.Call(),
 		)
 	}
@@ -249,13 +261,9 @@ func (c *compiler) finishPart(last bool) error {
 	if err != nil {
 		return fmt.Errorf("assemble part %d: %w", p.index, err)
 	}
-	c.out.Parts = append(c.out.Parts, Part{Slot: c.slot(p.index), Instructions: insns, Stats: b.Stats(), Rules: p.rules, block: b})
+	c.out.Parts = append(c.out.Parts, Part{Instructions: insns, Stats: b.Stats(), Rules: p.rules, block: b})
 	c.lastPending = pending
 	return nil
-}
-
-func (c *compiler) slot(part int) uint32 {
-	return c.opts.EntrySlot + uint32(part)*c.opts.SlotStride
 }
 
 // verdictFooter records the rule ID (counting it under rec), sets

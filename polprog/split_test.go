@@ -75,7 +75,9 @@ func TestSplitting(t *testing.T) {
 			if len(c.Parts) < tc.minParts {
 				t.Fatalf("%d parts, want at least %d", len(c.Parts), tc.minParts)
 			}
-			p, err := c.Load(k.maps)
+			slots, free := k.allocSlots(t, len(c.Parts))
+			defer free()
+			p, err := c.Load(k.maps, slots)
 			if err != nil {
 				t.Fatalf("load: %.2000v", err)
 			}
