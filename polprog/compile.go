@@ -56,7 +56,9 @@ type Options struct {
 	// DefaultMaxParts. Above MaxParts (the constant) is an error.
 	MaxParts int
 	// AllowSlot and DenySlot are the sl_conts slots the program ends in.
-	// When both are 0, bpf.ContAllow and bpf.ContDeny apply.
+	// When both are 0, bpf.ContAllow and bpf.ContDeny apply. A policy
+	// that cannot finish also ends in DenySlot, with policy_rc
+	// bpf.PolicyFailed.
 	AllowSlot, DenySlot uint32
 	// SplitJumps and SplitInstructions set when a part ends; 0 means
 	// DefaultSplitJumps and DefaultSplitInstructions.

@@ -31,12 +31,17 @@
 // Compile emits one or more parts. Each part finds sl_state, evaluates a
 // slice of the rules and either ends by setting policy_rc and rule_id,
 // counting the deciding rule in sl_rule_hits and tail calling the allow or
-// deny continuation in sl_conts (TC_ACT_SHOT if that tail call fails), or
-// tail calls the next part in sl_policy_jumps with state.resume naming where
-// it continues. Parts are cut between rules, before the verifier's limit on
-// pending branch states (asm.MaxJumpSequences) or a configured instruction
-// count; 20,000 rules fit in a few parts, and at most MaxParts are allowed
-// (the tail-call budget).
+// deny continuation in sl_conts, or tail calls the next part in
+// sl_policy_jumps with state.resume naming where it continues. A policy
+// that cannot finish (a tail call to the next part or to the allow
+// continuation failed, or a later part was entered with no resume point)
+// sets policy_rc to bpf.PolicyFailed and tail calls the deny continuation,
+// which counts it; only when there is no state, or the deny continuation
+// cannot be reached, does a part return TC_ACT_SHOT. Parts are cut between
+// rules, before the verifier's limit on pending branch states
+// (asm.MaxJumpSequences) or a configured instruction count; 20,000 rules
+// fit in a few parts, and at most MaxParts are allowed (the tail-call
+// budget).
 //
 // Compiled holds no slots: Compiled.Load takes one sl_policy_jumps slot per
 // part, sets each part's tail call to the next part's slot and installs

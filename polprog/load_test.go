@@ -9,6 +9,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/sluicenet/sluice/bpf"
 )
 
 // twoPartRules is one TCP allow (ruleA) that Options{SplitJumps: 1} puts in
@@ -318,6 +320,72 @@ func TestNilReceivers(t *testing.T) {
 	if _, err := (Part{}).Listing(); err == nil {
 		t.Error("Listing of a zero Part: no error")
 	}
+}
+
+// TestPolicyFailed breaks a policy's tail calls and checks where it ends:
+// in the deny continuation with policy_rc PolicyFailed, or with
+// TC_ACT_SHOT when the deny continuation is missing too.
+func TestPolicyFailed(t *testing.T) {
+	k := newKernel(t)
+	// Slots 5 and 6 of sl_conts hold nothing.
+	const emptyCont = 5
+	failedInDeny := stubDenyRC + uint32(bpf.PolicyFailed)
+	type outcome struct {
+		Ret      uint32
+		PolicyRC bpf.PolicyRC
+	}
+	cases := []struct {
+		name string
+		opts Options
+		// breakIt prepares the run and returns the part to run and
+		// the state to run it with.
+		breakIt func(t *testing.T, p *Program) (*ebpf.Program, bpf.State)
+		want    outcome
+	}{
+		{"works", Options{}, entry, outcome{stubAllowRC + uint32(bpf.PolicyAllow), bpf.PolicyAllow}},
+		{"second slot empty", Options{}, func(t *testing.T, p *Program) (*ebpf.Program, bpf.State) {
+			if err := k.maps.PolicyJumps.Delete(p.Slots()[1]); err != nil {
+				t.Fatal(err)
+			}
+			return entry(t, p)
+		}, outcome{failedInDeny, bpf.PolicyFailed}},
+		{"second slot holds a foreign program", Options{}, func(t *testing.T, p *Program) (*ebpf.Program, bpf.State) {
+			put(t, k.maps.PolicyJumps, p.Slots()[1], k.stub(t, 50))
+			return entry(t, p)
+		}, outcome{50 + uint32(bpf.PolicyNone), bpf.PolicyNone}},
+		{"later part run with resume 0", Options{}, func(t *testing.T, p *Program) (*ebpf.Program, bpf.State) {
+			return p.Programs()[1], stateOf(basePacket)
+		}, outcome{failedInDeny, bpf.PolicyFailed}},
+		{"later part run with an unknown resume", Options{}, func(t *testing.T, p *Program) (*ebpf.Program, bpf.State) {
+			s := stateOf(basePacket)
+			s.Resume = 12345
+			return p.Programs()[1], s
+		}, outcome{failedInDeny, bpf.PolicyFailed}},
+		{"allow continuation missing", Options{AllowSlot: emptyCont, DenySlot: uint32(bpf.ContDeny)}, entry,
+			outcome{failedInDeny, bpf.PolicyFailed}},
+		{"allow and deny continuations missing", Options{AllowSlot: emptyCont, DenySlot: emptyCont + 1}, entry,
+			outcome{tcActShot, bpf.PolicyFailed}},
+		{"second slot empty, deny continuation missing", Options{AllowSlot: uint32(bpf.ContAllow), DenySlot: emptyCont}, func(t *testing.T, p *Program) (*ebpf.Program, bpf.State) {
+			if err := k.maps.PolicyJumps.Delete(p.Slots()[1]); err != nil {
+				t.Fatal(err)
+			}
+			return entry(t, p)
+		}, outcome{tcActShot, bpf.PolicyFailed}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := k.loadCompiled(t, compileTwoParts(t, tc.opts))
+			prog, s := tc.breakIt(t, p)
+			ret, out := k.runProg(t, prog, s)
+			if diff := cmp.Diff(tc.want, outcome{ret, out.PolicyRc}); diff != "" {
+				t.Errorf("run (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func entry(_ *testing.T, p *Program) (*ebpf.Program, bpf.State) {
+	return p.Programs()[0], stateOf(basePacket)
 }
 
 // TestMaxPartsChain loads a policy of MaxParts parts into scattered slots

@@ -51,13 +51,14 @@ const (
 	stackIPSetKey = -56 // struct sl_ipset_key
 )
 
-// TC_ACT_SHOT: the answer when a tail call fails.
+// TC_ACT_SHOT: the answer when there is no state, or when the deny
+// continuation cannot be reached.
 const tcActShot = 2
 
 // nextSlotPlaceholder is the immediate of the instruction that loads the
 // next part's sl_policy_jumps slot until Load sets it. As a u32 index it
-// is past the end of any prog array, so an unpatched tail call fails
-// rather than reaching a wrong slot.
+// is past the end of any prog array, so an unpatched tail call fails (and
+// the policy ends as failed) rather than reaching a wrong slot.
 const nextSlotPlaceholder = -1
 
 // nextSlotMeta is the metadata key that marks the instruction loading the
@@ -68,7 +69,8 @@ type nextSlotMeta struct{}
 const (
 	labelStage2     = "stage2"
 	labelForward    = "forward"
-	labelShot       = "shot"
+	labelFailed     = "failed"
+	labelNoState    = "no_state"
 	labelNextPart   = "next_part"
 	labelAllowRec   = "allow_counted"
 	labelAllowNoRec = "allow_uncounted"
@@ -188,7 +190,7 @@ func (c *compiler) startPart(pending []string) error {
 		ebpfasm.Add.Imm(ebpfasm.R2, stackStateKey),
 		ebpfasm.FnMapLookupElem.Call(),
 	)
-	b.Jump(ebpfasm.JEq, ebpfasm.R0, 0, labelShot)
+	b.Jump(ebpfasm.JEq, ebpfasm.R0, 0, labelNoState)
 	b.Emit(ebpfasm.Mov.Reg(regState, ebpfasm.R0))
 	if idx == 0 {
 		return nil
@@ -201,7 +203,8 @@ func (c *compiler) startPart(pending []string) error {
 	for _, l := range pending {
 		c.crossJump32(ebpfasm.JEq, ebpfasm.R1, int32(c.crossID(l)), l)
 	}
-	b.Ja(labelShot)
+	b.Comment("no resume point: the policy cannot finish")
+	b.Ja(labelFailed)
 	return nil
 }
 
@@ -212,10 +215,12 @@ func (c *compiler) finishPart(last bool) error {
 	b := p.b
 	st := p.used
 	if st[labelAllowRec] || st[labelAllowNoRec] {
-		c.verdictFooter(labelAllowRec, labelAllowNoRec, labelAllowDone, bpf.PolicyAllow, c.opts.AllowSlot)
+		c.verdictFooter(labelAllowRec, labelAllowNoRec, labelAllowDone, bpf.PolicyAllow, c.opts.AllowSlot, labelFailed)
 	}
 	if st[labelDenyRec] || st[labelDenyNoRec] {
-		c.verdictFooter(labelDenyRec, labelDenyNoRec, labelDenyDone, bpf.PolicyDeny, c.opts.DenySlot)
+		// Failing again through labelFailed would only retry this tail
+		// call.
+		c.verdictFooter(labelDenyRec, labelDenyNoRec, labelDenyDone, bpf.PolicyDeny, c.opts.DenySlot, labelNoState)
 	}
 	if st[labelPreRec] || st[labelPreNoRec] {
 		b.Label(labelPreRec)
@@ -254,8 +259,17 @@ func (c *compiler) finishPart(last bool) error {
 			ebpfasm.FnTailCall.Call(),
 		)
 	}
-	b.Label(labelShot)
-	b.Comment("no state, or a tail call failed: drop")
+	b.Label(labelFailed)
+	b.Comment("a tail call failed or no resume point: the deny continuation counts a failed policy")
+	b.Emit(
+		ebpfasm.StoreImm(regState, offPolicyRC, int64(bpf.PolicyFailed), ebpfasm.Word),
+		ebpfasm.Mov.Reg(ebpfasm.R1, regCtx),
+		ebpfasm.LoadMapPtr(ebpfasm.R2, 0).WithReference(bpf.MapConts),
+		ebpfasm.Mov.Imm(ebpfasm.R3, int32(c.opts.DenySlot)),
+		ebpfasm.FnTailCall.Call(),
+	)
+	b.Label(labelNoState)
+	b.Comment("no state, or the deny continuation failed: drop")
 	b.Emit(ebpfasm.Mov.Imm(ebpfasm.R0, tcActShot), ebpfasm.Return())
 	insns, err := b.Assemble()
 	if err != nil {
@@ -267,8 +281,9 @@ func (c *compiler) finishPart(last bool) error {
 }
 
 // verdictFooter records the rule ID (counting it under rec), sets
-// policy_rc and tail calls the continuation.
-func (c *compiler) verdictFooter(rec, noRec, done string, rc bpf.PolicyRC, slot uint32) {
+// policy_rc and tail calls the continuation, going to onFail if that
+// fails.
+func (c *compiler) verdictFooter(rec, noRec, done string, rc bpf.PolicyRC, slot uint32, onFail string) {
 	b := c.part.b
 	b.Label(rec)
 	b.Emit(ebpfasm.StoreMem(regState, offRuleID, regRuleID, ebpfasm.DWord))
@@ -284,7 +299,7 @@ func (c *compiler) verdictFooter(rec, noRec, done string, rc bpf.PolicyRC, slot 
 		ebpfasm.Mov.Imm(ebpfasm.R3, int32(slot)),
 		ebpfasm.FnTailCall.Call(),
 	)
-	b.Ja(labelShot)
+	b.Ja(onFail)
 }
 
 // bumpHits adds one to the per-CPU hit counter keyed by the u64 at
