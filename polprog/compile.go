@@ -209,15 +209,20 @@ func newCompiler(opts Options) *compiler {
 	return &compiler{opts: opts, out: &Compiled{}, crossIDs: map[string]uint32{}}
 }
 
-// stage is where rules send their verdicts.
+// stage is the view of the packet that rules match.
 type stage struct {
-	// preDNAT: allow continues to the second stage instead of allowing.
-	preDNAT bool
 	// dstAddr and dstPort are the state offsets of the destination the
-	// stage matches.
+	// stage matches: before DNAT in a host endpoint's pre-DNAT tiers,
+	// after it elsewhere.
 	dstAddr, dstPort int16
 }
 
+// program emits the whole policy. A host endpoint's (see Rules): the
+// pre-DNAT tiers, whose allow and deny end host policy and whose passing
+// continues; then, when the host is the source or the destination, the
+// normal tiers and profiles; otherwise the apply-on-forward tiers, and an
+// allow (RuleID 0) when every one of them passed, as Calico's
+// "allowed_by_host_policy".
 func (c *compiler) program(p *program) error {
 	if err := c.startPart(nil); err != nil {
 		return err
@@ -229,23 +234,24 @@ func (c *compiler) program(p *program) error {
 		}
 		return c.finishPart(true)
 	}
-	pre := stage{preDNAT: true, dstAddr: offPreNATDstAddr, dstPort: offPreNATDstPort}
+	pre := stage{dstAddr: offPreNATDstAddr, dstPort: offPreNATDstPort}
 	if err := c.tiers(pre, p.preDNAT); err != nil {
 		return err
 	}
-	c.crossLabel(labelStage2)
 	b := c.part.b
-	b.Comment("second stage: host tiers when the host is an end, else apply-on-forward")
-	b.Emit(ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R9, offFlags, ebpfasm.Word),
+	b.Comment("pre-DNAT tiers passed: normal tiers when the host is an end, else apply-on-forward")
+	b.Emit(ebpfasm.LoadMem(ebpfasm.R1, regState, offFlags, ebpfasm.Word),
 		ebpfasm.And.Imm32(ebpfasm.R1, int32(bpf.StateFlagSrcIsHost|bpf.StateFlagDstIsHost)))
 	c.crossJump32(ebpfasm.JEq, ebpfasm.R1, 0, labelForward)
 	if err := c.stageCode(post, p.tiers, p.profiles, p.noMatchID); err != nil {
 		return err
 	}
 	c.crossLabel(labelForward)
-	if err := c.stageCode(post, p.forward, nil, p.noMatchID); err != nil {
+	if err := c.tiers(post, p.forward); err != nil {
 		return err
 	}
+	c.part.b.Comment("every apply-on-forward tier passed: allowed by host policy")
+	c.decide(ActionAllow, 0)
 	return c.finishPart(true)
 }
 
@@ -261,7 +267,7 @@ func (c *compiler) stageCode(st stage, tiers []tier, profiles []rule, noMatchID 
 		}
 	}
 	c.part.b.Comment("no rule decided: default deny")
-	c.decide(ActionDeny, noMatchID, st)
+	c.decide(ActionDeny, noMatchID)
 	return nil
 }
 
@@ -275,7 +281,7 @@ func (c *compiler) tiers(st stage, tiers []tier) error {
 		}
 		if t.end == EndDeny {
 			c.part.b.Comment(fmt.Sprintf("end of tier %q: deny", t.name))
-			c.decide(ActionDeny, t.endID, st)
+			c.decide(ActionDeny, t.endID)
 		}
 		// Pass skips the tier's end action.
 		c.crossLabel(end)

@@ -28,6 +28,38 @@ type diffStats struct {
 	cases, parts, lookupMaps, splitPolicies int
 	verdicts                                map[Verdict]int
 	logged                                  int
+	// host counts host endpoint cases by the path that decided them.
+	host map[hostPath]int
+}
+
+// hostPath is where a host endpoint's policy decided a packet.
+type hostPath string
+
+const (
+	pathPreDNAT        hostPath = "pre-DNAT"
+	pathNormal         hostPath = "normal"
+	pathForward        hostPath = "forward"
+	pathForwardDefault hostPath = "forward-default"
+)
+
+// hostPathOf classifies pkt under a host endpoint's rules with the
+// evaluator's pieces.
+func hostPathOf(ev *Evaluator, sets IPSets, pkt Packet) hostPath {
+	e := evaluation{sets: sets}
+	if _, ok := e.hostTiers(ev.prog.preDNAT, view(pkt, true)); ok {
+		return pathPreDNAT
+	}
+	if pkt.SrcIsHost || pkt.DstIsHost {
+		return pathNormal
+	}
+	if _, ok := e.hostTiers(ev.prog.forward, view(pkt, false)); ok {
+		return pathForward
+	}
+	return pathForwardDefault
+}
+
+func newDiffStats() diffStats {
+	return diffStats{verdicts: map[Verdict]int{}, host: map[hostPath]int{}}
 }
 
 // differential compiles the random policy of seed, then runs packets
@@ -71,6 +103,9 @@ func differential(t testing.TB, k *kernel, seed uint64, packets int, st *diffSta
 		if got.Logged {
 			st.logged++
 		}
+		if rules.ForHost {
+			st.host[hostPathOf(ev, g.sets, pkt)]++
+		}
 	}
 }
 
@@ -84,16 +119,21 @@ func TestDifferential(t *testing.T) {
 	if testing.Short() {
 		policies = 13
 	}
-	st := diffStats{verdicts: map[Verdict]int{}}
+	st := newDiffStats()
 	for seed := uint64(0); seed < uint64(policies); seed++ {
 		differential(t, k, seed, packets, &st)
 	}
-	t.Logf("%d cases over %d policies: %d parts, %d split policies, %d merged lookups, verdicts %v, %d logged",
-		st.cases, policies, st.parts, st.splitPolicies, st.lookupMaps, st.verdicts, st.logged)
+	t.Logf("%d cases over %d policies: %d parts, %d split policies, %d merged lookups, verdicts %v, %d logged, host paths %v",
+		st.cases, policies, st.parts, st.splitPolicies, st.lookupMaps, st.verdicts, st.logged, st.host)
 	// The run must have exercised what it claims to.
 	if st.splitPolicies == 0 || st.lookupMaps == 0 || st.logged == 0 ||
 		st.verdicts[VerdictAllow] < st.cases/20 || st.verdicts[VerdictDeny] < st.cases/20 {
 		t.Errorf("random cases missed a path: %+v", st)
+	}
+	for _, path := range []hostPath{pathPreDNAT, pathNormal, pathForward, pathForwardDefault} {
+		if st.host[path] < st.cases/200 {
+			t.Errorf("host path %s decided only %d of %d cases", path, st.host[path], st.cases)
+		}
 	}
 }
 
@@ -107,7 +147,7 @@ func FuzzCompileEvaluate(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var seed [8]byte
 		copy(seed[:], data)
-		st := diffStats{verdicts: map[Verdict]int{}}
+		st := newDiffStats()
 		differential(t, k, binary.LittleEndian.Uint64(seed[:]), 50, &st)
 	})
 }

@@ -14,13 +14,15 @@
 // Profiles follow the tiers; pass there denies. A packet nothing decided is
 // denied with Rules.NoMatchRuleID.
 //
-// Host endpoints (Rules.ForHost) evaluate in two stages. The pre-DNAT tiers
-// match the destination before DNAT (pre_nat_dst_addr, pre_nat_dst_port); a
-// deny there denies, while an allow (counted) or the end of the pre-DNAT
-// tiers continues with the second stage. The second stage is the normal
-// tiers then the profiles when the state flags say the source or the
-// destination is the host, and the apply-on-forward tiers otherwise. Nothing
-// deciding in the second stage denies with NoMatchRuleID.
+// Host endpoints (Rules.ForHost) follow Calico's BPF policy programs. The
+// pre-DNAT tiers come first and match the destination before DNAT
+// (pre_nat_dst_addr, pre_nat_dst_port); an allow or a deny there ends
+// policy, and only when every pre-DNAT tier passed does the second stage
+// follow. When the state flags say the source or the destination is the
+// host, that is the normal tiers then the profiles, and nothing deciding
+// denies with NoMatchRuleID. Forwarded traffic gets the apply-on-forward
+// tiers instead, and is allowed (rule ID 0, nothing counted) when there
+// are none or every one passed.
 //
 // Evaluator (and Evaluate) implement these semantics in Go; the package's
 // differential tests hold the compiled programs to it. Use it to explain a

@@ -19,12 +19,12 @@ func (c *compiler) ruleCode(st stage, r *rule, tierEnd string) {
 	c.part.invertMismatch = c.fallThrough
 	c.checks(st, r, fieldNone, next)
 	c.part.invertMismatch = false
-	c.action(st, r.action, r.id, tierEnd)
+	c.action(r.action, r.id, tierEnd)
 	c.label(next)
 }
 
 // action emits what a matched rule does.
-func (c *compiler) action(st stage, action Action, id uint64, tierEnd string) {
+func (c *compiler) action(action Action, id uint64, tierEnd string) {
 	b := c.part.b
 	switch action {
 	case ActionPass:
@@ -43,7 +43,7 @@ func (c *compiler) action(st stage, action Action, id uint64, tierEnd string) {
 			c.bumpHits(ebpfasm.R10, stackLogID)
 		}
 	default:
-		c.decide(action, id, st)
+		c.decide(action, id)
 	}
 }
 

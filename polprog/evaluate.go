@@ -46,13 +46,18 @@ func (e *Evaluator) Evaluate(sets IPSets, pkt Packet) Decision {
 	if !p.forHost {
 		return ev.stage(p.tiers, p.profiles, p.noMatchID, view(pkt, false))
 	}
-	if v, ok := ev.preDNAT(p.preDNAT, view(pkt, true)); ok {
-		return v
+	if d, ok := ev.hostTiers(p.preDNAT, view(pkt, true)); ok {
+		return d
 	}
 	if pkt.SrcIsHost || pkt.DstIsHost {
 		return ev.stage(p.tiers, p.profiles, p.noMatchID, view(pkt, false))
 	}
-	return ev.stage(p.forward, nil, p.noMatchID, view(pkt, false))
+	if d, ok := ev.hostTiers(p.forward, view(pkt, false)); ok {
+		return d
+	}
+	// Forwarded traffic that no apply-on-forward tier decided is allowed
+	// by host policy.
+	return ev.decide(VerdictAllow, 0)
 }
 
 // packetView is a packet as one stage sees it: the destination is before
@@ -144,14 +149,14 @@ func (ev *evaluation) stage(tiers []tier, profiles []rule, noMatchID uint64, pkt
 	return ev.decide(VerdictDeny, id)
 }
 
-// preDNAT runs a host endpoint's pre-DNAT tiers. It returns a decision only
-// for a deny; an allow counts the rule and continues.
-func (ev *evaluation) preDNAT(tiers []tier, pkt packetView) (Decision, bool) {
+// hostTiers runs a host endpoint's pre-DNAT or apply-on-forward tiers. It
+// returns a decision for an allow or a deny (a rule's or a tier end's), and
+// false when every tier passed.
+func (ev *evaluation) hostTiers(tiers []tier, pkt packetView) (Decision, bool) {
 	for i := range tiers {
 		switch o, id := ev.tier(&tiers[i], &pkt); o {
 		case outcomeAllow:
-			ev.hit(id)
-			return Decision{}, false
+			return ev.decide(VerdictAllow, id), true
 		case outcomeDeny:
 			return ev.decide(VerdictDeny, id), true
 		}

@@ -180,13 +180,18 @@ func (g *gen) mergeableRun(n int) []Rule {
 	return out
 }
 
-func (g *gen) tiers(n int) []Tier {
+// tiers returns n random tiers of policies of fewer than maxRules rules,
+// each tier ending with pass with probability passIn4/4.
+func (g *gen) tiers(n, passIn4, maxRules int) []Tier {
 	out := make([]Tier, n)
 	for i := range out {
-		t := Tier{Name: "t", EndAction: EndAction(g.r.IntN(2)), EndRuleID: g.id()}
+		t := Tier{Name: "t", EndAction: EndDeny, EndRuleID: g.id()}
+		if g.r.IntN(4) < passIn4 {
+			t.EndAction = EndPass
+		}
 		for p := 1 + g.r.IntN(3); p > 0; p-- {
 			var rules []Rule
-			for k := g.r.IntN(8); k > 0; k-- {
+			for k := g.r.IntN(maxRules); k > 0; k-- {
 				if g.chance(6) {
 					rules = append(rules, g.mergeableRun(2+g.r.IntN(30))...)
 				} else {
@@ -200,16 +205,20 @@ func (g *gen) tiers(n int) []Tier {
 	return out
 }
 
-// rules returns a random workload or host endpoint policy.
+// rules returns a random workload or host endpoint policy. A host
+// endpoint's pre-DNAT tiers are small and mostly end with pass, since
+// their allows and denies end host policy and the second stage needs
+// packets too; its apply-on-forward tiers too, so that forwarded packets
+// are often allowed by default.
 func (g *gen) rules() Rules {
-	rs := Rules{NoMatchRuleID: g.id(), Tiers: g.tiers(g.r.IntN(4))}
+	rs := Rules{NoMatchRuleID: g.id(), Tiers: g.tiers(g.r.IntN(4), 2, 8)}
 	if g.chance(2) {
-		rs.Profiles = g.tiers(1)[0].Policies
+		rs.Profiles = g.tiers(1, 2, 8)[0].Policies
 	}
 	if g.chance(3) {
 		rs.ForHost = true
-		rs.PreDNATTiers = g.tiers(g.r.IntN(3))
-		rs.ApplyOnForwardTiers = g.tiers(g.r.IntN(3))
+		rs.PreDNATTiers = g.tiers(g.r.IntN(3), 3, 4)
+		rs.ApplyOnForwardTiers = g.tiers(g.r.IntN(3), 3, 6)
 	}
 	return rs
 }

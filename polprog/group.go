@@ -197,7 +197,7 @@ func (c *compiler) groupCode(st stage, g *group, tierEnd string) error {
 			here = c.newLabel("group_" + a.String())
 			b.Jump32(ebpfasm.JNE, ebpfasm.R1, groupActionCode(a), here)
 		}
-		c.groupAction(st, a, zeroID, tierEnd)
+		c.groupAction(a, zeroID, tierEnd)
 		if here != "" {
 			c.label(here)
 		}
@@ -207,16 +207,13 @@ func (c *compiler) groupCode(st stage, g *group, tierEnd string) error {
 }
 
 // groupAction jumps to a footer with the rule ID loaded from the map.
-func (c *compiler) groupAction(st stage, a Action, zeroID bool, tierEnd string) {
+func (c *compiler) groupAction(a Action, zeroID bool, tierEnd string) {
 	if a == ActionPass {
 		c.crossJa(tierEnd)
 		return
 	}
 	rec, noRec := labelDenyRec, labelDenyNoRec
-	switch {
-	case a == ActionAllow && st.preDNAT:
-		rec, noRec = labelPreRec, labelPreNoRec
-	case a == ActionAllow:
+	if a == ActionAllow {
 		rec, noRec = labelAllowRec, labelAllowNoRec
 	}
 	if zeroID {

@@ -11,8 +11,8 @@ type Action uint8
 // Rule actions. The zero value is invalid so that a forgotten action is an
 // error rather than a silent allow.
 const (
-	// ActionAllow ends evaluation with an allow verdict (for a host
-	// endpoint's pre-DNAT tiers: continues to the next stage).
+	// ActionAllow ends evaluation with an allow verdict (in a host
+	// endpoint's pre-DNAT tiers too).
 	ActionAllow Action = iota + 1
 	// ActionDeny ends evaluation with a deny verdict.
 	ActionDeny
@@ -65,14 +65,20 @@ func (e EndAction) String() string {
 
 // Rules is everything that applies to one endpoint in one direction.
 //
-// For a workload endpoint, Tiers are evaluated in order, then Profiles.
-// For a host endpoint (ForHost), PreDNATTiers come first and match the
-// destination as it was before DNAT; a pre-DNAT allow, or the end of the
-// pre-DNAT tiers, continues with the second stage and a pre-DNAT deny
-// denies. The second stage is Tiers then Profiles when the state flags say
-// the source or the destination is the host, and ApplyOnForwardTiers
-// otherwise. A packet that no rule and no tier end decided is denied with
-// NoMatchRuleID.
+// For a workload endpoint, Tiers are evaluated in order, then Profiles; a
+// packet that no rule and no tier end decided is denied with NoMatchRuleID.
+//
+// For a host endpoint (ForHost), as in Calico's BPF policy programs,
+// PreDNATTiers come first and match the destination as it was before DNAT.
+// An allow or a deny there (a rule's, or a tier end's deny with its
+// EndRuleID) ends host policy with that verdict; when every pre-DNAT tier
+// passes (or there are none) the second stage follows:
+//   - when the state flags say the source or the destination is the host,
+//     Tiers then Profiles, and a packet nothing decided is denied with
+//     NoMatchRuleID;
+//   - otherwise (forwarded traffic) ApplyOnForwardTiers, and a packet they
+//     did not decide (there are none, or every one passed) is allowed with
+//     RuleID 0, no hit counted.
 type Rules struct {
 	// Tiers are the workload endpoint's tiers, or a host endpoint's
 	// normal tiers (traffic from or to the host itself).
@@ -219,12 +225,12 @@ func (p Packet) preNAT() (netip.Addr, uint16) {
 type Decision struct {
 	Verdict Verdict
 	// RuleID is the ID of the rule (or tier end, or NoMatchRuleID) that
-	// decided.
+	// decided; 0 for a host endpoint's forwarded packet that no
+	// apply-on-forward tier decided.
 	RuleID uint64
 	// Logged is set when a log rule matched on the way.
 	Logged bool
 	// Hits lists, in order, the IDs whose hit counters the program
-	// bumps: log rules, a host endpoint's pre-DNAT allow, and the
-	// decider. IDs of 0 are left out.
+	// bumps: log rules and the decider. IDs of 0 are left out.
 	Hits []uint64
 }

@@ -67,7 +67,6 @@ type nextSlotMeta struct{}
 
 // Names of cross-part labels and footer labels.
 const (
-	labelStage2     = "stage2"
 	labelForward    = "forward"
 	labelFailed     = "failed"
 	labelNoState    = "no_state"
@@ -78,8 +77,6 @@ const (
 	labelDenyRec    = "deny_counted"
 	labelDenyNoRec  = "deny_uncounted"
 	labelDenyDone   = "deny"
-	labelPreRec     = "prednat_allow_counted"
-	labelPreNoRec   = "prednat_allow_uncounted"
 )
 
 // Registers with a fixed role.
@@ -222,16 +219,6 @@ func (c *compiler) finishPart(last bool) error {
 		// call.
 		c.verdictFooter(labelDenyRec, labelDenyNoRec, labelDenyDone, bpf.PolicyDeny, c.opts.DenySlot, labelNoState)
 	}
-	if st[labelPreRec] || st[labelPreNoRec] {
-		b.Label(labelPreRec)
-		b.Comment("pre-DNAT allow: count, then the second stage")
-		b.Emit(ebpfasm.StoreMem(regState, offRuleID, regRuleID, ebpfasm.DWord))
-		c.bumpHits(ebpfasm.R9, offRuleID)
-		c.crossJa(labelStage2)
-		b.Label(labelPreNoRec)
-		b.Emit(ebpfasm.StoreMem(regState, offRuleID, regRuleID, ebpfasm.DWord))
-		c.crossJa(labelStage2)
-	}
 	var pending []string
 	for l := range p.crossRefs {
 		if !p.crossDefs[l] {
@@ -336,17 +323,14 @@ func (c *compiler) bumpHits(keyBase ebpfasm.Register, keyOff int16) {
 
 // decide jumps to the footer for a verdict with rule ID id. Pass is
 // handled by the caller.
-func (c *compiler) decide(action Action, id uint64, st stage) {
+func (c *compiler) decide(action Action, id uint64) {
 	b := c.part.b
 	b.Emit(ebpfasm.LoadImm(regRuleID, int64(id), ebpfasm.DWord))
-	switch {
-	case action == ActionAllow && st.preDNAT:
-		c.use(pick(id, labelPreRec, labelPreNoRec))
-	case action == ActionAllow:
+	if action == ActionAllow {
 		c.use(pick(id, labelAllowRec, labelAllowNoRec))
-	default:
-		c.use(pick(id, labelDenyRec, labelDenyNoRec))
+		return
 	}
+	c.use(pick(id, labelDenyRec, labelDenyNoRec))
 }
 
 // pick returns the counting label unless the ID is 0.

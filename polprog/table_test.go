@@ -2,6 +2,7 @@ package polprog
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -144,8 +145,6 @@ func structureCases() []tableCase {
 	with := func(r Rule, id uint64, a Action) Rule { r.ID, r.Action = id, a; return r }
 	denyTCP, allowTCP, passTCP, logTCP := with(tcp, ruleA, ActionDeny), with(tcp, ruleB, ActionAllow), with(tcp, ruleA, ActionPass), with(tcp, ruleC, ActionLog)
 	allowAll := Rule{ID: ruleB, Action: ActionAllow}
-	hostPkt, fwdPkt := basePacket, basePacket
-	hostPkt.DstIsHost = true
 	return []tableCase{
 		{"action/deny", Rules{Tiers: []Tier{mkTier("a", EndDeny, denyTCP, allowAll)}}, basePacket,
 			Decision{Verdict: VerdictDeny, RuleID: ruleA}},
@@ -167,34 +166,115 @@ func structureCases() []tableCase {
 		{"profiles/no match", Rules{Profiles: []Policy{{Rules: []Rule{with(Rule{Protocol: "udp"}, ruleA, ActionAllow)}}}, NoMatchRuleID: noMatch},
 			basePacket, Decision{Verdict: VerdictDeny, RuleID: noMatch}},
 		{"no rules at all", Rules{NoMatchRuleID: noMatch}, basePacket, Decision{Verdict: VerdictDeny, RuleID: noMatch}},
-		{"host/pre-DNAT deny", Rules{ForHost: true, PreDNATTiers: []Tier{mkTier("pre", EndPass, denyTCP)}, Tiers: []Tier{mkTier("n", EndDeny, allowAll)}},
-			hostPkt, Decision{Verdict: VerdictDeny, RuleID: ruleA}},
-		{"host/pre-DNAT matches pre-DNAT destination", Rules{ForHost: true,
-			PreDNATTiers: []Tier{mkTier("pre", EndPass, with(Rule{DstNets: []netip.Prefix{mustPrefix("192.168.0.10/32")}, DstPorts: []PortRange{Port(8080)}}, ruleA, ActionDeny))},
-			Tiers:        []Tier{mkTier("n", EndDeny, allowAll)}},
-			hostPkt, Decision{Verdict: VerdictDeny, RuleID: ruleA}},
-		{"host/pre-DNAT allow continues", Rules{ForHost: true, PreDNATTiers: []Tier{mkTier("pre", EndDeny, with(tcp, ruleC, ActionAllow))},
-			Tiers: []Tier{mkTier("n", EndDeny, with(tcp, ruleA, ActionDeny))}},
-			hostPkt, Decision{Verdict: VerdictDeny, RuleID: ruleA}},
-		{"host/pre-DNAT end deny", Rules{ForHost: true, PreDNATTiers: []Tier{mkTier("pre", EndDeny, with(Rule{Protocol: "udp"}, ruleC, ActionAllow))},
-			Tiers: []Tier{mkTier("n", EndDeny, allowAll)}},
-			hostPkt, endDeny},
-		{"host/normal tiers for host traffic", Rules{ForHost: true, Tiers: []Tier{mkTier("n", EndDeny, allowAll)},
-			ApplyOnForwardTiers: []Tier{mkTier("f", EndDeny, denyTCP)}},
-			hostPkt, Decision{Verdict: VerdictAllow, RuleID: ruleB}},
-		{"host/forward tiers for forwarded traffic", Rules{ForHost: true, Tiers: []Tier{mkTier("n", EndDeny, allowAll)},
-			ApplyOnForwardTiers: []Tier{mkTier("f", EndDeny, denyTCP)}},
-			fwdPkt, Decision{Verdict: VerdictDeny, RuleID: ruleA}},
-		{"host/forward with no tiers denies", Rules{ForHost: true, Tiers: []Tier{mkTier("n", EndDeny, allowAll)}, NoMatchRuleID: noMatch},
-			fwdPkt, Decision{Verdict: VerdictDeny, RuleID: noMatch}},
-		{"host/profiles after normal tiers", Rules{ForHost: true, Tiers: []Tier{mkTier("n", EndPass)}, Profiles: []Policy{{Rules: []Rule{allowAll}}}},
-			hostPkt, Decision{Verdict: VerdictAllow, RuleID: ruleB}},
 	}
 }
 
-func tableCases() []tableCase { return append(fieldCases(), structureCases()...) }
+// hostCases are the semantics of host endpoints (see Rules), as Calico's
+// BPF policy programs have them.
+func hostCases() []tableCase {
+	tcp, udp := Rule{Protocol: "tcp"}, Rule{Protocol: "udp"}
+	with := func(r Rule, id uint64, a Action) Rule { r.ID, r.Action = id, a; return r }
+	allowAll, denyAll := Rule{ID: ruleB, Action: ActionAllow}, Rule{ID: ruleB, Action: ActionDeny}
+	hostPkt, fromHostPkt, fwdPkt := basePacket, basePacket, basePacket
+	hostPkt.DstIsHost = true
+	fromHostPkt.SrcIsHost = true
+	host := func(r Rules) Rules { r.ForHost, r.NoMatchRuleID = true, noMatch; return r }
+	normalAllows := []Tier{mkTier("n", EndDeny, allowAll)}
+	normalDenies := []Tier{mkTier("n", EndDeny, denyAll)}
+	fwdDenies := []Tier{mkTier("f", EndDeny, denyAll)}
+	return []tableCase{
+		// Pre-DNAT tiers.
+		{"host/pre-DNAT deny", host(Rules{PreDNATTiers: []Tier{mkTier("pre", EndPass, with(tcp, ruleA, ActionDeny))}, Tiers: normalAllows}),
+			hostPkt, Decision{Verdict: VerdictDeny, RuleID: ruleA}},
+		{"host/pre-DNAT matches pre-DNAT destination", host(Rules{
+			PreDNATTiers: []Tier{mkTier("pre", EndPass, with(Rule{DstNets: []netip.Prefix{mustPrefix("192.168.0.10/32")}, DstPorts: []PortRange{Port(8080)}}, ruleA, ActionDeny))},
+			Tiers:        normalAllows}),
+			hostPkt, Decision{Verdict: VerdictDeny, RuleID: ruleA}},
+		{"host/pre-DNAT allow allows", host(Rules{PreDNATTiers: []Tier{mkTier("pre", EndDeny, with(tcp, ruleC, ActionAllow))}, Tiers: normalDenies}),
+			hostPkt, Decision{Verdict: VerdictAllow, RuleID: ruleC}},
+		{"host/pre-DNAT allow skips apply-on-forward", host(Rules{PreDNATTiers: []Tier{mkTier("pre", EndDeny, with(tcp, ruleC, ActionAllow))},
+			ApplyOnForwardTiers: fwdDenies}),
+			fwdPkt, Decision{Verdict: VerdictAllow, RuleID: ruleC}},
+		{"host/pre-DNAT log then allow", host(Rules{PreDNATTiers: []Tier{mkTier("pre", EndDeny, with(tcp, ruleA, ActionLog), with(tcp, ruleC, ActionAllow))},
+			Tiers: normalDenies}),
+			hostPkt, Decision{Verdict: VerdictAllow, RuleID: ruleC, Logged: true}},
+		{"host/pre-DNAT end deny", host(Rules{PreDNATTiers: []Tier{mkTier("pre", EndDeny, with(udp, ruleC, ActionAllow))}, Tiers: normalAllows}),
+			hostPkt, endDeny},
+		{"host/pre-DNAT end pass continues", host(Rules{PreDNATTiers: []Tier{mkTier("pre", EndPass, with(udp, ruleC, ActionAllow))}, Tiers: normalAllows}),
+			hostPkt, Decision{Verdict: VerdictAllow, RuleID: ruleB}},
+		{"host/pre-DNAT pass rule continues", host(Rules{PreDNATTiers: []Tier{mkTier("pre", EndDeny, with(tcp, ruleA, ActionPass), with(tcp, ruleC, ActionDeny))},
+			Tiers: normalAllows}),
+			hostPkt, Decision{Verdict: VerdictAllow, RuleID: ruleB}},
+		{"host/pre-DNAT passes into apply-on-forward", host(Rules{PreDNATTiers: []Tier{mkTier("pre", EndPass)}, ApplyOnForwardTiers: fwdDenies}),
+			fwdPkt, Decision{Verdict: VerdictDeny, RuleID: ruleB}},
+		// Normal host stage: traffic from or to the host.
+		{"host/normal tiers for traffic to the host", host(Rules{Tiers: normalAllows, ApplyOnForwardTiers: fwdDenies}),
+			hostPkt, Decision{Verdict: VerdictAllow, RuleID: ruleB}},
+		{"host/normal tiers for traffic from the host", host(Rules{Tiers: normalDenies, ApplyOnForwardTiers: []Tier{mkTier("f", EndDeny, allowAll)}}),
+			fromHostPkt, Decision{Verdict: VerdictDeny, RuleID: ruleB}},
+		{"host/profiles after normal tiers", host(Rules{Tiers: []Tier{mkTier("n", EndPass)}, Profiles: []Policy{{Rules: []Rule{allowAll}}}}),
+			hostPkt, Decision{Verdict: VerdictAllow, RuleID: ruleB}},
+		{"host/normal stage no match denies", host(Rules{Tiers: []Tier{mkTier("n", EndPass)}, ApplyOnForwardTiers: []Tier{mkTier("f", EndDeny, allowAll)}}),
+			hostPkt, Decision{Verdict: VerdictDeny, RuleID: noMatch}},
+		{"host/no tiers at all denies host traffic", host(Rules{}), hostPkt, Decision{Verdict: VerdictDeny, RuleID: noMatch}},
+		// Forwarded traffic: apply-on-forward tiers.
+		{"host/forward deny rule", host(Rules{Tiers: normalAllows, ApplyOnForwardTiers: []Tier{mkTier("f", EndDeny, with(tcp, ruleA, ActionDeny))}}),
+			fwdPkt, Decision{Verdict: VerdictDeny, RuleID: ruleA}},
+		{"host/forward allow rule", host(Rules{Tiers: normalDenies, ApplyOnForwardTiers: []Tier{mkTier("f", EndDeny, allowAll)}}),
+			fwdPkt, Decision{Verdict: VerdictAllow, RuleID: ruleB}},
+		{"host/forward end deny", host(Rules{ApplyOnForwardTiers: []Tier{mkTier("f", EndDeny, with(udp, ruleA, ActionAllow))}}),
+			fwdPkt, endDeny},
+		{"host/forward with no tiers allows", host(Rules{Tiers: normalDenies, Profiles: []Policy{{Rules: []Rule{denyAll}}}}),
+			fwdPkt, Decision{Verdict: VerdictAllow}},
+		{"host/forward with nothing at all allows", host(Rules{}), fwdPkt, Decision{Verdict: VerdictAllow}},
+		{"host/forward tiers all passing allow", host(Rules{Tiers: normalDenies,
+			ApplyOnForwardTiers: []Tier{mkTier("f1", EndPass, with(udp, ruleA, ActionDeny)), mkTier("f2", EndPass)}}),
+			fwdPkt, Decision{Verdict: VerdictAllow}},
+		{"host/forward pass rule then allow", host(Rules{
+			ApplyOnForwardTiers: []Tier{mkTier("f", EndDeny, with(tcp, ruleA, ActionPass))}}),
+			fwdPkt, Decision{Verdict: VerdictAllow}},
+		{"host/forward log then default allow", host(Rules{
+			ApplyOnForwardTiers: []Tier{mkTier("f", EndPass, with(tcp, ruleC, ActionLog))}}),
+			fwdPkt, Decision{Verdict: VerdictAllow, Logged: true}},
+	}
+}
+
+func tableCases() []tableCase {
+	return slices.Concat(fieldCases(), structureCases(), hostCases())
+}
 
 var decisionCmp = cmpopts.IgnoreFields(Decision{}, "Hits")
+
+// TestEvaluateHostHits checks the counters Evaluate reports on the host
+// paths: a pre-DNAT allow counts only itself, a forwarded packet allowed by
+// default counts nothing.
+func TestEvaluateHostHits(t *testing.T) {
+	fwdPkt := basePacket
+	for _, tc := range []struct {
+		name  string
+		rules Rules
+		want  Decision
+	}{
+		{"pre-DNAT allow", Rules{ForHost: true, PreDNATTiers: []Tier{mkTier("pre", EndDeny,
+			Rule{ID: ruleA, Action: ActionLog}, Rule{ID: ruleC, Action: ActionAllow})},
+			ApplyOnForwardTiers: []Tier{mkTier("f", EndDeny, Rule{ID: ruleB, Action: ActionDeny})}},
+			Decision{Verdict: VerdictAllow, RuleID: ruleC, Logged: true, Hits: []uint64{ruleA, ruleC}}},
+		{"forward default allow", Rules{ForHost: true, ApplyOnForwardTiers: []Tier{mkTier("f", EndPass, Rule{ID: ruleA, Action: ActionLog})},
+			NoMatchRuleID: noMatch},
+			Decision{Verdict: VerdictAllow, Logged: true, Hits: []uint64{ruleA}}},
+		{"forward no tiers", Rules{ForHost: true, NoMatchRuleID: noMatch}, Decision{Verdict: VerdictAllow}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := Evaluate(tc.rules, nil, fwdPkt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tc.want, got, cmpopts.EquateEmpty()); diff != "" {
+				t.Errorf("Evaluate (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
 
 // TestEvaluateTable holds the reference evaluator to the table (no kernel).
 func TestEvaluateTable(t *testing.T) {
@@ -230,8 +310,12 @@ func TestKernelTable(t *testing.T) {
 				if diff := cmp.Diff(tc.want, got, decisionCmp); diff != "" {
 					t.Errorf("kernel (-want +got):\n%s", diff)
 				}
-				if after := k.hits(t, tc.want.RuleID); tc.want.RuleID != 0 && after != before+1 {
-					t.Errorf("hits of rule %d went from %d to %d, want +1", tc.want.RuleID, before, after)
+				want := before + 1
+				if tc.want.RuleID == 0 {
+					want = before // ID 0 is never counted
+				}
+				if after := k.hits(t, tc.want.RuleID); after != want {
+					t.Errorf("hits of rule %d went from %d to %d, want %d", tc.want.RuleID, before, after, want)
 				}
 			})
 		}
