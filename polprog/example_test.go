@@ -53,48 +53,47 @@ func ExampleEvaluate() {
 	// 192.168.0.9: deny by rule 199
 }
 
-// Compile and load a policy into a loaded datapath, and point an
-// interface's ingress hook at it. Attaching dp.Ingress and dp.Egress to the
-// interface (for example with link.AttachTCX) is the embedder's.
+// Compile and load a policy on its own, into maps of the datapath's
+// layout: an embedder with its own runtime owns the sl_policy_jumps slots
+// and the maps. (With package datapath, Datapath.SetInterface does all of
+// this, and the slot bookkeeping, for you.)
 func ExampleCompile() {
-	dp, err := bpf.Load(bpf.LoadOptions{ConntrackEntries: 1 << 18})
+	spec, err := bpf.LoadSpec()
 	if err != nil {
 		log.Fatal(err)
 	}
-	defer dp.Close()
+	newMap := func(name string) *ebpf.Map {
+		m, err := ebpf.NewMap(spec.Maps[name])
+		if err != nil {
+			log.Fatal(err)
+		}
+		return m
+	}
+	maps := polprog.Maps{
+		State:       newMap(bpf.MapState),
+		IPSets:      newMap(bpf.MapIPSets),
+		RuleHits:    newMap(bpf.MapRuleHits),
+		PolicyJumps: newMap(bpf.MapPolicyJumps),
+		Conts:       newMap(bpf.MapConts),
+	}
+	for _, m := range []*ebpf.Map{maps.State, maps.IPSets, maps.RuleHits, maps.PolicyJumps, maps.Conts} {
+		defer m.Close()
+	}
 
 	compiled, err := polprog.Compile(webPolicy, polprog.Options{})
 	if err != nil {
 		log.Fatal(err)
 	}
-	// One free sl_policy_jumps slot per part; the embedder (or its
-	// runtime) owns the slots.
+	// One free sl_policy_jumps slot per part.
 	const firstFreeSlot = 10
 	slots := make([]uint32, len(compiled.Parts))
 	for i := range slots {
 		slots[i] = firstFreeSlot + uint32(i)
 	}
-	maps := dp.Collection.Maps
-	prog, err := compiled.Load(polprog.Maps{
-		State:       maps[bpf.MapState],
-		IPSets:      maps[bpf.MapIPSets],
-		RuleHits:    maps[bpf.MapRuleHits],
-		PolicyJumps: maps[bpf.MapPolicyJumps],
-		Conts:       maps[bpf.MapConts],
-	}, slots)
+	prog, err := compiled.Load(maps, slots)
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer prog.Close()
-
-	const ifindex = 7 // the workload's host-side veth
-	iface := bpf.Iface{
-		Flags:         bpf.IfaceWorkload | bpf.IfaceReady,
-		IngressPolicy: prog.EntrySlot(),
-		EgressPolicy:  prog.EntrySlot(),
-		CounterSlot:   1,
-	}
-	if err := maps[bpf.MapIfaces].Update(uint32(ifindex), iface, ebpf.UpdateAny); err != nil {
-		log.Fatal(err)
-	}
+	fmt.Printf("%d part(s), entry at slot %d\n", len(compiled.Parts), prog.EntrySlot())
 }

@@ -251,6 +251,20 @@ func (p *Program) Close() error {
 	return nil
 }
 
+// Release closes the Program's handles (programs, lookup maps, the jump
+// map's clone) and leaves its parts installed, so that the policy keeps
+// deciding packets after the process that loaded it lets go: a prog array
+// holds its programs, and they their maps. Releasing twice, or after
+// Close, is fine; a nil Program is an error.
+func (p *Program) Release() error {
+	if p == nil {
+		return errors.New("release policy: nil Program")
+	}
+	p.installed = nil
+	p.closeAll()
+	return nil
+}
+
 // removePart deletes part i's slot if the slot still holds part i.
 func (p *Program) removePart(i int) error {
 	slot := p.slots[i]

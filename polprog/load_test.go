@@ -423,3 +423,38 @@ func TestMaxPartsChain(t *testing.T) {
 		}
 	}
 }
+
+// TestReleaseLeavesPolicyInstalled: Release lets go of the handles, yet
+// the parts stay in their slots and a later Close of the released Program
+// removes nothing.
+func TestReleaseLeavesPolicyInstalled(t *testing.T) {
+	k := newKernel(t)
+	c := compileTwoParts(t, Options{})
+	slots := []uint32{5, 6}
+	p, err := c.Load(k.maps, slots)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := occupied(t, k.maps.PolicyJumps)
+	if err := p.Release(); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Release(); err != nil {
+		t.Errorf("second Release: %v", err)
+	}
+	if err := p.Close(); err != nil {
+		t.Errorf("Close after Release: %v", err)
+	}
+	if diff := cmp.Diff(before, occupied(t, k.maps.PolicyJumps)); diff != "" {
+		t.Errorf("slots after Release (-before +after):\n%s", diff)
+	}
+	if len(before) != len(slots) {
+		t.Errorf("%d slots occupied after Load, want %d", len(before), len(slots))
+	}
+	if err := (*Program)(nil).Release(); err == nil {
+		t.Error("nil Program: Release returned nil")
+	}
+	for _, s := range slots {
+		k.maps.PolicyJumps.Delete(s)
+	}
+}
