@@ -49,16 +49,21 @@ func (e *LayoutError) Error() string {
 // structs are checked recursively.
 //
 // Offsets and sizes are those of the bytes cilium/ebpf exchanges with the
-// kernel: it encodes a struct with Go alignment padding the way
-// encoding/binary does, fields back to back. For naturally aligned structs
-// with explicit padding this is also the in-memory layout; for a mirror of
-// a packed C struct (bpf.IPSetKey) it is not, so such a mirror works as a
-// map key or value but unsafe.Offsetof on it does not give C offsets.
+// kernel: it encodes a struct the way encoding/binary does, fields back to
+// back, without the alignment padding Go would insert in memory. None of
+// sluice's shared structs is packed: each is naturally aligned with
+// explicit padding (sl_ipset_key keeps its 64-bit set ID in a byte array
+// for that), so for their mirrors the encoded layout is also the
+// in-memory one and unsafe.Offsetof gives the C offsets. A mirror of a
+// packed C struct would pass this check and work as a map key or value,
+// but its in-memory offsets would not be C's.
 //
 // A Go field mirrors the C member whose name bpf2go would turn into the
 // field's name (src_addr → SrcAddr, a_to_b → A_toB), or whose plain
 // CamelCase form it is (a_to_b → AToB); a `btf:"c_name"` struct tag
-// overrides both. Blank fields (structs.HostLayout, padding) are skipped. A
+// overrides both. Blank fields (structs.HostLayout, padding) are skipped
+// unless they carry a btf tag: a tagged blank field mirrors that member,
+// which is how the generated mirrors in package bpf keep padding checked. A
 // Go field without a C member, or a C member without a Go field, is a
 // mismatch, except that union members beyond the ones Go declares are
 // allowed (bpf2go keeps only the first) and bitfield members, which Go
@@ -141,7 +146,7 @@ func (c *layoutChecker) compare(path string, cType btf.Type, goType reflect.Type
 		field := goType.Field(i)
 		fieldOffset := offset
 		offset += binarySize(field.Type)
-		if field.Name == "_" {
+		if _, tagged := field.Tag.Lookup("btf"); field.Name == "_" && !tagged {
 			continue
 		}
 		fieldPath := joinPath(path, field.Name)

@@ -13,7 +13,7 @@ import (
 )
 
 // ctValueCamel mirrors sl_ct_value with the legs named the plain CamelCase
-// way and one field renamed by tag; the nested types are bpf2go's.
+// way and one field renamed by tag; the nested types are the generated ones.
 type ctValueCamel struct {
 	_        structs.HostLayout
 	Created  uint64
@@ -23,40 +23,40 @@ type ctValueCamel struct {
 	AToB     bpf.CTLeg
 	BToA     bpf.CTLeg
 	NatPeer  bpf.CTKey
-	OrigAddr uint32
+	OrigAddr [16]uint8
 	OrigPort uint16
-	Pad1     uint16
+	Pad1     [3]uint16
 }
 
 // Deliberately wrong mirrors of sl_ct_key and sl_ct_value.
 type (
 	ctKeySwappedPorts struct {
-		AddrA uint32
-		AddrB uint32
+		AddrA [16]uint8
+		AddrB [16]uint8
 		PortB uint16
 		PortA uint16
 		Proto uint8
 		Pad   [3]uint8
 	}
 	ctKeyWideProto struct {
-		AddrA uint32
-		AddrB uint32
+		AddrA [16]uint8
+		AddrB [16]uint8
 		PortA uint16
 		PortB uint16
 		Proto uint16
 		Pad   [2]uint8
 	}
 	ctKeyMissingProto struct {
-		AddrA uint32
-		AddrB uint32
+		AddrA [16]uint8
+		AddrB [16]uint8
 		PortA uint16
 		PortB uint16
 		_     uint8
 		Pad   [3]uint8
 	}
 	ctKeyExtraField struct {
-		AddrA uint32
-		AddrB uint32
+		AddrA [16]uint8
+		AddrB [16]uint8
 		PortA uint16
 		PortB uint16
 		Proto uint8
@@ -64,12 +64,20 @@ type (
 		Vlan  uint32
 	}
 	ctKeyBadTag struct {
-		AddrA uint32
-		AddrB uint32
+		AddrA [16]uint8
+		AddrB [16]uint8
 		PortA uint16
 		PortB uint16
 		Proto uint8 `btf:"protocol"`
 		Pad   [3]uint8
+	}
+	ctKeyPadBadTag struct {
+		AddrA [16]uint8
+		AddrB [16]uint8
+		PortA uint16
+		PortB uint16
+		Proto uint8
+		_     [3]uint8 `btf:"padding"`
 	}
 	ctLegSwapped struct {
 		Bytes   uint64
@@ -86,9 +94,9 @@ type (
 		A_toB    ctLegSwapped
 		B_toA    bpf.CTLeg
 		NatPeer  bpf.CTKey
-		OrigAddr uint32
+		OrigAddr [16]uint8
 		OrigPort uint16
-		Pad1     uint16
+		Pad1     [3]uint16
 	}
 )
 
@@ -135,9 +143,10 @@ func TestCheckLayoutCatchesWrongStructs(t *testing.T) {
 		{"missing field", bpf.TypeCTKey, ctKeyMissingProto{}, []string{"proto"}},
 		{"extra field", bpf.TypeCTKey, ctKeyExtraField{}, []string{"", "Vlan"}},
 		{"unknown tag", bpf.TypeCTKey, ctKeyBadTag{}, []string{"Proto", "proto"}},
+		{"unknown tag on padding", bpf.TypeCTKey, ctKeyPadBadTag{}, []string{"_", "pad"}},
 		{"wrong nested offset", bpf.TypeCTValue, ctValueBadLeg{}, []string{"A_toB.Pad", "A_toB.Ifindex"}},
 		{"wrong type entirely", bpf.TypeState, bpf.IPSetKey{}, []string{
-			"", "Prefixlen", "SetId", "Addr", "Port", "Proto", "Pad",
+			"", "Prefixlen", "SetID", "Addr", "Port", "Proto", "_",
 			"src_addr", "dst_addr", "pre_nat_dst_addr", "src_port", "dst_port", "pre_nat_dst_port",
 			"ip_proto", "icmp_type", "icmp_code", "pad0", "flags", "policy_rc", "resume", "rule_id",
 		}},

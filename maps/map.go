@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"iter"
 	"sync/atomic"
 
 	"github.com/cilium/ebpf"
@@ -15,9 +14,14 @@ import (
 // native endianness) and must be exactly the map's key and value size.
 //
 // Batch operations try the kernel's batch commands first. When the kernel
-// answers that a command is not supported for this map (LPM tries have
+// answers that a command is not supported for this map (devmaps have
 // none; kernels before 5.6 have none at all), Map remembers that and uses
 // per-element syscalls for that command from then on.
+//
+// Errors name the map once, in front of cilium/ebpf's message, which
+// names the operation: "map Hash(sl_ct)#7: lookup: key does not exist".
+// They wrap cilium/ebpf's errors, so errors.Is(err, ebpf.ErrKeyNotExist)
+// and the like work.
 //
 // A Map is safe for concurrent use as far as the kernel map is.
 type Map[K, V any] struct {
@@ -72,6 +76,12 @@ func isPerCPU(t ebpf.MapType) bool {
 	return false
 }
 
+// isArray reports whether every index below the capacity of a map of type
+// t exists, so that entries can be neither added nor deleted.
+func isArray(t ebpf.MapType) bool {
+	return t == ebpf.Array || t == ebpf.PerCPUArray
+}
+
 // EBPF returns the underlying map, for attaching to programs or pinning.
 func (m *Map[K, V]) EBPF() *ebpf.Map { return m.m }
 
@@ -80,7 +90,7 @@ func (m *Map[K, V]) EBPF() *ebpf.Map { return m.m }
 func (m *Map[K, V]) Lookup(key K) (V, error) {
 	var value V
 	if err := m.m.Lookup(&key, &value); err != nil {
-		return value, fmt.Errorf("lookup in %s: %w", m.m, err)
+		return value, fmt.Errorf("map %s: %w", m.m, err)
 	}
 	return value, nil
 }
@@ -96,7 +106,7 @@ func (m *Map[K, V]) Lookup(key K) (V, error) {
 func (m *Map[K, V]) LookupAndDelete(key K) (V, error) {
 	var value V
 	if err := m.m.LookupAndDelete(&key, &value); err != nil {
-		return value, fmt.Errorf("lookup and delete in %s: %w", m.m, err)
+		return value, fmt.Errorf("map %s: %w", m.m, err)
 	}
 	return value, nil
 }
@@ -105,7 +115,7 @@ func (m *Map[K, V]) LookupAndDelete(key K) (V, error) {
 // or UpdateExist.
 func (m *Map[K, V]) Update(key K, value V, flags ebpf.MapUpdateFlags) error {
 	if err := m.m.Update(&key, &value, flags); err != nil {
-		return fmt.Errorf("update %s: %w", m.m, err)
+		return fmt.Errorf("map %s: %w", m.m, err)
 	}
 	return nil
 }
@@ -114,7 +124,7 @@ func (m *Map[K, V]) Update(key K, value V, flags ebpf.MapUpdateFlags) error {
 // ebpf.ErrKeyNotExist.
 func (m *Map[K, V]) Delete(key K) error {
 	if err := m.m.Delete(&key); err != nil {
-		return fmt.Errorf("delete from %s: %w", m.m, err)
+		return fmt.Errorf("map %s: %w", m.m, err)
 	}
 	return nil
 }
@@ -145,7 +155,7 @@ func (m *Map[K, V]) DisableBatch() {
 // not take them.
 func (m *Map[K, V]) BatchUpdate(keys []K, values []V, flags ebpf.MapUpdateFlags) (int, error) {
 	if len(keys) != len(values) {
-		return 0, fmt.Errorf("batch update %s: %d keys but %d values", m.m, len(keys), len(values))
+		return 0, fmt.Errorf("map %s: batch update: %d keys but %d values", m.m, len(keys), len(values))
 	}
 	if len(keys) == 0 {
 		return 0, nil
@@ -156,7 +166,7 @@ func (m *Map[K, V]) BatchUpdate(keys []K, values []V, flags ebpf.MapUpdateFlags)
 		n, err := m.m.BatchUpdate(keys, values, &ebpf.BatchOptions{ElemFlags: uint64(flags)})
 		if !errors.Is(err, ebpf.ErrNotSupported) {
 			if err != nil {
-				return n, fmt.Errorf("batch update %s: %w", m.m, err)
+				return n, fmt.Errorf("map %s: %w", m.m, err)
 			}
 			return n, nil
 		}
@@ -164,7 +174,7 @@ func (m *Map[K, V]) BatchUpdate(keys []K, values []V, flags ebpf.MapUpdateFlags)
 	}
 	for i := range keys {
 		if err := m.m.Update(&keys[i], &values[i], flags); err != nil {
-			return i, fmt.Errorf("batch update %s (per element): %w", m.m, err)
+			return i, fmt.Errorf("map %s: %w", m.m, err)
 		}
 	}
 	return len(keys), nil
@@ -181,7 +191,7 @@ func (m *Map[K, V]) BatchDelete(keys []K) (int, error) {
 		n, err := m.m.BatchDelete(keys, nil)
 		if !errors.Is(err, ebpf.ErrNotSupported) {
 			if err != nil {
-				return n, fmt.Errorf("batch delete from %s: %w", m.m, err)
+				return n, fmt.Errorf("map %s: %w", m.m, err)
 			}
 			return n, nil
 		}
@@ -189,75 +199,8 @@ func (m *Map[K, V]) BatchDelete(keys []K) (int, error) {
 	}
 	for i := range keys {
 		if err := m.m.Delete(&keys[i]); err != nil {
-			return i, fmt.Errorf("batch delete from %s (per element): %w", m.m, err)
+			return i, fmt.Errorf("map %s: %w", m.m, err)
 		}
 	}
 	return len(keys), nil
-}
-
-// PerCPUMap is a typed view of a per-CPU map: V is one CPU's value and
-// lookups return one V per possible CPU.
-type PerCPUMap[K, V any] struct {
-	m *ebpf.Map
-}
-
-// NewPerCPU returns a typed view of the per-CPU map m.
-func NewPerCPU[K, V any](m *ebpf.Map) (*PerCPUMap[K, V], error) {
-	if m == nil {
-		return nil, errors.New("new per-CPU map: nil map")
-	}
-	if !isPerCPU(m.Type()) {
-		return nil, fmt.Errorf("new per-CPU map: %s is not a per-CPU map, use New", m.Type())
-	}
-	if err := checkSizes[K, V](m); err != nil {
-		return nil, fmt.Errorf("new per-CPU map: %w", err)
-	}
-	return &PerCPUMap[K, V]{m: m}, nil
-}
-
-// EBPF returns the underlying map.
-func (m *PerCPUMap[K, V]) EBPF() *ebpf.Map { return m.m }
-
-// Lookup returns the values of every possible CPU stored under key.
-func (m *PerCPUMap[K, V]) Lookup(key K) ([]V, error) {
-	var values []V
-	if err := m.m.Lookup(&key, &values); err != nil {
-		return nil, fmt.Errorf("lookup in %s: %w", m.m, err)
-	}
-	return values, nil
-}
-
-// Update stores values, one per possible CPU, under key.
-func (m *PerCPUMap[K, V]) Update(key K, values []V, flags ebpf.MapUpdateFlags) error {
-	if err := m.m.Update(&key, values, flags); err != nil {
-		return fmt.Errorf("update %s: %w", m.m, err)
-	}
-	return nil
-}
-
-// Delete removes key.
-func (m *PerCPUMap[K, V]) Delete(key K) error {
-	if err := m.m.Delete(&key); err != nil {
-		return fmt.Errorf("delete from %s: %w", m.m, err)
-	}
-	return nil
-}
-
-// All iterates over the map entry by entry (BPF_MAP_GET_NEXT_KEY),
-// yielding every CPU's values. Errors are reported as by Map.All.
-func (m *PerCPUMap[K, V]) All(errOut *error) iter.Seq2[K, []V] {
-	return func(yield func(K, []V) bool) {
-		var key K
-		var values []V
-		entries := m.m.Iterate()
-		for entries.Next(&key, &values) {
-			if !yield(key, values) {
-				return
-			}
-			values = nil
-		}
-		if err := entries.Err(); err != nil && errOut != nil {
-			*errOut = fmt.Errorf("iterate %s: %w", m.m, err)
-		}
-	}
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 )
 
 // maxMapNameLen is the longest map name the kernel keeps (BPF_OBJ_NAME_LEN
@@ -20,6 +21,10 @@ const maxMapNameLen = 15
 // it exists, a migration has started and not finished.
 const oldSuffix = "_old"
 
+// drainingSuffix marks the pin of a map that a live resize is draining
+// into the map pinned under the live name (see WithLiveResize).
+const drainingSuffix = "_draining"
+
 // Params describe a pinned map: its layout, its format version and where
 // it is pinned.
 type Params struct {
@@ -29,12 +34,19 @@ type Params struct {
 	Name string
 	// Type is the map type, e.g. ebpf.Hash or ebpf.LPMTrie.
 	Type ebpf.MapType
-	// KeySize and ValueSize are in bytes.
+	// KeySize and ValueSize are in bytes; for per-CPU maps ValueSize is
+	// one CPU's value.
 	KeySize, ValueSize uint32
 	// MaxEntries is the map's capacity.
 	MaxEntries uint32
 	// Flags are BPF_F_* map flags; LPM tries need unix.BPF_F_NO_PREALLOC.
 	Flags uint32
+	// Key and Value, when set, are the BTF types of the key and value.
+	// Maps OpenOrCreate creates carry them, so that bpftool and other
+	// debugging tools can print entries; a kernel that refuses BTF for
+	// the map type gets the map without it. They are not compared with a
+	// pinned map: a map pinned without BTF is reused as it is.
+	Key, Value btf.Type
 	// Version is the format version of keys and values, from 1. Bump it
 	// whenever the meaning or layout of an entry changes, and register an
 	// Upgrade from the previous version.
@@ -43,7 +55,8 @@ type Params struct {
 	PinDir string
 }
 
-// ParamsFromSpec takes the layout of a map from a collection's MapSpec.
+// ParamsFromSpec takes the layout of a map, BTF included, from a
+// collection's MapSpec.
 func ParamsFromSpec(spec *ebpf.MapSpec, version uint32, pinDir string) Params {
 	return Params{
 		Name:       spec.Name,
@@ -52,6 +65,8 @@ func ParamsFromSpec(spec *ebpf.MapSpec, version uint32, pinDir string) Params {
 		ValueSize:  spec.ValueSize,
 		MaxEntries: spec.MaxEntries,
 		Flags:      spec.Flags,
+		Key:        spec.Key,
+		Value:      spec.Value,
 		Version:    version,
 		PinDir:     pinDir,
 	}
@@ -65,6 +80,11 @@ func (p Params) versionedName(v uint32) string {
 // PinPath is where the map of p's version is pinned.
 func (p Params) PinPath() string {
 	return filepath.Join(p.PinDir, p.versionedName(p.Version))
+}
+
+// pinPathOf is where the map of version v is pinned.
+func (p Params) pinPathOf(v uint32) string {
+	return filepath.Join(p.PinDir, p.versionedName(v))
 }
 
 func (p Params) validate() error {
@@ -97,29 +117,30 @@ func (p Params) spec() *ebpf.MapSpec {
 		ValueSize:  p.ValueSize,
 		MaxEntries: p.MaxEntries,
 		Flags:      p.Flags,
+		Key:        p.Key,
+		Value:      p.Value,
 	}
 }
 
-// compatible reports whether m can serve as the map p describes.
+// compatible reports whether m can serve as the map p describes. BTF is
+// not compared.
 func (p Params) compatible(m *ebpf.Map) bool {
 	return m.Type() == p.Type && m.KeySize() == p.KeySize && m.ValueSize() == p.ValueSize &&
 		m.MaxEntries() == p.MaxEntries && m.Flags() == p.Flags
 }
 
-// Upgrade turns one entry of version N into version N+1. key and value are
-// the old entry's bytes; it returns the new entry's bytes, or keep=false to
-// drop the entry. Only the last step's output must match the new Params'
-// sizes; intermediate versions may have any size.
-type Upgrade func(key, value []byte) (newKey, newValue []byte, keep bool, err error)
-
 // Option configures OpenOrCreate.
 type Option func(*openConfig)
 
 type openConfig struct {
-	upgrades map[uint32]Upgrade
-	// failAfter, when positive, makes the copy fail after that many
-	// entries: tests use it to interrupt a migration.
+	upgrades   map[uint32]Upgrade
+	liveResize bool
+
+	// Failure injection for tests, standing in for a crash: failAfter,
+	// when positive, makes a migration's copy fail after that many
+	// entries; crashAt stops a live resize at that step.
 	failAfter int
+	crashAt   crashPoint
 }
 
 // WithUpgrade registers the step from version from to from+1.
@@ -132,12 +153,50 @@ func WithUpgrade(from uint32, step Upgrade) Option {
 	}
 }
 
-// errInjected is the failure withFailAfter injects.
-var errInjected = errors.New("injected migration failure")
+// WithLiveResize makes OpenOrCreate resize a map the datapath writes
+// while traffic flows, instead of copying it before pinning: when the
+// pinned map has p's version but another capacity, type or flags, the
+// pinned map is repinned as <name>_v<N>_draining, a new empty map is
+// pinned under the live name, and OpenOrCreate returns the new map with
+// the old one in OpenReport.Draining (Action Resized). The caller attaches
+// programs that write into the new map and look the old one up on a miss,
+// moves the entries with Drain, and ends the resize with FinishDrain. A
+// drain left pinned by a crash is returned again (Recovered), so the
+// caller resumes it. The package documentation ("Live resize") gives the
+// whole protocol.
+//
+// A version change still migrates by copying: programs of the new
+// version cannot read the old layout. So do arrays, where no lookup
+// misses, and maps whose drain Drain refuses (see Drain).
+func WithLiveResize() Option {
+	return func(c *openConfig) { c.liveResize = true }
+}
 
-// withFailAfter interrupts the copy after n entries, as a crash would.
+// errInjected is the failure withFailAfter and withCrashAt inject.
+var errInjected = errors.New("injected failure")
+
+// withFailAfter interrupts a migration's copy after n entries, as a crash
+// would.
 func withFailAfter(n int) Option {
 	return func(c *openConfig) { c.failAfter = n }
+}
+
+// crashPoint is a step of a live resize after which withCrashAt stops
+// OpenOrCreate, leaving the pins as a crash there would.
+type crashPoint int
+
+const (
+	noCrash crashPoint = iota
+	// crashAfterDrainRepin: the old map is pinned as _draining, nothing
+	// under the live name.
+	crashAfterDrainRepin
+	// crashAfterDrainPin: the new map is pinned under the live name too.
+	crashAfterDrainPin
+)
+
+// withCrashAt stops a live resize after step at, as a crash would.
+func withCrashAt(at crashPoint) Option {
+	return func(c *openConfig) { c.crashAt = at }
 }
 
 // OpenAction says what OpenOrCreate did.
@@ -152,6 +211,10 @@ const (
 	// Migrated: the entries of an earlier map (another version or size)
 	// were copied into a new map.
 	Migrated
+	// Resized: a live resize is under way (WithLiveResize). The returned
+	// map has the new capacity; OpenReport.Draining holds the entries
+	// still to move.
+	Resized
 )
 
 // String names the action.
@@ -163,6 +226,8 @@ func (a OpenAction) String() string {
 		return "reused"
 	case Migrated:
 		return "migrated"
+	case Resized:
+		return "resized"
 	}
 	return "OpenAction(" + strconv.Itoa(int(a)) + ")"
 }
@@ -172,32 +237,48 @@ type OpenReport struct {
 	Action OpenAction
 	// FromVersion is the version migrated from (Migrated only).
 	FromVersion uint32
-	// Copied is how many entries the new map received, Dropped how many
-	// an upgrade step discarded (Migrated only).
+	// Copied is how many entries OpenOrCreate wrote into the returned
+	// map (Migrated, or Reused after finishing a drain a crash left).
+	// Dropped is how many a migration left out: entries an upgrade step
+	// discarded and, when an array shrinks, every index past its new
+	// capacity.
 	Copied, Dropped int
+	// Draining is the map a live resize moves entries out of (Resized
+	// only): the caller drains it into the returned map, calls
+	// FinishDrain and closes it.
+	Draining *ebpf.Map
 	// Recovered is set when OpenOrCreate found an interrupted migration
-	// and completed it.
+	// or live resize and completed or resumed it.
 	Recovered bool
 }
 
 // OpenOrCreate returns the map p describes, pinned at p.PinPath().
 //
-// A compatible pinned map (same type, sizes, max entries and flags) is
-// reused. A pinned map of the same version with another capacity, flags or
-// type, or a map of an earlier version, is migrated: every entry is copied
-// into a new map, through each registered Upgrade step from its version to
-// p.Version. The old map is first repinned as <name>_v<N>_old; the new map
-// is pinned only once it holds every entry, and the old pin is removed
-// last. A migration interrupted at any point therefore leaves the _old pin
-// behind, and the next OpenOrCreate copies from it again into a fresh map,
-// so no entry is lost or duplicated.
+// A compatible pinned map (same type, sizes, max entries and flags; BTF
+// is not compared) is reused. A pinned map of the same version with
+// another capacity, flags or type, or a map of an earlier version, is
+// migrated: every entry is copied into a new map, through each registered
+// Upgrade step from its version to p.Version. The old map is first
+// repinned as <name>_v<N>_old; the new map is pinned only once it holds
+// every entry, and the old pin is removed last. A migration interrupted
+// at any point therefore leaves the _old pin behind, and the next
+// OpenOrCreate copies from it again into a fresh map, so no entry is lost
+// or duplicated.
+//
+// Per-CPU maps migrate too, each entry with the values of every CPU (see
+// Upgrade for how steps apply to them); a map cannot migrate between
+// per-CPU and shared values. Arrays (Array, PerCPUArray) hold every index
+// below their capacity, and all of them are copied: a larger array has
+// zero values past the old indices, and a smaller one drops the indices
+// past its capacity and counts them in OpenReport.Dropped.
 //
 // Entries the datapath writes into the old map while the copy runs may be
-// missed; callers migrate before attaching programs to the new map. One
-// process at a time may open a given map: OpenOrCreate takes no lock.
-// PinDir is created if missing; it must be on a bpffs.
-// Migration copies key and value bytes and so does not support per-CPU
-// maps.
+// missed; callers migrate before attaching programs to the new map, or
+// resize maps the datapath writes with WithLiveResize. A live resize a
+// crash left pinned is resumed (with the option) or finished here
+// (without it); see WithLiveResize. One process at a time may open a
+// given map: OpenOrCreate takes no lock. PinDir is created if missing; it
+// must be on a bpffs.
 func OpenOrCreate(p Params, opts ...Option) (*ebpf.Map, OpenReport, error) {
 	var cfg openConfig
 	for _, opt := range opts {
@@ -221,8 +302,28 @@ func openOrCreate(p Params, cfg *openConfig) (*ebpf.Map, OpenReport, error) {
 	if err != nil {
 		return nil, OpenReport{}, err
 	}
-	target := p.PinPath()
+	// A drain a crash left behind is settled first: it is returned to be
+	// resumed, or finished here before anything else moves.
+	var settled *settledDrain
+	if len(pinned.draining) > 0 {
+		var m *ebpf.Map
+		var report OpenReport
+		m, report, settled, err = resumeDrain(p, cfg, &pinned)
+		if m != nil || err != nil {
+			return m, report, err
+		}
+	}
+	m, report, err := openPinned(p, cfg, pinned, settled)
+	if settled != nil {
+		report.Recovered = true
+	}
+	return m, report, err
+}
 
+// openPinned opens, creates or migrates the map once no drain is pending.
+// settled, when set, is the drain openOrCreate just finished.
+func openPinned(p Params, cfg *openConfig, pinned pins, settled *settledDrain) (*ebpf.Map, OpenReport, error) {
+	target := p.PinPath()
 	if len(pinned.old) > 1 {
 		return nil, OpenReport{}, fmt.Errorf("several interrupted migrations pinned: %v", pinned.old)
 	}
@@ -247,12 +348,19 @@ func openOrCreate(p Params, cfg *openConfig) (*ebpf.Map, OpenReport, error) {
 			return nil, OpenReport{}, fmt.Errorf("load pinned map: %w", err)
 		}
 		if p.compatible(m) {
-			return m, OpenReport{Action: Reused}, nil
+			report := OpenReport{Action: Reused}
+			if settled != nil && settled.version == p.Version {
+				report.Copied = settled.moved
+			}
+			return m, report, nil
 		}
 		if m.KeySize() != p.KeySize || m.ValueSize() != p.ValueSize {
 			m.Close()
 			return nil, OpenReport{}, fmt.Errorf("pinned map has key/value size %d/%d, want %d/%d at the same version: bump Version",
 				m.KeySize(), m.ValueSize(), p.KeySize, p.ValueSize)
+		}
+		if cfg.liveResize && drainable(m.Type(), p.Type) {
+			return startDrain(p, cfg, m)
 		}
 		m.Close()
 		return startMigration(p, cfg, p.Version)
@@ -275,14 +383,16 @@ func openOrCreate(p Params, cfg *openConfig) (*ebpf.Map, OpenReport, error) {
 	}
 }
 
-type oldPin struct {
+// suffixPin is a pin with a suffix: <name>_v<N>_old or _draining.
+type suffixPin struct {
 	path    string
 	version uint32
 }
 
 type pins struct {
-	live []uint32 // versions pinned as <name>_v<N>
-	old  []oldPin // <name>_v<N>_old: migrations in progress
+	live     []uint32    // versions pinned as <name>_v<N>
+	old      []suffixPin // <name>_v<N>_old: migrations in progress
+	draining []suffixPin // <name>_v<N>_draining: live resizes in progress
 }
 
 // findPins lists the pins in p.PinDir that belong to p.Name.
@@ -299,13 +409,21 @@ func findPins(p Params) (pins, error) {
 			continue
 		}
 		digits, isOld := strings.CutSuffix(rest, oldSuffix)
+		isDraining := false
+		if !isOld {
+			digits, isDraining = strings.CutSuffix(rest, drainingSuffix)
+		}
 		version, err := strconv.ParseUint(digits, 10, 32)
 		if err != nil || version == 0 || strconv.FormatUint(version, 10) != digits {
 			continue // another map whose name merely starts alike
 		}
-		if isOld {
-			found.old = append(found.old, oldPin{filepath.Join(p.PinDir, entry.Name()), uint32(version)})
-		} else {
+		pin := suffixPin{filepath.Join(p.PinDir, entry.Name()), uint32(version)}
+		switch {
+		case isOld:
+			found.old = append(found.old, pin)
+		case isDraining:
+			found.draining = append(found.draining, pin)
+		default:
 			found.live = append(found.live, uint32(version))
 		}
 	}
@@ -315,120 +433,11 @@ func findPins(p Params) (pins, error) {
 func create(p Params) (*ebpf.Map, OpenReport, error) {
 	m, err := ebpf.NewMap(p.spec())
 	if err != nil {
-		return nil, OpenReport{}, fmt.Errorf("create map: %w", err)
+		return nil, OpenReport{}, err // "creating map: ..."
 	}
 	if err := m.Pin(p.PinPath()); err != nil {
 		m.Close()
 		return nil, OpenReport{}, fmt.Errorf("pin map: %w", err)
 	}
 	return m, OpenReport{Action: Created}, nil
-}
-
-// startMigration repins version from as _old, then migrates from it.
-func startMigration(p Params, cfg *openConfig, from uint32) (*ebpf.Map, OpenReport, error) {
-	livePath := filepath.Join(p.PinDir, p.versionedName(from))
-	oldPath := livePath + oldSuffix
-	old, err := ebpf.LoadPinnedMap(livePath, nil)
-	if err != nil {
-		return nil, OpenReport{}, fmt.Errorf("load version %d: %w", from, err)
-	}
-	// Refuse before repinning, so that a misconfiguration leaves the
-	// pinned map where the datapath finds it.
-	if err := checkMigration(p, cfg, from, old); err != nil {
-		old.Close()
-		return nil, OpenReport{}, err
-	}
-	// Pin renames an already pinned map, atomically on the same bpffs.
-	err = old.Pin(oldPath)
-	old.Close()
-	if err != nil {
-		return nil, OpenReport{}, fmt.Errorf("repin version %d for migration: %w", from, err)
-	}
-	report, m, err := migrate(p, cfg, oldPath, from)
-	return m, report, err
-}
-
-// migrate copies the map pinned at oldPath (of version from) into a new
-// map, pins the new map and removes oldPath.
-func migrate(p Params, cfg *openConfig, oldPath string, from uint32) (OpenReport, *ebpf.Map, error) {
-	report := OpenReport{Action: Migrated, FromVersion: from}
-	old, err := ebpf.LoadPinnedMap(oldPath, nil)
-	if err != nil {
-		return report, nil, fmt.Errorf("load map being migrated: %w", err)
-	}
-	defer old.Close()
-	if err := checkMigration(p, cfg, from, old); err != nil {
-		return report, nil, err
-	}
-
-	fresh, err := ebpf.NewMap(p.spec())
-	if err != nil {
-		return report, nil, fmt.Errorf("create map: %w", err)
-	}
-	if err := copyEntries(old, fresh, from, p, cfg, &report); err != nil {
-		fresh.Close()
-		return report, nil, fmt.Errorf("migrate from version %d: %w", from, err)
-	}
-	if err := fresh.Pin(p.PinPath()); err != nil {
-		fresh.Close()
-		return report, nil, fmt.Errorf("pin migrated map: %w", err)
-	}
-	if err := old.Unpin(); err != nil {
-		fresh.Close()
-		return report, nil, fmt.Errorf("unpin migrated map: %w", err)
-	}
-	return report, fresh, nil
-}
-
-// checkMigration reports whether old, of version from, can be migrated to
-// p with the registered upgrades.
-func checkMigration(p Params, cfg *openConfig, from uint32, old *ebpf.Map) error {
-	if from > p.Version {
-		return fmt.Errorf("migration from version %d to older %d", from, p.Version)
-	}
-	for v := from; v < p.Version; v++ {
-		if cfg.upgrades[v] == nil {
-			return fmt.Errorf("no upgrade registered from version %d to %d", v, v+1)
-		}
-	}
-	if isPerCPU(old.Type()) || isPerCPU(p.Type) {
-		return fmt.Errorf("migrating per-CPU map %s is not supported", old)
-	}
-	return nil
-}
-
-// copyEntries runs every entry of src through the upgrade steps and
-// stores it in dst.
-func copyEntries(src, dst *ebpf.Map, from uint32, p Params, cfg *openConfig, report *OpenReport) error {
-	var key, value []byte
-	entries := src.Iterate()
-	for entries.Next(&key, &value) {
-		if cfg.failAfter > 0 && report.Copied >= cfg.failAfter {
-			return errInjected
-		}
-		newKey, newValue, keep := key, value, true
-		for v := from; v < p.Version && keep; v++ {
-			var err error
-			newKey, newValue, keep, err = cfg.upgrades[v](newKey, newValue)
-			if err != nil {
-				return fmt.Errorf("upgrade entry from version %d: %w", v, err)
-			}
-		}
-		if !keep {
-			report.Dropped++
-			continue
-		}
-		if len(newKey) != int(p.KeySize) || len(newValue) != int(p.ValueSize) {
-			return fmt.Errorf("upgraded entry has key/value size %d/%d, want %d/%d",
-				len(newKey), len(newValue), p.KeySize, p.ValueSize)
-		}
-		if err := dst.Update(newKey, newValue, ebpf.UpdateNoExist); err != nil {
-			return fmt.Errorf("copy entry: %w", err)
-		}
-		report.Copied++
-	}
-	if err := entries.Err(); err != nil {
-		return fmt.Errorf("iterate: %w", err)
-	}
-	return nil
 }

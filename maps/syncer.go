@@ -35,6 +35,10 @@ type Syncer[K, V comparable] struct {
 	keys, deletes, changedKeys, writeKeys []K
 	values, changedValues, writeValues    []V
 	present                               map[K]struct{}
+
+	// beforeDeletes, set by tests, runs between Apply's writes and its
+	// deletes when it writes first.
+	beforeDeletes func()
 }
 
 // NewSyncer returns a Syncer that programs m.
@@ -43,10 +47,14 @@ func NewSyncer[K, V comparable](m *Map[K, V]) *Syncer[K, V] {
 }
 
 // Apply makes the kernel map hold exactly desired. It reads the map (batch
-// lookup, or iteration where the kernel lacks it), deletes the entries
-// not desired, then writes the entries missing or different (batch
-// commands, or per element). Deleting first keeps a full map from
-// refusing the new entries.
+// lookup, or iteration where the kernel lacks it), writes the entries
+// missing or different (batch commands, or per element), then deletes the
+// entries not desired. Writing first is make-before-break: an entry that
+// moves to another key (a route whose prefix changes, say) exists under
+// the new key before it goes from the old, and a changed value replaces
+// the old one in a single update, so the datapath never misses an entry
+// that is desired before and after. Only when the map has no room for the
+// new entries beside the old ones does Apply delete first.
 //
 // Apply expects to be the map's only writer while it runs. A concurrent
 // writer can make the read miss or repeat entries; the map is then put
@@ -60,7 +68,7 @@ func (s *Syncer[K, V]) Apply(desired map[K]V) (SyncStats, error) {
 	var err error
 	s.keys, s.values, err = s.m.dumpInto(s.keys[:0], s.values[:0])
 	if err != nil {
-		return stats, fmt.Errorf("sync: read kernel map: %w", err)
+		return stats, fmt.Errorf("sync: %w", err)
 	}
 
 	// One pass over the kernel's entries finds deletes, changes and
@@ -104,16 +112,35 @@ func (s *Syncer[K, V]) Apply(desired map[K]V) (SyncStats, error) {
 	s.writeKeys = append(s.writeKeys, s.changedKeys...)
 	s.writeValues = append(s.writeValues, s.changedValues...)
 
-	n, err := s.m.BatchDelete(s.deletes)
-	stats.Deleted = n
-	if err != nil {
-		return stats, fmt.Errorf("sync: %w", err)
+	deleteFirst := len(s.keys)+added > int(s.m.m.MaxEntries())
+	if deleteFirst {
+		if err := s.delete(&stats); err != nil {
+			return stats, err
+		}
 	}
-	n, err = s.m.BatchUpdate(s.writeKeys, s.writeValues, ebpf.UpdateAny)
+	n, err := s.m.BatchUpdate(s.writeKeys, s.writeValues, ebpf.UpdateAny)
 	stats.Added = min(n, added)
 	stats.Changed = n - stats.Added
 	if err != nil {
 		return stats, fmt.Errorf("sync: %w", err)
 	}
+	if !deleteFirst {
+		if s.beforeDeletes != nil {
+			s.beforeDeletes()
+		}
+		if err := s.delete(&stats); err != nil {
+			return stats, err
+		}
+	}
 	return stats, nil
+}
+
+// delete removes the entries Apply found undesired.
+func (s *Syncer[K, V]) delete(stats *SyncStats) error {
+	n, err := s.m.BatchDelete(s.deletes)
+	stats.Deleted = n
+	if err != nil {
+		return fmt.Errorf("sync: %w", err)
+	}
+	return nil
 }

@@ -175,3 +175,62 @@ func flowEntries(t *testing.T, n int) map[flowKey]flowValue {
 	}
 	return out
 }
+
+// TestSyncerWritesBeforeDeleting: with room for old and new entries side
+// by side, Apply writes every desired entry before it deletes any stale
+// one, so an entry that moves to another key is never absent under both;
+// a map without that room deletes first and still ends right.
+func TestSyncerWritesBeforeDeleting(t *testing.T) {
+	for _, tt := range []struct {
+		name       string
+		maxEntries uint32
+		writeFirst bool
+	}{{"room for both", 20, true}, {"full map", 10, false}} {
+		t.Run(tt.name, func(t *testing.T) {
+			m := newFlowHash(t, tt.maxEntries)
+			s := NewSyncer(m)
+			all := flowEntries(t, 20)
+			first, second := map[flowKey]flowValue{}, map[flowKey]flowValue{}
+			i := 0
+			for k, v := range all {
+				if i < 10 {
+					first[k] = v
+				} else {
+					second[k] = v
+				}
+				i++
+			}
+			if _, err := s.Apply(first); err != nil {
+				t.Fatal(err)
+			}
+			ran := false
+			s.beforeDeletes = func() {
+				ran = true
+				keys, _, err := m.Dump()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(keys) != 20 {
+					t.Errorf("before the deletes the map holds %d entries, want the old 10 and the new 10", len(keys))
+				}
+			}
+			stats, err := s.Apply(second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ran != tt.writeFirst {
+				t.Errorf("wrote first: %v, want %v", ran, tt.writeFirst)
+			}
+			if diff := cmp.Diff(SyncStats{Added: 10, Deleted: 10}, stats); diff != "" {
+				t.Errorf("stats (-want +got):\n%s", diff)
+			}
+			keys, _, err := m.Dump()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(keys) != 10 {
+				t.Errorf("map holds %d entries, want 10", len(keys))
+			}
+		})
+	}
+}
