@@ -5,21 +5,15 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"sync/atomic"
 	"testing"
 
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
+	"github.com/sluicenet/sluice/internal/topo"
 )
 
 // NetNS is a named network namespace created for one test.
 type NetNS struct {
-	// Name is the namespace's name under /run/netns.
-	Name string
-	// Handle is a netlink handle bound to the namespace.
-	Handle *netlink.Handle
-	ns     netns.NsHandle
+	*topo.NS
 }
 
 var nsCounter atomic.Uint32
@@ -29,89 +23,33 @@ var nsCounter atomic.Uint32
 func NewNetNS(tb testing.TB) *NetNS {
 	tb.Helper()
 	RequirePrivileged(tb)
-	name := fmt.Sprintf("sl-%d-%d", os.Getpid(), nsCounter.Add(1))
-
-	var (
-		ns  netns.NsHandle
-		err error
-	)
-	// netns.NewNamed moves the calling thread into the new namespace, so it
-	// runs on a locked thread that is moved back before being released.
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		orig, gerr := netns.Get()
-		if gerr != nil {
-			err = gerr
-			return
-		}
-		defer orig.Close()
-		ns, err = netns.NewNamed(name)
-		if serr := netns.Set(orig); serr != nil && err == nil {
-			err = serr
-		}
-	}()
-	<-done
+	ns, err := topo.NewNS(fmt.Sprintf("sl-%d-%d", os.Getpid(), nsCounter.Add(1)))
 	if err != nil {
-		tb.Fatalf("create netns %s: %v", name, err)
+		tb.Fatal(err)
 	}
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		ns.Close()
-		netns.DeleteNamed(name)
-		tb.Fatalf("netlink handle in %s: %v", name, err)
-	}
-	n := &NetNS{Name: name, Handle: h, ns: ns}
 	tb.Cleanup(func() {
-		h.Close()
-		ns.Close()
-		if err := netns.DeleteNamed(name); err != nil {
-			tb.Errorf("delete netns %s: %v", name, err)
+		if err := ns.Close(); err != nil {
+			tb.Error(err)
 		}
 	})
-	lo, err := h.LinkByName("lo")
-	if err != nil {
-		tb.Fatalf("lo in %s: %v", name, err)
-	}
-	if err := h.LinkSetUp(lo); err != nil {
-		tb.Fatalf("lo up in %s: %v", name, err)
-	}
-	return n
+	return &NetNS{ns}
 }
 
-// Do runs fn on an OS thread inside the namespace and returns its error.
-// Sockets opened by fn stay in the namespace after Do returns, so a server
-// can be started with Do and served from any goroutine.
-func (n *NetNS) Do(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("get current netns: %w", err)
-			return
+// NewNode creates a node namespace for workloads (topo.NewNode) under a
+// name unique to the test, and deletes all it made in tb.Cleanup.
+func NewNode(tb testing.TB) *topo.Node {
+	tb.Helper()
+	RequirePrivileged(tb)
+	n, err := topo.NewNode(fmt.Sprintf("sl%d-%d-", os.Getpid()%100000, nsCounter.Add(1)))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		if err := n.Close(); err != nil {
+			tb.Error(err)
 		}
-		defer orig.Close()
-		if err := netns.Set(n.ns); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter netns %s: %w", n.Name, err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			// Leave the thread locked: the runtime discards a locked thread
-			// when its goroutine exits, so it never runs other code in the
-			// wrong namespace.
-			errc <- fmt.Errorf("leave netns %s: %w", n.Name, err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
+	})
+	return n
 }
 
 // Listen opens a listener inside the namespace (network "tcp", "tcp4", ...)
@@ -153,59 +91,33 @@ type Veth struct {
 // namespace outlives the test.
 func ConnectVeth(tb testing.TB, a *NetNS, nameA string, addrA netip.Prefix, b *NetNS, nameB string, addrB netip.Prefix) (*Veth, *Veth) {
 	tb.Helper()
-	la := &netlink.Veth{
-		LinkAttrs:     netlink.LinkAttrs{Name: nameA},
-		PeerName:      nameB,
-		PeerNamespace: netlink.NsFd(int(b.ns)),
+	if err := a.NS.Veth(nameA, b.NS, nameB); err != nil {
+		tb.Fatal(err)
 	}
-	if err := a.Handle.LinkAdd(la); err != nil {
-		tb.Fatalf("add veth %s/%s: %v", nameA, nameB, err)
-	}
-	tb.Cleanup(func() {
-		if l, err := a.Handle.LinkByName(nameA); err == nil {
-			a.Handle.LinkDel(l)
-		}
-	})
-	ea := setupEnd(tb, a, nameA, addrA)
-	eb := setupEnd(tb, b, nameB, addrB)
-	return ea, eb
+	tb.Cleanup(func() { a.DeleteLink(nameA) })
+	return setupEnd(tb, a, nameA, addrA), setupEnd(tb, b, nameB, addrB)
 }
 
 func setupEnd(tb testing.TB, n *NetNS, name string, addr netip.Prefix) *Veth {
 	tb.Helper()
-	l, err := n.Handle.LinkByName(name)
-	if err != nil {
-		tb.Fatalf("find %s in %s: %v", name, n.Name, err)
-	}
 	if addr.IsValid() {
-		ipn := &net.IPNet{IP: addr.Addr().AsSlice(), Mask: net.CIDRMask(addr.Bits(), addr.Addr().BitLen())}
-		if err := n.Handle.AddrAdd(l, &netlink.Addr{IPNet: ipn}); err != nil {
-			tb.Fatalf("address %s on %s: %v", addr, name, err)
+		if err := n.AddrAdd(name, addr); err != nil {
+			tb.Fatal(err)
 		}
 	}
-	if err := n.Handle.LinkSetUp(l); err != nil {
-		tb.Fatalf("set %s up: %v", name, err)
+	attrs, err := n.LinkUp(name)
+	if err != nil {
+		tb.Fatal(err)
 	}
-	return &Veth{NS: n, Name: name, Index: l.Attrs().Index, Addr: addr, HWAddr: l.Attrs().HardwareAddr}
+	return &Veth{NS: n, Name: name, Index: attrs.Index, Addr: addr, HWAddr: attrs.HardwareAddr}
 }
 
 // AddRoute adds a route to dst in the namespace, through gw if it is valid,
 // otherwise directly out of dev.
 func (n *NetNS) AddRoute(tb testing.TB, dst netip.Prefix, gw netip.Addr, dev string) {
 	tb.Helper()
-	l, err := n.Handle.LinkByName(dev)
-	if err != nil {
-		tb.Fatalf("find %s in %s: %v", dev, n.Name, err)
-	}
-	r := &netlink.Route{
-		LinkIndex: l.Attrs().Index,
-		Dst:       &net.IPNet{IP: dst.Addr().AsSlice(), Mask: net.CIDRMask(dst.Bits(), dst.Addr().BitLen())},
-	}
-	if gw.IsValid() {
-		r.Gw = gw.AsSlice()
-	}
-	if err := n.Handle.RouteAdd(r); err != nil {
-		tb.Fatalf("route %s via %s dev %s in %s: %v", dst, gw, dev, n.Name, err)
+	if err := n.RouteAdd(dst, gw, dev, false); err != nil {
+		tb.Fatal(err)
 	}
 }
 
@@ -214,10 +126,7 @@ func (n *NetNS) AddRoute(tb testing.TB, dst netip.Prefix, gw netip.Addr, dev str
 // the host's are never touched.
 func (n *NetNS) Sysctl(tb testing.TB, key, value string) {
 	tb.Helper()
-	err := n.Do(func() error {
-		return os.WriteFile("/proc/sys/"+key, []byte(value), 0o644)
-	})
-	if err != nil {
-		tb.Fatalf("sysctl %s=%s in %s: %v", key, value, n.Name, err)
+	if err := n.NS.Sysctl(key, value); err != nil {
+		tb.Fatal(err)
 	}
 }
