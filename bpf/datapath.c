@@ -6,10 +6,13 @@
  * one per hook; everything that differs between interfaces comes from
  * sl_ifaces. A packet's path:
  *
- *   interface state -> parse -> [ICMP error: related?] -> conntrack lookup
- *     -> approved here or a reply: account, TC_ACT_OK
- *     -> otherwise: fill sl_state and sl_pending, tail-call the hook's
- *        policy in sl_policy_jumps, which ends in sl_conts:
+ *   interface state -> parse -> conntrack lookup
+ *     -> approved at this hook, or a reply: account, TC_ACT_OK
+ *     -> otherwise (sl_new_packet): routes -> reverse-path check of a
+ *        workload's source -> [ICMP error: related to a flow here?]
+ *        -> mid-flow TCP -> fill sl_state and sl_pending, tail-call this
+ *        generation's policy slot in sl_policy_jumps, which ends in
+ *        sl_conts:
  *          sl_tc_allow: create or update the entry, TC_ACT_OK
  *          sl_tc_deny:  TC_ACT_SHOT
  *
@@ -23,24 +26,47 @@
 #include "sluice/iface.h"
 #include "sluice/counters.h"
 #include "sluice/pending.h"
+#include "sluice/routes.h"
 
-/* Connection tracking. LRU so a full table evicts the coldest flow rather
- * than refusing new ones; the Go loader sizes it. */
+/* The conntrack tables by enum sl_ct_table_slot. An array of maps so the
+ * table can be replaced by a larger one while traffic flows; updating it
+ * also waits for running programs to finish (an RCU grace period), which
+ * the runtime relies on before it frees what they might still use. The
+ * inner definition is the tables' template: LRU, so a full table evicts
+ * the coldest flow rather than refusing new ones; the runtime creates the
+ * real tables, of any size, and installs them. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 1 << 16);
-	__type(key, struct sl_ct_key);
-	__type(value, struct sl_ct_value);
-} sl_ct SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 2);
+	__type(key, enum sl_ct_table_slot);
+	__array(values, struct {
+		__uint(type, BPF_MAP_TYPE_LRU_HASH);
+		__uint(max_entries, 64);
+		__type(key, struct sl_ct_key);
+		__type(value, struct sl_ct_value);
+	});
+} sl_ct_tables SEC(".maps");
 
 /* Interface settings, keyed by ifindex. Written by the agent before it
- * attaches; an interface without an entry drops everything. */
+ * attaches; an interface without an entry drops everything. Not
+ * preallocated, so that a replaced entry is freed only after the programs
+ * that may still read it have finished. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1024);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __u32);
 	__type(value, struct sl_iface);
 } sl_ifaces SEC(".maps");
+
+/* Routes: what the datapath knows of an address (routes.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1 << 16);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sl_route_key);
+	__type(value, struct sl_route);
+} sl_routes SEC(".maps");
 
 /* Verdict counters by SL_COUNTER_INDEX(slot, hook). Per-CPU, so
  * increments need no atomics. */
@@ -59,12 +85,22 @@ struct {
 	__type(value, struct sl_pending);
 } sl_pending_map SEC(".maps");
 
+/* This object's generation (struct sl_iface_policy), set by the runtime
+ * before it loads the object. 0, never a real generation, finds no
+ * policy. */
+volatile const __u32 sl_generation = 0;
+
+/* The largest ICMPv4 error that passes as related: RFC 1812 bounds an
+ * error to 576 bytes, and Linux sends no more. Anything larger carries
+ * bytes no router would quote. */
+#define SL_ICMP_ERROR_MAX_LEN 576
+
 #include "sluice/ct_ops.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
 /* sl_count adds a packet to the counters at index. An index past the
- * array (a counter_slot the loader did not size for) counts in slot 0.
+ * array (a counter slot the runtime never hands out) counts in slot 0.
  * Not inlined: it is called from every verdict site, and as a real
  * function its reason argument puts enum sl_reason into BTF for Go. */
 static __noinline int sl_count(__u32 index, enum sl_reason reason)
@@ -90,78 +126,108 @@ SL_INLINE int sl_verdict(__u32 counter_index, enum sl_reason reason)
 }
 
 /* sl_related says whether an ICMP error quotes a packet of a tracked flow
- * that the error's destination sent. The quote is an IPv4 header, options
- * included, and at least 8 bytes of its L4 header. Anything else in the
- * quote makes the error unrelated, and it goes through policy as ICMP. */
-SL_INLINE bool sl_related(struct __sk_buff *skb, const struct sl_pkt *pkt)
+ * that the error's destination sent, and may pass this hook as that flow's
+ * packets would: the error travels back towards the quoted packet's
+ * source, so it passes where the flow's opposite direction passes. The
+ * quote is an IPv4 header, options included, and at least 8 bytes of its
+ * L4 header, and no more than the quoted packet held. Anything else makes
+ * the error unrelated, and it goes through policy as ICMP. */
+SL_INLINE bool sl_related(struct __sk_buff *skb, void *live, const struct sl_pkt *pkt,
+			  enum sl_hook hook)
 {
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
 	__u32 off = pkt->l4_off;
+	__u8 inner_src[16] SL_ADDR_ALIGNED, inner_dst[16] SL_ADDR_ALIGNED;
+	struct sl_ct_value *ct;
 	struct sl_ct_key key;
+	enum sl_ct_dir dir;
+	__u16 sport = 0, dport = 0;
 	struct iphdr *in;
-	__u16 sport, dport;
 	__u8 *l4;
 	__u32 ihl;
 
+	if (pkt->ip_len > SL_ICMP_ERROR_MAX_LEN)
+		return false;
 	if (off > ETH_HLEN + 60 || pkt->l4_len < 8 + sizeof(*in) + 8)
 		return false;
 	in = data + off + 8;
 	if ((void *)(in + 1) > end || in->version != 4 || in->ihl < 5)
 		return false;
-	if (in->frag_off & bpf_htons(SL_IP_OFFSET) || in->saddr != pkt->daddr)
+	if (in->frag_off & bpf_htons(SL_IP_OFFSET))
 		return false;
 	ihl = in->ihl * 4;
 	l4 = (__u8 *)in + ihl;
 	if (l4 + 8 > (__u8 *)end || 8 + ihl + 8 > pkt->l4_len)
 		return false;
+	if (pkt->l4_len - 8 > bpf_ntohs(in->tot_len))
+		return false;
+	sl_addr_set4(inner_src, in->saddr);
+	sl_addr_set4(inner_dst, in->daddr);
+	if (!sl_addr_eq(inner_src, pkt->daddr))
+		return false;
 	if (in->protocol == IPPROTO_TCP || in->protocol == IPPROTO_UDP) {
 		sport = bpf_ntohs(*(__be16 *)l4);
 		dport = bpf_ntohs(*(__be16 *)(l4 + 2));
-	} else if (in->protocol == IPPROTO_ICMP && sl_icmp_is_echo(l4[0])) {
+	} else if (in->protocol == IPPROTO_ICMP) {
+		if (!sl_icmp_is_echo(l4[0]))
+			return false;
 		sport = bpf_ntohs(*(__be16 *)(l4 + 4));
 		dport = sport;
-	} else {
-		return false;
 	}
-	sl_ct_key_fill(&key, in->protocol, in->saddr, sport, in->daddr, dport);
-	return bpf_map_lookup_elem(&sl_ct, &key) != NULL;
+	dir = sl_ct_key_fill(&key, in->protocol, inner_src, sport, inner_dst, dport);
+	ct = sl_ct_lookup(live, &key, &dir, inner_src, sport);
+	return ct && sl_ct_passes(ct, !dir, skb->ifindex, hook);
 }
 
-/* sl_fill_state writes what policy reads. IPv4 addresses go in
- * IPv4-mapped; the pre-NAT destination is the destination until the
- * service-LB stage exists. */
-SL_INLINE void sl_fill_state(struct sl_state *st, const struct sl_pkt *pkt)
+/* sl_fill_state writes what policy reads. The pre-NAT destination is the
+ * destination until the service-LB stage exists. */
+SL_INLINE void sl_fill_state(struct sl_state *st, const struct sl_pkt *pkt, __u32 flags)
 {
 	__builtin_memset(st, 0, sizeof(*st));
-	st->src_addr[10] = 0xff;
-	st->src_addr[11] = 0xff;
-	__builtin_memcpy(&st->src_addr[12], &pkt->saddr, 4);
-	st->dst_addr[10] = 0xff;
-	st->dst_addr[11] = 0xff;
-	__builtin_memcpy(&st->dst_addr[12], &pkt->daddr, 4);
-	__builtin_memcpy(st->pre_nat_dst_addr, st->dst_addr, 16);
+	sl_addr_copy(st->src_addr, pkt->saddr);
+	sl_addr_copy(st->dst_addr, pkt->daddr);
+	sl_addr_copy(st->pre_nat_dst_addr, pkt->daddr);
 	st->src_port = pkt->sport;
 	st->dst_port = pkt->dport;
 	st->pre_nat_dst_port = pkt->dport;
 	st->ip_proto = pkt->proto;
 	st->icmp_type = pkt->icmp_type;
 	st->icmp_code = pkt->icmp_code;
+	st->flags = flags;
+}
+
+/* sl_policy_slot finds this generation's policy slot for the hook. */
+SL_INLINE bool sl_policy_slot(const struct sl_iface *iface, enum sl_hook hook, __u32 *slot)
+{
+	const struct sl_iface_policy *p = &iface->policy[0];
+
+	if (sl_generation == 0)
+		return false;
+	if (p->generation != sl_generation) {
+		p = &iface->policy[1];
+		if (p->generation != sl_generation)
+			return false;
+	}
+	*slot = hook == SL_HOOK_INGRESS ? p->ingress : p->egress;
+	return true;
 }
 
 /* sl_to_policy hands the packet to the hook's policy program. It returns
- * only when the slot is empty: fail closed. */
-SL_INLINE int sl_to_policy(struct __sk_buff *skb, __u32 slot, enum sl_hook hook,
+ * only when there is no policy to run: fail closed. */
+SL_INLINE int sl_to_policy(struct __sk_buff *skb, const struct sl_iface *iface, enum sl_hook hook,
 			   __u32 counter_index, const struct sl_pkt *pkt,
-			   const struct sl_ct_key *key, enum sl_ct_dir dir)
+			   const struct sl_ct_key *key, enum sl_ct_dir dir, __u32 state_flags)
 {
-	__u32 ifindex = skb->ifindex, zero = 0;
+	__u32 ifindex = skb->ifindex, zero = 0, slot;
 	struct sl_pending *pd = bpf_map_lookup_elem(&sl_pending_map, &zero);
 	struct sl_state *st = bpf_map_lookup_elem(&sl_state_map, &zero);
 
+	if (!sl_policy_slot(iface, hook, &slot))
+		return sl_verdict(counter_index, SL_REASON_DROPPED_NO_POLICY);
 	if (!pd || !st)
 		return sl_verdict(counter_index, SL_REASON_DROPPED_BAD_HANDOFF);
-	sl_fill_state(st, pkt);
+	sl_fill_state(st, pkt, state_flags);
 	pd->ct_key = *key;
 	pd->ifindex = ifindex;
 	pd->hook = hook;
@@ -171,6 +237,66 @@ SL_INLINE int sl_to_policy(struct __sk_buff *skb, __u32 slot, enum sl_hook hook,
 	bpf_tail_call(skb, &sl_policy_jumps, slot);
 	pd->ifindex = 0;
 	return sl_verdict(counter_index, SL_REASON_DROPPED_NO_POLICY);
+}
+
+/* sl_route_of returns the longest route to addr, or NULL. */
+SL_INLINE const struct sl_route *sl_route_of(const __u8 *addr)
+{
+	struct sl_route_key k = { .prefixlen = 32 + 128 };
+
+	k.family = sl_addr_is_v4(addr) ? SL_FAMILY_IPV4 : SL_FAMILY_IPV6;
+	sl_addr_copy(k.addr, addr);
+	return bpf_map_lookup_elem(&sl_routes, &k);
+}
+
+/* sl_rpf_ok is the reverse-path check of a workload interface: the
+ * packet's source must be a local workload routed to the interface it
+ * came from. Packets conntrack passes skip it: they arrived at the
+ * interface their leg was approved on, which passed this check. */
+SL_INLINE bool sl_rpf_ok(const struct sl_route *src, __u32 ifindex)
+{
+	return src && (src->flags & SL_ROUTE_LOCAL_WORKLOAD) && src->ifindex == ifindex;
+}
+
+/* sl_host_flags says which ends of a packet are this host, for the
+ * second stage of host-endpoint policy. */
+SL_INLINE __u32 sl_host_flags(const struct sl_route *src, const struct sl_route *dst)
+{
+	__u32 flags = 0;
+
+	if (src && (src->flags & SL_ROUTE_LOCAL_HOST))
+		flags |= SL_STATE_F_SRC_IS_HOST;
+	if (dst && (dst->flags & SL_ROUTE_LOCAL_HOST))
+		flags |= SL_STATE_F_DST_IS_HOST;
+	return flags;
+}
+
+/* sl_new_packet decides a packet conntrack did not pass. */
+SL_INLINE int sl_new_packet(struct __sk_buff *skb, const struct sl_iface *iface, enum sl_hook hook,
+			    __u32 counters, void *live, const struct sl_pkt *pkt,
+			    const struct sl_ct_key *key, enum sl_ct_dir dir)
+{
+	enum sl_iface_flags iflags = iface->flags;
+	bool from_workload = (iflags & SL_IFACE_WORKLOAD) && hook == SL_HOOK_INGRESS;
+	bool host = iflags & SL_IFACE_HOST;
+	const struct sl_route *src = NULL, *dst = NULL;
+
+	if (from_workload || host)
+		src = sl_route_of(pkt->saddr);
+	if (from_workload && !sl_rpf_ok(src, skb->ifindex))
+		return sl_verdict(counters, SL_REASON_DROPPED_RPF);
+	if (host)
+		dst = sl_route_of(pkt->daddr);
+
+	if (pkt->proto == IPPROTO_ICMP && sl_icmp_is_error(pkt->icmp_type) &&
+	    sl_related(skb, live, pkt, hook))
+		return sl_verdict(counters, SL_REASON_ACCEPTED_RELATED);
+	/* TCP that is neither a SYN nor part of a flow approved here started
+	 * before this hook watched it, or is forged. */
+	if (pkt->proto == IPPROTO_TCP && !(pkt->tcp_flags & SL_TCP_SYN) &&
+	    (iflags & SL_IFACE_DROP_MID_FLOW))
+		return sl_verdict(counters, SL_REASON_DROPPED_MID_FLOW);
+	return sl_to_policy(skb, iface, hook, counters, pkt, key, dir, sl_host_flags(src, dst));
 }
 
 /* sl_tc_main is the whole per-packet path of both hooks; hook is a
@@ -183,44 +309,37 @@ SL_INLINE int sl_tc_main(struct __sk_buff *skb, enum sl_hook hook)
 	struct sl_ct_value *ct;
 	struct sl_ct_key key;
 	enum sl_ct_dir dir;
-	enum sl_iface_flags iflags;
 	__u16 sport, dport;
-	__u32 slot, counters;
+	__u32 counters;
+	void *live;
 
 	struct sl_iface *iface = bpf_map_lookup_elem(&sl_ifaces, &ifindex);
 	if (!iface)
 		return sl_verdict(SL_COUNTER_INDEX(0, hook), SL_REASON_DROPPED_NO_IFACE);
-	iflags = iface->flags;
-	slot = hook == SL_HOOK_INGRESS ? iface->ingress_policy : iface->egress_policy;
 	counters = SL_COUNTER_INDEX(iface->counter_slot, hook);
-	if (!(iflags & SL_IFACE_READY))
+	if (!(iface->flags & SL_IFACE_READY))
 		return sl_verdict(counters, SL_REASON_DROPPED_NOT_READY);
 
 	sl_pull(skb);
-	if (sl_parse_eth(skb, iflags, &reason) != SL_PARSE_IPV4 ||
-	    sl_parse_ipv4(skb, iflags, &pkt, &reason) != SL_PARSE_IPV4 ||
+	if (sl_parse_eth(skb, iface->flags, &reason) != SL_PARSE_IPV4 ||
+	    sl_parse_ipv4(skb, iface->flags, &pkt, &reason) != SL_PARSE_IPV4 ||
 	    sl_parse_l4(skb, &pkt, &reason) != SL_PARSE_IPV4)
 		return sl_verdict(counters, reason);
 
-	if (pkt.proto == IPPROTO_ICMP && sl_icmp_is_error(pkt.icmp_type) && sl_related(skb, &pkt))
-		return sl_verdict(counters, SL_REASON_ACCEPTED_RELATED);
-
+	live = sl_ct_table(SL_CT_TABLE_LIVE);
+	if (!live)
+		return sl_verdict(counters, SL_REASON_DROPPED_NO_CONNTRACK);
 	sl_ct_ports(&pkt, &sport, &dport);
 	dir = sl_ct_key_fill(&key, pkt.proto, pkt.saddr, sport, pkt.daddr, dport);
-	ct = sl_ct_lookup(&key, &dir, pkt.saddr, sport);
+	ct = sl_ct_lookup(live, &key, &dir, pkt.saddr, sport);
 
 	bool syn = pkt.proto == IPPROTO_TCP && (pkt.tcp_flags & (SL_TCP_SYN | SL_TCP_ACK)) == SL_TCP_SYN;
 	if (ct && !syn && sl_ct_passes(ct, dir, ifindex, hook)) {
 		sl_ct_leg_account(ct, sl_ct_leg_of(ct, dir), sl_ct_leg_flags_of(pkt.tcp_flags),
-				  skb->len, bpf_ktime_get_coarse_ns());
+				  skb->len, bpf_ktime_get_coarse_ns(), hook);
 		return sl_verdict(counters, SL_REASON_ACCEPTED_ESTABLISHED);
 	}
-	/* TCP that is neither a SYN nor part of a flow approved here started
-	 * before this hook watched it, or is forged. */
-	if (pkt.proto == IPPROTO_TCP && !(pkt.tcp_flags & SL_TCP_SYN) &&
-	    (iflags & SL_IFACE_DROP_MID_FLOW))
-		return sl_verdict(counters, SL_REASON_DROPPED_MID_FLOW);
-	return sl_to_policy(skb, slot, hook, counters, &pkt, &key, dir);
+	return sl_new_packet(skb, iface, hook, counters, live, &pkt, &key, dir);
 }
 
 /* The programs to attach: one per TC hook. */
@@ -258,25 +377,33 @@ int sl_tc_allow(struct __sk_buff *skb)
 	struct sl_pending pd;
 	__u32 zero = 0;
 	struct sl_state *st = bpf_map_lookup_elem(&sl_state_map, &zero);
+	void *live;
 
 	if (!sl_take_pending(skb, &pd))
 		return sl_verdict(SL_COUNTER_INDEX(0, SL_HOOK_INGRESS), SL_REASON_DROPPED_BAD_HANDOFF);
 	if (!st || st->policy_rc != SL_POLICY_ALLOW)
 		return sl_verdict(pd.counter_index, SL_REASON_DROPPED_BAD_HANDOFF);
-	if (sl_ct_approve(&pd, skb->len))
-		sl_count(pd.counter_index, SL_REASON_CT_CREATE_FAILED);
+	live = sl_ct_table(SL_CT_TABLE_LIVE);
+	if (!live || sl_ct_approve(live, &pd, skb->len))
+		return sl_verdict(pd.counter_index, SL_REASON_ACCEPTED_UNTRACKED);
 	return sl_verdict(pd.counter_index, SL_REASON_ACCEPTED_BY_POLICY);
 }
 
-/* sl_tc_deny is where policy continues when it denies (sl_conts slot
- * SL_CONT_DENY). */
+/* sl_tc_deny is where policy continues when it denies, or when it could
+ * not finish (sl_conts slot SL_CONT_DENY). */
 SEC("tc")
 int sl_tc_deny(struct __sk_buff *skb)
 {
 	struct sl_pending pd;
+	__u32 zero = 0;
+	struct sl_state *st = bpf_map_lookup_elem(&sl_state_map, &zero);
 
 	if (!sl_take_pending(skb, &pd))
 		return sl_verdict(SL_COUNTER_INDEX(0, SL_HOOK_INGRESS), SL_REASON_DROPPED_BAD_HANDOFF);
+	if (st && st->policy_rc == SL_POLICY_FAILED)
+		return sl_verdict(pd.counter_index, SL_REASON_DROPPED_POLICY_FAILED);
+	if (!st || st->policy_rc != SL_POLICY_DENY)
+		return sl_verdict(pd.counter_index, SL_REASON_DROPPED_BAD_HANDOFF);
 	return sl_verdict(pd.counter_index, SL_REASON_DROPPED_BY_POLICY);
 }
 

@@ -8,189 +8,8 @@ import (
 	_ "embed"
 	"fmt"
 	"io"
-	"structs"
 
 	"github.com/cilium/ebpf"
-)
-
-type datapathSlContSlot uint32
-
-const (
-	datapathSlContSlotSL_CONT_ALLOW datapathSlContSlot = 0
-	datapathSlContSlotSL_CONT_DENY  datapathSlContSlot = 1
-)
-
-type datapathSlCtDir uint32
-
-const (
-	datapathSlCtDirSL_CT_DIR_A_TO_B datapathSlCtDir = 0
-	datapathSlCtDirSL_CT_DIR_B_TO_A datapathSlCtDir = 1
-)
-
-type datapathSlCtKey struct {
-	_     structs.HostLayout
-	AddrA uint32
-	AddrB uint32
-	PortA uint16
-	PortB uint16
-	Proto uint8
-	Pad   [3]uint8
-}
-
-type datapathSlCtLeg struct {
-	_       structs.HostLayout
-	Bytes   uint64
-	Packets uint32
-	Flags   datapathSlCtLegFlags
-	Ifindex uint32
-	Pad     uint32
-}
-
-type datapathSlCtLegFlags uint32
-
-const (
-	datapathSlCtLegFlagsSL_CT_LEG_SYN        datapathSlCtLegFlags = 1
-	datapathSlCtLegFlagsSL_CT_LEG_ACK        datapathSlCtLegFlags = 2
-	datapathSlCtLegFlagsSL_CT_LEG_FIN        datapathSlCtLegFlags = 4
-	datapathSlCtLegFlagsSL_CT_LEG_RST        datapathSlCtLegFlags = 8
-	datapathSlCtLegFlagsSL_CT_LEG_INGRESS_OK datapathSlCtLegFlags = 16
-	datapathSlCtLegFlagsSL_CT_LEG_EGRESS_OK  datapathSlCtLegFlags = 32
-)
-
-type datapathSlCtType uint32
-
-const (
-	datapathSlCtTypeSL_CT_NORMAL  datapathSlCtType = 0
-	datapathSlCtTypeSL_CT_NAT_FWD datapathSlCtType = 1
-	datapathSlCtTypeSL_CT_NAT_REV datapathSlCtType = 2
-)
-
-type datapathSlCtValue struct {
-	_        structs.HostLayout
-	Created  uint64
-	LastSeen uint64
-	Type     datapathSlCtType
-	Flags    uint32
-	A_toB    datapathSlCtLeg
-	B_toA    datapathSlCtLeg
-	NatPeer  datapathSlCtKey
-	OrigAddr uint32
-	OrigPort uint16
-	Pad1     uint16
-}
-
-type datapathSlHook uint32
-
-const (
-	datapathSlHookSL_HOOK_INGRESS datapathSlHook = 0
-	datapathSlHookSL_HOOK_EGRESS  datapathSlHook = 1
-)
-
-type datapathSlIface struct {
-	_             structs.HostLayout
-	Flags         datapathSlIfaceFlags
-	IngressPolicy uint32
-	EgressPolicy  uint32
-	CounterSlot   uint32
-}
-
-type datapathSlIfaceFlags uint32
-
-const (
-	datapathSlIfaceFlagsSL_IFACE_WORKLOAD       datapathSlIfaceFlags = 1
-	datapathSlIfaceFlagsSL_IFACE_HOST           datapathSlIfaceFlags = 2
-	datapathSlIfaceFlagsSL_IFACE_READY          datapathSlIfaceFlags = 4
-	datapathSlIfaceFlagsSL_IFACE_DROP_NON_IP    datapathSlIfaceFlags = 8
-	datapathSlIfaceFlagsSL_IFACE_PASS_IPV6      datapathSlIfaceFlags = 16
-	datapathSlIfaceFlagsSL_IFACE_DROP_MID_FLOW  datapathSlIfaceFlags = 32
-	datapathSlIfaceFlagsSL_IFACE_PASS_FRAGMENTS datapathSlIfaceFlags = 64
-)
-
-type datapathSlIpsetKey struct {
-	_         structs.HostLayout
-	Prefixlen uint32
-	SetId     [8]uint8
-	Addr      [16]uint8
-	Port      uint16
-	Proto     uint8
-	Pad       uint8
-}
-
-type datapathSlPending struct {
-	_            structs.HostLayout
-	CtKey        datapathSlCtKey
-	Ifindex      uint32
-	Hook         datapathSlHook
-	Dir          datapathSlCtDir
-	LegFlags     datapathSlCtLegFlags
-	CounterIndex uint32
-}
-
-type datapathSlPolicyRc uint32
-
-const (
-	datapathSlPolicyRcSL_POLICY_NONE   datapathSlPolicyRc = 0
-	datapathSlPolicyRcSL_POLICY_ALLOW  datapathSlPolicyRc = 1
-	datapathSlPolicyRcSL_POLICY_DENY   datapathSlPolicyRc = 2
-	datapathSlPolicyRcSL_POLICY_FAILED datapathSlPolicyRc = 3
-)
-
-type datapathSlReason uint32
-
-const (
-	datapathSlReasonSL_REASON_ACCEPTED_BY_POLICY   datapathSlReason = 0
-	datapathSlReasonSL_REASON_ACCEPTED_ESTABLISHED datapathSlReason = 1
-	datapathSlReasonSL_REASON_ACCEPTED_RELATED     datapathSlReason = 2
-	datapathSlReasonSL_REASON_NON_IP_PASSED        datapathSlReason = 3
-	datapathSlReasonSL_REASON_IPV6PASSED           datapathSlReason = 4
-	datapathSlReasonSL_REASON_FRAGMENT_PASSED      datapathSlReason = 5
-	datapathSlReasonSL_REASON_CT_CREATE_FAILED     datapathSlReason = 6
-	datapathSlReasonSL_REASON_DROPPED_BY_POLICY    datapathSlReason = 7
-	datapathSlReasonSL_REASON_DROPPED_NO_IFACE     datapathSlReason = 8
-	datapathSlReasonSL_REASON_DROPPED_NOT_READY    datapathSlReason = 9
-	datapathSlReasonSL_REASON_DROPPED_NO_POLICY    datapathSlReason = 10
-	datapathSlReasonSL_REASON_DROPPED_MID_FLOW     datapathSlReason = 11
-	datapathSlReasonSL_REASON_DROPPED_SHORT        datapathSlReason = 12
-	datapathSlReasonSL_REASON_DROPPED_BAD_VERSION  datapathSlReason = 13
-	datapathSlReasonSL_REASON_DROPPED_BAD_IHL      datapathSlReason = 14
-	datapathSlReasonSL_REASON_DROPPED_BAD_LEN      datapathSlReason = 15
-	datapathSlReasonSL_REASON_DROPPED_BAD_TCP_DOFF datapathSlReason = 16
-	datapathSlReasonSL_REASON_DROPPED_FRAGMENT     datapathSlReason = 17
-	datapathSlReasonSL_REASON_DROPPED_NON_IP       datapathSlReason = 18
-	datapathSlReasonSL_REASON_DROPPED_IPV6         datapathSlReason = 19
-	datapathSlReasonSL_REASON_DROPPED_BAD_HANDOFF  datapathSlReason = 20
-	datapathSlReasonSL_REASON_COUNT                datapathSlReason = 21
-)
-
-type datapathSlReasonCounts struct {
-	_       structs.HostLayout
-	Packets [21]uint64
-}
-
-type datapathSlState struct {
-	_             structs.HostLayout
-	SrcAddr       [16]uint8
-	DstAddr       [16]uint8
-	PreNatDstAddr [16]uint8
-	SrcPort       uint16
-	DstPort       uint16
-	PreNatDstPort uint16
-	IpProto       uint8
-	IcmpType      uint8
-	IcmpCode      uint8
-	Pad0          [3]uint8
-	Flags         datapathSlStateFlags
-	PolicyRc      datapathSlPolicyRc
-	Resume        uint32
-	RuleId        uint64
-}
-
-type datapathSlStateFlags uint32
-
-const (
-	datapathSlStateFlagsSL_STATE_F_SRC_IS_HOST datapathSlStateFlags = 1
-	datapathSlStateFlagsSL_STATE_F_DST_IS_HOST datapathSlStateFlags = 2
-	datapathSlStateFlagsSL_STATE_F_LOG         datapathSlStateFlags = 4
 )
 
 // Names of all BPF objects in the ELF.
@@ -199,11 +18,12 @@ const (
 const (
 	datapathMapSlConts       = "sl_conts"
 	datapathMapSlCounters    = "sl_counters"
-	datapathMapSlCt          = "sl_ct"
+	datapathMapSlCtTables    = "sl_ct_tables"
 	datapathMapSlIfaces      = "sl_ifaces"
 	datapathMapSlIpsets      = "sl_ipsets"
 	datapathMapSlPendingMap  = "sl_pending_map"
 	datapathMapSlPolicyJumps = "sl_policy_jumps"
+	datapathMapSlRoutes      = "sl_routes"
 	datapathMapSlRuleHits    = "sl_rule_hits"
 	datapathMapSlStateMap    = "sl_state_map"
 	datapathProgSlTcAllow    = "sl_tc_allow"
@@ -211,6 +31,7 @@ const (
 	datapathProgSlTcEgress   = "sl_tc_egress"
 	datapathProgSlTcIngress  = "sl_tc_ingress"
 	datapathProgSlTcPass     = "sl_tc_pass"
+	datapathVarSlGeneration  = "sl_generation"
 )
 
 // loadDatapath returns the embedded CollectionSpec for datapath.
@@ -268,11 +89,12 @@ type datapathProgramSpecs struct {
 type datapathMapSpecs struct {
 	SlConts       *ebpf.MapSpec `ebpf:"sl_conts"`
 	SlCounters    *ebpf.MapSpec `ebpf:"sl_counters"`
-	SlCt          *ebpf.MapSpec `ebpf:"sl_ct"`
+	SlCtTables    *ebpf.MapSpec `ebpf:"sl_ct_tables"`
 	SlIfaces      *ebpf.MapSpec `ebpf:"sl_ifaces"`
 	SlIpsets      *ebpf.MapSpec `ebpf:"sl_ipsets"`
 	SlPendingMap  *ebpf.MapSpec `ebpf:"sl_pending_map"`
 	SlPolicyJumps *ebpf.MapSpec `ebpf:"sl_policy_jumps"`
+	SlRoutes      *ebpf.MapSpec `ebpf:"sl_routes"`
 	SlRuleHits    *ebpf.MapSpec `ebpf:"sl_rule_hits"`
 	SlStateMap    *ebpf.MapSpec `ebpf:"sl_state_map"`
 }
@@ -281,6 +103,7 @@ type datapathMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathVariableSpecs struct {
+	SlGeneration *ebpf.VariableSpec `ebpf:"sl_generation"`
 }
 
 // datapathObjects contains all objects after they have been loaded into the kernel.
@@ -305,11 +128,12 @@ func (o *datapathObjects) Close() error {
 type datapathMaps struct {
 	SlConts       *ebpf.Map `ebpf:"sl_conts"`
 	SlCounters    *ebpf.Map `ebpf:"sl_counters"`
-	SlCt          *ebpf.Map `ebpf:"sl_ct"`
+	SlCtTables    *ebpf.Map `ebpf:"sl_ct_tables"`
 	SlIfaces      *ebpf.Map `ebpf:"sl_ifaces"`
 	SlIpsets      *ebpf.Map `ebpf:"sl_ipsets"`
 	SlPendingMap  *ebpf.Map `ebpf:"sl_pending_map"`
 	SlPolicyJumps *ebpf.Map `ebpf:"sl_policy_jumps"`
+	SlRoutes      *ebpf.Map `ebpf:"sl_routes"`
 	SlRuleHits    *ebpf.Map `ebpf:"sl_rule_hits"`
 	SlStateMap    *ebpf.Map `ebpf:"sl_state_map"`
 }
@@ -318,11 +142,12 @@ func (m *datapathMaps) Close() error {
 	return _DatapathClose(
 		m.SlConts,
 		m.SlCounters,
-		m.SlCt,
+		m.SlCtTables,
 		m.SlIfaces,
 		m.SlIpsets,
 		m.SlPendingMap,
 		m.SlPolicyJumps,
+		m.SlRoutes,
 		m.SlRuleHits,
 		m.SlStateMap,
 	)
@@ -332,6 +157,7 @@ func (m *datapathMaps) Close() error {
 //
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathVariables struct {
+	SlGeneration *ebpf.Variable `ebpf:"sl_generation"`
 }
 
 // datapathPrograms contains all programs after they have been loaded into the kernel.

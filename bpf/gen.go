@@ -1,5 +1,8 @@
 package bpf
 
 // Run through `make generate`, which sets BPF2GO_CC and BPF2GO_STRIP to the
-// pinned Debian clang-19 toolchain.
-//go:generate go tool bpf2go -target bpfel,bpfeb -type sl_state -type sl_ipset_key -type sl_policy_rc -type sl_state_flags -type sl_cont_slot -type sl_ct_key -type sl_ct_value -type sl_ct_leg -type sl_ct_type -type sl_ct_leg_flags -type sl_iface -type sl_iface_flags -type sl_hook -type sl_reason -type sl_reason_counts -type sl_pending -type sl_ct_dir datapath datapath.c -- -I./include -O2 -mcpu=v3 -Wall -Werror
+// pinned Debian clang-19 toolchain. bpf2go compiles the C and embeds the
+// objects; abigen then writes abi.go, the Go mirror of the shared structs
+// and enums, from the bpfel object's BTF and the headers' comments.
+//go:generate go tool bpf2go -target bpfel,bpfeb -no-global-types datapath datapath.c -- -I./include -O2 -mcpu=v3 -Wall -Werror
+//go:generate go run ./internal/abigen -obj datapath_bpfel.o -headers include/sluice -out abi.go -enum sl_policy_rc=PolicyRC:SL_POLICY_:Policy -enum sl_state_flags=StateFlags:SL_STATE_F_:StateFlag:flags -enum sl_cont_slot=ContSlot:SL_CONT_:Cont -enum sl_ct_type=CTType:SL_CT_:CT -enum sl_ct_leg_flags=CTLegFlags:SL_CT_LEG_:CTLeg:flags -enum sl_ct_dir=CTDir:SL_CT_DIR_:CTDir -enum sl_ct_table_slot=CTTableSlot:SL_CT_TABLE_:CTTable -enum sl_iface_flags=IfaceFlags:SL_IFACE_:Iface:flags -enum sl_hook=Hook:SL_HOOK_:Hook -enum sl_reason=Reason:SL_REASON_:Reason -enum sl_route_flags=RouteFlags:SL_ROUTE_:Route:flags -enum sl_family=Family:SL_FAMILY_:Family -struct sl_state=State -struct sl_ipset_key=IPSetKey -struct sl_ct_key=CTKey -struct sl_ct_leg=CTLeg -struct sl_ct_value=CTValue -struct sl_iface_policy=IfacePolicy -struct sl_iface=Iface -struct sl_reason_counts=ReasonCounts -struct sl_pending=Pending -struct sl_route_key=RouteKey -struct sl_route=Route

@@ -6,29 +6,19 @@ import (
 	"github.com/sluicenet/sluice/maps"
 )
 
-// TestLayouts checks every Go mirror of a shared struct against the C
-// layout in the object's BTF.
+// TestLayouts checks every generated mirror of a shared struct against the
+// C layout in the object's BTF.
 func TestLayouts(t *testing.T) {
-	spec, err := LoadSpec()
+	spec, err := loadDatapath()
 	if err != nil {
 		t.Fatal(err)
 	}
-	tests := []struct {
-		cType   string
-		goValue any
-	}{
-		{TypeState, State{}},
-		{TypeIPSetKey, IPSetKey{}},
-		{TypeCTKey, CTKey{}},
-		{TypeCTLeg, CTLeg{}},
-		{TypeCTValue, CTValue{}},
-		{TypeIface, Iface{}},
-		{TypeReasonCounts, ReasonCounts{}},
-		{TypePending, Pending{}},
+	if len(abiLayouts) == 0 {
+		t.Fatal("abiLayouts is empty")
 	}
-	for _, tt := range tests {
-		if err := maps.CheckLayout(spec.Types, tt.cType, tt.goValue); err != nil {
-			t.Errorf("%s: %v", tt.cType, err)
+	for _, l := range abiLayouts {
+		if err := maps.CheckLayout(spec.Types, l.cType, l.goValue); err != nil {
+			t.Errorf("%s: %v", l.cType, err)
 		}
 	}
 }
@@ -43,12 +33,22 @@ func TestMapTypes(t *testing.T) {
 	tests := []struct {
 		mapName, key, value string
 	}{
-		{MapConntrack, TypeCTKey, TypeCTValue},
+		{MapRoutes, TypeRouteKey, TypeRoute},
 		{MapIfaces, "__u32", TypeIface},
 		{MapCounters, "__u32", TypeReasonCounts},
 		{MapPending, "__u32", TypePending},
 		{MapState, "__u32", TypeState},
 		{MapIPSets, TypeIPSetKey, "__u32"},
+	}
+	tables, ok := spec.Maps[MapConntrackTables]
+	if !ok || tables.InnerMap == nil {
+		t.Fatalf("no map %s with an inner map", MapConntrackTables)
+	}
+	if got := tables.InnerMap.Key.TypeName(); got != TypeCTKey {
+		t.Errorf("%s inner key: %s, want %s", MapConntrackTables, got, TypeCTKey)
+	}
+	if got := tables.InnerMap.Value.TypeName(); got != TypeCTValue {
+		t.Errorf("%s inner value: %s, want %s", MapConntrackTables, got, TypeCTValue)
 	}
 	for _, tt := range tests {
 		m, ok := spec.Maps[tt.mapName]

@@ -1,56 +1,38 @@
-package conntrack
+package conntrack_test
 
 import (
 	"math/rand/v2"
 	"net/netip"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/asm"
+	"golang.org/x/sys/unix"
 
-	"github.com/sluicenet/sluice/bpf"
+	. "github.com/sluicenet/sluice/conntrack"
+	"github.com/sluicenet/sluice/datapath"
 	"github.com/sluicenet/sluice/internal/testpkt"
 	"github.com/sluicenet/sluice/internal/testutil"
+	"github.com/sluicenet/sluice/polprog"
+	"github.com/sluicenet/sluice/routes"
 )
 
+// loIfindex is the interface a test run uses.
 const loIfindex = 1
 
-// allowAll is a policy program that allows every packet: it sets the
-// verdict in State and tail-calls the allow continuation, as polprog's
-// programs end.
-func allowAll(t *testing.T, dp *bpf.Datapath) *ebpf.Program {
+// allowAll is a policy that allows every packet.
+var allowAll = polprog.Rules{Tiers: []polprog.Tier{{
+	Name:     "all",
+	Policies: []polprog.Policy{{Name: "all", Rules: []polprog.Rule{{ID: 1, Action: polprog.ActionAllow}}}},
+}}}
+
+func coarseNow(t *testing.T) time.Duration {
 	t.Helper()
-	insns := asm.Instructions{
-		asm.Mov.Reg(asm.R6, asm.R1),
-		asm.StoreImm(asm.RFP, -4, 0, asm.Word),
-		asm.LoadMapPtr(asm.R1, 0).WithReference(bpf.MapState),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, -4),
-		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(asm.R0, 0, "fail"),
-		asm.StoreImm(asm.R0, int16(unsafe.Offsetof(bpf.State{}.PolicyRc)), int64(bpf.PolicyAllow), asm.Word),
-		asm.Mov.Reg(asm.R1, asm.R6),
-		asm.LoadMapPtr(asm.R2, 0).WithReference(bpf.MapConts),
-		asm.Mov.Imm(asm.R3, int32(bpf.ContAllow)),
-		asm.FnTailCall.Call(),
-		asm.Mov.Imm(asm.R0, 2).WithSymbol("fail"), // TC_ACT_SHOT
-		asm.Return(),
-	}
-	for _, name := range []string{bpf.MapState, bpf.MapConts} {
-		if err := insns.AssociateMap(name, dp.Collection.Maps[name]); err != nil {
-			t.Fatal(err)
-		}
-	}
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Name: "allow_all", Type: ebpf.SchedCLS, Instructions: insns, License: "Dual BSD/GPL",
-	})
-	if err != nil {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC_COARSE, &ts); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { prog.Close() })
-	return prog
+	return time.Duration(ts.Nano())
 }
 
 // TestDatapathAgrees runs random flows' first packets through the real
@@ -60,23 +42,21 @@ func allowAll(t *testing.T, dp *bpf.Datapath) *ebpf.Program {
 // passes their timeout.
 func TestDatapathAgrees(t *testing.T) {
 	testutil.RequirePrivileged(t)
-	dp, err := bpf.Load(bpf.LoadOptions{ConntrackEntries: 512, PolicySlots: 4})
+	dp, err := datapath.Open(datapath.Options{ConntrackEntries: 512, PolicySlots: 8, MaxInterfaces: 4})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { dp.Close() })
-	const slot = 0
-	if err := dp.Collection.Maps[bpf.MapPolicyJumps].Put(uint32(slot), allowAll(t, dp)); err != nil {
+	// Every IPv4 source is a workload behind lo, so lo's reverse-path
+	// check passes.
+	anywhere := routes.Route{Prefix: netip.MustParsePrefix("0.0.0.0/0"), Flags: routes.FlagLocalWorkload, Ifindex: loIfindex}
+	if err := dp.Routes().Put(anywhere); err != nil {
 		t.Fatal(err)
 	}
-	iface := bpf.Iface{Flags: bpf.IfaceWorkload | bpf.IfaceReady, IngressPolicy: slot, EgressPolicy: slot}
-	if err := dp.Collection.Maps[bpf.MapIfaces].Put(uint32(loIfindex), iface); err != nil {
+	if err := dp.SetInterface(loIfindex, datapath.Interface{Kind: datapath.Workload, Egress: allowAll, Ingress: allowAll}); err != nil {
 		t.Fatal(err)
 	}
-	m, err := NewMap(dp.Collection.Maps[bpf.MapConntrack])
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := dp.Conntrack()
 
 	rng := rand.New(rand.NewPCG(3, 4))
 	endpoint := func() netip.AddrPort {
@@ -89,10 +69,7 @@ func TestDatapathAgrees(t *testing.T) {
 		reversed bool
 	}
 	flows := map[Key]flow{}
-	before, err := kernelMonotonic()
-	if err != nil {
-		t.Fatal(err)
-	}
+	before := coarseNow(t)
 	for range 200 {
 		src, dst := endpoint(), endpoint()
 		var proto uint8
@@ -116,7 +93,7 @@ func TestDatapathAgrees(t *testing.T) {
 			continue // only first packets: the leg check below stays simple
 		}
 		flows[k] = flow{k, reversed}
-		ret, err := dp.Ingress.Run(&ebpf.RunOptions{Data: testpkt.MustBytes(t, pkt)})
+		ret, err := dp.TCIngress().Run(&ebpf.RunOptions{Data: testpkt.MustBytes(t, pkt)})
 		if err != nil || ret != 0 {
 			t.Fatalf("%v -> %v (%s): datapath returned %d, %v; want TC_ACT_OK", src, dst, ProtoName(proto), ret, err)
 		}
@@ -128,10 +105,7 @@ func TestDatapathAgrees(t *testing.T) {
 		}
 	}
 	t.Logf("%d flows, %d with the destination as A", len(flows), nRev)
-	after, err := kernelMonotonic()
-	if err != nil {
-		t.Fatal(err)
-	}
+	after := coarseNow(t)
 
 	entries, err := m.Entries()
 	if err != nil {
@@ -146,7 +120,7 @@ func TestDatapathAgrees(t *testing.T) {
 			t.Errorf("datapath wrote key %v, which NewKey gives no flow", e.Key)
 			continue
 		}
-		own, other := e.Value.AToB(), e.Value.BToA()
+		own, other := e.Value.LegAToB(), e.Value.LegBToA()
 		if f.reversed {
 			own, other = other, own
 		}
@@ -158,7 +132,8 @@ func TestDatapathAgrees(t *testing.T) {
 		}
 	}
 
-	s, err := NewScanner(m, ScannerOptions{})
+	now := coarseNow
+	s, err := NewScanner(m, ScannerOptions{Clock: func() time.Duration { return now(t) }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,7 +145,7 @@ func TestDatapathAgrees(t *testing.T) {
 		t.Errorf("sweep on the real clock: %+v", stats)
 	}
 	// Two hours on, every entry (TCP SYN-sent, UDP, ICMP) has expired.
-	s.clock = func() time.Duration { return after + 2*time.Hour }
+	now = func(*testing.T) time.Duration { return after + 2*time.Hour }
 	if _, err := s.Scan(); err != nil {
 		t.Fatal(err)
 	}

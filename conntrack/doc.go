@@ -1,10 +1,11 @@
 // Package conntrack reads, writes and garbage-collects sluice's connection
-// tracking table, the LRU hash bpf.MapConntrack ("sl_ct") that the C
-// datapath fills.
+// tracking table: an LRU hash of struct sl_ct_key to struct sl_ct_value
+// that the C datapath fills (the live table of bpf.MapConntrackTables;
+// datapath.Datapath.Conntrack hands it out).
 //
 // # Layout
 //
-// Key, Value and Leg are named types over the bpf2go mirrors of struct
+// Key, Value and Leg are named types over the generated mirrors of struct
 // sl_ct_key, sl_ct_value and sl_ct_leg in bpf/include/sluice/conntrack.h,
 // so no offset is written twice; the tests check them against the
 // object's BTF with maps.CheckLayout.
@@ -16,11 +17,12 @@
 // (sl_ct_key_fill in bpf/include/sluice/ct_ops.h) orders endpoints exactly
 // as NewKey does, and a test holds the two together on random flows:
 //
-//	lower(x, y) = ntohl(x.addr) < ntohl(y.addr) ||
+//	lower(x, y) = be128(x.addr) < be128(y.addr) ||
 //	              (x.addr == y.addr && x.port < y.port)
 //
-// that is, addresses compare as big-endian (network order) unsigned
-// numbers, and ports, stored in host order, break ties. The source is A
+// that is, addresses, 16 bytes with IPv4 stored IPv4-mapped, compare as
+// big-endian (network order) unsigned 128-bit numbers, and ports, stored
+// in host order, break ties. Both endpoints of a key have one family. The source is A
 // unless the destination is lower; a flow from an endpoint to itself keeps
 // the source as A. For ICMP echo both ports should carry the identifier,
 // so that the order still does not depend on direction when the two

@@ -1,9 +1,8 @@
 package conntrack
 
 import (
+	"bytes"
 	"cmp"
-	"encoding/binary"
-	"errors"
 	"fmt"
 	"net/netip"
 	"strconv"
@@ -19,23 +18,23 @@ const (
 	ProtoSCTP = 132
 )
 
-// Key is a conntrack key, struct sl_ct_key: the canonical IPv4 five-tuple
-// of a flow, lower endpoint first (see the package documentation). The
-// address fields hold the network-order bytes as the kernel stores them;
-// use A and B rather than reading them directly.
+// Key is a conntrack key, struct sl_ct_key: the canonical five-tuple of a
+// flow, lower endpoint first (see the package documentation). Addresses
+// are 16 bytes in network order, IPv4 stored IPv4-mapped; use A and B
+// rather than reading them directly.
 type Key bpf.CTKey
 
 // NewKey returns the canonical key of a packet from src to dst, and
 // whether the packet travels from B to A (dst is the lower endpoint).
-// Addresses must be IPv4; IPv4-mapped IPv6 addresses are unmapped.
+// Both addresses must be of one family; IPv4-mapped IPv6 addresses count
+// as IPv4, as the datapath stores IPv4.
 func NewKey(proto uint8, src, dst netip.AddrPort) (key Key, reversed bool, err error) {
-	srcAddr, err := ipv4(src.Addr())
-	if err != nil {
-		return Key{}, false, fmt.Errorf("conntrack key source %v: %w", src, err)
+	srcAddr, dstAddr := src.Addr().Unmap(), dst.Addr().Unmap()
+	if !srcAddr.IsValid() || !dstAddr.IsValid() {
+		return Key{}, false, fmt.Errorf("conntrack key %v -> %v: missing address", src, dst)
 	}
-	dstAddr, err := ipv4(dst.Addr())
-	if err != nil {
-		return Key{}, false, fmt.Errorf("conntrack key destination %v: %w", dst, err)
+	if srcAddr.Is4() != dstAddr.Is4() {
+		return Key{}, false, fmt.Errorf("conntrack key %v -> %v: addresses of two families", src, dst)
 	}
 	src = netip.AddrPortFrom(srcAddr, src.Port())
 	dst = netip.AddrPortFrom(dstAddr, dst.Port())
@@ -45,8 +44,8 @@ func NewKey(proto uint8, src, dst netip.AddrPort) (key Key, reversed bool, err e
 		a, b = dst, src
 	}
 	key = Key{
-		AddrA: be32(a.Addr()),
-		AddrB: be32(b.Addr()),
+		AddrA: a.Addr().As16(),
+		AddrB: b.Addr().As16(),
 		PortA: a.Port(),
 		PortB: b.Port(),
 		Proto: proto,
@@ -54,48 +53,30 @@ func NewKey(proto uint8, src, dst netip.AddrPort) (key Key, reversed bool, err e
 	return key, reversed, nil
 }
 
-func ipv4(addr netip.Addr) (netip.Addr, error) {
-	if !addr.IsValid() {
-		return netip.Addr{}, errors.New("no address")
-	}
-	addr = addr.Unmap()
-	if !addr.Is4() {
-		return netip.Addr{}, errors.New("not an IPv4 address")
-	}
-	return addr, nil
-}
-
 // compareEndpoints orders endpoints as the datapath must: address as a
-// big-endian number (netip compares IPv4 bytes in that order), then port.
+// 128-bit big-endian number of its 16-byte form (IPv4-mapped for IPv4),
+// then port.
 func compareEndpoints(x, y netip.AddrPort) int {
-	if c := x.Addr().Compare(y.Addr()); c != 0 {
+	xa, ya := x.Addr().As16(), y.Addr().As16()
+	if c := bytes.Compare(xa[:], ya[:]); c != 0 {
 		return c
 	}
 	return cmp.Compare(x.Port(), y.Port())
 }
 
-// be32 returns the in-memory form of addr's network-order bytes, as the
-// kernel stores a __be32 and cilium/ebpf decodes it into a uint32.
-func be32(addr netip.Addr) uint32 {
-	b := addr.As4()
-	return binary.NativeEndian.Uint32(b[:])
-}
-
-// addrFromBE32 is the inverse of be32.
-func addrFromBE32(v uint32) netip.Addr {
-	var b [4]byte
-	binary.NativeEndian.PutUint32(b[:], v)
-	return netip.AddrFrom4(b)
+// addrFrom16 is the address of a 16-byte field, unmapped for IPv4.
+func addrFrom16(b [16]byte) netip.Addr {
+	return netip.AddrFrom16(b).Unmap()
 }
 
 // A returns endpoint A, the lower one.
 func (k Key) A() netip.AddrPort {
-	return netip.AddrPortFrom(addrFromBE32(k.AddrA), k.PortA)
+	return netip.AddrPortFrom(addrFrom16(k.AddrA), k.PortA)
 }
 
 // B returns endpoint B, the higher one.
 func (k Key) B() netip.AddrPort {
-	return netip.AddrPortFrom(addrFromBE32(k.AddrB), k.PortB)
+	return netip.AddrPortFrom(addrFrom16(k.AddrB), k.PortB)
 }
 
 // Directed undoes canonicalisation: it returns the source and destination

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -60,20 +61,32 @@ func TestNewKeyCanonical(t *testing.T) {
 	}
 }
 
-// TestKeyWireForm checks the bytes the kernel sees: addresses in network
-// order, ports in host order.
+// TestKeyWireForm checks the bytes the kernel sees: 16-byte addresses in
+// network order, IPv4 mapped into ::ffff:0:0/96, ports in host order.
 func TestKeyWireForm(t *testing.T) {
-	k := mustKey(t, ProtoUDP, "10.1.2.3:4660", "192.168.7.8:53")
-	got, err := binary.Append(nil, binary.NativeEndian, k)
-	if err != nil {
-		t.Fatal(err)
+	mapped := []byte{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff}
+	tests := []struct {
+		name     string
+		src, dst string
+		want     []byte
+	}{
+		{"IPv4", "10.1.2.3:4660", "192.168.7.8:53",
+			slices.Concat(mapped, []byte{10, 1, 2, 3}, mapped, []byte{192, 168, 7, 8})},
+		{"IPv6", "[2001:db8::1]:4660", "[2001:db8::2]:53",
+			slices.Concat(netip.MustParseAddr("2001:db8::1").AsSlice(), netip.MustParseAddr("2001:db8::2").AsSlice())},
 	}
-	want := []byte{10, 1, 2, 3, 192, 168, 7, 8}
-	want = binary.NativeEndian.AppendUint16(want, 4660)
-	want = binary.NativeEndian.AppendUint16(want, 53)
-	want = append(want, ProtoUDP, 0, 0, 0)
-	if diff := cmp.Diff(want, got); diff != "" {
-		t.Errorf("encoded key (-want +got):\n%s", diff)
+	for _, tt := range tests {
+		k := mustKey(t, ProtoUDP, tt.src, tt.dst)
+		got, err := binary.Append(nil, binary.NativeEndian, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := binary.NativeEndian.AppendUint16(tt.want, 4660)
+		want = binary.NativeEndian.AppendUint16(want, 53)
+		want = append(want, ProtoUDP, 0, 0, 0)
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("%s: encoded key (-want +got):\n%s", tt.name, diff)
+		}
 	}
 }
 
@@ -82,8 +95,8 @@ func TestNewKeyErrors(t *testing.T) {
 		name     string
 		src, dst netip.AddrPort
 	}{
-		{"IPv6 source", ap("[2001:db8::1]:1"), ap("10.0.0.1:2")},
-		{"IPv6 destination", ap("10.0.0.1:2"), ap("[2001:db8::1]:1")},
+		{"IPv6 source, IPv4 destination", ap("[2001:db8::1]:1"), ap("10.0.0.1:2")},
+		{"IPv4 source, IPv6 destination", ap("10.0.0.1:2"), ap("[2001:db8::1]:1")},
 		{"no source", netip.AddrPort{}, ap("10.0.0.1:2")},
 		{"no destination", ap("10.0.0.1:2"), netip.AddrPort{}},
 	}
@@ -99,15 +112,26 @@ func TestNewKeyErrors(t *testing.T) {
 // packet's direction.
 func TestNewKeyProperties(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
+	v6 := false // the family of the flow being drawn
 	randEndpoint := func() netip.AddrPort {
-		var b [4]byte
 		// Few distinct values, so equal addresses and ports happen often.
+		port := uint16(rng.IntN(3)) * 0x1ff
+		if v6 {
+			var b [16]byte
+			b[0], b[1] = 0x20, 0x01
+			for _, i := range []int{2, 7, 15} {
+				b[i] = byte(rng.IntN(3)) * 127
+			}
+			return netip.AddrPortFrom(netip.AddrFrom16(b), port)
+		}
+		var b [4]byte
 		for i := range b {
 			b[i] = byte(rng.IntN(3)) * 127
 		}
-		return netip.AddrPortFrom(netip.AddrFrom4(b), uint16(rng.IntN(3))*0x1ff)
+		return netip.AddrPortFrom(netip.AddrFrom4(b), port)
 	}
 	for range 5000 {
+		v6 = rng.IntN(2) == 0
 		proto := uint8(rng.IntN(256))
 		src, dst := randEndpoint(), randEndpoint()
 		k, reversed, err := NewKey(proto, src, dst)

@@ -27,12 +27,13 @@ func TestLayout(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	mapSpec, ok := spec.Maps[bpf.MapConntrack]
-	if !ok {
-		t.Fatalf("datapath has no map %s", bpf.MapConntrack)
+	tables, ok := spec.Maps[bpf.MapConntrackTables]
+	if !ok || tables.InnerMap == nil {
+		t.Fatalf("datapath has no map %s of tables", bpf.MapConntrackTables)
 	}
+	mapSpec := tables.InnerMap
 	if int(mapSpec.KeySize) != keySize || int(mapSpec.ValueSize) != valueSize {
 		t.Errorf("map %s key/value size %d/%d, package uses %d/%d",
-			bpf.MapConntrack, mapSpec.KeySize, mapSpec.ValueSize, keySize, valueSize)
+			bpf.MapConntrackTables, mapSpec.KeySize, mapSpec.ValueSize, keySize, valueSize)
 	}
 }

@@ -25,11 +25,11 @@ func newTestMap(t *testing.T, maxEntries uint32) *Map {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mapSpec := spec.Maps[bpf.MapConntrack].Copy()
+	mapSpec := spec.Maps[bpf.MapConntrackTables].InnerMap.Copy()
 	mapSpec.MaxEntries = maxEntries
 	kernelMap, err := ebpf.NewMap(mapSpec)
 	if err != nil {
-		t.Fatalf("create %s: %v", bpf.MapConntrack, err)
+		t.Fatalf("create conntrack table: %v", err)
 	}
 	t.Cleanup(func() { kernelMap.Close() })
 	m, err := NewMap(kernelMap)
@@ -50,21 +50,19 @@ func put(t *testing.T, m *Map, k Key, v Value) {
 func fullValue(t *testing.T) Value {
 	v := Value{Created: 0x0102030405060708, LastSeen: 0x1112131415161718, Type: bpf.CTType(NATReverse), Flags: 0x21222324}
 	v.SetLegs(
-		Leg{Bytes: 0x3132333435363738, Packets: 0x41424344, Flags: legFlagsField(LegSYN | LegACK), Ifindex: 7, Pad: 0x51},
-		Leg{Bytes: 99, Packets: 98, Flags: legFlagsField(LegFIN | LegRST), Ifindex: 8, Pad: 0x52},
+		Leg{Bytes: 0x3132333435363738, Packets: 0x41424344, Flags: legFlagsField(LegSYN | LegACK), Ifindex: 7},
+		Leg{Bytes: 99, Packets: 98, Flags: legFlagsField(LegFIN | LegRST), Ifindex: 8},
 	)
 	v.SetPeer(mustKey(t, ProtoTCP, "10.0.0.1:1234", "10.96.0.1:80"))
 	if err := v.SetOrig(ap("10.96.0.1:80")); err != nil {
 		t.Fatal(err)
 	}
-	v.Pad1 = 0x6162
 	return v
 }
 
 func TestMapRoundTrip(t *testing.T) {
 	m := newTestMap(t, 64)
 	k := mustKey(t, ProtoTCP, "10.0.5.5:8080", "10.0.0.1:1234")
-	k.Pad = [3]uint8{1, 2, 3} // padding is part of the hash key
 	v := fullValue(t)
 	put(t, m, k, v)
 

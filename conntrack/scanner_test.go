@@ -227,7 +227,7 @@ func TestScannerKeepsRefreshed(t *testing.T) {
 					return
 				}
 				v.LastSeen = uint64(testNow)
-				v.A_toB.Packets++
+				v.AToB.Packets++
 				if err := m.Update(k, v, ebpf.UpdateExist); err != nil {
 					t.Error(err)
 				}
@@ -248,7 +248,7 @@ func TestScannerKeepsRefreshed(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if v.LastSeen != uint64(testNow) || v.A_toB.Packets != 1 {
+				if v.LastSeen != uint64(testNow) || v.AToB.Packets != 1 {
 					t.Errorf("%v lost its refresh: %v", k, v)
 				}
 			}

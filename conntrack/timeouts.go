@@ -104,7 +104,7 @@ func (s FlowState) String() string {
 func StateOf(k Key, v Value) FlowState {
 	switch k.Proto {
 	case ProtoTCP:
-		a, b := v.AToB().Seen(), v.BToA().Seen()
+		a, b := v.LegAToB().Seen(), v.LegBToA().Seen()
 		switch {
 		case a.Has(LegRST) || b.Has(LegRST):
 			return StateTCPResetSeen

@@ -120,45 +120,44 @@ func (v Value) EntryType() EntryType {
 }
 
 // AToB returns the leg of packets from A to B.
-func (v Value) AToB() Leg {
-	return Leg(v.A_toB)
+func (v Value) LegAToB() Leg {
+	return Leg(v.AToB)
 }
 
 // BToA returns the leg of packets from B to A.
-func (v Value) BToA() Leg {
-	return Leg(v.B_toA)
+func (v Value) LegBToA() Leg {
+	return Leg(v.BToA)
 }
 
 // SetLegs stores both legs.
 func (v *Value) SetLegs(aToB, bToA Leg) {
-	v.A_toB = bpf.CTLeg(aToB)
-	v.B_toA = bpf.CTLeg(bToA)
+	v.AToB = bpf.CTLeg(aToB)
+	v.BToA = bpf.CTLeg(bToA)
 }
 
 // Peer returns the NAT partner's key: for a forward entry the reverse
 // entry's, for a reverse entry the forward entry's.
 func (v Value) Peer() Key {
-	return Key(v.NatPeer)
+	return Key(v.NATPeer)
 }
 
 // SetPeer stores the NAT partner's key.
 func (v *Value) SetPeer(k Key) {
-	v.NatPeer = bpf.CTKey(k)
+	v.NATPeer = bpf.CTKey(k)
 }
 
 // Orig returns a reverse entry's destination before DNAT.
 func (v Value) Orig() netip.AddrPort {
-	return netip.AddrPortFrom(addrFromBE32(v.OrigAddr), v.OrigPort)
+	return netip.AddrPortFrom(addrFrom16(v.OrigAddr), v.OrigPort)
 }
 
 // SetOrig stores a reverse entry's destination before DNAT; it fails for
-// an address that is not IPv4.
+// an invalid address.
 func (v *Value) SetOrig(orig netip.AddrPort) error {
-	addr, err := ipv4(orig.Addr())
-	if err != nil {
-		return fmt.Errorf("conntrack original destination %v: %w", orig, err)
+	if !orig.Addr().IsValid() {
+		return fmt.Errorf("conntrack original destination %v: missing address", orig)
 	}
-	v.OrigAddr = be32(addr)
+	v.OrigAddr = orig.Addr().Unmap().As16()
 	v.OrigPort = orig.Port()
 	return nil
 }
@@ -194,7 +193,7 @@ func (v Value) String() string {
 	if v.Flags != 0 {
 		fmt.Fprintf(&b, " flags=%#x", v.Flags)
 	}
-	fmt.Fprintf(&b, " a->b[%s] b->a[%s]", v.AToB(), v.BToA())
+	fmt.Fprintf(&b, " a->b[%s] b->a[%s]", v.LegAToB(), v.LegBToA())
 	switch v.EntryType() {
 	case NATReverse:
 		fmt.Fprintf(&b, " orig=%s peer=(%s)", v.Orig(), v.Peer())

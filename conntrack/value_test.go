@@ -1,6 +1,7 @@
 package conntrack
 
 import (
+	"net/netip"
 	"testing"
 	"time"
 
@@ -84,8 +85,11 @@ func TestValueString(t *testing.T) {
 
 func TestValueAccessors(t *testing.T) {
 	var v Value
-	if err := v.SetOrig(ap("[2001:db8::1]:80")); err == nil {
-		t.Error("SetOrig accepted an IPv6 address")
+	if err := v.SetOrig(netip.AddrPort{}); err == nil {
+		t.Error("SetOrig accepted no address")
+	}
+	if err := v.SetOrig(ap("[2001:db8::1]:80")); err != nil || v.Orig() != ap("[2001:db8::1]:80") {
+		t.Errorf("SetOrig of an IPv6 address: %v, Orig() = %v", err, v.Orig())
 	}
 	if err := v.SetOrig(ap("10.96.0.10:53")); err != nil {
 		t.Fatal(err)

@@ -162,7 +162,7 @@ func (k *kernel) setIPSets(tb testing.TB, sets IPSetMembers) {
 	one := uint32(1)
 	for id, set := range sets {
 		for _, n := range set.Nets {
-			key := bpf.IPSetKey{SetId: bpf.IPSetID(id), Addr: n.Masked().Addr().As16()}
+			key := bpf.IPSetKey{SetID: bpf.IPSetID(id), Addr: n.Masked().Addr().As16()}
 			key.Prefixlen = 64 + uint32(n.Bits())
 			if n.Addr().Is4() {
 				key.Prefixlen += 96
@@ -172,7 +172,7 @@ func (k *kernel) setIPSets(tb testing.TB, sets IPSetMembers) {
 			}
 		}
 		for _, np := range set.NamedPorts {
-			key := bpf.IPSetKey{Prefixlen: uint32(ipsetKeyPortBits), SetId: bpf.IPSetID(id), Addr: np.Addr.As16(), Port: np.Port, Proto: np.Protocol}
+			key := bpf.IPSetKey{Prefixlen: uint32(ipsetKeyPortBits), SetID: bpf.IPSetID(id), Addr: np.Addr.As16(), Port: np.Port, Proto: np.Protocol}
 			if err := k.maps.IPSets.Put(&key, &one); err != nil {
 				tb.Fatalf("put ipset named port: %v", err)
 			}
@@ -200,9 +200,9 @@ func (k *kernel) clearIPSets(tb testing.TB) {
 func stateOf(pkt Packet) bpf.State {
 	preDst, prePort := pkt.preNAT()
 	s := bpf.State{
-		SrcAddr: pkt.Src.As16(), DstAddr: pkt.Dst.As16(), PreNatDstAddr: preDst.As16(),
-		SrcPort: pkt.SrcPort, DstPort: pkt.DstPort, PreNatDstPort: prePort,
-		IpProto: pkt.Protocol, IcmpType: pkt.ICMPType, IcmpCode: pkt.ICMPCode,
+		SrcAddr: pkt.Src.As16(), DstAddr: pkt.Dst.As16(), PreNATDstAddr: preDst.As16(),
+		SrcPort: pkt.SrcPort, DstPort: pkt.DstPort, PreNATDstPort: prePort,
+		IPProto: pkt.Protocol, ICMPType: pkt.ICMPType, ICMPCode: pkt.ICMPCode,
 	}
 	if pkt.SrcIsHost {
 		s.Flags |= bpf.StateFlagSrcIsHost
@@ -248,17 +248,17 @@ func (k *kernel) runProg(tb testing.TB, prog *ebpf.Program, s bpf.State) (uint32
 func (k *kernel) run(tb testing.TB, p *Program, pkt Packet) Decision {
 	tb.Helper()
 	ret, out := k.runProg(tb, p.Programs()[0], stateOf(pkt))
-	if out.PolicyRc == bpf.PolicyNone {
+	if out.PolicyRC == bpf.PolicyNone {
 		tb.Fatalf("run returned %d and left no verdict in the state", ret)
 	}
-	d := Decision{RuleID: out.RuleId, Logged: out.Flags&bpf.StateFlagLog != 0}
+	d := Decision{RuleID: out.RuleID, Logged: out.Flags&bpf.StateFlagLog != 0}
 	switch {
-	case ret == stubAllowRC+uint32(bpf.PolicyAllow) && out.PolicyRc == bpf.PolicyAllow:
+	case ret == stubAllowRC+uint32(bpf.PolicyAllow) && out.PolicyRC == bpf.PolicyAllow:
 		d.Verdict = VerdictAllow
-	case ret == stubDenyRC+uint32(bpf.PolicyDeny) && out.PolicyRc == bpf.PolicyDeny:
+	case ret == stubDenyRC+uint32(bpf.PolicyDeny) && out.PolicyRC == bpf.PolicyDeny:
 		d.Verdict = VerdictDeny
 	default:
-		tb.Fatalf("run returned %d with policy_rc %d", ret, out.PolicyRc)
+		tb.Fatalf("run returned %d with policy_rc %d", ret, out.PolicyRC)
 	}
 	if out.Resume != 0 {
 		tb.Fatalf("resume left at %d", out.Resume)

@@ -377,7 +377,7 @@ func TestPolicyFailed(t *testing.T) {
 			p := k.loadCompiled(t, compileTwoParts(t, tc.opts))
 			prog, s := tc.breakIt(t, p)
 			ret, out := k.runProg(t, prog, s)
-			if diff := cmp.Diff(tc.want, outcome{ret, out.PolicyRc}); diff != "" {
+			if diff := cmp.Diff(tc.want, outcome{ret, out.PolicyRC}); diff != "" {
 				t.Errorf("run (-want +got):\n%s", diff)
 			}
 		})

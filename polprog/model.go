@@ -140,7 +140,7 @@ type ICMPMatch struct {
 // entries of a list field are ORed; an empty field matches everything. A
 // Not field matches when none of its entries does.
 type Rule struct {
-	// ID is reported (State.RuleId, Evaluate) and counted
+	// ID is reported (State.RuleID, Evaluate) and counted
 	// (sl_rule_hits) when the rule decides or logs. 0 means no ID.
 	ID     uint64
 	Action Action

@@ -11,27 +11,27 @@ import (
 	"github.com/sluicenet/sluice/bpf"
 )
 
-// Offsets of struct sl_state fields, from bpf2go's mirror (generated from
+// Offsets of struct sl_state fields, from the generated mirror (generated from
 // BTF, and checked against it in TestStateLayout).
 var (
 	offSrcAddr       = int16(unsafe.Offsetof(bpf.State{}.SrcAddr))
 	offDstAddr       = int16(unsafe.Offsetof(bpf.State{}.DstAddr))
-	offPreNATDstAddr = int16(unsafe.Offsetof(bpf.State{}.PreNatDstAddr))
+	offPreNATDstAddr = int16(unsafe.Offsetof(bpf.State{}.PreNATDstAddr))
 	offSrcPort       = int16(unsafe.Offsetof(bpf.State{}.SrcPort))
 	offDstPort       = int16(unsafe.Offsetof(bpf.State{}.DstPort))
-	offPreNATDstPort = int16(unsafe.Offsetof(bpf.State{}.PreNatDstPort))
-	offProto         = int16(unsafe.Offsetof(bpf.State{}.IpProto))
-	offICMPType      = int16(unsafe.Offsetof(bpf.State{}.IcmpType))
-	offICMPCode      = int16(unsafe.Offsetof(bpf.State{}.IcmpCode))
+	offPreNATDstPort = int16(unsafe.Offsetof(bpf.State{}.PreNATDstPort))
+	offProto         = int16(unsafe.Offsetof(bpf.State{}.IPProto))
+	offICMPType      = int16(unsafe.Offsetof(bpf.State{}.ICMPType))
+	offICMPCode      = int16(unsafe.Offsetof(bpf.State{}.ICMPCode))
 	offFlags         = int16(unsafe.Offsetof(bpf.State{}.Flags))
-	offPolicyRC      = int16(unsafe.Offsetof(bpf.State{}.PolicyRc))
+	offPolicyRC      = int16(unsafe.Offsetof(bpf.State{}.PolicyRC))
 	offResume        = int16(unsafe.Offsetof(bpf.State{}.Resume))
-	offRuleID        = int16(unsafe.Offsetof(bpf.State{}.RuleId))
+	offRuleID        = int16(unsafe.Offsetof(bpf.State{}.RuleID))
 )
 
-// Offsets in struct sl_ipset_key, from bpf2go's mirror like the state's.
+// Offsets in struct sl_ipset_key, from the generated mirror like the state's.
 var (
-	ipsetKeySetID = int16(unsafe.Offsetof(bpf.IPSetKey{}.SetId))
+	ipsetKeySetID = int16(unsafe.Offsetof(bpf.IPSetKey{}.SetID))
 	ipsetKeyAddr  = int16(unsafe.Offsetof(bpf.IPSetKey{}.Addr))
 	ipsetKeyPort  = int16(unsafe.Offsetof(bpf.IPSetKey{}.Port))
 	ipsetKeyProto = int16(unsafe.Offsetof(bpf.IPSetKey{}.Proto))

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* Connection-tracking layouts. The Go package conntrack mirrors these
- * through bpf2go's generated types and checks them against BTF. */
+/* Connection-tracking layouts. The Go package conntrack works on their
+ * generated mirrors in package bpf. */
 #pragma once
 
 #include "common.h"
@@ -12,15 +12,26 @@ enum sl_ct_type {
 	SL_CT_NAT_REV	= 2, /* keyed by the post-DNAT tuple; holds the flow's state */
 };
 
+/* Entries of sl_ct_tables, the array of conntrack tables. The datapath
+ * reads and writes the live table; a table being drained after a resize
+ * is read on a miss, and an entry found there moves to the live table, so
+ * no tracked flow is lost or sent back to policy while entries move. */
+enum sl_ct_table_slot {
+	SL_CT_TABLE_LIVE	= 0, /* the table flows live in */
+	SL_CT_TABLE_DRAINING	= 1, /* the table being emptied into the live one; usually absent */
+};
+
 /* What a leg has seen (sl_ct_leg.flags). */
 enum sl_ct_leg_flags {
-	SL_CT_LEG_SYN	= 1u << 0,
-	SL_CT_LEG_ACK	= 1u << 1,
-	SL_CT_LEG_FIN	= 1u << 2,
-	SL_CT_LEG_RST	= 1u << 3,
+	SL_CT_LEG_SYN	= 1u << 0, /* a TCP SYN */
+	SL_CT_LEG_ACK	= 1u << 1, /* a TCP ACK */
+	SL_CT_LEG_FIN	= 1u << 2, /* a TCP FIN */
+	SL_CT_LEG_RST	= 1u << 3, /* a TCP RST */
 	/* The leg's packets pass the TC ingress hook of sl_ct_leg.ifindex:
 	 * that hook's policy approved the leg, or the opposite leg was
-	 * approved leaving through that interface (so these are replies). */
+	 * approved leaving through that interface (so these are replies).
+	 * The ifindex is fixed when the bit is first set; a packet at
+	 * another interface never moves it. */
 	SL_CT_LEG_INGRESS_OK	= 1u << 4,
 	/* Policy at the TC egress hook the leg's packets leave through
 	 * approved the leg. Not tied to an ifindex: the egress interface
@@ -28,26 +39,26 @@ enum sl_ct_leg_flags {
 	SL_CT_LEG_EGRESS_OK	= 1u << 5,
 };
 
-/* Canonical IPv4 flow key: the lower (addr, port) endpoint is A, so both
- * directions of a flow find one entry. Endpoints compare by address as an
- * unsigned big-endian number (netip.Addr.Compare's order), then by port;
- * with equal endpoints the source is A. TCP and UDP use their ports; ICMP
- * echo requests and replies put the identifier in both ports; other
- * protocols and other ICMP types use 0 and 0. */
+/* Canonical flow key: the lower (address, port) endpoint is A, so both
+ * directions of a flow find one entry. Endpoints compare by address as a
+ * 128-bit big-endian number, then by port; with equal endpoints the source
+ * is A. TCP and UDP use their ports; ICMP echo requests and replies put
+ * the identifier in both ports; other protocols and other ICMP types use
+ * 0 and 0. */
 struct sl_ct_key {
-	__be32	addr_a;		/* network order */
-	__be32	addr_b;		/* network order */
-	__u16	port_a;		/* host order; ICMP echo: the identifier */
-	__u16	port_b;		/* host order; ICMP echo: the identifier */
+	__u8	addr_a[16] SL_ADDR_ALIGNED;	/* endpoint A's address, IPv4-mapped for IPv4 */
+	__u8	addr_b[16];	/* endpoint B's address, IPv4-mapped for IPv4 */
+	__u16	port_a;		/* endpoint A's port, host order; ICMP echo: the identifier */
+	__u16	port_b;		/* endpoint B's port, host order; ICMP echo: the identifier */
 	__u8	proto;		/* IPPROTO_* */
 	__u8	pad[3];
 };
-SL_ASSERT_SIZE(struct sl_ct_key, 16);
+SL_ASSERT_SIZE(struct sl_ct_key, 40);
 
 /* One direction of a flow. */
 struct sl_ct_leg {
-	__u64	bytes;
-	__u32	packets;
+	__u64	bytes;		/* bytes of the leg's packets, link-layer header included */
+	__u32	packets;	/* packets of the leg, each counted once on the node */
 	enum sl_ct_leg_flags flags;	/* what this leg has seen */
 	__u32	ifindex;	/* interface the leg's packets arrive on (see SL_CT_LEG_INGRESS_OK) */
 	__u32	pad;
@@ -60,15 +71,15 @@ struct sl_ct_value {
 	/* Times are CLOCK_MONOTONIC_COARSE ns (bpf_ktime_get_coarse_ns): a
 	 * tick's resolution is ample for second-scale timeouts, and it is
 	 * about 20 ns per packet cheaper than bpf_ktime_get_ns. */
-	__u64	created;		/* at creation */
-	__u64	last_seen;		/* at the last packet */
+	__u64	created;		/* when the entry was created */
+	__u64	last_seen;		/* when the flow last had a packet */
 	enum sl_ct_type type;		/* kind of entry */
-	__u32	flags;			/* SL_CT_F_* bits */
+	__u32	flags;			/* reserved for per-flow decisions; 0 today */
 	struct sl_ct_leg a_to_b;	/* packets from A to B */
 	struct sl_ct_leg b_to_a;	/* packets from B to A */
 	struct sl_ct_key nat_peer;	/* NAT_FWD: the reverse entry's key; NAT_REV: the forward entry's */
-	__be32	orig_addr;		/* NAT_REV: destination before DNAT */
+	__u8	orig_addr[16];		/* NAT_REV: destination before DNAT */
 	__u16	orig_port;		/* NAT_REV: destination port before DNAT, host order */
-	__u16	pad1;
+	__u16	pad1[3];
 };
-SL_ASSERT_SIZE(struct sl_ct_value, 96);
+SL_ASSERT_SIZE(struct sl_ct_value, 136);

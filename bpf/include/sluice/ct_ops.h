@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* Conntrack operations of the TC datapath on the sl_ct map, which the
- * including object defines. */
+/* Conntrack operations of the TC datapath on the sl_ct_tables array of
+ * tables, which the including object defines. */
 #pragma once
 
 #include "conntrack.h"
@@ -8,26 +8,27 @@
 #include "parse.h"
 
 /* sl_ct_key_fill writes the canonical key of a packet from (saddr, sport)
- * to (daddr, dport) and returns the packet's direction. The address order
- * is that of big-endian numbers, so Go's netip.Addr.Compare agrees. */
-SL_INLINE enum sl_ct_dir sl_ct_key_fill(struct sl_ct_key *key, __u8 proto, __be32 saddr,
-					__u16 sport, __be32 daddr, __u16 dport)
+ * to (daddr, dport) and returns the packet's direction. Addresses compare
+ * as 128-bit big-endian numbers, as the Go package conntrack orders them. */
+SL_INLINE enum sl_ct_dir sl_ct_key_fill(struct sl_ct_key *key, __u8 proto, const __u8 *saddr,
+					__u16 sport, const __u8 *daddr, __u16 dport)
 {
-	__u32 s = bpf_ntohl(saddr), d = bpf_ntohl(daddr);
-	bool reversed = d < s || (d == s && dport < sport);
+	bool reversed = sl_addr_less(daddr, saddr) || (sl_addr_eq(daddr, saddr) && dport < sport);
 
-	__builtin_memset(key, 0, sizeof(*key));
 	key->proto = proto;
+	key->pad[0] = 0;
+	key->pad[1] = 0;
+	key->pad[2] = 0;
 	if (reversed) {
-		key->addr_a = daddr;
+		sl_addr_copy(key->addr_a, daddr);
+		sl_addr_copy(key->addr_b, saddr);
 		key->port_a = dport;
-		key->addr_b = saddr;
 		key->port_b = sport;
 		return SL_CT_DIR_B_TO_A;
 	}
-	key->addr_a = saddr;
+	sl_addr_copy(key->addr_a, saddr);
+	sl_addr_copy(key->addr_b, daddr);
 	key->port_a = sport;
-	key->addr_b = daddr;
 	key->port_b = dport;
 	return SL_CT_DIR_A_TO_B;
 }
@@ -45,25 +46,59 @@ SL_INLINE void sl_ct_ports(const struct sl_pkt *pkt, __u16 *sport, __u16 *dport)
 	*dport = pkt->dport;
 }
 
+/* sl_ct_table returns a table of sl_ct_tables, or NULL when the slot is
+ * empty (the draining slot, except during a resize). */
+SL_INLINE void *sl_ct_table(enum sl_ct_table_slot slot)
+{
+	__u32 key = slot;
+
+	return bpf_map_lookup_elem(&sl_ct_tables, &key);
+}
+
+/* sl_ct_find looks key up in the live table and, on a miss, in a table
+ * being drained; an entry found there is copied into the live table first
+ * (another CPU, or the runtime's drain, may have copied it already), so
+ * that from then on the flow is written only in the live table. */
+SL_INLINE struct sl_ct_value *sl_ct_find(void *live, const struct sl_ct_key *key)
+{
+	struct sl_ct_value *ct = bpf_map_lookup_elem(live, key);
+	struct sl_ct_value *moved;
+	void *draining;
+
+	if (ct)
+		return ct;
+	draining = sl_ct_table(SL_CT_TABLE_DRAINING);
+	if (!draining)
+		return NULL;
+	ct = bpf_map_lookup_elem(draining, key);
+	if (!ct)
+		return NULL;
+	bpf_map_update_elem(live, key, ct, BPF_NOEXIST);
+	moved = bpf_map_lookup_elem(live, key);
+	/* Without room in the live table, keep using the draining entry: the
+	 * drain copies it later with whatever this packet adds. */
+	return moved ? moved : ct;
+}
+
 /* sl_ct_lookup finds the entry that tracks the flow of key. A NAT forward
  * entry is a stub: it redirects to its reverse entry, whose key replaces
  * *key and against whose endpoints *dir is recomputed from the packet's
  * source. A stub whose reverse entry is gone counts as a miss and leaves
  * *key alone. */
-SL_INLINE struct sl_ct_value *sl_ct_lookup(struct sl_ct_key *key, enum sl_ct_dir *dir,
-					   __be32 saddr, __u16 sport)
+SL_INLINE struct sl_ct_value *sl_ct_lookup(void *live, struct sl_ct_key *key, enum sl_ct_dir *dir,
+					   const __u8 *saddr, __u16 sport)
 {
-	struct sl_ct_value *ct = bpf_map_lookup_elem(&sl_ct, key);
+	struct sl_ct_value *ct = sl_ct_find(live, key);
 	struct sl_ct_key rev;
 
 	if (!ct || ct->type != SL_CT_NAT_FWD)
 		return ct;
 	rev = ct->nat_peer;
-	ct = bpf_map_lookup_elem(&sl_ct, &rev);
+	ct = sl_ct_find(live, &rev);
 	if (!ct)
 		return NULL;
 	*key = rev;
-	*dir = rev.addr_a == saddr && rev.port_a == sport ? SL_CT_DIR_A_TO_B : SL_CT_DIR_B_TO_A;
+	*dir = sl_addr_eq(rev.addr_a, saddr) && rev.port_a == sport ? SL_CT_DIR_A_TO_B : SL_CT_DIR_B_TO_A;
 	return ct;
 }
 
@@ -103,66 +138,95 @@ SL_INLINE __u32 sl_ct_leg_flags_of(__u8 tcp_flags)
 	return f;
 }
 
-/* sl_ct_leg_account adds a packet to a leg. Entries are shared between
- * CPUs, so counts are added atomically, and the flags are written only
- * when they gain a bit, to keep the cache line clean on the common path. */
+/* sl_ct_leg_account adds a packet to a leg. A packet between two managed
+ * interfaces crosses an ingress and an egress hook; it is counted once, at
+ * TC ingress, and at TC egress only when no ingress hook of ours vouches
+ * for the leg (traffic from the host itself, or from an interface the
+ * datapath does not run on). Entries are shared between CPUs, so counts
+ * are added atomically, and the flags are written only when they gain a
+ * bit, to keep the cache line clean on the common path. */
 SL_INLINE void sl_ct_leg_account(struct sl_ct_value *ct, struct sl_ct_leg *leg, __u32 flags,
-				 __u32 len, __u64 now)
+				 __u32 len, __u64 now, enum sl_hook hook)
 {
-	if ((leg->flags & flags) != flags)
+	__u32 seen = leg->flags;
+
+	if ((seen & flags) != flags)
 		__sync_fetch_and_or((__u32 *)&leg->flags, flags);
-	__sync_fetch_and_add(&leg->packets, 1);
-	__sync_fetch_and_add(&leg->bytes, len);
+	if (hook == SL_HOOK_INGRESS || !(seen & SL_CT_LEG_INGRESS_OK)) {
+		__sync_fetch_and_add(&leg->packets, 1);
+		__sync_fetch_and_add(&leg->bytes, len);
+	}
 	ct->last_seen = now;
+}
+
+/* sl_ct_claim_ingress lets a leg's packets in at ifindex's ingress hook,
+ * unless the leg is already bound to another interface: the first claim
+ * fixes the interface, so a packet forged at another interface (a spoofed
+ * SYN that its own policy allows) cannot move a flow away from its owner. */
+SL_INLINE void sl_ct_claim_ingress(struct sl_ct_leg *leg, __u32 ifindex)
+{
+	__u32 owner = __sync_val_compare_and_swap(&leg->ifindex, 0, ifindex);
+
+	if (owner != 0 && owner != ifindex)
+		return;
+	/* The ifindex is in before the bit that vouches for it. */
+	if (!(leg->flags & SL_CT_LEG_INGRESS_OK))
+		__sync_fetch_and_or((__u32 *)&leg->flags, SL_CT_LEG_INGRESS_OK);
+}
+
+/* sl_ct_approve_leg records an approval on an existing entry. A real
+ * function rather than inlined: it runs once per policy decision, not per
+ * packet, and its parameter puts struct sl_ct_value into BTF, which the
+ * table template of sl_ct_tables alone does not. */
+static __noinline int sl_ct_approve_leg(struct sl_ct_value *ct, const struct sl_pending *pd,
+					__u32 flags, __u32 len)
+{
+	bool ingress = pd->hook == SL_HOOK_INGRESS;
+
+	sl_ct_claim_ingress(sl_ct_leg_of(ct, ingress ? pd->dir : !pd->dir), pd->ifindex);
+	sl_ct_leg_account(ct, sl_ct_leg_of(ct, pd->dir), flags, len, bpf_ktime_get_coarse_ns(),
+			  pd->hook);
+	return 0;
 }
 
 /* sl_ct_approve records that policy at the pending packet's hook allowed
  * its leg, creating the entry for a new flow. Approval at an egress hook
  * also lets the replies in at that interface's ingress hook. Returns 0, or
  * a negative error when no entry could be written. */
-SL_INLINE int sl_ct_approve(const struct sl_pending *pd, __u32 len)
+SL_INLINE int sl_ct_approve(void *live, const struct sl_pending *pd, __u32 len)
 {
-	__u64 now = bpf_ktime_get_coarse_ns();
-	__u32 flags = pd->leg_flags;
-	struct sl_ct_value *ct;
+	bool ingress = pd->hook == SL_HOOK_INGRESS;
+	__u32 flags = pd->leg_flags | (ingress ? 0 : SL_CT_LEG_EGRESS_OK);
+	struct sl_ct_value *ct = sl_ct_find(live, &pd->ct_key);
 	struct sl_ct_leg *leg;
+	__u64 now;
 
-	flags |= pd->hook == SL_HOOK_INGRESS ? SL_CT_LEG_INGRESS_OK : SL_CT_LEG_EGRESS_OK;
-	ct = bpf_map_lookup_elem(&sl_ct, &pd->ct_key);
-	if (!ct) {
-		struct sl_ct_value fresh = {
-			.created = now,
-			.last_seen = now,
-			.type = SL_CT_NORMAL,
-		};
+	if (ct)
+		return sl_ct_approve_leg(ct, pd, flags, len);
+	now = bpf_ktime_get_coarse_ns();
+	struct sl_ct_value fresh = {
+		.created = now,
+		.last_seen = now,
+		.type = SL_CT_NORMAL,
+	};
 
-		leg = sl_ct_leg_of(&fresh, pd->dir);
-		leg->packets = 1;
-		leg->bytes = len;
-		leg->flags = flags;
-		if (pd->hook == SL_HOOK_INGRESS) {
-			leg->ifindex = pd->ifindex;
-		} else {
-			leg = sl_ct_leg_of(&fresh, !pd->dir);
-			leg->ifindex = pd->ifindex;
-			leg->flags = SL_CT_LEG_INGRESS_OK;
-		}
-		if (!bpf_map_update_elem(&sl_ct, &pd->ct_key, &fresh, BPF_NOEXIST))
-			return 0;
-		/* Another CPU created it first: account on that entry. */
-		ct = bpf_map_lookup_elem(&sl_ct, &pd->ct_key);
-		if (!ct)
-			return -1;
-	}
-	if (pd->hook == SL_HOOK_INGRESS) {
-		leg = sl_ct_leg_of(ct, pd->dir);
+	leg = sl_ct_leg_of(&fresh, pd->dir);
+	leg->packets = 1;
+	leg->bytes = len;
+	leg->flags = flags;
+	if (ingress) {
+		leg->ifindex = pd->ifindex;
+		leg->flags |= SL_CT_LEG_INGRESS_OK;
 	} else {
-		leg = sl_ct_leg_of(ct, !pd->dir);
+		leg = sl_ct_leg_of(&fresh, !pd->dir);
+		leg->ifindex = pd->ifindex;
+		leg->flags = SL_CT_LEG_INGRESS_OK;
 	}
-	/* The ifindex goes in before the bit that vouches for it. */
-	leg->ifindex = pd->ifindex;
-	if (pd->hook == SL_HOOK_EGRESS && !(leg->flags & SL_CT_LEG_INGRESS_OK))
-		__sync_fetch_and_or((__u32 *)&leg->flags, SL_CT_LEG_INGRESS_OK);
-	sl_ct_leg_account(ct, sl_ct_leg_of(ct, pd->dir), flags, len, now);
-	return 0;
+	if (!bpf_map_update_elem(live, &pd->ct_key, &fresh, BPF_NOEXIST))
+		return 0;
+	/* Another CPU created it first: account on that entry. */
+	ct = bpf_map_lookup_elem(live, &pd->ct_key);
+	if (!ct)
+		return -1;
+	return sl_ct_approve_leg(ct, pd, flags, len);
 }

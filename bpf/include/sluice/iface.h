@@ -15,23 +15,35 @@ enum sl_hook {
 /* Bits of sl_iface.flags. Every bit's zero value is the safe default, so
  * an entry written with flags = WORKLOAD | READY enforces policy fully. */
 enum sl_iface_flags {
-	SL_IFACE_WORKLOAD	= 1u << 0, /* a workload's host-side interface */
+	SL_IFACE_WORKLOAD	= 1u << 0, /* a workload's host-side interface: reverse-path checked */
 	SL_IFACE_HOST		= 1u << 1, /* a host interface (host endpoint) */
 	SL_IFACE_READY		= 1u << 2, /* settings complete; without it every packet drops */
-	SL_IFACE_DROP_NON_IP	= 1u << 3, /* drop non-IP frames (ARP, ...) instead of passing them */
+	SL_IFACE_DROP_NON_IP	= 1u << 3, /* drop ARP and the other link protocols instead of passing them */
 	SL_IFACE_PASS_IPV6	= 1u << 4, /* pass IPv6 unchecked instead of dropping it */
 	SL_IFACE_DROP_MID_FLOW	= 1u << 5, /* drop TCP without SYN and without conntrack instead of running policy */
 	SL_IFACE_PASS_FRAGMENTS	= 1u << 6, /* police first fragments and pass later ones, instead of dropping all */
 };
 
-/* Value of sl_ifaces, keyed by ifindex (__u32). The policy fields are
- * slots of sl_policy_jumps named by hook, not by the workload's point of
- * view: for a workload interface, the ingress hook carries the packets the
- * workload sends, so the agent puts its egress policy in ingress_policy. */
+/* The policy slots one generation of the datapath's programs runs. Each
+ * process that loads the datapath is a generation (numbered from 1 up);
+ * while a restarted agent takes over, the old process's programs and the
+ * new one's run side by side, each with its own sl_policy_jumps, so an
+ * interface carries a record for each. */
+struct sl_iface_policy {
+	__u32	generation;	/* generation whose programs use these slots; 0: none */
+	__u32	ingress;	/* that generation's sl_policy_jumps slot run at TC ingress */
+	__u32	egress;		/* that generation's sl_policy_jumps slot run at TC egress */
+};
+SL_ASSERT_SIZE(struct sl_iface_policy, 12);
+
+/* Value of sl_ifaces, keyed by ifindex (__u32). The policy slots are named
+ * by hook, not by the endpoint's point of view: for a workload interface
+ * the ingress hook carries the packets the workload sends, so its egress
+ * policy runs there. A program finds the record of its own generation; an
+ * interface without one drops every packet that needs policy. */
 struct sl_iface {
 	enum sl_iface_flags flags;	/* SL_IFACE_* bits */
-	__u32	ingress_policy;		/* sl_policy_jumps slot run at the TC ingress hook */
-	__u32	egress_policy;		/* sl_policy_jumps slot run at the TC egress hook */
 	__u32	counter_slot;		/* the interface's sl_counters slot, from 1 up */
+	struct sl_iface_policy policy[2];	/* policy slots of up to two generations */
 };
-SL_ASSERT_SIZE(struct sl_iface, 16);
+SL_ASSERT_SIZE(struct sl_iface, 32);

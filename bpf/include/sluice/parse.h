@@ -9,7 +9,6 @@
 #include <linux/ip.h>
 #include <linux/tcp.h>
 #include <linux/udp.h>
-#include <stdbool.h>
 
 #include "counters.h"
 
@@ -21,12 +20,26 @@
 #define SL_IP_MF	0x2000	/* frag_off: more fragments */
 #define SL_IP_OFFSET	0x1fff	/* frag_off: fragment offset in 8-byte units */
 
+/* EtherTypes the parser tells apart beyond IPv4 and IPv6. */
+#define SL_ETH_P_8021Q		0x8100	/* 802.1Q VLAN tag */
+#define SL_ETH_P_8021AD		0x88a8	/* 802.1ad service tag */
+#define SL_ETH_P_QINQ		0x9100	/* pre-standard QinQ tag */
+#define SL_ETH_P_ARP		0x0806
+#define SL_ETH_P_RARP		0x8035
+#define SL_ETH_P_SLOW		0x8809	/* LACP and other 802.3 slow protocols */
+#define SL_ETH_P_EAPOL		0x888e	/* 802.1X */
+#define SL_ETH_P_LLDP		0x88cc
+#define SL_ETH_P_PTP		0x88f7	/* IEEE 1588 over Ethernet */
+
 /* ICMP types the datapath tells apart. Not from <linux/icmp.h>, which
  * needs libc headers a BPF build does not have. */
 #define SL_ICMP_ECHOREPLY	0
 #define SL_ICMP_DEST_UNREACH	3	/* code 4: fragmentation needed */
+#define SL_ICMP_SOURCE_QUENCH	4
+#define SL_ICMP_REDIRECT	5
 #define SL_ICMP_ECHO		8
 #define SL_ICMP_TIME_EXCEEDED	11
+#define SL_ICMP_PARAMETERPROB	12
 
 /* The first 8 bytes of every ICMP message. */
 struct sl_icmphdr {
@@ -45,12 +58,13 @@ struct sl_icmphdr {
 
 /* What the datapath needs of a parsed packet. */
 struct sl_pkt {
-	__be32	saddr;		/* network order */
-	__be32	daddr;		/* network order */
+	__u8	saddr[16] SL_ADDR_ALIGNED;	/* IPv4-mapped for IPv4 */
+	__u8	daddr[16];	/* IPv4-mapped for IPv4 */
 	__u16	sport;		/* host order; 0 without ports */
 	__u16	dport;		/* host order; 0 without ports */
 	__u16	l4_off;		/* offset of the L4 header from skb->data */
 	__u16	l4_len;		/* IP total length minus the IP header */
+	__u16	ip_len;		/* IP total length */
 	__u8	proto;		/* IPPROTO_* */
 	__u8	tcp_flags;	/* TCP header byte 13; 0 for other protocols */
 	__u8	icmp_type;
@@ -69,11 +83,13 @@ SL_INLINE bool sl_icmp_is_echo(__u8 type)
 	return type == SL_ICMP_ECHO || type == SL_ICMP_ECHOREPLY;
 }
 
-/* Errors whose quoted packet may belong to a tracked flow. Fragmentation
- * needed is a code of ICMP_DEST_UNREACH. */
+/* Errors whose quoted packet may belong to a tracked flow: the types
+ * Linux's conntrack and Calico treat as errors. */
 SL_INLINE bool sl_icmp_is_error(__u8 type)
 {
-	return type == SL_ICMP_DEST_UNREACH || type == SL_ICMP_TIME_EXCEEDED;
+	return type == SL_ICMP_DEST_UNREACH || type == SL_ICMP_SOURCE_QUENCH ||
+	       type == SL_ICMP_REDIRECT || type == SL_ICMP_TIME_EXCEEDED ||
+	       type == SL_ICMP_PARAMETERPROB;
 }
 
 /* sl_pull makes the headers the parser reads linear. Packets from the
@@ -86,24 +102,46 @@ SL_INLINE void sl_pull(struct __sk_buff *skb)
 		bpf_skb_pull_data(skb, want);
 }
 
-/* sl_parse_eth sorts frames by ethertype; only IPv4 continues. */
+/* sl_ethertype_is_link says whether an EtherType is a link-layer protocol
+ * that cannot carry IP: the only frames besides IP that pass. Anything
+ * else (VLAN tags, MPLS, PPPoE, 802.3 length fields with LLC/SNAP, and
+ * types nobody listed) could hide an IP packet from policy. */
+SL_INLINE bool sl_ethertype_is_link(__be16 proto)
+{
+	return proto == bpf_htons(SL_ETH_P_ARP) || proto == bpf_htons(SL_ETH_P_RARP) ||
+	       proto == bpf_htons(SL_ETH_P_SLOW) || proto == bpf_htons(SL_ETH_P_EAPOL) ||
+	       proto == bpf_htons(SL_ETH_P_LLDP) || proto == bpf_htons(SL_ETH_P_PTP);
+}
+
+/* sl_parse_eth sorts frames by EtherType; only IPv4 continues. A VLAN tag
+ * drops the frame wherever it sits: in the frame, or in the skb, where
+ * the receive path puts the outer tag before TC ingress runs. */
 SL_INLINE enum sl_parse_rc sl_parse_eth(struct __sk_buff *skb, enum sl_iface_flags iflags,
 					enum sl_reason *reason)
 {
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
+	__be16 proto;
 
 	if ((void *)(eth + 1) > end) {
 		*reason = SL_REASON_DROPPED_SHORT;
 		return SL_PARSE_VERDICT;
 	}
-	if (eth->h_proto == bpf_htons(ETH_P_IP))
+	proto = eth->h_proto;
+	if (skb->vlan_present || proto == bpf_htons(SL_ETH_P_8021Q) ||
+	    proto == bpf_htons(SL_ETH_P_8021AD) || proto == bpf_htons(SL_ETH_P_QINQ)) {
+		*reason = SL_REASON_DROPPED_VLAN;
+		return SL_PARSE_VERDICT;
+	}
+	if (proto == bpf_htons(ETH_P_IP))
 		return SL_PARSE_IPV4;
-	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+	if (proto == bpf_htons(ETH_P_IPV6))
 		*reason = iflags & SL_IFACE_PASS_IPV6 ? SL_REASON_IPV6_PASSED : SL_REASON_DROPPED_IPV6;
-	else
+	else if (sl_ethertype_is_link(proto))
 		*reason = iflags & SL_IFACE_DROP_NON_IP ? SL_REASON_DROPPED_NON_IP : SL_REASON_NON_IP_PASSED;
+	else
+		*reason = SL_REASON_DROPPED_ETHERTYPE;
 	return SL_PARSE_VERDICT;
 }
 
@@ -150,10 +188,11 @@ SL_INLINE enum sl_parse_rc sl_parse_ipv4(struct __sk_buff *skb, enum sl_iface_fl
 			return SL_PARSE_VERDICT;
 		}
 	}
-	pkt->saddr = ip->saddr;
-	pkt->daddr = ip->daddr;
+	sl_addr_set4(pkt->saddr, ip->saddr);
+	sl_addr_set4(pkt->daddr, ip->daddr);
 	pkt->proto = ip->protocol;
 	pkt->l4_off = ETH_HLEN + ihl;
+	pkt->ip_len = tot_len;
 	/* The L4 parsers measure against the IP payload, not the frame, so
 	 * Ethernet padding is never taken for L4 bytes. */
 	pkt->l4_len = tot_len - ihl;

@@ -23,4 +23,4 @@ struct sl_pending {
 	enum sl_ct_leg_flags leg_flags;	/* TCP flags of the packet as leg bits */
 	__u32	counter_index;		/* sl_counters index of the interface's hook */
 };
-SL_ASSERT_SIZE(struct sl_pending, 36);
+SL_ASSERT_SIZE(struct sl_pending, 60);

@@ -1,25 +1,25 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* The per-CPU packet state shared between the datapath and the policy
  * programs that polprog generates. This struct is the single source of
- * truth: polprog reads its field offsets from bpf2go's generated mirror,
- * which the Go tests check against this object's BTF. */
+ * truth: polprog reads its field offsets from the generated Go mirror
+ * (bpf.State), which the Go tests check against this object's BTF. */
 #pragma once
 
 #include "common.h"
 
 /* Bits of sl_state.flags. An enum rather than defines so the values reach
- * BTF and bpf2go's Go constants. */
+ * BTF and the generated Go constants. */
 enum sl_state_flags {
 	SL_STATE_F_SRC_IS_HOST	= 1u << 0, /* source is this host (host endpoints) */
 	SL_STATE_F_DST_IS_HOST	= 1u << 1, /* destination is this host */
 	SL_STATE_F_LOG		= 1u << 2, /* a policy "log" rule matched */
 };
 
-/* sl_state.policy_rc: the verdict a policy program leaves behind. */
+/* The verdict a policy program leaves behind in sl_state.policy_rc. */
 enum sl_policy_rc {
 	SL_POLICY_NONE	= 0, /* policy has not decided (yet) */
-	SL_POLICY_ALLOW	= 1,
-	SL_POLICY_DENY	= 2,
+	SL_POLICY_ALLOW	= 1, /* policy allowed the packet */
+	SL_POLICY_DENY	= 2, /* policy denied the packet */
 	/* A policy program could not finish: a tail call to its next part
 	 * or to the allow continuation failed, or a later part was entered
 	 * without a resume point. The deny continuation counts the packet
@@ -27,9 +27,10 @@ enum sl_policy_rc {
 	SL_POLICY_FAILED = 3,
 };
 
-/* Addresses are 16 bytes in network order. IPv4 is stored IPv4-mapped
- * (::ffff:a.b.c.d), as Go's netip.Addr.As16 does, so policy code and map
- * keys have one layout for both families. */
+/* The packet as policy sees it, filled in by the datapath (sl_state_map,
+ * entry 0). Addresses are 16 bytes in network order. IPv4 is stored
+ * IPv4-mapped (::ffff:a.b.c.d), as Go's netip.Addr.As16 does, so policy
+ * code and map keys have one layout for both families. */
 struct sl_state {
 	__u8	src_addr[16];		/* source address */
 	__u8	dst_addr[16];		/* destination after DNAT */

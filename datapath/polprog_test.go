@@ -1,7 +1,6 @@
-package bpf_test
+package datapath
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
 	"testing"
@@ -15,41 +14,39 @@ import (
 	"github.com/sluicenet/sluice/polprog"
 )
 
-const (
-	tcActOK   = 0
-	tcActShot = 2
-	lo        = 1 // the interface a test run without context runs at
-)
-
-// loadWithPolicy loads the datapath, compiles rules with polprog into
-// policy slot 0, and makes lo a ready workload interface running it at
-// both hooks.
-func loadWithPolicy(tb testing.TB, rules polprog.Rules, opts polprog.Options) *bpf.Datapath {
+// loadWithPolicy opens a datapath and makes lo a workload interface that
+// runs rules at both TC hooks (as its egress and ingress policy), with
+// every IPv4 address routed to it so lo's reverse-path check passes.
+func loadWithPolicy(tb testing.TB, rules polprog.Rules, opts polprog.Options) *Datapath {
 	tb.Helper()
 	testutil.RequirePrivileged(tb)
-	dp, err := bpf.Load(bpf.LoadOptions{PolicySlots: 64, IPSetEntries: 1024, RuleHitEntries: 1024})
+	d, err := Open(Options{ConntrackEntries: 1 << 16, PolicySlots: 64, IPSetEntries: 1024, RuleHitEntries: 1024,
+		MaxInterfaces: 8, Policy: opts})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	tb.Cleanup(func() { dp.Close() })
-	compiled, err := polprog.Compile(rules, opts)
+	tb.Cleanup(func() { d.Close() })
+	if err := d.Routes().Put(workloadRoute("0.0.0.0/0", loIfindex)); err != nil {
+		tb.Fatal(err)
+	}
+	if err := d.SetInterface(loIfindex, Interface{Kind: Workload, Ingress: rules, Egress: rules}); err != nil {
+		tb.Fatal(err)
+	}
+	return d
+}
+
+// tcCounters returns lo's counters at a TC hook: for a workload, its
+// egress is the TC ingress hook.
+func tcCounters(tb testing.TB, d *Datapath, hook bpf.Hook) HookCounters {
+	tb.Helper()
+	c, err := d.Counters(loIfindex)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	m := dp.Collection.Maps
-	prog, err := compiled.Load(polprog.Maps{
-		State: m[bpf.MapState], IPSets: m[bpf.MapIPSets], RuleHits: m[bpf.MapRuleHits],
-		PolicyJumps: m[bpf.MapPolicyJumps], Conts: m[bpf.MapConts],
-	})
-	if err != nil {
-		tb.Fatal(err)
+	if hook == bpf.HookIngress {
+		return c.Egress
 	}
-	tb.Cleanup(func() { prog.Close() })
-	iface := bpf.Iface{Flags: bpf.IfaceWorkload | bpf.IfaceReady, IngressPolicy: prog.EntrySlot(), EgressPolicy: prog.EntrySlot(), CounterSlot: 1}
-	if err := m[bpf.MapIfaces].Put(uint32(lo), iface); err != nil {
-		tb.Fatal(err)
-	}
-	return dp
+	return c.Ingress
 }
 
 // tenRules is a policy of ten rules in Calico's benchmark shape: nine that
@@ -70,21 +67,13 @@ func tenRules() polprog.Rules {
 	}
 }
 
-func ruleHits(tb testing.TB, dp *bpf.Datapath, id uint64) uint64 {
+func ruleHits(tb testing.TB, d *Datapath, id uint64) uint64 {
 	tb.Helper()
-	var perCPU []uint64
-	err := dp.Collection.Maps[bpf.MapRuleHits].Lookup(id, &perCPU)
-	if errors.Is(err, ebpf.ErrKeyNotExist) {
-		return 0
-	}
+	n, err := d.RuleHits().Get(id)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	var sum uint64
-	for _, n := range perCPU {
-		sum += n
-	}
-	return sum
+	return n
 }
 
 // TestPolprogPolicy runs a policy polprog compiled: allowed and denied new
@@ -95,35 +84,29 @@ func TestPolprogPolicy(t *testing.T) {
 	client := netip.MustParseAddrPort("10.7.0.1:40000")
 	steps := []struct {
 		name     string
-		prog     string
+		prog     prog
 		frame    []byte
 		wantRet  uint32
 		reason   bpf.Reason
 		hook     bpf.Hook
 		wantHits map[uint64]uint64
 	}{
-		{"SYN to 80 allowed by rule 10", bpf.ProgTCIngress, syn(t, client, "10.7.0.2:80"), tcActOK, bpf.ReasonAcceptedByPolicy, bpf.HookIngress, map[uint64]uint64{10: 1, 99: 0}},
-		{"reply passes without policy", bpf.ProgTCEgress, tcp(t, "10.7.0.2:80", client.String(), testpkt.SYN|testpkt.ACK), tcActOK, bpf.ReasonAcceptedEstablished, bpf.HookEgress, map[uint64]uint64{10: 1, 99: 0}},
-		{"ACK passes without policy", bpf.ProgTCIngress, tcp(t, client.String(), "10.7.0.2:80", testpkt.ACK), tcActOK, bpf.ReasonAcceptedEstablished, bpf.HookIngress, map[uint64]uint64{10: 1, 99: 0}},
-		{"SYN to 1000 denied: rule 1 needs 192.168.0.0/24", bpf.ProgTCIngress, syn(t, client, "10.7.0.2:1000"), tcActShot, bpf.ReasonDroppedByPolicy, bpf.HookIngress, map[uint64]uint64{10: 1, 99: 1}},
-		{"UDP to 80 denied", bpf.ProgTCIngress, testpkt.MustBytes(t, testpkt.UDPv4(client, netip.MustParseAddrPort("10.7.0.2:80"), nil)), tcActShot, bpf.ReasonDroppedByPolicy, bpf.HookIngress, map[uint64]uint64{10: 1, 99: 2}},
+		{"SYN to 80 allowed by rule 10", progIngress, syn(t, client, "10.7.0.2:80"), tcActOK, bpf.ReasonAcceptedByPolicy, bpf.HookIngress, map[uint64]uint64{10: 1, 99: 0}},
+		{"reply passes without policy", progEgress, tcp(t, "10.7.0.2:80", client.String(), testpkt.SYN|testpkt.ACK), tcActOK, bpf.ReasonAcceptedEstablished, bpf.HookEgress, map[uint64]uint64{10: 1, 99: 0}},
+		{"ACK passes without policy", progIngress, tcp(t, client.String(), "10.7.0.2:80", testpkt.ACK), tcActOK, bpf.ReasonAcceptedEstablished, bpf.HookIngress, map[uint64]uint64{10: 1, 99: 0}},
+		{"SYN to 1000 denied: rule 1 needs 192.168.0.0/24", progIngress, syn(t, client, "10.7.0.2:1000"), tcActShot, bpf.ReasonDroppedByPolicy, bpf.HookIngress, map[uint64]uint64{10: 1, 99: 1}},
+		{"UDP to 80 denied", progIngress, testpkt.MustBytes(t, testpkt.UDPv4(client, netip.MustParseAddrPort("10.7.0.2:80"), nil)), tcActShot, bpf.ReasonDroppedByPolicy, bpf.HookIngress, map[uint64]uint64{10: 1, 99: 2}},
 	}
 	for _, s := range steps {
-		before, err := dp.Counters(lo, s.hook)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ret, err := dp.Collection.Programs[s.prog].Run(&ebpf.RunOptions{Data: s.frame})
+		before := tcCounters(t, dp, s.hook)
+		ret, err := programOf(dp, s.prog).Run(&ebpf.RunOptions{Data: s.frame})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if ret != s.wantRet {
 			t.Errorf("%s: verdict %d, want %d", s.name, ret, s.wantRet)
 		}
-		after, err := dp.Counters(lo, s.hook)
-		if err != nil {
-			t.Fatal(err)
-		}
+		after := tcCounters(t, dp, s.hook)
 		if got := after[s.reason] - before[s.reason]; got != 1 {
 			t.Errorf("%s: reason %d counted %d times, want once", s.name, s.reason, got)
 		}

@@ -1,4 +1,4 @@
-package bpf
+package datapath
 
 import (
 	"encoding/binary"
@@ -12,6 +12,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/sluicenet/sluice/bpf"
 	"github.com/sluicenet/sluice/internal/testpkt"
 )
 
@@ -33,34 +34,34 @@ func refusedByTestRun(frame []byte) bool {
 
 // newDenyHarness is a harness whose policies deny everything, so that no
 // conntrack entry ever forms and a parsed packet always ends in
-// ReasonDroppedByPolicy.
+// bpf.ReasonDroppedByPolicy.
 func newDenyHarness(tb testing.TB) *harness {
 	h := newHarness(tb)
-	h.setPolicy(slotIngress, allowDstPorts())
-	h.setPolicy(slotEgress, allowDstPorts())
+	h.putPolicy(h.lo.ingress, allowDstPorts())
+	h.putPolicy(h.lo.egress, allowDstPorts())
 	return h
 }
 
 // expectOf is the verdict and reason the datapath owes a frame when policy
 // denies all: the reference model's, or dropped by policy once it parses.
-func expectOf(frame []byte, flags IfaceFlags) Reason {
+func expectOf(frame []byte, flags bpf.IfaceFlags) bpf.Reason {
 	if r, decided := modelParse(frame, flags); decided {
 		return r
 	}
-	return ReasonDroppedByPolicy
+	return bpf.ReasonDroppedByPolicy
 }
 
 // runMalformed runs frame at lo's ingress hook with iface flags and
 // checks the reason against want and the reference model. It reports
 // false when the kernel refused to run the frame at all.
-func (h *harness) runMalformed(t *testing.T, name string, frame []byte, flags IfaceFlags, want Reason) bool {
+func (h *harness) runMalformed(t *testing.T, name string, frame []byte, flags bpf.IfaceFlags, want bpf.Reason) bool {
 	t.Helper()
-	h.setIface(loIfindex, loIface(flags|IfaceReady))
+	h.setLo(flags | bpf.IfaceReady)
 	if model := expectOf(frame, flags); model != want {
 		t.Errorf("%s: reference model says %d, want %d", name, model, want)
 	}
-	before := h.counters(loIfindex, HookIngress)
-	ret, err := h.prog(ProgTCIngress).Run(&ebpf.RunOptions{Data: frame})
+	before := h.counters(loIfindex, bpf.HookIngress)
+	ret, err := h.program(progIngress).Run(&ebpf.RunOptions{Data: frame})
 	if err != nil {
 		if errors.Is(err, syscall.EINVAL) && refusedByTestRun(frame) {
 			return false
@@ -70,7 +71,7 @@ func (h *harness) runMalformed(t *testing.T, name string, frame []byte, flags If
 	if ret != verdictOf(want) {
 		t.Errorf("%s: verdict %d, want %d", name, ret, verdictOf(want))
 	}
-	if diff := cmp.Diff(one(want), reasonDelta(before, h.counters(loIfindex, HookIngress))); diff != "" {
+	if diff := cmp.Diff(one(want), reasonDelta(before, h.counters(loIfindex, bpf.HookIngress))); diff != "" {
 		t.Errorf("%s: counters (-want +got):\n%s", name, diff)
 	}
 	return true
@@ -115,9 +116,9 @@ func TestMalformedCorpus(t *testing.T) {
 		ran := 0
 		for n := 14; n < len(full); n++ {
 			b := testpkt.Truncate(full, n)
-			want := ReasonDroppedBadLen
+			want := bpf.ReasonDroppedBadLen
 			if ihl := int(full[14]&0x0f) * 4; n < 14+ihl {
-				want = ReasonDroppedShort
+				want = bpf.ReasonDroppedShort
 			}
 			if h.runMalformed(t, fmt.Sprintf("%s cut to %d", name, n), b, 0, want) {
 				ran++
@@ -126,47 +127,47 @@ func TestMalformedCorpus(t *testing.T) {
 		if want := len(full) - minIPv4TestRun; ran != want {
 			t.Errorf("%s: %d truncations ran, want %d (lengths %d..%d)", name, ran, want, minIPv4TestRun, len(full)-1)
 		}
-		h.runMalformed(t, name+" whole", full, 0, ReasonDroppedByPolicy)
+		h.runMalformed(t, name+" whole", full, 0, bpf.ReasonDroppedByPolicy)
 	}
 
 	cases := []struct {
 		name  string
 		frame []byte
-		flags IfaceFlags
-		want  Reason
+		flags bpf.IfaceFlags
+		want  bpf.Reason
 	}{
-		{"ihl 0", withIHL(build(nil), 0), 0, ReasonDroppedBadIHL},
-		{"ihl 4", withIHL(build(nil), 4), 0, ReasonDroppedBadIHL},
-		{"ihl 15 past the frame", withIHL(build(nil), 15), 0, ReasonDroppedShort},
-		{"ihl 6 leaves 16 bytes for TCP", withIHL(build(nil), 6), 0, ReasonDroppedShort},
-		{"version 6 in IPv4 frame", build(func(p *testpkt.Packet) { p.IPv4.Version = 6 }), 0, ReasonDroppedBadVersion},
-		{"total length below header", setTotLen(build(nil), 19), 0, ReasonDroppedBadLen},
-		{"total length past frame", setTotLen(build(nil), 41), 0, ReasonDroppedBadLen},
-		{"total length cuts TCP", setTotLen(build(nil), 39), 0, ReasonDroppedShort},
-		{"ethernet padding", build(func(p *testpkt.Packet) { p.Trailer = make([]byte, 6) }), 0, ReasonDroppedByPolicy},
-		{"4 bytes of IP options", build(func(p *testpkt.Packet) { p.IPv4.Options = ipOpts }), 0, ReasonDroppedByPolicy},
-		{"40 bytes of IP options", build(func(p *testpkt.Packet) { p.IPv4.Options = make([]byte, 40) }), 0, ReasonDroppedByPolicy},
-		{"tcp data offset 4", build(func(p *testpkt.Packet) { p.TCP.DataOffset = 4 }), 0, ReasonDroppedBadTCPDoff},
-		{"tcp data offset past segment", build(func(p *testpkt.Packet) { p.TCP.DataOffset = 6 }), 0, ReasonDroppedBadTCPDoff},
-		{"tcp data offset 15 with options", build(func(p *testpkt.Packet) { p.TCP.Options = make([]byte, 40) }), 0, ReasonDroppedByPolicy},
-		{"first fragment", build(func(p *testpkt.Packet) { p.IPv4.MoreFragments = true }), 0, ReasonDroppedFragment},
-		{"later fragment", build(func(p *testpkt.Packet) { p.IPv4.FragOffset = 185 }), 0, ReasonDroppedFragment},
-		{"last fragment", build(func(p *testpkt.Packet) { p.IPv4.FragOffset = 1 }), 0, ReasonDroppedFragment},
-		{"first fragment, fragments passed", build(func(p *testpkt.Packet) { p.IPv4.MoreFragments = true }), IfacePassFragments, ReasonDroppedByPolicy},
+		{"ihl 0", withIHL(build(nil), 0), 0, bpf.ReasonDroppedBadIHL},
+		{"ihl 4", withIHL(build(nil), 4), 0, bpf.ReasonDroppedBadIHL},
+		{"ihl 15 past the frame", withIHL(build(nil), 15), 0, bpf.ReasonDroppedShort},
+		{"ihl 6 leaves 16 bytes for TCP", withIHL(build(nil), 6), 0, bpf.ReasonDroppedShort},
+		{"version 6 in IPv4 frame", build(func(p *testpkt.Packet) { p.IPv4.Version = 6 }), 0, bpf.ReasonDroppedBadVersion},
+		{"total length below header", setTotLen(build(nil), 19), 0, bpf.ReasonDroppedBadLen},
+		{"total length past frame", setTotLen(build(nil), 41), 0, bpf.ReasonDroppedBadLen},
+		{"total length cuts TCP", setTotLen(build(nil), 39), 0, bpf.ReasonDroppedShort},
+		{"ethernet padding", build(func(p *testpkt.Packet) { p.Trailer = make([]byte, 6) }), 0, bpf.ReasonDroppedByPolicy},
+		{"4 bytes of IP options", build(func(p *testpkt.Packet) { p.IPv4.Options = ipOpts }), 0, bpf.ReasonDroppedByPolicy},
+		{"40 bytes of IP options", build(func(p *testpkt.Packet) { p.IPv4.Options = make([]byte, 40) }), 0, bpf.ReasonDroppedByPolicy},
+		{"tcp data offset 4", build(func(p *testpkt.Packet) { p.TCP.DataOffset = 4 }), 0, bpf.ReasonDroppedBadTCPDoff},
+		{"tcp data offset past segment", build(func(p *testpkt.Packet) { p.TCP.DataOffset = 6 }), 0, bpf.ReasonDroppedBadTCPDoff},
+		{"tcp data offset 15 with options", build(func(p *testpkt.Packet) { p.TCP.Options = make([]byte, 40) }), 0, bpf.ReasonDroppedByPolicy},
+		{"first fragment", build(func(p *testpkt.Packet) { p.IPv4.MoreFragments = true }), 0, bpf.ReasonDroppedFragment},
+		{"later fragment", build(func(p *testpkt.Packet) { p.IPv4.FragOffset = 185 }), 0, bpf.ReasonDroppedFragment},
+		{"last fragment", build(func(p *testpkt.Packet) { p.IPv4.FragOffset = 1 }), 0, bpf.ReasonDroppedFragment},
+		{"first fragment, fragments passed", build(func(p *testpkt.Packet) { p.IPv4.MoreFragments = true }), bpf.IfacePassFragments, bpf.ReasonDroppedByPolicy},
 		{"later fragment, fragments passed", build(func(p *testpkt.Packet) {
 			p.IPv4.FragOffset = 185
 			p.IPv4.MoreFragments = true
-		}), IfacePassFragments, ReasonFragmentPassed},
-		{"don't fragment", build(func(p *testpkt.Packet) { p.IPv4.DontFragment = true }), 0, ReasonDroppedByPolicy},
-		{"udp", testpkt.MustBytes(t, udp(0)), 0, ReasonDroppedByPolicy},
-		{"udp cut by total length", setTotLen(testpkt.MustBytes(t, udp(0)), 27), 0, ReasonDroppedShort},
-		{"icmp cut by total length", setTotLen(testpkt.MustBytes(t, testpkt.ICMPv4Echo(src.Addr(), dst.Addr(), 1, 1, false)), 24), 0, ReasonDroppedShort},
-		{"unknown protocol without L4 bytes", setTotLen(build(func(p *testpkt.Packet) { p.IPv4.Protocol = 47 }), 20), 0, ReasonDroppedByPolicy},
-		{"ipv6", ethFrame(0x86dd, 60), 0, ReasonDroppedIPv6},
-		{"ipv6 passed", ethFrame(0x86dd, 60), IfacePassIPv6, ReasonIPv6Passed},
-		{"arp", ethFrame(0x0806, 28), 0, ReasonNonIPPassed},
-		{"arp dropped", ethFrame(0x0806, 28), IfaceDropNonIP, ReasonDroppedNonIP},
-		{"bare ethernet header", ethFrame(0x88cc, 0), 0, ReasonNonIPPassed},
+		}), bpf.IfacePassFragments, bpf.ReasonFragmentPassed},
+		{"don't fragment", build(func(p *testpkt.Packet) { p.IPv4.DontFragment = true }), 0, bpf.ReasonDroppedByPolicy},
+		{"udp", testpkt.MustBytes(t, udp(0)), 0, bpf.ReasonDroppedByPolicy},
+		{"udp cut by total length", setTotLen(testpkt.MustBytes(t, udp(0)), 27), 0, bpf.ReasonDroppedShort},
+		{"icmp cut by total length", setTotLen(testpkt.MustBytes(t, testpkt.ICMPv4Echo(src.Addr(), dst.Addr(), 1, 1, false)), 24), 0, bpf.ReasonDroppedShort},
+		{"unknown protocol without L4 bytes", setTotLen(build(func(p *testpkt.Packet) { p.IPv4.Protocol = 47 }), 20), 0, bpf.ReasonDroppedByPolicy},
+		{"ipv6", ethFrame(0x86dd, 60), 0, bpf.ReasonDroppedIPv6},
+		{"ipv6 passed", ethFrame(0x86dd, 60), bpf.IfacePassIPv6, bpf.ReasonIPv6Passed},
+		{"arp", ethFrame(0x0806, 28), 0, bpf.ReasonNonIPPassed},
+		{"arp dropped", ethFrame(0x0806, 28), bpf.IfaceDropNonIP, bpf.ReasonDroppedNonIP},
+		{"bare ethernet header", ethFrame(0x88cc, 0), 0, bpf.ReasonNonIPPassed},
 	}
 	for _, c := range cases {
 		if !h.runMalformed(t, c.name, c.frame, c.flags, c.want) {
@@ -203,7 +204,7 @@ func TestParserMatchesModel(t *testing.T) {
 	withOpts.IPv4.Options = make([]byte, 8)
 	withOpts.TCP.Options = make([]byte, 12)
 	bases = append(bases, testpkt.MustBytes(t, withOpts))
-	flagChoices := []IfaceFlags{0, IfacePassFragments, IfacePassIPv6 | IfaceDropNonIP}
+	flagChoices := []bpf.IfaceFlags{0, bpf.IfacePassFragments, bpf.IfacePassIPv6 | bpf.IfaceDropNonIP}
 
 	cases := 3000
 	if testing.Short() {

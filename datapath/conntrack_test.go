@@ -1,4 +1,4 @@
-package bpf
+package datapath
 
 import (
 	"fmt"
@@ -8,17 +8,18 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 
+	"github.com/sluicenet/sluice/bpf"
 	"github.com/sluicenet/sluice/internal/testpkt"
 )
 
 // ctCmp compares entries on everything but the timestamps, which
 // checkTimes covers.
 var ctCmp = cmp.Options{
-	cmpopts.IgnoreUnexported(CTValue{}, CTLeg{}, CTKey{}),
-	cmpopts.IgnoreFields(CTValue{}, "Created", "LastSeen"),
+	cmpopts.IgnoreUnexported(bpf.CTValue{}, bpf.CTLeg{}, bpf.CTKey{}),
+	cmpopts.IgnoreFields(bpf.CTValue{}, "Created", "LastSeen"),
 }
 
-func checkTimes(t *testing.T, step string, v CTValue, prevLastSeen uint64) {
+func checkTimes(t *testing.T, step string, v bpf.CTValue, prevLastSeen uint64) {
 	t.Helper()
 	if v.Created == 0 || v.LastSeen < v.Created || v.LastSeen < prevLastSeen {
 		t.Errorf("%s: timestamps created=%d last_seen=%d (previous last_seen %d)", step, v.Created, v.LastSeen, prevLastSeen)
@@ -31,7 +32,7 @@ type flowStep struct {
 	fromClient bool
 	flags      testpkt.TCPFlags
 	payload    int
-	legFlags   CTLegFlags // bits the packet's leg gains
+	legFlags   bpf.CTLegFlags // bits the packet's leg gains
 }
 
 // TestTCPSequences drives handshake, data, FIN and RST sequences through
@@ -41,21 +42,21 @@ type flowStep struct {
 func TestTCPSequences(t *testing.T) {
 	h := newHarness(t)
 	handshakeFin := []flowStep{
-		{true, testpkt.SYN, 0, CTLegSYN},
-		{false, testpkt.SYN | testpkt.ACK, 0, CTLegSYN | CTLegACK},
-		{true, testpkt.ACK, 0, CTLegACK},
-		{true, testpkt.PSH | testpkt.ACK, 100, CTLegACK},
-		{false, testpkt.PSH | testpkt.ACK, 1400, CTLegACK},
-		{true, testpkt.FIN | testpkt.ACK, 0, CTLegFIN | CTLegACK},
-		{false, testpkt.FIN | testpkt.ACK, 0, CTLegFIN | CTLegACK},
-		{true, testpkt.ACK, 0, CTLegACK},
+		{true, testpkt.SYN, 0, bpf.CTLegSYN},
+		{false, testpkt.SYN | testpkt.ACK, 0, bpf.CTLegSYN | bpf.CTLegACK},
+		{true, testpkt.ACK, 0, bpf.CTLegACK},
+		{true, testpkt.PSH | testpkt.ACK, 100, bpf.CTLegACK},
+		{false, testpkt.PSH | testpkt.ACK, 1400, bpf.CTLegACK},
+		{true, testpkt.FIN | testpkt.ACK, 0, bpf.CTLegFIN | bpf.CTLegACK},
+		{false, testpkt.FIN | testpkt.ACK, 0, bpf.CTLegFIN | bpf.CTLegACK},
+		{true, testpkt.ACK, 0, bpf.CTLegACK},
 	}
 	handshakeRst := []flowStep{
-		{true, testpkt.SYN, 0, CTLegSYN},
-		{false, testpkt.SYN | testpkt.ACK, 0, CTLegSYN | CTLegACK},
-		{true, testpkt.ACK, 0, CTLegACK},
-		{false, testpkt.RST, 0, CTLegRST},
-		{true, testpkt.RST | testpkt.ACK, 0, CTLegRST | CTLegACK},
+		{true, testpkt.SYN, 0, bpf.CTLegSYN},
+		{false, testpkt.SYN | testpkt.ACK, 0, bpf.CTLegSYN | bpf.CTLegACK},
+		{true, testpkt.ACK, 0, bpf.CTLegACK},
+		{false, testpkt.RST, 0, bpf.CTLegRST},
+		{true, testpkt.RST | testpkt.ACK, 0, bpf.CTLegRST | bpf.CTLegACK},
 	}
 	server := netip.MustParseAddrPort("10.0.0.50:80")
 	clients := map[string]netip.AddrPort{
@@ -63,51 +64,37 @@ func TestTCPSequences(t *testing.T) {
 		"client is B": netip.MustParseAddrPort("10.0.0.200:40000"),
 	}
 	port := uint16(40000)
-	for _, openAt := range []Hook{HookIngress, HookEgress} {
+	for _, openAt := range []bpf.Hook{bpf.HookIngress, bpf.HookEgress} {
 		for clientName, client := range clients {
 			for seqName, steps := range map[string][]flowStep{"fin": handshakeFin, "rst": handshakeRst} {
 				port++ // a fresh flow per sequence
 				client := netip.AddrPortFrom(client.Addr(), port)
-				name := fmt.Sprintf("open at %s/%s/%s", hookName(openAt), clientName, seqName)
+				name := fmt.Sprintf("open at %s/%s/%s", openAt.String(), clientName, seqName)
 				t.Run(name, func(t *testing.T) { runTCPSequence(t, h, openAt, client, server, steps) })
 			}
 		}
 	}
 }
 
-func hookName(hk Hook) string {
-	if hk == HookIngress {
-		return "ingress"
-	}
-	return "egress"
-}
+func otherHook(hk bpf.Hook) bpf.Hook { return 1 - hk }
 
-func progOf(hk Hook) string {
-	if hk == HookIngress {
-		return ProgTCIngress
-	}
-	return ProgTCEgress
-}
-
-func otherHook(hk Hook) Hook { return 1 - hk }
-
-func runTCPSequence(t *testing.T, h *harness, openAt Hook, client, server netip.AddrPort, steps []flowStep) {
+func runTCPSequence(t *testing.T, h *harness, openAt bpf.Hook, client, server netip.AddrPort, steps []flowStep) {
 	key, clientDir := ctKeyOf(testpkt.ProtoTCP, client, server)
-	want := CTValue{Type: CTNormal}
-	legOf := func(v *CTValue, dir CTDir) *CTLeg {
-		if dir == CTDirAToB {
-			return &v.A_toB
+	want := bpf.CTValue{Type: bpf.CTNormal}
+	legOf := func(v *bpf.CTValue, dir bpf.CTDir) *bpf.CTLeg {
+		if dir == bpf.CTDirAToB {
+			return &v.AToB
 		}
-		return &v.B_toA
+		return &v.BToA
 	}
 	// The opening hook's approval: at ingress the client's leg may enter
 	// lo; at egress the client's leg may leave and replies may enter lo.
-	if openAt == HookIngress {
-		legOf(&want, clientDir).Flags |= CTLegIngressOK
+	if openAt == bpf.HookIngress {
+		legOf(&want, clientDir).Flags |= bpf.CTLegIngressOK
 		legOf(&want, clientDir).Ifindex = loIfindex
 	} else {
-		legOf(&want, clientDir).Flags |= CTLegEgressOK
-		legOf(&want, 1-clientDir).Flags |= CTLegIngressOK
+		legOf(&want, clientDir).Flags |= bpf.CTLegEgressOK
+		legOf(&want, 1-clientDir).Flags |= bpf.CTLegIngressOK
 		legOf(&want, 1-clientDir).Ifindex = loIfindex
 	}
 	var lastSeen uint64
@@ -117,17 +104,17 @@ func runTCPSequence(t *testing.T, h *harness, openAt Hook, client, server netip.
 			src, dst, dir, hook = server, client, 1-clientDir, otherHook(openAt)
 		}
 		frame := testpkt.MustBytes(t, testpkt.TCPv4(src, dst, s.flags, make([]byte, s.payload)))
-		wantReason := ReasonAcceptedEstablished
+		wantReason := bpf.ReasonAcceptedEstablished
 		if i == 0 {
-			wantReason = ReasonAcceptedByPolicy
+			wantReason = bpf.ReasonAcceptedByPolicy
 		}
-		step := fmt.Sprintf("packet %d (%v %s at %s)", i, s.flags, map[bool]string{true: "from client", false: "from server"}[s.fromClient], hookName(hook))
+		step := fmt.Sprintf("packet %d (%v %s at %s)", i, s.flags, map[bool]string{true: "from client", false: "from server"}[s.fromClient], (hook))
 
 		before := h.counters(loIfindex, hook)
-		if ret := h.run(progOf(hook), frame); ret != tcActOK {
+		if ret := h.run(hookProg(hook), frame); ret != tcActOK {
 			t.Fatalf("%s: verdict %d, want TC_ACT_OK", step, ret)
 		}
-		if diff := cmp.Diff(map[Reason]uint64{wantReason: 1}, reasonDelta(before, h.counters(loIfindex, hook))); diff != "" {
+		if diff := cmp.Diff(map[bpf.Reason]uint64{wantReason: 1}, reasonDelta(before, h.counters(loIfindex, hook))); diff != "" {
 			t.Errorf("%s: counters (-want +got):\n%s", step, diff)
 		}
 
@@ -155,7 +142,7 @@ func TestUDPAndICMPEchoFlows(t *testing.T) {
 	server := netip.MustParseAddrPort("10.1.0.1:80")
 	tests := []struct {
 		name    string
-		key     CTKey
+		key     bpf.CTKey
 		request []byte
 		reply   []byte
 	}{
@@ -176,24 +163,24 @@ func TestUDPAndICMPEchoFlows(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			// server < client, so the client is B.
-			want := CTValue{Type: CTNormal, B_toA: CTLeg{Flags: CTLegIngressOK, Ifindex: loIfindex}}
+			want := bpf.CTValue{Type: bpf.CTNormal, BToA: bpf.CTLeg{Flags: bpf.CTLegIngressOK, Ifindex: loIfindex}}
 			steps := []struct {
-				hook   Hook
+				hook   bpf.Hook
 				frame  []byte
-				leg    *CTLeg
-				reason Reason
+				leg    *bpf.CTLeg
+				reason bpf.Reason
 			}{
-				{HookIngress, tt.request, &want.B_toA, ReasonAcceptedByPolicy},
-				{HookEgress, tt.reply, &want.A_toB, ReasonAcceptedEstablished},
-				{HookIngress, tt.request, &want.B_toA, ReasonAcceptedEstablished},
-				{HookEgress, tt.reply, &want.A_toB, ReasonAcceptedEstablished},
+				{bpf.HookIngress, tt.request, &want.BToA, bpf.ReasonAcceptedByPolicy},
+				{bpf.HookEgress, tt.reply, &want.AToB, bpf.ReasonAcceptedEstablished},
+				{bpf.HookIngress, tt.request, &want.BToA, bpf.ReasonAcceptedEstablished},
+				{bpf.HookEgress, tt.reply, &want.AToB, bpf.ReasonAcceptedEstablished},
 			}
 			for i, s := range steps {
 				before := h.counters(loIfindex, s.hook)
-				if ret := h.run(progOf(s.hook), s.frame); ret != tcActOK {
+				if ret := h.run(hookProg(s.hook), s.frame); ret != tcActOK {
 					t.Fatalf("packet %d: verdict %d, want TC_ACT_OK", i, ret)
 				}
-				if diff := cmp.Diff(map[Reason]uint64{s.reason: 1}, reasonDelta(before, h.counters(loIfindex, s.hook))); diff != "" {
+				if diff := cmp.Diff(map[bpf.Reason]uint64{s.reason: 1}, reasonDelta(before, h.counters(loIfindex, s.hook))); diff != "" {
 					t.Errorf("packet %d: counters (-want +got):\n%s", i, diff)
 				}
 				s.leg.Packets++

@@ -1,4 +1,4 @@
-package bpf_test
+package datapath
 
 import (
 	"encoding/binary"
@@ -30,8 +30,7 @@ import (
 //   - malformed-drop: a TCP header with data offset 4, in the repeat loop.
 func BenchmarkDatapath(b *testing.B) {
 	dp := loadWithPolicy(b, tenRules(), polprog.Options{MergeThreshold: -1})
-	ingress := dp.Collection.Programs[bpf.ProgTCIngress]
-	pass := dp.Collection.Programs[bpf.ProgTCPass]
+	ingress, pass := programOf(dp, progIngress), programOf(dp, progPass)
 	client := netip.MustParseAddrPort("10.8.0.1:40000")
 	server := netip.MustParseAddrPort("10.8.0.2:80")
 	synFrame := testpkt.MustBytes(b, testpkt.TCPv4(client, server, testpkt.SYN, nil))
@@ -61,7 +60,7 @@ func BenchmarkDatapath(b *testing.B) {
 	b.Run("syn-recheck", func(b *testing.B) { loop(b, synFrame, tcActOK) })
 	b.Run("malformed-drop", func(b *testing.B) { loop(b, badFrame, tcActShot) })
 	b.Run("new-flow", func(b *testing.B) {
-		ct := dp.Collection.Maps[bpf.MapConntrack]
+		ct := dp.Conntrack().EBPF()
 		frame := append([]byte(nil), synFrame...)
 		var total, floor time.Duration
 		for i := range b.N {
@@ -102,16 +101,6 @@ func report(b *testing.B, perPkt, floor time.Duration) {
 
 // ctKey is the canonical TCP key of src:port to server.
 func ctKey(src netip.Addr, port uint16, server netip.AddrPort) bpf.CTKey {
-	a, b := netip.AddrPortFrom(src, port), server
-	if c := b.Addr().Compare(a.Addr()); c < 0 || (c == 0 && b.Port() < a.Port()) {
-		a, b = b, a
-	}
-	aa, bb := a.Addr().As4(), b.Addr().As4()
-	return bpf.CTKey{
-		AddrA: binary.NativeEndian.Uint32(aa[:]),
-		AddrB: binary.NativeEndian.Uint32(bb[:]),
-		PortA: a.Port(),
-		PortB: b.Port(),
-		Proto: testpkt.ProtoTCP,
-	}
+	k, _ := ctKeyOf(testpkt.ProtoTCP, netip.AddrPortFrom(src, port), server)
+	return k
 }

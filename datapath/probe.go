@@ -1,4 +1,4 @@
-package bpf
+package datapath
 
 import (
 	"errors"
@@ -7,12 +7,13 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/features"
+	"golang.org/x/sys/unix"
 )
 
 // CheckKernel probes the running kernel for every feature the datapath
 // uses, by asking the kernel rather than comparing versions (distribution
 // kernels backport). It returns nil when all are present, or an error that
-// names the first missing feature and wraps ebpf.ErrNotSupported. Load
+// names the first missing feature and wraps ebpf.ErrNotSupported. Open
 // calls it, so a missing feature is reported by name rather than as a
 // verifier log.
 func CheckKernel() error {
@@ -27,11 +28,14 @@ func CheckKernel() error {
 		{"map type percpu_hash", func() error { return features.HaveMapType(ebpf.PerCPUHash) }},
 		{"map type lpm_trie", func() error { return features.HaveMapType(ebpf.LPMTrie) }},
 		{"map type prog_array", func() error { return features.HaveMapType(ebpf.ProgramArray) }},
+		{"map type array_of_maps", func() error { return features.HaveMapType(ebpf.ArrayOfMaps) }},
+		{"map flag BPF_F_NO_PREALLOC", func() error { return features.HaveMapFlag(features.BPF_F_NO_PREALLOC) }},
 		{"helper bpf_tail_call", func() error { return features.HaveProgramHelper(ebpf.SchedCLS, asm.FnTailCall) }},
 		{"helper bpf_ktime_get_coarse_ns", func() error {
 			return features.HaveProgramHelper(ebpf.SchedCLS, asm.FnKtimeGetCoarseNs)
 		}},
 		{"v3 instruction set", features.HaveV3ISA},
+		{"atomic compare-and-exchange", haveCmpXchg},
 	}
 	for _, p := range probes {
 		err := p.probe()
@@ -44,4 +48,29 @@ func CheckKernel() error {
 		return fmt.Errorf("probe %s: %w", p.name, err)
 	}
 	return nil
+}
+
+// haveCmpXchg loads a program that compares and exchanges a word on its
+// stack: the datapath fixes a conntrack leg's interface with it. The
+// verifier refuses the instruction where the kernel lacks it.
+func haveCmpXchg() error {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type: ebpf.SchedCLS,
+		Instructions: asm.Instructions{
+			asm.StoreImm(asm.RFP, -4, 0, asm.Word),
+			asm.Mov.Imm(asm.R0, 0),
+			asm.Mov.Imm(asm.R2, 1),
+			asm.CmpXchg.Mem(asm.RFP, asm.R2, asm.Word, -4),
+			asm.Mov.Imm(asm.R0, 0),
+			asm.Return(),
+		},
+		License: "Dual BSD/GPL",
+	})
+	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EACCES) {
+		return fmt.Errorf("%w: %w", ebpf.ErrNotSupported, err)
+	}
+	if err != nil {
+		return err
+	}
+	return prog.Close()
 }

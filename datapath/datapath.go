@@ -1,0 +1,310 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/sluicenet/sluice/bpf"
+	"github.com/sluicenet/sluice/conntrack"
+	"github.com/sluicenet/sluice/maps"
+	"github.com/sluicenet/sluice/polprog"
+	"github.com/sluicenet/sluice/routes"
+)
+
+// Defaults for Options fields left zero.
+const (
+	DefaultConntrackEntries = 1 << 18
+	DefaultMaxInterfaces    = 1024
+	DefaultPolicySlots      = 16384
+	DefaultIPSetEntries     = 1 << 20
+	DefaultRouteEntries     = 1 << 16
+	DefaultRuleHitEntries   = 1 << 16
+)
+
+// Options configure Open. Zero values take the defaults.
+type Options struct {
+	// PinDir is a directory on a bpffs where the maps that carry state
+	// across restarts are pinned, and found again by the next Open. Empty
+	// pins nothing: the state lives as long as this process's handles and
+	// attached programs.
+	PinDir string
+	// ConntrackEntries sizes the conntrack table. A pinned table of
+	// another size is taken over at its size and grown or shrunk by
+	// Settle, once the old process's programs are gone.
+	ConntrackEntries uint32
+	// MaxInterfaces is the most interfaces SetInterface configures; it
+	// sizes the interface map and the counters (one slot per interface).
+	MaxInterfaces uint32
+	// PolicySlots sizes the prog array of policy programs; a policy takes
+	// one slot per part, and a replaced policy keeps its slots until its
+	// replacement is in place.
+	PolicySlots uint32
+	// IPSetEntries, RouteEntries and RuleHitEntries size the IP set,
+	// route and rule hit maps.
+	IPSetEntries, RouteEntries, RuleHitEntries uint32
+	// Policy are the compiler options of every policy SetInterface
+	// compiles.
+	Policy polprog.Options
+}
+
+func (o *Options) setDefaults() {
+	def := func(v *uint32, d uint32) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	def(&o.ConntrackEntries, DefaultConntrackEntries)
+	def(&o.MaxInterfaces, DefaultMaxInterfaces)
+	def(&o.PolicySlots, DefaultPolicySlots)
+	def(&o.IPSetEntries, DefaultIPSetEntries)
+	def(&o.RouteEntries, DefaultRouteEntries)
+	def(&o.RuleHitEntries, DefaultRuleHitEntries)
+}
+
+// maxInterfaces bounds MaxInterfaces so that the counter array's size,
+// two entries per slot and one slot more, cannot wrap.
+const maxInterfaces = 1 << 24
+
+// Datapath is a loaded datapath: this process's programs and its handles
+// on the shared maps. Its methods are safe for concurrent use.
+type Datapath struct {
+	mu     sync.Mutex
+	closed bool
+	opts   Options
+
+	// generation numbers this Open among all that shared the pinned
+	// maps (struct sl_iface_policy).
+	generation uint32
+	objs       bpf.Objects
+	state      *state
+
+	policySlots  *slotPool
+	counterSlots *slotPool
+	// ifaces are the interfaces this process configured.
+	ifaces map[uint32]*ifaceState
+
+	ifaceMap  *maps.Map[uint32, bpf.Iface]
+	counters  *maps.PerCPUMap[uint32, bpf.ReasonCounts]
+	ruleHits  *RuleHits
+	ipsets    *maps.Map[bpf.IPSetKey, uint32]
+	routes    *routes.Map
+	conntrack *conntrack.Map
+}
+
+// Open loads the datapath: it probes the kernel, opens (or creates) the
+// pinned maps, and loads the programs bound to them. The programs are not
+// attached; attach TCIngress and TCEgress to the TC hooks of the
+// interfaces SetInterface describes.
+func Open(opts Options) (*Datapath, error) {
+	d, err := open(opts)
+	if err != nil {
+		return nil, fmt.Errorf("open datapath: %w", err)
+	}
+	return d, nil
+}
+
+func open(opts Options) (*Datapath, error) {
+	opts.setDefaults()
+	if opts.MaxInterfaces > maxInterfaces {
+		return nil, fmt.Errorf("MaxInterfaces %d is above %d", opts.MaxInterfaces, maxInterfaces)
+	}
+	if err := CheckKernel(); err != nil {
+		return nil, err
+	}
+	spec, err := bpf.LoadSpec()
+	if err != nil {
+		return nil, err
+	}
+	var specs bpf.Specs
+	if err := spec.Assign(&specs); err != nil {
+		return nil, fmt.Errorf("assign specs: %w", err)
+	}
+	specs.SlPolicyJumps.MaxEntries = opts.PolicySlots
+
+	st, err := openState(&specs, opts)
+	if err != nil {
+		return nil, err
+	}
+	d := &Datapath{opts: opts, state: st, ifaces: map[uint32]*ifaceState{}}
+	if err := d.load(spec, &specs); err != nil {
+		d.closeAll()
+		return nil, err
+	}
+	return d, nil
+}
+
+// load loads the programs of a new generation against the state maps and
+// builds the handles.
+func (d *Datapath) load(spec *ebpf.CollectionSpec, specs *bpf.Specs) error {
+	var err error
+	if d.ifaceMap, err = maps.New[uint32, bpf.Iface](d.state.ifaces); err != nil {
+		return err
+	}
+	d.generation, err = nextGeneration(d.ifaceMap)
+	if err != nil {
+		return err
+	}
+	if err := specs.SlGeneration.Set(d.generation); err != nil {
+		return fmt.Errorf("set generation: %w", err)
+	}
+	err = spec.LoadAndAssign(&d.objs, &ebpf.CollectionOptions{MapReplacements: d.state.replacements(specs)})
+	if err != nil {
+		return fmt.Errorf("load programs: %w", err)
+	}
+	for slot, prog := range map[bpf.ContSlot]*ebpf.Program{bpf.ContAllow: d.objs.SlTcAllow, bpf.ContDeny: d.objs.SlTcDeny} {
+		if err := d.objs.SlConts.Put(uint32(slot), prog); err != nil {
+			return fmt.Errorf("install continuation %d: %w", slot, err)
+		}
+	}
+	if err := d.objs.SlCtTables.Put(uint32(bpf.CTTableLive), d.state.ct); err != nil {
+		return fmt.Errorf("install conntrack table: %w", err)
+	}
+	if d.state.draining != nil {
+		if err := d.objs.SlCtTables.Put(uint32(bpf.CTTableDraining), d.state.draining); err != nil {
+			return fmt.Errorf("install draining conntrack table: %w", err)
+		}
+	}
+	d.policySlots = newSlotPool("policy slots", 0, d.opts.PolicySlots)
+	d.counterSlots = newSlotPool("counter slots", 1, d.opts.MaxInterfaces)
+	for _, iface := range d.ifaceMap.All(&err) {
+		d.counterSlots.mark(iface.CounterSlot)
+	}
+	if err != nil {
+		return fmt.Errorf("read interfaces: %w", err)
+	}
+	return d.handles()
+}
+
+func (d *Datapath) handles() error {
+	var err error
+	if d.counters, err = maps.NewPerCPU[uint32, bpf.ReasonCounts](d.state.counters); err != nil {
+		return err
+	}
+	hits, err := maps.NewPerCPU[uint64, uint64](d.state.ruleHits)
+	if err != nil {
+		return err
+	}
+	d.ruleHits = &RuleHits{m: hits}
+	if d.ipsets, err = maps.New[bpf.IPSetKey, uint32](d.state.ipsets); err != nil {
+		return err
+	}
+	if d.routes, err = routes.NewMap(d.state.routes); err != nil {
+		return err
+	}
+	d.conntrack, err = conntrack.NewMap(d.state.ct)
+	return err
+}
+
+// nextGeneration is one more than the newest generation any interface
+// entry names, so that no program of an earlier Open mistakes this one's
+// policy slots for its own.
+func nextGeneration(ifaces *maps.Map[uint32, bpf.Iface]) (uint32, error) {
+	var newest uint32
+	var err error
+	for _, iface := range ifaces.All(&err) {
+		for _, p := range iface.Policy {
+			newest = max(newest, p.Generation)
+		}
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read interfaces: %w", err)
+	}
+	if newest == ^uint32(0) {
+		return 0, errors.New("interface entries use the last generation number")
+	}
+	return newest + 1, nil
+}
+
+// Generation returns this Open's generation.
+func (d *Datapath) Generation() uint32 { return d.generation }
+
+// TCIngress is the program to attach to the TC ingress hook of every
+// interface SetInterface describes.
+func (d *Datapath) TCIngress() *ebpf.Program { return d.objs.SlTcIngress }
+
+// TCEgress is the program to attach to the TC egress hook of every
+// interface SetInterface describes.
+func (d *Datapath) TCEgress() *ebpf.Program { return d.objs.SlTcEgress }
+
+// Conntrack returns the live conntrack table. After ResizeConntrack or
+// Settle replaced the table, call it again.
+func (d *Datapath) Conntrack() *conntrack.Map {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.conntrack
+}
+
+// IPSets returns the IP set members map that policy programs look up.
+func (d *Datapath) IPSets() *maps.Map[bpf.IPSetKey, uint32] { return d.ipsets }
+
+// Routes returns the routes map the datapath decides reverse-path checks
+// and host flags from.
+func (d *Datapath) Routes() *routes.Map { return d.routes }
+
+// RuleHits returns the reader of per-rule hit counters.
+func (d *Datapath) RuleHits() *RuleHits { return d.ruleHits }
+
+// Close releases this process's programs and handles. Attached programs,
+// the policies they run and the pinned maps stay in the kernel, so
+// enforcement continues until another process takes over or the programs
+// are detached.
+func (d *Datapath) Close() error {
+	if d == nil {
+		return errors.New("close datapath: nil Datapath")
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil
+	}
+	d.closed = true
+	var errs []error
+	for _, s := range d.ifaces {
+		errs = append(errs, s.release())
+	}
+	errs = append(errs, d.closeAll())
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("close datapath: %w", err)
+	}
+	return nil
+}
+
+func (d *Datapath) closeAll() error {
+	err := d.objs.Close()
+	return errors.Join(err, d.state.close())
+}
+
+// check returns an error when d cannot be used; the caller holds d.mu.
+func (d *Datapath) check() error {
+	if d.closed {
+		return errors.New("datapath is closed")
+	}
+	return nil
+}
+
+// polprogMaps are the maps policy programs use.
+func (d *Datapath) polprogMaps() polprog.Maps {
+	return polprog.Maps{
+		State:       d.objs.SlStateMap,
+		IPSets:      d.state.ipsets,
+		RuleHits:    d.state.ruleHits,
+		PolicyJumps: d.objs.SlPolicyJumps,
+		Conts:       d.objs.SlConts,
+	}
+}
+
+// quiesce returns once no datapath program that may have read the maps
+// before the call is still running. Updating an array of maps waits for
+// an RCU grace period before it returns (kernel/bpf/syscall.c,
+// maybe_wait_bpf_programs), and TC programs run inside RCU read-side
+// sections, so rewriting the live conntrack table with itself is such a
+// wait, and changes nothing.
+func (d *Datapath) quiesce() error {
+	if err := d.objs.SlCtTables.Update(uint32(bpf.CTTableLive), d.state.ct, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("wait for running programs: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,39 @@
+// Package datapath is the runtime an agent holds: it loads sluice's TC
+// datapath (package bpf), owns the maps it shares with policy programs,
+// allocates policy and counter slots, and hands out typed handles.
+//
+// An agent opens the datapath once, describes each interface with
+// SetInterface (its kind and its policies, compiled by package polprog),
+// attaches Ingress and Egress to the interfaces' TC hooks, and reads
+// counters, conntrack and routes through the handles. Every change is
+// make-before-break: SetInterface loads the new policy into fresh slots,
+// switches the interface in one map update, waits until no packet can
+// still be running the old policy, and only then frees it.
+//
+// # Maps and restarts
+//
+// The maps that carry state across a restart (conntrack, interfaces,
+// counters, rule hits, IP sets, routes) are opened through
+// maps.OpenOrCreate under Options.PinDir, each with its own name, layout
+// version and size. Per-CPU scratch maps and prog arrays are not pinned: a
+// restarted agent builds fresh programs and swaps them in, while the old
+// ones keep running on their own prog arrays until it does. Each Open is a
+// generation: an interface's entry holds the policy slots of up to two
+// generations, so the old process's programs and the new one's each find
+// their own while the new agent re-attaches (see Datapath.Settle).
+//
+// The conntrack table grows while traffic flows (Datapath.ResizeConntrack):
+// the programs find it through an array of tables, read the old table on
+// a miss while entries move, and no tracked flow is lost or sent back to
+// policy.
+//
+// # Kernel features
+//
+// CheckKernel probes for each: BPF_PROG_TYPE_SCHED_CLS, hash, LRU hash,
+// per-CPU array and hash, LPM trie, prog array and array-of-maps maps,
+// BPF_F_NO_PREALLOC, bpf_tail_call, bpf_ktime_get_coarse_ns, the v3
+// instruction set and atomic compare-and-exchange. Open calls it first.
+// Freeing a replaced policy relies on an update of an array of maps
+// returning only after an RCU grace period, which Linux has done since
+// map-in-map maps exist (kernel/bpf/syscall.c, maybe_wait_bpf_programs).
+package datapath

@@ -1,0 +1,188 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/sluicenet/sluice/bpf"
+	"github.com/sluicenet/sluice/conntrack"
+	"github.com/sluicenet/sluice/maps"
+)
+
+// ResizeConntrack replaces the conntrack table with one of the given
+// capacity while traffic flows, keeping every entry that fits:
+//
+//  1. the current table goes into the draining slot of sl_ct_tables, then
+//     a new empty table into the live slot: from then on the programs
+//     write only the new table, and a lookup that misses it reads the
+//     draining table and moves the entry it finds;
+//  2. every remaining entry is copied into the new table, except those a
+//     packet already moved (their copy is newer);
+//  3. the draining slot is emptied, and the old table freed.
+//
+// Each update of sl_ct_tables returns only once no program still uses
+// what it replaced, so no packet of a tracked flow misses both tables,
+// and none is sent back to policy by the resize. Shrinking below the
+// number of entries evicts the least recently used ones (the table is an
+// LRU hash).
+//
+// With Options.PinDir the new table is pinned in the old one's place
+// before step 1 and the old one repinned aside; a crash before step 3
+// completes leaves both pinned, and the next Open resumes the drain.
+func (d *Datapath) ResizeConntrack(entries uint32) error {
+	if d == nil {
+		return errors.New("resize conntrack: nil Datapath")
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.resizeConntrack(entries); err != nil {
+		return fmt.Errorf("resize conntrack to %d entries: %w", entries, err)
+	}
+	return nil
+}
+
+func (d *Datapath) resizeConntrack(entries uint32) error {
+	if err := d.check(); err != nil {
+		return err
+	}
+	if entries == 0 {
+		return errors.New("a table needs at least one entry")
+	}
+	if err := d.finishDrain(); err != nil {
+		return err
+	}
+	if d.state.ct.MaxEntries() == entries {
+		return nil
+	}
+	live, draining, err := d.newConntrackTable(entries)
+	if err != nil {
+		return err
+	}
+	if err := d.objs.SlCtTables.Put(uint32(bpf.CTTableDraining), draining); err != nil {
+		live.Close()
+		draining.Close()
+		return fmt.Errorf("install draining table: %w", err)
+	}
+	if err := d.objs.SlCtTables.Put(uint32(bpf.CTTableLive), live); err != nil {
+		live.Close()
+		draining.Close()
+		return fmt.Errorf("install new table: %w", err)
+	}
+	ct, err := conntrack.NewMap(live)
+	if err != nil {
+		return err
+	}
+	d.state.ct.Close()
+	d.state.ct, d.state.draining, d.conntrack = live, draining, ct
+	return d.finishDrain()
+}
+
+// newConntrackTable creates a table of the given capacity, pinned in the
+// registry in place of the live one, which it returns as the table to
+// drain.
+func (d *Datapath) newConntrackTable(entries uint32) (live, draining *ebpf.Map, err error) {
+	if d.state.pinDir == "" {
+		spec := &ebpf.MapSpec{
+			Name: ctName, Type: d.state.ct.Type(), KeySize: d.state.ct.KeySize(),
+			ValueSize: d.state.ct.ValueSize(), MaxEntries: entries, Flags: d.state.ct.Flags(),
+		}
+		live, err = ebpf.NewMap(spec)
+		if err != nil {
+			return nil, nil, fmt.Errorf("create table: %w", err)
+		}
+		draining, err = d.state.ct.Clone()
+		if err != nil {
+			live.Close()
+			return nil, nil, err
+		}
+		return live, draining, nil
+	}
+	p := d.state.ctParams
+	p.MaxEntries = entries
+	live, report, err := maps.OpenOrCreate(p, maps.WithLiveResize())
+	if err != nil {
+		return nil, nil, err
+	}
+	d.state.ctParams = p
+	if report.Draining == nil {
+		live.Close()
+		return nil, nil, errors.New("registry did not hand back the table to drain")
+	}
+	return live, report.Draining, nil
+}
+
+// finishDrain empties the draining table, if any, into the live one and
+// removes it.
+func (d *Datapath) finishDrain() error {
+	if d.state.draining == nil {
+		return nil
+	}
+	if _, err := maps.Drain(d.state.draining, d.state.ct); err != nil {
+		return fmt.Errorf("drain old table: %w", err)
+	}
+	if err := d.objs.SlCtTables.Delete(uint32(bpf.CTTableDraining)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("remove drained table: %w", err)
+	}
+	if d.state.pinDir != "" {
+		if err := maps.FinishDrain(d.state.ctParams); err != nil {
+			return err
+		}
+	}
+	err := d.state.draining.Close()
+	d.state.draining = nil
+	return err
+}
+
+// Settle completes a takeover: call it once every interface's hooks run
+// this Open's programs (after re-attaching them, or updating the pinned
+// links). It removes the policy records earlier generations left in the
+// interface entries, finishes a conntrack drain an interrupted resize
+// left, and resizes the conntrack table to Options.ConntrackEntries if
+// Open found it at another size. An interface this process did not
+// configure keeps its flags and counters but, with no policy for these
+// programs, drops packets that need policy (bpf.ReasonDroppedNoPolicy)
+// until SetInterface or RemoveInterface says what to do with it.
+func (d *Datapath) Settle() error {
+	if d == nil {
+		return errors.New("settle: nil Datapath")
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.settle(); err != nil {
+		return fmt.Errorf("settle: %w", err)
+	}
+	return nil
+}
+
+func (d *Datapath) settle() error {
+	if err := d.check(); err != nil {
+		return err
+	}
+	var err error
+	var stale []uint32
+	var entries []bpf.Iface
+	for idx, entry := range d.ifaceMap.All(&err) {
+		if entry.Policy[0].Generation != d.generation && entry.Policy[0].Generation != 0 ||
+			entry.Policy[1].Generation != d.generation && entry.Policy[1].Generation != 0 {
+			stale = append(stale, idx)
+			entries = append(entries, entry)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("read interfaces: %w", err)
+	}
+	for i, idx := range stale {
+		entry := entries[i]
+		for j := range entry.Policy {
+			if entry.Policy[j].Generation != d.generation {
+				entry.Policy[j] = bpf.IfacePolicy{}
+			}
+		}
+		if err := d.ifaceMap.Update(idx, entry, ebpf.UpdateExist); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return err
+		}
+	}
+	return d.resizeConntrack(d.opts.ConntrackEntries)
+}

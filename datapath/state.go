@@ -1,0 +1,132 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/sluicenet/sluice/bpf"
+	"github.com/sluicenet/sluice/maps"
+)
+
+// Layout versions of the maps in the registry. Bump one whenever the C
+// layout or meaning of that map's entries changes, and give openState an
+// upgrade from the previous version (maps.WithUpgrade).
+const (
+	ifacesVersion   = 1 // struct sl_iface
+	countersVersion = 1 // struct sl_reason_counts
+	ruleHitsVersion = 1 // rule ID to hits
+	ipsetsVersion   = 1 // struct sl_ipset_key
+	routesVersion   = 1 // struct sl_route_key to struct sl_route
+	ctVersion       = 1 // struct sl_ct_key to struct sl_ct_value
+)
+
+// ctName is the conntrack table's name in the registry; the object only
+// holds its template, inside sl_ct_tables.
+const ctName = "sl_ct"
+
+// state holds the maps that carry state across restarts: pinned in the
+// registry under Options.PinDir, or, without one, this process's own.
+type state struct {
+	pinDir                                     string
+	ifaces, counters, ruleHits, ipsets, routes *ebpf.Map
+	// ct is the live conntrack table. draining, when not nil, is a table
+	// an interrupted resize left to be emptied into ct.
+	ct, draining *ebpf.Map
+	ctParams     maps.Params
+}
+
+// openState opens or creates every state map with the sizes of opts.
+func openState(specs *bpf.Specs, opts Options) (*state, error) {
+	s := &state{pinDir: opts.PinDir}
+	entries := []struct {
+		m       **ebpf.Map
+		spec    *ebpf.MapSpec
+		version uint32
+		size    uint32
+	}{
+		{&s.ifaces, specs.SlIfaces, ifacesVersion, opts.MaxInterfaces},
+		{&s.counters, specs.SlCounters, countersVersion, 2 * (opts.MaxInterfaces + 1)},
+		{&s.ruleHits, specs.SlRuleHits, ruleHitsVersion, opts.RuleHitEntries},
+		{&s.ipsets, specs.SlIpsets, ipsetsVersion, opts.IPSetEntries},
+		{&s.routes, specs.SlRoutes, routesVersion, opts.RouteEntries},
+	}
+	for _, e := range entries {
+		e.spec.MaxEntries = e.size
+		m, err := s.open(e.spec, e.version)
+		if err != nil {
+			s.close()
+			return nil, err
+		}
+		*e.m = m
+	}
+	if err := s.openConntrack(specs.SlCtTables.InnerMap, opts.ConntrackEntries); err != nil {
+		s.close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// open returns the map spec describes, from the registry when pinning.
+func (s *state) open(spec *ebpf.MapSpec, version uint32) (*ebpf.Map, error) {
+	if s.pinDir == "" {
+		m, err := ebpf.NewMap(spec)
+		if err != nil {
+			return nil, fmt.Errorf("create map %s: %w", spec.Name, err)
+		}
+		return m, nil
+	}
+	m, _, err := maps.OpenOrCreate(maps.ParamsFromSpec(spec, version, s.pinDir))
+	return m, err
+}
+
+// openConntrack opens the conntrack table. A pinned table of another size
+// is kept at its size: the previous process's programs still write it,
+// and moving entries while they do could send a flow back to policy.
+// Settle resizes it once they are gone.
+func (s *state) openConntrack(template *ebpf.MapSpec, entries uint32) error {
+	spec := template.Copy()
+	spec.Name = ctName
+	spec.MaxEntries = entries
+	if s.pinDir == "" {
+		m, err := ebpf.NewMap(spec)
+		if err != nil {
+			return fmt.Errorf("create conntrack table: %w", err)
+		}
+		s.ct = m
+		return nil
+	}
+	s.ctParams = maps.ParamsFromSpec(spec, ctVersion, s.pinDir)
+	if pinned, err := ebpf.LoadPinnedMap(s.ctParams.PinPath(), nil); err == nil {
+		s.ctParams.MaxEntries = pinned.MaxEntries()
+		pinned.Close()
+	}
+	m, report, err := maps.OpenOrCreate(s.ctParams, maps.WithLiveResize())
+	if err != nil {
+		return err
+	}
+	s.ct, s.draining = m, report.Draining
+	return nil
+}
+
+// replacements are the state maps by their names in the object.
+func (s *state) replacements(specs *bpf.Specs) map[string]*ebpf.Map {
+	return map[string]*ebpf.Map{
+		specs.SlIfaces.Name:   s.ifaces,
+		specs.SlCounters.Name: s.counters,
+		specs.SlRuleHits.Name: s.ruleHits,
+		specs.SlIpsets.Name:   s.ipsets,
+		specs.SlRoutes.Name:   s.routes,
+	}
+}
+
+func (s *state) close() error {
+	var errs []error
+	for _, m := range []*ebpf.Map{s.ifaces, s.counters, s.ruleHits, s.ipsets, s.routes, s.ct, s.draining} {
+		if m != nil {
+			errs = append(errs, m.Close())
+		}
+	}
+	return errors.Join(errs...)
+}
