@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"slices"
 	"unsafe"
 
@@ -69,7 +70,7 @@ func (m *Map) MaxEntries() int { return int(m.typed.EBPF().MaxEntries()) }
 func (m *Map) Lookup(k Key) (Value, error) {
 	v, err := m.typed.Lookup(k)
 	if err != nil {
-		return Value{}, fmt.Errorf("conntrack lookup %s: %w", k, err)
+		return Value{}, fmt.Errorf("conntrack key %s: %w", k, err)
 	}
 	return v, nil
 }
@@ -79,7 +80,7 @@ func (m *Map) Lookup(k Key) (Value, error) {
 // least recently used entry.
 func (m *Map) Update(k Key, v Value, flags ebpf.MapUpdateFlags) error {
 	if err := m.typed.Update(k, v, flags); err != nil {
-		return fmt.Errorf("conntrack update %s: %w", k, err)
+		return fmt.Errorf("conntrack key %s: %w", k, err)
 	}
 	return nil
 }
@@ -88,7 +89,7 @@ func (m *Map) Update(k Key, v Value, flags ebpf.MapUpdateFlags) error {
 // ebpf.ErrKeyNotExist.
 func (m *Map) Delete(k Key) error {
 	if err := m.typed.Delete(k); err != nil {
-		return fmt.Errorf("conntrack delete %s: %w", k, err)
+		return fmt.Errorf("conntrack key %s: %w", k, err)
 	}
 	return nil
 }
@@ -99,23 +100,24 @@ func (m *Map) Delete(k Key) error {
 func (m *Map) lookupAndDelete(k Key) (Value, error) {
 	v, err := m.typed.LookupAndDelete(k)
 	if err != nil {
-		return Value{}, fmt.Errorf("conntrack lookup and delete %s: %w", k, err)
+		return Value{}, fmt.Errorf("conntrack key %s: %w", k, err)
 	}
 	return v, nil
 }
 
-// All iterates over the table for range-over-func. When the iteration
-// stops early because of an error it stores the error in *errOut, which
-// must not be nil; a complete iteration, or one the caller breaks off,
-// leaves *errOut untouched. As with any read of a live table, entries the
-// datapath adds or removes meanwhile may be missed.
+// All iterates over the table for range-over-func, reading it as Range
+// does, with maps.Map.All's contract: when the iteration stops early
+// because of an error it stores the error in *errOut (a nil errOut drops
+// it); a complete iteration, or one the caller breaks off, leaves *errOut
+// untouched. As with any read of a live table, entries the datapath adds
+// or removes meanwhile may be missed.
 //
 //	var err error
 //	for k, v := range m.All(&err) { ... }
 //	if err != nil { ... }
-func (m *Map) All(errOut *error) func(yield func(Key, Value) bool) {
+func (m *Map) All(errOut *error) iter.Seq2[Key, Value] {
 	return func(yield func(Key, Value) bool) {
-		if err := m.Range(yield); err != nil {
+		if err := m.Range(yield); err != nil && errOut != nil {
 			*errOut = err
 		}
 	}

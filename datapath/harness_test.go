@@ -37,8 +37,23 @@ type stubSlots struct{ ingress, egress uint32 }
 
 func newHarness(tb testing.TB) *harness {
 	tb.Helper()
+	return newHarnessWith(tb, Options{ConntrackEntries: 1 << 12})
+}
+
+// newHarnessWith is newHarness with opts; pools it leaves zero are small.
+func newHarnessWith(tb testing.TB, opts Options) *harness {
+	tb.Helper()
 	testutil.RequirePrivileged(tb)
-	d, err := Open(Options{ConntrackEntries: 1 << 12, PolicySlots: 256, IPSetEntries: 16, MaxInterfaces: 32, RouteEntries: 64})
+	def := func(v *uint32, d uint32) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	def(&opts.PolicySlots, 256)
+	def(&opts.IPSetEntries, 16)
+	def(&opts.MaxInterfaces, 32)
+	def(&opts.RouteEntries, 64)
+	d, err := Open(opts)
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -72,6 +72,15 @@ func NewNS(name string) (*NS, error) {
 	return n, nil
 }
 
+// DeleteNS deletes the named namespaces that exist, and ignores the names
+// that do not: for a program to clean up after an earlier run of itself,
+// by the names that run used.
+func DeleteNS(names ...string) {
+	for _, name := range names {
+		netns.DeleteNamed(name)
+	}
+}
+
 // Close deletes the namespace by its name, and with it the interfaces in
 // it.
 func (n *NS) Close() error {

@@ -1,0 +1,222 @@
+package datapath
+
+import (
+	"io"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/sluicenet/sluice/bpf"
+	"github.com/sluicenet/sluice/internal/testutil"
+	"github.com/sluicenet/sluice/internal/topo"
+	"github.com/sluicenet/sluice/polprog"
+)
+
+// denyAllRules denies everything new, with rule ID 99 on its tier's end.
+var denyAllRules = polprog.Rules{Tiers: []polprog.Tier{{Name: "none", EndRuleID: 99}}}
+
+// attachLinks attaches d's programs to the workload's host side and
+// returns the links, for a takeover to update.
+func attachLinks(tb testing.TB, node *topo.Node, d *Datapath, w *topo.Workload) []link.Link {
+	tb.Helper()
+	var links []link.Link
+	for _, a := range []struct {
+		prog *ebpf.Program
+		typ  ebpf.AttachType
+	}{{d.TCIngress(), ebpf.AttachTCXIngress}, {d.TCEgress(), ebpf.AttachTCXEgress}} {
+		var l link.Link
+		err := node.NS.Do(func() (err error) {
+			l, err = link.AttachTCX(link.TCXOptions{Interface: w.HostIfindex, Program: a.prog, Attach: a.typ})
+			return err
+		})
+		if err != nil {
+			tb.Fatalf("attach to %s: %v", w.HostIfname, err)
+		}
+		tb.Cleanup(func() { l.Close() })
+		links = append(links, l)
+	}
+	return links
+}
+
+// TestRestartTakesOver plays an agent restart with pinned state: a second
+// Open of the same PinDir, while the first one's programs carry a TCP
+// stream, configures the same interfaces, moves the links to its programs
+// and settles. The stream loses no byte; the server's replies, which its
+// egress policy would deny, keep passing on the flow the first generation
+// tracked; the counters go on in the same slots; and the interface
+// entries end with the second generation's policy records only.
+func TestRestartTakesOver(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	pinDir := filepath.Join(testutil.TempBPFFS(t), "sluice")
+	node := testutil.NewNode(t)
+	client, err := node.AddWorkload("cli", netip.MustParseAddr("10.68.0.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err := node.AddWorkload("srv", netip.MustParseAddr("10.68.0.2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := Options{PinDir: pinDir, ConntrackEntries: 1 << 12, MaxInterfaces: 8, PolicySlots: 64}
+	configure := func(d *Datapath) {
+		t.Helper()
+		for _, c := range []struct {
+			w   *topo.Workload
+			cfg Interface
+		}{
+			{client, Interface{Kind: Workload, Egress: allowAllRules, Ingress: denyAllRules}},
+			{server, Interface{Kind: Workload, Ingress: allowTCPPort(80, 10), Egress: denyAllRules}},
+		} {
+			if err := d.Routes().Put(workloadRoute(netip.PrefixFrom(c.w.Addr, 32).String(), uint32(c.w.HostIfindex))); err != nil {
+				t.Fatal(err)
+			}
+			if err := d.SetInterface(c.w.HostIfindex, c.cfg); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	a, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	configure(a)
+	links := append(attachLinks(t, node, a, client), attachLinks(t, node, a, server)...)
+
+	var l net.Listener
+	if err := server.NS.Do(func() (err error) { l, err = net.Listen("tcp4", "10.68.0.2:80"); return }); err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	echoed := make(chan int64, 1)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			echoed <- -1
+			return
+		}
+		defer c.Close()
+		n, _ := io.Copy(c, c) // the replies carry data too
+		echoed <- n
+	}()
+	var conn net.Conn
+	if err := client.NS.Do(func() (err error) { conn, err = net.DialTimeout("tcp4", "10.68.0.2:80", 5*time.Second); return }); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	var sent, read atomic.Int64
+	var wg sync.WaitGroup
+	var streamErr error
+	var errOnce sync.Once
+	fail := func(err error) { errOnce.Do(func() { streamErr = err }) }
+	wg.Add(2)
+	go func() { // the client writes until told to stop
+		defer wg.Done()
+		buf := make([]byte, 16<<10)
+		for {
+			select {
+			case <-stop:
+				conn.(*net.TCPConn).CloseWrite()
+				return
+			default:
+			}
+			conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			n, err := conn.Write(buf)
+			sent.Add(int64(n))
+			if err != nil {
+				fail(err)
+				return
+			}
+		}
+	}()
+	go func() { // and reads the echo back
+		defer wg.Done()
+		conn.SetReadDeadline(time.Now().Add(60 * time.Second))
+		n, err := io.Copy(io.Discard, conn)
+		read.Add(n)
+		if err != nil {
+			fail(err)
+		}
+	}()
+	time.Sleep(100 * time.Millisecond)
+	serverBefore, err := a.Counters(server.HostIfindex)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The takeover.
+	b, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if b.Generation() != a.Generation()+1 {
+		t.Errorf("generations %d then %d, want consecutive", a.Generation(), b.Generation())
+	}
+	configure(b)
+	for i, l := range links {
+		prog := b.TCIngress()
+		if i%2 == 1 {
+			prog = b.TCEgress()
+		}
+		if err := l.Update(prog); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Settle(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	conn.Close()
+	if streamErr != nil {
+		t.Fatalf("stream: %v", streamErr)
+	}
+	var got int64
+	select {
+	case got = <-echoed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the server never saw the stream end")
+	}
+	if got != sent.Load() || read.Load() != sent.Load() || got == 0 {
+		t.Errorf("stream: client sent %d bytes, server echoed %d, client read %d", sent.Load(), got, read.Load())
+	}
+
+	serverAfter, err := b.Counters(server.HostIfindex)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if serverAfter.Egress[bpf.ReasonAcceptedEstablished] <= serverBefore.Egress[bpf.ReasonAcceptedEstablished] {
+		t.Errorf("server egress established went from %d to %d: the counters did not go on",
+			serverBefore.Egress[bpf.ReasonAcceptedEstablished], serverAfter.Egress[bpf.ReasonAcceptedEstablished])
+	}
+	for _, c := range []Counters{serverAfter} {
+		for _, hc := range []HookCounters{c.Ingress, c.Egress} {
+			if n := hc.Dropped() - hc[bpf.ReasonDroppedIPv6]; n != 0 {
+				t.Errorf("server dropped %v", hc.NonZero())
+			}
+		}
+	}
+	for _, w := range []*topo.Workload{client, server} {
+		entry, err := b.Interface(w.HostIfindex)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if entry.Policy[0].Generation != b.Generation() && entry.Policy[1].Generation != b.Generation() ||
+			entry.Policy[0].Generation != b.Generation() && entry.Policy[0].Generation != 0 ||
+			entry.Policy[1].Generation != b.Generation() && entry.Policy[1].Generation != 0 {
+			t.Errorf("%s: policy records %+v after Settle, want generation %d's only", w.HostIfname, entry.Policy, b.Generation())
+		}
+	}
+	t.Logf("stream %d bytes each way across the takeover", got)
+}
