@@ -45,7 +45,10 @@ func (c HookCounters) NonZero() map[bpf.Reason]uint64 {
 // Egress what it sent. (For a workload, Egress is its host-side
 // interface's TC ingress hook.)
 type Counters struct {
-	Ingress, Egress HookCounters
+	// Ingress counts the packets sent to the endpoint.
+	Ingress HookCounters
+	// Egress counts the packets the endpoint sent.
+	Egress HookCounters
 }
 
 // Counters returns the counters of a configured interface.

@@ -28,6 +28,11 @@ import (
 // number of entries evicts the least recently used ones (the table is an
 // LRU hash).
 //
+// Every program that writes the table must be this Datapath's: while
+// taking over from another process, call it only after Settle (which
+// resizes to Options.ConntrackEntries itself), since the other process's
+// programs would go on writing the old table after it is drained.
+//
 // With Options.PinDir the new table is pinned in the old one's place
 // before step 1 and the old one repinned aside; a crash before step 3
 // completes leaves both pinned, and the next Open resumes the drain.
