@@ -4,7 +4,7 @@
 //
 // An agent opens the datapath once, describes each interface with
 // SetInterface (its kind and its policies, compiled by package polprog),
-// attaches Ingress and Egress to the interfaces' TC hooks, and reads
+// attaches TCIngress and TCEgress to the interfaces' TC hooks, and reads
 // counters, conntrack and routes through the handles. Every change is
 // make-before-break: SetInterface loads the new policy into fresh slots,
 // switches the interface in one map update, waits until no packet can
