@@ -11,6 +11,7 @@ import (
 	"github.com/sluicenet/sluice/bpf"
 	"github.com/sluicenet/sluice/internal/testpkt"
 	"github.com/sluicenet/sluice/polprog"
+	"github.com/sluicenet/sluice/routes"
 )
 
 // BenchmarkDatapath measures kernel ns per packet of the datapath's paths
@@ -28,11 +29,31 @@ import (
 //     part, so the table stays at a steady size. Single runs carry the
 //     test harness's fixed cost; the floor here is single runs too.
 //   - malformed-drop: a TCP header with data offset 4, in the repeat loop.
-func BenchmarkDatapath(b *testing.B) {
-	dp := loadWithPolicy(b, tenRules(), polprog.Options{MergeThreshold: -1})
+//
+// lo is a workload interface: a new flow's source is reverse-path checked
+// against the routes map. BenchmarkDatapathHost runs the same paths with
+// lo as a host interface, where a new flow's source and destination are
+// looked up for the host flags and the server is the host.
+func BenchmarkDatapath(b *testing.B) { benchmarkDatapath(b, Workload) }
+
+// BenchmarkDatapathHost is BenchmarkDatapath at a host interface.
+func BenchmarkDatapathHost(b *testing.B) { benchmarkDatapath(b, Host) }
+
+func benchmarkDatapath(b *testing.B, kind Kind) {
+	rules := tenRules()
+	if kind == Host {
+		// The ten rules decide traffic to the host, which it is here.
+		rules.ForHost = true
+	}
+	dp := loadWithPolicyAs(b, kind, rules, polprog.Options{MergeThreshold: -1})
 	ingress, pass := programOf(dp, progIngress), programOf(dp, progPass)
 	client := netip.MustParseAddrPort("10.8.0.1:40000")
 	server := netip.MustParseAddrPort("10.8.0.2:80")
+	if kind == Host {
+		if err := dp.Routes().Put(routes.Route{Prefix: netip.PrefixFrom(server.Addr(), 32), Flags: routes.FlagLocalHost}); err != nil {
+			b.Fatal(err)
+		}
+	}
 	synFrame := testpkt.MustBytes(b, testpkt.TCPv4(client, server, testpkt.SYN, nil))
 	ackFrame := testpkt.MustBytes(b, testpkt.TCPv4(client, server, testpkt.ACK, make([]byte, 64)))
 	bad := testpkt.TCPv4(client, server, testpkt.ACK, nil)

@@ -19,6 +19,12 @@ import (
 // every IPv4 address routed to it so lo's reverse-path check passes.
 func loadWithPolicy(tb testing.TB, rules polprog.Rules, opts polprog.Options) *Datapath {
 	tb.Helper()
+	return loadWithPolicyAs(tb, Workload, rules, opts)
+}
+
+// loadWithPolicyAs is loadWithPolicy with lo as an interface of kind.
+func loadWithPolicyAs(tb testing.TB, kind Kind, rules polprog.Rules, opts polprog.Options) *Datapath {
+	tb.Helper()
 	testutil.RequirePrivileged(tb)
 	d, err := Open(Options{ConntrackEntries: 1 << 16, PolicySlots: 64, IPSetEntries: 1024, RuleHitEntries: 1024,
 		MaxInterfaces: 8, Policy: opts})
@@ -29,7 +35,7 @@ func loadWithPolicy(tb testing.TB, rules polprog.Rules, opts polprog.Options) *D
 	if err := d.Routes().Put(workloadRoute("0.0.0.0/0", loIfindex)); err != nil {
 		tb.Fatal(err)
 	}
-	if err := d.SetInterface(loIfindex, Interface{Kind: Workload, Ingress: rules, Egress: rules}); err != nil {
+	if err := d.SetInterface(loIfindex, Interface{Kind: kind, Ingress: rules, Egress: rules}); err != nil {
 		tb.Fatal(err)
 	}
 	return d
