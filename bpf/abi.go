@@ -140,12 +140,13 @@ const (
 	// TC ingress hook of sl_ct_leg.ifindex: that hook's policy approved
 	// the leg, or the opposite leg was approved leaving through that
 	// interface (so these are replies). The ifindex is fixed when the bit
-	// is first set; a packet at another interface never moves it.
+	// is first set; a packet at another interface never moves it, and a
+	// leg approved only leaving (the host's own traffic) is never bound to
+	// an ingress hook later.
 	CTLegIngressOK CTLegFlags = 1 << 4
-	// CTLegEgressOK is SL_CT_LEG_EGRESS_OK: policy at the TC egress hook
-	// the leg's packets leave through approved the leg. Not tied to an
-	// ifindex: the egress interface follows from the destination, which
-	// the key fixes.
+	// CTLegEgressOK is SL_CT_LEG_EGRESS_OK: the leg's packets pass the TC
+	// egress hook of sl_ct_leg.egress_ifindex, whose policy approved the
+	// leg; fixed like the ingress interface.
 	CTLegEgressOK CTLegFlags = 1 << 5
 )
 
@@ -317,13 +318,13 @@ const (
 	// the packet.
 	ReasonDroppedByPolicy Reason = 7
 	// ReasonDroppedNoIface is SL_REASON_DROPPED_NO_IFACE: no sl_ifaces
-	// entry: fail closed.
+	// entry, or none for this program's generation: fail closed.
 	ReasonDroppedNoIface Reason = 8
 	// ReasonDroppedNotReady is SL_REASON_DROPPED_NOT_READY: interface not
 	// SL_IFACE_READY.
 	ReasonDroppedNotReady Reason = 9
-	// ReasonDroppedNoPolicy is SL_REASON_DROPPED_NO_POLICY: no policy slot
-	// for this program's generation, or the slot is empty.
+	// ReasonDroppedNoPolicy is SL_REASON_DROPPED_NO_POLICY: the hook's
+	// policy slot is empty.
 	ReasonDroppedNoPolicy Reason = 10
 	// ReasonDroppedPolicyFailed is SL_REASON_DROPPED_POLICY_FAILED: a
 	// policy program could not finish (SL_POLICY_FAILED).
@@ -360,8 +361,9 @@ const (
 	// ReasonDroppedIPv6 is SL_REASON_DROPPED_IPV6: IPv6 without
 	// SL_IFACE_PASS_IPV6.
 	ReasonDroppedIPv6 Reason = 22
-	// ReasonDroppedRPF is SL_REASON_DROPPED_RPF: a workload's source
-	// address is not routed to its interface.
+	// ReasonDroppedRPF is SL_REASON_DROPPED_RPF: a workload's source is
+	// not routed to its interface, or a host interface received a local
+	// workload's or host's source.
 	ReasonDroppedRPF Reason = 23
 	// ReasonDroppedNoConntrack is SL_REASON_DROPPED_NO_CONNTRACK: no
 	// conntrack table installed: fail closed.
@@ -504,8 +506,10 @@ const (
 	TypeCTLeg = "sl_ct_leg"
 	// TypeCTValue is the C name of CTValue.
 	TypeCTValue = "sl_ct_value"
-	// TypeIfacePolicy is the C name of IfacePolicy.
-	TypeIfacePolicy = "sl_iface_policy"
+	// TypeIfaceRecord is the C name of IfaceRecord.
+	TypeIfaceRecord = "sl_iface_record"
+	// TypeMeta is the C name of Meta.
+	TypeMeta = "sl_meta"
 	// TypeIface is the C name of Iface.
 	TypeIface = "sl_iface"
 	// TypeReasonCounts is the C name of ReasonCounts.
@@ -578,9 +582,11 @@ type IPSetKey struct {
 // CTKey mirrors struct sl_ct_key: canonical flow key: the lower (address,
 // port) endpoint is A, so both directions of a flow find one entry.
 // Endpoints compare by address as a 128-bit big-endian number, then by port;
-// with equal endpoints the source is A. TCP and UDP use their ports; ICMP
-// echo requests and replies put the identifier in both ports; other
-// protocols and other ICMP types use 0 and 0.
+// with equal endpoints the source is A. TCP, UDP, UDP-Lite, SCTP and DCCP
+// use their ports. An ICMP echo gives the identifier to the requester's
+// endpoint and 0 to the other, so a request and its reply share a key but a
+// request in the other direction does not. Other protocols use 0 and 0; ICMP
+// messages other than echoes are never tracked.
 type CTKey struct {
 	_ structs.HostLayout
 	// Endpoint A's address, IPv4-mapped for IPv4.
@@ -607,7 +613,8 @@ type CTLeg struct {
 	Flags CTLegFlags `btf:"flags"`
 	// Interface the leg's packets arrive on (see SL_CT_LEG_INGRESS_OK).
 	Ifindex uint32 `btf:"ifindex"`
-	_       uint32 `btf:"pad"`
+	// Interface the leg's packets leave by (see SL_CT_LEG_EGRESS_OK).
+	EgressIfindex uint32 `btf:"egress_ifindex"`
 }
 
 // CTValue mirrors struct sl_ct_value: a conntrack entry. Flat rather than a
@@ -639,36 +646,52 @@ type CTValue struct {
 	_        [3]uint16 `btf:"pad1"`
 }
 
-// IfacePolicy mirrors struct sl_iface_policy: the policy slots one
-// generation of the datapath's programs runs. Each process that loads the
-// datapath is a generation (numbered from 1 up); while a restarted agent
-// takes over, the old process's programs and the new one's run side by side,
-// each with its own sl_policy_jumps, so an interface carries a record for
-// each.
-type IfacePolicy struct {
+// IfaceRecord mirrors struct sl_iface_record: one generation's configuration
+// of an interface. Each process that loads the datapath is a generation
+// (numbered from 1 up); while a restarted agent takes over, the old
+// process's programs and the new one's run side by side, each with its own
+// sl_policy_jumps, so an interface carries a record for each, and a program
+// reads only its own: never the new process's flags beside the old one's
+// policy.
+type IfaceRecord struct {
 	_ structs.HostLayout
-	// Generation whose programs use these slots; 0: none.
+	// Generation whose programs use this record; 0: none.
 	Generation uint32 `btf:"generation"`
+	// SL_IFACE_* bits.
+	Flags IfaceFlags `btf:"flags"`
 	// That generation's sl_policy_jumps slot run at TC ingress.
 	Ingress uint32 `btf:"ingress"`
 	// That generation's sl_policy_jumps slot run at TC egress.
 	Egress uint32 `btf:"egress"`
 }
 
+// Meta mirrors struct sl_meta: the runtime's own record in the registry
+// (sl_meta, entry 0), read by no program: which generations exist, so that
+// two processes sharing the pinned maps never take one number, and a process
+// taking over knows whose programs are attached.
+type Meta struct {
+	_ structs.HostLayout
+	// The newest generation an Open took.
+	LastGeneration uint32 `btf:"last_generation"`
+	// The generation whose programs run every hook (the last to Settle);
+	// 0: none.
+	SettledGeneration uint32 `btf:"settled_generation"`
+}
+
 // Iface mirrors struct sl_iface: value of sl_ifaces, keyed by ifindex
 // (__u32). The policy slots are named by hook, not by the endpoint's point
 // of view: for a workload interface the ingress hook carries the packets the
 // workload sends, so its egress policy runs there. A program finds the
-// record of its own generation; an interface without one drops every packet
-// that needs policy.
+// record of its own generation; at an interface without one it drops every
+// packet.
 type Iface struct {
 	_ structs.HostLayout
-	// SL_IFACE_* bits.
-	Flags IfaceFlags `btf:"flags"`
-	// The interface's sl_counters slot, from 1 up.
+	// The interface's sl_counters slot, from 1 up, shared by the
+	// generations.
 	CounterSlot uint32 `btf:"counter_slot"`
-	// Policy slots of up to two generations.
-	Policy [2]IfacePolicy `btf:"policy"`
+	_           uint32 `btf:"pad"`
+	// The configurations of up to two generations.
+	Records [2]IfaceRecord `btf:"records"`
 }
 
 // ReasonCounts mirrors struct sl_reason_counts: value of sl_counters:
@@ -697,6 +720,8 @@ type Pending struct {
 	LegFlags CTLegFlags `btf:"leg_flags"`
 	// sl_counters index of the interface's hook.
 	CounterIndex uint32 `btf:"counter_index"`
+	// 0: an allowed packet creates no entry (ICMP other than echo).
+	Track uint32 `btf:"track"`
 }
 
 // RouteKey mirrors struct sl_route_key: key of sl_routes, an LPM trie. The
@@ -737,7 +762,8 @@ var abiLayouts = []struct {
 	{TypeCTKey, CTKey{}},
 	{TypeCTLeg, CTLeg{}},
 	{TypeCTValue, CTValue{}},
-	{TypeIfacePolicy, IfacePolicy{}},
+	{TypeIfaceRecord, IfaceRecord{}},
+	{TypeMeta, Meta{}},
 	{TypeIface, Iface{}},
 	{TypeReasonCounts, ReasonCounts{}},
 	{TypePending, Pending{}},

@@ -85,10 +85,24 @@ struct {
 	__type(value, struct sl_pending);
 } sl_pending_map SEC(".maps");
 
-/* This object's generation (struct sl_iface_policy), set by the runtime
+/* The runtime's record of generations (struct sl_meta, entry 0). No
+ * program reads it; it lives here so that it is declared with the other
+ * shared state and pinned in the same registry. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sl_meta);
+} sl_meta SEC(".maps");
+
+/* This object's generation (struct sl_iface_record), set by the runtime
  * before it loads the object. 0, never a real generation, finds no
- * policy. */
+ * record. */
 volatile const __u32 sl_generation = 0;
+
+/* Puts enum sl_reason into BTF, for the generated Go constants: the
+ * function that takes a reason is inlined. Never read. */
+volatile const enum sl_reason sl_reason_btf = SL_REASON_COUNT;
 
 /* The largest ICMPv4 error that passes as related: RFC 1812 bounds an
  * error to 576 bytes, and Linux sends no more. Anything larger carries
@@ -100,10 +114,8 @@ volatile const __u32 sl_generation = 0;
 char __license[] SEC("license") = "Dual BSD/GPL";
 
 /* sl_count adds a packet to the counters at index. An index past the
- * array (a counter slot the runtime never hands out) counts in slot 0.
- * Not inlined: it is called from every verdict site, and as a real
- * function its reason argument puts enum sl_reason into BTF for Go. */
-static __noinline int sl_count(__u32 index, enum sl_reason reason)
+ * array (a counter slot the runtime never hands out) counts in slot 0. */
+SL_INLINE int sl_count(__u32 index, enum sl_reason reason)
 {
 	struct sl_reason_counts *c = bpf_map_lookup_elem(&sl_counters, &index);
 
@@ -147,7 +159,9 @@ SL_INLINE bool sl_related(struct __sk_buff *skb, void *live, const struct sl_pkt
 	__u8 *l4;
 	__u32 ihl;
 
-	if (pkt->ip_len > SL_ICMP_ERROR_MAX_LEN)
+	/* A whole error fits in 576 bytes: a fragment of one is judged by
+	 * its first piece only, and hides what follows. */
+	if (pkt->ip_len > SL_ICMP_ERROR_MAX_LEN || pkt->first_fragment)
 		return false;
 	if (off > ETH_HLEN + 60 || pkt->l4_len < 8 + sizeof(*in) + 8)
 		return false;
@@ -172,8 +186,10 @@ SL_INLINE bool sl_related(struct __sk_buff *skb, void *live, const struct sl_pkt
 	} else if (in->protocol == IPPROTO_ICMP) {
 		if (!sl_icmp_is_echo(l4[0]))
 			return false;
-		sport = bpf_ntohs(*(__be16 *)(l4 + 4));
-		dport = sport;
+		sl_ct_echo_ports(l4[0], bpf_ntohs(*(__be16 *)(l4 + 4)), &sport, &dport);
+	} else if (sl_ported_header_len(in->protocol)) {
+		sport = bpf_ntohs(*(__be16 *)l4);
+		dport = bpf_ntohs(*(__be16 *)(l4 + 2));
 	}
 	dir = sl_ct_key_fill(&key, in->protocol, inner_src, sport, inner_dst, dport);
 	ct = sl_ct_lookup(live, &key, &dir, inner_src, sport);
@@ -197,34 +213,29 @@ SL_INLINE void sl_fill_state(struct sl_state *st, const struct sl_pkt *pkt, __u3
 	st->flags = flags;
 }
 
-/* sl_policy_slot finds this generation's policy slot for the hook. */
-SL_INLINE bool sl_policy_slot(const struct sl_iface *iface, enum sl_hook hook, __u32 *slot)
+/* sl_record returns this generation's record of an interface, or NULL. */
+SL_INLINE const struct sl_iface_record *sl_record(const struct sl_iface *iface)
 {
-	const struct sl_iface_policy *p = &iface->policy[0];
-
 	if (sl_generation == 0)
-		return false;
-	if (p->generation != sl_generation) {
-		p = &iface->policy[1];
-		if (p->generation != sl_generation)
-			return false;
-	}
-	*slot = hook == SL_HOOK_INGRESS ? p->ingress : p->egress;
-	return true;
+		return NULL;
+	if (iface->records[0].generation == sl_generation)
+		return &iface->records[0];
+	if (iface->records[1].generation == sl_generation)
+		return &iface->records[1];
+	return NULL;
 }
 
 /* sl_to_policy hands the packet to the hook's policy program. It returns
  * only when there is no policy to run: fail closed. */
-SL_INLINE int sl_to_policy(struct __sk_buff *skb, const struct sl_iface *iface, enum sl_hook hook,
+SL_INLINE int sl_to_policy(struct __sk_buff *skb, const struct sl_iface_record *rec, enum sl_hook hook,
 			   __u32 counter_index, const struct sl_pkt *pkt,
 			   const struct sl_ct_key *key, enum sl_ct_dir dir, __u32 state_flags)
 {
-	__u32 ifindex = skb->ifindex, zero = 0, slot;
+	__u32 ifindex = skb->ifindex, zero = 0;
+	__u32 slot = hook == SL_HOOK_INGRESS ? rec->ingress : rec->egress;
 	struct sl_pending *pd = bpf_map_lookup_elem(&sl_pending_map, &zero);
 	struct sl_state *st = bpf_map_lookup_elem(&sl_state_map, &zero);
 
-	if (!sl_policy_slot(iface, hook, &slot))
-		return sl_verdict(counter_index, SL_REASON_DROPPED_NO_POLICY);
 	if (!pd || !st)
 		return sl_verdict(counter_index, SL_REASON_DROPPED_BAD_HANDOFF);
 	sl_fill_state(st, pkt, state_flags);
@@ -234,6 +245,7 @@ SL_INLINE int sl_to_policy(struct __sk_buff *skb, const struct sl_iface *iface, 
 	pd->dir = dir;
 	pd->leg_flags = sl_ct_leg_flags_of(pkt->tcp_flags);
 	pd->counter_index = counter_index;
+	pd->track = sl_ct_tracked(pkt);
 	bpf_tail_call(skb, &sl_policy_jumps, slot);
 	pd->ifindex = 0;
 	return sl_verdict(counter_index, SL_REASON_DROPPED_NO_POLICY);
@@ -258,6 +270,15 @@ SL_INLINE bool sl_rpf_ok(const struct sl_route *src, __u32 ifindex)
 	return src && (src->flags & SL_ROUTE_LOCAL_WORKLOAD) && src->ifindex == ifindex;
 }
 
+/* sl_host_source_ok is the reverse-path check of a host interface's TC
+ * ingress hook: a packet that enters the node from outside never comes
+ * from one of its workloads or from the node itself; one that claims to
+ * is forged, and would otherwise take over that address's flows. */
+SL_INLINE bool sl_host_source_ok(const struct sl_route *src)
+{
+	return !src || !(src->flags & (SL_ROUTE_LOCAL_WORKLOAD | SL_ROUTE_LOCAL_HOST));
+}
+
 /* sl_host_flags says which ends of a packet are this host, for the
  * second stage of host-endpoint policy. */
 SL_INLINE __u32 sl_host_flags(const struct sl_route *src, const struct sl_route *dst)
@@ -272,11 +293,11 @@ SL_INLINE __u32 sl_host_flags(const struct sl_route *src, const struct sl_route 
 }
 
 /* sl_new_packet decides a packet conntrack did not pass. */
-SL_INLINE int sl_new_packet(struct __sk_buff *skb, const struct sl_iface *iface, enum sl_hook hook,
+SL_INLINE int sl_new_packet(struct __sk_buff *skb, const struct sl_iface_record *rec, enum sl_hook hook,
 			    __u32 counters, void *live, const struct sl_pkt *pkt,
 			    const struct sl_ct_key *key, enum sl_ct_dir dir)
 {
-	enum sl_iface_flags iflags = iface->flags;
+	enum sl_iface_flags iflags = rec->flags;
 	bool from_workload = (iflags & SL_IFACE_WORKLOAD) && hook == SL_HOOK_INGRESS;
 	bool host = iflags & SL_IFACE_HOST;
 	const struct sl_route *src = NULL, *dst = NULL;
@@ -284,6 +305,8 @@ SL_INLINE int sl_new_packet(struct __sk_buff *skb, const struct sl_iface *iface,
 	if (from_workload || host)
 		src = sl_route_of(pkt->saddr);
 	if (from_workload && !sl_rpf_ok(src, skb->ifindex))
+		return sl_verdict(counters, SL_REASON_DROPPED_RPF);
+	if (host && hook == SL_HOOK_INGRESS && !sl_host_source_ok(src))
 		return sl_verdict(counters, SL_REASON_DROPPED_RPF);
 	if (host)
 		dst = sl_route_of(pkt->daddr);
@@ -296,7 +319,7 @@ SL_INLINE int sl_new_packet(struct __sk_buff *skb, const struct sl_iface *iface,
 	if (pkt->proto == IPPROTO_TCP && !(pkt->tcp_flags & SL_TCP_SYN) &&
 	    (iflags & SL_IFACE_DROP_MID_FLOW))
 		return sl_verdict(counters, SL_REASON_DROPPED_MID_FLOW);
-	return sl_to_policy(skb, iface, hook, counters, pkt, key, dir, sl_host_flags(src, dst));
+	return sl_to_policy(skb, rec, hook, counters, pkt, key, dir, sl_host_flags(src, dst));
 }
 
 /* sl_tc_main is the whole per-packet path of both hooks; hook is a
@@ -317,12 +340,15 @@ SL_INLINE int sl_tc_main(struct __sk_buff *skb, enum sl_hook hook)
 	if (!iface)
 		return sl_verdict(SL_COUNTER_INDEX(0, hook), SL_REASON_DROPPED_NO_IFACE);
 	counters = SL_COUNTER_INDEX(iface->counter_slot, hook);
-	if (!(iface->flags & SL_IFACE_READY))
+	const struct sl_iface_record *rec = sl_record(iface);
+	if (!rec)
+		return sl_verdict(counters, SL_REASON_DROPPED_NO_IFACE);
+	if (!(rec->flags & SL_IFACE_READY))
 		return sl_verdict(counters, SL_REASON_DROPPED_NOT_READY);
 
 	sl_pull(skb);
-	if (sl_parse_eth(skb, iface->flags, &reason) != SL_PARSE_IPV4 ||
-	    sl_parse_ipv4(skb, iface->flags, &pkt, &reason) != SL_PARSE_IPV4 ||
+	if (sl_parse_eth(skb, rec->flags, &reason) != SL_PARSE_IPV4 ||
+	    sl_parse_ipv4(skb, rec->flags, &pkt, &reason) != SL_PARSE_IPV4 ||
 	    sl_parse_l4(skb, &pkt, &reason) != SL_PARSE_IPV4)
 		return sl_verdict(counters, reason);
 
@@ -339,7 +365,7 @@ SL_INLINE int sl_tc_main(struct __sk_buff *skb, enum sl_hook hook)
 				  skb->len, bpf_ktime_get_coarse_ns(), hook);
 		return sl_verdict(counters, SL_REASON_ACCEPTED_ESTABLISHED);
 	}
-	return sl_new_packet(skb, iface, hook, counters, live, &pkt, &key, dir);
+	return sl_new_packet(skb, rec, hook, counters, live, &pkt, &key, dir);
 }
 
 /* The programs to attach: one per TC hook. */
@@ -383,6 +409,8 @@ int sl_tc_allow(struct __sk_buff *skb)
 		return sl_verdict(SL_COUNTER_INDEX(0, SL_HOOK_INGRESS), SL_REASON_DROPPED_BAD_HANDOFF);
 	if (!st || st->policy_rc != SL_POLICY_ALLOW)
 		return sl_verdict(pd.counter_index, SL_REASON_DROPPED_BAD_HANDOFF);
+	if (!pd.track)
+		return sl_verdict(pd.counter_index, SL_REASON_ACCEPTED_BY_POLICY);
 	live = sl_ct_table(SL_CT_TABLE_LIVE);
 	if (!live || sl_ct_approve(live, &pd, skb->len))
 		return sl_verdict(pd.counter_index, SL_REASON_ACCEPTED_UNTRACKED);

@@ -21,6 +21,7 @@ const (
 	datapathMapSlCtTables    = "sl_ct_tables"
 	datapathMapSlIfaces      = "sl_ifaces"
 	datapathMapSlIpsets      = "sl_ipsets"
+	datapathMapSlMeta        = "sl_meta"
 	datapathMapSlPendingMap  = "sl_pending_map"
 	datapathMapSlPolicyJumps = "sl_policy_jumps"
 	datapathMapSlRoutes      = "sl_routes"
@@ -32,6 +33,7 @@ const (
 	datapathProgSlTcIngress  = "sl_tc_ingress"
 	datapathProgSlTcPass     = "sl_tc_pass"
 	datapathVarSlGeneration  = "sl_generation"
+	datapathVarSlReasonBtf   = "sl_reason_btf"
 )
 
 // loadDatapath returns the embedded CollectionSpec for datapath.
@@ -92,6 +94,7 @@ type datapathMapSpecs struct {
 	SlCtTables    *ebpf.MapSpec `ebpf:"sl_ct_tables"`
 	SlIfaces      *ebpf.MapSpec `ebpf:"sl_ifaces"`
 	SlIpsets      *ebpf.MapSpec `ebpf:"sl_ipsets"`
+	SlMeta        *ebpf.MapSpec `ebpf:"sl_meta"`
 	SlPendingMap  *ebpf.MapSpec `ebpf:"sl_pending_map"`
 	SlPolicyJumps *ebpf.MapSpec `ebpf:"sl_policy_jumps"`
 	SlRoutes      *ebpf.MapSpec `ebpf:"sl_routes"`
@@ -104,6 +107,7 @@ type datapathMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathVariableSpecs struct {
 	SlGeneration *ebpf.VariableSpec `ebpf:"sl_generation"`
+	SlReasonBtf  *ebpf.VariableSpec `ebpf:"sl_reason_btf"`
 }
 
 // datapathObjects contains all objects after they have been loaded into the kernel.
@@ -131,6 +135,7 @@ type datapathMaps struct {
 	SlCtTables    *ebpf.Map `ebpf:"sl_ct_tables"`
 	SlIfaces      *ebpf.Map `ebpf:"sl_ifaces"`
 	SlIpsets      *ebpf.Map `ebpf:"sl_ipsets"`
+	SlMeta        *ebpf.Map `ebpf:"sl_meta"`
 	SlPendingMap  *ebpf.Map `ebpf:"sl_pending_map"`
 	SlPolicyJumps *ebpf.Map `ebpf:"sl_policy_jumps"`
 	SlRoutes      *ebpf.Map `ebpf:"sl_routes"`
@@ -145,6 +150,7 @@ func (m *datapathMaps) Close() error {
 		m.SlCtTables,
 		m.SlIfaces,
 		m.SlIpsets,
+		m.SlMeta,
 		m.SlPendingMap,
 		m.SlPolicyJumps,
 		m.SlRoutes,
@@ -158,6 +164,7 @@ func (m *datapathMaps) Close() error {
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathVariables struct {
 	SlGeneration *ebpf.Variable `ebpf:"sl_generation"`
+	SlReasonBtf  *ebpf.Variable `ebpf:"sl_reason_btf"`
 }
 
 // datapathPrograms contains all programs after they have been loaded into the kernel.

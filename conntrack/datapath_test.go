@@ -80,10 +80,11 @@ func TestDatapathAgrees(t *testing.T) {
 		case 1:
 			proto, pkt = ProtoUDP, testpkt.UDPv4(src, dst, []byte("hi"))
 		default:
-			// Echo keys carry the identifier as both ports.
+			// An echo request: the identifier goes on the requester's side.
 			id := src.Port()
 			proto, pkt = ProtoICMP, testpkt.ICMPv4Echo(src.Addr(), dst.Addr(), id, 1, false)
-			src, dst = netip.AddrPortFrom(src.Addr(), id), netip.AddrPortFrom(dst.Addr(), id)
+			sport, dport := EchoPorts(true, id)
+			src, dst = netip.AddrPortFrom(src.Addr(), sport), netip.AddrPortFrom(dst.Addr(), dport)
 		}
 		k, reversed, err := NewKey(proto, src, dst)
 		if err != nil {

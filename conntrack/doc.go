@@ -22,11 +22,12 @@
 //
 // that is, addresses, 16 bytes with IPv4 stored IPv4-mapped, compare as
 // big-endian (network order) unsigned 128-bit numbers, and ports, stored
-// in host order, break ties. Both endpoints of a key have one family. The source is A
-// unless the destination is lower; a flow from an endpoint to itself keeps
-// the source as A. For ICMP echo both ports should carry the identifier,
-// so that the order still does not depend on direction when the two
-// addresses are equal.
+// in host order, break ties. Both endpoints of a key have one family. The
+// source is A unless the destination is lower; a flow from an endpoint to
+// itself keeps the source as A. An ICMP echo is keyed by EchoPorts: the identifier on
+// the requester's side and 0 on the other, so that a request and its
+// reply share a key and a request in the opposite direction does not.
+// ICMP messages other than echoes are never tracked.
 //
 // # Entry types
 //

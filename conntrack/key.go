@@ -53,6 +53,16 @@ func NewKey(proto uint8, src, dst netip.AddrPort) (key Key, reversed bool, err e
 	return key, reversed, nil
 }
 
+// EchoPorts returns the ports the datapath keys an ICMP echo by
+// (sl_ct_echo_ports): for a request, the identifier as the source port and
+// 0 as the destination port; for a reply, the other way round.
+func EchoPorts(request bool, id uint16) (sport, dport uint16) {
+	if request {
+		return id, 0
+	}
+	return 0, id
+}
+
 // compareEndpoints orders endpoints as the datapath must: address as a
 // 128-bit big-endian number of its 16-byte form (IPv4-mapped for IPv4),
 // then port.

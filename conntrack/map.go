@@ -7,10 +7,12 @@ import (
 	"io"
 	"iter"
 	"slices"
+	"sync"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
 
+	"github.com/sluicenet/sluice/bpf"
 	"github.com/sluicenet/sluice/maps"
 )
 
@@ -21,16 +23,35 @@ const (
 	valueSize = int(unsafe.Sizeof(Value{}))
 )
 
-// Map is the conntrack table: a hash or LRU hash map from Key to Value,
-// normally the datapath's bpf.MapConntrack. It is safe for concurrent use
-// as far as the kernel map is.
+// Map is the conntrack table: a hash or LRU hash map from Key to Value.
+// It is safe for concurrent use as far as the kernel map is.
+//
+// A Map made from the datapath's array of tables (bpf.MapConntrackTables)
+// follows its live table: after a resize replaces the table, every
+// operation goes to the new one, and the handle of the old one is closed
+// only once no operation uses it. Entries a resize is still moving out of
+// the draining table are seen once they have moved.
 //
 // Every operation goes through the maps package's typed map. Range
 // streams the table in its fixed-size chunks (maps.Map.Range) instead of
 // reading it whole, so a sweep of a 512,000-entry table every few seconds
 // needs a quarter of a megabyte rather than tens of megabytes.
 type Map struct {
-	typed *maps.Map[Key, Value]
+	// tables is the array of tables, or nil for a Map of one table.
+	tables *ebpf.Map
+
+	// mu guards cur and the users counts; it is held only to pick a
+	// table up or put it down, never during a kernel call.
+	mu  sync.Mutex
+	cur *tableRef
+}
+
+// tableRef is a table the Map has open, with the operations using it: a
+// table the Map no longer follows is closed when the last one finishes.
+type tableRef struct {
+	t     *maps.Map[Key, Value]
+	id    ebpf.MapID // in tables mode
+	users int
 }
 
 // Entry is one key and value of the table.
@@ -39,36 +60,138 @@ type Entry struct {
 	Value Value
 }
 
-// NewMap wraps m, which must be a hash or LRU hash map with the conntrack
-// key and value sizes. The Map does not own m: closing m is the caller's.
+// NewMap wraps m: a hash or LRU hash map with the conntrack key and value
+// sizes, or an array of such tables (the datapath's
+// bpf.MapConntrackTables, whose live entry the Map follows). The Map does
+// not own m: closing m is the caller's; in tables mode the Map owns the
+// handles it opens on the live table, and Close releases them.
 func NewMap(m *ebpf.Map) (*Map, error) {
 	if m == nil {
 		return nil, errors.New("conntrack map: nil map")
 	}
-	if t := m.Type(); t != ebpf.LRUHash && t != ebpf.Hash {
-		return nil, fmt.Errorf("conntrack map %s: type %s, want LRU hash or hash", m, t)
+	if m.Type() == ebpf.ArrayOfMaps {
+		cm := &Map{tables: m}
+		if err := cm.follow(); err != nil {
+			return nil, fmt.Errorf("conntrack map %s: %w", m, err)
+		}
+		return cm, nil
 	}
-	if int(m.KeySize()) != keySize || int(m.ValueSize()) != valueSize {
-		return nil, fmt.Errorf("conntrack map %s: key/value size %d/%d, want %d/%d",
-			m, m.KeySize(), m.ValueSize(), keySize, valueSize)
-	}
-	typed, err := maps.New[Key, Value](m)
+	typed, err := newTable(m)
 	if err != nil {
-		return nil, fmt.Errorf("conntrack map: %w", err)
+		return nil, fmt.Errorf("conntrack map %s: %w", m, err)
 	}
-	return &Map{typed: typed}, nil
+	return &Map{cur: &tableRef{t: typed}}, nil
 }
 
-// EBPF returns the underlying map.
-func (m *Map) EBPF() *ebpf.Map { return m.typed.EBPF() }
+func newTable(m *ebpf.Map) (*maps.Map[Key, Value], error) {
+	if t := m.Type(); t != ebpf.LRUHash && t != ebpf.Hash {
+		return nil, fmt.Errorf("type %s, want LRU hash or hash", t)
+	}
+	if int(m.KeySize()) != keySize || int(m.ValueSize()) != valueSize {
+		return nil, fmt.Errorf("key/value size %d/%d, want %d/%d", m.KeySize(), m.ValueSize(), keySize, valueSize)
+	}
+	return maps.New[Key, Value](m)
+}
+
+// follow opens the array's live table if it is not the one held.
+func (m *Map) follow() error {
+	var id uint32
+	if err := m.tables.Lookup(uint32(bpf.CTTableLive), &id); err != nil {
+		return fmt.Errorf("find the live table: %w", err)
+	}
+	m.mu.Lock()
+	same := m.cur != nil && m.cur.id == ebpf.MapID(id)
+	m.mu.Unlock()
+	if same {
+		return nil
+	}
+	live, err := ebpf.NewMapFromID(ebpf.MapID(id))
+	if err != nil {
+		return fmt.Errorf("open the live table: %w", err)
+	}
+	typed, err := newTable(live)
+	if err != nil {
+		live.Close()
+		return fmt.Errorf("live table: %w", err)
+	}
+	m.mu.Lock()
+	old := m.cur
+	m.cur = &tableRef{t: typed, id: ebpf.MapID(id)}
+	closeOld := old != nil && old.users == 0
+	m.mu.Unlock()
+	if closeOld {
+		old.t.EBPF().Close()
+	}
+	return nil
+}
+
+// use runs fn on the table, the live one in tables mode.
+func (m *Map) use(fn func(*maps.Map[Key, Value]) error) error {
+	if m.tables != nil {
+		if err := m.follow(); err != nil {
+			return err
+		}
+	}
+	m.mu.Lock()
+	ref := m.cur
+	if ref == nil {
+		m.mu.Unlock()
+		return errors.New("conntrack map is closed")
+	}
+	ref.users++
+	m.mu.Unlock()
+	defer m.putDown(ref)
+	return fn(ref.t)
+}
+
+// putDown ends an operation's use of ref, closing ref if the Map has
+// moved on from it (in tables mode) and this was its last user.
+func (m *Map) putDown(ref *tableRef) {
+	m.mu.Lock()
+	ref.users--
+	closeRef := m.tables != nil && ref != m.cur && ref.users == 0
+	m.mu.Unlock()
+	if closeRef {
+		ref.t.EBPF().Close()
+	}
+}
+
+// Close releases the handles a Map of an array of tables opened on its
+// live table. A Map of one table holds none: Close does nothing.
+func (m *Map) Close() error {
+	if m.tables == nil {
+		return nil
+	}
+	m.mu.Lock()
+	ref := m.cur
+	m.cur = nil
+	m.mu.Unlock()
+	if ref == nil || ref.users > 0 {
+		return nil
+	}
+	return ref.t.EBPF().Close()
+}
+
+// EBPF returns the table's map: in tables mode, the live table's at the
+// time of the call, valid until the Map follows a new one.
+func (m *Map) EBPF() *ebpf.Map {
+	var em *ebpf.Map
+	m.use(func(t *maps.Map[Key, Value]) error { em = t.EBPF(); return nil })
+	return em
+}
 
 // MaxEntries returns the table's capacity.
-func (m *Map) MaxEntries() int { return int(m.typed.EBPF().MaxEntries()) }
+func (m *Map) MaxEntries() int {
+	n := 0
+	m.use(func(t *maps.Map[Key, Value]) error { n = int(t.EBPF().MaxEntries()); return nil })
+	return n
+}
 
 // Lookup returns the entry stored under k. A missing key yields an error
 // wrapping ebpf.ErrKeyNotExist.
 func (m *Map) Lookup(k Key) (Value, error) {
-	v, err := m.typed.Lookup(k)
+	var v Value
+	err := m.use(func(t *maps.Map[Key, Value]) (err error) { v, err = t.Lookup(k); return })
 	if err != nil {
 		return Value{}, fmt.Errorf("conntrack key %s: %w", k, err)
 	}
@@ -79,7 +202,7 @@ func (m *Map) Lookup(k Key) (Value, error) {
 // UpdateExist. In an LRU map, inserting into a full table evicts the
 // least recently used entry.
 func (m *Map) Update(k Key, v Value, flags ebpf.MapUpdateFlags) error {
-	if err := m.typed.Update(k, v, flags); err != nil {
+	if err := m.use(func(t *maps.Map[Key, Value]) error { return t.Update(k, v, flags) }); err != nil {
 		return fmt.Errorf("conntrack key %s: %w", k, err)
 	}
 	return nil
@@ -88,7 +211,7 @@ func (m *Map) Update(k Key, v Value, flags ebpf.MapUpdateFlags) error {
 // Delete removes k. A missing key yields an error wrapping
 // ebpf.ErrKeyNotExist.
 func (m *Map) Delete(k Key) error {
-	if err := m.typed.Delete(k); err != nil {
+	if err := m.use(func(t *maps.Map[Key, Value]) error { return t.Delete(k) }); err != nil {
 		return fmt.Errorf("conntrack key %s: %w", k, err)
 	}
 	return nil
@@ -98,7 +221,8 @@ func (m *Map) Delete(k Key) error {
 // (maps.Map.LookupAndDelete: errors wrap ebpf.ErrNotSupported where the
 // kernel lacks the command for hash maps).
 func (m *Map) lookupAndDelete(k Key) (Value, error) {
-	v, err := m.typed.LookupAndDelete(k)
+	var v Value
+	err := m.use(func(t *maps.Map[Key, Value]) (err error) { v, err = t.LookupAndDelete(k); return })
 	if err != nil {
 		return Value{}, fmt.Errorf("conntrack key %s: %w", k, err)
 	}
@@ -130,7 +254,7 @@ func (m *Map) All(errOut *error) iter.Seq2[Key, Value] {
 // delete entries when the fallback is in use; the Scanner collects its
 // deletions and applies them after the read.
 func (m *Map) Range(fn func(Key, Value) bool) error {
-	if err := m.typed.Range(fn); err != nil {
+	if err := m.use(func(t *maps.Map[Key, Value]) error { return t.Range(fn) }); err != nil {
 		return fmt.Errorf("read conntrack table: %w", err)
 	}
 	return nil
@@ -138,7 +262,9 @@ func (m *Map) Range(fn func(Key, Value) bool) error {
 
 // Entries returns every entry, sorted by key (Key.Compare).
 func (m *Map) Entries() ([]Entry, error) {
-	keys, values, err := m.typed.Dump()
+	var keys []Key
+	var values []Value
+	err := m.use(func(t *maps.Map[Key, Value]) (err error) { keys, values, err = t.Dump(); return })
 	if err != nil {
 		return nil, fmt.Errorf("read conntrack table: %w", err)
 	}

@@ -206,14 +206,14 @@ func TestMapIteration(t *testing.T) {
 func setBatchLookup(t *testing.T, m *Map, batch bool) {
 	t.Helper()
 	if !batch {
-		m.typed.DisableBatch()
+		m.cur.t.DisableBatch()
 		return
 	}
 	typed, err := maps.New[Key, Value](m.EBPF())
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.typed = typed
+	m.cur.t = typed
 }
 
 func TestMapDump(t *testing.T) {

@@ -94,6 +94,7 @@ func runTCPSequence(t *testing.T, h *harness, openAt bpf.Hook, client, server ne
 		legOf(&want, clientDir).Ifindex = loIfindex
 	} else {
 		legOf(&want, clientDir).Flags |= bpf.CTLegEgressOK
+		legOf(&want, clientDir).EgressIfindex = loIfindex
 		legOf(&want, 1-clientDir).Flags |= bpf.CTLegIngressOK
 		legOf(&want, 1-clientDir).Ifindex = loIfindex
 	}
@@ -158,8 +159,8 @@ func TestUDPAndICMPEchoFlows(t *testing.T) {
 		},
 	}
 	tests[0].key, _ = ctKeyOf(testpkt.ProtoUDP, client, server)
-	// Echo: the identifier is both ports.
-	tests[1].key, _ = ctKeyOf(testpkt.ProtoICMPv4, netip.AddrPortFrom(client.Addr(), 0x4242), netip.AddrPortFrom(server.Addr(), 0x4242))
+	// Echo: the identifier on the requester's side, 0 on the other.
+	tests[1].key, _ = ctKeyOf(testpkt.ProtoICMPv4, netip.AddrPortFrom(client.Addr(), 0x4242), netip.AddrPortFrom(server.Addr(), 0))
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			// server < client, so the client is B.

@@ -53,16 +53,30 @@ type Counters struct {
 
 // Counters returns the counters of a configured interface.
 func (d *Datapath) Counters(ifindex int) (Counters, error) {
-	entry, err := d.Interface(ifindex)
-	if err != nil {
-		return Counters{}, fmt.Errorf("read counters: %w", err)
+	if d == nil {
+		return Counters{}, errors.New("read counters: nil Datapath")
 	}
-	tcIn, tcOut, err := d.slotCounters(entry.CounterSlot)
+	c, err := d.interfaceCounters(ifindex)
 	if err != nil {
 		return Counters{}, fmt.Errorf("read counters of interface %d: %w", ifindex, err)
 	}
-	if entry.Flags&bpf.IfaceWorkload != 0 {
-		return Counters{Ingress: tcOut, Egress: tcIn}, nil
+	return c, nil
+}
+
+func (d *Datapath) interfaceCounters(ifindex int) (Counters, error) {
+	entry, err := d.interfaceEntry(ifindex)
+	if err != nil {
+		return Counters{}, err
+	}
+	tcIn, tcOut, err := d.slotCounters(entry.CounterSlot)
+	if err != nil {
+		return Counters{}, err
+	}
+	// Any generation's record says the kind: it is the interface's.
+	for _, r := range entry.Records {
+		if r.Generation != 0 && r.Flags&bpf.IfaceWorkload != 0 {
+			return Counters{Ingress: tcOut, Egress: tcIn}, nil
+		}
 	}
 	return Counters{Ingress: tcIn, Egress: tcOut}, nil
 }
@@ -71,6 +85,9 @@ func (d *Datapath) Counters(ifindex int) (Counters, error) {
 // without an entry (counter slot 0), by TC hook: what arrived at their
 // TC ingress hooks, and what left through their TC egress hooks.
 func (d *Datapath) UnconfiguredCounters() (tcIngress, tcEgress HookCounters, err error) {
+	if d == nil {
+		return HookCounters{}, HookCounters{}, errors.New("read counters of unconfigured interfaces: nil Datapath")
+	}
 	tcIngress, tcEgress, err = d.slotCounters(0)
 	if err != nil {
 		return HookCounters{}, HookCounters{}, fmt.Errorf("read counters of unconfigured interfaces: %w", err)
@@ -124,6 +141,9 @@ type RuleHits struct {
 // Get returns the hits of the rule with ID id, summed over CPUs: 0 for a
 // rule that never decided.
 func (r *RuleHits) Get(id uint64) (uint64, error) {
+	if r == nil {
+		return 0, errors.New("read rule hits: nil RuleHits")
+	}
 	perCPU, err := r.m.Lookup(id)
 	if errors.Is(err, ebpf.ErrKeyNotExist) {
 		return 0, nil
@@ -140,6 +160,9 @@ func (r *RuleHits) Get(id uint64) (uint64, error) {
 
 // All returns the hits of every rule that decided at least once.
 func (r *RuleHits) All() (map[uint64]uint64, error) {
+	if r == nil {
+		return nil, errors.New("read rule hits: nil RuleHits")
+	}
 	hits := map[uint64]uint64{}
 	var err error
 	for id, perCPU := range r.m.All(&err) {

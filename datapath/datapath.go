@@ -87,6 +87,7 @@ type Datapath struct {
 	ifaces map[uint32]*ifaceState
 
 	ifaceMap  *maps.Map[uint32, bpf.Iface]
+	meta      *maps.Map[uint32, bpf.Meta]
 	counters  *maps.PerCPUMap[uint32, bpf.ReasonCounts]
 	ruleHits  *RuleHits
 	ipsets    *maps.Map[bpf.IPSetKey, uint32]
@@ -143,8 +144,10 @@ func (d *Datapath) load(spec *ebpf.CollectionSpec, specs *bpf.Specs) error {
 	if d.ifaceMap, err = maps.New[uint32, bpf.Iface](d.state.ifaces); err != nil {
 		return err
 	}
-	d.generation, err = nextGeneration(d.ifaceMap)
-	if err != nil {
+	if d.meta, err = maps.New[uint32, bpf.Meta](d.state.meta); err != nil {
+		return err
+	}
+	if d.generation, err = d.takeGeneration(); err != nil {
 		return err
 	}
 	if err := specs.SlGeneration.Set(d.generation); err != nil {
@@ -194,58 +197,107 @@ func (d *Datapath) handles() error {
 	if d.routes, err = routes.NewMap(d.state.routes); err != nil {
 		return err
 	}
-	d.conntrack, err = conntrack.NewMap(d.state.ct)
+	d.conntrack, err = conntrack.NewMap(d.objs.SlCtTables)
 	return err
 }
 
-// nextGeneration is one more than the newest generation any interface
-// entry names, so that no program of an earlier Open mistakes this one's
-// policy slots for its own.
-func nextGeneration(ifaces *maps.Map[uint32, bpf.Iface]) (uint32, error) {
-	var newest uint32
-	var err error
-	for _, iface := range ifaces.All(&err) {
-		for _, p := range iface.Policy {
-			newest = max(newest, p.Generation)
+// takeGeneration hands this Open a generation no other Open of the
+// pinned maps has: one more than the newest recorded in sl_meta or named
+// by an interface entry, recorded under the pin directory's lock.
+func (d *Datapath) takeGeneration() (uint32, error) {
+	unlock, err := d.state.lock()
+	if err != nil {
+		return 0, err
+	}
+	defer unlock()
+	meta, err := d.readMeta()
+	if err != nil {
+		return 0, err
+	}
+	newest := meta.LastGeneration
+	for _, iface := range d.ifaceMap.All(&err) {
+		for _, r := range iface.Records {
+			newest = max(newest, r.Generation)
 		}
 	}
 	if err != nil {
 		return 0, fmt.Errorf("read interfaces: %w", err)
 	}
 	if newest == ^uint32(0) {
-		return 0, errors.New("interface entries use the last generation number")
+		return 0, errors.New("every generation number is taken")
 	}
-	return newest + 1, nil
+	meta.LastGeneration = newest + 1
+	if err := d.meta.Update(0, meta, ebpf.UpdateAny); err != nil {
+		return 0, err
+	}
+	return meta.LastGeneration, nil
 }
 
-// Generation returns this Open's generation.
-func (d *Datapath) Generation() uint32 { return d.generation }
+// readMeta returns the runtime's record of generations.
+func (d *Datapath) readMeta() (bpf.Meta, error) {
+	return d.meta.Lookup(0)
+}
+
+// Generation returns this Open's generation (0 for a nil Datapath).
+func (d *Datapath) Generation() uint32 {
+	if d == nil {
+		return 0
+	}
+	return d.generation
+}
 
 // TCIngress is the program to attach to the TC ingress hook of every
-// interface SetInterface describes.
-func (d *Datapath) TCIngress() *ebpf.Program { return d.objs.SlTcIngress }
+// interface SetInterface describes (nil for a nil Datapath).
+func (d *Datapath) TCIngress() *ebpf.Program {
+	if d == nil {
+		return nil
+	}
+	return d.objs.SlTcIngress
+}
 
 // TCEgress is the program to attach to the TC egress hook of every
-// interface SetInterface describes.
-func (d *Datapath) TCEgress() *ebpf.Program { return d.objs.SlTcEgress }
+// interface SetInterface describes (nil for a nil Datapath).
+func (d *Datapath) TCEgress() *ebpf.Program {
+	if d == nil {
+		return nil
+	}
+	return d.objs.SlTcEgress
+}
 
-// Conntrack returns the live conntrack table. After ResizeConntrack or
-// Settle replaced the table, call it again.
+// Conntrack returns the conntrack table. It follows the live table, so it
+// stays valid across ResizeConntrack and Settle; it is closed with the
+// Datapath. (Nil for a nil Datapath, as every handle.)
 func (d *Datapath) Conntrack() *conntrack.Map {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	if d == nil {
+		return nil
+	}
 	return d.conntrack
 }
 
 // IPSets returns the IP set members map that policy programs look up.
-func (d *Datapath) IPSets() *maps.Map[bpf.IPSetKey, uint32] { return d.ipsets }
+func (d *Datapath) IPSets() *maps.Map[bpf.IPSetKey, uint32] {
+	if d == nil {
+		return nil
+	}
+	return d.ipsets
+}
 
 // Routes returns the routes map the datapath decides reverse-path checks
 // and host flags from.
-func (d *Datapath) Routes() *routes.Map { return d.routes }
+func (d *Datapath) Routes() *routes.Map {
+	if d == nil {
+		return nil
+	}
+	return d.routes
+}
 
 // RuleHits returns the reader of per-rule hit counters.
-func (d *Datapath) RuleHits() *RuleHits { return d.ruleHits }
+func (d *Datapath) RuleHits() *RuleHits {
+	if d == nil {
+		return nil
+	}
+	return d.ruleHits
+}
 
 // Close releases this process's programs and handles. Attached programs,
 // the policies they run and the pinned maps stay in the kernel, so
@@ -273,8 +325,12 @@ func (d *Datapath) Close() error {
 }
 
 func (d *Datapath) closeAll() error {
-	err := d.objs.Close()
-	return errors.Join(err, d.state.close())
+	var errs []error
+	if d.conntrack != nil {
+		errs = append(errs, d.conntrack.Close())
+	}
+	errs = append(errs, d.objs.Close(), d.state.close())
+	return errors.Join(errs...)
 }
 
 // check returns an error when d cannot be used; the caller holds d.mu.

@@ -76,8 +76,8 @@ const loCounterSlot = 1
 func (h *harness) setIface(ifindex uint32, flags bpf.IfaceFlags, slots stubSlots, counterSlot uint32) {
 	h.t.Helper()
 	h.d.counterSlots.mark(counterSlot)
-	entry := bpf.Iface{Flags: flags, CounterSlot: counterSlot}
-	entry.Policy[0] = bpf.IfacePolicy{Generation: h.d.generation, Ingress: slots.ingress, Egress: slots.egress}
+	entry := bpf.Iface{CounterSlot: counterSlot}
+	entry.Records[0] = bpf.IfaceRecord{Generation: h.d.generation, Flags: flags, Ingress: slots.ingress, Egress: slots.egress}
 	if err := h.d.ifaceMap.Update(ifindex, entry, ebpf.UpdateAny); err != nil {
 		h.t.Fatalf("put iface %d: %v", ifindex, err)
 	}

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"reflect"
+	"slices"
 
 	"github.com/cilium/ebpf"
 
@@ -106,83 +108,191 @@ func (c *Interface) hookRules() (tcIngress, tcEgress polprog.Rules, err error) {
 // ifaceState is what this process loaded for one interface.
 type ifaceState struct {
 	kind Kind
-	// tcIngress and tcEgress are the policies of the two TC hooks.
-	tcIngress, tcEgress *polprog.Program
+	// hooks are the policies of the TC ingress and egress hooks.
+	hooks [2]hookPolicy
+}
+
+// hookPolicy is a TC hook's policy: the rules it was compiled from, so an
+// unchanged hook keeps its program, and the program.
+type hookPolicy struct {
+	rules polprog.Rules
+	prog  *polprog.Program
 }
 
 // release closes the policies' handles and leaves them installed.
 func (s *ifaceState) release() error {
-	return errors.Join(s.tcIngress.Release(), s.tcEgress.Release())
+	return errors.Join(s.hooks[0].prog.Release(), s.hooks[1].prog.Release())
 }
 
 // SetInterface configures the interface with index ifindex, or changes
-// its configuration, make-before-break: both policies are compiled and
-// loaded into fresh policy slots, the interface's entry switches to them
-// in one map update, and the previous policies are removed only after no
-// packet can still be running them. A packet sees the old configuration
-// or the new one, never a mix, and never none. On error nothing changed.
+// its configuration, make-before-break: a hook whose policy changed gets
+// it compiled and loaded into fresh policy slots, the interface's entry
+// switches to the new configuration in one map update, and the previous
+// policies are removed only after no packet can still be running them. A
+// packet sees the old configuration or the new one, never a mix, and
+// never none. An error before the switch leaves everything as it was; an
+// error removing the old policies after it says so, and the new
+// configuration is in place.
 func (d *Datapath) SetInterface(ifindex int, cfg Interface) error {
 	if d == nil {
 		return errors.New("set interface: nil Datapath")
 	}
-	if err := d.setInterface(ifindex, cfg); err != nil {
-		return fmt.Errorf("set interface %d: %w", ifindex, err)
+	return d.SetInterfaces(map[int]Interface{ifindex: cfg})
+}
+
+// SetInterfaces is SetInterface for many interfaces at once: each one
+// switches make-before-break as SetInterface does, and the old policies
+// of all of them are removed after a single wait for running packets,
+// which is what makes configuring hundreds of interfaces quick. Either
+// every entry switches, or, on an error before the first switch, none.
+func (d *Datapath) SetInterfaces(cfgs map[int]Interface) error {
+	if d == nil {
+		return errors.New("set interfaces: nil Datapath")
+	}
+	if err := d.setInterfaces(cfgs); err != nil {
+		if len(cfgs) == 1 {
+			for ifindex := range cfgs {
+				return fmt.Errorf("set interface %d: %w", ifindex, err)
+			}
+		}
+		return fmt.Errorf("set interfaces: %w", err)
 	}
 	return nil
 }
 
-func (d *Datapath) setInterface(ifindex int, cfg Interface) error {
-	idx, err := checkIfindex(ifindex)
-	if err != nil {
-		return err
-	}
-	tcIn, tcOut, err := cfg.hookRules()
-	if err != nil {
-		return err
-	}
-	compiledIn, err := polprog.Compile(tcIn, d.opts.Policy)
-	if err != nil {
-		return fmt.Errorf("TC ingress policy: %w", err)
-	}
-	compiledOut, err := polprog.Compile(tcOut, d.opts.Policy)
-	if err != nil {
-		return fmt.Errorf("TC egress policy: %w", err)
-	}
+// change is one interface's part of a SetInterfaces call.
+type change struct {
+	ifindex uint32
+	cfg     Interface
+	rules   [2]polprog.Rules     // by TC hook
+	compile [2]*polprog.Compiled // nil where the hook keeps its program
+	next    ifaceState
+	entry   bpf.Iface
+	fresh   bool // entry got a new counter slot
+}
 
+func (d *Datapath) setInterfaces(cfgs map[int]Interface) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if err := d.check(); err != nil {
 		return err
 	}
-	entry, fresh, err := d.entry(idx)
+	changes, err := d.compileChanges(cfgs)
 	if err != nil {
 		return err
 	}
-	in, err := d.loadPolicy(compiledIn)
+	unlock, err := d.state.lock()
 	if err != nil {
-		d.releaseFresh(fresh, entry)
-		return fmt.Errorf("TC ingress policy: %w", err)
-	}
-	out, err := d.loadPolicy(compiledOut)
-	if err != nil {
-		d.unloadPolicy(in)
-		d.releaseFresh(fresh, entry)
-		return fmt.Errorf("TC egress policy: %w", err)
-	}
-	entry.Flags = cfg.flags()
-	d.setRecord(&entry, bpf.IfacePolicy{Generation: d.generation, Ingress: in.EntrySlot(), Egress: out.EntrySlot()})
-	if err := d.ifaceMap.Update(idx, entry, ebpf.UpdateAny); err != nil {
-		d.unloadPolicy(in)
-		d.unloadPolicy(out)
-		d.releaseFresh(fresh, entry)
 		return err
 	}
-	prev := d.ifaces[idx]
-	d.ifaces[idx] = &ifaceState{kind: cfg.Kind, tcIngress: in, tcEgress: out}
-	if prev == nil {
-		return nil
+	defer unlock()
+	if err := d.prepare(changes); err != nil {
+		return err
 	}
-	return d.retire(prev.tcIngress, prev.tcEgress)
+	meta, err := d.readMeta()
+	if err != nil {
+		d.abandon(changes)
+		return err
+	}
+	var retired []*polprog.Program
+	for i, c := range changes {
+		c.entry.Records[recordIndex(c.entry, d.generation, meta.SettledGeneration)] = c.record(d.generation)
+		if err := d.ifaceMap.Update(c.ifindex, c.entry, ebpf.UpdateAny); err != nil {
+			d.abandon(changes[i:])
+			if i == 0 {
+				return err
+			}
+			err = fmt.Errorf("interface %d (after switching %d others): %w", c.ifindex, i, err)
+			return errors.Join(err, d.retire(retired...))
+		}
+		if prev := d.ifaces[c.ifindex]; prev != nil {
+			for h := range prev.hooks {
+				if prev.hooks[h].prog != c.next.hooks[h].prog {
+					retired = append(retired, prev.hooks[h].prog)
+				}
+			}
+		}
+		d.ifaces[c.ifindex] = &c.next
+	}
+	return d.retire(retired...)
+}
+
+// compileChanges validates and compiles every configuration; a hook whose
+// rules equal those it runs keeps its program.
+func (d *Datapath) compileChanges(cfgs map[int]Interface) ([]*change, error) {
+	changes := make([]*change, 0, len(cfgs))
+	for ifindex, cfg := range cfgs {
+		idx, err := checkIfindex(ifindex)
+		if err != nil {
+			return nil, err
+		}
+		c := &change{ifindex: idx, cfg: cfg, next: ifaceState{kind: cfg.Kind}}
+		if c.rules[bpf.HookIngress], c.rules[bpf.HookEgress], err = cfg.hookRules(); err != nil {
+			return nil, fmt.Errorf("interface %d: %w", ifindex, err)
+		}
+		prev := d.ifaces[idx]
+		for h, rules := range c.rules {
+			if prev != nil && reflect.DeepEqual(prev.hooks[h].rules, rules) {
+				c.next.hooks[h] = prev.hooks[h]
+				continue
+			}
+			if c.compile[h], err = polprog.Compile(rules, d.opts.Policy); err != nil {
+				return nil, fmt.Errorf("interface %d: TC %s policy: %w", ifindex, bpf.Hook(h), err)
+			}
+			c.next.hooks[h].rules = rules
+		}
+		changes = append(changes, c)
+	}
+	slices.SortFunc(changes, func(a, b *change) int { return int(a.ifindex) - int(b.ifindex) })
+	return changes, nil
+}
+
+// prepare reads each interface's entry, takes counter slots for new ones,
+// and loads the new policies into fresh slots. On error it undoes all of
+// it.
+func (d *Datapath) prepare(changes []*change) error {
+	for i, c := range changes {
+		var err error
+		if c.entry, c.fresh, err = d.entry(c.ifindex); err != nil {
+			d.abandon(changes[:i])
+			return err
+		}
+		for h, compiled := range c.compile {
+			if compiled == nil {
+				continue
+			}
+			if c.next.hooks[h].prog, err = d.loadPolicy(compiled); err != nil {
+				d.abandon(changes[:i+1])
+				return fmt.Errorf("interface %d: TC %s policy: %w", c.ifindex, bpf.Hook(h), err)
+			}
+		}
+	}
+	return nil
+}
+
+// abandon undoes prepare for changes whose entries were not written: their
+// new policies go, and new interfaces give their counter slots back.
+func (d *Datapath) abandon(changes []*change) {
+	for _, c := range changes {
+		for h, compiled := range c.compile {
+			if compiled != nil && c.next.hooks[h].prog != nil {
+				d.unloadPolicy(c.next.hooks[h].prog)
+			}
+		}
+		if c.fresh {
+			d.counterSlots.release(c.entry.CounterSlot)
+		}
+	}
+}
+
+// record is this generation's record of the change's configuration.
+func (c *change) record(generation uint32) bpf.IfaceRecord {
+	return bpf.IfaceRecord{
+		Generation: generation,
+		Flags:      c.cfg.flags(),
+		Ingress:    c.next.hooks[bpf.HookIngress].prog.EntrySlot(),
+		Egress:     c.next.hooks[bpf.HookEgress].prog.EntrySlot(),
+	}
 }
 
 func checkIfindex(ifindex int) (uint32, error) {
@@ -216,26 +326,26 @@ func (d *Datapath) entry(ifindex uint32) (entry bpf.Iface, fresh bool, err error
 	return entry, true, nil
 }
 
-// releaseFresh returns the counter slot entry gave a new interface.
-func (d *Datapath) releaseFresh(fresh bool, entry bpf.Iface) {
-	if fresh {
-		d.counterSlots.release(entry.CounterSlot)
-	}
-}
-
-// setRecord puts rec in the entry's record of this generation, or else in
-// place of the older of the two records: the newer one belongs to the
-// process this one takes over from, whose programs may still be attached.
-func (d *Datapath) setRecord(entry *bpf.Iface, rec bpf.IfacePolicy) {
-	i := 0
+// recordIndex says which of an entry's two records generation gen writes:
+// its own, or else the one that does not belong to the settled generation
+// (whose programs run the hooks until this one takes over), or else the
+// older. So a process whose predecessor crashed before settling never
+// evicts the generation still attached.
+func recordIndex(entry bpf.Iface, gen, settled uint32) int {
+	r := entry.Records
 	switch {
-	case entry.Policy[0].Generation == d.generation:
-	case entry.Policy[1].Generation == d.generation:
-		i = 1
-	case entry.Policy[1].Generation < entry.Policy[0].Generation:
-		i = 1
+	case r[0].Generation == gen:
+		return 0
+	case r[1].Generation == gen:
+		return 1
+	case r[0].Generation == settled && settled != 0:
+		return 1
+	case r[1].Generation == settled && settled != 0:
+		return 0
+	case r[1].Generation < r[0].Generation:
+		return 1
 	}
-	entry.Policy[i] = rec
+	return 0
 }
 
 // loadPolicy loads a compiled policy into fresh slots.
@@ -265,6 +375,9 @@ func (d *Datapath) unloadPolicy(p *polprog.Program) {
 // from their slots and frees the slots. A slot whose deletion fails stays
 // allocated, so it is never handed out while it may hold a program.
 func (d *Datapath) retire(progs ...*polprog.Program) error {
+	if len(progs) == 0 {
+		return nil
+	}
 	if err := d.quiesce(); err != nil {
 		return err
 	}
@@ -277,7 +390,10 @@ func (d *Datapath) retire(progs ...*polprog.Program) error {
 		}
 		d.policySlots.release(slots...)
 	}
-	return errors.Join(errs...)
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("remove replaced policies: %w", err)
+	}
+	return nil
 }
 
 // RemoveInterface removes the interface's entry: from then on the
@@ -305,6 +421,11 @@ func (d *Datapath) removeInterface(ifindex int) error {
 	if err := d.check(); err != nil {
 		return err
 	}
+	unlock, err := d.state.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	entry, err := d.ifaceMap.Lookup(idx)
 	if err != nil {
 		return err
@@ -316,7 +437,7 @@ func (d *Datapath) removeInterface(ifindex int) error {
 	delete(d.ifaces, idx)
 	var progs []*polprog.Program
 	if prev != nil {
-		progs = append(progs, prev.tcIngress, prev.tcEgress)
+		progs = append(progs, prev.hooks[0].prog, prev.hooks[1].prog)
 	}
 	if err := d.retire(progs...); err != nil {
 		return err
@@ -325,16 +446,23 @@ func (d *Datapath) removeInterface(ifindex int) error {
 	return nil
 }
 
-// Interface returns the interface's entry in the interface map, as the
-// datapath reads it.
-func (d *Datapath) Interface(ifindex int) (bpf.Iface, error) {
-	idx, err := checkIfindex(ifindex)
-	if err != nil {
-		return bpf.Iface{}, fmt.Errorf("read interface: %w", err)
+// InterfaceEntry returns the interface's entry in the interface map, as
+// the datapath reads it: its counter slot and each generation's record.
+func (d *Datapath) InterfaceEntry(ifindex int) (bpf.Iface, error) {
+	if d == nil {
+		return bpf.Iface{}, errors.New("read interface entry: nil Datapath")
 	}
-	entry, err := d.ifaceMap.Lookup(idx)
+	entry, err := d.interfaceEntry(ifindex)
 	if err != nil {
-		return bpf.Iface{}, fmt.Errorf("read interface %d: %w", ifindex, err)
+		return bpf.Iface{}, fmt.Errorf("read interface entry %d: %w", ifindex, err)
 	}
 	return entry, nil
+}
+
+func (d *Datapath) interfaceEntry(ifindex int) (bpf.Iface, error) {
+	idx, err := checkIfindex(ifindex)
+	if err != nil {
+		return bpf.Iface{}, err
+	}
+	return d.ifaceMap.Lookup(idx)
 }

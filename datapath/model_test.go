@@ -87,8 +87,12 @@ func modelParse(frame []byte, flags bpf.IfaceFlags) (reason bpf.Reason, decided 
 		if doff := int(l4[12]>>4) * 4; doff < 20 || doff > len(l4) {
 			return bpf.ReasonDroppedBadTCPDoff, true
 		}
-	case 17, 1: // UDP, ICMP
+	case 17, 136, 1: // UDP, UDP-Lite, ICMP
 		if len(l4) < 8 {
+			return bpf.ReasonDroppedShort, true
+		}
+	case 132, 33: // SCTP, DCCP
+		if len(l4) < 12 {
 			return bpf.ReasonDroppedShort, true
 		}
 	}

@@ -7,7 +7,6 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/sluicenet/sluice/bpf"
-	"github.com/sluicenet/sluice/conntrack"
 	"github.com/sluicenet/sluice/maps"
 )
 
@@ -75,12 +74,8 @@ func (d *Datapath) resizeConntrack(entries uint32) error {
 		draining.Close()
 		return fmt.Errorf("install new table: %w", err)
 	}
-	ct, err := conntrack.NewMap(live)
-	if err != nil {
-		return err
-	}
 	d.state.ct.Close()
-	d.state.ct, d.state.draining, d.conntrack = live, draining, ct
+	d.state.ct, d.state.draining = live, draining
 	return d.finishDrain()
 }
 
@@ -89,10 +84,8 @@ func (d *Datapath) resizeConntrack(entries uint32) error {
 // drain.
 func (d *Datapath) newConntrackTable(entries uint32) (live, draining *ebpf.Map, err error) {
 	if d.state.pinDir == "" {
-		spec := &ebpf.MapSpec{
-			Name: ctName, Type: d.state.ct.Type(), KeySize: d.state.ct.KeySize(),
-			ValueSize: d.state.ct.ValueSize(), MaxEntries: entries, Flags: d.state.ct.Flags(),
-		}
+		spec := d.state.ctSpec.Copy()
+		spec.MaxEntries = entries
 		live, err = ebpf.NewMap(spec)
 		if err != nil {
 			return nil, nil, fmt.Errorf("create table: %w", err)
@@ -142,13 +135,14 @@ func (d *Datapath) finishDrain() error {
 
 // Settle completes a takeover: call it once every interface's hooks run
 // this Open's programs (after re-attaching them, or updating the pinned
-// links). It removes the policy records earlier generations left in the
-// interface entries, finishes a conntrack drain an interrupted resize
-// left, and resizes the conntrack table to Options.ConntrackEntries if
-// Open found it at another size. An interface this process did not
-// configure keeps its flags and counters but, with no policy for these
-// programs, drops packets that need policy (bpf.ReasonDroppedNoPolicy)
-// until SetInterface or RemoveInterface says what to do with it.
+// links). It removes the records earlier generations left in the
+// interface entries, and the entries of interfaces this generation did
+// not configure (their packets then drop as bpf.ReasonDroppedNoIface);
+// records this generation as the one whose programs run, so that a later
+// process taking over never evicts it; finishes a conntrack drain an
+// interrupted resize left; and resizes the conntrack table to
+// Options.ConntrackEntries if Open found it at another size. Call it on a
+// first start too: it is how the next process knows whose programs run.
 func (d *Datapath) Settle() error {
 	if d == nil {
 		return errors.New("settle: nil Datapath")
@@ -165,29 +159,61 @@ func (d *Datapath) settle() error {
 	if err := d.check(); err != nil {
 		return err
 	}
+	unlock, err := d.state.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if err := d.clearOlderRecords(); err != nil {
+		return err
+	}
+	meta, err := d.readMeta()
+	if err != nil {
+		return err
+	}
+	meta.SettledGeneration = d.generation
+	if err := d.meta.Update(0, meta, ebpf.UpdateAny); err != nil {
+		return err
+	}
+	return d.resizeConntrack(d.opts.ConntrackEntries)
+}
+
+// clearOlderRecords removes the records of generations before this one;
+// an entry left with no record at all, an interface this generation did
+// not configure, goes. Records of a newer generation, a process already
+// taking over from this one, stay.
+func (d *Datapath) clearOlderRecords() error {
 	var err error
-	var stale []uint32
-	var entries []bpf.Iface
+	type update struct {
+		ifindex uint32
+		entry   bpf.Iface
+	}
+	var updates []update
 	for idx, entry := range d.ifaceMap.All(&err) {
-		if entry.Policy[0].Generation != d.generation && entry.Policy[0].Generation != 0 ||
-			entry.Policy[1].Generation != d.generation && entry.Policy[1].Generation != 0 {
-			stale = append(stale, idx)
-			entries = append(entries, entry)
+		changed := false
+		for j, r := range entry.Records {
+			if r.Generation != 0 && r.Generation < d.generation {
+				entry.Records[j] = bpf.IfaceRecord{}
+				changed = true
+			}
+		}
+		if changed {
+			updates = append(updates, update{idx, entry})
 		}
 	}
 	if err != nil {
 		return fmt.Errorf("read interfaces: %w", err)
 	}
-	for i, idx := range stale {
-		entry := entries[i]
-		for j := range entry.Policy {
-			if entry.Policy[j].Generation != d.generation {
-				entry.Policy[j] = bpf.IfacePolicy{}
-			}
+	for _, u := range updates {
+		if u.entry.Records[0].Generation == 0 && u.entry.Records[1].Generation == 0 {
+			err = d.ifaceMap.Delete(u.ifindex)
+			d.counterSlots.release(u.entry.CounterSlot)
+		} else {
+			err = d.ifaceMap.Update(u.ifindex, u.entry, ebpf.UpdateExist)
 		}
-		if err := d.ifaceMap.Update(idx, entry, ebpf.UpdateExist); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return err
 		}
 	}
-	return d.resizeConntrack(d.opts.ConntrackEntries)
+	return nil
 }

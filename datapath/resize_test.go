@@ -8,10 +8,12 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 
 	"github.com/sluicenet/sluice/bpf"
+	"github.com/sluicenet/sluice/conntrack"
 	"github.com/sluicenet/sluice/internal/testpkt"
 	"github.com/sluicenet/sluice/internal/testutil"
 	"github.com/sluicenet/sluice/maps"
@@ -230,4 +232,73 @@ func TestResizeClientsDistinct(t *testing.T) {
 		}
 		seen[c] = true
 	}
+}
+
+// TestResizeConntrackRealStream grows the conntrack table from 64k to 256k
+// entries under a real TCP stream whose replies the server's egress
+// policy would deny: the stream loses no byte and sees no reset, and
+// nothing at the server's hooks reaches policy while the table moves.
+func TestResizeConntrackRealStream(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	node := testutil.NewNode(t)
+	client, err := node.AddWorkload("cli", netip.MustParseAddr("10.71.0.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err := node.AddWorkload("srv", netip.MustParseAddr("10.71.0.2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := Open(Options{ConntrackEntries: 1 << 16, MaxInterfaces: 8, PolicySlots: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	err = d.SetInterfaces(map[int]Interface{
+		client.HostIfindex: {Kind: Workload, Egress: allowAllRules, Ingress: denyAllRules},
+		server.HostIfindex: {Kind: Workload, Ingress: allowTCPPort(80, 10), Egress: denyAllRules},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	attachWorkload(t, node, d, client)
+	attachWorkload(t, node, d, server)
+	// Load the table with flows of other clients, so that the drain has
+	// entries to move while the stream runs.
+	for i := range 30000 {
+		k, _ := ctKeyOf(testpkt.ProtoUDP, resizeClient(i), netip.MustParseAddrPort("10.71.9.9:53"))
+		if err := d.Conntrack().Update(conntrack.Key(k), conntrack.Value{Type: bpf.CTNormal}, ebpf.UpdateAny); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stream := startEchoStream(t, client, server, "10.71.0.2:80")
+	time.Sleep(50 * time.Millisecond)
+	before, err := d.Counters(server.HostIfindex)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.ResizeConntrack(1 << 18); err != nil {
+		t.Fatal(err)
+	}
+	after, err := d.Counters(server.HostIfindex)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	got := stream.Stop()
+	for name, c := range map[string][2]HookCounters{"ingress": {before.Ingress, after.Ingress}, "egress": {before.Egress, after.Egress}} {
+		delta := reasonDelta(c[0], c[1])
+		for r, n := range delta {
+			if r != bpf.ReasonAcceptedEstablished && r != bpf.ReasonDroppedIPv6 {
+				t.Errorf("server %s counted %d packets as %v during the resize", name, n, r)
+			}
+		}
+		if delta[bpf.ReasonAcceptedEstablished] == 0 {
+			t.Errorf("server %s saw no packet of the stream during the resize", name)
+		}
+	}
+	if n, err := d.Conntrack().Count(); err != nil || n < 30001 || d.Conntrack().MaxEntries() != 1<<18 {
+		t.Errorf("after the resize: %d entries (%v) in room for %d", n, err, d.Conntrack().MaxEntries())
+	}
+	t.Logf("stream %d bytes each way across the resize", got)
 }

@@ -1,12 +1,8 @@
 package datapath
 
 import (
-	"io"
-	"net"
 	"net/netip"
 	"path/filepath"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -89,61 +85,7 @@ func TestRestartTakesOver(t *testing.T) {
 	configure(a)
 	links := append(attachLinks(t, node, a, client), attachLinks(t, node, a, server)...)
 
-	var l net.Listener
-	if err := server.NS.Do(func() (err error) { l, err = net.Listen("tcp4", "10.68.0.2:80"); return }); err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	echoed := make(chan int64, 1)
-	go func() {
-		c, err := l.Accept()
-		if err != nil {
-			echoed <- -1
-			return
-		}
-		defer c.Close()
-		n, _ := io.Copy(c, c) // the replies carry data too
-		echoed <- n
-	}()
-	var conn net.Conn
-	if err := client.NS.Do(func() (err error) { conn, err = net.DialTimeout("tcp4", "10.68.0.2:80", 5*time.Second); return }); err != nil {
-		t.Fatal(err)
-	}
-	stop := make(chan struct{})
-	var sent, read atomic.Int64
-	var wg sync.WaitGroup
-	var streamErr error
-	var errOnce sync.Once
-	fail := func(err error) { errOnce.Do(func() { streamErr = err }) }
-	wg.Add(2)
-	go func() { // the client writes until told to stop
-		defer wg.Done()
-		buf := make([]byte, 16<<10)
-		for {
-			select {
-			case <-stop:
-				conn.(*net.TCPConn).CloseWrite()
-				return
-			default:
-			}
-			conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-			n, err := conn.Write(buf)
-			sent.Add(int64(n))
-			if err != nil {
-				fail(err)
-				return
-			}
-		}
-	}()
-	go func() { // and reads the echo back
-		defer wg.Done()
-		conn.SetReadDeadline(time.Now().Add(60 * time.Second))
-		n, err := io.Copy(io.Discard, conn)
-		read.Add(n)
-		if err != nil {
-			fail(err)
-		}
-	}()
+	stream := startEchoStream(t, client, server, "10.68.0.2:80")
 	time.Sleep(100 * time.Millisecond)
 	serverBefore, err := a.Counters(server.HostIfindex)
 	if err != nil {
@@ -176,21 +118,7 @@ func TestRestartTakesOver(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(100 * time.Millisecond)
-	close(stop)
-	wg.Wait()
-	conn.Close()
-	if streamErr != nil {
-		t.Fatalf("stream: %v", streamErr)
-	}
-	var got int64
-	select {
-	case got = <-echoed:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the server never saw the stream end")
-	}
-	if got != sent.Load() || read.Load() != sent.Load() || got == 0 {
-		t.Errorf("stream: client sent %d bytes, server echoed %d, client read %d", sent.Load(), got, read.Load())
-	}
+	got := stream.Stop()
 
 	serverAfter, err := b.Counters(server.HostIfindex)
 	if err != nil {
@@ -208,14 +136,14 @@ func TestRestartTakesOver(t *testing.T) {
 		}
 	}
 	for _, w := range []*topo.Workload{client, server} {
-		entry, err := b.Interface(w.HostIfindex)
+		entry, err := b.InterfaceEntry(w.HostIfindex)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if entry.Policy[0].Generation != b.Generation() && entry.Policy[1].Generation != b.Generation() ||
-			entry.Policy[0].Generation != b.Generation() && entry.Policy[0].Generation != 0 ||
-			entry.Policy[1].Generation != b.Generation() && entry.Policy[1].Generation != 0 {
-			t.Errorf("%s: policy records %+v after Settle, want generation %d's only", w.HostIfname, entry.Policy, b.Generation())
+		if entry.Records[0].Generation != b.Generation() && entry.Records[1].Generation != b.Generation() ||
+			entry.Records[0].Generation != b.Generation() && entry.Records[0].Generation != 0 ||
+			entry.Records[1].Generation != b.Generation() && entry.Records[1].Generation != 0 {
+			t.Errorf("%s: records %+v after Settle, want generation %d's only", w.HostIfname, entry.Records, b.Generation())
 		}
 	}
 	t.Logf("stream %d bytes each way across the takeover", got)

@@ -70,7 +70,7 @@ func TestSetInterfaceSlots(t *testing.T) {
 	if err := d.SetInterface(8, wl); err != nil {
 		t.Fatal(err)
 	}
-	before, err := d.Interface(8)
+	before, err := d.InterfaceEntry(8)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,14 +79,14 @@ func TestSetInterfaceSlots(t *testing.T) {
 	if err := d.SetInterface(8, wl); err == nil || !strings.Contains(err.Error(), "policy slots") {
 		t.Errorf("replacement with a full pool: %v, want an error about policy slots", err)
 	}
-	if after, err := d.Interface(8); err != nil || after != before {
+	if after, err := d.InterfaceEntry(8); err != nil || after != before {
 		t.Errorf("interface 8 changed by a refused replacement: %+v, %v (was %+v)", after, err, before)
 	}
 	// Both counter slots are taken.
 	if err := d.SetInterface(9, Interface{Kind: Workload}); err == nil {
 		t.Error("a third interface with MaxInterfaces 2 was accepted")
 	}
-	if _, err := d.Interface(9); !errors.Is(err, ebpf.ErrKeyNotExist) {
+	if _, err := d.InterfaceEntry(9); !errors.Is(err, ebpf.ErrKeyNotExist) {
 		t.Errorf("refused interface 9 has an entry: %v", err)
 	}
 	if err := d.RemoveInterface(7); err != nil {
@@ -200,7 +200,7 @@ func TestPolicyFailureCounted(t *testing.T) {
 	if err := d.SetInterface(loIfindex, Interface{Kind: Workload, Egress: egress}); err != nil {
 		t.Fatal(err)
 	}
-	slots := d.ifaces[loIfindex].tcIngress.Slots()
+	slots := d.ifaces[loIfindex].hooks[bpf.HookIngress].prog.Slots()
 	if len(slots) < 2 {
 		t.Fatalf("policy has %d parts, want several", len(slots))
 	}

@@ -3,8 +3,10 @@ package datapath
 import (
 	"errors"
 	"fmt"
+	"os"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/sluicenet/sluice/bpf"
 	"github.com/sluicenet/sluice/maps"
@@ -20,6 +22,7 @@ const (
 	ipsetsVersion   = 1 // struct sl_ipset_key
 	routesVersion   = 1 // struct sl_route_key to struct sl_route
 	ctVersion       = 1 // struct sl_ct_key to struct sl_ct_value
+	metaVersion     = 1 // struct sl_meta
 )
 
 // ctName is the conntrack table's name in the registry; the object only
@@ -29,17 +32,38 @@ const ctName = "sl_ct"
 // state holds the maps that carry state across restarts: pinned in the
 // registry under Options.PinDir, or, without one, this process's own.
 type state struct {
-	pinDir                                     string
-	ifaces, counters, ruleHits, ipsets, routes *ebpf.Map
+	pinDir                                           string
+	ifaces, counters, ruleHits, ipsets, routes, meta *ebpf.Map
 	// ct is the live conntrack table. draining, when not nil, is a table
 	// an interrupted resize left to be emptied into ct.
 	ct, draining *ebpf.Map
-	ctParams     maps.Params
+	// ctSpec is the tables' template, sized; ctParams its registry entry.
+	ctSpec   *ebpf.MapSpec
+	ctParams maps.Params
+	// dir is PinDir, open for flock: processes sharing the pinned maps
+	// take turns at the interface entries and the generations.
+	dir *os.File
 }
 
 // openState opens or creates every state map with the sizes of opts.
 func openState(specs *bpf.Specs, opts Options) (*state, error) {
 	s := &state{pinDir: opts.PinDir}
+	if opts.PinDir != "" {
+		if err := os.MkdirAll(opts.PinDir, 0o700); err != nil {
+			return nil, fmt.Errorf("pin directory: %w", err)
+		}
+		dir, err := os.Open(opts.PinDir)
+		if err != nil {
+			return nil, fmt.Errorf("pin directory: %w", err)
+		}
+		s.dir = dir
+	}
+	unlock, err := s.lock()
+	if err != nil {
+		s.close()
+		return nil, err
+	}
+	defer unlock()
 	entries := []struct {
 		m       **ebpf.Map
 		spec    *ebpf.MapSpec
@@ -51,6 +75,7 @@ func openState(specs *bpf.Specs, opts Options) (*state, error) {
 		{&s.ruleHits, specs.SlRuleHits, ruleHitsVersion, opts.RuleHitEntries},
 		{&s.ipsets, specs.SlIpsets, ipsetsVersion, opts.IPSetEntries},
 		{&s.routes, specs.SlRoutes, routesVersion, opts.RouteEntries},
+		{&s.meta, specs.SlMeta, metaVersion, 1},
 	}
 	for _, e := range entries {
 		e.spec.MaxEntries = e.size
@@ -89,6 +114,7 @@ func (s *state) openConntrack(template *ebpf.MapSpec, entries uint32) error {
 	spec := template.Copy()
 	spec.Name = ctName
 	spec.MaxEntries = entries
+	s.ctSpec = spec
 	if s.pinDir == "" {
 		m, err := ebpf.NewMap(spec)
 		if err != nil {
@@ -118,15 +144,31 @@ func (s *state) replacements(specs *bpf.Specs) map[string]*ebpf.Map {
 		specs.SlRuleHits.Name: s.ruleHits,
 		specs.SlIpsets.Name:   s.ipsets,
 		specs.SlRoutes.Name:   s.routes,
+		specs.SlMeta.Name:     s.meta,
 	}
+}
+
+// lock takes PinDir's lock, held by one process at a time, and returns
+// its release. Without PinDir nothing is shared and there is no lock.
+func (s *state) lock() (unlock func(), err error) {
+	if s.dir == nil {
+		return func() {}, nil
+	}
+	if err := unix.Flock(int(s.dir.Fd()), unix.LOCK_EX); err != nil {
+		return nil, fmt.Errorf("lock pin directory: %w", err)
+	}
+	return func() { unix.Flock(int(s.dir.Fd()), unix.LOCK_UN) }, nil
 }
 
 func (s *state) close() error {
 	var errs []error
-	for _, m := range []*ebpf.Map{s.ifaces, s.counters, s.ruleHits, s.ipsets, s.routes, s.ct, s.draining} {
+	for _, m := range []*ebpf.Map{s.ifaces, s.counters, s.ruleHits, s.ipsets, s.routes, s.meta, s.ct, s.draining} {
 		if m != nil {
 			errs = append(errs, m.Close())
 		}
+	}
+	if s.dir != nil {
+		errs = append(errs, s.dir.Close())
 	}
 	return errors.Join(errs...)
 }

@@ -80,11 +80,11 @@ type (
 		_     [3]uint8 `btf:"padding"`
 	}
 	ctLegSwapped struct {
-		Bytes   uint64
-		Packets uint32
-		Flags   uint32
-		Pad     uint32
-		Ifindex uint32
+		Bytes         uint64
+		Packets       uint32
+		Flags         uint32
+		EgressIfindex uint32
+		Ifindex       uint32
 	}
 	ctValueBadLeg struct {
 		Created  uint64
@@ -144,7 +144,7 @@ func TestCheckLayoutCatchesWrongStructs(t *testing.T) {
 		{"extra field", bpf.TypeCTKey, ctKeyExtraField{}, []string{"", "Vlan"}},
 		{"unknown tag", bpf.TypeCTKey, ctKeyBadTag{}, []string{"Proto", "proto"}},
 		{"unknown tag on padding", bpf.TypeCTKey, ctKeyPadBadTag{}, []string{"_", "pad"}},
-		{"wrong nested offset", bpf.TypeCTValue, ctValueBadLeg{}, []string{"A_toB.Pad", "A_toB.Ifindex"}},
+		{"wrong nested offset", bpf.TypeCTValue, ctValueBadLeg{}, []string{"A_toB.EgressIfindex", "A_toB.Ifindex"}},
 		{"wrong type entirely", bpf.TypeState, bpf.IPSetKey{}, []string{
 			"", "Prefixlen", "SetID", "Addr", "Port", "Proto", "_",
 			"src_addr", "dst_addr", "pre_nat_dst_addr", "src_port", "dst_port", "pre_nat_dst_port",

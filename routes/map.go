@@ -237,13 +237,14 @@ func (m *Map) Routes() ([]Route, error) {
 // routes, rewrites the changed ones and deletes the ones not desired, and
 // reports the counts. A second Sync of the same routes writes nothing.
 //
-// maps.Syncer writes adds and changes before deletes, so a route whose
-// value changes is replaced in place and never absent, and a route
-// replaced by one of another prefix length (10.0.0.0/24 by 10.0.0.0/25
-// and 10.0.0.128/25) is covered throughout by one or the other. The map
-// must therefore have room for the added routes next to the deleted
-// ones; a Sync that fails for room leaves a mix that a later Sync, with
-// more room or fewer routes, completes.
+// maps.Syncer writes adds and changes before deletes when the map has room
+// for the added routes next to the deleted ones, so a route whose value
+// changes is replaced in place and never absent, and a route replaced by
+// one of another prefix length (10.0.0.0/24 by 10.0.0.0/25 and
+// 10.0.0.128/25) is covered throughout by one or the other. Without that
+// room it deletes first, and an address may have no route for a moment:
+// size the map (datapath.Options.RouteEntries) with headroom for the
+// largest change.
 //
 // Every route must be valid (Route.Validate) and no two may have one
 // prefix, or Sync returns an error wrapping ErrInvalidRoute; more routes

@@ -135,6 +135,17 @@ func rpfAllows(r Route, found bool, ifindex uint32) bool {
 	return found && r.Flags.Has(FlagLocalWorkload) && r.Ifindex == ifindex
 }
 
+// HostSourceAllowed is the model of the reverse-path check of a host
+// interface's TC ingress hook (sl_host_source_ok in bpf/datapath.c): a
+// packet entering the node from outside passes only if the longest route
+// to its source is neither FlagLocalWorkload nor FlagLocalHost, since a
+// packet from one of the node's workloads or from the node itself never
+// arrives from outside. A source without a route passes.
+func HostSourceAllowed(t *Table, src netip.Addr) bool {
+	r, ok := t.Lookup(src)
+	return !ok || !(r.Flags.Has(FlagLocalWorkload) || r.Flags.Has(FlagLocalHost))
+}
+
 // HostFlags is the model of the datapath's host flags for host-endpoint
 // policy (sl_host_flags in bpf/datapath.c): bpf.StateFlagSrcIsHost when
 // the longest route to src is FlagLocalHost, bpf.StateFlagDstIsHost when

@@ -74,46 +74,23 @@ func run(out io.Writer) error {
 		return err
 	}
 
-	// embed:start
-	dp, err := datapath.Open(datapath.Options{})
+	var dp *datapath.Datapath
+	var links []link.Link
+	// The agent's part runs in the node's namespace, as an agent on a
+	// node runs in the host's.
+	err = node.NS.Do(func() (err error) {
+		dp, links, err = startDatapath(
+			endpoint{ifindex: client.HostIfindex, addr: client.Addr},
+			endpoint{ifindex: server.HostIfindex, addr: server.Addr})
+		return err
+	})
 	if err != nil {
 		return err
 	}
 	defer dp.Close()
-	for _, w := range []*topo.Workload{client, server} {
-		// Where each workload lives: the reverse-path check lets a
-		// workload send only from its own addresses.
-		route := routes.Route{Prefix: netip.PrefixFrom(w.Addr, 32), Flags: routes.FlagLocalWorkload, Ifindex: uint32(w.HostIfindex)}
-		if err := dp.Routes().Put(route); err != nil {
-			return err
-		}
+	for _, l := range links {
+		defer l.Close()
 	}
-	// Policies in the workloads' own terms: what each may send, what it
-	// accepts.
-	if err := dp.SetInterface(client.HostIfindex, datapath.Interface{Kind: datapath.Workload, Egress: allowAll}); err != nil {
-		return err
-	}
-	if err := dp.SetInterface(server.HostIfindex, datapath.Interface{Kind: datapath.Workload, Ingress: serverPolicy}); err != nil {
-		return err
-	}
-	// One program per TC hook, attached to every interface.
-	for _, w := range []*topo.Workload{client, server} {
-		for _, hook := range []struct {
-			prog   *ebpf.Program
-			attach ebpf.AttachType
-		}{{dp.TCIngress(), ebpf.AttachTCXIngress}, {dp.TCEgress(), ebpf.AttachTCXEgress}} {
-			var l link.Link
-			err := node.NS.Do(func() (err error) {
-				l, err = link.AttachTCX(link.TCXOptions{Interface: w.HostIfindex, Program: hook.prog, Attach: hook.attach})
-				return err
-			})
-			if err != nil {
-				return err
-			}
-			defer l.Close()
-		}
-	}
-	// embed:end
 
 	if err := serve(server); err != nil {
 		return err
@@ -141,6 +118,69 @@ func run(out io.Writer) error {
 	}
 	fmt.Fprintf(out, "server counters\n  sent:     %v\n  received: %v\n", c.Egress.NonZero(), c.Ingress.NonZero())
 	return nil
+}
+
+// endpoint is a workload as the agent knows it: the host side of its veth
+// and its address.
+type endpoint struct {
+	ifindex int
+	addr    netip.Addr
+}
+
+// startDatapath is what an agent does: it opens the datapath, tells it
+// where the workloads are, gives each workload its policies, and attaches
+// the datapath's two programs to their interfaces.
+func startDatapath(client, server endpoint) (*datapath.Datapath, []link.Link, error) {
+	// embed:start
+	dp, err := datapath.Open(datapath.Options{})
+	if err != nil {
+		return nil, nil, err
+	}
+	// Where each workload lives: the reverse-path check lets a workload
+	// send only from its own addresses.
+	for _, w := range []endpoint{client, server} {
+		route := routes.Route{Prefix: netip.PrefixFrom(w.addr, 32), Flags: routes.FlagLocalWorkload, Ifindex: uint32(w.ifindex)}
+		if err := dp.Routes().Put(route); err != nil {
+			dp.Close()
+			return nil, nil, err
+		}
+	}
+	// Policies in the workloads' own terms, make-before-break: what each
+	// may send (Egress), what it accepts (Ingress).
+	err = dp.SetInterfaces(map[int]datapath.Interface{
+		client.ifindex: {Kind: datapath.Workload, Egress: allowAll},
+		server.ifindex: {Kind: datapath.Workload, Ingress: serverPolicy},
+	})
+	if err != nil {
+		dp.Close()
+		return nil, nil, err
+	}
+	// One program per TC hook, attached to every interface.
+	var links []link.Link
+	for _, w := range []endpoint{client, server} {
+		for _, hook := range []struct {
+			prog   *ebpf.Program
+			attach ebpf.AttachType
+		}{{dp.TCIngress(), ebpf.AttachTCXIngress}, {dp.TCEgress(), ebpf.AttachTCXEgress}} {
+			l, err := link.AttachTCX(link.TCXOptions{Interface: w.ifindex, Program: hook.prog, Attach: hook.attach})
+			if err != nil {
+				for _, l := range links {
+					l.Close()
+				}
+				dp.Close()
+				return nil, nil, err
+			}
+			links = append(links, l)
+		}
+	}
+	// The first start of an agent settles at once; a restarted one, once
+	// it has moved every link to its programs.
+	if err := dp.Settle(); err != nil {
+		dp.Close()
+		return nil, nil, err
+	}
+	// embed:end
+	return dp, links, nil
 }
 
 // decidingRule names the rules whose hits went up, by ID.

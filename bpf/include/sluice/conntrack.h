@@ -31,20 +31,23 @@ enum sl_ct_leg_flags {
 	 * that hook's policy approved the leg, or the opposite leg was
 	 * approved leaving through that interface (so these are replies).
 	 * The ifindex is fixed when the bit is first set; a packet at
-	 * another interface never moves it. */
+	 * another interface never moves it, and a leg approved only leaving
+	 * (the host's own traffic) is never bound to an ingress hook later. */
 	SL_CT_LEG_INGRESS_OK	= 1u << 4,
-	/* Policy at the TC egress hook the leg's packets leave through
-	 * approved the leg. Not tied to an ifindex: the egress interface
-	 * follows from the destination, which the key fixes. */
+	/* The leg's packets pass the TC egress hook of
+	 * sl_ct_leg.egress_ifindex, whose policy approved the leg; fixed
+	 * like the ingress interface. */
 	SL_CT_LEG_EGRESS_OK	= 1u << 5,
 };
 
 /* Canonical flow key: the lower (address, port) endpoint is A, so both
  * directions of a flow find one entry. Endpoints compare by address as a
  * 128-bit big-endian number, then by port; with equal endpoints the source
- * is A. TCP and UDP use their ports; ICMP echo requests and replies put
- * the identifier in both ports; other protocols and other ICMP types use
- * 0 and 0. */
+ * is A. TCP, UDP, UDP-Lite, SCTP and DCCP use their ports. An ICMP echo
+ * gives the identifier to the requester's endpoint and 0 to the other, so
+ * a request and its reply share a key but a request in the other
+ * direction does not. Other protocols use 0 and 0; ICMP messages other
+ * than echoes are never tracked. */
 struct sl_ct_key {
 	__u8	addr_a[16] SL_ADDR_ALIGNED;	/* endpoint A's address, IPv4-mapped for IPv4 */
 	__u8	addr_b[16];	/* endpoint B's address, IPv4-mapped for IPv4 */
@@ -61,7 +64,7 @@ struct sl_ct_leg {
 	__u32	packets;	/* packets of the leg, each counted once on the node */
 	enum sl_ct_leg_flags flags;	/* what this leg has seen */
 	__u32	ifindex;	/* interface the leg's packets arrive on (see SL_CT_LEG_INGRESS_OK) */
-	__u32	pad;
+	__u32	egress_ifindex;	/* interface the leg's packets leave by (see SL_CT_LEG_EGRESS_OK) */
 };
 SL_ASSERT_SIZE(struct sl_ct_leg, 24);
 

@@ -17,9 +17,9 @@ enum sl_reason {
 	SL_REASON_IPV6_PASSED		= 5,  /* IPv6 on an interface with SL_IFACE_PASS_IPV6 */
 	SL_REASON_FRAGMENT_PASSED	= 6,  /* non-first fragment with SL_IFACE_PASS_FRAGMENTS */
 	SL_REASON_DROPPED_BY_POLICY	= 7,  /* policy denied the packet */
-	SL_REASON_DROPPED_NO_IFACE	= 8,  /* no sl_ifaces entry: fail closed */
+	SL_REASON_DROPPED_NO_IFACE	= 8,  /* no sl_ifaces entry, or none for this program's generation: fail closed */
 	SL_REASON_DROPPED_NOT_READY	= 9,  /* interface not SL_IFACE_READY */
-	SL_REASON_DROPPED_NO_POLICY	= 10, /* no policy slot for this program's generation, or the slot is empty */
+	SL_REASON_DROPPED_NO_POLICY	= 10, /* the hook's policy slot is empty */
 	SL_REASON_DROPPED_POLICY_FAILED	= 11, /* a policy program could not finish (SL_POLICY_FAILED) */
 	SL_REASON_DROPPED_MID_FLOW	= 12, /* TCP without SYN or conntrack, SL_IFACE_DROP_MID_FLOW */
 	SL_REASON_DROPPED_SHORT		= 13, /* a header runs past the packet or the IP total length */
@@ -32,7 +32,7 @@ enum sl_reason {
 	SL_REASON_DROPPED_ETHERTYPE	= 20, /* an EtherType that may carry IP inside (MPLS, PPPoE, LLC, ...) or is unknown */
 	SL_REASON_DROPPED_VLAN		= 21, /* an 802.1Q or 802.1ad tag, in the frame or in the skb */
 	SL_REASON_DROPPED_IPV6		= 22, /* IPv6 without SL_IFACE_PASS_IPV6 */
-	SL_REASON_DROPPED_RPF		= 23, /* a workload's source address is not routed to its interface */
+	SL_REASON_DROPPED_RPF		= 23, /* a workload's source is not routed to its interface, or a host interface received a local workload's or host's source */
 	SL_REASON_DROPPED_NO_CONNTRACK	= 24, /* no conntrack table installed: fail closed */
 	SL_REASON_DROPPED_BAD_HANDOFF	= 25, /* a continuation ran without its pending packet */
 	SL_REASON_COUNT			= 26, /* number of reasons; not a reason */

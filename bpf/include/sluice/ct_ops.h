@@ -33,17 +33,34 @@ SL_INLINE enum sl_ct_dir sl_ct_key_fill(struct sl_ct_key *key, __u8 proto, const
 	return SL_CT_DIR_A_TO_B;
 }
 
-/* sl_ct_ports gives the ports conntrack keys a packet by: TCP and UDP
- * ports, the echo identifier twice, or zeros. */
+/* sl_ct_echo_ports gives the ports of an ICMP echo: the identifier on the
+ * requester's side, 0 on the other, so that a request and its reply share
+ * a key and a request the other way does not. */
+SL_INLINE void sl_ct_echo_ports(__u8 type, __u16 id, __u16 *sport, __u16 *dport)
+{
+	*sport = type == SL_ICMP_ECHO ? id : 0;
+	*dport = type == SL_ICMP_ECHO ? 0 : id;
+}
+
+/* sl_ct_ports gives the ports conntrack keys a packet by: its ports, the
+ * echo ports, or zeros. */
 SL_INLINE void sl_ct_ports(const struct sl_pkt *pkt, __u16 *sport, __u16 *dport)
 {
 	if (pkt->proto == IPPROTO_ICMP) {
-		*sport = pkt->icmp_id;
-		*dport = pkt->icmp_id;
+		sl_ct_echo_ports(pkt->icmp_type, pkt->icmp_id, sport, dport);
 		return;
 	}
 	*sport = pkt->sport;
 	*dport = pkt->dport;
+}
+
+/* sl_ct_tracked says whether conntrack keeps a flow of the packet: every
+ * protocol but ICMP messages other than echoes, which would otherwise let
+ * every later ICMP message between two addresses pass as established. An
+ * error is related to its flow or decided by policy, each time. */
+SL_INLINE bool sl_ct_tracked(const struct sl_pkt *pkt)
+{
+	return pkt->proto != IPPROTO_ICMP || sl_icmp_is_echo(pkt->icmp_type);
 }
 
 /* sl_ct_table returns a table of sl_ct_tables, or NULL when the slot is
@@ -72,7 +89,9 @@ SL_INLINE struct sl_ct_value *sl_ct_find(void *live, const struct sl_ct_key *key
 		return NULL;
 	ct = bpf_map_lookup_elem(draining, key);
 	if (!ct)
-		return NULL;
+		/* The drain may have moved the entry between the two lookups
+		 * (it writes the live table before it deletes here). */
+		return bpf_map_lookup_elem(live, key);
 	bpf_map_update_elem(live, key, ct, BPF_NOEXIST);
 	moved = bpf_map_lookup_elem(live, key);
 	/* Without room in the live table, keep using the draining entry: the
@@ -118,7 +137,7 @@ SL_INLINE bool sl_ct_passes(struct sl_ct_value *ct, enum sl_ct_dir dir, __u32 if
 
 	if (hook == SL_HOOK_INGRESS)
 		return (own->flags & SL_CT_LEG_INGRESS_OK) && own->ifindex == ifindex;
-	return (own->flags & SL_CT_LEG_EGRESS_OK) ||
+	return ((own->flags & SL_CT_LEG_EGRESS_OK) && own->egress_ifindex == ifindex) ||
 	       ((peer->flags & SL_CT_LEG_INGRESS_OK) && peer->ifindex == ifindex);
 }
 
@@ -159,33 +178,44 @@ SL_INLINE void sl_ct_leg_account(struct sl_ct_value *ct, struct sl_ct_leg *leg, 
 	ct->last_seen = now;
 }
 
-/* sl_ct_claim_ingress lets a leg's packets in at ifindex's ingress hook,
- * unless the leg is already bound to another interface: the first claim
- * fixes the interface, so a packet forged at another interface (a spoofed
- * SYN that its own policy allows) cannot move a flow away from its owner. */
-SL_INLINE void sl_ct_claim_ingress(struct sl_ct_leg *leg, __u32 ifindex)
+/* sl_ct_claim lets a leg's packets pass a hook of ifindex: the ingress
+ * hook (bit SL_CT_LEG_INGRESS_OK, interface in *field = leg->ifindex) or
+ * the egress hook (SL_CT_LEG_EGRESS_OK, leg->egress_ifindex). The first
+ * claim fixes the interface, so a packet forged at another interface (a
+ * spoofed SYN that its own policy allows) cannot move a flow away from
+ * its owner. */
+SL_INLINE void sl_ct_claim(struct sl_ct_leg *leg, __u32 *field, __u32 bit, __u32 ifindex)
 {
-	__u32 owner = __sync_val_compare_and_swap(&leg->ifindex, 0, ifindex);
+	__u32 owner = __sync_val_compare_and_swap(field, 0, ifindex);
 
 	if (owner != 0 && owner != ifindex)
 		return;
 	/* The ifindex is in before the bit that vouches for it. */
-	if (!(leg->flags & SL_CT_LEG_INGRESS_OK))
-		__sync_fetch_and_or((__u32 *)&leg->flags, SL_CT_LEG_INGRESS_OK);
+	if (!(leg->flags & bit))
+		__sync_fetch_and_or((__u32 *)&leg->flags, bit);
 }
 
-/* sl_ct_approve_leg records an approval on an existing entry. A real
+/* sl_ct_approve_leg records an approval on an existing entry: at an
+ * ingress hook, the packet's leg enters there; at an egress hook, it
+ * leaves there and its replies enter there. A leg approved only leaving
+ * (the host's own traffic) is not bound to an ingress hook afterwards: its
+ * packets are never seen entering, so one that does is forged. A real
  * function rather than inlined: it runs once per policy decision, not per
  * packet, and its parameter puts struct sl_ct_value into BTF, which the
  * table template of sl_ct_tables alone does not. */
 static __noinline int sl_ct_approve_leg(struct sl_ct_value *ct, const struct sl_pending *pd,
 					__u32 flags, __u32 len)
 {
-	bool ingress = pd->hook == SL_HOOK_INGRESS;
+	struct sl_ct_leg *own = sl_ct_leg_of(ct, pd->dir);
+	struct sl_ct_leg *peer = sl_ct_leg_of(ct, !pd->dir);
 
-	sl_ct_claim_ingress(sl_ct_leg_of(ct, ingress ? pd->dir : !pd->dir), pd->ifindex);
-	sl_ct_leg_account(ct, sl_ct_leg_of(ct, pd->dir), flags, len, bpf_ktime_get_coarse_ns(),
-			  pd->hook);
+	if (pd->hook == SL_HOOK_EGRESS) {
+		sl_ct_claim(own, &own->egress_ifindex, SL_CT_LEG_EGRESS_OK, pd->ifindex);
+		sl_ct_claim(peer, &peer->ifindex, SL_CT_LEG_INGRESS_OK, pd->ifindex);
+	} else if (own->ifindex != 0 || !(own->flags & SL_CT_LEG_EGRESS_OK)) {
+		sl_ct_claim(own, &own->ifindex, SL_CT_LEG_INGRESS_OK, pd->ifindex);
+	}
+	sl_ct_leg_account(ct, own, flags, len, bpf_ktime_get_coarse_ns(), pd->hook);
 	return 0;
 }
 
@@ -196,8 +226,8 @@ static __noinline int sl_ct_approve_leg(struct sl_ct_value *ct, const struct sl_
 SL_INLINE int sl_ct_approve(void *live, const struct sl_pending *pd, __u32 len)
 {
 	bool ingress = pd->hook == SL_HOOK_INGRESS;
-	__u32 flags = pd->leg_flags | (ingress ? 0 : SL_CT_LEG_EGRESS_OK);
 	struct sl_ct_value *ct = sl_ct_find(live, &pd->ct_key);
+	__u32 flags = pd->leg_flags;
 	struct sl_ct_leg *leg;
 	__u64 now;
 
@@ -213,11 +243,12 @@ SL_INLINE int sl_ct_approve(void *live, const struct sl_pending *pd, __u32 len)
 	leg = sl_ct_leg_of(&fresh, pd->dir);
 	leg->packets = 1;
 	leg->bytes = len;
-	leg->flags = flags;
 	if (ingress) {
+		leg->flags = flags | SL_CT_LEG_INGRESS_OK;
 		leg->ifindex = pd->ifindex;
-		leg->flags |= SL_CT_LEG_INGRESS_OK;
 	} else {
+		leg->flags = flags | SL_CT_LEG_EGRESS_OK;
+		leg->egress_ifindex = pd->ifindex;
 		leg = sl_ct_leg_of(&fresh, !pd->dir);
 		leg->ifindex = pd->ifindex;
 		leg->flags = SL_CT_LEG_INGRESS_OK;

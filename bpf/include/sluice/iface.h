@@ -24,26 +24,38 @@ enum sl_iface_flags {
 	SL_IFACE_PASS_FRAGMENTS	= 1u << 6, /* police first fragments and pass later ones, instead of dropping all */
 };
 
-/* The policy slots one generation of the datapath's programs runs. Each
- * process that loads the datapath is a generation (numbered from 1 up);
- * while a restarted agent takes over, the old process's programs and the
- * new one's run side by side, each with its own sl_policy_jumps, so an
- * interface carries a record for each. */
-struct sl_iface_policy {
-	__u32	generation;	/* generation whose programs use these slots; 0: none */
+/* One generation's configuration of an interface. Each process that loads
+ * the datapath is a generation (numbered from 1 up); while a restarted
+ * agent takes over, the old process's programs and the new one's run side
+ * by side, each with its own sl_policy_jumps, so an interface carries a
+ * record for each, and a program reads only its own: never the new
+ * process's flags beside the old one's policy. */
+struct sl_iface_record {
+	__u32	generation;	/* generation whose programs use this record; 0: none */
+	enum sl_iface_flags flags;	/* SL_IFACE_* bits */
 	__u32	ingress;	/* that generation's sl_policy_jumps slot run at TC ingress */
 	__u32	egress;		/* that generation's sl_policy_jumps slot run at TC egress */
 };
-SL_ASSERT_SIZE(struct sl_iface_policy, 12);
+SL_ASSERT_SIZE(struct sl_iface_record, 16);
 
 /* Value of sl_ifaces, keyed by ifindex (__u32). The policy slots are named
  * by hook, not by the endpoint's point of view: for a workload interface
  * the ingress hook carries the packets the workload sends, so its egress
- * policy runs there. A program finds the record of its own generation; an
- * interface without one drops every packet that needs policy. */
+ * policy runs there. A program finds the record of its own generation; at
+ * an interface without one it drops every packet. */
 struct sl_iface {
-	enum sl_iface_flags flags;	/* SL_IFACE_* bits */
-	__u32	counter_slot;		/* the interface's sl_counters slot, from 1 up */
-	struct sl_iface_policy policy[2];	/* policy slots of up to two generations */
+	__u32	counter_slot;		/* the interface's sl_counters slot, from 1 up, shared by the generations */
+	__u32	pad;
+	struct sl_iface_record records[2];	/* the configurations of up to two generations */
 };
-SL_ASSERT_SIZE(struct sl_iface, 32);
+SL_ASSERT_SIZE(struct sl_iface, 40);
+
+/* The runtime's own record in the registry (sl_meta, entry 0), read by no
+ * program: which generations exist, so that two processes sharing the
+ * pinned maps never take one number, and a process taking over knows whose
+ * programs are attached. */
+struct sl_meta {
+	__u32	last_generation;	/* the newest generation an Open took */
+	__u32	settled_generation;	/* the generation whose programs run every hook (the last to Settle); 0: none */
+};
+SL_ASSERT_SIZE(struct sl_meta, 8);

@@ -70,6 +70,8 @@ struct sl_pkt {
 	__u8	icmp_type;
 	__u8	icmp_code;
 	__u16	icmp_id;	/* echo identifier, host order */
+	__u8	first_fragment;	/* the first fragment of a fragmented datagram (SL_IFACE_PASS_FRAGMENTS) */
+	__u8	pad[3];
 };
 
 /* The outcome of a parse step. */
@@ -188,6 +190,7 @@ SL_INLINE enum sl_parse_rc sl_parse_ipv4(struct __sk_buff *skb, enum sl_iface_fl
 			return SL_PARSE_VERDICT;
 		}
 	}
+	pkt->first_fragment = (frag & SL_IP_MF) != 0;
 	sl_addr_set4(pkt->saddr, ip->saddr);
 	sl_addr_set4(pkt->daddr, ip->daddr);
 	pkt->proto = ip->protocol;
@@ -219,8 +222,32 @@ SL_INLINE enum sl_parse_rc sl_parse_tcp(void *l4, void *end, __u32 l4_len, struc
 	return SL_PARSE_IPV4;
 }
 
-/* sl_parse_l4 reads the L4 header the packet's protocol has. UDP and ICMP
- * need their 8 bytes; other protocols pass on with ports 0. */
+/* IP protocols with a source and a destination port in their first four
+ * bytes, and the header length the parser requires of each. Not from
+ * <linux/in.h>'s enum for DCCP and UDP-Lite, which older headers lack. */
+#define SL_IPPROTO_DCCP		33
+#define SL_IPPROTO_SCTP		132
+#define SL_IPPROTO_UDPLITE	136
+
+/* sl_ported_header_len is the shortest header of a protocol whose ports
+ * policy matches beside TCP's: UDP and UDP-Lite 8 bytes, SCTP's common
+ * header 12, DCCP's generic header 12; 0 for a protocol without ports. */
+SL_INLINE __u32 sl_ported_header_len(__u8 proto)
+{
+	switch (proto) {
+	case IPPROTO_UDP:
+	case SL_IPPROTO_UDPLITE:
+		return 8;
+	case SL_IPPROTO_SCTP:
+	case SL_IPPROTO_DCCP:
+		return 12;
+	}
+	return 0;
+}
+
+/* sl_parse_l4 reads the L4 header the packet's protocol has. UDP, UDP-Lite,
+ * SCTP, DCCP and ICMP need their headers; other protocols pass on with
+ * ports 0. */
 SL_INLINE enum sl_parse_rc sl_parse_l4(struct __sk_buff *skb, struct sl_pkt *pkt,
 				       enum sl_reason *reason)
 {
@@ -236,17 +263,18 @@ SL_INLINE enum sl_parse_rc sl_parse_l4(struct __sk_buff *skb, struct sl_pkt *pkt
 	l4 = data + off;
 	if (pkt->proto == IPPROTO_TCP)
 		return sl_parse_tcp(l4, end, l4_len, pkt, reason);
-	if (pkt->proto != IPPROTO_UDP && pkt->proto != IPPROTO_ICMP)
+	__u32 need = sl_ported_header_len(pkt->proto);
+	if (need) {
+		if (l4_len < need || l4 + 8 > end)
+			return SL_PARSE_VERDICT;
+		pkt->sport = bpf_ntohs(*(__be16 *)l4);
+		pkt->dport = bpf_ntohs(*(__be16 *)(l4 + 2));
+		return SL_PARSE_IPV4;
+	}
+	if (pkt->proto != IPPROTO_ICMP)
 		return SL_PARSE_IPV4;
 	if (l4_len < 8 || l4 + 8 > end)
 		return SL_PARSE_VERDICT;
-	if (pkt->proto == IPPROTO_UDP) {
-		struct udphdr *udp = l4;
-
-		pkt->sport = bpf_ntohs(udp->source);
-		pkt->dport = bpf_ntohs(udp->dest);
-		return SL_PARSE_IPV4;
-	}
 	struct sl_icmphdr *icmp = l4;
 
 	pkt->icmp_type = icmp->type;

@@ -22,5 +22,6 @@ struct sl_pending {
 	enum sl_ct_dir dir;		/* packet direction relative to ct_key */
 	enum sl_ct_leg_flags leg_flags;	/* TCP flags of the packet as leg bits */
 	__u32	counter_index;		/* sl_counters index of the interface's hook */
+	__u32	track;			/* 0: an allowed packet creates no entry (ICMP other than echo) */
 };
-SL_ASSERT_SIZE(struct sl_pending, 60);
+SL_ASSERT_SIZE(struct sl_pending, 64);
