@@ -150,11 +150,6 @@ func (d *Datapath) SetInterfaces(cfgs map[int]Interface) error {
 		return errors.New("set interfaces: nil Datapath")
 	}
 	if err := d.setInterfaces(cfgs); err != nil {
-		if len(cfgs) == 1 {
-			for ifindex := range cfgs {
-				return fmt.Errorf("set interface %d: %w", ifindex, err)
-			}
-		}
 		return fmt.Errorf("set interfaces: %w", err)
 	}
 	return nil
@@ -200,7 +195,7 @@ func (d *Datapath) setInterfaces(cfgs map[int]Interface) error {
 		if err := d.ifaceMap.Update(c.ifindex, c.entry, ebpf.UpdateAny); err != nil {
 			d.abandon(changes[i:])
 			if i == 0 {
-				return err
+				return fmt.Errorf("interface %d: %w", c.ifindex, err)
 			}
 			err = fmt.Errorf("interface %d (after switching %d others): %w", c.ifindex, i, err)
 			return errors.Join(err, d.retire(retired...))
@@ -224,7 +219,7 @@ func (d *Datapath) compileChanges(cfgs map[int]Interface) ([]*change, error) {
 	for ifindex, cfg := range cfgs {
 		idx, err := checkIfindex(ifindex)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("interface %d: %w", ifindex, err)
 		}
 		c := &change{ifindex: idx, cfg: cfg, next: ifaceState{kind: cfg.Kind}}
 		if c.rules[bpf.HookIngress], c.rules[bpf.HookEgress], err = cfg.hookRules(); err != nil {
@@ -255,7 +250,7 @@ func (d *Datapath) prepare(changes []*change) error {
 		var err error
 		if c.entry, c.fresh, err = d.entry(c.ifindex); err != nil {
 			d.abandon(changes[:i])
-			return err
+			return fmt.Errorf("interface %d: %w", c.ifindex, err)
 		}
 		for h, compiled := range c.compile {
 			if compiled == nil {
