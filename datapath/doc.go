@@ -18,9 +18,13 @@
 // version and size. Per-CPU scratch maps and prog arrays are not pinned: a
 // restarted agent builds fresh programs and swaps them in, while the old
 // ones keep running on their own prog arrays until it does. Each Open is a
-// generation: an interface's entry holds the policy slots of up to two
-// generations, so the old process's programs and the new one's each find
-// their own while the new agent re-attaches (see Datapath.Settle).
+// generation, numbered under a lock of PinDir: an interface's entry holds
+// the records (flags and policy slots) of up to two generations, so the old
+// process's programs and the new one's each read only their own while the
+// new agent re-attaches. Settle then clears the older records and records
+// its generation as the one whose programs run, which a later takeover
+// never evicts. SetInterfaces configures many interfaces with a single wait
+// for running packets.
 //
 // The conntrack table grows while traffic flows (Datapath.ResizeConntrack):
 // the programs find it through an array of tables, read the old table on
