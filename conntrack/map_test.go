@@ -240,10 +240,10 @@ func TestMapDump(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := strings.Join([]string{
-		"icmp 10.0.0.3:7 <-> 10.0.0.9:7  normal age=0s a->b[pkts=0 bytes=0 seen=none] b->a[pkts=0 bytes=0 seen=none]",
-		"tcp 10.0.0.1:40000 <-> 10.0.7.7:8080  nat-rev age=2s a->b[pkts=2 bytes=120 seen=SYN|ACK if=4] b->a[pkts=1 bytes=60 seen=SYN|ACK] orig=10.96.0.1:80 peer=(tcp 10.0.0.1:40000 <-> 10.96.0.1:80)",
-		"tcp 10.0.0.1:40000 <-> 10.96.0.1:80  nat-fwd age=0s a->b[pkts=0 bytes=0 seen=none] b->a[pkts=0 bytes=0 seen=none] peer=(tcp 10.0.0.1:40000 <-> 10.0.7.7:8080)",
-		"udp 10.0.0.1:5353 <-> 10.0.0.2:53  normal age=2.5s a->b[pkts=0 bytes=0 seen=none] b->a[pkts=0 bytes=0 seen=none]",
+		"icmp 10.0.0.3:7 <-> 10.0.0.9:7  normal age=0s a->b[pkts=0 bytes=0 seen=0] b->a[pkts=0 bytes=0 seen=0]",
+		"tcp 10.0.0.1:40000 <-> 10.0.7.7:8080  nat_rev age=2s a->b[pkts=2 bytes=120 seen=syn|ack if=4] b->a[pkts=1 bytes=60 seen=syn|ack] orig=10.96.0.1:80 peer=(tcp 10.0.0.1:40000 <-> 10.96.0.1:80)",
+		"tcp 10.0.0.1:40000 <-> 10.96.0.1:80  nat_fwd age=0s a->b[pkts=0 bytes=0 seen=0] b->a[pkts=0 bytes=0 seen=0] peer=(tcp 10.0.0.1:40000 <-> 10.0.7.7:8080)",
+		"udp 10.0.0.1:5353 <-> 10.0.0.2:53  normal age=2.5s a->b[pkts=0 bytes=0 seen=0] b->a[pkts=0 bytes=0 seen=0]",
 	}, "\n") + "\n"
 	if diff := cmp.Diff(want, out.String()); diff != "" {
 		t.Errorf("Dump (-want +got):\n%s", diff)

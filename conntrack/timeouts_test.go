@@ -33,7 +33,7 @@ func TestTimeoutsValidate(t *testing.T) {
 		change    func(*Timeouts)
 		wantNames []string
 	}{
-		{"zero SYN-sent", func(t *Timeouts) { t.TCPSynSent = 0 }, []string{"TCPSynSent"}},
+		{"zero syn-sent", func(t *Timeouts) { t.TCPSynSent = 0 }, []string{"TCPSynSent"}},
 		{"negative UDP", func(t *Timeouts) { t.UDP = -time.Second }, []string{"UDP"}},
 		{"two bad", func(t *Timeouts) { t.ICMP, t.Generic = 0, -1 }, []string{"ICMP", "Generic"}},
 		{"all zero", func(t *Timeouts) { *t = Timeouts{} }, []string{
@@ -81,14 +81,14 @@ func TestStateOf(t *testing.T) {
 		want  FlowState
 	}{
 		{"tcp nothing seen", tcp, tcpValue(0, 0), StateTCPSynSent},
-		{"tcp SYN", tcp, tcpValue(LegSYN, 0), StateTCPSynSent},
-		{"tcp SYN, SYN-ACK", tcp, tcpValue(LegSYN, synAck), StateTCPSynSent},
+		{"tcp syn", tcp, tcpValue(LegSYN, 0), StateTCPSynSent},
+		{"tcp syn, syn-ack", tcp, tcpValue(LegSYN, synAck), StateTCPSynSent},
 		{"tcp established", tcp, tcpValue(synAck, synAck), StateTCPEstablished},
-		{"tcp one FIN", tcp, tcpValue(synAck|LegFIN, synAck), StateTCPEstablished},
-		{"tcp both FIN", tcp, tcpValue(synAck|LegFIN, synAck|LegFIN), StateTCPFinsSeen},
+		{"tcp one fin", tcp, tcpValue(synAck|LegFIN, synAck), StateTCPEstablished},
+		{"tcp both fin", tcp, tcpValue(synAck|LegFIN, synAck|LegFIN), StateTCPFinsSeen},
 		{"tcp FINs without handshake", tcp, tcpValue(LegFIN, LegFIN), StateTCPFinsSeen},
-		{"tcp RST on A", tcp, tcpValue(synAck|LegRST, synAck), StateTCPResetSeen},
-		{"tcp RST on B after FINs", tcp, tcpValue(synAck|LegFIN, synAck|LegFIN|LegRST), StateTCPResetSeen},
+		{"tcp rst on A", tcp, tcpValue(synAck|LegRST, synAck), StateTCPResetSeen},
+		{"tcp rst on B after FINs", tcp, tcpValue(synAck|LegFIN, synAck|LegFIN|LegRST), StateTCPResetSeen},
 		{"udp", mustKey(t, ProtoUDP, "10.0.0.1:1", "10.0.0.2:2"), tcpValue(synAck, synAck), StateUDP},
 		{"icmp", mustKey(t, ProtoICMP, "10.0.0.1:1", "10.0.0.2:1"), Value{}, StateICMP},
 		{"sctp", mustKey(t, ProtoSCTP, "10.0.0.1:1", "10.0.0.2:1"), Value{}, StateGeneric},

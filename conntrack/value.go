@@ -24,18 +24,9 @@ const (
 	NATReverse = EntryType(bpf.CTNATRev)
 )
 
-// String returns "normal", "nat-fwd", "nat-rev" or "type(N)".
-func (t EntryType) String() string {
-	switch t {
-	case Normal:
-		return "normal"
-	case NATForward:
-		return "nat-fwd"
-	case NATReverse:
-		return "nat-rev"
-	}
-	return fmt.Sprintf("type(%d)", uint32(t))
-}
+// String returns "normal", "nat_fwd", "nat_rev" or "CTType(N)", as the
+// generated bpf.CTType names them.
+func (t EntryType) String() string { return bpf.CTType(t).String() }
 
 // LegFlags says what one direction of a flow has seen (enum
 // sl_ct_leg_flags).
@@ -56,36 +47,9 @@ const (
 	LegEgressOK = LegFlags(bpf.CTLegEgressOK)
 )
 
-var legFlagNames = []struct {
-	flag LegFlags
-	name string
-}{
-	{LegSYN, "SYN"},
-	{LegACK, "ACK"},
-	{LegFIN, "FIN"},
-	{LegRST, "RST"},
-	{LegIngressOK, "INGRESS_OK"},
-	{LegEgressOK, "EGRESS_OK"},
-}
-
-// String joins the set flags with "|" ("SYN|ACK"), appends unknown bits
-// in hex, and returns "none" for no flags.
-func (f LegFlags) String() string {
-	if f == 0 {
-		return "none"
-	}
-	var names []string
-	for _, n := range legFlagNames {
-		if f&n.flag != 0 {
-			names = append(names, n.name)
-			f &^= n.flag
-		}
-	}
-	if f != 0 {
-		names = append(names, fmt.Sprintf("%#x", uint32(f)))
-	}
-	return strings.Join(names, "|")
-}
+// String joins the set flags with "|" ("syn|ack"), as the generated
+// bpf.CTLegFlags names them, with unknown bits in hex.
+func (f LegFlags) String() string { return bpf.CTLegFlags(f).String() }
 
 // Has reports whether every flag in want is set.
 func (f LegFlags) Has(want LegFlags) bool {
@@ -100,7 +64,7 @@ func (l Leg) Seen() LegFlags {
 	return LegFlags(l.Flags)
 }
 
-// String formats the leg as "pkts=3 bytes=180 seen=SYN|ACK if=2"; the
+// String formats the leg as "pkts=3 bytes=180 seen=syn|ack if=2"; the
 // interface is left out when zero.
 func (l Leg) String() string {
 	s := fmt.Sprintf("pkts=%d bytes=%d seen=%s", l.Packets, l.Bytes, l.Seen())
@@ -183,7 +147,7 @@ func monotonicSince(from, to uint64) time.Duration {
 
 // String formats the entry on one line, for example
 //
-//	nat-rev age=1m0s a->b[pkts=3 bytes=180 seen=SYN|ACK] b->a[pkts=2 bytes=120 seen=SYN|ACK] orig=10.96.0.1:80 peer=(tcp 10.0.0.1:1234 <-> 10.96.0.1:80)
+//	nat_rev age=1m0s a->b[pkts=3 bytes=180 seen=syn|ack] b->a[pkts=2 bytes=120 seen=syn|ack] orig=10.96.0.1:80 peer=(tcp 10.0.0.1:1234 <-> 10.96.0.1:80)
 //
 // Flags appear when non-zero, orig on reverse entries, peer on NAT
 // entries.

@@ -13,13 +13,13 @@ func TestLegFlagsString(t *testing.T) {
 		flags LegFlags
 		want  string
 	}{
-		{0, "none"},
-		{LegSYN, "SYN"},
-		{LegSYN | LegACK, "SYN|ACK"},
-		{LegRST | LegFIN | LegACK | LegSYN, "SYN|ACK|FIN|RST"},
-		{LegSYN | LegIngressOK, "SYN|INGRESS_OK"},
-		{LegEgressOK, "EGRESS_OK"},
-		{LegACK | 0xc0, "ACK|0xc0"},
+		{0, "0"},
+		{LegSYN, "syn"},
+		{LegSYN | LegACK, "syn|ack"},
+		{LegRST | LegFIN | LegACK | LegSYN, "syn|ack|fin|rst"},
+		{LegSYN | LegIngressOK, "syn|ingress_ok"},
+		{LegEgressOK, "egress_ok"},
+		{LegACK | 0xc0, "ack|0xc0"},
 		{0x100, "0x100"},
 	}
 	for _, tt := range tests {
@@ -35,9 +35,9 @@ func TestEntryTypeString(t *testing.T) {
 		want string
 	}{
 		{Normal, "normal"},
-		{NATForward, "nat-fwd"},
-		{NATReverse, "nat-rev"},
-		{7, "type(7)"},
+		{NATForward, "nat_fwd"},
+		{NATReverse, "nat_rev"},
+		{7, "CTType(7)"},
 	}
 	for _, tt := range tests {
 		if got := tt.typ.String(); got != tt.want {
@@ -72,9 +72,9 @@ func TestValueString(t *testing.T) {
 		value Value
 		want  string
 	}{
-		{"normal", normal, "normal age=1m0s a->b[pkts=3 bytes=180 seen=SYN|ACK if=2] b->a[pkts=2 bytes=120 seen=SYN|ACK]"},
-		{"nat reverse", rev, "nat-rev age=1.5s flags=0x9 a->b[pkts=1 bytes=60 seen=SYN] b->a[pkts=0 bytes=0 seen=none] orig=10.96.0.1:80 peer=(tcp 10.0.0.1:1234 <-> 10.96.0.1:80)"},
-		{"nat forward, last seen before created", fwd, "nat-fwd age=0s a->b[pkts=0 bytes=0 seen=none] b->a[pkts=0 bytes=0 seen=none] peer=(tcp 10.0.0.1:1234 <-> 10.0.5.5:8080)"},
+		{"normal", normal, "normal age=1m0s a->b[pkts=3 bytes=180 seen=syn|ack if=2] b->a[pkts=2 bytes=120 seen=syn|ack]"},
+		{"nat reverse", rev, "nat_rev age=1.5s flags=0x9 a->b[pkts=1 bytes=60 seen=syn] b->a[pkts=0 bytes=0 seen=0] orig=10.96.0.1:80 peer=(tcp 10.0.0.1:1234 <-> 10.96.0.1:80)"},
+		{"nat forward, last seen before created", fwd, "nat_fwd age=0s a->b[pkts=0 bytes=0 seen=0] b->a[pkts=0 bytes=0 seen=0] peer=(tcp 10.0.0.1:1234 <-> 10.0.5.5:8080)"},
 	}
 	for _, tt := range tests {
 		if got := tt.value.String(); got != tt.want {

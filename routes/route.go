@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/bits"
 	"net/netip"
-	"strings"
 
 	"github.com/sluicenet/sluice/bpf"
 )
@@ -40,35 +39,9 @@ const (
 	knownFlags  = kindFlags | FlagTunneled
 )
 
-var flagNames = []struct {
-	flag Flags
-	name string
-}{
-	{FlagLocalWorkload, "LOCAL_WORKLOAD"},
-	{FlagLocalHost, "LOCAL_HOST"},
-	{FlagRemoteWorkload, "REMOTE_WORKLOAD"},
-	{FlagRemoteHost, "REMOTE_HOST"},
-	{FlagTunneled, "TUNNELED"},
-}
-
-// String joins the set flags with "|" ("REMOTE_WORKLOAD|TUNNELED"),
-// appends unknown bits in hex, and returns "none" for no flags.
-func (f Flags) String() string {
-	if f == 0 {
-		return "none"
-	}
-	var names []string
-	for _, n := range flagNames {
-		if f&n.flag != 0 {
-			names = append(names, n.name)
-			f &^= n.flag
-		}
-	}
-	if f != 0 {
-		names = append(names, fmt.Sprintf("%#x", uint32(f)))
-	}
-	return strings.Join(names, "|")
-}
+// String joins the set flags with "|" ("remote_workload|tunneled"), as
+// the generated bpf.RouteFlags names them, with unknown bits in hex.
+func (f Flags) String() string { return bpf.RouteFlags(f).String() }
 
 // Has reports whether every flag in want is set.
 func (f Flags) Has(want Flags) bool {
@@ -131,13 +104,13 @@ func (r Route) problem() error {
 	}
 	remote := f&remoteFlags != 0
 	if f.Has(FlagTunneled) && !remote {
-		return fmt.Errorf("flags %s: TUNNELED needs a remote kind", f)
+		return fmt.Errorf("flags %s: tunneled needs a remote kind", f)
 	}
 	switch local := f.Has(FlagLocalWorkload); {
 	case local && r.Ifindex == 0:
 		return errors.New("LOCAL_WORKLOAD route without the workload's ifindex")
 	case !local && r.Ifindex != 0:
-		return fmt.Errorf("%s route with ifindex %d: only LOCAL_WORKLOAD routes have one", f, r.Ifindex)
+		return fmt.Errorf("%s route with ifindex %d: only local_workload routes have one", f, r.Ifindex)
 	}
 	if !remote {
 		if r.NextHop.IsValid() {

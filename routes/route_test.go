@@ -16,10 +16,10 @@ func TestFlagsString(t *testing.T) {
 		flags Flags
 		want  string
 	}{
-		{0, "none"},
-		{FlagLocalWorkload, "LOCAL_WORKLOAD"},
-		{FlagRemoteWorkload | FlagTunneled, "REMOTE_WORKLOAD|TUNNELED"},
-		{FlagLocalHost | 0x100, "LOCAL_HOST|0x100"},
+		{0, "0"},
+		{FlagLocalWorkload, "local_workload"},
+		{FlagRemoteWorkload | FlagTunneled, "remote_workload|tunneled"},
+		{FlagLocalHost | 0x100, "local_host|0x100"},
 	}
 	for _, tt := range tests {
 		if diff := cmp.Diff(tt.want, tt.flags.String()); diff != "" {
@@ -33,10 +33,10 @@ func TestRouteString(t *testing.T) {
 		route Route
 		want  string
 	}{
-		{localWorkload("10.0.0.0/24", 5), "10.0.0.0/24 LOCAL_WORKLOAD if=5"},
-		{remote("10.1.0.0/16", FlagRemoteWorkload|FlagTunneled, "192.168.0.2"), "10.1.0.0/16 REMOTE_WORKLOAD|TUNNELED via 192.168.0.2"},
-		{localHost("fd00::1/128"), "fd00::1/128 LOCAL_HOST"},
-		{Route{Flags: FlagRemoteHost, NextHop: addr("fd00::2")}, "REMOTE_HOST via fd00::2"},
+		{localWorkload("10.0.0.0/24", 5), "10.0.0.0/24 local_workload if=5"},
+		{remote("10.1.0.0/16", FlagRemoteWorkload|FlagTunneled, "192.168.0.2"), "10.1.0.0/16 remote_workload|tunneled via 192.168.0.2"},
+		{localHost("fd00::1/128"), "fd00::1/128 local_host"},
+		{Route{Flags: FlagRemoteHost, NextHop: addr("fd00::2")}, "remote_host via fd00::2"},
 	}
 	for _, tt := range tests {
 		if diff := cmp.Diff(tt.want, tt.route.String()); diff != "" {
@@ -69,10 +69,10 @@ func TestValidate(t *testing.T) {
 		{"local and remote", Route{Prefix: pfx("10.0.0.0/8"), Flags: FlagLocalHost | FlagRemoteHost, NextHop: addr("10.0.0.1")}, "contradict"},
 		{"workload and host", Route{Prefix: pfx("10.0.0.1/32"), Flags: FlagLocalWorkload | FlagLocalHost, Ifindex: 3}, "contradict"},
 		{"tunneled alone", Route{Prefix: pfx("10.0.0.0/8"), Flags: FlagTunneled}, "name no kind"},
-		{"tunneled local", Route{Prefix: pfx("10.0.0.1/32"), Flags: FlagLocalHost | FlagTunneled}, "TUNNELED needs a remote kind"},
+		{"tunneled local", Route{Prefix: pfx("10.0.0.1/32"), Flags: FlagLocalHost | FlagTunneled}, "tunneled needs a remote kind"},
 		{"local workload without ifindex", localWorkload("10.0.0.5/32", 0), "without the workload's ifindex"},
-		{"ifindex on local host", Route{Prefix: pfx("10.0.0.1/32"), Flags: FlagLocalHost, Ifindex: 2}, "only LOCAL_WORKLOAD routes have one"},
-		{"ifindex on remote", Route{Prefix: pfx("10.1.0.0/16"), Flags: FlagRemoteWorkload, Ifindex: 2, NextHop: addr("192.168.0.2")}, "only LOCAL_WORKLOAD routes have one"},
+		{"ifindex on local host", Route{Prefix: pfx("10.0.0.1/32"), Flags: FlagLocalHost, Ifindex: 2}, "only local_workload routes have one"},
+		{"ifindex on remote", Route{Prefix: pfx("10.1.0.0/16"), Flags: FlagRemoteWorkload, Ifindex: 2, NextHop: addr("192.168.0.2")}, "only local_workload routes have one"},
 		{"next hop on local", Route{Prefix: pfx("10.0.0.5/32"), Flags: FlagLocalWorkload, Ifindex: 2, NextHop: addr("10.0.0.1")}, "only remote routes have one"},
 		{"remote without next hop", Route{Prefix: pfx("10.1.0.0/16"), Flags: FlagRemoteWorkload}, "without next hop"},
 		{"unspecified next hop", remote("10.1.0.0/16", FlagRemoteWorkload, "0.0.0.0"), "unspecified"},
