@@ -33,6 +33,22 @@ var allowAllRules = polprog.Rules{Tiers: []polprog.Tier{{
 	Policies: []polprog.Policy{{Name: "all", Rules: []polprog.Rule{{ID: 1, Action: polprog.ActionAllow}}}},
 }}}
 
+// nodePair is a node with two workloads, a client and a server, at the
+// given addresses.
+func nodePair(tb testing.TB, clientAddr, serverAddr string) (node *topo.Node, client, server *topo.Workload) {
+	tb.Helper()
+	testutil.RequirePrivileged(tb)
+	node = testutil.NewNode(tb)
+	var err error
+	if client, err = node.AddWorkload("cli", netip.MustParseAddr(clientAddr)); err != nil {
+		tb.Fatal(err)
+	}
+	if server, err = node.AddWorkload("srv", netip.MustParseAddr(serverAddr)); err != nil {
+		tb.Fatal(err)
+	}
+	return node, client, server
+}
+
 // attachWorkload routes the workload to its host-side interface and
 // attaches both TC programs there with TCX, detaching in tb.Cleanup.
 func attachWorkload(tb testing.TB, node *topo.Node, d *Datapath, w *topo.Workload) {
@@ -40,20 +56,31 @@ func attachWorkload(tb testing.TB, node *topo.Node, d *Datapath, w *topo.Workloa
 	if err := d.Routes().Put(workloadRoute(netip.PrefixFrom(w.Addr, 32).String(), uint32(w.HostIfindex))); err != nil {
 		tb.Fatal(err)
 	}
+	attachTCX(tb, node.NS, d, w.HostIfindex)
+}
+
+// attachTCX attaches d's programs to both TC hooks of the interface,
+// which is in ns, and returns the links (ingress first), closed in
+// tb.Cleanup.
+func attachTCX(tb testing.TB, ns *topo.NS, d *Datapath, ifindex int) []link.Link {
+	tb.Helper()
+	var links []link.Link
 	for _, a := range []struct {
 		prog *ebpf.Program
 		typ  ebpf.AttachType
 	}{{d.TCIngress(), ebpf.AttachTCXIngress}, {d.TCEgress(), ebpf.AttachTCXEgress}} {
 		var l link.Link
-		err := node.NS.Do(func() (err error) {
-			l, err = link.AttachTCX(link.TCXOptions{Interface: w.HostIfindex, Program: a.prog, Attach: a.typ})
+		err := ns.Do(func() (err error) {
+			l, err = link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: a.prog, Attach: a.typ})
 			return err
 		})
 		if err != nil {
-			tb.Fatalf("attach to %s: %v", w.HostIfname, err)
+			tb.Fatalf("attach to ifindex %d: %v", ifindex, err)
 		}
 		tb.Cleanup(func() { l.Close() })
+		links = append(links, l)
 	}
+	return links
 }
 
 // TestRealTraffic runs the datapath on real TCP between two workloads of a
@@ -61,16 +88,7 @@ func attachWorkload(tb testing.TB, node *topo.Node, d *Datapath, w *topo.Workloa
 // pass as established), one to another port never completes, and each is
 // counted where it was decided.
 func TestRealTraffic(t *testing.T) {
-	testutil.RequirePrivileged(t)
-	node := testutil.NewNode(t)
-	client, err := node.AddWorkload("cli", netip.MustParseAddr("10.66.0.1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	server, err := node.AddWorkload("srv", netip.MustParseAddr("10.66.0.2"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	node, client, server := nodePair(t, "10.66.0.1", "10.66.0.2")
 	d, err := Open(Options{ConntrackEntries: 1 << 12, MaxInterfaces: 8, PolicySlots: 64})
 	if err != nil {
 		t.Fatal(err)

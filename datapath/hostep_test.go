@@ -7,9 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
-
 	"github.com/sluicenet/sluice/bpf"
 	"github.com/sluicenet/sluice/internal/testutil"
 	"github.com/sluicenet/sluice/polprog"
@@ -62,19 +59,7 @@ func TestHostEndpointRealTraffic(t *testing.T) {
 		t.Fatal(err)
 	}
 	attachWorkload(t, node, d, web)
-	for _, a := range []struct {
-		prog *ebpf.Program
-		typ  ebpf.AttachType
-	}{{d.TCIngress(), ebpf.AttachTCXIngress}, {d.TCEgress(), ebpf.AttachTCXEgress}} {
-		var l link.Link
-		if err := node.NS.Do(func() (err error) {
-			l, err = link.AttachTCX(link.TCXOptions{Interface: uplink.Index, Program: a.prog, Attach: a.typ})
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-	}
+	attachTCX(t, node.NS, d, uplink.Index)
 
 	listenIn := func(ns interface{ Do(func() error) error }, addr string) {
 		var l net.Listener

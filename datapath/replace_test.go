@@ -15,7 +15,6 @@ import (
 
 	"github.com/sluicenet/sluice/bpf"
 	"github.com/sluicenet/sluice/internal/testpkt"
-	"github.com/sluicenet/sluice/internal/testutil"
 	"github.com/sluicenet/sluice/polprog"
 )
 
@@ -41,20 +40,11 @@ var replacePolicies = [2]polprog.Rules{
 // denies passes, and every packet is decided by one of the two policies,
 // never by a gap (no policy) or a mix.
 func TestReplacePolicyUnderTraffic(t *testing.T) {
-	testutil.RequirePrivileged(t)
 	replacements := 1000
 	if testing.Short() {
 		replacements = 100
 	}
-	node := testutil.NewNode(t)
-	client, err := node.AddWorkload("cli", netip.MustParseAddr("10.67.0.1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	server, err := node.AddWorkload("srv", netip.MustParseAddr("10.67.0.2"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	node, client, server := nodePair(t, "10.67.0.1", "10.67.0.2")
 	d, err := Open(Options{ConntrackEntries: 1 << 17, MaxInterfaces: 8, PolicySlots: 64})
 	if err != nil {
 		t.Fatal(err)

@@ -239,16 +239,7 @@ func TestResizeClientsDistinct(t *testing.T) {
 // policy would deny: the stream loses no byte and sees no reset, and
 // nothing at the server's hooks reaches policy while the table moves.
 func TestResizeConntrackRealStream(t *testing.T) {
-	testutil.RequirePrivileged(t)
-	node := testutil.NewNode(t)
-	client, err := node.AddWorkload("cli", netip.MustParseAddr("10.71.0.1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	server, err := node.AddWorkload("srv", netip.MustParseAddr("10.71.0.2"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	node, client, server := nodePair(t, "10.71.0.1", "10.71.0.2")
 	d, err := Open(Options{ConntrackEntries: 1 << 16, MaxInterfaces: 8, PolicySlots: 64})
 	if err != nil {
 		t.Fatal(err)

@@ -6,9 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
-
 	"github.com/sluicenet/sluice/bpf"
 	"github.com/sluicenet/sluice/internal/testutil"
 	"github.com/sluicenet/sluice/internal/topo"
@@ -18,29 +15,6 @@ import (
 // denyAllRules denies everything new, with rule ID 99 on its tier's end.
 var denyAllRules = polprog.Rules{Tiers: []polprog.Tier{{Name: "none", EndRuleID: 99}}}
 
-// attachLinks attaches d's programs to the workload's host side and
-// returns the links, for a takeover to update.
-func attachLinks(tb testing.TB, node *topo.Node, d *Datapath, w *topo.Workload) []link.Link {
-	tb.Helper()
-	var links []link.Link
-	for _, a := range []struct {
-		prog *ebpf.Program
-		typ  ebpf.AttachType
-	}{{d.TCIngress(), ebpf.AttachTCXIngress}, {d.TCEgress(), ebpf.AttachTCXEgress}} {
-		var l link.Link
-		err := node.NS.Do(func() (err error) {
-			l, err = link.AttachTCX(link.TCXOptions{Interface: w.HostIfindex, Program: a.prog, Attach: a.typ})
-			return err
-		})
-		if err != nil {
-			tb.Fatalf("attach to %s: %v", w.HostIfname, err)
-		}
-		tb.Cleanup(func() { l.Close() })
-		links = append(links, l)
-	}
-	return links
-}
-
 // TestRestartTakesOver plays an agent restart with pinned state: a second
 // Open of the same PinDir, while the first one's programs carry a TCP
 // stream, configures the same interfaces, moves the links to its programs
@@ -49,17 +23,8 @@ func attachLinks(tb testing.TB, node *topo.Node, d *Datapath, w *topo.Workload) 
 // tracked; the counters go on in the same slots; and the interface
 // entries end with the second generation's policy records only.
 func TestRestartTakesOver(t *testing.T) {
-	testutil.RequirePrivileged(t)
+	node, client, server := nodePair(t, "10.68.0.1", "10.68.0.2")
 	pinDir := filepath.Join(testutil.TempBPFFS(t), "sluice")
-	node := testutil.NewNode(t)
-	client, err := node.AddWorkload("cli", netip.MustParseAddr("10.68.0.1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	server, err := node.AddWorkload("srv", netip.MustParseAddr("10.68.0.2"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	opts := Options{PinDir: pinDir, ConntrackEntries: 1 << 12, MaxInterfaces: 8, PolicySlots: 64}
 	configure := func(d *Datapath) {
 		t.Helper()
@@ -83,7 +48,7 @@ func TestRestartTakesOver(t *testing.T) {
 		t.Fatal(err)
 	}
 	configure(a)
-	links := append(attachLinks(t, node, a, client), attachLinks(t, node, a, server)...)
+	links := append(attachTCX(t, node.NS, a, client.HostIfindex), attachTCX(t, node.NS, a, server.HostIfindex)...)
 
 	stream := startEchoStream(t, client, server, "10.68.0.2:80")
 	time.Sleep(100 * time.Millisecond)
