@@ -8,27 +8,56 @@ import (
 
 var benchSizes = []int{10, 100, 1000, 10000}
 
-// benchShapes are the policies benchmarked, each of n rules in one tier
-// whose last rule allows 10.255.255.1 (last-match) and where 10.254.0.1
-// matches nothing (no-match):
-//   - cidr: one source CIDR per rule, actions alternating, which merge into
-//     one LPM lookup;
-//   - cidr-inline: the same with merging off, one compare per rule as
-//     Calico emits;
-//   - cidr+port: a source CIDR and a destination port per rule, which do
-//     not merge (consecutive rules differ in two fields).
-var benchShapes = []struct {
+// benchShape is a policy benchmarked at each size: n rules in one tier,
+// none of which matches either benchmark packet except the last, which
+// allows 10.255.255.0/24 (so the last-match packet matches only it and
+// the no-match packet nothing).
+type benchShape struct {
 	name string
-	opts Options
-	rule func(i int) Rule
-}{
-	{"cidr", Options{}, func(i int) Rule { return benchRule(i, false) }},
-	{"cidr-inline", Options{MergeThreshold: -1}, func(i int) Rule { return benchRule(i, false) }},
-	{"cidr+port", Options{}, func(i int) Rule { return benchRule(i, true) }},
+	// rules returns the n-1 rules before the last.
+	rules func(n int) []Rule
 }
 
-func benchRule(i int, port bool) Rule {
-	r := Rule{ID: uint64(i + 1), Action: []Action{ActionDeny, ActionAllow}[i%2],
+// benchShapes:
+//   - cidr: one source /24 per rule, actions alternating; runs of them
+//     merge into one LPM lookup;
+//   - proto+cidr: the same rules with "tcp" first, a check that passes for
+//     the benchmark packets;
+//   - proto+port+cidr: tcp, a destination port and a source /24 per rule;
+//   - cidr+port: a source /24 and a destination port per rule;
+//   - random: rules from the differential test's generator (every field
+//     and negation, allow, deny, pass and log mixed), less those that
+//     match a benchmark packet.
+var benchShapes = []benchShape{
+	{"cidr", func(n int) []Rule { return benchRules(n, func(i int) Rule { return benchRule(i, "", false) }) }},
+	{"proto+cidr", func(n int) []Rule { return benchRules(n, func(i int) Rule { return benchRule(i, "tcp", false) }) }},
+	{"proto+port+cidr", func(n int) []Rule { return benchRules(n, func(i int) Rule { return benchRule(i, "tcp", true) }) }},
+	{"cidr+port", func(n int) []Rule { return benchRules(n, func(i int) Rule { return benchRule(i, "", true) }) }},
+	{"random", benchRandomRules},
+}
+
+// benchLayouts are the compiler settings compared in the same run: plain
+// is the linear layout (no merging, no fall-through, no classifier), the
+// reference every other layout must not exceed; default is Options{}.
+var benchLayouts = []struct {
+	name string
+	opts Options
+}{
+	{"plain", Options{FallThroughRules: -1, MergeThreshold: -1}},
+	{"fallthrough", Options{FallThroughRules: 1, MergeThreshold: -1}},
+	{"default", Options{}},
+}
+
+func benchRules(n int, rule func(int) Rule) []Rule {
+	rs := make([]Rule, n-1)
+	for i := range rs {
+		rs[i] = rule(i)
+	}
+	return rs
+}
+
+func benchRule(i int, proto string, port bool) Rule {
+	r := Rule{ID: uint64(i + 1), Action: []Action{ActionDeny, ActionAllow}[i%2], Protocol: proto,
 		SrcNets: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 0}), 24)}}
 	if port {
 		r.DstPorts = []PortRange{Port(uint16(1000 + i))}
@@ -36,24 +65,47 @@ func benchRule(i int, port bool) Rule {
 	return r
 }
 
-func benchPolicy(n int, rule func(int) Rule) Rules {
-	rs := make([]Rule, n)
-	for i := range rs {
-		rs[i] = rule(i)
+// benchRandomRules draws rules from the differential generator and keeps
+// those that match neither benchmark packet (with the IP sets empty, as
+// in the benchmark's kernel).
+func benchRandomRules(n int) []Rule {
+	g := newGen(uint64(n))
+	views := []packetView{view(benchPackets["last-match"], false), view(benchPackets["no-match"], false)}
+	ev := evaluation{sets: IPSetMembers{}}
+	var out []Rule
+	for len(out) < n-1 {
+		r := g.rule()
+		p, err := validate(Rules{Tiers: []Tier{{Policies: []Policy{{Rules: []Rule{r}}}}}}, 0)
+		if err != nil {
+			panic(err)
+		}
+		vr := &p.tiers[0].rules[0]
+		if !ev.matches(vr, &views[0]) && !ev.matches(vr, &views[1]) {
+			out = append(out, r)
+		}
 	}
-	last := &rs[n-1]
-	last.Action, last.SrcNets, last.DstPorts = ActionAllow, []netip.Prefix{mustPrefix("10.255.255.0/24")}, nil
+	return out
+}
+
+func benchPolicy(n int, shape benchShape) Rules {
+	rs := append(shape.rules(n), Rule{ID: uint64(n), Action: ActionAllow, SrcNets: []netip.Prefix{mustPrefix("10.255.255.0/24")}})
 	return Rules{Tiers: []Tier{{Name: "bench", EndRuleID: 1 << 40, Policies: []Policy{{Name: "p", Rules: rs}}}}}
 }
 
 var benchPackets = map[string]Packet{
-	"last-match": {Src: mustAddr("10.255.255.1"), Dst: mustAddr("10.200.0.1"), Protocol: 6, SrcPort: 5555},
-	"no-match":   {Src: mustAddr("10.254.0.1"), Dst: mustAddr("10.200.0.1"), Protocol: 6, SrcPort: 5555},
+	"last-match": {Src: mustAddr("10.255.255.1"), Dst: mustAddr("10.200.0.1"), Protocol: 6, SrcPort: 5555, DstPort: 80},
+	"no-match":   {Src: mustAddr("10.254.0.1"), Dst: mustAddr("10.200.0.1"), Protocol: 6, SrcPort: 5555, DstPort: 80},
 }
 
-// kernelNs runs p's entry program repeat times on pkt and returns the
-// kernel's ns per run.
-func (k *kernel) kernelNs(b *testing.B, p *Program, pkt Packet, repeat int) float64 {
+// benchModes: hot reruns one packet in the kernel's repeat loop (a SYN
+// that re-runs policy with warm caches); single times one run per
+// BPF_PROG_TEST_RUN call, as a new flow's first packet meets policy.
+var benchModes = []string{"hot", "single"}
+
+// kernelNs runs p's entry program on pkt and returns the kernel's mean ns
+// per run: repeat runs in one call (hot), or one run in each of repeat
+// calls (single).
+func (k *kernel) kernelNs(b *testing.B, p *Program, pkt Packet, mode string, repeat int) float64 {
 	s := stateOf(pkt)
 	for i := range k.state {
 		k.state[i] = s
@@ -61,61 +113,93 @@ func (k *kernel) kernelNs(b *testing.B, p *Program, pkt Packet, repeat int) floa
 	if err := k.maps.State.Put(uint32(0), k.state); err != nil {
 		b.Fatal(err)
 	}
-	_, d, err := p.Programs()[0].Benchmark(packetData, repeat, nil)
-	if err != nil {
-		b.Fatal(err)
+	if mode == "hot" {
+		_, d, err := p.Programs()[0].Benchmark(packetData, repeat, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return float64(d.Nanoseconds())
 	}
-	return float64(d.Nanoseconds())
+	var sum float64
+	for range repeat {
+		_, d, err := p.Programs()[0].Benchmark(packetData, 1, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		sum += float64(d.Nanoseconds())
+	}
+	return sum / float64(repeat)
 }
 
-// BenchmarkPolicy reports the kernel's ns per packet of policies of each
-// shape and size, and the same over an empty policy (no rules: state
-// lookup, default deny, counter, tail call) measured in the same run.
+// BenchmarkPolicy reports the kernel's ns per packet of each shape and
+// size under each layout, and of an empty policy (no rules: state lookup,
+// default deny, counter, tail call), all interleaved in the same loop.
+// The ratio metrics are each layout's time over the plain layout's.
 func BenchmarkPolicy(b *testing.B) {
 	k := newKernel(b)
 	floor := k.load(b, Rules{NoMatchRuleID: 1}, Options{})
 	for _, shape := range benchShapes {
 		for _, n := range benchSizes {
-			// Enough runs per call for a stable mean, few enough that
-			// the slowest (10,000 inline rules) stays under a second.
-			repeat := min(20000, 20_000_000/n)
-			p := k.load(b, benchPolicy(n, shape.rule), shape.opts)
+			rules := benchPolicy(n, shape)
+			progs := make([]*Program, len(benchLayouts))
+			for i, l := range benchLayouts {
+				progs[i] = k.load(b, rules, l.opts)
+			}
 			for _, c := range []string{"last-match", "no-match"} {
 				pkt := benchPackets[c]
-				if d := k.run(b, p, pkt); (d.Verdict == VerdictAllow) != (c == "last-match") {
-					b.Fatalf("%s/%d/%s: decision %+v", shape.name, n, c, d)
+				want, err := Evaluate(rules, nil, pkt)
+				if err != nil {
+					b.Fatal(err)
 				}
-				b.Run(fmt.Sprintf("%s/rules=%d/%s", shape.name, n, c), func(b *testing.B) {
-					var sum, floorSum float64
-					runs := 0
-					for b.Loop() {
-						floorSum += k.kernelNs(b, floor, pkt, repeat)
-						sum += k.kernelNs(b, p, pkt, repeat)
-						runs++
+				for i, p := range progs {
+					if d := k.run(b, p, pkt); d.Verdict != want.Verdict || d.RuleID != want.RuleID {
+						b.Fatalf("%s/%d/%s/%s: decision %+v, want %+v", shape.name, n, c, benchLayouts[i].name, d, want)
 					}
-					ns, fl := sum/float64(runs), floorSum/float64(runs)
-					b.ReportMetric(ns, "ns/pkt")
-					b.ReportMetric(fl, "floor-ns/pkt")
-					b.ReportMetric(ns-fl, "over-floor-ns/pkt")
-					b.ReportMetric((ns-fl)/float64(n), "over-floor-ns/rule")
-				})
+				}
+				for _, mode := range benchModes {
+					// Enough runs for a stable mean, few enough that
+					// 10,000 plain rules stay under a second.
+					repeat := min(20000, 20_000_000/n)
+					if mode == "single" {
+						repeat = min(500, 2_000_000/n)
+					}
+					b.Run(fmt.Sprintf("%s/rules=%d/%s/%s", shape.name, n, c, mode), func(b *testing.B) {
+						sums := make([]float64, len(progs))
+						var floorSum float64
+						runs := 0
+						for b.Loop() {
+							floorSum += k.kernelNs(b, floor, pkt, mode, repeat)
+							for i, p := range progs {
+								sums[i] += k.kernelNs(b, p, pkt, mode, repeat)
+							}
+							runs++
+						}
+						b.ReportMetric(floorSum/float64(runs), "floor-ns")
+						for i, l := range benchLayouts {
+							b.ReportMetric(sums[i]/float64(runs), l.name+"-ns")
+							if i > 0 {
+								b.ReportMetric(sums[i]/sums[0], l.name+"/plain")
+							}
+						}
+					})
+				}
 			}
 		}
 	}
 }
 
 // BenchmarkCompileLoad measures compiling and loading (verifier included)
-// policies of each size, and closing them.
+// policies of each shape and size with default options, and closing them.
 func BenchmarkCompileLoad(b *testing.B) {
 	k := newKernel(b)
 	slots, free := k.allocSlots(b, MaxParts)
 	defer free()
 	for _, shape := range benchShapes {
 		for _, n := range benchSizes {
-			rules := benchPolicy(n, shape.rule)
+			rules := benchPolicy(n, shape)
 			b.Run(fmt.Sprintf("%s/rules=%d", shape.name, n), func(b *testing.B) {
 				for b.Loop() {
-					c, err := Compile(rules, shape.opts)
+					c, err := Compile(rules, Options{})
 					if err != nil {
 						b.Fatal(err)
 					}

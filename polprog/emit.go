@@ -1,9 +1,12 @@
 package polprog
 
 import (
+	"cmp"
 	"encoding/binary"
 	"fmt"
+	"math"
 	"net/netip"
+	"slices"
 
 	ebpfasm "github.com/cilium/ebpf/asm"
 
@@ -60,39 +63,28 @@ const (
 )
 
 // checks emits every match of r except skip, jumping to fail when one does
-// not hold. Cheap register compares come first, map lookups last.
+// not hold. A packet that reaches a rule it does not match usually fails on
+// the rule's most selective field, so the positive register compares come
+// first, most selective first (see checkOrder): a non-matching rule then
+// costs one compare, and in the fall-through layout the inverted first
+// check is the one that fails. Negations, which usually hold, follow; map
+// lookups (named ports, IP sets) come last.
 func (c *compiler) checks(st stage, r *rule, skip field, fail string) {
-	b := c.part.b
-	if r.proto >= 0 {
-		b.Emit(ebpfasm.LoadMem(ebpfasm.R1, regState, offProto, ebpfasm.Byte))
-		c.mismatch(false, ebpfasm.JNE, ebpfasm.R1, int32(r.proto), fail)
+	for _, k := range checkOrder(r, skip) {
+		c.check(st, r, k, fail)
 	}
-	if r.notProto >= 0 {
-		b.Emit(ebpfasm.LoadMem(ebpfasm.R1, regState, offProto, ebpfasm.Byte))
-		b.Jump(ebpfasm.JEq, ebpfasm.R1, int32(r.notProto), fail)
-	}
-	if r.icmp != nil {
-		c.icmpCheck(r.icmp, fail, false)
-	}
-	if r.notICMP != nil {
-		c.icmpCheck(r.notICMP, fail, true)
-	}
-	if skip != fieldSrcPorts {
+	if skip != fieldSrcPorts && len(r.srcNamed) > 0 {
 		c.portRanges(offSrcPort, r.srcPorts, r.srcNamed, offSrcAddr, fail, false)
 	}
-	c.portRanges(offSrcPort, r.notSrcPorts, r.notSrcNamed, offSrcAddr, fail, true)
-	if skip != fieldDstPorts {
+	if len(r.notSrcNamed) > 0 {
+		c.portRanges(offSrcPort, r.notSrcPorts, r.notSrcNamed, offSrcAddr, fail, true)
+	}
+	if skip != fieldDstPorts && len(r.dstNamed) > 0 {
 		c.portRanges(st.dstPort, r.dstPorts, r.dstNamed, st.dstAddr, fail, false)
 	}
-	c.portRanges(st.dstPort, r.notDstPorts, r.notDstNamed, st.dstAddr, fail, true)
-	if skip != fieldSrcNets {
-		c.nets(offSrcAddr, r.srcNets, fail, false)
+	if len(r.notDstNamed) > 0 {
+		c.portRanges(st.dstPort, r.notDstPorts, r.notDstNamed, st.dstAddr, fail, true)
 	}
-	c.nets(offSrcAddr, r.notSrcNets, fail, true)
-	if skip != fieldDstNets {
-		c.nets(st.dstAddr, r.dstNets, fail, false)
-	}
-	c.nets(st.dstAddr, r.notDstNets, fail, true)
 	for _, id := range r.srcSets {
 		c.ipsetLookup(id, offSrcAddr, -1, ebpfasm.JEq, fail)
 	}
@@ -104,6 +96,130 @@ func (c *compiler) checks(st stage, r *rule, skip field, fail string) {
 	}
 	for _, id := range r.notDstSets {
 		c.ipsetLookup(id, st.dstAddr, -1, ebpfasm.JNE, fail)
+	}
+}
+
+// checkKind is one register-compare check of a rule.
+type checkKind int
+
+const (
+	checkProto checkKind = iota
+	checkICMP
+	checkSrcPorts
+	checkDstPorts
+	checkSrcNets
+	checkDstNets
+	checkNotProto
+	checkNotICMP
+	checkNotSrcPorts
+	checkNotDstPorts
+	checkNotSrcNets
+	checkNotDstNets
+)
+
+// checkOrder returns r's register-compare checks (not skip, not those
+// with named ports) in the order they are emitted: positive checks by
+// ascending estimated chance that a packet passes them, then negations.
+// The chance of a CIDR list is its share of the address space, that of a
+// port list its share of the ports; a protocol is assumed to pass half the
+// packets (traffic is mostly TCP and UDP) and an ICMP type a sixteenth.
+// Ties keep the order above.
+func checkOrder(r *rule, skip field) []checkKind {
+	type scored struct {
+		k    checkKind
+		pass float64
+	}
+	var pos []scored
+	if r.proto >= 0 {
+		pos = append(pos, scored{checkProto, 0.5})
+	}
+	if r.icmp != nil {
+		pos = append(pos, scored{checkICMP, 1.0 / 16})
+	}
+	if skip != fieldSrcPorts && len(r.srcPorts) > 0 && len(r.srcNamed) == 0 {
+		pos = append(pos, scored{checkSrcPorts, portShare(r.srcPorts)})
+	}
+	if skip != fieldDstPorts && len(r.dstPorts) > 0 && len(r.dstNamed) == 0 {
+		pos = append(pos, scored{checkDstPorts, portShare(r.dstPorts)})
+	}
+	if skip != fieldSrcNets && len(r.srcNets) > 0 {
+		pos = append(pos, scored{checkSrcNets, netShare(r.srcNets)})
+	}
+	if skip != fieldDstNets && len(r.dstNets) > 0 {
+		pos = append(pos, scored{checkDstNets, netShare(r.dstNets)})
+	}
+	slices.SortStableFunc(pos, func(a, b scored) int { return cmp.Compare(a.pass, b.pass) })
+	out := make([]checkKind, 0, len(pos)+6)
+	for _, s := range pos {
+		out = append(out, s.k)
+	}
+	if r.notProto >= 0 {
+		out = append(out, checkNotProto)
+	}
+	if r.notICMP != nil {
+		out = append(out, checkNotICMP)
+	}
+	if len(r.notSrcPorts) > 0 && len(r.notSrcNamed) == 0 {
+		out = append(out, checkNotSrcPorts)
+	}
+	if len(r.notDstPorts) > 0 && len(r.notDstNamed) == 0 {
+		out = append(out, checkNotDstPorts)
+	}
+	if len(r.notSrcNets) > 0 {
+		out = append(out, checkNotSrcNets)
+	}
+	if len(r.notDstNets) > 0 {
+		out = append(out, checkNotDstNets)
+	}
+	return out
+}
+
+func portShare(ranges []PortRange) float64 {
+	n := 0
+	for _, pr := range ranges {
+		n += int(pr.Last) - int(pr.First) + 1
+	}
+	return float64(n) / 65536
+}
+
+func netShare(nets []netip.Prefix) float64 {
+	s := 0.0
+	for _, n := range nets {
+		s += math.Ldexp(1, -n.Bits())
+	}
+	return s
+}
+
+// check emits one register-compare check.
+func (c *compiler) check(st stage, r *rule, k checkKind, fail string) {
+	b := c.part.b
+	switch k {
+	case checkProto:
+		b.Emit(ebpfasm.LoadMem(ebpfasm.R1, regState, offProto, ebpfasm.Byte))
+		c.mismatch(false, ebpfasm.JNE, ebpfasm.R1, int32(r.proto), fail)
+	case checkNotProto:
+		b.Emit(ebpfasm.LoadMem(ebpfasm.R1, regState, offProto, ebpfasm.Byte))
+		b.Jump(ebpfasm.JEq, ebpfasm.R1, int32(r.notProto), fail)
+	case checkICMP:
+		c.icmpCheck(r.icmp, fail, false)
+	case checkNotICMP:
+		c.icmpCheck(r.notICMP, fail, true)
+	case checkSrcPorts:
+		c.portRanges(offSrcPort, r.srcPorts, nil, offSrcAddr, fail, false)
+	case checkNotSrcPorts:
+		c.portRanges(offSrcPort, r.notSrcPorts, nil, offSrcAddr, fail, true)
+	case checkDstPorts:
+		c.portRanges(st.dstPort, r.dstPorts, nil, st.dstAddr, fail, false)
+	case checkNotDstPorts:
+		c.portRanges(st.dstPort, r.notDstPorts, nil, st.dstAddr, fail, true)
+	case checkSrcNets:
+		c.nets(offSrcAddr, r.srcNets, fail, false)
+	case checkNotSrcNets:
+		c.nets(offSrcAddr, r.notSrcNets, fail, true)
+	case checkDstNets:
+		c.nets(st.dstAddr, r.dstNets, fail, false)
+	case checkNotDstNets:
+		c.nets(st.dstAddr, r.notDstNets, fail, true)
 	}
 }
 
