@@ -584,18 +584,19 @@ type IPSetKey struct {
 // Endpoints compare by address as a 128-bit big-endian number, then by port;
 // with equal endpoints the source is A. TCP, UDP, UDP-Lite, SCTP and DCCP
 // use their ports. An ICMP echo gives the identifier to the requester's
-// endpoint and 0 to the other, so a request and its reply share a key but a
-// request in the other direction does not. Other protocols use 0 and 0; ICMP
-// messages other than echoes are never tracked.
+// endpoint and its complement (id ^ 0xffff) to the other, so a request and
+// its reply share a key but a request in the other direction does not. Other
+// protocols use 0 and 0; ICMP messages other than echoes are never tracked
+// or looked up.
 type CTKey struct {
 	_ structs.HostLayout
 	// Endpoint A's address, IPv4-mapped for IPv4.
 	AddrA [16]uint8 `btf:"addr_a"`
 	// Endpoint B's address, IPv4-mapped for IPv4.
 	AddrB [16]uint8 `btf:"addr_b"`
-	// Endpoint A's port, host order; ICMP echo: the identifier.
+	// Endpoint A's port, host order; ICMP echo: see above.
 	PortA uint16 `btf:"port_a"`
-	// Endpoint B's port, host order; ICMP echo: the identifier.
+	// Endpoint B's port, host order; ICMP echo: see above.
 	PortB uint16 `btf:"port_b"`
 	// IPPROTO_*.
 	Proto uint8    `btf:"proto"`

@@ -292,23 +292,52 @@ SL_INLINE __u32 sl_host_flags(const struct sl_route *src, const struct sl_route 
 	return flags;
 }
 
+/* sl_source_ok applies the hook's reverse-path checks to the packet's
+ * source: a workload's TC ingress hook (sl_rpf_ok) and a host interface's
+ * (sl_host_source_ok). *src is the source's route where a check or the
+ * host flags need it, else NULL. */
+SL_INLINE bool sl_source_ok(struct __sk_buff *skb, enum sl_iface_flags iflags, enum sl_hook hook,
+			    const __u8 *saddr, const struct sl_route **src)
+{
+	bool from_workload = (iflags & SL_IFACE_WORKLOAD) && hook == SL_HOOK_INGRESS;
+	bool host = iflags & SL_IFACE_HOST;
+
+	*src = NULL;
+	if (!from_workload && !host)
+		return true;
+	*src = sl_route_of(saddr);
+	if (from_workload && !sl_rpf_ok(*src, skb->ifindex))
+		return false;
+	return !(host && hook == SL_HOOK_INGRESS) || sl_host_source_ok(*src);
+}
+
+/* sl_later_fragment decides a fragment past the first, which has no L4
+ * header, on an interface that passes fragments: it passes unpoliced (its
+ * datagram cannot be reassembled without the first fragment, which was
+ * policed), but only from a source the hook's reverse-path checks accept.
+ * Otherwise a workload could forge a later fragment of a datagram someone
+ * else sent, and have its bytes reassembled into it. */
+SL_INLINE int sl_later_fragment(struct __sk_buff *skb, enum sl_iface_flags iflags, enum sl_hook hook,
+				__u32 counters, const struct sl_pkt *pkt)
+{
+	const struct sl_route *src;
+
+	if (!sl_source_ok(skb, iflags, hook, pkt->saddr, &src))
+		return sl_verdict(counters, SL_REASON_DROPPED_RPF);
+	return sl_verdict(counters, SL_REASON_FRAGMENT_PASSED);
+}
+
 /* sl_new_packet decides a packet conntrack did not pass. */
 SL_INLINE int sl_new_packet(struct __sk_buff *skb, const struct sl_iface_record *rec, enum sl_hook hook,
 			    __u32 counters, void *live, const struct sl_pkt *pkt,
 			    const struct sl_ct_key *key, enum sl_ct_dir dir)
 {
 	enum sl_iface_flags iflags = rec->flags;
-	bool from_workload = (iflags & SL_IFACE_WORKLOAD) && hook == SL_HOOK_INGRESS;
-	bool host = iflags & SL_IFACE_HOST;
-	const struct sl_route *src = NULL, *dst = NULL;
+	const struct sl_route *src, *dst = NULL;
 
-	if (from_workload || host)
-		src = sl_route_of(pkt->saddr);
-	if (from_workload && !sl_rpf_ok(src, skb->ifindex))
+	if (!sl_source_ok(skb, iflags, hook, pkt->saddr, &src))
 		return sl_verdict(counters, SL_REASON_DROPPED_RPF);
-	if (host && hook == SL_HOOK_INGRESS && !sl_host_source_ok(src))
-		return sl_verdict(counters, SL_REASON_DROPPED_RPF);
-	if (host)
+	if (iflags & SL_IFACE_HOST)
 		dst = sl_route_of(pkt->daddr);
 
 	if (pkt->proto == IPPROTO_ICMP && sl_icmp_is_error(pkt->icmp_type) &&
@@ -328,6 +357,7 @@ SL_INLINE int sl_tc_main(struct __sk_buff *skb, enum sl_hook hook)
 {
 	__u32 ifindex = skb->ifindex;
 	struct sl_pkt pkt = {};
+	enum sl_parse_rc rc;
 	enum sl_reason reason;
 	struct sl_ct_value *ct;
 	struct sl_ct_key key;
@@ -347,9 +377,12 @@ SL_INLINE int sl_tc_main(struct __sk_buff *skb, enum sl_hook hook)
 		return sl_verdict(counters, SL_REASON_DROPPED_NOT_READY);
 
 	sl_pull(skb);
-	if (sl_parse_eth(skb, rec->flags, &reason) != SL_PARSE_IPV4 ||
-	    sl_parse_ipv4(skb, rec->flags, &pkt, &reason) != SL_PARSE_IPV4 ||
-	    sl_parse_l4(skb, &pkt, &reason) != SL_PARSE_IPV4)
+	if (sl_parse_eth(skb, rec->flags, &reason) != SL_PARSE_IPV4)
+		return sl_verdict(counters, reason);
+	rc = sl_parse_ipv4(skb, rec->flags, &pkt, &reason);
+	if (rc == SL_PARSE_LATER_FRAGMENT)
+		return sl_later_fragment(skb, rec->flags, hook, counters, &pkt);
+	if (rc != SL_PARSE_IPV4 || sl_parse_l4(skb, &pkt, &reason) != SL_PARSE_IPV4)
 		return sl_verdict(counters, reason);
 
 	live = sl_ct_table(SL_CT_TABLE_LIVE);
@@ -357,12 +390,17 @@ SL_INLINE int sl_tc_main(struct __sk_buff *skb, enum sl_hook hook)
 		return sl_verdict(counters, SL_REASON_DROPPED_NO_CONNTRACK);
 	sl_ct_ports(&pkt, &sport, &dport);
 	dir = sl_ct_key_fill(&key, pkt.proto, pkt.saddr, sport, pkt.daddr, dport);
-	ct = sl_ct_lookup(live, &key, &dir, pkt.saddr, sport);
+	/* An untracked packet (ICMP other than echo) has no entry to find,
+	 * and must not find one a flow of its ports might have. */
+	ct = sl_ct_tracked(&pkt) ? sl_ct_lookup(live, &key, &dir, pkt.saddr, sport) : NULL;
 
 	bool syn = pkt.proto == IPPROTO_TCP && (pkt.tcp_flags & (SL_TCP_SYN | SL_TCP_ACK)) == SL_TCP_SYN;
 	if (ct && !syn && sl_ct_passes(ct, dir, ifindex, hook)) {
-		sl_ct_leg_account(ct, sl_ct_leg_of(ct, dir), sl_ct_leg_flags_of(pkt.tcp_flags),
-				  skb->len, bpf_ktime_get_coarse_ns(), hook);
+		struct sl_ct_leg *leg = sl_ct_leg_of(ct, dir);
+		bool count = hook == SL_HOOK_INGRESS || !sl_ct_counted_at_ingress(leg, skb->ingress_ifindex);
+
+		sl_ct_leg_account(ct, leg, sl_ct_leg_flags_of(pkt.tcp_flags), skb->len,
+				  bpf_ktime_get_coarse_ns(), count);
 		return sl_verdict(counters, SL_REASON_ACCEPTED_ESTABLISHED);
 	}
 	return sl_new_packet(skb, rec, hook, counters, live, &pkt, &key, dir);
@@ -412,7 +450,7 @@ int sl_tc_allow(struct __sk_buff *skb)
 	if (!pd.track)
 		return sl_verdict(pd.counter_index, SL_REASON_ACCEPTED_BY_POLICY);
 	live = sl_ct_table(SL_CT_TABLE_LIVE);
-	if (!live || sl_ct_approve(live, &pd, skb->len))
+	if (!live || sl_ct_approve(live, &pd, skb->len, skb->ingress_ifindex))
 		return sl_verdict(pd.counter_index, SL_REASON_ACCEPTED_UNTRACKED);
 	return sl_verdict(pd.counter_index, SL_REASON_ACCEPTED_BY_POLICY);
 }

@@ -55,12 +55,15 @@ func NewKey(proto uint8, src, dst netip.AddrPort) (key Key, reversed bool, err e
 
 // EchoPorts returns the ports the datapath keys an ICMP echo by
 // (sl_ct_echo_ports): for a request, the identifier as the source port and
-// 0 as the destination port; for a reply, the other way round.
+// its complement (id ^ 0xffff) as the destination port; for a reply, the
+// other way round. The two always differ, so no identifier makes a
+// request's key the same in both directions.
 func EchoPorts(request bool, id uint16) (sport, dport uint16) {
+	responder := id ^ 0xffff
 	if request {
-		return id, 0
+		return id, responder
 	}
-	return 0, id
+	return responder, id
 }
 
 // compareEndpoints orders endpoints as the datapath must: address as a

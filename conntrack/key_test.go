@@ -200,3 +200,25 @@ func TestKeyCompare(t *testing.T) {
 		}
 	}
 }
+
+// TestEchoPortsKeepDirections: for every identifier, a request and its
+// reply share a key, and a request in the opposite direction has another.
+func TestEchoPortsKeepDirections(t *testing.T) {
+	a, b := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2")
+	for id := range 1 << 16 {
+		rs, rd := EchoPorts(true, uint16(id))
+		ps, pd := EchoPorts(false, uint16(id))
+		req, _, err := NewKey(ProtoICMP, netip.AddrPortFrom(a, rs), netip.AddrPortFrom(b, rd))
+		if err != nil {
+			t.Fatal(err)
+		}
+		reply, _, _ := NewKey(ProtoICMP, netip.AddrPortFrom(b, ps), netip.AddrPortFrom(a, pd))
+		back, _, _ := NewKey(ProtoICMP, netip.AddrPortFrom(b, rs), netip.AddrPortFrom(a, rd))
+		if req != reply {
+			t.Fatalf("identifier %#x: request key %s, reply key %s", id, req, reply)
+		}
+		if req == back {
+			t.Fatalf("identifier %#x: a request either way has key %s", id, req)
+		}
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"unsafe"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/sluicenet/sluice/bpf"
 	"github.com/sluicenet/sluice/maps"
@@ -40,10 +41,11 @@ type Map struct {
 	// tables is the array of tables, or nil for a Map of one table.
 	tables *ebpf.Map
 
-	// mu guards cur and the users counts; it is held only to pick a
-	// table up or put it down, never during a kernel call.
-	mu  sync.Mutex
-	cur *tableRef
+	// mu guards cur, closed and the users counts; it is held only to
+	// pick a table up or put it down, never during a kernel call.
+	mu     sync.Mutex
+	cur    *tableRef
+	closed bool
 }
 
 // tableRef is a table the Map has open, with the operations using it: a
@@ -115,6 +117,11 @@ func (m *Map) follow() error {
 		return fmt.Errorf("live table: %w", err)
 	}
 	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		live.Close()
+		return errClosed
+	}
 	old := m.cur
 	m.cur = &tableRef{t: typed, id: ebpf.MapID(id)}
 	closeOld := old != nil && old.users == 0
@@ -125,8 +132,30 @@ func (m *Map) follow() error {
 	return nil
 }
 
+// Errors of a Map that cannot act.
+var (
+	errClosed  = errors.New("conntrack map is closed")
+	errNotMade = errors.New("conntrack map not made by NewMap")
+)
+
+// usable returns the reason m cannot act, or nil.
+func (m *Map) usable() error {
+	if m == nil || (m.tables == nil && m.cur == nil) {
+		return errNotMade
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return errClosed
+	}
+	return nil
+}
+
 // use runs fn on the table, the live one in tables mode.
 func (m *Map) use(fn func(*maps.Map[Key, Value]) error) error {
+	if err := m.usable(); err != nil {
+		return err
+	}
 	if m.tables != nil {
 		if err := m.follow(); err != nil {
 			return err
@@ -134,9 +163,9 @@ func (m *Map) use(fn func(*maps.Map[Key, Value]) error) error {
 	}
 	m.mu.Lock()
 	ref := m.cur
-	if ref == nil {
+	if m.closed {
 		m.mu.Unlock()
-		return errors.New("conntrack map is closed")
+		return errClosed
 	}
 	ref.users++
 	m.mu.Unlock()
@@ -156,17 +185,22 @@ func (m *Map) putDown(ref *tableRef) {
 	}
 }
 
-// Close releases the handles a Map of an array of tables opened on its
-// live table. A Map of one table holds none: Close does nothing.
+// Close ends the Map's use: every later operation returns an error. A
+// Map of an array of tables releases the handles it opened on the live
+// table (one an operation still uses, when that operation ends); a Map of
+// one table leaves the table, which the caller owns, open.
 func (m *Map) Close() error {
-	if m.tables == nil {
-		return nil
+	if err := m.usable(); err != nil {
+		return nil // closing twice, or what was never opened, is a no-op
 	}
 	m.mu.Lock()
+	m.closed = true
 	ref := m.cur
-	m.cur = nil
+	if m.tables != nil {
+		m.cur = nil
+	}
 	m.mu.Unlock()
-	if ref == nil || ref.users > 0 {
+	if m.tables == nil || ref == nil || ref.users > 0 {
 		return nil
 	}
 	return ref.t.EBPF().Close()
@@ -209,12 +243,55 @@ func (m *Map) Update(k Key, v Value, flags ebpf.MapUpdateFlags) error {
 }
 
 // Delete removes k. A missing key yields an error wrapping
-// ebpf.ErrKeyNotExist.
+// ebpf.ErrKeyNotExist. In tables mode it also removes k from a table
+// being drained, first, so that the drain cannot bring a deleted flow
+// back; k is missing only if neither table held it.
 func (m *Map) Delete(k Key) error {
-	if err := m.use(func(t *maps.Map[Key, Value]) error { return t.Delete(k) }); err != nil {
+	drained, err := m.deleteDraining(k)
+	if err == nil {
+		err = m.use(func(t *maps.Map[Key, Value]) error { return t.Delete(k) })
+		if drained && errors.Is(err, ebpf.ErrKeyNotExist) {
+			err = nil
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("conntrack key %s: %w", k, err)
 	}
 	return nil
+}
+
+// deleteDraining removes k from the array's draining table, if there is
+// one, and reports whether it held k. A packet of the flow that is
+// moving the entry to the live table as this runs may still land it
+// there; it was sent before the delete.
+func (m *Map) deleteDraining(k Key) (bool, error) {
+	if err := m.usable(); err != nil || m.tables == nil {
+		return false, err
+	}
+	var id uint32
+	err := m.tables.Lookup(uint32(bpf.CTTableDraining), &id)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("find the draining table: %w", err)
+	}
+	draining, err := ebpf.NewMapFromID(ebpf.MapID(id))
+	if errors.Is(err, unix.ENOENT) {
+		return false, nil // the drain finished and the table is gone
+	}
+	if err != nil {
+		return false, fmt.Errorf("open the draining table: %w", err)
+	}
+	defer draining.Close()
+	err = draining.Delete(&k)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("delete from the draining table: %w", err)
+	}
+	return true, nil
 }
 
 // lookupAndDelete removes k and returns the value it held, atomically

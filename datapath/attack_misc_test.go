@@ -89,6 +89,8 @@ func TestAttackPortedProtocolsMeetTheirPortRules(t *testing.T) {
 // policy denies everything, gets pod2's address on a new interface. Data
 // pod1 sends on the old connection is now for the new workload, and must
 // meet its policy: no hook of the new interface ever approved the flow.
+// (RemoveInterface forgets the flows approved at the removed interface,
+// so the connection's packets meet policy everywhere again.)
 func TestAttackReusedAddressMeetsNewPolicy(t *testing.T) {
 	n := atkNewSpoofNet(t)
 	e := n.e
@@ -108,14 +110,20 @@ func TestAttackReusedAddressMeetsNewPolicy(t *testing.T) {
 	if err := e.d.RemoveInterface(int(e.idx("atkp2"))); err != nil {
 		t.Fatal(err)
 	}
+	key, _ := ctKeyOf(testpkt.ProtoTCP, client, server)
+	if v, ok := e.ctEntry(key); ok {
+		t.Errorf("RemoveInterface left the flow approved at the interface: %s", atkLegs(v))
+	}
 	if err := e.d.Routes().Delete(netip.PrefixFrom(n.pod2, 32)); err != nil {
 		t.Fatal(err)
 	}
 	e.route(atkLocal(n.pod2, e.idx("atkp4")))
 	e.set("atkp4", Interface{Kind: Workload, Ingress: atkRules(59), Egress: atkRules(69)})
 
+	// The flow went with pod2's interface: pod1's own policy, which
+	// allows everything, decides its data again.
 	data := atkTCP(t, client, server, testpkt.PSH|testpkt.ACK, 100)
-	e.expect("pod1's data leaves pod1", "atkp1", bpf.HookIngress, data, bpf.ReasonAcceptedEstablished)
+	e.expect("pod1's data leaves pod1", "atkp1", bpf.HookIngress, data, bpf.ReasonAcceptedByPolicy)
 	before := e.hits(59)
 	e.expect("pod1's data reaches the new workload", "atkp4", bpf.HookEgress, data, bpf.ReasonDroppedByPolicy)
 	if got := e.hits(59) - before; got != 1 {

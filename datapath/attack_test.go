@@ -31,6 +31,28 @@ type atkEnv struct {
 	d       *Datapath
 	ns      *testutil.NetNS
 	ifindex map[string]uint32
+	// entered is where each packet direction last passed a TC ingress
+	// hook, by atkFlowOf: a later run at a TC egress hook carries it as
+	// skb->ingress_ifindex, as a forwarded packet does. A direction that
+	// never entered through a hook leaves it 0, as the host's own
+	// packets and those from unmanaged interfaces do.
+	entered map[string]uint32
+}
+
+// atkFlowOf is a frame's packet direction: its IPv4 addresses, protocol
+// and first four L4 bytes (the ports, or ICMP type, code and checksum),
+// or "" for a frame without them.
+func atkFlowOf(frame []byte) string {
+	const eth = 14
+	if len(frame) < eth+20 || frame[12] != 0x08 || frame[13] != 0x00 {
+		return ""
+	}
+	ihl := int(frame[eth]&0x0f) * 4
+	flow := string(frame[eth+9:eth+10]) + string(frame[eth+12:eth+20])
+	if len(frame) >= eth+ihl+4 {
+		flow += string(frame[eth+ihl : eth+ihl+4])
+	}
+	return flow
 }
 
 // atkNewEnv opens a datapath and creates a veth pair per name in a fresh
@@ -51,7 +73,7 @@ func atkNewEnvWith(tb testing.TB, policy polprog.Options, names ...string) *atkE
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { d.Close() })
-	e := &atkEnv{t: tb, d: d, ns: testutil.NewNetNS(tb), ifindex: map[string]uint32{}}
+	e := &atkEnv{t: tb, d: d, ns: testutil.NewNetNS(tb), ifindex: map[string]uint32{}, entered: map[string]uint32{}}
 	for _, name := range names {
 		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: name + "p"}
 		if err := e.ns.Handle.LinkAdd(veth); err != nil {
@@ -113,7 +135,14 @@ func (e *atkEnv) runAt(p prog, frame []byte, name string) uint32 {
 	var ret uint32
 	run := func() error {
 		var err error
-		ret, err = programOf(e.d, p).Run(&ebpf.RunOptions{Data: frame, Context: skbCtx{Ifindex: idx, IngressIfindex: idx}})
+		ctx := skbCtx{Ifindex: idx, IngressIfindex: idx}
+		if p == progEgress {
+			ctx.IngressIfindex = e.entered[atkFlowOf(frame)]
+		}
+		ret, err = programOf(e.d, p).Run(&ebpf.RunOptions{Data: frame, Context: ctx})
+		if err == nil && p == progIngress && ret == tcActOK {
+			e.entered[atkFlowOf(frame)] = idx
+		}
 		return err
 	}
 	var err error

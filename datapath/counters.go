@@ -53,8 +53,8 @@ type Counters struct {
 
 // Counters returns the counters of a configured interface.
 func (d *Datapath) Counters(ifindex int) (Counters, error) {
-	if d == nil {
-		return Counters{}, errors.New("read counters: nil Datapath")
+	if err := d.opened(); err != nil {
+		return Counters{}, fmt.Errorf("read counters: %w", err)
 	}
 	c, err := d.interfaceCounters(ifindex)
 	if err != nil {
@@ -85,8 +85,8 @@ func (d *Datapath) interfaceCounters(ifindex int) (Counters, error) {
 // without an entry (counter slot 0), by TC hook: what arrived at their
 // TC ingress hooks, and what left through their TC egress hooks.
 func (d *Datapath) UnconfiguredCounters() (tcIngress, tcEgress HookCounters, err error) {
-	if d == nil {
-		return HookCounters{}, HookCounters{}, errors.New("read counters of unconfigured interfaces: nil Datapath")
+	if err := d.opened(); err != nil {
+		return HookCounters{}, HookCounters{}, fmt.Errorf("read counters of unconfigured interfaces: %w", err)
 	}
 	tcIngress, tcEgress, err = d.slotCounters(0)
 	if err != nil {
@@ -141,8 +141,8 @@ type RuleHits struct {
 // Get returns the hits of the rule with ID id, summed over CPUs: 0 for a
 // rule that never decided.
 func (r *RuleHits) Get(id uint64) (uint64, error) {
-	if r == nil {
-		return 0, errors.New("read rule hits: nil RuleHits")
+	if r == nil || r.m == nil {
+		return 0, errors.New("read rule hits: RuleHits not made by a Datapath")
 	}
 	perCPU, err := r.m.Lookup(id)
 	if errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -160,8 +160,8 @@ func (r *RuleHits) Get(id uint64) (uint64, error) {
 
 // All returns the hits of every rule that decided at least once.
 func (r *RuleHits) All() (map[uint64]uint64, error) {
-	if r == nil {
-		return nil, errors.New("read rule hits: nil RuleHits")
+	if r == nil || r.m == nil {
+		return nil, errors.New("read rule hits: RuleHits not made by a Datapath")
 	}
 	hits := map[uint64]uint64{}
 	var err error

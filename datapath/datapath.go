@@ -131,6 +131,9 @@ func open(opts Options) (*Datapath, error) {
 	}
 	d := &Datapath{opts: opts, state: st, ifaces: map[uint32]*ifaceState{}}
 	if err := d.load(spec, &specs); err != nil {
+		if d.generation != 0 {
+			d.unpinGenerations(d.generation + 1)
+		}
 		d.closeAll()
 		return nil, err
 	}
@@ -169,6 +172,9 @@ func (d *Datapath) load(spec *ebpf.CollectionSpec, specs *bpf.Specs) error {
 		if err := d.objs.SlCtTables.Put(uint32(bpf.CTTableDraining), d.state.draining); err != nil {
 			return fmt.Errorf("install draining conntrack table: %w", err)
 		}
+	}
+	if err := d.pinGeneration(); err != nil {
+		return err
 	}
 	d.policySlots = newSlotPool("policy slots", 0, d.opts.PolicySlots)
 	d.counterSlots = newSlotPool("counter slots", 1, d.opts.MaxInterfaces)
@@ -299,13 +305,16 @@ func (d *Datapath) RuleHits() *RuleHits {
 	return d.ruleHits
 }
 
-// Close releases this process's programs and handles. Attached programs,
-// the policies they run and the pinned maps stay in the kernel, so
-// enforcement continues until another process takes over or the programs
-// are detached.
+// Close releases this process's programs and handles. With
+// Options.PinDir, attached programs, the policies they run and the pinned
+// maps stay in the kernel, so enforcement continues until another process
+// takes over or the programs are detached. Without it the kernel empties
+// this process's policy slots once its last handle goes: attached
+// programs keep passing tracked flows, and drop every new one as
+// bpf.ReasonDroppedNoPolicy (failing closed) until they are replaced.
 func (d *Datapath) Close() error {
-	if d == nil {
-		return errors.New("close datapath: nil Datapath")
+	if err := d.opened(); err != nil {
+		return fmt.Errorf("close datapath: %w", err)
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -331,6 +340,18 @@ func (d *Datapath) closeAll() error {
 	}
 	errs = append(errs, d.objs.Close(), d.state.close())
 	return errors.Join(errs...)
+}
+
+// opened returns an error unless d was made by Open: a nil or zero
+// Datapath has nothing to act on.
+func (d *Datapath) opened() error {
+	switch {
+	case d == nil:
+		return errors.New("nil Datapath")
+	case d.state == nil:
+		return errors.New("Datapath not made by Open")
+	}
+	return nil
 }
 
 // check returns an error when d cannot be used; the caller holds d.mu.

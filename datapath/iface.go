@@ -132,10 +132,18 @@ func (s *ifaceState) release() error {
 // packet sees the old configuration or the new one, never a mix, and
 // never none. An error before the switch leaves everything as it was; an
 // error removing the old policies after it says so, and the new
-// configuration is in place.
+// configuration is in place. A new interface (an index without an entry)
+// starts without flows: conntrack entries an earlier interface of its
+// index left are deleted before its entry is written.
+//
+// A Datapath whose generation was taken over (an older generation than
+// the settled one) may still configure interfaces, but never evicts the
+// records of the settled generation and of one taking over from it: where
+// both records belong to those, its change to that interface is dropped,
+// since no hook runs its programs any more.
 func (d *Datapath) SetInterface(ifindex int, cfg Interface) error {
-	if d == nil {
-		return errors.New("set interface: nil Datapath")
+	if err := d.opened(); err != nil {
+		return fmt.Errorf("set interface: %w", err)
 	}
 	return d.SetInterfaces(map[int]Interface{ifindex: cfg})
 }
@@ -146,8 +154,8 @@ func (d *Datapath) SetInterface(ifindex int, cfg Interface) error {
 // which is what makes configuring hundreds of interfaces quick. Either
 // every entry switches, or, on an error before the first switch, none.
 func (d *Datapath) SetInterfaces(cfgs map[int]Interface) error {
-	if d == nil {
-		return errors.New("set interfaces: nil Datapath")
+	if err := d.opened(); err != nil {
+		return fmt.Errorf("set interfaces: %w", err)
 	}
 	if err := d.setInterfaces(cfgs); err != nil {
 		return fmt.Errorf("set interfaces: %w", err)
@@ -191,8 +199,25 @@ func (d *Datapath) setInterfaces(cfgs map[int]Interface) error {
 	}
 	var retired []*polprog.Program
 	for i, c := range changes {
-		c.entry.Records[recordIndex(c.entry, d.generation, meta.SettledGeneration)] = c.record(d.generation)
-		if err := d.ifaceMap.Update(c.ifindex, c.entry, ebpf.UpdateAny); err != nil {
+		rec, ok := recordIndex(c.entry, d.generation, meta.SettledGeneration)
+		if !ok && d.generation < meta.SettledGeneration {
+			// Both records belong to the settled generation and one
+			// taking over from it: this one was taken over, and its
+			// programs run on no hook, so its record would matter to no
+			// packet. The change is dropped, not an error: the process
+			// is on its way out.
+			d.abandon([]*change{c})
+			continue
+		}
+		var err error
+		if !ok {
+			err = fmt.Errorf("both records belong to generations this one (%d) must not evict: %d and %d",
+				d.generation, c.entry.Records[0].Generation, c.entry.Records[1].Generation)
+		} else {
+			c.entry.Records[rec] = c.record(d.generation)
+			err = d.ifaceMap.Update(c.ifindex, c.entry, ebpf.UpdateAny)
+		}
+		if err != nil {
 			d.abandon(changes[i:])
 			if i == 0 {
 				return fmt.Errorf("interface %d: %w", c.ifindex, err)
@@ -243,15 +268,29 @@ func (d *Datapath) compileChanges(cfgs map[int]Interface) ([]*change, error) {
 }
 
 // prepare reads each interface's entry, takes counter slots for new ones,
-// and loads the new policies into fresh slots. On error it undoes all of
-// it.
+// forgets the flows an earlier interface of a new one's index left, and
+// loads the new policies into fresh slots. On error it undoes all of it.
 func (d *Datapath) prepare(changes []*change) error {
+	fresh := map[uint32]bool{}
+	marked := false
 	for i, c := range changes {
 		var err error
-		if c.entry, c.fresh, err = d.entry(c.ifindex); err != nil {
+		if c.entry, c.fresh, err = d.entry(c.ifindex, &marked); err != nil {
 			d.abandon(changes[:i])
 			return fmt.Errorf("interface %d: %w", c.ifindex, err)
 		}
+		if c.fresh {
+			fresh[c.ifindex] = true
+		}
+	}
+	// No entry names a fresh interface yet, so no packet can bind a flow
+	// to it while its old flows go.
+	if err := d.forgetFlows(fresh); err != nil {
+		d.abandon(changes)
+		return err
+	}
+	for i, c := range changes {
+		var err error
 		for h, compiled := range c.compile {
 			if compiled == nil {
 				continue
@@ -298,14 +337,23 @@ func checkIfindex(ifindex int) (uint32, error) {
 }
 
 // entry returns the interface's current entry, or a new one with a fresh
-// counter slot (reported by fresh) whose counters are zeroed.
-func (d *Datapath) entry(ifindex uint32) (entry bpf.Iface, fresh bool, err error) {
+// counter slot (reported by fresh) whose counters are zeroed. The caller
+// holds the state lock. Before the first slot a batch takes (*marked
+// false), the slots other processes sharing the pins took since this one
+// last looked are marked used.
+func (d *Datapath) entry(ifindex uint32, marked *bool) (entry bpf.Iface, fresh bool, err error) {
 	entry, err = d.ifaceMap.Lookup(ifindex)
 	if err == nil && d.counterSlots.mark(entry.CounterSlot) {
 		return entry, false, nil
 	}
 	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return bpf.Iface{}, false, err
+	}
+	if !*marked {
+		if err := d.markCounterSlots(); err != nil {
+			return bpf.Iface{}, false, err
+		}
+		*marked = true
 	}
 	// No entry, or one whose counter slot this Open cannot hand out (the
 	// interface map was shared with a larger MaxInterfaces): a new slot.
@@ -321,26 +369,52 @@ func (d *Datapath) entry(ifindex uint32) (entry bpf.Iface, fresh bool, err error
 	return entry, true, nil
 }
 
-// recordIndex says which of an entry's two records generation gen writes:
-// its own, or else the one that does not belong to the settled generation
-// (whose programs run the hooks until this one takes over), or else the
-// older. So a process whose predecessor crashed before settling never
-// evicts the generation still attached.
-func recordIndex(entry bpf.Iface, gen, settled uint32) int {
-	r := entry.Records
-	switch {
-	case r[0].Generation == gen:
-		return 0
-	case r[1].Generation == gen:
-		return 1
-	case r[0].Generation == settled && settled != 0:
-		return 1
-	case r[1].Generation == settled && settled != 0:
-		return 0
-	case r[1].Generation < r[0].Generation:
-		return 1
+// markCounterSlots marks used the counter slots of every entry in the
+// interface map, which other processes sharing the pins may have taken
+// since this one opened. The caller holds the state lock.
+func (d *Datapath) markCounterSlots() error {
+	var err error
+	for _, entry := range d.ifaceMap.All(&err) {
+		d.counterSlots.mark(entry.CounterSlot)
 	}
-	return 0
+	if err != nil {
+		return fmt.Errorf("read interfaces: %w", err)
+	}
+	return nil
+}
+
+// recordIndex says which of an entry's two records generation gen writes,
+// or false when it may write neither: its own; else an empty one; else
+// the older of those of older generations other than the settled one.
+// The settled generation's programs run the hooks until gen takes over,
+// and a newer generation is a process taking over from gen: evicting
+// either would leave running programs without a record. So a process
+// whose predecessor crashed before settling evicts that predecessor's
+// record, never the settled one's, and an old process's late update
+// never undoes a takeover.
+func recordIndex(entry bpf.Iface, gen, settled uint32) (int, bool) {
+	r := entry.Records
+	for i := range r {
+		if r[i].Generation == gen {
+			return i, true
+		}
+	}
+	for i := range r {
+		if r[i].Generation == 0 {
+			return i, true
+		}
+	}
+	evict := -1
+	for i := range r {
+		g := r[i].Generation
+		if g > gen || g == settled {
+			continue
+		}
+		if evict < 0 || g < r[evict].Generation {
+			evict = i
+		}
+	}
+	return evict, evict >= 0
 }
 
 // loadPolicy loads a compiled policy into fresh slots.
@@ -393,12 +467,17 @@ func (d *Datapath) retire(progs ...*polprog.Program) error {
 
 // RemoveInterface removes the interface's entry: from then on the
 // datapath drops its packets (bpf.ReasonDroppedNoIface, counted in slot
-// 0), then its policies and its counter slot are freed. Detach the
+// 0). Then the conntrack entries of flows approved at it go, since the
+// kernel hands its index to the next interface it makes, which must not
+// inherit them; and its policies and its counter slot are freed. Remove
+// an interface that is gone before configuring one that may reuse its
+// index: SetInterface forgets the old flows only for an index without an
+// entry. Detach the
 // programs from the interface before or after; the order does not matter
 // for safety.
 func (d *Datapath) RemoveInterface(ifindex int) error {
-	if d == nil {
-		return errors.New("remove interface: nil Datapath")
+	if err := d.opened(); err != nil {
+		return fmt.Errorf("remove interface: %w", err)
 	}
 	if err := d.removeInterface(ifindex); err != nil {
 		return fmt.Errorf("remove interface %d: %w", ifindex, err)
@@ -428,6 +507,9 @@ func (d *Datapath) removeInterface(ifindex int) error {
 	if err := d.ifaceMap.Delete(idx); err != nil {
 		return err
 	}
+	if err := d.forgetFlows(map[uint32]bool{idx: true}); err != nil {
+		return err
+	}
 	prev := d.ifaces[idx]
 	delete(d.ifaces, idx)
 	var progs []*polprog.Program
@@ -444,8 +526,8 @@ func (d *Datapath) removeInterface(ifindex int) error {
 // InterfaceEntry returns the interface's entry in the interface map, as
 // the datapath reads it: its counter slot and each generation's record.
 func (d *Datapath) InterfaceEntry(ifindex int) (bpf.Iface, error) {
-	if d == nil {
-		return bpf.Iface{}, errors.New("read interface entry: nil Datapath")
+	if err := d.opened(); err != nil {
+		return bpf.Iface{}, fmt.Errorf("read interface entry: %w", err)
 	}
 	entry, err := d.interfaceEntry(ifindex)
 	if err != nil {

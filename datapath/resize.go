@@ -36,8 +36,8 @@ import (
 // before step 1 and the old one repinned aside; a crash before step 3
 // completes leaves both pinned, and the next Open resumes the drain.
 func (d *Datapath) ResizeConntrack(entries uint32) error {
-	if d == nil {
-		return errors.New("resize conntrack: nil Datapath")
+	if err := d.opened(); err != nil {
+		return fmt.Errorf("resize conntrack: %w", err)
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -139,13 +139,15 @@ func (d *Datapath) finishDrain() error {
 // interface entries, and the entries of interfaces this generation did
 // not configure (their packets then drop as bpf.ReasonDroppedNoIface);
 // records this generation as the one whose programs run, so that a later
-// process taking over never evicts it; finishes a conntrack drain an
+// process taking over never evicts it; removes the pins that kept earlier
+// generations' policies installed, and the flows of the interfaces whose
+// entries went (see RemoveInterface); finishes a conntrack drain an
 // interrupted resize left; and resizes the conntrack table to
 // Options.ConntrackEntries if Open found it at another size. Call it on a
 // first start too: it is how the next process knows whose programs run.
 func (d *Datapath) Settle() error {
-	if d == nil {
-		return errors.New("settle: nil Datapath")
+	if err := d.opened(); err != nil {
+		return fmt.Errorf("settle: %w", err)
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -173,6 +175,9 @@ func (d *Datapath) settle() error {
 	}
 	meta.SettledGeneration = d.generation
 	if err := d.meta.Update(0, meta, ebpf.UpdateAny); err != nil {
+		return err
+	}
+	if err := d.unpinGenerations(d.generation); err != nil {
 		return err
 	}
 	return d.resizeConntrack(d.opts.ConntrackEntries)
@@ -204,10 +209,12 @@ func (d *Datapath) clearOlderRecords() error {
 	if err != nil {
 		return fmt.Errorf("read interfaces: %w", err)
 	}
+	removed := map[uint32]bool{}
 	for _, u := range updates {
 		if u.entry.Records[0].Generation == 0 && u.entry.Records[1].Generation == 0 {
 			err = d.ifaceMap.Delete(u.ifindex)
 			d.counterSlots.release(u.entry.CounterSlot)
+			removed[u.ifindex] = true
 		} else {
 			err = d.ifaceMap.Update(u.ifindex, u.entry, ebpf.UpdateExist)
 		}
@@ -215,5 +222,5 @@ func (d *Datapath) clearOlderRecords() error {
 			return err
 		}
 	}
-	return nil
+	return d.forgetFlows(removed)
 }

@@ -43,11 +43,33 @@ func NewMap(m *ebpf.Map) (*Map, error) {
 	return &Map{typed: typed, syncer: maps.NewSyncer(typed)}, nil
 }
 
-// EBPF returns the underlying map.
-func (m *Map) EBPF() *ebpf.Map { return m.typed.EBPF() }
+// errNotMade is the error of every operation on a nil or zero Map.
+var errNotMade = errors.New("routes map not made by NewMap")
 
-// MaxEntries returns the map's capacity in routes.
-func (m *Map) MaxEntries() int { return int(m.typed.EBPF().MaxEntries()) }
+// made returns errNotMade unless m came from NewMap.
+func (m *Map) made() error {
+	if m == nil || m.typed == nil {
+		return errNotMade
+	}
+	return nil
+}
+
+// EBPF returns the underlying map (nil for a Map not made by NewMap).
+func (m *Map) EBPF() *ebpf.Map {
+	if m.made() != nil {
+		return nil
+	}
+	return m.typed.EBPF()
+}
+
+// MaxEntries returns the map's capacity in routes (0 for a Map not made
+// by NewMap).
+func (m *Map) MaxEntries() int {
+	if m.made() != nil {
+		return 0
+	}
+	return int(m.typed.EBPF().MaxEntries())
+}
 
 // Lookup returns the route with the longest prefix containing addr, as
 // the datapath's sl_route_of finds it: a lookup with all 128 bits of the
@@ -55,6 +77,9 @@ func (m *Map) MaxEntries() int { return int(m.typed.EBPF().MaxEntries()) }
 // matched, so the result's Prefix is the zero Prefix. No route yields an
 // error wrapping ebpf.ErrKeyNotExist.
 func (m *Map) Lookup(addr netip.Addr) (Route, error) {
+	if err := m.made(); err != nil {
+		return Route{}, fmt.Errorf("routes lookup: %w", err)
+	}
 	k, ok := addrKey(addr)
 	if !ok {
 		return Route{}, errors.New("routes lookup: no valid address")
@@ -83,6 +108,9 @@ func (m *Map) Lookup(addr netip.Addr) (Route, error) {
 // meanwhile, or, rarely, return the route of a covering prefix for one
 // deleted meanwhile.
 func (m *Map) Get(p netip.Prefix) (Route, error) {
+	if err := m.made(); err != nil {
+		return Route{}, fmt.Errorf("routes get: %w", err)
+	}
 	k, err := NewKey(p)
 	if err != nil {
 		return Route{}, fmt.Errorf("routes get: %w", err)
@@ -158,6 +186,9 @@ func (m *Map) firstKey() (first Key, empty bool, err error) {
 // An invalid route (Route.Validate) is an error wrapping ErrInvalidRoute
 // and changes nothing.
 func (m *Map) Put(r Route) error {
+	if err := m.made(); err != nil {
+		return fmt.Errorf("routes put: %w", err)
+	}
 	k, v, err := r.Encode()
 	if err != nil {
 		return fmt.Errorf("routes put: %w", err)
@@ -172,6 +203,9 @@ func (m *Map) Put(r Route) error {
 // shorter prefixes stay. A prefix the map does not hold yields an error
 // wrapping ebpf.ErrKeyNotExist.
 func (m *Map) Delete(p netip.Prefix) error {
+	if err := m.made(); err != nil {
+		return fmt.Errorf("routes delete: %w", err)
+	}
 	k, err := NewKey(p)
 	if err != nil {
 		return fmt.Errorf("routes delete: %w", err)
@@ -198,6 +232,12 @@ func (m *Map) Delete(p netip.Prefix) error {
 //	if err != nil { ... }
 func (m *Map) All(errOut *error) iter.Seq2[netip.Prefix, Route] {
 	return func(yield func(netip.Prefix, Route) bool) {
+		if err := m.made(); err != nil {
+			if errOut != nil {
+				*errOut = fmt.Errorf("read routes: %w", err)
+			}
+			return
+		}
 		var decodeErr error
 		err := m.typed.Range(func(k Key, v Value) bool {
 			r, err := Decode(k, v)
@@ -217,6 +257,9 @@ func (m *Map) All(errOut *error) iter.Seq2[netip.Prefix, Route] {
 // Routes returns every route, sorted IPv4 first, then by address, then
 // by prefix length.
 func (m *Map) Routes() ([]Route, error) {
+	if err := m.made(); err != nil {
+		return nil, fmt.Errorf("read routes: %w", err)
+	}
 	keys, values, err := m.typed.Dump()
 	if err != nil {
 		return nil, fmt.Errorf("read routes: %w", err)
@@ -257,6 +300,9 @@ func (m *Map) Routes() ([]Route, error) {
 // first rewrites such entries under their clean keys, in place (each
 // counted in SyncStats.Changed), at the cost of a second read of the map.
 func (m *Map) Sync(desired []Route) (maps.SyncStats, error) {
+	if err := m.made(); err != nil {
+		return maps.SyncStats{}, fmt.Errorf("routes sync: %w", err)
+	}
 	entries, err := entriesOf(desired)
 	if err != nil {
 		return maps.SyncStats{}, fmt.Errorf("routes sync: %w", err)

@@ -17,7 +17,8 @@ import (
 // length from the longest down rather than by walking a trie, so that it
 // shares no algorithm with the kernel it checks.
 //
-// A Table is immutable and safe for concurrent use.
+// A Table is immutable and safe for concurrent use. A nil Table is an
+// empty one.
 type Table struct {
 	// byLen[n] holds the routes of key prefix length n, by family and
 	// masked address.
@@ -75,7 +76,12 @@ func entriesOf(routes []Route) (map[Key]int, error) {
 }
 
 // Len returns the number of routes.
-func (t *Table) Len() int { return t.n }
+func (t *Table) Len() int {
+	if t == nil {
+		return 0
+	}
+	return t.n
+}
 
 // Lookup returns the route with the longest prefix that contains addr,
 // as the datapath's sl_route_of finds it, and whether there is one. IPv4
@@ -83,7 +89,7 @@ func (t *Table) Len() int { return t.n }
 // routes only. The zero Addr has no route.
 func (t *Table) Lookup(addr netip.Addr) (Route, bool) {
 	k, ok := addrKey(addr)
-	if !ok {
+	if !ok || t == nil {
 		return Route{}, false
 	}
 	for _, n := range t.lens {
@@ -97,7 +103,7 @@ func (t *Table) Lookup(addr netip.Addr) (Route, bool) {
 
 // Get returns the route of exactly prefix p, as Map.Get does.
 func (t *Table) Get(p netip.Prefix) (Route, bool) {
-	if !p.IsValid() {
+	if !p.IsValid() || t == nil {
 		return Route{}, false
 	}
 	k := keyOf(p)
@@ -108,6 +114,9 @@ func (t *Table) Get(p netip.Prefix) (Route, bool) {
 // Routes returns the table's routes, normalized as a Map read returns
 // them, sorted IPv4 first, then by address, then by prefix length.
 func (t *Table) Routes() []Route {
+	if t == nil {
+		return nil
+	}
 	routes := make([]Route, 0, t.n)
 	for _, byAddr := range t.byLen {
 		for _, r := range byAddr {

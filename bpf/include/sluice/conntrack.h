@@ -44,15 +44,15 @@ enum sl_ct_leg_flags {
  * directions of a flow find one entry. Endpoints compare by address as a
  * 128-bit big-endian number, then by port; with equal endpoints the source
  * is A. TCP, UDP, UDP-Lite, SCTP and DCCP use their ports. An ICMP echo
- * gives the identifier to the requester's endpoint and 0 to the other, so
- * a request and its reply share a key but a request in the other
- * direction does not. Other protocols use 0 and 0; ICMP messages other
- * than echoes are never tracked. */
+ * gives the identifier to the requester's endpoint and its complement
+ * (id ^ 0xffff) to the other, so a request and its reply share a key but a
+ * request in the other direction does not. Other protocols use 0 and 0;
+ * ICMP messages other than echoes are never tracked or looked up. */
 struct sl_ct_key {
 	__u8	addr_a[16] SL_ADDR_ALIGNED;	/* endpoint A's address, IPv4-mapped for IPv4 */
 	__u8	addr_b[16];	/* endpoint B's address, IPv4-mapped for IPv4 */
-	__u16	port_a;		/* endpoint A's port, host order; ICMP echo: the identifier */
-	__u16	port_b;		/* endpoint B's port, host order; ICMP echo: the identifier */
+	__u16	port_a;		/* endpoint A's port, host order; ICMP echo: see above */
+	__u16	port_b;		/* endpoint B's port, host order; ICMP echo: see above */
 	__u8	proto;		/* IPPROTO_* */
 	__u8	pad[3];
 };

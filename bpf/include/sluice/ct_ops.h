@@ -34,12 +34,17 @@ SL_INLINE enum sl_ct_dir sl_ct_key_fill(struct sl_ct_key *key, __u8 proto, const
 }
 
 /* sl_ct_echo_ports gives the ports of an ICMP echo: the identifier on the
- * requester's side, 0 on the other, so that a request and its reply share
- * a key and a request the other way does not. */
+ * requester's side and its complement on the responder's, so that a
+ * request and its reply share a key and a request the other way does not.
+ * The two ports differ for every identifier, 0 included, which is why the
+ * responder's is not a constant: a requester choosing the constant would
+ * make the key the same in both directions. */
 SL_INLINE void sl_ct_echo_ports(__u8 type, __u16 id, __u16 *sport, __u16 *dport)
 {
-	*sport = type == SL_ICMP_ECHO ? id : 0;
-	*dport = type == SL_ICMP_ECHO ? 0 : id;
+	__u16 responder = id ^ 0xffff;
+
+	*sport = type == SL_ICMP_ECHO ? id : responder;
+	*dport = type == SL_ICMP_ECHO ? responder : id;
 }
 
 /* sl_ct_ports gives the ports conntrack keys a packet by: its ports, the
@@ -96,7 +101,12 @@ SL_INLINE struct sl_ct_value *sl_ct_find(void *live, const struct sl_ct_key *key
 	moved = bpf_map_lookup_elem(live, key);
 	/* Without room in the live table, keep using the draining entry: the
 	 * drain copies it later with whatever this packet adds. */
-	return moved ? moved : ct;
+	if (!moved)
+		return ct;
+	/* The flow lives in the live table now. Its draining copy goes, or
+	 * the drain would bring the flow back after the agent deleted it. */
+	bpf_map_delete_elem(draining, key);
+	return moved;
 }
 
 /* sl_ct_lookup finds the entry that tracks the flow of key. A NAT forward
@@ -157,21 +167,32 @@ SL_INLINE __u32 sl_ct_leg_flags_of(__u8 tcp_flags)
 	return f;
 }
 
+/* sl_ct_counted_at_ingress says whether a packet of leg that entered the
+ * node through ingress_ifindex (skb->ingress_ifindex at TC egress; 0 for
+ * the host's own packets) was counted there: the ingress hook of the
+ * leg's bound interface passed and counted it. */
+SL_INLINE bool sl_ct_counted_at_ingress(const struct sl_ct_leg *leg, __u32 ingress_ifindex)
+{
+	return (leg->flags & SL_CT_LEG_INGRESS_OK) && leg->ifindex == ingress_ifindex;
+}
+
 /* sl_ct_leg_account adds a packet to a leg. A packet between two managed
- * interfaces crosses an ingress and an egress hook; it is counted once, at
- * TC ingress, and at TC egress only when no ingress hook of ours vouches
- * for the leg (traffic from the host itself, or from an interface the
- * datapath does not run on). Entries are shared between CPUs, so counts
- * are added atomically, and the flags are written only when they gain a
- * bit, to keep the cache line clean on the common path. */
+ * interfaces crosses an ingress and an egress hook; it is counted once:
+ * at every TC ingress hook that passes it, and at a TC egress hook only
+ * when it did not enter through the leg's bound ingress interface
+ * (traffic from the host itself, from an interface the datapath does not
+ * run on, or routed asymmetrically). count says which. Entries are
+ * shared between CPUs, so counts are added atomically, and the flags are
+ * written only when they gain a bit, to keep the cache line clean on the
+ * common path. */
 SL_INLINE void sl_ct_leg_account(struct sl_ct_value *ct, struct sl_ct_leg *leg, __u32 flags,
-				 __u32 len, __u64 now, enum sl_hook hook)
+				 __u32 len, __u64 now, bool count)
 {
 	__u32 seen = leg->flags;
 
 	if ((seen & flags) != flags)
 		__sync_fetch_and_or((__u32 *)&leg->flags, flags);
-	if (hook == SL_HOOK_INGRESS || !(seen & SL_CT_LEG_INGRESS_OK)) {
+	if (count) {
 		__sync_fetch_and_add(&leg->packets, 1);
 		__sync_fetch_and_add(&leg->bytes, len);
 	}
@@ -204,26 +225,29 @@ SL_INLINE void sl_ct_claim(struct sl_ct_leg *leg, __u32 *field, __u32 bit, __u32
  * packet, and its parameter puts struct sl_ct_value into BTF, which the
  * table template of sl_ct_tables alone does not. */
 static __noinline int sl_ct_approve_leg(struct sl_ct_value *ct, const struct sl_pending *pd,
-					__u32 flags, __u32 len)
+					__u32 flags, __u32 len, __u32 ingress_ifindex)
 {
 	struct sl_ct_leg *own = sl_ct_leg_of(ct, pd->dir);
 	struct sl_ct_leg *peer = sl_ct_leg_of(ct, !pd->dir);
+	bool count = true;
 
 	if (pd->hook == SL_HOOK_EGRESS) {
+		count = !sl_ct_counted_at_ingress(own, ingress_ifindex);
 		sl_ct_claim(own, &own->egress_ifindex, SL_CT_LEG_EGRESS_OK, pd->ifindex);
 		sl_ct_claim(peer, &peer->ifindex, SL_CT_LEG_INGRESS_OK, pd->ifindex);
 	} else if (own->ifindex != 0 || !(own->flags & SL_CT_LEG_EGRESS_OK)) {
 		sl_ct_claim(own, &own->ifindex, SL_CT_LEG_INGRESS_OK, pd->ifindex);
 	}
-	sl_ct_leg_account(ct, own, flags, len, bpf_ktime_get_coarse_ns(), pd->hook);
+	sl_ct_leg_account(ct, own, flags, len, bpf_ktime_get_coarse_ns(), count);
 	return 0;
 }
 
 /* sl_ct_approve records that policy at the pending packet's hook allowed
  * its leg, creating the entry for a new flow. Approval at an egress hook
- * also lets the replies in at that interface's ingress hook. Returns 0, or
- * a negative error when no entry could be written. */
-SL_INLINE int sl_ct_approve(void *live, const struct sl_pending *pd, __u32 len)
+ * also lets the replies in at that interface's ingress hook. The packet
+ * entered the node through ingress_ifindex. Returns 0, or a negative
+ * error when no entry could be written. */
+SL_INLINE int sl_ct_approve(void *live, const struct sl_pending *pd, __u32 len, __u32 ingress_ifindex)
 {
 	bool ingress = pd->hook == SL_HOOK_INGRESS;
 	struct sl_ct_value *ct = sl_ct_find(live, &pd->ct_key);
@@ -232,7 +256,7 @@ SL_INLINE int sl_ct_approve(void *live, const struct sl_pending *pd, __u32 len)
 	__u64 now;
 
 	if (ct)
-		return sl_ct_approve_leg(ct, pd, flags, len);
+		return sl_ct_approve_leg(ct, pd, flags, len, ingress_ifindex);
 	now = bpf_ktime_get_coarse_ns();
 	struct sl_ct_value fresh = {
 		.created = now,
@@ -259,5 +283,5 @@ SL_INLINE int sl_ct_approve(void *live, const struct sl_pending *pd, __u32 len)
 	ct = bpf_map_lookup_elem(live, &pd->ct_key);
 	if (!ct)
 		return -1;
-	return sl_ct_approve_leg(ct, pd, flags, len);
+	return sl_ct_approve_leg(ct, pd, flags, len, ingress_ifindex);
 }

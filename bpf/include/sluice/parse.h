@@ -78,6 +78,7 @@ struct sl_pkt {
 enum sl_parse_rc {
 	SL_PARSE_IPV4,		/* an IPv4 packet, parsed; policy and conntrack apply */
 	SL_PARSE_VERDICT,	/* *reason decides the packet */
+	SL_PARSE_LATER_FRAGMENT, /* a fragment past the first that may pass; its addresses are parsed */
 };
 
 SL_INLINE bool sl_icmp_is_echo(__u8 type)
@@ -151,7 +152,8 @@ SL_INLINE enum sl_parse_rc sl_parse_eth(struct __sk_buff *skb, enum sl_iface_fla
  * accepted and skipped. Fragments: without reassembly a non-first fragment
  * has no ports to match, so by default every fragment is dropped (passing
  * the first alone would be pointless). With SL_IFACE_PASS_FRAGMENTS the
- * first fragment is policed like any packet and later ones pass: the
+ * first fragment is policed like any packet and later ones are
+ * SL_PARSE_LATER_FRAGMENT, which pass from a source the hook accepts: the
  * receiver cannot reassemble them without the policed first fragment. */
 SL_INLINE enum sl_parse_rc sl_parse_ipv4(struct __sk_buff *skb, enum sl_iface_flags iflags,
 					 struct sl_pkt *pkt, enum sl_reason *reason)
@@ -182,17 +184,15 @@ SL_INLINE enum sl_parse_rc sl_parse_ipv4(struct __sk_buff *skb, enum sl_iface_fl
 		return SL_PARSE_VERDICT;
 	}
 	frag = bpf_ntohs(ip->frag_off);
-	if (frag & (SL_IP_MF | SL_IP_OFFSET)) {
-		bool pass = iflags & SL_IFACE_PASS_FRAGMENTS;
-
-		if (!pass || (frag & SL_IP_OFFSET)) {
-			*reason = pass ? SL_REASON_FRAGMENT_PASSED : SL_REASON_DROPPED_FRAGMENT;
-			return SL_PARSE_VERDICT;
-		}
+	if ((frag & (SL_IP_MF | SL_IP_OFFSET)) && !(iflags & SL_IFACE_PASS_FRAGMENTS)) {
+		*reason = SL_REASON_DROPPED_FRAGMENT;
+		return SL_PARSE_VERDICT;
 	}
-	pkt->first_fragment = (frag & SL_IP_MF) != 0;
 	sl_addr_set4(pkt->saddr, ip->saddr);
 	sl_addr_set4(pkt->daddr, ip->daddr);
+	if (frag & SL_IP_OFFSET)
+		return SL_PARSE_LATER_FRAGMENT;
+	pkt->first_fragment = (frag & SL_IP_MF) != 0;
 	pkt->proto = ip->protocol;
 	pkt->l4_off = ETH_HLEN + ihl;
 	pkt->ip_len = tot_len;
