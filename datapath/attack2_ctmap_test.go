@@ -18,7 +18,6 @@ import (
 	"github.com/sluicenet/sluice/conntrack"
 	"github.com/sluicenet/sluice/internal/testpkt"
 	"github.com/sluicenet/sluice/internal/testutil"
-	"github.com/sluicenet/sluice/maps"
 )
 
 // atk2OpenFDs counts this process's open file descriptors, once the
@@ -183,29 +182,7 @@ func TestAttack2ConntrackMapAcrossResizes(t *testing.T) {
 // and the flow's next reply must meet policy again (which denies it),
 // not pass as established.
 func TestAttack2DeleteDuringDrain(t *testing.T) {
-	pinDir := filepath.Join(testutil.TempBPFFS(t), "sluice")
-	a := newHarnessWith(t, Options{PinDir: pinDir, ConntrackEntries: 1 << 12})
-	const flows = 50
-	a.openFlows(flows)
-	p := a.d.state.ctParams
-	p.MaxEntries = 1 << 13
-	live, report, err := maps.OpenOrCreate(p, maps.WithLiveResize())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if report.Draining == nil {
-		t.Fatal("no draining table")
-	}
-	live.Close()
-	report.Draining.Close()
-	if err := a.d.Close(); err != nil {
-		t.Fatal(err)
-	}
-
-	b := newHarnessWith(t, Options{PinDir: pinDir, ConntrackEntries: 1 << 13})
-	if b.d.state.draining == nil {
-		t.Fatal("Open did not find the draining table")
-	}
+	b := interruptedResize(t, 50)
 	b.putPolicy(b.lo.egress, allowDstPorts())
 	victim := replyFrames(t, 1)[0]
 	if ret := b.run(progEgress, victim); ret != tcActOK {

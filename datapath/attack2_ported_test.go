@@ -1,7 +1,6 @@
 package datapath
 
 import (
-	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"testing"
@@ -9,19 +8,6 @@ import (
 	"github.com/sluicenet/sluice/bpf"
 	"github.com/sluicenet/sluice/internal/testpkt"
 )
-
-// atk2Ported is an IPv4 packet of protocol proto whose L4 part is l4Len
-// bytes, the first four of them the ports.
-func atk2Ported(tb testing.TB, proto uint8, src, dst netip.AddrPort, l4Len int) []byte {
-	l4 := make([]byte, l4Len)
-	if l4Len >= 4 {
-		binary.BigEndian.PutUint16(l4[0:], src.Port())
-		binary.BigEndian.PutUint16(l4[2:], dst.Port())
-	}
-	p := testpkt.Packet{Eth: testpkt.EthFrame(testpkt.EtherTypeIPv4, nil).Eth,
-		IPv4: &testpkt.IPv4{Src: src.Addr(), Dst: dst.Addr(), Protocol: proto, TTL: 64}, Payload: l4}
-	return testpkt.MustBytes(tb, p)
-}
 
 // TestAttack2PortedProtocolsTruncatedAndRelated: for SCTP, DCCP and
 // UDP-Lite, pod1 (whose Ingress policy denies everything) opens a flow to
@@ -45,11 +31,11 @@ func TestAttack2PortedProtocolsTruncatedAndRelated(t *testing.T) {
 		// another protocol is a flow nobody opened.
 		client := netip.AddrPortFrom(n.pod1, uint16(40000+10*i))
 		other := protos[(i+1)%len(protos)]
-		e.expect(p.name+": a header one byte short", "atk2p1", bpf.HookIngress, atk2Ported(t, p.num, client, server, p.hdr-1), bpf.ReasonDroppedShort)
-		pkt := atk2Ported(t, p.num, client, server, p.hdr+8)
+		e.expect(p.name+": a header one byte short", "atk2p1", bpf.HookIngress, atkPorted(t, p.num, client, server, p.hdr-1), bpf.ReasonDroppedShort)
+		pkt := atkPorted(t, p.num, client, server, p.hdr+8)
 		if !e.expect(p.name+": pod1's packet leaves", "atk2p1", bpf.HookIngress, pkt, bpf.ReasonAcceptedByPolicy) ||
 			!e.expect(p.name+": pod1's packet reaches pod2", "atk2p2", bpf.HookEgress, pkt, bpf.ReasonAcceptedByPolicy) ||
-			!e.expect(p.name+": pod2's reply reaches pod1", "atk2p1", bpf.HookEgress, atk2Ported(t, p.num, server, client, p.hdr), bpf.ReasonAcceptedEstablished) {
+			!e.expect(p.name+": pod2's reply reaches pod1", "atk2p1", bpf.HookEgress, atkPorted(t, p.num, server, client, p.hdr), bpf.ReasonAcceptedEstablished) {
 			continue
 		}
 		quote := func(frame []byte) []byte {
@@ -60,10 +46,10 @@ func TestAttack2PortedProtocolsTruncatedAndRelated(t *testing.T) {
 			name  string
 			frame []byte
 		}{
-			{"another source port", atk2Ported(t, p.num, netip.AddrPortFrom(n.pod1, client.Port()+1), server, p.hdr)},
-			{"another destination port", atk2Ported(t, p.num, client, netip.AddrPortFrom(n.pod2, 5001), p.hdr)},
-			{"the tuple under " + other.name, atk2Ported(t, other.num, client, server, other.hdr)},
-			{"the tuple without ports (GRE)", atk2Ported(t, 47, client, server, 8)},
+			{"another source port", atkPorted(t, p.num, netip.AddrPortFrom(n.pod1, client.Port()+1), server, p.hdr)},
+			{"another destination port", atkPorted(t, p.num, client, netip.AddrPortFrom(n.pod2, 5001), p.hdr)},
+			{"the tuple under " + other.name, atkPorted(t, other.num, client, server, other.hdr)},
+			{"the tuple without ports (GRE)", atkPorted(t, 47, client, server, 8)},
 		} {
 			before := e.hits(atk2PolicyEnd)
 			e.expect(fmt.Sprintf("%s: an error quoting %s", p.name, f.name), "atk2p1", bpf.HookEgress, quote(f.frame), bpf.ReasonDroppedByPolicy)

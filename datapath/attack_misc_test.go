@@ -21,13 +21,15 @@ import (
 	"github.com/sluicenet/sluice/polprog"
 )
 
-// atkPortedRaw is an IPv4 packet of a protocol the parser gives no ports
-// (SCTP, UDP-Lite) whose first four L4 bytes are nonetheless its source
-// and destination ports, as in TCP and UDP.
-func atkPortedRaw(tb testing.TB, proto uint8, src, dst netip.AddrPort) []byte {
-	l4 := make([]byte, 16)
-	binary.BigEndian.PutUint16(l4[0:], src.Port())
-	binary.BigEndian.PutUint16(l4[2:], dst.Port())
+// atkPorted is an IPv4 packet of protocol proto whose L4 part is l4Len
+// bytes, the first four of them (when there are four) the source and
+// destination ports, as in TCP and UDP.
+func atkPorted(tb testing.TB, proto uint8, src, dst netip.AddrPort, l4Len int) []byte {
+	l4 := make([]byte, l4Len)
+	if l4Len >= 4 {
+		binary.BigEndian.PutUint16(l4[0:], src.Port())
+		binary.BigEndian.PutUint16(l4[2:], dst.Port())
+	}
 	p := testpkt.Packet{Eth: testpkt.EthFrame(testpkt.EtherTypeIPv4, nil).Eth,
 		IPv4: &testpkt.IPv4{Src: src.Addr(), Dst: dst.Addr(), Protocol: proto, TTL: 64}, Payload: l4}
 	return testpkt.MustBytes(tb, p)
@@ -71,7 +73,7 @@ func TestAttackPortedProtocolsMeetTheirPortRules(t *testing.T) {
 					wantReason = bpf.ReasonAcceptedByPolicy
 				}
 				before := e.hits(want.RuleID)
-				e.expect(name, "atkpod", bpf.HookIngress, atkPortedRaw(t, proto.num, pod, dst), wantReason)
+				e.expect(name, "atkpod", bpf.HookIngress, atkPorted(t, proto.num, pod, dst, 16), wantReason)
 				if got := e.hits(want.RuleID) - before; got != 1 {
 					t.Errorf("%s: rule %d (the model's decider) hit %d times, want once", name, want.RuleID, got)
 				}

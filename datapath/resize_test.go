@@ -174,17 +174,15 @@ func TestOpenKeepsTableSizeUntilSettle(t *testing.T) {
 	}
 }
 
-// TestOpenResumesInterruptedResize leaves a resize half done, as a crash
-// between pinning the new table and draining the old one would: the next
-// Open looks the old table up on a miss, so established flows keep
-// passing, and Settle finishes the drain.
-func TestOpenResumesInterruptedResize(t *testing.T) {
+// interruptedResize opens flows TCP flows on a pinned datapath of 4096
+// conntrack entries, then crashes a resize to 8192 halfway: the registry
+// has repinned the table as draining and pinned an empty one, and nothing
+// more happened. It returns the next Open, which found the draining table.
+func interruptedResize(t *testing.T, flows int) *harness {
+	t.Helper()
 	pinDir := filepath.Join(testutil.TempBPFFS(t), "sluice")
 	a := newHarnessWith(t, Options{PinDir: pinDir, ConntrackEntries: 1 << 12})
-	const flows = 300
 	a.openFlows(flows)
-	// The crash: the registry has repinned the table as draining and
-	// pinned an empty one, and nothing more happened.
 	p := a.d.state.ctParams
 	p.MaxEntries = 1 << 13
 	live, report, err := maps.OpenOrCreate(p, maps.WithLiveResize())
@@ -199,11 +197,20 @@ func TestOpenResumesInterruptedResize(t *testing.T) {
 	if err := a.d.Close(); err != nil {
 		t.Fatal(err)
 	}
-
 	b := newHarnessWith(t, Options{PinDir: pinDir, ConntrackEntries: 1 << 13})
 	if b.d.state.draining == nil {
 		t.Fatal("Open did not find the draining table")
 	}
+	return b
+}
+
+// TestOpenResumesInterruptedResize leaves a resize half done, as a crash
+// between pinning the new table and draining the old one would: the next
+// Open looks the old table up on a miss, so established flows keep
+// passing, and Settle finishes the drain.
+func TestOpenResumesInterruptedResize(t *testing.T) {
+	const flows = 300
+	b := interruptedResize(t, flows)
 	b.putPolicy(b.lo.egress, allowDstPorts())
 	for i, frame := range replyFrames(t, flows) {
 		if ret := b.run(progEgress, frame); ret != tcActOK {
@@ -216,7 +223,7 @@ func TestOpenResumesInterruptedResize(t *testing.T) {
 	if n, err := b.d.Conntrack().Count(); err != nil || n != flows {
 		t.Errorf("after Settle the table holds %d entries (%v), want %d", n, err, flows)
 	}
-	if _, err := os.Stat(filepath.Join(pinDir, "sl_ct_v1_draining")); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join(b.d.state.pinDir, "sl_ct_v1_draining")); !os.IsNotExist(err) {
 		t.Errorf("draining pin after Settle: %v", err)
 	}
 }
