@@ -584,10 +584,10 @@ type IPSetKey struct {
 // Endpoints compare by address as a 128-bit big-endian number, then by port;
 // with equal endpoints the source is A. TCP, UDP, UDP-Lite, SCTP and DCCP
 // use their ports. An ICMP echo gives the identifier to the requester's
-// endpoint and its complement (id ^ 0xffff) to the other, so a request and
-// its reply share a key but a request in the other direction does not. Other
-// protocols use 0 and 0; ICMP messages other than echoes are never tracked
-// or looked up.
+// endpoint and the identifier plus one to the other, so a request and its
+// reply share a key but no request in the other direction has it
+// (sl_ct_echo_ports). Other protocols use 0 and 0; ICMP messages other than
+// echoes are never tracked or looked up.
 type CTKey struct {
 	_ structs.HostLayout
 	// Endpoint A's address, IPv4-mapped for IPv4.

@@ -25,9 +25,9 @@
 // in host order, break ties. Both endpoints of a key have one family. The
 // source is A unless the destination is lower; a flow from an endpoint to
 // itself keeps the source as A. An ICMP echo is keyed by EchoPorts: the identifier on
-// the requester's side and its complement on the other, so that a request
-// and its reply share a key and a request in the opposite direction does
-// not, whatever the identifier.
+// the requester's side and the identifier plus one on the other, so that a
+// request and its reply share a key and no request in the opposite
+// direction, whatever its identifier, does.
 // ICMP messages other than echoes are never tracked.
 //
 // # Entry types

@@ -55,11 +55,11 @@ func NewKey(proto uint8, src, dst netip.AddrPort) (key Key, reversed bool, err e
 
 // EchoPorts returns the ports the datapath keys an ICMP echo by
 // (sl_ct_echo_ports): for a request, the identifier as the source port and
-// its complement (id ^ 0xffff) as the destination port; for a reply, the
-// other way round. The two always differ, so no identifier makes a
-// request's key the same in both directions.
+// the identifier plus one (wrapping) as the destination port; for a reply,
+// the other way round. No request in the other direction, whatever its
+// identifier, has the key of a request and its reply.
 func EchoPorts(request bool, id uint16) (sport, dport uint16) {
-	responder := id ^ 0xffff
+	responder := id + 1
 	if request {
 		return id, responder
 	}

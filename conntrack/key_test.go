@@ -202,23 +202,30 @@ func TestKeyCompare(t *testing.T) {
 }
 
 // TestEchoPortsKeepDirections: for every identifier, a request and its
-// reply share a key, and a request in the opposite direction has another.
+// reply share a key, and no request in the opposite direction has it:
+// among others, none whose identifier the other side derives from the
+// request's (equal, one off, complemented, the responder's port).
 func TestEchoPortsKeepDirections(t *testing.T) {
 	a, b := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2")
-	for id := range 1 << 16 {
-		rs, rd := EchoPorts(true, uint16(id))
-		ps, pd := EchoPorts(false, uint16(id))
-		req, _, err := NewKey(ProtoICMP, netip.AddrPortFrom(a, rs), netip.AddrPortFrom(b, rd))
+	key := func(request bool, id uint16, src, dst netip.Addr) Key {
+		sport, dport := EchoPorts(request, id)
+		k, _, err := NewKey(ProtoICMP, netip.AddrPortFrom(src, sport), netip.AddrPortFrom(dst, dport))
 		if err != nil {
 			t.Fatal(err)
 		}
-		reply, _, _ := NewKey(ProtoICMP, netip.AddrPortFrom(b, ps), netip.AddrPortFrom(a, pd))
-		back, _, _ := NewKey(ProtoICMP, netip.AddrPortFrom(b, rs), netip.AddrPortFrom(a, rd))
-		if req != reply {
+		return k
+	}
+	for i := range 1 << 16 {
+		id := uint16(i)
+		req := key(true, id, a, b)
+		if reply := key(false, id, b, a); req != reply {
 			t.Fatalf("identifier %#x: request key %s, reply key %s", id, req, reply)
 		}
-		if req == back {
-			t.Fatalf("identifier %#x: a request either way has key %s", id, req)
+		_, responder := EchoPorts(true, id)
+		for _, other := range []uint16{id, id + 1, id - 1, id + 2, ^id, responder, ^responder, 0, 0xffff} {
+			if back := key(true, other, b, a); back == req {
+				t.Fatalf("identifier %#x: the other side's request with identifier %#x has its key %s", id, other, req)
+			}
 		}
 	}
 }

@@ -159,8 +159,8 @@ func TestUDPAndICMPEchoFlows(t *testing.T) {
 		},
 	}
 	tests[0].key, _ = ctKeyOf(testpkt.ProtoUDP, client, server)
-	// Echo: the identifier on the requester's side, its complement on the other.
-	tests[1].key, _ = ctKeyOf(testpkt.ProtoICMPv4, netip.AddrPortFrom(client.Addr(), 0x4242), netip.AddrPortFrom(server.Addr(), 0x4242^0xffff))
+	// Echo: the identifier on the requester's side, the identifier plus one on the other.
+	tests[1].key, _ = ctKeyOf(testpkt.ProtoICMPv4, netip.AddrPortFrom(client.Addr(), 0x4242), netip.AddrPortFrom(server.Addr(), 0x4243))
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			// server < client, so the client is B.

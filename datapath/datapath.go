@@ -85,6 +85,9 @@ type Datapath struct {
 	counterSlots *slotPool
 	// ifaces are the interfaces this process configured.
 	ifaces map[uint32]*ifaceState
+	// configured says this generation wrote an interface record: its
+	// programs may run a hook, so its pinned policies outlive Close.
+	configured bool
 
 	ifaceMap  *maps.Map[uint32, bpf.Iface]
 	meta      *maps.Map[uint32, bpf.Meta]
@@ -132,7 +135,7 @@ func open(opts Options) (*Datapath, error) {
 	d := &Datapath{opts: opts, state: st, ifaces: map[uint32]*ifaceState{}}
 	if err := d.load(spec, &specs); err != nil {
 		if d.generation != 0 {
-			d.unpinGenerations(d.generation + 1)
+			d.unpinOwn()
 		}
 		d.closeAll()
 		return nil, err
@@ -325,6 +328,9 @@ func (d *Datapath) Close() error {
 	var errs []error
 	for _, s := range d.ifaces {
 		errs = append(errs, s.release())
+	}
+	if !d.configured {
+		errs = append(errs, d.unpinOwn())
 	}
 	errs = append(errs, d.closeAll())
 	if err := errors.Join(errs...); err != nil {

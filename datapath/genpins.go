@@ -48,15 +48,15 @@ func (d *Datapath) pinGeneration() error {
 	return nil
 }
 
-// unpinGenerations removes the prog-array pins of the generations before
-// keep (with keep past this one's, of this one too).
-func (d *Datapath) unpinGenerations(keep uint32) error {
+// unpinGenerations removes the prog-array pins of the generations
+// unpin says go.
+func (d *Datapath) unpinGenerations(unpin func(gen uint32) bool) error {
 	if d.state.pinDir == "" {
 		return nil
 	}
 	entries, err := os.ReadDir(d.state.pinDir)
 	if err != nil {
-		return fmt.Errorf("unpin older generations: %w", err)
+		return fmt.Errorf("unpin generations: %w", err)
 	}
 	var errs []error
 	for _, e := range entries {
@@ -66,7 +66,7 @@ func (d *Datapath) unpinGenerations(keep uint32) error {
 				continue
 			}
 			gen, err := strconv.ParseUint(num, 10, 32)
-			if err != nil || uint32(gen) >= keep {
+			if err != nil || strconv.FormatUint(gen, 10) != num || !unpin(uint32(gen)) {
 				continue
 			}
 			if err := os.Remove(filepath.Join(d.state.pinDir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -75,7 +75,14 @@ func (d *Datapath) unpinGenerations(keep uint32) error {
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("unpin older generations: %w", err)
+		return fmt.Errorf("unpin generations: %w", err)
 	}
 	return nil
+}
+
+// unpinOwn removes this generation's pins: those of an Open that failed,
+// or of one that never configured an interface, whose programs no entry
+// names and so no hook can run.
+func (d *Datapath) unpinOwn() error {
+	return d.unpinGenerations(func(gen uint32) bool { return gen == d.generation })
 }

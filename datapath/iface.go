@@ -172,6 +172,7 @@ type change struct {
 	next    ifaceState
 	entry   bpf.Iface
 	fresh   bool // entry got a new counter slot
+	created bool // there was no entry: the interface is new
 }
 
 func (d *Datapath) setInterfaces(cfgs map[int]Interface) error {
@@ -198,6 +199,7 @@ func (d *Datapath) setInterfaces(cfgs map[int]Interface) error {
 		return err
 	}
 	var retired []*polprog.Program
+	switched := 0
 	for i, c := range changes {
 		rec, ok := recordIndex(c.entry, d.generation, meta.SettledGeneration)
 		if !ok && d.generation < meta.SettledGeneration {
@@ -219,12 +221,15 @@ func (d *Datapath) setInterfaces(cfgs map[int]Interface) error {
 		}
 		if err != nil {
 			d.abandon(changes[i:])
-			if i == 0 {
-				return fmt.Errorf("interface %d: %w", c.ifindex, err)
+			if switched > 0 {
+				err = fmt.Errorf("interface %d (after switching %d others): %w", c.ifindex, switched, err)
+			} else {
+				err = fmt.Errorf("interface %d: %w", c.ifindex, err)
 			}
-			err = fmt.Errorf("interface %d (after switching %d others): %w", c.ifindex, i, err)
 			return errors.Join(err, d.retire(retired...))
 		}
+		switched++
+		d.configured = true
 		if prev := d.ifaces[c.ifindex]; prev != nil {
 			for h := range prev.hooks {
 				if prev.hooks[h].prog != c.next.hooks[h].prog {
@@ -271,21 +276,23 @@ func (d *Datapath) compileChanges(cfgs map[int]Interface) ([]*change, error) {
 // forgets the flows an earlier interface of a new one's index left, and
 // loads the new policies into fresh slots. On error it undoes all of it.
 func (d *Datapath) prepare(changes []*change) error {
-	fresh := map[uint32]bool{}
+	created := map[uint32]bool{}
 	marked := false
 	for i, c := range changes {
 		var err error
-		if c.entry, c.fresh, err = d.entry(c.ifindex, &marked); err != nil {
+		if c.entry, c.fresh, c.created, err = d.entry(c.ifindex, &marked); err != nil {
 			d.abandon(changes[:i])
 			return fmt.Errorf("interface %d: %w", c.ifindex, err)
 		}
-		if c.fresh {
-			fresh[c.ifindex] = true
+		if c.created {
+			created[c.ifindex] = true
 		}
 	}
-	// No entry names a fresh interface yet, so no packet can bind a flow
-	// to it while its old flows go.
-	if err := d.forgetFlows(fresh); err != nil {
+	// No entry names a new interface yet, and none has since the one that
+	// was deleted last (RemoveInterface and Settle wait for running
+	// packets after deleting one), so no packet binds a flow to it while
+	// its old flows go.
+	if err := d.forgetFlows(created); err != nil {
 		d.abandon(changes)
 		return err
 	}
@@ -336,22 +343,24 @@ func checkIfindex(ifindex int) (uint32, error) {
 	return uint32(ifindex), nil
 }
 
-// entry returns the interface's current entry, or a new one with a fresh
-// counter slot (reported by fresh) whose counters are zeroed. The caller
-// holds the state lock. Before the first slot a batch takes (*marked
+// entry returns the interface's current entry, or a new one (created)
+// with a fresh counter slot (fresh) whose counters are zeroed; an entry
+// whose counter slot this Open cannot hand out gets a fresh one too. The
+// caller holds the state lock. Before the first slot a batch takes (*marked
 // false), the slots other processes sharing the pins took since this one
 // last looked are marked used.
-func (d *Datapath) entry(ifindex uint32, marked *bool) (entry bpf.Iface, fresh bool, err error) {
+func (d *Datapath) entry(ifindex uint32, marked *bool) (entry bpf.Iface, fresh, created bool, err error) {
 	entry, err = d.ifaceMap.Lookup(ifindex)
 	if err == nil && d.counterSlots.mark(entry.CounterSlot) {
-		return entry, false, nil
+		return entry, false, false, nil
 	}
-	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return bpf.Iface{}, false, err
+	created = errors.Is(err, ebpf.ErrKeyNotExist)
+	if err != nil && !created {
+		return bpf.Iface{}, false, false, err
 	}
 	if !*marked {
 		if err := d.markCounterSlots(); err != nil {
-			return bpf.Iface{}, false, err
+			return bpf.Iface{}, false, false, err
 		}
 		*marked = true
 	}
@@ -359,14 +368,14 @@ func (d *Datapath) entry(ifindex uint32, marked *bool) (entry bpf.Iface, fresh b
 	// interface map was shared with a larger MaxInterfaces): a new slot.
 	slots, err := d.counterSlots.take(1)
 	if err != nil {
-		return bpf.Iface{}, false, err
+		return bpf.Iface{}, false, false, err
 	}
 	entry.CounterSlot = slots[0]
 	if err := d.zeroCounters(entry.CounterSlot); err != nil {
 		d.counterSlots.release(entry.CounterSlot)
-		return bpf.Iface{}, false, err
+		return bpf.Iface{}, false, false, err
 	}
-	return entry, true, nil
+	return entry, true, created, nil
 }
 
 // markCounterSlots marks used the counter slots of every entry in the
@@ -441,8 +450,7 @@ func (d *Datapath) unloadPolicy(p *polprog.Program) {
 
 // retire removes policies an interface entry named until its last update:
 // it waits until no packet can still be running them, then deletes them
-// from their slots and frees the slots. A slot whose deletion fails stays
-// allocated, so it is never handed out while it may hold a program.
+// from their slots and frees the slots (removePolicies).
 func (d *Datapath) retire(progs ...*polprog.Program) error {
 	if len(progs) == 0 {
 		return nil
@@ -450,6 +458,13 @@ func (d *Datapath) retire(progs ...*polprog.Program) error {
 	if err := d.quiesce(); err != nil {
 		return err
 	}
+	return d.removePolicies(progs)
+}
+
+// removePolicies deletes policies no packet can be running from their
+// slots and frees the slots. A slot whose deletion fails stays allocated,
+// so it is never handed out while it may hold a program.
+func (d *Datapath) removePolicies(progs []*polprog.Program) error {
 	var errs []error
 	for _, p := range progs {
 		slots := p.Slots()
@@ -507,20 +522,20 @@ func (d *Datapath) removeInterface(ifindex int) error {
 	if err := d.ifaceMap.Delete(idx); err != nil {
 		return err
 	}
-	if err := d.forgetFlows(map[uint32]bool{idx: true}); err != nil {
-		return err
-	}
 	prev := d.ifaces[idx]
 	delete(d.ifaces, idx)
-	var progs []*polprog.Program
-	if prev != nil {
-		progs = append(progs, prev.hooks[0].prog, prev.hooks[1].prog)
-	}
-	if err := d.retire(progs...); err != nil {
+	d.counterSlots.release(entry.CounterSlot)
+	// After the wait no packet still runs the old policies, or still
+	// binds a flow to the interface from the entry it read.
+	if err := d.quiesce(); err != nil {
 		return err
 	}
-	d.counterSlots.release(entry.CounterSlot)
-	return nil
+	errFlows := d.forgetFlows(map[uint32]bool{idx: true})
+	var errPolicies error
+	if prev != nil {
+		errPolicies = d.removePolicies([]*polprog.Program{prev.hooks[0].prog, prev.hooks[1].prog})
+	}
+	return errors.Join(errFlows, errPolicies)
 }
 
 // InterfaceEntry returns the interface's entry in the interface map, as

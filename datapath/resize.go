@@ -166,18 +166,21 @@ func (d *Datapath) settle() error {
 		return err
 	}
 	defer unlock()
-	if err := d.clearOlderRecords(); err != nil {
-		return err
-	}
 	meta, err := d.readMeta()
 	if err != nil {
+		return err
+	}
+	if d.generation < meta.SettledGeneration {
+		return fmt.Errorf("generation %d was taken over by generation %d, which settled", d.generation, meta.SettledGeneration)
+	}
+	if err := d.clearOlderRecords(); err != nil {
 		return err
 	}
 	meta.SettledGeneration = d.generation
 	if err := d.meta.Update(0, meta, ebpf.UpdateAny); err != nil {
 		return err
 	}
-	if err := d.unpinGenerations(d.generation); err != nil {
+	if err := d.unpinGenerations(func(gen uint32) bool { return gen < d.generation }); err != nil {
 		return err
 	}
 	return d.resizeConntrack(d.opts.ConntrackEntries)
@@ -221,6 +224,14 @@ func (d *Datapath) clearOlderRecords() error {
 		if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return err
 		}
+	}
+	if len(removed) == 0 {
+		return nil
+	}
+	// A packet that read a deleted entry may still be binding a flow to
+	// its interface: wait it out before the flows go.
+	if err := d.quiesce(); err != nil {
+		return err
 	}
 	return d.forgetFlows(removed)
 }

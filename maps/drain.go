@@ -20,14 +20,18 @@ import (
 // UpdateNoExist and deleted from from only afterwards, so a crash at any
 // point leaves every entry in at least one of the two maps. A key that to
 // already holds is skipped (ebpf.ErrKeyExist) and deleted from from: the
-// datapath promoted or re-created it, and its copy is newer. moved counts
-// the entries Drain wrote; skipped ones are not counted.
+// datapath promoted or re-created it, and its copy is newer. An entry
+// that has left from by the time Drain deletes it there was deleted by
+// someone meanwhile (the datapath deletes only what it promoted, which
+// the write then finds in to): Drain takes its copy out of to again, so
+// that a deleted entry stays deleted. moved counts the entries Drain
+// wrote and kept.
 //
 // Drain reads from in chunks with BPF_MAP_LOOKUP_BATCH where the kernel
 // has it for the map, as Map.Range does (BPF_MAP_GET_NEXT_KEY iteration
-// otherwise), and deletes each chunk with one BPF_MAP_DELETE_BATCH, or
-// per element where that is refused. Writes go one element at a time:
-// the kernel's batch update takes no UpdateNoExist.
+// otherwise), and writes and deletes one element at a time: the kernel's
+// batch update takes no UpdateNoExist, and its batch delete does not say
+// which keys were gone.
 //
 // The maps must have the same key and value sizes and both hold per-CPU
 // values or both one value an entry. Arrays cannot be drained (every
@@ -48,7 +52,8 @@ func Drain(from, to *ebpf.Map) (moved int, err error) {
 // drainOptions are tests' knobs for drain.
 type drainOptions struct {
 	// failAfter, when positive, stops the drain with errInjected after
-	// that many writes, before the chunk's deletes, as a crash would.
+	// that many moved entries, the next one written into to but not yet
+	// deleted from from, as a crash between the two would.
 	failAfter int
 	// chunk, when positive, replaces the read's chunk size.
 	chunk int
@@ -71,29 +76,19 @@ func drain(from, to *ebpf.Map, opts drainOptions) (int, error) {
 	r.noBatch.Store(opts.noBatch)
 	failAfter := opts.failAfter
 	moved := 0
-	batchDelete := true
 	var stop error
 	err = r.read(func(c rawChunk, n int) bool {
 		for i := range n {
+			key, value := c.entry(i)
 			if failAfter > 0 && moved >= failAfter {
+				// The crash comes between a write and its delete.
+				to.Update(key, value, ebpf.UpdateNoExist)
 				stop = errInjected
 				return false
 			}
-			key, value := c.entry(i)
-			switch err := to.Update(key, value, ebpf.UpdateNoExist); {
-			case err == nil:
-				moved++
-			case errors.Is(err, ebpf.ErrKeyExist):
-				// The datapath's copy is newer: keep it.
-			default:
-				stop = fmt.Errorf("map %s: %w", to, err)
+			if stop = moveEntry(from, to, key, value, &moved); stop != nil {
 				return false
 			}
-		}
-		// Every entry of the chunk is in to now.
-		if err := deleteChunk(from, c, n, &batchDelete); err != nil {
-			stop = err
-			return false
 		}
 		return true
 	})
@@ -143,30 +138,33 @@ func sameMap(a, b *ebpf.Map) (bool, error) {
 	return okA && okB && idA == idB, nil
 }
 
-// deleteChunk deletes the first n keys of c from m. A key already gone
-// (a concurrent delete) is not an error. batch records whether the
-// kernel still takes BPF_MAP_DELETE_BATCH for m.
-func deleteChunk(m *ebpf.Map, c rawChunk, n int, batch *bool) error {
-	start := 0
-	if *batch {
-		deleted, err := m.BatchDelete(c.keys.Slice(0, n).Interface(), nil)
-		switch {
-		case err == nil:
-			return nil
-		case errors.Is(err, ebpf.ErrNotSupported):
-			*batch = false
-		case errors.Is(err, ebpf.ErrKeyNotExist):
-			// The batch stops at the missing key: go on after it.
-			start = deleted + 1
-		default:
-			return fmt.Errorf("map %s: %w", m, err)
-		}
+// moveEntry writes one entry read from from into to and deletes it from
+// from, as Drain describes, adding it to *moved when it stays in to.
+func moveEntry(from, to *ebpf.Map, key, value any, moved *int) error {
+	wrote := false
+	switch err := to.Update(key, value, ebpf.UpdateNoExist); {
+	case err == nil:
+		wrote = true
+	case errors.Is(err, ebpf.ErrKeyExist):
+		// The datapath's copy is newer: keep it.
+	default:
+		return fmt.Errorf("map %s: %w", to, err)
 	}
-	for i := start; i < n; i++ {
-		key, _ := c.entry(i)
-		if err := m.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("map %s: %w", m, err)
+	err := from.Delete(key)
+	switch {
+	case err == nil:
+		if wrote {
+			*moved++
 		}
+		return nil
+	case !errors.Is(err, ebpf.ErrKeyNotExist):
+		return fmt.Errorf("map %s: %w", from, err)
+	case !wrote:
+		return nil
+	}
+	// Deleted from from since the read: the copy must not outlive it.
+	if err := to.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("map %s: %w", to, err)
 	}
 	return nil
 }

@@ -172,8 +172,9 @@ func TestLiveResizeCrashPoints(t *testing.T) {
 			name: "in the middle of the drain",
 			crash: func(t *testing.T, big Params) {
 				live, report := openDrain(t, big, WithLiveResize())
-				// Chunks of 8: two are moved and deleted, the third
-				// is half written when the crash comes.
+				// Chunks of 8: 20 entries are moved, the 21st is
+				// written but still in the old map when the crash
+				// comes.
 				_, err := drain(report.Draining, live.EBPF(), drainOptions{failAfter: 20, chunk: 8})
 				if !errors.Is(err, errInjected) {
 					t.Fatalf("drain: %v, want the injected crash", err)

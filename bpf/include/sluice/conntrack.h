@@ -44,9 +44,9 @@ enum sl_ct_leg_flags {
  * directions of a flow find one entry. Endpoints compare by address as a
  * 128-bit big-endian number, then by port; with equal endpoints the source
  * is A. TCP, UDP, UDP-Lite, SCTP and DCCP use their ports. An ICMP echo
- * gives the identifier to the requester's endpoint and its complement
- * (id ^ 0xffff) to the other, so a request and its reply share a key but a
- * request in the other direction does not. Other protocols use 0 and 0;
+ * gives the identifier to the requester's endpoint and the identifier
+ * plus one to the other, so a request and its reply share a key but no
+ * request in the other direction has it (sl_ct_echo_ports). Other protocols use 0 and 0;
  * ICMP messages other than echoes are never tracked or looked up. */
 struct sl_ct_key {
 	__u8	addr_a[16] SL_ADDR_ALIGNED;	/* endpoint A's address, IPv4-mapped for IPv4 */

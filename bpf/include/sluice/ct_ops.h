@@ -34,14 +34,16 @@ SL_INLINE enum sl_ct_dir sl_ct_key_fill(struct sl_ct_key *key, __u8 proto, const
 }
 
 /* sl_ct_echo_ports gives the ports of an ICMP echo: the identifier on the
- * requester's side and its complement on the responder's, so that a
- * request and its reply share a key and a request the other way does not.
- * The two ports differ for every identifier, 0 included, which is why the
- * responder's is not a constant: a requester choosing the constant would
- * make the key the same in both directions. */
+ * requester's side and the identifier plus one on the responder's, so
+ * that a request and its reply share a key and no request the other way,
+ * of any identifier, has that key. A request from B with identifier j has
+ * the key of A's request with identifier i only if j = i + 1 and i = j + 1,
+ * which no 16-bit numbers are. A constant on the responder's side would
+ * fail for the identifier equal to it, and any map of the identifier that
+ * is its own inverse (a complement) for the identifier's image. */
 SL_INLINE void sl_ct_echo_ports(__u8 type, __u16 id, __u16 *sport, __u16 *dport)
 {
-	__u16 responder = id ^ 0xffff;
+	__u16 responder = id + 1;
 
 	*sport = type == SL_ICMP_ECHO ? id : responder;
 	*dport = type == SL_ICMP_ECHO ? responder : id;
@@ -169,22 +171,23 @@ SL_INLINE __u32 sl_ct_leg_flags_of(__u8 tcp_flags)
 
 /* sl_ct_counted_at_ingress says whether a packet of leg that entered the
  * node through ingress_ifindex (skb->ingress_ifindex at TC egress; 0 for
- * the host's own packets) was counted there: the ingress hook of the
- * leg's bound interface passed and counted it. */
+ * the host's own packets) is counted there: the leg is bound to that
+ * interface's ingress hook. */
 SL_INLINE bool sl_ct_counted_at_ingress(const struct sl_ct_leg *leg, __u32 ingress_ifindex)
 {
 	return (leg->flags & SL_CT_LEG_INGRESS_OK) && leg->ifindex == ingress_ifindex;
 }
 
 /* sl_ct_leg_account adds a packet to a leg. A packet between two managed
- * interfaces crosses an ingress and an egress hook; it is counted once:
- * at every TC ingress hook that passes it, and at a TC egress hook only
- * when it did not enter through the leg's bound ingress interface
- * (traffic from the host itself, from an interface the datapath does not
- * run on, or routed asymmetrically). count says which. Entries are
- * shared between CPUs, so counts are added atomically, and the flags are
- * written only when they gain a bit, to keep the cache line clean on the
- * common path. */
+ * interfaces crosses an ingress and an egress hook; it is counted once: at
+ * the TC ingress hook of the leg's bound interface, or else at a TC
+ * egress hook (traffic from the host itself, from an interface the
+ * datapath does not run on, or one the leg is not bound to). count says
+ * which. A packet that enters through a managed interface the leg is not
+ * bound to and is delivered to the host crosses no egress hook and is not
+ * counted on the leg. Entries are shared between CPUs, so counts are
+ * added atomically, and the flags are written only when they gain a bit,
+ * to keep the cache line clean on the common path. */
 SL_INLINE void sl_ct_leg_account(struct sl_ct_value *ct, struct sl_ct_leg *leg, __u32 flags,
 				 __u32 len, __u64 now, bool count)
 {
@@ -229,14 +232,16 @@ static __noinline int sl_ct_approve_leg(struct sl_ct_value *ct, const struct sl_
 {
 	struct sl_ct_leg *own = sl_ct_leg_of(ct, pd->dir);
 	struct sl_ct_leg *peer = sl_ct_leg_of(ct, !pd->dir);
-	bool count = true;
+	bool count;
 
 	if (pd->hook == SL_HOOK_EGRESS) {
 		count = !sl_ct_counted_at_ingress(own, ingress_ifindex);
 		sl_ct_claim(own, &own->egress_ifindex, SL_CT_LEG_EGRESS_OK, pd->ifindex);
 		sl_ct_claim(peer, &peer->ifindex, SL_CT_LEG_INGRESS_OK, pd->ifindex);
-	} else if (own->ifindex != 0 || !(own->flags & SL_CT_LEG_EGRESS_OK)) {
-		sl_ct_claim(own, &own->ifindex, SL_CT_LEG_INGRESS_OK, pd->ifindex);
+	} else {
+		if (own->ifindex != 0 || !(own->flags & SL_CT_LEG_EGRESS_OK))
+			sl_ct_claim(own, &own->ifindex, SL_CT_LEG_INGRESS_OK, pd->ifindex);
+		count = sl_ct_counted_at_ingress(own, pd->ifindex);
 	}
 	sl_ct_leg_account(ct, own, flags, len, bpf_ktime_get_coarse_ns(), count);
 	return 0;
