@@ -397,7 +397,8 @@ SL_INLINE int sl_tc_main(struct __sk_buff *skb, enum sl_hook hook)
 	bool syn = pkt.proto == IPPROTO_TCP && (pkt.tcp_flags & (SL_TCP_SYN | SL_TCP_ACK)) == SL_TCP_SYN;
 	if (ct && !syn && sl_ct_passes(ct, dir, ifindex, hook)) {
 		struct sl_ct_leg *leg = sl_ct_leg_of(ct, dir);
-		bool count = hook == SL_HOOK_INGRESS || !sl_ct_counted_at_ingress(leg, skb->ingress_ifindex);
+		bool count = hook == SL_HOOK_INGRESS ||
+			     !sl_ct_counted_at_ingress(leg, skb->ingress_ifindex, ifindex);
 
 		sl_ct_leg_account(ct, leg, sl_ct_leg_flags_of(pkt.tcp_flags), skb->len,
 				  bpf_ktime_get_coarse_ns(), count);

@@ -524,12 +524,12 @@ func (d *Datapath) removeInterface(ifindex int) error {
 	}
 	prev := d.ifaces[idx]
 	delete(d.ifaces, idx)
-	d.counterSlots.release(entry.CounterSlot)
-	// After the wait no packet still runs the old policies, or still
-	// binds a flow to the interface from the entry it read.
+	// After the wait no packet still runs the old policies, counts in the
+	// old slot, or binds a flow to the interface from the entry it read.
 	if err := d.quiesce(); err != nil {
 		return err
 	}
+	d.counterSlots.release(entry.CounterSlot)
 	errFlows := d.forgetFlows(map[uint32]bool{idx: true})
 	var errPolicies error
 	if prev != nil {

@@ -173,11 +173,21 @@ func (d *Datapath) settle() error {
 	if d.generation < meta.SettledGeneration {
 		return fmt.Errorf("generation %d was taken over by generation %d, which settled", d.generation, meta.SettledGeneration)
 	}
-	if err := d.clearOlderRecords(); err != nil {
+	removed, err := d.clearOlderRecords()
+	if err != nil {
 		return err
 	}
 	meta.SettledGeneration = d.generation
 	if err := d.meta.Update(0, meta, ebpf.UpdateAny); err != nil {
+		return err
+	}
+	// A packet that started in an older generation's program, or read an
+	// entry just deleted, may still be running: wait it out before its
+	// policies go and before the deleted interfaces' flows go.
+	if err := d.quiesce(); err != nil {
+		return err
+	}
+	if err := d.forgetFlows(removed); err != nil {
 		return err
 	}
 	if err := d.unpinGenerations(func(gen uint32) bool { return gen < d.generation }); err != nil {
@@ -188,9 +198,10 @@ func (d *Datapath) settle() error {
 
 // clearOlderRecords removes the records of generations before this one;
 // an entry left with no record at all, an interface this generation did
-// not configure, goes. Records of a newer generation, a process already
-// taking over from this one, stay.
-func (d *Datapath) clearOlderRecords() error {
+// not configure, goes, and clearOlderRecords returns those interfaces.
+// Records of a newer generation, a process already taking over from this
+// one, stay.
+func (d *Datapath) clearOlderRecords() (map[uint32]bool, error) {
 	var err error
 	type update struct {
 		ifindex uint32
@@ -210,7 +221,7 @@ func (d *Datapath) clearOlderRecords() error {
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("read interfaces: %w", err)
+		return nil, fmt.Errorf("read interfaces: %w", err)
 	}
 	removed := map[uint32]bool{}
 	for _, u := range updates {
@@ -222,16 +233,8 @@ func (d *Datapath) clearOlderRecords() error {
 			err = d.ifaceMap.Update(u.ifindex, u.entry, ebpf.UpdateExist)
 		}
 		if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return err
+			return nil, err
 		}
 	}
-	if len(removed) == 0 {
-		return nil
-	}
-	// A packet that read a deleted entry may still be binding a flow to
-	// its interface: wait it out before the flows go.
-	if err := d.quiesce(); err != nil {
-		return err
-	}
-	return d.forgetFlows(removed)
+	return removed, nil
 }

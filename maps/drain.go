@@ -21,11 +21,11 @@ import (
 // point leaves every entry in at least one of the two maps. A key that to
 // already holds is skipped (ebpf.ErrKeyExist) and deleted from from: the
 // datapath promoted or re-created it, and its copy is newer. An entry
-// that has left from by the time Drain deletes it there was deleted by
-// someone meanwhile (the datapath deletes only what it promoted, which
-// the write then finds in to): Drain takes its copy out of to again, so
-// that a deleted entry stays deleted. moved counts the entries Drain
-// wrote and kept.
+// that has left from by the time Drain deletes it, after Drain's own copy
+// went into to, was deleted by someone meanwhile (the datapath deletes a
+// draining entry only after its own copy into to succeeded, which then
+// fails Drain's): Drain takes its copy out of to again, so that a deleted
+// entry stays deleted. moved counts the entries Drain wrote and kept.
 //
 // Drain reads from in chunks with BPF_MAP_LOOKUP_BATCH where the kernel
 // has it for the map, as Map.Range does (BPF_MAP_GET_NEXT_KEY iteration

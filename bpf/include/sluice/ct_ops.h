@@ -88,6 +88,7 @@ SL_INLINE struct sl_ct_value *sl_ct_find(void *live, const struct sl_ct_key *key
 	struct sl_ct_value *ct = bpf_map_lookup_elem(live, key);
 	struct sl_ct_value *moved;
 	void *draining;
+	bool copied;
 
 	if (ct)
 		return ct;
@@ -99,15 +100,20 @@ SL_INLINE struct sl_ct_value *sl_ct_find(void *live, const struct sl_ct_key *key
 		/* The drain may have moved the entry between the two lookups
 		 * (it writes the live table before it deletes here). */
 		return bpf_map_lookup_elem(live, key);
-	bpf_map_update_elem(live, key, ct, BPF_NOEXIST);
+	copied = bpf_map_update_elem(live, key, ct, BPF_NOEXIST) == 0;
 	moved = bpf_map_lookup_elem(live, key);
 	/* Without room in the live table, keep using the draining entry: the
 	 * drain copies it later with whatever this packet adds. */
 	if (!moved)
 		return ct;
-	/* The flow lives in the live table now. Its draining copy goes, or
-	 * the drain would bring the flow back after the agent deleted it. */
-	bpf_map_delete_elem(draining, key);
+	/* The flow lives in the live table now. The copy that put it there
+	 * deletes the draining entry: this one, or else the drain's (or
+	 * another CPU's), whose owner then deletes it. Left behind, it would
+	 * bring the flow back after the agent deleted it; deleted by one that
+	 * did not copy, the drain would take its own copy for a deleted flow's
+	 * and remove it. */
+	if (copied)
+		bpf_map_delete_elem(draining, key);
 	return moved;
 }
 
@@ -169,21 +175,26 @@ SL_INLINE __u32 sl_ct_leg_flags_of(__u8 tcp_flags)
 	return f;
 }
 
-/* sl_ct_counted_at_ingress says whether a packet of leg that entered the
- * node through ingress_ifindex (skb->ingress_ifindex at TC egress; 0 for
- * the host's own packets) is counted there: the leg is bound to that
- * interface's ingress hook. */
-SL_INLINE bool sl_ct_counted_at_ingress(const struct sl_ct_leg *leg, __u32 ingress_ifindex)
+/* sl_ct_counted_at_ingress says whether a packet of leg at a hook of
+ * ifindex, having entered the node through ingress_ifindex
+ * (skb->ingress_ifindex; 0 for the host's own packets), is counted at an
+ * ingress hook: the leg is bound to the ingress hook it came through, or
+ * to the one of this interface, which a packet leaving through loopback
+ * enters next. */
+SL_INLINE bool sl_ct_counted_at_ingress(const struct sl_ct_leg *leg, __u32 ingress_ifindex,
+					__u32 ifindex)
 {
-	return (leg->flags & SL_CT_LEG_INGRESS_OK) && leg->ifindex == ingress_ifindex;
+	return (leg->flags & SL_CT_LEG_INGRESS_OK) &&
+	       (leg->ifindex == ingress_ifindex || leg->ifindex == ifindex);
 }
 
 /* sl_ct_leg_account adds a packet to a leg. A packet between two managed
  * interfaces crosses an ingress and an egress hook; it is counted once: at
  * the TC ingress hook of the leg's bound interface, or else at a TC
  * egress hook (traffic from the host itself, from an interface the
- * datapath does not run on, or one the leg is not bound to). count says
- * which. A packet that enters through a managed interface the leg is not
+ * datapath does not run on, or one the leg is not bound to), unless it
+ * leaves through the bound interface itself (loopback), whose ingress
+ * hook it enters next. count says which. A packet that enters through a managed interface the leg is not
  * bound to and is delivered to the host crosses no egress hook and is not
  * counted on the leg. Entries are shared between CPUs, so counts are
  * added atomically, and the flags are written only when they gain a bit,
@@ -235,13 +246,13 @@ static __noinline int sl_ct_approve_leg(struct sl_ct_value *ct, const struct sl_
 	bool count;
 
 	if (pd->hook == SL_HOOK_EGRESS) {
-		count = !sl_ct_counted_at_ingress(own, ingress_ifindex);
+		count = !sl_ct_counted_at_ingress(own, ingress_ifindex, pd->ifindex);
 		sl_ct_claim(own, &own->egress_ifindex, SL_CT_LEG_EGRESS_OK, pd->ifindex);
 		sl_ct_claim(peer, &peer->ifindex, SL_CT_LEG_INGRESS_OK, pd->ifindex);
 	} else {
 		if (own->ifindex != 0 || !(own->flags & SL_CT_LEG_EGRESS_OK))
 			sl_ct_claim(own, &own->ifindex, SL_CT_LEG_INGRESS_OK, pd->ifindex);
-		count = sl_ct_counted_at_ingress(own, pd->ifindex);
+		count = sl_ct_counted_at_ingress(own, pd->ifindex, pd->ifindex);
 	}
 	sl_ct_leg_account(ct, own, flags, len, bpf_ktime_get_coarse_ns(), count);
 	return 0;
