@@ -15,9 +15,13 @@
 // The maps that carry state across a restart (conntrack, interfaces,
 // counters, rule hits, IP sets, routes) are opened through
 // maps.OpenOrCreate under Options.PinDir, each with its own name, layout
-// version and size. Per-CPU scratch maps and prog arrays are not pinned: a
-// restarted agent builds fresh programs and swaps them in, while the old
-// ones keep running on their own prog arrays until it does. Each Open is a
+// version and size. Per-CPU scratch maps are not pinned, and prog arrays
+// are not shared: a restarted agent builds fresh programs and swaps them
+// in, while the old ones keep running on their own prog arrays until it
+// does. Each generation pins its own prog arrays, because the kernel
+// empties a prog array once nothing but programs refers to it; so the
+// policies of an agent that exited keep enforcing until the next one
+// settles, which removes those pins. Each Open is a
 // generation, numbered under a lock of PinDir: an interface's entry holds
 // the records (flags and policy slots) of up to two generations, so the old
 // process's programs and the new one's each read only their own while the
