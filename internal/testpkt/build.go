@@ -15,31 +15,43 @@ var be = binary.BigEndian
 // outermost first; any number may be set, though Parse reads at most
 // MaxVLANTags. It returns an error for packets no override can describe: a
 // MAC that is not 6 bytes, a VLAN tag with TPID 0, an address of the wrong
-// family, options past 40 bytes, more than one L4 layer, an L4 layer
-// without an L3 layer, or a field too wide for its bits (a PCP past 7, a VID
-// past 4095, ...).
+// family, options past 40 bytes, both L3 layers, more than one L4 layer, an
+// L4 layer without an L3 layer, ICMP of the other family, an IPv6 payload
+// past 65535 bytes, or a field too wide for its bits (a PCP past 7, a VID
+// past 4095, a flow label past 20 bits, ...).
 func (p Packet) Bytes() ([]byte, error) {
 	l4Count := 0
-	for _, set := range []bool{p.TCP != nil, p.UDP != nil, p.ICMPv4 != nil} {
+	for _, set := range []bool{p.TCP != nil, p.UDP != nil, p.ICMPv4 != nil, p.ICMPv6 != nil} {
 		if set {
 			l4Count++
 		}
 	}
-	if l4Count > 1 {
+	switch {
+	case p.IPv4 != nil && p.IPv6 != nil:
+		return nil, errors.New("both IPv4 and IPv6 set")
+	case l4Count > 1:
 		return nil, errors.New("more than one L4 layer set")
-	}
-	if l4Count == 1 && p.IPv4 == nil {
+	case l4Count == 1 && p.IPv4 == nil && p.IPv6 == nil:
 		return nil, errors.New("L4 layer set without an IP layer")
+	case p.ICMPv4 != nil && p.IPv6 != nil:
+		return nil, errors.New("ICMPv4 over IPv6")
+	case p.ICMPv6 != nil && p.IPv4 != nil:
+		return nil, errors.New("ICMPv6 over IPv4")
 	}
 
-	eth, err := p.Eth.header(p.IPv4 != nil)
+	eth, err := p.Eth.header(p.etherTypeOfL3())
 	if err != nil {
 		return nil, fmt.Errorf("ethernet: %w", err)
 	}
-	if p.IPv4 == nil {
+	var ip []byte
+	switch {
+	case p.IPv4 != nil:
+		ip, err = p.ipv4Bytes()
+	case p.IPv6 != nil:
+		ip, err = p.ipv6Bytes()
+	default:
 		return concat(eth, p.Payload, p.Trailer), nil
 	}
-	ip, err := p.ipv4Bytes()
 	if err != nil {
 		return nil, err
 	}
@@ -56,7 +68,9 @@ func MustBytes(tb testing.TB, p Packet) []byte {
 	return b
 }
 
-func (e Eth) header(hasIPv4 bool) ([]byte, error) {
+// header writes the Ethernet header; l3Type is the EtherType of the L3
+// layer set, or 0.
+func (e Eth) header(l3Type uint16) ([]byte, error) {
 	h := make([]byte, EthLen+VLANTagLen*len(e.VLANs))
 	for _, m := range []struct {
 		name string
@@ -83,8 +97,8 @@ func (e Eth) header(hasIPv4 bool) ([]byte, error) {
 		at += VLANTagLen
 	}
 	typ := e.Type
-	if typ == 0 && hasIPv4 {
-		typ = EtherTypeIPv4
+	if typ == 0 {
+		typ = l3Type
 	}
 	be.PutUint16(h[at:], typ)
 	return h, nil
@@ -151,21 +165,21 @@ func (ip *IPv4) header(proto uint8, l4Len int) ([]byte, error) {
 	copy(h[12:16], ip.Src.AsSlice())
 	copy(h[16:20], ip.Dst.AsSlice())
 	copy(h[20:], opts)
-	be.PutUint16(h[10:], pickChecksum(Checksum(h), ip.Checksum, ip.BadChecksum))
+	be.PutUint16(h[10:], pickChecksum(Checksum(h), ip.Checksum, ip.ZeroChecksum, ip.BadChecksum))
 	return h, nil
 }
 
 // l4Bytes serializes the L4 layer (if any) and the payload, and returns the
 // protocol number the IP header derives.
 func (p Packet) l4Bytes() ([]byte, uint8, error) {
-	src, dst := p.IPv4.Src, p.IPv4.Dst
+	src, dst := p.l4Addrs()
 	switch {
 	case p.TCP != nil:
 		b, err := p.TCP.segment(p.Payload)
 		if err != nil {
 			return nil, 0, fmt.Errorf("tcp: %w", err)
 		}
-		be.PutUint16(b[16:], pickChecksum(L4Checksum(src, dst, ProtoTCP, b), p.TCP.Checksum, p.TCP.BadChecksum))
+		be.PutUint16(b[16:], pickChecksum(L4Checksum(src, dst, ProtoTCP, b), p.TCP.Checksum, p.TCP.ZeroChecksum, p.TCP.BadChecksum))
 		return b, ProtoTCP, nil
 	case p.UDP != nil:
 		b := p.UDP.datagram(p.Payload)
@@ -173,8 +187,12 @@ func (p Packet) l4Bytes() ([]byte, uint8, error) {
 		return b, ProtoUDP, nil
 	case p.ICMPv4 != nil:
 		b := p.ICMPv4.message(p.Payload)
-		be.PutUint16(b[2:], pickChecksum(Checksum(b), p.ICMPv4.Checksum, p.ICMPv4.BadChecksum))
+		be.PutUint16(b[2:], pickChecksum(Checksum(b), p.ICMPv4.Checksum, p.ICMPv4.ZeroChecksum, p.ICMPv4.BadChecksum))
 		return b, ProtoICMPv4, nil
+	case p.ICMPv6 != nil:
+		b := p.ICMPv6.message(p.Payload)
+		be.PutUint16(b[2:], pickChecksum(L4Checksum(src, dst, ProtoICMPv6, b), p.ICMPv6.Checksum, p.ICMPv6.ZeroChecksum, p.ICMPv6.BadChecksum))
+		return b, ProtoICMPv6, nil
 	}
 	return concat(p.Payload), 0, nil
 }
@@ -194,7 +212,10 @@ func (t *TCP) segment(payload []byte) ([]byte, error) {
 	be.PutUint16(b[2:], t.DstPort)
 	be.PutUint32(b[4:], t.Seq)
 	be.PutUint32(b[8:], t.Ack)
-	b[12] = orDefault(t.DataOffset, uint8(hlen/4)) << 4
+	if t.Reserved > 15 {
+		return nil, fmt.Errorf("reserved bits %d do not fit 4 bits", t.Reserved)
+	}
+	b[12] = orDefault(t.DataOffset, uint8(hlen/4))<<4 | t.Reserved
 	b[13] = uint8(t.Flags)
 	be.PutUint16(b[14:], t.Window)
 	be.PutUint16(b[18:], t.Urgent)
@@ -207,7 +228,11 @@ func (u *UDP) datagram(payload []byte) []byte {
 	b := make([]byte, UDPLen, UDPLen+len(payload))
 	be.PutUint16(b[0:], u.SrcPort)
 	be.PutUint16(b[2:], u.DstPort)
-	be.PutUint16(b[4:], orDefault(u.Length, uint16(UDPLen+len(payload))))
+	length := orDefault(u.Length, uint16(UDPLen+len(payload)))
+	if u.ZeroLength {
+		length = 0
+	}
+	be.PutUint16(b[4:], length)
 	return append(b, payload...)
 }
 
@@ -220,7 +245,7 @@ func (u *UDP) checksum(correct uint16) uint16 {
 	if u.NoChecksum && u.Checksum == 0 {
 		return 0
 	}
-	return pickChecksum(correct, u.Checksum, u.BadChecksum)
+	return pickChecksum(correct, u.Checksum, false, u.BadChecksum)
 }
 
 // message is the ICMPv4 header and payload with a zero checksum.

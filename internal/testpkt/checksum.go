@@ -73,24 +73,29 @@ func checksumsEqual(a, b uint16) bool {
 }
 
 // pickChecksum applies a layer's overrides to the correct checksum.
-func pickChecksum(correct, override uint16, bad bool) uint16 {
+func pickChecksum(correct, override uint16, zero, bad bool) uint16 {
 	switch {
 	case override != 0:
 		return override
+	case zero:
+		return 0
 	case bad:
 		return corruptChecksum(correct)
 	}
 	return correct
 }
 
-// classifyChecksum is pickChecksum's inverse for Parse: the override and
-// BadChecksum that make Bytes write wire, given the correct checksum.
-func classifyChecksum(wire, correct uint16) (override uint16, bad bool) {
+// classifyChecksum is pickChecksum's inverse for Parse: the override,
+// ZeroChecksum and BadChecksum that make Bytes write wire, given the correct
+// checksum.
+func classifyChecksum(wire, correct uint16) (override uint16, zero, bad bool) {
 	switch {
 	case wire == correct:
-		return 0, false
+		return 0, false, false
 	case wire == corruptChecksum(correct):
-		return 0, true
+		return 0, false, true
+	case wire == 0:
+		return 0, true, !checksumsEqual(wire, correct)
 	}
-	return wire, !checksumsEqual(wire, correct)
+	return wire, false, !checksumsEqual(wire, correct)
 }

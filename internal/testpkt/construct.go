@@ -82,11 +82,15 @@ func ICMPv4Error(src, dst netip.Addr, typ, code uint8, quoted []byte) Packet {
 // header, by its IHL, and the first 8 bytes after it. It skips the frame's
 // VLAN tags, copies less when the frame is shorter, and takes 20 header bytes
 // when the IHL is below 5. A frame with no bytes after its Ethernet header,
-// or whose tags Parse cannot read, quotes nothing.
+// or whose tags Parse cannot read, quotes nothing. A frame of EtherType IPv6
+// is quoted as QuoteIPv6 quotes it.
 func Quote(frame []byte) []byte {
-	_, _, l3, err := splitEth(frame)
+	_, typ, l3, err := splitEth(frame)
 	if err != nil || len(frame) <= l3 {
 		return nil
+	}
+	if typ == EtherTypeIPv6 {
+		return QuoteIPv6(frame)
 	}
 	ip := frame[l3:]
 	hlen := max(int(ip[0]&0x0f)*4, IPv4MinLen)

@@ -17,9 +17,10 @@ const (
 )
 
 // EthFrame returns a frame between the default MACs with the given EtherType
-// and payload, raw: MPLS, PPPoE, LLDP, IPv6 or any type this package has no
-// layer for. Parse gives it back unchanged for every type it keeps raw, that
-// is all but EtherTypeIPv4 and the VLAN TPIDs, whose payload it decodes.
+// and payload, raw: MPLS, PPPoE, LLDP or any type this package has no layer
+// for. Parse gives it back unchanged for every type it keeps raw, that is all
+// but EtherTypeIPv4, EtherTypeIPv6 and the VLAN TPIDs, whose payload it
+// decodes.
 func EthFrame(etherType uint16, payload []byte) Packet {
 	eth := defaultEth()
 	eth.Type = etherType

@@ -48,7 +48,6 @@ func TestRawEtherTypes(t *testing.T) {
 		{"PPPoE session", EthFrame(EtherTypePPPoESession, pppoe), 0x8864, pppoe},
 		{"PPPoE discovery", EthFrame(EtherTypePPPoEDiscovery, []byte{0x11, 0x09, 0, 0, 0, 0}), 0x8863, []byte{0x11, 0x09, 0, 0, 0, 0}},
 		{"LLDP", EthFrame(EtherTypeLLDP, lldp), 0x88cc, lldp},
-		{"IPv6 stays raw", EthFrame(EtherTypeIPv6, []byte{0x60, 0, 0, 0}), 0x86dd, []byte{0x60, 0, 0, 0}},
 		{"empty payload", EthFrame(0x88b5, nil), 0x88b5, nil},
 		{
 			// RFC 1042: 0x001e = 8 bytes of LLC/SNAP + 22 of payload.

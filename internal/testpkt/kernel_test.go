@@ -48,6 +48,13 @@ func newKernelLink(t *testing.T) *kernelLink {
 	if err := b.Do(func() error { return setTxChecksumOffload(vb.Name, false) }); err != nil {
 		t.Fatalf("turn off tx checksum offload on %s: %v", vb.Name, err)
 	}
+	return openKernelLink(t, a, b, va, vb)
+}
+
+// openKernelLink opens the raw packet socket on va, in a, for a link whose
+// namespaces and veth pair are set up.
+func openKernelLink(t *testing.T, a, b *testutil.NetNS, va, vb *testutil.Veth) *kernelLink {
+	t.Helper()
 	l := &kernelLink{a: a, b: b, va: va, vb: vb, fd: -1}
 	err := a.Do(func() error {
 		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL)))

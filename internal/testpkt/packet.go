@@ -39,8 +39,8 @@ func (f TCPFlags) String() string {
 	return strings.Join(names, "|")
 }
 
-// EtherTypes Parse decodes or the constructors set. Parse decodes IPv4 and
-// the VLAN TPIDs; every other EtherType's payload stays raw.
+// EtherTypes Parse decodes or the constructors set. Parse decodes IPv4,
+// IPv6 and the VLAN TPIDs; every other EtherType's payload stays raw.
 const (
 	EtherTypeIPv4 uint16 = 0x0800
 	EtherTypeARP  uint16 = 0x0806
@@ -123,7 +123,8 @@ type Eth struct {
 	VLANs []VLANTag
 	// Type is the inner EtherType: the one after the last VLAN tag, which
 	// names the payload. 0 means derived from the L3 layer (0x0800 for
-	// IPv4); Parse leaves it 0 when it decoded the L3 layer. Below
+	// IPv4, 0x86dd for IPv6); Parse leaves it 0 when it decoded the L3
+	// layer. Below
 	// EtherTypeMin it is an 802.3 length field.
 	Type uint16
 }
@@ -195,6 +196,10 @@ type IPv4 struct {
 	TotalLen uint16
 	// Checksum replaces the header checksum; it wins over BadChecksum.
 	Checksum uint16
+	// ZeroChecksum writes a header checksum of 0, which Checksum cannot express;
+	// Checksum wins over it. Parse sets it for a 0 on the wire that is not
+	// the correct checksum's encoding.
+	ZeroChecksum bool
 	// BadChecksum writes a header checksum that does not verify. Parse sets
 	// it whenever the checksum on the wire does not verify.
 	BadChecksum bool
@@ -207,8 +212,12 @@ type TCP struct {
 	SrcPort, DstPort uint16
 	Seq, Ack         uint32
 	Flags            TCPFlags
-	Window           uint16
-	Urgent           uint16
+	// Reserved fills the low 4 bits of byte 12 after the data offset (the
+	// reserved bits and the AE, formerly NS, flag); Parse sets it from the
+	// wire.
+	Reserved uint8
+	Window   uint16
+	Urgent   uint16
 	// Options are padded with zeros to a multiple of 4 bytes; at most 40.
 	Options []byte
 
@@ -218,6 +227,10 @@ type TCP struct {
 	DataOffset uint8
 	// Checksum replaces the checksum; it wins over BadChecksum.
 	Checksum uint16
+	// ZeroChecksum writes a checksum of 0, which Checksum cannot express;
+	// Checksum wins over it. Parse sets it for a 0 on the wire that is not
+	// the correct checksum's encoding.
+	ZeroChecksum bool
 	// BadChecksum writes a checksum that does not verify. Parse sets it
 	// whenever the checksum on the wire does not verify.
 	BadChecksum bool
@@ -231,10 +244,14 @@ type UDP struct {
 
 	// Length replaces the length field; the bytes written do not change.
 	Length uint16
+	// ZeroLength writes length 0 (a jumbogram's in IPv6), which Length
+	// cannot express.
+	ZeroLength bool
 	// Checksum replaces the checksum; it wins over NoChecksum and
 	// BadChecksum.
 	Checksum uint16
-	// NoChecksum writes 0, which in IPv4 means "no checksum".
+	// NoChecksum writes 0, which in IPv4 means "no checksum" and in IPv6
+	// is invalid (RFC 8200 section 8.1).
 	NoChecksum bool
 	// BadChecksum writes a non-zero checksum that does not verify. Parse
 	// sets it whenever a non-zero checksum on the wire does not verify.
@@ -254,6 +271,10 @@ type ICMPv4 struct {
 
 	// Checksum replaces the checksum; it wins over BadChecksum.
 	Checksum uint16
+	// ZeroChecksum writes a checksum of 0, which Checksum cannot express;
+	// Checksum wins over it. Parse sets it for a 0 on the wire that is not
+	// the correct checksum's encoding.
+	ZeroChecksum bool
 	// BadChecksum writes a checksum that does not verify. Parse sets it
 	// whenever the checksum on the wire does not verify.
 	BadChecksum bool
@@ -269,18 +290,22 @@ func (c *ICMPv4) IsQuery() bool {
 	return false
 }
 
-// Packet is an Ethernet frame and the layers inside it. At most one L4 layer
-// may be set, and only with an L3 layer.
+// Packet is an Ethernet frame and the layers inside it. At most one L3
+// layer (IPv4 or IPv6) and one L4 layer may be set, an L4 layer only with an
+// L3 layer, ICMPv4 only over IPv4 and ICMPv6 only over IPv6.
 type Packet struct {
 	Eth    Eth
 	IPv4   *IPv4
+	IPv6   *IPv6
 	TCP    *TCP
 	UDP    *UDP
 	ICMPv4 *ICMPv4
+	ICMPv6 *ICMPv6
 	// Payload follows the innermost layer that is set.
 	Payload []byte
-	// Trailer follows the IP packet, outside its total length: Ethernet
-	// padding, or bytes a truncating TotalLen override left behind.
+	// Trailer follows the IP packet, outside its total length (IPv4) or
+	// payload length (IPv6): Ethernet padding, or bytes a truncating
+	// TotalLen or PayloadLen override left behind.
 	Trailer []byte
 }
 
@@ -296,6 +321,9 @@ func (p Packet) Clone() Packet {
 		ip.Options = bytes.Clone(ip.Options)
 		c.IPv4 = &ip
 	}
+	if p.IPv6 != nil {
+		c.IPv6 = cloneIPv6(p.IPv6)
+	}
 	if p.TCP != nil {
 		tcp := *p.TCP
 		tcp.Options = bytes.Clone(tcp.Options)
@@ -308,6 +336,10 @@ func (p Packet) Clone() Packet {
 	if p.ICMPv4 != nil {
 		icmp := *p.ICMPv4
 		c.ICMPv4 = &icmp
+	}
+	if p.ICMPv6 != nil {
+		icmp := *p.ICMPv6
+		c.ICMPv6 = &icmp
 	}
 	c.Payload = bytes.Clone(p.Payload)
 	c.Trailer = bytes.Clone(p.Trailer)

@@ -17,21 +17,28 @@ var ErrTruncated = errors.New("truncated")
 var ErrMalformed = errors.New("malformed")
 
 // Parse decodes an Ethernet frame: Ethernet with up to MaxVLANTags VLAN
-// tags, IPv4 with options, and a TCP, UDP or ICMPv4 layer. It fills override
-// fields only where the wire differs from what Bytes would compute:
-// BadChecksum whenever a checksum does not verify, Checksum when the wrong
-// value is not the one BadChecksum writes, UDP Length when it is not the
-// datagram's size, ZeroTTL for a TTL of 0. Bytes after the IPv4 total length
-// go to Trailer. A non-first fragment's payload is not decoded as L4; a first
-// fragment's is, and its L4 checksum is checked over the bytes present, as
-// Bytes computes it. Any EtherType other than IPv4 and the VLAN TPIDs (ARP,
-// IPv6, MPLS, an 802.3 length, ...) is kept in Eth.Type with everything after
-// it in Payload, raw.
+// tags, IPv4 with options or IPv6 with up to MaxExtHeaders extension
+// headers, and a TCP, UDP, ICMPv4 (over IPv4) or ICMPv6 (over IPv6) layer.
+// It fills override fields only where the wire differs from what Bytes would
+// compute: BadChecksum whenever a checksum does not verify, Checksum when the
+// wrong value is not the one BadChecksum writes, UDP Length (ZeroLength for
+// 0) when it is not the datagram's size, ZeroTTL or ZeroHopLimit for a TTL
+// or hop limit of 0, a fragment header's Length and FragReserved from its
+// reserved bits. Bytes
+// after the IPv4 total length or the IPv6 payload length go to Trailer. A
+// non-first fragment's payload is not decoded as L4; a first fragment's is,
+// and its L4 checksum is checked over the bytes present, as Bytes computes
+// it. Any EtherType other than IPv4, IPv6 and the VLAN TPIDs (ARP, MPLS, an
+// 802.3 length, ...) is kept in Eth.Type with everything after it in
+// Payload, raw.
 //
 // It returns an error wrapping ErrTruncated when a header or a length field
 // reaches past the bytes, and ErrMalformed for more than MaxVLANTags tags, an
 // IHL below 5, a TCP data offset below 5 or a total length shorter than the
-// IPv4 header.
+// IPv4 header. An IPv6 extension chain Parse cannot walk (too long, a
+// hop-by-hop header not first, a header past the payload length or the
+// frame) gives a *ChainError, which says where the walk stopped and why and
+// wraps ErrMalformed or ErrTruncated.
 func Parse(b []byte) (*Packet, error) {
 	tags, typ, l3, err := splitEth(b)
 	if err != nil {
@@ -44,13 +51,19 @@ func Parse(b []byte) (*Packet, error) {
 		Type:  typ,
 	}}
 	rest := b[l3:]
-	if p.Eth.Type != EtherTypeIPv4 {
+	switch p.Eth.Type {
+	case EtherTypeIPv4:
+		p.Eth.Type = 0
+		if err := p.parseIPv4(rest); err != nil {
+			return nil, fmt.Errorf("ipv4: %w", err)
+		}
+	case EtherTypeIPv6:
+		p.Eth.Type = 0
+		if err := p.parseIPv6(rest); err != nil {
+			return nil, fmt.Errorf("ipv6: %w", err)
+		}
+	default:
 		p.Payload = cloneOrNil(rest)
-		return p, nil
-	}
-	p.Eth.Type = 0
-	if err := p.parseIPv4(rest); err != nil {
-		return nil, fmt.Errorf("ipv4: %w", err)
 	}
 	return p, nil
 }
@@ -114,7 +127,7 @@ func (p *Packet) parseIPv4(b []byte) error {
 	}
 	hdr := bytes.Clone(b[:hlen])
 	hdr[10], hdr[11] = 0, 0
-	ip.Checksum, ip.BadChecksum = classifyChecksum(be.Uint16(b[10:]), Checksum(hdr))
+	ip.Checksum, ip.ZeroChecksum, ip.BadChecksum = classifyChecksum(be.Uint16(b[10:]), Checksum(hdr))
 	p.IPv4 = ip
 	p.Trailer = cloneOrNil(b[total:])
 
@@ -152,19 +165,21 @@ func (p *Packet) parseTCP(b []byte) error {
 		return fmt.Errorf("tcp data offset %d needs %d bytes, have %d: %w", off, hlen, len(b), ErrTruncated)
 	}
 	t := &TCP{
-		SrcPort: be.Uint16(b[0:]),
-		DstPort: be.Uint16(b[2:]),
-		Seq:     be.Uint32(b[4:]),
-		Ack:     be.Uint32(b[8:]),
-		Flags:   TCPFlags(b[13]),
-		Window:  be.Uint16(b[14:]),
-		Urgent:  be.Uint16(b[18:]),
-		Options: cloneOrNil(b[TCPMinLen:hlen]),
+		SrcPort:  be.Uint16(b[0:]),
+		DstPort:  be.Uint16(b[2:]),
+		Seq:      be.Uint32(b[4:]),
+		Ack:      be.Uint32(b[8:]),
+		Flags:    TCPFlags(b[13]),
+		Reserved: b[12] & 0x0f,
+		Window:   be.Uint16(b[14:]),
+		Urgent:   be.Uint16(b[18:]),
+		Options:  cloneOrNil(b[TCPMinLen:hlen]),
 	}
 	seg := bytes.Clone(b)
 	seg[16], seg[17] = 0, 0
-	correct := L4Checksum(p.IPv4.Src, p.IPv4.Dst, ProtoTCP, seg)
-	t.Checksum, t.BadChecksum = classifyChecksum(be.Uint16(b[16:]), correct)
+	src, dst := p.l4Addrs()
+	correct := L4Checksum(src, dst, ProtoTCP, seg)
+	t.Checksum, t.ZeroChecksum, t.BadChecksum = classifyChecksum(be.Uint16(b[16:]), correct)
 	p.TCP = t
 	p.Payload = cloneOrNil(b[hlen:])
 	return nil
@@ -179,7 +194,7 @@ func (p *Packet) parseUDP(b []byte) error {
 		if int(l) > len(b) {
 			return fmt.Errorf("udp length %d, have %d bytes: %w", l, len(b), ErrTruncated)
 		}
-		u.Length = l
+		u.Length, u.ZeroLength = l, l == 0
 	}
 	wire := be.Uint16(b[6:])
 	if wire == 0 {
@@ -187,11 +202,12 @@ func (p *Packet) parseUDP(b []byte) error {
 	} else {
 		dgram := bytes.Clone(b)
 		dgram[6], dgram[7] = 0, 0
-		correct := L4Checksum(p.IPv4.Src, p.IPv4.Dst, ProtoUDP, dgram)
+		src, dst := p.l4Addrs()
+		correct := L4Checksum(src, dst, ProtoUDP, dgram)
 		if correct == 0 {
 			correct = 0xffff
 		}
-		u.Checksum, u.BadChecksum = classifyChecksum(wire, correct)
+		u.Checksum, _, u.BadChecksum = classifyChecksum(wire, correct)
 	}
 	p.UDP = u
 	p.Payload = cloneOrNil(b[UDPLen:])
@@ -210,7 +226,7 @@ func (p *Packet) parseICMPv4(b []byte) error {
 	}
 	msg := bytes.Clone(b)
 	msg[2], msg[3] = 0, 0
-	c.Checksum, c.BadChecksum = classifyChecksum(be.Uint16(b[2:]), Checksum(msg))
+	c.Checksum, c.ZeroChecksum, c.BadChecksum = classifyChecksum(be.Uint16(b[2:]), Checksum(msg))
 	p.ICMPv4 = c
 	p.Payload = cloneOrNil(b[ICMPv4HdrLen:])
 	return nil
