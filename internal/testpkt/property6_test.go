@@ -109,24 +109,7 @@ func TestPropertyRoundTrip6(t *testing.T) {
 	r := newRand(t, 6)
 	for i := range propertyCases() {
 		p := randPacket6(r)
-		frame, err := p.Bytes()
-		if err != nil {
-			t.Fatalf("case %d: %v", i, err)
-		}
-		got, err := Parse(frame)
-		if err != nil {
-			t.Fatalf("case %d: Parse: %v", i, err)
-		}
-		if diff := Diff(&p, got); diff != "" {
-			t.Fatalf("case %d: Parse(Bytes(p)) differs (-built +parsed):\n%s", i, diff)
-		}
-		again, err := got.Bytes()
-		if err != nil {
-			t.Fatalf("case %d: re-encode: %v", i, err)
-		}
-		if diff := cmp.Diff(frame, again); diff != "" {
-			t.Fatalf("case %d: Bytes(Parse(b)) differs from b:\n%s", i, diff)
-		}
+		frame := roundTrip(t, i, p)
 		ip := frame[EthLen+VLANTagLen*len(p.Eth.VLANs):]
 		chain := WalkIPv6Chain(ip, MaxExtHeaders)
 		if len(chain.Headers) != len(p.IPv6.Ext) {

@@ -188,24 +188,31 @@ func TestPropertyChecksumMatchesReference(t *testing.T) {
 func TestPropertyRoundTrip(t *testing.T) {
 	r := newRand(t, 3)
 	for i := range propertyCases() {
-		p := randPacket(r)
-		frame, err := p.Bytes()
-		if err != nil {
-			t.Fatalf("case %d: %v", i, err)
-		}
-		got, err := Parse(frame)
-		if err != nil {
-			t.Fatalf("case %d: Parse: %v", i, err)
-		}
-		if diff := Diff(&p, got); diff != "" {
-			t.Fatalf("case %d: Parse(Bytes(p)) differs (-built +parsed):\n%s", i, diff)
-		}
-		again, err := got.Bytes()
-		if err != nil {
-			t.Fatalf("case %d: re-encode: %v", i, err)
-		}
-		if diff := cmp.Diff(frame, again); diff != "" {
-			t.Fatalf("case %d: Bytes(Parse(b)) differs from b:\n%s", i, diff)
-		}
+		roundTrip(t, i, randPacket(r))
 	}
+}
+
+// roundTrip checks that Parse gives p back from its frame unchanged and
+// that Bytes rebuilds the frame, and returns the frame.
+func roundTrip(t *testing.T, i int, p Packet) []byte {
+	t.Helper()
+	frame, err := p.Bytes()
+	if err != nil {
+		t.Fatalf("case %d: %v", i, err)
+	}
+	got, err := Parse(frame)
+	if err != nil {
+		t.Fatalf("case %d: Parse: %v", i, err)
+	}
+	if diff := Diff(&p, got); diff != "" {
+		t.Fatalf("case %d: Parse(Bytes(p)) differs (-built +parsed):\n%s", i, diff)
+	}
+	again, err := got.Bytes()
+	if err != nil {
+		t.Fatalf("case %d: re-encode: %v", i, err)
+	}
+	if diff := cmp.Diff(frame, again); diff != "" {
+		t.Fatalf("case %d: Bytes(Parse(b)) differs from b:\n%s", i, diff)
+	}
+	return frame
 }
