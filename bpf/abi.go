@@ -472,7 +472,10 @@ var routeFlagsNames = []flagName{
 	{uint64(RouteTunneled), "tunneled"},
 }
 
-// Family mirrors enum sl_family: address families of route keys.
+// Family mirrors enum sl_family: address families, as map keys carry them
+// (routes, IP sets): a key whose family comes before its address never lets
+// an IPv6 prefix that contains ::ffff:0:0/96, such as ::/0, cover an IPv4
+// address.
 type Family uint32
 
 const (
@@ -559,22 +562,31 @@ type State struct {
 }
 
 // IPSetKey mirrors struct sl_ipset_key: a member of an IP set in the
-// sl_ipsets LPM trie. The prefix always covers set_id; a CIDR member adds 96
-// (IPv4-mapped) or 0 (IPv6) bits plus its own prefix, and a named-port
-// member is an exact match on all fields. set_id is a byte array so that the
-// struct needs no packing: its Go mirror then has the same offsets, and
-// polprog takes them from it.
+// sl_ipsets LPM trie, written by the Go package ipsets and looked up by
+// polprog's programs; nothing in C reads it. The prefix length counts bits
+// from set_id on and always covers set_id and family, so a member matches
+// only addresses of its own family. An IPv4 CIDR member's length is 64+32+96
+// plus its prefix length (the ::ffff:0:0/96 part is matched too), an IPv6
+// one's 64+32 plus its prefix length, and a named-port member's is the whole
+// key, 256 bits, pad (zero) included. A lookup always uses the whole key:
+// with port and proto zero for an address test, which finds CIDR members
+// only since a named-port member's protocol is never 0, and with the
+// packet's port and protocol for a named-port test, which finds the exact
+// member or a CIDR member covering the address. set_id is a byte array so
+// the struct needs no packing and its Go mirror has the same offsets.
 type IPSetKey struct {
 	_ structs.HostLayout
 	// LPM prefix length in bits, from set_id on.
 	Prefixlen uint32 `btf:"prefixlen"`
 	// 64-bit set ID, big-endian.
 	SetID [8]uint8 `btf:"set_id"`
+	// The member's address family, always matched.
+	Family Family `btf:"family"`
 	// Member address, IPv4-mapped for IPv4.
 	Addr [16]uint8 `btf:"addr"`
-	// named-port members: port, host order.
+	// named-port members: port, host order; else 0.
 	Port uint16 `btf:"port"`
-	// named-port members: IPPROTO_*.
+	// named-port members: IPPROTO_*; else 0.
 	Proto uint8 `btf:"proto"`
 	_     uint8 `btf:"pad"`
 }

@@ -10,8 +10,8 @@ import (
 
 	"github.com/cilium/ebpf"
 
-	"github.com/sluicenet/sluice/bpf"
 	"github.com/sluicenet/sluice/conntrack"
+	"github.com/sluicenet/sluice/ipsets"
 	"github.com/sluicenet/sluice/routes"
 )
 
@@ -168,9 +168,8 @@ func TestAttack2HandlesAfterClose(t *testing.T) {
 		"Conntrack Update": func() error { return ct.Update(k, conntrack.Value{}, ebpf.UpdateAny) },
 		"Routes Put":       func() error { return rt.Put(r) },
 		"Routes Routes":    func() error { _, err := rt.Routes(); return err },
-		"IPSets Update": func() error {
-			var key bpf.IPSetKey
-			return ips.Update(key, 1, ebpf.UpdateAny)
+		"IPSets Add": func() error {
+			return ips.Add(1, ipsets.Member{Net: netip.MustParsePrefix("10.0.0.0/8")})
 		},
 		"RuleHits All": func() error { _, err := hits.All(); return err },
 	}

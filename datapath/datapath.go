@@ -9,6 +9,7 @@ import (
 
 	"github.com/sluicenet/sluice/bpf"
 	"github.com/sluicenet/sluice/conntrack"
+	"github.com/sluicenet/sluice/ipsets"
 	"github.com/sluicenet/sluice/maps"
 	"github.com/sluicenet/sluice/polprog"
 	"github.com/sluicenet/sluice/routes"
@@ -93,7 +94,7 @@ type Datapath struct {
 	meta      *maps.Map[uint32, bpf.Meta]
 	counters  *maps.PerCPUMap[uint32, bpf.ReasonCounts]
 	ruleHits  *RuleHits
-	ipsets    *maps.Map[bpf.IPSetKey, uint32]
+	ipsets    *ipsets.Map
 	routes    *routes.Map
 	conntrack *conntrack.Map
 }
@@ -200,7 +201,7 @@ func (d *Datapath) handles() error {
 		return err
 	}
 	d.ruleHits = &RuleHits{m: hits}
-	if d.ipsets, err = maps.New[bpf.IPSetKey, uint32](d.state.ipsets); err != nil {
+	if d.ipsets, err = ipsets.NewMap(d.state.ipsets); err != nil {
 		return err
 	}
 	if d.routes, err = routes.NewMap(d.state.routes); err != nil {
@@ -284,7 +285,7 @@ func (d *Datapath) Conntrack() *conntrack.Map {
 }
 
 // IPSets returns the IP set members map that policy programs look up.
-func (d *Datapath) IPSets() *maps.Map[bpf.IPSetKey, uint32] {
+func (d *Datapath) IPSets() *ipsets.Map {
 	if d == nil {
 		return nil
 	}

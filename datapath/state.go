@@ -19,7 +19,7 @@ const (
 	ifacesVersion   = 1 // struct sl_iface
 	countersVersion = 1 // struct sl_reason_counts
 	ruleHitsVersion = 1 // rule ID to hits
-	ipsetsVersion   = 1 // struct sl_ipset_key
+	ipsetsVersion   = 2 // struct sl_ipset_key; 2: with the family (upgradeIPSetKey)
 	routesVersion   = 1 // struct sl_route_key to struct sl_route
 	ctVersion       = 1 // struct sl_ct_key to struct sl_ct_value
 	metaVersion     = 1 // struct sl_meta
@@ -65,21 +65,22 @@ func openState(specs *bpf.Specs, opts Options) (*state, error) {
 	}
 	defer unlock()
 	entries := []struct {
-		m       **ebpf.Map
-		spec    *ebpf.MapSpec
-		version uint32
-		size    uint32
+		m        **ebpf.Map
+		spec     *ebpf.MapSpec
+		version  uint32
+		size     uint32
+		upgrades []maps.Option
 	}{
-		{&s.ifaces, specs.SlIfaces, ifacesVersion, opts.MaxInterfaces},
-		{&s.counters, specs.SlCounters, countersVersion, 2 * (opts.MaxInterfaces + 1)},
-		{&s.ruleHits, specs.SlRuleHits, ruleHitsVersion, opts.RuleHitEntries},
-		{&s.ipsets, specs.SlIpsets, ipsetsVersion, opts.IPSetEntries},
-		{&s.routes, specs.SlRoutes, routesVersion, opts.RouteEntries},
-		{&s.meta, specs.SlMeta, metaVersion, 1},
+		{&s.ifaces, specs.SlIfaces, ifacesVersion, opts.MaxInterfaces, nil},
+		{&s.counters, specs.SlCounters, countersVersion, 2 * (opts.MaxInterfaces + 1), nil},
+		{&s.ruleHits, specs.SlRuleHits, ruleHitsVersion, opts.RuleHitEntries, nil},
+		{&s.ipsets, specs.SlIpsets, ipsetsVersion, opts.IPSetEntries, []maps.Option{maps.WithUpgrade(1, upgradeIPSetKey)}},
+		{&s.routes, specs.SlRoutes, routesVersion, opts.RouteEntries, nil},
+		{&s.meta, specs.SlMeta, metaVersion, 1, nil},
 	}
 	for _, e := range entries {
 		e.spec.MaxEntries = e.size
-		m, err := s.open(e.spec, e.version)
+		m, err := s.open(e.spec, e.version, e.upgrades...)
 		if err != nil {
 			s.close()
 			return nil, err
@@ -93,8 +94,9 @@ func openState(specs *bpf.Specs, opts Options) (*state, error) {
 	return s, nil
 }
 
-// open returns the map spec describes, from the registry when pinning.
-func (s *state) open(spec *ebpf.MapSpec, version uint32) (*ebpf.Map, error) {
+// open returns the map spec describes, from the registry when pinning,
+// upgraded from earlier versions by upgrades.
+func (s *state) open(spec *ebpf.MapSpec, version uint32, upgrades ...maps.Option) (*ebpf.Map, error) {
 	if s.pinDir == "" {
 		m, err := ebpf.NewMap(spec)
 		if err != nil {
@@ -102,7 +104,7 @@ func (s *state) open(spec *ebpf.MapSpec, version uint32) (*ebpf.Map, error) {
 		}
 		return m, nil
 	}
-	m, _, err := maps.OpenOrCreate(maps.ParamsFromSpec(spec, version, s.pinDir))
+	m, _, err := maps.OpenOrCreate(maps.ParamsFromSpec(spec, version, s.pinDir), upgrades...)
 	return m, err
 }
 

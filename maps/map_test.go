@@ -175,7 +175,8 @@ func newIPSets(t *testing.T, maxEntries uint32) *Map[bpf.IPSetKey, uint32] {
 }
 
 func ipsetEntry(i int) (bpf.IPSetKey, uint32) {
-	k := bpf.IPSetKey{Prefixlen: 64 + 96 + 32, SetID: bpf.IPSetID(uint64(i%5 + 1))}
+	// An IPv4 /32 (package ipsets' NetKey, which maps cannot import).
+	k := bpf.IPSetKey{Prefixlen: 64 + 32 + 96 + 32, SetID: bpf.IPSetID(uint64(i%5 + 1)), Family: bpf.FamilyIPv4}
 	k.Addr[10], k.Addr[11] = 0xff, 0xff
 	k.Addr[12], k.Addr[13], k.Addr[14], k.Addr[15] = 10, byte(i>>16), byte(i>>8), byte(i)
 	return k, uint32(i)

@@ -22,6 +22,14 @@
  * 4-byte aligned offsets, so the helpers below read them as words. */
 #define SL_ADDR_LEN 16
 
+/* Address families, as map keys carry them (routes, IP sets): a key whose
+ * family comes before its address never lets an IPv6 prefix that contains
+ * ::ffff:0:0/96, such as ::/0, cover an IPv4 address. */
+enum sl_family {
+	SL_FAMILY_IPV4	= 4, /* IPv4, stored IPv4-mapped */
+	SL_FAMILY_IPV6	= 6, /* IPv6 */
+};
+
 /* SL_ADDR_ALIGNED on a struct's first address array makes the struct 4-byte
  * aligned even where its other members are narrower: the verifier refuses
  * misaligned stack accesses, and the helpers read addresses as words. It

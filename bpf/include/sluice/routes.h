@@ -15,12 +15,6 @@ enum sl_route_flags {
 	SL_ROUTE_TUNNELED		= 1u << 4, /* reached through a tunnel to next_hop */
 };
 
-/* Address families of route keys. */
-enum sl_family {
-	SL_FAMILY_IPV4	= 4, /* IPv4, stored IPv4-mapped */
-	SL_FAMILY_IPV6	= 6, /* IPv6 */
-};
-
 /* Key of sl_routes, an LPM trie. The family comes first and is always
  * matched, so that an IPv6 route covering ::ffff:0:0/96 (::/0, say) never
  * matches an IPv4 address. The prefix length counts bits from family on:

@@ -49,20 +49,26 @@ struct sl_state {
 };
 SL_ASSERT_SIZE(struct sl_state, 80);
 
-/* A member of an IP set in the sl_ipsets LPM trie. The prefix always covers
- * set_id; a CIDR member adds 96 (IPv4-mapped) or 0 (IPv6) bits plus its own
- * prefix, and a named-port member is an exact match on all fields. set_id is
- * a byte array so that the struct needs no packing: its Go mirror then has
- * the same offsets, and polprog takes them from it. */
+/* A member of an IP set in the sl_ipsets LPM trie, written by the Go
+ * package ipsets and looked up by polprog's programs; nothing in C reads
+ * it. The prefix length counts bits from set_id on and always covers
+ * set_id and family, so a member matches only addresses of its own family.
+ * An IPv4 CIDR member's length is 64+32+96 plus its prefix length (the
+ * ::ffff:0:0/96 part is matched too), an IPv6 one's 64+32 plus its prefix
+ * length, and a named-port member's is the whole key, 256 bits, pad
+ * (zero) included. A lookup always uses the whole key: with port and
+ * proto zero for an address test, which finds CIDR members only since a
+ * named-port member's protocol is never 0, and with the packet's port and
+ * protocol for a named-port test, which finds the exact member or a CIDR
+ * member covering the address. set_id is a byte array so the struct needs
+ * no packing and its Go mirror has the same offsets. */
 struct sl_ipset_key {
 	__u32	prefixlen;		/* LPM prefix length in bits, from set_id on */
 	__u8	set_id[8];		/* 64-bit set ID, big-endian */
+	enum sl_family family;		/* the member's address family, always matched */
 	__u8	addr[16];		/* member address, IPv4-mapped for IPv4 */
-	__u16	port;			/* named-port members: port, host order */
-	__u8	proto;			/* named-port members: IPPROTO_* */
-	__u8	pad;
+	__u16	port;			/* named-port members: port, host order; else 0 */
+	__u8	proto;			/* named-port members: IPPROTO_*; else 0 */
+	__u8	pad;			/* zero */
 };
-SL_ASSERT_SIZE(struct sl_ipset_key, 32);
-
-/* Number of bits of sl_ipset_key after prefixlen. */
-#define SL_IPSET_KEY_BITS ((sizeof(struct sl_ipset_key) - 4) * 8)
+SL_ASSERT_SIZE(struct sl_ipset_key, 36);

@@ -1,0 +1,31 @@
+// Package ipsets reads and writes sluice's IP set members map, the LPM trie
+// bpf.MapIPSets ("sl_ipsets") that polprog's programs look rule IP sets and
+// named ports up in. It is the only writer of that map's keys: the layout
+// below is what the programs expect, and nothing else needs to know it.
+//
+// # Layout
+//
+// A key is the generated mirror of struct sl_ipset_key in
+// bpf/include/sluice/state.h (bpf.IPSetKey; the tests check it against the
+// object's BTF): an LPM prefix length counted from the set ID on, the 64-bit
+// set ID (big-endian), the member's address family, its 16-byte address
+// (IPv4-mapped for IPv4), and a port and protocol that only named-port
+// members use. Every prefix covers the set ID and the family, so a member
+// only ever matches addresses of its own family: an IPv6 member ::/0 or
+// ::ffff:0:0/95 never contains an IPv4 address, exactly as netip.Prefix
+// says. A CIDR member's length is NetBits; a named-port member's is
+// NamedPortBits, the whole key.
+//
+// Programs look an address up with the whole key and port and protocol 0,
+// which finds CIDR members only (a named-port member's protocol is never
+// 0), and a named port with the packet's port and protocol, which finds the
+// exact member or a CIDR member covering the address: in a rule, a CIDR
+// member of a named-port set matches every port. Members is the pure-Go
+// reference of both lookups, and a differential test holds the kernel to it.
+//
+// # Kernel features
+//
+// BPF_MAP_TYPE_LPM_TRIE (Linux 4.11), created with BPF_F_NO_PREALLOC as the
+// datapath declares it; the batch commands where the kernel has them
+// (maps.Map falls back to per-element syscalls).
+package ipsets
