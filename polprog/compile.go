@@ -3,7 +3,6 @@ package polprog
 import (
 	"errors"
 	"fmt"
-	"net/netip"
 
 	"github.com/cilium/ebpf"
 	ebpfasm "github.com/cilium/ebpf/asm"
@@ -135,40 +134,13 @@ func Compile(rules Rules, opts Options) (*Compiled, error) {
 	if err != nil {
 		return nil, fmt.Errorf("validate rules: %w", err)
 	}
-	if err := requireIPv4(p); err != nil {
-		return nil, err
-	}
 	c := newCompiler(opts)
+	c.familyAddrs = familyAddrs(p)
 	c.fallThrough = c.opts.FallThroughRules > 0 && p.ruleCount >= c.opts.FallThroughRules
 	if err := c.program(p); err != nil {
 		return nil, fmt.Errorf("compile: %w", err)
 	}
 	return c.out, nil
-}
-
-// requireIPv4 rejects IPv6 prefixes: the programs match IPv4 packets only
-// for now.
-func requireIPv4(p *program) error {
-	check := func(rs []rule) error {
-		for i := range rs {
-			for _, l := range [][]netip.Prefix{rs[i].srcNets, rs[i].notSrcNets, rs[i].dstNets, rs[i].notDstNets} {
-				for _, n := range l {
-					if !n.Addr().Is4() {
-						return fmt.Errorf("rule %s: IPv6 CIDR %s: the compiler supports IPv4 only", rs[i].where, n)
-					}
-				}
-			}
-		}
-		return nil
-	}
-	for _, ts := range [][]tier{p.tiers, p.preDNAT, p.forward} {
-		for i := range ts {
-			if err := check(ts[i].rules); err != nil {
-				return err
-			}
-		}
-	}
-	return check(p.profiles)
 }
 
 // compiler holds the state of one Compile.
@@ -185,6 +157,9 @@ type compiler struct {
 	lastPending []string
 	// fallThrough: use the fall-through layout for rules' first checks.
 	fallThrough bool
+	// familyAddrs are the state offsets of the addresses that rules
+	// check, whose families each part's prologue classifies.
+	familyAddrs []int16
 }
 
 func newCompiler(opts Options) *compiler {

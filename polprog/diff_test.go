@@ -16,7 +16,8 @@ func diffOptions(seed uint64, g *gen) Options {
 	case 1:
 		return Options{MergeThreshold: 3}
 	case 2:
-		return Options{MergeThreshold: 3, SplitJumps: 8 + g.r.IntN(40)}
+		// The prologue of a part takes up to 12 jumps (family.go).
+		return Options{MergeThreshold: 3, SplitJumps: 20 + g.r.IntN(40), MaxParts: MaxParts}
 	case 3:
 		return Options{MergeThreshold: -1, FallThroughRules: 1}
 	}
@@ -76,7 +77,6 @@ func differential(t testing.TB, k *kernel, seed uint64, packets int, st *diffSta
 	if err != nil {
 		t.Fatalf("seed %d: compile: %v", seed, err)
 	}
-	k.clearIPSets(t)
 	k.setIPSets(t, g.sets)
 	slots, free := k.allocSlots(t, len(c.Parts))
 	defer free()

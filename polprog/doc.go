@@ -58,12 +58,19 @@
 // cost per packet then no longer grows with the number of rules, while order,
 // actions and rule IDs stay exact.
 //
-// IP sets live in the shared sl_ipsets LPM trie (struct sl_ipset_key): CIDR
-// members with prefix 64+96+bits (IPv4-mapped), named-port members as exact
-// (address, port, protocol) entries.
+// IP sets live in the shared sl_ipsets LPM trie, which package ipsets
+// writes (ipsets.Map.Sync); its keys carry the member's family, and the
+// programs look an address up with the whole key (see package ipsets).
 //
-// The model holds netip values and the state 16-byte addresses; the
-// compiler emits IPv4 matches only for now and rejects IPv6 CIDRs.
+// # Address families
+//
+// CIDRs and IP sets of both families compile, and a check compares the
+// address with its family, as Evaluate does: an IPv4 CIDR never contains an
+// IPv6 address and the reverse, whatever their low bits (the state holds
+// IPv4 IPv4-mapped, and an address is IPv4 when it is). A negated list
+// holds for an address of the other family. ICMP type and code matches
+// work with protocol icmp and icmpv6. Merged lookups take IPv4 CIDR runs;
+// a run with IPv6 CIDRs stays inline.
 //
 // # Kernel features
 //

@@ -11,6 +11,7 @@ import (
 	ebpfasm "github.com/cilium/ebpf/asm"
 
 	"github.com/sluicenet/sluice/bpf"
+	"github.com/sluicenet/sluice/ipsets"
 )
 
 // ruleCode emits one rule: each check jumps to the rule's end when it
@@ -317,59 +318,8 @@ func (c *compiler) portRanges(portOff int16, ranges []PortRange, named []uint64,
 	}
 }
 
-// addrWord returns the IPv4 address of p and its mask as they read from
-// memory in one 32-bit load on this host.
-func addrWord(p netip.Prefix) (addr, mask int32) {
-	a := p.Addr().As4()
-	m := uint64(0xffffffff) << (32 - p.Bits())
-	var mb [4]byte
-	binary.BigEndian.PutUint32(mb[:], uint32(m))
-	return int32(binary.NativeEndian.Uint32(a[:])), int32(binary.NativeEndian.Uint32(mb[:]))
-}
-
-// nets checks the IPv4 address at addrOff (IPv4-mapped: the last word)
-// against CIDRs (ORed).
-func (c *compiler) nets(addrOff int16, nets []netip.Prefix, fail string, negate bool) {
-	if len(nets) == 0 {
-		return
-	}
-	b := c.part.b
-	b.Emit(ebpfasm.LoadMem(ebpfasm.R1, regState, addrOff+12, ebpfasm.Word))
-	if len(nets) == 1 && !negate {
-		c.netCompare(nets[0], ebpfasm.JNE, fail)
-		return
-	}
-	in := fail
-	if !negate {
-		in = c.newLabel("net_ok")
-	}
-	for _, n := range nets {
-		c.netCompare(n, ebpfasm.JEq, in)
-	}
-	if !negate {
-		b.Ja(fail)
-		c.label(in)
-	}
-}
-
-// netCompare jumps to label when (R1 in n) is (op == JEq).
-func (c *compiler) netCompare(n netip.Prefix, op ebpfasm.JumpOp, label string) {
-	b := c.part.b
-	addr, mask := addrWord(n)
-	reg := ebpfasm.R1
-	if n.Bits() != 32 {
-		reg = ebpfasm.R2
-		b.Emit(ebpfasm.Mov.Reg32(ebpfasm.R2, ebpfasm.R1), ebpfasm.And.Imm32(ebpfasm.R2, mask))
-	}
-	if op == ebpfasm.JNE {
-		c.mismatch(true, op, reg, addr, label)
-		return
-	}
-	b.Jump32(op, reg, addr, label)
-}
-
 // ipsetLookup looks up set id in sl_ipsets with the address at addrOff
-// and, when portOff >= 0, the port there and the protocol (a named-port
+// and its family and, when portOff >= 0, the port there and the protocol (a named-port
 // match). It jumps to label when R0 (the member) is op 0.
 func (c *compiler) ipsetLookup(id uint64, addrOff, portOff int16, op ebpfasm.JumpOp, label string) {
 	b := c.part.b
@@ -380,6 +330,9 @@ func (c *compiler) ipsetLookup(id uint64, addrOff, portOff int16, op ebpfasm.Jum
 		ebpfasm.StoreImm(ebpfasm.R10, base+ipsetKeySetID, int64(int32(binary.NativeEndian.Uint32(idBytes[:4]))), ebpfasm.Word),
 		ebpfasm.StoreImm(ebpfasm.R10, base+ipsetKeySetID+4, int64(int32(binary.NativeEndian.Uint32(idBytes[4:]))), ebpfasm.Word),
 	)
+	if !k.valid {
+		b.Emit(ebpfasm.StoreImm(ebpfasm.R10, base, int64(ipsets.NamedPortBits), ebpfasm.Word))
+	}
 	if !k.valid || k.addr != addrOff {
 		for i := int16(0); i < 16; i += 4 {
 			b.Emit(
@@ -387,16 +340,15 @@ func (c *compiler) ipsetLookup(id uint64, addrOff, portOff int16, op ebpfasm.Jum
 				ebpfasm.StoreMem(ebpfasm.R10, base+ipsetKeyAddr+i, ebpfasm.R1, ebpfasm.Word),
 			)
 		}
+		c.storeKeyFamily(addrOff)
 	}
+	// The word at port covers port, proto and pad: all zero for an
+	// address test.
 	switch {
 	case portOff < 0 && (!k.valid || k.tail != 1):
-		b.Emit(
-			ebpfasm.StoreImm(ebpfasm.R10, base, ipsetKeyAddrBits, ebpfasm.Word),
-			ebpfasm.StoreImm(ebpfasm.R10, base+ipsetKeyPort, 0, ebpfasm.Word),
-		)
+		b.Emit(ebpfasm.StoreImm(ebpfasm.R10, base+ipsetKeyPort, 0, ebpfasm.Word))
 	case portOff >= 0 && (!k.valid || k.tail != 2 || k.port != portOff):
 		b.Emit(
-			ebpfasm.StoreImm(ebpfasm.R10, base, ipsetKeyPortBits, ebpfasm.Word),
 			ebpfasm.StoreImm(ebpfasm.R10, base+ipsetKeyPort, 0, ebpfasm.Word),
 			ebpfasm.LoadMem(ebpfasm.R1, regState, portOff, ebpfasm.Half),
 			ebpfasm.StoreMem(ebpfasm.R10, base+ipsetKeyPort, ebpfasm.R1, ebpfasm.Half),

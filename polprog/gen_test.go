@@ -10,13 +10,14 @@ import (
 type gen struct {
 	r      *rand.Rand
 	addrs  []netip.Addr
+	addrs6 []netip.Addr
 	ports  []uint16
 	sets   IPSetMembers
 	setIDs []uint64
 	nextID uint64
 }
 
-var genProtos = []uint8{6, 17, 1, 132}
+var genProtos = []uint8{6, 17, 1, 132, 58}
 
 func newGen(seed uint64) *gen {
 	g := &gen{r: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), sets: IPSetMembers{}}
@@ -26,6 +27,31 @@ func newGen(seed uint64) *gen {
 			a = [4]byte{192, 168, byte(g.r.IntN(2)), byte(g.r.IntN(256))}
 		}
 		g.addrs = append(g.addrs, netip.AddrFrom4(a))
+	}
+	// IPv6 addresses, among them ones whose low 32 bits are an IPv4
+	// pool address (a compare of the last word alone would match them),
+	// ones with bytes 00 00 ff ff where IPv4-mapped addresses have them,
+	// and IPv4-compatible ones (::a.b.c.d).
+	for i := 0; i < 24; i++ {
+		var a [16]byte
+		switch g.r.IntN(6) {
+		case 0:
+			copy(a[:], []byte{0x20, 0x01, 0x0d, 0xb8})
+			v4 := g.addrs[g.r.IntN(len(g.addrs))].As4()
+			copy(a[12:], v4[:])
+		case 1:
+			copy(a[:], []byte{0x20, 0x01, 0x0d, 0xb8})
+			a[10], a[11] = 0xff, 0xff
+			v4 := g.addrs[g.r.IntN(len(g.addrs))].As4()
+			copy(a[12:], v4[:])
+		case 2:
+			v4 := g.addrs[g.r.IntN(len(g.addrs))].As4()
+			copy(a[12:], v4[:])
+		default:
+			copy(a[:], []byte{0xfd, 0x00, 0, byte(g.r.IntN(2)), 0, 0, 0, byte(g.r.IntN(3))})
+			a[14], a[15] = byte(g.r.IntN(2)), byte(g.r.IntN(256))
+		}
+		g.addrs6 = append(g.addrs6, netip.AddrFrom16(a))
 	}
 	g.ports = []uint16{0, 22, 53, 80, 443, 8080, 65535}
 	for i := 0; i < 5; i++ {
@@ -41,7 +67,11 @@ func newGen(seed uint64) *gen {
 			s.Nets = append(s.Nets, g.prefix())
 		}
 		for j := g.r.IntN(4); j > 0; j-- {
-			s.NamedPorts = append(s.NamedPorts, NamedPortMember{Addr: g.addr(), Protocol: g.proto(), Port: g.port()})
+			a := g.addr()
+			if g.chance(3) {
+				a = g.addr6()
+			}
+			s.NamedPorts = append(s.NamedPorts, NamedPortMember{Addr: a, Protocol: g.proto(), Port: g.port()})
 		}
 		g.sets[id] = s
 		g.setIDs = append(g.setIDs, id)
@@ -54,7 +84,14 @@ func (g *gen) addr() netip.Addr  { return g.addrs[g.r.IntN(len(g.addrs))] }
 func (g *gen) port() uint16      { return g.ports[g.r.IntN(len(g.ports))] }
 func (g *gen) proto() uint8      { return genProtos[g.r.IntN(len(genProtos))] }
 
+func (g *gen) addr6() netip.Addr { return g.addrs6[g.r.IntN(len(g.addrs6))] }
+
+// prefix returns a random CIDR, IPv6 one time in three.
 func (g *gen) prefix() netip.Prefix {
+	if g.chance(3) {
+		bits := []int{0, 8, 16, 32, 48, 64, 80, 95, 96, 104, 112, 120, 127, 128, 128}[g.r.IntN(15)]
+		return netip.PrefixFrom(g.addr6(), bits).Masked()
+	}
 	bits := []int{0, 8, 16, 20, 22, 23, 24, 26, 30, 31, 32, 32, 32}[g.r.IntN(13)]
 	return netip.PrefixFrom(g.addr(), bits).Masked()
 }
@@ -113,10 +150,11 @@ func (g *gen) rule() Rule {
 	if g.chance(f * 2) {
 		r.NotProtocol = protoName(g.proto())
 	}
-	if r.Protocol == "icmp" && g.chance(2) {
+	icmp := r.Protocol == "icmp" || r.Protocol == "icmpv6"
+	if icmp && g.chance(2) {
 		r.ICMP = g.icmp()
 	}
-	if r.Protocol == "icmp" && g.chance(3) {
+	if icmp && g.chance(3) {
 		r.NotICMP = g.icmp()
 	}
 	for _, p := range []*[]netip.Prefix{&r.SrcNets, &r.NotSrcNets, &r.DstNets, &r.NotDstNets} {
@@ -149,6 +187,8 @@ func protoName(p uint8) string {
 		return "tcp"
 	case 1:
 		return "icmp"
+	case 58:
+		return "icmpv6"
 	}
 	return []string{"17", "udp", "132", "sctp"}[int(p)%4]
 }
@@ -223,14 +263,23 @@ func (g *gen) rules() Rules {
 	return rs
 }
 
-// packet returns a random packet from the pools.
+// packet returns a random packet from the pools: IPv6 one time in three,
+// and one time in twenty with addresses of both families, which the
+// datapath never builds but policy must still judge address by address.
 func (g *gen) packet() Packet {
-	p := Packet{Src: g.addr(), Dst: g.addr(), SrcPort: g.port(), DstPort: g.port(), Protocol: g.proto(),
-		SrcIsHost: g.chance(3), DstIsHost: g.chance(3)}
-	if g.chance(2) {
-		p.PreNATDst, p.PreNATDstPort = g.addr(), g.port()
+	pick := g.addr
+	if g.chance(3) {
+		pick = g.addr6
 	}
-	if p.Protocol == 1 {
+	p := Packet{Src: pick(), Dst: pick(), SrcPort: g.port(), DstPort: g.port(), Protocol: g.proto(),
+		SrcIsHost: g.chance(3), DstIsHost: g.chance(3)}
+	if g.chance(20) {
+		p.Dst = g.addr6()
+	}
+	if g.chance(2) {
+		p.PreNATDst, p.PreNATDstPort = pick(), g.port()
+	}
+	if p.Protocol == 1 || p.Protocol == 58 {
 		p.SrcPort, p.DstPort, p.PreNATDstPort = 0, 0, 0
 		p.ICMPType, p.ICMPCode = uint8(g.r.IntN(4)), uint8(g.r.IntN(2))
 	}

@@ -3,6 +3,7 @@ package polprog
 import (
 	"encoding/binary"
 	"fmt"
+	"net/netip"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -42,9 +43,9 @@ func terminal(a Action) bool { return a == ActionAllow || a == ActionDeny || a =
 func fieldLen(r *rule, f field) int {
 	switch f {
 	case fieldSrcNets:
-		return len(r.srcNets)
+		return ipv4Len(r.srcNets)
 	case fieldDstNets:
-		return len(r.dstNets)
+		return ipv4Len(r.dstNets)
 	case fieldSrcPorts:
 		if len(r.srcNamed) > 0 {
 			return 0
@@ -57,6 +58,17 @@ func fieldLen(r *rule, f field) int {
 		return len(r.dstPorts)
 	}
 	return 0
+}
+
+// ipv4Len returns len(nets) when every prefix is IPv4, else 0: lookup
+// maps key on the IPv4 word of the address.
+func ipv4Len(nets []netip.Prefix) int {
+	for _, n := range nets {
+		if !n.Addr().Is4() {
+			return 0
+		}
+	}
+	return len(nets)
 }
 
 // shapeKey describes r without its ID, action and field skip.
@@ -149,13 +161,16 @@ func (c *compiler) groupCode(st stage, g *group, tierEnd string) error {
 	c.out.LookupMaps = append(c.out.LookupMaps, LookupMap{Name: name, Spec: spec})
 	c.part.lookupMaps++
 
-	b.Emit(ebpfasm.StoreImm(ebpfasm.R10, stackLPMKey, int64(groupKeyBits(g.field)), ebpfasm.Word))
 	switch g.field {
 	case fieldSrcNets, fieldDstNets:
 		off := offSrcAddr
 		if g.field == fieldDstNets {
 			off = st.dstAddr
 		}
+		// The trie holds IPv4 prefixes only: an IPv6 address matches none.
+		v6bit, _, _ := familyBits(off)
+		b.Jump(ebpfasm.JSet, regFamily, v6bit, next)
+		b.Emit(ebpfasm.StoreImm(ebpfasm.R10, stackLPMKey, int64(groupKeyBits(g.field)), ebpfasm.Word))
 		b.Emit(ebpfasm.LoadMem(ebpfasm.R1, regState, off+12, ebpfasm.Word),
 			ebpfasm.StoreMem(ebpfasm.R10, stackLPMKey+4, ebpfasm.R1, ebpfasm.Word))
 	default:
@@ -163,6 +178,7 @@ func (c *compiler) groupCode(st stage, g *group, tierEnd string) error {
 		if g.field == fieldDstPorts {
 			off = st.dstPort
 		}
+		b.Emit(ebpfasm.StoreImm(ebpfasm.R10, stackLPMKey, int64(groupKeyBits(g.field)), ebpfasm.Word))
 		b.Emit(ebpfasm.LoadMem(ebpfasm.R1, regState, off, ebpfasm.Half),
 			ebpfasm.HostTo(ebpfasm.BE, ebpfasm.R1, ebpfasm.Half),
 			ebpfasm.StoreMem(ebpfasm.R10, stackLPMKey+4, ebpfasm.R1, ebpfasm.Half))

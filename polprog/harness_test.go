@@ -10,6 +10,7 @@ import (
 
 	"github.com/sluicenet/sluice/bpf"
 	"github.com/sluicenet/sluice/internal/testutil"
+	"github.com/sluicenet/sluice/ipsets"
 )
 
 // Base return codes of the stub continuations: a stub returns its base
@@ -155,45 +156,15 @@ func (k *kernel) load(tb testing.TB, rules Rules, opts Options) *Program {
 	return k.loadCompiled(tb, c)
 }
 
-// setIPSets writes the members of sets into sl_ipsets as the ipsets package
-// would.
+// setIPSets makes sl_ipsets hold exactly sets, through package ipsets.
 func (k *kernel) setIPSets(tb testing.TB, sets IPSetMembers) {
 	tb.Helper()
-	one := uint32(1)
-	for id, set := range sets {
-		for _, n := range set.Nets {
-			key := bpf.IPSetKey{SetID: bpf.IPSetID(id), Addr: n.Masked().Addr().As16()}
-			key.Prefixlen = 64 + uint32(n.Bits())
-			if n.Addr().Is4() {
-				key.Prefixlen += 96
-			}
-			if err := k.maps.IPSets.Put(&key, &one); err != nil {
-				tb.Fatalf("put ipset member: %v", err)
-			}
-		}
-		for _, np := range set.NamedPorts {
-			key := bpf.IPSetKey{Prefixlen: uint32(ipsetKeyPortBits), SetID: bpf.IPSetID(id), Addr: np.Addr.As16(), Port: np.Port, Proto: np.Protocol}
-			if err := k.maps.IPSets.Put(&key, &one); err != nil {
-				tb.Fatalf("put ipset named port: %v", err)
-			}
-		}
+	m, err := ipsets.NewMap(k.maps.IPSets)
+	if err != nil {
+		tb.Fatal(err)
 	}
-}
-
-// clearIPSets empties sl_ipsets.
-func (k *kernel) clearIPSets(tb testing.TB) {
-	tb.Helper()
-	var key bpf.IPSetKey
-	var keys []bpf.IPSetKey
-	var v uint32
-	it := k.maps.IPSets.Iterate()
-	for it.Next(&key, &v) {
-		keys = append(keys, key)
-	}
-	for i := range keys {
-		if err := k.maps.IPSets.Delete(&keys[i]); err != nil {
-			tb.Fatalf("delete ipset member: %v", err)
-		}
+	if _, err := m.Sync(sets); err != nil {
+		tb.Fatalf("sync ip sets: %v", err)
 	}
 }
 

@@ -1,6 +1,10 @@
 package polprog
 
-import "net/netip"
+import (
+	"net/netip"
+
+	"github.com/sluicenet/sluice/ipsets"
+)
 
 // IPSets answers the IP set questions a rule asks, the way the sl_ipsets
 // LPM trie answers them in the kernel.
@@ -14,46 +18,14 @@ type IPSets interface {
 	ContainsNamedPort(id uint64, addr netip.Addr, proto uint8, port uint16) bool
 }
 
-// IPSet is the content of one IP set.
-type IPSet struct {
-	// Nets are CIDR members.
-	Nets []netip.Prefix
-	// NamedPorts are (address, protocol, port) members.
-	NamedPorts []NamedPortMember
-}
+// IPSet is the content of one IP set: package ipsets' Set, named here so
+// that policy code reads in one package.
+type IPSet = ipsets.Set
 
 // NamedPortMember is an IP set member that matches one address, protocol
-// and port exactly.
-type NamedPortMember struct {
-	Addr     netip.Addr
-	Protocol uint8
-	Port     uint16
-}
+// and port exactly: package ipsets' NamedPort.
+type NamedPortMember = ipsets.NamedPort
 
-// IPSetMembers is an in-memory IPSets keyed by set ID.
-type IPSetMembers map[uint64]IPSet
-
-// ContainsAddr implements IPSets.
-func (m IPSetMembers) ContainsAddr(id uint64, addr netip.Addr) bool {
-	addr = addr.Unmap()
-	for _, p := range m[id].Nets {
-		if p.Contains(addr) {
-			return true
-		}
-	}
-	return false
-}
-
-// ContainsNamedPort implements IPSets.
-func (m IPSetMembers) ContainsNamedPort(id uint64, addr netip.Addr, proto uint8, port uint16) bool {
-	if m.ContainsAddr(id, addr) {
-		return true
-	}
-	addr = addr.Unmap()
-	for _, np := range m[id].NamedPorts {
-		if np.Addr.Unmap() == addr && np.Protocol == proto && np.Port == port {
-			return true
-		}
-	}
-	return false
-}
+// IPSetMembers is an in-memory IPSets keyed by set ID, the reference of
+// the trie's lookups: package ipsets' Members, which Map.Sync writes.
+type IPSetMembers = ipsets.Members

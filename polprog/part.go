@@ -29,16 +29,14 @@ var (
 	offRuleID        = int16(unsafe.Offsetof(bpf.State{}.RuleID))
 )
 
-// Offsets in struct sl_ipset_key, from the generated mirror like the state's.
+// Offsets in struct sl_ipset_key, from the generated mirror like the
+// state's; the prefix length of every lookup is ipsets.NamedPortBits.
 var (
-	ipsetKeySetID = int16(unsafe.Offsetof(bpf.IPSetKey{}.SetID))
-	ipsetKeyAddr  = int16(unsafe.Offsetof(bpf.IPSetKey{}.Addr))
-	ipsetKeyPort  = int16(unsafe.Offsetof(bpf.IPSetKey{}.Port))
-	ipsetKeyProto = int16(unsafe.Offsetof(bpf.IPSetKey{}.Proto))
-	// LPM prefix lengths: set ID and address for CIDR members; set ID,
-	// address, port and protocol for named-port members.
-	ipsetKeyAddrBits = int64(ipsetKeyPort-ipsetKeySetID) * 8
-	ipsetKeyPortBits = int64(ipsetKeyProto+1-ipsetKeySetID) * 8
+	ipsetKeySetID  = int16(unsafe.Offsetof(bpf.IPSetKey{}.SetID))
+	ipsetKeyFamily = int16(unsafe.Offsetof(bpf.IPSetKey{}.Family))
+	ipsetKeyAddr   = int16(unsafe.Offsetof(bpf.IPSetKey{}.Addr))
+	ipsetKeyPort   = int16(unsafe.Offsetof(bpf.IPSetKey{}.Port))
+	ipsetKeyProto  = int16(unsafe.Offsetof(bpf.IPSetKey{}.Proto))
 )
 
 // Stack layout (offsets from R10). The verifier wants aligned stack
@@ -48,7 +46,11 @@ const (
 	stackHitsOne  = -8  // u64 1, a new hit counter's value
 	stackLogID    = -16 // u64 ID of a log rule, a sl_rule_hits key
 	stackLPMKey   = -24 // u32 prefixlen + data, the key of lookup maps
-	stackIPSetKey = -56 // struct sl_ipset_key
+	stackIPSetKey = -64 // struct sl_ipset_key (36 bytes)
+	// Tagged IPv4 words of the checked addresses (family.go).
+	stackTaggedSrc    = -72
+	stackTaggedDst    = -80
+	stackTaggedPreNAT = -88
 )
 
 // TC_ACT_SHOT: the answer when there is no state, or when the deny
@@ -81,7 +83,8 @@ const (
 
 // Registers with a fixed role.
 const (
-	regCtx    = ebpfasm.R6 // the skb
+	regCtx = ebpfasm.R6 // the skb
+	// R7 is regFamily (family.go).
 	regRuleID = ebpfasm.R8 // the deciding rule's ID, at the footer labels
 	regState  = ebpfasm.R9 // &sl_state
 )
@@ -178,7 +181,7 @@ func (c *compiler) startPart(pending []string) error {
 	c.part = &partBuilder{b: asm.NewBlock(opts...), index: idx,
 		crossRefs: map[string]bool{}, crossDefs: map[string]bool{}, used: map[string]bool{}}
 	b := c.part.b
-	b.Comment(fmt.Sprintf("policy part %d: R6 = skb, R9 = &sl_state", idx))
+	b.Comment(fmt.Sprintf("policy part %d: R6 = skb, R7 = address families, R9 = &sl_state", idx))
 	b.Emit(
 		ebpfasm.Mov.Reg(regCtx, ebpfasm.R1),
 		ebpfasm.StoreImm(ebpfasm.R10, stackStateKey, 0, ebpfasm.Word),
@@ -189,6 +192,7 @@ func (c *compiler) startPart(pending []string) error {
 	)
 	b.Jump(ebpfasm.JEq, ebpfasm.R0, 0, labelNoState)
 	b.Emit(ebpfasm.Mov.Reg(regState, ebpfasm.R0))
+	c.familyPrologue()
 	if idx == 0 {
 		return nil
 	}

@@ -28,6 +28,19 @@ var basePacket = Packet{
 
 var icmpPacket = Packet{Src: mustAddr("10.0.1.5"), Dst: mustAddr("10.0.2.7"), Protocol: 1, ICMPType: 8, ICMPCode: 0}
 
+// v6Packet is TCP [2001:db8::a00:105]:40000 -> [fd00::2:7]:80: its source's
+// last 32 bits are basePacket's source, 10.0.1.5, so a compare of the
+// last word alone would match IPv4 CIDRs and sets.
+var v6Packet = Packet{Src: mustAddr("2001:db8::a00:105"), Dst: mustAddr("fd00::2:7"),
+	SrcPort: 40000, DstPort: 80, Protocol: 6}
+
+// v6MarkedPacket's source has 00 00 ff ff where IPv4-mapped addresses do,
+// under a non-zero upper half.
+var v6MarkedPacket = Packet{Src: mustAddr("2001:db8::ffff:a00:105"), Dst: mustAddr("fd00::2:7"),
+	SrcPort: 40000, DstPort: 80, Protocol: 6}
+
+var icmp6Packet = Packet{Src: mustAddr("fd00::1:5"), Dst: mustAddr("fd00::2:7"), Protocol: 58, ICMPType: 128, ICMPCode: 0}
+
 // tableSets: set 10 holds 10.0.1.0/24, set 11 holds 10.0.2.7/32, set 12
 // holds 172.16.0.0/12, set 20 holds the named port (10.0.2.7, tcp, 80), set
 // 21 the named port (10.0.1.5, tcp, 40000), set 22 (10.0.2.7, udp, 80).
@@ -36,6 +49,13 @@ var tableSets = IPSetMembers{
 	11: {Nets: []netip.Prefix{mustPrefix("10.0.2.7/32")}},
 	12: {Nets: []netip.Prefix{mustPrefix("172.16.0.0/12")}},
 	20: {NamedPorts: []NamedPortMember{{Addr: mustAddr("10.0.2.7"), Protocol: 6, Port: 80}}},
+	// IPv6 members that contain IPv4-mapped addresses, and the IPv4
+	// /0: none of them may match the other family.
+	13: {Nets: []netip.Prefix{mustPrefix("::/0")}},
+	14: {Nets: []netip.Prefix{mustPrefix("::ffff:0:0/95"), mustPrefix("::/8")}},
+	15: {Nets: []netip.Prefix{mustPrefix("0.0.0.0/0")}},
+	16: {Nets: []netip.Prefix{mustPrefix("2001:db8::/32")}},
+	23: {NamedPorts: []NamedPortMember{{Addr: mustAddr("fd00::2:7"), Protocol: 6, Port: 80}}},
 	21: {NamedPorts: []NamedPortMember{{Addr: mustAddr("10.0.1.5"), Protocol: 6, Port: 40000}}},
 	22: {NamedPorts: []NamedPortMember{{Addr: mustAddr("10.0.2.7"), Protocol: 17, Port: 80}}},
 }
@@ -123,6 +143,42 @@ func fieldCases() []tableCase {
 		{"not icmp type and code hit", Rule{Protocol: "icmp", NotICMP: icmpCode(8, 0)}, icmpPacket, false},
 		{"not icmp code differs", Rule{Protocol: "icmp", NotICMP: icmpCode(8, 1)}, icmpPacket, true},
 		{"not icmp type differs", Rule{Protocol: "icmp", NotICMP: icmpCode(3, 0)}, icmpPacket, true},
+		{"v4 net, v6 source with the same low bits", Rule{SrcNets: []netip.Prefix{mustPrefix("10.0.0.0/8")}}, v6Packet, false},
+		{"v4 host, v6 source with the same low bits", Rule{SrcNets: []netip.Prefix{mustPrefix("10.0.1.5/32")}}, v6Packet, false},
+		{"v4 net, v6 source with mapped-like bytes", Rule{SrcNets: []netip.Prefix{mustPrefix("10.0.0.0/8")}}, v6MarkedPacket, false},
+		{"v4 /0, v6 source", Rule{SrcNets: []netip.Prefix{mustPrefix("0.0.0.0/0")}}, v6Packet, false},
+		{"v4 nets ORed, v6 source", Rule{SrcNets: []netip.Prefix{mustPrefix("10.0.0.0/8"), mustPrefix("0.0.0.0/0")}}, v6Packet, false},
+		{"not v4 net, v6 source", Rule{NotSrcNets: []netip.Prefix{mustPrefix("10.0.0.0/8")}}, v6Packet, true},
+		{"not v4 /0, v6 source", Rule{NotSrcNets: []netip.Prefix{mustPrefix("0.0.0.0/0")}}, v6Packet, true},
+		{"v6 net", Rule{SrcNets: []netip.Prefix{mustPrefix("2001:db8::/32")}}, v6Packet, true},
+		{"v6 host", Rule{SrcNets: []netip.Prefix{mustPrefix("2001:db8::a00:105/128")}}, v6Packet, true},
+		{"v6 net miss in the last word", Rule{SrcNets: []netip.Prefix{mustPrefix("2001:db8::a00:106/127")}}, v6Packet, false},
+		{"v6 /0, v4 source", Rule{SrcNets: []netip.Prefix{mustPrefix("::/0")}}, basePacket, false},
+		{"v6 /0, v6 source", Rule{SrcNets: []netip.Prefix{mustPrefix("::/0")}}, v6Packet, true},
+		{"v6 ::/8, v4 source", Rule{SrcNets: []netip.Prefix{mustPrefix("::/8")}}, basePacket, false},
+		{"v6 ::ffff:0:0/95, v4 source", Rule{SrcNets: []netip.Prefix{mustPrefix("::ffff:0:0/95")}}, basePacket, false},
+		{"not v6 /0, v4 source", Rule{NotSrcNets: []netip.Prefix{mustPrefix("::/0")}}, basePacket, true},
+		{"not v6 /0, v6 source", Rule{NotSrcNets: []netip.Prefix{mustPrefix("::/0")}}, v6Packet, false},
+		{"mixed nets, v4 source", Rule{SrcNets: []netip.Prefix{mustPrefix("::/0"), mustPrefix("10.0.1.0/24")}}, basePacket, true},
+		{"mixed nets, v6 source", Rule{SrcNets: []netip.Prefix{mustPrefix("10.0.1.0/24"), mustPrefix("2001:db8::/32")}}, v6Packet, true},
+		{"mixed nets miss, v6 source", Rule{SrcNets: []netip.Prefix{mustPrefix("10.0.0.0/8"), mustPrefix("fd00::/8")}}, v6Packet, false},
+		{"not mixed nets, v6 source", Rule{NotSrcNets: []netip.Prefix{mustPrefix("10.0.0.0/8"), mustPrefix("2001:db8::/32")}}, v6Packet, false},
+		{"v6 dst net", Rule{DstNets: []netip.Prefix{mustPrefix("fd00::/16")}}, v6Packet, true},
+		{"ip set ::/0, v4 source", Rule{SrcIPSets: []uint64{13}}, basePacket, false},
+		{"ip set ::/0, v6 source", Rule{SrcIPSets: []uint64{13}}, v6Packet, true},
+		{"ip set ::ffff:0:0/95 and ::/8, v4 source", Rule{SrcIPSets: []uint64{14}}, basePacket, false},
+		{"ip set 0.0.0.0/0, v6 source", Rule{SrcIPSets: []uint64{15}}, v6Packet, false},
+		{"ip set 10.0.1.0/24, v6 source with its low bits", Rule{SrcIPSets: []uint64{10}}, v6Packet, false},
+		{"ip set v6 net", Rule{SrcIPSets: []uint64{16}}, v6Packet, true},
+		{"not ip set ::/0, v4 source", Rule{NotSrcIPSets: []uint64{13}}, basePacket, true},
+		{"v6 named port", Rule{DstNamedPorts: []uint64{23}}, v6Packet, true},
+		{"v4 named port, v6 packet", Rule{DstNamedPorts: []uint64{20}}, v6Packet, false},
+		{"named port via ::/0, v4 packet", Rule{DstNamedPorts: []uint64{13}}, basePacket, false},
+		{"icmpv6 type", Rule{Protocol: "icmpv6", ICMP: &ICMPMatch{Type: 128}}, icmp6Packet, true},
+		{"icmpv6 type and code", Rule{Protocol: "icmpv6", ICMP: icmpCode(128, 0)}, icmp6Packet, true},
+		{"icmpv6 type miss", Rule{Protocol: "icmpv6", ICMP: &ICMPMatch{Type: 129}}, icmp6Packet, false},
+		{"icmp rule, icmpv6 packet", Rule{Protocol: "icmp", ICMP: &ICMPMatch{Type: 128}}, icmp6Packet, false},
+		{"not icmpv6 type hit", Rule{Protocol: "icmpv6", NotICMP: &ICMPMatch{Type: 128}}, icmp6Packet, false},
 		{"fields ANDed", Rule{Protocol: "tcp", SrcIPSets: []uint64{10}, DstPorts: []PortRange{Port(81)}}, basePacket, false},
 	}
 	var out []tableCase

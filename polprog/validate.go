@@ -227,7 +227,8 @@ func optionalProtocol(s string) (int, error) {
 }
 
 // validPrefixes masks each prefix and rejects invalid and IPv4-mapped ones
-// (an IPv4-mapped prefix would silently never match an IPv4 packet).
+// (an IPv4-mapped prefix would silently never match an IPv4 packet; a
+// shorter IPv6 prefix that covers ::ffff:0:0/96 is an IPv6 prefix).
 func validPrefixes(in []netip.Prefix) ([]netip.Prefix, error) {
 	if len(in) == 0 {
 		return nil, nil
@@ -237,10 +238,12 @@ func validPrefixes(in []netip.Prefix) ([]netip.Prefix, error) {
 		if !p.IsValid() {
 			return nil, fmt.Errorf("invalid CIDR %q", p.String())
 		}
-		if p.Addr().Is4In6() {
+		// Masked first: ::ffff:0:0/95 is an IPv6 prefix, and matches
+		// IPv6 addresses only.
+		out[i] = p.Masked()
+		if out[i].Addr().Is4In6() {
 			return nil, fmt.Errorf("IPv4-mapped CIDR %s: use the IPv4 form", p)
 		}
-		out[i] = p.Masked()
 	}
 	return out, nil
 }
