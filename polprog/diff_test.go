@@ -31,6 +31,9 @@ type diffStats struct {
 	logged                                  int
 	// host counts host endpoint cases by the path that decided them.
 	host map[hostPath]int
+	// families counts cases by the packet's address families ("v4",
+	// "v6", "mixed") and verdict.
+	families map[string]int
 }
 
 // hostPath is where a host endpoint's policy decided a packet.
@@ -60,7 +63,7 @@ func hostPathOf(ev *Evaluator, sets IPSets, pkt Packet) hostPath {
 }
 
 func newDiffStats() diffStats {
-	return diffStats{verdicts: map[Verdict]int{}, host: map[hostPath]int{}}
+	return diffStats{verdicts: map[Verdict]int{}, host: map[hostPath]int{}, families: map[string]int{}}
 }
 
 // differential compiles the random policy of seed, then runs packets
@@ -100,6 +103,7 @@ func differential(t testing.TB, k *kernel, seed uint64, packets int, st *diffSta
 		}
 		st.cases++
 		st.verdicts[got.Verdict]++
+		st.families[packetFamilies(pkt)+"/"+got.Verdict.String()]++
 		if got.Logged {
 			st.logged++
 		}
@@ -109,10 +113,21 @@ func differential(t testing.TB, k *kernel, seed uint64, packets int, st *diffSta
 	}
 }
 
+// packetFamilies names the families of pkt's addresses.
+func packetFamilies(pkt Packet) string {
+	switch {
+	case pkt.Src.Is4() && pkt.Dst.Is4():
+		return "v4"
+	case pkt.Src.Is6() && pkt.Dst.Is6():
+		return "v6"
+	}
+	return "mixed"
+}
+
 // TestDifferential holds compiled programs to Evaluate on random policies
 // (tiers, profiles, host stages, every field, IP sets with named ports,
-// merged runs, small parts) and random packets: 100,000 cases, 10,000 with
-// -short.
+// merged runs, small parts, CIDRs and IP set members of both families)
+// and random packets of both families: 100,000 cases, 10,000 with -short.
 func TestDifferential(t *testing.T) {
 	k := newKernel(t)
 	policies, packets := 125, 800
@@ -123,8 +138,15 @@ func TestDifferential(t *testing.T) {
 	for seed := uint64(0); seed < uint64(policies); seed++ {
 		differential(t, k, seed, packets, &st)
 	}
-	t.Logf("%d cases over %d policies: %d parts, %d split policies, %d merged lookups, verdicts %v, %d logged, host paths %v",
-		st.cases, policies, st.parts, st.splitPolicies, st.lookupMaps, st.verdicts, st.logged, st.host)
+	t.Logf("%d cases over %d policies: %d parts, %d split policies, %d merged lookups, verdicts %v, %d logged, host paths %v, families %v",
+		st.cases, policies, st.parts, st.splitPolicies, st.lookupMaps, st.verdicts, st.logged, st.host, st.families)
+	for _, f := range []string{"v4", "v6"} {
+		for _, v := range []Verdict{VerdictAllow, VerdictDeny} {
+			if n := st.families[f+"/"+v.String()]; n < st.cases/50 {
+				t.Errorf("only %d of %d cases were %s packets with verdict %s", n, st.cases, f, v)
+			}
+		}
+	}
 	// The run must have exercised what it claims to.
 	if st.splitPolicies == 0 || st.lookupMaps == 0 || st.logged == 0 ||
 		st.verdicts[VerdictAllow] < st.cases/20 || st.verdicts[VerdictDeny] < st.cases/20 {
