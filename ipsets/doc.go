@@ -23,6 +23,13 @@
 // member of a named-port set matches every port. Members is the pure-Go
 // reference of both lookups, and a differential test holds the kernel to it.
 //
+// # Set IDs
+//
+// A rule names a set by a 64-bit ID. NameID derives it from the set's name
+// (its SHA-256), so IDs are stable across restarts and agree between agents
+// without shared state; Names hands them out and refuses a second name with
+// the same ID.
+//
 // # Kernel features
 //
 // BPF_MAP_TYPE_LPM_TRIE (Linux 4.11), created with BPF_F_NO_PREALLOC as the
