@@ -497,6 +497,41 @@ func (f Family) String() string {
 	return "Family(" + strconv.FormatUint(uint64(f), 10) + ")"
 }
 
+// SvcFlags mirrors enum sl_svc_flags: bits of sl_svc.flags.
+type SvcFlags uint32
+
+const (
+	// SvcNodePort is SL_SVC_NODE_PORT: a NodePort: the key's address is
+	// its family's wildcard, matched on every node address.
+	SvcNodePort SvcFlags = 1 << 0
+	// SvcLocalOnly is SL_SVC_LOCAL_ONLY: traffic policy Local at this
+	// frontend: local backends only.
+	SvcLocalOnly SvcFlags = 1 << 1
+	// SvcAffinity is SL_SVC_AFFINITY: session affinity by client address,
+	// for affinity_timeout seconds.
+	SvcAffinity SvcFlags = 1 << 2
+	// SvcMaglev is SL_SVC_MAGLEV: choose by Maglev consistent hashing
+	// instead of at random.
+	SvcMaglev SvcFlags = 1 << 3
+	// SvcSourceRanges is SL_SVC_SOURCE_RANGES: only clients inside
+	// sl_lb_ranges of this service.
+	SvcSourceRanges SvcFlags = 1 << 4
+)
+
+// String returns the lower-case C names of the bits set in s without its
+// SL_SVC_ prefix, joined by "|", with unknown bits in hex, or "0" for none.
+func (s SvcFlags) String() string {
+	return formatFlags(uint64(s), svcFlagsNames, "0")
+}
+
+var svcFlagsNames = []flagName{
+	{uint64(SvcNodePort), "node_port"},
+	{uint64(SvcLocalOnly), "local_only"},
+	{uint64(SvcAffinity), "affinity"},
+	{uint64(SvcMaglev), "maglev"},
+	{uint64(SvcSourceRanges), "source_ranges"},
+}
+
 // C names of the structs mirrored here, for BTF lookups.
 const (
 	// TypeState is the C name of State.
@@ -523,6 +558,20 @@ const (
 	TypeRouteKey = "sl_route_key"
 	// TypeRoute is the C name of Route.
 	TypeRoute = "sl_route"
+	// TypeSvcKey is the C name of SvcKey.
+	TypeSvcKey = "sl_svc_key"
+	// TypeSvc is the C name of Svc.
+	TypeSvc = "sl_svc"
+	// TypeBackendSlotKey is the C name of BackendSlotKey.
+	TypeBackendSlotKey = "sl_backend_slot_key"
+	// TypeBackend is the C name of Backend.
+	TypeBackend = "sl_backend"
+	// TypeAffinityKey is the C name of AffinityKey.
+	TypeAffinityKey = "sl_affinity_key"
+	// TypeAffinity is the C name of Affinity.
+	TypeAffinity = "sl_affinity"
+	// TypeSvcRangeKey is the C name of SvcRangeKey.
+	TypeSvcRangeKey = "sl_svc_range_key"
 )
 
 // State mirrors struct sl_state: the packet as policy sees it, filled in by
@@ -764,6 +813,101 @@ type Route struct {
 	NextHop [16]uint8 `btf:"next_hop"`
 }
 
+// SvcKey mirrors struct sl_svc_key: key of sl_svcs: a frontend. A NodePort's
+// address is ::ffff:0.0.0.0 for IPv4 and :: for IPv6.
+type SvcKey struct {
+	_ structs.HostLayout
+	// Frontend address, IPv4-mapped for IPv4.
+	Addr [16]uint8 `btf:"addr"`
+	// Frontend port, host order.
+	Port uint16 `btf:"port"`
+	// IPPROTO_TCP, _UDP or _SCTP.
+	Proto uint8 `btf:"proto"`
+	_     uint8 `btf:"pad"`
+}
+
+// Svc mirrors struct sl_svc: value of sl_svcs: what a frontend leads to.
+type Svc struct {
+	_ structs.HostLayout
+	// Service ID: keys the backend slots, affinity and source ranges;
+	// never 0.
+	ID uint32 `btf:"id"`
+	// First backend slot of the current list.
+	SlotBase uint32 `btf:"slot_base"`
+	// Serving backends on this node: slots base+0 ..
+	ServingLocal uint16 `btf:"serving_local"`
+	// All serving backends, local ones first.
+	Serving uint16 `btf:"serving"`
+	// Terminating backends on this node, after the serving ones.
+	TerminatingLocal uint16 `btf:"terminating_local"`
+	// All terminating backends, local ones first.
+	Terminating uint16 `btf:"terminating"`
+	// SL_SVC_* bits.
+	Flags SvcFlags `btf:"flags"`
+	// Seconds an affinity lasts without traffic (SL_SVC_AFFINITY).
+	AffinityTimeout uint32 `btf:"affinity_timeout"`
+}
+
+// BackendSlotKey mirrors struct sl_backend_slot_key: key of sl_lb_slots: one
+// slot of a service's backend list.
+type BackendSlotKey struct {
+	_ structs.HostLayout
+	// sl_svc.id.
+	SvcID uint32 `btf:"svc_id"`
+	// sl_svc.slot_base plus the backend's index in the list.
+	Slot uint32 `btf:"slot"`
+}
+
+// Backend mirrors struct sl_backend: value of sl_backends, keyed by a
+// backend ID (__u32, never 0) that the slots hold: where a flow is
+// translated to.
+type Backend struct {
+	_ structs.HostLayout
+	// Backend address, IPv4-mapped for IPv4.
+	Addr [16]uint8 `btf:"addr"`
+	// Backend port, host order.
+	Port uint16 `btf:"port"`
+	_    uint16 `btf:"pad"`
+}
+
+// AffinityKey mirrors struct sl_affinity_key: key of sl_affinity: a client
+// of a service with SL_SVC_AFFINITY.
+type AffinityKey struct {
+	_ structs.HostLayout
+	// sl_svc.id.
+	SvcID uint32 `btf:"svc_id"`
+	// Client address, IPv4-mapped for IPv4.
+	Client [16]uint8 `btf:"client"`
+}
+
+// Affinity mirrors struct sl_affinity: value of sl_affinity: the backend a
+// client keeps while it is used.
+type Affinity struct {
+	_ structs.HostLayout
+	// The client's backend; honoured only while a slot of the service
+	// holds it.
+	BackendID uint32 `btf:"backend_id"`
+	_         uint32 `btf:"pad"`
+	// bpf_ktime_get_coarse_ns of the last packet that used it.
+	LastUsedNs uint64 `btf:"last_used_ns"`
+}
+
+// SvcRangeKey mirrors struct sl_svc_range_key: key of sl_lb_ranges, an LPM
+// trie: a loadBalancerSourceRanges prefix of a service. The length counts
+// bits from svc_id on: 32 for the ID and 32 for the family, always matched,
+// then 96 plus the prefix length for IPv4 or the prefix length for IPv6.
+type SvcRangeKey struct {
+	_ structs.HostLayout
+	// LPM prefix length in bits from svc_id on.
+	Prefixlen uint32 `btf:"prefixlen"`
+	// sl_svc.id, always matched in full.
+	SvcID uint32 `btf:"svc_id"`
+	// The prefix's family, always matched.
+	Family Family `btf:"family"`
+	// Prefix address, IPv4-mapped for IPv4.
+	Addr [16]uint8 `btf:"addr"`
+}
+
 // abiLayouts pairs the C name of every struct mirrored here with a zero
 // value of its mirror, for tests that check layouts against BTF.
 var abiLayouts = []struct {
@@ -782,6 +926,13 @@ var abiLayouts = []struct {
 	{TypePending, Pending{}},
 	{TypeRouteKey, RouteKey{}},
 	{TypeRoute, Route{}},
+	{TypeSvcKey, SvcKey{}},
+	{TypeSvc, Svc{}},
+	{TypeBackendSlotKey, BackendSlotKey{}},
+	{TypeBackend, Backend{}},
+	{TypeAffinityKey, AffinityKey{}},
+	{TypeAffinity, Affinity{}},
+	{TypeSvcRangeKey, SvcRangeKey{}},
 }
 
 // flagName names one bit, or several, of a flags enum.

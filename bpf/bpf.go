@@ -80,6 +80,19 @@ const (
 	MapConntrackTables = datapathMapSlCtTables
 	// MapRoutes is the LPM trie of routes, RouteKey to Route.
 	MapRoutes = datapathMapSlRoutes
+	// MapServices is the hash of service frontends, SvcKey to Svc.
+	MapServices = datapathMapSlSvcs
+	// MapBackendSlots is the hash of services' backend lists,
+	// BackendSlotKey to a backend ID (uint32).
+	MapBackendSlots = datapathMapSlLbSlots
+	// MapBackends is the hash of backends, backend ID (uint32) to Backend.
+	MapBackends = datapathMapSlBackends
+	// MapAffinity is the LRU hash of client affinities, AffinityKey to
+	// Affinity.
+	MapAffinity = datapathMapSlAffinity
+	// MapServiceRanges is the LPM trie of services' source ranges,
+	// SvcRangeKey to a uint8.
+	MapServiceRanges = datapathMapSlLbRanges
 	// MapIfaces is the hash of interface settings, ifindex (uint32) to Iface.
 	MapIfaces = datapathMapSlIfaces
 	// MapCounters is the per-CPU array of verdict counters (ReasonCounts):

@@ -27,6 +27,7 @@
 #include "sluice/counters.h"
 #include "sluice/pending.h"
 #include "sluice/routes.h"
+#include "sluice/nat.h"
 
 /* The conntrack tables by enum sl_ct_table_slot. An array of maps so the
  * table can be replaced by a larger one while traffic flows; updating it
@@ -67,6 +68,48 @@ struct {
 	__type(key, struct sl_route_key);
 	__type(value, struct sl_route);
 } sl_routes SEC(".maps");
+
+/* Service load balancing (nat.h). Not preallocated, so that a replaced
+ * entry is freed only after the programs that may still read it finished;
+ * affinity is an LRU, so a full table forgets the coldest client. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 16);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sl_svc_key);
+	__type(value, struct sl_svc);
+} sl_svcs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 18);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sl_backend_slot_key);
+	__type(value, __u32);
+} sl_lb_slots SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 18);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct sl_backend);
+} sl_backends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1 << 16);
+	__type(key, struct sl_affinity_key);
+	__type(value, struct sl_affinity);
+} sl_affinity SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1 << 16);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sl_svc_range_key);
+	__type(value, __u8);
+} sl_lb_ranges SEC(".maps");
 
 /* Verdict counters by SL_COUNTER_INDEX(slot, hook). Per-CPU, so
  * increments need no atomics. */

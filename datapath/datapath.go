@@ -11,6 +11,7 @@ import (
 	"github.com/sluicenet/sluice/conntrack"
 	"github.com/sluicenet/sluice/ipsets"
 	"github.com/sluicenet/sluice/maps"
+	"github.com/sluicenet/sluice/nat"
 	"github.com/sluicenet/sluice/polprog"
 	"github.com/sluicenet/sluice/routes"
 )
@@ -23,6 +24,9 @@ const (
 	DefaultIPSetEntries     = 1 << 20
 	DefaultRouteEntries     = 1 << 16
 	DefaultRuleHitEntries   = 1 << 16
+	DefaultServiceEntries   = 1 << 16
+	DefaultBackendEntries   = 1 << 17
+	DefaultAffinityEntries  = 1 << 16
 )
 
 // Options configure Open. Zero values take the defaults.
@@ -46,6 +50,10 @@ type Options struct {
 	// IPSetEntries, RouteEntries and RuleHitEntries size the IP set,
 	// route and rule hit maps.
 	IPSetEntries, RouteEntries, RuleHitEntries uint32
+	// ServiceEntries sizes the frontends and their source ranges,
+	// BackendEntries the backends (and twice as many backend slots), and
+	// AffinityEntries the client affinities.
+	ServiceEntries, BackendEntries, AffinityEntries uint32
 	// Policy are the compiler options of every policy SetInterface
 	// compiles.
 	Policy polprog.Options
@@ -63,11 +71,18 @@ func (o *Options) setDefaults() {
 	def(&o.IPSetEntries, DefaultIPSetEntries)
 	def(&o.RouteEntries, DefaultRouteEntries)
 	def(&o.RuleHitEntries, DefaultRuleHitEntries)
+	def(&o.ServiceEntries, DefaultServiceEntries)
+	def(&o.BackendEntries, DefaultBackendEntries)
+	def(&o.AffinityEntries, DefaultAffinityEntries)
 }
 
 // maxInterfaces bounds MaxInterfaces so that the counter array's size,
 // two entries per slot and one slot more, cannot wrap.
 const maxInterfaces = 1 << 24
+
+// maxBackendEntries bounds BackendEntries so that the slot map's size,
+// twice it, cannot wrap.
+const maxBackendEntries = 1 << 30
 
 // Datapath is a loaded datapath: this process's programs and its handles
 // on the shared maps. Its methods are safe for concurrent use.
@@ -96,6 +111,7 @@ type Datapath struct {
 	ruleHits  *RuleHits
 	ipsets    *ipsets.Map
 	routes    *routes.Map
+	services  *nat.Table
 	conntrack *conntrack.Map
 }
 
@@ -115,6 +131,9 @@ func open(opts Options) (*Datapath, error) {
 	opts.setDefaults()
 	if opts.MaxInterfaces > maxInterfaces {
 		return nil, fmt.Errorf("MaxInterfaces %d is above %d", opts.MaxInterfaces, maxInterfaces)
+	}
+	if opts.BackendEntries > maxBackendEntries {
+		return nil, fmt.Errorf("BackendEntries %d is above %d", opts.BackendEntries, maxBackendEntries)
 	}
 	if err := CheckKernel(); err != nil {
 		return nil, err
@@ -204,6 +223,10 @@ func (d *Datapath) handles() error {
 	if d.ipsets, err = ipsets.NewMap(d.state.ipsets); err != nil {
 		return err
 	}
+	if d.services, err = nat.NewTable(nat.Maps{Services: d.state.svcs, Slots: d.state.lbSlots,
+		Backends: d.state.backends, Ranges: d.state.lbRanges}); err != nil {
+		return err
+	}
 	if d.routes, err = routes.NewMap(d.state.routes); err != nil {
 		return err
 	}
@@ -290,6 +313,17 @@ func (d *Datapath) IPSets() *ipsets.Map {
 		return nil
 	}
 	return d.ipsets
+}
+
+// Services returns the table of services the datapath's service stage
+// load-balances by: frontends, backends and source ranges, programmed
+// make-before-break. It adopts what a previous process left in the pinned
+// maps.
+func (d *Datapath) Services() *nat.Table {
+	if d == nil {
+		return nil
+	}
+	return d.services
 }
 
 // Routes returns the routes map the datapath decides reverse-path checks

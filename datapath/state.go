@@ -23,6 +23,7 @@ const (
 	routesVersion   = 1 // struct sl_route_key to struct sl_route
 	ctVersion       = 1 // struct sl_ct_key to struct sl_ct_value
 	metaVersion     = 1 // struct sl_meta
+	lbVersion       = 1 // the load-balancing maps (nat.h)
 )
 
 // ctName is the conntrack table's name in the registry; the object only
@@ -34,6 +35,8 @@ const ctName = "sl_ct"
 type state struct {
 	pinDir                                           string
 	ifaces, counters, ruleHits, ipsets, routes, meta *ebpf.Map
+	// The load-balancing maps (nat.h).
+	svcs, lbSlots, backends, affinity, lbRanges *ebpf.Map
 	// ct is the live conntrack table. draining, when not nil, is a table
 	// an interrupted resize left to be emptied into ct.
 	ct, draining *ebpf.Map
@@ -77,6 +80,12 @@ func openState(specs *bpf.Specs, opts Options) (*state, error) {
 		{&s.ipsets, specs.SlIpsets, ipsetsVersion, opts.IPSetEntries, []maps.Option{maps.WithUpgrade(1, upgradeIPSetKey)}},
 		{&s.routes, specs.SlRoutes, routesVersion, opts.RouteEntries, nil},
 		{&s.meta, specs.SlMeta, metaVersion, 1, nil},
+		{&s.svcs, specs.SlSvcs, lbVersion, opts.ServiceEntries, nil},
+		// Two lists per service while one replaces the other.
+		{&s.lbSlots, specs.SlLbSlots, lbVersion, 2 * opts.BackendEntries, nil},
+		{&s.backends, specs.SlBackends, lbVersion, opts.BackendEntries, nil},
+		{&s.affinity, specs.SlAffinity, lbVersion, opts.AffinityEntries, nil},
+		{&s.lbRanges, specs.SlLbRanges, lbVersion, opts.ServiceEntries, nil},
 	}
 	for _, e := range entries {
 		e.spec.MaxEntries = e.size
@@ -147,6 +156,11 @@ func (s *state) replacements(specs *bpf.Specs) map[string]*ebpf.Map {
 		specs.SlIpsets.Name:   s.ipsets,
 		specs.SlRoutes.Name:   s.routes,
 		specs.SlMeta.Name:     s.meta,
+		specs.SlSvcs.Name:     s.svcs,
+		specs.SlLbSlots.Name:  s.lbSlots,
+		specs.SlBackends.Name: s.backends,
+		specs.SlAffinity.Name: s.affinity,
+		specs.SlLbRanges.Name: s.lbRanges,
 	}
 }
 
@@ -164,7 +178,8 @@ func (s *state) lock() (unlock func(), err error) {
 
 func (s *state) close() error {
 	var errs []error
-	for _, m := range []*ebpf.Map{s.ifaces, s.counters, s.ruleHits, s.ipsets, s.routes, s.meta, s.ct, s.draining} {
+	for _, m := range []*ebpf.Map{s.ifaces, s.counters, s.ruleHits, s.ipsets, s.routes, s.meta, s.ct, s.draining,
+		s.svcs, s.lbSlots, s.backends, s.affinity, s.lbRanges} {
 		if m != nil {
 			errs = append(errs, m.Close())
 		}

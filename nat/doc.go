@@ -1,7 +1,39 @@
-// Package nat holds service load balancing's tables. So far it builds
-// Maglev lookup tables (Maglev): consistent hashing that spreads a
-// service's flows over its backends in proportion to their weights and,
-// when a backend comes or goes, moves little more than the share that must
-// move. The frontend, backend and affinity map codecs and the ServiceTable
-// that programs them come with the datapath's service stage.
+// Package nat holds service load balancing's tables: the maps the
+// datapath's service stage reads, programmed by Table, and Maglev lookup
+// tables.
+//
+// # Maps
+//
+// The layouts are the generated mirrors of bpf/include/sluice/nat.h. A
+// frontend (bpf.SvcKey: address, port, protocol; a NodePort has its
+// family's unspecified address) leads to a bpf.Svc: the service's ID, the
+// base of its current backend list, the list's counts and the frontend's
+// flags. The list's slots, (ID, base+i), hold backend IDs, and the backends
+// map gives each ID its address and port. Slots are ordered serving local,
+// serving remote, terminating local, terminating remote, so that a traffic
+// policy Local or the terminating fallback is a range of the list. Source
+// ranges are an LPM trie keyed by service ID and family.
+//
+// # Table
+//
+// Table.Upsert, Delete and Sync program services make-before-break: new
+// backends, then the new list in the half of the service's slot space the
+// current list does not use, then each frontend flipped to it in one map
+// update, then the old list and the backends no service holds deleted. A
+// packet therefore always meets one whole list, never a hole, and a live
+// service never shows zero backends in between. The kernel maps are the
+// record: a Table over maps a previous process programmed adopts its
+// service and backend IDs, a Sync of unchanged services writes nothing,
+// and Sync removes what no desired service accounts for.
+//
+// # Maglev
+//
+// Maglev builds consistent-hashing tables that spread a service's flows
+// over its backends in proportion to their weights and, when a backend
+// comes or goes, move little more than the share that must move.
+//
+// # Kernel features
+//
+// BPF_MAP_TYPE_HASH with BPF_F_NO_PREALLOC, BPF_MAP_TYPE_LRU_HASH (affinity)
+// and BPF_MAP_TYPE_LPM_TRIE (source ranges).
 package nat

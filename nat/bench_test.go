@@ -1,0 +1,104 @@
+package nat
+
+import (
+	"fmt"
+	"net/netip"
+	"testing"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/sluicenet/sluice/bpf"
+	"github.com/sluicenet/sluice/internal/testutil"
+)
+
+// benchServices returns n services of 5 backends each.
+func benchServices(n int) map[string]Service {
+	out := make(map[string]Service, n)
+	for i := range n {
+		s := Service{Frontends: []Frontend{{Addr: netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)}), Port: 80, Protocol: ProtoTCP}}}
+		for j := range 5 {
+			s.Backends = append(s.Backends, Backend{Addr: netip.AddrFrom4([4]byte{10, byte(1 + j), byte(i >> 8), byte(i)}), Port: 8080})
+		}
+		out[fmt.Sprintf("svc-%d", i)] = s
+	}
+	return out
+}
+
+func newBenchMaps(b *testing.B, entries uint32) Maps {
+	testutil.RequirePrivileged(b)
+	spec, err := bpf.LoadSpec()
+	if err != nil {
+		b.Fatal(err)
+	}
+	mk := func(name string) *ebpf.Map {
+		ms := spec.Maps[name].Copy()
+		ms.MaxEntries = entries
+		m, err := ebpf.NewMap(ms)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { m.Close() })
+		return m
+	}
+	return Maps{Services: mk(bpf.MapServices), Slots: mk(bpf.MapBackendSlots), Backends: mk(bpf.MapBackends),
+		Ranges: mk(bpf.MapServiceRanges)}
+}
+
+// BenchmarkSync: 10,000 services of 5 backends from empty, and one
+// service's backends changed among 10,000.
+func BenchmarkSync(b *testing.B) {
+	const n = 10000
+	all := benchServices(n)
+	b.Run("from-empty/services=10000", func(b *testing.B) {
+		for b.Loop() {
+			b.StopTimer()
+			tb, err := NewTable(newBenchMaps(b, 1<<17))
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.StartTimer()
+			if err := tb.Sync(all); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("one-changed/services=10000", func(b *testing.B) {
+		tb, err := NewTable(newBenchMaps(b, 1<<17))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := tb.Sync(all); err != nil {
+			b.Fatal(err)
+		}
+		i := 0
+		for b.Loop() {
+			s := all["svc-7"]
+			s.Backends = append([]Backend(nil), s.Backends...)
+			s.Backends[0].Port = uint16(9000 + i%2)
+			all["svc-7"] = s
+			i++
+			if err := tb.Sync(all); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("upsert-one/services=10000", func(b *testing.B) {
+		tb, err := NewTable(newBenchMaps(b, 1<<17))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := tb.Sync(all); err != nil {
+			b.Fatal(err)
+		}
+		i := 0
+		for b.Loop() {
+			s := all["svc-7"]
+			s.Backends = append([]Backend(nil), s.Backends...)
+			s.Backends[0].Port = uint16(9000 + i%2)
+			i++
+			if err := tb.Upsert("svc-7", s); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

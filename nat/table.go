@@ -1,0 +1,285 @@
+package nat
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/sluicenet/sluice/bpf"
+	"github.com/sluicenet/sluice/maps"
+)
+
+// Maps are the kernel maps a Table programs, normally the datapath's
+// bpf.MapServices, bpf.MapBackendSlots, bpf.MapBackends and
+// bpf.MapServiceRanges.
+type Maps struct {
+	// Services maps frontends (bpf.SvcKey) to bpf.Svc.
+	Services *ebpf.Map
+	// Slots maps bpf.BackendSlotKey to a backend ID.
+	Slots *ebpf.Map
+	// Backends maps backend IDs to bpf.Backend.
+	Backends *ebpf.Map
+	// Ranges is the LPM trie of source ranges (bpf.SvcRangeKey).
+	Ranges *ebpf.Map
+}
+
+// Table programs services into the load-balancing maps. Every change is
+// make-before-break: backends are written before the slots that name
+// them, a new backend list before the frontends that switch to it (in one
+// update each), and what the old list used is deleted only after. A live
+// service therefore never shows an empty or partial list, and a packet
+// never meets a slot without its backend.
+//
+// The kernel maps are the record: a Table made over maps a previous
+// process programmed adopts the service and backend IDs it finds (by
+// frontend, and by backend address), and Sync removes what no desired
+// service accounts for. A Table is safe for concurrent use.
+type Table struct {
+	mu       sync.Mutex
+	svcs     *maps.Map[bpf.SvcKey, bpf.Svc]
+	slots    *maps.Map[bpf.BackendSlotKey, uint32]
+	backends *maps.Map[uint32, bpf.Backend]
+	ranges   *maps.Map[bpf.SvcRangeKey, uint8]
+
+	services map[string]*programmed
+	// svcIDs and frontends say which name holds a service ID and a
+	// frontend key.
+	svcIDs    map[uint32]string
+	frontends map[bpf.SvcKey]string
+	// backendIDs hold every backend this Table programmed or adopted,
+	// with the number of services whose lists hold it.
+	backendIDs  map[netip.AddrPort]*backendRef
+	backendByID map[uint32]netip.AddrPort
+	nextSvcID   uint32
+	nextBackend uint32
+	// adopted are the kernel's frontends found by NewTable, until a
+	// service takes them over or Sync removes them; adoptedByID indexes
+	// them by service ID, and adoptedRanges are the source ranges of
+	// their IDs.
+	adopted       map[bpf.SvcKey]bpf.Svc
+	adoptedByID   map[uint32][]bpf.SvcKey
+	adoptedRanges map[uint32][]bpf.SvcRangeKey
+
+	// swept: the first Sync removed what a previous process left.
+	swept bool
+
+	// afterWrite, when set (tests), makes every kernel write a single
+	// element's and runs after each.
+	afterWrite func()
+}
+
+// programmed is a service as the maps hold it.
+type programmed struct {
+	svc     Service
+	ordered []Backend
+	id      uint32
+	// base is where the list's slots start, slots how many there are
+	// (more than len(ordered) only for a broken list adopted from the
+	// kernel).
+	base   uint32
+	slots  int
+	values map[bpf.SvcKey]bpf.Svc
+	ranges map[bpf.SvcRangeKey]bool
+}
+
+type backendRef struct {
+	id   uint32
+	refs int
+}
+
+// NewTable wraps m and adopts what the maps already hold. The Table does
+// not own the maps: closing them is the caller's.
+func NewTable(m Maps) (*Table, error) {
+	t := &Table{nextSvcID: 1, nextBackend: 1}
+	var err error
+	if t.svcs, err = typed[bpf.SvcKey, bpf.Svc](m.Services, ebpf.Hash, "services"); err != nil {
+		return nil, err
+	}
+	if t.slots, err = typed[bpf.BackendSlotKey, uint32](m.Slots, ebpf.Hash, "backend slots"); err != nil {
+		return nil, err
+	}
+	if t.backends, err = typed[uint32, bpf.Backend](m.Backends, ebpf.Hash, "backends"); err != nil {
+		return nil, err
+	}
+	if t.ranges, err = typed[bpf.SvcRangeKey, uint8](m.Ranges, ebpf.LPMTrie, "source ranges"); err != nil {
+		return nil, err
+	}
+	if err := t.readKernel(); err != nil {
+		return nil, fmt.Errorf("nat table: %w", err)
+	}
+	return t, nil
+}
+
+// readKernel forgets what the Table programmed and takes the maps'
+// contents as a previous process's, to adopt.
+func (t *Table) readKernel() error {
+	t.services = map[string]*programmed{}
+	t.svcIDs = map[uint32]string{}
+	t.frontends = map[bpf.SvcKey]string{}
+	t.backendIDs = map[netip.AddrPort]*backendRef{}
+	t.backendByID = map[uint32]netip.AddrPort{}
+	t.adopted = map[bpf.SvcKey]bpf.Svc{}
+	t.adoptedByID = map[uint32][]bpf.SvcKey{}
+	t.adoptedRanges = map[uint32][]bpf.SvcRangeKey{}
+	t.swept = false
+	var iterErr error
+	for id, b := range t.backends.All(&iterErr) {
+		ap := netip.AddrPortFrom(netip.AddrFrom16(b.Addr).Unmap(), b.Port)
+		t.backendIDs[ap] = &backendRef{id: id}
+		t.backendByID[id] = ap
+		t.nextBackend = max(t.nextBackend, id+1)
+	}
+	for k, v := range t.svcs.All(&iterErr) {
+		t.adopted[k] = v
+		t.adoptedByID[v.ID] = append(t.adoptedByID[v.ID], k)
+		t.nextSvcID = max(t.nextSvcID, v.ID+1)
+	}
+	for k := range t.ranges.All(&iterErr) {
+		t.adoptedRanges[k.SvcID] = append(t.adoptedRanges[k.SvcID], k)
+	}
+	if iterErr != nil {
+		return fmt.Errorf("read maps: %w", iterErr)
+	}
+	return nil
+}
+
+func typed[K, V any](m *ebpf.Map, want ebpf.MapType, what string) (*maps.Map[K, V], error) {
+	if m == nil {
+		return nil, fmt.Errorf("nat table: no %s map", what)
+	}
+	if m.Type() != want {
+		return nil, fmt.Errorf("nat table: %s map %s is a %s, want %s", what, m, m.Type(), want)
+	}
+	tm, err := maps.New[K, V](m)
+	if err != nil {
+		return nil, fmt.Errorf("nat table: %s map: %w", what, err)
+	}
+	return tm, nil
+}
+
+// errNotMade is the error of every operation on a nil or zero Table.
+var errNotMade = errors.New("nat table not made by NewTable")
+
+func (t *Table) made() error {
+	if t == nil || t.svcs == nil {
+		return errNotMade
+	}
+	return nil
+}
+
+// Upsert programs service name as s, replacing what name held.
+func (t *Table) Upsert(name string, s Service) error {
+	if err := t.made(); err != nil {
+		return err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var pl plan
+	if err := t.upsert(name, s, &pl); err != nil {
+		if !errors.Is(err, ErrInvalidService) {
+			// Refused before it changed anything unless the kernel
+			// failed: then start again from what the maps hold.
+			err = errors.Join(err, t.readKernel())
+		}
+		return fmt.Errorf("upsert service %q: %w", name, err)
+	}
+	if err := t.apply(&pl); err != nil {
+		return fmt.Errorf("upsert service %q: %w", name, err)
+	}
+	return nil
+}
+
+// Delete removes service name: its frontends first, then its list, and
+// the backends no other service holds.
+func (t *Table) Delete(name string) error {
+	if err := t.made(); err != nil {
+		return err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var pl plan
+	t.delete(name, &pl)
+	if err := t.apply(&pl); err != nil {
+		return fmt.Errorf("delete service %q: %w", name, err)
+	}
+	return nil
+}
+
+// Sync makes the maps hold exactly the services in all: services not in
+// it are deleted, changed ones upserted, unchanged ones not touched. The
+// first Sync also removes, last, the entries a previous process left that
+// no service in all accounts for. All the changes go in one plan, with
+// batched map commands: every backend any service gains is written before
+// any frontend moves, and nothing is deleted before every frontend has.
+func (t *Table) Sync(all map[string]Service) error {
+	if err := t.made(); err != nil {
+		return err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var changed []string
+	for name, s := range all {
+		if p, ok := t.services[name]; ok && equalServices(p.svc, s) {
+			continue
+		}
+		if _, err := s.validate(); err != nil {
+			return fmt.Errorf("sync services: %q: %w", name, err)
+		}
+		changed = append(changed, name)
+	}
+	var pl plan
+	// Deletions first, so that a frontend may move between services.
+	for name := range t.services {
+		if _, ok := all[name]; !ok {
+			t.delete(name, &pl)
+		}
+	}
+	// In name order, so that new IDs do not depend on map order.
+	slices.Sort(changed)
+	for _, name := range changed {
+		if err := t.upsert(name, all[name], &pl); err != nil {
+			// Nothing is written yet: forget the planned state.
+			rerr := t.readKernel()
+			return errors.Join(fmt.Errorf("sync services: upsert %q: %w", name, err), rerr)
+		}
+	}
+	if err := t.planStray(&pl); err != nil {
+		return fmt.Errorf("sync services: %w", err)
+	}
+	if err := t.apply(&pl); err != nil {
+		return fmt.Errorf("sync services: %w", err)
+	}
+	return nil
+}
+
+// Services returns the services the Table programmed, by name.
+func (t *Table) Services() map[string]Service {
+	if t.made() != nil {
+		return nil
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make(map[string]Service, len(t.services))
+	for name, p := range t.services {
+		out[name] = p.svc
+	}
+	return out
+}
+
+// BackendID returns the ID the maps give backend ap, if any.
+func (t *Table) BackendID(ap netip.AddrPort) (uint32, bool) {
+	if t.made() != nil {
+		return 0, false
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	ref, ok := t.backendIDs[ap]
+	if !ok {
+		return 0, false
+	}
+	return ref.id, true
+}

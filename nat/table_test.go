@@ -1,0 +1,436 @@
+package nat
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/sluicenet/sluice/bpf"
+	"github.com/sluicenet/sluice/internal/testutil"
+)
+
+// newTestMaps creates the load-balancing maps as the datapath declares
+// them, small.
+func newTestMaps(t *testing.T) Maps {
+	t.Helper()
+	testutil.RequirePrivileged(t)
+	spec, err := bpf.LoadSpec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mk := func(name string) *ebpf.Map {
+		ms := spec.Maps[name].Copy()
+		ms.MaxEntries = 4096
+		m, err := ebpf.NewMap(ms)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { m.Close() })
+		return m
+	}
+	return Maps{Services: mk(bpf.MapServices), Slots: mk(bpf.MapBackendSlots), Backends: mk(bpf.MapBackends),
+		Ranges: mk(bpf.MapServiceRanges)}
+}
+
+// kernelState is what the maps hold.
+type kernelState struct {
+	svcs     map[bpf.SvcKey]bpf.Svc
+	slots    map[bpf.BackendSlotKey]uint32
+	backends map[uint32]bpf.Backend
+	ranges   map[bpf.SvcRangeKey]uint8
+}
+
+func readKernel(t *testing.T, tb *Table) kernelState {
+	t.Helper()
+	var err error
+	ks := kernelState{svcs: map[bpf.SvcKey]bpf.Svc{}, slots: map[bpf.BackendSlotKey]uint32{},
+		backends: map[uint32]bpf.Backend{}, ranges: map[bpf.SvcRangeKey]uint8{}}
+	for k, v := range tb.svcs.All(&err) {
+		ks.svcs[k] = v
+	}
+	for k, v := range tb.slots.All(&err) {
+		ks.slots[k] = v
+	}
+	for k, v := range tb.backends.All(&err) {
+		ks.backends[k] = v
+	}
+	for k, v := range tb.ranges.All(&err) {
+		ks.ranges[k] = v
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ks
+}
+
+// checkWhole reports a frontend whose list has a hole: a slot missing, or
+// a slot whose backend is missing. A packet must never meet one.
+func (ks kernelState) checkWhole() error {
+	for k, v := range ks.svcs {
+		for i := uint32(0); i < uint32(v.Serving)+uint32(v.Terminating); i++ {
+			id, ok := ks.slots[bpf.BackendSlotKey{SvcID: v.ID, Slot: v.SlotBase + i}]
+			if !ok {
+				return fmt.Errorf("frontend %v: slot %d of service %d missing", netip.AddrFrom16(k.Addr), v.SlotBase+i, v.ID)
+			}
+			if _, ok := ks.backends[id]; !ok {
+				return fmt.Errorf("frontend %v: slot %d names backend %d, which is missing", netip.AddrFrom16(k.Addr), v.SlotBase+i, id)
+			}
+		}
+	}
+	return nil
+}
+
+// backendsOf returns the backends frontend k leads to, in slot order.
+func (ks kernelState) backendsOf(k bpf.SvcKey) ([]netip.AddrPort, bool) {
+	v, ok := ks.svcs[k]
+	if !ok {
+		return nil, false
+	}
+	var out []netip.AddrPort
+	for i := uint32(0); i < uint32(v.Serving)+uint32(v.Terminating); i++ {
+		b := ks.backends[ks.slots[bpf.BackendSlotKey{SvcID: v.ID, Slot: v.SlotBase + i}]]
+		out = append(out, netip.AddrPortFrom(netip.AddrFrom16(b.Addr).Unmap(), b.Port))
+	}
+	return out, true
+}
+
+// checkExact compares the maps with services: every frontend and its
+// list, and nothing more.
+func (ks kernelState) checkExact(services map[string]Service) error {
+	slots, ranges := 0, 0
+	for name, s := range services {
+		for _, f := range s.Frontends {
+			got, ok := ks.backendsOf(f.key())
+			if !ok {
+				return fmt.Errorf("service %q: frontend %v:%d missing", name, f.Addr, f.Port)
+			}
+			var want []netip.AddrPort
+			for _, b := range s.ordered() {
+				want = append(want, netip.AddrPortFrom(b.Addr, b.Port))
+			}
+			if fmt.Sprint(got) != fmt.Sprint(want) {
+				return fmt.Errorf("service %q frontend %v:%d: backends %v, want %v", name, f.Addr, f.Port, got, want)
+			}
+			v := ks.svcs[f.key()]
+			if want := s.value(f, v.ID, v.SlotBase); v != want {
+				return fmt.Errorf("service %q frontend %v:%d: value %+v, want %+v", name, f.Addr, f.Port, v, want)
+			}
+		}
+		slots += len(s.Backends)
+		ranges += len(s.SourceRanges)
+	}
+	frontends := 0
+	for _, s := range services {
+		frontends += len(s.Frontends)
+	}
+	if len(ks.svcs) != frontends || len(ks.slots) != slots || len(ks.ranges) != ranges {
+		return fmt.Errorf("maps hold %d frontends, %d slots, %d ranges; services need %d, %d, %d",
+			len(ks.svcs), len(ks.slots), len(ks.ranges), frontends, slots, ranges)
+	}
+	refs := map[uint32]bool{}
+	for _, id := range ks.slots {
+		refs[id] = true
+	}
+	if len(refs) != len(ks.backends) {
+		return fmt.Errorf("maps hold %d backends, slots name %d", len(ks.backends), len(refs))
+	}
+	return nil
+}
+
+func addr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+func webService() Service {
+	return Service{
+		Frontends: []Frontend{
+			{Addr: addr("10.96.0.10"), Port: 80, Protocol: ProtoTCP},
+			{Addr: netip.IPv4Unspecified(), Port: 30080, Protocol: ProtoTCP, NodePort: true, External: true},
+		},
+		Backends: []Backend{
+			{Addr: addr("10.1.0.5"), Port: 8080},
+			{Addr: addr("10.1.0.4"), Port: 8080, Local: true},
+			{Addr: addr("10.1.0.6"), Port: 8080, Terminating: true},
+		},
+		ExternalLocal: true,
+		Affinity:      3 * time.Hour,
+		SourceRanges:  []netip.Prefix{netip.MustParsePrefix("192.168.0.0/16")},
+	}
+}
+
+func TestUpsertLayout(t *testing.T) {
+	tb, err := NewTable(newTestMaps(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tb.Upsert("web", webService()); err != nil {
+		t.Fatal(err)
+	}
+	ks := readKernel(t, tb)
+	if err := ks.checkExact(map[string]Service{"web": webService()}); err != nil {
+		t.Fatal(err)
+	}
+	cluster := ks.svcs[webService().Frontends[0].key()]
+	node := ks.svcs[webService().Frontends[1].key()]
+	want := bpf.Svc{ID: cluster.ID, SlotBase: cluster.SlotBase, ServingLocal: 1, Serving: 2, Terminating: 1,
+		Flags: bpf.SvcAffinity, AffinityTimeout: 3 * 3600}
+	if cluster != want {
+		t.Errorf("ClusterIP value %+v, want %+v", cluster, want)
+	}
+	want.Flags |= bpf.SvcNodePort | bpf.SvcLocalOnly | bpf.SvcSourceRanges
+	if node != want {
+		t.Errorf("NodePort value %+v, want %+v", node, want)
+	}
+	got, _ := ks.backendsOf(webService().Frontends[0].key())
+	if fmt.Sprint(got) != "[10.1.0.4:8080 10.1.0.5:8080 10.1.0.6:8080]" {
+		t.Errorf("slot order %v, want local serving, remote serving, terminating", got)
+	}
+	if _, ok := ks.ranges[rangeKey(cluster.ID, netip.MustParsePrefix("192.168.0.0/16"))]; !ok {
+		t.Errorf("source range missing: %v", ks.ranges)
+	}
+}
+
+// randomServices draws services over small pools, so that services share
+// backends and change in every way between draws.
+func randomServices(r *rand.Rand) map[string]Service {
+	out := map[string]Service{}
+	for i := range 6 {
+		if r.IntN(4) == 0 {
+			continue
+		}
+		v6 := i%3 == 2
+		fe := func(j int) netip.Addr {
+			if v6 {
+				return netip.AddrFrom16([16]byte{0xfd, 0, 15: byte(10*i + j)})
+			}
+			return netip.AddrFrom4([4]byte{10, 96, byte(i), byte(j)})
+		}
+		be := func(j int) netip.Addr {
+			if v6 {
+				return netip.AddrFrom16([16]byte{0xfd, 1, 15: byte(j)})
+			}
+			return netip.AddrFrom4([4]byte{10, 1, 0, byte(j)})
+		}
+		s := Service{Frontends: []Frontend{{Addr: fe(0), Port: 80, Protocol: ProtoTCP}}}
+		if r.IntN(2) == 0 {
+			s.Frontends = append(s.Frontends, Frontend{Addr: fe(1 + r.IntN(2)), Port: 443, Protocol: ProtoUDP, External: true})
+		}
+		for j := r.IntN(6); j > 0; j-- {
+			b := Backend{Addr: be(r.IntN(8)), Port: uint16(8080 + r.IntN(2)), Local: r.IntN(2) == 0, Terminating: r.IntN(4) == 0}
+			dup := false
+			for _, o := range s.Backends {
+				dup = dup || (o.Addr == b.Addr && o.Port == b.Port)
+			}
+			if !dup {
+				s.Backends = append(s.Backends, b)
+			}
+		}
+		if r.IntN(3) == 0 {
+			s.SourceRanges = []netip.Prefix{netip.PrefixFrom(be(0), 8+r.IntN(3)).Masked()}
+		}
+		s.ExternalLocal, s.Maglev = r.IntN(2) == 0, r.IntN(3) == 0
+		out[fmt.Sprintf("svc-%d", i)] = s
+	}
+	return out
+}
+
+// TestMakeBeforeBreak drives random Syncs, Upserts and Deletes and checks
+// after every single kernel write that no frontend's list has a hole, that
+// a frontend live before and after an operation never went missing or
+// empty in between, and after every operation that the maps hold exactly
+// the services and nothing more.
+func TestMakeBeforeBreak(t *testing.T) {
+	tb, err := NewTable(newTestMaps(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(5, 6))
+	desired := map[string]Service{}
+	writes := 0
+	for step := 0; step < 300; step++ {
+		before := readKernel(t, tb)
+		next := randomServices(r)
+		op := r.IntN(3)
+		// Frontends that must stay live: in the current and the next
+		// state of the services the operation touches, with backends in
+		// both.
+		live := map[bpf.SvcKey]bool{}
+		for name, s := range next {
+			if op != 0 && name != "svc-1" {
+				continue
+			}
+			old, ok := desired[name]
+			if !ok || len(old.Backends) == 0 || len(s.Backends) == 0 {
+				continue
+			}
+			for _, f := range s.Frontends {
+				for _, of := range old.Frontends {
+					if f.key() == of.key() {
+						live[f.key()] = true
+					}
+				}
+			}
+		}
+		tb.afterWrite = func() {
+			writes++
+			ks := readKernel(t, tb)
+			if err := ks.checkWhole(); err != nil {
+				t.Fatalf("step %d: after a write: %v", step, err)
+			}
+			for k := range live {
+				if got, ok := ks.backendsOf(k); !ok || len(got) == 0 {
+					t.Fatalf("step %d: live frontend %v went missing or empty (%v) mid-change", step, netip.AddrFrom16(k.Addr), got)
+				}
+			}
+		}
+		switch op {
+		case 0:
+			err = tb.Sync(next)
+			desired = next
+		case 1:
+			if s, ok := next["svc-1"]; ok {
+				err = tb.Upsert("svc-1", s)
+				desired["svc-1"] = s
+			} else {
+				err = tb.Delete("svc-1")
+				delete(desired, "svc-1")
+			}
+		default:
+			// An Upsert that would take another service's frontend
+			// fails and changes nothing.
+			if s, ok := desired["svc-0"]; ok && len(desired) > 1 {
+				stolen := next["svc-1"]
+				stolen.Frontends = append(stolen.Frontends, s.Frontends[0])
+				if err := tb.Upsert("svc-1", stolen); !errors.Is(err, ErrInvalidService) {
+					t.Fatalf("step %d: stealing a frontend: %v, want ErrInvalidService", step, err)
+				}
+				if ks := readKernel(t, tb); fmt.Sprint(ks) != fmt.Sprint(before) {
+					t.Fatalf("step %d: a refused Upsert changed the maps", step)
+				}
+			}
+			err = nil
+		}
+		tb.afterWrite = nil
+		if err != nil {
+			t.Fatalf("step %d: %v", step, err)
+		}
+		if err := readKernel(t, tb).checkExact(desired); err != nil {
+			t.Fatalf("step %d: %v", step, err)
+		}
+	}
+	if writes < 300 {
+		t.Errorf("only %d kernel writes in 300 steps", writes)
+	}
+}
+
+// TestSyncUnchangedWritesNothing: a Sync of what the maps hold, by this
+// Table or by a new one over the same maps (an agent's restart), writes
+// nothing and keeps every ID.
+func TestSyncUnchangedWritesNothing(t *testing.T) {
+	m := newTestMaps(t)
+	tb, err := NewTable(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := map[string]Service{"web": webService(), "dns": {
+		Frontends: []Frontend{{Addr: addr("fd00::a"), Port: 53, Protocol: ProtoUDP}},
+		Backends:  []Backend{{Addr: addr("fd01::5"), Port: 53}, {Addr: addr("fd01::6"), Port: 53, Local: true}},
+	}}
+	if err := tb.Sync(all); err != nil {
+		t.Fatal(err)
+	}
+	before := readKernel(t, tb)
+	for _, table := range []*Table{tb, nil} {
+		if table == nil {
+			if table, err = NewTable(m); err != nil {
+				t.Fatal(err)
+			}
+		}
+		writes := 0
+		table.afterWrite = func() { writes++ }
+		if err := table.Sync(all); err != nil {
+			t.Fatal(err)
+		}
+		if writes != 0 {
+			t.Errorf("Sync of the same services wrote %d times", writes)
+		}
+		if after := readKernel(t, table); fmt.Sprint(after) != fmt.Sprint(before) {
+			t.Errorf("Sync of the same services changed the maps:\n%v\n%v", before, after)
+		}
+		thief := Service{Frontends: []Frontend{webService().Frontends[0]}}
+		if err := table.Upsert("thief", thief); !errors.Is(err, ErrInvalidService) {
+			t.Errorf("Upsert of another service's frontend: %v, want ErrInvalidService", err)
+		}
+	}
+}
+
+// TestRestartRemovesStray: a new Table's Sync removes what the previous
+// process programmed and the new desired state lacks.
+func TestRestartRemovesStray(t *testing.T) {
+	m := newTestMaps(t)
+	tb, err := NewTable(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone := Service{Frontends: []Frontend{{Addr: addr("10.96.9.9"), Port: 9, Protocol: ProtoTCP}},
+		Backends: []Backend{{Addr: addr("10.2.0.1"), Port: 9}}, SourceRanges: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}
+	if err := tb.Sync(map[string]Service{"web": webService(), "gone": gone}); err != nil {
+		t.Fatal(err)
+	}
+	fresh, err := NewTable(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]Service{"web": webService()}
+	if err := fresh.Sync(want); err != nil {
+		t.Fatal(err)
+	}
+	if err := readKernel(t, fresh).checkExact(want); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestInvalidServices(t *testing.T) {
+	tb, err := NewTable(newTestMaps(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fe := Frontend{Addr: addr("10.96.0.1"), Port: 80, Protocol: ProtoTCP}
+	be := Backend{Addr: addr("10.1.0.1"), Port: 80}
+	for name, s := range map[string]Service{
+		"no frontend":          {Backends: []Backend{be}},
+		"mapped frontend":      {Frontends: []Frontend{{Addr: addr("::ffff:10.96.0.1"), Port: 80, Protocol: ProtoTCP}}},
+		"mixed families":       {Frontends: []Frontend{fe, {Addr: addr("fd00::1"), Port: 80, Protocol: ProtoTCP}}},
+		"backend of the other": {Frontends: []Frontend{fe}, Backends: []Backend{{Addr: addr("fd00::1"), Port: 80}}},
+		"node port with addr":  {Frontends: []Frontend{{Addr: addr("10.0.0.1"), Port: 80, Protocol: ProtoTCP, NodePort: true}}},
+		"unspecified, no flag": {Frontends: []Frontend{{Addr: netip.IPv4Unspecified(), Port: 80, Protocol: ProtoTCP}}},
+		"protocol":             {Frontends: []Frontend{{Addr: addr("10.96.0.1"), Port: 80, Protocol: 1}}},
+		"frontend twice":       {Frontends: []Frontend{fe, fe}},
+		"backend twice":        {Frontends: []Frontend{fe}, Backends: []Backend{be, be}},
+		"affinity not seconds": {Frontends: []Frontend{fe}, Affinity: time.Millisecond},
+		"affinity negative":    {Frontends: []Frontend{fe}, Affinity: -time.Second},
+		"range of the other":   {Frontends: []Frontend{fe}, SourceRanges: []netip.Prefix{netip.MustParsePrefix("fd00::/8")}},
+		"invalid range":        {Frontends: []Frontend{fe}, SourceRanges: []netip.Prefix{{}}},
+		"too many backends":    {Frontends: []Frontend{fe}, Backends: make([]Backend, maxBackends+1)},
+	} {
+		if err := tb.Upsert("x", s); !errors.Is(err, ErrInvalidService) {
+			t.Errorf("%s: Upsert error %v, want ErrInvalidService", name, err)
+		}
+	}
+	if ks := readKernel(t, tb); len(ks.svcs)+len(ks.slots)+len(ks.backends)+len(ks.ranges) != 0 {
+		t.Errorf("refused Upserts left entries: %+v", ks)
+	}
+	var nilTable *Table
+	if err := nilTable.Upsert("x", webService()); err == nil {
+		t.Error("Upsert on a nil Table succeeded")
+	}
+	if err := (&Table{}).Sync(nil); err == nil {
+		t.Error("Sync on a zero Table succeeded")
+	}
+	if _, err := NewTable(Maps{}); err == nil {
+		t.Error("NewTable without maps succeeded")
+	}
+}
