@@ -188,3 +188,56 @@ func TestAttackConcurrent(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestAttackFlagsOnlyAndWrap: a backend that changes only its Local or
+// Terminating flag moves slot groups; every instant shows a whole list
+// and the frontend never empty. Service IDs wrap past 2^32-1 to 1,
+// skipping IDs in use.
+func TestAttackFlagsOnlyAndWrap(t *testing.T) {
+	tb, err := NewTable(newTestMaps(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tb.Upsert("first", oneFrontendService("10.96.1.1", 80, "10.1.1.1")); err != nil {
+		t.Fatal(err)
+	}
+	tb.nextSvcID = ^uint32(0)
+	s := oneFrontendService("10.96.0.1", 80, "10.1.0.1", "10.1.0.2")
+	if err := tb.Upsert("s", s); err != nil {
+		t.Fatal(err)
+	}
+	k := s.Frontends[0].key()
+	for _, flip := range []func(*Backend){
+		func(b *Backend) { b.Local = true },
+		func(b *Backend) { b.Terminating = true },
+		func(b *Backend) { b.Local = false },
+	} {
+		flip(&s.Backends[1])
+		tb.afterWrite = func() {
+			ks := readKernel(t, tb)
+			if err := ks.checkWhole(); err != nil {
+				t.Fatal(err)
+			}
+			if got, ok := ks.backendsOf(k); !ok || len(got) != 2 {
+				t.Fatalf("frontend mid-change: %v", got)
+			}
+		}
+		if err := tb.Upsert("s", s); err != nil {
+			t.Fatal(err)
+		}
+		tb.afterWrite = nil
+	}
+	if err := tb.Upsert("third", oneFrontendService("10.96.2.1", 80, "10.1.2.1")); err != nil {
+		t.Fatal(err)
+	}
+	ks := readKernel(t, tb)
+	ids := []uint32{ks.svcs[oneFrontendService("10.96.1.1", 80).Frontends[0].key()].ID, ks.svcs[k].ID,
+		ks.svcs[oneFrontendService("10.96.2.1", 80).Frontends[0].key()].ID}
+	if ids[0] != 1 || ids[1] != ^uint32(0) || ids[2] != 2 {
+		t.Errorf("service IDs %v, want [1 %d 2]", ids, ^uint32(0))
+	}
+	if err := ks.checkExact(map[string]Service{"first": oneFrontendService("10.96.1.1", 80, "10.1.1.1"), "s": s,
+		"third": oneFrontendService("10.96.2.1", 80, "10.1.2.1")}); err != nil {
+		t.Error(err)
+	}
+}
