@@ -2,6 +2,7 @@ package polprog
 
 import (
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
@@ -410,7 +411,8 @@ func TestAttackMergedPrefixLengths(t *testing.T) {
 
 // TestAttackSmallSplitJumps compiles a small policy that checks every
 // address (host endpoint, CIDRs on source and both destinations) with a
-// small SplitJumps that compiled before the family prologue grew.
+// SplitJumps far below the prologue's jumps, loads it and holds it to
+// Evaluate: every rule then sits in its own part.
 func TestAttackSmallSplitJumps(t *testing.T) {
 	rules := Rules{ForHost: true,
 		PreDNATTiers: []Tier{{Name: "pre", EndAction: EndPass, Policies: []Policy{{Name: "p", Rules: []Rule{
@@ -419,10 +421,15 @@ func TestAttackSmallSplitJumps(t *testing.T) {
 			{ID: 2, Action: ActionAllow, SrcNets: []netip.Prefix{mustPrefix("10.0.0.0/8")}},
 			{ID: 3, Action: ActionAllow, DstNets: []netip.Prefix{mustPrefix("fd00::/8")}}}}}}},
 	}
-	for _, sj := range []int{8, 12, 16, 19} {
+	k := newKernel(t)
+	v4, v6 := attackAddrs()
+	pkts := attackPackets(v4, v6, rand.New(rand.NewPCG(15, 16)))
+	for _, sj := range []int{1, 2, 4, 8, 12, 16, 19} {
 		if _, err := Compile(rules, Options{SplitJumps: sj, MaxParts: MaxParts}); err != nil {
 			t.Errorf("SplitJumps %d: %v", sj, err)
+			continue
 		}
+		attackCompare(t, k, fmt.Sprintf("SplitJumps %d", sj), rules, Options{SplitJumps: sj, MaxParts: MaxParts}, nil, pkts)
 	}
 }
 
