@@ -617,12 +617,12 @@ type State struct {
 // only addresses of its own family. An IPv4 CIDR member's length is 64+32+96
 // plus its prefix length (the ::ffff:0:0/96 part is matched too), an IPv6
 // one's 64+32 plus its prefix length, and a named-port member's is the whole
-// key, 256 bits, pad (zero) included. A lookup always uses the whole key:
-// with port and proto zero for an address test, which finds CIDR members
-// only since a named-port member's protocol is never 0, and with the
-// packet's port and protocol for a named-port test, which finds the exact
-// member or a CIDR member covering the address. set_id is a byte array so
-// the struct needs no packing and its Go mirror has the same offsets.
+// key, 256 bits, zero included. A lookup always uses the whole key: with
+// port and proto zero for an address test, which finds CIDR members only
+// since a named-port member's protocol is never 0, and with the packet's
+// port and protocol for a named-port test, which finds the exact member or a
+// CIDR member covering the address. set_id is a byte array so the struct
+// needs no packing and its Go mirror has the same offsets.
 type IPSetKey struct {
 	_ structs.HostLayout
 	// LPM prefix length in bits, from set_id on.
@@ -637,7 +637,9 @@ type IPSetKey struct {
 	Port uint16 `btf:"port"`
 	// named-port members: IPPROTO_*; else 0.
 	Proto uint8 `btf:"proto"`
-	_     uint8 `btf:"pad"`
+	// Always 0; named, unlike padding, so that a key another writer set it
+	// in is seen.
+	Zero uint8 `btf:"zero"`
 }
 
 // CTKey mirrors struct sl_ct_key: canonical flow key: the lower (address,

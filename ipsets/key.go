@@ -63,6 +63,9 @@ func NamedPortKey(id uint64, np NamedPort) (Key, error) {
 	if np.Addr.Is4In6() {
 		return Key{}, fmt.Errorf("%w: IPv4-mapped address %s: use the IPv4 form", ErrInvalidMember, np.Addr)
 	}
+	if np.Addr.Zone() != "" {
+		return Key{}, fmt.Errorf("%w: address %s has a zone, which the map cannot hold", ErrInvalidMember, np.Addr)
+	}
 	if np.Protocol == 0 {
 		return Key{}, fmt.Errorf("%w: named port %s with protocol 0", ErrInvalidMember, np.Addr)
 	}
@@ -73,7 +76,7 @@ func NamedPortKey(id uint64, np NamedPort) (Key, error) {
 // LookupKey returns the key programs look addr up with in set id: the
 // whole key, with port and protocol (both 0 for an address test).
 func LookupKey(id uint64, addr netip.Addr, proto uint8, port uint16) Key {
-	addr = addr.Unmap()
+	addr = addr.Unmap().WithZone("")
 	return Key{Prefixlen: uint32(NamedPortBits), SetID: bpf.IPSetID(id), Family: family(addr),
 		Addr: addr.As16(), Port: port, Proto: proto}
 }

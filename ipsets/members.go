@@ -50,9 +50,10 @@ type Members map[uint64]Set
 
 // ContainsAddr reports whether a CIDR member of set id contains addr, as a
 // program's address lookup finds it: only members of addr's family, with
-// an IPv4-mapped addr taken as IPv4. Named-port members never match.
+// an IPv4-mapped addr taken as IPv4 and a zone ignored, as the map has
+// none. Named-port members never match.
 func (m Members) ContainsAddr(id uint64, addr netip.Addr) bool {
-	addr = addr.Unmap()
+	addr = addr.Unmap().WithZone("")
 	for _, p := range m[id].Nets {
 		if p.Contains(addr) {
 			return true
@@ -68,7 +69,7 @@ func (m Members) ContainsNamedPort(id uint64, addr netip.Addr, proto uint8, port
 	if m.ContainsAddr(id, addr) {
 		return true
 	}
-	addr = addr.Unmap()
+	addr = addr.Unmap().WithZone("")
 	for _, np := range m[id].NamedPorts {
 		if np.Addr.Unmap() == addr && np.Protocol == proto && np.Port == port {
 			return true

@@ -27,6 +27,9 @@ type Names struct {
 // ID returns NameID(name), recording it for name, or an error when
 // another name recorded here has the same ID.
 func (n *Names) ID(name string) (uint64, error) {
+	if n == nil {
+		return 0, fmt.Errorf("ip set %q: nil Names", name)
+	}
 	id := NameID(name)
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -42,6 +45,9 @@ func (n *Names) ID(name string) (uint64, error) {
 
 // Release forgets name, so that its ID may go to another name.
 func (n *Names) Release(name string) {
+	if n == nil {
+		return
+	}
 	id := NameID(name)
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -50,16 +56,33 @@ func (n *Names) Release(name string) {
 	}
 }
 
-// Members returns the members of named sets keyed by their IDs, recording
-// every name; it fails on the first collision.
+// Members returns the members of named sets keyed by their IDs and
+// records every name; on a collision it fails and records none of them.
 func (n *Names) Members(named map[string]Set) (Members, error) {
+	if n == nil {
+		return nil, fmt.Errorf("ip sets: nil Names")
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
 	out := make(Members, len(named))
+	names := make(map[uint64]string, len(named))
 	for name, s := range named {
-		id, err := n.ID(name)
-		if err != nil {
-			return nil, err
+		id := NameID(name)
+		other, ok := names[id]
+		if !ok {
+			other, ok = n.byID[id]
 		}
+		if ok && other != name {
+			return nil, fmt.Errorf("ip set %q: ID %#x is already %q's", name, id, other)
+		}
+		names[id] = name
 		out[id] = s
+	}
+	if n.byID == nil {
+		n.byID = map[uint64]string{}
+	}
+	for id, name := range names {
+		n.byID[id] = name
 	}
 	return out, nil
 }

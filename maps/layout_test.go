@@ -146,7 +146,7 @@ func TestCheckLayoutCatchesWrongStructs(t *testing.T) {
 		{"unknown tag on padding", bpf.TypeCTKey, ctKeyPadBadTag{}, []string{"_", "pad"}},
 		{"wrong nested offset", bpf.TypeCTValue, ctValueBadLeg{}, []string{"A_toB.EgressIfindex", "A_toB.Ifindex"}},
 		{"wrong type entirely", bpf.TypeState, bpf.IPSetKey{}, []string{
-			"", "Prefixlen", "SetID", "Family", "Addr", "Port", "Proto", "_",
+			"", "Prefixlen", "SetID", "Family", "Addr", "Port", "Proto", "Zero",
 			"src_addr", "dst_addr", "pre_nat_dst_addr", "src_port", "dst_port", "pre_nat_dst_port",
 			"ip_proto", "icmp_type", "icmp_code", "pad0", "flags", "policy_rc", "resume", "rule_id",
 		}},

@@ -217,7 +217,7 @@ func TestAttackAdoptSplitBases(t *testing.T) {
 	// a crash between the two frontend updates leaves.
 	prev.afterWrite = func() {}
 	var pl plan
-	if err := prev.upsert("s", mid, &pl); err != nil {
+	if err := prev.upsert("s", mid, &pl, nil); err != nil {
 		t.Fatal(err)
 	}
 	pl.frontendKeys, pl.frontendVals = pl.frontendKeys[1:], pl.frontendVals[1:]

@@ -44,8 +44,9 @@ var ErrMaglev = errors.New("invalid maglev table")
 // comes to each backend in proportion to its weight (deficit round robin:
 // each pass adds its weight to a credit and a claim costs the largest
 // weight), so with equal weights this is the paper's algorithm and shares
-// differ by at most one entry. The result does not depend on the order of
-// backends, only on their keys and weights.
+// differ by at most one entry. Which backend takes an entry depends on
+// the keys and weights only, not on the order of backends; the entry holds
+// its index in backends as given.
 func Maglev(backends []MaglevBackend, size int) ([]uint32, error) {
 	if size < 2 || size > MaxMaglevSize || !big.NewInt(int64(size)).ProbablyPrime(0) {
 		return nil, fmt.Errorf("%w: size %d is not a prime from 2 to %d", ErrMaglev, size, MaxMaglevSize)

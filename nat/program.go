@@ -15,10 +15,15 @@ import (
 
 // A plan is the kernel writes of one Upsert, Delete or Sync, applied
 // phase by phase so that every service's change is make-before-break
-// (see Table): new backends, new slots, new ranges, frontends; then the
-// deletions of frontends, slots, ranges and, last, the backends no list
-// holds any more.
+// (see Table): first what no frontend uses (a previous process's leftovers,
+// which frees room), then new backends, new slots, new ranges, frontends;
+// then the deletions of frontends, slots, ranges and, last, the backends no
+// slot names any more.
 type plan struct {
+	preSlots    []bpf.BackendSlotKey
+	preRanges   []bpf.SvcRangeKey
+	preBackends []uint32
+
 	backendKeys  []uint32
 	backendVals  []bpf.Backend
 	slotKeys     []bpf.BackendSlotKey
@@ -30,51 +35,49 @@ type plan struct {
 	delFrontends []bpf.SvcKey
 	delSlots     []bpf.BackendSlotKey
 	delRanges    []bpf.SvcRangeKey
-	// released are backends a list let go of; those no list holds when
-	// the plan is applied are deleted.
+	// released are backends a deleted slot named; those no slot names
+	// when the plan is applied are deleted.
 	released []netip.AddrPort
 }
 
-// upsert plans name as s.
-func (t *Table) upsert(name string, s Service, pl *plan) error {
-	if _, err := s.validate(); err != nil {
-		return err
-	}
-	old := t.services[name]
-	if old != nil && equalServices(old.svc, s) {
-		return nil
-	}
+// upsert plans name as s, which has been validated. owners, in a Sync,
+// are the frontends' owners when it is done: a frontend another service
+// holds now may come to name.
+func (t *Table) upsert(name string, s Service, pl *plan, owners map[bpf.SvcKey]string) error {
 	s = cloneService(s)
 	for _, f := range s.Frontends {
-		if owner, ok := t.frontends[f.key()]; ok && owner != name {
+		k := f.key()
+		if owner, ok := t.frontends[k]; ok && owner != name && owners[k] != name {
 			return fmt.Errorf("%w: frontend %v port %d belongs to service %q", ErrInvalidService, f.Addr, f.Port, owner)
 		}
 	}
+	old := t.services[name]
 	if old == nil {
 		var err error
 		if old, err = t.adopt(s); err != nil {
 			return err
 		}
 	}
-	id, oldBase, oldSlots := uint32(0), slotBases[1], 0
+	var id uint32
 	if old != nil {
-		id, oldBase, oldSlots = old.id, old.base, old.slots
+		id = old.id
 	} else {
 		id = t.newServiceID()
 	}
 	ordered := s.ordered()
-	base := oldBase
-	sameList := old != nil && old.slots == len(old.ordered) && slices.Equal(old.ordered, ordered)
-	if !sameList {
-		base = otherBase(oldBase)
-	}
-	p := &programmed{svc: s, ordered: ordered, id: id, base: base, slots: len(ordered),
-		values: map[bpf.SvcKey]bpf.Svc{}, ranges: map[bpf.SvcRangeKey]bool{}}
-	if !sameList {
+	sameList := old != nil && len(old.lists) == 1 && slices.Equal(old.ordered, ordered) && !slices.Contains(old.lists[0].ids, 0)
+	p := &programmed{svc: s, id: id, ordered: ordered, values: map[bpf.SvcKey]bpf.Svc{}, ranges: map[bpf.SvcRangeKey]bool{}}
+	if sameList {
+		p.lists = old.lists
+	} else {
+		list := slotList{base: freeBase(old)}
 		for i, b := range ordered {
-			pl.slotKeys = append(pl.slotKeys, bpf.BackendSlotKey{SvcID: id, Slot: base + uint32(i)})
-			pl.slotVals = append(pl.slotVals, t.acquireBackend(b, pl))
+			bid := t.acquireBackend(b, pl)
+			list.ids = append(list.ids, bid)
+			pl.slotKeys = append(pl.slotKeys, bpf.BackendSlotKey{SvcID: id, Slot: list.base + uint32(i)})
+			pl.slotVals = append(pl.slotVals, bid)
 		}
+		p.lists = []slotList{list}
 	}
 	for _, r := range s.SourceRanges {
 		k := rangeKey(id, r)
@@ -85,7 +88,7 @@ func (t *Table) upsert(name string, s Service, pl *plan) error {
 	}
 	for _, f := range s.Frontends {
 		k := f.key()
-		v := s.value(f, id, base)
+		v := s.value(f, id, p.lists[0].base)
 		p.values[k] = v
 		t.frontends[k] = name
 		if old != nil {
@@ -103,13 +106,13 @@ func (t *Table) upsert(name string, s Service, pl *plan) error {
 	}
 	for k := range old.values {
 		if _, ok := p.values[k]; !ok {
-			pl.delFrontends = append(pl.delFrontends, k)
-			delete(t.frontends, k)
+			t.dropFrontend(name, k, pl)
 		}
 	}
 	if !sameList {
-		pl.deleteSlots(id, oldBase, oldSlots)
-		t.releaseBackends(old.ordered, pl)
+		for _, l := range old.lists {
+			t.deleteList(id, l, pl)
+		}
 	}
 	for k := range old.ranges {
 		if !p.ranges[k] {
@@ -119,6 +122,40 @@ func (t *Table) upsert(name string, s Service, pl *plan) error {
 	return nil
 }
 
+// freeBase returns a slot base no list of old uses: the other half of
+// the slot space for a service with one list.
+func freeBase(old *programmed) uint32 {
+	for base := uint32(0); ; base += 1 << 16 {
+		used := false
+		if old != nil {
+			for _, l := range old.lists {
+				used = used || l.base == base
+			}
+		}
+		if !used {
+			return base
+		}
+	}
+}
+
+// dropFrontend plans the deletion of frontend k, which service name
+// gives up; a service taking it over in the same plan keeps it (write).
+func (t *Table) dropFrontend(name string, k bpf.SvcKey, pl *plan) {
+	pl.delFrontends = append(pl.delFrontends, k)
+	if t.frontends[k] == name {
+		delete(t.frontends, k)
+	}
+}
+
+// deleteList plans the deletion of list l of service id and lets go of
+// its backends.
+func (t *Table) deleteList(id uint32, l slotList, pl *plan) {
+	for i, bid := range l.ids {
+		pl.delSlots = append(pl.delSlots, bpf.BackendSlotKey{SvcID: id, Slot: l.base + uint32(i)})
+		t.releaseBackend(bid, pl)
+	}
+}
+
 // delete plans the removal of service name.
 func (t *Table) delete(name string, pl *plan) {
 	p, ok := t.services[name]
@@ -126,29 +163,21 @@ func (t *Table) delete(name string, pl *plan) {
 		return
 	}
 	for k := range p.values {
-		pl.delFrontends = append(pl.delFrontends, k)
-		delete(t.frontends, k)
+		t.dropFrontend(name, k, pl)
 	}
-	pl.deleteSlots(p.id, p.base, p.slots)
+	for _, l := range p.lists {
+		t.deleteList(p.id, l, pl)
+	}
 	for k := range p.ranges {
 		pl.delRanges = append(pl.delRanges, k)
 	}
-	t.releaseBackends(p.ordered, pl)
 	delete(t.services, name)
 	delete(t.svcIDs, p.id)
 }
 
-func (pl *plan) deleteSlots(id, base uint32, count int) {
-	for i := range count {
-		pl.delSlots = append(pl.delSlots, bpf.BackendSlotKey{SvcID: id, Slot: base + uint32(i)})
-	}
-}
-
 // adopt returns, as programmed, the service a previous process left
-// in the maps under one of s's frontends, or nil: its ID, its list as the
-// slots and counts say, its frontends and its ranges. The backends of its
-// list count as held by it, so that the upsert releases them as it would
-// its own.
+// in the maps under one of s's frontends, or nil: its ID, the lists its
+// frontends are on, its frontends and its ranges.
 func (t *Table) adopt(s Service) (*programmed, error) {
 	for _, f := range s.Frontends {
 		v, ok := t.adopted[f.key()]
@@ -158,29 +187,16 @@ func (t *Table) adopt(s Service) (*programmed, error) {
 		if _, taken := t.svcIDs[v.ID]; taken {
 			continue
 		}
-		p := &programmed{id: v.ID, base: v.SlotBase, slots: int(v.Serving) + int(v.Terminating),
-			values: map[bpf.SvcKey]bpf.Svc{}, ranges: map[bpf.SvcRangeKey]bool{}}
-		for i := 0; i < p.slots; i++ {
-			bid, err := t.slots.Lookup(bpf.BackendSlotKey{SvcID: v.ID, Slot: v.SlotBase + uint32(i)})
-			if errors.Is(err, ebpf.ErrKeyNotExist) {
-				break // a broken list: rewritten, and its slots deleted
-			}
-			if err != nil {
-				return nil, err
-			}
-			ap, ok := t.backendByID[bid]
-			if !ok {
-				break
-			}
-			serving := i < int(v.Serving)
-			local := i < int(v.ServingLocal) || (!serving && i < int(v.Serving)+int(v.TerminatingLocal))
-			p.ordered = append(p.ordered, Backend{Addr: ap.Addr(), Port: ap.Port(), Local: local, Terminating: !serving})
-			t.backendIDs[ap].refs++
-		}
+		p := &programmed{id: v.ID, values: map[bpf.SvcKey]bpf.Svc{}, ranges: map[bpf.SvcRangeKey]bool{}}
 		for _, k := range t.adoptedByID[v.ID] {
-			if av, ok := t.adopted[k]; ok {
-				p.values[k] = av
-				delete(t.adopted, k)
+			av, ok := t.adopted[k]
+			if !ok {
+				continue
+			}
+			p.values[k] = av
+			delete(t.adopted, k)
+			if err := t.adoptList(p, av); err != nil {
+				return nil, err
 			}
 		}
 		delete(t.adoptedByID, v.ID)
@@ -193,8 +209,41 @@ func (t *Table) adopt(s Service) (*programmed, error) {
 	return nil, nil
 }
 
-// newServiceID returns a service ID no service and no adopted frontend
-// holds.
+// adoptList adds the list frontend value v is on to p, once per base. The
+// first list found is p's ordered list, as far as its slots say.
+func (t *Table) adoptList(p *programmed, v bpf.Svc) error {
+	for _, l := range p.lists {
+		if l.base == v.SlotBase {
+			return nil
+		}
+	}
+	l := slotList{base: v.SlotBase}
+	var ordered []Backend
+	for i := 0; i < int(v.Serving)+int(v.Terminating); i++ {
+		bid, err := t.slots.Lookup(bpf.BackendSlotKey{SvcID: v.ID, Slot: v.SlotBase + uint32(i)})
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			bid = 0 // a hole: the list is rewritten
+		} else if err != nil {
+			return err
+		}
+		l.ids = append(l.ids, bid)
+		ap, ok := t.backendByID[bid]
+		if !ok {
+			continue
+		}
+		serving := i < int(v.Serving)
+		local := i < int(v.ServingLocal) || (!serving && i < int(v.Serving)+int(v.TerminatingLocal))
+		ordered = append(ordered, Backend{Addr: ap.Addr(), Port: ap.Port(), Local: local, Terminating: !serving})
+	}
+	if len(p.lists) == 0 {
+		p.ordered = ordered
+	}
+	p.lists = append(p.lists, l)
+	return nil
+}
+
+// newServiceID returns a service ID no service, adopted frontend or
+// leftover slot or range holds.
 func (t *Table) newServiceID() uint32 {
 	for {
 		id := t.nextSvcID
@@ -204,21 +253,14 @@ func (t *Table) newServiceID() uint32 {
 		}
 		_, taken := t.svcIDs[id]
 		_, adopted := t.adoptedByID[id]
-		if id != 0 && !taken && !adopted {
+		if id != 0 && !taken && !adopted && !t.reserved[id] {
 			return id
 		}
 	}
 }
 
-func otherBase(base uint32) uint32 {
-	if base == slotBases[0] {
-		return slotBases[1]
-	}
-	return slotBases[0]
-}
-
 // acquireBackend returns b's backend ID, planning the backend's write when
-// it is new, and counts one more list holding it.
+// it is new, and counts one more slot naming it.
 func (t *Table) acquireBackend(b Backend, pl *plan) uint32 {
 	ap := netip.AddrPortFrom(b.Addr, b.Port)
 	ref, ok := t.backendIDs[ap]
@@ -246,33 +288,62 @@ func (t *Table) newBackendID() uint32 {
 	}
 }
 
-// releaseBackends counts one list fewer holding each of bs.
-func (t *Table) releaseBackends(bs []Backend, pl *plan) {
-	for _, b := range bs {
-		ap := netip.AddrPortFrom(b.Addr, b.Port)
-		if ref, ok := t.backendIDs[ap]; ok {
-			ref.refs--
-			pl.released = append(pl.released, ap)
+// releaseBackend counts one slot fewer naming backend bid.
+func (t *Table) releaseBackend(bid uint32, pl *plan) {
+	ap, ok := t.backendByID[bid]
+	if !ok {
+		return
+	}
+	t.backendIDs[ap].refs--
+	pl.released = append(pl.released, ap)
+}
+
+// liveSlots returns the slots the kernel's frontends use now: the lists
+// of the services this Table holds and of the adopted frontends.
+func (t *Table) liveSlots() map[bpf.BackendSlotKey]bool {
+	live := map[bpf.BackendSlotKey]bool{}
+	for _, p := range t.services {
+		for _, l := range p.lists {
+			for i := range l.ids {
+				live[bpf.BackendSlotKey{SvcID: p.id, Slot: l.base + uint32(i)}] = true
+			}
 		}
 	}
+	for _, v := range t.adopted {
+		for i := uint32(0); i < uint32(v.Serving)+uint32(v.Terminating); i++ {
+			live[bpf.BackendSlotKey{SvcID: v.ID, Slot: v.SlotBase + i}] = true
+		}
+	}
+	return live
 }
 
 // planStray plans the removal of what the kernel maps hold that no
-// programmed service accounts for: what a previous process left. It runs
-// once, on the first Sync; what this Table writes it deletes itself.
-func (t *Table) planStray(pl *plan) error {
+// programmed service accounts for: what a previous process left, or an
+// apply that failed half-way. Entries no frontend used when the Sync began
+// (live) go first, freeing room; the others after the frontends. It runs
+// on the first Sync after NewTable or a failure; what this Table writes it
+// deletes itself.
+func (t *Table) planStray(pl *plan, live map[bpf.BackendSlotKey]bool) error {
 	if t.swept {
 		return nil
 	}
-	pl.delFrontends = slices.AppendSeq(pl.delFrontends, maps.Keys(t.adopted))
+	liveIDs := map[uint32]bool{}
+	for k := range live {
+		liveIDs[k.SvcID] = true
+	}
+	for k := range t.adopted {
+		pl.delFrontends = append(pl.delFrontends, k)
+	}
 	clear(t.adopted)
 	clear(t.adoptedByID)
 	clear(t.adoptedRanges)
 	wantSlots := map[bpf.BackendSlotKey]bool{}
 	wantRanges := map[bpf.SvcRangeKey]bool{}
 	for _, p := range t.services {
-		for i := range p.slots {
-			wantSlots[bpf.BackendSlotKey{SvcID: p.id, Slot: p.base + uint32(i)}] = true
+		for _, l := range p.lists {
+			for i := range l.ids {
+				wantSlots[bpf.BackendSlotKey{SvcID: p.id, Slot: l.base + uint32(i)}] = true
+			}
 		}
 		maps.Copy(wantRanges, p.ranges)
 	}
@@ -282,25 +353,44 @@ func (t *Table) planStray(pl *plan) error {
 	for _, k := range pl.delRanges {
 		wantRanges[k] = true
 	}
+	liveBackends := map[uint32]bool{}
 	var iterErr error
-	for k := range t.slots.All(&iterErr) {
-		if !wantSlots[k] {
-			pl.delSlots = append(pl.delSlots, k)
+	for k, bid := range t.slots.All(&iterErr) {
+		if live[k] {
+			liveBackends[bid] = true
 		}
+		if wantSlots[k] {
+			continue
+		}
+		if live[k] {
+			pl.delSlots = append(pl.delSlots, k)
+		} else {
+			pl.preSlots = append(pl.preSlots, k)
+		}
+		t.releaseBackend(bid, pl)
 	}
 	for k := range t.ranges.All(&iterErr) {
-		if !wantRanges[k] {
+		switch {
+		case wantRanges[k]:
+		case liveIDs[k.SvcID]:
 			pl.delRanges = append(pl.delRanges, k)
+		default:
+			pl.preRanges = append(pl.preRanges, k)
 		}
 	}
 	if iterErr != nil {
 		return iterErr
 	}
 	for ap, ref := range t.backendIDs {
-		if ref.refs == 0 {
+		if ref.refs == 0 && !liveBackends[ref.id] {
+			pl.preBackends = append(pl.preBackends, ref.id)
+			delete(t.backendIDs, ap)
+			delete(t.backendByID, ref.id)
+		} else if ref.refs == 0 {
 			pl.released = append(pl.released, ap)
 		}
 	}
+	clear(t.reserved)
 	t.swept = true
 	return nil
 }
@@ -319,6 +409,15 @@ func (t *Table) apply(pl *plan) error {
 }
 
 func (t *Table) write(pl *plan) error {
+	if err := remove(t, t.slots, pl.preSlots); err != nil {
+		return fmt.Errorf("delete unused backend slots: %w", err)
+	}
+	if err := remove(t, t.ranges, pl.preRanges); err != nil {
+		return fmt.Errorf("delete unused source ranges: %w", err)
+	}
+	if err := remove(t, t.backends, pl.preBackends); err != nil {
+		return fmt.Errorf("delete unused backends: %w", err)
+	}
 	if err := update(t, t.backends, pl.backendKeys, pl.backendVals); err != nil {
 		return fmt.Errorf("write backends: %w", err)
 	}
@@ -335,7 +434,19 @@ func (t *Table) write(pl *plan) error {
 	if err := update(t, t.svcs, pl.frontendKeys, pl.frontendVals); err != nil {
 		return fmt.Errorf("write frontends: %w", err)
 	}
-	if err := remove(t, t.svcs, pl.delFrontends); err != nil {
+	// A frontend one service gave up and another took in this plan was
+	// just written under its new service: it stays.
+	written := make(map[bpf.SvcKey]bool, len(pl.frontendKeys))
+	for _, k := range pl.frontendKeys {
+		written[k] = true
+	}
+	var dropped []bpf.SvcKey
+	for _, k := range pl.delFrontends {
+		if !written[k] {
+			dropped = append(dropped, k)
+		}
+	}
+	if err := remove(t, t.svcs, dropped); err != nil {
 		return fmt.Errorf("delete frontends: %w", err)
 	}
 	if err := remove(t, t.slots, pl.delSlots); err != nil {

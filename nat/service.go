@@ -29,7 +29,8 @@ type Frontend struct {
 	Port uint16
 	// Protocol is ProtoTCP, ProtoUDP or ProtoSCTP.
 	Protocol uint8
-	// NodePort marks a NodePort frontend (Addr unspecified).
+	// NodePort marks a NodePort frontend (Addr unspecified); it is
+	// External too.
 	NodePort bool
 	// External says clients outside the cluster reach the service here
 	// (NodePort, ExternalIP, load balancer), so that ExternalLocal rather
@@ -98,8 +99,14 @@ func (s *Service) validate() (bpf.Family, error) {
 	fam := familyOf(s.Frontends[0].Addr)
 	seen := map[bpf.SvcKey]bool{}
 	for _, f := range s.Frontends {
-		if !f.Addr.IsValid() || f.Addr.Is4In6() {
-			return 0, fmt.Errorf("%w: frontend address %v (IPv4-mapped addresses are written in the IPv4 form)", ErrInvalidService, f.Addr)
+		if !f.Addr.IsValid() || f.Addr.Is4In6() || f.Addr.Zone() != "" {
+			return 0, fmt.Errorf("%w: frontend address %v (IPv4-mapped addresses are written in the IPv4 form, and none has a zone)", ErrInvalidService, f.Addr)
+		}
+		if f.Port == 0 {
+			return 0, fmt.Errorf("%w: frontend %v with port 0", ErrInvalidService, f.Addr)
+		}
+		if f.NodePort && !f.External {
+			return 0, fmt.Errorf("%w: NodePort frontend port %d not External", ErrInvalidService, f.Port)
 		}
 		if familyOf(f.Addr) != fam {
 			return 0, fmt.Errorf("%w: frontends of both families", ErrInvalidService)
@@ -118,8 +125,11 @@ func (s *Service) validate() (bpf.Family, error) {
 	}
 	bes := map[netip.AddrPort]bool{}
 	for _, b := range s.Backends {
-		if !b.Addr.IsValid() || b.Addr.Is4In6() || familyOf(b.Addr) != fam {
-			return 0, fmt.Errorf("%w: backend %v is not of the frontends' family", ErrInvalidService, b.Addr)
+		if !b.Addr.IsValid() || b.Addr.Is4In6() || b.Addr.Zone() != "" || familyOf(b.Addr) != fam {
+			return 0, fmt.Errorf("%w: backend %v is not an address of the frontends' family (without zone)", ErrInvalidService, b.Addr)
+		}
+		if b.Port == 0 {
+			return 0, fmt.Errorf("%w: backend %v with port 0", ErrInvalidService, b.Addr)
 		}
 		ap := netip.AddrPortFrom(b.Addr, b.Port)
 		if bes[ap] {

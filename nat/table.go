@@ -64,6 +64,9 @@ type Table struct {
 	adoptedByID   map[uint32][]bpf.SvcKey
 	adoptedRanges map[uint32][]bpf.SvcRangeKey
 
+	// reserved are the service IDs the kernel's slots and ranges hold,
+	// which no new service takes until the first Sync has swept them.
+	reserved map[uint32]bool
 	// swept: the first Sync removed what a previous process left.
 	swept bool
 
@@ -74,16 +77,23 @@ type Table struct {
 
 // programmed is a service as the maps hold it.
 type programmed struct {
-	svc     Service
+	svc Service
+	id  uint32
+	// lists are the backend lists its frontends use: one, ordered, for a
+	// service this Table programmed; those an adopted service's
+	// frontends were found on (a process that died between two flips
+	// leaves two).
+	lists   []slotList
 	ordered []Backend
-	id      uint32
-	// base is where the list's slots start, slots how many there are
-	// (more than len(ordered) only for a broken list adopted from the
-	// kernel).
-	base   uint32
-	slots  int
-	values map[bpf.SvcKey]bpf.Svc
-	ranges map[bpf.SvcRangeKey]bool
+	values  map[bpf.SvcKey]bpf.Svc
+	ranges  map[bpf.SvcRangeKey]bool
+}
+
+// slotList is a backend list: the backend ID in each slot from base on,
+// 0 where an adopted list has a hole.
+type slotList struct {
+	base uint32
+	ids  []uint32
 }
 
 type backendRef struct {
@@ -125,6 +135,7 @@ func (t *Table) readKernel() error {
 	t.adopted = map[bpf.SvcKey]bpf.Svc{}
 	t.adoptedByID = map[uint32][]bpf.SvcKey{}
 	t.adoptedRanges = map[uint32][]bpf.SvcRangeKey{}
+	t.reserved = map[uint32]bool{}
 	t.swept = false
 	var iterErr error
 	for id, b := range t.backends.All(&iterErr) {
@@ -138,8 +149,19 @@ func (t *Table) readKernel() error {
 		t.adoptedByID[v.ID] = append(t.adoptedByID[v.ID], k)
 		t.nextSvcID = max(t.nextSvcID, v.ID+1)
 	}
+	// Every slot holds its backend, whoever the slot belongs to: a
+	// backend goes only when no slot names it.
+	for k, id := range t.slots.All(&iterErr) {
+		if ap, ok := t.backendByID[id]; ok {
+			t.backendIDs[ap].refs++
+		}
+		t.reserved[k.SvcID] = true
+		t.nextSvcID = max(t.nextSvcID, k.SvcID+1)
+	}
 	for k := range t.ranges.All(&iterErr) {
 		t.adoptedRanges[k.SvcID] = append(t.adoptedRanges[k.SvcID], k)
+		t.reserved[k.SvcID] = true
+		t.nextSvcID = max(t.nextSvcID, k.SvcID+1)
 	}
 	if iterErr != nil {
 		return fmt.Errorf("read maps: %w", iterErr)
@@ -176,10 +198,16 @@ func (t *Table) Upsert(name string, s Service) error {
 	if err := t.made(); err != nil {
 		return err
 	}
+	if _, err := s.validate(); err != nil {
+		return fmt.Errorf("upsert service %q: %w", name, err)
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if p, ok := t.services[name]; ok && equalServices(p.svc, s) {
+		return nil
+	}
 	var pl plan
-	if err := t.upsert(name, s, &pl); err != nil {
+	if err := t.upsert(name, s, &pl, nil); err != nil {
 		if !errors.Is(err, ErrInvalidService) {
 			// Refused before it changed anything unless the kernel
 			// failed: then start again from what the maps hold.
@@ -211,18 +239,30 @@ func (t *Table) Delete(name string) error {
 
 // Sync makes the maps hold exactly the services in all: services not in
 // it are deleted, changed ones upserted, unchanged ones not touched. The
-// first Sync also removes, last, the entries a previous process left that
-// no service in all accounts for. All the changes go in one plan, with
-// batched map commands: every backend any service gains is written before
-// any frontend moves, and nothing is deleted before every frontend has.
+// first Sync also removes the entries a previous process left that no
+// service in all accounts for: first those no frontend uses, which frees
+// room, and last the rest. All the changes go in one plan, with batched map
+// commands: every backend any service gains is written before any frontend
+// moves, and nothing a frontend uses is deleted before every frontend has
+// moved. A frontend may move between services.
 func (t *Table) Sync(all map[string]Service) error {
 	if err := t.made(); err != nil {
 		return err
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	// Which service each frontend is to belong to: a frontend may move
+	// from one service to another within one Sync.
+	owners := map[bpf.SvcKey]string{}
 	var changed []string
 	for name, s := range all {
+		for _, f := range s.Frontends {
+			k := f.key()
+			if other, ok := owners[k]; ok {
+				return fmt.Errorf("sync services: %w: frontend %v port %d in %q and %q", ErrInvalidService, f.Addr, f.Port, other, name)
+			}
+			owners[k] = name
+		}
 		if p, ok := t.services[name]; ok && equalServices(p.svc, s) {
 			continue
 		}
@@ -231,8 +271,11 @@ func (t *Table) Sync(all map[string]Service) error {
 		}
 		changed = append(changed, name)
 	}
+	var live map[bpf.BackendSlotKey]bool
+	if !t.swept {
+		live = t.liveSlots()
+	}
 	var pl plan
-	// Deletions first, so that a frontend may move between services.
 	for name := range t.services {
 		if _, ok := all[name]; !ok {
 			t.delete(name, &pl)
@@ -241,13 +284,13 @@ func (t *Table) Sync(all map[string]Service) error {
 	// In name order, so that new IDs do not depend on map order.
 	slices.Sort(changed)
 	for _, name := range changed {
-		if err := t.upsert(name, all[name], &pl); err != nil {
+		if err := t.upsert(name, all[name], &pl, owners); err != nil {
 			// Nothing is written yet: forget the planned state.
 			rerr := t.readKernel()
 			return errors.Join(fmt.Errorf("sync services: upsert %q: %w", name, err), rerr)
 		}
 	}
-	if err := t.planStray(&pl); err != nil {
+	if err := t.planStray(&pl, live); err != nil {
 		return fmt.Errorf("sync services: %w", err)
 	}
 	if err := t.apply(&pl); err != nil {

@@ -16,7 +16,9 @@ func diffOptions(seed uint64, g *gen) Options {
 	case 1:
 		return Options{MergeThreshold: 3}
 	case 2:
-		// The prologue of a part takes up to 12 jumps (family.go).
+		// Small parts, though not so small that a policy of rules with
+		// IPv6 CIDRs (five jumps each) needs more than MaxParts;
+		// TestKernelTable puts every rule in its own part.
 		return Options{MergeThreshold: 3, SplitJumps: 20 + g.r.IntN(40), MaxParts: MaxParts}
 	case 3:
 		return Options{MergeThreshold: -1, FallThroughRules: 1}

@@ -318,9 +318,9 @@ func (c *compiler) portRanges(portOff int16, ranges []PortRange, named []uint64,
 	}
 }
 
-// ipsetLookup looks up set id in sl_ipsets with the address at addrOff
-// and its family and, when portOff >= 0, the port there and the protocol (a named-port
-// match). It jumps to label when R0 (the member) is op 0.
+// ipsetLookup looks up set id in sl_ipsets with the address at addrOff,
+// its family and, when portOff >= 0, the port there and the protocol (a
+// named-port match). It jumps to label when R0 (the member) is op 0.
 func (c *compiler) ipsetLookup(id uint64, addrOff, portOff int16, op ebpfasm.JumpOp, label string) {
 	b := c.part.b
 	k := &c.part.key

@@ -71,13 +71,22 @@ type packetView struct {
 }
 
 func view(p Packet, preNAT bool) packetView {
-	v := packetView{src: p.Src.Unmap(), dst: p.Dst.Unmap(), srcPort: p.SrcPort, dstPort: p.DstPort,
+	v := packetView{src: stateAddr(p.Src), dst: stateAddr(p.Dst), srcPort: p.SrcPort, dstPort: p.DstPort,
 		proto: p.Protocol, icmpType: p.ICMPType, icmpCode: p.ICMPCode}
 	if preNAT {
 		dst, port := p.preNAT()
-		v.dst, v.dstPort = dst.Unmap(), port
+		v.dst, v.dstPort = stateAddr(dst), port
 	}
 	return v
+}
+
+// stateAddr is a as the state holds it: 16 bytes, so no zone, IPv4-mapped
+// IPv4, and :: for no address.
+func stateAddr(a netip.Addr) netip.Addr {
+	if !a.IsValid() {
+		return netip.IPv6Unspecified()
+	}
+	return a.Unmap().WithZone("")
 }
 
 type evaluation struct {

@@ -82,38 +82,47 @@ func familyAddrs(p *program) []int16 {
 }
 
 // familyPrologue sets regFamily and the tagged words of the addresses in
-// c.familyAddrs.
+// c.familyAddrs. It takes no jump, so that it costs a part none of its
+// verifier budget of branches and mixed traffic no mispredictions.
 func (c *compiler) familyPrologue() {
 	if len(c.familyAddrs) == 0 {
 		return
 	}
 	b := c.part.b
-	b.Comment("classify the checked addresses: IPv4-mapped or IPv6")
+	b.Comment("classify the checked addresses: IPv4-mapped or IPv6, without a branch")
 	b.Emit(ebpfasm.Mov.Imm(regFamily, 0))
 	for _, off := range c.familyAddrs {
 		v6, v4, tagged := familyBits(off)
-		isV6, done := c.newLabel("addr_v6"), c.newLabel("addr_classified")
-		b.Emit(ebpfasm.LoadMem(ebpfasm.R1, regState, off, ebpfasm.DWord))
-		b.Jump(ebpfasm.JNE, ebpfasm.R1, 0, isV6)
-		b.Emit(ebpfasm.LoadMem(ebpfasm.R1, regState, off+8, ebpfasm.Word))
-		b.Jump32(ebpfasm.JNE, ebpfasm.R1, mappedMarker, isV6)
 		b.Emit(
-			ebpfasm.LoadMem(ebpfasm.R1, regState, off+12, ebpfasm.Word),
-			ebpfasm.HostTo(ebpfasm.BE, ebpfasm.R1, ebpfasm.Word),
-			ebpfasm.LSh.Imm(ebpfasm.R1, 32),
-			ebpfasm.ArSh.Imm(ebpfasm.R1, 32),
-			ebpfasm.StoreMem(ebpfasm.R10, tagged, ebpfasm.R1, ebpfasm.DWord),
-			ebpfasm.Or.Imm(regFamily, v4),
+			// R1 = 1 if the first 96 bits are not ::ffff:0:0/96, else 0:
+			// (x | -x) >> 63 of x = words 0-1 | (word 2 ^ marker).
+			ebpfasm.LoadMem(ebpfasm.R1, regState, off, ebpfasm.DWord),
+			ebpfasm.LoadMem(ebpfasm.R2, regState, off+8, ebpfasm.Word),
+			ebpfasm.Xor.Imm32(ebpfasm.R2, mappedMarker),
+			ebpfasm.Or.Reg(ebpfasm.R1, ebpfasm.R2),
+			ebpfasm.Mov.Reg(ebpfasm.R2, ebpfasm.R1),
+			ebpfasm.Neg.Imm(ebpfasm.R2, 0),
+			ebpfasm.Or.Reg(ebpfasm.R1, ebpfasm.R2),
+			ebpfasm.RSh.Imm(ebpfasm.R1, 63),
+			// R2 = the IPv4 word in host order, sign-extended.
+			ebpfasm.LoadMem(ebpfasm.R2, regState, off+12, ebpfasm.Word),
+			ebpfasm.HostTo(ebpfasm.BE, ebpfasm.R2, ebpfasm.Word),
+			ebpfasm.LSh.Imm(ebpfasm.R2, 32),
+			ebpfasm.ArSh.Imm(ebpfasm.R2, 32),
+			// tagged = R2, or 1<<32 where R1 is 1: R2 ^ ((R2 ^ 1<<32) & -R1).
+			ebpfasm.Mov.Reg(ebpfasm.R3, ebpfasm.R1),
+			ebpfasm.Neg.Imm(ebpfasm.R3, 0),
+			ebpfasm.Mov.Imm(ebpfasm.R4, 1),
+			ebpfasm.LSh.Imm(ebpfasm.R4, 32),
+			ebpfasm.Xor.Reg(ebpfasm.R4, ebpfasm.R2),
+			ebpfasm.And.Reg(ebpfasm.R4, ebpfasm.R3),
+			ebpfasm.Xor.Reg(ebpfasm.R2, ebpfasm.R4),
+			ebpfasm.StoreMem(ebpfasm.R10, tagged, ebpfasm.R2, ebpfasm.DWord),
+			// regFamily |= R1 ? v6 : v4, as v4 + R1*(v6-v4).
+			ebpfasm.Mul.Imm(ebpfasm.R1, v6-v4),
+			ebpfasm.Add.Imm(ebpfasm.R1, v4),
+			ebpfasm.Or.Reg(regFamily, ebpfasm.R1),
 		)
-		b.Ja(done)
-		c.label(isV6)
-		b.Emit(
-			ebpfasm.Mov.Imm(ebpfasm.R1, 1),
-			ebpfasm.LSh.Imm(ebpfasm.R1, 32),
-			ebpfasm.StoreMem(ebpfasm.R10, tagged, ebpfasm.R1, ebpfasm.DWord),
-			ebpfasm.Or.Imm(regFamily, v6),
-		)
-		c.label(done)
 	}
 }
 

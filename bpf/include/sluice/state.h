@@ -55,8 +55,8 @@ SL_ASSERT_SIZE(struct sl_state, 80);
  * set_id and family, so a member matches only addresses of its own family.
  * An IPv4 CIDR member's length is 64+32+96 plus its prefix length (the
  * ::ffff:0:0/96 part is matched too), an IPv6 one's 64+32 plus its prefix
- * length, and a named-port member's is the whole key, 256 bits, pad
- * (zero) included. A lookup always uses the whole key: with port and
+ * length, and a named-port member's is the whole key, 256 bits, zero
+ * included. A lookup always uses the whole key: with port and
  * proto zero for an address test, which finds CIDR members only since a
  * named-port member's protocol is never 0, and with the packet's port and
  * protocol for a named-port test, which finds the exact member or a CIDR
@@ -69,6 +69,6 @@ struct sl_ipset_key {
 	__u8	addr[16];		/* member address, IPv4-mapped for IPv4 */
 	__u16	port;			/* named-port members: port, host order; else 0 */
 	__u8	proto;			/* named-port members: IPPROTO_*; else 0 */
-	__u8	pad;			/* zero */
+	__u8	zero;			/* always 0; named, unlike padding, so that a key another writer set it in is seen */
 };
 SL_ASSERT_SIZE(struct sl_ipset_key, 36);
