@@ -55,8 +55,18 @@ type Interface struct {
 	// default (bpf.IfaceDropNonIP).
 	DropNonIP bool
 	// PassIPv6 passes IPv6 unchecked instead of dropping it
-	// (bpf.IfacePassIPv6).
+	// (bpf.IfacePassIPv6). EnforceIPv6 overrides it.
 	PassIPv6 bool
+	// EnforceIPv6 parses IPv6 and enforces it as IPv4 is: conntrack,
+	// reverse-path checks, host flags and policy, with neighbour
+	// discovery passed and counted (bpf.IfaceEnforceIPv6). It is opt-in
+	// while policy's CIDR checks do not yet tell the families apart, and
+	// will become the default once they do.
+	EnforceIPv6 bool
+	// DropND drops ICMPv6 neighbour discovery and multicast listener
+	// messages, which pass by default where IPv6 is enforced
+	// (bpf.IfaceDropND). Router messages from a workload drop regardless.
+	DropND bool
 	// DropMidFlow drops TCP that is neither a SYN nor part of a tracked
 	// flow instead of running policy on it (bpf.IfaceDropMidFlow).
 	DropMidFlow bool
@@ -79,6 +89,8 @@ func (c *Interface) flags() bpf.IfaceFlags {
 	}{
 		{c.DropNonIP, bpf.IfaceDropNonIP},
 		{c.PassIPv6, bpf.IfacePassIPv6},
+		{c.EnforceIPv6, bpf.IfaceEnforceIPv6},
+		{c.DropND, bpf.IfaceDropND},
 		{c.DropMidFlow, bpf.IfaceDropMidFlow},
 		{c.PassFragments, bpf.IfacePassFragments},
 	} {

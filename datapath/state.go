@@ -17,7 +17,7 @@ import (
 // upgrade from the previous version (maps.WithUpgrade).
 const (
 	ifacesVersion   = 1 // struct sl_iface
-	countersVersion = 1 // struct sl_reason_counts
+	countersVersion = 2 // struct sl_reason_counts; 2: the IPv6 reasons (upgradeCountersV1)
 	ruleHitsVersion = 1 // rule ID to hits
 	ipsetsVersion   = 1 // struct sl_ipset_key
 	routesVersion   = 1 // struct sl_route_key to struct sl_route
@@ -79,7 +79,11 @@ func openState(specs *bpf.Specs, opts Options) (*state, error) {
 	}
 	for _, e := range entries {
 		e.spec.MaxEntries = e.size
-		m, err := s.open(e.spec, e.version)
+		var opts []maps.Option
+		if e.m == &s.counters {
+			opts = append(opts, maps.WithUpgrade(1, upgradeCountersV1))
+		}
+		m, err := s.open(e.spec, e.version, opts...)
 		if err != nil {
 			s.close()
 			return nil, err
@@ -94,7 +98,7 @@ func openState(specs *bpf.Specs, opts Options) (*state, error) {
 }
 
 // open returns the map spec describes, from the registry when pinning.
-func (s *state) open(spec *ebpf.MapSpec, version uint32) (*ebpf.Map, error) {
+func (s *state) open(spec *ebpf.MapSpec, version uint32, opts ...maps.Option) (*ebpf.Map, error) {
 	if s.pinDir == "" {
 		m, err := ebpf.NewMap(spec)
 		if err != nil {
@@ -102,8 +106,30 @@ func (s *state) open(spec *ebpf.MapSpec, version uint32) (*ebpf.Map, error) {
 		}
 		return m, nil
 	}
-	m, _, err := maps.OpenOrCreate(maps.ParamsFromSpec(spec, version, s.pinDir))
+	m, _, err := maps.OpenOrCreate(maps.ParamsFromSpec(spec, version, s.pinDir), opts...)
 	return m, err
+}
+
+// Counter layout version 1: 26 reasons, and the first drop reason at 7,
+// where version 2 put SL_REASON_ND_PASSED; version 2 appends the other
+// IPv6 reasons after the 26.
+const (
+	countersV1Reasons   = 26
+	countersV1FirstDrop = 7
+)
+
+// upgradeCountersV1 moves a version-1 counter entry to version 2: each
+// reason keeps its count under its new number, and the new reasons start
+// at zero.
+func upgradeCountersV1(key, value []byte) ([]byte, []byte, bool, error) {
+	if len(value) != 8*countersV1Reasons {
+		return nil, nil, false, fmt.Errorf("counters version 1: value of %d bytes, want %d", len(value), 8*countersV1Reasons)
+	}
+	out := make([]byte, 8*bpf.ReasonCount)
+	copy(out, value[:8*countersV1FirstDrop])
+	at := 8 * int(bpf.ReasonDroppedByPolicy)
+	copy(out[at:], value[8*countersV1FirstDrop:])
+	return key, out, true, nil
 }
 
 // openConntrack opens the conntrack table. A pinned table of another size
