@@ -401,6 +401,68 @@ SL_INLINE int sl_new_packet(struct __sk_buff *skb, const struct sl_iface_record 
 	return sl_to_policy(skb, rec, hook, counters, pkt, key, dir, sl_host_flags(src, dst));
 }
 
+/* sl_tc_parsed is the path of a packet whose IP header is parsed: its L4
+ * header, neighbour discovery (v6, a constant: the IPv4 copy keeps none of
+ * it), then conntrack and sl_new_packet. Inlined into one copy per
+ * family, so that the IPv4 copy keeps pkt in registers as it did before
+ * IPv6: the IPv6 copy's pkt has its address taken by sl_parse_ipv6. */
+SL_INLINE int sl_tc_parsed(struct __sk_buff *skb, const struct sl_iface_record *rec, enum sl_hook hook,
+			   __u32 counters, struct sl_pkt *pkt, bool v6)
+{
+	__u32 ifindex = skb->ifindex;
+	enum sl_reason reason;
+	struct sl_ct_value *ct;
+	struct sl_ct_key key;
+	enum sl_ct_dir dir;
+	__u16 sport, dport;
+	void *live;
+
+	if (sl_parse_l4(skb, pkt, &reason) != SL_PARSE_OK)
+		return sl_verdict(counters, reason);
+	if (v6 && sl_icmp6_link(pkt))
+		return sl_verdict(counters, sl_nd_reason(pkt, rec->flags, hook));
+
+	live = sl_ct_table(SL_CT_TABLE_LIVE);
+	if (!live)
+		return sl_verdict(counters, SL_REASON_DROPPED_NO_CONNTRACK);
+	sl_ct_ports(pkt, &sport, &dport);
+	dir = sl_ct_key_fill(&key, pkt->proto, pkt->saddr, sport, pkt->daddr, dport);
+	/* An untracked packet (ICMP other than echo) has no entry to find,
+	 * and must not find one a flow of its ports might have. */
+	ct = sl_ct_tracked(pkt) ? sl_ct_lookup(live, &key, &dir, pkt->saddr, sport) : NULL;
+
+	bool syn = pkt->proto == IPPROTO_TCP && (pkt->tcp_flags & (SL_TCP_SYN | SL_TCP_ACK)) == SL_TCP_SYN;
+	if (ct && !syn && sl_ct_passes(ct, dir, ifindex, hook)) {
+		struct sl_ct_leg *leg = sl_ct_leg_of(ct, dir);
+		bool count = hook == SL_HOOK_INGRESS ||
+			     !sl_ct_counted_at_ingress(leg, skb->ingress_ifindex, ifindex);
+
+		sl_ct_leg_account(ct, leg, sl_ct_leg_flags_of(pkt->tcp_flags), skb->len,
+				  bpf_ktime_get_coarse_ns(), count);
+		return sl_verdict(counters, SL_REASON_ACCEPTED_ESTABLISHED);
+	}
+	return sl_new_packet(skb, rec, hook, counters, live, pkt, &key, dir);
+}
+
+/* sl_tc_ipv6 is the path of an IPv6 packet at an interface that enforces
+ * IPv6: sl_parse_ipv6, then what IPv4 packets do. */
+SL_INLINE int sl_tc_ipv6(struct __sk_buff *skb, const struct sl_iface_record *rec, enum sl_hook hook,
+			 __u32 counters)
+{
+	struct sl_pkt pkt = {};
+	enum sl_parse_rc rc;
+	int res;
+
+	sl_pull(skb, SL_PARSE6_LEN);
+	res = sl_parse_ipv6(skb, rec->flags, &pkt);
+	rc = SL_PARSE6_RC(res);
+	if (rc == SL_PARSE_LATER_FRAGMENT)
+		return sl_later_fragment(skb, rec->flags, hook, counters, &pkt);
+	if (rc != SL_PARSE_OK)
+		return sl_verdict(counters, SL_PARSE6_REASON(res));
+	return sl_tc_parsed(skb, rec, hook, counters, &pkt, true);
+}
+
 /* sl_tc_main is the whole per-packet path of both hooks; hook is a
  * constant in each caller, so each program keeps only its own branches. */
 SL_INLINE int sl_tc_main(struct __sk_buff *skb, enum sl_hook hook)
@@ -409,12 +471,7 @@ SL_INLINE int sl_tc_main(struct __sk_buff *skb, enum sl_hook hook)
 	struct sl_pkt pkt = {};
 	enum sl_parse_rc rc;
 	enum sl_reason reason;
-	struct sl_ct_value *ct;
-	struct sl_ct_key key;
-	enum sl_ct_dir dir;
-	__u16 sport, dport;
 	__u32 counters;
-	void *live;
 
 	struct sl_iface *iface = bpf_map_lookup_elem(&sl_ifaces, &ifindex);
 	if (!iface)
@@ -428,42 +485,16 @@ SL_INLINE int sl_tc_main(struct __sk_buff *skb, enum sl_hook hook)
 
 	sl_pull(skb, SL_PARSE_LEN);
 	rc = sl_parse_eth(skb, rec->flags, &reason);
-	if (rc == SL_PARSE_IPV4) {
-		rc = sl_parse_ipv4(skb, rec->flags, &pkt, &reason);
-	} else if (rc == SL_PARSE_IPV6) {
-		sl_pull(skb, SL_PARSE6_LEN);
-		int res = sl_parse_ipv6(skb, rec->flags, &pkt);
-
-		rc = SL_PARSE6_RC(res);
-		reason = SL_PARSE6_REASON(res);
-	}
+	if (rc == SL_PARSE_IPV6)
+		return sl_tc_ipv6(skb, rec, hook, counters);
+	if (rc != SL_PARSE_IPV4)
+		return sl_verdict(counters, reason);
+	rc = sl_parse_ipv4(skb, rec->flags, &pkt, &reason);
 	if (rc == SL_PARSE_LATER_FRAGMENT)
 		return sl_later_fragment(skb, rec->flags, hook, counters, &pkt);
-	if (rc != SL_PARSE_OK || sl_parse_l4(skb, &pkt, &reason) != SL_PARSE_OK)
+	if (rc != SL_PARSE_OK)
 		return sl_verdict(counters, reason);
-	if (sl_icmp6_link(&pkt))
-		return sl_verdict(counters, sl_nd_reason(&pkt, rec->flags, hook));
-
-	live = sl_ct_table(SL_CT_TABLE_LIVE);
-	if (!live)
-		return sl_verdict(counters, SL_REASON_DROPPED_NO_CONNTRACK);
-	sl_ct_ports(&pkt, &sport, &dport);
-	dir = sl_ct_key_fill(&key, pkt.proto, pkt.saddr, sport, pkt.daddr, dport);
-	/* An untracked packet (ICMP other than echo) has no entry to find,
-	 * and must not find one a flow of its ports might have. */
-	ct = sl_ct_tracked(&pkt) ? sl_ct_lookup(live, &key, &dir, pkt.saddr, sport) : NULL;
-
-	bool syn = pkt.proto == IPPROTO_TCP && (pkt.tcp_flags & (SL_TCP_SYN | SL_TCP_ACK)) == SL_TCP_SYN;
-	if (ct && !syn && sl_ct_passes(ct, dir, ifindex, hook)) {
-		struct sl_ct_leg *leg = sl_ct_leg_of(ct, dir);
-		bool count = hook == SL_HOOK_INGRESS ||
-			     !sl_ct_counted_at_ingress(leg, skb->ingress_ifindex, ifindex);
-
-		sl_ct_leg_account(ct, leg, sl_ct_leg_flags_of(pkt.tcp_flags), skb->len,
-				  bpf_ktime_get_coarse_ns(), count);
-		return sl_verdict(counters, SL_REASON_ACCEPTED_ESTABLISHED);
-	}
-	return sl_new_packet(skb, rec, hook, counters, live, &pkt, &key, dir);
+	return sl_tc_parsed(skb, rec, hook, counters, &pkt, false);
 }
 
 /* The programs to attach: one per TC hook. */

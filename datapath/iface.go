@@ -60,8 +60,11 @@ type Interface struct {
 	// EnforceIPv6 parses IPv6 and enforces it as IPv4 is: conntrack,
 	// reverse-path checks, host flags and policy, with neighbour
 	// discovery passed and counted (bpf.IfaceEnforceIPv6). It is opt-in
-	// while policy's CIDR checks do not yet tell the families apart, and
-	// will become the default once they do.
+	// while policy's CIDR checks do not yet tell the families apart (a
+	// compiled IPv4 CIDR is compared with the last 32 bits of the address,
+	// so it can match an IPv6 packet): enable it only with rules whose
+	// verdicts do not hang on IPv4 CIDRs or IP sets. It becomes the
+	// default once polprog is family-aware.
 	EnforceIPv6 bool
 	// DropND drops ICMPv6 neighbour discovery and multicast listener
 	// messages, which pass by default where IPv6 is enforced
