@@ -374,10 +374,13 @@ SL_INLINE int sl_later_fragment(struct __sk_buff *skb, enum sl_iface_flags iflag
 	return sl_verdict(counters, SL_REASON_FRAGMENT_PASSED);
 }
 
-/* sl_new_packet decides a packet conntrack did not pass. */
+/* sl_new_packet decides a packet conntrack did not pass; v6 (a constant)
+ * says which family's ICMP errors may be related. An error of the other
+ * family's ICMP never is: its quote's source would be of the other family
+ * than the error's destination. */
 SL_INLINE int sl_new_packet(struct __sk_buff *skb, const struct sl_iface_record *rec, enum sl_hook hook,
 			    __u32 counters, void *live, const struct sl_pkt *pkt,
-			    const struct sl_ct_key *key, enum sl_ct_dir dir)
+			    const struct sl_ct_key *key, enum sl_ct_dir dir, bool v6)
 {
 	enum sl_iface_flags iflags = rec->flags;
 	const struct sl_route *src, *dst = NULL;
@@ -387,10 +390,10 @@ SL_INLINE int sl_new_packet(struct __sk_buff *skb, const struct sl_iface_record 
 	if (iflags & SL_IFACE_HOST)
 		dst = sl_route_of(pkt->daddr);
 
-	if (pkt->proto == IPPROTO_ICMP && sl_icmp_is_error(pkt->icmp_type) &&
+	if (!v6 && pkt->proto == IPPROTO_ICMP && sl_icmp_is_error(pkt->icmp_type) &&
 	    sl_related(skb, live, pkt, hook))
 		return sl_verdict(counters, SL_REASON_ACCEPTED_RELATED);
-	if (pkt->proto == IPPROTO_ICMPV6 && sl_icmp6_is_error(pkt->icmp_type) &&
+	if (v6 && pkt->proto == IPPROTO_ICMPV6 && sl_icmp6_is_error(pkt->icmp_type) &&
 	    sl_related6(skb, live, pkt, hook))
 		return sl_verdict(counters, SL_REASON_ACCEPTED_RELATED);
 	/* TCP that is neither a SYN nor part of a flow approved here started
@@ -441,7 +444,7 @@ SL_INLINE int sl_tc_parsed(struct __sk_buff *skb, const struct sl_iface_record *
 				  bpf_ktime_get_coarse_ns(), count);
 		return sl_verdict(counters, SL_REASON_ACCEPTED_ESTABLISHED);
 	}
-	return sl_new_packet(skb, rec, hook, counters, live, pkt, &key, dir);
+	return sl_new_packet(skb, rec, hook, counters, live, pkt, &key, dir, v6);
 }
 
 /* sl_tc_ipv6 is the path of an IPv6 packet at an interface that enforces
