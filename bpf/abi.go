@@ -242,6 +242,15 @@ const (
 	// IfacePassFragments is SL_IFACE_PASS_FRAGMENTS: police first
 	// fragments and pass later ones, instead of dropping all.
 	IfacePassFragments IfaceFlags = 1 << 6
+	// IfaceEnforceIPv6 is SL_IFACE_ENFORCE_IPV6: parse and enforce IPv6 as
+	// IPv4 is (conntrack, reverse-path checks, policy), instead of passing
+	// or dropping it whole by SL_IFACE_PASS_IPV6, which it overrides.
+	// Opt-in until policy's address checks know the family; then it
+	// becomes the default.
+	IfaceEnforceIPv6 IfaceFlags = 1 << 7
+	// IfaceDropND is SL_IFACE_DROP_ND: with SL_IFACE_ENFORCE_IPV6: drop
+	// neighbour discovery instead of passing it.
+	IfaceDropND IfaceFlags = 1 << 8
 )
 
 // String returns the lower-case C names of the bits set in i without its
@@ -259,6 +268,8 @@ var ifaceFlagsNames = []flagName{
 	{uint64(IfacePassIPv6), "pass_ipv6"},
 	{uint64(IfaceDropMidFlow), "drop_mid_flow"},
 	{uint64(IfacePassFragments), "pass_fragments"},
+	{uint64(IfaceEnforceIPv6), "enforce_ipv6"},
+	{uint64(IfaceDropND), "drop_nd"},
 }
 
 // Hook mirrors enum sl_hook: the TC hook a program runs at. Also the second
@@ -308,74 +319,93 @@ const (
 	// ReasonNonIPPassed is SL_REASON_NON_IP_PASSED: ARP or another link
 	// protocol that cannot carry IP.
 	ReasonNonIPPassed Reason = 4
-	// ReasonIPv6Passed is SL_REASON_IPV6_PASSED: IPv6 on an interface with
-	// SL_IFACE_PASS_IPV6.
+	// ReasonIPv6Passed is SL_REASON_IPV6_PASSED: IPv6 unchecked,
+	// SL_IFACE_PASS_IPV6 without SL_IFACE_ENFORCE_IPV6.
 	ReasonIPv6Passed Reason = 5
 	// ReasonFragmentPassed is SL_REASON_FRAGMENT_PASSED: non-first
 	// fragment with SL_IFACE_PASS_FRAGMENTS.
 	ReasonFragmentPassed Reason = 6
+	// ReasonNDPassed is SL_REASON_ND_PASSED: ICMPv6 neighbour discovery or
+	// multicast listener message (SL_IFACE_ENFORCE_IPV6), see parse6.h.
+	ReasonNDPassed Reason = 7
 	// ReasonDroppedByPolicy is SL_REASON_DROPPED_BY_POLICY: policy denied
 	// the packet.
-	ReasonDroppedByPolicy Reason = 7
+	ReasonDroppedByPolicy Reason = 8
 	// ReasonDroppedNoIface is SL_REASON_DROPPED_NO_IFACE: no sl_ifaces
 	// entry, or none for this program's generation: fail closed.
-	ReasonDroppedNoIface Reason = 8
+	ReasonDroppedNoIface Reason = 9
 	// ReasonDroppedNotReady is SL_REASON_DROPPED_NOT_READY: interface not
 	// SL_IFACE_READY.
-	ReasonDroppedNotReady Reason = 9
+	ReasonDroppedNotReady Reason = 10
 	// ReasonDroppedNoPolicy is SL_REASON_DROPPED_NO_POLICY: the hook's
 	// policy slot is empty.
-	ReasonDroppedNoPolicy Reason = 10
+	ReasonDroppedNoPolicy Reason = 11
 	// ReasonDroppedPolicyFailed is SL_REASON_DROPPED_POLICY_FAILED: a
 	// policy program could not finish (SL_POLICY_FAILED).
-	ReasonDroppedPolicyFailed Reason = 11
+	ReasonDroppedPolicyFailed Reason = 12
 	// ReasonDroppedMidFlow is SL_REASON_DROPPED_MID_FLOW: TCP without SYN
 	// or conntrack, SL_IFACE_DROP_MID_FLOW.
-	ReasonDroppedMidFlow Reason = 12
+	ReasonDroppedMidFlow Reason = 13
 	// ReasonDroppedShort is SL_REASON_DROPPED_SHORT: a header runs past
 	// the packet or the IP total length.
-	ReasonDroppedShort Reason = 13
-	// ReasonDroppedBadVersion is SL_REASON_DROPPED_BAD_VERSION: IPv4
-	// ethertype, IP version not 4.
-	ReasonDroppedBadVersion Reason = 14
+	ReasonDroppedShort Reason = 14
+	// ReasonDroppedBadVersion is SL_REASON_DROPPED_BAD_VERSION: IP version
+	// not that of the EtherType (4 or 6).
+	ReasonDroppedBadVersion Reason = 15
 	// ReasonDroppedBadIHL is SL_REASON_DROPPED_BAD_IHL: IHL below 5.
-	ReasonDroppedBadIHL Reason = 15
-	// ReasonDroppedBadLen is SL_REASON_DROPPED_BAD_LEN: total length below
-	// IHL or past the packet.
-	ReasonDroppedBadLen Reason = 16
+	ReasonDroppedBadIHL Reason = 16
+	// ReasonDroppedBadLen is SL_REASON_DROPPED_BAD_LEN: IPv4 total length
+	// below IHL or past the packet; IPv6 payload length 0 (jumbogram) or
+	// past the packet.
+	ReasonDroppedBadLen Reason = 17
 	// ReasonDroppedBadTCPDoff is SL_REASON_DROPPED_BAD_TCP_DOFF: TCP data
 	// offset below 5 or past the IP payload.
-	ReasonDroppedBadTCPDoff Reason = 17
-	// ReasonDroppedFragment is SL_REASON_DROPPED_FRAGMENT: IPv4 fragment:
-	// no reassembly, see parse.h.
-	ReasonDroppedFragment Reason = 18
+	ReasonDroppedBadTCPDoff Reason = 18
+	// ReasonDroppedFragment is SL_REASON_DROPPED_FRAGMENT: IPv4 or IPv6
+	// fragment: no reassembly, see parse.h.
+	ReasonDroppedFragment Reason = 19
 	// ReasonDroppedNonIP is SL_REASON_DROPPED_NON_IP: ARP or another link
 	// protocol, with SL_IFACE_DROP_NON_IP.
-	ReasonDroppedNonIP Reason = 19
+	ReasonDroppedNonIP Reason = 20
 	// ReasonDroppedEtherType is SL_REASON_DROPPED_ETHERTYPE: an EtherType
 	// that may carry IP inside (MPLS, PPPoE, LLC, ...) or is unknown.
-	ReasonDroppedEtherType Reason = 20
+	ReasonDroppedEtherType Reason = 21
 	// ReasonDroppedVLAN is SL_REASON_DROPPED_VLAN: an 802.1Q or 802.1ad
 	// tag, in the frame or in the skb.
-	ReasonDroppedVLAN Reason = 21
-	// ReasonDroppedIPv6 is SL_REASON_DROPPED_IPV6: IPv6 without
-	// SL_IFACE_PASS_IPV6.
-	ReasonDroppedIPv6 Reason = 22
+	ReasonDroppedVLAN Reason = 22
+	// ReasonDroppedIPv6 is SL_REASON_DROPPED_IPV6: IPv6 at an interface
+	// with neither SL_IFACE_ENFORCE_IPV6 nor SL_IFACE_PASS_IPV6.
+	ReasonDroppedIPv6 Reason = 23
 	// ReasonDroppedRPF is SL_REASON_DROPPED_RPF: a workload's source is
 	// not routed to its interface, or a host interface received a local
 	// workload's or host's source.
-	ReasonDroppedRPF Reason = 23
+	ReasonDroppedRPF Reason = 24
 	// ReasonDroppedNoConntrack is SL_REASON_DROPPED_NO_CONNTRACK: no
 	// conntrack table installed: fail closed.
-	ReasonDroppedNoConntrack Reason = 24
+	ReasonDroppedNoConntrack Reason = 25
 	// ReasonDroppedBadHandoff is SL_REASON_DROPPED_BAD_HANDOFF: a
 	// continuation ran without its pending packet.
-	ReasonDroppedBadHandoff Reason = 25
+	ReasonDroppedBadHandoff Reason = 26
+	// ReasonDroppedIPv6Ext is SL_REASON_DROPPED_IPV6_EXT: an IPv6
+	// extension header runs past the payload, repeats or sits where it may
+	// not (parse6.h).
+	ReasonDroppedIPv6Ext Reason = 27
+	// ReasonDroppedIPv6ChainLong is SL_REASON_DROPPED_IPV6_CHAIN_LONG:
+	// more than SL_IP6_EXT_MAX extension headers, or more than
+	// SL_IP6_CHAIN_MAX bytes of them.
+	ReasonDroppedIPv6ChainLong Reason = 28
+	// ReasonDroppedIPv4Mapped is SL_REASON_DROPPED_IPV4_MAPPED: an IPv6
+	// packet with an IPv4-mapped source or destination, which would alias
+	// IPv4 state.
+	ReasonDroppedIPv4Mapped Reason = 29
+	// ReasonDroppedND is SL_REASON_DROPPED_ND: neighbour discovery with
+	// SL_IFACE_DROP_ND, or a router message from a workload.
+	ReasonDroppedND Reason = 30
 	// ReasonCount is SL_REASON_COUNT: number of reasons; not a reason.
-	ReasonCount Reason = 26
+	ReasonCount Reason = 31
 	// ReasonFirstDrop is SL_REASON_FIRST_DROP: the first reason that
 	// drops.
-	ReasonFirstDrop Reason = 7
+	ReasonFirstDrop Reason = 8
 )
 
 // String returns the lower-case C name of r without its SL_REASON_ prefix,
@@ -396,6 +426,8 @@ func (r Reason) String() string {
 		return "ipv6_passed"
 	case ReasonFragmentPassed:
 		return "fragment_passed"
+	case ReasonNDPassed:
+		return "nd_passed"
 	case ReasonDroppedByPolicy:
 		return "dropped_by_policy"
 	case ReasonDroppedNoIface:
@@ -434,6 +466,14 @@ func (r Reason) String() string {
 		return "dropped_no_conntrack"
 	case ReasonDroppedBadHandoff:
 		return "dropped_bad_handoff"
+	case ReasonDroppedIPv6Ext:
+		return "dropped_ipv6_ext"
+	case ReasonDroppedIPv6ChainLong:
+		return "dropped_ipv6_chain_long"
+	case ReasonDroppedIPv4Mapped:
+		return "dropped_ipv4_mapped"
+	case ReasonDroppedND:
+		return "dropped_nd"
 	}
 	return "Reason(" + strconv.FormatUint(uint64(r), 10) + ")"
 }
@@ -763,7 +803,7 @@ type Iface struct {
 type ReasonCounts struct {
 	_ structs.HostLayout
 	// Packets per enum sl_reason.
-	Packets [26]uint64 `btf:"packets"`
+	Packets [31]uint64 `btf:"packets"`
 }
 
 // Pending mirrors struct sl_pending: the packet waiting for a policy verdict

@@ -6,10 +6,11 @@
  * one per hook; everything that differs between interfaces comes from
  * sl_ifaces. A packet's path:
  *
- *   interface state -> parse -> conntrack lookup
+ *   interface state -> parse (IPv4, or IPv6 where the interface enforces
+ *     it; neighbour discovery decided here) -> conntrack lookup
  *     -> approved at this hook, or a reply: account, TC_ACT_OK
  *     -> otherwise (sl_new_packet): routes -> reverse-path check of a
- *        workload's source -> [ICMP error: related to a flow here?]
+ *        workload's source -> [ICMP(v6) error: related to a flow here?]
  *        -> mid-flow TCP -> fill sl_state and sl_pending, tail-call this
  *        generation's policy slot in sl_policy_jumps, which ends in
  *        sl_conts:
@@ -28,6 +29,7 @@
 #include "sluice/pending.h"
 #include "sluice/routes.h"
 #include "sluice/nat.h"
+#include "sluice/parse6.h"
 
 /* The conntrack tables by enum sl_ct_table_slot. An array of maps so the
  * table can be replaced by a larger one while traffic flows; updating it
@@ -152,6 +154,10 @@ volatile const enum sl_reason sl_reason_btf = SL_REASON_COUNT;
  * bytes no router would quote. */
 #define SL_ICMP_ERROR_MAX_LEN 576
 
+/* The largest ICMPv6 error that passes as related: RFC 4443 bounds an
+ * error to the minimum IPv6 MTU. */
+#define SL_ICMP6_ERROR_MAX_LEN 1280
+
 #include "sluice/ct_ops.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
@@ -180,13 +186,39 @@ SL_INLINE int sl_verdict(__u32 counter_index, enum sl_reason reason)
 	return reason < SL_REASON_FIRST_DROP ? TC_ACT_OK : TC_ACT_SHOT;
 }
 
+/* sl_related_flow says whether the packet an ICMP or ICMPv6 error quotes,
+ * from inner_src to inner_dst with protocol proto and L4 header l4 (8
+ * bytes readable), belongs to a tracked flow whose opposite direction
+ * passes this hook: the error travels back towards the quoted packet's
+ * source, so it passes where the flow's replies pass. */
+SL_INLINE bool sl_related_flow(struct __sk_buff *skb, void *live, enum sl_hook hook, __u8 proto,
+			       const __u8 *inner_src, const __u8 *inner_dst, const __u8 *l4)
+{
+	struct sl_ct_value *ct;
+	struct sl_ct_key key;
+	enum sl_ct_dir dir;
+	__u16 sport = 0, dport = 0;
+
+	if (proto == IPPROTO_TCP || sl_ported_header_len(proto)) {
+		sport = bpf_ntohs(*(__be16 *)l4);
+		dport = bpf_ntohs(*(__be16 *)(l4 + 2));
+	} else if (proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6) {
+		if (!sl_icmp_any_echo(proto, l4[0]))
+			return false;
+		sl_ct_echo_ports(sl_icmp_any_request(proto, l4[0]), bpf_ntohs(*(__be16 *)(l4 + 4)),
+				 &sport, &dport);
+	}
+	dir = sl_ct_key_fill(&key, proto, inner_src, sport, inner_dst, dport);
+	ct = sl_ct_lookup(live, &key, &dir, inner_src, sport);
+	return ct && sl_ct_passes(ct, !dir, skb->ifindex, hook);
+}
+
 /* sl_related says whether an ICMP error quotes a packet of a tracked flow
  * that the error's destination sent, and may pass this hook as that flow's
- * packets would: the error travels back towards the quoted packet's
- * source, so it passes where the flow's opposite direction passes. The
- * quote is an IPv4 header, options included, and at least 8 bytes of its
- * L4 header, and no more than the quoted packet held. Anything else makes
- * the error unrelated, and it goes through policy as ICMP. */
+ * packets would (sl_related_flow). The quote is an IPv4 header, options
+ * included, and at least 8 bytes of its L4 header, and no more than the
+ * quoted packet held. Anything else makes the error unrelated, and it goes
+ * through policy as ICMP. */
 SL_INLINE bool sl_related(struct __sk_buff *skb, void *live, const struct sl_pkt *pkt,
 			  enum sl_hook hook)
 {
@@ -194,10 +226,6 @@ SL_INLINE bool sl_related(struct __sk_buff *skb, void *live, const struct sl_pkt
 	void *end = (void *)(long)skb->data_end;
 	__u32 off = pkt->l4_off;
 	__u8 inner_src[16] SL_ADDR_ALIGNED, inner_dst[16] SL_ADDR_ALIGNED;
-	struct sl_ct_value *ct;
-	struct sl_ct_key key;
-	enum sl_ct_dir dir;
-	__u16 sport = 0, dport = 0;
 	struct iphdr *in;
 	__u8 *l4;
 	__u32 ihl;
@@ -223,20 +251,39 @@ SL_INLINE bool sl_related(struct __sk_buff *skb, void *live, const struct sl_pkt
 	sl_addr_set4(inner_dst, in->daddr);
 	if (!sl_addr_eq(inner_src, pkt->daddr))
 		return false;
-	if (in->protocol == IPPROTO_TCP || in->protocol == IPPROTO_UDP) {
-		sport = bpf_ntohs(*(__be16 *)l4);
-		dport = bpf_ntohs(*(__be16 *)(l4 + 2));
-	} else if (in->protocol == IPPROTO_ICMP) {
-		if (!sl_icmp_is_echo(l4[0]))
-			return false;
-		sl_ct_echo_ports(l4[0], bpf_ntohs(*(__be16 *)(l4 + 4)), &sport, &dport);
-	} else if (sl_ported_header_len(in->protocol)) {
-		sport = bpf_ntohs(*(__be16 *)l4);
-		dport = bpf_ntohs(*(__be16 *)(l4 + 2));
-	}
-	dir = sl_ct_key_fill(&key, in->protocol, inner_src, sport, inner_dst, dport);
-	ct = sl_ct_lookup(live, &key, &dir, inner_src, sport);
-	return ct && sl_ct_passes(ct, !dir, skb->ifindex, hook);
+	return sl_related_flow(skb, live, hook, in->protocol, inner_src, inner_dst, l4);
+}
+
+/* sl_related6 is sl_related for ICMPv6 errors. The quote is an IPv6
+ * header followed directly by at least 8 bytes of its L4 header: a quote
+ * whose packet had extension headers is unrelated and goes to policy.
+ * The error is at most 1280 bytes, not a fragment, and quotes no more than
+ * the quoted packet held; an IPv4-mapped quoted address is never related. */
+SL_INLINE bool sl_related6(struct __sk_buff *skb, void *live, const struct sl_pkt *pkt,
+			   enum sl_hook hook)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	__u32 off = pkt->l4_off;
+	__u8 inner_src[16] SL_ADDR_ALIGNED, inner_dst[16] SL_ADDR_ALIGNED;
+	struct ipv6hdr *in;
+	__u8 *l4;
+
+	if (pkt->ip_len > SL_ICMP6_ERROR_MAX_LEN || pkt->first_fragment)
+		return false;
+	if (off > SL_L4_OFF_MAX || pkt->l4_len < 8 + sizeof(*in) + 8)
+		return false;
+	in = data + off + 8;
+	l4 = (__u8 *)(in + 1);
+	if (l4 + 8 > (__u8 *)end || in->version != 6 || sl_ip6_is_ext(in->nexthdr))
+		return false;
+	if (pkt->l4_len - 8 > sizeof(*in) + bpf_ntohs(in->payload_len))
+		return false;
+	sl_addr_copy(inner_src, in->saddr.in6_u.u6_addr8);
+	sl_addr_copy(inner_dst, in->daddr.in6_u.u6_addr8);
+	if (sl_addr_is_v4(inner_src) || sl_addr_is_v4(inner_dst) || !sl_addr_eq(inner_src, pkt->daddr))
+		return false;
+	return sl_related_flow(skb, live, hook, in->nexthdr, inner_src, inner_dst, l4);
 }
 
 /* sl_fill_state writes what policy reads. The pre-NAT destination is the
@@ -370,10 +417,13 @@ SL_INLINE int sl_later_fragment(struct __sk_buff *skb, enum sl_iface_flags iflag
 	return sl_verdict(counters, SL_REASON_FRAGMENT_PASSED);
 }
 
-/* sl_new_packet decides a packet conntrack did not pass. */
+/* sl_new_packet decides a packet conntrack did not pass; v6 (a constant)
+ * says which family's ICMP errors may be related. An error of the other
+ * family's ICMP never is: its quote's source would be of the other family
+ * than the error's destination. */
 SL_INLINE int sl_new_packet(struct __sk_buff *skb, const struct sl_iface_record *rec, enum sl_hook hook,
 			    __u32 counters, void *live, const struct sl_pkt *pkt,
-			    const struct sl_ct_key *key, enum sl_ct_dir dir)
+			    const struct sl_ct_key *key, enum sl_ct_dir dir, bool v6)
 {
 	enum sl_iface_flags iflags = rec->flags;
 	const struct sl_route *src, *dst = NULL;
@@ -383,8 +433,11 @@ SL_INLINE int sl_new_packet(struct __sk_buff *skb, const struct sl_iface_record 
 	if (iflags & SL_IFACE_HOST)
 		dst = sl_route_of(pkt->daddr);
 
-	if (pkt->proto == IPPROTO_ICMP && sl_icmp_is_error(pkt->icmp_type) &&
+	if (!v6 && pkt->proto == IPPROTO_ICMP && sl_icmp_is_error(pkt->icmp_type) &&
 	    sl_related(skb, live, pkt, hook))
+		return sl_verdict(counters, SL_REASON_ACCEPTED_RELATED);
+	if (v6 && pkt->proto == IPPROTO_ICMPV6 && sl_icmp6_is_error(pkt->icmp_type) &&
+	    sl_related6(skb, live, pkt, hook))
 		return sl_verdict(counters, SL_REASON_ACCEPTED_RELATED);
 	/* TCP that is neither a SYN nor part of a flow approved here started
 	 * before this hook watched it, or is forged. */
@@ -392,6 +445,68 @@ SL_INLINE int sl_new_packet(struct __sk_buff *skb, const struct sl_iface_record 
 	    (iflags & SL_IFACE_DROP_MID_FLOW))
 		return sl_verdict(counters, SL_REASON_DROPPED_MID_FLOW);
 	return sl_to_policy(skb, rec, hook, counters, pkt, key, dir, sl_host_flags(src, dst));
+}
+
+/* sl_tc_parsed is the path of a packet whose IP header is parsed: its L4
+ * header, neighbour discovery (v6, a constant: the IPv4 copy keeps none of
+ * it), then conntrack and sl_new_packet. Inlined into one copy per
+ * family, so that the IPv4 copy keeps pkt in registers as it did before
+ * IPv6: the IPv6 copy's pkt has its address taken by sl_parse_ipv6. */
+SL_INLINE int sl_tc_parsed(struct __sk_buff *skb, const struct sl_iface_record *rec, enum sl_hook hook,
+			   __u32 counters, struct sl_pkt *pkt, bool v6)
+{
+	__u32 ifindex = skb->ifindex;
+	enum sl_reason reason;
+	struct sl_ct_value *ct;
+	struct sl_ct_key key;
+	enum sl_ct_dir dir;
+	__u16 sport, dport;
+	void *live;
+
+	if (sl_parse_l4(skb, pkt, &reason) != SL_PARSE_OK)
+		return sl_verdict(counters, reason);
+	if (v6 && sl_icmp6_link(pkt))
+		return sl_verdict(counters, sl_nd_reason(pkt, rec->flags, hook));
+
+	live = sl_ct_table(SL_CT_TABLE_LIVE);
+	if (!live)
+		return sl_verdict(counters, SL_REASON_DROPPED_NO_CONNTRACK);
+	sl_ct_ports(pkt, &sport, &dport);
+	dir = sl_ct_key_fill(&key, pkt->proto, pkt->saddr, sport, pkt->daddr, dport);
+	/* An untracked packet (ICMP other than echo) has no entry to find,
+	 * and must not find one a flow of its ports might have. */
+	ct = sl_ct_tracked(pkt) ? sl_ct_lookup(live, &key, &dir, pkt->saddr, sport) : NULL;
+
+	bool syn = pkt->proto == IPPROTO_TCP && (pkt->tcp_flags & (SL_TCP_SYN | SL_TCP_ACK)) == SL_TCP_SYN;
+	if (ct && !syn && sl_ct_passes(ct, dir, ifindex, hook)) {
+		struct sl_ct_leg *leg = sl_ct_leg_of(ct, dir);
+		bool count = hook == SL_HOOK_INGRESS ||
+			     !sl_ct_counted_at_ingress(leg, skb->ingress_ifindex, ifindex);
+
+		sl_ct_leg_account(ct, leg, sl_ct_leg_flags_of(pkt->tcp_flags), skb->len,
+				  bpf_ktime_get_coarse_ns(), count);
+		return sl_verdict(counters, SL_REASON_ACCEPTED_ESTABLISHED);
+	}
+	return sl_new_packet(skb, rec, hook, counters, live, pkt, &key, dir, v6);
+}
+
+/* sl_tc_ipv6 is the path of an IPv6 packet at an interface that enforces
+ * IPv6: sl_parse_ipv6, then what IPv4 packets do. */
+SL_INLINE int sl_tc_ipv6(struct __sk_buff *skb, const struct sl_iface_record *rec, enum sl_hook hook,
+			 __u32 counters)
+{
+	struct sl_pkt pkt = {};
+	enum sl_parse_rc rc;
+	int res;
+
+	sl_pull(skb, SL_PARSE6_LEN);
+	res = sl_parse_ipv6(skb, rec->flags, &pkt);
+	rc = SL_PARSE6_RC(res);
+	if (rc == SL_PARSE_LATER_FRAGMENT)
+		return sl_later_fragment(skb, rec->flags, hook, counters, &pkt);
+	if (rc != SL_PARSE_OK)
+		return sl_verdict(counters, SL_PARSE6_REASON(res));
+	return sl_tc_parsed(skb, rec, hook, counters, &pkt, true);
 }
 
 /* sl_tc_main is the whole per-packet path of both hooks; hook is a
@@ -402,12 +517,7 @@ SL_INLINE int sl_tc_main(struct __sk_buff *skb, enum sl_hook hook)
 	struct sl_pkt pkt = {};
 	enum sl_parse_rc rc;
 	enum sl_reason reason;
-	struct sl_ct_value *ct;
-	struct sl_ct_key key;
-	enum sl_ct_dir dir;
-	__u16 sport, dport;
 	__u32 counters;
-	void *live;
 
 	struct sl_iface *iface = bpf_map_lookup_elem(&sl_ifaces, &ifindex);
 	if (!iface)
@@ -419,35 +529,18 @@ SL_INLINE int sl_tc_main(struct __sk_buff *skb, enum sl_hook hook)
 	if (!(rec->flags & SL_IFACE_READY))
 		return sl_verdict(counters, SL_REASON_DROPPED_NOT_READY);
 
-	sl_pull(skb);
-	if (sl_parse_eth(skb, rec->flags, &reason) != SL_PARSE_IPV4)
+	sl_pull(skb, SL_PARSE_LEN);
+	rc = sl_parse_eth(skb, rec->flags, &reason);
+	if (rc == SL_PARSE_IPV6)
+		return sl_tc_ipv6(skb, rec, hook, counters);
+	if (rc != SL_PARSE_IPV4)
 		return sl_verdict(counters, reason);
 	rc = sl_parse_ipv4(skb, rec->flags, &pkt, &reason);
 	if (rc == SL_PARSE_LATER_FRAGMENT)
 		return sl_later_fragment(skb, rec->flags, hook, counters, &pkt);
-	if (rc != SL_PARSE_IPV4 || sl_parse_l4(skb, &pkt, &reason) != SL_PARSE_IPV4)
+	if (rc != SL_PARSE_OK)
 		return sl_verdict(counters, reason);
-
-	live = sl_ct_table(SL_CT_TABLE_LIVE);
-	if (!live)
-		return sl_verdict(counters, SL_REASON_DROPPED_NO_CONNTRACK);
-	sl_ct_ports(&pkt, &sport, &dport);
-	dir = sl_ct_key_fill(&key, pkt.proto, pkt.saddr, sport, pkt.daddr, dport);
-	/* An untracked packet (ICMP other than echo) has no entry to find,
-	 * and must not find one a flow of its ports might have. */
-	ct = sl_ct_tracked(&pkt) ? sl_ct_lookup(live, &key, &dir, pkt.saddr, sport) : NULL;
-
-	bool syn = pkt.proto == IPPROTO_TCP && (pkt.tcp_flags & (SL_TCP_SYN | SL_TCP_ACK)) == SL_TCP_SYN;
-	if (ct && !syn && sl_ct_passes(ct, dir, ifindex, hook)) {
-		struct sl_ct_leg *leg = sl_ct_leg_of(ct, dir);
-		bool count = hook == SL_HOOK_INGRESS ||
-			     !sl_ct_counted_at_ingress(leg, skb->ingress_ifindex, ifindex);
-
-		sl_ct_leg_account(ct, leg, sl_ct_leg_flags_of(pkt.tcp_flags), skb->len,
-				  bpf_ktime_get_coarse_ns(), count);
-		return sl_verdict(counters, SL_REASON_ACCEPTED_ESTABLISHED);
-	}
-	return sl_new_packet(skb, rec, hook, counters, live, &pkt, &key, dir);
+	return sl_tc_parsed(skb, rec, hook, counters, &pkt, false);
 }
 
 /* The programs to attach: one per TC hook. */

@@ -35,7 +35,7 @@ func coarseNow(t *testing.T) time.Duration {
 	return time.Duration(ts.Nano())
 }
 
-// TestDatapathAgrees runs random flows' first packets through the real
+// TestDatapathAgrees runs random IPv4 and IPv6 flows' first packets through the real
 // datapath and holds what it writes to the package: the key is NewKey's,
 // the packet's leg is the one NewKey's direction names, last_seen is on the
 // Scanner's default clock, and a sweep expires the entries when that clock
@@ -47,21 +47,26 @@ func TestDatapathAgrees(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { dp.Close() })
-	// Every IPv4 source is a workload behind lo, so lo's reverse-path
-	// check passes.
-	anywhere := routes.Route{Prefix: netip.MustParsePrefix("0.0.0.0/0"), Flags: routes.FlagLocalWorkload, Ifindex: loIfindex}
-	if err := dp.Routes().Put(anywhere); err != nil {
-		t.Fatal(err)
+	// Every source of both families is a workload behind lo, so lo's
+	// reverse-path check passes.
+	for _, p := range []string{"0.0.0.0/0", "::/0"} {
+		anywhere := routes.Route{Prefix: netip.MustParsePrefix(p), Flags: routes.FlagLocalWorkload, Ifindex: loIfindex}
+		if err := dp.Routes().Put(anywhere); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if err := dp.SetInterface(loIfindex, datapath.Interface{Kind: datapath.Workload, Egress: allowAll, Ingress: allowAll}); err != nil {
+	if err := dp.SetInterface(loIfindex, datapath.Interface{Kind: datapath.Workload, EnforceIPv6: true, Egress: allowAll, Ingress: allowAll}); err != nil {
 		t.Fatal(err)
 	}
 	m := dp.Conntrack()
 
 	rng := rand.New(rand.NewPCG(3, 4))
-	endpoint := func() netip.AddrPort {
+	endpoint := func(v6 bool) netip.AddrPort {
 		// Few values, so equal addresses with different ports occur.
 		addr := netip.AddrFrom4([4]byte{byte(1 + rng.IntN(2)*200), 0, 0, byte(1 + rng.IntN(3))})
+		if v6 {
+			addr = netip.AddrFrom16([16]byte{0: 0x20, 1: 0x01, 2: byte(rng.IntN(2) * 0xf0), 15: byte(1 + rng.IntN(3))})
+		}
 		return netip.AddrPortFrom(addr, uint16(1+rng.IntN(3)*0x101))
 	}
 	type flow struct {
@@ -70,19 +75,29 @@ func TestDatapathAgrees(t *testing.T) {
 	}
 	flows := map[Key]flow{}
 	before := coarseNow(t)
-	for range 200 {
-		src, dst := endpoint(), endpoint()
+	for range 400 {
+		v6 := rng.IntN(2) == 0
+		src, dst := endpoint(v6), endpoint(v6)
 		var proto uint8
 		var pkt testpkt.Packet
 		switch rng.IntN(3) {
 		case 0:
 			proto, pkt = ProtoTCP, testpkt.TCPv4(src, dst, testpkt.SYN, nil)
+			if v6 {
+				pkt = testpkt.TCPv6(src, dst, testpkt.SYN, nil)
+			}
 		case 1:
 			proto, pkt = ProtoUDP, testpkt.UDPv4(src, dst, []byte("hi"))
+			if v6 {
+				pkt = testpkt.UDPv6(src, dst, []byte("hi"))
+			}
 		default:
 			// An echo request: the identifier goes on the requester's side.
 			id := src.Port()
 			proto, pkt = ProtoICMP, testpkt.ICMPv4Echo(src.Addr(), dst.Addr(), id, 1, false)
+			if v6 {
+				proto, pkt = ProtoICMPv6, testpkt.ICMPv6Echo(src.Addr(), dst.Addr(), id, 1, false)
+			}
 			sport, dport := EchoPorts(true, id)
 			src, dst = netip.AddrPortFrom(src.Addr(), sport), netip.AddrPortFrom(dst.Addr(), dport)
 		}

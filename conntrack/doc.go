@@ -24,11 +24,11 @@
 // big-endian (network order) unsigned 128-bit numbers, and ports, stored
 // in host order, break ties. Both endpoints of a key have one family. The
 // source is A unless the destination is lower; a flow from an endpoint to
-// itself keeps the source as A. An ICMP echo is keyed by EchoPorts: the identifier on
-// the requester's side and the identifier plus one on the other, so that a
+// itself keeps the source as A. An ICMP or ICMPv6 echo is keyed by EchoPorts (with
+// ProtoICMP or ProtoICMPv6): the identifier on the requester's side and the identifier plus one on the other, so that a
 // request and its reply share a key and no request in the opposite
 // direction, whatever its identifier, does.
-// ICMP messages other than echoes are never tracked.
+// ICMP and ICMPv6 messages other than echoes are never tracked.
 //
 // # Entry types
 //

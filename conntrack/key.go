@@ -12,10 +12,11 @@ import (
 
 // IP protocol numbers with their own timeouts or names.
 const (
-	ProtoICMP = 1
-	ProtoTCP  = 6
-	ProtoUDP  = 17
-	ProtoSCTP = 132
+	ProtoICMP   = 1
+	ProtoTCP    = 6
+	ProtoUDP    = 17
+	ProtoICMPv6 = 58
+	ProtoSCTP   = 132
 )
 
 // Key is a conntrack key, struct sl_ct_key: the canonical five-tuple of a
@@ -53,7 +54,7 @@ func NewKey(proto uint8, src, dst netip.AddrPort) (key Key, reversed bool, err e
 	return key, reversed, nil
 }
 
-// EchoPorts returns the ports the datapath keys an ICMP echo by
+// EchoPorts returns the ports the datapath keys an ICMP or ICMPv6 echo by
 // (sl_ct_echo_ports): for a request, the identifier as the source port and
 // the identifier plus one (wrapping) as the destination port; for a reply,
 // the other way round. No request in the other direction, whatever its
@@ -126,7 +127,7 @@ func (k Key) String() string {
 }
 
 // ProtoName returns the lower-case name of the IP protocols the package
-// knows (icmp, tcp, udp, sctp) and "proto N" for others.
+// knows (icmp, tcp, udp, icmpv6, sctp) and "proto N" for others.
 func ProtoName(proto uint8) string {
 	switch proto {
 	case ProtoICMP:
@@ -135,6 +136,8 @@ func ProtoName(proto uint8) string {
 		return "tcp"
 	case ProtoUDP:
 		return "udp"
+	case ProtoICMPv6:
+		return "icmpv6"
 	case ProtoSCTP:
 		return "sctp"
 	}

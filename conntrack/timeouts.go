@@ -20,7 +20,8 @@ type Timeouts struct {
 	TCPResetSeen time.Duration
 	// UDP applies to every UDP flow.
 	UDP time.Duration
-	// ICMP applies to every ICMP flow.
+	// ICMP applies to every ICMP and ICMPv6 flow (echoes: nothing else
+	// is tracked).
 	ICMP time.Duration
 	// Generic applies to every other protocol.
 	Generic time.Duration
@@ -116,7 +117,7 @@ func StateOf(k Key, v Value) FlowState {
 		return StateTCPSynSent
 	case ProtoUDP:
 		return StateUDP
-	case ProtoICMP:
+	case ProtoICMP, ProtoICMPv6:
 		return StateICMP
 	}
 	return StateGeneric

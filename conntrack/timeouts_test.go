@@ -91,6 +91,7 @@ func TestStateOf(t *testing.T) {
 		{"tcp rst on B after FINs", tcp, tcpValue(synAck|LegFIN, synAck|LegFIN|LegRST), StateTCPResetSeen},
 		{"udp", mustKey(t, ProtoUDP, "10.0.0.1:1", "10.0.0.2:2"), tcpValue(synAck, synAck), StateUDP},
 		{"icmp", mustKey(t, ProtoICMP, "10.0.0.1:1", "10.0.0.2:1"), Value{}, StateICMP},
+		{"icmpv6", mustKey(t, ProtoICMPv6, "[2001:db8::1]:1", "[2001:db8::2]:2"), Value{}, StateICMP},
 		{"sctp", mustKey(t, ProtoSCTP, "10.0.0.1:1", "10.0.0.2:1"), Value{}, StateGeneric},
 		{"gre", mustKey(t, 47, "10.0.0.1:0", "10.0.0.2:0"), tcpValue(LegRST, LegRST), StateGeneric},
 	}

@@ -39,11 +39,15 @@ type atkEnv struct {
 	entered map[string]uint32
 }
 
-// atkFlowOf is a frame's packet direction: its IPv4 addresses, protocol
-// and first four L4 bytes (the ports, or ICMP type, code and checksum),
-// or "" for a frame without them.
+// atkFlowOf is a frame's packet direction: its IPv4 or IPv6 addresses,
+// protocol and first four L4 bytes (the ports, or ICMP type, code and
+// checksum), or "" for a frame without them.
 func atkFlowOf(frame []byte) string {
 	const eth = 14
+	if len(frame) >= eth+40+4 && frame[12] == 0x86 && frame[13] == 0xdd {
+		// IPv6 without extension headers: next header, addresses, ports.
+		return string(frame[eth+6:eth+7]) + string(frame[eth+8:eth+40]) + string(frame[eth+40:eth+44])
+	}
 	if len(frame) < eth+20 || frame[12] != 0x08 || frame[13] != 0x00 {
 		return ""
 	}

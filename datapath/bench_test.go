@@ -34,29 +34,46 @@ import (
 // against the routes map. BenchmarkDatapathHost runs the same paths with
 // lo as a host interface, where a new flow's source and destination are
 // looked up for the host flags and the server is the host.
-func BenchmarkDatapath(b *testing.B) { benchmarkDatapath(b, Workload) }
+func BenchmarkDatapath(b *testing.B) { benchmarkDatapath(b, Workload, false) }
 
 // BenchmarkDatapathHost is BenchmarkDatapath at a host interface.
-func BenchmarkDatapathHost(b *testing.B) { benchmarkDatapath(b, Host) }
+func BenchmarkDatapathHost(b *testing.B) { benchmarkDatapath(b, Host, false) }
 
-func benchmarkDatapath(b *testing.B, kind Kind) {
+// BenchmarkDatapathIPv6 is BenchmarkDatapath in IPv6, at a workload
+// interface that enforces it (the same ten rules; their IPv4 source
+// networks miss).
+func BenchmarkDatapathIPv6(b *testing.B) { benchmarkDatapath(b, Workload, true) }
+
+func benchmarkDatapath(b *testing.B, kind Kind, v6 bool) {
 	rules := tenRules()
 	if kind == Host {
 		// The ten rules decide traffic to the host, which it is here.
 		rules.ForHost = true
 	}
-	dp := loadWithPolicyAs(b, kind, rules, polprog.Options{MergeThreshold: -1})
-	ingress, pass := programOf(dp, progIngress), programOf(dp, progPass)
+	var dp *Datapath
 	client := netip.MustParseAddrPort("10.8.0.1:40000")
 	server := netip.MustParseAddrPort("10.8.0.2:80")
+	tcp := testpkt.TCPv4
+	// srcAt and portAt are the offsets of the source address and port
+	// that each new-flow run rewrites.
+	srcAt, portAt := 26, 34
+	if v6 {
+		dp = loadIPv6WithPolicy(b, rules, polprog.Options{MergeThreshold: -1})
+		client = netip.MustParseAddrPort("[2001:db8:8::1]:40000")
+		server = netip.MustParseAddrPort("[2001:db8:8::2]:80")
+		tcp, srcAt, portAt = testpkt.TCPv6, 22, 54
+	} else {
+		dp = loadWithPolicyAs(b, kind, rules, polprog.Options{MergeThreshold: -1})
+	}
+	ingress, pass := programOf(dp, progIngress), programOf(dp, progPass)
 	if kind == Host {
 		if err := dp.Routes().Put(routes.Route{Prefix: netip.PrefixFrom(server.Addr(), 32), Flags: routes.FlagLocalHost}); err != nil {
 			b.Fatal(err)
 		}
 	}
-	synFrame := testpkt.MustBytes(b, testpkt.TCPv4(client, server, testpkt.SYN, nil))
-	ackFrame := testpkt.MustBytes(b, testpkt.TCPv4(client, server, testpkt.ACK, make([]byte, 64)))
-	bad := testpkt.TCPv4(client, server, testpkt.ACK, nil)
+	synFrame := testpkt.MustBytes(b, tcp(client, server, testpkt.SYN, nil))
+	ackFrame := testpkt.MustBytes(b, tcp(client, server, testpkt.ACK, make([]byte, 64)))
+	bad := tcp(client, server, testpkt.ACK, nil)
 	bad.TCP.DataOffset = 4
 	badFrame := testpkt.MustBytes(b, bad)
 
@@ -88,10 +105,12 @@ func benchmarkDatapath(b *testing.B, kind Kind) {
 			// A distinct source address and port per run; the TCP
 			// checksum goes stale, which no path here reads.
 			src := netip.AddrFrom4([4]byte{10, 9, byte(i >> 16), byte(i >> 8)})
+			if v6 {
+				src = netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 9, 13: byte(i >> 16), 14: byte(i >> 8)})
+			}
 			port := uint16(1024 + i%60000)
-			srcBytes := src.As4()
-			copy(frame[26:30], srcBytes[:])
-			binary.BigEndian.PutUint16(frame[34:36], port)
+			copy(frame[srcAt:], src.AsSlice())
+			binary.BigEndian.PutUint16(frame[portAt:], port)
 
 			_, f, err := pass.Benchmark(frame, 1, nil)
 			if err != nil {

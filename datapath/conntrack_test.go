@@ -41,6 +41,18 @@ type flowStep struct {
 // packet.
 func TestTCPSequences(t *testing.T) {
 	h := newHarness(t)
+	server := netip.MustParseAddrPort("10.0.0.50:80")
+	clients := map[string]netip.AddrPort{
+		"client is A": netip.MustParseAddrPort("10.0.0.7:40000"),
+		"client is B": netip.MustParseAddrPort("10.0.0.200:40000"),
+	}
+	runTCPSequences(t, h, testpkt.TCPv4, server, clients)
+}
+
+// runTCPSequences runs the handshake, data, FIN and RST sequences of
+// TestTCPSequences in packets tcp builds, opened at either hook, from each
+// client to server.
+func runTCPSequences(t *testing.T, h *harness, tcp tcpBuilder, server netip.AddrPort, clients map[string]netip.AddrPort) {
 	handshakeFin := []flowStep{
 		{true, testpkt.SYN, 0, bpf.CTLegSYN},
 		{false, testpkt.SYN | testpkt.ACK, 0, bpf.CTLegSYN | bpf.CTLegACK},
@@ -58,11 +70,6 @@ func TestTCPSequences(t *testing.T) {
 		{false, testpkt.RST, 0, bpf.CTLegRST},
 		{true, testpkt.RST | testpkt.ACK, 0, bpf.CTLegRST | bpf.CTLegACK},
 	}
-	server := netip.MustParseAddrPort("10.0.0.50:80")
-	clients := map[string]netip.AddrPort{
-		"client is A": netip.MustParseAddrPort("10.0.0.7:40000"),
-		"client is B": netip.MustParseAddrPort("10.0.0.200:40000"),
-	}
 	port := uint16(40000)
 	for _, openAt := range []bpf.Hook{bpf.HookIngress, bpf.HookEgress} {
 		for clientName, client := range clients {
@@ -70,7 +77,7 @@ func TestTCPSequences(t *testing.T) {
 				port++ // a fresh flow per sequence
 				client := netip.AddrPortFrom(client.Addr(), port)
 				name := fmt.Sprintf("open at %s/%s/%s", openAt.String(), clientName, seqName)
-				t.Run(name, func(t *testing.T) { runTCPSequence(t, h, openAt, client, server, steps) })
+				t.Run(name, func(t *testing.T) { runTCPSequence(t, h, tcp, openAt, client, server, steps) })
 			}
 		}
 	}
@@ -78,7 +85,10 @@ func TestTCPSequences(t *testing.T) {
 
 func otherHook(hk bpf.Hook) bpf.Hook { return 1 - hk }
 
-func runTCPSequence(t *testing.T, h *harness, openAt bpf.Hook, client, server netip.AddrPort, steps []flowStep) {
+// tcpBuilder builds a TCP packet of one family (testpkt.TCPv4 or TCPv6).
+type tcpBuilder func(src, dst netip.AddrPort, flags testpkt.TCPFlags, payload []byte) testpkt.Packet
+
+func runTCPSequence(t *testing.T, h *harness, tcp tcpBuilder, openAt bpf.Hook, client, server netip.AddrPort, steps []flowStep) {
 	key, clientDir := ctKeyOf(testpkt.ProtoTCP, client, server)
 	want := bpf.CTValue{Type: bpf.CTNormal}
 	legOf := func(v *bpf.CTValue, dir bpf.CTDir) *bpf.CTLeg {
@@ -104,7 +114,7 @@ func runTCPSequence(t *testing.T, h *harness, openAt bpf.Hook, client, server ne
 		if !s.fromClient {
 			src, dst, dir, hook = server, client, 1-clientDir, otherHook(openAt)
 		}
-		frame := testpkt.MustBytes(t, testpkt.TCPv4(src, dst, s.flags, make([]byte, s.payload)))
+		frame := testpkt.MustBytes(t, tcp(src, dst, s.flags, make([]byte, s.payload)))
 		wantReason := bpf.ReasonAcceptedEstablished
 		if i == 0 {
 			wantReason = bpf.ReasonAcceptedByPolicy

@@ -39,8 +39,11 @@
 //
 // CheckKernel probes for each: BPF_PROG_TYPE_SCHED_CLS, hash, LRU hash,
 // per-CPU array and hash, LPM trie, prog array and array-of-maps maps,
-// BPF_F_NO_PREALLOC, bpf_tail_call, bpf_ktime_get_coarse_ns, the v3
-// instruction set and atomic compare-and-exchange. Open calls it first.
+// BPF_F_NO_PREALLOC, bpf_tail_call, bpf_ktime_get_coarse_ns,
+// bpf_skb_load_bytes, the v3 instruction set, bounded loops (the IPv6
+// extension-header walk) and atomic compare-and-exchange. Open calls it
+// first. The walk is a BTF-typed global function (Linux 5.6), which every
+// kernel with bpf_ktime_get_coarse_ns (5.11) has.
 // Freeing a replaced policy relies on an update of an array of maps
 // returning only after an RCU grace period, which Linux has done since
 // map-in-map maps exist (kernel/bpf/syscall.c, maybe_wait_bpf_programs).

@@ -53,7 +53,7 @@ func nodePair(tb testing.TB, clientAddr, serverAddr string) (node *topo.Node, cl
 // attaches both TC programs there with TCX, detaching in tb.Cleanup.
 func attachWorkload(tb testing.TB, node *topo.Node, d *Datapath, w *topo.Workload) {
 	tb.Helper()
-	if err := d.Routes().Put(workloadRoute(netip.PrefixFrom(w.Addr, 32).String(), uint32(w.HostIfindex))); err != nil {
+	if err := d.Routes().Put(workloadRoute(netip.PrefixFrom(w.Addr, w.Addr.BitLen()).String(), uint32(w.HostIfindex))); err != nil {
 		tb.Fatal(err)
 	}
 	attachTCX(tb, node.NS, d, w.HostIfindex)

@@ -55,8 +55,21 @@ type Interface struct {
 	// default (bpf.IfaceDropNonIP).
 	DropNonIP bool
 	// PassIPv6 passes IPv6 unchecked instead of dropping it
-	// (bpf.IfacePassIPv6).
+	// (bpf.IfacePassIPv6). EnforceIPv6 overrides it.
 	PassIPv6 bool
+	// EnforceIPv6 parses IPv6 and enforces it as IPv4 is: conntrack,
+	// reverse-path checks, host flags and policy, with neighbour
+	// discovery passed and counted (bpf.IfaceEnforceIPv6). It is opt-in
+	// while policy's CIDR checks do not yet tell the families apart (a
+	// compiled IPv4 CIDR is compared with the last 32 bits of the address,
+	// so it can match an IPv6 packet): enable it only with rules whose
+	// verdicts do not hang on IPv4 CIDRs or IP sets. It becomes the
+	// default once polprog is family-aware.
+	EnforceIPv6 bool
+	// DropND drops ICMPv6 neighbour discovery and multicast listener
+	// messages, which pass by default where IPv6 is enforced
+	// (bpf.IfaceDropND). Router messages from a workload drop regardless.
+	DropND bool
 	// DropMidFlow drops TCP that is neither a SYN nor part of a tracked
 	// flow instead of running policy on it (bpf.IfaceDropMidFlow).
 	DropMidFlow bool
@@ -79,6 +92,8 @@ func (c *Interface) flags() bpf.IfaceFlags {
 	}{
 		{c.DropNonIP, bpf.IfaceDropNonIP},
 		{c.PassIPv6, bpf.IfacePassIPv6},
+		{c.EnforceIPv6, bpf.IfaceEnforceIPv6},
+		{c.DropND, bpf.IfaceDropND},
 		{c.DropMidFlow, bpf.IfaceDropMidFlow},
 		{c.PassFragments, bpf.IfacePassFragments},
 	} {

@@ -23,9 +23,11 @@ var vlanTPIDs = map[uint16]bool{0x8100: true, 0x88a8: true, 0x9100: true}
 // modelParse is the Go reference model of the datapath's parser
 // (include/sluice/parse.h): for a frame arriving at an interface with
 // flags, it returns the reason that decides the frame before conntrack and
-// policy, or decided false when the frame parses as IPv4 and conntrack and
-// policy decide it. (A VLAN tag the receive path moved into the skb is
-// not in the frame; the real-traffic tests cover it.)
+// policy, or decided false when the frame parses as IP and conntrack and
+// policy decide it; IPv6 at an interface with bpf.IfaceEnforceIPv6 is
+// modelParse6's, as seen at lo's TC ingress hook. (A VLAN tag the
+// receive path moved into the skb is not in the frame; the real-traffic
+// tests cover it.)
 func modelParse(frame []byte, flags bpf.IfaceFlags) (reason bpf.Reason, decided bool) {
 	const eth = 14
 	if len(frame) < eth {
@@ -36,6 +38,8 @@ func modelParse(frame []byte, flags bpf.IfaceFlags) (reason bpf.Reason, decided 
 	case vlanTPIDs[etherType]:
 		return bpf.ReasonDroppedVLAN, true
 	case etherType == 0x0800:
+	case etherType == 0x86dd && flags&bpf.IfaceEnforceIPv6 != 0:
+		return modelParse6(frame[eth:], flags, flags&bpf.IfaceWorkload != 0)
 	case etherType == 0x86dd:
 		if flags&bpf.IfacePassIPv6 != 0 {
 			return bpf.ReasonIPv6Passed, true
@@ -78,25 +82,7 @@ func modelParse(frame []byte, flags bpf.IfaceFlags) (reason bpf.Reason, decided 
 			return bpf.ReasonDroppedFragment, true
 		}
 	}
-	l4 := ip[ihl:totLen]
-	switch ip[9] {
-	case 6: // TCP
-		if len(l4) < 20 {
-			return bpf.ReasonDroppedShort, true
-		}
-		if doff := int(l4[12]>>4) * 4; doff < 20 || doff > len(l4) {
-			return bpf.ReasonDroppedBadTCPDoff, true
-		}
-	case 17, 136, 1: // UDP, UDP-Lite, ICMP
-		if len(l4) < 8 {
-			return bpf.ReasonDroppedShort, true
-		}
-	case 132, 33: // SCTP, DCCP
-		if len(l4) < 12 {
-			return bpf.ReasonDroppedShort, true
-		}
-	}
-	return 0, false
+	return modelL4(ip[9], ip[ihl:totLen])
 }
 
 // verdictOf is the TC action a reason stands for.

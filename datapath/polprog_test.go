@@ -45,6 +45,26 @@ func loadWithPolicyAs(tb testing.TB, kind Kind, rules polprog.Rules, opts polpro
 	return d
 }
 
+// loadIPv6WithPolicy is loadWithPolicyAs for a workload at lo that
+// enforces IPv6 and sends from every IPv6 address.
+func loadIPv6WithPolicy(tb testing.TB, rules polprog.Rules, opts polprog.Options) *Datapath {
+	tb.Helper()
+	testutil.RequirePrivileged(tb)
+	d, err := Open(Options{ConntrackEntries: 1 << 16, PolicySlots: 64, IPSetEntries: 1024, RuleHitEntries: 1024,
+		MaxInterfaces: 8, Policy: opts})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { d.Close() })
+	if err := d.Routes().Put(workloadRoute("::/0", loIfindex)); err != nil {
+		tb.Fatal(err)
+	}
+	if err := d.SetInterface(loIfindex, Interface{Kind: Workload, EnforceIPv6: true, Ingress: rules, Egress: rules}); err != nil {
+		tb.Fatal(err)
+	}
+	return d
+}
+
 // tcCounters returns lo's counters at a TC hook: for a workload, its
 // egress is the TC ingress hook.
 func tcCounters(tb testing.TB, d *Datapath, hook bpf.Hook) HookCounters {

@@ -34,7 +34,11 @@ func CheckKernel() error {
 		{"helper bpf_ktime_get_coarse_ns", func() error {
 			return features.HaveProgramHelper(ebpf.SchedCLS, asm.FnKtimeGetCoarseNs)
 		}},
+		{"helper bpf_skb_load_bytes", func() error {
+			return features.HaveProgramHelper(ebpf.SchedCLS, asm.FnSkbLoadBytes)
+		}},
 		{"v3 instruction set", features.HaveV3ISA},
+		{"bounded loops", features.HaveBoundedLoops},
 		{"atomic compare-and-exchange", haveCmpXchg},
 	}
 	for _, p := range probes {

@@ -21,7 +21,13 @@ import (
 // everything. At a workload interface's TC ingress hook a packet passes
 // exactly when routes.RPFAllows says; at the host interface's, exactly
 // when routes.HostSourceAllowed says.
-func TestRPFMatchesModel(t *testing.T) {
+func TestRPFMatchesModel(t *testing.T) { testRPFMatchesModel(t, false) }
+
+// TestRPFMatchesModelIPv6 is TestRPFMatchesModel in IPv6, at interfaces
+// that enforce it.
+func TestRPFMatchesModelIPv6(t *testing.T) { testRPFMatchesModel(t, true) }
+
+func testRPFMatchesModel(t *testing.T, v6 bool) {
 	h := newHarness(t)
 	ns := testutil.NewNetNS(t)
 	names := []string{"rpf1", "rpf2", "rpf3", "rpfhost"}
@@ -38,15 +44,24 @@ func TestRPFMatchesModel(t *testing.T) {
 	}
 	allow := h.setPolicy(allowDstPorts(80))
 	for i, name := range names {
-		flags := bpf.IfaceWorkload | bpf.IfaceReady
+		flags := bpf.IfaceWorkload | bpf.IfaceReady | bpf.IfaceEnforceIPv6
 		if name == "rpfhost" {
-			flags = bpf.IfaceHost | bpf.IfaceReady
+			flags = bpf.IfaceHost | bpf.IfaceReady | bpf.IfaceEnforceIPv6
 		}
 		h.setIface(ifindex[name], flags, stubSlots{allow, allow}, uint32(2+i))
 	}
 	rng := rand.New(rand.NewPCG(7, 9))
 	addr := func() netip.Addr { // few values, so routes and sources meet
+		if v6 {
+			return netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0x40, 5: byte(rng.IntN(4)), 15: byte(rng.IntN(8))})
+		}
 		return netip.AddrFrom4([4]byte{10, 40, byte(rng.IntN(4)), byte(rng.IntN(8))})
+	}
+	bits := []int{16, 24, 30, 32}
+	remote, server, tcp := netip.MustParseAddr("192.168.0.2"), netip.MustParseAddrPort("10.41.0.1:80"), testpkt.TCPv4
+	if v6 {
+		bits = []int{40, 48, 125, 128}
+		remote, server, tcp = netip.MustParseAddr("2001:db8:ff::2"), netip.MustParseAddrPort("[2001:db8:41::1]:80"), testpkt.TCPv6
 	}
 	var allowed, dropped int
 	for round := range 20 {
@@ -54,7 +69,7 @@ func TestRPFMatchesModel(t *testing.T) {
 		var rs []routes.Route
 		seen := map[netip.Prefix]bool{}
 		for range 12 {
-			p := netip.PrefixFrom(addr(), []int{16, 24, 30, 32}[rng.IntN(4)]).Masked()
+			p := netip.PrefixFrom(addr(), bits[rng.IntN(4)]).Masked()
 			if seen[p] {
 				continue
 			}
@@ -66,7 +81,7 @@ func TestRPFMatchesModel(t *testing.T) {
 			case 2:
 				r.Flags = routes.FlagLocalHost
 			default:
-				r.Flags, r.NextHop = routes.FlagRemoteWorkload, netip.MustParseAddr("192.168.0.2")
+				r.Flags, r.NextHop = routes.FlagRemoteWorkload, remote
 			}
 			rs = append(rs, r)
 		}
@@ -85,7 +100,7 @@ func TestRPFMatchesModel(t *testing.T) {
 				name != "rpfhost" && !routes.RPFAllows(table, src.Addr(), ifindex[name]) {
 				want = bpf.ReasonDroppedRPF
 			}
-			frame := testpkt.MustBytes(t, testpkt.TCPv4(src, netip.MustParseAddrPort("10.41.0.1:80"), testpkt.SYN, nil))
+			frame := testpkt.MustBytes(t, tcp(src, server, testpkt.SYN, nil))
 			before := h.counters(ifindex[name], bpf.HookIngress)
 			var ret uint32
 			if err := ns.Do(func() (err error) { ret, err = h.runAt(progIngress, frame, ifindex[name]); return }); err != nil {
@@ -100,7 +115,7 @@ func TestRPFMatchesModel(t *testing.T) {
 				dropped++
 			} else {
 				allowed++
-				key, _ := ctKeyOf(testpkt.ProtoTCP, src, netip.MustParseAddrPort("10.41.0.1:80"))
+				key, _ := ctKeyOf(testpkt.ProtoTCP, src, server)
 				h.d.Conntrack().Delete(conntrack.Key(key))
 			}
 		}

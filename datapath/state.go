@@ -17,7 +17,7 @@ import (
 // upgrade from the previous version (maps.WithUpgrade).
 const (
 	ifacesVersion   = 1 // struct sl_iface
-	countersVersion = 1 // struct sl_reason_counts
+	countersVersion = 2 // struct sl_reason_counts; 2: the IPv6 reasons (upgradeCountersV1)
 	ruleHitsVersion = 1 // rule ID to hits
 	ipsetsVersion   = 2 // struct sl_ipset_key; 2: with the family (upgradeIPSetKey)
 	routesVersion   = 1 // struct sl_route_key to struct sl_route
@@ -75,7 +75,7 @@ func openState(specs *bpf.Specs, opts Options) (*state, error) {
 		upgrades []maps.Option
 	}{
 		{&s.ifaces, specs.SlIfaces, ifacesVersion, opts.MaxInterfaces, nil},
-		{&s.counters, specs.SlCounters, countersVersion, 2 * (opts.MaxInterfaces + 1), nil},
+		{&s.counters, specs.SlCounters, countersVersion, 2 * (opts.MaxInterfaces + 1), []maps.Option{maps.WithUpgrade(1, upgradeCountersV1)}},
 		{&s.ruleHits, specs.SlRuleHits, ruleHitsVersion, opts.RuleHitEntries, nil},
 		{&s.ipsets, specs.SlIpsets, ipsetsVersion, opts.IPSetEntries, []maps.Option{maps.WithUpgrade(1, upgradeIPSetKey)}},
 		{&s.routes, specs.SlRoutes, routesVersion, opts.RouteEntries, nil},
@@ -115,6 +115,28 @@ func (s *state) open(spec *ebpf.MapSpec, version uint32, upgrades ...maps.Option
 	}
 	m, _, err := maps.OpenOrCreate(maps.ParamsFromSpec(spec, version, s.pinDir), upgrades...)
 	return m, err
+}
+
+// Counter layout version 1: 26 reasons, and the first drop reason at 7,
+// where version 2 put SL_REASON_ND_PASSED; version 2 appends the other
+// IPv6 reasons after the 26.
+const (
+	countersV1Reasons   = 26
+	countersV1FirstDrop = 7
+)
+
+// upgradeCountersV1 moves a version-1 counter entry to version 2: each
+// reason keeps its count under its new number, and the new reasons start
+// at zero.
+func upgradeCountersV1(key, value []byte) ([]byte, []byte, bool, error) {
+	if len(value) != 8*countersV1Reasons {
+		return nil, nil, false, fmt.Errorf("counters version 1: value of %d bytes, want %d", len(value), 8*countersV1Reasons)
+	}
+	out := make([]byte, 8*bpf.ReasonCount)
+	copy(out, value[:8*countersV1FirstDrop])
+	at := 8 * int(bpf.ReasonDroppedByPolicy)
+	copy(out[at:], value[8*countersV1FirstDrop:])
+	return key, out, true, nil
 }
 
 // openConntrack opens the conntrack table. A pinned table of another size

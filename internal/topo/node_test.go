@@ -13,17 +13,28 @@ import (
 // TestNodeRoutesBetweenWorkloads: two workloads on one node reach each
 // other over TCP through the node's namespace, as pods do through a CNI.
 func TestNodeRoutesBetweenWorkloads(t *testing.T) {
+	testNodeRoutes(t, "10.65.0.1", "10.65.0.2")
+}
+
+// TestNodeRoutesBetweenIPv6Workloads is TestNodeRoutesBetweenWorkloads in
+// IPv6.
+func TestNodeRoutesBetweenIPv6Workloads(t *testing.T) {
+	testNodeRoutes(t, "fd65::1", "fd65::2")
+}
+
+func testNodeRoutes(t *testing.T, addrA, addrB string) {
 	node := testutil.NewNode(t)
-	a, err := node.AddWorkload("a", netip.MustParseAddr("10.65.0.1"))
+	a, err := node.AddWorkload("a", netip.MustParseAddr(addrA))
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := node.AddWorkload("b", netip.MustParseAddr("10.65.0.2"))
+	b, err := node.AddWorkload("b", netip.MustParseAddr(addrB))
 	if err != nil {
 		t.Fatal(err)
 	}
+	server := netip.AddrPortFrom(b.Addr, 7000).String()
 	var l net.Listener
-	if err := b.NS.Do(func() (err error) { l, err = net.Listen("tcp4", "10.65.0.2:7000"); return }); err != nil {
+	if err := b.NS.Do(func() (err error) { l, err = net.Listen("tcp", server); return }); err != nil {
 		t.Fatal(err)
 	}
 	defer l.Close()
@@ -35,7 +46,7 @@ func TestNodeRoutesBetweenWorkloads(t *testing.T) {
 		}
 	}()
 	err = a.NS.Do(func() error {
-		c, err := net.DialTimeout("tcp4", "10.65.0.2:7000", 5*time.Second)
+		c, err := net.DialTimeout("tcp", server, 5*time.Second)
 		if err != nil {
 			return err
 		}

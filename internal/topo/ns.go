@@ -1,7 +1,7 @@
 // Package topo builds network topologies out of network namespaces and
 // veth pairs, for tests and examples: a namespace with its loopback up, a
 // node namespace with workloads attached the way a CNI attaches pods (a
-// veth per workload, a /32 route to it on the node, the workload's
+// veth per workload, a host route to it on the node, the workload's
 // default route through a link-local gateway the node answers by proxy
 // ARP). Everything is created under names the caller chooses and removed
 // by those names; nothing outside the namespaces is touched.
@@ -17,6 +17,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // NS is a named network namespace.
@@ -138,13 +139,18 @@ func (n *NS) Sysctl(key, value string) error {
 	return nil
 }
 
-// AddrAdd gives the interface dev the address prefix.
+// AddrAdd gives the interface dev the address prefix. An IPv6 address
+// skips duplicate address detection, so that it is usable at once.
 func (n *NS) AddrAdd(dev string, prefix netip.Prefix) error {
 	l, err := n.Handle.LinkByName(dev)
 	if err != nil {
 		return fmt.Errorf("find %s in %s: %w", dev, n.Name, err)
 	}
-	if err := n.Handle.AddrAdd(l, &netlink.Addr{IPNet: ipNet(prefix)}); err != nil {
+	addr := &netlink.Addr{IPNet: ipNet(prefix)}
+	if prefix.Addr().Is6() {
+		addr.Flags = unix.IFA_F_NODAD
+	}
+	if err := n.Handle.AddrAdd(l, addr); err != nil {
 		return fmt.Errorf("address %s on %s in %s: %w", prefix, dev, n.Name, err)
 	}
 	return nil

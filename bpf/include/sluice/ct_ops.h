@@ -33,7 +33,8 @@ SL_INLINE enum sl_ct_dir sl_ct_key_fill(struct sl_ct_key *key, __u8 proto, const
 	return SL_CT_DIR_A_TO_B;
 }
 
-/* sl_ct_echo_ports gives the ports of an ICMP echo: the identifier on the
+/* sl_ct_echo_ports gives the ports of an ICMP or ICMPv6 echo (request
+ * says which way it goes): the identifier on the
  * requester's side and the identifier plus one on the responder's, so
  * that a request and its reply share a key and no request the other way,
  * of any identifier, has that key. A request from B with identifier j has
@@ -41,20 +42,20 @@ SL_INLINE enum sl_ct_dir sl_ct_key_fill(struct sl_ct_key *key, __u8 proto, const
  * which no 16-bit numbers are. A constant on the responder's side would
  * fail for the identifier equal to it, and any map of the identifier that
  * is its own inverse (a complement) for the identifier's image. */
-SL_INLINE void sl_ct_echo_ports(__u8 type, __u16 id, __u16 *sport, __u16 *dport)
+SL_INLINE void sl_ct_echo_ports(bool request, __u16 id, __u16 *sport, __u16 *dport)
 {
 	__u16 responder = id + 1;
 
-	*sport = type == SL_ICMP_ECHO ? id : responder;
-	*dport = type == SL_ICMP_ECHO ? responder : id;
+	*sport = request ? id : responder;
+	*dport = request ? responder : id;
 }
 
 /* sl_ct_ports gives the ports conntrack keys a packet by: its ports, the
  * echo ports, or zeros. */
 SL_INLINE void sl_ct_ports(const struct sl_pkt *pkt, __u16 *sport, __u16 *dport)
 {
-	if (pkt->proto == IPPROTO_ICMP) {
-		sl_ct_echo_ports(pkt->icmp_type, pkt->icmp_id, sport, dport);
+	if (pkt->proto == IPPROTO_ICMP || pkt->proto == IPPROTO_ICMPV6) {
+		sl_ct_echo_ports(sl_icmp_any_request(pkt->proto, pkt->icmp_type), pkt->icmp_id, sport, dport);
 		return;
 	}
 	*sport = pkt->sport;
@@ -62,12 +63,14 @@ SL_INLINE void sl_ct_ports(const struct sl_pkt *pkt, __u16 *sport, __u16 *dport)
 }
 
 /* sl_ct_tracked says whether conntrack keeps a flow of the packet: every
- * protocol but ICMP messages other than echoes, which would otherwise let
+ * protocol but ICMP and ICMPv6 messages other than echoes, which would otherwise let
  * every later ICMP message between two addresses pass as established. An
  * error is related to its flow or decided by policy, each time. */
 SL_INLINE bool sl_ct_tracked(const struct sl_pkt *pkt)
 {
-	return pkt->proto != IPPROTO_ICMP || sl_icmp_is_echo(pkt->icmp_type);
+	if (pkt->proto == IPPROTO_ICMP || pkt->proto == IPPROTO_ICMPV6)
+		return sl_icmp_any_echo(pkt->proto, pkt->icmp_type);
+	return true;
 }
 
 /* sl_ct_table returns a table of sl_ct_tables, or NULL when the slot is

@@ -22,6 +22,12 @@ enum sl_iface_flags {
 	SL_IFACE_PASS_IPV6	= 1u << 4, /* pass IPv6 unchecked instead of dropping it */
 	SL_IFACE_DROP_MID_FLOW	= 1u << 5, /* drop TCP without SYN and without conntrack instead of running policy */
 	SL_IFACE_PASS_FRAGMENTS	= 1u << 6, /* police first fragments and pass later ones, instead of dropping all */
+	/* Parse and enforce IPv6 as IPv4 is (conntrack, reverse-path checks,
+	 * policy), instead of passing or dropping it whole by
+	 * SL_IFACE_PASS_IPV6, which it overrides. Opt-in until policy's
+	 * address checks know the family; then it becomes the default. */
+	SL_IFACE_ENFORCE_IPV6	= 1u << 7,
+	SL_IFACE_DROP_ND	= 1u << 8, /* with SL_IFACE_ENFORCE_IPV6: drop neighbour discovery instead of passing it */
 };
 
 /* One generation's configuration of an interface. Each process that loads

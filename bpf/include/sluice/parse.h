@@ -6,6 +6,7 @@
 
 #include <linux/if_ether.h>
 #include <linux/in.h>
+#include <linux/in6.h>
 #include <linux/ip.h>
 #include <linux/tcp.h>
 #include <linux/udp.h>
@@ -16,6 +17,20 @@
  * an ICMP header, and the quoted IPv4 header with full options and 8 bytes
  * of its L4 header. Pulled into the linear area when it is not there. */
 #define SL_PARSE_LEN (ETH_HLEN + 60 + 8 + 60 + 8)
+
+/* The IPv6 extension-header chain the parser walks: at most this many
+ * headers, and this many bytes of them; a longer chain is dropped. */
+#define SL_IP6_EXT_MAX		8
+#define SL_IP6_CHAIN_MAX	256
+
+/* The furthest an L4 header may start from skb->data: after an IPv4 header
+ * with full options, or an IPv6 header and the longest chain walked. */
+#define SL_L4_OFF_MAX (ETH_HLEN + 40 + SL_IP6_CHAIN_MAX)
+
+/* Bytes the parser may read of an IPv6 frame: Ethernet, the fixed header,
+ * the longest chain, an ICMPv6 header, and a quoted fixed header with 8
+ * bytes of its L4 header. */
+#define SL_PARSE6_LEN (SL_L4_OFF_MAX + 8 + 40 + 8)
 
 #define SL_IP_MF	0x2000	/* frag_off: more fragments */
 #define SL_IP_OFFSET	0x1fff	/* frag_off: fragment offset in 8-byte units */
@@ -71,19 +86,54 @@ struct sl_pkt {
 	__u8	icmp_code;
 	__u16	icmp_id;	/* echo identifier, host order */
 	__u8	first_fragment;	/* the first fragment of a fragmented datagram (SL_IFACE_PASS_FRAGMENTS) */
-	__u8	pad[3];
+	__u8	hop_limit;	/* IPv6 hop limit (neighbour discovery needs 255); 0 for IPv4 */
+	__u8	pad[2];
 };
 
 /* The outcome of a parse step. */
 enum sl_parse_rc {
-	SL_PARSE_IPV4,		/* an IPv4 packet, parsed; policy and conntrack apply */
+	SL_PARSE_OK,		/* parsed; policy and conntrack apply */
 	SL_PARSE_VERDICT,	/* *reason decides the packet */
 	SL_PARSE_LATER_FRAGMENT, /* a fragment past the first that may pass; its addresses are parsed */
+	SL_PARSE_IPV4,		/* sl_parse_eth: an IPv4 frame, for sl_parse_ipv4 */
+	SL_PARSE_IPV6,		/* sl_parse_eth: an IPv6 frame to enforce (SL_IFACE_ENFORCE_IPV6), for sl_parse_ipv6 */
 };
 
 SL_INLINE bool sl_icmp_is_echo(__u8 type)
 {
 	return type == SL_ICMP_ECHO || type == SL_ICMP_ECHOREPLY;
+}
+
+/* ICMPv6 types the datapath tells apart (RFC 4443, 4861, 2710, 3810). */
+#define SL_ICMP6_DEST_UNREACH	1
+#define SL_ICMP6_PKT_TOOBIG	2
+#define SL_ICMP6_TIME_EXCEEDED	3
+#define SL_ICMP6_PARAMPROB	4
+#define SL_ICMP6_ECHO		128
+#define SL_ICMP6_ECHOREPLY	129
+#define SL_ICMP6_MLD_QUERY	130
+#define SL_ICMP6_MLD_REPORT	131
+#define SL_ICMP6_MLD_DONE	132
+#define SL_ICMP6_ROUTER_SOL	133
+#define SL_ICMP6_ROUTER_ADV	134
+#define SL_ICMP6_NEIGH_SOL	135
+#define SL_ICMP6_NEIGH_ADV	136
+#define SL_ICMP6_REDIRECT	137
+#define SL_ICMP6_MLD2_REPORT	143
+
+/* sl_icmp_any_echo says whether an ICMP (proto 1) or ICMPv6 (58) message
+ * is an echo request or reply, the messages conntrack keys by identifier. */
+SL_INLINE bool sl_icmp_any_echo(__u8 proto, __u8 type)
+{
+	if (proto == IPPROTO_ICMPV6)
+		return type == SL_ICMP6_ECHO || type == SL_ICMP6_ECHOREPLY;
+	return sl_icmp_is_echo(type);
+}
+
+/* sl_icmp_any_request says whether an echo of either family is a request. */
+SL_INLINE bool sl_icmp_any_request(__u8 proto, __u8 type)
+{
+	return proto == IPPROTO_ICMPV6 ? type == SL_ICMP6_ECHO : type == SL_ICMP_ECHO;
 }
 
 /* Errors whose quoted packet may belong to a tracked flow: the types
@@ -97,11 +147,13 @@ SL_INLINE bool sl_icmp_is_error(__u8 type)
 
 /* sl_pull makes the headers the parser reads linear. Packets from the
  * stack almost always are; GRO'd or paged ones may not be. */
-SL_INLINE void sl_pull(struct __sk_buff *skb)
+SL_INLINE void sl_pull(struct __sk_buff *skb, __u32 len)
 {
-	__u32 want = skb->len < SL_PARSE_LEN ? skb->len : SL_PARSE_LEN;
+	__u32 want = skb->len < len ? skb->len : len;
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
 
-	if (skb->data + want > skb->data_end)
+	if (data + want > end)
 		bpf_skb_pull_data(skb, want);
 }
 
@@ -116,7 +168,8 @@ SL_INLINE bool sl_ethertype_is_link(__be16 proto)
 	       proto == bpf_htons(SL_ETH_P_LLDP) || proto == bpf_htons(SL_ETH_P_PTP);
 }
 
-/* sl_parse_eth sorts frames by EtherType; only IPv4 continues. A VLAN tag
+/* sl_parse_eth sorts frames by EtherType; IPv4 continues, and IPv6 where
+ * the interface enforces it. A VLAN tag
  * drops the frame wherever it sits: in the frame, or in the skb, where
  * the receive path puts the outer tag before TC ingress runs. */
 SL_INLINE enum sl_parse_rc sl_parse_eth(struct __sk_buff *skb, enum sl_iface_flags iflags,
@@ -139,6 +192,8 @@ SL_INLINE enum sl_parse_rc sl_parse_eth(struct __sk_buff *skb, enum sl_iface_fla
 	}
 	if (proto == bpf_htons(ETH_P_IP))
 		return SL_PARSE_IPV4;
+	if (proto == bpf_htons(ETH_P_IPV6) && (iflags & SL_IFACE_ENFORCE_IPV6))
+		return SL_PARSE_IPV6;
 	if (proto == bpf_htons(ETH_P_IPV6))
 		*reason = iflags & SL_IFACE_PASS_IPV6 ? SL_REASON_IPV6_PASSED : SL_REASON_DROPPED_IPV6;
 	else if (sl_ethertype_is_link(proto))
@@ -199,7 +254,7 @@ SL_INLINE enum sl_parse_rc sl_parse_ipv4(struct __sk_buff *skb, enum sl_iface_fl
 	/* The L4 parsers measure against the IP payload, not the frame, so
 	 * Ethernet padding is never taken for L4 bytes. */
 	pkt->l4_len = tot_len - ihl;
-	return SL_PARSE_IPV4;
+	return SL_PARSE_OK;
 }
 
 /* sl_parse_tcp reads ports and flags and checks the data offset. */
@@ -219,7 +274,7 @@ SL_INLINE enum sl_parse_rc sl_parse_tcp(void *l4, void *end, __u32 l4_len, struc
 	pkt->sport = bpf_ntohs(tcp->source);
 	pkt->dport = bpf_ntohs(tcp->dest);
 	pkt->tcp_flags = ((__u8 *)tcp)[13];
-	return SL_PARSE_IPV4;
+	return SL_PARSE_OK;
 }
 
 /* IP protocols with a source and a destination port in their first four
@@ -246,7 +301,7 @@ SL_INLINE __u32 sl_ported_header_len(__u8 proto)
 }
 
 /* sl_parse_l4 reads the L4 header the packet's protocol has. UDP, UDP-Lite,
- * SCTP, DCCP and ICMP need their headers; other protocols pass on with
+ * SCTP, DCCP, ICMP and ICMPv6 need their headers; other protocols pass on with
  * ports 0. */
 SL_INLINE enum sl_parse_rc sl_parse_l4(struct __sk_buff *skb, struct sl_pkt *pkt,
 				       enum sl_reason *reason)
@@ -258,7 +313,7 @@ SL_INLINE enum sl_parse_rc sl_parse_l4(struct __sk_buff *skb, struct sl_pkt *pkt
 	void *l4;
 
 	*reason = SL_REASON_DROPPED_SHORT;
-	if (off > ETH_HLEN + 60)
+	if (off > SL_L4_OFF_MAX)
 		return SL_PARSE_VERDICT; /* cannot happen: bounds the offset for the verifier */
 	l4 = data + off;
 	if (pkt->proto == IPPROTO_TCP)
@@ -269,17 +324,17 @@ SL_INLINE enum sl_parse_rc sl_parse_l4(struct __sk_buff *skb, struct sl_pkt *pkt
 			return SL_PARSE_VERDICT;
 		pkt->sport = bpf_ntohs(*(__be16 *)l4);
 		pkt->dport = bpf_ntohs(*(__be16 *)(l4 + 2));
-		return SL_PARSE_IPV4;
+		return SL_PARSE_OK;
 	}
-	if (pkt->proto != IPPROTO_ICMP)
-		return SL_PARSE_IPV4;
+	if (pkt->proto != IPPROTO_ICMP && pkt->proto != IPPROTO_ICMPV6)
+		return SL_PARSE_OK;
 	if (l4_len < 8 || l4 + 8 > end)
 		return SL_PARSE_VERDICT;
 	struct sl_icmphdr *icmp = l4;
 
 	pkt->icmp_type = icmp->type;
 	pkt->icmp_code = icmp->code;
-	if (sl_icmp_is_echo(icmp->type))
+	if (sl_icmp_any_echo(pkt->proto, icmp->type))
 		pkt->icmp_id = bpf_ntohs(icmp->id);
-	return SL_PARSE_IPV4;
+	return SL_PARSE_OK;
 }

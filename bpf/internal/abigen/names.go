@@ -29,6 +29,7 @@ var initialisms = map[string]string{
 	"lpm":       "LPM",
 	"mtu":       "MTU",
 	"nat":       "NAT",
+	"nd":        "ND",
 	"ok":        "OK",
 	"rc":        "RC",
 	"rpf":       "RPF",

@@ -1,0 +1,62 @@
+package datapath
+
+import (
+	"path/filepath"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/sluicenet/sluice/bpf"
+	"github.com/sluicenet/sluice/internal/testutil"
+	"github.com/sluicenet/sluice/maps"
+)
+
+// TestCountersUpgradeFromV1 opens a pin directory whose counters are of
+// layout version 1 (26 reasons, the first drop at 7): each count moves to
+// its reason's new number, and the new IPv6 reasons start at zero.
+func TestCountersUpgradeFromV1(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	pinDir := filepath.Join(testutil.TempBPFFS(t), "sluice")
+	const maxIfaces = 8
+	v1, _, err := maps.OpenOrCreate(maps.Params{
+		Name: "sl_counters", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8 * countersV1Reasons,
+		MaxEntries: 2 * (maxIfaces + 1), Version: 1, PinDir: pinDir,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := make([][countersV1Reasons]uint64, cpus)
+	old[0][1] = 5  // accepted_established
+	old[0][7] = 3  // dropped_by_policy in version 1
+	old[0][25] = 2 // dropped_bad_handoff in version 1
+	if err := v1.Update(uint32(bpf.CounterIndex(0, bpf.HookIngress)), old, ebpf.UpdateAny); err != nil {
+		t.Fatal(err)
+	}
+	v1.Close()
+
+	d, err := Open(Options{PinDir: pinDir, MaxInterfaces: maxIfaces, ConntrackEntries: 1 << 10, PolicySlots: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	in, _, err := d.UnconfiguredCounters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[bpf.Reason]uint64{bpf.ReasonAcceptedEstablished: 5, bpf.ReasonDroppedByPolicy: 3, bpf.ReasonDroppedBadHandoff: 2}
+	if diff := cmp.Diff(want, in.NonZero()); diff != "" {
+		t.Errorf("upgraded counters (-want +got):\n%s", diff)
+	}
+}
+
+// TestUpgradeCountersV1RefusesOtherSizes checks the step's one guard.
+func TestUpgradeCountersV1RefusesOtherSizes(t *testing.T) {
+	if _, _, _, err := upgradeCountersV1(make([]byte, 4), make([]byte, 8*bpf.ReasonCount)); err == nil {
+		t.Error("a value of the new size upgraded as version 1")
+	}
+}
