@@ -74,6 +74,15 @@ type Options struct {
 	// check falls through when it fails (see compiler.mismatch); 0 means
 	// DefaultFallThroughRules, negative never.
 	FallThroughRules int
+	// ClassifierRules is the length from which a run of consecutive
+	// rules of one tier (or of the profiles) is classified by bit
+	// vectors (see the package doc) instead of checked rule by rule; 0
+	// means DefaultClassifierRules, negative never. Without may_goto in
+	// the kernel (probed once) every run stays linear.
+	ClassifierRules int
+	// ClassifierBytes bounds the rows of one classified run; a run that
+	// needs more stays linear. 0 means DefaultClassifierBytes.
+	ClassifierBytes int
 }
 
 // Compiled is a policy compiled into one or more programs. It holds no
@@ -117,13 +126,19 @@ func (p Part) Listing() (string, error) {
 	return s, nil
 }
 
-// LookupMap describes a map of merged rules: an LPM trie from an address or
-// port prefix to the ID and action of the first rule that matches it.
+// LookupMap describes a map that the parts reference beside the shared
+// ones: an LPM trie of merged rules (from an address or port prefix to the
+// ID and action of the first rule that matches it), or one of a classified
+// run's maps (see the package doc).
 type LookupMap struct {
 	// Name is the instructions' reference to the map.
 	Name string
 	// Spec creates the map, with its contents.
 	Spec *ebpf.MapSpec
+
+	// batch, when set, holds contents that Load writes with one batch
+	// update after creating the map (Spec has none).
+	batch *batchContents
 }
 
 // Compile validates rules and builds the policy program.
@@ -205,6 +220,15 @@ func newCompiler(opts Options) *compiler {
 	}
 	if opts.MergeThreshold == 0 {
 		opts.MergeThreshold = DefaultMergeThreshold
+	}
+	if opts.ClassifierRules == 0 {
+		opts.ClassifierRules = DefaultClassifierRules
+	}
+	if opts.ClassifierRules > 0 && !haveMayGoto() {
+		opts.ClassifierRules = -1
+	}
+	if opts.ClassifierBytes <= 0 {
+		opts.ClassifierBytes = DefaultClassifierBytes
 	}
 	return &compiler{opts: opts, out: &Compiled{}, crossIDs: map[string]uint32{}}
 }
@@ -294,6 +318,13 @@ func (c *compiler) tiers(st stage, tiers []tier) error {
 func (c *compiler) rules(st stage, rs []rule, tierEnd string) error {
 	sc := &shapeCache{rules: rs, keys: map[[2]int]string{}}
 	for i := 0; i < len(rs); {
+		if n, err := c.classified(st, rs, i, tierEnd); err != nil || n > 0 {
+			if err != nil {
+				return err
+			}
+			i += n
+			continue
+		}
 		g := c.findGroup(sc, i)
 		if err := c.maybeSplit(g != nil); err != nil {
 			return err
@@ -318,6 +349,31 @@ func (c *compiler) rules(st stage, rs []rule, tierEnd string) error {
 		i += n
 	}
 	return nil
+}
+
+// classified emits, when a run from rs[i] is long enough, its classifier,
+// and returns how many rules it took (0 for none).
+func (c *compiler) classified(st stage, rs []rule, i int, tierEnd string) (int, error) {
+	if c.opts.ClassifierRules <= 0 {
+		return 0, nil
+	}
+	n := classifierRun(rs, i)
+	if n < c.opts.ClassifierRules {
+		return 0, nil
+	}
+	cl := buildClassifier(rs[i:i+n], c.opts.ClassifierBytes)
+	if cl == nil {
+		return 0, nil
+	}
+	if err := c.maybeSplit(true); err != nil {
+		return 0, err
+	}
+	c.classifierCode(st, cl, tierEnd)
+	if err := c.part.b.Err(); err != nil {
+		return 0, fmt.Errorf("rules %s to %s: %w", rs[i].where, rs[i+n-1].where, err)
+	}
+	c.part.rules += n
+	return n, nil
 }
 
 func (c *compiler) maxRuleJumps() int {

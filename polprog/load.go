@@ -105,6 +105,12 @@ func (c *Compiled) load(maps Maps, slots []uint32) (*Program, error) {
 		}
 		p.lookups = append(p.lookups, m)
 		byName[lm.Name] = m
+		if lm.batch != nil {
+			if _, err := m.BatchUpdate(lm.batch.keys, lm.batch.values, nil); err != nil {
+				p.closeAll()
+				return nil, fmt.Errorf("fill lookup map %s: %w", lm.Name, err)
+			}
+		}
 	}
 	for i, part := range c.Parts {
 		prog, id, err := loadPart(part.Instructions, i, slots, byName)
