@@ -38,14 +38,17 @@ var benchShapes = []benchShape{
 
 // benchLayouts are the compiler settings compared in the same run: plain
 // is the linear layout (no merging, no fall-through, no classifier), the
-// reference every other layout must not exceed; default is Options{}.
+// reference every other layout must not exceed; default is Options{}
+// (the classifier from DefaultClassifierRules); classified classifies
+// every size.
 var benchLayouts = []struct {
 	name string
 	opts Options
 }{
-	{"plain", Options{FallThroughRules: -1, MergeThreshold: -1}},
-	{"fallthrough", Options{FallThroughRules: 1, MergeThreshold: -1}},
+	{"plain", Options{FallThroughRules: -1, MergeThreshold: -1, ClassifierRules: -1}},
+	{"fallthrough", Options{FallThroughRules: 1, MergeThreshold: -1, ClassifierRules: -1}},
 	{"default", Options{}},
+	{"classified", Options{ClassifierRules: 1}},
 }
 
 func benchRules(n int, rule func(int) Rule) []Rule {

@@ -42,9 +42,11 @@ const (
 const (
 	// DefaultClassifierRules is the run length from which consecutive
 	// rules are classified rather than checked one by one (see
-	// Options.ClassifierRules). Measured: at 100 rules a run's
-	// classification costs about what the linear checks do.
-	DefaultClassifierRules = 64
+	// Options.ClassifierRules). Measured (docs/benchmarks.md): at 100
+	// random rules the classifier's fixed cost (a lookup per field and per
+	// IP set named) still exceeds the linear checks; at 1,000 it is well
+	// below.
+	DefaultClassifierRules = 256
 	// DefaultClassifierBytes bounds the rows one classified run may take
 	// (Options.ClassifierBytes); a run that needs more stays linear.
 	DefaultClassifierBytes = 64 << 20
@@ -57,6 +59,8 @@ const (
 )
 
 // Table actions: the u32 after the rule ID in a classifier table value.
+// The u64 after the action (and a pad) are the bits of a log rule's other
+// positions, which the search clears once the rule logged.
 const (
 	tableAllow = 1
 	tableDeny  = 2
@@ -64,8 +68,9 @@ const (
 	tableLog   = 4
 )
 
-// tableValueSize is a table value: u64 rule ID, u32 action, u32 pad.
-const tableValueSize = 16
+// tableValueSize is a table value: u64 rule ID, u32 action, u32 pad, u64
+// the other positions' bits.
+const tableValueSize = 24
 
 // position is one bit of the classifier's bitmaps: a rule, or one
 // alternative of a rule whose ports OR ranges with named-port sets.
@@ -105,15 +110,15 @@ type classifier struct {
 	dims  []*classDim
 }
 
-// classifiable reports whether r can be a position: every field is, except
-// that a log rule may not OR named ports with ranges (its two positions
-// would both log).
-func classifiable(r *rule) bool {
-	if r.action != ActionLog {
-		return true
-	}
-	return !(len(r.srcNamed) > 0 && len(r.srcPorts) > 0) && !(len(r.dstNamed) > 0 && len(r.dstPorts) > 0)
-}
+// classifiable reports whether r can be a position. Every rule can; the
+// function is where a field the classifier does not handle would send its
+// rules to the linear code.
+func classifiable(r *rule) bool { return r != nil }
+
+// padRule fills the positions left free so that the alternatives of a log
+// rule share one bitmap word (its table entry clears the others once it
+// logged). Its bits are cleared from every row.
+var padRule = rule{proto: -1, notProto: -1, where: "padding"}
 
 // classifierRun returns how many rules from rs[i] one classifier can take:
 // classifiable rules naming at most maxClassSets sets per membership
@@ -191,9 +196,21 @@ func alternatives(r *rule) []position {
 func buildClassifier(rs []rule, maxBytes int) *classifier {
 	cl := &classifier{rules: rs}
 	for i := range rs {
-		cl.pos = append(cl.pos, alternatives(&rs[i])...)
+		alts := alternatives(&rs[i])
+		if n := len(alts); n > 1 && rs[i].action == ActionLog && len(cl.pos)%64+n > 64 {
+			for len(cl.pos)%64 != 0 {
+				cl.pos = append(cl.pos, position{r: &padRule})
+			}
+		}
+		cl.pos = append(cl.pos, alts...)
 	}
 	cl.words = (len(cl.pos) + 63) / 64
+	valid := make([]uint64, cl.words)
+	for i := range cl.pos {
+		if cl.pos[i].r != &padRule {
+			valid[i/64] |= 1 << (i % 64)
+		}
+	}
 	used := [dimCount]bool{}
 	for _, p := range cl.pos {
 		r := p.r
@@ -218,6 +235,11 @@ func buildClassifier(rs []rule, maxBytes int) *classifier {
 			continue
 		}
 		d := cl.buildDim(k)
+		for _, row := range d.rows {
+			for w := range row {
+				row[w] &= valid[w]
+			}
+		}
 		d.base = uint32(rows)
 		rows += len(d.rows)
 		if rows*cl.words*8 > maxBytes {

@@ -149,7 +149,14 @@ func (c *compiler) classifierCode(st stage, cl *classifier, tierEnd string) {
 		b.Jump(ebpfasm.JEq, ebpfasm.R1, tablePass, pass)
 	}
 	b.Jump(ebpfasm.JNE, ebpfasm.R1, tableLog, labelFailed)
-	b.Comment("log: flag, count and go on with the next position")
+	b.Comment("log: clear the rule's other positions, flag, count and go on with the next position")
+	b.Emit(
+		ebpfasm.LoadMem(ebpfasm.R2, ebpfasm.R0, 16, ebpfasm.DWord),
+		ebpfasm.Xor.Imm(ebpfasm.R2, -1),
+		ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R10, stackBits, ebpfasm.DWord),
+		ebpfasm.And.Reg(ebpfasm.R1, ebpfasm.R2),
+		ebpfasm.StoreMem(ebpfasm.R10, stackBits, ebpfasm.R1, ebpfasm.DWord),
+	)
 	b.Emit(
 		ebpfasm.LoadMem(ebpfasm.R1, regState, offFlags, ebpfasm.Word),
 		ebpfasm.Or.Imm32(ebpfasm.R1, int32(bpf.StateFlagLog)),
@@ -347,12 +354,27 @@ func (cl *classifier) rowsSpec(id int) LookupMap {
 
 // tableSpec is the array from position to rule ID and action.
 func (cl *classifier) tableSpec(id int) LookupMap {
-	keys := make([]uint32, len(cl.pos))
-	values := make([][tableValueSize]byte, len(cl.pos))
+	var keys []uint32
+	var values [][tableValueSize]byte
 	for i, p := range cl.pos {
-		keys[i] = uint32(i)
-		binary.NativeEndian.PutUint64(values[i][:8], p.r.id)
-		binary.NativeEndian.PutUint32(values[i][8:], tableAction(p.r.action))
+		if p.r == &padRule {
+			continue
+		}
+		var v [tableValueSize]byte
+		binary.NativeEndian.PutUint64(v[:8], p.r.id)
+		binary.NativeEndian.PutUint32(v[8:], tableAction(p.r.action))
+		if p.r.action == ActionLog {
+			// The rule's other positions, in this word (see padRule).
+			var others uint64
+			for j := i - i%64; j < i-i%64+64 && j < len(cl.pos); j++ {
+				if j != i && cl.pos[j].r == p.r {
+					others |= 1 << (j % 64)
+				}
+			}
+			binary.NativeEndian.PutUint64(v[16:], others)
+		}
+		keys = append(keys, uint32(i))
+		values = append(values, v)
 	}
 	return withBatch(&ebpf.MapSpec{Name: fmt.Sprintf("slp_cls%d_tbl", id), Type: ebpf.Array, KeySize: 4,
 		ValueSize: tableValueSize, MaxEntries: uint32(cl.words * 64)}, keys, values)
