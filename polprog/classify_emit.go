@@ -15,10 +15,12 @@ import (
 
 // Stack slots of the classifier (offsets from R10), below those in part.go.
 const (
-	stackClassKey = -80 // u32 key, or the 20-byte LPM key of an address
-	stackWord     = -88 // u64 index of the bitmap word being searched
-	stackBits     = -96 // u64 bits of that word not yet handled
-	stackRowPtr   = -104
+	stackClassKey = -80  // u32 key, or the 20-byte LPM key of an address
+	stackWord     = -88  // u64 index of the bitmap word being searched
+	stackBits     = -96  // u64 bits of that word not yet handled
+	stackSum      = -104 // u64 index of the summary word being searched
+	stackCand     = -112 // u64 words of that summary not yet searched
+	stackRowPtr   = -120
 	// stackRowPtr - 8*d holds dimension d's row pointer.
 )
 
@@ -73,60 +75,50 @@ func (c *compiler) classifierCode(st stage, cl *classifier, tierEnd string) {
 		b.Emit(ebpfasm.StoreMem(ebpfasm.R10, stackRowPtr-8*int16(di), ebpfasm.R0, ebpfasm.DWord))
 	}
 
-	loop, next, hit, bits := c.newLabel("cls_word"), c.newLabel("cls_next"), c.newLabel("cls_hit"), c.newLabel("cls_bits")
+	// Each row starts with summary words (bit w: word w of the row is not
+	// zero). The search ANDs the summaries, and for each word set in every
+	// one ANDs the rows' words; positions set in all are handled in order.
+	// Indexes are stored as two u32 halves and loaded as a u64, which the
+	// verifier sees as an unknown number: bounded by a check, it is the
+	// same in every iteration, so the verifier checks each loop once
+	// instead of once per word (each with its hits).
+	sloop, snext := c.newLabel("cls_summary"), c.newLabel("cls_summary_next")
+	cloop, bits := c.newLabel("cls_word"), c.newLabel("cls_bits")
 	end := c.newLabel("cls_end")
-	// The word index is stored as two u32 halves and loaded as a u64,
-	// which the verifier sees as an unknown number: bounded by the loop's
-	// check, it is the same in every iteration, so the verifier checks
-	// the loop once instead of once per word (each with its hits).
+	sum := int32(cl.summaryWords())
 	b.Emit(ebpfasm.Mov.Imm(ebpfasm.R1, 0))
-	storeWord(b.Emit)
-	b.Label(loop)
+	storeHalves(b.Emit, stackSum)
+	b.Label(sloop)
 	b.MayGoto(labelFailed)
-	b.Emit(ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R10, stackWord, ebpfasm.DWord))
-	b.Jump(ebpfasm.JGE, ebpfasm.R1, int32(cl.words), end)
+	b.Emit(ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R10, stackSum, ebpfasm.DWord))
+	b.Jump(ebpfasm.JGE, ebpfasm.R1, sum, end)
 	b.Emit(ebpfasm.LSh.Imm(ebpfasm.R1, 3))
-	for di := range cl.dims {
-		reg := ebpfasm.R2
-		if di == 0 {
-			reg = ebpfasm.R0
-		}
-		b.Emit(
-			ebpfasm.LoadMem(reg, ebpfasm.R10, stackRowPtr-8*int16(di), ebpfasm.DWord),
-			ebpfasm.Add.Reg(reg, ebpfasm.R1),
-			ebpfasm.LoadMem(reg, reg, 0, ebpfasm.DWord),
-		)
-		if di > 0 {
-			b.Emit(ebpfasm.And.Reg(ebpfasm.R0, ebpfasm.R2))
-		}
-	}
-	b.Jump(ebpfasm.JNE, ebpfasm.R0, 0, hit)
-	b.Label(next)
-	b.Emit(
-		ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R10, stackWord, ebpfasm.DWord),
-		ebpfasm.Add.Imm(ebpfasm.R1, 1),
-	)
-	storeWord(b.Emit)
-	b.Ja(loop)
+	c.andRows(len(cl.dims))
+	b.Jump(ebpfasm.JEq, ebpfasm.R0, 0, snext)
+	b.Emit(ebpfasm.StoreMem(ebpfasm.R10, stackCand, ebpfasm.R0, ebpfasm.DWord))
 
-	b.Label(hit)
+	b.Label(cloop)
+	b.MayGoto(labelFailed)
+	b.Emit(ebpfasm.LoadMem(ebpfasm.R0, ebpfasm.R10, stackCand, ebpfasm.DWord))
+	b.Jump(ebpfasm.JEq, ebpfasm.R0, 0, snext)
+	lowestBit(b.Emit, stackCand)
+	b.Emit(
+		ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R10, stackSum, ebpfasm.DWord),
+		ebpfasm.LSh.Imm(ebpfasm.R1, 6),
+		ebpfasm.Add.Reg(ebpfasm.R1, ebpfasm.R3),
+	)
+	storeHalves(b.Emit, stackWord)
+	b.Emit(ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R10, stackWord, ebpfasm.DWord))
+	b.Jump(ebpfasm.JGE, ebpfasm.R1, int32(cl.words), labelFailed)
+	b.Emit(ebpfasm.Add.Imm(ebpfasm.R1, sum), ebpfasm.LSh.Imm(ebpfasm.R1, 3))
+	c.andRows(len(cl.dims))
+	b.Jump(ebpfasm.JEq, ebpfasm.R0, 0, cloop)
 	b.Emit(ebpfasm.StoreMem(ebpfasm.R10, stackBits, ebpfasm.R0, ebpfasm.DWord))
 	b.Label(bits)
 	b.MayGoto(labelFailed)
 	b.Emit(ebpfasm.LoadMem(ebpfasm.R0, ebpfasm.R10, stackBits, ebpfasm.DWord))
-	b.Jump(ebpfasm.JEq, ebpfasm.R0, 0, next)
-	// R2 = the bits less the lowest; R3 = the lowest bit's index, the
-	// population count of the bits below it.
-	b.Emit(
-		ebpfasm.Mov.Reg(ebpfasm.R2, ebpfasm.R0),
-		ebpfasm.Add.Imm(ebpfasm.R2, -1),
-		ebpfasm.And.Reg(ebpfasm.R2, ebpfasm.R0),
-		ebpfasm.StoreMem(ebpfasm.R10, stackBits, ebpfasm.R2, ebpfasm.DWord),
-		ebpfasm.Mov.Reg(ebpfasm.R3, ebpfasm.R0),
-		ebpfasm.Xor.Reg(ebpfasm.R3, ebpfasm.R2),
-		ebpfasm.Add.Imm(ebpfasm.R3, -1),
-	)
-	popcount(b.Emit)
+	b.Jump(ebpfasm.JEq, ebpfasm.R0, 0, cloop)
+	lowestBit(b.Emit, stackBits)
 	b.Emit(
 		ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R10, stackWord, ebpfasm.DWord),
 		ebpfasm.LSh.Imm(ebpfasm.R1, 6),
@@ -174,15 +166,58 @@ func (c *compiler) classifierCode(st stage, cl *classifier, tierEnd string) {
 		b.Label(pass)
 		c.groupAction(ActionPass, false, tierEnd)
 	}
+	b.Label(snext)
+	b.Emit(
+		ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R10, stackSum, ebpfasm.DWord),
+		ebpfasm.Add.Imm(ebpfasm.R1, 1),
+	)
+	storeHalves(b.Emit, stackSum)
+	b.Ja(sloop)
 	c.label(end)
 }
 
-// storeWord stores the u32 in R1 as the low half of the u64 at stackWord
-// and zero as its high half.
-func storeWord(emit func(...ebpfasm.Instruction)) {
+// andRows emits R0 = the AND of the u64 at byte offset R1 of every
+// dimension's row.
+func (c *compiler) andRows(dims int) {
+	b := c.part.b
+	for di := range dims {
+		reg := ebpfasm.R2
+		if di == 0 {
+			reg = ebpfasm.R0
+		}
+		b.Emit(
+			ebpfasm.LoadMem(reg, ebpfasm.R10, stackRowPtr-8*int16(di), ebpfasm.DWord),
+			ebpfasm.Add.Reg(reg, ebpfasm.R1),
+			ebpfasm.LoadMem(reg, reg, 0, ebpfasm.DWord),
+		)
+		if di > 0 {
+			b.Emit(ebpfasm.And.Reg(ebpfasm.R0, ebpfasm.R2))
+		}
+	}
+}
+
+// lowestBit emits, for the bits in R0, the store of the bits less the
+// lowest at off and R3 = the lowest bit's index (the number of bits below
+// it).
+func lowestBit(emit func(...ebpfasm.Instruction), off int16) {
 	emit(
-		ebpfasm.StoreMem(ebpfasm.R10, stackWord+int16(keyLowHalf), ebpfasm.R1, ebpfasm.Word),
-		ebpfasm.StoreImm(ebpfasm.R10, stackWord+4-int16(keyLowHalf), 0, ebpfasm.Word),
+		ebpfasm.Mov.Reg(ebpfasm.R2, ebpfasm.R0),
+		ebpfasm.Add.Imm(ebpfasm.R2, -1),
+		ebpfasm.And.Reg(ebpfasm.R2, ebpfasm.R0),
+		ebpfasm.StoreMem(ebpfasm.R10, off, ebpfasm.R2, ebpfasm.DWord),
+		ebpfasm.Mov.Reg(ebpfasm.R3, ebpfasm.R0),
+		ebpfasm.Xor.Reg(ebpfasm.R3, ebpfasm.R2),
+		ebpfasm.Add.Imm(ebpfasm.R3, -1),
+	)
+	popcount(emit)
+}
+
+// storeHalves stores the u32 in R1 as the low half of the u64 at off and
+// zero as its high half.
+func storeHalves(emit func(...ebpfasm.Instruction), off int16) {
+	emit(
+		ebpfasm.StoreMem(ebpfasm.R10, off+int16(keyLowHalf), ebpfasm.R1, ebpfasm.Word),
+		ebpfasm.StoreImm(ebpfasm.R10, off+4-int16(keyLowHalf), 0, ebpfasm.Word),
 	)
 }
 
@@ -327,21 +362,31 @@ func (d *classDim) lpmSpec(name string) LookupMap {
 		MaxEntries: uint32(max(1, len(keys))), Flags: unix.BPF_F_NO_PREALLOC}, keys, values)
 }
 
-// rowsSpec is the array of every dimension's rows.
+// summaryWords is the number of summary words that start each row.
+func (cl *classifier) summaryWords() int { return (cl.words + 63) / 64 }
+
+// rowsSpec is the array of every dimension's rows: each row's summary
+// words (bit w set when word w is not zero), then its words.
 func (cl *classifier) rowsSpec(id int) LookupMap {
 	n := 0
 	for _, d := range cl.dims {
 		n += len(d.rows)
 	}
-	size := cl.words * 8
+	sum := cl.summaryWords()
+	size := (sum + cl.words) * 8
 	values := reflect.MakeSlice(reflect.SliceOf(reflect.ArrayOf(size, reflect.TypeFor[byte]())), n, n)
 	keys := make([]uint32, n)
 	i := 0
 	buf := make([]byte, size)
 	for _, d := range cl.dims {
 		for _, row := range d.rows {
+			clear(buf)
 			for w, v := range row {
-				binary.NativeEndian.PutUint64(buf[8*w:], v)
+				binary.NativeEndian.PutUint64(buf[8*(sum+w):], v)
+				if v != 0 {
+					s := buf[8*(w/64):]
+					binary.NativeEndian.PutUint64(s, binary.NativeEndian.Uint64(s)|1<<(w%64))
+				}
 			}
 			reflect.Copy(values.Index(i), reflect.ValueOf(buf))
 			keys[i] = uint32(i)
