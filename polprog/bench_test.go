@@ -218,3 +218,33 @@ func BenchmarkCompileLoad(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkUpdate measures Program.Update of a policy of each shape and
+// size that changes one rule (the action and ID of the middle rule,
+// alternately): a new compile reusing the loaded layout, the changed map
+// entries of the idle generation, and the switch.
+func BenchmarkUpdate(b *testing.B) {
+	k := newKernel(b)
+	for _, shape := range benchShapes {
+		for _, n := range benchSizes[2:] {
+			rules := benchPolicy(n, shape)
+			changed := cloneRules(rules)
+			r := &changed.Tiers[0].Policies[0].Rules[n/2]
+			r.ID, r.Action = 1<<35, ActionLog
+			p := k.load(b, rules, Options{})
+			b.Run(fmt.Sprintf("%s/rules=%d", shape.name, n), func(b *testing.B) {
+				i := 0
+				for b.Loop() {
+					next := rules
+					if i%2 == 0 {
+						next = changed
+					}
+					i++
+					if err := p.Update(next); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
+}

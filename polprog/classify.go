@@ -85,9 +85,8 @@ type position struct {
 type classDim struct {
 	kind dimKind
 	// rows are the distinct bitmaps; a packet's row index is relative
-	// to the classifier's first row of this dimension (base).
+	// to the first row of this dimension (classLayout.base).
 	rows [][]uint64
-	base uint32
 	// index maps an array dimension's keys to row indexes; keys absent
 	// mean row 0. For address dimensions it maps the LPM prefixes.
 	index  map[uint32]uint32
@@ -240,7 +239,6 @@ func buildClassifier(rs []rule, maxBytes int) *classifier {
 				row[w] &= valid[w]
 			}
 		}
-		d.base = uint32(rows)
 		rows += len(d.rows)
 		if rows*cl.words*8 > maxBytes {
 			return nil

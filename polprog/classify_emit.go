@@ -3,12 +3,8 @@ package polprog
 import (
 	"encoding/binary"
 	"fmt"
-	"reflect"
-	"slices"
 
-	"github.com/cilium/ebpf"
 	ebpfasm "github.com/cilium/ebpf/asm"
-	"golang.org/x/sys/unix"
 
 	"github.com/sluicenet/sluice/bpf"
 )
@@ -20,7 +16,8 @@ const (
 	stackBits     = -96  // u64 bits of that word not yet handled
 	stackSum      = -104 // u64 index of the summary word being searched
 	stackCand     = -112 // u64 words of that summary not yet searched
-	stackRowPtr   = -120
+	stackGen      = -120 // u64 generation of the part's classifier maps, -1 until read
+	stackRowPtr   = -128
 	// stackRowPtr - 8*d holds dimension d's row pointer.
 )
 
@@ -37,19 +34,14 @@ var keyLowHalf = func() int32 {
 }()
 
 // lpmAddrKeySize is the key of a classifier's address trie: u32
-// prefixlen and the 16-byte address (IPv4 as ::ffff:a.b.c.d).
-const lpmAddrKeySize = 20
-
-// batchContents are a lookup map's entries, written with one batch update
-// after the map is created.
-type batchContents struct {
-	keys, values any
-}
+// prefixlen, the u32 generation and the 16-byte address (IPv4 as
+// ::ffff:a.b.c.d). A prefix of bits address bits has prefixlen 32+bits.
+const lpmAddrKeySize = 24
 
 // classifierCode emits the search of cl: one row per dimension, then the
 // words of the rows ANDed in a loop; the positions set are handled in
 // order, and a run that nothing decided falls through.
-func (c *compiler) classifierCode(st stage, cl *classifier, tierEnd string) {
+func (c *compiler) classifierCode(st stage, cl *classifier, l *classLayout, tierEnd string) {
 	b := c.part.b
 	id := len(c.out.LookupMaps)
 	mapName := func(s string) string { return fmt.Sprintf("polprog_cls%d_%s", id, s) }
@@ -57,14 +49,28 @@ func (c *compiler) classifierCode(st stage, cl *classifier, tierEnd string) {
 	b.Comment(fmt.Sprintf("rules %s to %s (%d, %d positions) classified by %d dimensions",
 		first.where, last.where, len(cl.rules), len(cl.pos), len(cl.dims)))
 	c.part.key.valid = false
-	rowsName, tableName := mapName("rows"), mapName("table")
-	c.addLookupMap(rowsName, cl.rowsSpec(id))
-	c.addLookupMap(tableName, cl.tableSpec(id))
+	cc := &compiledClass{cl: cl, layout: l, part: c.part.index, names: []string{mapName("rows"), mapName("table")}}
+	for _, d := range cl.dims {
+		cc.names = append(cc.names, dimMapName(d.kind, mapName))
+	}
+	if !c.haveGenMap {
+		c.haveGenMap = true
+		c.addLookupMap(genMapName, genSpec())
+	}
+	for _, lm := range cc.specs() {
+		c.addLookupMap(lm.Name, lm)
+	}
+	c.out.classes = append(c.out.classes, cc)
+	rowsName, tableName := cc.names[0], cc.names[1]
 
+	c.loadGeneration()
 	for di, d := range cl.dims {
-		c.dimRow(st, d, mapName)
+		c.dimRow(st, d, cc.names[2+di])
 		b.Emit(
-			ebpfasm.Add.Imm32(ebpfasm.R1, int32(d.base)),
+			ebpfasm.Add.Imm32(ebpfasm.R1, int32(l.base(di))),
+			ebpfasm.LoadMem(ebpfasm.R2, ebpfasm.R10, stackGen, ebpfasm.DWord),
+			ebpfasm.Mul.Imm(ebpfasm.R2, int32(l.rows())),
+			ebpfasm.Add.Reg(ebpfasm.R1, ebpfasm.R2),
 			ebpfasm.StoreMem(ebpfasm.R10, stackClassKey, ebpfasm.R1, ebpfasm.DWord),
 			ebpfasm.LoadMapPtr(ebpfasm.R1, 0).WithReference(rowsName),
 			ebpfasm.Mov.Reg(ebpfasm.R2, ebpfasm.R10),
@@ -85,7 +91,7 @@ func (c *compiler) classifierCode(st stage, cl *classifier, tierEnd string) {
 	sloop, snext := c.newLabel("cls_summary"), c.newLabel("cls_summary_next")
 	cloop, bits := c.newLabel("cls_word"), c.newLabel("cls_bits")
 	end := c.newLabel("cls_end")
-	sum := int32(cl.summaryWords())
+	sum := int32(l.summary())
 	b.Emit(ebpfasm.Mov.Imm(ebpfasm.R1, 0))
 	storeHalves(b.Emit, stackSum)
 	b.Label(sloop)
@@ -109,7 +115,7 @@ func (c *compiler) classifierCode(st stage, cl *classifier, tierEnd string) {
 	)
 	storeHalves(b.Emit, stackWord)
 	b.Emit(ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R10, stackWord, ebpfasm.DWord))
-	b.Jump(ebpfasm.JGE, ebpfasm.R1, int32(cl.words), labelFailed)
+	b.Jump(ebpfasm.JGE, ebpfasm.R1, int32(l.words), labelFailed)
 	b.Emit(ebpfasm.Add.Imm(ebpfasm.R1, sum), ebpfasm.LSh.Imm(ebpfasm.R1, 3))
 	c.andRows(len(cl.dims))
 	b.Jump(ebpfasm.JEq, ebpfasm.R0, 0, cloop)
@@ -123,6 +129,9 @@ func (c *compiler) classifierCode(st stage, cl *classifier, tierEnd string) {
 		ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R10, stackWord, ebpfasm.DWord),
 		ebpfasm.LSh.Imm(ebpfasm.R1, 6),
 		ebpfasm.Add.Reg(ebpfasm.R1, ebpfasm.R3),
+		ebpfasm.LoadMem(ebpfasm.R2, ebpfasm.R10, stackGen, ebpfasm.DWord),
+		ebpfasm.Mul.Imm(ebpfasm.R2, int32(l.positions())),
+		ebpfasm.Add.Reg(ebpfasm.R1, ebpfasm.R2),
 		ebpfasm.StoreMem(ebpfasm.R10, stackClassKey, ebpfasm.R1, ebpfasm.DWord),
 		ebpfasm.LoadMapPtr(ebpfasm.R1, 0).WithReference(tableName),
 		ebpfasm.Mov.Reg(ebpfasm.R2, ebpfasm.R10),
@@ -239,11 +248,67 @@ func popcount(emit func(...ebpfasm.Instruction)) {
 	)
 }
 
-// dimRow emits R1 = the packet's row in d, relative to d.base.
-func (c *compiler) dimRow(st stage, d *classDim, mapName func(string) string) {
+// dimMapName is the map of a dimension of kind k, "" for membership
+// dimensions (they look up sl_ipsets).
+func dimMapName(k dimKind, mapName func(string) string) string {
+	switch k {
+	case dimProto:
+		return mapName("proto")
+	case dimICMP:
+		return mapName("icmp")
+	case dimSrcPort:
+		return mapName("sport")
+	case dimDstPort:
+		return mapName("dport")
+	case dimSrcAddr:
+		return mapName("saddr")
+	case dimDstAddr:
+		return mapName("daddr")
+	}
+	return ""
+}
+
+// loadGeneration emits, unless this part has read it already, the read
+// of the generation map into stackGen (see startPart). Every classified
+// run of a part uses the generation its part read first, so a packet
+// sees one generation of all of them.
+func (c *compiler) loadGeneration() {
 	b := c.part.b
-	lookup := func(name string, lm LookupMap) {
-		c.addLookupMap(name, lm)
+	have := c.newLabel("cls_have_gen")
+	b.Emit(ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R10, stackGen, ebpfasm.DWord))
+	b.Jump(ebpfasm.JNE, ebpfasm.R1, -1, have)
+	b.Emit(
+		ebpfasm.Mov.Imm(ebpfasm.R1, 0),
+		ebpfasm.StoreMem(ebpfasm.R10, stackClassKey, ebpfasm.R1, ebpfasm.DWord),
+		ebpfasm.LoadMapPtr(ebpfasm.R1, 0).WithReference(genMapName),
+		ebpfasm.Mov.Reg(ebpfasm.R2, ebpfasm.R10),
+		ebpfasm.Add.Imm(ebpfasm.R2, stackClassKey+keyLowHalf),
+		ebpfasm.FnMapLookupElem.Call(),
+	)
+	b.Jump(ebpfasm.JEq, ebpfasm.R0, 0, labelFailed)
+	b.Emit(
+		ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R0, 0, ebpfasm.Word),
+		ebpfasm.And.Imm(ebpfasm.R1, 1),
+		ebpfasm.StoreMem(ebpfasm.R10, stackGen, ebpfasm.R1, ebpfasm.DWord),
+	)
+	c.label(have)
+}
+
+// dimRow emits R1 = the packet's row in d, relative to the dimension's
+// first row, looking it up in the map name (of the generation in
+// stackGen).
+func (c *compiler) dimRow(st stage, d *classDim, name string) {
+	b := c.part.b
+	// genOffset adds to R1 the generation's first key, size keys each.
+	genOffset := func(size uint32) {
+		b.Emit(
+			ebpfasm.LoadMem(ebpfasm.R2, ebpfasm.R10, stackGen, ebpfasm.DWord),
+			ebpfasm.Mul.Imm(ebpfasm.R2, int32(size)),
+			ebpfasm.Add.Reg(ebpfasm.R1, ebpfasm.R2),
+		)
+	}
+	lookup := func() {
+		genOffset(dimArraySize(d.kind))
 		b.Emit(
 			ebpfasm.StoreMem(ebpfasm.R10, stackClassKey, ebpfasm.R1, ebpfasm.DWord),
 			ebpfasm.LoadMapPtr(ebpfasm.R1, 0).WithReference(name),
@@ -257,7 +322,7 @@ func (c *compiler) dimRow(st stage, d *classDim, mapName func(string) string) {
 	switch d.kind {
 	case dimProto:
 		b.Emit(ebpfasm.LoadMem(ebpfasm.R1, regState, offProto, ebpfasm.Byte))
-		lookup(mapName("proto"), d.arraySpec(mapName("proto"), 256))
+		lookup()
 	case dimICMP:
 		b.Emit(
 			ebpfasm.LoadMem(ebpfasm.R1, regState, offICMPType, ebpfasm.Byte),
@@ -265,26 +330,29 @@ func (c *compiler) dimRow(st stage, d *classDim, mapName func(string) string) {
 			ebpfasm.LoadMem(ebpfasm.R2, regState, offICMPCode, ebpfasm.Byte),
 			ebpfasm.Or.Reg(ebpfasm.R1, ebpfasm.R2),
 		)
-		lookup(mapName("icmp"), d.arraySpec(mapName("icmp"), 1<<16))
+		lookup()
 	case dimSrcPort, dimDstPort:
-		off, name := offSrcPort, mapName("sport")
+		off := offSrcPort
 		if d.kind == dimDstPort {
-			off, name = st.dstPort, mapName("dport")
+			off = st.dstPort
 		}
 		b.Emit(ebpfasm.LoadMem(ebpfasm.R1, regState, off, ebpfasm.Half))
-		lookup(name, d.arraySpec(name, 1<<16))
+		lookup()
 	case dimSrcAddr, dimDstAddr:
-		off, name := offSrcAddr, mapName("saddr")
+		off := offSrcAddr
 		if d.kind == dimDstAddr {
-			off, name = st.dstAddr, mapName("daddr")
+			off = st.dstAddr
 		}
-		c.addLookupMap(name, d.lpmSpec(name))
 		miss, done := c.newLabel("cls_addr_miss"), c.newLabel("cls_addr_done")
-		b.Emit(ebpfasm.StoreImm(ebpfasm.R10, stackClassKey, 128, ebpfasm.Word))
+		b.Emit(
+			ebpfasm.StoreImm(ebpfasm.R10, stackClassKey, 32+128, ebpfasm.Word),
+			ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R10, stackGen, ebpfasm.DWord),
+			ebpfasm.StoreMem(ebpfasm.R10, stackClassKey+4, ebpfasm.R1, ebpfasm.Word),
+		)
 		for i := int16(0); i < 16; i += 4 {
 			b.Emit(
 				ebpfasm.LoadMem(ebpfasm.R1, regState, off+i, ebpfasm.Word),
-				ebpfasm.StoreMem(ebpfasm.R10, stackClassKey+4+i, ebpfasm.R1, ebpfasm.Word),
+				ebpfasm.StoreMem(ebpfasm.R10, stackClassKey+8+i, ebpfasm.R1, ebpfasm.Word),
 			)
 		}
 		b.Emit(
@@ -327,104 +395,6 @@ func (c *compiler) addLookupMap(name string, lm LookupMap) {
 	c.part.lookupMaps++
 }
 
-// arraySpec is an array dimension's index: key to relative row, entries
-// absent from d.index being 0.
-func (d *classDim) arraySpec(name string, entries uint32) LookupMap {
-	keys := make([]uint32, 0, len(d.index))
-	for k := range d.index {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	values := make([]uint32, len(keys))
-	for i, k := range keys {
-		values[i] = d.index[k]
-	}
-	return withBatch(&ebpf.MapSpec{Name: shortName(name), Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: entries},
-		keys, values)
-}
-
-// lpmSpec is an address dimension's trie: each prefix (IPv4 under
-// ::ffff:0:0/96) to its relative row.
-func (d *classDim) lpmSpec(name string) LookupMap {
-	keys := make([][lpmAddrKeySize]byte, len(d.prefix))
-	values := make([]uint32, len(d.prefix))
-	for i, pr := range d.prefix {
-		bits := pr.p.Bits()
-		if pr.p.Addr().Is4() {
-			bits += 96
-		}
-		binary.NativeEndian.PutUint32(keys[i][:4], uint32(bits))
-		a := pr.p.Addr().As16()
-		copy(keys[i][4:], a[:])
-		values[i] = pr.row
-	}
-	return withBatch(&ebpf.MapSpec{Name: shortName(name), Type: ebpf.LPMTrie, KeySize: lpmAddrKeySize, ValueSize: 4,
-		MaxEntries: uint32(max(1, len(keys))), Flags: unix.BPF_F_NO_PREALLOC}, keys, values)
-}
-
-// summaryWords is the number of summary words that start each row.
-func (cl *classifier) summaryWords() int { return (cl.words + 63) / 64 }
-
-// rowsSpec is the array of every dimension's rows: each row's summary
-// words (bit w set when word w is not zero), then its words.
-func (cl *classifier) rowsSpec(id int) LookupMap {
-	n := 0
-	for _, d := range cl.dims {
-		n += len(d.rows)
-	}
-	sum := cl.summaryWords()
-	size := (sum + cl.words) * 8
-	values := reflect.MakeSlice(reflect.SliceOf(reflect.ArrayOf(size, reflect.TypeFor[byte]())), n, n)
-	keys := make([]uint32, n)
-	i := 0
-	buf := make([]byte, size)
-	for _, d := range cl.dims {
-		for _, row := range d.rows {
-			clear(buf)
-			for w, v := range row {
-				binary.NativeEndian.PutUint64(buf[8*(sum+w):], v)
-				if v != 0 {
-					s := buf[8*(w/64):]
-					binary.NativeEndian.PutUint64(s, binary.NativeEndian.Uint64(s)|1<<(w%64))
-				}
-			}
-			reflect.Copy(values.Index(i), reflect.ValueOf(buf))
-			keys[i] = uint32(i)
-			i++
-		}
-	}
-	return withBatch(&ebpf.MapSpec{Name: fmt.Sprintf("slp_cls%d_rows", id), Type: ebpf.Array, KeySize: 4,
-		ValueSize: uint32(size), MaxEntries: uint32(n)}, keys, values.Interface())
-}
-
-// tableSpec is the array from position to rule ID and action.
-func (cl *classifier) tableSpec(id int) LookupMap {
-	var keys []uint32
-	var values [][tableValueSize]byte
-	for i, p := range cl.pos {
-		if p.r == &padRule {
-			continue
-		}
-		var v [tableValueSize]byte
-		binary.NativeEndian.PutUint64(v[:8], p.r.id)
-		binary.NativeEndian.PutUint32(v[8:], tableAction(p.r.action))
-		if p.r.action == ActionLog {
-			// The rule's other positions, in this word (see padRule).
-			var others uint64
-			for j := i - i%64; j < i-i%64+64 && j < len(cl.pos); j++ {
-				if j != i && cl.pos[j].r == p.r {
-					others |= 1 << (j % 64)
-				}
-			}
-			binary.NativeEndian.PutUint64(v[16:], others)
-		}
-		keys = append(keys, uint32(i))
-		values = append(values, v)
-	}
-	return withBatch(&ebpf.MapSpec{Name: fmt.Sprintf("slp_cls%d_tbl", id), Type: ebpf.Array, KeySize: 4,
-		ValueSize: tableValueSize, MaxEntries: uint32(cl.words * 64)}, keys, values)
-}
-
 func tableAction(a Action) uint32 {
 	switch a {
 	case ActionAllow:
@@ -447,11 +417,4 @@ func shortName(name string) string {
 		name = name[:15]
 	}
 	return name
-}
-
-func withBatch(spec *ebpf.MapSpec, keys, values any) LookupMap {
-	if reflect.ValueOf(keys).Len() == 0 {
-		return LookupMap{Spec: spec}
-	}
-	return LookupMap{Spec: spec, batch: &batchContents{keys: keys, values: values}}
 }

@@ -147,8 +147,24 @@ func TestCompileDeterministic(t *testing.T) {
 	}
 	for i := range a.LookupMaps {
 		x, y := a.LookupMaps[i], b.LookupMaps[i]
-		if x.Name != y.Name || !reflect.DeepEqual(x.batch, y.batch) {
+		xs, ys := *x.Spec, *y.Spec
+		xs.Contents, ys.Contents = nil, nil
+		if x.Name != y.Name || !reflect.DeepEqual(xs, ys) || !sameSpecContents(x.Spec.Contents, y.Spec.Contents) {
 			t.Fatalf("lookup map %d (%s, %s) differs", i, x.Name, y.Name)
+		}
+	}
+	if len(a.classes) == 0 || len(a.classes) != len(b.classes) {
+		t.Fatalf("%d/%d classified runs", len(a.classes), len(b.classes))
+	}
+	for i := range a.classes {
+		x, y := a.classes[i].contents(1), b.classes[i].contents(1)
+		if len(x) != len(y) {
+			t.Fatalf("run %d: %d/%d maps", i, len(x), len(y))
+		}
+		for name := range x {
+			if !sameContents(x[name], y[name]) {
+				t.Fatalf("run %d: contents of %s differ", i, name)
+			}
 		}
 	}
 }

@@ -93,9 +93,14 @@ type Compiled struct {
 	// reached by tail call from the one before, through the slot that
 	// Load gives it.
 	Parts []Part
-	// LookupMaps are the maps of merged rules that the parts reference;
-	// Load creates them with their contents.
+	// LookupMaps are the maps of merged rules and classified runs that
+	// the parts reference; Load creates them with their contents.
 	LookupMaps []LookupMap
+
+	// classes are the classified runs, in order; opts are the options
+	// given to Compile (Program.Update compiles with them again).
+	classes []*compiledClass
+	opts    Options
 }
 
 // Part is one program of a compiled policy.
@@ -133,16 +138,19 @@ func (p Part) Listing() (string, error) {
 type LookupMap struct {
 	// Name is the instructions' reference to the map.
 	Name string
-	// Spec creates the map, with its contents.
+	// Spec creates the map, with its contents (a classified run's maps
+	// have none in their specs: Load writes them).
 	Spec *ebpf.MapSpec
-
-	// batch, when set, holds contents that Load writes with one batch
-	// update after creating the map (Spec has none).
-	batch *batchContents
 }
 
 // Compile validates rules and builds the policy program.
 func Compile(rules Rules, opts Options) (*Compiled, error) {
+	return compile(rules, opts, nil)
+}
+
+// compile is Compile with the layouts of classified runs to reuse where
+// they fit (see Program.Update).
+func compile(rules Rules, opts Options, hints []*classLayout) (*Compiled, error) {
 	if opts.MaxParts > MaxParts {
 		return nil, fmt.Errorf("compile: Options.MaxParts %d is above MaxParts (%d), the tail-call budget", opts.MaxParts, MaxParts)
 	}
@@ -154,7 +162,10 @@ func Compile(rules Rules, opts Options) (*Compiled, error) {
 		return nil, err
 	}
 	c := newCompiler(opts)
+	c.out.opts = opts
+	c.hints = hints
 	c.fallThrough = c.opts.FallThroughRules > 0 && p.ruleCount >= c.opts.FallThroughRules
+	c.classifying = c.opts.ClassifierRules > 0 && p.ruleCount >= c.opts.ClassifierRules
 	if err := c.program(p); err != nil {
 		return nil, fmt.Errorf("compile: %w", err)
 	}
@@ -200,6 +211,12 @@ type compiler struct {
 	lastPending []string
 	// fallThrough: use the fall-through layout for rules' first checks.
 	fallThrough bool
+	// classifying: runs may be classified, so parts start with the
+	// generation unread (stackGen); haveGenMap: the generation map is in
+	// LookupMaps. hints are layouts to reuse, one per classified run in
+	// order.
+	classifying, haveGenMap bool
+	hints                   []*classLayout
 }
 
 func newCompiler(opts Options) *compiler {
@@ -365,10 +382,19 @@ func (c *compiler) classified(st stage, rs []rule, i int, tierEnd string) (int, 
 	if cl == nil {
 		return 0, nil
 	}
+	var l *classLayout
+	if k := len(c.out.classes); k < len(c.hints) && c.hints[k].fits(cl) {
+		l = c.hints[k]
+	} else {
+		l = newLayout(cl)
+	}
+	if l.bytes() > c.opts.ClassifierBytes {
+		return 0, nil
+	}
 	if err := c.maybeSplit(true); err != nil {
 		return 0, err
 	}
-	c.classifierCode(st, cl, tierEnd)
+	c.classifierCode(st, cl, l, tierEnd)
 	if err := c.part.b.Err(); err != nil {
 		return 0, fmt.Errorf("rules %s to %s: %w", rs[i].where, rs[i+n-1].where, err)
 	}
