@@ -97,17 +97,35 @@ type compiledClass struct {
 	names []string
 }
 
-// mapContents are one generation's entries of a map, as raw bytes.
+// mapContents are the entries of a map in any one generation, as raw
+// bytes, keyed as in generation 0 (see key). They are not changed once
+// built: an update builds new ones.
 type mapContents struct {
 	keySize, valueSize int
 	// entries maps key bytes to value bytes.
 	entries map[string]string
 	// array: absent keys hold zeros (they are overwritten, not deleted).
 	array bool
+	// stride is, for u32 keys, how many keys one generation has; a
+	// trie's key holds the generation after its prefixlen instead.
+	stride uint32
 }
 
-func newContents(keySize, valueSize int, array bool) *mapContents {
-	return &mapContents{keySize: keySize, valueSize: valueSize, entries: map[string]string{}, array: array}
+func newContents(keySize, valueSize int, array bool, stride uint32) *mapContents {
+	return &mapContents{keySize: keySize, valueSize: valueSize, entries: map[string]string{}, array: array, stride: stride}
+}
+
+// key returns k as generation g's key.
+func (m *mapContents) key(k string, g int) string {
+	if g == 0 {
+		return k
+	}
+	if m.stride == 0 {
+		b := []byte(k)
+		binary.NativeEndian.PutUint32(b[4:8], uint32(g))
+		return string(b)
+	}
+	return u32Key(binary.NativeEndian.Uint32([]byte(k)) + uint32(g)*m.stride)
 }
 
 func u32Key(k uint32) string {
@@ -116,14 +134,14 @@ func u32Key(k uint32) string {
 	return string(b[:])
 }
 
-// contents returns generation g of every map of the run, by name.
-func (cc *compiledClass) contents(g int) map[string]*mapContents {
+// contents returns the entries of every map of the run, by name.
+func (cc *compiledClass) contents() map[string]*mapContents {
 	cl, l := cc.cl, cc.layout
 	out := map[string]*mapContents{}
 
 	sum := l.summary()
 	rowSize := (sum + l.words) * 8
-	rows := newContents(4, rowSize, true)
+	rows := newContents(4, rowSize, true, l.rows())
 	buf := make([]byte, rowSize)
 	for di, d := range cl.dims {
 		for i, row := range d.rows {
@@ -135,30 +153,16 @@ func (cc *compiledClass) contents(g int) map[string]*mapContents {
 					binary.NativeEndian.PutUint64(s, binary.NativeEndian.Uint64(s)|1<<(w%64))
 				}
 			}
-			rows.entries[u32Key(uint32(g)*l.rows()+l.base(di)+uint32(i))] = string(buf)
+			rows.entries[u32Key(l.base(di)+uint32(i))] = string(buf)
 		}
 	}
 	out[cc.names[0]] = rows
 
-	table := newContents(4, tableValueSize, true)
+	table := newContents(4, tableValueSize, true, uint32(l.positions()))
 	for i, p := range cl.pos {
-		if p.r == &padRule {
-			continue
+		if p.r != &padRule {
+			table.entries[u32Key(uint32(i))] = tableValue(cl, i, p.r.id, p.r.action)
 		}
-		var v [tableValueSize]byte
-		binary.NativeEndian.PutUint64(v[:8], p.r.id)
-		binary.NativeEndian.PutUint32(v[8:], tableAction(p.r.action))
-		if p.r.action == ActionLog {
-			// The rule's other positions, in this word (see padRule).
-			var others uint64
-			for j := i - i%64; j < i-i%64+64 && j < len(cl.pos); j++ {
-				if j != i && cl.pos[j].r == p.r {
-					others |= 1 << (j % 64)
-				}
-			}
-			binary.NativeEndian.PutUint64(v[16:], others)
-		}
-		table.entries[u32Key(uint32(g*l.positions()+i))] = string(v[:])
 	}
 	out[cc.names[1]] = table
 
@@ -167,7 +171,7 @@ func (cc *compiledClass) contents(g int) map[string]*mapContents {
 		switch {
 		case name == "":
 		case d.kind == dimSrcAddr || d.kind == dimDstAddr:
-			m := newContents(lpmAddrKeySize, 4, false)
+			m := newContents(lpmAddrKeySize, 4, false, 0)
 			for _, pr := range d.prefix {
 				var k [lpmAddrKeySize]byte
 				bits := 32 + pr.p.Bits()
@@ -175,7 +179,6 @@ func (cc *compiledClass) contents(g int) map[string]*mapContents {
 					bits += 96
 				}
 				binary.NativeEndian.PutUint32(k[:4], uint32(bits))
-				binary.NativeEndian.PutUint32(k[4:8], uint32(g))
 				a := pr.p.Addr().As16()
 				copy(k[8:], a[:])
 				m.entries[string(k[:])] = u32Key(pr.row)
@@ -183,14 +186,33 @@ func (cc *compiledClass) contents(g int) map[string]*mapContents {
 			out[name] = m
 		default:
 			size := dimArraySize(d.kind)
-			m := newContents(4, 4, true)
+			m := newContents(4, 4, true, size)
 			for k, v := range d.index {
-				m.entries[u32Key(uint32(g)*size+k)] = u32Key(v)
+				m.entries[u32Key(k)] = u32Key(v)
 			}
 			out[name] = m
 		}
 	}
 	return out
+}
+
+// tableValue is the table entry of position i, whose rule has id and
+// action.
+func tableValue(cl *classifier, i int, id uint64, action Action) string {
+	var v [tableValueSize]byte
+	binary.NativeEndian.PutUint64(v[:8], id)
+	binary.NativeEndian.PutUint32(v[8:], tableAction(action))
+	if action == ActionLog {
+		// The rule's other positions, in this word (see padRule).
+		var others uint64
+		for j := i - i%64; j < i-i%64+64 && j < len(cl.pos); j++ {
+			if j != i && cl.pos[j].r == cl.pos[i].r {
+				others |= 1 << (j % 64)
+			}
+		}
+		binary.NativeEndian.PutUint64(v[16:], others)
+	}
+	return string(v[:])
 }
 
 // dimArraySize is the keys of an array dimension in one generation.
@@ -230,14 +252,14 @@ func genSpec() LookupMap {
 	return LookupMap{Name: genMapName, Spec: &ebpf.MapSpec{Name: "slp_gen", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1}}
 }
 
-// writeContents makes m hold want where it holds had (nil: nothing
-// written yet): changed and new entries in one batch update, stale ones
-// zeroed (arrays) or deleted (tries).
-func writeContents(m *ebpf.Map, had, want *mapContents) error {
+// writeContents makes generation g of m hold want where it holds had (nil:
+// nothing written yet): changed and new entries in one batch update, stale
+// ones zeroed (arrays) or deleted (tries).
+func writeContents(m *ebpf.Map, g int, had, want *mapContents) error {
 	var keys, values []string
 	for k, v := range want.entries {
 		if had == nil || had.entries[k] != v {
-			keys, values = append(keys, k), append(values, v)
+			keys, values = append(keys, want.key(k, g)), append(values, v)
 		}
 	}
 	var stale []string
@@ -249,6 +271,9 @@ func writeContents(m *ebpf.Map, had, want *mapContents) error {
 		}
 	}
 	slices.Sort(stale)
+	for i, k := range stale {
+		stale[i] = want.key(k, g)
+	}
 	if want.array {
 		zero := string(make([]byte, want.valueSize))
 		for _, k := range stale {

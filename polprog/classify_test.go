@@ -157,7 +157,7 @@ func TestCompileDeterministic(t *testing.T) {
 		t.Fatalf("%d/%d classified runs", len(a.classes), len(b.classes))
 	}
 	for i := range a.classes {
-		x, y := a.classes[i].contents(1), b.classes[i].contents(1)
+		x, y := a.classes[i].contents(), b.classes[i].contents()
 		if len(x) != len(y) {
 			t.Fatalf("run %d: %d/%d maps", i, len(x), len(y))
 		}

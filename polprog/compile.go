@@ -101,6 +101,7 @@ type Compiled struct {
 	// given to Compile (Program.Update compiles with them again).
 	classes []*compiledClass
 	opts    Options
+	prog    *program
 }
 
 // Part is one program of a compiled policy.
@@ -162,7 +163,7 @@ func compile(rules Rules, opts Options, hints []*classLayout) (*Compiled, error)
 		return nil, err
 	}
 	c := newCompiler(opts)
-	c.out.opts = opts
+	c.out.opts, c.out.prog = opts, p
 	c.hints = hints
 	c.fallThrough = c.opts.FallThroughRules > 0 && p.ruleCount >= c.opts.FallThroughRules
 	c.classifying = c.opts.ClassifierRules > 0 && p.ruleCount >= c.opts.ClassifierRules
