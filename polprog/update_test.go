@@ -212,9 +212,11 @@ func TestUpdateAtomic(t *testing.T) {
 			}
 		}()
 	}
-	updates := 200
+	// A broken switch (one generation read per classified run, not per
+	// part) shows up in a few runs of some thousand updates.
+	updates := 3000
 	if testing.Short() {
-		updates = 40
+		updates = 300
 	}
 	for u := 0; u < updates; u++ {
 		rules := b
