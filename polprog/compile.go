@@ -336,14 +336,18 @@ func (c *compiler) tiers(st stage, tiers []tier) error {
 func (c *compiler) rules(st stage, rs []rule, tierEnd string) error {
 	sc := &shapeCache{rules: rs, keys: map[[2]int]string{}}
 	for i := 0; i < len(rs); {
-		if n, err := c.classified(st, rs, i, tierEnd); err != nil || n > 0 {
+		// A merged run (one lookup) costs less than a classified one.
+		g := c.findGroup(sc, i)
+		if g == nil {
+			n, err := c.classified(st, rs, i, tierEnd)
 			if err != nil {
 				return err
 			}
-			i += n
-			continue
+			if n > 0 {
+				i += n
+				continue
+			}
 		}
-		g := c.findGroup(sc, i)
 		if err := c.maybeSplit(g != nil); err != nil {
 			return err
 		}

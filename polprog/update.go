@@ -227,11 +227,18 @@ func (s *classState) tableOnly(rules Rules) (map[string]*mapContents, *program, 
 	ok := true
 	np.eachRule(func(k int, r *rule) {
 		o := olds[k]
-		if !ok || (o.id == r.id && o.action == r.action) {
+		if !ok {
+			return
+		}
+		if !sameMatch(o, r) {
+			ok = false
+			return
+		}
+		if o.id == r.id && o.action == r.action {
 			return
 		}
 		rp := s.posOf[k]
-		if !sameMatch(o, r) || rp.run < 0 || (len(rp.pos) > 1 && (o.action == ActionLog) != (r.action == ActionLog)) {
+		if rp.run < 0 || (len(rp.pos) > 1 && (o.action == ActionLog) != (r.action == ActionLog)) {
 			ok = false
 			return
 		}

@@ -29,10 +29,8 @@ func cloneRules(rules Rules) Rules {
 	return rules
 }
 
-// mutateRule changes one random rule of rules (in place): its action and
-// ID, a CIDR, a port or the protocol, as an operator editing one rule
-// would.
-func (g *gen) mutateRule(rules *Rules) {
+// allRules returns pointers to every rule of rules.
+func allRules(rules *Rules) []*Rule {
 	var all []*Rule
 	for _, ts := range [][]Tier{rules.Tiers, rules.PreDNATTiers, rules.ApplyOnForwardTiers, {{Policies: rules.Profiles}}} {
 		for i := range ts {
@@ -43,7 +41,18 @@ func (g *gen) mutateRule(rules *Rules) {
 			}
 		}
 	}
+	return all
+}
+
+// mutateRule changes, in place, the rule of rules whose ID is id (a random
+// one when none has it): its action and ID, its source CIDR, a
+// destination port or the protocol, as an operator editing one rule would.
+func (g *gen) mutateRule(rules *Rules, id uint64) *Rule {
+	all := allRules(rules)
 	r := all[g.r.IntN(len(all))]
+	if i := slices.IndexFunc(all, func(r *Rule) bool { return id != 0 && r.ID == id }); i >= 0 {
+		r = all[i]
+	}
 	switch g.r.IntN(4) {
 	case 0:
 		r.Action, r.ID = g.action(), g.id()
@@ -56,19 +65,48 @@ func (g *gen) mutateRule(rules *Rules) {
 			r.Protocol = protoName(g.proto())
 		}
 	}
+	return r
+}
+
+// packetFor returns a random packet moved towards matching r: its source,
+// destination, ports and protocol taken from r's positive fields.
+func (g *gen) packetFor(r *Rule) Packet {
+	p := g.packet()
+	if len(r.SrcNets) > 0 {
+		p.Src = r.SrcNets[0].Masked().Addr()
+	}
+	if len(r.DstNets) > 0 {
+		p.Dst = r.DstNets[0].Masked().Addr()
+		p.PreNATDst = netip.Addr{}
+	}
+	if len(r.SrcPorts) > 0 {
+		p.SrcPort = r.SrcPorts[0].First
+	}
+	if len(r.DstPorts) > 0 {
+		p.DstPort = r.DstPorts[0].First
+		p.PreNATDstPort = p.DstPort
+	}
+	if r.Protocol != "" {
+		if n, err := ParseProtocol(r.Protocol); err == nil && n != 1 {
+			p.Protocol = n
+		}
+	}
+	return p
 }
 
 // TestUpdateDifferential changes one rule at a time of 10,000-rule random
-// policies and, after each Update, holds the kernel to Evaluate of the
-// rules the program now has (the new ones, or the old ones when Update
-// asked for a reload).
+// policies (the one deciding a random packet) and, after each Update,
+// holds the kernel to Evaluate of the rules the program now has (the new
+// ones, or the old ones when Update asked for a reload).
 func TestUpdateDifferential(t *testing.T) {
 	k := newKernel(t)
-	updates, packets := 40, 150
+	updates, packets := 20, 150
 	if testing.Short() {
-		updates = 10
+		updates = 5
 	}
-	applied, reloads := 0, 0
+	// seen counts the updates after which some packet is decided
+	// otherwise than before: those that a no-op Update would fail.
+	applied, reloads, seen := 0, 0, 0
 	for seed := uint64(0); seed < 2; seed++ {
 		g := newGen(100 + seed)
 		rules := g.largeRules(10000, seed == 1)
@@ -80,8 +118,23 @@ func TestUpdateDifferential(t *testing.T) {
 		}
 		p := k.loadCompiled(t, c)
 		for u := 0; u < updates; u++ {
+			before, err := NewEvaluator(rules)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Change the rule that decides a random packet, and send
+			// that packet, packets aimed at the rule and random ones.
+			aim := g.packet()
 			next := cloneRules(rules)
-			g.mutateRule(&next)
+			mutated := g.mutateRule(&next, before.Evaluate(g.sets, aim).RuleID)
+			pkts := []Packet{aim}
+			for i := 0; i < packets; i++ {
+				if i < packets/2 {
+					pkts = append(pkts, g.packetFor(mutated))
+				} else {
+					pkts = append(pkts, g.packet())
+				}
+			}
 			switch err := p.Update(next); {
 			case err == nil:
 				rules = next
@@ -95,16 +148,23 @@ func TestUpdateDifferential(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			for i := 0; i < packets; i++ {
-				pkt := g.packet()
+			differs := false
+			for _, pkt := range pkts {
 				want := ev.Evaluate(g.sets, pkt)
+				differs = differs || cmp.Diff(want, before.Evaluate(g.sets, pkt), decisionCmp) != ""
 				if diff := cmp.Diff(want, k.run(t, p, pkt), decisionCmp); diff != "" {
 					t.Fatalf("seed %d, after update %d, packet %+v (-evaluate +kernel):\n%s", seed, u, pkt, diff)
 				}
 			}
+			if differs {
+				seen++
+			}
 		}
 	}
-	t.Logf("%d updates applied, %d needed a reload", applied, reloads)
+	t.Logf("%d updates applied, %d needed a reload; after %d some packet was decided otherwise", applied, reloads, seen)
+	if seen < applied/5 {
+		t.Errorf("only %d of %d updates changed a decision: the test does not see updates", seen, applied)
+	}
 	if applied < (applied+reloads)/2 {
 		t.Errorf("only %d of %d one-rule updates applied without a reload", applied, applied+reloads)
 	}
@@ -114,7 +174,7 @@ func TestUpdateDifferential(t *testing.T) {
 // when the code would change, and accepts unchanged rules.
 func TestUpdateNeedsReload(t *testing.T) {
 	k := newKernel(t)
-	rules := benchPolicy(1000, benchShapes[1])
+	rules := benchPolicy(1000, benchShapes[2])
 	p := k.load(t, rules, Options{})
 	if err := p.Update(rules); err != nil {
 		t.Fatalf("unchanged rules: %v", err)
@@ -126,7 +186,7 @@ func TestUpdateNeedsReload(t *testing.T) {
 		t.Fatalf("new dimension: %v, want ErrNeedsReload", err)
 	}
 	// So does a change of the linear rules of a small policy.
-	small := benchPolicy(10, benchShapes[1])
+	small := benchPolicy(10, benchShapes[2])
 	ps := k.load(t, small, Options{})
 	next = cloneRules(small)
 	next.Tiers[0].Policies[0].Rules[0].ID = 12345
