@@ -294,3 +294,20 @@ func (b *Block) jump(class ebpfasm.Class, src ebpfasm.Source, op ebpfasm.JumpOp,
 	// so cilium/ebpf's unchecked int16 conversion never sees it.
 	b.add(ebpfasm.Instruction{OpCode: opCode, Dst: dst, Src: srcReg, Constant: int64(imm)}, label)
 }
+
+// MayGoto appends a may_goto instruction (BPF_JMP | BPF_JCOND with src
+// BPF_MAY_GOTO, Linux 6.9+): it falls through while the program's
+// implicit loop budget lasts and jumps to label once it is spent. A loop
+// whose back edge passes a may_goto is accepted by the verifier without
+// proving a bound on its iterations.
+func (b *Block) MayGoto(label string) {
+	if b.err != nil {
+		return
+	}
+	if label == "" {
+		b.fail(fmt.Errorf("may_goto with empty label: %w", ErrUndefinedLabel))
+		return
+	}
+	op := ebpfasm.OpCode(ebpfasm.JumpClass).SetJumpOp(ebpfasm.JCOND).SetSource(ebpfasm.ImmSource)
+	b.add(ebpfasm.Instruction{OpCode: op, Src: ebpfasm.PseudoMayGoto}, label)
+}

@@ -30,5 +30,7 @@
 // 32-bit immediate, Linux 6.6+). JMP32 comparisons ([Block.Jump32]) need
 // Linux 5.1, but only if the caller uses them. Backward jumps are encoded when
 // asked for; whether the verifier accepts the loop they form is the caller's
-// concern (bounded loops need Linux 5.3).
+// concern (bounded loops need Linux 5.3). [Block.MayGoto] emits may_goto
+// (Linux 6.9), which lets the verifier accept a loop it cannot bound; callers
+// probe for it before relying on it.
 package asm

@@ -38,14 +38,17 @@ var benchShapes = []benchShape{
 
 // benchLayouts are the compiler settings compared in the same run: plain
 // is the linear layout (no merging, no fall-through, no classifier), the
-// reference every other layout must not exceed; default is Options{}.
+// reference every other layout must not exceed; default is Options{}
+// (the classifier from DefaultClassifierRules); classified classifies
+// every size.
 var benchLayouts = []struct {
 	name string
 	opts Options
 }{
-	{"plain", Options{FallThroughRules: -1, MergeThreshold: -1}},
-	{"fallthrough", Options{FallThroughRules: 1, MergeThreshold: -1}},
+	{"plain", Options{FallThroughRules: -1, MergeThreshold: -1, ClassifierRules: -1}},
+	{"fallthrough", Options{FallThroughRules: 1, MergeThreshold: -1, ClassifierRules: -1}},
 	{"default", Options{}},
+	{"classified", Options{ClassifierRules: 1}},
 }
 
 func benchRules(n int, rule func(int) Rule) []Rule {
@@ -212,6 +215,45 @@ func BenchmarkCompileLoad(b *testing.B) {
 					}
 				}
 			})
+		}
+	}
+}
+
+// BenchmarkUpdate measures Program.Update of a classified policy (merging
+// off, so that every shape is classified) of each shape and size, changing
+// one rule back and forth: "action" changes the middle rule's action and
+// ID (table entries only), "cidr" its source CIDR (a compile with the
+// loaded layout, then the changed entries). Each includes the switch, and
+// the 1 ms grace when the previous update was less than that ago.
+func BenchmarkUpdate(b *testing.B) {
+	k := newKernel(b)
+	opts := Options{MergeThreshold: -1}
+	for _, shape := range benchShapes {
+		for _, n := range benchSizes[2:] {
+			rules := benchPolicy(n, shape)
+			p := k.load(b, rules, opts)
+			for _, change := range []string{"action", "cidr"} {
+				changed := cloneRules(rules)
+				r := &changed.Tiers[0].Policies[0].Rules[n/2]
+				if change == "action" {
+					r.ID, r.Action = 1<<35, ActionLog
+				} else {
+					r.SrcNets = []netip.Prefix{mustPrefix("172.16.0.0/16")}
+				}
+				b.Run(fmt.Sprintf("%s/rules=%d/%s", shape.name, n, change), func(b *testing.B) {
+					i := 0
+					for b.Loop() {
+						next := rules
+						if i%2 == 0 {
+							next = changed
+						}
+						i++
+						if err := p.Update(next); err != nil {
+							b.Fatal(err)
+						}
+					}
+				})
+			}
 		}
 	}
 }

@@ -73,6 +73,15 @@ type Options struct {
 	// check falls through when it fails (see compiler.mismatch); 0 means
 	// DefaultFallThroughRules, negative never.
 	FallThroughRules int
+	// ClassifierRules is the length from which a run of consecutive
+	// rules of one tier (or of the profiles) is classified by bit
+	// vectors (see the package doc) instead of checked rule by rule; 0
+	// means DefaultClassifierRules, negative never. Without may_goto in
+	// the kernel (probed once) every run stays linear.
+	ClassifierRules int
+	// ClassifierBytes bounds the rows of one classified run; a run that
+	// needs more stays linear. 0 means DefaultClassifierBytes.
+	ClassifierBytes int
 }
 
 // Compiled is a policy compiled into one or more programs. It holds no
@@ -83,9 +92,15 @@ type Compiled struct {
 	// reached by tail call from the one before, through the slot that
 	// Load gives it.
 	Parts []Part
-	// LookupMaps are the maps of merged rules that the parts reference;
-	// Load creates them with their contents.
+	// LookupMaps are the maps of merged rules and classified runs that
+	// the parts reference; Load creates them with their contents.
 	LookupMaps []LookupMap
+
+	// classes are the classified runs, in order; opts are the options
+	// given to Compile (Program.Update compiles with them again).
+	classes []*compiledClass
+	opts    Options
+	prog    *program
 }
 
 // Part is one program of a compiled policy.
@@ -116,17 +131,26 @@ func (p Part) Listing() (string, error) {
 	return s, nil
 }
 
-// LookupMap describes a map of merged rules: an LPM trie from an address or
-// port prefix to the ID and action of the first rule that matches it.
+// LookupMap describes a map that the parts reference beside the shared
+// ones: an LPM trie of merged rules (from an address or port prefix to the
+// ID and action of the first rule that matches it), or one of a classified
+// run's maps (see the package doc).
 type LookupMap struct {
 	// Name is the instructions' reference to the map.
 	Name string
-	// Spec creates the map, with its contents.
+	// Spec creates the map, with its contents (a classified run's maps
+	// have none in their specs: Load writes them).
 	Spec *ebpf.MapSpec
 }
 
 // Compile validates rules and builds the policy program.
 func Compile(rules Rules, opts Options) (*Compiled, error) {
+	return compile(rules, opts, nil)
+}
+
+// compile is Compile with the layouts of classified runs to reuse where
+// they fit (see Program.Update).
+func compile(rules Rules, opts Options, hints []*classLayout) (*Compiled, error) {
 	if opts.MaxParts > MaxParts {
 		return nil, fmt.Errorf("compile: Options.MaxParts %d is above MaxParts (%d), the tail-call budget", opts.MaxParts, MaxParts)
 	}
@@ -136,7 +160,10 @@ func Compile(rules Rules, opts Options) (*Compiled, error) {
 	}
 	c := newCompiler(opts)
 	c.familyAddrs = familyAddrs(p)
+	c.out.opts, c.out.prog = opts, p
+	c.hints = hints
 	c.fallThrough = c.opts.FallThroughRules > 0 && p.ruleCount >= c.opts.FallThroughRules
+	c.classifying = c.opts.ClassifierRules > 0 && p.ruleCount >= c.opts.ClassifierRules
 	if err := c.program(p); err != nil {
 		return nil, fmt.Errorf("compile: %w", err)
 	}
@@ -160,6 +187,12 @@ type compiler struct {
 	// familyAddrs are the state offsets of the addresses that rules
 	// check, whose families each part's prologue classifies.
 	familyAddrs []int16
+	// classifying: runs may be classified, so parts start with the
+	// generation unread (stackGen); haveGenMap: the generation map is in
+	// LookupMaps. hints are layouts to reuse, one per classified run in
+	// order.
+	classifying, haveGenMap bool
+	hints                   []*classLayout
 }
 
 func newCompiler(opts Options) *compiler {
@@ -180,6 +213,15 @@ func newCompiler(opts Options) *compiler {
 	}
 	if opts.MergeThreshold == 0 {
 		opts.MergeThreshold = DefaultMergeThreshold
+	}
+	if opts.ClassifierRules == 0 {
+		opts.ClassifierRules = DefaultClassifierRules
+	}
+	if opts.ClassifierRules > 0 && !haveMayGoto() {
+		opts.ClassifierRules = -1
+	}
+	if opts.ClassifierBytes <= 0 {
+		opts.ClassifierBytes = DefaultClassifierBytes
 	}
 	return &compiler{opts: opts, out: &Compiled{}, crossIDs: map[string]uint32{}}
 }
@@ -269,7 +311,18 @@ func (c *compiler) tiers(st stage, tiers []tier) error {
 func (c *compiler) rules(st stage, rs []rule, tierEnd string) error {
 	sc := &shapeCache{rules: rs, keys: map[[2]int]string{}}
 	for i := 0; i < len(rs); {
+		// A merged run (one lookup) costs less than a classified one.
 		g := c.findGroup(sc, i)
+		if g == nil {
+			n, err := c.classified(st, rs, i, tierEnd)
+			if err != nil {
+				return err
+			}
+			if n > 0 {
+				i += n
+				continue
+			}
+		}
 		if err := c.maybeSplit(g != nil); err != nil {
 			return err
 		}
@@ -293,6 +346,40 @@ func (c *compiler) rules(st stage, rs []rule, tierEnd string) error {
 		i += n
 	}
 	return nil
+}
+
+// classified emits, when a run from rs[i] is long enough, its classifier,
+// and returns how many rules it took (0 for none).
+func (c *compiler) classified(st stage, rs []rule, i int, tierEnd string) (int, error) {
+	if c.opts.ClassifierRules <= 0 {
+		return 0, nil
+	}
+	n := classifierRun(rs, i)
+	if n < c.opts.ClassifierRules {
+		return 0, nil
+	}
+	cl := buildClassifier(rs[i:i+n], c.opts.ClassifierBytes)
+	if cl == nil {
+		return 0, nil
+	}
+	var l *classLayout
+	if k := len(c.out.classes); k < len(c.hints) && c.hints[k].fits(cl) {
+		l = c.hints[k]
+	} else {
+		l = newLayout(cl)
+	}
+	if l.bytes() > c.opts.ClassifierBytes {
+		return 0, nil
+	}
+	if err := c.maybeSplit(true); err != nil {
+		return 0, err
+	}
+	c.classifierCode(st, cl, l, tierEnd)
+	if err := c.part.b.Err(); err != nil {
+		return 0, fmt.Errorf("rules %s to %s: %w", rs[i].where, rs[i+n-1].where, err)
+	}
+	c.part.rules += n
+	return n, nil
 }
 
 func (c *compiler) maxRuleJumps() int {

@@ -3,16 +3,23 @@ package polprog
 import (
 	"encoding/binary"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
 )
 
 // diffOptions varies the compiler across seeds: defaults, eager merging,
-// eager merging with tiny parts, and no merging with the fall-through
-// layout.
+// eager merging with tiny parts, no merging with the fall-through layout,
+// and the classifier on runs of a few rules (with tiny parts now and then).
 func diffOptions(seed uint64, g *gen) Options {
-	switch seed % 4 {
+	switch seed % 5 {
+	case 4:
+		o := Options{ClassifierRules: 1 + g.r.IntN(4)}
+		if g.chance(3) {
+			o.SplitJumps = 8 + g.r.IntN(40)
+		}
+		return o
 	case 1:
 		return Options{MergeThreshold: 3}
 	case 2:
@@ -29,8 +36,10 @@ func diffOptions(seed uint64, g *gen) Options {
 // diffStats counts what a differential run covered.
 type diffStats struct {
 	cases, parts, lookupMaps, splitPolicies int
-	verdicts                                map[Verdict]int
-	logged                                  int
+	// classified counts classified runs, rules the rules compiled.
+	classified, rules int
+	verdicts          map[Verdict]int
+	logged            int
 	// host counts host endpoint cases by the path that decided them.
 	host map[hostPath]int
 	// families counts cases by the packet's address families ("v4",
@@ -74,6 +83,25 @@ func differential(t testing.TB, k *kernel, seed uint64, packets int, st *diffSta
 	g := newGen(seed)
 	rules := g.rules()
 	opts := diffOptions(seed, g)
+	differentialRules(t, k, g, seed, rules, opts, packets, st)
+}
+
+// differentialLarge is differential on a policy of at least 10,000 random
+// rules (see gen.largeRules) compiled with options from the seed.
+func differentialLarge(t testing.TB, k *kernel, seed uint64, packets int, st *diffStats) {
+	g := newGen(seed)
+	rules := g.largeRules(10000, seed%2 == 1)
+	opts := Options{}
+	switch seed % 3 {
+	case 1:
+		opts.ClassifierRules = 1 + g.r.IntN(300)
+	case 2:
+		opts.SplitJumps = 1500 + g.r.IntN(2000)
+	}
+	differentialRules(t, k, g, seed, rules, opts, packets, st)
+}
+
+func differentialRules(t testing.TB, k *kernel, g *gen, seed uint64, rules Rules, opts Options, packets int, st *diffStats) {
 	ev, err := NewEvaluator(rules)
 	if err != nil {
 		t.Fatalf("seed %d: evaluator: %v", seed, err)
@@ -90,7 +118,9 @@ func differential(t testing.TB, k *kernel, seed uint64, packets int, st *diffSta
 		t.Fatalf("seed %d: load: %v", seed, err)
 	}
 	defer p.Close()
+	st.rules += ev.prog.ruleCount
 	st.parts += len(c.Parts)
+	st.classified += classifiedRuns(c)
 	st.lookupMaps += len(c.LookupMaps)
 	if len(c.Parts) > 1 {
 		st.splitPolicies++
@@ -140,8 +170,8 @@ func TestDifferential(t *testing.T) {
 	for seed := uint64(0); seed < uint64(policies); seed++ {
 		differential(t, k, seed, packets, &st)
 	}
-	t.Logf("%d cases over %d policies: %d parts, %d split policies, %d merged lookups, verdicts %v, %d logged, host paths %v, families %v",
-		st.cases, policies, st.parts, st.splitPolicies, st.lookupMaps, st.verdicts, st.logged, st.host, st.families)
+	t.Logf("%d cases over %d policies: %d parts, %d split policies, %d lookup maps, %d classified runs, verdicts %v, %d logged, host paths %v, families %v",
+		st.cases, policies, st.parts, st.splitPolicies, st.lookupMaps, st.classified, st.verdicts, st.logged, st.host, st.families)
 	for _, f := range []string{"v4", "v6"} {
 		for _, v := range []Verdict{VerdictAllow, VerdictDeny} {
 			if n := st.families[f+"/"+v.String()]; n < st.cases/50 {
@@ -150,7 +180,7 @@ func TestDifferential(t *testing.T) {
 		}
 	}
 	// The run must have exercised what it claims to.
-	if st.splitPolicies == 0 || st.lookupMaps == 0 || st.logged == 0 ||
+	if st.splitPolicies == 0 || st.lookupMaps == 0 || st.logged == 0 || st.classified == 0 ||
 		st.verdicts[VerdictAllow] < st.cases/20 || st.verdicts[VerdictDeny] < st.cases/20 {
 		t.Errorf("random cases missed a path: %+v", st)
 	}
@@ -161,17 +191,46 @@ func TestDifferential(t *testing.T) {
 	}
 }
 
+// TestDifferentialLarge holds the compiled programs to Evaluate on random
+// policies of at least 10,000 rules (classified runs, tiers with pass,
+// profiles, host endpoints, every field and negation): six policies of
+// 1,500 packets, two with -short.
+func TestDifferentialLarge(t *testing.T) {
+	k := newKernel(t)
+	policies, packets := 6, 1500
+	if testing.Short() {
+		policies = 2
+	}
+	st := newDiffStats()
+	for seed := uint64(0); seed < uint64(policies); seed++ {
+		differentialLarge(t, k, seed, packets, &st)
+	}
+	t.Logf("%d cases over %d policies of %d rules in all: %d parts, %d classified runs, verdicts %v, %d logged, host paths %v",
+		st.cases, policies, st.rules, st.parts, st.classified, st.verdicts, st.logged, st.host)
+	if st.rules < 10000*policies || st.classified < policies || st.logged == 0 ||
+		st.verdicts[VerdictAllow] < st.cases/20 || st.verdicts[VerdictDeny] < st.cases/20 {
+		t.Errorf("large random cases missed a path: %+v", st)
+	}
+}
+
 // FuzzCompileEvaluate compiles the random policy that the fuzzer's seed
-// selects and compares the kernel with Evaluate on packets from it.
+// selects and compares the kernel with Evaluate on packets from it. A
+// ninth byte with its low bit set selects a policy of 10,000 rules or
+// more (see TestDifferentialLarge).
 func FuzzCompileEvaluate(f *testing.F) {
 	for _, s := range []uint64{1, 2, 3, 1 << 40} {
 		f.Add(binary.LittleEndian.AppendUint64(nil, s))
 	}
+	f.Add(append(binary.LittleEndian.AppendUint64(nil, 7), 1))
 	k := newKernel(f)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var seed [8]byte
 		copy(seed[:], data)
 		st := newDiffStats()
+		if len(data) > 8 && data[8]&1 == 1 {
+			differentialLarge(t, k, binary.LittleEndian.Uint64(seed[:]), 50, &st)
+			return
+		}
 		differential(t, k, binary.LittleEndian.Uint64(seed[:]), 50, &st)
 	})
 }
@@ -191,4 +250,15 @@ func TestEvaluatorDeterministic(t *testing.T) {
 			t.Fatalf("%s", fmt.Sprint(diff))
 		}
 	}
+}
+
+// classifiedRuns counts the classified runs of c (each has one rows map).
+func classifiedRuns(c *Compiled) int {
+	n := 0
+	for _, lm := range c.LookupMaps {
+		if strings.HasSuffix(lm.Name, "_rows") {
+			n++
+		}
+	}
+	return n
 }

@@ -58,6 +58,44 @@
 // cost per packet then no longer grows with the number of rules, while order,
 // actions and rule IDs stay exact.
 //
+// # Classified runs
+//
+// A run of at least Options.ClassifierRules consecutive rules of one tier
+// (or of the profiles), DefaultClassifierRules by default, is classified
+// by bit vectors instead of checked rule by rule. Each rule is a position
+// (a rule whose ports OR ranges with named-port sets is two, one per way
+// of matching, with the same ID and action). Each field the run uses is a
+// dimension whose packet values fall into classes that every rule treats
+// alike: protocols (an array), ICMP type and code (an array), source and
+// destination port intervals (arrays of 65,536), the addresses with the
+// same longest match among the run's prefixes (an LPM trie keyed on the
+// 16-byte address, IPv4 as ::ffff:a.b.c.d), and the membership vectors of
+// the IP sets and named-port sets the run names (up to eight per
+// dimension, looked up in sl_ipsets per packet, so changes of set contents
+// apply at once). A class names a row: the bitmap of positions whose rule
+// the class satisfies, negations included. The program looks up one row
+// per dimension, ANDs the rows' summary words (bit w: word w is not zero)
+// and then the words those allow, and handles the positions set in every
+// row in order, reading each one's rule ID and action from a table:
+// allow, deny and pass end the run as a rule's would, log flags, counts
+// and goes on (clearing the rule's other position). A packet that no
+// position matches falls through to the code after the run. Order, tiers,
+// pass, log, profiles and rule IDs are exact; the cost per packet is a
+// lookup per dimension and per set named plus a word per 64 positions
+// that every summary allows, instead of a check per rule. The loops are
+// bounded by may_goto (Linux 6.9), probed once; without it, or when a
+// run's rows would pass Options.ClassifierBytes, the run stays linear.
+//
+// Every classifier map holds two generations. A part reads the one in use
+// from its generation map once, before its first classified run, so a
+// packet sees one generation of every run of the part. Program.Update
+// compiles the new rules with the loaded runs' layouts (their capacities
+// leave room); when the code is unchanged it writes the idle generation's
+// changed entries and switches with one map write. Changes of classified
+// rules' IDs and actions alone are found without compiling and touch only
+// their table entries. Anything else returns an error wrapping
+// ErrNeedsReload, for the caller to compile, load and switch.
+//
 // IP sets live in the shared sl_ipsets LPM trie, which package ipsets
 // writes (ipsets.Map.Sync); its keys carry the member's family, and the
 // programs look an address up with the whole key (see package ipsets).
@@ -77,5 +115,7 @@
 // BPF_PROG_TYPE_SCHED_CLS programs, bpf_tail_call with BPF_MAP_TYPE_PROG_ARRAY,
 // BPF_MAP_TYPE_PERCPU_ARRAY (state), BPF_MAP_TYPE_LPM_TRIE (IP sets and
 // merged rules), BPF_MAP_TYPE_PERCPU_HASH (hit counters) and JMP32
-// instructions (Linux 5.1).
+// instructions (Linux 5.1). Classified runs add BPF_MAP_TYPE_ARRAY, batch
+// map updates (Linux 5.6) and may_goto (Linux 6.9), which Compile probes
+// for by loading a small program; without it every run stays linear.
 package polprog

@@ -288,3 +288,59 @@ func (g *gen) packet() Packet {
 	}
 	return p
 }
+
+// narrow adds to r, with probability 3/4, a constraint that few packets
+// meet (a /32 source or destination, or one destination port), so that
+// a large random policy decides packets deep in its rules and not only in
+// its first few.
+func (g *gen) narrow(r Rule) Rule {
+	switch g.r.IntN(4) {
+	case 0:
+		r.SrcNets = []netip.Prefix{netip.PrefixFrom(g.addr(), 32)}
+	case 1:
+		r.DstNets = []netip.Prefix{netip.PrefixFrom(g.addr(), 32)}
+	case 2:
+		r.DstPorts = []PortRange{Port(g.port())}
+	}
+	return r
+}
+
+// largeRules returns a random policy of about n rules: tiers of narrowed
+// random rules and mergeable runs (every field and negation, allow, deny,
+// pass and log interleaved), tiers ending with pass or deny, profiles, and
+// for a host endpoint pre-DNAT and apply-on-forward tiers of their own.
+func (g *gen) largeRules(n int, forHost bool) Rules {
+	tiers := func(count, rules int) []Tier {
+		out := make([]Tier, count)
+		for i := range out {
+			t := Tier{Name: "big", EndAction: EndDeny, EndRuleID: g.id()}
+			if g.chance(2) {
+				t.EndAction = EndPass
+			}
+			for p := 0; p < 3; p++ {
+				var rs []Rule
+				for len(rs) < rules/3 {
+					if g.chance(20) {
+						rs = append(rs, g.mergeableRun(2+g.r.IntN(30))...)
+						continue
+					}
+					rs = append(rs, g.narrow(g.rule()))
+				}
+				t.Policies = append(t.Policies, Policy{Name: "p", Rules: rs})
+			}
+			out[i] = t
+		}
+		return out
+	}
+	rs := Rules{NoMatchRuleID: g.id(), ForHost: forHost}
+	if forHost {
+		rs.PreDNATTiers = tiers(1, n/5)
+		rs.PreDNATTiers[0].EndAction = EndPass
+		rs.ApplyOnForwardTiers = tiers(2, n/5)
+		rs.Tiers = tiers(2, n/5)
+	} else {
+		rs.Tiers = tiers(4, n/5)
+	}
+	rs.Profiles = tiers(1, n/5)[0].Policies
+	return rs
+}

@@ -35,6 +35,8 @@ type Program struct {
 	installed []bool
 	lookups   []*ebpf.Map
 	jumps     *ebpf.Map
+	// class is what Update needs.
+	class *classState
 }
 
 // Load creates the lookup maps, loads every part and installs part i in
@@ -105,6 +107,11 @@ func (c *Compiled) load(maps Maps, slots []uint32) (*Program, error) {
 		}
 		p.lookups = append(p.lookups, m)
 		byName[lm.Name] = m
+
+	}
+	if err := p.fillClasses(c, byName); err != nil {
+		p.closeAll()
+		return nil, err
 	}
 	for i, part := range c.Parts {
 		prog, id, err := loadPart(part.Instructions, i, slots, byName)
@@ -295,5 +302,5 @@ func (p *Program) closeAll() {
 	if p.jumps != nil {
 		p.jumps.Close()
 	}
-	p.parts, p.ids, p.lookups, p.jumps = nil, nil, nil, nil
+	p.parts, p.ids, p.lookups, p.jumps, p.class = nil, nil, nil, nil, nil
 }

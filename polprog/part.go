@@ -193,6 +193,9 @@ func (c *compiler) startPart(pending []string) error {
 	b.Jump(ebpfasm.JEq, ebpfasm.R0, 0, labelNoState)
 	b.Emit(ebpfasm.Mov.Reg(regState, ebpfasm.R0))
 	c.familyPrologue()
+	if c.classifying {
+		b.Emit(ebpfasm.Mov.Imm(ebpfasm.R1, -1), ebpfasm.StoreMem(ebpfasm.R10, stackGen, ebpfasm.R1, ebpfasm.DWord))
+	}
 	if idx == 0 {
 		return nil
 	}

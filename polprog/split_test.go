@@ -50,7 +50,8 @@ func bigRule(i int, mergeable bool) Rule {
 func bigAddr(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 1}) }
 func bigPort(i int) uint16     { return uint16(1000 + i%5000) }
 
-// TestSplitting loads 20,000-rule policies, which need several parts, and
+// TestSplitting loads 20,000-rule policies, which need several parts when
+// linear (and one or, forced, several when classified), and
 // sends a packet that matches each rule (so every split has matches on both
 // sides) plus packets that match none, comparing the kernel with Evaluate.
 func TestSplitting(t *testing.T) {
@@ -62,9 +63,11 @@ func TestSplitting(t *testing.T) {
 		opts      Options
 		minParts  int
 	}{
-		{"inline", false, Options{}, 4},
-		{"merged", true, Options{}, 1},
-		{"inline-small-parts", false, Options{SplitJumps: 3000}, 12},
+		{"inline", false, Options{ClassifierRules: -1}, 4},
+		{"merged", true, Options{ClassifierRules: -1}, 1},
+		{"inline-small-parts", false, Options{SplitJumps: 3000, ClassifierRules: -1}, 12},
+		{"classified", false, Options{}, 1},
+		{"classified-small-parts", false, Options{ClassifierRules: 100, SplitJumps: 30}, 3},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rules := bigPolicy(n, tc.mergeable)

@@ -1,0 +1,422 @@
+package polprog
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	ebpfasm "github.com/cilium/ebpf/asm"
+
+	"github.com/sluicenet/sluice/bpf"
+)
+
+// Stack slots of the classifier (offsets from R10), below those in part.go.
+const (
+	stackClassKey = -120 // u32 key, or the 24-byte LPM key of an address
+	stackWord     = -128 // u64 index of the bitmap word being searched
+	stackBits     = -136 // u64 bits of that word not yet handled
+	stackSum      = -144 // u64 index of the summary word being searched
+	stackCand     = -152 // u64 words of that summary not yet searched
+	stackGen      = -160 // u64 generation of the part's classifier maps, -1 until read
+	stackRowPtr   = -168
+	// stackRowPtr - 8*d holds dimension d's row pointer.
+)
+
+// keyLowHalf is where, in a u64 stored at stackClassKey, its low u32 (an
+// array key) lies. u32 keys are stored as whole u64s so that each store
+// overwrites the verifier's whole stack slot: a partly written slot stays
+// live, and the different keys left there would keep the verifier from
+// pruning the search loop's states.
+var keyLowHalf = func() int32 {
+	if binary.NativeEndian.Uint16([]byte{1, 0}) == 1 {
+		return 0
+	}
+	return 4
+}()
+
+// lpmAddrKeySize is the key of a classifier's address trie: u32
+// prefixlen, the u32 generation and the 16-byte address (IPv4 as
+// ::ffff:a.b.c.d). A prefix of bits address bits has prefixlen 32+bits.
+const lpmAddrKeySize = 24
+
+// classifierCode emits the search of cl: one row per dimension, then the
+// words of the rows ANDed in a loop; the positions set are handled in
+// order, and a run that nothing decided falls through.
+func (c *compiler) classifierCode(st stage, cl *classifier, l *classLayout, tierEnd string) {
+	b := c.part.b
+	id := len(c.out.LookupMaps)
+	mapName := func(s string) string { return fmt.Sprintf("polprog_cls%d_%s", id, s) }
+	first, last := cl.rules[0], cl.rules[len(cl.rules)-1]
+	b.Comment(fmt.Sprintf("rules %s to %s (%d, %d positions) classified by %d dimensions",
+		first.where, last.where, len(cl.rules), len(cl.pos), len(cl.dims)))
+	c.part.key.valid = false
+	cc := &compiledClass{cl: cl, layout: l, part: c.part.index, names: []string{mapName("rows"), mapName("table")}}
+	for _, d := range cl.dims {
+		cc.names = append(cc.names, dimMapName(d.kind, mapName))
+	}
+	if !c.haveGenMap {
+		c.haveGenMap = true
+		c.addLookupMap(genMapName, genSpec())
+	}
+	for _, lm := range cc.specs() {
+		c.addLookupMap(lm.Name, lm)
+	}
+	c.out.classes = append(c.out.classes, cc)
+	rowsName, tableName := cc.names[0], cc.names[1]
+
+	c.loadGeneration()
+	for di, d := range cl.dims {
+		c.dimRow(st, d, cc.names[2+di])
+		b.Emit(
+			ebpfasm.Add.Imm32(ebpfasm.R1, int32(l.base(di))),
+			ebpfasm.LoadMem(ebpfasm.R2, ebpfasm.R10, stackGen, ebpfasm.DWord),
+			ebpfasm.Mul.Imm(ebpfasm.R2, int32(l.rows())),
+			ebpfasm.Add.Reg(ebpfasm.R1, ebpfasm.R2),
+			ebpfasm.StoreMem(ebpfasm.R10, stackClassKey, ebpfasm.R1, ebpfasm.DWord),
+			ebpfasm.LoadMapPtr(ebpfasm.R1, 0).WithReference(rowsName),
+			ebpfasm.Mov.Reg(ebpfasm.R2, ebpfasm.R10),
+			ebpfasm.Add.Imm(ebpfasm.R2, stackClassKey+keyLowHalf),
+			ebpfasm.FnMapLookupElem.Call(),
+		)
+		b.Jump(ebpfasm.JEq, ebpfasm.R0, 0, labelFailed)
+		b.Emit(ebpfasm.StoreMem(ebpfasm.R10, stackRowPtr-8*int16(di), ebpfasm.R0, ebpfasm.DWord))
+	}
+
+	// Each row starts with summary words (bit w: word w of the row is not
+	// zero). The search ANDs the summaries, and for each word set in every
+	// one ANDs the rows' words; positions set in all are handled in order.
+	// Indexes are stored as two u32 halves and loaded as a u64, which the
+	// verifier sees as an unknown number: bounded by a check, it is the
+	// same in every iteration, so the verifier checks each loop once
+	// instead of once per word (each with its hits).
+	sloop, snext := c.newLabel("cls_summary"), c.newLabel("cls_summary_next")
+	cloop, bits := c.newLabel("cls_word"), c.newLabel("cls_bits")
+	end := c.newLabel("cls_end")
+	sum := int32(l.summary())
+	b.Emit(ebpfasm.Mov.Imm(ebpfasm.R1, 0))
+	storeHalves(b.Emit, stackSum)
+	b.Label(sloop)
+	b.MayGoto(labelFailed)
+	b.Emit(ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R10, stackSum, ebpfasm.DWord))
+	b.Jump(ebpfasm.JGE, ebpfasm.R1, sum, end)
+	b.Emit(ebpfasm.LSh.Imm(ebpfasm.R1, 3))
+	c.andRows(len(cl.dims))
+	b.Jump(ebpfasm.JEq, ebpfasm.R0, 0, snext)
+	b.Emit(ebpfasm.StoreMem(ebpfasm.R10, stackCand, ebpfasm.R0, ebpfasm.DWord))
+
+	b.Label(cloop)
+	b.MayGoto(labelFailed)
+	b.Emit(ebpfasm.LoadMem(ebpfasm.R0, ebpfasm.R10, stackCand, ebpfasm.DWord))
+	b.Jump(ebpfasm.JEq, ebpfasm.R0, 0, snext)
+	lowestBit(b.Emit, stackCand)
+	b.Emit(
+		ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R10, stackSum, ebpfasm.DWord),
+		ebpfasm.LSh.Imm(ebpfasm.R1, 6),
+		ebpfasm.Add.Reg(ebpfasm.R1, ebpfasm.R3),
+	)
+	storeHalves(b.Emit, stackWord)
+	b.Emit(ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R10, stackWord, ebpfasm.DWord))
+	b.Jump(ebpfasm.JGE, ebpfasm.R1, int32(l.words), labelFailed)
+	b.Emit(ebpfasm.Add.Imm(ebpfasm.R1, sum), ebpfasm.LSh.Imm(ebpfasm.R1, 3))
+	c.andRows(len(cl.dims))
+	b.Jump(ebpfasm.JEq, ebpfasm.R0, 0, cloop)
+	b.Emit(ebpfasm.StoreMem(ebpfasm.R10, stackBits, ebpfasm.R0, ebpfasm.DWord))
+	b.Label(bits)
+	b.MayGoto(labelFailed)
+	b.Emit(ebpfasm.LoadMem(ebpfasm.R0, ebpfasm.R10, stackBits, ebpfasm.DWord))
+	b.Jump(ebpfasm.JEq, ebpfasm.R0, 0, cloop)
+	lowestBit(b.Emit, stackBits)
+	b.Emit(
+		ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R10, stackWord, ebpfasm.DWord),
+		ebpfasm.LSh.Imm(ebpfasm.R1, 6),
+		ebpfasm.Add.Reg(ebpfasm.R1, ebpfasm.R3),
+		ebpfasm.LoadMem(ebpfasm.R2, ebpfasm.R10, stackGen, ebpfasm.DWord),
+		ebpfasm.Mul.Imm(ebpfasm.R2, int32(l.positions())),
+		ebpfasm.Add.Reg(ebpfasm.R1, ebpfasm.R2),
+		ebpfasm.StoreMem(ebpfasm.R10, stackClassKey, ebpfasm.R1, ebpfasm.DWord),
+		ebpfasm.LoadMapPtr(ebpfasm.R1, 0).WithReference(tableName),
+		ebpfasm.Mov.Reg(ebpfasm.R2, ebpfasm.R10),
+		ebpfasm.Add.Imm(ebpfasm.R2, stackClassKey+keyLowHalf),
+		ebpfasm.FnMapLookupElem.Call(),
+	)
+	b.Jump(ebpfasm.JEq, ebpfasm.R0, 0, labelFailed)
+	b.Emit(
+		ebpfasm.LoadMem(regRuleID, ebpfasm.R0, 0, ebpfasm.DWord),
+		ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R0, 8, ebpfasm.Word),
+	)
+	allow, deny, pass := c.newLabel("cls_allow"), c.newLabel("cls_deny"), c.newLabel("cls_pass")
+	b.Jump(ebpfasm.JEq, ebpfasm.R1, tableAllow, allow)
+	b.Jump(ebpfasm.JEq, ebpfasm.R1, tableDeny, deny)
+	if tierEnd != "" {
+		b.Jump(ebpfasm.JEq, ebpfasm.R1, tablePass, pass)
+	}
+	b.Jump(ebpfasm.JNE, ebpfasm.R1, tableLog, labelFailed)
+	b.Comment("log: clear the rule's other positions, flag, count and go on with the next position")
+	b.Emit(
+		ebpfasm.LoadMem(ebpfasm.R2, ebpfasm.R0, 16, ebpfasm.DWord),
+		ebpfasm.Xor.Imm(ebpfasm.R2, -1),
+		ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R10, stackBits, ebpfasm.DWord),
+		ebpfasm.And.Reg(ebpfasm.R1, ebpfasm.R2),
+		ebpfasm.StoreMem(ebpfasm.R10, stackBits, ebpfasm.R1, ebpfasm.DWord),
+	)
+	b.Emit(
+		ebpfasm.LoadMem(ebpfasm.R1, regState, offFlags, ebpfasm.Word),
+		ebpfasm.Or.Imm32(ebpfasm.R1, int32(bpf.StateFlagLog)),
+		ebpfasm.StoreMem(regState, offFlags, ebpfasm.R1, ebpfasm.Word),
+	)
+	b.Jump(ebpfasm.JEq, regRuleID, 0, bits)
+	b.Emit(ebpfasm.StoreMem(ebpfasm.R10, stackLogID, regRuleID, ebpfasm.DWord))
+	c.bumpHits(ebpfasm.R10, stackLogID)
+	b.Ja(bits)
+	b.Label(allow)
+	c.groupAction(ActionAllow, true, tierEnd)
+	b.Label(deny)
+	c.groupAction(ActionDeny, true, tierEnd)
+	if tierEnd != "" {
+		b.Label(pass)
+		c.groupAction(ActionPass, false, tierEnd)
+	}
+	b.Label(snext)
+	b.Emit(
+		ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R10, stackSum, ebpfasm.DWord),
+		ebpfasm.Add.Imm(ebpfasm.R1, 1),
+	)
+	storeHalves(b.Emit, stackSum)
+	b.Ja(sloop)
+	c.label(end)
+}
+
+// andRows emits R0 = the AND of the u64 at byte offset R1 of every
+// dimension's row.
+func (c *compiler) andRows(dims int) {
+	b := c.part.b
+	for di := range dims {
+		reg := ebpfasm.R2
+		if di == 0 {
+			reg = ebpfasm.R0
+		}
+		b.Emit(
+			ebpfasm.LoadMem(reg, ebpfasm.R10, stackRowPtr-8*int16(di), ebpfasm.DWord),
+			ebpfasm.Add.Reg(reg, ebpfasm.R1),
+			ebpfasm.LoadMem(reg, reg, 0, ebpfasm.DWord),
+		)
+		if di > 0 {
+			b.Emit(ebpfasm.And.Reg(ebpfasm.R0, ebpfasm.R2))
+		}
+	}
+}
+
+// lowestBit emits, for the bits in R0, the store of the bits less the
+// lowest at off and R3 = the lowest bit's index (the number of bits below
+// it).
+func lowestBit(emit func(...ebpfasm.Instruction), off int16) {
+	emit(
+		ebpfasm.Mov.Reg(ebpfasm.R2, ebpfasm.R0),
+		ebpfasm.Add.Imm(ebpfasm.R2, -1),
+		ebpfasm.And.Reg(ebpfasm.R2, ebpfasm.R0),
+		ebpfasm.StoreMem(ebpfasm.R10, off, ebpfasm.R2, ebpfasm.DWord),
+		ebpfasm.Mov.Reg(ebpfasm.R3, ebpfasm.R0),
+		ebpfasm.Xor.Reg(ebpfasm.R3, ebpfasm.R2),
+		ebpfasm.Add.Imm(ebpfasm.R3, -1),
+	)
+	popcount(emit)
+}
+
+// storeHalves stores the u32 in R1 as the low half of the u64 at off and
+// zero as its high half.
+func storeHalves(emit func(...ebpfasm.Instruction), off int16) {
+	emit(
+		ebpfasm.StoreMem(ebpfasm.R10, off+int16(keyLowHalf), ebpfasm.R1, ebpfasm.Word),
+		ebpfasm.StoreImm(ebpfasm.R10, off+4-int16(keyLowHalf), 0, ebpfasm.Word),
+	)
+}
+
+// popcount emits R3 = the number of bits set in R3, with R4 and R5 as
+// scratch (SWAR: no branch, so one verifier path).
+func popcount(emit func(...ebpfasm.Instruction)) {
+	r3, r4, r5 := ebpfasm.R3, ebpfasm.R4, ebpfasm.R5
+	emit(
+		ebpfasm.Mov.Reg(r4, r3), ebpfasm.RSh.Imm(r4, 1),
+		ebpfasm.LoadImm(r5, 0x5555555555555555, ebpfasm.DWord), ebpfasm.And.Reg(r4, r5),
+		ebpfasm.Sub.Reg(r3, r4),
+		ebpfasm.LoadImm(r5, 0x3333333333333333, ebpfasm.DWord),
+		ebpfasm.Mov.Reg(r4, r3), ebpfasm.RSh.Imm(r4, 2), ebpfasm.And.Reg(r4, r5),
+		ebpfasm.And.Reg(r3, r5), ebpfasm.Add.Reg(r3, r4),
+		ebpfasm.Mov.Reg(r4, r3), ebpfasm.RSh.Imm(r4, 4), ebpfasm.Add.Reg(r3, r4),
+		ebpfasm.LoadImm(r5, 0x0f0f0f0f0f0f0f0f, ebpfasm.DWord), ebpfasm.And.Reg(r3, r5),
+		ebpfasm.LoadImm(r5, 0x0101010101010101, ebpfasm.DWord), ebpfasm.Mul.Reg(r3, r5),
+		ebpfasm.RSh.Imm(r3, 56),
+	)
+}
+
+// dimMapName is the map of a dimension of kind k, "" for membership
+// dimensions (they look up sl_ipsets).
+func dimMapName(k dimKind, mapName func(string) string) string {
+	switch k {
+	case dimProto:
+		return mapName("proto")
+	case dimICMP:
+		return mapName("icmp")
+	case dimSrcPort:
+		return mapName("sport")
+	case dimDstPort:
+		return mapName("dport")
+	case dimSrcAddr:
+		return mapName("saddr")
+	case dimDstAddr:
+		return mapName("daddr")
+	}
+	return ""
+}
+
+// loadGeneration emits, unless this part has read it already, the read
+// of the generation map into stackGen (see startPart). Every classified
+// run of a part uses the generation its part read first, so a packet
+// sees one generation of all of them.
+func (c *compiler) loadGeneration() {
+	b := c.part.b
+	have := c.newLabel("cls_have_gen")
+	b.Emit(ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R10, stackGen, ebpfasm.DWord))
+	b.Jump(ebpfasm.JNE, ebpfasm.R1, -1, have)
+	b.Emit(
+		ebpfasm.Mov.Imm(ebpfasm.R1, 0),
+		ebpfasm.StoreMem(ebpfasm.R10, stackClassKey, ebpfasm.R1, ebpfasm.DWord),
+		ebpfasm.LoadMapPtr(ebpfasm.R1, 0).WithReference(genMapName),
+		ebpfasm.Mov.Reg(ebpfasm.R2, ebpfasm.R10),
+		ebpfasm.Add.Imm(ebpfasm.R2, stackClassKey+keyLowHalf),
+		ebpfasm.FnMapLookupElem.Call(),
+	)
+	b.Jump(ebpfasm.JEq, ebpfasm.R0, 0, labelFailed)
+	b.Emit(
+		ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R0, 0, ebpfasm.Word),
+		ebpfasm.And.Imm(ebpfasm.R1, 1),
+		ebpfasm.StoreMem(ebpfasm.R10, stackGen, ebpfasm.R1, ebpfasm.DWord),
+	)
+	c.label(have)
+}
+
+// dimRow emits R1 = the packet's row in d, relative to the dimension's
+// first row, looking it up in the map name (of the generation in
+// stackGen).
+func (c *compiler) dimRow(st stage, d *classDim, name string) {
+	b := c.part.b
+	// genOffset adds to R1 the generation's first key, size keys each.
+	genOffset := func(size uint32) {
+		b.Emit(
+			ebpfasm.LoadMem(ebpfasm.R2, ebpfasm.R10, stackGen, ebpfasm.DWord),
+			ebpfasm.Mul.Imm(ebpfasm.R2, int32(size)),
+			ebpfasm.Add.Reg(ebpfasm.R1, ebpfasm.R2),
+		)
+	}
+	lookup := func() {
+		genOffset(dimArraySize(d.kind))
+		b.Emit(
+			ebpfasm.StoreMem(ebpfasm.R10, stackClassKey, ebpfasm.R1, ebpfasm.DWord),
+			ebpfasm.LoadMapPtr(ebpfasm.R1, 0).WithReference(name),
+			ebpfasm.Mov.Reg(ebpfasm.R2, ebpfasm.R10),
+			ebpfasm.Add.Imm(ebpfasm.R2, stackClassKey+keyLowHalf),
+			ebpfasm.FnMapLookupElem.Call(),
+		)
+		b.Jump(ebpfasm.JEq, ebpfasm.R0, 0, labelFailed)
+		b.Emit(ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R0, 0, ebpfasm.Word))
+	}
+	switch d.kind {
+	case dimProto:
+		b.Emit(ebpfasm.LoadMem(ebpfasm.R1, regState, offProto, ebpfasm.Byte))
+		lookup()
+	case dimICMP:
+		b.Emit(
+			ebpfasm.LoadMem(ebpfasm.R1, regState, offICMPType, ebpfasm.Byte),
+			ebpfasm.LSh.Imm(ebpfasm.R1, 8),
+			ebpfasm.LoadMem(ebpfasm.R2, regState, offICMPCode, ebpfasm.Byte),
+			ebpfasm.Or.Reg(ebpfasm.R1, ebpfasm.R2),
+		)
+		lookup()
+	case dimSrcPort, dimDstPort:
+		off := offSrcPort
+		if d.kind == dimDstPort {
+			off = st.dstPort
+		}
+		b.Emit(ebpfasm.LoadMem(ebpfasm.R1, regState, off, ebpfasm.Half))
+		lookup()
+	case dimSrcAddr, dimDstAddr:
+		off := offSrcAddr
+		if d.kind == dimDstAddr {
+			off = st.dstAddr
+		}
+		miss, done := c.newLabel("cls_addr_miss"), c.newLabel("cls_addr_done")
+		b.Emit(
+			ebpfasm.StoreImm(ebpfasm.R10, stackClassKey, 32+128, ebpfasm.Word),
+			ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R10, stackGen, ebpfasm.DWord),
+			ebpfasm.StoreMem(ebpfasm.R10, stackClassKey+4, ebpfasm.R1, ebpfasm.Word),
+		)
+		for i := int16(0); i < 16; i += 4 {
+			b.Emit(
+				ebpfasm.LoadMem(ebpfasm.R1, regState, off+i, ebpfasm.Word),
+				ebpfasm.StoreMem(ebpfasm.R10, stackClassKey+8+i, ebpfasm.R1, ebpfasm.Word),
+			)
+		}
+		b.Emit(
+			ebpfasm.LoadMapPtr(ebpfasm.R1, 0).WithReference(name),
+			ebpfasm.Mov.Reg(ebpfasm.R2, ebpfasm.R10),
+			ebpfasm.Add.Imm(ebpfasm.R2, stackClassKey),
+			ebpfasm.FnMapLookupElem.Call(),
+		)
+		b.Jump(ebpfasm.JEq, ebpfasm.R0, 0, miss)
+		b.Emit(ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R0, 0, ebpfasm.Word))
+		b.Ja(done)
+		b.Label(miss)
+		b.Emit(ebpfasm.Mov.Imm(ebpfasm.R1, 0))
+		b.Label(done)
+	default:
+		// Membership vector of the sets in regRuleID, free until the
+		// search and kept across the lookups (R7 is regFamily, which
+		// the lookups read).
+		addr, port := offSrcAddr, int16(-1)
+		switch d.kind {
+		case dimDstSets:
+			addr = st.dstAddr
+		case dimSrcNamed:
+			port = offSrcPort
+		case dimDstNamed:
+			addr, port = st.dstAddr, st.dstPort
+		}
+		b.Emit(ebpfasm.Mov.Imm(regRuleID, 0))
+		for i, id := range d.sets {
+			skip := c.newLabel("cls_not_member")
+			c.ipsetLookup(id, addr, port, ebpfasm.JEq, skip)
+			b.Emit(ebpfasm.Or.Imm(regRuleID, 1<<i))
+			c.label(skip)
+		}
+		b.Emit(ebpfasm.Mov.Reg(ebpfasm.R1, regRuleID))
+	}
+}
+
+func (c *compiler) addLookupMap(name string, lm LookupMap) {
+	lm.Name = name
+	c.out.LookupMaps = append(c.out.LookupMaps, lm)
+	c.part.lookupMaps++
+}
+
+func tableAction(a Action) uint32 {
+	switch a {
+	case ActionAllow:
+		return tableAllow
+	case ActionDeny:
+		return tableDeny
+	case ActionPass:
+		return tablePass
+	}
+	return tableLog
+}
+
+// shortName fits a map name in the kernel's 15 characters.
+func shortName(name string) string {
+	const prefix = "polprog_"
+	if len(name) > len(prefix) && name[:len(prefix)] == prefix {
+		name = "slp_" + name[len(prefix):]
+	}
+	if len(name) > 15 {
+		name = name[:15]
+	}
+	return name
+}

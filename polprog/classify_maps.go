@@ -1,0 +1,305 @@
+package polprog
+
+import (
+	"encoding/binary"
+	"fmt"
+	"reflect"
+	"slices"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// Every classifier map holds two generations of contents; the program
+// reads the generation to use from the policy's generation map once per
+// part, so Program.Update can fill the idle generation and switch to it
+// with one map write.
+const generations = 2
+
+// genMapName is the instructions' reference to the generation map: one
+// u32, the generation in use.
+const genMapName = "polprog_gen"
+
+// classLayout is what a classified run's code depends on besides its
+// maps' contents: its dimensions (and their sets), each dimension's row
+// capacity, each trie's capacity and the words per row. Capacities leave
+// room, so that an update which changes a few rules usually fits the same
+// code.
+type classLayout struct {
+	dims   []dimKind
+	sets   [][]uint64
+	rowCap []uint32
+	lpmCap []uint32
+	words  int
+}
+
+// newLayout returns a layout for cl with room to grow.
+func newLayout(cl *classifier) *classLayout {
+	l := &classLayout{words: cl.words + cl.words/16 + 1}
+	for _, d := range cl.dims {
+		l.dims = append(l.dims, d.kind)
+		l.sets = append(l.sets, slices.Clone(d.sets))
+		n := uint32(len(d.rows))
+		if d.kind < dimSrcSets {
+			// Membership dimensions have exactly one row per vector.
+			n += n/8 + 4
+		}
+		l.rowCap = append(l.rowCap, n)
+		np := uint32(len(d.prefix))
+		l.lpmCap = append(l.lpmCap, np+np/8+16)
+	}
+	return l
+}
+
+// fits reports whether cl can use l.
+func (l *classLayout) fits(cl *classifier) bool {
+	if cl.words > l.words || len(cl.dims) != len(l.dims) {
+		return false
+	}
+	for i, d := range cl.dims {
+		if d.kind != l.dims[i] || !slices.Equal(d.sets, l.sets[i]) ||
+			uint32(len(d.rows)) > l.rowCap[i] || uint32(len(d.prefix)) > l.lpmCap[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// base is the first row of dimension i in one generation.
+func (l *classLayout) base(i int) uint32 {
+	var n uint32
+	for _, c := range l.rowCap[:i] {
+		n += c
+	}
+	return n
+}
+
+// rows is the row count of one generation.
+func (l *classLayout) rows() uint32 { return l.base(len(l.rowCap)) }
+
+// summary is the number of summary words that start each row.
+func (l *classLayout) summary() int { return (l.words + 63) / 64 }
+
+// positions is the table size of one generation.
+func (l *classLayout) positions() int { return l.words * 64 }
+
+// bytes is the memory of the rows map.
+func (l *classLayout) bytes() int { return generations * int(l.rows()) * (l.summary() + l.words) * 8 }
+
+// compiledClass is a classified run of a Compiled: what its maps hold and
+// where its code is.
+type compiledClass struct {
+	cl     *classifier
+	layout *classLayout
+	part   int
+	// names are the maps: rows, table, then one per dimension that has
+	// a map ("" for membership dimensions).
+	names []string
+}
+
+// mapContents are the entries of a map in any one generation, as raw
+// bytes, keyed as in generation 0 (see key). They are not changed once
+// built: an update builds new ones.
+type mapContents struct {
+	keySize, valueSize int
+	// entries maps key bytes to value bytes.
+	entries map[string]string
+	// array: absent keys hold zeros (they are overwritten, not deleted).
+	array bool
+	// stride is, for u32 keys, how many keys one generation has; a
+	// trie's key holds the generation after its prefixlen instead.
+	stride uint32
+}
+
+func newContents(keySize, valueSize int, array bool, stride uint32) *mapContents {
+	return &mapContents{keySize: keySize, valueSize: valueSize, entries: map[string]string{}, array: array, stride: stride}
+}
+
+// key returns k as generation g's key.
+func (m *mapContents) key(k string, g int) string {
+	if g == 0 {
+		return k
+	}
+	if m.stride == 0 {
+		b := []byte(k)
+		binary.NativeEndian.PutUint32(b[4:8], uint32(g))
+		return string(b)
+	}
+	return u32Key(binary.NativeEndian.Uint32([]byte(k)) + uint32(g)*m.stride)
+}
+
+func u32Key(k uint32) string {
+	var b [4]byte
+	binary.NativeEndian.PutUint32(b[:], k)
+	return string(b[:])
+}
+
+// contents returns the entries of every map of the run, by name.
+func (cc *compiledClass) contents() map[string]*mapContents {
+	cl, l := cc.cl, cc.layout
+	out := map[string]*mapContents{}
+
+	sum := l.summary()
+	rowSize := (sum + l.words) * 8
+	rows := newContents(4, rowSize, true, l.rows())
+	buf := make([]byte, rowSize)
+	for di, d := range cl.dims {
+		for i, row := range d.rows {
+			clear(buf)
+			for w, v := range row {
+				binary.NativeEndian.PutUint64(buf[8*(sum+w):], v)
+				if v != 0 {
+					s := buf[8*(w/64):]
+					binary.NativeEndian.PutUint64(s, binary.NativeEndian.Uint64(s)|1<<(w%64))
+				}
+			}
+			rows.entries[u32Key(l.base(di)+uint32(i))] = string(buf)
+		}
+	}
+	out[cc.names[0]] = rows
+
+	table := newContents(4, tableValueSize, true, uint32(l.positions()))
+	for i, p := range cl.pos {
+		if p.r != &padRule {
+			table.entries[u32Key(uint32(i))] = tableValue(cl, i, p.r.id, p.r.action)
+		}
+	}
+	out[cc.names[1]] = table
+
+	for di, d := range cl.dims {
+		name := cc.names[2+di]
+		switch {
+		case name == "":
+		case d.kind == dimSrcAddr || d.kind == dimDstAddr:
+			m := newContents(lpmAddrKeySize, 4, false, 0)
+			for _, pr := range d.prefix {
+				var k [lpmAddrKeySize]byte
+				bits := 32 + pr.p.Bits()
+				if pr.p.Addr().Is4() {
+					bits += 96
+				}
+				binary.NativeEndian.PutUint32(k[:4], uint32(bits))
+				a := pr.p.Addr().As16()
+				copy(k[8:], a[:])
+				m.entries[string(k[:])] = u32Key(pr.row)
+			}
+			out[name] = m
+		default:
+			size := dimArraySize(d.kind)
+			m := newContents(4, 4, true, size)
+			for k, v := range d.index {
+				m.entries[u32Key(k)] = u32Key(v)
+			}
+			out[name] = m
+		}
+	}
+	return out
+}
+
+// tableValue is the table entry of position i, whose rule has id and
+// action.
+func tableValue(cl *classifier, i int, id uint64, action Action) string {
+	var v [tableValueSize]byte
+	binary.NativeEndian.PutUint64(v[:8], id)
+	binary.NativeEndian.PutUint32(v[8:], tableAction(action))
+	if action == ActionLog {
+		// The rule's other positions, in this word (see padRule).
+		var others uint64
+		for j := i - i%64; j < i-i%64+64 && j < len(cl.pos); j++ {
+			if j != i && cl.pos[j].r == cl.pos[i].r {
+				others |= 1 << (j % 64)
+			}
+		}
+		binary.NativeEndian.PutUint64(v[16:], others)
+	}
+	return string(v[:])
+}
+
+// dimArraySize is the keys of an array dimension in one generation.
+func dimArraySize(k dimKind) uint32 {
+	if k == dimProto {
+		return 256
+	}
+	return 1 << 16
+}
+
+// specs returns the run's map specs, empty: Load fills them.
+func (cc *compiledClass) specs() []LookupMap {
+	l := cc.layout
+	out := []LookupMap{
+		{Name: cc.names[0], Spec: &ebpf.MapSpec{Name: shortName(cc.names[0]), Type: ebpf.Array, KeySize: 4,
+			ValueSize: uint32((l.summary() + l.words) * 8), MaxEntries: generations * l.rows()}},
+		{Name: cc.names[1], Spec: &ebpf.MapSpec{Name: shortName(cc.names[1]), Type: ebpf.Array, KeySize: 4,
+			ValueSize: tableValueSize, MaxEntries: uint32(generations * l.positions())}},
+	}
+	for di, k := range l.dims {
+		name := cc.names[2+di]
+		switch {
+		case name == "":
+		case k == dimSrcAddr || k == dimDstAddr:
+			out = append(out, LookupMap{Name: name, Spec: &ebpf.MapSpec{Name: shortName(name), Type: ebpf.LPMTrie,
+				KeySize: lpmAddrKeySize, ValueSize: 4, MaxEntries: generations * l.lpmCap[di], Flags: unix.BPF_F_NO_PREALLOC}})
+		default:
+			out = append(out, LookupMap{Name: name, Spec: &ebpf.MapSpec{Name: shortName(name), Type: ebpf.Array,
+				KeySize: 4, ValueSize: 4, MaxEntries: generations * dimArraySize(k)}})
+		}
+	}
+	return out
+}
+
+// genSpec is the generation map.
+func genSpec() LookupMap {
+	return LookupMap{Name: genMapName, Spec: &ebpf.MapSpec{Name: "slp_gen", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1}}
+}
+
+// writeContents makes generation g of m hold want where it holds had (nil:
+// nothing written yet): changed and new entries in one batch update, stale
+// ones zeroed (arrays) or deleted (tries).
+func writeContents(m *ebpf.Map, g int, had, want *mapContents) error {
+	var keys, values []string
+	for k, v := range want.entries {
+		if had == nil || had.entries[k] != v {
+			keys, values = append(keys, want.key(k, g)), append(values, v)
+		}
+	}
+	var stale []string
+	if had != nil {
+		for k := range had.entries {
+			if _, ok := want.entries[k]; !ok {
+				stale = append(stale, k)
+			}
+		}
+	}
+	slices.Sort(stale)
+	for i, k := range stale {
+		stale[i] = want.key(k, g)
+	}
+	if want.array {
+		zero := string(make([]byte, want.valueSize))
+		for _, k := range stale {
+			keys, values = append(keys, k), append(values, zero)
+		}
+		stale = nil
+	}
+	if len(keys) > 0 {
+		if _, err := m.BatchUpdate(rawSlice(keys, want.keySize), rawSlice(values, want.valueSize), nil); err != nil {
+			return fmt.Errorf("write %d entries: %w", len(keys), err)
+		}
+	}
+	for _, k := range stale {
+		if err := m.Delete([]byte(k)); err != nil {
+			return fmt.Errorf("delete entry: %w", err)
+		}
+	}
+	return nil
+}
+
+// rawSlice is a slice of size-byte arrays holding items, for a batch
+// operation.
+func rawSlice(items []string, size int) any {
+	v := reflect.MakeSlice(reflect.SliceOf(reflect.ArrayOf(size, reflect.TypeFor[byte]())), len(items), len(items))
+	for i, it := range items {
+		reflect.Copy(v.Index(i), reflect.ValueOf([]byte(it)))
+	}
+	return v.Interface()
+}

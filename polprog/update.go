@@ -1,0 +1,362 @@
+package polprog
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/cilium/ebpf"
+)
+
+// ErrNeedsReload is wrapped by Program.Update's error when the new rules
+// need other code than the loaded program's: compile and load them, and
+// switch to the new Program, instead.
+var ErrNeedsReload = errors.New("the new rules need a program reload")
+
+// updateGrace is how long Update waits after a switch before it rewrites
+// the generation that packets used until then: hundreds of times longer
+// than a policy program runs (microseconds, with preemption off), so no
+// packet still reads it.
+const updateGrace = time.Millisecond
+
+// classState is what a Program keeps to update its classified runs.
+type classState struct {
+	compiled *Compiled
+	// prog is the validated rules the program decides by now; posOf[k]
+	// are the classified run and positions of its k-th rule (see
+	// program.eachRule), run -1 for a rule of the linear code.
+	prog  *program
+	posOf []rulePositions
+	// lookups are the lookup maps by name.
+	lookups map[string]*ebpf.Map
+	// gen is the generation in use; written[g] what each map holds in
+	// generation g.
+	gen        int
+	written    [generations]map[string]*mapContents
+	lastSwitch time.Time
+}
+
+type rulePositions struct {
+	run int
+	pos []int
+}
+
+// eachRule calls f with every rule in a fixed order and its index in it.
+func (p *program) eachRule(f func(k int, r *rule)) {
+	k := 0
+	list := func(rs []rule) {
+		for i := range rs {
+			f(k, &rs[i])
+			k++
+		}
+	}
+	for _, ts := range [][]tier{p.preDNAT, p.tiers, p.forward} {
+		for i := range ts {
+			list(ts[i].rules)
+		}
+	}
+	list(p.profiles)
+}
+
+// index sets prog and posOf for c.
+func (s *classState) index(c *Compiled) {
+	s.compiled, s.prog, s.posOf = c, c.prog, nil
+	if c.prog == nil {
+		return // not made by Compile: Update refuses
+	}
+	byRule := map[*rule]rulePositions{}
+	for ci, cc := range c.classes {
+		for i, p := range cc.cl.pos {
+			if p.r == &padRule {
+				continue
+			}
+			rp := byRule[p.r]
+			rp.run = ci
+			rp.pos = append(rp.pos, i)
+			byRule[p.r] = rp
+		}
+	}
+	s.posOf = make([]rulePositions, c.prog.ruleCount)
+	c.prog.eachRule(func(k int, r *rule) {
+		if rp, ok := byRule[r]; ok {
+			s.posOf[k] = rp
+		} else {
+			s.posOf[k] = rulePositions{run: -1}
+		}
+	})
+}
+
+// fillClasses writes c's classified runs into their maps.
+func (p *Program) fillClasses(c *Compiled, byName map[string]*ebpf.Map) error {
+	s := &classState{lookups: map[string]*ebpf.Map{}}
+	for _, lm := range c.LookupMaps {
+		s.lookups[lm.Name] = byName[lm.Name]
+	}
+	s.index(c)
+	all := map[string]*mapContents{}
+	for _, cc := range c.classes {
+		maps.Copy(all, cc.contents())
+	}
+	// Both generations, so that an update writes only what changes.
+	for g := range generations {
+		for _, name := range slices.Sorted(maps.Keys(all)) {
+			if err := writeContents(byName[name], g, nil, all[name]); err != nil {
+				return fmt.Errorf("fill lookup map %s: %w", name, err)
+			}
+		}
+		s.written[g] = all
+	}
+	p.class = s
+	return nil
+}
+
+// Update makes the loaded program decide by rules, through map updates
+// only, when the rules' code is the loaded program's: the rules outside
+// classified runs, the runs' bounds, fields and IP sets are unchanged and
+// each run fits its maps (they leave room). Rules, IDs, actions, CIDRs,
+// ports and protocols inside classified runs may change. Otherwise Update
+// changes nothing and returns an error wrapping ErrNeedsReload; so it does
+// when the changed runs lie in more than one part, since a packet reads
+// the generation once per part. A change of only the IDs and actions of
+// classified rules is found without compiling and writes only their
+// table entries.
+//
+// Update writes the generation of the maps that packets do not use, then
+// switches to it with one map write: a packet sees the old rules or the new
+// ones, never a mix. Updates of one Program must not run concurrently.
+func (p *Program) Update(rules Rules) error {
+	if err := p.update(rules); err != nil {
+		return fmt.Errorf("update policy: %w", err)
+	}
+	return nil
+}
+
+func (p *Program) update(rules Rules) error {
+	if p == nil || p.class == nil || p.class.compiled == nil {
+		return errors.New("Program not loaded")
+	}
+	s := p.class
+	if s.prog == nil {
+		return errors.New("the loaded Compiled was not made by Compile")
+	}
+	if want, np, ok := s.tableOnly(rules); ok {
+		return s.apply(want, nil, np)
+	}
+	old := s.compiled
+	hints := make([]*classLayout, len(old.classes))
+	for i, cc := range old.classes {
+		hints[i] = cc.layout
+	}
+	nc, err := compile(rules, old.opts, hints)
+	if err != nil {
+		return err
+	}
+	if err := sameCode(old, nc); err != nil {
+		return fmt.Errorf("%w: %w", ErrNeedsReload, err)
+	}
+	want := map[string]*mapContents{}
+	for _, cc := range nc.classes {
+		maps.Copy(want, cc.contents())
+	}
+	return s.apply(want, nc, nil)
+}
+
+// apply switches to want (every map's contents), with nc the Compiled it
+// came from, or np the rules when only table entries changed.
+func (s *classState) apply(want map[string]*mapContents, nc *Compiled, np *program) error {
+	cur, next := s.gen, 1-s.gen
+	changedParts := map[int]bool{}
+	for _, cc := range s.compiled.classes {
+		for _, name := range cc.names {
+			if name != "" && !sameContents(s.written[cur][name], want[name]) {
+				changedParts[cc.part] = true
+			}
+		}
+	}
+	if len(changedParts) > 1 {
+		return fmt.Errorf("%w: classified runs change in parts %v", ErrNeedsReload, slices.Sorted(maps.Keys(changedParts)))
+	}
+	if len(changedParts) == 1 {
+		if d := updateGrace - time.Since(s.lastSwitch); d > 0 {
+			time.Sleep(d)
+		}
+		for _, name := range slices.Sorted(maps.Keys(want)) {
+			if s.written[next][name] == want[name] {
+				continue // the same contents: nothing to write
+			}
+			if err := writeContents(s.lookups[name], next, s.written[next][name], want[name]); err != nil {
+				// What the idle generation holds is no longer known:
+				// the next update rewrites all of it.
+				s.written[next] = map[string]*mapContents{}
+				return fmt.Errorf("write generation %d of %s: %w", next, name, err)
+			}
+		}
+		if err := s.lookups[genMapName].Put(uint32(0), uint32(next)); err != nil {
+			s.written[next] = map[string]*mapContents{}
+			return fmt.Errorf("switch to generation %d: %w", next, err)
+		}
+		s.written[next] = want
+		s.gen, s.lastSwitch = next, time.Now()
+	}
+	if nc != nil {
+		s.index(nc)
+	} else {
+		s.prog = np
+	}
+	return nil
+}
+
+// tableOnly returns, when rules differ from the program's only in the IDs
+// and actions of classified rules (and no rule with several positions
+// starts or stops logging), the maps' contents with those table entries
+// changed, and the validated rules.
+func (s *classState) tableOnly(rules Rules) (map[string]*mapContents, *program, bool) {
+	np, err := validateWith(rules, validator{max: s.compiled.opts.MaxRules, noWhere: true})
+	if err != nil || !sameShape(s.prog, np) {
+		return nil, nil, false
+	}
+	type change struct {
+		k int
+		r *rule
+	}
+	var changes []change
+	var olds []*rule
+	s.prog.eachRule(func(_ int, r *rule) { olds = append(olds, r) })
+	ok := true
+	np.eachRule(func(k int, r *rule) {
+		o := olds[k]
+		if !ok {
+			return
+		}
+		if !sameMatch(o, r) {
+			ok = false
+			return
+		}
+		if o.id == r.id && o.action == r.action {
+			return
+		}
+		rp := s.posOf[k]
+		if rp.run < 0 || (len(rp.pos) > 1 && (o.action == ActionLog) != (r.action == ActionLog)) {
+			ok = false
+			return
+		}
+		changes = append(changes, change{k, r})
+	})
+	if !ok {
+		return nil, nil, false
+	}
+	want := maps.Clone(s.written[s.gen])
+	for _, ch := range changes {
+		rp := s.posOf[ch.k]
+		cc := s.compiled.classes[rp.run]
+		name := cc.names[1]
+		if want[name] == s.written[s.gen][name] {
+			t := *want[name]
+			t.entries = maps.Clone(t.entries)
+			want[name] = &t
+		}
+		for _, i := range rp.pos {
+			want[name].entries[u32Key(uint32(i))] = tableValue(cc.cl, i, ch.r.id, ch.r.action)
+		}
+	}
+	return want, np, true
+}
+
+// sameShape reports whether a and b have the same tiers (names, ends,
+// rule counts) and profiles, and host settings.
+func sameShape(a, b *program) bool {
+	if a.forHost != b.forHost || a.noMatchID != b.noMatchID || a.ruleCount != b.ruleCount || len(a.profiles) != len(b.profiles) {
+		return false
+	}
+	for _, ts := range [][2][]tier{{a.tiers, b.tiers}, {a.preDNAT, b.preDNAT}, {a.forward, b.forward}} {
+		if len(ts[0]) != len(ts[1]) {
+			return false
+		}
+		for i := range ts[0] {
+			x, y := &ts[0][i], &ts[1][i]
+			if x.name != y.name || x.end != y.end || x.endID != y.endID || len(x.rules) != len(y.rules) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// sameMatch reports whether a and b match the same packets.
+func sameMatch(a, b *rule) bool {
+	icmp := func(x, y *ICMPMatch) bool { return (x == nil) == (y == nil) && (x == nil || *x == *y) }
+	return a.proto == b.proto && a.notProto == b.notProto && icmp(a.icmp, b.icmp) && icmp(a.notICMP, b.notICMP) &&
+		slices.Equal(a.srcNets, b.srcNets) && slices.Equal(a.notSrcNets, b.notSrcNets) &&
+		slices.Equal(a.dstNets, b.dstNets) && slices.Equal(a.notDstNets, b.notDstNets) &&
+		slices.Equal(a.srcSets, b.srcSets) && slices.Equal(a.notSrcSets, b.notSrcSets) &&
+		slices.Equal(a.dstSets, b.dstSets) && slices.Equal(a.notDstSets, b.notDstSets) &&
+		slices.Equal(a.srcPorts, b.srcPorts) && slices.Equal(a.notSrcPorts, b.notSrcPorts) &&
+		slices.Equal(a.dstPorts, b.dstPorts) && slices.Equal(a.notDstPorts, b.notDstPorts) &&
+		slices.Equal(a.srcNamed, b.srcNamed) && slices.Equal(a.notSrcNamed, b.notSrcNamed) &&
+		slices.Equal(a.dstNamed, b.dstNamed) && slices.Equal(a.notDstNamed, b.notDstNamed)
+}
+
+// sameCode reports, as an error, how b's code differs from a's: its
+// instructions, its maps' specs, or the contents of maps that are not a
+// classified run's.
+func sameCode(a, b *Compiled) error {
+	if len(a.Parts) != len(b.Parts) {
+		return fmt.Errorf("%d parts, not %d", len(b.Parts), len(a.Parts))
+	}
+	for i := range a.Parts {
+		x, y := a.Parts[i].Instructions, b.Parts[i].Instructions
+		if len(x) != len(y) {
+			return fmt.Errorf("part %d: %d instructions, not %d", i, len(y), len(x))
+		}
+		for j := range x {
+			if x[j].OpCode != y[j].OpCode || x[j].Dst != y[j].Dst || x[j].Src != y[j].Src ||
+				x[j].Offset != y[j].Offset || x[j].Constant != y[j].Constant || x[j].Reference() != y[j].Reference() {
+				return fmt.Errorf("part %d: instruction %d differs", i, j)
+			}
+		}
+	}
+	if len(a.LookupMaps) != len(b.LookupMaps) {
+		return fmt.Errorf("%d lookup maps, not %d", len(b.LookupMaps), len(a.LookupMaps))
+	}
+	for i := range a.LookupMaps {
+		x, y := a.LookupMaps[i], b.LookupMaps[i]
+		if x.Name != y.Name || x.Spec.Type != y.Spec.Type || x.Spec.KeySize != y.Spec.KeySize ||
+			x.Spec.ValueSize != y.Spec.ValueSize || x.Spec.MaxEntries != y.Spec.MaxEntries || x.Spec.Flags != y.Spec.Flags {
+			return fmt.Errorf("lookup map %s differs", x.Name)
+		}
+		if !sameSpecContents(x.Spec.Contents, y.Spec.Contents) {
+			return fmt.Errorf("merged rules of %s differ", x.Name)
+		}
+	}
+	return nil
+}
+
+// sameSpecContents compares map contents as sets of byte-slice entries.
+func sameSpecContents(a, b []ebpf.MapKV) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	set := map[string]string{}
+	for _, kv := range a {
+		k, kok := kv.Key.([]byte)
+		v, vok := kv.Value.([]byte)
+		if !kok || !vok {
+			return false
+		}
+		set[string(k)] = string(v)
+	}
+	for _, kv := range b {
+		k, kok := kv.Key.([]byte)
+		v, vok := kv.Value.([]byte)
+		if !kok || !vok || set[string(k)] != string(v) {
+			return false
+		}
+	}
+	return true
+}
+
+func sameContents(a, b *mapContents) bool {
+	return a == b || (a != nil && b != nil && maps.Equal(a.entries, b.entries))
+}

@@ -1,0 +1,295 @@
+package polprog
+
+import (
+	"errors"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// cloneRules copies rules deeply enough that changing one rule of the copy
+// leaves rules alone.
+func cloneRules(rules Rules) Rules {
+	tiers := func(ts []Tier) []Tier {
+		out := slices.Clone(ts)
+		for i := range out {
+			out[i].Policies = slices.Clone(out[i].Policies)
+			for j := range out[i].Policies {
+				out[i].Policies[j].Rules = slices.Clone(out[i].Policies[j].Rules)
+			}
+		}
+		return out
+	}
+	rules.Tiers, rules.PreDNATTiers, rules.ApplyOnForwardTiers = tiers(rules.Tiers), tiers(rules.PreDNATTiers), tiers(rules.ApplyOnForwardTiers)
+	rules.Profiles = tiers([]Tier{{Policies: rules.Profiles}})[0].Policies
+	return rules
+}
+
+// allRules returns pointers to every rule of rules.
+func allRules(rules *Rules) []*Rule {
+	var all []*Rule
+	for _, ts := range [][]Tier{rules.Tiers, rules.PreDNATTiers, rules.ApplyOnForwardTiers, {{Policies: rules.Profiles}}} {
+		for i := range ts {
+			for j := range ts[i].Policies {
+				for k := range ts[i].Policies[j].Rules {
+					all = append(all, &ts[i].Policies[j].Rules[k])
+				}
+			}
+		}
+	}
+	return all
+}
+
+// mutateRule changes, in place, the rule of rules whose ID is id (a random
+// one when none has it): its action and ID, its source CIDR, a
+// destination port or the protocol, as an operator editing one rule would.
+func (g *gen) mutateRule(rules *Rules, id uint64) *Rule {
+	all := allRules(rules)
+	r := all[g.r.IntN(len(all))]
+	if i := slices.IndexFunc(all, func(r *Rule) bool { return id != 0 && r.ID == id }); i >= 0 {
+		r = all[i]
+	}
+	switch g.r.IntN(4) {
+	case 0:
+		r.Action, r.ID = g.action(), g.id()
+	case 1:
+		r.SrcNets = []netip.Prefix{g.prefix()}
+	case 2:
+		r.DstPorts = []PortRange{Port(g.port())}
+	default:
+		if r.ICMP == nil && r.NotICMP == nil {
+			r.Protocol = protoName(g.proto())
+		}
+	}
+	return r
+}
+
+// packetFor returns a random packet moved towards matching r: its source,
+// destination, ports and protocol taken from r's positive fields.
+func (g *gen) packetFor(r *Rule) Packet {
+	p := g.packet()
+	if len(r.SrcNets) > 0 {
+		p.Src = r.SrcNets[0].Masked().Addr()
+	}
+	if len(r.DstNets) > 0 {
+		p.Dst = r.DstNets[0].Masked().Addr()
+		p.PreNATDst = netip.Addr{}
+	}
+	if len(r.SrcPorts) > 0 {
+		p.SrcPort = r.SrcPorts[0].First
+	}
+	if len(r.DstPorts) > 0 {
+		p.DstPort = r.DstPorts[0].First
+		p.PreNATDstPort = p.DstPort
+	}
+	if r.Protocol != "" {
+		if n, err := ParseProtocol(r.Protocol); err == nil && n != 1 {
+			p.Protocol = n
+		}
+	}
+	return p
+}
+
+// TestUpdateDifferential changes one rule at a time of 10,000-rule random
+// policies (the one deciding a random packet) and, after each Update,
+// holds the kernel to Evaluate of the rules the program now has (the new
+// ones, or the old ones when Update asked for a reload).
+func TestUpdateDifferential(t *testing.T) {
+	k := newKernel(t)
+	updates, packets := 20, 150
+	if testing.Short() {
+		updates = 5
+	}
+	// seen counts the updates after which some packet is decided
+	// otherwise than before: those that a no-op Update would fail.
+	applied, reloads, seen := 0, 0, 0
+	for seed := uint64(0); seed < 2; seed++ {
+		g := newGen(100 + seed)
+		rules := g.largeRules(10000, seed == 1)
+		k.setIPSets(t, g.sets)
+		c, err := Compile(rules, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := k.loadCompiled(t, c)
+		for u := 0; u < updates; u++ {
+			before, err := NewEvaluator(rules)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Change the rule that decides a random packet, and send
+			// that packet, packets aimed at the rule and random ones.
+			aim := g.packet()
+			next := cloneRules(rules)
+			mutated := g.mutateRule(&next, before.Evaluate(g.sets, aim).RuleID)
+			pkts := []Packet{aim}
+			for i := 0; i < packets; i++ {
+				if i < packets/2 {
+					pkts = append(pkts, g.packetFor(mutated))
+				} else {
+					pkts = append(pkts, g.packet())
+				}
+			}
+			switch err := p.Update(next); {
+			case err == nil:
+				rules = next
+				applied++
+			case errors.Is(err, ErrNeedsReload):
+				reloads++
+			default:
+				t.Fatalf("seed %d, update %d: %v", seed, u, err)
+			}
+			ev, err := NewEvaluator(rules)
+			if err != nil {
+				t.Fatal(err)
+			}
+			differs := false
+			for _, pkt := range pkts {
+				want := ev.Evaluate(g.sets, pkt)
+				differs = differs || cmp.Diff(want, before.Evaluate(g.sets, pkt), decisionCmp) != ""
+				if diff := cmp.Diff(want, k.run(t, p, pkt), decisionCmp); diff != "" {
+					t.Fatalf("seed %d, after update %d, packet %+v (-evaluate +kernel):\n%s", seed, u, pkt, diff)
+				}
+			}
+			if differs {
+				seen++
+			}
+		}
+	}
+	t.Logf("%d updates applied, %d needed a reload; after %d some packet was decided otherwise", applied, reloads, seen)
+	if seen < applied/5 {
+		t.Errorf("only %d of %d updates changed a decision: the test does not see updates", seen, applied)
+	}
+	if applied < (applied+reloads)/2 {
+		t.Errorf("only %d of %d one-rule updates applied without a reload", applied, applied+reloads)
+	}
+}
+
+// TestUpdateNeedsReload checks that Update refuses, and changes nothing,
+// when the code would change, and accepts unchanged rules.
+func TestUpdateNeedsReload(t *testing.T) {
+	k := newKernel(t)
+	rules := benchPolicy(1000, benchShapes[2])
+	p := k.load(t, rules, Options{})
+	if err := p.Update(rules); err != nil {
+		t.Fatalf("unchanged rules: %v", err)
+	}
+	// A new dimension (ICMP) changes the code.
+	next := cloneRules(rules)
+	next.Tiers[0].Policies[0].Rules[3] = Rule{ID: 99, Action: ActionAllow, Protocol: "icmp", ICMP: &ICMPMatch{Type: 8}}
+	if err := p.Update(next); !errors.Is(err, ErrNeedsReload) {
+		t.Fatalf("new dimension: %v, want ErrNeedsReload", err)
+	}
+	// So does a change of the linear rules of a small policy.
+	small := benchPolicy(10, benchShapes[2])
+	ps := k.load(t, small, Options{})
+	next = cloneRules(small)
+	next.Tiers[0].Policies[0].Rules[0].ID = 12345
+	if err := ps.Update(next); !errors.Is(err, ErrNeedsReload) {
+		t.Fatalf("linear rule: %v, want ErrNeedsReload", err)
+	}
+	pkt := benchPackets["last-match"]
+	for _, tc := range []struct {
+		p     *Program
+		rules Rules
+	}{{p, rules}, {ps, small}} {
+		want, err := Evaluate(tc.rules, nil, pkt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(want, k.run(t, tc.p, pkt), decisionCmp); diff != "" {
+			t.Errorf("after a refused update (-evaluate +kernel):\n%s", diff)
+		}
+	}
+	var nilProg *Program
+	if err := nilProg.Update(rules); err == nil {
+		t.Error("nil Program: no error")
+	}
+}
+
+// TestUpdateAtomic runs a packet on every CPU while Update switches
+// between two policies of two classified tiers. Under A the first tier
+// passes and the second allows; under B the first allows and the second
+// denies. Both allow; only a mix (A's first tier with B's second) denies.
+func TestUpdateAtomic(t *testing.T) {
+	k := newKernel(t)
+	const n = 600
+	pkt := Packet{Src: mustAddr("10.9.9.9"), Dst: mustAddr("10.200.0.1"), Protocol: 6, SrcPort: 5555, DstPort: 80}
+	policy := func(first, second Action) Rules {
+		tier := func(name string, a Action, id uint64) Tier {
+			var rs []Rule
+			for i := 0; i < n; i++ {
+				rs = append(rs, benchRule(i, "tcp", true))
+			}
+			rs[n/2] = Rule{ID: id, Action: a, SrcNets: []netip.Prefix{mustPrefix("10.9.9.0/24")}}
+			return Tier{Name: name, EndAction: EndDeny, EndRuleID: id + 1, Policies: []Policy{{Name: "p", Rules: rs}}}
+		}
+		return Rules{NoMatchRuleID: 1 << 40, Tiers: []Tier{tier("one", first, 1<<30), tier("two", second, 1<<31)}}
+	}
+	a, b := policy(ActionPass, ActionAllow), policy(ActionAllow, ActionDeny)
+	for _, rules := range []Rules{a, b} {
+		if d, _ := Evaluate(rules, nil, pkt); d.Verdict != VerdictAllow {
+			t.Fatalf("policy decides %+v", d)
+		}
+	}
+	c, err := Compile(a, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Parts) != 1 || len(c.classes) != 2 {
+		t.Fatalf("%d parts, %d classified runs; want 1 and 2", len(c.Parts), len(c.classes))
+	}
+	p := k.loadCompiled(t, c)
+	s := stateOf(pkt)
+	for i := range k.state {
+		k.state[i] = s
+	}
+	if err := k.maps.State.Put(uint32(0), k.state); err != nil {
+		t.Fatal(err)
+	}
+	var stop atomic.Bool
+	var runs, mixed atomic.Int64
+	var wg sync.WaitGroup
+	for w := 0; w < max(2, k.ncpu); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for !stop.Load() {
+				ret, _, err := p.Programs()[0].Benchmark(packetData, 1, nil)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				runs.Add(1)
+				if ret != stubAllowRC+1 {
+					mixed.Add(1)
+				}
+			}
+		}()
+	}
+	// A broken switch (one generation read per classified run, not per
+	// part) shows up in a few runs of some thousand updates.
+	updates := 3000
+	if testing.Short() {
+		updates = 300
+	}
+	for u := 0; u < updates; u++ {
+		rules := b
+		if u%2 == 1 {
+			rules = a
+		}
+		if err := p.Update(rules); err != nil {
+			t.Fatalf("update %d: %v", u, err)
+		}
+	}
+	stop.Store(true)
+	wg.Wait()
+	t.Logf("%d runs during %d updates, %d not allowed", runs.Load(), updates, mixed.Load())
+	if mixed.Load() != 0 {
+		t.Errorf("%d of %d runs saw a half-applied policy", mixed.Load(), runs.Load())
+	}
+}
