@@ -1,0 +1,214 @@
+package polprog
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// oddAddrs6 are IPv6 addresses at the edges of the families: ::, ::1,
+// IPv4-compatible, inside ::fffe:0:0/95 next to the IPv4-mapped block,
+// with ffff:a00:1 low bits, and the top of the space.
+var oddAddrs6 = []netip.Addr{
+	mustAddr("::"), mustAddr("::1"), mustAddr("::a00:1"), mustAddr("::fffe:a00:1"),
+	mustAddr("::fffe:ffff:ffff"), mustAddr("2001:db8::ffff:a00:1"), mustAddr("::ffff:0:0:a00:1"),
+	mustAddr("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"), mustAddr("::fffd:ffff:ffff"),
+}
+
+// attackClsGen is newGen with the odd IPv6 addresses in its pools and
+// extra IP sets of both families, so that runs name more than eight
+// sets per field.
+func attackClsGen(seed uint64) *gen {
+	g := newGen(seed)
+	g.addrs6 = append(g.addrs6, oddAddrs6...)
+	g.addrs = append(g.addrs, mustAddr("0.0.0.0"), mustAddr("255.255.255.255"), mustAddr("10.0.0.1"))
+	for i := 0; i < 10; i++ {
+		id := g.r.Uint64()
+		var s IPSet
+		for j := 1 + g.r.IntN(3); j > 0; j-- {
+			s.Nets = append(s.Nets, g.prefix())
+		}
+		for j := g.r.IntN(3); j > 0; j-- {
+			a := g.addr()
+			if g.chance(2) {
+				a = g.addr6()
+			}
+			s.NamedPorts = append(s.NamedPorts, NamedPortMember{Addr: a, Protocol: g.proto(), Port: g.port()})
+		}
+		g.sets[id] = s
+		g.setIDs = append(g.setIDs, id)
+	}
+	return g
+}
+
+// TestAttackClassifierRandom holds random policies with long tiers,
+// every run classified (ClassifierRules 1), to Evaluate on packets from
+// pools with odd IPv6 addresses and IPv4-mapped packet addresses.
+func TestAttackClassifierRandom(t *testing.T) {
+	k := newKernel(t)
+	st := newDiffStats()
+	seeds := 120
+	if testing.Short() {
+		seeds = 20
+	}
+	for seed := uint64(0); seed < uint64(seeds); seed++ {
+		g := attackClsGen(seed + 7000)
+		rules := Rules{NoMatchRuleID: g.id(), Tiers: g.tiers(1+g.r.IntN(3), 2, 40)}
+		if g.chance(2) {
+			rules.Profiles = g.tiers(1, 2, 30)[0].Policies
+		}
+		if g.chance(3) {
+			rules.ForHost = true
+			rules.PreDNATTiers = g.tiers(1+g.r.IntN(2), 3, 30)
+			rules.ApplyOnForwardTiers = g.tiers(g.r.IntN(2), 3, 20)
+		}
+		opts := Options{ClassifierRules: 1 + g.r.IntN(3)}
+		switch seed % 4 {
+		case 1:
+			opts.SplitJumps = 40 + g.r.IntN(60)
+			opts.MaxParts = MaxParts
+		case 2:
+			opts.MergeThreshold = -1
+		case 3:
+			opts.FallThroughRules = 1
+		}
+		ev, err := NewEvaluator(rules)
+		if err != nil {
+			t.Fatalf("seed %d: evaluator: %v", seed, err)
+		}
+		c, err := Compile(rules, opts)
+		for opts.SplitJumps != 0 && err != nil && opts.SplitJumps < DefaultSplitJumps {
+			opts.SplitJumps += 40
+			c, err = Compile(rules, opts)
+		}
+		if err != nil {
+			t.Fatalf("seed %d: compile (%+v): %v", seed, opts, err)
+		}
+		st.classified += classifiedRuns(c)
+		k.setIPSets(t, g.sets)
+		slots, free := k.allocSlots(t, len(c.Parts))
+		p, err := c.Load(k.maps, slots)
+		if err != nil {
+			free()
+			t.Fatalf("seed %d: load (%+v): %v", seed, opts, err)
+		}
+		for i := 0; i < 150; i++ {
+			pkt := g.packet()
+			switch g.r.IntN(8) {
+			case 0:
+				pkt.Src = netip.AddrFrom16(g.addr().As16()) // IPv4-mapped
+			case 1:
+				pkt.Dst = oddAddrs6[g.r.IntN(len(oddAddrs6))]
+			case 2:
+				pkt.PreNATDst = oddAddrs6[g.r.IntN(len(oddAddrs6))]
+			}
+			want := ev.Evaluate(g.sets, pkt)
+			got := k.run(t, p, pkt)
+			if diff := cmp.Diff(want, got, decisionCmp); diff != "" {
+				p.Close()
+				free()
+				t.Fatalf("seed %d (options %+v, %d parts, %d classified runs), packet %d %+v: kernel differs from Evaluate (-evaluate +kernel):\n%s",
+					seed, opts, len(c.Parts), classifiedRuns(c), i, pkt, diff)
+			}
+			st.cases++
+			st.verdicts[got.Verdict]++
+		}
+		p.Close()
+		free()
+	}
+	t.Logf("%d cases, %d classified runs, verdicts %v", st.cases, st.classified, st.verdicts)
+}
+
+// TestAttackClassifierThenInline puts a classified tier of log rules (both
+// port alternatives, CIDRs of both families) before a short tier that is
+// checked inline, with CIDRs of both families and negations: the inline
+// checks need regFamily and the tagged words after the classifier's loop
+// and its helper calls.
+func TestAttackClassifierThenInline(t *testing.T) {
+	k := newKernel(t)
+	set4, set6 := uint64(11), uint64(12)
+	sets := IPSetMembers{
+		set4: {NamedPorts: []NamedPortMember{{Addr: mustAddr("10.0.0.1"), Protocol: 6, Port: 8080}}, Nets: []netip.Prefix{mustPrefix("10.0.0.0/8")}},
+		set6: {NamedPorts: []NamedPortMember{{Addr: mustAddr("2001:db8::ffff:a00:1"), Protocol: 6, Port: 8080}}, Nets: []netip.Prefix{mustPrefix("::/0")}},
+	}
+	var logs []Rule
+	for i := 0; i < 70; i++ {
+		r := Rule{ID: uint64(1000 + i), Action: ActionLog, DstPorts: []PortRange{Port(80)}, DstNamedPorts: []uint64{set4, set6}}
+		switch i % 3 {
+		case 0:
+			r.SrcNets = []netip.Prefix{mustPrefix("::/0")}
+		case 1:
+			r.NotSrcNets = []netip.Prefix{mustPrefix("::fffe:0:0/95"), mustPrefix("10.0.0.0/8")}
+		}
+		logs = append(logs, r)
+	}
+	inline := []Rule{
+		{ID: 1, Action: ActionDeny, SrcNets: []netip.Prefix{mustPrefix("::/0")}, DstNets: []netip.Prefix{mustPrefix("0.0.0.0/0")}},
+		{ID: 2, Action: ActionAllow, NotSrcNets: []netip.Prefix{mustPrefix("10.0.0.0/8")}, DstNets: []netip.Prefix{mustPrefix("2001:db8::/32")}},
+		{ID: 3, Action: ActionAllow, SrcNets: []netip.Prefix{mustPrefix("10.0.0.0/8")}, NotDstNets: []netip.Prefix{mustPrefix("::/0")}},
+		{ID: 4, Action: ActionAllow, SrcIPSets: []uint64{set6}, DstIPSets: []uint64{set4}},
+	}
+	for _, forHost := range []bool{false, true} {
+		rules := Rules{NoMatchRuleID: 9, ForHost: forHost, Tiers: []Tier{
+			{Name: "cls", EndAction: EndPass, Policies: []Policy{{Name: "p", Rules: logs}}},
+			{Name: "inline", EndAction: EndDeny, EndRuleID: 5, Policies: []Policy{{Name: "p", Rules: inline}}},
+		}}
+		if forHost {
+			rules.PreDNATTiers = []Tier{{Name: "pre", EndAction: EndPass, Policies: []Policy{{Name: "p", Rules: logs}}}}
+		}
+		c, err := Compile(rules, Options{ClassifierRules: 64})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if classifiedRuns(c) == 0 {
+			t.Fatal("no classified run")
+		}
+		ev, err := NewEvaluator(rules)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := k.loadCompiled(t, c)
+		k.setIPSets(t, sets)
+		addrs := append([]netip.Addr{mustAddr("10.0.0.1"), mustAddr("192.168.0.1"), netip.AddrFrom16(mustAddr("10.0.0.1").As16())}, oddAddrs6...)
+		n := 0
+		for _, src := range addrs {
+			for _, dst := range addrs {
+				for _, port := range []uint16{80, 8080, 443} {
+					pkt := Packet{Src: src, Dst: dst, PreNATDst: dst, SrcPort: 1, DstPort: port, PreNATDstPort: port, Protocol: 6, SrcIsHost: n%2 == 0}
+					n++
+					want := ev.Evaluate(sets, pkt)
+					if diff := cmp.Diff(want, k.run(t, p, pkt), decisionCmp); diff != "" {
+						t.Fatalf("forHost %v, packet %+v (-evaluate +kernel):\n%s", forHost, pkt, diff)
+					}
+				}
+			}
+		}
+	}
+}
+
+// TestAttackUpdateProfilePass changes a classified profile rule from
+// allow to pass (which denies in the profiles) with Update.
+func TestAttackUpdateProfilePass(t *testing.T) {
+	k := newKernel(t)
+	mk := func(a Action) Rules {
+		var rs []Rule
+		for i := 0; i < 4; i++ {
+			rs = append(rs, Rule{ID: uint64(10 + i), Action: ActionAllow, DstPorts: []PortRange{Port(uint16(80 + i))}})
+		}
+		rs[1].Action = a
+		return Rules{NoMatchRuleID: 9, Profiles: []Policy{{Name: "p", Rules: rs}}}
+	}
+	p := k.load(t, mk(ActionAllow), Options{ClassifierRules: 1})
+	next := mk(ActionPass)
+	err := p.Update(next)
+	pkt := Packet{Src: mustAddr("10.0.0.1"), Dst: mustAddr("10.0.0.2"), DstPort: 81, Protocol: 6}
+	want, _ := Evaluate(next, nil, pkt)
+	if err != nil {
+		t.Logf("update: %v", err)
+		want, _ = Evaluate(mk(ActionAllow), nil, pkt)
+	}
+	if diff := cmp.Diff(want, k.run(t, p, pkt), decisionCmp); diff != "" {
+		t.Fatalf("after update to pass (err %v) (-evaluate +kernel):\n%s", err, diff)
+	}
+}
