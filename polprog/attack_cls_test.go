@@ -212,3 +212,168 @@ func TestAttackUpdateProfilePass(t *testing.T) {
 		t.Fatalf("after update to pass (err %v) (-evaluate +kernel):\n%s", err, diff)
 	}
 }
+
+// TestAttackUpdateFamilies updates small random policies whose every run is
+// classified, one rule at a time: CIDRs that change family (among them
+// ::/0 and ::fffe:0:0/95, which cover the IPv4-mapped block in the trie),
+// negations, IDs and actions, and IP set contents between updates. After
+// each update the kernel must agree with Evaluate of the rules it now has
+// (the old ones when Update refused).
+func TestAttackUpdateFamilies(t *testing.T) {
+	k := newKernel(t)
+	odd := []netip.Prefix{mustPrefix("::/0"), mustPrefix("::fffe:0:0/95"), mustPrefix("0.0.0.0/0"),
+		mustPrefix("10.0.0.0/8"), mustPrefix("::a00:0/104"), mustPrefix("2001:db8::ffff:a00:0/120")}
+	updated, refused := 0, 0
+	for seed := uint64(0); seed < 25; seed++ {
+		g := attackClsGen(seed + 9100)
+		rules := Rules{NoMatchRuleID: g.id(), Tiers: g.tiers(1+g.r.IntN(2), 2, 30)}
+		if g.chance(2) {
+			rules.Profiles = g.tiers(1, 2, 20)[0].Policies
+		}
+		if len(allRules(&rules)) == 0 {
+			continue
+		}
+		opts := Options{ClassifierRules: 1}
+		c, err := Compile(rules, opts)
+		if err != nil {
+			t.Fatalf("seed %d: compile: %v", seed, err)
+		}
+		k.setIPSets(t, g.sets)
+		slots, free := k.allocSlots(t, len(c.Parts))
+		p, err := c.Load(k.maps, slots)
+		if err != nil {
+			free()
+			t.Fatalf("seed %d: load: %v", seed, err)
+		}
+		cur := rules
+		for step := 0; step < 8; step++ {
+			next := cloneRules(cur)
+			all := allRules(&next)
+			r := all[g.r.IntN(len(all))]
+			switch g.r.IntN(5) {
+			case 0:
+				r.SrcNets = []netip.Prefix{odd[g.r.IntN(len(odd))]}
+			case 1:
+				r.NotDstNets = []netip.Prefix{odd[g.r.IntN(len(odd))], g.prefix()}
+			case 2:
+				r.Action, r.ID = g.action(), g.id()
+			case 3:
+				if len(r.SrcNets) > 0 {
+					r.SrcNets = []netip.Prefix{g.prefix()}
+				} else {
+					r.ID = g.id()
+				}
+			default:
+				// Change an IP set's members instead of a rule.
+				id := g.setIDs[g.r.IntN(len(g.setIDs))]
+				s := g.sets[id]
+				s.Nets = []netip.Prefix{odd[g.r.IntN(len(odd))]}
+				g.sets[id] = s
+				k.setIPSets(t, g.sets)
+			}
+			err := p.Update(next)
+			if err == nil {
+				cur = next
+				updated++
+			} else {
+				refused++
+			}
+			ev, eerr := NewEvaluator(cur)
+			if eerr != nil {
+				t.Fatal(eerr)
+			}
+			for i := 0; i < 60; i++ {
+				pkt := g.packetFor(all[g.r.IntN(len(all))])
+				if g.chance(4) {
+					pkt.Src = oddAddrs6[g.r.IntN(len(oddAddrs6))]
+				}
+				want := ev.Evaluate(g.sets, pkt)
+				if diff := cmp.Diff(want, k.run(t, p, pkt), decisionCmp); diff != "" {
+					p.Close()
+					free()
+					t.Fatalf("seed %d step %d (update err %v), packet %+v (-evaluate +kernel):\n%s", seed, step, err, pkt, diff)
+				}
+			}
+		}
+		p.Close()
+		free()
+	}
+	t.Logf("%d updates applied, %d refused", updated, refused)
+}
+
+// TestAttackManySets names twelve IP sets and twelve named-port sets of
+// both families (more than eight per field) in one run of rules, with
+// negations, log rules with both port alternatives and a pass.
+func TestAttackManySets(t *testing.T) {
+	k := newKernel(t)
+	sets := IPSetMembers{}
+	addrs := append([]netip.Addr{mustAddr("10.0.0.1"), mustAddr("10.0.0.2"), mustAddr("192.168.1.1"), mustAddr("0.0.0.0")}, oddAddrs6...)
+	nets := []netip.Prefix{mustPrefix("::/0"), mustPrefix("::fffe:0:0/95"), mustPrefix("0.0.0.0/0"), mustPrefix("10.0.0.0/31"),
+		mustPrefix("::a00:0/120"), mustPrefix("2001:db8::/32"), mustPrefix("192.168.0.0/16"), mustPrefix("::/1"),
+		mustPrefix("10.0.0.2/32"), mustPrefix("::1/128"), mustPrefix("ffff::/16"), mustPrefix("0.0.0.0/1")}
+	for i := range 12 {
+		a := addrs[i%len(addrs)]
+		sets[uint64(100+i)] = IPSet{Nets: []netip.Prefix{nets[i]},
+			NamedPorts: []NamedPortMember{{Addr: a, Protocol: 6, Port: uint16(8000 + i%3)}, {Addr: addrs[(i+5)%len(addrs)], Protocol: 17, Port: 53}}}
+	}
+	var rs []Rule
+	for i := range 40 {
+		r := Rule{ID: uint64(500 + i), Action: []Action{ActionLog, ActionLog, ActionDeny, ActionAllow, ActionPass}[i%5]}
+		s := uint64(100 + i%12)
+		o := uint64(100 + (i*7+3)%12)
+		switch i % 6 {
+		case 0:
+			r.SrcIPSets = []uint64{s}
+		case 1:
+			r.NotDstIPSets = []uint64{s, o}
+		case 2:
+			r.DstNamedPorts, r.DstPorts = []uint64{s, o}, []PortRange{Port(80)}
+		case 3:
+			r.SrcNamedPorts, r.NotDstIPSets = []uint64{s}, []uint64{o}
+		case 4:
+			r.NotSrcNamedPorts, r.DstNets = []uint64{o}, []netip.Prefix{nets[i%12]}
+		default:
+			r.SrcIPSets, r.DstIPSets, r.SrcPorts, r.SrcNamedPorts = []uint64{s}, []uint64{o}, []PortRange{{First: 50, Last: 60}}, []uint64{o}
+		}
+		rs = append(rs, r)
+	}
+	for _, forHost := range []bool{false, true} {
+		rules := Rules{NoMatchRuleID: 9, ForHost: forHost, Tiers: []Tier{
+			{Name: "a", EndAction: EndPass, Policies: []Policy{{Name: "p", Rules: rs[:20]}}},
+			{Name: "b", EndAction: EndDeny, EndRuleID: 7, Policies: []Policy{{Name: "p", Rules: rs[20:]}}},
+		}, Profiles: []Policy{{Name: "pr", Rules: rs}}}
+		if forHost {
+			rules.PreDNATTiers = []Tier{{Name: "pre", EndAction: EndPass, Policies: []Policy{{Name: "p", Rules: rs[10:30]}}}}
+		}
+		for _, opts := range []Options{{ClassifierRules: 1}, {ClassifierRules: 1, SplitJumps: 60, MaxParts: MaxParts}} {
+			c, err := Compile(rules, opts)
+			if err != nil {
+				t.Fatalf("compile %+v: %v", opts, err)
+			}
+			ev, err := NewEvaluator(rules)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := k.loadCompiled(t, c)
+			k.setIPSets(t, sets)
+			n := 0
+			for _, src := range addrs {
+				for _, dst := range addrs {
+					for _, pp := range [][2]uint16{{55, 8000}, {8001, 80}, {53, 53}, {8002, 8001}} {
+						proto := uint8(6)
+						if pp[0] == 53 {
+							proto = 17
+						}
+						pkt := Packet{Src: src, Dst: dst, PreNATDst: addrs[n%len(addrs)], SrcPort: pp[0], DstPort: pp[1], PreNATDstPort: pp[1], Protocol: proto, DstIsHost: n%3 == 0}
+						n++
+						want := ev.Evaluate(sets, pkt)
+						if diff := cmp.Diff(want, k.run(t, p, pkt), decisionCmp); diff != "" {
+							t.Fatalf("forHost %v opts %+v (%d parts, %d classified), packet %+v (-evaluate +kernel):\n%s", forHost, opts, len(c.Parts), classifiedRuns(c), pkt, diff)
+						}
+					}
+				}
+			}
+			t.Logf("forHost %v opts %+v: %d parts, %d classified runs, %d packets", forHost, opts, len(c.Parts), classifiedRuns(c), n)
+		}
+	}
+}
