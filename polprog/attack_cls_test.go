@@ -377,3 +377,54 @@ func TestAttackManySets(t *testing.T) {
 		}
 	}
 }
+
+// TestAttackUpdateTrieOverflow replaces every source CIDR of a classified
+// run twice. The second update writes the idle generation's new prefixes
+// before deleting its stale ones, so the trie (two generations of
+// capacity) can overflow; after that failure the idle generation is
+// forgotten (written[next] emptied), and a later update that fits leaves
+// the stale prefixes in the trie. The kernel must still agree with
+// Evaluate of the rules it reports to have.
+func TestAttackUpdateTrieOverflow(t *testing.T) {
+	k := newKernel(t)
+	const n = 64
+	mk := func(f func(i int) netip.Prefix) Rules {
+		var rs []Rule
+		for i := range n {
+			rs = append(rs, Rule{ID: uint64(1 + i), Action: ActionAllow, SrcNets: []netip.Prefix{f(i)}})
+		}
+		return Rules{NoMatchRuleID: 999, Tiers: []Tier{{Name: "t", EndAction: EndDeny, EndRuleID: 998, Policies: []Policy{{Name: "p", Rules: rs}}}}}
+	}
+	pfx := func(b, i int) netip.Prefix { return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(b), byte(i), 1}), 32) }
+	a := mk(func(i int) netip.Prefix { return pfx(0, i) })
+	b := mk(func(i int) netip.Prefix { return pfx(1, i) })
+	c := mk(func(i int) netip.Prefix { return pfx(2, i) })
+	// d reuses only A's first half: its prefixes are all in the trie's
+	// generation 0 already, so writing it needs no new entry.
+	d := mk(func(i int) netip.Prefix { return pfx(0, i%(n/2)) })
+	p := k.load(t, a, Options{ClassifierRules: 1, MergeThreshold: -1})
+	cur := a
+	check := func(step string, err error) {
+		t.Helper()
+		t.Logf("%s: update: %v", step, err)
+		for bb := range 3 {
+			for i := range n {
+				pkt := Packet{Src: pfx(bb, i).Addr(), Dst: mustAddr("10.9.9.9"), Protocol: 6, DstPort: 80}
+				want, _ := Evaluate(cur, nil, pkt)
+				if diff := cmp.Diff(want, k.run(t, p, pkt), decisionCmp); diff != "" {
+					t.Fatalf("%s (update err %v), packet from %v (-evaluate +kernel):\n%s", step, err, pkt.Src, diff)
+				}
+			}
+		}
+	}
+	for _, st := range []struct {
+		name  string
+		rules Rules
+	}{{"a->b", b}, {"b->c", c}, {"->d", d}} {
+		err := p.Update(st.rules)
+		if err == nil {
+			cur = st.rules
+		}
+		check(st.name, err)
+	}
+}
