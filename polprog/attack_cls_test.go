@@ -395,7 +395,9 @@ func TestAttackUpdateTrieOverflow(t *testing.T) {
 		}
 		return Rules{NoMatchRuleID: 999, Tiers: []Tier{{Name: "t", EndAction: EndDeny, EndRuleID: 998, Policies: []Policy{{Name: "p", Rules: rs}}}}}
 	}
-	pfx := func(b, i int) netip.Prefix { return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(b), byte(i), 1}), 32) }
+	pfx := func(b, i int) netip.Prefix {
+		return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(b), byte(i), 1}), 32)
+	}
 	a := mk(func(i int) netip.Prefix { return pfx(0, i) })
 	b := mk(func(i int) netip.Prefix { return pfx(1, i) })
 	c := mk(func(i int) netip.Prefix { return pfx(2, i) })
