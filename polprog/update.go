@@ -36,6 +36,10 @@ type classState struct {
 	gen        int
 	written    [generations]map[string]*mapContents
 	lastSwitch time.Time
+	// broken: a write of the idle generation failed, so what it holds is
+	// not known; only a reload can go on (the generation in use is
+	// untouched).
+	broken bool
 }
 
 type rulePositions struct {
@@ -115,7 +119,10 @@ func (p *Program) fillClasses(c *Compiled, byName map[string]*ebpf.Map) error {
 // Update makes the loaded program decide by rules, through map updates
 // only, when the rules' code is the loaded program's: the rules outside
 // classified runs, the runs' bounds, fields and IP sets are unchanged and
-// each run fits its maps (they leave room). Rules, IDs, actions, CIDRs,
+// each run fits its maps (they leave room). A write that fails half-way
+// (a map full) leaves packets on the rules in force and the Program
+// needing a reload: that Update and every later one return errors wrapping
+// ErrNeedsReload. Rules, IDs, actions, CIDRs,
 // ports and protocols inside classified runs may change. Otherwise Update
 // changes nothing and returns an error wrapping ErrNeedsReload; so it does
 // when the changed runs lie in more than one part, since a packet reads
@@ -140,6 +147,9 @@ func (p *Program) update(rules Rules) error {
 	s := p.class
 	if s.prog == nil {
 		return errors.New("the loaded Compiled was not made by Compile")
+	}
+	if s.broken {
+		return fmt.Errorf("%w: an earlier update failed half-way", ErrNeedsReload)
 	}
 	if want, np, ok := s.tableOnly(rules); ok {
 		return s.apply(want, nil, np)
@@ -187,15 +197,17 @@ func (s *classState) apply(want map[string]*mapContents, nc *Compiled, np *progr
 				continue // the same contents: nothing to write
 			}
 			if err := writeContents(s.lookups[name], next, s.written[next][name], want[name]); err != nil {
-				// What the idle generation holds is no longer known:
-				// the next update rewrites all of it.
-				s.written[next] = map[string]*mapContents{}
-				return fmt.Errorf("write generation %d of %s: %w", next, name, err)
+				// What the idle generation holds is no longer known
+				// (a full trie keeps stale entries): packets go on
+				// with the generation in use, and only a reload
+				// changes the rules.
+				s.broken = true
+				return fmt.Errorf("%w: write generation %d of %s: %w", ErrNeedsReload, next, name, err)
 			}
 		}
 		if err := s.lookups[genMapName].Put(uint32(0), uint32(next)); err != nil {
-			s.written[next] = map[string]*mapContents{}
-			return fmt.Errorf("switch to generation %d: %w", next, err)
+			s.broken = true
+			return fmt.Errorf("%w: switch to generation %d: %w", ErrNeedsReload, next, err)
 		}
 		s.written[next] = want
 		s.gen, s.lastSwitch = next, time.Now()
