@@ -55,7 +55,7 @@ func TestDatapathAgrees(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := dp.SetInterface(loIfindex, datapath.Interface{Kind: datapath.Workload, EnforceIPv6: true, Egress: allowAll, Ingress: allowAll}); err != nil {
+	if err := dp.SetInterface(loIfindex, datapath.Interface{Kind: datapath.Workload, Egress: allowAll, Ingress: allowAll}); err != nil {
 		t.Fatal(err)
 	}
 	m := dp.Conntrack()

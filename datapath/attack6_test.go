@@ -36,14 +36,14 @@ func atkNewNet6(t *testing.T, cfg func(*Interface)) *atkNet6 {
 	}
 	for name, a := range map[string]netip.Addr{"atk6p1": n.pod1, "atk6p2": n.pod2, "atk6p3": n.pod3} {
 		e.route(routes.Route{Prefix: netip.PrefixFrom(a, 128), Flags: routes.FlagLocalWorkload, Ifindex: e.idx(name)})
-		c := Interface{Kind: Workload, EnforceIPv6: true, Ingress: atkTCPUDP(100), Egress: atkTCPUDP(200)}
+		c := Interface{Kind: Workload, Ingress: atkTCPUDP(100), Egress: atkTCPUDP(200)}
 		if cfg != nil {
 			cfg(&c)
 		}
 		e.set(name, c)
 	}
 	e.route(routes.Route{Prefix: netip.PrefixFrom(n.node, 128), Flags: routes.FlagLocalHost})
-	e.set("atk6hif", Interface{Kind: Host, EnforceIPv6: true, Ingress: atkHostRules(atkTCPUDP(300)), Egress: atkHostRules(atkTCPUDP(400))})
+	e.set("atk6hif", Interface{Kind: Host, Ingress: atkHostRules(atkTCPUDP(300)), Egress: atkHostRules(atkTCPUDP(400))})
 	return n
 }
 
@@ -152,9 +152,8 @@ func TestAttackIPv6(t *testing.T) {
 
 // TestAttackIPv6Interfaces checks the per-interface IPv6 settings against
 // a workload: DropND drops its neighbour discovery; PassFragments passes
-// its later fragments only from its own address; and an interface that
-// does not enforce IPv6 keeps dropping IPv6 (or passing it unchecked
-// with PassIPv6), IPv4 unaffected.
+// its later fragments only from its own address; and an interface with
+// IPv6Drop drops IPv6 (IPv6Pass passes it unchecked), IPv4 unaffected.
 func TestAttackIPv6Interfaces(t *testing.T) {
 	ap := netip.AddrPortFrom
 	for _, c := range []struct {
@@ -166,9 +165,9 @@ func TestAttackIPv6Interfaces(t *testing.T) {
 			"ns": bpf.ReasonDroppedND, "later fragment": bpf.ReasonDroppedFragment, "spoofed later fragment": bpf.ReasonDroppedFragment, "syn": bpf.ReasonAcceptedByPolicy}},
 		{"pass fragments", func(c *Interface) { c.PassFragments = true }, map[string]bpf.Reason{
 			"ns": bpf.ReasonNDPassed, "later fragment": bpf.ReasonFragmentPassed, "spoofed later fragment": bpf.ReasonDroppedRPF, "syn": bpf.ReasonAcceptedByPolicy}},
-		{"not enforced", func(c *Interface) { c.EnforceIPv6 = false }, map[string]bpf.Reason{
+		{"not enforced", func(c *Interface) { c.IPv6 = IPv6Drop }, map[string]bpf.Reason{
 			"ns": bpf.ReasonDroppedIPv6, "later fragment": bpf.ReasonDroppedIPv6, "spoofed later fragment": bpf.ReasonDroppedIPv6, "syn": bpf.ReasonDroppedIPv6}},
-		{"passed unchecked", func(c *Interface) { c.EnforceIPv6, c.PassIPv6 = false, true }, map[string]bpf.Reason{
+		{"passed unchecked", func(c *Interface) { c.IPv6 = IPv6Pass }, map[string]bpf.Reason{
 			"ns": bpf.ReasonIPv6Passed, "later fragment": bpf.ReasonIPv6Passed, "spoofed later fragment": bpf.ReasonIPv6Passed, "syn": bpf.ReasonIPv6Passed}},
 	} {
 		t.Run(c.name, func(t *testing.T) {

@@ -21,10 +21,10 @@ func TestRealTrafficIPv6(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d.Close()
-	if err := d.SetInterface(client.HostIfindex, Interface{Kind: Workload, EnforceIPv6: true, Egress: allowAllRules}); err != nil {
+	if err := d.SetInterface(client.HostIfindex, Interface{Kind: Workload, Egress: allowAllRules}); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.SetInterface(server.HostIfindex, Interface{Kind: Workload, EnforceIPv6: true, Ingress: allowTCPPort(80, 10)}); err != nil {
+	if err := d.SetInterface(server.HostIfindex, Interface{Kind: Workload, Ingress: allowTCPPort(80, 10)}); err != nil {
 		t.Fatal(err)
 	}
 	attachWorkload(t, node, d, client)

@@ -37,6 +37,35 @@ func (k Kind) String() string {
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
 
+// IPv6Mode says what an interface does with IPv6.
+type IPv6Mode uint8
+
+const (
+	// IPv6Enforce parses IPv6 and enforces it as IPv4 is: conntrack,
+	// reverse-path checks, host flags and policy (which compares every
+	// address with its family), with neighbour discovery passed and
+	// counted (bpf.IfaceEnforceIPv6). The default.
+	IPv6Enforce IPv6Mode = iota
+	// IPv6Drop drops every IPv6 packet, counted as dropped_ipv6.
+	IPv6Drop
+	// IPv6Pass passes IPv6 unchecked, counted as ipv6_passed
+	// (bpf.IfacePassIPv6): for a node whose IPv6 another layer polices.
+	IPv6Pass
+)
+
+// String returns the mode's name.
+func (m IPv6Mode) String() string {
+	switch m {
+	case IPv6Enforce:
+		return "enforce"
+	case IPv6Drop:
+		return "drop"
+	case IPv6Pass:
+		return "pass"
+	}
+	return fmt.Sprintf("ipv6mode(%d)", uint8(m))
+}
+
 // Interface describes how the datapath treats one interface. Policies are
 // in the endpoint's own terms: Ingress is what reaches the endpoint,
 // Egress what it sends. SetInterface puts each on the right TC hook: for a
@@ -54,18 +83,9 @@ type Interface struct {
 	// DropNonIP drops ARP and the other link protocols that pass by
 	// default (bpf.IfaceDropNonIP).
 	DropNonIP bool
-	// PassIPv6 passes IPv6 unchecked instead of dropping it
-	// (bpf.IfacePassIPv6). EnforceIPv6 overrides it.
-	PassIPv6 bool
-	// EnforceIPv6 parses IPv6 and enforces it as IPv4 is: conntrack,
-	// reverse-path checks, host flags and policy, with neighbour
-	// discovery passed and counted (bpf.IfaceEnforceIPv6). It is opt-in
-	// while policy's CIDR checks do not yet tell the families apart (a
-	// compiled IPv4 CIDR is compared with the last 32 bits of the address,
-	// so it can match an IPv6 packet): enable it only with rules whose
-	// verdicts do not hang on IPv4 CIDRs or IP sets. It becomes the
-	// default once polprog is family-aware.
-	EnforceIPv6 bool
+	// IPv6 says what the interface does with IPv6: by default
+	// (IPv6Enforce) it is parsed and enforced as IPv4 is.
+	IPv6 IPv6Mode
 	// DropND drops ICMPv6 neighbour discovery and multicast listener
 	// messages, which pass by default where IPv6 is enforced
 	// (bpf.IfaceDropND). Router messages from a workload drop regardless.
@@ -91,8 +111,8 @@ func (c *Interface) flags() bpf.IfaceFlags {
 		flag bpf.IfaceFlags
 	}{
 		{c.DropNonIP, bpf.IfaceDropNonIP},
-		{c.PassIPv6, bpf.IfacePassIPv6},
-		{c.EnforceIPv6, bpf.IfaceEnforceIPv6},
+		{c.IPv6 == IPv6Pass, bpf.IfacePassIPv6},
+		{c.IPv6 == IPv6Enforce, bpf.IfaceEnforceIPv6},
 		{c.DropND, bpf.IfaceDropND},
 		{c.DropMidFlow, bpf.IfaceDropMidFlow},
 		{c.PassFragments, bpf.IfacePassFragments},
@@ -106,6 +126,9 @@ func (c *Interface) flags() bpf.IfaceFlags {
 
 // hookRules returns the rules of the TC ingress and egress hooks.
 func (c *Interface) hookRules() (tcIngress, tcEgress polprog.Rules, err error) {
+	if c.IPv6 > IPv6Pass {
+		return polprog.Rules{}, polprog.Rules{}, fmt.Errorf("IPv6 mode %s", c.IPv6)
+	}
 	switch c.Kind {
 	case Workload:
 		return c.Egress, c.Ingress, nil

@@ -59,7 +59,7 @@ func loadIPv6WithPolicy(tb testing.TB, rules polprog.Rules, opts polprog.Options
 	if err := d.Routes().Put(workloadRoute("::/0", loIfindex)); err != nil {
 		tb.Fatal(err)
 	}
-	if err := d.SetInterface(loIfindex, Interface{Kind: Workload, EnforceIPv6: true, Ingress: rules, Egress: rules}); err != nil {
+	if err := d.SetInterface(loIfindex, Interface{Kind: Workload, Ingress: rules, Egress: rules}); err != nil {
 		tb.Fatal(err)
 	}
 	return d
