@@ -33,9 +33,7 @@ func NewMap(m *ebpf.Map) (*Map, error) {
 	if t := m.Type(); t != ebpf.LPMTrie {
 		return nil, fmt.Errorf("ip set map %s: type %s, want LPM trie", m, t)
 	}
-	if int(m.KeySize()) != keySize || m.ValueSize() != 4 {
-		return nil, fmt.Errorf("ip set map %s: key/value size %d/%d, want %d/4", m, m.KeySize(), m.ValueSize(), keySize)
-	}
+	// maps.New refuses a map whose key or value is of another size.
 	typed, err := maps.New[Key, uint32](m)
 	if err != nil {
 		return nil, fmt.Errorf("ip set map: %w", err)
