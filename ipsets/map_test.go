@@ -176,3 +176,24 @@ func TestSyncRead(t *testing.T) {
 		t.Error("Add of an IPv4-mapped prefix succeeded")
 	}
 }
+
+func TestNewMapRejects(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	for _, spec := range []ebpf.MapSpec{
+		{Type: ebpf.Hash, KeySize: uint32(keySize), ValueSize: 4, MaxEntries: 4},
+		{Type: ebpf.LPMTrie, KeySize: 32, ValueSize: 4, MaxEntries: 4, Flags: 1},
+		{Type: ebpf.LPMTrie, KeySize: uint32(keySize), ValueSize: 8, MaxEntries: 4, Flags: 1},
+	} {
+		m, err := ebpf.NewMap(&spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := NewMap(m); err == nil {
+			t.Errorf("NewMap accepted a %s with key/value %d/%d", spec.Type, spec.KeySize, spec.ValueSize)
+		}
+		m.Close()
+	}
+	if _, err := NewMap(nil); err == nil {
+		t.Error("NewMap(nil) succeeded")
+	}
+}
