@@ -401,8 +401,24 @@ const (
 	// ReasonDroppedND is SL_REASON_DROPPED_ND: neighbour discovery with
 	// SL_IFACE_DROP_ND, or a router message from a workload.
 	ReasonDroppedND Reason = 30
+	// ReasonDroppedSvcSourceRange is SL_REASON_DROPPED_SVC_SOURCE_RANGE: a
+	// client outside a service's loadBalancerSourceRanges
+	// (SL_SVC_SOURCE_RANGES).
+	ReasonDroppedSvcSourceRange Reason = 31
+	// ReasonRejectedNoBackend is SL_REASON_REJECTED_NO_BACKEND: a service
+	// without a usable backend: answered with a TCP RST or an ICMP(v6)
+	// port unreachable.
+	ReasonRejectedNoBackend Reason = 32
+	// ReasonDroppedNoBackend is SL_REASON_DROPPED_NO_BACKEND: a service
+	// without a usable backend, for a packet no reject answers (SCTP, a
+	// TCP RST, or no room for the reply).
+	ReasonDroppedNoBackend Reason = 33
+	// ReasonDroppedNATFailed is SL_REASON_DROPPED_NAT_FAILED: policy
+	// allowed a service's new flow, but its NAT entries could not be
+	// written.
+	ReasonDroppedNATFailed Reason = 34
 	// ReasonCount is SL_REASON_COUNT: number of reasons; not a reason.
-	ReasonCount Reason = 31
+	ReasonCount Reason = 35
 	// ReasonFirstDrop is SL_REASON_FIRST_DROP: the first reason that
 	// drops.
 	ReasonFirstDrop Reason = 8
@@ -474,6 +490,14 @@ func (r Reason) String() string {
 		return "dropped_ipv4_mapped"
 	case ReasonDroppedND:
 		return "dropped_nd"
+	case ReasonDroppedSvcSourceRange:
+		return "dropped_svc_source_range"
+	case ReasonRejectedNoBackend:
+		return "rejected_no_backend"
+	case ReasonDroppedNoBackend:
+		return "dropped_no_backend"
+	case ReasonDroppedNATFailed:
+		return "dropped_nat_failed"
 	}
 	return "Reason(" + strconv.FormatUint(uint64(r), 10) + ")"
 }
@@ -572,6 +596,50 @@ var svcFlagsNames = []flagName{
 	{uint64(SvcSourceRanges), "source_ranges"},
 }
 
+// LBMemberFlags mirrors enum sl_lb_member_flags: bits of sl_lb_member.flags.
+type LBMemberFlags uint32
+
+const (
+	// LBMemberServing is SL_LB_MEMBER_SERVING: the backend is serving (not
+	// terminating) in the service's current list.
+	LBMemberServing LBMemberFlags = 1 << 0
+	// LBMemberLocal is SL_LB_MEMBER_LOCAL: the backend runs on this node.
+	LBMemberLocal LBMemberFlags = 1 << 1
+)
+
+// String returns the lower-case C names of the bits set in l without its
+// SL_LB_MEMBER_ prefix, joined by "|", with unknown bits in hex, or "0" for
+// none.
+func (l LBMemberFlags) String() string {
+	return formatFlags(uint64(l), lbMemberFlagsNames, "0")
+}
+
+var lbMemberFlagsNames = []flagName{
+	{uint64(LBMemberServing), "serving"},
+	{uint64(LBMemberLocal), "local"},
+}
+
+// CTFlags mirrors enum sl_ct_flags: bits of sl_ct_value.flags.
+type CTFlags uint32
+
+const (
+	// CTFClientIsB is SL_CT_F_CLIENT_IS_B: NAT entries: the service's
+	// client is endpoint B of this entry's key (else A). A packet's side
+	// of a NAT flow follows from it, not from comparing addresses, which
+	// fails when the backend or the frontend sorts below the client.
+	CTFClientIsB CTFlags = 1 << 0
+)
+
+// String returns the lower-case C names of the bits set in c without its
+// SL_CT_F_ prefix, joined by "|", with unknown bits in hex, or "0" for none.
+func (c CTFlags) String() string {
+	return formatFlags(uint64(c), ctFlagsNames, "0")
+}
+
+var ctFlagsNames = []flagName{
+	{uint64(CTFClientIsB), "client_is_b"},
+}
+
 // C names of the structs mirrored here, for BTF lookups.
 const (
 	// TypeState is the C name of State.
@@ -612,6 +680,14 @@ const (
 	TypeAffinity = "sl_affinity"
 	// TypeSvcRangeKey is the C name of SvcRangeKey.
 	TypeSvcRangeKey = "sl_svc_range_key"
+	// TypeLBMemberKey is the C name of LBMemberKey.
+	TypeLBMemberKey = "sl_lb_member_key"
+	// TypeLBMember is the C name of LBMember.
+	TypeLBMember = "sl_lb_member"
+	// TypeMaglevKey is the C name of MaglevKey.
+	TypeMaglevKey = "sl_maglev_key"
+	// TypeMaglevTable is the C name of MaglevTable.
+	TypeMaglevTable = "sl_maglev_table"
 )
 
 // State mirrors struct sl_state: the packet as policy sees it, filled in by
@@ -735,8 +811,8 @@ type CTValue struct {
 	LastSeen uint64 `btf:"last_seen"`
 	// Kind of entry.
 	Type CTType `btf:"type"`
-	// Reserved for per-flow decisions; 0 today.
-	Flags uint32 `btf:"flags"`
+	// SL_CT_F_* bits.
+	Flags CTFlags `btf:"flags"`
 	// Packets from A to B.
 	AToB CTLeg `btf:"a_to_b"`
 	// Packets from B to A.
@@ -803,7 +879,7 @@ type Iface struct {
 type ReasonCounts struct {
 	_ structs.HostLayout
 	// Packets per enum sl_reason.
-	Packets [31]uint64 `btf:"packets"`
+	Packets [35]uint64 `btf:"packets"`
 }
 
 // Pending mirrors struct sl_pending: the packet waiting for a policy verdict
@@ -950,6 +1026,50 @@ type SvcRangeKey struct {
 	Addr [16]uint8 `btf:"addr"`
 }
 
+// LBMemberKey mirrors struct sl_lb_member_key: key of sl_lb_members: a
+// backend of a service.
+type LBMemberKey struct {
+	_ structs.HostLayout
+	// sl_svc.id.
+	SvcID uint32 `btf:"svc_id"`
+	// The backend's ID in sl_backends.
+	BackendID uint32 `btf:"backend_id"`
+}
+
+// LBMember mirrors struct sl_lb_member: value of sl_lb_members: a backend's
+// standing in its service's current list. The datapath honours a client's
+// affinity only while the backend is a member of the group a new flow would
+// be given: serving while the service has a serving backend, else
+// terminating; local where the frontend asks for local backends. nat.Table
+// writes a member before the frontend flips to a list that holds it, and
+// deletes it after the last list that held it is gone.
+type LBMember struct {
+	_ structs.HostLayout
+	// SL_LB_MEMBER_* bits.
+	Flags LBMemberFlags `btf:"flags"`
+}
+
+// MaglevKey mirrors struct sl_maglev_key: key of sl_maglev: the Maglev table
+// of one of a service's backend lists.
+type MaglevKey struct {
+	_ structs.HostLayout
+	// sl_svc.id.
+	SvcID uint32 `btf:"svc_id"`
+	// sl_svc.slot_base of the list the table was built from.
+	SlotBase uint32 `btf:"slot_base"`
+}
+
+// MaglevTable mirrors struct sl_maglev_table: value of sl_maglev: a
+// service's Maglev lookup table over its serving backends (weighted), for
+// frontends with SL_SVC_MAGLEV and without SL_SVC_LOCAL_ONLY. A flow's hash
+// (sl_lb_hash) modulo SL_MAGLEV_SIZE picks the entry, a backend ID. Written
+// before the frontend flips to its list, deleted after.
+type MaglevTable struct {
+	_ structs.HostLayout
+	// Backend ID of each table position.
+	BackendIds [16381]uint32 `btf:"backend_ids"`
+}
+
 // abiLayouts pairs the C name of every struct mirrored here with a zero
 // value of its mirror, for tests that check layouts against BTF.
 var abiLayouts = []struct {
@@ -975,6 +1095,10 @@ var abiLayouts = []struct {
 	{TypeAffinityKey, AffinityKey{}},
 	{TypeAffinity, Affinity{}},
 	{TypeSvcRangeKey, SvcRangeKey{}},
+	{TypeLBMemberKey, LBMemberKey{}},
+	{TypeLBMember, LBMember{}},
+	{TypeMaglevKey, MaglevKey{}},
+	{TypeMaglevTable, MaglevTable{}},
 }
 
 // flagName names one bit, or several, of a flags enum.

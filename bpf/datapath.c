@@ -113,6 +113,24 @@ struct {
 	__type(value, __u8);
 } sl_lb_ranges SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 18);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sl_lb_member_key);
+	__type(value, struct sl_lb_member);
+} sl_members SEC(".maps");
+
+/* 64 KiB a table: sized by the runtime for the services that use Maglev,
+ * two tables each while one replaces the other. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sl_maglev_key);
+	__type(value, struct sl_maglev_table);
+} sl_maglev SEC(".maps");
+
 /* Verdict counters by SL_COUNTER_INDEX(slot, hook). Per-CPU, so
  * increments need no atomics. */
 struct {

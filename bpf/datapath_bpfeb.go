@@ -25,6 +25,8 @@ const (
 	datapathMapSlIpsets      = "sl_ipsets"
 	datapathMapSlLbRanges    = "sl_lb_ranges"
 	datapathMapSlLbSlots     = "sl_lb_slots"
+	datapathMapSlMaglev      = "sl_maglev"
+	datapathMapSlMembers     = "sl_members"
 	datapathMapSlMeta        = "sl_meta"
 	datapathMapSlPendingMap  = "sl_pending_map"
 	datapathMapSlPolicyJumps = "sl_policy_jumps"
@@ -103,6 +105,8 @@ type datapathMapSpecs struct {
 	SlIpsets      *ebpf.MapSpec `ebpf:"sl_ipsets"`
 	SlLbRanges    *ebpf.MapSpec `ebpf:"sl_lb_ranges"`
 	SlLbSlots     *ebpf.MapSpec `ebpf:"sl_lb_slots"`
+	SlMaglev      *ebpf.MapSpec `ebpf:"sl_maglev"`
+	SlMembers     *ebpf.MapSpec `ebpf:"sl_members"`
 	SlMeta        *ebpf.MapSpec `ebpf:"sl_meta"`
 	SlPendingMap  *ebpf.MapSpec `ebpf:"sl_pending_map"`
 	SlPolicyJumps *ebpf.MapSpec `ebpf:"sl_policy_jumps"`
@@ -149,6 +153,8 @@ type datapathMaps struct {
 	SlIpsets      *ebpf.Map `ebpf:"sl_ipsets"`
 	SlLbRanges    *ebpf.Map `ebpf:"sl_lb_ranges"`
 	SlLbSlots     *ebpf.Map `ebpf:"sl_lb_slots"`
+	SlMaglev      *ebpf.Map `ebpf:"sl_maglev"`
+	SlMembers     *ebpf.Map `ebpf:"sl_members"`
 	SlMeta        *ebpf.Map `ebpf:"sl_meta"`
 	SlPendingMap  *ebpf.Map `ebpf:"sl_pending_map"`
 	SlPolicyJumps *ebpf.Map `ebpf:"sl_policy_jumps"`
@@ -169,6 +175,8 @@ func (m *datapathMaps) Close() error {
 		m.SlIpsets,
 		m.SlLbRanges,
 		m.SlLbSlots,
+		m.SlMaglev,
+		m.SlMembers,
 		m.SlMeta,
 		m.SlPendingMap,
 		m.SlPolicyJumps,

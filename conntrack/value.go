@@ -155,7 +155,7 @@ func (v Value) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s age=%s", v.EntryType(), v.Age())
 	if v.Flags != 0 {
-		fmt.Fprintf(&b, " flags=%#x", v.Flags)
+		fmt.Fprintf(&b, " flags=%s", v.Flags)
 	}
 	fmt.Fprintf(&b, " a->b[%s] b->a[%s]", v.LegAToB(), v.LegBToA())
 	switch v.EntryType() {

@@ -57,7 +57,7 @@ func TestValueString(t *testing.T) {
 	normal := Value{Created: uint64(time.Second), LastSeen: uint64(61 * time.Second)}
 	normal.SetLegs(legOf(LegSYN|LegACK, 3, 180, 2), legOf(LegSYN|LegACK, 2, 120, 0))
 
-	rev := Value{Created: 5, LastSeen: 5 + uint64(1500*time.Millisecond), Type: bpf.CTType(NATReverse), Flags: 0x9}
+	rev := Value{Created: 5, LastSeen: 5 + uint64(1500*time.Millisecond), Type: bpf.CTType(NATReverse), Flags: bpf.CTFClientIsB | 0x8}
 	rev.SetLegs(legOf(LegSYN, 1, 60, 0), Leg{})
 	rev.SetPeer(fwdKey)
 	if err := rev.SetOrig(ap("10.96.0.1:80")); err != nil {
@@ -73,7 +73,7 @@ func TestValueString(t *testing.T) {
 		want  string
 	}{
 		{"normal", normal, "normal age=1m0s a->b[pkts=3 bytes=180 seen=syn|ack if=2] b->a[pkts=2 bytes=120 seen=syn|ack]"},
-		{"nat reverse", rev, "nat_rev age=1.5s flags=0x9 a->b[pkts=1 bytes=60 seen=syn] b->a[pkts=0 bytes=0 seen=0] orig=10.96.0.1:80 peer=(tcp 10.0.0.1:1234 <-> 10.96.0.1:80)"},
+		{"nat reverse", rev, "nat_rev age=1.5s flags=client_is_b|0x8 a->b[pkts=1 bytes=60 seen=syn] b->a[pkts=0 bytes=0 seen=0] orig=10.96.0.1:80 peer=(tcp 10.0.0.1:1234 <-> 10.96.0.1:80)"},
 		{"nat forward, last seen before created", fwd, "nat_fwd age=0s a->b[pkts=0 bytes=0 seen=0] b->a[pkts=0 bytes=0 seen=0] peer=(tcp 10.0.0.1:1234 <-> 10.0.5.5:8080)"},
 	}
 	for _, tt := range tests {

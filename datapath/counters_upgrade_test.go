@@ -60,3 +60,47 @@ func TestUpgradeCountersV1RefusesOtherSizes(t *testing.T) {
 		t.Error("a value of the new size upgraded as version 1")
 	}
 }
+
+// TestCountersUpgradeFromV2 opens a pin directory whose counters are of
+// layout version 2 (31 reasons): every count keeps its reason, and the
+// service reasons start at zero.
+func TestCountersUpgradeFromV2(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	pinDir := filepath.Join(testutil.TempBPFFS(t), "sluice")
+	const maxIfaces = 8
+	v2, _, err := maps.OpenOrCreate(maps.Params{
+		Name: "sl_counters", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8 * countersV2Reasons,
+		MaxEntries: 2 * (maxIfaces + 1), Version: 2, PinDir: pinDir,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := make([][countersV2Reasons]uint64, cpus)
+	old[0][bpf.ReasonAcceptedEstablished] = 5
+	old[0][bpf.ReasonDroppedND] = 4
+	if err := v2.Update(uint32(bpf.CounterIndex(0, bpf.HookIngress)), old, ebpf.UpdateAny); err != nil {
+		t.Fatal(err)
+	}
+	v2.Close()
+
+	d, err := Open(Options{PinDir: pinDir, MaxInterfaces: maxIfaces, ConntrackEntries: 1 << 10, PolicySlots: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	in, _, err := d.UnconfiguredCounters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[bpf.Reason]uint64{bpf.ReasonAcceptedEstablished: 5, bpf.ReasonDroppedND: 4}
+	if diff := cmp.Diff(want, in.NonZero()); diff != "" {
+		t.Errorf("upgraded counters (-want +got):\n%s", diff)
+	}
+	if _, _, _, err := upgradeCountersV2(make([]byte, 4), make([]byte, 8*bpf.ReasonCount)); err == nil {
+		t.Error("a value of the new size upgraded as version 2")
+	}
+}

@@ -27,6 +27,7 @@ const (
 	DefaultServiceEntries   = 1 << 16
 	DefaultBackendEntries   = 1 << 17
 	DefaultAffinityEntries  = 1 << 16
+	DefaultMaglevServices   = 256
 )
 
 // Options configure Open. Zero values take the defaults.
@@ -54,6 +55,9 @@ type Options struct {
 	// BackendEntries the backends (and twice as many backend slots), and
 	// AffinityEntries the client affinities.
 	ServiceEntries, BackendEntries, AffinityEntries uint32
+	// MaglevServices is how many services may use Maglev at once; each
+	// holds a table of 64 KiB (two while its backends change).
+	MaglevServices uint32
 	// Policy are the compiler options of every policy SetInterface
 	// compiles.
 	Policy polprog.Options
@@ -74,6 +78,7 @@ func (o *Options) setDefaults() {
 	def(&o.ServiceEntries, DefaultServiceEntries)
 	def(&o.BackendEntries, DefaultBackendEntries)
 	def(&o.AffinityEntries, DefaultAffinityEntries)
+	def(&o.MaglevServices, DefaultMaglevServices)
 }
 
 // maxInterfaces bounds MaxInterfaces so that the counter array's size,
@@ -134,6 +139,9 @@ func open(opts Options) (*Datapath, error) {
 	}
 	if opts.BackendEntries > maxBackendEntries {
 		return nil, fmt.Errorf("BackendEntries %d is above %d", opts.BackendEntries, maxBackendEntries)
+	}
+	if opts.MaglevServices > maxBackendEntries {
+		return nil, fmt.Errorf("MaglevServices %d is above %d", opts.MaglevServices, maxBackendEntries)
 	}
 	if err := CheckKernel(); err != nil {
 		return nil, err

@@ -17,7 +17,7 @@ import (
 // upgrade from the previous version (maps.WithUpgrade).
 const (
 	ifacesVersion   = 1 // struct sl_iface
-	countersVersion = 2 // struct sl_reason_counts; 2: the IPv6 reasons (upgradeCountersV1)
+	countersVersion = 3 // struct sl_reason_counts; 2: the IPv6 reasons (upgradeCountersV1); 3: the service reasons (upgradeCountersV2)
 	ruleHitsVersion = 1 // rule ID to hits
 	ipsetsVersion   = 2 // struct sl_ipset_key; 2: with the family (upgradeIPSetKey)
 	routesVersion   = 1 // struct sl_route_key to struct sl_route
@@ -36,7 +36,7 @@ type state struct {
 	pinDir                                           string
 	ifaces, counters, ruleHits, ipsets, routes, meta *ebpf.Map
 	// The load-balancing maps (nat.h).
-	svcs, lbSlots, backends, affinity, lbRanges *ebpf.Map
+	svcs, lbSlots, backends, affinity, lbRanges, lbMembers, maglev *ebpf.Map
 	// ct is the live conntrack table. draining, when not nil, is a table
 	// an interrupted resize left to be emptied into ct.
 	ct, draining *ebpf.Map
@@ -75,7 +75,7 @@ func openState(specs *bpf.Specs, opts Options) (*state, error) {
 		upgrades []maps.Option
 	}{
 		{&s.ifaces, specs.SlIfaces, ifacesVersion, opts.MaxInterfaces, nil},
-		{&s.counters, specs.SlCounters, countersVersion, 2 * (opts.MaxInterfaces + 1), []maps.Option{maps.WithUpgrade(1, upgradeCountersV1)}},
+		{&s.counters, specs.SlCounters, countersVersion, 2 * (opts.MaxInterfaces + 1), []maps.Option{maps.WithUpgrade(1, upgradeCountersV1), maps.WithUpgrade(2, upgradeCountersV2)}},
 		{&s.ruleHits, specs.SlRuleHits, ruleHitsVersion, opts.RuleHitEntries, nil},
 		{&s.ipsets, specs.SlIpsets, ipsetsVersion, opts.IPSetEntries, []maps.Option{maps.WithUpgrade(1, upgradeIPSetKey)}},
 		{&s.routes, specs.SlRoutes, routesVersion, opts.RouteEntries, nil},
@@ -86,6 +86,10 @@ func openState(specs *bpf.Specs, opts Options) (*state, error) {
 		{&s.backends, specs.SlBackends, lbVersion, opts.BackendEntries, nil},
 		{&s.affinity, specs.SlAffinity, lbVersion, opts.AffinityEntries, nil},
 		{&s.lbRanges, specs.SlLbRanges, lbVersion, opts.ServiceEntries, nil},
+		// A member per slot: two lists per service while one replaces the other.
+		{&s.lbMembers, specs.SlMembers, lbVersion, 2 * opts.BackendEntries, nil},
+		// Two tables per Maglev service while one replaces the other.
+		{&s.maglev, specs.SlMaglev, lbVersion, 2 * opts.MaglevServices, nil},
 	}
 	for _, e := range entries {
 		e.spec.MaxEntries = e.size
@@ -119,10 +123,12 @@ func (s *state) open(spec *ebpf.MapSpec, version uint32, upgrades ...maps.Option
 
 // Counter layout version 1: 26 reasons, and the first drop reason at 7,
 // where version 2 put SL_REASON_ND_PASSED; version 2 appends the other
-// IPv6 reasons after the 26.
+// IPv6 reasons after the 26, 31 in all. Version 3 appends the service
+// reasons.
 const (
 	countersV1Reasons   = 26
 	countersV1FirstDrop = 7
+	countersV2Reasons   = 31
 )
 
 // upgradeCountersV1 moves a version-1 counter entry to version 2: each
@@ -132,10 +138,21 @@ func upgradeCountersV1(key, value []byte) ([]byte, []byte, bool, error) {
 	if len(value) != 8*countersV1Reasons {
 		return nil, nil, false, fmt.Errorf("counters version 1: value of %d bytes, want %d", len(value), 8*countersV1Reasons)
 	}
-	out := make([]byte, 8*bpf.ReasonCount)
+	out := make([]byte, 8*countersV2Reasons)
 	copy(out, value[:8*countersV1FirstDrop])
 	at := 8 * int(bpf.ReasonDroppedByPolicy)
 	copy(out[at:], value[8*countersV1FirstDrop:])
+	return key, out, true, nil
+}
+
+// upgradeCountersV2 moves a version-2 counter entry to version 3: every
+// reason keeps its number, and the service reasons start at zero.
+func upgradeCountersV2(key, value []byte) ([]byte, []byte, bool, error) {
+	if len(value) != 8*countersV2Reasons {
+		return nil, nil, false, fmt.Errorf("counters version 2: value of %d bytes, want %d", len(value), 8*countersV2Reasons)
+	}
+	out := make([]byte, 8*bpf.ReasonCount)
+	copy(out, value)
 	return key, out, true, nil
 }
 
@@ -183,6 +200,8 @@ func (s *state) replacements(specs *bpf.Specs) map[string]*ebpf.Map {
 		specs.SlBackends.Name: s.backends,
 		specs.SlAffinity.Name: s.affinity,
 		specs.SlLbRanges.Name: s.lbRanges,
+		specs.SlMembers.Name:  s.lbMembers,
+		specs.SlMaglev.Name:   s.maglev,
 	}
 }
 

@@ -12,6 +12,15 @@ enum sl_ct_type {
 	SL_CT_NAT_REV	= 2, /* keyed by the post-DNAT tuple; holds the flow's state */
 };
 
+/* Bits of sl_ct_value.flags. */
+enum sl_ct_flags {
+	/* NAT entries: the service's client is endpoint B of this entry's
+	 * key (else A). A packet's side of a NAT flow follows from it, not
+	 * from comparing addresses, which fails when the backend or the
+	 * frontend sorts below the client. */
+	SL_CT_F_CLIENT_IS_B	= 1u << 0,
+};
+
 /* Entries of sl_ct_tables, the array of conntrack tables. The datapath
  * reads and writes the live table; a table being drained after a resize
  * is read on a miss, and an entry found there moves to the live table, so
@@ -77,7 +86,7 @@ struct sl_ct_value {
 	__u64	created;		/* when the entry was created */
 	__u64	last_seen;		/* when the flow last had a packet */
 	enum sl_ct_type type;		/* kind of entry */
-	__u32	flags;			/* reserved for per-flow decisions; 0 today */
+	enum sl_ct_flags flags;		/* SL_CT_F_* bits */
 	struct sl_ct_leg a_to_b;	/* packets from A to B */
 	struct sl_ct_leg b_to_a;	/* packets from B to A */
 	struct sl_ct_key nat_peer;	/* NAT_FWD: the reverse entry's key; NAT_REV: the forward entry's */

@@ -40,7 +40,11 @@ enum sl_reason {
 	SL_REASON_DROPPED_IPV6_CHAIN_LONG = 28, /* more than SL_IP6_EXT_MAX extension headers, or more than SL_IP6_CHAIN_MAX bytes of them */
 	SL_REASON_DROPPED_IPV4_MAPPED	= 29, /* an IPv6 packet with an IPv4-mapped source or destination, which would alias IPv4 state */
 	SL_REASON_DROPPED_ND		= 30, /* neighbour discovery with SL_IFACE_DROP_ND, or a router message from a workload */
-	SL_REASON_COUNT			= 31, /* number of reasons; not a reason */
+	SL_REASON_DROPPED_SVC_SOURCE_RANGE = 31, /* a client outside a service's loadBalancerSourceRanges (SL_SVC_SOURCE_RANGES) */
+	SL_REASON_REJECTED_NO_BACKEND	= 32, /* a service without a usable backend: answered with a TCP RST or an ICMP(v6) port unreachable */
+	SL_REASON_DROPPED_NO_BACKEND	= 33, /* a service without a usable backend, for a packet no reject answers (SCTP, a TCP RST, or no room for the reply) */
+	SL_REASON_DROPPED_NAT_FAILED	= 34, /* policy allowed a service's new flow, but its NAT entries could not be written */
+	SL_REASON_COUNT			= 35, /* number of reasons; not a reason */
 	SL_REASON_FIRST_DROP		= SL_REASON_DROPPED_BY_POLICY, /* the first reason that drops */
 };
 

@@ -88,3 +88,49 @@ struct sl_svc_range_key {
 	__u8	addr[16];		/* prefix address, IPv4-mapped for IPv4 */
 };
 SL_ASSERT_SIZE(struct sl_svc_range_key, 28);
+
+/* Bits of sl_lb_member.flags. */
+enum sl_lb_member_flags {
+	SL_LB_MEMBER_SERVING	= 1u << 0, /* the backend is serving (not terminating) in the service's current list */
+	SL_LB_MEMBER_LOCAL	= 1u << 1, /* the backend runs on this node */
+};
+
+/* Key of sl_lb_members: a backend of a service. */
+struct sl_lb_member_key {
+	__u32	svc_id;		/* sl_svc.id */
+	__u32	backend_id;	/* the backend's ID in sl_backends */
+};
+SL_ASSERT_SIZE(struct sl_lb_member_key, 8);
+
+/* Value of sl_lb_members: a backend's standing in its service's current
+ * list. The datapath honours a client's affinity only while the backend
+ * is a member of the group a new flow would be given: serving while the
+ * service has a serving backend, else terminating; local where the
+ * frontend asks for local backends. nat.Table writes a member before the
+ * frontend flips to a list that holds it, and deletes it after the last
+ * list that held it is gone. */
+struct sl_lb_member {
+	enum sl_lb_member_flags flags;	/* SL_LB_MEMBER_* bits */
+};
+SL_ASSERT_SIZE(struct sl_lb_member, 4);
+
+/* The entries of every Maglev lookup table, a prime: Cilium's default.
+ * Go reads it as the length of the generated MaglevTable's array. */
+#define SL_MAGLEV_SIZE 16381
+
+/* Key of sl_maglev: the Maglev table of one of a service's backend lists. */
+struct sl_maglev_key {
+	__u32	svc_id;		/* sl_svc.id */
+	__u32	slot_base;	/* sl_svc.slot_base of the list the table was built from */
+};
+SL_ASSERT_SIZE(struct sl_maglev_key, 8);
+
+/* Value of sl_maglev: a service's Maglev lookup table over its serving
+ * backends (weighted), for frontends with SL_SVC_MAGLEV and without
+ * SL_SVC_LOCAL_ONLY. A flow's hash (sl_lb_hash) modulo SL_MAGLEV_SIZE picks
+ * the entry, a backend ID. Written before the frontend flips to its list,
+ * deleted after. */
+struct sl_maglev_table {
+	__u32	backend_ids[SL_MAGLEV_SIZE];	/* backend ID of each table position */
+};
+SL_ASSERT_SIZE(struct sl_maglev_table, 4 * SL_MAGLEV_SIZE);
