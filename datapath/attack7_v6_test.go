@@ -107,10 +107,11 @@ func TestAttack7FragmentedNDMeetsRPF(t *testing.T) {
 // multicast group. Hop limit 255 proves a message was not routed only to
 // the node that receives it; this one the node routes on, with any source
 // and any payload. It must meet the reverse-path check and policy like
-// other ICMPv6 (here: unrouted source, so DroppedRPF; routed, policy).
+// other ICMPv6 (here: unrouted source, so DroppedRPF; routed, policy),
+// at a workload's ingress hook and at a host interface's.
 func TestAttack7NDForwarded(t *testing.T) {
-	t.Skip("v6review: sl_tc_parsed passes ND (hop limit 255) from a workload to any destination before RPF and policy; " +
-		"a destination the node forwards (not fe80::/10, not ff02::/16, not a SL_ROUTE_LOCAL_HOST address) must go on to conntrack, RPF and policy")
+	t.Skip("v6review: sl_tc_parsed passes ND (hop limit 255) at any ingress hook, to any destination, before RPF and policy; " +
+		"at an ingress hook, a destination the node forwards (not fe80::/10, not ff02::/16, not a SL_ROUTE_LOCAL_HOST address) must go on to conntrack, RPF and policy")
 	h := newHarness(t)
 	h.putPolicy(h.lo.ingress, allowDstPorts())
 	own := netip.MustParseAddr("2001:db8:7::3")
@@ -135,6 +136,11 @@ func TestAttack7NDForwarded(t *testing.T) {
 	} {
 		h.expect(t, bpf.HookIngress, c.frame, c.want, c.name, i)
 	}
+	// A host interface's ingress hook: ND from outside that the node
+	// would route on skips host-endpoint policy the same way.
+	h.setLo(bpf.IfaceHost | bpf.IfaceReady | bpf.IfaceEnforceIPv6)
+	outside := netip.MustParseAddr("2001:db8:55::5")
+	h.expect(t, bpf.HookIngress, nd(outside, far, testpkt.ICMPv6NeighborSolicit), bpf.ReasonDroppedByPolicy, "host: ns routed through the node", 0)
 }
 
 // TestAttack7NDLink pins what stays link traffic: ND with hop limit 255
