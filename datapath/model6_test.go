@@ -103,6 +103,11 @@ func modelParse6(ip []byte, flags bpf.IfaceFlags, fromWorkload bool) (reason bpf
 		return r, true
 	}
 	if next == 58 {
+		if fragment {
+			// A fragment is never neighbour discovery (RFC 6980): the
+			// datapath keeps no hop limit of fragments.
+			hopLimit = 0
+		}
 		return modelND(ip[off], hopLimit, flags, fromWorkload)
 	}
 	return 0, false

@@ -54,7 +54,9 @@ SL_INLINE bool sl_ip6_is_ext(__u8 next)
  * type 0 routing header with segments left (RFC 5095) is
  * SL_REASON_DROPPED_IPV6_EXT. AH is stepped over by its length. A first
  * fragment must hold the whole chain (RFC 7112), and is policed like a
- * packet; an atomic fragment (offset 0, no more fragments) is a packet. */
+ * packet; an atomic fragment (offset 0, no more fragments) is a packet.
+ * A fragment's hop limit is recorded as 0: it is never neighbour
+ * discovery. */
 __noinline int sl_parse_ipv6(struct __sk_buff *skb, __u32 iflags, struct sl_pkt *pkt)
 {
 	void *data = (void *)(long)skb->data;
@@ -128,6 +130,12 @@ __noinline int sl_parse_ipv6(struct __sk_buff *skb, __u32 iflags, struct sl_pkt 
 	}
 	if (sl_ip6_is_ext(next))
 		return SL_PARSE6_RESULT(SL_PARSE_VERDICT, SL_REASON_DROPPED_IPV6_CHAIN_LONG);
+	/* A fragment (an atomic one too) carries no neighbour discovery:
+	 * RFC 6980 forbids it and receivers drop it (Linux's
+	 * suppress_frag_ndisc), so sl_icmp6_link must not pass it unpoliced.
+	 * Its hop limit is not kept, which makes it ordinary ICMPv6. */
+	if (fragment)
+		pkt->hop_limit = 0;
 	pkt->proto = next;
 	pkt->l4_off = off;
 	pkt->ip_len = payload_end - ETH_HLEN;
@@ -140,8 +148,9 @@ __noinline int sl_parse_ipv6(struct __sk_buff *skb, __u32 iflags, struct sl_pkt 
  * routed (RFC 4861), or multicast listener discovery with its hop limit 1
  * (RFC 2710, 3810). They pass or drop as the interface says, before
  * conntrack and the reverse-path check: their sources are link-local or
- * unspecified, which no route names. Anything else with those types is
- * an ordinary ICMPv6 message for policy. */
+ * unspecified, which no route names. Anything else with those types, a
+ * fragment's included (sl_parse_ipv6 keeps no hop limit of fragments),
+ * is an ordinary ICMPv6 message for policy. */
 SL_INLINE bool sl_icmp6_link(const struct sl_pkt *pkt)
 {
 	__u8 t = pkt->icmp_type;
