@@ -900,8 +900,8 @@ type Pending struct {
 	LegFlags CTLegFlags `btf:"leg_flags"`
 	// sl_counters index of the interface's hook.
 	CounterIndex uint32 `btf:"counter_index"`
-	// 0: an allowed packet creates no entry (ICMP other than echo).
-	Track uint32 `btf:"track"`
+	// SL_PENDING_* bits.
+	Flags uint32 `btf:"flags"`
 }
 
 // RouteKey mirrors struct sl_route_key: key of sl_routes, an LPM trie. The

@@ -7,14 +7,20 @@
  * sl_ifaces. A packet's path:
  *
  *   interface state -> parse (IPv4, or IPv6 where the interface enforces
- *     it; neighbour discovery decided here) -> conntrack lookup
- *     -> approved at this hook, or a reply: account, TC_ACT_OK
+ *     it; neighbour discovery on the link decided here) -> conntrack
+ *     lookup (a NAT stub leads to its flow's reverse entry)
+ *     -> approved at this hook, or a reply: account, translate a NAT
+ *        flow's packet (DNAT from the client, reverse NAT from the
+ *        backend), TC_ACT_OK
  *     -> otherwise (sl_new_packet): routes -> reverse-path check of a
  *        workload's source -> [ICMP(v6) error: related to a flow here?]
- *        -> mid-flow TCP -> fill sl_state and sl_pending, tail-call this
- *        generation's policy slot in sl_policy_jumps, which ends in
- *        sl_conts:
- *          sl_tc_allow: create or update the entry, TC_ACT_OK
+ *        -> mid-flow TCP -> [ingress: the service stage (sl_service):
+ *        a frontend's new flow is DNATed to the backend lb.h chooses,
+ *        or answered with a RST or port unreachable when it has none]
+ *        -> fill sl_state and sl_pending, tail-call this generation's
+ *        policy slot in sl_policy_jumps, which ends in sl_conts:
+ *          sl_tc_allow: create or update the entry (a DNATed flow's
+ *                       reverse entry and stub), TC_ACT_OK
  *          sl_tc_deny:  TC_ACT_SHOT
  *
  * Every packet is counted under one enum sl_reason in sl_counters.
@@ -167,16 +173,11 @@ volatile const __u32 sl_generation = 0;
  * function that takes a reason is inlined. Never read. */
 volatile const enum sl_reason sl_reason_btf = SL_REASON_COUNT;
 
-/* The largest ICMPv4 error that passes as related: RFC 1812 bounds an
- * error to 576 bytes, and Linux sends no more. Anything larger carries
- * bytes no router would quote. */
-#define SL_ICMP_ERROR_MAX_LEN 576
-
-/* The largest ICMPv6 error that passes as related: RFC 4443 bounds an
- * error to the minimum IPv6 MTU. */
-#define SL_ICMP6_ERROR_MAX_LEN 1280
-
 #include "sluice/ct_ops.h"
+#include "sluice/lb.h"
+#include "sluice/rewrite.h"
+#include "sluice/reject.h"
+#include "sluice/related.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -204,117 +205,32 @@ SL_INLINE int sl_verdict(__u32 counter_index, enum sl_reason reason)
 	return reason < SL_REASON_FIRST_DROP ? TC_ACT_OK : TC_ACT_SHOT;
 }
 
-/* sl_related_flow says whether the packet an ICMP or ICMPv6 error quotes,
- * from inner_src to inner_dst with protocol proto and L4 header l4 (8
- * bytes readable), belongs to a tracked flow whose opposite direction
- * passes this hook: the error travels back towards the quoted packet's
- * source, so it passes where the flow's replies pass. */
-SL_INLINE bool sl_related_flow(struct __sk_buff *skb, void *live, enum sl_hook hook, __u8 proto,
-			       const __u8 *inner_src, const __u8 *inner_dst, const __u8 *l4)
-{
-	struct sl_ct_value *ct;
-	struct sl_ct_key key;
-	enum sl_ct_dir dir;
-	__u16 sport = 0, dport = 0;
+/* What the service stage (sl_service) is given and gives back. */
+struct sl_svc_io {
+	__u8	pre_addr[16] SL_ADDR_ALIGNED;	/* out: the destination the client sent to */
+	__u8	backend[16];	/* in, with known: the backend of the packet's NAT flow */
+	__u16	pre_port;	/* out: the port the client sent to */
+	__u16	backend_port;	/* in, with known */
+	__u32	dir;		/* out: the packet's direction under the key, translated */
+	__u32	counters;	/* in: the hook's sl_counters index */
+	__u32	dst_flags;	/* in: the destination's route flags (SL_ROUTE_LOCAL_HOST admits NodePorts) */
+	__u8	v6;		/* in: an IPv6 packet */
+	__u8	known;		/* in: the packet's NAT flow exists; no new choice */
+	__u8	dnat;		/* out: the packet was DNATed */
+	__u8	pad;
+};
 
-	if (proto == IPPROTO_TCP || sl_ported_header_len(proto)) {
-		sport = bpf_ntohs(*(__be16 *)l4);
-		dport = bpf_ntohs(*(__be16 *)(l4 + 2));
-	} else if (proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6) {
-		if (!sl_icmp_any_echo(proto, l4[0]))
-			return false;
-		sl_ct_echo_ports(sl_icmp_any_request(proto, l4[0]), bpf_ntohs(*(__be16 *)(l4 + 4)),
-				 &sport, &dport);
-	}
-	dir = sl_ct_key_fill(&key, proto, inner_src, sport, inner_dst, dport);
-	ct = sl_ct_lookup(live, &key, &dir, inner_src, sport);
-	return ct && sl_ct_passes(ct, !dir, skb->ifindex, hook);
-}
-
-/* sl_related says whether an ICMP error quotes a packet of a tracked flow
- * that the error's destination sent, and may pass this hook as that flow's
- * packets would (sl_related_flow). The quote is an IPv4 header, options
- * included, and at least 8 bytes of its L4 header, and no more than the
- * quoted packet held. Anything else makes the error unrelated, and it goes
- * through policy as ICMP. */
-SL_INLINE bool sl_related(struct __sk_buff *skb, void *live, const struct sl_pkt *pkt,
-			  enum sl_hook hook)
-{
-	void *data = (void *)(long)skb->data;
-	void *end = (void *)(long)skb->data_end;
-	__u32 off = pkt->l4_off;
-	__u8 inner_src[16] SL_ADDR_ALIGNED, inner_dst[16] SL_ADDR_ALIGNED;
-	struct iphdr *in;
-	__u8 *l4;
-	__u32 ihl;
-
-	/* A whole error fits in 576 bytes: a fragment of one is judged by
-	 * its first piece only, and hides what follows. */
-	if (pkt->ip_len > SL_ICMP_ERROR_MAX_LEN || pkt->first_fragment)
-		return false;
-	if (off > ETH_HLEN + 60 || pkt->l4_len < 8 + sizeof(*in) + 8)
-		return false;
-	in = data + off + 8;
-	if ((void *)(in + 1) > end || in->version != 4 || in->ihl < 5)
-		return false;
-	if (in->frag_off & bpf_htons(SL_IP_OFFSET))
-		return false;
-	ihl = in->ihl * 4;
-	l4 = (__u8 *)in + ihl;
-	if (l4 + 8 > (__u8 *)end || 8 + ihl + 8 > pkt->l4_len)
-		return false;
-	if (pkt->l4_len - 8 > bpf_ntohs(in->tot_len))
-		return false;
-	sl_addr_set4(inner_src, in->saddr);
-	sl_addr_set4(inner_dst, in->daddr);
-	if (!sl_addr_eq(inner_src, pkt->daddr))
-		return false;
-	return sl_related_flow(skb, live, hook, in->protocol, inner_src, inner_dst, l4);
-}
-
-/* sl_related6 is sl_related for ICMPv6 errors. The quote is an IPv6
- * header followed directly by at least 8 bytes of its L4 header: a quote
- * whose packet had extension headers is unrelated and goes to policy.
- * The error is at most 1280 bytes, not a fragment, and quotes no more than
- * the quoted packet held; an IPv4-mapped quoted address is never related. */
-SL_INLINE bool sl_related6(struct __sk_buff *skb, void *live, const struct sl_pkt *pkt,
-			   enum sl_hook hook)
-{
-	void *data = (void *)(long)skb->data;
-	void *end = (void *)(long)skb->data_end;
-	__u32 off = pkt->l4_off;
-	__u8 inner_src[16] SL_ADDR_ALIGNED, inner_dst[16] SL_ADDR_ALIGNED;
-	struct ipv6hdr *in;
-	__u8 *l4;
-
-	if (pkt->ip_len > SL_ICMP6_ERROR_MAX_LEN || pkt->first_fragment)
-		return false;
-	if (off > SL_L4_OFF_MAX || pkt->l4_len < 8 + sizeof(*in) + 8)
-		return false;
-	in = data + off + 8;
-	l4 = (__u8 *)(in + 1);
-	if (l4 + 8 > (__u8 *)end || in->version != 6 || sl_ip6_is_ext(in->nexthdr))
-		return false;
-	if (pkt->l4_len - 8 > sizeof(*in) + bpf_ntohs(in->payload_len))
-		return false;
-	sl_addr_copy(inner_src, in->saddr.in6_u.u6_addr8);
-	sl_addr_copy(inner_dst, in->daddr.in6_u.u6_addr8);
-	if (sl_addr_is_v4(inner_src) || sl_addr_is_v4(inner_dst) || !sl_addr_eq(inner_src, pkt->daddr))
-		return false;
-	return sl_related_flow(skb, live, hook, in->nexthdr, inner_src, inner_dst, l4);
-}
-
-/* sl_fill_state writes what policy reads. The pre-NAT destination is the
- * destination until the service-LB stage exists. */
-SL_INLINE void sl_fill_state(struct sl_state *st, const struct sl_pkt *pkt, __u32 flags)
+/* sl_fill_state writes what policy reads. */
+SL_INLINE void sl_fill_state(struct sl_state *st, const struct sl_pkt *pkt, const struct sl_svc_io *pre,
+			     __u32 flags)
 {
 	__builtin_memset(st, 0, sizeof(*st));
 	sl_addr_copy(st->src_addr, pkt->saddr);
 	sl_addr_copy(st->dst_addr, pkt->daddr);
-	sl_addr_copy(st->pre_nat_dst_addr, pkt->daddr);
+	sl_addr_copy(st->pre_nat_dst_addr, pre->pre_addr);
 	st->src_port = pkt->sport;
 	st->dst_port = pkt->dport;
-	st->pre_nat_dst_port = pkt->dport;
+	st->pre_nat_dst_port = pre->pre_port;
 	st->ip_proto = pkt->proto;
 	st->icmp_type = pkt->icmp_type;
 	st->icmp_code = pkt->icmp_code;
@@ -336,7 +252,7 @@ SL_INLINE const struct sl_iface_record *sl_record(const struct sl_iface *iface)
 /* sl_to_policy hands the packet to the hook's policy program. It returns
  * only when there is no policy to run: fail closed. */
 SL_INLINE int sl_to_policy(struct __sk_buff *skb, const struct sl_iface_record *rec, enum sl_hook hook,
-			   __u32 counter_index, const struct sl_pkt *pkt,
+			   __u32 counter_index, const struct sl_pkt *pkt, const struct sl_svc_io *pre,
 			   const struct sl_ct_key *key, enum sl_ct_dir dir, __u32 state_flags)
 {
 	__u32 ifindex = skb->ifindex, zero = 0;
@@ -346,14 +262,14 @@ SL_INLINE int sl_to_policy(struct __sk_buff *skb, const struct sl_iface_record *
 
 	if (!pd || !st)
 		return sl_verdict(counter_index, SL_REASON_DROPPED_BAD_HANDOFF);
-	sl_fill_state(st, pkt, state_flags);
+	sl_fill_state(st, pkt, pre, state_flags);
 	pd->ct_key = *key;
 	pd->ifindex = ifindex;
 	pd->hook = hook;
 	pd->dir = dir;
 	pd->leg_flags = sl_ct_leg_flags_of(pkt->tcp_flags);
 	pd->counter_index = counter_index;
-	pd->track = sl_ct_tracked(pkt);
+	pd->flags = (sl_ct_tracked(pkt) ? SL_PENDING_TRACK : 0) | (pre->dnat ? SL_PENDING_DNAT : 0);
 	bpf_tail_call(skb, &sl_policy_jumps, slot);
 	pd->ifindex = 0;
 	return sl_verdict(counter_index, SL_REASON_DROPPED_NO_POLICY);
@@ -435,34 +351,185 @@ SL_INLINE int sl_later_fragment(struct __sk_buff *skb, enum sl_iface_flags iflag
 	return sl_verdict(counters, SL_REASON_FRAGMENT_PASSED);
 }
 
-/* sl_new_packet decides a packet conntrack did not pass; v6 (a constant)
+/* sl_nat_backend returns the backend endpoint of a NAT flow's reverse
+ * entry ct under key: the endpoint that is not the client's. */
+SL_INLINE void sl_nat_backend(const struct sl_ct_value *ct, const struct sl_ct_key *key,
+			      const __u8 **addr, __u16 *port)
+{
+	bool client_b = ct->flags & SL_CT_F_CLIENT_IS_B;
+
+	*addr = client_b ? key->addr_a : key->addr_b;
+	*port = client_b ? key->port_a : key->port_b;
+}
+
+/* sl_nat_translate applies a NAT flow's translation to a packet
+ * conntrack passed (ct, its reverse entry, under key; dir the packet's
+ * direction there): one the client sent to the frontend (found through
+ * the stub) goes to the backend, and one the backend sends (found under
+ * the reverse entry's own key) comes from the frontend. Packets already
+ * translated find the other entry and stay as they are. */
+SL_INLINE int sl_nat_translate(struct __sk_buff *skb, const struct sl_pkt *pkt, bool v6,
+			       const struct sl_ct_value *ct, const struct sl_ct_key *key,
+			       enum sl_ct_dir dir, bool via_stub)
+{
+	bool from_client = dir == sl_ct_client_dir(ct);
+	const __u8 *addr;
+	__u16 port;
+
+	if (via_stub && from_client) {
+		sl_nat_backend(ct, key, &addr, &port);
+		return sl_nat_rewrite(skb, pkt, v6, false, addr, port);
+	}
+	if (!via_stub && !from_client)
+		return sl_nat_rewrite(skb, pkt, v6, true, ct->orig_addr, ct->orig_port);
+	return 0;
+}
+
+/* Where sl_refuse builds an answer (entry 0). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sl_reject_scratch);
+} sl_reject_scratch SEC(".maps");
+
+/* sl_refuse answers a packet for a service without a usable backend
+ * (sl_reject) and sends the answer back out of the interface it came in
+ * by; a packet no answer fits is dropped. Both are counted. A real
+ * function, so that its frame is not added to the main path's. */
+static __noinline int sl_refuse(struct __sk_buff *skb, __u32 counters, const struct sl_pkt *pkt, bool v6)
+{
+	__u32 zero = 0;
+	struct sl_reject_scratch *sc = bpf_map_lookup_elem(&sl_reject_scratch, &zero);
+
+	if (!sc || sl_reject(skb, pkt, v6, sc))
+		return sl_verdict(counters, SL_REASON_DROPPED_NO_BACKEND);
+	sl_count(counters, SL_REASON_REJECTED_NO_BACKEND);
+	return bpf_redirect(skb->ifindex, 0);
+}
+
+/* sl_service is the service stage of an ingress hook, before policy: a
+ * new flow to a frontend (sl_svc_find) from a client its source ranges
+ * admit is DNATed to the backend sl_lb_choose gives it, or refused when
+ * there is none; a packet of a NAT flow conntrack knows but did not pass
+ * here (io->known: a retransmitted SYN, say) goes to the flow's backend
+ * without a new choice. *pkt and *key become the translated packet's, and
+ * io says what the client sent to. Returns -1 to go on to policy,
+ * SL_SVC_REFUSE for the caller to refuse the packet (sl_refuse, which is
+ * not called from here so that the two frames do not add up), or the TC
+ * action that decided the packet. A global function: the verifier
+ * checks it once, not on every path of the programs that call it. */
+#define SL_SVC_REFUSE (-2)
+
+__noinline int sl_service(struct __sk_buff *skb, struct sl_pkt *pkt, struct sl_ct_key *key,
+			  struct sl_svc_io *io)
+{
+	struct sl_route dst = {};
+	const struct sl_backend *be;
+	const struct sl_svc *svc;
+	const __u8 *addr;
+	__u16 port;
+	__u32 id;
+
+	if (!skb || !pkt || !key || !io)
+		return TC_ACT_SHOT;
+	if (io->known) {
+		addr = io->backend;
+		port = io->backend_port;
+	} else {
+		dst.flags = io->dst_flags;
+		svc = sl_svc_find(pkt, &dst);
+		if (!svc)
+			return -1;
+		if (!sl_lb_source_ok(svc, pkt->saddr))
+			return sl_verdict(io->counters, SL_REASON_DROPPED_SVC_SOURCE_RANGE);
+		be = sl_lb_choose(svc, pkt, &id);
+		if (!be)
+			return SL_SVC_REFUSE;
+		addr = be->addr;
+		port = be->port;
+	}
+	if (sl_nat_rewrite(skb, pkt, io->v6, false, addr, port))
+		return sl_verdict(io->counters, SL_REASON_DROPPED_NAT_FAILED);
+	io->dnat = 1;
+	sl_addr_copy(pkt->daddr, addr);
+	pkt->dport = port;
+	io->dir = sl_ct_key_fill(key, pkt->proto, pkt->saddr, pkt->sport, pkt->daddr, pkt->dport);
+	return -1;
+}
+
+/* sl_new_packet decides a packet conntrack did not pass (ct: its flow's
+ * entry, if any, found through a NAT stub if via_stub); v6 (a constant)
  * says which family's ICMP errors may be related. An error of the other
  * family's ICMP never is: its quote's source would be of the other family
  * than the error's destination. */
 SL_INLINE int sl_new_packet(struct __sk_buff *skb, const struct sl_iface_record *rec, enum sl_hook hook,
-			    __u32 counters, void *live, const struct sl_pkt *pkt,
-			    const struct sl_ct_key *key, enum sl_ct_dir dir, bool v6)
+			    __u32 counters, struct sl_pkt *pkt, struct sl_ct_key *key,
+			    enum sl_ct_dir dir, bool v6, const struct sl_ct_value *ct, bool via_stub)
 {
 	enum sl_iface_flags iflags = rec->flags;
 	const struct sl_route *src, *dst = NULL;
+	struct sl_svc_io io = { .pre_port = pkt->dport, .dir = dir, .counters = counters, .v6 = v6 };
+	int rc;
 
 	if (!sl_source_ok(skb, iflags, hook, pkt->saddr, &src))
 		return sl_verdict(counters, SL_REASON_DROPPED_RPF);
-	if (iflags & SL_IFACE_HOST)
+	if ((iflags & SL_IFACE_HOST) || hook == SL_HOOK_INGRESS)
 		dst = sl_route_of(pkt->daddr);
 
-	if (!v6 && pkt->proto == IPPROTO_ICMP && sl_icmp_is_error(pkt->icmp_type) &&
-	    sl_related(skb, live, pkt, hook))
-		return sl_verdict(counters, SL_REASON_ACCEPTED_RELATED);
-	if (v6 && pkt->proto == IPPROTO_ICMPV6 && sl_icmp6_is_error(pkt->icmp_type) &&
-	    sl_related6(skb, live, pkt, hook))
+	if ((pkt->proto == IPPROTO_ICMP || pkt->proto == IPPROTO_ICMPV6) && sl_related_error(skb, pkt, hook))
 		return sl_verdict(counters, SL_REASON_ACCEPTED_RELATED);
 	/* TCP that is neither a SYN nor part of a flow approved here started
 	 * before this hook watched it, or is forged. */
 	if (pkt->proto == IPPROTO_TCP && !(pkt->tcp_flags & SL_TCP_SYN) &&
 	    (iflags & SL_IFACE_DROP_MID_FLOW))
 		return sl_verdict(counters, SL_REASON_DROPPED_MID_FLOW);
-	return sl_to_policy(skb, rec, hook, counters, pkt, key, dir, sl_host_flags(src, dst));
+
+	sl_addr_copy(io.pre_addr, pkt->daddr);
+	if (ct && ct->type == SL_CT_NAT_REV && dir == sl_ct_client_dir(ct)) {
+		if (via_stub) {
+			/* The client's packet to the frontend, of a known flow. */
+			const __u8 *addr;
+
+			sl_nat_backend(ct, key, &addr, &io.backend_port);
+			sl_addr_copy(io.backend, addr);
+			io.known = 1;
+		} else {
+			/* The backend's side of the flow: policy sees the
+			 * frontend the client sent to. */
+			sl_addr_copy(io.pre_addr, ct->orig_addr);
+			io.pre_port = ct->orig_port;
+		}
+	}
+	if (hook == SL_HOOK_INGRESS && (ct == NULL || io.known)) {
+		io.dst_flags = dst ? dst->flags : 0;
+		rc = sl_service(skb, pkt, key, &io);
+		if (rc == SL_SVC_REFUSE)
+			return sl_refuse(skb, counters, pkt, v6);
+		if (rc >= 0)
+			return rc;
+	}
+	return sl_to_policy(skb, rec, hook, counters, pkt, &io, key, io.dir, sl_host_flags(src, dst));
+}
+
+/* sl_nd_on_link says whether a neighbour-discovery message that
+ * sl_icmp6_link accepted stays on the link: at an ingress hook, only one
+ * to a link-local or link-scope multicast address, or to this node, is
+ * the link's business. One the node would forward proves nothing by its
+ * hop limit, and goes to conntrack, the source check and policy like any
+ * ICMPv6 message. */
+SL_INLINE bool sl_nd_on_link(const struct sl_pkt *pkt, enum sl_hook hook)
+{
+	const struct sl_route *dst;
+
+	if (hook != SL_HOOK_INGRESS)
+		return true;
+	if (pkt->daddr[0] == 0xfe && (pkt->daddr[1] & 0xc0) == 0x80)
+		return true;
+	if (pkt->daddr[0] == 0xff && pkt->daddr[1] == 0x02)
+		return true;
+	dst = sl_route_of(pkt->daddr);
+	return dst && (dst->flags & SL_ROUTE_LOCAL_HOST);
 }
 
 /* sl_tc_parsed is the path of a packet whose IP header is parsed: its L4
@@ -478,12 +545,13 @@ SL_INLINE int sl_tc_parsed(struct __sk_buff *skb, const struct sl_iface_record *
 	struct sl_ct_value *ct;
 	struct sl_ct_key key;
 	enum sl_ct_dir dir;
+	bool via_stub = false;
 	__u16 sport, dport;
 	void *live;
 
 	if (sl_parse_l4(skb, pkt, &reason) != SL_PARSE_OK)
 		return sl_verdict(counters, reason);
-	if (v6 && sl_icmp6_link(pkt))
+	if (v6 && sl_icmp6_link(pkt) && sl_nd_on_link(pkt, hook))
 		return sl_verdict(counters, sl_nd_reason(pkt, rec->flags, hook));
 
 	live = sl_ct_table(SL_CT_TABLE_LIVE);
@@ -493,7 +561,7 @@ SL_INLINE int sl_tc_parsed(struct __sk_buff *skb, const struct sl_iface_record *
 	dir = sl_ct_key_fill(&key, pkt->proto, pkt->saddr, sport, pkt->daddr, dport);
 	/* An untracked packet (ICMP other than echo) has no entry to find,
 	 * and must not find one a flow of its ports might have. */
-	ct = sl_ct_tracked(pkt) ? sl_ct_lookup(live, &key, &dir, pkt->saddr, sport) : NULL;
+	ct = sl_ct_tracked(pkt) ? sl_ct_lookup(live, &key, &dir, &via_stub) : NULL;
 
 	bool syn = pkt->proto == IPPROTO_TCP && (pkt->tcp_flags & (SL_TCP_SYN | SL_TCP_ACK)) == SL_TCP_SYN;
 	if (ct && !syn && sl_ct_passes(ct, dir, ifindex, hook)) {
@@ -503,9 +571,11 @@ SL_INLINE int sl_tc_parsed(struct __sk_buff *skb, const struct sl_iface_record *
 
 		sl_ct_leg_account(ct, leg, sl_ct_leg_flags_of(pkt->tcp_flags), skb->len,
 				  bpf_ktime_get_coarse_ns(), count);
+		if (ct->type == SL_CT_NAT_REV && sl_nat_translate(skb, pkt, v6, ct, &key, dir, via_stub))
+			return sl_verdict(counters, SL_REASON_DROPPED_NAT_FAILED);
 		return sl_verdict(counters, SL_REASON_ACCEPTED_ESTABLISHED);
 	}
-	return sl_new_packet(skb, rec, hook, counters, live, pkt, &key, dir, v6);
+	return sl_new_packet(skb, rec, hook, counters, pkt, &key, dir, v6, ct, via_stub);
 }
 
 /* sl_tc_ipv6 is the path of an IPv6 packet at an interface that enforces
@@ -602,9 +672,16 @@ int sl_tc_allow(struct __sk_buff *skb)
 		return sl_verdict(SL_COUNTER_INDEX(0, SL_HOOK_INGRESS), SL_REASON_DROPPED_BAD_HANDOFF);
 	if (!st || st->policy_rc != SL_POLICY_ALLOW)
 		return sl_verdict(pd.counter_index, SL_REASON_DROPPED_BAD_HANDOFF);
-	if (!pd.track)
-		return sl_verdict(pd.counter_index, SL_REASON_ACCEPTED_BY_POLICY);
 	live = sl_ct_table(SL_CT_TABLE_LIVE);
+	/* A DNATed packet without its NAT entries would meet no reverse
+	 * translation on its way back: it does not pass. */
+	if (pd.flags & SL_PENDING_DNAT) {
+		if (!live || sl_ct_approve_nat(live, &pd, st, skb->len, skb->ingress_ifindex))
+			return sl_verdict(pd.counter_index, SL_REASON_DROPPED_NAT_FAILED);
+		return sl_verdict(pd.counter_index, SL_REASON_ACCEPTED_BY_POLICY);
+	}
+	if (!(pd.flags & SL_PENDING_TRACK))
+		return sl_verdict(pd.counter_index, SL_REASON_ACCEPTED_BY_POLICY);
 	if (!live || sl_ct_approve(live, &pd, skb->len, skb->ingress_ifindex))
 		return sl_verdict(pd.counter_index, SL_REASON_ACCEPTED_UNTRACKED);
 	return sl_verdict(pd.counter_index, SL_REASON_ACCEPTED_BY_POLICY);

@@ -16,31 +16,32 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	datapathMapSlAffinity    = "sl_affinity"
-	datapathMapSlBackends    = "sl_backends"
-	datapathMapSlConts       = "sl_conts"
-	datapathMapSlCounters    = "sl_counters"
-	datapathMapSlCtTables    = "sl_ct_tables"
-	datapathMapSlIfaces      = "sl_ifaces"
-	datapathMapSlIpsets      = "sl_ipsets"
-	datapathMapSlLbRanges    = "sl_lb_ranges"
-	datapathMapSlLbSlots     = "sl_lb_slots"
-	datapathMapSlMaglev      = "sl_maglev"
-	datapathMapSlMembers     = "sl_members"
-	datapathMapSlMeta        = "sl_meta"
-	datapathMapSlPendingMap  = "sl_pending_map"
-	datapathMapSlPolicyJumps = "sl_policy_jumps"
-	datapathMapSlRoutes      = "sl_routes"
-	datapathMapSlRuleHits    = "sl_rule_hits"
-	datapathMapSlStateMap    = "sl_state_map"
-	datapathMapSlSvcs        = "sl_svcs"
-	datapathProgSlTcAllow    = "sl_tc_allow"
-	datapathProgSlTcDeny     = "sl_tc_deny"
-	datapathProgSlTcEgress   = "sl_tc_egress"
-	datapathProgSlTcIngress  = "sl_tc_ingress"
-	datapathProgSlTcPass     = "sl_tc_pass"
-	datapathVarSlGeneration  = "sl_generation"
-	datapathVarSlReasonBtf   = "sl_reason_btf"
+	datapathMapSlAffinity      = "sl_affinity"
+	datapathMapSlBackends      = "sl_backends"
+	datapathMapSlConts         = "sl_conts"
+	datapathMapSlCounters      = "sl_counters"
+	datapathMapSlCtTables      = "sl_ct_tables"
+	datapathMapSlIfaces        = "sl_ifaces"
+	datapathMapSlIpsets        = "sl_ipsets"
+	datapathMapSlLbRanges      = "sl_lb_ranges"
+	datapathMapSlLbSlots       = "sl_lb_slots"
+	datapathMapSlMaglev        = "sl_maglev"
+	datapathMapSlMembers       = "sl_members"
+	datapathMapSlMeta          = "sl_meta"
+	datapathMapSlPendingMap    = "sl_pending_map"
+	datapathMapSlPolicyJumps   = "sl_policy_jumps"
+	datapathMapSlRejectScratch = "sl_reject_scratch"
+	datapathMapSlRoutes        = "sl_routes"
+	datapathMapSlRuleHits      = "sl_rule_hits"
+	datapathMapSlStateMap      = "sl_state_map"
+	datapathMapSlSvcs          = "sl_svcs"
+	datapathProgSlTcAllow      = "sl_tc_allow"
+	datapathProgSlTcDeny       = "sl_tc_deny"
+	datapathProgSlTcEgress     = "sl_tc_egress"
+	datapathProgSlTcIngress    = "sl_tc_ingress"
+	datapathProgSlTcPass       = "sl_tc_pass"
+	datapathVarSlGeneration    = "sl_generation"
+	datapathVarSlReasonBtf     = "sl_reason_btf"
 )
 
 // loadDatapath returns the embedded CollectionSpec for datapath.
@@ -96,24 +97,25 @@ type datapathProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathMapSpecs struct {
-	SlAffinity    *ebpf.MapSpec `ebpf:"sl_affinity"`
-	SlBackends    *ebpf.MapSpec `ebpf:"sl_backends"`
-	SlConts       *ebpf.MapSpec `ebpf:"sl_conts"`
-	SlCounters    *ebpf.MapSpec `ebpf:"sl_counters"`
-	SlCtTables    *ebpf.MapSpec `ebpf:"sl_ct_tables"`
-	SlIfaces      *ebpf.MapSpec `ebpf:"sl_ifaces"`
-	SlIpsets      *ebpf.MapSpec `ebpf:"sl_ipsets"`
-	SlLbRanges    *ebpf.MapSpec `ebpf:"sl_lb_ranges"`
-	SlLbSlots     *ebpf.MapSpec `ebpf:"sl_lb_slots"`
-	SlMaglev      *ebpf.MapSpec `ebpf:"sl_maglev"`
-	SlMembers     *ebpf.MapSpec `ebpf:"sl_members"`
-	SlMeta        *ebpf.MapSpec `ebpf:"sl_meta"`
-	SlPendingMap  *ebpf.MapSpec `ebpf:"sl_pending_map"`
-	SlPolicyJumps *ebpf.MapSpec `ebpf:"sl_policy_jumps"`
-	SlRoutes      *ebpf.MapSpec `ebpf:"sl_routes"`
-	SlRuleHits    *ebpf.MapSpec `ebpf:"sl_rule_hits"`
-	SlStateMap    *ebpf.MapSpec `ebpf:"sl_state_map"`
-	SlSvcs        *ebpf.MapSpec `ebpf:"sl_svcs"`
+	SlAffinity      *ebpf.MapSpec `ebpf:"sl_affinity"`
+	SlBackends      *ebpf.MapSpec `ebpf:"sl_backends"`
+	SlConts         *ebpf.MapSpec `ebpf:"sl_conts"`
+	SlCounters      *ebpf.MapSpec `ebpf:"sl_counters"`
+	SlCtTables      *ebpf.MapSpec `ebpf:"sl_ct_tables"`
+	SlIfaces        *ebpf.MapSpec `ebpf:"sl_ifaces"`
+	SlIpsets        *ebpf.MapSpec `ebpf:"sl_ipsets"`
+	SlLbRanges      *ebpf.MapSpec `ebpf:"sl_lb_ranges"`
+	SlLbSlots       *ebpf.MapSpec `ebpf:"sl_lb_slots"`
+	SlMaglev        *ebpf.MapSpec `ebpf:"sl_maglev"`
+	SlMembers       *ebpf.MapSpec `ebpf:"sl_members"`
+	SlMeta          *ebpf.MapSpec `ebpf:"sl_meta"`
+	SlPendingMap    *ebpf.MapSpec `ebpf:"sl_pending_map"`
+	SlPolicyJumps   *ebpf.MapSpec `ebpf:"sl_policy_jumps"`
+	SlRejectScratch *ebpf.MapSpec `ebpf:"sl_reject_scratch"`
+	SlRoutes        *ebpf.MapSpec `ebpf:"sl_routes"`
+	SlRuleHits      *ebpf.MapSpec `ebpf:"sl_rule_hits"`
+	SlStateMap      *ebpf.MapSpec `ebpf:"sl_state_map"`
+	SlSvcs          *ebpf.MapSpec `ebpf:"sl_svcs"`
 }
 
 // datapathVariableSpecs contains global variables before they are loaded into the kernel.
@@ -144,24 +146,25 @@ func (o *datapathObjects) Close() error {
 //
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathMaps struct {
-	SlAffinity    *ebpf.Map `ebpf:"sl_affinity"`
-	SlBackends    *ebpf.Map `ebpf:"sl_backends"`
-	SlConts       *ebpf.Map `ebpf:"sl_conts"`
-	SlCounters    *ebpf.Map `ebpf:"sl_counters"`
-	SlCtTables    *ebpf.Map `ebpf:"sl_ct_tables"`
-	SlIfaces      *ebpf.Map `ebpf:"sl_ifaces"`
-	SlIpsets      *ebpf.Map `ebpf:"sl_ipsets"`
-	SlLbRanges    *ebpf.Map `ebpf:"sl_lb_ranges"`
-	SlLbSlots     *ebpf.Map `ebpf:"sl_lb_slots"`
-	SlMaglev      *ebpf.Map `ebpf:"sl_maglev"`
-	SlMembers     *ebpf.Map `ebpf:"sl_members"`
-	SlMeta        *ebpf.Map `ebpf:"sl_meta"`
-	SlPendingMap  *ebpf.Map `ebpf:"sl_pending_map"`
-	SlPolicyJumps *ebpf.Map `ebpf:"sl_policy_jumps"`
-	SlRoutes      *ebpf.Map `ebpf:"sl_routes"`
-	SlRuleHits    *ebpf.Map `ebpf:"sl_rule_hits"`
-	SlStateMap    *ebpf.Map `ebpf:"sl_state_map"`
-	SlSvcs        *ebpf.Map `ebpf:"sl_svcs"`
+	SlAffinity      *ebpf.Map `ebpf:"sl_affinity"`
+	SlBackends      *ebpf.Map `ebpf:"sl_backends"`
+	SlConts         *ebpf.Map `ebpf:"sl_conts"`
+	SlCounters      *ebpf.Map `ebpf:"sl_counters"`
+	SlCtTables      *ebpf.Map `ebpf:"sl_ct_tables"`
+	SlIfaces        *ebpf.Map `ebpf:"sl_ifaces"`
+	SlIpsets        *ebpf.Map `ebpf:"sl_ipsets"`
+	SlLbRanges      *ebpf.Map `ebpf:"sl_lb_ranges"`
+	SlLbSlots       *ebpf.Map `ebpf:"sl_lb_slots"`
+	SlMaglev        *ebpf.Map `ebpf:"sl_maglev"`
+	SlMembers       *ebpf.Map `ebpf:"sl_members"`
+	SlMeta          *ebpf.Map `ebpf:"sl_meta"`
+	SlPendingMap    *ebpf.Map `ebpf:"sl_pending_map"`
+	SlPolicyJumps   *ebpf.Map `ebpf:"sl_policy_jumps"`
+	SlRejectScratch *ebpf.Map `ebpf:"sl_reject_scratch"`
+	SlRoutes        *ebpf.Map `ebpf:"sl_routes"`
+	SlRuleHits      *ebpf.Map `ebpf:"sl_rule_hits"`
+	SlStateMap      *ebpf.Map `ebpf:"sl_state_map"`
+	SlSvcs          *ebpf.Map `ebpf:"sl_svcs"`
 }
 
 func (m *datapathMaps) Close() error {
@@ -180,6 +183,7 @@ func (m *datapathMaps) Close() error {
 		m.SlMeta,
 		m.SlPendingMap,
 		m.SlPolicyJumps,
+		m.SlRejectScratch,
 		m.SlRoutes,
 		m.SlRuleHits,
 		m.SlStateMap,

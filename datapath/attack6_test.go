@@ -129,9 +129,12 @@ func TestAttackIPv6(t *testing.T) {
 		{"pod3 sends a first fragment", "atk6p3", withExt(mine, testpkt.ExtFragment(0, true, 1)), bpf.ReasonDroppedFragment},
 		{"pod3 sends a later fragment", "atk6p3", withExt(mine, testpkt.ExtFragment(8, false, 1)), bpf.ReasonDroppedFragment},
 		{"pod3 advertises itself as router", "atk6p3", testpkt.MustBytes(t, ra), bpf.ReasonDroppedND},
-		{"pod3 redirects pod1", "atk6p3", testpkt.MustBytes(t, redirect), bpf.ReasonDroppedND},
+		// ND to an address the node forwards to is no link message: it
+		// meets the reverse-path check, which its link-local source fails.
+		{"pod3 redirects pod1", "atk6p3", testpkt.MustBytes(t, redirect), bpf.ReasonDroppedRPF},
 		{"pod3 solicits a neighbour", "atk6p3", testpkt.MustBytes(t, testpkt.NDNeighborSolicit(linkLocal, n.pod1)), bpf.ReasonNDPassed},
-		{"pod3 answers for pod1", "atk6p3", testpkt.MustBytes(t, testpkt.NDNeighborAdvert(linkLocal, n.pod1, n.pod1, testpkt.NAFlagOverride)), bpf.ReasonNDPassed},
+		{"pod3 answers for pod1, to pod1", "atk6p3", testpkt.MustBytes(t, testpkt.NDNeighborAdvert(linkLocal, n.pod1, n.pod1, testpkt.NAFlagOverride)), bpf.ReasonDroppedRPF},
+		{"pod3 answers the node's solicitation", "atk6p3", testpkt.MustBytes(t, testpkt.NDNeighborAdvert(linkLocal, netip.MustParseAddr("fe80::1"), n.pod3, testpkt.NAFlagOverride)), bpf.ReasonNDPassed},
 		{"pod3's own SYN", "atk6p3", atkTCP6(t, mine, server, testpkt.SYN, 0), bpf.ReasonAcceptedByPolicy},
 	}
 	for _, c := range cases {

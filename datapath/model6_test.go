@@ -108,7 +108,7 @@ func modelParse6(ip []byte, flags bpf.IfaceFlags, fromWorkload bool) (reason bpf
 			// datapath keeps no hop limit of fragments.
 			hopLimit = 0
 		}
-		return modelND(ip[off], hopLimit, flags, fromWorkload)
+		return modelND(ip[off], hopLimit, flags, fromWorkload, ip[24:40])
 	}
 	return 0, false
 }
@@ -139,12 +139,16 @@ func modelL4(proto uint8, l4 []byte) (bpf.Reason, bool) {
 // modelND is the model of sl_icmp6_link and sl_nd_reason: neighbour
 // discovery (hop limit 255) and multicast listener messages (hop limit 1)
 // pass or drop by the interface's flags before conntrack; a workload's
-// router messages drop.
-func modelND(typ, hopLimit uint8, flags bpf.IfaceFlags, fromWorkload bool) (bpf.Reason, bool) {
+// router messages drop. At the ingress hook the model sees, only those to
+// a link-local or link-scope multicast destination are the link's (its
+// tests route no address to the host): one the node would forward goes
+// to conntrack and policy like any ICMPv6 message (sl_nd_on_link).
+func modelND(typ, hopLimit uint8, flags bpf.IfaceFlags, fromWorkload bool, dst []byte) (bpf.Reason, bool) {
 	nd := typ >= 133 && typ <= 137 && hopLimit == 255
 	mld := (typ >= 130 && typ <= 132 || typ == 143) && hopLimit == 1
+	onLink := (dst[0] == 0xfe && dst[1]&0xc0 == 0x80) || (dst[0] == 0xff && dst[1] == 0x02)
 	switch {
-	case !nd && !mld:
+	case !nd && !mld, !onLink:
 		return 0, false
 	case flags&bpf.IfaceDropND != 0:
 		return bpf.ReasonDroppedND, true

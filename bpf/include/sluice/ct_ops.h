@@ -6,6 +6,7 @@
 #include "conntrack.h"
 #include "pending.h"
 #include "parse.h"
+#include "state.h"
 
 /* sl_ct_key_fill writes the canonical key of a packet from (saddr, sport)
  * to (daddr, dport) and returns the packet's direction. Addresses compare
@@ -120,25 +121,50 @@ SL_INLINE struct sl_ct_value *sl_ct_find(void *live, const struct sl_ct_key *key
 	return moved;
 }
 
-/* sl_ct_lookup finds the entry that tracks the flow of key. A NAT forward
- * entry is a stub: it redirects to its reverse entry, whose key replaces
- * *key and against whose endpoints *dir is recomputed from the packet's
- * source. A stub whose reverse entry is gone counts as a miss and leaves
- * *key alone. */
+/* sl_ct_client_dir is the direction of a NAT flow's client-side packets
+ * relative to the key of its entry ct (forward or reverse). */
+SL_INLINE enum sl_ct_dir sl_ct_client_dir(const struct sl_ct_value *ct)
+{
+	return (ct->flags & SL_CT_F_CLIENT_IS_B) ? SL_CT_DIR_B_TO_A : SL_CT_DIR_A_TO_B;
+}
+
+/* sl_ct_key_eq says whether two conntrack keys are equal. */
+SL_INLINE bool sl_ct_key_eq(const struct sl_ct_key *x, const struct sl_ct_key *y)
+{
+	return sl_addr_eq(x->addr_a, y->addr_a) && sl_addr_eq(x->addr_b, y->addr_b) &&
+	       x->port_a == y->port_a && x->port_b == y->port_b && x->proto == y->proto;
+}
+
+/* sl_ct_lookup finds the entry that tracks the flow of key, a packet in
+ * direction *dir. A NAT forward entry is a stub keyed by the tuple the
+ * client sent to the frontend: it leads to its reverse entry, whose key
+ * replaces *key, and *dir becomes the packet's direction there: a packet
+ * from the client's side of the stub is from the client's side of the
+ * reverse entry (the entries' flags say which endpoint the client is).
+ * *via_stub says the stub led there. A stub whose reverse entry is gone,
+ * or belongs to another flow, is orphaned: it is deleted and counts as a
+ * miss, so that the flow starts afresh rather than being written into the
+ * stub, where no packet would ever find it established. */
 SL_INLINE struct sl_ct_value *sl_ct_lookup(void *live, struct sl_ct_key *key, enum sl_ct_dir *dir,
-					   const __u8 *saddr, __u16 sport)
+					   bool *via_stub)
 {
 	struct sl_ct_value *ct = sl_ct_find(live, key);
 	struct sl_ct_key rev;
+	bool from_client;
 
+	*via_stub = false;
 	if (!ct || ct->type != SL_CT_NAT_FWD)
 		return ct;
+	from_client = *dir == sl_ct_client_dir(ct);
 	rev = ct->nat_peer;
 	ct = sl_ct_find(live, &rev);
-	if (!ct)
+	if (!ct || ct->type != SL_CT_NAT_REV || !sl_ct_key_eq(&ct->nat_peer, key)) {
+		bpf_map_delete_elem(live, key);
 		return NULL;
+	}
 	*key = rev;
-	*dir = sl_addr_eq(rev.addr_a, saddr) && rev.port_a == sport ? SL_CT_DIR_A_TO_B : SL_CT_DIR_B_TO_A;
+	*dir = from_client ? sl_ct_client_dir(ct) : !sl_ct_client_dir(ct);
+	*via_stub = true;
 	return ct;
 }
 
@@ -261,21 +287,43 @@ static __noinline int sl_ct_approve_leg(struct sl_ct_value *ct, const struct sl_
 	return 0;
 }
 
+/* sl_ct_fresh_legs fills the legs of a new entry for the pending
+ * packet's approval: at an ingress hook its leg enters there; at an
+ * egress hook it leaves there and the replies enter there. */
+SL_INLINE void sl_ct_fresh_legs(struct sl_ct_value *fresh, const struct sl_pending *pd, __u32 len)
+{
+	struct sl_ct_leg *leg = sl_ct_leg_of(fresh, pd->dir);
+
+	leg->packets = 1;
+	leg->bytes = len;
+	if (pd->hook == SL_HOOK_INGRESS) {
+		leg->flags = pd->leg_flags | SL_CT_LEG_INGRESS_OK;
+		leg->ifindex = pd->ifindex;
+		return;
+	}
+	leg->flags = pd->leg_flags | SL_CT_LEG_EGRESS_OK;
+	leg->egress_ifindex = pd->ifindex;
+	leg = sl_ct_leg_of(fresh, !pd->dir);
+	leg->ifindex = pd->ifindex;
+	leg->flags = SL_CT_LEG_INGRESS_OK;
+}
+
 /* sl_ct_approve records that policy at the pending packet's hook allowed
  * its leg, creating the entry for a new flow. Approval at an egress hook
  * also lets the replies in at that interface's ingress hook. The packet
- * entered the node through ingress_ifindex. Returns 0, or a negative
- * error when no entry could be written. */
-SL_INLINE int sl_ct_approve(void *live, const struct sl_pending *pd, __u32 len, __u32 ingress_ifindex)
+ * entered the node through ingress_ifindex. A NAT stub found under the
+ * key is orphaned (sl_ct_lookup follows live ones) and is replaced.
+ * Returns 0, or a negative error when no entry could be written. A real
+ * function, so that its new entry and sl_ct_approve_nat's are not both
+ * in the continuation's stack frame. */
+static __noinline int sl_ct_approve(void *live, const struct sl_pending *pd, __u32 len, __u32 ingress_ifindex)
 {
-	bool ingress = pd->hook == SL_HOOK_INGRESS;
 	struct sl_ct_value *ct = sl_ct_find(live, &pd->ct_key);
-	__u32 flags = pd->leg_flags;
-	struct sl_ct_leg *leg;
+	bool stub = ct && ct->type == SL_CT_NAT_FWD;
 	__u64 now;
 
-	if (ct)
-		return sl_ct_approve_leg(ct, pd, flags, len, ingress_ifindex);
+	if (ct && !stub)
+		return sl_ct_approve_leg(ct, pd, pd->leg_flags, len, ingress_ifindex);
 	now = bpf_ktime_get_coarse_ns();
 	struct sl_ct_value fresh = {
 		.created = now,
@@ -283,24 +331,64 @@ SL_INLINE int sl_ct_approve(void *live, const struct sl_pending *pd, __u32 len, 
 		.type = SL_CT_NORMAL,
 	};
 
-	leg = sl_ct_leg_of(&fresh, pd->dir);
-	leg->packets = 1;
-	leg->bytes = len;
-	if (ingress) {
-		leg->flags = flags | SL_CT_LEG_INGRESS_OK;
-		leg->ifindex = pd->ifindex;
-	} else {
-		leg->flags = flags | SL_CT_LEG_EGRESS_OK;
-		leg->egress_ifindex = pd->ifindex;
-		leg = sl_ct_leg_of(&fresh, !pd->dir);
-		leg->ifindex = pd->ifindex;
-		leg->flags = SL_CT_LEG_INGRESS_OK;
-	}
-	if (!bpf_map_update_elem(live, &pd->ct_key, &fresh, BPF_NOEXIST))
+	sl_ct_fresh_legs(&fresh, pd, len);
+	if (!bpf_map_update_elem(live, &pd->ct_key, &fresh, stub ? BPF_ANY : BPF_NOEXIST))
 		return 0;
 	/* Another CPU created it first: account on that entry. */
 	ct = bpf_map_lookup_elem(live, &pd->ct_key);
-	if (!ct)
+	if (!ct || ct->type == SL_CT_NAT_FWD)
 		return -1;
-	return sl_ct_approve_leg(ct, pd, flags, len, ingress_ifindex);
+	return sl_ct_approve_leg(ct, pd, pd->leg_flags, len, ingress_ifindex);
+}
+
+/* sl_ct_approve_nat records that policy allowed a packet of a service's
+ * flow, DNATed before policy (SL_PENDING_DNAT): the reverse entry, keyed
+ * by the translated tuple (pd->ct_key), holds the flow's state and the
+ * frontend it was sent to; the forward stub, keyed by the tuple the client
+ * sent (st's source and pre-NAT destination), leads to it. The reverse
+ * entry is written first, so a stub never leads nowhere. An entry under
+ * the translated tuple that is not this flow's (a flow sent straight to
+ * the backend from the same client port) is left alone and the packet
+ * refused: translating into it would merge two flows. A real function,
+ * like sl_ct_approve_leg: it runs once per new NAT flow. */
+static __noinline int sl_ct_approve_nat(void *live, const struct sl_pending *pd,
+					const struct sl_state *st, __u32 len, __u32 ingress_ifindex)
+{
+	struct sl_ct_value *ct, entry = {};
+	struct sl_ct_key fwd;
+	enum sl_ct_dir fwd_dir;
+	__u64 now = bpf_ktime_get_coarse_ns();
+
+	if (!st)
+		return -1;
+	fwd_dir = sl_ct_key_fill(&fwd, pd->ct_key.proto, st->src_addr, st->src_port,
+				 st->pre_nat_dst_addr, st->pre_nat_dst_port);
+	ct = sl_ct_find(live, &pd->ct_key);
+	if (!ct) {
+		entry.created = now;
+		entry.last_seen = now;
+		entry.type = SL_CT_NAT_REV;
+		entry.flags = pd->dir == SL_CT_DIR_B_TO_A ? SL_CT_F_CLIENT_IS_B : 0;
+		entry.nat_peer = fwd;
+		sl_addr_copy(entry.orig_addr, st->pre_nat_dst_addr);
+		entry.orig_port = st->pre_nat_dst_port;
+		sl_ct_fresh_legs(&entry, pd, len);
+		if (!bpf_map_update_elem(live, &pd->ct_key, &entry, BPF_NOEXIST))
+			goto stub;
+		/* Another CPU created it first: account on that entry. */
+		ct = bpf_map_lookup_elem(live, &pd->ct_key);
+		if (!ct)
+			return -1;
+	}
+	if (ct->type != SL_CT_NAT_REV || !sl_ct_key_eq(&ct->nat_peer, &fwd))
+		return -1;
+	sl_ct_approve_leg(ct, pd, pd->leg_flags, len, ingress_ifindex);
+stub:
+	__builtin_memset(&entry, 0, sizeof(entry));
+	entry.created = now;
+	entry.last_seen = now;
+	entry.type = SL_CT_NAT_FWD;
+	entry.flags = fwd_dir == SL_CT_DIR_B_TO_A ? SL_CT_F_CLIENT_IS_B : 0;
+	entry.nat_peer = pd->ct_key;
+	return bpf_map_update_elem(live, &fwd, &entry, BPF_ANY) ? -1 : 0;
 }

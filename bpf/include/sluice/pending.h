@@ -12,6 +12,12 @@ enum sl_ct_dir {
 	SL_CT_DIR_B_TO_A	= 1, /* source is the key's B endpoint */
 };
 
+/* Bits of sl_pending.flags. */
+enum sl_pending_flags {
+	SL_PENDING_TRACK	= 1u << 0, /* an allowed packet creates or updates its flow's entry (not ICMP other than echo) */
+	SL_PENDING_DNAT		= 1u << 1, /* the packet was DNATed to a service's backend: an allowed one creates the flow's NAT entries */
+};
+
 /* The packet waiting for a policy verdict on this CPU (sl_pending, entry
  * 0). ifindex doubles as a validity mark: the main program sets it, the
  * continuation checks it against the skb and clears it. */
@@ -22,6 +28,6 @@ struct sl_pending {
 	enum sl_ct_dir dir;		/* packet direction relative to ct_key */
 	enum sl_ct_leg_flags leg_flags;	/* TCP flags of the packet as leg bits */
 	__u32	counter_index;		/* sl_counters index of the interface's hook */
-	__u32	track;			/* 0: an allowed packet creates no entry (ICMP other than echo) */
+	enum sl_pending_flags flags;	/* SL_PENDING_* bits */
 };
 SL_ASSERT_SIZE(struct sl_pending, 64);
