@@ -160,7 +160,7 @@ func oneBackend(frontend, backend string, proto uint8) nat.Service {
 // the translated tuple and the stub under the client's.
 func TestServiceNATNarrative(t *testing.T) {
 	for _, fam := range []struct {
-		name                       string
+		name                      string
 		client, frontend, backend string
 	}{
 		{"ipv4", "10.200.0.1:40000", "10.96.0.1:80", "10.1.0.5:8080"},
