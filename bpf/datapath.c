@@ -205,6 +205,31 @@ SL_INLINE int sl_verdict(__u32 counter_index, enum sl_reason reason)
 	return reason < SL_REASON_FIRST_DROP ? TC_ACT_OK : TC_ACT_SHOT;
 }
 
+/* sl_related_error says whether an ICMP or ICMPv6 error is related to a
+ * tracked flow at this hook (sl_related, sl_related6), translating an
+ * error about a NAT flow; hook is SL_HOOK_INGRESS or SL_HOOK_EGRESS. An
+ * error of the other family's ICMP never is: its quote's source would be
+ * of the other family than the error's destination. A global function:
+ * the verifier checks it once, and its keys stay out of the main path's
+ * frame (the two frames add up: main's must leave room for this one). */
+__noinline bool sl_related_error(struct __sk_buff *skb, const struct sl_pkt *pkt, __u32 hook)
+{
+	void *live = sl_ct_table(SL_CT_TABLE_LIVE);
+	__u8 inner_src[16] SL_ADDR_ALIGNED, inner_dst[16] SL_ADDR_ALIGNED;
+	struct sl_quote q = {};
+	bool v4;
+
+	if (!skb || !pkt || !live)
+		return false;
+	hook = hook == SL_HOOK_INGRESS ? SL_HOOK_INGRESS : SL_HOOK_EGRESS;
+	v4 = sl_addr_is_v4(pkt->daddr);
+	if (v4 && pkt->proto == IPPROTO_ICMP && sl_icmp_is_error(pkt->icmp_type))
+		return sl_related(skb, live, pkt, hook, inner_src, inner_dst, &q);
+	if (!v4 && pkt->proto == IPPROTO_ICMPV6 && sl_icmp6_is_error(pkt->icmp_type))
+		return sl_related6(skb, live, pkt, hook, inner_src, inner_dst, &q);
+	return false;
+}
+
 /* What the service stage (sl_service) is given and gives back. */
 struct sl_svc_io {
 	__u8	pre_addr[16] SL_ADDR_ALIGNED;	/* out: the destination the client sent to */
@@ -219,6 +244,15 @@ struct sl_svc_io {
 	__u8	dnat;		/* out: the packet was DNATed */
 	__u8	pad;
 };
+
+/* Where sl_new_packet keeps its struct sl_svc_io (entry 0): off the
+ * stack, whose frame adds to those of the global functions it calls. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sl_svc_io);
+} sl_svc_scratch SEC(".maps");
 
 /* sl_fill_state writes what policy reads. */
 SL_INLINE void sl_fill_state(struct sl_state *st, const struct sl_pkt *pkt, const struct sl_svc_io *pre,
@@ -351,17 +385,6 @@ SL_INLINE int sl_later_fragment(struct __sk_buff *skb, enum sl_iface_flags iflag
 	return sl_verdict(counters, SL_REASON_FRAGMENT_PASSED);
 }
 
-/* sl_nat_backend returns the backend endpoint of a NAT flow's reverse
- * entry ct under key: the endpoint that is not the client's. */
-SL_INLINE void sl_nat_backend(const struct sl_ct_value *ct, const struct sl_ct_key *key,
-			      const __u8 **addr, __u16 *port)
-{
-	bool client_b = ct->flags & SL_CT_F_CLIENT_IS_B;
-
-	*addr = client_b ? key->addr_a : key->addr_b;
-	*port = client_b ? key->port_a : key->port_b;
-}
-
 /* sl_nat_translate applies a NAT flow's translation to a packet
  * conntrack passed (ct, its reverse entry, under key; dir the packet's
  * direction there): one the client sent to the frontend (found through
@@ -377,7 +400,7 @@ SL_INLINE int sl_nat_translate(struct __sk_buff *skb, const struct sl_pkt *pkt, 
 	__u16 port;
 
 	if (via_stub && from_client) {
-		sl_nat_backend(ct, key, &addr, &port);
+		sl_ct_nat_backend(ct, key, &addr, &port);
 		return sl_nat_rewrite(skb, pkt, v6, false, addr, port);
 	}
 	if (!via_stub && !from_client)
@@ -469,7 +492,8 @@ SL_INLINE int sl_new_packet(struct __sk_buff *skb, const struct sl_iface_record 
 {
 	enum sl_iface_flags iflags = rec->flags;
 	const struct sl_route *src, *dst = NULL;
-	struct sl_svc_io io = { .pre_port = pkt->dport, .dir = dir, .counters = counters, .v6 = v6 };
+	__u32 zero = 0;
+	struct sl_svc_io *io = bpf_map_lookup_elem(&sl_svc_scratch, &zero);
 	int rc;
 
 	if (!sl_source_ok(skb, iflags, hook, pkt->saddr, &src))
@@ -485,31 +509,38 @@ SL_INLINE int sl_new_packet(struct __sk_buff *skb, const struct sl_iface_record 
 	    (iflags & SL_IFACE_DROP_MID_FLOW))
 		return sl_verdict(counters, SL_REASON_DROPPED_MID_FLOW);
 
-	sl_addr_copy(io.pre_addr, pkt->daddr);
+	if (!io)
+		return sl_verdict(counters, SL_REASON_DROPPED_BAD_HANDOFF);
+	__builtin_memset(io, 0, sizeof(*io));
+	io->pre_port = pkt->dport;
+	io->dir = dir;
+	io->counters = counters;
+	io->v6 = v6;
+	sl_addr_copy(io->pre_addr, pkt->daddr);
 	if (ct && ct->type == SL_CT_NAT_REV && dir == sl_ct_client_dir(ct)) {
 		if (via_stub) {
 			/* The client's packet to the frontend, of a known flow. */
 			const __u8 *addr;
 
-			sl_nat_backend(ct, key, &addr, &io.backend_port);
-			sl_addr_copy(io.backend, addr);
-			io.known = 1;
+			sl_ct_nat_backend(ct, key, &addr, &io->backend_port);
+			sl_addr_copy(io->backend, addr);
+			io->known = 1;
 		} else {
 			/* The backend's side of the flow: policy sees the
 			 * frontend the client sent to. */
-			sl_addr_copy(io.pre_addr, ct->orig_addr);
-			io.pre_port = ct->orig_port;
+			sl_addr_copy(io->pre_addr, ct->orig_addr);
+			io->pre_port = ct->orig_port;
 		}
 	}
-	if (hook == SL_HOOK_INGRESS && (ct == NULL || io.known)) {
-		io.dst_flags = dst ? dst->flags : 0;
-		rc = sl_service(skb, pkt, key, &io);
+	if (hook == SL_HOOK_INGRESS && (ct == NULL || io->known)) {
+		io->dst_flags = dst ? dst->flags : 0;
+		rc = sl_service(skb, pkt, key, io);
 		if (rc == SL_SVC_REFUSE)
 			return sl_refuse(skb, counters, pkt, v6);
 		if (rc >= 0)
 			return rc;
 	}
-	return sl_to_policy(skb, rec, hook, counters, pkt, &io, key, io.dir, sl_host_flags(src, dst));
+	return sl_to_policy(skb, rec, hook, counters, pkt, io, key, io->dir, sl_host_flags(src, dst));
 }
 
 /* sl_nd_on_link says whether a neighbour-discovery message that

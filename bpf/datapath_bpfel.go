@@ -34,6 +34,7 @@ const (
 	datapathMapSlRoutes        = "sl_routes"
 	datapathMapSlRuleHits      = "sl_rule_hits"
 	datapathMapSlStateMap      = "sl_state_map"
+	datapathMapSlSvcScratch    = "sl_svc_scratch"
 	datapathMapSlSvcs          = "sl_svcs"
 	datapathProgSlTcAllow      = "sl_tc_allow"
 	datapathProgSlTcDeny       = "sl_tc_deny"
@@ -115,6 +116,7 @@ type datapathMapSpecs struct {
 	SlRoutes        *ebpf.MapSpec `ebpf:"sl_routes"`
 	SlRuleHits      *ebpf.MapSpec `ebpf:"sl_rule_hits"`
 	SlStateMap      *ebpf.MapSpec `ebpf:"sl_state_map"`
+	SlSvcScratch    *ebpf.MapSpec `ebpf:"sl_svc_scratch"`
 	SlSvcs          *ebpf.MapSpec `ebpf:"sl_svcs"`
 }
 
@@ -164,6 +166,7 @@ type datapathMaps struct {
 	SlRoutes        *ebpf.Map `ebpf:"sl_routes"`
 	SlRuleHits      *ebpf.Map `ebpf:"sl_rule_hits"`
 	SlStateMap      *ebpf.Map `ebpf:"sl_state_map"`
+	SlSvcScratch    *ebpf.Map `ebpf:"sl_svc_scratch"`
 	SlSvcs          *ebpf.Map `ebpf:"sl_svcs"`
 }
 
@@ -187,6 +190,7 @@ func (m *datapathMaps) Close() error {
 		m.SlRoutes,
 		m.SlRuleHits,
 		m.SlStateMap,
+		m.SlSvcScratch,
 		m.SlSvcs,
 	)
 }

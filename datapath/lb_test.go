@@ -508,3 +508,59 @@ func TestServiceUDPNAT(t *testing.T) {
 		t.Errorf("payload %q", got.Payload)
 	}
 }
+
+// TestServiceICMPErrorsTranslated: ICMP errors about a NAT flow reach each
+// end as that end knows the flow. The backend's port unreachable about
+// the client's translated SYN reaches the client from the frontend,
+// quoting the SYN the client sent; the client's port unreachable about
+// the frontend's reply goes on to the backend, quoting the reply the
+// backend sent. Every checksum stays valid: the error's, the quoted IPv4
+// header's and the quoted TCP segment's.
+func TestServiceICMPErrorsTranslated(t *testing.T) {
+	for _, fam := range []struct {
+		name                      string
+		client, frontend, backend string
+	}{
+		{"ipv4", "10.200.0.1:40000", "10.96.0.1:80", "10.1.0.5:8080"},
+		{"ipv6", "[fd00::200:1]:40000", "[fd00:96::1]:80", "[fd00::1:5]:8080"},
+	} {
+		t.Run(fam.name, func(t *testing.T) {
+			h := newLBHarness(t)
+			h.sync(map[string]nat.Service{"web": oneBackend(fam.frontend, fam.backend, nat.ProtoTCP)})
+			h.counted(bpf.HookIngress, tcpSeg(fam.client, fam.frontend, testpkt.SYN, 100, 0), tcActOK, bpf.ReasonAcceptedByPolicy)
+			h.counted(bpf.HookEgress, tcpSeg(fam.client, fam.backend, testpkt.SYN, 100, 0), tcActOK, bpf.ReasonAcceptedByPolicy)
+			c, f, b := netip.MustParseAddrPort(fam.client), netip.MustParseAddrPort(fam.frontend), netip.MustParseAddrPort(fam.backend)
+
+			quoteOf := func(p testpkt.Packet) []byte { return testpkt.MustBytes(t, p)[14:] }
+			errorOf := func(src, dst netip.Addr, quote []byte) testpkt.Packet {
+				if src.Is4() {
+					return testpkt.ICMPv4Error(src, dst, 3, 3, quote)
+				}
+				return testpkt.ICMPv6Error(src, dst, 1, 4, quote)
+			}
+			check := func(step string, got *testpkt.Packet, outerSrc, outerDst netip.Addr, want testpkt.Packet) {
+				t.Helper()
+				s, d := endpoints(t, got)
+				if s.Addr() != outerSrc || d.Addr() != outerDst {
+					t.Errorf("%s: error %v -> %v, want %v -> %v", step, s.Addr(), d.Addr(), outerSrc, outerDst)
+				}
+				if (got.ICMPv4 != nil && got.ICMPv4.BadChecksum) || (got.ICMPv6 != nil && got.ICMPv6.BadChecksum) {
+					t.Errorf("%s: the error's checksum does not verify", step)
+				}
+				if diff := cmp.Diff(quoteOf(want), got.Payload); diff != "" {
+					t.Errorf("%s: quote (-want +got):\n%s", step, diff)
+				}
+			}
+
+			// The backend refuses the translated SYN.
+			fromBackend := errorOf(b.Addr(), c.Addr(), quoteOf(tcpSeg(fam.client, fam.backend, testpkt.SYN, 100, 0)))
+			got := h.counted(bpf.HookIngress, fromBackend, tcActOK, bpf.ReasonAcceptedRelated)
+			check("backend's error", got, f.Addr(), c.Addr(), tcpSeg(fam.client, fam.frontend, testpkt.SYN, 100, 0))
+
+			// The client refuses the frontend's reply.
+			fromClient := errorOf(c.Addr(), f.Addr(), quoteOf(tcpSeg(fam.frontend, fam.client, testpkt.SYN|testpkt.ACK, 500, 101)))
+			got = h.counted(bpf.HookIngress, fromClient, tcActOK, bpf.ReasonAcceptedRelated)
+			check("client's error", got, c.Addr(), b.Addr(), tcpSeg(fam.backend, fam.client, testpkt.SYN|testpkt.ACK, 500, 101))
+		})
+	}
+}

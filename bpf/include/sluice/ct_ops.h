@@ -135,6 +135,17 @@ SL_INLINE bool sl_ct_key_eq(const struct sl_ct_key *x, const struct sl_ct_key *y
 	       x->port_a == y->port_a && x->port_b == y->port_b && x->proto == y->proto;
 }
 
+/* sl_ct_nat_backend gives the backend endpoint of a NAT flow's reverse
+ * entry ct under key: the endpoint that is not the client's. */
+SL_INLINE void sl_ct_nat_backend(const struct sl_ct_value *ct, const struct sl_ct_key *key,
+				 const __u8 **addr, __u16 *port)
+{
+	bool client_b = ct->flags & SL_CT_F_CLIENT_IS_B;
+
+	*addr = client_b ? key->addr_a : key->addr_b;
+	*port = client_b ? key->port_a : key->port_b;
+}
+
 /* sl_ct_lookup finds the entry that tracks the flow of key, a packet in
  * direction *dir. A NAT forward entry is a stub keyed by the tuple the
  * client sent to the frontend: it leads to its reverse entry, whose key
