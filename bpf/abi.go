@@ -628,6 +628,11 @@ const (
 	// of a NAT flow follows from it, not from comparing addresses, which
 	// fails when the backend or the frontend sorts below the client.
 	CTFClientIsB CTFlags = 1 << 0
+	// CTFSNAT is SL_CT_F_SNAT: NAT reverse entries: the service stage
+	// source-NATed the flow (struct sl_snat), so the client's side of this
+	// entry's key is this node's address and port; the client itself is
+	// the endpoint of nat_peer that is not the frontend.
+	CTFSNAT CTFlags = 1 << 1
 )
 
 // String returns the lower-case C names of the bits set in c without its
@@ -638,6 +643,7 @@ func (c CTFlags) String() string {
 
 var ctFlagsNames = []flagName{
 	{uint64(CTFClientIsB), "client_is_b"},
+	{uint64(CTFSNAT), "snat"},
 }
 
 // C names of the structs mirrored here, for BTF lookups.
@@ -688,6 +694,8 @@ const (
 	TypeMaglevKey = "sl_maglev_key"
 	// TypeMaglevTable is the C name of MaglevTable.
 	TypeMaglevTable = "sl_maglev_table"
+	// TypeSNAT is the C name of SNAT.
+	TypeSNAT = "sl_snat"
 )
 
 // State mirrors struct sl_state: the packet as policy sees it, filled in by
@@ -1070,6 +1078,26 @@ type MaglevTable struct {
 	BackendIds [16381]uint32 `btf:"backend_ids"`
 }
 
+// SNAT mirrors struct sl_snat: value of sl_snat (entry 0): how the service
+// stage source-NATs a flow whose replies would otherwise bypass this node: a
+// client from outside the node sent on to a backend on another node, or a
+// workload whose chosen backend is itself (hairpin). Its source becomes this
+// node's address of the family and a port of the range that no other flow to
+// that backend uses. An address left zero turns it off for its family.
+type SNAT struct {
+	_ structs.HostLayout
+	// This node's IPv4 address, IPv4-mapped; zero: no IPv4 SNAT.
+	Addr4 [16]uint8 `btf:"addr4"`
+	// This node's IPv6 address; zero: no IPv6 SNAT.
+	Addr6 [16]uint8 `btf:"addr6"`
+	// First source port SNAT uses, host order.
+	PortMin uint16 `btf:"port_min"`
+	// Last source port SNAT uses, host order; keep it outside
+	// ip_local_port_range.
+	PortMax uint16 `btf:"port_max"`
+	_       uint32 `btf:"pad"`
+}
+
 // abiLayouts pairs the C name of every struct mirrored here with a zero
 // value of its mirror, for tests that check layouts against BTF.
 var abiLayouts = []struct {
@@ -1099,6 +1127,7 @@ var abiLayouts = []struct {
 	{TypeLBMember, LBMember{}},
 	{TypeMaglevKey, MaglevKey{}},
 	{TypeMaglevTable, MaglevTable{}},
+	{TypeSNAT, SNAT{}},
 }
 
 // flagName names one bit, or several, of a flags enum.

@@ -137,6 +137,14 @@ struct {
 	__type(value, struct sl_maglev_table);
 } sl_maglev SEC(".maps");
 
+/* Source NAT of the service stage (struct sl_snat, entry 0). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sl_snat);
+} sl_snat SEC(".maps");
+
 /* Verdict counters by SL_COUNTER_INDEX(slot, hook). Per-CPU, so
  * increments need no atomics. */
 struct {
@@ -234,15 +242,19 @@ __noinline bool sl_related_error(struct __sk_buff *skb, const struct sl_pkt *pkt
 struct sl_svc_io {
 	__u8	pre_addr[16] SL_ADDR_ALIGNED;	/* out: the destination the client sent to */
 	__u8	backend[16];	/* in, with known: the backend of the packet's NAT flow */
+	__u8	snat_addr[16];	/* with snat: the source the client's packets are given */
 	__u16	pre_port;	/* out: the port the client sent to */
 	__u16	backend_port;	/* in, with known */
+	__u16	snat_port;	/* with snat */
+	__u16	pad16;
 	__u32	dir;		/* out: the packet's direction under the key, translated */
 	__u32	counters;	/* in: the hook's sl_counters index */
 	__u32	dst_flags;	/* in: the destination's route flags (SL_ROUTE_LOCAL_HOST admits NodePorts) */
+	__u32	src_flags;	/* in: the source's route flags, where the hook looked it up */
 	__u8	v6;		/* in: an IPv6 packet */
 	__u8	known;		/* in: the packet's NAT flow exists; no new choice */
 	__u8	dnat;		/* out: the packet was DNATed */
-	__u8	pad;
+	__u8	snat;		/* in with known, else out: the packet's source is NATed to snat_addr:snat_port */
 };
 
 /* Where sl_new_packet keeps its struct sl_svc_io (entry 0): off the
@@ -303,7 +315,8 @@ SL_INLINE int sl_to_policy(struct __sk_buff *skb, const struct sl_iface_record *
 	pd->dir = dir;
 	pd->leg_flags = sl_ct_leg_flags_of(pkt->tcp_flags);
 	pd->counter_index = counter_index;
-	pd->flags = (sl_ct_tracked(pkt) ? SL_PENDING_TRACK : 0) | (pre->dnat ? SL_PENDING_DNAT : 0);
+	pd->flags = (sl_ct_tracked(pkt) ? SL_PENDING_TRACK : 0) | (pre->dnat ? SL_PENDING_DNAT : 0) |
+		    (pre->snat ? SL_PENDING_SNAT : 0);
 	bpf_tail_call(skb, &sl_policy_jumps, slot);
 	pd->ifindex = 0;
 	return sl_verdict(counter_index, SL_REASON_DROPPED_NO_POLICY);
@@ -389,7 +402,8 @@ SL_INLINE int sl_later_fragment(struct __sk_buff *skb, enum sl_iface_flags iflag
  * conntrack passed (ct, its reverse entry, under key; dir the packet's
  * direction there): one the client sent to the frontend (found through
  * the stub) goes to the backend, and one the backend sends (found under
- * the reverse entry's own key) comes from the frontend. Packets already
+ * the reverse entry's own key) comes from the frontend; a source-NATed
+ * flow's also from the node and to the client. Packets already
  * translated find the other entry and stay as they are. */
 SL_INLINE int sl_nat_translate(struct __sk_buff *skb, const struct sl_pkt *pkt, bool v6,
 			       const struct sl_ct_value *ct, const struct sl_ct_key *key,
@@ -399,12 +413,25 @@ SL_INLINE int sl_nat_translate(struct __sk_buff *skb, const struct sl_pkt *pkt, 
 	const __u8 *addr;
 	__u16 port;
 
+	bool snat = ct->flags & SL_CT_F_SNAT;
+
 	if (via_stub && from_client) {
 		sl_ct_nat_backend(ct, key, &addr, &port);
+		if (sl_nat_rewrite(skb, pkt, v6, false, addr, port))
+			return -1;
+		if (!snat)
+			return 0;
+		sl_ct_nat_client(ct, key, &addr, &port);
+		return sl_nat_rewrite(skb, pkt, v6, true, addr, port);
+	}
+	if (!via_stub && !from_client) {
+		if (sl_nat_rewrite(skb, pkt, v6, true, ct->orig_addr, ct->orig_port))
+			return -1;
+		if (!snat)
+			return 0;
+		sl_ct_nat_origin(ct, &addr, &port);
 		return sl_nat_rewrite(skb, pkt, v6, false, addr, port);
 	}
-	if (!via_stub && !from_client)
-		return sl_nat_rewrite(skb, pkt, v6, true, ct->orig_addr, ct->orig_port);
 	return 0;
 }
 
@@ -444,6 +471,62 @@ static __noinline int sl_refuse(struct __sk_buff *skb, __u32 counters, const str
  * checks it once, not on every path of the programs that call it. */
 #define SL_SVC_REFUSE (-2)
 
+/* Source ports sl_snat_pick tries for a flow before it gives up. */
+#define SL_SNAT_TRIES 8
+
+/* sl_snat_needed says whether a new flow from pkt's client (its route's
+ * flags src_flags) to backend must be source-NATed: its replies would
+ * otherwise not come back through this node. A client from outside the
+ * node sent to a backend elsewhere would get them from the backend
+ * directly; a workload sent to itself (hairpin) would answer itself. */
+SL_INLINE bool sl_snat_needed(const struct sl_pkt *pkt, __u32 src_flags, const __u8 *backend)
+{
+	const struct sl_route *be;
+
+	if (sl_addr_eq(pkt->saddr, backend))
+		return true;
+	if (src_flags & (SL_ROUTE_LOCAL_WORKLOAD | SL_ROUTE_LOCAL_HOST))
+		return false;
+	be = sl_route_of(backend);
+	return !be || !(be->flags & (SL_ROUTE_LOCAL_WORKLOAD | SL_ROUTE_LOCAL_HOST));
+}
+
+/* sl_snat_pick fills io with the source a flow to backend:port is given:
+ * this node's address of the family (struct sl_snat) and the first port
+ * from the flow's hash on, within the range, that no tracked flow to the
+ * backend uses. A family without an address is not source-NATed (0, with
+ * io->snat unset); -1 when every port tried was taken. */
+SL_INLINE int sl_snat_pick(const struct sl_pkt *pkt, const __u8 *backend, __u16 port, struct sl_svc_io *io)
+{
+	__u32 zero = 0, span, start;
+	const struct sl_snat *cfg = bpf_map_lookup_elem(&sl_snat, &zero);
+	void *live = sl_ct_table(SL_CT_TABLE_LIVE);
+	const __u8 *addr;
+	struct sl_ct_key k;
+
+	if (!cfg || !live)
+		return -1;
+	addr = io->v6 ? cfg->addr6 : cfg->addr4;
+	if (sl_addr_is_zero(addr))
+		return 0;
+	if (cfg->port_max < cfg->port_min || cfg->port_min == 0)
+		return -1;
+	span = cfg->port_max - cfg->port_min + 1;
+	start = sl_lb_hash(pkt) % span;
+	for (__u32 i = 0; i < SL_SNAT_TRIES; i++) {
+		__u16 p = cfg->port_min + (start + i) % span;
+
+		sl_ct_key_fill(&k, pkt->proto, addr, p, backend, port);
+		if (bpf_map_lookup_elem(live, &k))
+			continue;
+		sl_addr_copy(io->snat_addr, addr);
+		io->snat_port = p;
+		io->snat = 1;
+		return 0;
+	}
+	return -1;
+}
+
 __noinline int sl_service(struct __sk_buff *skb, struct sl_pkt *pkt, struct sl_ct_key *key,
 			  struct sl_svc_io *io)
 {
@@ -460,6 +543,7 @@ __noinline int sl_service(struct __sk_buff *skb, struct sl_pkt *pkt, struct sl_c
 		addr = io->backend;
 		port = io->backend_port;
 	} else {
+		io->snat = 0;
 		dst.flags = io->dst_flags;
 		svc = sl_svc_find(pkt, &dst);
 		if (!svc)
@@ -471,13 +555,22 @@ __noinline int sl_service(struct __sk_buff *skb, struct sl_pkt *pkt, struct sl_c
 			return SL_SVC_REFUSE;
 		addr = be->addr;
 		port = be->port;
+		if (sl_snat_needed(pkt, io->src_flags, addr) && sl_snat_pick(pkt, addr, port, io))
+			return sl_verdict(io->counters, SL_REASON_DROPPED_NAT_FAILED);
 	}
+	if (io->snat && sl_nat_rewrite(skb, pkt, io->v6, true, io->snat_addr, io->snat_port))
+		return sl_verdict(io->counters, SL_REASON_DROPPED_NAT_FAILED);
 	if (sl_nat_rewrite(skb, pkt, io->v6, false, addr, port))
 		return sl_verdict(io->counters, SL_REASON_DROPPED_NAT_FAILED);
 	io->dnat = 1;
 	sl_addr_copy(pkt->daddr, addr);
 	pkt->dport = port;
-	io->dir = sl_ct_key_fill(key, pkt->proto, pkt->saddr, pkt->sport, pkt->daddr, pkt->dport);
+	/* Policy sees the client as it sent; the flow is tracked as on the
+	 * wire, under the node's address when source-NATed. */
+	if (io->snat)
+		io->dir = sl_ct_key_fill(key, pkt->proto, io->snat_addr, io->snat_port, pkt->daddr, pkt->dport);
+	else
+		io->dir = sl_ct_key_fill(key, pkt->proto, pkt->saddr, pkt->sport, pkt->daddr, pkt->dport);
 	return -1;
 }
 
@@ -525,6 +618,11 @@ SL_INLINE int sl_new_packet(struct __sk_buff *skb, const struct sl_iface_record 
 			sl_ct_nat_backend(ct, key, &addr, &io->backend_port);
 			sl_addr_copy(io->backend, addr);
 			io->known = 1;
+			if (ct->flags & SL_CT_F_SNAT) {
+				sl_ct_nat_client(ct, key, &addr, &io->snat_port);
+				sl_addr_copy(io->snat_addr, addr);
+				io->snat = 1;
+			}
 		} else {
 			/* The backend's side of the flow: policy sees the
 			 * frontend the client sent to. */
@@ -534,6 +632,7 @@ SL_INLINE int sl_new_packet(struct __sk_buff *skb, const struct sl_iface_record 
 	}
 	if (hook == SL_HOOK_INGRESS && (ct == NULL || io->known)) {
 		io->dst_flags = dst ? dst->flags : 0;
+		io->src_flags = src ? src->flags : 0;
 		rc = sl_service(skb, pkt, key, io);
 		if (rc == SL_SVC_REFUSE)
 			return sl_refuse(skb, counters, pkt, v6);

@@ -33,6 +33,7 @@ const (
 	datapathMapSlRejectScratch = "sl_reject_scratch"
 	datapathMapSlRoutes        = "sl_routes"
 	datapathMapSlRuleHits      = "sl_rule_hits"
+	datapathMapSlSnat          = "sl_snat"
 	datapathMapSlStateMap      = "sl_state_map"
 	datapathMapSlSvcScratch    = "sl_svc_scratch"
 	datapathMapSlSvcs          = "sl_svcs"
@@ -115,6 +116,7 @@ type datapathMapSpecs struct {
 	SlRejectScratch *ebpf.MapSpec `ebpf:"sl_reject_scratch"`
 	SlRoutes        *ebpf.MapSpec `ebpf:"sl_routes"`
 	SlRuleHits      *ebpf.MapSpec `ebpf:"sl_rule_hits"`
+	SlSnat          *ebpf.MapSpec `ebpf:"sl_snat"`
 	SlStateMap      *ebpf.MapSpec `ebpf:"sl_state_map"`
 	SlSvcScratch    *ebpf.MapSpec `ebpf:"sl_svc_scratch"`
 	SlSvcs          *ebpf.MapSpec `ebpf:"sl_svcs"`
@@ -165,6 +167,7 @@ type datapathMaps struct {
 	SlRejectScratch *ebpf.Map `ebpf:"sl_reject_scratch"`
 	SlRoutes        *ebpf.Map `ebpf:"sl_routes"`
 	SlRuleHits      *ebpf.Map `ebpf:"sl_rule_hits"`
+	SlSnat          *ebpf.Map `ebpf:"sl_snat"`
 	SlStateMap      *ebpf.Map `ebpf:"sl_state_map"`
 	SlSvcScratch    *ebpf.Map `ebpf:"sl_svc_scratch"`
 	SlSvcs          *ebpf.Map `ebpf:"sl_svcs"`
@@ -189,6 +192,7 @@ func (m *datapathMaps) Close() error {
 		m.SlRejectScratch,
 		m.SlRoutes,
 		m.SlRuleHits,
+		m.SlSnat,
 		m.SlStateMap,
 		m.SlSvcScratch,
 		m.SlSvcs,

@@ -117,6 +117,7 @@ type Datapath struct {
 	ipsets    *ipsets.Map
 	routes    *routes.Map
 	services  *nat.Table
+	snat      *nat.SNATMap
 	conntrack *conntrack.Map
 }
 
@@ -235,6 +236,9 @@ func (d *Datapath) handles() error {
 		Backends: d.state.backends, Ranges: d.state.lbRanges}); err != nil {
 		return err
 	}
+	if d.snat, err = nat.NewSNATMap(d.state.snat); err != nil {
+		return err
+	}
 	if d.routes, err = routes.NewMap(d.state.routes); err != nil {
 		return err
 	}
@@ -321,6 +325,16 @@ func (d *Datapath) IPSets() *ipsets.Map {
 		return nil
 	}
 	return d.ipsets
+}
+
+// SNAT returns the service stage's source-NAT setting. Until it is set,
+// no flow is source-NATed: a client from outside the node sent to a
+// backend elsewhere, or a workload to itself, then gets no answer.
+func (d *Datapath) SNAT() *nat.SNATMap {
+	if d == nil {
+		return nil
+	}
+	return d.snat
 }
 
 // Services returns the table of services the datapath's service stage

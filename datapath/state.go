@@ -36,7 +36,7 @@ type state struct {
 	pinDir                                           string
 	ifaces, counters, ruleHits, ipsets, routes, meta *ebpf.Map
 	// The load-balancing maps (nat.h).
-	svcs, lbSlots, backends, affinity, lbRanges, lbMembers, maglev *ebpf.Map
+	svcs, lbSlots, backends, affinity, lbRanges, lbMembers, maglev, snat *ebpf.Map
 	// ct is the live conntrack table. draining, when not nil, is a table
 	// an interrupted resize left to be emptied into ct.
 	ct, draining *ebpf.Map
@@ -90,6 +90,7 @@ func openState(specs *bpf.Specs, opts Options) (*state, error) {
 		{&s.lbMembers, specs.SlMembers, lbVersion, 2 * opts.BackendEntries, nil},
 		// Two tables per Maglev service while one replaces the other.
 		{&s.maglev, specs.SlMaglev, lbVersion, 2 * opts.MaglevServices, nil},
+		{&s.snat, specs.SlSnat, lbVersion, 1, nil},
 	}
 	for _, e := range entries {
 		e.spec.MaxEntries = e.size
@@ -202,6 +203,7 @@ func (s *state) replacements(specs *bpf.Specs) map[string]*ebpf.Map {
 		specs.SlLbRanges.Name: s.lbRanges,
 		specs.SlMembers.Name:  s.lbMembers,
 		specs.SlMaglev.Name:   s.maglev,
+		specs.SlSnat.Name:     s.snat,
 	}
 }
 

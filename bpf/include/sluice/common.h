@@ -77,6 +77,14 @@ SL_INLINE bool sl_addr_eq(const __u8 *a, const __u8 *b)
 	return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3])) == 0;
 }
 
+/* sl_addr_is_zero says whether a 16-byte address is all zeros: unset. */
+SL_INLINE bool sl_addr_is_zero(const __u8 *a)
+{
+	const __be32 *w = (const __be32 *)a;
+
+	return (w[0] | w[1] | w[2] | w[3]) == 0;
+}
+
 /* sl_addr_less says whether a is below b as a 128-bit big-endian number:
  * the order of Go's bytes.Compare on As16, which netip.Addr.Compare
  * agrees with between addresses of one family. */

@@ -19,6 +19,11 @@ enum sl_ct_flags {
 	 * from comparing addresses, which fails when the backend or the
 	 * frontend sorts below the client. */
 	SL_CT_F_CLIENT_IS_B	= 1u << 0,
+	/* NAT reverse entries: the service stage source-NATed the flow
+	 * (struct sl_snat), so the client's side of this entry's key is
+	 * this node's address and port; the client itself is the endpoint
+	 * of nat_peer that is not the frontend. */
+	SL_CT_F_SNAT		= 1u << 1,
 };
 
 /* Entries of sl_ct_tables, the array of conntrack tables. The datapath

@@ -146,6 +146,30 @@ SL_INLINE void sl_ct_nat_backend(const struct sl_ct_value *ct, const struct sl_c
 	*port = client_b ? key->port_a : key->port_b;
 }
 
+/* sl_ct_nat_client gives the client's side of a NAT flow's reverse entry
+ * ct under key: the client itself, or, source-NATed (SL_CT_F_SNAT), the
+ * node's address and port that stand in for it. */
+SL_INLINE void sl_ct_nat_client(const struct sl_ct_value *ct, const struct sl_ct_key *key,
+				const __u8 **addr, __u16 *port)
+{
+	bool client_b = ct->flags & SL_CT_F_CLIENT_IS_B;
+
+	*addr = client_b ? key->addr_b : key->addr_a;
+	*port = client_b ? key->port_b : key->port_a;
+}
+
+/* sl_ct_nat_origin gives the client of a NAT flow's reverse entry ct as
+ * it sent: the endpoint of the stub's key (nat_peer) that is not the
+ * frontend (orig_addr, orig_port). */
+SL_INLINE void sl_ct_nat_origin(const struct sl_ct_value *ct, const __u8 **addr, __u16 *port)
+{
+	const struct sl_ct_key *peer = &ct->nat_peer;
+	bool a_is_frontend = sl_addr_eq(peer->addr_a, ct->orig_addr) && peer->port_a == ct->orig_port;
+
+	*addr = a_is_frontend ? peer->addr_b : peer->addr_a;
+	*port = a_is_frontend ? peer->port_b : peer->port_a;
+}
+
 /* sl_ct_lookup finds the entry that tracks the flow of key, a packet in
  * direction *dir. A NAT forward entry is a stub keyed by the tuple the
  * client sent to the frontend: it leads to its reverse entry, whose key
@@ -380,6 +404,8 @@ static __noinline int sl_ct_approve_nat(void *live, const struct sl_pending *pd,
 		entry.last_seen = now;
 		entry.type = SL_CT_NAT_REV;
 		entry.flags = pd->dir == SL_CT_DIR_B_TO_A ? SL_CT_F_CLIENT_IS_B : 0;
+		if (pd->flags & SL_PENDING_SNAT)
+			entry.flags |= SL_CT_F_SNAT;
 		entry.nat_peer = fwd;
 		sl_addr_copy(entry.orig_addr, st->pre_nat_dst_addr);
 		entry.orig_port = st->pre_nat_dst_port;

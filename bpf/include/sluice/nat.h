@@ -134,3 +134,18 @@ struct sl_maglev_table {
 	__u32	backend_ids[SL_MAGLEV_SIZE];	/* backend ID of each table position */
 };
 SL_ASSERT_SIZE(struct sl_maglev_table, 4 * SL_MAGLEV_SIZE);
+
+/* Value of sl_snat (entry 0): how the service stage source-NATs a flow
+ * whose replies would otherwise bypass this node: a client from outside
+ * the node sent on to a backend on another node, or a workload whose
+ * chosen backend is itself (hairpin). Its source becomes this node's
+ * address of the family and a port of the range that no other flow to
+ * that backend uses. An address left zero turns it off for its family. */
+struct sl_snat {
+	__u8	addr4[16] SL_ADDR_ALIGNED;	/* this node's IPv4 address, IPv4-mapped; zero: no IPv4 SNAT */
+	__u8	addr6[16];	/* this node's IPv6 address; zero: no IPv6 SNAT */
+	__u16	port_min;	/* first source port SNAT uses, host order */
+	__u16	port_max;	/* last source port SNAT uses, host order; keep it outside ip_local_port_range */
+	__u32	pad;		/* zero */
+};
+SL_ASSERT_SIZE(struct sl_snat, 40);

@@ -16,6 +16,7 @@ enum sl_ct_dir {
 enum sl_pending_flags {
 	SL_PENDING_TRACK	= 1u << 0, /* an allowed packet creates or updates its flow's entry (not ICMP other than echo) */
 	SL_PENDING_DNAT		= 1u << 1, /* the packet was DNATed to a service's backend: an allowed one creates the flow's NAT entries */
+	SL_PENDING_SNAT		= 1u << 2, /* with SL_PENDING_DNAT: its source was NATed too (SL_CT_F_SNAT) */
 };
 
 /* The packet waiting for a policy verdict on this CPU (sl_pending, entry

@@ -106,6 +106,51 @@ SL_INLINE int sl_quote_fix(struct __sk_buff *skb, const struct sl_quote *q, __u3
 	return bpf_skb_store_bytes(skb, off, to, len, 0);
 }
 
+/* sl_related_unsnat gives an error about a source-NATed flow's packet
+ * (the node to the backend) back to the client: the quote's source and
+ * the error's destination become the client's. */
+SL_INLINE int sl_related_unsnat(struct __sk_buff *skb, const struct sl_pkt *pkt, const struct sl_quote *q,
+				bool v6, const struct sl_ct_value *ct, const struct sl_ct_key *key)
+{
+	__u32 alen = v6 ? 16 : 4, aoff = v6 ? 8 : 12;
+	const __u8 *node, *client;
+	__u16 node_port, client_port;
+	__be32 np = 0, cp = 0;
+
+	sl_ct_nat_client(ct, key, &node, &node_port);
+	sl_ct_nat_origin(ct, &client, &client_port);
+	*(__be16 *)&np = bpf_htons(node_port);
+	*(__be16 *)&cp = bpf_htons(client_port);
+	if (sl_quote_fix(skb, q, q->ip + aoff, (const __be32 *)node + (v6 ? 0 : 3),
+			 (const __be32 *)client + (v6 ? 0 : 3), alen, !v6) ||
+	    sl_quote_fix(skb, q, q->l4, &np, &cp, 2, false))
+		return -1;
+	return sl_rewrite_addr(skb, v6, false, v6 ? q->icmp_csum : 0, 0, pkt->daddr, client);
+}
+
+/* sl_related_snat gives a client's error about a source-NATed flow's
+ * reply on to the backend: the quote's destination and the error's
+ * source become the node's address and port that stand in for the
+ * client. */
+SL_INLINE int sl_related_snat(struct __sk_buff *skb, const struct sl_pkt *pkt, const struct sl_quote *q,
+			      bool v6, const struct sl_ct_value *ct, const struct sl_ct_key *key)
+{
+	__u32 alen = v6 ? 16 : 4, aoff = v6 ? 8 : 12;
+	const __u8 *node, *client;
+	__u16 node_port, client_port;
+	__be32 np = 0, cp = 0;
+
+	sl_ct_nat_client(ct, key, &node, &node_port);
+	sl_ct_nat_origin(ct, &client, &client_port);
+	*(__be16 *)&np = bpf_htons(node_port);
+	*(__be16 *)&cp = bpf_htons(client_port);
+	if (sl_quote_fix(skb, q, q->ip + aoff + alen, (const __be32 *)client + (v6 ? 0 : 3),
+			 (const __be32 *)node + (v6 ? 0 : 3), alen, !v6) ||
+	    sl_quote_fix(skb, q, q->l4 + 2, &cp, &np, 2, false))
+		return -1;
+	return sl_rewrite_addr(skb, v6, true, v6 ? q->icmp_csum : 0, 0, pkt->saddr, node);
+}
+
 /* sl_related_nat translates an ICMP or ICMPv6 error about a NAT flow (ct,
  * its reverse entry under key; dir the quoted packet's direction there),
  * so that each end sees the flow as it knows it. An error quoting the
@@ -138,6 +183,8 @@ SL_INLINE int sl_related_nat(struct __sk_buff *skb, const struct sl_pkt *pkt, co
 		if (sl_quote_fix(skb, q, q->ip + aoff + alen, v6 ? be : &be[3], v6 ? fe : &fe[3], alen, !v6) ||
 		    sl_quote_fix(skb, q, q->l4 + 2, &bport, &fport, 2, false))
 			return -1;
+		if ((ct->flags & SL_CT_F_SNAT) && sl_related_unsnat(skb, pkt, q, v6, ct, key))
+			return -1;
 		if (!sl_addr_eq(pkt->saddr, backend))
 			return 0;
 		return sl_rewrite_addr(skb, v6, true, outer_csum, 0, backend, ct->orig_addr);
@@ -145,6 +192,8 @@ SL_INLINE int sl_related_nat(struct __sk_buff *skb, const struct sl_pkt *pkt, co
 	/* The quote's source (and port), frontend to backend. */
 	if (sl_quote_fix(skb, q, q->ip + aoff, v6 ? fe : &fe[3], v6 ? be : &be[3], alen, !v6) ||
 	    sl_quote_fix(skb, q, q->l4, &fport, &bport, 2, false))
+		return -1;
+	if ((ct->flags & SL_CT_F_SNAT) && sl_related_snat(skb, pkt, q, v6, ct, key))
 		return -1;
 	return sl_rewrite_addr(skb, v6, false, outer_csum, 0, ct->orig_addr, backend);
 }
