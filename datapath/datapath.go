@@ -233,7 +233,8 @@ func (d *Datapath) handles() error {
 		return err
 	}
 	if d.services, err = nat.NewTable(nat.Maps{Services: d.state.svcs, Slots: d.state.lbSlots,
-		Backends: d.state.backends, Ranges: d.state.lbRanges}); err != nil {
+		Backends: d.state.backends, Ranges: d.state.lbRanges, Members: d.state.lbMembers,
+		Maglev: d.state.maglev, Affinity: d.state.affinity}); err != nil {
 		return err
 	}
 	if d.snat, err = nat.NewSNATMap(d.state.snat); err != nil {

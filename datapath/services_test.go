@@ -1,10 +1,13 @@
 package datapath
 
 import (
+	"errors"
+	"fmt"
 	"net/netip"
 	"path/filepath"
 	"testing"
 
+	"github.com/sluicenet/sluice/bpf"
 	"github.com/sluicenet/sluice/internal/testutil"
 	"github.com/sluicenet/sluice/nat"
 )
@@ -53,5 +56,67 @@ func TestServicesSurviveRestart(t *testing.T) {
 	var nilDP *Datapath
 	if nilDP.Services() != nil {
 		t.Error("Services of a nil Datapath is not nil")
+	}
+}
+
+// TestServicesMembersAndMaglev: the Table the datapath makes keeps its
+// members and Maglev tables in the datapath's maps, and a restart's Sync
+// keeps them where they were.
+func TestServicesMembersAndMaglev(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	pinDir := filepath.Join(testutil.TempBPFFS(t), "sluice")
+	opts := Options{PinDir: pinDir, ConntrackEntries: 1 << 10, MaxInterfaces: 4, PolicySlots: 16,
+		ServiceEntries: 64, BackendEntries: 64, AffinityEntries: 64, MaglevServices: 2}
+	svc := nat.Service{
+		Frontends: []nat.Frontend{{Addr: netip.MustParseAddr("10.96.0.10"), Port: 80, Protocol: nat.ProtoTCP}},
+		Backends: []nat.Backend{{Addr: netip.MustParseAddr("10.1.0.5"), Port: 80, Weight: 3},
+			{Addr: netip.MustParseAddr("10.1.0.6"), Port: 80, Local: true, Terminating: true}},
+		Maglev: true,
+	}
+	contents := func(d *Datapath) (members map[bpf.LBMemberKey]bpf.LBMember, tables []bpf.MaglevKey) {
+		t.Helper()
+		members = map[bpf.LBMemberKey]bpf.LBMember{}
+		var k bpf.LBMemberKey
+		var v bpf.LBMember
+		it := d.state.lbMembers.Iterate()
+		for it.Next(&k, &v) {
+			members[k] = v
+		}
+		var mk bpf.MaglevKey
+		var tbl bpf.MaglevTable
+		mit := d.state.maglev.Iterate()
+		for mit.Next(&mk, &tbl) {
+			tables = append(tables, mk)
+		}
+		if err := errors.Join(it.Err(), mit.Err()); err != nil {
+			t.Fatal(err)
+		}
+		return members, tables
+	}
+	first, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := first.Services().Sync(map[string]nat.Service{"mg": svc}); err != nil {
+		t.Fatal(err)
+	}
+	members, tables := contents(first)
+	if len(members) != 2 || len(tables) != 1 {
+		t.Fatalf("%d members and %d Maglev tables, want 2 and 1", len(members), len(tables))
+	}
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+	second, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	if err := second.Services().Sync(map[string]nat.Service{"mg": svc}); err != nil {
+		t.Fatal(err)
+	}
+	members2, tables2 := contents(second)
+	if fmt.Sprint(members2) != fmt.Sprint(members) || fmt.Sprint(tables2) != fmt.Sprint(tables) {
+		t.Errorf("after a restart's Sync: members %v, tables %v; want %v, %v", members2, tables2, members, tables)
 	}
 }

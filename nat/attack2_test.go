@@ -65,7 +65,7 @@ func TestAttackFullMapRecovers(t *testing.T) {
 				attempt, err, len(ks.slots), 3)
 		}
 	}
-	if err := readKernel(t, tb).checkExact(shrunk); err != nil {
+	if err := readKernel(t, tb).checkExact(t, shrunk); err != nil {
 		t.Errorf("after recovering: %v", err)
 	}
 	// And the Table's memory agrees with the kernel: an unchanged Sync
@@ -98,7 +98,7 @@ func TestAttackBatchDeleteSkipsMissing(t *testing.T) {
 	if err := tb.Delete("s"); err != nil {
 		t.Fatal(err)
 	}
-	if err := readKernel(t, tb).checkExact(nil); err != nil {
+	if err := readKernel(t, tb).checkExact(t, nil); err != nil {
 		t.Error(err)
 	}
 }
@@ -184,7 +184,7 @@ func TestAttackConcurrent(t *testing.T) {
 	if err := tb.Sync(final); err != nil {
 		t.Fatal(err)
 	}
-	if err := readKernel(t, tb).checkExact(final); err != nil {
+	if err := readKernel(t, tb).checkExact(t, final); err != nil {
 		t.Error(err)
 	}
 }
@@ -236,7 +236,7 @@ func TestAttackFlagsOnlyAndWrap(t *testing.T) {
 	if ids[0] != 1 || ids[1] != ^uint32(0) || ids[2] != 2 {
 		t.Errorf("service IDs %v, want [1 %d 2]", ids, ^uint32(0))
 	}
-	if err := ks.checkExact(map[string]Service{"first": oneFrontendService("10.96.1.1", 80, "10.1.1.1"), "s": s,
+	if err := ks.checkExact(t, map[string]Service{"first": oneFrontendService("10.96.1.1", 80, "10.1.1.1"), "s": s,
 		"third": oneFrontendService("10.96.2.1", 80, "10.1.2.1")}); err != nil {
 		t.Error(err)
 	}

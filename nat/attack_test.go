@@ -41,7 +41,7 @@ func TestAttackSyncMovesFrontendBetweenKeptServices(t *testing.T) {
 	if err := tb.Sync(want); err != nil {
 		t.Fatal(err)
 	}
-	if err := readKernel(t, tb).checkExact(want); err != nil {
+	if err := readKernel(t, tb).checkExact(t, want); err != nil {
 		t.Errorf("after moving %v from a to b: %v", moved.Addr, err)
 	}
 }
@@ -69,7 +69,7 @@ func TestAttackSyncRename(t *testing.T) {
 		t.Fatal(err)
 	}
 	tb.afterWrite = nil
-	if err := readKernel(t, tb).checkExact(want); err != nil {
+	if err := readKernel(t, tb).checkExact(t, want); err != nil {
 		t.Errorf("after the rename: %v", err)
 	}
 }
@@ -96,7 +96,7 @@ func TestAttackSyncMoveOrderDependent(t *testing.T) {
 	if err := tb.Sync(want); err != nil {
 		t.Fatalf("Sync of a valid state: %v", err)
 	}
-	if err := readKernel(t, tb).checkExact(want); err != nil {
+	if err := readKernel(t, tb).checkExact(t, want); err != nil {
 		t.Error(err)
 	}
 }
@@ -127,7 +127,7 @@ func TestAttackAdoptSplitID(t *testing.T) {
 	if err := tb.Sync(want); err != nil {
 		t.Fatal(err)
 	}
-	if err := readKernel(t, tb).checkExact(want); err != nil {
+	if err := readKernel(t, tb).checkExact(t, want); err != nil {
 		t.Errorf("after splitting an adopted ID: %v", err)
 	}
 }

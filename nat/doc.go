@@ -11,20 +11,34 @@
 // flags. The list's slots, (ID, base+i), hold backend IDs, and the backends
 // map gives each ID its address and port. Slots are ordered serving local,
 // serving remote, terminating local, terminating remote, so that a traffic
-// policy Local or the terminating fallback is a range of the list. Source
-// ranges are an LPM trie keyed by service ID and family.
+// policy Local or the terminating fallback is a range of the list; within
+// a group, by address and port. Source ranges are an LPM trie keyed by
+// service ID and family. Members (service ID, backend ID) say whether each
+// backend of the current list is serving and local, which decides whether
+// a client's affinity still fits; a Maglev service has a table per list
+// (service ID, slot base) over its serving backends, by weight.
 //
 // # Table
 //
 // Table.Upsert, Delete and Sync program services make-before-break: new
-// backends, then the new list in the half of the service's slot space the
-// current list does not use, then each frontend flipped to it in one map
-// update, then the old list and the backends no service holds deleted. A
-// packet therefore always meets one whole list, never a hole, and a live
-// service never shows zero backends in between. The kernel maps are the
-// record: a Table over maps a previous process programmed adopts its
-// service and backend IDs, a Sync of unchanged services writes nothing,
-// and Sync removes what no desired service accounts for.
+// backends, then the new list (its members, slots and Maglev table) in the
+// half of the service's slot space the current list does not use, then
+// each frontend flipped to it in one map update, then the old list, its
+// Maglev table, the members of backends that left and the backends no
+// service holds deleted. A packet therefore always meets one whole list,
+// never a hole, and a live service never shows zero backends in between.
+// The kernel maps are the record: a Table over maps a previous process
+// programmed adopts its service and backend IDs, members and Maglev
+// tables, a Sync of unchanged services writes nothing, and Sync removes
+// what no desired service accounts for.
+//
+// # Choosing a backend
+//
+// Choose is the reference model of the datapath's service stage: the
+// frontend a flow meets, source ranges, the group its traffic policy
+// allows, affinity, Maglev and the flow hash (FlowHash) decide its backend.
+// It needs no privilege. Table.Explain applies it to the services a Table
+// programmed and the client's affinity record in the kernel.
 //
 // # Maglev
 //

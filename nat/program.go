@@ -16,18 +16,25 @@ import (
 // A plan is the kernel writes of one Upsert, Delete or Sync, applied
 // phase by phase so that every service's change is make-before-break
 // (see Table): first what no frontend uses (a previous process's leftovers,
-// which frees room), then new backends, new slots, new ranges, frontends;
-// then the deletions of frontends, slots, ranges and, last, the backends no
-// slot names any more.
+// which frees room), then new backends, the members, slots and Maglev
+// tables of the new lists, new ranges, frontends; then the deletions of
+// frontends, slots, ranges, members, Maglev tables and, last, the backends
+// no slot names any more.
 type plan struct {
 	preSlots    []bpf.BackendSlotKey
 	preRanges   []bpf.SvcRangeKey
+	preMembers  []bpf.LBMemberKey
+	preMaglev   []bpf.MaglevKey
 	preBackends []uint32
 
 	backendKeys  []uint32
 	backendVals  []bpf.Backend
 	slotKeys     []bpf.BackendSlotKey
 	slotVals     []uint32
+	memberKeys   []bpf.LBMemberKey
+	memberVals   []bpf.LBMember
+	maglevKeys   []bpf.MaglevKey
+	maglevVals   []bpf.MaglevTable
 	rangeKeys    []bpf.SvcRangeKey
 	frontendKeys []bpf.SvcKey
 	frontendVals []bpf.Svc
@@ -35,6 +42,8 @@ type plan struct {
 	delFrontends []bpf.SvcKey
 	delSlots     []bpf.BackendSlotKey
 	delRanges    []bpf.SvcRangeKey
+	delMembers   []bpf.LBMemberKey
+	delMaglev    []bpf.MaglevKey
 	// released are backends a deleted slot named; those no slot names
 	// when the plan is applied are deleted.
 	released []netip.AddrPort
@@ -65,7 +74,15 @@ func (t *Table) upsert(name string, s Service, pl *plan, owners map[bpf.SvcKey]s
 		id = t.newServiceID()
 	}
 	ordered := s.ordered()
-	sameList := old != nil && len(old.lists) == 1 && slices.Equal(old.ordered, ordered) && !slices.Contains(old.lists[0].ids, 0)
+	sameList := old != nil && len(old.lists) == 1 && sameSlots(old.ordered, ordered) && !slices.Contains(old.lists[0].ids, 0)
+	if sameList && s.Maglev {
+		// A Maglev table a frontend may read is never rewritten in
+		// place: new weights take a new list.
+		var err error
+		if sameList, err = t.maglevKept(old, ordered); err != nil {
+			return err
+		}
+	}
 	p := &programmed{svc: s, id: id, ordered: ordered, values: map[bpf.SvcKey]bpf.Svc{}, ranges: map[bpf.SvcRangeKey]bool{}}
 	if sameList {
 		p.lists = old.lists
@@ -78,6 +95,10 @@ func (t *Table) upsert(name string, s Service, pl *plan, owners map[bpf.SvcKey]s
 			pl.slotVals = append(pl.slotVals, bid)
 		}
 		p.lists = []slotList{list}
+	}
+	t.planMembers(old, p, pl)
+	if err := t.planMaglev(old, p, pl); err != nil {
+		return err
 	}
 	for _, r := range s.SourceRanges {
 		k := rangeKey(id, r)
@@ -171,6 +192,12 @@ func (t *Table) delete(name string, pl *plan) {
 	for k := range p.ranges {
 		pl.delRanges = append(pl.delRanges, k)
 	}
+	for bid := range p.members {
+		pl.delMembers = append(pl.delMembers, bpf.LBMemberKey{SvcID: p.id, BackendID: bid})
+	}
+	for base := range p.maglev {
+		pl.delMaglev = append(pl.delMaglev, bpf.MaglevKey{SvcID: p.id, SlotBase: base})
+	}
 	delete(t.services, name)
 	delete(t.svcIDs, p.id)
 }
@@ -187,7 +214,16 @@ func (t *Table) adopt(s Service) (*programmed, error) {
 		if _, taken := t.svcIDs[v.ID]; taken {
 			continue
 		}
-		p := &programmed{id: v.ID, values: map[bpf.SvcKey]bpf.Svc{}, ranges: map[bpf.SvcRangeKey]bool{}}
+		p := &programmed{id: v.ID, values: map[bpf.SvcKey]bpf.Svc{}, ranges: map[bpf.SvcRangeKey]bool{},
+			members: t.adoptedMembers[v.ID], maglev: map[uint32]string{}}
+		if p.members == nil {
+			p.members = map[uint32]bpf.LBMemberFlags{}
+		}
+		delete(t.adoptedMembers, v.ID)
+		for _, base := range t.adoptedMaglev[v.ID] {
+			p.maglev[base] = "" // content unknown: compared before it is kept
+		}
+		delete(t.adoptedMaglev, v.ID)
 		for _, k := range t.adoptedByID[v.ID] {
 			av, ok := t.adopted[k]
 			if !ok {
@@ -378,6 +414,9 @@ func (t *Table) planStray(pl *plan, live map[bpf.BackendSlotKey]bool) error {
 			pl.preRanges = append(pl.preRanges, k)
 		}
 	}
+	if err := t.planStrayMembers(pl, liveIDs); err != nil {
+		return err
+	}
 	if iterErr != nil {
 		return iterErr
 	}
@@ -415,14 +454,28 @@ func (t *Table) write(pl *plan) error {
 	if err := remove(t, t.ranges, pl.preRanges); err != nil {
 		return fmt.Errorf("delete unused source ranges: %w", err)
 	}
+	if err := remove(t, t.members, pl.preMembers); err != nil {
+		return fmt.Errorf("delete unused service members: %w", err)
+	}
+	if err := remove(t, t.maglev, pl.preMaglev); err != nil {
+		return fmt.Errorf("delete unused maglev tables: %w", err)
+	}
 	if err := remove(t, t.backends, pl.preBackends); err != nil {
 		return fmt.Errorf("delete unused backends: %w", err)
 	}
 	if err := update(t, t.backends, pl.backendKeys, pl.backendVals); err != nil {
 		return fmt.Errorf("write backends: %w", err)
 	}
+	// Members go before the slots that name them and after the slots
+	// that named them, so that every slot has its member.
+	if err := update(t, t.members, pl.memberKeys, pl.memberVals); err != nil {
+		return fmt.Errorf("write service members: %w", err)
+	}
 	if err := update(t, t.slots, pl.slotKeys, pl.slotVals); err != nil {
 		return fmt.Errorf("write backend slots: %w", err)
+	}
+	if err := update(t, t.maglev, pl.maglevKeys, pl.maglevVals); err != nil {
+		return fmt.Errorf("write maglev tables: %w", err)
 	}
 	ones := make([]uint8, len(pl.rangeKeys))
 	for i := range ones {
@@ -454,6 +507,12 @@ func (t *Table) write(pl *plan) error {
 	}
 	if err := remove(t, t.ranges, pl.delRanges); err != nil {
 		return fmt.Errorf("delete source ranges: %w", err)
+	}
+	if err := remove(t, t.members, pl.delMembers); err != nil {
+		return fmt.Errorf("delete service members: %w", err)
+	}
+	if err := remove(t, t.maglev, pl.delMaglev); err != nil {
+		return fmt.Errorf("delete maglev tables: %w", err)
 	}
 	var gone []uint32
 	for _, ap := range pl.released {

@@ -49,6 +49,11 @@ type Backend struct {
 	// Terminating says the backend is shutting down: it keeps its flows
 	// and gets new ones only while no serving backend is left.
 	Terminating bool
+	// Weight is the backend's share of a Maglev service's new flows,
+	// relative to the other serving backends' weights; 0 means 1. Only
+	// Maglev weighs backends, so a service without Maglev refuses weights
+	// other than 0 and 1 rather than ignore them.
+	Weight uint16
 }
 
 // Service is what the datapath needs of a Kubernetes service port.
@@ -80,6 +85,10 @@ var ErrInvalidService = errors.New("invalid service")
 // maxBackends is the most backends a service may have: its list and the
 // one it replaces share the slot space of its ID (slotBases).
 const maxBackends = 1 << 15
+
+// maglevSize is the entries of every Maglev table the datapath reads
+// (SL_MAGLEV_SIZE).
+const maglevSize = len(bpf.MaglevTable{}.BackendIds)
 
 // slotBases are the two halves of a service's slot space; a new backend
 // list goes to the half the current one does not use.
@@ -124,7 +133,14 @@ func (s *Service) validate() (bpf.Family, error) {
 		seen[k] = true
 	}
 	bes := map[netip.AddrPort]bool{}
+	serving := 0
 	for _, b := range s.Backends {
+		if !b.Terminating {
+			serving++
+		}
+		if b.Weight > 1 && !s.Maglev {
+			return 0, fmt.Errorf("%w: backend %v has weight %d, but only Maglev weighs backends", ErrInvalidService, b.Addr, b.Weight)
+		}
 		if !b.Addr.IsValid() || b.Addr.Is4In6() || b.Addr.Zone() != "" || familyOf(b.Addr) != fam {
 			return 0, fmt.Errorf("%w: backend %v is not an address of the frontends' family (without zone)", ErrInvalidService, b.Addr)
 		}
@@ -136,6 +152,9 @@ func (s *Service) validate() (bpf.Family, error) {
 			return 0, fmt.Errorf("%w: backend %v twice", ErrInvalidService, ap)
 		}
 		bes[ap] = true
+	}
+	if s.Maglev && serving > maglevSize {
+		return 0, fmt.Errorf("%w: %d serving backends, a Maglev table holds at most %d", ErrInvalidService, serving, maglevSize)
 	}
 	for _, p := range s.SourceRanges {
 		if !p.IsValid() || p.Addr().Is4In6() || familyOf(p.Addr()) != fam {

@@ -14,8 +14,9 @@ import (
 )
 
 // Maps are the kernel maps a Table programs, normally the datapath's
-// bpf.MapServices, bpf.MapBackendSlots, bpf.MapBackends and
-// bpf.MapServiceRanges.
+// bpf.MapServices, bpf.MapBackendSlots, bpf.MapBackends,
+// bpf.MapServiceRanges, sl_members and sl_maglev, and the affinity map
+// (bpf.MapAffinity) it reads to explain a flow. All are required.
 type Maps struct {
 	// Services maps frontends (bpf.SvcKey) to bpf.Svc.
 	Services *ebpf.Map
@@ -25,6 +26,16 @@ type Maps struct {
 	Backends *ebpf.Map
 	// Ranges is the LPM trie of source ranges (bpf.SvcRangeKey).
 	Ranges *ebpf.Map
+	// Members maps bpf.LBMemberKey to bpf.LBMember: the standing of each
+	// backend of a service's current list, which decides whether a
+	// client's affinity is honoured.
+	Members *ebpf.Map
+	// Maglev maps bpf.MaglevKey (a service ID and the slot base of one of
+	// its lists) to the list's bpf.MaglevTable.
+	Maglev *ebpf.Map
+	// Affinity is the LRU hash of client affinities (bpf.AffinityKey to
+	// bpf.Affinity) the datapath keeps; the Table only reads it (Explain).
+	Affinity *ebpf.Map
 }
 
 // Table programs services into the load-balancing maps. Every change is
@@ -44,6 +55,9 @@ type Table struct {
 	slots    *maps.Map[bpf.BackendSlotKey, uint32]
 	backends *maps.Map[uint32, bpf.Backend]
 	ranges   *maps.Map[bpf.SvcRangeKey, uint8]
+	members  *maps.Map[bpf.LBMemberKey, bpf.LBMember]
+	maglev   *maps.Map[bpf.MaglevKey, bpf.MaglevTable]
+	affinity *maps.Map[bpf.AffinityKey, bpf.Affinity]
 
 	services map[string]*programmed
 	// svcIDs and frontends say which name holds a service ID and a
@@ -63,8 +77,14 @@ type Table struct {
 	adopted       map[bpf.SvcKey]bpf.Svc
 	adoptedByID   map[uint32][]bpf.SvcKey
 	adoptedRanges map[uint32][]bpf.SvcRangeKey
+	// adoptedMembers and adoptedMaglev are the members and the slot
+	// bases of the Maglev tables the kernel holds, by service ID, until a
+	// service adopts its ID or Sync removes them.
+	adoptedMembers map[uint32]map[uint32]bpf.LBMemberFlags
+	adoptedMaglev  map[uint32][]uint32
 
-	// reserved are the service IDs the kernel's slots and ranges hold,
+	// reserved are the service IDs the kernel's slots, ranges, members
+	// and Maglev tables hold,
 	// which no new service takes until the first Sync has swept them.
 	reserved map[uint32]bool
 	// swept: the first Sync removed what a previous process left.
@@ -87,6 +107,12 @@ type programmed struct {
 	ordered []Backend
 	values  map[bpf.SvcKey]bpf.Svc
 	ranges  map[bpf.SvcRangeKey]bool
+	// members are the service's sl_members entries: backend ID to flags.
+	members map[uint32]bpf.LBMemberFlags
+	// maglev are the service's Maglev tables by slot base, each with the
+	// print of the serving backends it was built from (maglevPrint); ""
+	// for an adopted table whose content is not known yet.
+	maglev map[uint32]string
 }
 
 // slotList is a backend list: the backend ID in each slot from base on,
@@ -118,6 +144,15 @@ func NewTable(m Maps) (*Table, error) {
 	if t.ranges, err = typed[bpf.SvcRangeKey, uint8](m.Ranges, ebpf.LPMTrie, "source ranges"); err != nil {
 		return nil, err
 	}
+	if t.members, err = typed[bpf.LBMemberKey, bpf.LBMember](m.Members, ebpf.Hash, "service members"); err != nil {
+		return nil, err
+	}
+	if t.maglev, err = typed[bpf.MaglevKey, bpf.MaglevTable](m.Maglev, ebpf.Hash, "maglev"); err != nil {
+		return nil, err
+	}
+	if t.affinity, err = typed[bpf.AffinityKey, bpf.Affinity](m.Affinity, ebpf.LRUHash, "affinity"); err != nil {
+		return nil, err
+	}
 	if err := t.readKernel(); err != nil {
 		return nil, fmt.Errorf("nat table: %w", err)
 	}
@@ -135,6 +170,8 @@ func (t *Table) readKernel() error {
 	t.adopted = map[bpf.SvcKey]bpf.Svc{}
 	t.adoptedByID = map[uint32][]bpf.SvcKey{}
 	t.adoptedRanges = map[uint32][]bpf.SvcRangeKey{}
+	t.adoptedMembers = map[uint32]map[uint32]bpf.LBMemberFlags{}
+	t.adoptedMaglev = map[uint32][]uint32{}
 	t.reserved = map[uint32]bool{}
 	t.swept = false
 	var iterErr error
@@ -163,8 +200,25 @@ func (t *Table) readKernel() error {
 		t.reserved[k.SvcID] = true
 		t.nextSvcID = max(t.nextSvcID, k.SvcID+1)
 	}
+	for k, v := range t.members.All(&iterErr) {
+		if t.adoptedMembers[k.SvcID] == nil {
+			t.adoptedMembers[k.SvcID] = map[uint32]bpf.LBMemberFlags{}
+		}
+		t.adoptedMembers[k.SvcID][k.BackendID] = v.Flags
+		t.reserved[k.SvcID] = true
+		t.nextSvcID = max(t.nextSvcID, k.SvcID+1)
+	}
 	if iterErr != nil {
 		return fmt.Errorf("read maps: %w", iterErr)
+	}
+	keys, err := t.maglevKeys()
+	if err != nil {
+		return fmt.Errorf("read maps: %w", err)
+	}
+	for _, k := range keys {
+		t.adoptedMaglev[k.SvcID] = append(t.adoptedMaglev[k.SvcID], k.SlotBase)
+		t.reserved[k.SvcID] = true
+		t.nextSvcID = max(t.nextSvcID, k.SvcID+1)
 	}
 	return nil
 }

@@ -1,10 +1,13 @@
 package nat
 
 import (
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -26,6 +29,9 @@ func newTestMaps(t *testing.T) Maps {
 	mk := func(name string) *ebpf.Map {
 		ms := spec.Maps[name].Copy()
 		ms.MaxEntries = 4096
+		if name == mapMaglev {
+			ms.MaxEntries = 64 // 64 KiB a table
+		}
 		m, err := ebpf.NewMap(ms)
 		if err != nil {
 			t.Fatal(err)
@@ -34,8 +40,15 @@ func newTestMaps(t *testing.T) Maps {
 		return m
 	}
 	return Maps{Services: mk(bpf.MapServices), Slots: mk(bpf.MapBackendSlots), Backends: mk(bpf.MapBackends),
-		Ranges: mk(bpf.MapServiceRanges)}
+		Ranges: mk(bpf.MapServiceRanges), Members: mk(mapMembers), Maglev: mk(mapMaglev), Affinity: mk(bpf.MapAffinity)}
 }
+
+// The object's names of the members and Maglev maps, which bpf does not
+// export as constants.
+const (
+	mapMembers = "sl_members"
+	mapMaglev  = "sl_maglev"
+)
 
 // kernelState is what the maps hold.
 type kernelState struct {
@@ -43,13 +56,16 @@ type kernelState struct {
 	slots    map[bpf.BackendSlotKey]uint32
 	backends map[uint32]bpf.Backend
 	ranges   map[bpf.SvcRangeKey]uint8
+	members  map[bpf.LBMemberKey]bpf.LBMemberFlags
+	maglev   map[bpf.MaglevKey]*bpf.MaglevTable
 }
 
 func readKernel(t *testing.T, tb *Table) kernelState {
 	t.Helper()
 	var err error
 	ks := kernelState{svcs: map[bpf.SvcKey]bpf.Svc{}, slots: map[bpf.BackendSlotKey]uint32{},
-		backends: map[uint32]bpf.Backend{}, ranges: map[bpf.SvcRangeKey]uint8{}}
+		backends: map[uint32]bpf.Backend{}, ranges: map[bpf.SvcRangeKey]uint8{},
+		members: map[bpf.LBMemberKey]bpf.LBMemberFlags{}, maglev: map[bpf.MaglevKey]*bpf.MaglevTable{}}
 	for k, v := range tb.svcs.All(&err) {
 		ks.svcs[k] = v
 	}
@@ -62,16 +78,47 @@ func readKernel(t *testing.T, tb *Table) kernelState {
 	for k, v := range tb.ranges.All(&err) {
 		ks.ranges[k] = v
 	}
+	for k, v := range tb.members.All(&err) {
+		ks.members[k] = v.Flags
+	}
+	for k, v := range tb.maglev.All(&err) {
+		ks.maglev[k] = &v
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
 	return ks
 }
 
-// checkWhole reports a frontend whose list has a hole: a slot missing, or
-// a slot whose backend is missing. A packet must never meet one.
+// String prints the maps, Maglev tables by a digest, so that two states
+// compare by their prints.
+func (ks kernelState) String() string {
+	digests := map[bpf.MaglevKey]string{}
+	for k, tbl := range ks.maglev {
+		digests[k] = fmt.Sprintf("%x", sha256.Sum256(fmt.Append(nil, tbl.BackendIds)))
+	}
+	return fmt.Sprint(ks.svcs, ks.slots, ks.backends, ks.ranges, ks.members, digests)
+}
+
+// checkWhole reports a slot without its member, a member without its
+// backend, and a frontend whose list has a hole: a slot missing, a
+// slot whose backend or member is missing, or, at a Maglev frontend with
+// a serving backend, a Maglev table missing for its list or naming a
+// backend outside the list's serving slots. A packet must never meet one.
 func (ks kernelState) checkWhole() error {
+	// Every slot has its member, and every member its backend.
+	for k, id := range ks.slots {
+		if _, ok := ks.members[bpf.LBMemberKey{SvcID: k.SvcID, BackendID: id}]; !ok {
+			return fmt.Errorf("slot %d of service %d names backend %d, which is no member of it", k.Slot, k.SvcID, id)
+		}
+	}
+	for k := range ks.members {
+		if _, ok := ks.backends[k.BackendID]; !ok {
+			return fmt.Errorf("member %d of service %d: no such backend", k.BackendID, k.SvcID)
+		}
+	}
 	for k, v := range ks.svcs {
+		serving := map[uint32]bool{}
 		for i := uint32(0); i < uint32(v.Serving)+uint32(v.Terminating); i++ {
 			id, ok := ks.slots[bpf.BackendSlotKey{SvcID: v.ID, Slot: v.SlotBase + i}]
 			if !ok {
@@ -80,9 +127,117 @@ func (ks kernelState) checkWhole() error {
 			if _, ok := ks.backends[id]; !ok {
 				return fmt.Errorf("frontend %v: slot %d names backend %d, which is missing", netip.AddrFrom16(k.Addr), v.SlotBase+i, id)
 			}
+			if _, ok := ks.members[bpf.LBMemberKey{SvcID: v.ID, BackendID: id}]; !ok {
+				return fmt.Errorf("frontend %v: slot %d names backend %d, which is no member of service %d", netip.AddrFrom16(k.Addr), v.SlotBase+i, id, v.ID)
+			}
+			if i < uint32(v.Serving) {
+				serving[id] = true
+			}
+		}
+		if v.Flags&bpf.SvcMaglev == 0 || v.Serving == 0 {
+			continue
+		}
+		tbl, ok := ks.maglev[bpf.MaglevKey{SvcID: v.ID, SlotBase: v.SlotBase}]
+		if !ok {
+			return fmt.Errorf("Maglev frontend %v: no table for service %d base %d", netip.AddrFrom16(k.Addr), v.ID, v.SlotBase)
+		}
+		for i, id := range tbl.BackendIds {
+			if !serving[id] {
+				return fmt.Errorf("Maglev frontend %v: table entry %d names backend %d, not a serving one of its list", netip.AddrFrom16(k.Addr), i, id)
+			}
 		}
 	}
 	return nil
+}
+
+// checkMembers reports a member of a frontend's list whose flags are
+// neither its standing in the list nor the one the target state gives it
+// in the service that is to hold the list's service ID (ids, from the
+// Table's plan): members change only toward the target.
+func (ks kernelState) checkMembers(target map[string]Service, ids map[uint32]string) error {
+	want := map[uint32]map[netip.AddrPort]bpf.LBMemberFlags{}
+	for id, name := range ids {
+		want[id] = map[netip.AddrPort]bpf.LBMemberFlags{}
+		for _, b := range target[name].Backends {
+			want[id][netip.AddrPortFrom(b.Addr, b.Port)] = testMemberFlags(b)
+		}
+	}
+	for k, v := range ks.svcs {
+		for i := uint32(0); i < uint32(v.Serving)+uint32(v.Terminating); i++ {
+			id := ks.slots[bpf.BackendSlotKey{SvcID: v.ID, Slot: v.SlotBase + i}]
+			b := ks.backends[id]
+			ap := netip.AddrPortFrom(netip.AddrFrom16(b.Addr).Unmap(), b.Port)
+			var inList bpf.LBMemberFlags
+			if i < uint32(v.Serving) {
+				inList |= bpf.LBMemberServing
+			}
+			if i < uint32(v.ServingLocal) || (i >= uint32(v.Serving) && i < uint32(v.Serving)+uint32(v.TerminatingLocal)) {
+				inList |= bpf.LBMemberLocal
+			}
+			got := ks.members[bpf.LBMemberKey{SvcID: v.ID, BackendID: id}]
+			if tw, ok := want[v.ID][ap]; got != inList && (!ok || got != tw) {
+				return fmt.Errorf("frontend %v: member %v has flags %v; its list says %v, the target %v",
+					netip.AddrFrom16(k.Addr).Unmap(), ap, got, inList, tw)
+			}
+		}
+	}
+	return nil
+}
+
+// testMemberFlags are the member flags of b, written out for the tests.
+func testMemberFlags(b Backend) bpf.LBMemberFlags {
+	switch {
+	case !b.Terminating && b.Local:
+		return bpf.LBMemberServing | bpf.LBMemberLocal
+	case !b.Terminating:
+		return bpf.LBMemberServing
+	case b.Local:
+		return bpf.LBMemberLocal
+	}
+	return 0
+}
+
+// modelMaglev returns the Maglev table of s as the model builds it, by
+// backend: the generator over the serving backends keyed by address and
+// port, weighted (0 counting as 1); nil without a serving backend.
+func modelMaglev(t *testing.T, s Service) []netip.AddrPort {
+	t.Helper()
+	var serving []netip.AddrPort
+	var in []MaglevBackend
+	for _, b := range s.Backends {
+		if !b.Terminating {
+			ap := netip.AddrPortFrom(b.Addr, b.Port)
+			serving = append(serving, ap)
+			in = append(in, MaglevBackend{Key: ap.String(), Weight: max(1, uint32(b.Weight))})
+		}
+	}
+	if len(in) == 0 {
+		return nil
+	}
+	idx, err := Maglev(in, DefaultMaglevSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]netip.AddrPort, len(idx))
+	for i, j := range idx {
+		out[i] = serving[j]
+	}
+	return out
+}
+
+// maglevOf returns the kernel's Maglev table of frontend k, by backend.
+func (ks kernelState) maglevOf(k bpf.SvcKey) ([]netip.AddrPort, bool) {
+	v := ks.svcs[k]
+	tbl, ok := ks.maglev[bpf.MaglevKey{SvcID: v.ID, SlotBase: v.SlotBase}]
+	if !ok {
+		return nil, false
+	}
+	out := make([]netip.AddrPort, len(tbl.BackendIds))
+	for i, id := range tbl.BackendIds {
+		b := ks.backends[id]
+		out[i] = netip.AddrPortFrom(netip.AddrFrom16(b.Addr).Unmap(), b.Port)
+	}
+	return out, true
 }
 
 // backendsOf returns the backends frontend k leads to, in slot order.
@@ -101,8 +256,9 @@ func (ks kernelState) backendsOf(k bpf.SvcKey) ([]netip.AddrPort, bool) {
 
 // checkExact compares the maps with services: every frontend and its
 // list, and nothing more.
-func (ks kernelState) checkExact(services map[string]Service) error {
-	slots, ranges := 0, 0
+func (ks kernelState) checkExact(t *testing.T, services map[string]Service) error {
+	t.Helper()
+	slots, ranges, tables := 0, 0, 0
 	for name, s := range services {
 		for _, f := range s.Frontends {
 			got, ok := ks.backendsOf(f.key())
@@ -120,17 +276,34 @@ func (ks kernelState) checkExact(services map[string]Service) error {
 			if want := s.value(f, v.ID, v.SlotBase); v != want {
 				return fmt.Errorf("service %q frontend %v:%d: value %+v, want %+v", name, f.Addr, f.Port, v, want)
 			}
+			for i, b := range s.ordered() {
+				id := ks.slots[bpf.BackendSlotKey{SvcID: v.ID, Slot: v.SlotBase + uint32(i)}]
+				if got, want := ks.members[bpf.LBMemberKey{SvcID: v.ID, BackendID: id}], testMemberFlags(b); got != want {
+					return fmt.Errorf("service %q: member %v:%d has flags %v, want %v", name, b.Addr, b.Port, got, want)
+				}
+			}
+			wantTable := modelMaglev(t, s)
+			if !s.Maglev {
+				wantTable = nil
+			}
+			if got, _ := ks.maglevOf(f.key()); !slices.Equal(got, wantTable) {
+				return fmt.Errorf("service %q frontend %v:%d: the kernel's Maglev table (%d entries) is not the model's (%d)",
+					name, f.Addr, f.Port, len(got), len(wantTable))
+			}
 		}
 		slots += len(s.Backends)
 		ranges += len(s.SourceRanges)
+		if s.Maglev && modelMaglev(t, s) != nil {
+			tables++
+		}
 	}
 	frontends := 0
 	for _, s := range services {
 		frontends += len(s.Frontends)
 	}
-	if len(ks.svcs) != frontends || len(ks.slots) != slots || len(ks.ranges) != ranges {
-		return fmt.Errorf("maps hold %d frontends, %d slots, %d ranges; services need %d, %d, %d",
-			len(ks.svcs), len(ks.slots), len(ks.ranges), frontends, slots, ranges)
+	if len(ks.svcs) != frontends || len(ks.slots) != slots || len(ks.ranges) != ranges || len(ks.members) != slots || len(ks.maglev) != tables {
+		return fmt.Errorf("maps hold %d frontends, %d slots, %d ranges, %d members, %d Maglev tables; services need %d, %d, %d, %d, %d",
+			len(ks.svcs), len(ks.slots), len(ks.ranges), len(ks.members), len(ks.maglev), frontends, slots, ranges, slots, tables)
 	}
 	refs := map[uint32]bool{}
 	for _, id := range ks.slots {
@@ -170,7 +343,7 @@ func TestUpsertLayout(t *testing.T) {
 		t.Fatal(err)
 	}
 	ks := readKernel(t, tb)
-	if err := ks.checkExact(map[string]Service{"web": webService()}); err != nil {
+	if err := ks.checkExact(t, map[string]Service{"web": webService()}); err != nil {
 		t.Fatal(err)
 	}
 	cluster := ks.svcs[webService().Frontends[0].key()]
@@ -232,6 +405,14 @@ func randomServices(r *rand.Rand) map[string]Service {
 			s.SourceRanges = []netip.Prefix{netip.PrefixFrom(be(0), 8+r.IntN(3)).Masked()}
 		}
 		s.ExternalLocal, s.Maglev = r.IntN(2) == 0, r.IntN(3) == 0
+		for j := range s.Backends {
+			if s.Maglev {
+				s.Backends[j].Weight = uint16(r.IntN(3))
+			}
+		}
+		if r.IntN(3) == 0 {
+			s.Affinity = time.Duration(1+r.IntN(2)) * time.Second
+		}
 		out[fmt.Sprintf("svc-%d", i)] = s
 	}
 	return out
@@ -274,10 +455,23 @@ func TestMakeBeforeBreak(t *testing.T) {
 				}
 			}
 		}
+		// What the maps are to hold after the operation.
+		target := maps.Clone(desired)
+		switch s, ok := next["svc-1"]; {
+		case op == 0:
+			target = next
+		case op == 1 && ok:
+			target["svc-1"] = s
+		case op == 1:
+			delete(target, "svc-1")
+		}
 		tb.afterWrite = func() {
 			writes++
 			ks := readKernel(t, tb)
 			if err := ks.checkWhole(); err != nil {
+				t.Fatalf("step %d: after a write: %v", step, err)
+			}
+			if err := ks.checkMembers(target, tb.svcIDs); err != nil {
 				t.Fatalf("step %d: after a write: %v", step, err)
 			}
 			for k := range live {
@@ -317,7 +511,7 @@ func TestMakeBeforeBreak(t *testing.T) {
 		if err != nil {
 			t.Fatalf("step %d: %v", step, err)
 		}
-		if err := readKernel(t, tb).checkExact(desired); err != nil {
+		if err := readKernel(t, tb).checkExact(t, desired); err != nil {
 			t.Fatalf("step %d: %v", step, err)
 		}
 	}
@@ -388,7 +582,7 @@ func TestRestartRemovesStray(t *testing.T) {
 	if err := fresh.Sync(want); err != nil {
 		t.Fatal(err)
 	}
-	if err := readKernel(t, fresh).checkExact(want); err != nil {
+	if err := readKernel(t, fresh).checkExact(t, want); err != nil {
 		t.Fatal(err)
 	}
 }
