@@ -222,7 +222,7 @@ func (s *state) lock() (unlock func(), err error) {
 func (s *state) close() error {
 	var errs []error
 	for _, m := range []*ebpf.Map{s.ifaces, s.counters, s.ruleHits, s.ipsets, s.routes, s.meta, s.ct, s.draining,
-		s.svcs, s.lbSlots, s.backends, s.affinity, s.lbRanges, s.lbMembers, s.maglev} {
+		s.svcs, s.lbSlots, s.backends, s.affinity, s.lbRanges, s.lbMembers, s.maglev, s.snat} {
 		if m != nil {
 			errs = append(errs, m.Close())
 		}
