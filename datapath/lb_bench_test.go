@@ -122,7 +122,7 @@ func benchmarkServices(b *testing.B, n int) {
 
 // deleteNATFlow deletes the NAT entries of client's flow to frontend,
 // whichever backend it went to.
-func deleteNATFlow(b *testing.B, ct *ebpf.Map, client, frontend netip.AddrPort) {
+func deleteNATFlow(b testing.TB, ct *ebpf.Map, client, frontend netip.AddrPort) {
 	fwd, _ := ctKeyOf(testpkt.ProtoTCP, client, frontend)
 	var stub bpf.CTValue
 	if err := ct.Lookup(&fwd, &stub); err != nil {
