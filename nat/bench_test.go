@@ -33,6 +33,9 @@ func newBenchMaps(b *testing.B, entries uint32) Maps {
 	mk := func(name string) *ebpf.Map {
 		ms := spec.Maps[name].Copy()
 		ms.MaxEntries = entries
+		if name == mapMaglev {
+			ms.MaxEntries = 64 // 64 KiB a table; these services use none
+		}
 		m, err := ebpf.NewMap(ms)
 		if err != nil {
 			b.Fatal(err)
@@ -41,7 +44,7 @@ func newBenchMaps(b *testing.B, entries uint32) Maps {
 		return m
 	}
 	return Maps{Services: mk(bpf.MapServices), Slots: mk(bpf.MapBackendSlots), Backends: mk(bpf.MapBackends),
-		Ranges: mk(bpf.MapServiceRanges)}
+		Ranges: mk(bpf.MapServiceRanges), Members: mk(mapMembers), Maglev: mk(mapMaglev), Affinity: mk(bpf.MapAffinity)}
 }
 
 // BenchmarkSync: 10,000 services of 5 backends from empty, and one
