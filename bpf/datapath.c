@@ -444,10 +444,15 @@ struct {
 } sl_reject_scratch SEC(".maps");
 
 /* sl_refuse answers a packet for a service without a usable backend
- * (sl_reject) and sends the answer back out of the interface it came in
- * by; a packet no answer fits is dropped. Both are counted. A real
- * function, so that its frame is not added to the main path's. */
-static __noinline int sl_refuse(struct __sk_buff *skb, __u32 counters, const struct sl_pkt *pkt, bool v6)
+ * (sl_reject) and sends the answer back the way the packet came; a packet
+ * no answer fits is dropped. Both are counted. At a workload's interface
+ * (workload, a veth) the answer goes straight into the workload's end
+ * (bpf_redirect_peer), past the egress hook, whose policy would otherwise
+ * judge a packet from the frontend that conntrack has never seen; at a
+ * host interface it leaves by the interface, through its egress hook. A
+ * real function, so that its frame is not added to the main path's. */
+static __noinline int sl_refuse(struct __sk_buff *skb, __u32 counters, const struct sl_pkt *pkt, bool v6,
+				bool workload)
 {
 	__u32 zero = 0;
 	struct sl_reject_scratch *sc = bpf_map_lookup_elem(&sl_reject_scratch, &zero);
@@ -455,6 +460,8 @@ static __noinline int sl_refuse(struct __sk_buff *skb, __u32 counters, const str
 	if (!sc || sl_reject(skb, pkt, v6, sc))
 		return sl_verdict(counters, SL_REASON_DROPPED_NO_BACKEND);
 	sl_count(counters, SL_REASON_REJECTED_NO_BACKEND);
+	if (workload)
+		return bpf_redirect_peer(skb->ifindex, 0);
 	return bpf_redirect(skb->ifindex, 0);
 }
 
@@ -635,7 +642,7 @@ SL_INLINE int sl_new_packet(struct __sk_buff *skb, const struct sl_iface_record 
 		io->src_flags = src ? src->flags : 0;
 		rc = sl_service(skb, pkt, key, io);
 		if (rc == SL_SVC_REFUSE)
-			return sl_refuse(skb, counters, pkt, v6);
+			return sl_refuse(skb, counters, pkt, v6, iflags & SL_IFACE_WORKLOAD);
 		if (rc >= 0)
 			return rc;
 	}

@@ -111,3 +111,60 @@ func TestServiceChoiceMatchesModel(t *testing.T) {
 		}
 	}
 }
+
+// TestServiceMaglevMovesItsShare: through the kernel, a Maglev service of
+// ten backends sends 2,000 flows somewhere; with one backend removed, the
+// flows of the nine that stay keep their backend but for a small share
+// (Maglev's disruption; a hash over the slots would move most of them),
+// and the removed one's flows spread over the rest.
+func TestServiceMaglevMovesItsShare(t *testing.T) {
+	h := newLBHarness(t)
+	svc := oneBackend("10.96.0.77:80", "10.1.7.1:8080", nat.ProtoTCP)
+	svc.Maglev = true
+	for i := 2; i <= 10; i++ {
+		svc.Backends = append(svc.Backends, nat.Backend{Addr: netip.AddrFrom4([4]byte{10, 1, 7, byte(i)}), Port: 8080, Local: true})
+	}
+	const flows = 2000
+	clients := make([]string, flows)
+	for i := range clients {
+		clients[i] = netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}), uint16(20000+i)).String()
+	}
+	assign := func() []string {
+		out := make([]string, flows)
+		for i, c := range clients {
+			out[i] = h.backendOf(c, "10.96.0.77:80")
+			deleteNATFlow(t, h.d.state.ct, netip.MustParseAddrPort(c), netip.MustParseAddrPort("10.96.0.77:80"))
+		}
+		return out
+	}
+	h.sync(map[string]nat.Service{"mg": svc})
+	before := assign()
+	removed := "10.1.7.4:8080"
+	smaller := svc
+	smaller.Backends = nil
+	for _, b := range svc.Backends {
+		if netip.AddrPortFrom(b.Addr, b.Port).String() != removed {
+			smaller.Backends = append(smaller.Backends, b)
+		}
+	}
+	h.sync(map[string]nat.Service{"mg": smaller})
+	after := assign()
+	stayed, moved, orphans := 0, 0, 0
+	for i := range clients {
+		switch {
+		case before[i] == removed:
+			orphans++
+			if after[i] == removed {
+				t.Fatalf("flow %d still goes to the removed backend", i)
+			}
+		case before[i] == after[i]:
+			stayed++
+		default:
+			moved++
+		}
+	}
+	t.Logf("of %d flows: %d on the removed backend, %d of the others stayed, %d moved", flows, orphans, stayed, moved)
+	if orphans == 0 || float64(moved) > 0.05*float64(stayed+moved) {
+		t.Errorf("%d of %d flows of the remaining backends moved, want at most 5%%", moved, stayed+moved)
+	}
+}
