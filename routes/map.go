@@ -32,10 +32,7 @@ func NewMap(m *ebpf.Map) (*Map, error) {
 	if t := m.Type(); t != ebpf.LPMTrie {
 		return nil, fmt.Errorf("routes map %s: type %s, want LPM trie", m, t)
 	}
-	if int(m.KeySize()) != keySize || int(m.ValueSize()) != valueSize {
-		return nil, fmt.Errorf("routes map %s: key/value size %d/%d, want %d/%d",
-			m, m.KeySize(), m.ValueSize(), keySize, valueSize)
-	}
+	// maps.New checks the key and value sizes.
 	typed, err := maps.New[Key, Value](m)
 	if err != nil {
 		return nil, fmt.Errorf("routes map: %w", err)

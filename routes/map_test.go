@@ -25,8 +25,8 @@ func TestNewMapRejects(t *testing.T) {
 		wantErr string
 	}{
 		{"hash map", ebpf.MapSpec{Type: ebpf.Hash, KeySize: uint32(keySize), ValueSize: uint32(valueSize), MaxEntries: 4}, "want LPM trie"},
-		{"IPv4-only trie", ebpf.MapSpec{Type: ebpf.LPMTrie, KeySize: 8, ValueSize: uint32(valueSize), MaxEntries: 4, Flags: 1}, "key/value size"},
-		{"other value", ebpf.MapSpec{Type: ebpf.LPMTrie, KeySize: uint32(keySize), ValueSize: 4, MaxEntries: 4, Flags: 1}, "key/value size"},
+		{"IPv4-only trie", ebpf.MapSpec{Type: ebpf.LPMTrie, KeySize: 8, ValueSize: uint32(valueSize), MaxEntries: 4, Flags: 1}, "map key size is 8"},
+		{"other value", ebpf.MapSpec{Type: ebpf.LPMTrie, KeySize: uint32(keySize), ValueSize: 4, MaxEntries: 4, Flags: 1}, "map value size is 4"},
 	}
 	for _, tt := range tests {
 		m, err := ebpf.NewMap(&tt.spec)
