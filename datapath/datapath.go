@@ -188,7 +188,7 @@ func (d *Datapath) load(spec *ebpf.CollectionSpec, specs *bpf.Specs) error {
 	if err := specs.SlGeneration.Set(d.generation); err != nil {
 		return fmt.Errorf("set generation: %w", err)
 	}
-	err = spec.LoadAndAssign(&d.objs, &ebpf.CollectionOptions{MapReplacements: d.state.replacements(specs)})
+	err = spec.LoadAndAssign(&d.objs, &ebpf.CollectionOptions{MapReplacements: d.state.replacements()})
 	if err != nil {
 		return fmt.Errorf("load programs: %w", err)
 	}

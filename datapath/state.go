@@ -43,6 +43,10 @@ type state struct {
 	// ctSpec is the tables' template, sized; ctParams its registry entry.
 	ctSpec   *ebpf.MapSpec
 	ctParams maps.Params
+	// byName holds the maps above that openState opened from the
+	// registry, by their names in the object: the programs' replacements,
+	// and what close closes.
+	byName map[string]*ebpf.Map
 	// dir is PinDir, open for flock: processes sharing the pinned maps
 	// take turns at the interface entries and the generations.
 	dir *os.File
@@ -92,6 +96,7 @@ func openState(specs *bpf.Specs, opts Options) (*state, error) {
 		{&s.maglev, specs.SlMaglev, lbVersion, 2 * opts.MaglevServices, nil},
 		{&s.snat, specs.SlSnat, lbVersion, 1, nil},
 	}
+	s.byName = make(map[string]*ebpf.Map, len(entries))
 	for _, e := range entries {
 		e.spec.MaxEntries = e.size
 		m, err := s.open(e.spec, e.version, e.upgrades...)
@@ -100,6 +105,7 @@ func openState(specs *bpf.Specs, opts Options) (*state, error) {
 			return nil, err
 		}
 		*e.m = m
+		s.byName[e.spec.Name] = m
 	}
 	if err := s.openConntrack(specs.SlCtTables.InnerMap, opts.ConntrackEntries); err != nil {
 		s.close()
@@ -187,24 +193,15 @@ func (s *state) openConntrack(template *ebpf.MapSpec, entries uint32) error {
 	return nil
 }
 
-// replacements are the state maps by their names in the object.
-func (s *state) replacements(specs *bpf.Specs) map[string]*ebpf.Map {
-	return map[string]*ebpf.Map{
-		specs.SlIfaces.Name:   s.ifaces,
-		specs.SlCounters.Name: s.counters,
-		specs.SlRuleHits.Name: s.ruleHits,
-		specs.SlIpsets.Name:   s.ipsets,
-		specs.SlRoutes.Name:   s.routes,
-		specs.SlMeta.Name:     s.meta,
-		specs.SlSvcs.Name:     s.svcs,
-		specs.SlLbSlots.Name:  s.lbSlots,
-		specs.SlBackends.Name: s.backends,
-		specs.SlAffinity.Name: s.affinity,
-		specs.SlLbRanges.Name: s.lbRanges,
-		specs.SlMembers.Name:  s.lbMembers,
-		specs.SlMaglev.Name:   s.maglev,
-		specs.SlSnat.Name:     s.snat,
+// replacements are the state maps by their names in the object: every
+// map openState opened from the registry but the conntrack table, which
+// the object holds inside sl_ct_tables.
+func (s *state) replacements() map[string]*ebpf.Map {
+	out := make(map[string]*ebpf.Map, len(s.byName))
+	for name, m := range s.byName {
+		out[name] = m
 	}
+	return out
 }
 
 // lock takes PinDir's lock, held by one process at a time, and returns
@@ -221,8 +218,10 @@ func (s *state) lock() (unlock func(), err error) {
 
 func (s *state) close() error {
 	var errs []error
-	for _, m := range []*ebpf.Map{s.ifaces, s.counters, s.ruleHits, s.ipsets, s.routes, s.meta, s.ct, s.draining,
-		s.svcs, s.lbSlots, s.backends, s.affinity, s.lbRanges, s.lbMembers, s.maglev, s.snat} {
+	for _, m := range s.byName {
+		errs = append(errs, m.Close())
+	}
+	for _, m := range []*ebpf.Map{s.ct, s.draining} {
 		if m != nil {
 			errs = append(errs, m.Close())
 		}
