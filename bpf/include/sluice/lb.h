@@ -53,7 +53,11 @@ SL_INLINE __u32 sl_lb_hash(const struct sl_pkt *pkt)
 /* sl_svc_find returns the frontend a packet is sent to, or NULL: the
  * exact (address, port, protocol), else, where the destination is an
  * address of this node (dst, its route), the NodePort of that port and
- * protocol. A NodePort answers on node addresses only. */
+ * protocol. A NodePort answers on node addresses only: a packet sent to
+ * the wildcard address itself (0.0.0.0 or ::, which only NodePorts are
+ * keyed by) finds its entry in the exact lookup, and is held to the same
+ * test, or a client could reach every NodePort through an address that
+ * is no node's. */
 SL_INLINE const struct sl_svc *sl_svc_find(const struct sl_pkt *pkt, const struct sl_route *dst)
 {
 	struct sl_svc_key k = { .port = pkt->dport, .proto = pkt->proto };
@@ -64,7 +68,7 @@ SL_INLINE const struct sl_svc *sl_svc_find(const struct sl_pkt *pkt, const struc
 		return NULL;
 	sl_addr_copy(k.addr, pkt->daddr);
 	svc = bpf_map_lookup_elem(&sl_svcs, &k);
-	if (svc)
+	if (svc && !(svc->flags & SL_SVC_NODE_PORT))
 		return svc;
 	if (!dst || !(dst->flags & SL_ROUTE_LOCAL_HOST))
 		return NULL;

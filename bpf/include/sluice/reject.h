@@ -154,6 +154,32 @@ struct sl_reject_scratch {
 	struct sl_unreach6	msg6;
 };
 
+/* sl_reject_answerable says whether the refused packet, whose Ethernet
+ * header is in eth, may be answered at all. Only a frame sent to one
+ * station from one: a frame to a group address (broadcast, multicast)
+ * reaches every node of the link, each of which would answer, and a
+ * group source address would make the answer a group frame. Only a
+ * source address that names one host (RFC 1122 3.2.2 and 4.2.3.10, RFC
+ * 4443 2.4 (e)): not unspecified, loopback, multicast, IPv4's limited
+ * broadcast or reserved class E; anything else reflects the answer to a
+ * whole group, or nowhere. Linux's own RST and port unreachable obey the
+ * same rules. */
+SL_INLINE bool sl_reject_answerable(const struct sl_pkt *pkt, const struct ethhdr *eth, bool v6)
+{
+	const __be32 *w = (const __be32 *)pkt->saddr;
+	__u8 first = v6 ? pkt->saddr[0] : pkt->saddr[12];
+
+	if ((eth->h_dest[0] & 1) || (eth->h_source[0] & 1))
+		return false;
+	if (!v6)
+		/* 0/8, 127/8, and 224/4 and 240/4 (255.255.255.255 included). */
+		return first != 0 && first != 127 && first < 224;
+	if (first == 0xff)
+		return false;
+	/* :: and ::1. */
+	return !(w[0] == 0 && w[1] == 0 && w[2] == 0 && (w[3] == 0 || w[3] == bpf_htonl(1)));
+}
+
 /* sl_reject_tcp turns a TCP segment into its RST. Returns 0, or -1 for a
  * segment no RST answers (a RST) or one that could not be rewritten. */
 SL_INLINE int sl_reject_tcp(struct __sk_buff *skb, const struct sl_pkt *pkt, bool v6,
@@ -162,8 +188,7 @@ SL_INLINE int sl_reject_tcp(struct __sk_buff *skb, const struct sl_pkt *pkt, boo
 	__u32 ip_hlen = v6 ? sizeof(struct ipv6hdr) : sizeof(struct iphdr);
 	__s64 sum;
 
-	if (bpf_skb_load_bytes(skb, 0, &sc->eth, sizeof(sc->eth)) ||
-	    bpf_skb_load_bytes(skb, pkt->l4_off, &sc->tcp, sizeof(sc->tcp)))
+	if (bpf_skb_load_bytes(skb, pkt->l4_off, &sc->tcp, sizeof(sc->tcp)))
 		return -1;
 	if (sc->tcp.rst)
 		return -1;
@@ -199,8 +224,7 @@ SL_INLINE int sl_reject_udp4(struct __sk_buff *skb, const struct sl_pkt *pkt, st
 
 	if (pkt->l4_off != ETH_HLEN + sizeof(struct iphdr))
 		return -1;
-	if (bpf_skb_load_bytes(skb, 0, &sc->eth, sizeof(sc->eth)) ||
-	    bpf_skb_load_bytes(skb, ETH_HLEN, msg->quote, sizeof(msg->quote)))
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, msg->quote, sizeof(msg->quote)))
 		return -1;
 	__builtin_memset(&msg->icmp, 0, sizeof(msg->icmp));
 	msg->icmp.type = SL_ICMP_DEST_UNREACH;
@@ -219,8 +243,7 @@ SL_INLINE int sl_reject_udp6(struct __sk_buff *skb, const struct sl_pkt *pkt, st
 	struct sl_unreach6 *msg = &sc->msg6;
 	__s64 sum;
 
-	if (bpf_skb_load_bytes(skb, 0, &sc->eth, sizeof(sc->eth)) ||
-	    bpf_skb_load_bytes(skb, ETH_HLEN, msg->quote, sizeof(msg->quote)))
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, msg->quote, sizeof(msg->quote)))
 		return -1;
 	__builtin_memset(&msg->icmp, 0, sizeof(msg->icmp));
 	msg->icmp.type = SL_ICMP6_DEST_UNREACH;
@@ -236,10 +259,13 @@ SL_INLINE int sl_reject_udp6(struct __sk_buff *skb, const struct sl_pkt *pkt, st
 
 /* sl_reject turns a packet for a service without a usable backend into
  * its answer, built in sc: 0, or -1 when none can be sent (SCTP, a RST,
- * an IPv4 header with options, or a failed rewrite); the caller drops it
- * then. */
+ * an IPv4 header with options, a packet sl_reject_answerable refuses to
+ * answer, or a failed rewrite); the caller drops it then. The answers'
+ * builders find the packet's Ethernet header in sc->eth. */
 SL_INLINE int sl_reject(struct __sk_buff *skb, const struct sl_pkt *pkt, bool v6, struct sl_reject_scratch *sc)
 {
+	if (bpf_skb_load_bytes(skb, 0, &sc->eth, sizeof(sc->eth)) || !sl_reject_answerable(pkt, &sc->eth, v6))
+		return -1;
 	if (pkt->proto == IPPROTO_TCP)
 		return sl_reject_tcp(skb, pkt, v6, sc);
 	if (pkt->proto != IPPROTO_UDP)

@@ -22,16 +22,18 @@
 /* sl_l4_csum returns the offset from skb->data of the L4 checksum that
  * covers the ports and the pseudo-header, 0 for SCTP (its CRC32c covers
  * the ports only), or -1 for a protocol NAT does not rewrite. *flags gets
- * the checksum helper's flags: UDP over IPv4 may carry no checksum, which
- * must stay 0. */
-SL_INLINE int sl_l4_csum(const struct sl_pkt *pkt, bool v6, __u64 *flags)
+ * the checksum helper's flags: a UDP checksum of 0 stays 0, and one that
+ * comes out 0 is written 0xffff. UDP over IPv4 may carry no checksum; over
+ * IPv6 a zero checksum is valid only on tunnels that allow it (RFC 6935),
+ * and anywhere else invalid either way, but an incremental update would
+ * turn it into a non-zero one that such a tunnel's receiver rejects. */
+SL_INLINE int sl_l4_csum(const struct sl_pkt *pkt, __u64 *flags)
 {
 	*flags = 0;
 	if (pkt->proto == IPPROTO_TCP)
 		return pkt->l4_off + SL_TCP_CSUM_OFF;
 	if (pkt->proto == IPPROTO_UDP) {
-		if (!v6)
-			*flags = BPF_F_MARK_MANGLED_0;
+		*flags = BPF_F_MARK_MANGLED_0;
 		return pkt->l4_off + SL_UDP_CSUM_OFF;
 	}
 	if (pkt->proto == SL_IPPROTO_SCTP)
@@ -73,7 +75,7 @@ SL_INLINE int sl_nat_rewrite(struct __sk_buff *skb, const struct sl_pkt *pkt, bo
 	const __u8 *old_addr = src ? pkt->saddr : pkt->daddr;
 	__be16 old_port = bpf_htons(src ? pkt->sport : pkt->dport), new_port = bpf_htons(port);
 	__u64 flags;
-	int csum = sl_l4_csum(pkt, v6, &flags);
+	int csum = sl_l4_csum(pkt, &flags);
 
 	if (csum < 0 || (csum == 0 && old_port != new_port))
 		return -1;
