@@ -910,6 +910,10 @@ type Pending struct {
 	CounterIndex uint32 `btf:"counter_index"`
 	// SL_PENDING_* bits.
 	Flags uint32 `btf:"flags"`
+	// SL_PENDING_AFFINITY: the service's ID.
+	AffinitySvc uint32 `btf:"affinity_svc"`
+	// SL_PENDING_AFFINITY: the backend's ID.
+	AffinityBackend uint32 `btf:"affinity_backend"`
 }
 
 // RouteKey mirrors struct sl_route_key: key of sl_routes, an LPM trie. The

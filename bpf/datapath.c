@@ -255,6 +255,8 @@ struct sl_svc_io {
 	__u8	known;		/* in: the packet's NAT flow exists; no new choice */
 	__u8	dnat;		/* out: the packet was DNATed */
 	__u8	snat;		/* in with known, else out: the packet's source is NATed to snat_addr:snat_port */
+	__u32	affinity_svc;	/* out, when not 0: an allowed flow records the client's affinity in this service */
+	__u32	affinity_backend; /* out, with affinity_svc: to this backend */
 };
 
 /* Where sl_new_packet keeps its struct sl_svc_io (entry 0): off the
@@ -316,7 +318,9 @@ SL_INLINE int sl_to_policy(struct __sk_buff *skb, const struct sl_iface_record *
 	pd->leg_flags = sl_ct_leg_flags_of(pkt->tcp_flags);
 	pd->counter_index = counter_index;
 	pd->flags = (sl_ct_tracked(pkt) ? SL_PENDING_TRACK : 0) | (pre->dnat ? SL_PENDING_DNAT : 0) |
-		    (pre->snat ? SL_PENDING_SNAT : 0);
+		    (pre->snat ? SL_PENDING_SNAT : 0) | (pre->affinity_svc ? SL_PENDING_AFFINITY : 0);
+	pd->affinity_svc = pre->affinity_svc;
+	pd->affinity_backend = pre->affinity_backend;
 	bpf_tail_call(skb, &sl_policy_jumps, slot);
 	pd->ifindex = 0;
 	return sl_verdict(counter_index, SL_REASON_DROPPED_NO_POLICY);
@@ -410,11 +414,13 @@ SL_INLINE int sl_nat_translate(struct __sk_buff *skb, const struct sl_pkt *pkt, 
 			       enum sl_ct_dir dir, bool via_stub)
 {
 	bool from_client = dir == sl_ct_client_dir(ct);
+	bool snat = ct->flags & SL_CT_F_SNAT;
 	const __u8 *addr;
 	__u16 port;
 
-	bool snat = ct->flags & SL_CT_F_SNAT;
-
+	/* A fragment's later pieces could not follow its translation. */
+	if (pkt->first_fragment && from_client == via_stub)
+		return -1;
 	if (via_stub && from_client) {
 		sl_ct_nat_backend(ct, key, &addr, &port);
 		if (sl_nat_rewrite(skb, pkt, v6, false, addr, port))
@@ -557,9 +563,18 @@ __noinline int sl_service(struct __sk_buff *skb, struct sl_pkt *pkt, struct sl_c
 			return -1;
 		if (!sl_lb_source_ok(svc, pkt->saddr))
 			return sl_verdict(io->counters, SL_REASON_DROPPED_SVC_SOURCE_RANGE);
+		/* Fragments are not translated: a first fragment sent on to the
+		 * backend would leave the later ones, which have no ports to
+		 * find the frontend by, at the frontend's address. */
+		if (pkt->first_fragment)
+			return sl_verdict(io->counters, SL_REASON_DROPPED_FRAGMENT);
 		be = sl_lb_choose(svc, pkt, &id);
 		if (!be)
 			return SL_SVC_REFUSE;
+		if (svc->flags & SL_SVC_AFFINITY) {
+			io->affinity_svc = svc->id;
+			io->affinity_backend = id;
+		}
 		addr = be->addr;
 		port = be->port;
 		if (sl_snat_needed(pkt, io->src_flags, addr) && sl_snat_pick(pkt, addr, port, io))
@@ -815,6 +830,8 @@ int sl_tc_allow(struct __sk_buff *skb)
 	if (pd.flags & SL_PENDING_DNAT) {
 		if (!live || sl_ct_approve_nat(live, &pd, st, skb->len, skb->ingress_ifindex))
 			return sl_verdict(pd.counter_index, SL_REASON_DROPPED_NAT_FAILED);
+		if (pd.flags & SL_PENDING_AFFINITY)
+			sl_lb_remember(pd.affinity_svc, st->src_addr, pd.affinity_backend);
 		return sl_verdict(pd.counter_index, SL_REASON_ACCEPTED_BY_POLICY);
 	}
 	if (!(pd.flags & SL_PENDING_TRACK))

@@ -188,6 +188,11 @@ func findFrontend(services map[string]Service, flow Flow) (string, Frontend, boo
 		for _, f := range s.Frontends {
 			switch f.key() {
 			case exact:
+				// The wildcard itself is no node address: a NodePort
+				// answers only where ToNode says the flow is to one.
+				if f.NodePort && !flow.ToNode {
+					continue
+				}
 				if !found || name < best {
 					best, bestF, found = name, f, true
 				}

@@ -226,6 +226,7 @@ func TestChoose(t *testing.T) {
 		toNode(flow("192.168.1.1:5000", "10.0.0.1:30080")), nil,
 		Choice{Service: "web", Frontend: fe("web", 1), Backend: localA, Reason: ReasonHash, LocalOnly: true})
 	add("node port not ToNode: no service", flow("192.168.1.1:5000", "10.0.0.1:30080"), nil, Choice{})
+	add("node port sent to the wildcard itself: no service", flow("192.168.1.1:5000", "0.0.0.0:30080"), nil, Choice{})
 	add("node port of another protocol", udp(toNode(flow("192.168.1.1:5000", "10.0.0.1:30080"))), nil, Choice{})
 	add("node port no service has", toNode(flow("192.168.1.1:5000", "10.0.0.1:30081")), nil, Choice{})
 	add("exact frontend wins over a node port", toNode(flow("192.168.1.1:5000", "203.0.113.7:80")), nil,

@@ -170,7 +170,7 @@ SL_INLINE __u32 sl_lb_maglev(const struct sl_svc *svc, __u32 hash)
  * its ID in *id, or NULL when the service has no usable backend: the
  * client's affinity, else the Maglev table (serving group, not local
  * only), else the flow's hash over the group's slots. A service with
- * affinity remembers the choice. */
+ * affinity remembers the choice once policy allowed it (sl_lb_remember). */
 SL_INLINE const struct sl_backend *sl_lb_choose(const struct sl_svc *svc, const struct sl_pkt *pkt,
 						__u32 *id)
 {
@@ -200,13 +200,18 @@ SL_INLINE const struct sl_backend *sl_lb_choose(const struct sl_svc *svc, const 
 	be = bpf_map_lookup_elem(&sl_backends, &backend);
 	if (!be)
 		return NULL;
-	if (affinity) {
-		struct sl_affinity_key ak = { .svc_id = svc->id };
-		struct sl_affinity a = { .backend_id = backend, .last_used_ns = now };
-
-		sl_addr_copy(ak.client, pkt->saddr);
-		bpf_map_update_elem(&sl_affinity, &ak, &a, BPF_ANY);
-	}
 	*id = backend;
 	return be;
+}
+
+/* sl_lb_remember records that a client of a service with affinity went to
+ * backend: once policy allowed the flow and its NAT entries are written,
+ * so that clients policy denies never fill the affinity table. */
+SL_INLINE void sl_lb_remember(__u32 svc_id, const __u8 *client, __u32 backend)
+{
+	struct sl_affinity_key ak = { .svc_id = svc_id };
+	struct sl_affinity a = { .backend_id = backend, .last_used_ns = bpf_ktime_get_coarse_ns() };
+
+	sl_addr_copy(ak.client, client);
+	bpf_map_update_elem(&sl_affinity, &ak, &a, BPF_ANY);
 }

@@ -17,6 +17,7 @@ enum sl_pending_flags {
 	SL_PENDING_TRACK	= 1u << 0, /* an allowed packet creates or updates its flow's entry (not ICMP other than echo) */
 	SL_PENDING_DNAT		= 1u << 1, /* the packet was DNATed to a service's backend: an allowed one creates the flow's NAT entries */
 	SL_PENDING_SNAT		= 1u << 2, /* with SL_PENDING_DNAT: its source was NATed too (SL_CT_F_SNAT) */
+	SL_PENDING_AFFINITY	= 1u << 3, /* with SL_PENDING_DNAT: an allowed one records the client's affinity to affinity_backend */
 };
 
 /* The packet waiting for a policy verdict on this CPU (sl_pending, entry
@@ -30,5 +31,7 @@ struct sl_pending {
 	enum sl_ct_leg_flags leg_flags;	/* TCP flags of the packet as leg bits */
 	__u32	counter_index;		/* sl_counters index of the interface's hook */
 	enum sl_pending_flags flags;	/* SL_PENDING_* bits */
+	__u32	affinity_svc;		/* SL_PENDING_AFFINITY: the service's ID */
+	__u32	affinity_backend;	/* SL_PENDING_AFFINITY: the backend's ID */
 };
-SL_ASSERT_SIZE(struct sl_pending, 64);
+SL_ASSERT_SIZE(struct sl_pending, 72);
