@@ -37,6 +37,17 @@ func CheckKernel() error {
 		{"helper bpf_skb_load_bytes", func() error {
 			return features.HaveProgramHelper(ebpf.SchedCLS, asm.FnSkbLoadBytes)
 		}},
+		// The service stage: NAT rewrites, refusals built in place.
+		{"helper bpf_l4_csum_replace", func() error {
+			return features.HaveProgramHelper(ebpf.SchedCLS, asm.FnL4CsumReplace)
+		}},
+		{"helper bpf_csum_diff", func() error { return features.HaveProgramHelper(ebpf.SchedCLS, asm.FnCsumDiff) }},
+		{"helper bpf_skb_change_tail", func() error {
+			return features.HaveProgramHelper(ebpf.SchedCLS, asm.FnSkbChangeTail)
+		}},
+		{"helper bpf_redirect_peer", func() error {
+			return features.HaveProgramHelper(ebpf.SchedCLS, asm.FnRedirectPeer)
+		}},
 		{"v3 instruction set", features.HaveV3ISA},
 		{"bounded loops", features.HaveBoundedLoops},
 		{"atomic compare-and-exchange", haveCmpXchg},
