@@ -13,7 +13,7 @@
 // # Maps and restarts
 //
 // The maps that carry state across a restart (conntrack, interfaces,
-// counters, rule hits, IP sets, routes) are opened through
+// counters, rule hits, IP sets, routes, the load-balancing maps) are opened through
 // maps.OpenOrCreate under Options.PinDir, each with its own name, layout
 // version and size. Per-CPU scratch maps are not pinned, and prog arrays
 // are not shared: a restarted agent builds fresh programs and swaps them
@@ -29,6 +29,18 @@
 // its generation as the one whose programs run, which a later takeover
 // never evicts. SetInterfaces configures many interfaces with a single wait
 // for running packets.
+//
+// # Services
+//
+// The TC ingress programs balance services: Datapath.Services programs
+// frontends and backends (package nat), Datapath.SNAT the node's
+// addresses for flows that need source NAT. A new flow to a frontend is
+// DNATed to the backend nat's model (nat.Choose) gives it before policy,
+// which sees the backend as destination and the frontend as pre-NAT
+// destination; an allowed flow's NAT entries are written with its
+// conntrack entry, and its replies and ICMP errors are translated back. A
+// frontend without a usable backend is answered at once with a TCP RST or
+// an ICMP port unreachable.
 //
 // The conntrack table grows while traffic flows (Datapath.ResizeConntrack):
 // the programs find it through an array of tables, read the old table on
