@@ -1,0 +1,62 @@
+// Package attach attaches BPF programs to the TC and XDP hooks of network
+// interfaces, replaces them atomically, detaches them, and lists what it
+// attached: the attach helpers an agent combines with its own programs.
+//
+// # Pins and restarts
+//
+// An [Attacher] pins every link it creates under the bpffs directory given
+// to [Open]: <pinDir>/links/tc-ingress-<ifname>, tc-egress-<ifname> and
+// xdp-<ifname>. The pin, not the process, keeps a program attached, so a
+// restarted agent that opens the same directory finds the links and
+// replaces their programs with link.Update: packets never meet a hook
+// without a program. A pin whose link lost its interface (the interface was
+// deleted, or replaced by another of the same name) is removed and the
+// program attached afresh. Everything under the pin directory's links/
+// sub-directory is this library's; List reports those pins and nothing
+// else of the kind.
+//
+// # Kernel features, and how they are probed
+//
+// Versions are never compared; each feature is tried:
+//
+//   - TCX (CONFIG_NET_XGRESS, upstream 6.6, backported by some
+//     distributions): AttachTC creates a TCX link with link.AttachTCX. If
+//     that fails with an error wrapping ebpf.ErrNotSupported (cilium/ebpf
+//     probes the kernel when the attach fails), AttachTC falls back to a
+//     clsact qdisc with a direct-action cls_bpf filter (CONFIG_NET_CLS_ACT,
+//     CONFIG_NET_SCH_INGRESS, CONFIG_NET_CLS_BPF) through netlink. The
+//     filter is this library's by its fixed handle ([ClsactHandle]),
+//     priority ([ClsactPriority]) and name prefix ([FilterNamePrefix]);
+//     netlink's filter replace on the same parent, handle, priority and
+//     protocol swaps its program in place. The clsact qdisc is created if
+//     the interface has none, and deleted with the last filter only if this
+//     library created it (recorded by a marker directory under
+//     <pinDir>/qdiscs). Adding or deleting a clsact qdisc deactivates the
+//     device for a moment and drops the packets in flight, so it happens
+//     only on the first attach and the last detach, never on a replace.
+//     When TCX becomes available (a kernel upgrade) the next AttachTC
+//     moves the hook to TCX and then deletes the filter (TCX programs run
+//     before legacy filters, so there is no gap); the qdisc stays until
+//     DetachTC.
+//   - XDP links (5.9+) and BPF_LINK_UPDATE: AttachXDP creates an XDP link
+//     in driver (native) mode and, with [XDPAuto], falls back to generic
+//     mode if the driver refuses. The mode in force is read back from the
+//     kernel (IFLA_XDP_ATTACHED) and reported in [Attachment.Mode].
+//   - Pinned links and bpffs: [Open] fails with [ErrNoBPFFS] unless the
+//     directory is on a bpffs mount.
+//
+// TC programs must be of type ebpf.SchedCLS and XDP programs of type
+// ebpf.XDP ([ErrProgramType] otherwise). TC_ACT_OK, TC_ACT_SHOT and
+// TC_ACT_REDIRECT equal TCX_PASS, TCX_DROP and TCX_REDIRECT, so one program
+// works in both TC modes. Note that a TCX program returning TCX_PASS ends
+// the hook: legacy filters of other agents on the same interface do not
+// run after it.
+//
+// # Network namespaces
+//
+// Interface indexes, netlink requests and bpf_link creation all resolve in
+// the network namespace of the calling thread. To attach in another
+// namespace, call the Attacher on a thread locked into it, and give each
+// namespace its own pin directory (pin names carry only the interface
+// name).
+package attach

@@ -1,0 +1,404 @@
+package attach
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// The clsact fallback's filter identity. A filter is this library's when it
+// sits at ClsactHandle and ClsactPriority and its name starts with
+// FilterNamePrefix; replacing it with the same parent, handle, priority and
+// protocol swaps the program in place, with no moment without one.
+const (
+	// ClsactHandle is the handle of every filter this library adds.
+	ClsactHandle uint32 = 0x51ce
+	// ClsactPriority is the priority of every filter this library adds.
+	ClsactPriority uint16 = 0x51c
+	// FilterNamePrefix starts the name of every filter this library adds;
+	// the program's name follows it.
+	FilterNamePrefix = "sluice:"
+)
+
+// kernel holds the kernel calls whose failure selects a fallback. They are
+// the probes: TCX is present when AttachTCX does not fail with
+// ebpf.ErrNotSupported, native XDP when attaching in driver mode succeeds.
+// Tests replace the fields to force each fallback on a kernel that has
+// every feature.
+var kernel = struct {
+	attachTCX func(link.TCXOptions) (link.Link, error)
+	attachXDP func(link.XDPOptions) (link.Link, error)
+}{
+	attachTCX: link.AttachTCX,
+	attachXDP: link.AttachXDP,
+}
+
+func tcxAttachType(d Direction) ebpf.AttachType {
+	if d == Egress {
+		return ebpf.AttachTCXEgress
+	}
+	return ebpf.AttachTCXIngress
+}
+
+func clsactParent(d Direction) uint32 {
+	if d == Egress {
+		return netlink.HANDLE_MIN_EGRESS
+	}
+	return netlink.HANDLE_MIN_INGRESS
+}
+
+// AttachTC attaches prog, a SchedCLS program, to the ingress or egress of
+// the interface ifname, or atomically replaces the program this library
+// attached there before (by this process or an earlier one using the same
+// pin directory).
+//
+// Where the kernel has TCX the program is attached through a TCX link
+// pinned at <pinDir>/links/tc-<direction>-<ifname>, and any clsact filter
+// of this library's on the same hook is removed afterwards. Otherwise it
+// is attached as a direct-action filter on a clsact qdisc, which is created
+// if the interface has none.
+func (a *Attacher) AttachTC(ifname string, dir Direction, prog *ebpf.Program) (Attachment, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	at, err := a.attachTC(ifname, dir, prog)
+	if err != nil {
+		return Attachment{}, fmt.Errorf("attach: tc %s on %s: %w", dir, ifname, err)
+	}
+	return at, nil
+}
+
+func (a *Attacher) attachTC(ifname string, dir Direction, prog *ebpf.Program) (Attachment, error) {
+	if dir != Ingress && dir != Egress {
+		return Attachment{}, fmt.Errorf("invalid direction %d", dir)
+	}
+	if prog == nil || prog.Type() != ebpf.SchedCLS {
+		return Attachment{}, fmt.Errorf("%w: need %s, have %s", ErrProgramType, ebpf.SchedCLS, progType(prog))
+	}
+	dev, err := iface(ifname)
+	if err != nil {
+		return Attachment{}, err
+	}
+	ifindex := dev.Attrs().Index
+	hook := tcHook(dir)
+	pin := a.linkPin(hook, ifname)
+	at := Attachment{Hook: hook, Ifname: ifname, Ifindex: ifindex, Mode: ModeTCX, Pin: pin}
+
+	replaced, err := replacePinned(pin, ifindex, prog)
+	if err != nil {
+		return Attachment{}, err
+	}
+	if !replaced {
+		l, err := kernel.attachTCX(link.TCXOptions{Interface: ifindex, Program: prog, Attach: tcxAttachType(dir)})
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			return a.attachClsact(dev, dir, prog)
+		}
+		if err != nil {
+			return Attachment{}, err
+		}
+		err = l.Pin(pin)
+		l.Close() // Without the pin, closing detaches.
+		if err != nil {
+			return Attachment{}, err
+		}
+	}
+	// The TCX program now runs before any legacy filter, so a filter of
+	// ours left from a clsact attachment can go without a gap.
+	if err := removeFilter(dev, dir); err != nil {
+		return Attachment{}, err
+	}
+	if at.Program, err = programID(prog); err != nil {
+		return Attachment{}, err
+	}
+	return at, nil
+}
+
+// replacePinned updates the link pinned at pin to run prog, if it is live
+// and bound to ifindex, and reports whether it did. A stale pin (its
+// interface gone or replaced by another of the same name) is removed.
+func replacePinned(pin string, ifindex int, prog *ebpf.Program) (bool, error) {
+	l, err := loadPin(pin)
+	if err != nil || l == nil {
+		return false, err
+	}
+	bound, _, err := linkIfindex(l)
+	if err != nil {
+		l.Close()
+		return false, err
+	}
+	if bound != ifindex {
+		return false, removeLink(l, pin)
+	}
+	defer l.Close()
+	if err := l.Update(prog); err != nil {
+		return false, fmt.Errorf("update link pinned at %s: %w", pin, err)
+	}
+	return true, nil
+}
+
+func progType(p *ebpf.Program) string {
+	if p == nil {
+		return "no program"
+	}
+	return p.Type().String()
+}
+
+func programID(p *ebpf.Program) (ebpf.ProgramID, error) {
+	info, err := p.Info()
+	if err != nil {
+		return 0, err
+	}
+	id, ok := info.ID()
+	if !ok {
+		return 0, fmt.Errorf("program info has no ID")
+	}
+	return id, nil
+}
+
+// ourFilter returns the filter of ours on the interface's clsact parent.
+func ourFilter(dev netlink.Link, parent uint32) (*netlink.BpfFilter, error) {
+	filters, err := filterList(dev, parent)
+	if err != nil {
+		return nil, err
+	}
+	for _, f := range filters {
+		if ours(f) {
+			return f.(*netlink.BpfFilter), nil
+		}
+	}
+	return nil, nil
+}
+
+func ours(f netlink.Filter) bool {
+	bf, ok := f.(*netlink.BpfFilter)
+	return ok && bf.Handle == ClsactHandle && bf.Priority == ClsactPriority &&
+		strings.HasPrefix(bf.Name, FilterNamePrefix)
+}
+
+// filterList lists the filters on a clsact parent of dev, none if it has no
+// clsact qdisc; it retries a dump the kernel interrupted.
+func filterList(dev netlink.Link, parent uint32) ([]netlink.Filter, error) {
+	has, err := hasClsact(dev)
+	if err != nil || !has {
+		return nil, err
+	}
+	var filters []netlink.Filter
+	err = retryDump(func() (err error) { filters, err = netlink.FilterList(dev, parent); return })
+	return filters, err
+}
+
+func hasClsact(dev netlink.Link) (bool, error) {
+	var qdiscs []netlink.Qdisc
+	err := retryDump(func() (err error) { qdiscs, err = netlink.QdiscList(dev); return })
+	if err != nil {
+		return false, err
+	}
+	for _, q := range qdiscs {
+		if q.Type() == "clsact" {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// retryDump runs a netlink dump again while the kernel reports it
+// interrupted (its results may then be inconsistent).
+func retryDump(dump func() error) error {
+	var err error
+	for range 10 {
+		if err = dump(); !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return err
+		}
+	}
+	return err
+}
+
+func clsact(ifindex int) *netlink.Clsact {
+	return &netlink.Clsact{QdiscAttrs: netlink.QdiscAttrs{
+		LinkIndex: ifindex,
+		Handle:    netlink.MakeHandle(0xffff, 0),
+		Parent:    netlink.HANDLE_CLSACT,
+	}}
+}
+
+// qdiscMarker is the marker directory recording that this library created
+// the clsact qdisc of ifname.
+func (a *Attacher) qdiscMarker(ifname string) string {
+	return filepath.Join(a.pinDir, qdiscsDir, "clsact-"+ifname)
+}
+
+func (a *Attacher) attachClsact(dev netlink.Link, dir Direction, prog *ebpf.Program) (Attachment, error) {
+	ifname, ifindex := dev.Attrs().Name, dev.Attrs().Index
+	has, err := hasClsact(dev)
+	if err != nil {
+		return Attachment{}, err
+	}
+	if !has {
+		if err := os.Mkdir(a.qdiscMarker(ifname), 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+			return Attachment{}, fmt.Errorf("mark clsact qdisc: %w", err)
+		}
+		if err := netlink.QdiscAdd(clsact(ifindex)); err != nil && !errors.Is(err, unix.EEXIST) {
+			os.Remove(a.qdiscMarker(ifname))
+			return Attachment{}, fmt.Errorf("add clsact qdisc: %w", err)
+		}
+	}
+	info, err := prog.Info()
+	if err != nil {
+		return Attachment{}, err
+	}
+	f := &netlink.BpfFilter{
+		FilterAttrs: netlink.FilterAttrs{
+			LinkIndex: ifindex,
+			Parent:    clsactParent(dir),
+			Handle:    ClsactHandle,
+			Priority:  ClsactPriority,
+			Protocol:  unix.ETH_P_ALL,
+		},
+		Fd:           prog.FD(),
+		Name:         FilterNamePrefix + info.Name,
+		DirectAction: true,
+	}
+	if err := netlink.FilterReplace(f); err != nil {
+		return Attachment{}, fmt.Errorf("replace filter: %w", err)
+	}
+	// A TCX link of ours would run before the filter and hide it; it can
+	// only be left from a run that had TCX, and goes now that the filter
+	// is in place.
+	if err := a.removeStalePin(tcHook(dir), ifname); err != nil {
+		return Attachment{}, err
+	}
+	id, err := programID(prog)
+	if err != nil {
+		return Attachment{}, err
+	}
+	return Attachment{Hook: tcHook(dir), Ifname: ifname, Ifindex: ifindex, Mode: ModeClsact, Program: id}, nil
+}
+
+func (a *Attacher) removeStalePin(h Hook, ifname string) error {
+	pin := a.linkPin(h, ifname)
+	l, err := loadPin(pin)
+	if err != nil || l == nil {
+		return err
+	}
+	return removeLink(l, pin)
+}
+
+// removeFilter deletes our filter on the hook, if any. It leaves the
+// clsact qdisc: deleting a qdisc deactivates the device for a moment,
+// dropping the packets in flight, so the qdisc goes only when the hooks
+// are detached (removeQdiscIfOurs).
+func removeFilter(dev netlink.Link, dir Direction) error {
+	f, err := ourFilter(dev, clsactParent(dir))
+	if err != nil || f == nil {
+		return err
+	}
+	if err := netlink.FilterDel(f); err != nil {
+		return fmt.Errorf("delete filter: %w", err)
+	}
+	return nil
+}
+
+// removeQdiscIfOurs deletes the clsact qdisc of dev if this library
+// created it and no filter is left on it.
+func (a *Attacher) removeQdiscIfOurs(dev netlink.Link) error {
+	marker := a.qdiscMarker(dev.Attrs().Name)
+	if _, err := os.Stat(marker); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
+		filters, err := filterList(dev, parent)
+		if err != nil {
+			return err
+		}
+		if len(filters) > 0 {
+			return nil
+		}
+	}
+	if err := netlink.QdiscDel(clsact(dev.Attrs().Index)); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("delete clsact qdisc: %w", err)
+	}
+	return os.Remove(marker)
+}
+
+// DetachTC detaches the program this library attached to the ingress or
+// egress of ifname: it detaches and unpins the TCX link, or deletes the
+// clsact filter (and the clsact qdisc, if this library created it and no
+// filter is left on it). It returns an error wrapping ErrNotAttached if
+// there was nothing to detach.
+func (a *Attacher) DetachTC(ifname string, dir Direction) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err := a.detachTC(ifname, dir); err != nil {
+		return fmt.Errorf("attach: detach tc %s on %s: %w", dir, ifname, err)
+	}
+	return nil
+}
+
+func (a *Attacher) detachTC(ifname string, dir Direction) error {
+	pin := a.linkPin(tcHook(dir), ifname)
+	l, err := loadPin(pin)
+	if err != nil {
+		return err
+	}
+	found := l != nil
+	if found {
+		if err := removeLink(l, pin); err != nil {
+			return err
+		}
+	}
+	dev, err := iface(ifname)
+	if errors.Is(err, ErrNoInterface) && found {
+		return nil // The interface took its filters with it.
+	}
+	if err != nil {
+		return err
+	}
+	f, err := ourFilter(dev, clsactParent(dir))
+	if err != nil {
+		return err
+	}
+	if f == nil && !found {
+		return ErrNotAttached
+	}
+	if f != nil {
+		if err := netlink.FilterDel(f); err != nil {
+			return fmt.Errorf("delete filter: %w", err)
+		}
+	}
+	return a.removeQdiscIfOurs(dev)
+}
+
+// listFilters returns the clsact filters of ours on every interface of the
+// calling thread's namespace.
+func listFilters() ([]Attachment, error) {
+	var links []netlink.Link
+	if err := retryDump(func() (err error) { links, err = netlink.LinkList(); return }); err != nil {
+		return nil, err
+	}
+	var out []Attachment
+	for _, dev := range links {
+		for _, dir := range []Direction{Ingress, Egress} {
+			f, err := ourFilter(dev, clsactParent(dir))
+			if err != nil {
+				return nil, fmt.Errorf("filters of %s: %w", dev.Attrs().Name, err)
+			}
+			if f == nil {
+				continue
+			}
+			out = append(out, Attachment{
+				Hook:    tcHook(dir),
+				Ifname:  dev.Attrs().Name,
+				Ifindex: dev.Attrs().Index,
+				Mode:    ModeClsact,
+				Program: ebpf.ProgramID(f.Id),
+			})
+		}
+	}
+	return out, nil
+}

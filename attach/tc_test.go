@@ -1,0 +1,225 @@
+package attach
+
+import (
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/google/go-cmp/cmp"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/sluicenet/sluice/internal/testutil"
+)
+
+// TestClsactToTCX: a hook attached through clsact on a kernel without TCX
+// moves to TCX when the kernel has it (after an upgrade), under traffic
+// without a lost packet; the filter goes at once, the qdisc this library
+// created (deleting it would deactivate the device for a moment) when the
+// hook is detached.
+func TestClsactToTCX(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	p := newPair(t)
+	pinDir := testutil.TempBPFFS(t)
+	srv := p.echo(t)
+	counters := newCounters(t)
+	old, upgraded := countProg(t, ebpf.SchedCLS, counters, 0), countProg(t, ebpf.SchedCLS, counters, 1)
+
+	t.Run("without-tcx", func(t *testing.T) {
+		forceNoTCX(t)
+		a := open(t, pinDir)
+		var at Attachment
+		in(t, p.B, func() (err error) { at, err = a.AttachTC("slb", Ingress, old); return })
+		if at.Mode != ModeClsact {
+			t.Fatalf("mode %s, want clsact", at.Mode)
+		}
+	})
+
+	// Migrate once the old program has seen traffic, and stop the traffic
+	// once the new one has too.
+	traffic := startFlow(p.A.ListenPacket(t, "udp4", "10.0.0.1:0"), srv)
+	traffic.waitCount(t, counters, 0, 50)
+	a := open(t, pinDir)
+	var at Attachment
+	var state kernelState
+	in(t, p.B, func() (err error) {
+		if at, err = a.AttachTC("slb", Ingress, upgraded); err != nil {
+			return err
+		}
+		state, err = stateOf("slb")
+		return err
+	})
+	traffic.waitCount(t, counters, 1, 50)
+	answered, err := traffic.end()
+	if err != nil {
+		t.Fatalf("after %d answered: %v", answered, err)
+	}
+	if got := counts(t, counters); sum(got) != uint64(answered) {
+		t.Errorf("programs counted %v, want %d in all", got[:2], answered)
+	}
+	want := Attachment{Hook: HookTCIngress, Ifname: "slb", Ifindex: p.VB.Index, Mode: ModeTCX,
+		Program: progID(t, upgraded), Pin: filepath.Join(pinDir, linksDir, "tc-ingress-slb")}
+	if diff := cmp.Diff(want, at); diff != "" {
+		t.Errorf("attachment (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(kernelState{TCXIngress: []ebpf.ProgramID{want.Program}, Clsact: true}, state); diff != "" {
+		t.Errorf("kernel (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{"links/tc-ingress-slb", "qdiscs/clsact-slb"}, pins(t, pinDir)); diff != "" {
+		t.Errorf("pins (-want +got):\n%s", diff)
+	}
+
+	in(t, p.B, func() (err error) {
+		if err = a.DetachTC("slb", Ingress); err != nil {
+			return err
+		}
+		state, err = stateOf("slb")
+		return err
+	})
+	if diff := cmp.Diff(kernelState{}, state); diff != "" {
+		t.Errorf("kernel after detach (-want +got):\n%s", diff)
+	}
+	if got := pins(t, pinDir); len(got) != 0 {
+		t.Errorf("pins after detach: %v", got)
+	}
+}
+
+// TestForeignTC: another agent's clsact qdisc, its filter and its TCX
+// program on the same interface are neither listed nor removed.
+func TestForeignTC(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	p := newPair(t)
+	pinDir := testutil.TempBPFFS(t)
+	foreign, ours := passProg(t, ebpf.SchedCLS), passProg(t, ebpf.SchedCLS)
+	foreignFilter := &netlink.BpfFilter{
+		FilterAttrs: netlink.FilterAttrs{LinkIndex: p.VB.Index, Parent: netlink.HANDLE_MIN_INGRESS,
+			Handle: 1, Priority: 1, Protocol: unix.ETH_P_ALL},
+		Fd: foreign.FD(), Name: "other-agent", DirectAction: true}
+	in(t, p.B, func() error {
+		if err := netlink.QdiscAdd(clsact(p.VB.Index)); err != nil {
+			return err
+		}
+		if err := netlink.FilterAdd(foreignFilter); err != nil {
+			return err
+		}
+		l, err := link.AttachTCX(link.TCXOptions{Interface: p.VB.Index, Program: foreign, Attach: ebpf.AttachTCXEgress})
+		if err != nil {
+			return err
+		}
+		t.Cleanup(func() { l.Close() })
+		return nil
+	})
+	foreignDesc := fmt.Sprintf("other-agent handle 0x1 prio 0x1 id %d", progID(t, foreign))
+
+	for _, force := range []bool{false, true} {
+		name := "tcx"
+		if force {
+			name = "clsact"
+		}
+		t.Run(name, func(t *testing.T) {
+			if force {
+				forceNoTCX(t)
+			}
+			a := open(t, pinDir)
+			var list []Attachment
+			var state kernelState
+			in(t, p.B, func() (err error) {
+				for _, d := range []Direction{Ingress, Egress} {
+					if _, err = a.AttachTC("slb", d, ours); err != nil {
+						return err
+					}
+				}
+				if list, err = a.List(); err != nil {
+					return err
+				}
+				for _, d := range []Direction{Ingress, Egress} {
+					if err = a.DetachTC("slb", d); err != nil {
+						return err
+					}
+				}
+				state, err = stateOf("slb")
+				return err
+			})
+			if len(list) != 2 || list[0].Program != progID(t, ours) || list[1].Program != progID(t, ours) {
+				t.Errorf("list: %+v, want our two attachments only", list)
+			}
+			want := kernelState{TCXEgress: []ebpf.ProgramID{progID(t, foreign)}, Clsact: true,
+				FiltersIngress: []string{foreignDesc}}
+			if diff := cmp.Diff(want, state); diff != "" {
+				t.Errorf("kernel after detach (-want +got):\n%s", diff)
+			}
+			if got := pins(t, pinDir); len(got) != 0 {
+				t.Errorf("pins after detach: %v", got)
+			}
+		})
+	}
+}
+
+// TestStalePin: when the interface a pinned link was bound to is deleted
+// and another of the same name appears, AttachTC and AttachXDP drop the
+// defunct link and attach afresh to the new interface.
+func TestStalePin(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	p := newPair(t)
+	pinDir := testutil.TempBPFFS(t)
+	tc, xdp := passProg(t, ebpf.SchedCLS), passProg(t, ebpf.XDP)
+	a := open(t, pinDir)
+	in(t, p.B, func() error {
+		if _, err := a.AttachTC("slb", Ingress, tc); err != nil {
+			return err
+		}
+		_, err := a.AttachXDP("slb", xdp, XDPAuto)
+		return err
+	})
+	if err := p.A.DeleteLink("sla"); err != nil {
+		t.Fatal(err)
+	}
+	var list []Attachment
+	in(t, p.B, func() (err error) { list, err = a.List(); return })
+	wantDefunct := []Attachment{
+		{Hook: HookTCIngress, Ifname: "slb", Mode: ModeTCX, Program: progID(t, tc), Pin: filepath.Join(pinDir, linksDir, "tc-ingress-slb")},
+		{Hook: HookXDP, Ifname: "slb", Program: progID(t, xdp), Pin: filepath.Join(pinDir, linksDir, "xdp-slb")},
+	}
+	if diff := cmp.Diff(wantDefunct, list); diff != "" {
+		t.Errorf("list of defunct links (-want +got):\n%s", diff)
+	}
+
+	_, vb := testutil.ConnectVeth(t, p.A, "sla", netip.MustParsePrefix("10.0.0.1/24"), p.B, "slb", netip.MustParsePrefix("10.0.0.2/24"))
+	var state kernelState
+	in(t, p.B, func() (err error) {
+		if _, err = a.AttachTC("slb", Ingress, tc); err != nil {
+			return err
+		}
+		if _, err = a.AttachXDP("slb", xdp, XDPAuto); err != nil {
+			return err
+		}
+		if list, err = a.List(); err != nil {
+			return err
+		}
+		state, err = stateOf("slb")
+		return err
+	})
+	for i := range wantDefunct {
+		wantDefunct[i].Ifindex = vb.Index
+	}
+	wantDefunct[1].Mode = ModeXDPNative
+	if diff := cmp.Diff(wantDefunct, list); diff != "" {
+		t.Errorf("list after re-attach (-want +got):\n%s", diff)
+	}
+	want := kernelState{TCXIngress: []ebpf.ProgramID{progID(t, tc)}, XDP: ModeXDPNative, XDPProgram: progID(t, xdp)}
+	if diff := cmp.Diff(want, state); diff != "" {
+		t.Errorf("kernel (-want +got):\n%s", diff)
+	}
+	in(t, p.B, func() error {
+		if err := a.DetachTC("slb", Ingress); err != nil {
+			return err
+		}
+		return a.DetachXDP("slb")
+	})
+	if got := pins(t, pinDir); len(got) != 0 {
+		t.Errorf("pins after detach: %v", got)
+	}
+}
