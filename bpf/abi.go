@@ -251,6 +251,12 @@ const (
 	// IfaceDropND is SL_IFACE_DROP_ND: with SL_IFACE_ENFORCE_IPV6: drop
 	// neighbour discovery instead of passing it.
 	IfaceDropND IfaceFlags = 1 << 8
+	// IfaceRedirectLocal is SL_IFACE_REDIRECT_LOCAL: an established packet
+	// this interface's ingress hook passes to a local workload (translated
+	// first, if it is a service's) goes straight to the workload's
+	// interface (bpf_redirect_neigh), past the host's routing and
+	// netfilter. The workload interface's egress hook still runs.
+	IfaceRedirectLocal IfaceFlags = 1 << 9
 )
 
 // String returns the lower-case C names of the bits set in i without its
@@ -270,6 +276,7 @@ var ifaceFlagsNames = []flagName{
 	{uint64(IfacePassFragments), "pass_fragments"},
 	{uint64(IfaceEnforceIPv6), "enforce_ipv6"},
 	{uint64(IfaceDropND), "drop_nd"},
+	{uint64(IfaceRedirectLocal), "redirect_local"},
 }
 
 // Hook mirrors enum sl_hook: the TC hook a program runs at. Also the second

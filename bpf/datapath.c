@@ -664,6 +664,34 @@ SL_INLINE int sl_new_packet(struct __sk_buff *skb, const struct sl_iface_record 
 	return sl_to_policy(skb, rec, hook, counters, pkt, io, key, io->dir, sl_host_flags(src, dst));
 }
 
+/* sl_redirect_local passes an established packet (counted so) and, when
+ * its destination, as translated, is a local workload behind another
+ * interface, sends it straight to that interface's egress with its
+ * neighbour resolved (bpf_redirect_neigh), past the host's routing and
+ * netfilter. A real function: it runs on the path of interfaces that ask
+ * for it only, and its route key stays out of the main frame. */
+static __noinline int sl_redirect_local(struct __sk_buff *skb, __u32 counters, bool v6)
+{
+	__u8 daddr[16] SL_ADDR_ALIGNED;
+	const struct sl_route *dst;
+
+	sl_count(counters, SL_REASON_ACCEPTED_ESTABLISHED);
+	if (v6) {
+		if (bpf_skb_load_bytes(skb, SL_IP6_DADDR_OFF, daddr, 16))
+			return TC_ACT_OK;
+	} else {
+		__be32 a;
+
+		if (bpf_skb_load_bytes(skb, SL_IP4_DADDR_OFF, &a, 4))
+			return TC_ACT_OK;
+		sl_addr_set4(daddr, a);
+	}
+	dst = sl_route_of(daddr);
+	if (!dst || !(dst->flags & SL_ROUTE_LOCAL_WORKLOAD) || dst->ifindex == skb->ifindex)
+		return TC_ACT_OK;
+	return bpf_redirect_neigh(dst->ifindex, NULL, 0, 0);
+}
+
 /* sl_nd_on_link says whether a neighbour-discovery message that
  * sl_icmp6_link accepted stays on the link: at an ingress hook, only one
  * to a link-local or link-scope multicast address, or to this node, is
@@ -725,6 +753,8 @@ SL_INLINE int sl_tc_parsed(struct __sk_buff *skb, const struct sl_iface_record *
 				  bpf_ktime_get_coarse_ns(), count);
 		if (ct->type == SL_CT_NAT_REV && sl_nat_translate(skb, pkt, v6, ct, &key, dir, via_stub))
 			return sl_verdict(counters, SL_REASON_DROPPED_NAT_FAILED);
+		if (hook == SL_HOOK_INGRESS && (rec->flags & SL_IFACE_REDIRECT_LOCAL))
+			return sl_redirect_local(skb, counters, v6);
 		return sl_verdict(counters, SL_REASON_ACCEPTED_ESTABLISHED);
 	}
 	return sl_new_packet(skb, rec, hook, counters, pkt, &key, dir, v6, ct, via_stub);

@@ -96,6 +96,12 @@ type Interface struct {
 	// PassFragments polices first fragments and passes later ones
 	// instead of dropping every fragment (bpf.IfacePassFragments).
 	PassFragments bool
+	// RedirectLocal sends established packets that arrive here for a
+	// local workload (a service's after translation) straight to the
+	// workload's interface, past the host's routing and netfilter
+	// (bpf.IfaceRedirectLocal). Leave it off where the host's own rules
+	// must see that traffic.
+	RedirectLocal bool
 }
 
 // flags are the interface's bpf.IfaceFlags.
@@ -116,6 +122,7 @@ func (c *Interface) flags() bpf.IfaceFlags {
 		{c.DropND, bpf.IfaceDropND},
 		{c.DropMidFlow, bpf.IfaceDropMidFlow},
 		{c.PassFragments, bpf.IfacePassFragments},
+		{c.RedirectLocal, bpf.IfaceRedirectLocal},
 	} {
 		if o.on {
 			f |= o.flag

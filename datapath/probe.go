@@ -45,6 +45,9 @@ func CheckKernel() error {
 		{"helper bpf_skb_change_tail", func() error {
 			return features.HaveProgramHelper(ebpf.SchedCLS, asm.FnSkbChangeTail)
 		}},
+		{"helper bpf_redirect_neigh", func() error {
+			return features.HaveProgramHelper(ebpf.SchedCLS, asm.FnRedirectNeigh)
+		}},
 		{"helper bpf_redirect_peer", func() error {
 			return features.HaveProgramHelper(ebpf.SchedCLS, asm.FnRedirectPeer)
 		}},

@@ -28,6 +28,12 @@ enum sl_iface_flags {
 	 * address checks know the family; then it becomes the default. */
 	SL_IFACE_ENFORCE_IPV6	= 1u << 7,
 	SL_IFACE_DROP_ND	= 1u << 8, /* with SL_IFACE_ENFORCE_IPV6: drop neighbour discovery instead of passing it */
+	/* An established packet this interface's ingress hook passes to a
+	 * local workload (translated first, if it is a service's) goes
+	 * straight to the workload's interface (bpf_redirect_neigh), past
+	 * the host's routing and netfilter. The workload interface's egress
+	 * hook still runs. */
+	SL_IFACE_REDIRECT_LOCAL	= 1u << 9,
 };
 
 /* One generation's configuration of an interface. Each process that loads
