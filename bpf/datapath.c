@@ -712,6 +712,18 @@ SL_INLINE bool sl_nd_on_link(const struct sl_pkt *pkt, enum sl_hook hook)
 	return dst && (dst->flags & SL_ROUTE_LOCAL_HOST);
 }
 
+/* sl_snat_forged says whether a packet claims to be a source-NATed
+ * flow's translated packet (from the node's address and SNAT port to the
+ * backend) at an ingress hook. The node sends those itself: they cross
+ * egress hooks only, so one that enters an interface is forged, and goes
+ * to the reverse-path check rather than passing as established. */
+SL_INLINE bool sl_snat_forged(const struct sl_ct_value *ct, enum sl_ct_dir dir, bool via_stub,
+			      enum sl_hook hook)
+{
+	return hook == SL_HOOK_INGRESS && ct->type == SL_CT_NAT_REV && (ct->flags & SL_CT_F_SNAT) &&
+	       !via_stub && dir == sl_ct_client_dir(ct);
+}
+
 /* sl_tc_parsed is the path of a packet whose IP header is parsed: its L4
  * header, neighbour discovery (v6, a constant: the IPv4 copy keeps none of
  * it), then conntrack and sl_new_packet. Inlined into one copy per
@@ -744,7 +756,7 @@ SL_INLINE int sl_tc_parsed(struct __sk_buff *skb, const struct sl_iface_record *
 	ct = sl_ct_tracked(pkt) ? sl_ct_lookup(live, &key, &dir, &via_stub) : NULL;
 
 	bool syn = pkt->proto == IPPROTO_TCP && (pkt->tcp_flags & (SL_TCP_SYN | SL_TCP_ACK)) == SL_TCP_SYN;
-	if (ct && !syn && sl_ct_passes(ct, dir, ifindex, hook)) {
+	if (ct && !syn && sl_ct_passes(ct, dir, ifindex, hook) && !sl_snat_forged(ct, dir, via_stub, hook)) {
 		struct sl_ct_leg *leg = sl_ct_leg_of(ct, dir);
 		bool count = hook == SL_HOOK_INGRESS ||
 			     !sl_ct_counted_at_ingress(leg, skb->ingress_ifindex, ifindex);

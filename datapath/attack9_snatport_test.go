@@ -249,19 +249,13 @@ func TestAttack9SNATSpoofedNode(t *testing.T) {
 // by the host interface from the node's address and SNAT port to the
 // backend (the flow's tuple after translation), finds the flow's reverse
 // entry under its own key, in the client's direction, whose leg was
-// approved entering here (for the client's packets before translation),
-// and passes as established, untranslated, without the reverse-path check:
-// anyone outside who guesses the SNAT port (a range of a few thousand)
-// injects into the flow to the backend as the node, where spoofing the
-// client would need its address and port too. It should be dropped by
-// the reverse-path check.
+// approved entering here (for the client's packets before translation).
+// It used to pass as established, untranslated, without the reverse-path
+// check: anyone outside who guessed the SNAT port (a range of a few
+// thousand) injected into the flow to the backend as the node. Such a
+// packet only ever leaves the node, so at an ingress hook it meets the
+// reverse-path check, which drops the node's own address.
 func TestAttack9SNATSpoofedNodeMidFlow(t *testing.T) {
-	t.Skip("snatattack: a SNAT flow's translated tuple (node:port -> backend) entering at an ingress hook passes as " +
-		"established, untranslated and unchecked (bpf/datapath.c sl_tc_parsed: the entry found under its own key, " +
-		"client direction, leg INGRESS_OK from the client's approval). Proposed fix: in sl_tc_parsed, do not pass " +
-		"(go to sl_new_packet, whose reverse-path check drops it) a packet at SL_HOOK_INGRESS of a SL_CT_NAT_REV " +
-		"entry with SL_CT_F_SNAT found !via_stub with dir == sl_ct_client_dir(ct); only its egress hook ever sees " +
-		"that tuple legitimately")
 	for _, fam := range snatFams {
 		h := newA9Harness(t)
 		h.sync(snatSvc(fam.backend, nat.ProtoTCP))
