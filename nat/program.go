@@ -46,7 +46,7 @@ type plan struct {
 	delMaglev    []bpf.MaglevKey
 	// released are backends a deleted slot named; those no slot names
 	// when the plan is applied are deleted.
-	released []netip.AddrPort
+	released []bpf.Backend
 }
 
 // upsert plans name as s, which has been validated. owners, in a Sync,
@@ -83,11 +83,14 @@ func (t *Table) upsert(name string, s Service, pl *plan, owners map[bpf.SvcKey]s
 			return err
 		}
 	}
-	p := &programmed{svc: s, id: id, ordered: ordered, values: map[bpf.SvcKey]bpf.Svc{}, ranges: map[bpf.SvcRangeKey]bool{}}
+	p := &programmed{svc: s, id: id, ordered: ordered, values: make(map[bpf.SvcKey]bpf.Svc, len(s.Frontends))}
+	if len(s.SourceRanges) > 0 {
+		p.ranges = make(map[bpf.SvcRangeKey]bool, len(s.SourceRanges))
+	}
 	if sameList {
 		p.lists = old.lists
 	} else {
-		list := slotList{base: freeBase(old)}
+		list := slotList{base: freeBase(old), ids: make([]uint32, 0, len(ordered))}
 		for i, b := range ordered {
 			bid := t.acquireBackend(b, pl)
 			list.ids = append(list.ids, bid)
@@ -263,10 +266,11 @@ func (t *Table) adoptList(p *programmed, v bpf.Svc) error {
 			return err
 		}
 		l.ids = append(l.ids, bid)
-		ap, ok := t.backendByID[bid]
+		b, ok := t.backendByID[bid]
 		if !ok {
 			continue
 		}
+		ap := backendAddr(b)
 		serving := i < int(v.Serving)
 		local := i < int(v.ServingLocal) || (!serving && i < int(v.Serving)+int(v.TerminatingLocal))
 		ordered = append(ordered, Backend{Addr: ap.Addr(), Port: ap.Port(), Local: local, Terminating: !serving})
@@ -295,19 +299,31 @@ func (t *Table) newServiceID() uint32 {
 	}
 }
 
+// backendOf is the sl_backends value of the backend at addr and port,
+// which also keys Table.backendIDs: validated addresses are neither
+// IPv4-mapped nor zoned, so the 16-byte form tells them apart.
+func backendOf(addr netip.Addr, port uint16) bpf.Backend {
+	return bpf.Backend{Addr: addr.As16(), Port: port}
+}
+
+// backendAddr is the address and port of sl_backends value b.
+func backendAddr(b bpf.Backend) netip.AddrPort {
+	return netip.AddrPortFrom(netip.AddrFrom16(b.Addr).Unmap(), b.Port)
+}
+
 // acquireBackend returns b's backend ID, planning the backend's write when
 // it is new, and counts one more slot naming it.
 func (t *Table) acquireBackend(b Backend, pl *plan) uint32 {
-	ap := netip.AddrPortFrom(b.Addr, b.Port)
-	ref, ok := t.backendIDs[ap]
+	k := backendOf(b.Addr, b.Port)
+	ref, ok := t.backendIDs[k]
 	if !ok {
-		ref = &backendRef{id: t.newBackendID()}
+		ref = backendRef{id: t.newBackendID()}
 		pl.backendKeys = append(pl.backendKeys, ref.id)
-		pl.backendVals = append(pl.backendVals, bpf.Backend{Addr: b.Addr.As16(), Port: b.Port})
-		t.backendIDs[ap] = ref
-		t.backendByID[ref.id] = ap
+		pl.backendVals = append(pl.backendVals, k)
+		t.backendByID[ref.id] = k
 	}
 	ref.refs++
+	t.backendIDs[k] = ref
 	return ref.id
 }
 
@@ -326,12 +342,14 @@ func (t *Table) newBackendID() uint32 {
 
 // releaseBackend counts one slot fewer naming backend bid.
 func (t *Table) releaseBackend(bid uint32, pl *plan) {
-	ap, ok := t.backendByID[bid]
+	k, ok := t.backendByID[bid]
 	if !ok {
 		return
 	}
-	t.backendIDs[ap].refs--
-	pl.released = append(pl.released, ap)
+	ref := t.backendIDs[k]
+	ref.refs--
+	t.backendIDs[k] = ref
+	pl.released = append(pl.released, k)
 }
 
 // liveSlots returns the slots the kernel's frontends use now: the lists
@@ -361,6 +379,11 @@ func (t *Table) liveSlots() map[bpf.BackendSlotKey]bool {
 // deletes itself.
 func (t *Table) planStray(pl *plan, live map[bpf.BackendSlotKey]bool) error {
 	if t.swept {
+		return nil
+	}
+	if t.clean {
+		// Every entry is one this Table wrote and accounts for.
+		t.swept = true
 		return nil
 	}
 	liveIDs := map[uint32]bool{}
@@ -420,13 +443,13 @@ func (t *Table) planStray(pl *plan, live map[bpf.BackendSlotKey]bool) error {
 	if iterErr != nil {
 		return iterErr
 	}
-	for ap, ref := range t.backendIDs {
+	for k, ref := range t.backendIDs {
 		if ref.refs == 0 && !liveBackends[ref.id] {
 			pl.preBackends = append(pl.preBackends, ref.id)
-			delete(t.backendIDs, ap)
+			delete(t.backendIDs, k)
 			delete(t.backendByID, ref.id)
 		} else if ref.refs == 0 {
-			pl.released = append(pl.released, ap)
+			pl.released = append(pl.released, k)
 		}
 	}
 	clear(t.reserved)
@@ -515,10 +538,10 @@ func (t *Table) write(pl *plan) error {
 		return fmt.Errorf("delete maglev tables: %w", err)
 	}
 	var gone []uint32
-	for _, ap := range pl.released {
-		if ref, ok := t.backendIDs[ap]; ok && ref.refs == 0 {
+	for _, k := range pl.released {
+		if ref, ok := t.backendIDs[k]; ok && ref.refs == 0 {
 			gone = append(gone, ref.id)
-			delete(t.backendIDs, ap)
+			delete(t.backendIDs, k)
 			delete(t.backendByID, ref.id)
 		}
 	}
