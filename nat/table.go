@@ -339,7 +339,7 @@ func (t *Table) Sync(all map[string]Service) error {
 		live = t.liveSlots()
 	}
 	var pl plan
-	t.grow(all, changed, &pl)
+	chunk := t.grow(all, changed, &pl)
 	if kept < len(t.services) {
 		for name := range t.services {
 			if _, ok := all[name]; !ok {
@@ -347,14 +347,32 @@ func (t *Table) Sync(all map[string]Service) error {
 			}
 		}
 	}
+	// Without leftovers to sweep first, the new lists are written while
+	// the rest is planned, in chunks: the kernel's updates take longer
+	// than their planning, and no frontend reaches them before the plan's
+	// frontends are written, last.
+	var ahead *writeAhead
+	if t.swept || t.clean {
+		ahead = t.writeAhead()
+	}
 	// In name order, so that new IDs do not depend on map order.
 	slices.Sort(changed)
 	for _, name := range changed {
 		if err := t.upsert(name, all[name], &pl, owners); err != nil {
-			// Nothing is written yet: forget the planned state.
+			// Forget the planned state: what was written of it (new
+			// lists no frontend uses) is stray for the next Sync.
+			werr := ahead.wait()
 			rerr := t.readKernel()
-			return errors.Join(fmt.Errorf("sync services: upsert %q: %w", name, err), rerr)
+			return errors.Join(fmt.Errorf("sync services: upsert %q: %w", name, err), werr, rerr)
 		}
+		if ahead != nil && pl.entries.len() >= writeAheadEntries {
+			ahead.write(pl.entries)
+			pl.entries = entries{}
+			pl.entries.grow(chunk)
+		}
+	}
+	if err := ahead.wait(); err != nil {
+		return fmt.Errorf("sync services: %w", errors.Join(err, t.readKernel()))
 	}
 	if err := t.planStray(&pl, live); err != nil {
 		return fmt.Errorf("sync services: %w", err)
@@ -365,21 +383,76 @@ func (t *Table) Sync(all map[string]Service) error {
 	return nil
 }
 
+// writeAheadEntries is the size of the chunks of new entries a Sync
+// writes ahead (Table.writeAhead): large enough that a chunk's syscalls
+// cost little beside its entries, small enough that writing starts early.
+const writeAheadEntries = 8192
+
+// A writeAhead writes chunks of new entries while a Sync plans on.
+type writeAhead struct {
+	t      *Table
+	chunks chan entries
+	done   chan struct{}
+	err    error
+}
+
+// writeAhead starts writing ahead. With the test hook every write happens
+// in write, in order.
+func (t *Table) writeAhead() *writeAhead {
+	w := &writeAhead{t: t}
+	if t.afterWrite != nil {
+		return w
+	}
+	w.chunks = make(chan entries, 64)
+	w.done = make(chan struct{})
+	go func() {
+		defer close(w.done)
+		for e := range w.chunks {
+			if w.err == nil {
+				w.err = t.writeEntries(&e)
+			}
+		}
+	}()
+	return w
+}
+
+// write writes e, which the caller no longer touches; after a failed
+// chunk the rest are dropped.
+func (w *writeAhead) write(e entries) {
+	switch {
+	case w.chunks != nil:
+		w.chunks <- e
+	case w.err == nil:
+		w.err = w.t.writeEntries(&e)
+	}
+}
+
+// wait returns when every chunk is written, with the first error. w may be
+// nil.
+func (w *writeAhead) wait() error {
+	if w == nil {
+		return nil
+	}
+	if w.chunks != nil {
+		close(w.chunks)
+		<-w.done
+		w.chunks = nil
+	}
+	return w.err
+}
+
 // grow sizes pl, and the Table's indexes while they are empty (the first
 // Sync), for the changed services of all, so that they do not grow entry
-// by entry.
-func (t *Table) grow(all map[string]Service, changed []string, pl *plan) {
+// by entry. It returns the backends to size a chunk of entries for
+// (writeAheadEntries).
+func (t *Table) grow(all map[string]Service, changed []string, pl *plan) int {
 	var frontends, backends int
 	for _, name := range changed {
 		frontends += len(all[name].Frontends)
 		backends += len(all[name].Backends)
 	}
-	pl.backendKeys = slices.Grow(pl.backendKeys, backends)
-	pl.backendVals = slices.Grow(pl.backendVals, backends)
-	pl.slotKeys = slices.Grow(pl.slotKeys, backends)
-	pl.slotVals = slices.Grow(pl.slotVals, backends)
-	pl.memberKeys = slices.Grow(pl.memberKeys, backends)
-	pl.memberVals = slices.Grow(pl.memberVals, backends)
+	chunk := min(backends, writeAheadEntries/3+64)
+	pl.entries.grow(chunk)
 	pl.frontendKeys = slices.Grow(pl.frontendKeys, frontends)
 	pl.frontendVals = slices.Grow(pl.frontendVals, frontends)
 	if len(t.services) == 0 {
@@ -395,6 +468,7 @@ func (t *Table) grow(all map[string]Service, changed []string, pl *plan) {
 		t.backendIDs = make(map[bpf.Backend]backendRef, backends)
 		t.backendByID = make(map[uint32]bpf.Backend, backends)
 	}
+	return chunk
 }
 
 // frontendOwners returns the owner each frontend of the changed services
