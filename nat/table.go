@@ -396,35 +396,35 @@ type writeAhead struct {
 	err    error
 }
 
-// writeAhead starts writing ahead. With the test hook every write happens
-// in write, in order.
+// writeAhead returns a writeAhead for t, which starts writing with the
+// first chunk.
 func (t *Table) writeAhead() *writeAhead {
-	w := &writeAhead{t: t}
-	if t.afterWrite != nil {
-		return w
-	}
-	w.chunks = make(chan entries, 64)
-	w.done = make(chan struct{})
-	go func() {
-		defer close(w.done)
-		for e := range w.chunks {
-			if w.err == nil {
-				w.err = t.writeEntries(&e)
-			}
-		}
-	}()
-	return w
+	return &writeAhead{t: t}
 }
 
-// write writes e, which the caller no longer touches; after a failed
-// chunk the rest are dropped.
+// write writes e, which the caller no longer touches, in the background;
+// with the test hook, now, so that every write is observed alone and in
+// order. After a failed chunk the rest are dropped.
 func (w *writeAhead) write(e entries) {
-	switch {
-	case w.chunks != nil:
-		w.chunks <- e
-	case w.err == nil:
-		w.err = w.t.writeEntries(&e)
+	if w.t.afterWrite != nil {
+		if w.err == nil {
+			w.err = w.t.writeEntries(&e)
+		}
+		return
 	}
+	if w.chunks == nil {
+		w.chunks = make(chan entries, 64)
+		w.done = make(chan struct{})
+		go func() {
+			defer close(w.done)
+			for e := range w.chunks {
+				if w.err == nil {
+					w.err = w.t.writeEntries(&e)
+				}
+			}
+		}()
+	}
+	w.chunks <- e
 }
 
 // wait returns when every chunk is written, with the first error. w may be
