@@ -24,7 +24,10 @@ func benchServices(n int) map[string]Service {
 	return out
 }
 
-func newBenchMaps(b *testing.B, entries uint32) Maps {
+// newBenchMaps creates the load-balancing maps as the datapath declares
+// them, with entries each (Maglev: 64 tables).
+func newBenchMaps(b testing.TB, entries uint32) Maps {
+	b.Helper()
 	testutil.RequirePrivileged(b)
 	spec, err := bpf.LoadSpec()
 	if err != nil {

@@ -287,8 +287,8 @@ func (t *Table) Explain(flow Flow, now time.Duration) (Choice, error) {
 		case err != nil:
 			return Choice{}, fmt.Errorf("explain flow: read affinity: %w", err)
 		default:
-			if ap, ok := t.backendByID[v.BackendID]; ok {
-				aff = &AffinityRecord{Backend: ap, LastUsed: time.Duration(v.LastUsedNs)}
+			if b, ok := t.backendByID[v.BackendID]; ok {
+				aff = &AffinityRecord{Backend: backendAddr(b), LastUsed: time.Duration(v.LastUsedNs)}
 			}
 		}
 	}

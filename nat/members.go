@@ -158,10 +158,14 @@ func (t *Table) maglevKept(old *programmed, ordered []Backend) (bool, error) {
 // backend, the table of its list, written with the list unless the maps
 // hold it already; old's other tables are deleted after the flip.
 func (t *Table) planMaglev(old, p *programmed, pl *plan) error {
-	p.maglev = map[uint32]string{}
+	p.maglev = nil // most services have no table
 	l := p.lists[0]
-	if want := maglevPrint(p.ordered, l.ids); p.svc.Maglev && want != "" {
-		p.maglev[l.base] = want
+	var want string
+	if p.svc.Maglev {
+		want = maglevPrint(p.ordered, l.ids)
+	}
+	if want != "" {
+		p.maglev = map[uint32]string{l.base: want}
 		if old == nil || old.maglev[l.base] != want {
 			tbl, err := maglevTable(p.ordered, l.ids)
 			if err != nil {

@@ -6,6 +6,7 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"sync"
 
 	"github.com/cilium/ebpf"
 
@@ -27,15 +28,7 @@ type plan struct {
 	preMaglev   []bpf.MaglevKey
 	preBackends []uint32
 
-	backendKeys  []uint32
-	backendVals  []bpf.Backend
-	slotKeys     []bpf.BackendSlotKey
-	slotVals     []uint32
-	memberKeys   []bpf.LBMemberKey
-	memberVals   []bpf.LBMember
-	maglevKeys   []bpf.MaglevKey
-	maglevVals   []bpf.MaglevTable
-	rangeKeys    []bpf.SvcRangeKey
+	entries
 	frontendKeys []bpf.SvcKey
 	frontendVals []bpf.Svc
 
@@ -46,7 +39,38 @@ type plan struct {
 	delMaglev    []bpf.MaglevKey
 	// released are backends a deleted slot named; those no slot names
 	// when the plan is applied are deleted.
-	released []netip.AddrPort
+	released []bpf.Backend
+}
+
+// entries are the new backends, members, slots, Maglev tables and ranges
+// of a plan: what no frontend reaches before the plan's frontends are
+// written, but ranges, which only admit clients.
+type entries struct {
+	backendKeys []uint32
+	backendVals []bpf.Backend
+	slotKeys    []bpf.BackendSlotKey
+	slotVals    []uint32
+	memberKeys  []bpf.LBMemberKey
+	memberVals  []bpf.LBMember
+	maglevKeys  []bpf.MaglevKey
+	maglevVals  []bpf.MaglevTable
+	rangeKeys   []bpf.SvcRangeKey
+}
+
+// len is the number of entries in e, Maglev tables counting for 64 (their
+// size in KiB).
+func (e *entries) len() int {
+	return len(e.backendKeys) + len(e.slotKeys) + len(e.memberKeys) + 64*len(e.maglevKeys) + len(e.rangeKeys)
+}
+
+// grow makes room in e for the lists of n more backends.
+func (e *entries) grow(n int) {
+	e.backendKeys = slices.Grow(e.backendKeys, n)
+	e.backendVals = slices.Grow(e.backendVals, n)
+	e.slotKeys = slices.Grow(e.slotKeys, n)
+	e.slotVals = slices.Grow(e.slotVals, n)
+	e.memberKeys = slices.Grow(e.memberKeys, n)
+	e.memberVals = slices.Grow(e.memberVals, n)
 }
 
 // upsert plans name as s, which has been validated. owners, in a Sync,
@@ -83,11 +107,14 @@ func (t *Table) upsert(name string, s Service, pl *plan, owners map[bpf.SvcKey]s
 			return err
 		}
 	}
-	p := &programmed{svc: s, id: id, ordered: ordered, values: map[bpf.SvcKey]bpf.Svc{}, ranges: map[bpf.SvcRangeKey]bool{}}
+	p := &programmed{svc: s, id: id, ordered: ordered, values: make(map[bpf.SvcKey]bpf.Svc, len(s.Frontends))}
+	if len(s.SourceRanges) > 0 {
+		p.ranges = make(map[bpf.SvcRangeKey]bool, len(s.SourceRanges))
+	}
 	if sameList {
 		p.lists = old.lists
 	} else {
-		list := slotList{base: freeBase(old)}
+		list := slotList{base: freeBase(old), ids: make([]uint32, 0, len(ordered))}
 		for i, b := range ordered {
 			bid := t.acquireBackend(b, pl)
 			list.ids = append(list.ids, bid)
@@ -263,10 +290,11 @@ func (t *Table) adoptList(p *programmed, v bpf.Svc) error {
 			return err
 		}
 		l.ids = append(l.ids, bid)
-		ap, ok := t.backendByID[bid]
+		b, ok := t.backendByID[bid]
 		if !ok {
 			continue
 		}
+		ap := backendAddr(b)
 		serving := i < int(v.Serving)
 		local := i < int(v.ServingLocal) || (!serving && i < int(v.Serving)+int(v.TerminatingLocal))
 		ordered = append(ordered, Backend{Addr: ap.Addr(), Port: ap.Port(), Local: local, Terminating: !serving})
@@ -295,19 +323,31 @@ func (t *Table) newServiceID() uint32 {
 	}
 }
 
+// backendOf is the sl_backends value of the backend at addr and port,
+// which also keys Table.backendIDs: validated addresses are neither
+// IPv4-mapped nor zoned, so the 16-byte form tells them apart.
+func backendOf(addr netip.Addr, port uint16) bpf.Backend {
+	return bpf.Backend{Addr: addr.As16(), Port: port}
+}
+
+// backendAddr is the address and port of sl_backends value b.
+func backendAddr(b bpf.Backend) netip.AddrPort {
+	return netip.AddrPortFrom(netip.AddrFrom16(b.Addr).Unmap(), b.Port)
+}
+
 // acquireBackend returns b's backend ID, planning the backend's write when
 // it is new, and counts one more slot naming it.
 func (t *Table) acquireBackend(b Backend, pl *plan) uint32 {
-	ap := netip.AddrPortFrom(b.Addr, b.Port)
-	ref, ok := t.backendIDs[ap]
+	k := backendOf(b.Addr, b.Port)
+	ref, ok := t.backendIDs[k]
 	if !ok {
-		ref = &backendRef{id: t.newBackendID()}
+		ref = backendRef{id: t.newBackendID()}
 		pl.backendKeys = append(pl.backendKeys, ref.id)
-		pl.backendVals = append(pl.backendVals, bpf.Backend{Addr: b.Addr.As16(), Port: b.Port})
-		t.backendIDs[ap] = ref
-		t.backendByID[ref.id] = ap
+		pl.backendVals = append(pl.backendVals, k)
+		t.backendByID[ref.id] = k
 	}
 	ref.refs++
+	t.backendIDs[k] = ref
 	return ref.id
 }
 
@@ -326,12 +366,14 @@ func (t *Table) newBackendID() uint32 {
 
 // releaseBackend counts one slot fewer naming backend bid.
 func (t *Table) releaseBackend(bid uint32, pl *plan) {
-	ap, ok := t.backendByID[bid]
+	k, ok := t.backendByID[bid]
 	if !ok {
 		return
 	}
-	t.backendIDs[ap].refs--
-	pl.released = append(pl.released, ap)
+	ref := t.backendIDs[k]
+	ref.refs--
+	t.backendIDs[k] = ref
+	pl.released = append(pl.released, k)
 }
 
 // liveSlots returns the slots the kernel's frontends use now: the lists
@@ -361,6 +403,11 @@ func (t *Table) liveSlots() map[bpf.BackendSlotKey]bool {
 // deletes itself.
 func (t *Table) planStray(pl *plan, live map[bpf.BackendSlotKey]bool) error {
 	if t.swept {
+		return nil
+	}
+	if t.clean {
+		// Every entry is one this Table wrote and accounts for.
+		t.swept = true
 		return nil
 	}
 	liveIDs := map[uint32]bool{}
@@ -420,13 +467,13 @@ func (t *Table) planStray(pl *plan, live map[bpf.BackendSlotKey]bool) error {
 	if iterErr != nil {
 		return iterErr
 	}
-	for ap, ref := range t.backendIDs {
+	for k, ref := range t.backendIDs {
 		if ref.refs == 0 && !liveBackends[ref.id] {
 			pl.preBackends = append(pl.preBackends, ref.id)
-			delete(t.backendIDs, ap)
+			delete(t.backendIDs, k)
 			delete(t.backendByID, ref.id)
 		} else if ref.refs == 0 {
-			pl.released = append(pl.released, ap)
+			pl.released = append(pl.released, k)
 		}
 	}
 	clear(t.reserved)
@@ -463,26 +510,8 @@ func (t *Table) write(pl *plan) error {
 	if err := remove(t, t.backends, pl.preBackends); err != nil {
 		return fmt.Errorf("delete unused backends: %w", err)
 	}
-	if err := update(t, t.backends, pl.backendKeys, pl.backendVals); err != nil {
-		return fmt.Errorf("write backends: %w", err)
-	}
-	// Members go before the slots that name them and after the slots
-	// that named them, so that every slot has its member.
-	if err := update(t, t.members, pl.memberKeys, pl.memberVals); err != nil {
-		return fmt.Errorf("write service members: %w", err)
-	}
-	if err := update(t, t.slots, pl.slotKeys, pl.slotVals); err != nil {
-		return fmt.Errorf("write backend slots: %w", err)
-	}
-	if err := update(t, t.maglev, pl.maglevKeys, pl.maglevVals); err != nil {
-		return fmt.Errorf("write maglev tables: %w", err)
-	}
-	ones := make([]uint8, len(pl.rangeKeys))
-	for i := range ones {
-		ones[i] = 1
-	}
-	if err := update(t, t.ranges, pl.rangeKeys, ones); err != nil {
-		return fmt.Errorf("write source ranges: %w", err)
+	if err := t.writeEntries(&pl.entries); err != nil {
+		return err
 	}
 	if err := update(t, t.svcs, pl.frontendKeys, pl.frontendVals); err != nil {
 		return fmt.Errorf("write frontends: %w", err)
@@ -515,15 +544,108 @@ func (t *Table) write(pl *plan) error {
 		return fmt.Errorf("delete maglev tables: %w", err)
 	}
 	var gone []uint32
-	for _, ap := range pl.released {
-		if ref, ok := t.backendIDs[ap]; ok && ref.refs == 0 {
+	for _, k := range pl.released {
+		if ref, ok := t.backendIDs[k]; ok && ref.refs == 0 {
 			gone = append(gone, ref.id)
-			delete(t.backendIDs, ap)
+			delete(t.backendIDs, k)
 			delete(t.backendByID, ref.id)
 		}
 	}
 	if err := remove(t, t.backends, gone); err != nil {
 		return fmt.Errorf("delete backends: %w", err)
+	}
+	return nil
+}
+
+// writeEntries writes e, new lists before the frontends that are to use
+// them.
+func (t *Table) writeEntries(e *entries) error {
+	ones := make([]uint8, len(e.rangeKeys))
+	for i := range ones {
+		ones[i] = 1
+	}
+	// New backends and members name nothing a frontend reaches yet, nor
+	// each other; the slots and Maglev tables of the new lists name
+	// backends and have members, and ranges wait for nothing. The maps of
+	// each of these two phases are written at once (steps).
+	if err := t.steps(
+		step{len(e.backendKeys), func() error {
+			return wrap("write backends", update(t, t.backends, e.backendKeys, e.backendVals))
+		}},
+		// Members go before the slots that name them and after the slots
+		// that named them, so that every slot has its member.
+		step{len(e.memberKeys), func() error {
+			return wrap("write service members", update(t, t.members, e.memberKeys, e.memberVals))
+		}},
+	); err != nil {
+		return err
+	}
+	if err := t.steps(
+		step{len(e.slotKeys), func() error {
+			return wrap("write backend slots", update(t, t.slots, e.slotKeys, e.slotVals))
+		}},
+		step{len(e.maglevKeys), func() error {
+			return wrap("write maglev tables", update(t, t.maglev, e.maglevKeys, e.maglevVals))
+		}},
+		step{len(e.rangeKeys), func() error {
+			return wrap("write source ranges", update(t, t.ranges, e.rangeKeys, ones))
+		}},
+	); err != nil {
+		return err
+	}
+	return nil
+}
+
+// A step is the writes of one map in a phase of a plan: n entries.
+type step struct {
+	n     int
+	write func() error
+}
+
+// concurrentEntries is the fewest entries a step must have for steps to
+// give it a goroutine of its own: below it the syscall costs less than the
+// hand-off.
+const concurrentEntries = 512
+
+// steps runs the steps of one phase, whose writes do not depend on each
+// other: the large ones at once, as the kernel's map updates are CPU
+// bound, each map's behind its own lock. With the test hook every write
+// is observed alone, so they go one after another, in order. The error is
+// the first step's that failed, in order.
+func (t *Table) steps(steps ...step) error {
+	last := -1 // the last step with writes is this goroutine's
+	for i, st := range steps {
+		if st.n > 0 {
+			last = i
+		}
+	}
+	errs := make([]error, len(steps))
+	var wg sync.WaitGroup
+	for i, st := range steps {
+		if st.n == 0 {
+			continue
+		}
+		if t.afterWrite == nil && st.n >= concurrentEntries && i < last {
+			wg.Go(func() { errs[i] = st.write() })
+			continue
+		}
+		if errs[i] = st.write(); errs[i] != nil {
+			break
+		}
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// wrap is err with context what, or nil.
+func wrap(what string, err error) error {
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	return nil
 }

@@ -65,9 +65,11 @@ type Table struct {
 	svcIDs    map[uint32]string
 	frontends map[bpf.SvcKey]string
 	// backendIDs hold every backend this Table programmed or adopted,
-	// with the number of services whose lists hold it.
-	backendIDs  map[netip.AddrPort]*backendRef
-	backendByID map[uint32]netip.AddrPort
+	// by its sl_backends value (backendOf), with its ID and the number of
+	// slots naming it. The keys hold no pointer, which spares the
+	// garbage collector 100,000s of them.
+	backendIDs  map[bpf.Backend]backendRef
+	backendByID map[uint32]bpf.Backend
 	nextSvcID   uint32
 	nextBackend uint32
 	// adopted are the kernel's frontends found by NewTable, until a
@@ -89,6 +91,10 @@ type Table struct {
 	reserved map[uint32]bool
 	// swept: the first Sync removed what a previous process left.
 	swept bool
+	// clean: the maps held nothing when readKernel last read them, so
+	// that everything in them is the Table's and the first Sync has
+	// nothing to sweep.
+	clean bool
 
 	// afterWrite, when set (tests), makes every kernel write a single
 	// element's and runs after each.
@@ -165,8 +171,8 @@ func (t *Table) readKernel() error {
 	t.services = map[string]*programmed{}
 	t.svcIDs = map[uint32]string{}
 	t.frontends = map[bpf.SvcKey]string{}
-	t.backendIDs = map[netip.AddrPort]*backendRef{}
-	t.backendByID = map[uint32]netip.AddrPort{}
+	t.backendIDs = map[bpf.Backend]backendRef{}
+	t.backendByID = map[uint32]bpf.Backend{}
 	t.adopted = map[bpf.SvcKey]bpf.Svc{}
 	t.adoptedByID = map[uint32][]bpf.SvcKey{}
 	t.adoptedRanges = map[uint32][]bpf.SvcRangeKey{}
@@ -176,9 +182,9 @@ func (t *Table) readKernel() error {
 	t.swept = false
 	var iterErr error
 	for id, b := range t.backends.All(&iterErr) {
-		ap := netip.AddrPortFrom(netip.AddrFrom16(b.Addr).Unmap(), b.Port)
-		t.backendIDs[ap] = &backendRef{id: id}
-		t.backendByID[id] = ap
+		b = bpf.Backend{Addr: b.Addr, Port: b.Port}
+		t.backendIDs[b] = backendRef{id: id}
+		t.backendByID[id] = b
 		t.nextBackend = max(t.nextBackend, id+1)
 	}
 	for k, v := range t.svcs.All(&iterErr) {
@@ -189,8 +195,10 @@ func (t *Table) readKernel() error {
 	// Every slot holds its backend, whoever the slot belongs to: a
 	// backend goes only when no slot names it.
 	for k, id := range t.slots.All(&iterErr) {
-		if ap, ok := t.backendByID[id]; ok {
-			t.backendIDs[ap].refs++
+		if b, ok := t.backendByID[id]; ok {
+			ref := t.backendIDs[b]
+			ref.refs++
+			t.backendIDs[b] = ref
 		}
 		t.reserved[k.SvcID] = true
 		t.nextSvcID = max(t.nextSvcID, k.SvcID+1)
@@ -220,6 +228,7 @@ func (t *Table) readKernel() error {
 		t.reserved[k.SvcID] = true
 		t.nextSvcID = max(t.nextSvcID, k.SvcID+1)
 	}
+	t.clean = len(t.backendByID) == 0 && len(t.adopted) == 0 && len(t.reserved) == 0
 	return nil
 }
 
@@ -305,44 +314,65 @@ func (t *Table) Sync(all map[string]Service) error {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	// Which service each frontend is to belong to: a frontend may move
-	// from one service to another within one Sync.
-	owners := map[bpf.SvcKey]string{}
+	// Most Syncs change few services: an unchanged one costs a lookup
+	// and a comparison.
 	var changed []string
+	kept := 0 // programmed services that all holds
 	for name, s := range all {
-		for _, f := range s.Frontends {
-			k := f.key()
-			if other, ok := owners[k]; ok {
-				return fmt.Errorf("sync services: %w: frontend %v port %d in %q and %q", ErrInvalidService, f.Addr, f.Port, other, name)
+		if p, ok := t.services[name]; ok {
+			kept++
+			if equalServices(p.svc, s) {
+				continue
 			}
-			owners[k] = name
-		}
-		if p, ok := t.services[name]; ok && equalServices(p.svc, s) {
-			continue
 		}
 		if _, err := s.validate(); err != nil {
 			return fmt.Errorf("sync services: %q: %w", name, err)
 		}
 		changed = append(changed, name)
 	}
+	owners, err := t.frontendOwners(all, changed)
+	if err != nil {
+		return fmt.Errorf("sync services: %w", err)
+	}
 	var live map[bpf.BackendSlotKey]bool
-	if !t.swept {
+	if !t.swept && !t.clean {
 		live = t.liveSlots()
 	}
 	var pl plan
-	for name := range t.services {
-		if _, ok := all[name]; !ok {
-			t.delete(name, &pl)
+	chunk := t.grow(all, changed, &pl)
+	if kept < len(t.services) {
+		for name := range t.services {
+			if _, ok := all[name]; !ok {
+				t.delete(name, &pl)
+			}
 		}
+	}
+	// Without leftovers to sweep first, the new lists are written while
+	// the rest is planned, in chunks: the kernel's updates take longer
+	// than their planning, and no frontend reaches them before the plan's
+	// frontends are written, last.
+	var ahead *writeAhead
+	if t.swept || t.clean {
+		ahead = t.writeAhead()
 	}
 	// In name order, so that new IDs do not depend on map order.
 	slices.Sort(changed)
 	for _, name := range changed {
 		if err := t.upsert(name, all[name], &pl, owners); err != nil {
-			// Nothing is written yet: forget the planned state.
+			// Forget the planned state: what was written of it (new
+			// lists no frontend uses) is stray for the next Sync.
+			werr := ahead.wait()
 			rerr := t.readKernel()
-			return errors.Join(fmt.Errorf("sync services: upsert %q: %w", name, err), rerr)
+			return errors.Join(fmt.Errorf("sync services: upsert %q: %w", name, err), werr, rerr)
 		}
+		if ahead != nil && pl.entries.len() >= writeAheadEntries {
+			ahead.write(pl.entries)
+			pl.entries = entries{}
+			pl.entries.grow(chunk)
+		}
+	}
+	if err := ahead.wait(); err != nil {
+		return fmt.Errorf("sync services: %w", errors.Join(err, t.readKernel()))
 	}
 	if err := t.planStray(&pl, live); err != nil {
 		return fmt.Errorf("sync services: %w", err)
@@ -351,6 +381,126 @@ func (t *Table) Sync(all map[string]Service) error {
 		return fmt.Errorf("sync services: %w", err)
 	}
 	return nil
+}
+
+// writeAheadEntries is the size of the chunks of new entries a Sync
+// writes ahead (Table.writeAhead): large enough that a chunk's syscalls
+// cost little beside its entries, small enough that writing starts early.
+const writeAheadEntries = 8192
+
+// A writeAhead writes chunks of new entries while a Sync plans on.
+type writeAhead struct {
+	t      *Table
+	chunks chan entries
+	done   chan struct{}
+	err    error
+}
+
+// writeAhead returns a writeAhead for t, which starts writing with the
+// first chunk.
+func (t *Table) writeAhead() *writeAhead {
+	return &writeAhead{t: t}
+}
+
+// write writes e, which the caller no longer touches, in the background;
+// with the test hook, now, so that every write is observed alone and in
+// order. After a failed chunk the rest are dropped.
+func (w *writeAhead) write(e entries) {
+	if w.t.afterWrite != nil {
+		if w.err == nil {
+			w.err = w.t.writeEntries(&e)
+		}
+		return
+	}
+	if w.chunks == nil {
+		w.chunks = make(chan entries, 64)
+		w.done = make(chan struct{})
+		go func() {
+			defer close(w.done)
+			for e := range w.chunks {
+				if w.err == nil {
+					w.err = w.t.writeEntries(&e)
+				}
+			}
+		}()
+	}
+	w.chunks <- e
+}
+
+// wait returns when every chunk is written, with the first error. w may be
+// nil.
+func (w *writeAhead) wait() error {
+	if w == nil {
+		return nil
+	}
+	if w.chunks != nil {
+		close(w.chunks)
+		<-w.done
+		w.chunks = nil
+	}
+	return w.err
+}
+
+// grow sizes pl, and the Table's indexes while they are empty (the first
+// Sync), for the changed services of all, so that they do not grow entry
+// by entry. It returns the backends to size a chunk of entries for
+// (writeAheadEntries).
+func (t *Table) grow(all map[string]Service, changed []string, pl *plan) int {
+	var frontends, backends int
+	for _, name := range changed {
+		frontends += len(all[name].Frontends)
+		backends += len(all[name].Backends)
+	}
+	chunk := min(backends, writeAheadEntries/3+64)
+	pl.entries.grow(chunk)
+	pl.frontendKeys = slices.Grow(pl.frontendKeys, frontends)
+	pl.frontendVals = slices.Grow(pl.frontendVals, frontends)
+	if len(t.services) == 0 {
+		t.services = make(map[string]*programmed, len(changed))
+	}
+	if len(t.svcIDs) == 0 {
+		t.svcIDs = make(map[uint32]string, len(changed))
+	}
+	if len(t.frontends) == 0 {
+		t.frontends = make(map[bpf.SvcKey]string, frontends)
+	}
+	if len(t.backendIDs) == 0 {
+		t.backendIDs = make(map[bpf.Backend]backendRef, backends)
+		t.backendByID = make(map[uint32]bpf.Backend, backends)
+	}
+	return chunk
+}
+
+// frontendOwners returns the owner each frontend of the changed services
+// of all is to have, or an error when two services of all claim one
+// frontend. Only a changed service can claim a frontend another holds:
+// the unchanged ones keep the frontends they hold now, which are the
+// Table's and distinct.
+func (t *Table) frontendOwners(all map[string]Service, changed []string) (map[bpf.SvcKey]string, error) {
+	owners := make(map[bpf.SvcKey]string, len(changed))
+	for _, name := range changed {
+		for _, f := range all[name].Frontends {
+			k := f.key()
+			if other, ok := owners[k]; ok {
+				return nil, fmt.Errorf("%w: frontend %v port %d in %q and %q", ErrInvalidService, f.Addr, f.Port, other, name)
+			}
+			owners[k] = name
+		}
+	}
+	for _, name := range changed {
+		for _, f := range all[name].Frontends {
+			other, ok := t.frontends[f.key()]
+			if !ok || other == name {
+				continue
+			}
+			// A changed other gave f up (owners says so); an
+			// unchanged one keeps it.
+			if s, ok := all[other]; ok && equalServices(t.services[other].svc, s) {
+				return nil, fmt.Errorf("%w: frontend %v port %d in %q and %q", ErrInvalidService, f.Addr, f.Port, other, name)
+			}
+		}
+	}
+	return owners, nil
 }
 
 // Services returns the services the Table programmed, by name.
@@ -372,9 +522,12 @@ func (t *Table) BackendID(ap netip.AddrPort) (uint32, bool) {
 	if t.made() != nil {
 		return 0, false
 	}
+	if a := ap.Addr(); !a.IsValid() || a.Is4In6() || a.Zone() != "" {
+		return 0, false // no backend has such an address (validate)
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	ref, ok := t.backendIDs[ap]
+	ref, ok := t.backendIDs[backendOf(ap.Addr(), ap.Port())]
 	if !ok {
 		return 0, false
 	}
