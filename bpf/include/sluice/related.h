@@ -106,36 +106,16 @@ SL_INLINE int sl_quote_fix(struct __sk_buff *skb, const struct sl_quote *q, __u3
 	return bpf_skb_store_bytes(skb, off, to, len, 0);
 }
 
-/* sl_related_unsnat gives an error about a source-NATed flow's packet
- * (the node to the backend) back to the client: the quote's source and
- * the error's destination become the client's. */
-SL_INLINE int sl_related_unsnat(struct __sk_buff *skb, const struct sl_pkt *pkt, const struct sl_quote *q,
-				bool v6, const struct sl_ct_value *ct, const struct sl_ct_key *key)
-{
-	__u32 alen = v6 ? 16 : 4, aoff = v6 ? 8 : 12;
-	const __u8 *node, *client;
-	__u16 node_port, client_port;
-	__be32 np = 0, cp = 0;
-
-	sl_ct_nat_client(ct, key, &node, &node_port);
-	sl_ct_nat_origin(ct, &client, &client_port);
-	*(__be16 *)&np = bpf_htons(node_port);
-	*(__be16 *)&cp = bpf_htons(client_port);
-	if (sl_quote_fix(skb, q, q->ip + aoff, (const __be32 *)node + (v6 ? 0 : 3),
-			 (const __be32 *)client + (v6 ? 0 : 3), alen, !v6) ||
-	    sl_quote_fix(skb, q, q->l4, &np, &cp, 2, false))
-		return -1;
-	return sl_rewrite_addr(skb, v6, false, v6 ? q->icmp_csum : 0, 0, pkt->daddr, client);
-}
-
-/* sl_related_snat gives a client's error about a source-NATed flow's
- * reply on to the backend: the quote's destination and the error's
- * source become the node's address and port that stand in for the
- * client. */
+/* sl_related_snat translates the source-NATed side of an error about a
+ * source-NATed flow. To the client (to_client: the error quotes the
+ * node's packet to the backend), the quote's source and the error's
+ * destination become the client's; to the backend (the client's error
+ * about a reply), the quote's destination and the error's source become
+ * the node's address and port that stand in for the client. */
 SL_INLINE int sl_related_snat(struct __sk_buff *skb, const struct sl_pkt *pkt, const struct sl_quote *q,
-			      bool v6, const struct sl_ct_value *ct, const struct sl_ct_key *key)
+			      bool v6, const struct sl_ct_value *ct, const struct sl_ct_key *key, bool to_client)
 {
-	__u32 alen = v6 ? 16 : 4, aoff = v6 ? 8 : 12;
+	__u32 alen = v6 ? 16 : 4, aoff = v6 ? 8 : 12, word = v6 ? 0 : 3;
 	const __u8 *node, *client;
 	__u16 node_port, client_port;
 	__be32 np = 0, cp = 0;
@@ -144,8 +124,15 @@ SL_INLINE int sl_related_snat(struct __sk_buff *skb, const struct sl_pkt *pkt, c
 	sl_ct_nat_origin(ct, &client, &client_port);
 	*(__be16 *)&np = bpf_htons(node_port);
 	*(__be16 *)&cp = bpf_htons(client_port);
-	if (sl_quote_fix(skb, q, q->ip + aoff + alen, (const __be32 *)client + (v6 ? 0 : 3),
-			 (const __be32 *)node + (v6 ? 0 : 3), alen, !v6) ||
+	if (to_client) {
+		if (sl_quote_fix(skb, q, q->ip + aoff, (const __be32 *)node + word, (const __be32 *)client + word,
+				 alen, !v6) ||
+		    sl_quote_fix(skb, q, q->l4, &np, &cp, 2, false))
+			return -1;
+		return sl_rewrite_addr(skb, v6, false, v6 ? q->icmp_csum : 0, 0, pkt->daddr, client);
+	}
+	if (sl_quote_fix(skb, q, q->ip + aoff + alen, (const __be32 *)client + word, (const __be32 *)node + word,
+			 alen, !v6) ||
 	    sl_quote_fix(skb, q, q->l4 + 2, &cp, &np, 2, false))
 		return -1;
 	return sl_rewrite_addr(skb, v6, true, v6 ? q->icmp_csum : 0, 0, pkt->saddr, node);
@@ -183,7 +170,7 @@ SL_INLINE int sl_related_nat(struct __sk_buff *skb, const struct sl_pkt *pkt, co
 		if (sl_quote_fix(skb, q, q->ip + aoff + alen, v6 ? be : &be[3], v6 ? fe : &fe[3], alen, !v6) ||
 		    sl_quote_fix(skb, q, q->l4 + 2, &bport, &fport, 2, false))
 			return -1;
-		if ((ct->flags & SL_CT_F_SNAT) && sl_related_unsnat(skb, pkt, q, v6, ct, key))
+		if ((ct->flags & SL_CT_F_SNAT) && sl_related_snat(skb, pkt, q, v6, ct, key, true))
 			return -1;
 		if (!sl_addr_eq(pkt->saddr, backend))
 			return 0;
@@ -193,7 +180,7 @@ SL_INLINE int sl_related_nat(struct __sk_buff *skb, const struct sl_pkt *pkt, co
 	if (sl_quote_fix(skb, q, q->ip + aoff, v6 ? fe : &fe[3], v6 ? be : &be[3], alen, !v6) ||
 	    sl_quote_fix(skb, q, q->l4, &fport, &bport, 2, false))
 		return -1;
-	if ((ct->flags & SL_CT_F_SNAT) && sl_related_snat(skb, pkt, q, v6, ct, key))
+	if ((ct->flags & SL_CT_F_SNAT) && sl_related_snat(skb, pkt, q, v6, ct, key, false))
 		return -1;
 	return sl_rewrite_addr(skb, v6, false, outer_csum, 0, ct->orig_addr, backend);
 }
