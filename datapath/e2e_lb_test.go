@@ -63,7 +63,7 @@ func TestRealServiceTraffic(t *testing.T) {
 func testRealServiceTraffic(t *testing.T, redirect bool, tcp, udp, clientAddr, srv1Addr, srv2Addr, frontendAddr, emptyAddr string) {
 	ap := func(a string, port uint16) string { return netip.AddrPortFrom(netip.MustParseAddr(a), port).String() }
 	node, client, srv1 := nodePair(t, clientAddr, srv1Addr)
-	srv2, err := node.AddWorkload("srv2", netip.MustParseAddr(srv2Addr))
+	srv2, err := node.AddWorkload("s2", netip.MustParseAddr(srv2Addr))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -36,11 +36,14 @@ func NewNetNS(tb testing.TB) *NetNS {
 }
 
 // NewNode creates a node namespace for workloads (topo.NewNode) under a
-// name unique to the test, and deletes all it made in tb.Cleanup.
+// name unique to the test, and deletes all it made in tb.Cleanup. The
+// prefix is 9 characters whatever the process ID and the number of nodes
+// so far, so that a workload named with up to 5 leaves its host-side
+// interface name (prefix, name, "h") within the kernel's 15.
 func NewNode(tb testing.TB) *topo.Node {
 	tb.Helper()
 	RequirePrivileged(tb)
-	n, err := topo.NewNode(fmt.Sprintf("sl%d-%d-", os.Getpid()%100000, nsCounter.Add(1)))
+	n, err := topo.NewNode(fmt.Sprintf("s%04x%03x-", os.Getpid()&0xffff, nsCounter.Add(1)&0xfff))
 	if err != nil {
 		tb.Fatal(err)
 	}
