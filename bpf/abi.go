@@ -335,100 +335,104 @@ const (
 	// ReasonNDPassed is SL_REASON_ND_PASSED: ICMPv6 neighbour discovery or
 	// multicast listener message (SL_IFACE_ENFORCE_IPV6), see parse6.h.
 	ReasonNDPassed Reason = 7
+	// ReasonRefusalPassed is SL_REASON_REFUSAL_PASSED: a service's refusal
+	// (SL_REASON_REJECTED_NO_BACKEND) leaving by the host interface it
+	// answers, marked SL_MARK_REFUSAL.
+	ReasonRefusalPassed Reason = 8
 	// ReasonDroppedByPolicy is SL_REASON_DROPPED_BY_POLICY: policy denied
 	// the packet.
-	ReasonDroppedByPolicy Reason = 8
+	ReasonDroppedByPolicy Reason = 9
 	// ReasonDroppedNoIface is SL_REASON_DROPPED_NO_IFACE: no sl_ifaces
 	// entry, or none for this program's generation: fail closed.
-	ReasonDroppedNoIface Reason = 9
+	ReasonDroppedNoIface Reason = 10
 	// ReasonDroppedNotReady is SL_REASON_DROPPED_NOT_READY: interface not
 	// SL_IFACE_READY.
-	ReasonDroppedNotReady Reason = 10
+	ReasonDroppedNotReady Reason = 11
 	// ReasonDroppedNoPolicy is SL_REASON_DROPPED_NO_POLICY: the hook's
 	// policy slot is empty.
-	ReasonDroppedNoPolicy Reason = 11
+	ReasonDroppedNoPolicy Reason = 12
 	// ReasonDroppedPolicyFailed is SL_REASON_DROPPED_POLICY_FAILED: a
 	// policy program could not finish (SL_POLICY_FAILED).
-	ReasonDroppedPolicyFailed Reason = 12
+	ReasonDroppedPolicyFailed Reason = 13
 	// ReasonDroppedMidFlow is SL_REASON_DROPPED_MID_FLOW: TCP without SYN
 	// or conntrack, SL_IFACE_DROP_MID_FLOW.
-	ReasonDroppedMidFlow Reason = 13
+	ReasonDroppedMidFlow Reason = 14
 	// ReasonDroppedShort is SL_REASON_DROPPED_SHORT: a header runs past
 	// the packet or the IP total length.
-	ReasonDroppedShort Reason = 14
+	ReasonDroppedShort Reason = 15
 	// ReasonDroppedBadVersion is SL_REASON_DROPPED_BAD_VERSION: IP version
 	// not that of the EtherType (4 or 6).
-	ReasonDroppedBadVersion Reason = 15
+	ReasonDroppedBadVersion Reason = 16
 	// ReasonDroppedBadIHL is SL_REASON_DROPPED_BAD_IHL: IHL below 5.
-	ReasonDroppedBadIHL Reason = 16
+	ReasonDroppedBadIHL Reason = 17
 	// ReasonDroppedBadLen is SL_REASON_DROPPED_BAD_LEN: IPv4 total length
 	// below IHL or past the packet; IPv6 payload length 0 (jumbogram) or
 	// past the packet.
-	ReasonDroppedBadLen Reason = 17
+	ReasonDroppedBadLen Reason = 18
 	// ReasonDroppedBadTCPDoff is SL_REASON_DROPPED_BAD_TCP_DOFF: TCP data
 	// offset below 5 or past the IP payload.
-	ReasonDroppedBadTCPDoff Reason = 18
+	ReasonDroppedBadTCPDoff Reason = 19
 	// ReasonDroppedFragment is SL_REASON_DROPPED_FRAGMENT: IPv4 or IPv6
 	// fragment: no reassembly, see parse.h.
-	ReasonDroppedFragment Reason = 19
+	ReasonDroppedFragment Reason = 20
 	// ReasonDroppedNonIP is SL_REASON_DROPPED_NON_IP: ARP or another link
 	// protocol, with SL_IFACE_DROP_NON_IP.
-	ReasonDroppedNonIP Reason = 20
+	ReasonDroppedNonIP Reason = 21
 	// ReasonDroppedEtherType is SL_REASON_DROPPED_ETHERTYPE: an EtherType
 	// that may carry IP inside (MPLS, PPPoE, LLC, ...) or is unknown.
-	ReasonDroppedEtherType Reason = 21
+	ReasonDroppedEtherType Reason = 22
 	// ReasonDroppedVLAN is SL_REASON_DROPPED_VLAN: an 802.1Q or 802.1ad
 	// tag, in the frame or in the skb.
-	ReasonDroppedVLAN Reason = 22
+	ReasonDroppedVLAN Reason = 23
 	// ReasonDroppedIPv6 is SL_REASON_DROPPED_IPV6: IPv6 at an interface
 	// with neither SL_IFACE_ENFORCE_IPV6 nor SL_IFACE_PASS_IPV6.
-	ReasonDroppedIPv6 Reason = 23
+	ReasonDroppedIPv6 Reason = 24
 	// ReasonDroppedRPF is SL_REASON_DROPPED_RPF: a workload's source is
 	// not routed to its interface, or a host interface received a local
 	// workload's or host's source.
-	ReasonDroppedRPF Reason = 24
+	ReasonDroppedRPF Reason = 25
 	// ReasonDroppedNoConntrack is SL_REASON_DROPPED_NO_CONNTRACK: no
 	// conntrack table installed: fail closed.
-	ReasonDroppedNoConntrack Reason = 25
+	ReasonDroppedNoConntrack Reason = 26
 	// ReasonDroppedBadHandoff is SL_REASON_DROPPED_BAD_HANDOFF: a
 	// continuation ran without its pending packet.
-	ReasonDroppedBadHandoff Reason = 26
+	ReasonDroppedBadHandoff Reason = 27
 	// ReasonDroppedIPv6Ext is SL_REASON_DROPPED_IPV6_EXT: an IPv6
 	// extension header runs past the payload, repeats or sits where it may
 	// not (parse6.h).
-	ReasonDroppedIPv6Ext Reason = 27
+	ReasonDroppedIPv6Ext Reason = 28
 	// ReasonDroppedIPv6ChainLong is SL_REASON_DROPPED_IPV6_CHAIN_LONG:
 	// more than SL_IP6_EXT_MAX extension headers, or more than
 	// SL_IP6_CHAIN_MAX bytes of them.
-	ReasonDroppedIPv6ChainLong Reason = 28
+	ReasonDroppedIPv6ChainLong Reason = 29
 	// ReasonDroppedIPv4Mapped is SL_REASON_DROPPED_IPV4_MAPPED: an IPv6
 	// packet with an IPv4-mapped source or destination, which would alias
 	// IPv4 state.
-	ReasonDroppedIPv4Mapped Reason = 29
+	ReasonDroppedIPv4Mapped Reason = 30
 	// ReasonDroppedND is SL_REASON_DROPPED_ND: neighbour discovery with
 	// SL_IFACE_DROP_ND, or a router message from a workload.
-	ReasonDroppedND Reason = 30
+	ReasonDroppedND Reason = 31
 	// ReasonDroppedSvcSourceRange is SL_REASON_DROPPED_SVC_SOURCE_RANGE: a
 	// client outside a service's loadBalancerSourceRanges
 	// (SL_SVC_SOURCE_RANGES).
-	ReasonDroppedSvcSourceRange Reason = 31
+	ReasonDroppedSvcSourceRange Reason = 32
 	// ReasonRejectedNoBackend is SL_REASON_REJECTED_NO_BACKEND: a service
 	// without a usable backend: answered with a TCP RST or an ICMP(v6)
 	// port unreachable.
-	ReasonRejectedNoBackend Reason = 32
+	ReasonRejectedNoBackend Reason = 33
 	// ReasonDroppedNoBackend is SL_REASON_DROPPED_NO_BACKEND: a service
 	// without a usable backend, for a packet no reject answers (SCTP, a
 	// TCP RST, or no room for the reply).
-	ReasonDroppedNoBackend Reason = 33
+	ReasonDroppedNoBackend Reason = 34
 	// ReasonDroppedNATFailed is SL_REASON_DROPPED_NAT_FAILED: policy
 	// allowed a service's new flow, but its NAT entries could not be
 	// written.
-	ReasonDroppedNATFailed Reason = 34
+	ReasonDroppedNATFailed Reason = 35
 	// ReasonCount is SL_REASON_COUNT: number of reasons; not a reason.
-	ReasonCount Reason = 35
+	ReasonCount Reason = 36
 	// ReasonFirstDrop is SL_REASON_FIRST_DROP: the first reason that
 	// drops.
-	ReasonFirstDrop Reason = 8
+	ReasonFirstDrop Reason = 9
 )
 
 // String returns the lower-case C name of r without its SL_REASON_ prefix,
@@ -451,6 +455,8 @@ func (r Reason) String() string {
 		return "fragment_passed"
 	case ReasonNDPassed:
 		return "nd_passed"
+	case ReasonRefusalPassed:
+		return "refusal_passed"
 	case ReasonDroppedByPolicy:
 		return "dropped_by_policy"
 	case ReasonDroppedNoIface:
@@ -894,7 +900,7 @@ type Iface struct {
 type ReasonCounts struct {
 	_ structs.HostLayout
 	// Packets per enum sl_reason.
-	Packets [35]uint64 `btf:"packets"`
+	Packets [36]uint64 `btf:"packets"`
 }
 
 // Pending mirrors struct sl_pending: the packet waiting for a policy verdict

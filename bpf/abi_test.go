@@ -17,7 +17,7 @@ func TestEnumStrings(t *testing.T) {
 		{ReasonDroppedByPolicy, "dropped_by_policy"},
 		{ReasonIPv6Passed, "ipv6_passed"},
 		{Reason(42), "Reason(42)"},
-		{ReasonCount, "Reason(35)"},
+		{ReasonCount, "Reason(36)"},
 		{PolicyFailed, "failed"},
 		{CTNATFwd, "nat_fwd"},
 		{CTDirBToA, "b_to_a"},

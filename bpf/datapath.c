@@ -455,7 +455,8 @@ struct {
  * (workload, a veth) the answer goes straight into the workload's end
  * (bpf_redirect_peer), past the egress hook, whose policy would otherwise
  * judge a packet from the frontend that conntrack has never seen; at a
- * host interface it leaves by the interface, through its egress hook. A
+ * host interface it leaves by the interface, marked SL_MARK_REFUSAL so
+ * that its egress hook passes it as it is (sl_refusal_passes). A
  * real function, so that its frame is not added to the main path's. */
 static __noinline int sl_refuse(struct __sk_buff *skb, __u32 counters, const struct sl_pkt *pkt, bool v6,
 				bool workload)
@@ -468,6 +469,7 @@ static __noinline int sl_refuse(struct __sk_buff *skb, __u32 counters, const str
 	sl_count(counters, SL_REASON_REJECTED_NO_BACKEND);
 	if (workload)
 		return bpf_redirect_peer(skb->ifindex, 0);
+	skb->mark = SL_MARK_REFUSAL;
 	return bpf_redirect(skb->ifindex, 0);
 }
 
@@ -805,6 +807,12 @@ SL_INLINE int sl_tc_main(struct __sk_buff *skb, enum sl_hook hook)
 	if (!iface)
 		return sl_verdict(SL_COUNTER_INDEX(0, hook), SL_REASON_DROPPED_NO_IFACE);
 	counters = SL_COUNTER_INDEX(iface->counter_slot, hook);
+	if (hook == SL_HOOK_EGRESS && skb->mark == SL_MARK_REFUSAL) {
+		/* sl_refuse's answer, leaving the host interface whose
+		 * client it answers: no policy, no conntrack entry. */
+		skb->mark = 0;
+		return sl_verdict(counters, SL_REASON_REFUSAL_PASSED);
+	}
 	const struct sl_iface_record *rec = sl_record(iface);
 	if (!rec)
 		return sl_verdict(counters, SL_REASON_DROPPED_NO_IFACE);

@@ -5,6 +5,9 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/cilium/ebpf"
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/sluicenet/sluice/bpf"
 	"github.com/sluicenet/sluice/internal/testpkt"
 	"github.com/sluicenet/sluice/nat"
@@ -14,35 +17,56 @@ import (
 // reject.h (in datapath.c or related.h): each test states the outcome the
 // fix must give, and skips until then.
 
-// TestAttack8RefusalCrossesEgress: sl_refuse sends its answer with
-// bpf_redirect to the egress of the interface the refused packet came
-// in by, so the answer meets that interface's TC egress hook (the
-// workload's ingress policy) as a new flow from the frontend to the
-// client's port. A policy that does not allow that port (any default
-// deny) drops the RST or port unreachable, so the refusal never arrives;
-// one that does lets sl_tc_allow track the RST as a normal flow under
-// the client's tuple to the frontend, and while that entry lives the
-// client's packets of that tuple skip the service stage (conntrack found
-// an entry) and go to the frontend address untranslated, even after the
-// service has backends again.
+// TestAttack8RefusalCrossesEgress: at a host interface sl_refuse sends its
+// answer with bpf_redirect to the interface's egress, so the answer meets
+// that interface's TC egress hook as a new flow from the frontend to the
+// client's port. There a policy that does not allow that port (any
+// default deny) used to drop the RST, and one that does let sl_tc_allow
+// track it as a normal flow under the client's tuple to the frontend,
+// whose packets then skipped the service stage even after the service
+// had backends again. The answer carries SL_MARK_REFUSAL now, and the
+// egress hook passes it as it is, untracked, and clears the mark.
 func TestAttack8RefusalCrossesEgress(t *testing.T) {
-	t.Skip("lbattack: at a host interface, a refusal redirected by sl_refuse (datapath.c) is policed and tracked at the same interface's " +
-		"egress hook (a workload's goes past it, by bpf_redirect_peer, which this test at lo cannot tell apart): " +
-		"dropped by a default-deny policy, or tracked as a normal flow under the client's tuple to the frontend, which then skips DNAT. " +
-		"Fix in datapath.c: mark the answer before bpf_redirect (a bit of skb->mark the runtime reserves, or a per-CPU record of " +
-		"(ifindex, 5-tuple) that sl_tc_egress consumes) and let sl_tc_egress pass a marked packet unpoliced and untracked, counted " +
-		"under its own reason (or REJECTED_NO_BACKEND at the egress hook); clear the mark there")
 	h := newLBHarness(t)
+	// lo as a host interface: its clients are outside the node.
+	for _, p := range []string{"0.0.0.0/0", "::/0"} {
+		if err := h.d.routes.Delete(netip.MustParsePrefix(p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.setIface(loIfindex, bpf.IfaceHost|bpf.IfaceReady|bpf.IfaceEnforceIPv6, h.lo, loCounterSlot)
 	h.fourRefusing()
 	const front, backend = "10.96.0.3:80", "10.1.0.3:8080"
 	f := netip.MustParseAddrPort(front)
 	// Port 40001: the egress policy does not allow it; port 40002: it
 	// does.
 	h.putPolicy(h.lo.egress, allowDstPorts(append(append([]uint16(nil), lbPorts...), 40002)...))
+	// run runs p on frame with skb->mark set to mark, and returns the
+	// verdict, the packet and the mark as the program left them.
+	run := func(p prog, frame []byte, mark uint32) (uint32, []byte, skbCtx) {
+		t.Helper()
+		out := make([]byte, 2048)
+		var ctxOut [48]uint32 // struct __sk_buff, whole
+		ret, err := h.program(p).Run(&ebpf.RunOptions{Data: frame, DataOut: out,
+			Context: skbCtx{Mark: mark, Ifindex: loIfindex, IngressIfindex: loIfindex}, ContextOut: &ctxOut})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ret, out, skbCtx{Mark: ctxOut[2]}
+	}
 	for _, client := range []string{"10.0.0.7:40001", "10.0.0.7:40002"} {
-		rst := h.counted(bpf.HookIngress, tcpSeg(client, front, testpkt.SYN, 1000, 0), tcActRedirect, bpf.ReasonRejectedNoBackend)
-		if ret, _ := h.send(bpf.HookEgress, *rst); ret != tcActOK {
-			t.Errorf("%s: the RST met the egress hook's policy: verdict %d", client, ret)
+		before := h.counters(loIfindex, bpf.HookEgress)
+		ret, rst, ctx := run(progIngress, testpkt.MustBytes(t, tcpSeg(client, front, testpkt.SYN, 1000, 0)), 0)
+		if ret != tcActRedirect || ctx.Mark == 0 {
+			t.Fatalf("%s: refusal verdict %d, mark %#x; want a redirect with a mark", client, ret, ctx.Mark)
+		}
+		ret, _, ctx = run(progEgress, rst, ctx.Mark)
+		if ret != tcActOK || ctx.Mark != 0 {
+			t.Errorf("%s: the RST at the egress hook: verdict %d, mark %#x after; want passed, the mark cleared", client, ret, ctx.Mark)
+		}
+		want := map[bpf.Reason]uint64{bpf.ReasonRefusalPassed: 1}
+		if diff := cmp.Diff(want, reasonDelta(before, h.counters(loIfindex, bpf.HookEgress))); diff != "" {
+			t.Errorf("%s: egress counters (-want +got):\n%s", client, diff)
 		}
 		key, _ := ctKeyOf(nat.ProtoTCP, netip.MustParseAddrPort(client), f)
 		if v, ok := h.ctEntry(key); ok {
@@ -50,6 +74,7 @@ func TestAttack8RefusalCrossesEgress(t *testing.T) {
 		}
 	}
 	h.sync(map[string]nat.Service{"tcp": oneBackend(front, backend, nat.ProtoTCP)})
+	h.setRoute(workloadRoute("10.1.0.0/16", 99))
 	for _, client := range []string{"10.0.0.7:40001", "10.0.0.7:40002"} {
 		got := h.counted(bpf.HookIngress, tcpSeg(client, front, testpkt.SYN, 2000, 0), tcActOK, bpf.ReasonAcceptedByPolicy)
 		wantEndpoints(t, client+"'s next SYN once the service has a backend", got, client, backend)

@@ -62,8 +62,8 @@ func TestUpgradeCountersV1RefusesOtherSizes(t *testing.T) {
 }
 
 // TestCountersUpgradeFromV2 opens a pin directory whose counters are of
-// layout version 2 (31 reasons): every count keeps its reason, and the
-// service reasons start at zero.
+// layout version 2 (31 reasons, the first drop at 8): each count moves
+// to its reason's new number, and the new reasons start at zero.
 func TestCountersUpgradeFromV2(t *testing.T) {
 	testutil.RequirePrivileged(t)
 	pinDir := filepath.Join(testutil.TempBPFFS(t), "sluice")
@@ -80,8 +80,10 @@ func TestCountersUpgradeFromV2(t *testing.T) {
 		t.Fatal(err)
 	}
 	old := make([][countersV2Reasons]uint64, cpus)
-	old[0][bpf.ReasonAcceptedEstablished] = 5
-	old[0][bpf.ReasonDroppedND] = 4
+	old[0][1] = 5  // accepted_established
+	old[0][7] = 6  // nd_passed
+	old[0][8] = 3  // dropped_by_policy in version 2
+	old[0][30] = 4 // dropped_nd in version 2
 	if err := v2.Update(uint32(bpf.CounterIndex(0, bpf.HookIngress)), old, ebpf.UpdateAny); err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +98,7 @@ func TestCountersUpgradeFromV2(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[bpf.Reason]uint64{bpf.ReasonAcceptedEstablished: 5, bpf.ReasonDroppedND: 4}
+	want := map[bpf.Reason]uint64{bpf.ReasonAcceptedEstablished: 5, bpf.ReasonNDPassed: 6, bpf.ReasonDroppedByPolicy: 3, bpf.ReasonDroppedND: 4}
 	if diff := cmp.Diff(want, in.NonZero()); diff != "" {
 		t.Errorf("upgraded counters (-want +got):\n%s", diff)
 	}

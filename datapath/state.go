@@ -130,12 +130,14 @@ func (s *state) open(spec *ebpf.MapSpec, version uint32, upgrades ...maps.Option
 
 // Counter layout version 1: 26 reasons, and the first drop reason at 7,
 // where version 2 put SL_REASON_ND_PASSED; version 2 appends the other
-// IPv6 reasons after the 26, 31 in all. Version 3 appends the service
-// reasons.
+// IPv6 reasons after the 26, 31 in all, its first drop at 8. Version 3
+// puts SL_REASON_REFUSAL_PASSED at 8, one more accepting reason, and
+// appends the service reasons.
 const (
 	countersV1Reasons   = 26
 	countersV1FirstDrop = 7
 	countersV2Reasons   = 31
+	countersV2FirstDrop = 8
 )
 
 // upgradeCountersV1 moves a version-1 counter entry to version 2: each
@@ -147,19 +149,20 @@ func upgradeCountersV1(key, value []byte) ([]byte, []byte, bool, error) {
 	}
 	out := make([]byte, 8*countersV2Reasons)
 	copy(out, value[:8*countersV1FirstDrop])
-	at := 8 * int(bpf.ReasonDroppedByPolicy)
-	copy(out[at:], value[8*countersV1FirstDrop:])
+	copy(out[8*countersV2FirstDrop:], value[8*countersV1FirstDrop:])
 	return key, out, true, nil
 }
 
-// upgradeCountersV2 moves a version-2 counter entry to version 3: every
-// reason keeps its number, and the service reasons start at zero.
+// upgradeCountersV2 moves a version-2 counter entry to version 3: each
+// reason keeps its count under its new number (the drops move up one,
+// past SL_REASON_REFUSAL_PASSED), and the new reasons start at zero.
 func upgradeCountersV2(key, value []byte) ([]byte, []byte, bool, error) {
 	if len(value) != 8*countersV2Reasons {
 		return nil, nil, false, fmt.Errorf("counters version 2: value of %d bytes, want %d", len(value), 8*countersV2Reasons)
 	}
 	out := make([]byte, 8*bpf.ReasonCount)
-	copy(out, value)
+	copy(out, value[:8*countersV2FirstDrop])
+	copy(out[8*int(bpf.ReasonDroppedByPolicy):], value[8*countersV2FirstDrop:])
 	return key, out, true, nil
 }
 
