@@ -456,7 +456,7 @@ struct {
  * (bpf_redirect_peer), past the egress hook, whose policy would otherwise
  * judge a packet from the frontend that conntrack has never seen; at a
  * host interface it leaves by the interface, marked SL_MARK_REFUSAL so
- * that its egress hook passes it as it is (sl_refusal_passes). A
+ * that its egress hook passes it as it is (sl_tc_main). A
  * real function, so that its frame is not added to the main path's. */
 static __noinline int sl_refuse(struct __sk_buff *skb, __u32 counters, const struct sl_pkt *pkt, bool v6,
 				bool workload)
@@ -473,17 +473,7 @@ static __noinline int sl_refuse(struct __sk_buff *skb, __u32 counters, const str
 	return bpf_redirect(skb->ifindex, 0);
 }
 
-/* sl_service is the service stage of an ingress hook, before policy: a
- * new flow to a frontend (sl_svc_find) from a client its source ranges
- * admit is DNATed to the backend sl_lb_choose gives it, or refused when
- * there is none; a packet of a NAT flow conntrack knows but did not pass
- * here (io->known: a retransmitted SYN, say) goes to the flow's backend
- * without a new choice. *pkt and *key become the translated packet's, and
- * io says what the client sent to. Returns -1 to go on to policy,
- * SL_SVC_REFUSE for the caller to refuse the packet (sl_refuse, which is
- * not called from here so that the two frames do not add up), or the TC
- * action that decided the packet. A global function: the verifier
- * checks it once, not on every path of the programs that call it. */
+/* sl_service's answer that the caller refuses the packet (sl_refuse). */
 #define SL_SVC_REFUSE (-2)
 
 /* Source ports sl_snat_pick tries for a flow before it gives up. */
@@ -542,6 +532,17 @@ SL_INLINE int sl_snat_pick(const struct sl_pkt *pkt, const __u8 *backend, __u16 
 	return -1;
 }
 
+/* sl_service is the service stage of an ingress hook, before policy: a
+ * new flow to a frontend (sl_svc_find) from a client its source ranges
+ * admit is DNATed to the backend sl_lb_choose gives it, or refused when
+ * there is none; a packet of a NAT flow conntrack knows but did not pass
+ * here (io->known: a retransmitted SYN, say) goes to the flow's backend
+ * without a new choice. *pkt and *key become the translated packet's, and
+ * io says what the client sent to. Returns -1 to go on to policy,
+ * SL_SVC_REFUSE for the caller to refuse the packet (sl_refuse, which is
+ * not called from here so that the two frames do not add up), or the TC
+ * action that decided the packet. A global function: the verifier
+ * checks it once, not on every path of the programs that call it. */
 __noinline int sl_service(struct __sk_buff *skb, struct sl_pkt *pkt, struct sl_ct_key *key,
 			  struct sl_svc_io *io)
 {
