@@ -422,12 +422,12 @@ SL_INLINE int sl_nat_translate(struct __sk_buff *skb, const struct sl_pkt *pkt, 
 	if (pkt->first_fragment && from_client == via_stub)
 		return -1;
 	if (via_stub && from_client) {
-		sl_ct_nat_backend(ct, key, &addr, &port);
+		sl_ct_nat_side(ct, key, false, &addr, &port);
 		if (sl_nat_rewrite(skb, pkt, v6, false, addr, port))
 			return -1;
 		if (!snat)
 			return 0;
-		sl_ct_nat_client(ct, key, &addr, &port);
+		sl_ct_nat_side(ct, key, true, &addr, &port);
 		return sl_nat_rewrite(skb, pkt, v6, true, addr, port);
 	}
 	if (!via_stub && !from_client) {
@@ -640,11 +640,11 @@ SL_INLINE int sl_new_packet(struct __sk_buff *skb, const struct sl_iface_record 
 			/* The client's packet to the frontend, of a known flow. */
 			const __u8 *addr;
 
-			sl_ct_nat_backend(ct, key, &addr, &io->backend_port);
+			sl_ct_nat_side(ct, key, false, &addr, &io->backend_port);
 			sl_addr_copy(io->backend, addr);
 			io->known = 1;
 			if (ct->flags & SL_CT_F_SNAT) {
-				sl_ct_nat_client(ct, key, &addr, &io->snat_port);
+				sl_ct_nat_side(ct, key, true, &addr, &io->snat_port);
 				sl_addr_copy(io->snat_addr, addr);
 				io->snat = 1;
 			}

@@ -135,27 +135,16 @@ SL_INLINE bool sl_ct_key_eq(const struct sl_ct_key *x, const struct sl_ct_key *y
 	       x->port_a == y->port_a && x->port_b == y->port_b && x->proto == y->proto;
 }
 
-/* sl_ct_nat_backend gives the backend endpoint of a NAT flow's reverse
- * entry ct under key: the endpoint that is not the client's. */
-SL_INLINE void sl_ct_nat_backend(const struct sl_ct_value *ct, const struct sl_ct_key *key,
-				 const __u8 **addr, __u16 *port)
+/* sl_ct_nat_side gives an endpoint of a NAT flow's reverse entry ct under
+ * key: the client's side (client; source-NATed, SL_CT_F_SNAT, the node's
+ * address and port that stand in for the client), or the backend. */
+SL_INLINE void sl_ct_nat_side(const struct sl_ct_value *ct, const struct sl_ct_key *key, bool client,
+			      const __u8 **addr, __u16 *port)
 {
-	bool client_b = ct->flags & SL_CT_F_CLIENT_IS_B;
+	bool side_b = !(ct->flags & SL_CT_F_CLIENT_IS_B) != client;
 
-	*addr = client_b ? key->addr_a : key->addr_b;
-	*port = client_b ? key->port_a : key->port_b;
-}
-
-/* sl_ct_nat_client gives the client's side of a NAT flow's reverse entry
- * ct under key: the client itself, or, source-NATed (SL_CT_F_SNAT), the
- * node's address and port that stand in for it. */
-SL_INLINE void sl_ct_nat_client(const struct sl_ct_value *ct, const struct sl_ct_key *key,
-				const __u8 **addr, __u16 *port)
-{
-	bool client_b = ct->flags & SL_CT_F_CLIENT_IS_B;
-
-	*addr = client_b ? key->addr_b : key->addr_a;
-	*port = client_b ? key->port_b : key->port_a;
+	*addr = side_b ? key->addr_b : key->addr_a;
+	*port = side_b ? key->port_b : key->port_a;
 }
 
 /* sl_ct_nat_origin gives the client of a NAT flow's reverse entry ct as

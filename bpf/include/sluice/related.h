@@ -120,7 +120,7 @@ SL_INLINE int sl_related_snat(struct __sk_buff *skb, const struct sl_pkt *pkt, c
 	__u16 node_port, client_port;
 	__be32 np = 0, cp = 0;
 
-	sl_ct_nat_client(ct, key, &node, &node_port);
+	sl_ct_nat_side(ct, key, true, &node, &node_port);
 	sl_ct_nat_origin(ct, &client, &client_port);
 	*(__be16 *)&np = bpf_htons(node_port);
 	*(__be16 *)&cp = bpf_htons(client_port);
@@ -161,7 +161,7 @@ SL_INLINE int sl_related_nat(struct __sk_buff *skb, const struct sl_pkt *pkt, co
 
 	if (from_client == via_stub)
 		return 0;
-	sl_ct_nat_backend(ct, key, &backend, &port);
+	sl_ct_nat_side(ct, key, false, &backend, &port);
 	be = (const __be32 *)backend;
 	*(__be16 *)&bport = bpf_htons(port);
 	*(__be16 *)&fport = bpf_htons(ct->orig_port);
