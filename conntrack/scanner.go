@@ -393,6 +393,11 @@ func (s *Scanner) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-ticker.C:
+			// A tick and the cancellation can be ready together, and
+			// select picks either: no sweep after the cancellation.
+			if err := ctx.Err(); err != nil {
+				return err
+			}
 		}
 	}
 }
