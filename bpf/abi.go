@@ -709,6 +709,10 @@ const (
 	TypeMaglevTable = "sl_maglev_table"
 	// TypeSNAT is the C name of SNAT.
 	TypeSNAT = "sl_snat"
+	// TypeSockNATEntry is the C name of SockNATEntry.
+	TypeSockNATEntry = "sl_sock_nat_entry"
+	// TypeSockNAT is the C name of SockNAT.
+	TypeSockNAT = "sl_sock_nat"
 )
 
 // State mirrors struct sl_state: the packet as policy sees it, filled in by
@@ -1115,6 +1119,34 @@ type SNAT struct {
 	_       uint32 `btf:"pad"`
 }
 
+// SockNATEntry mirrors struct sl_sock_nat_entry: one translation of a
+// socket: a frontend and the backend it was sent to.
+type SockNATEntry struct {
+	_ structs.HostLayout
+	// The address the application sent to, IPv4-mapped for IPv4.
+	Frontend [16]uint8 `btf:"frontend"`
+	// Where it went instead, IPv4-mapped for IPv4.
+	Backend [16]uint8 `btf:"backend"`
+	// The frontend's port, host order; 0: an unused entry.
+	FrontendPort uint16 `btf:"frontend_port"`
+	// The backend's port, host order.
+	BackendPort uint16 `btf:"backend_port"`
+	// The backend's ID in sl_backends: which sockets a removed backend
+	// leaves.
+	BackendID uint32 `btf:"backend_id"`
+}
+
+// SockNAT mirrors struct sl_sock_nat: value of sl_sock_nat, the socket
+// storage of connect-time balancing.
+type SockNAT struct {
+	_ structs.HostLayout
+	// The socket's translations.
+	Entries [4]SockNATEntry `btf:"entries"`
+	// The entry a new translation replaces, modulo SL_SOCK_NAT_ENTRIES.
+	Next uint32 `btf:"next"`
+	_    uint32 `btf:"pad"`
+}
+
 // abiLayouts pairs the C name of every struct mirrored here with a zero
 // value of its mirror, for tests that check layouts against BTF.
 var abiLayouts = []struct {
@@ -1145,6 +1177,8 @@ var abiLayouts = []struct {
 	{TypeMaglevKey, MaglevKey{}},
 	{TypeMaglevTable, MaglevTable{}},
 	{TypeSNAT, SNAT{}},
+	{TypeSockNATEntry, SockNATEntry{}},
+	{TypeSockNAT, SockNAT{}},
 }
 
 // flagName names one bit, or several, of a flags enum.

@@ -15,6 +15,14 @@
 // the packet path. This package only describes the object (LoadSpec, the
 // names, the ABI); package datapath loads and runs it.
 //
+// Connect-time load balancing is a second object (sock.c, LoadSockSpec):
+// cgroup sock_addr programs for connect, sendmsg, recvmsg and getpeername,
+// both families, which choose a frontend's backend with the datapath's own
+// choice code (include/sluice/lb.h) over the same maps, and keep each
+// socket's translation in socket storage (MapSockNAT). It needs
+// BPF_PROG_TYPE_CGROUP_SOCK_ADDR with the getpeername hooks (5.8),
+// BPF_MAP_TYPE_SK_STORAGE, bpf_get_netns_cookie and bpf_set_retval (5.18).
+//
 // Kernel features the object needs: BPF_PROG_TYPE_SCHED_CLS with tail
 // calls and BPF-to-BPF calls mixed (Linux 5.10 on x86-64), hash, LRU hash,
 // per-CPU array and hash, LPM trie, array-of-maps and prog array maps, BPF
@@ -101,6 +109,51 @@ const (
 	// MapPending is the per-CPU array holding the packet that waits for a
 	// policy verdict (one Pending per CPU), read by the continuations.
 	MapPending = datapathMapSlPendingMap
+)
+
+// SockObjects are the connect-time balancing object's programs and maps,
+// as bpf2go generates them: LoadSockSpec's result assigns to it.
+type SockObjects = sockObjects
+
+// SockSpecs are the connect-time balancing object's program and map specs.
+type SockSpecs = sockSpecs
+
+// LoadSockSpec returns a fresh CollectionSpec of the connect-time
+// balancing object (sock.c): cgroup sock_addr programs over the service
+// maps of the datapath object (the same names and types; load it with the
+// datapath's maps as MapReplacements), and its own socket storage,
+// MapSockNAT.
+func LoadSockSpec() (*ebpf.CollectionSpec, error) {
+	spec, err := loadSock()
+	if err != nil {
+		return nil, fmt.Errorf("load sock spec: %w", err)
+	}
+	return spec, nil
+}
+
+// Names of the programs and the map of the connect-time balancing object.
+// Each program's attach type is its section's (ebpf.AttachCGroupInet4Connect
+// for ProgSockConnect4, and so on).
+const (
+	// ProgSockConnect4 and ProgSockConnect6 balance a connect to a
+	// frontend.
+	ProgSockConnect4 = sockProgSlSockConnect4
+	ProgSockConnect6 = sockProgSlSockConnect6
+	// ProgSockSendmsg4 and ProgSockSendmsg6 balance an unconnected UDP
+	// sendmsg to a frontend.
+	ProgSockSendmsg4 = sockProgSlSockSendmsg4
+	ProgSockSendmsg6 = sockProgSlSockSendmsg6
+	// ProgSockRecvmsg4 and ProgSockRecvmsg6 show a balanced UDP socket's
+	// datagrams as from the frontend.
+	ProgSockRecvmsg4 = sockProgSlSockRecvmsg4
+	ProgSockRecvmsg6 = sockProgSlSockRecvmsg6
+	// ProgSockGetpeername4 and ProgSockGetpeername6 show a balanced
+	// socket's peer as the frontend.
+	ProgSockGetpeername4 = sockProgSlSockGetpeername4
+	ProgSockGetpeername6 = sockProgSlSockGetpeername6
+	// MapSockNAT is the socket storage of SockNAT: each balanced socket's
+	// translations.
+	MapSockNAT = sockMapSlSockNat
 )
 
 // IPSetID encodes a 64-bit IP set ID as IPSetKey.SetID holds it (big-endian).

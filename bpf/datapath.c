@@ -34,7 +34,7 @@
 #include "sluice/counters.h"
 #include "sluice/pending.h"
 #include "sluice/routes.h"
-#include "sluice/nat.h"
+#include "sluice/lb_maps.h"
 #include "sluice/parse6.h"
 
 /* The conntrack tables by enum sl_ct_table_slot. An array of maps so the
@@ -67,75 +67,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct sl_iface);
 } sl_ifaces SEC(".maps");
-
-/* Routes: what the datapath knows of an address (routes.h). */
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 1 << 16);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct sl_route_key);
-	__type(value, struct sl_route);
-} sl_routes SEC(".maps");
-
-/* Service load balancing (nat.h). Not preallocated, so that a replaced
- * entry is freed only after the programs that may still read it finished;
- * affinity is an LRU, so a full table forgets the coldest client. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1 << 16);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct sl_svc_key);
-	__type(value, struct sl_svc);
-} sl_svcs SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1 << 18);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct sl_backend_slot_key);
-	__type(value, __u32);
-} sl_lb_slots SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1 << 18);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, __u32);
-	__type(value, struct sl_backend);
-} sl_backends SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 1 << 16);
-	__type(key, struct sl_affinity_key);
-	__type(value, struct sl_affinity);
-} sl_affinity SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 1 << 16);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct sl_svc_range_key);
-	__type(value, __u8);
-} sl_lb_ranges SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1 << 18);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct sl_lb_member_key);
-	__type(value, struct sl_lb_member);
-} sl_members SEC(".maps");
-
-/* 64 KiB a table: sized by the runtime for the services that use Maglev,
- * two tables each while one replaces the other. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 64);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct sl_maglev_key);
-	__type(value, struct sl_maglev_table);
-} sl_maglev SEC(".maps");
 
 /* Source NAT of the service stage (struct sl_snat, entry 0). */
 struct {
@@ -326,16 +257,6 @@ SL_INLINE int sl_to_policy(struct __sk_buff *skb, const struct sl_iface_record *
 	return sl_verdict(counter_index, SL_REASON_DROPPED_NO_POLICY);
 }
 
-/* sl_route_of returns the longest route to addr, or NULL. */
-SL_INLINE const struct sl_route *sl_route_of(const __u8 *addr)
-{
-	struct sl_route_key k = { .prefixlen = 32 + 128 };
-
-	k.family = sl_addr_is_v4(addr) ? SL_FAMILY_IPV4 : SL_FAMILY_IPV6;
-	sl_addr_copy(k.addr, addr);
-	return bpf_map_lookup_elem(&sl_routes, &k);
-}
-
 /* sl_rpf_ok is the reverse-path check of a workload interface: the
  * packet's source must be a local workload routed to the interface it
  * came from. Packets conntrack passes skip it: they arrived at the
@@ -517,7 +438,7 @@ SL_INLINE int sl_snat_pick(const struct sl_pkt *pkt, const __u8 *backend, __u16 
 	if (cfg->port_max < cfg->port_min || cfg->port_min == 0)
 		return -1;
 	span = cfg->port_max - cfg->port_min + 1;
-	start = sl_lb_hash(pkt) % span;
+	start = sl_lb_hash(pkt->saddr, pkt->daddr, pkt->sport, pkt->dport, pkt->proto) % span;
 	for (__u32 i = 0; i < SL_SNAT_TRIES; i++) {
 		__u16 p = cfg->port_min + (start + i) % span;
 
@@ -533,11 +454,11 @@ SL_INLINE int sl_snat_pick(const struct sl_pkt *pkt, const __u8 *backend, __u16 
 }
 
 /* sl_service is the service stage of an ingress hook, before policy: a
- * new flow to a frontend (sl_svc_find) from a client its source ranges
- * admit is DNATed to the backend sl_lb_choose gives it, or refused when
- * there is none; a packet of a NAT flow conntrack knows but did not pass
- * here (io->known: a retransmitted SYN, say) goes to the flow's backend
- * without a new choice. *pkt and *key become the translated packet's, and
+ * new flow to a frontend from a client its source ranges admit is DNATed
+ * to the backend sl_lb_pick gives it, or refused when there is none; a
+ * packet of a NAT flow conntrack knows but did not pass here (io->known:
+ * a retransmitted SYN, say) goes to the flow's backend without a new
+ * choice. *pkt and *key become the translated packet's, and
  * io says what the client sent to. Returns -1 to go on to policy,
  * SL_SVC_REFUSE for the caller to refuse the packet (sl_refuse, which is
  * not called from here so that the two frames do not add up), or the TC
@@ -546,12 +467,10 @@ SL_INLINE int sl_snat_pick(const struct sl_pkt *pkt, const __u8 *backend, __u16 
 __noinline int sl_service(struct __sk_buff *skb, struct sl_pkt *pkt, struct sl_ct_key *key,
 			  struct sl_svc_io *io)
 {
-	struct sl_route dst = {};
-	const struct sl_backend *be;
-	const struct sl_svc *svc;
+	struct sl_lb_choice c;
+	enum sl_lb_rc rc;
 	const __u8 *addr;
 	__u16 port;
-	__u32 id;
 
 	if (!skb || !pkt || !key || !io)
 		return TC_ACT_SHOT;
@@ -560,26 +479,25 @@ __noinline int sl_service(struct __sk_buff *skb, struct sl_pkt *pkt, struct sl_c
 		port = io->backend_port;
 	} else {
 		io->snat = 0;
-		dst.flags = io->dst_flags;
-		svc = sl_svc_find(pkt, &dst);
-		if (!svc)
+		rc = sl_lb_pick(pkt->saddr, true, pkt->saddr, pkt->sport, pkt->daddr, pkt->dport, pkt->proto,
+				io->dst_flags & SL_ROUTE_LOCAL_HOST, &c);
+		if (rc == SL_LB_NONE)
 			return -1;
-		if (!sl_lb_source_ok(svc, pkt->saddr))
+		if (rc != SL_LB_CHOSEN && rc != SL_LB_NO_BACKEND)
 			return sl_verdict(io->counters, SL_REASON_DROPPED_SVC_SOURCE_RANGE);
 		/* Fragments are not translated: a first fragment sent on to the
 		 * backend would leave the later ones, which have no ports to
 		 * find the frontend by, at the frontend's address. */
 		if (pkt->first_fragment)
 			return sl_verdict(io->counters, SL_REASON_DROPPED_FRAGMENT);
-		be = sl_lb_choose(svc, pkt, &id);
-		if (!be)
+		if (rc == SL_LB_NO_BACKEND)
 			return SL_SVC_REFUSE;
-		if (svc->flags & SL_SVC_AFFINITY) {
-			io->affinity_svc = svc->id;
-			io->affinity_backend = id;
+		if (c.svc->flags & SL_SVC_AFFINITY) {
+			io->affinity_svc = c.svc->id;
+			io->affinity_backend = c.id;
 		}
-		addr = be->addr;
-		port = be->port;
+		addr = c.be->addr;
+		port = c.be->port;
 		if (sl_snat_needed(pkt, io->src_flags, addr) && sl_snat_pick(pkt, addr, port, io))
 			return sl_verdict(io->counters, SL_REASON_DROPPED_NAT_FAILED);
 	}

@@ -3,13 +3,20 @@ package bpf
 import (
 	"testing"
 
+	"github.com/cilium/ebpf/btf"
+
 	"github.com/sluicenet/sluice/maps"
 )
 
 // TestLayouts checks every generated mirror of a shared struct against the
-// C layout in the object's BTF.
+// C layout in the BTF of the object that has it (abigen reads the objects
+// in the same order).
 func TestLayouts(t *testing.T) {
-	spec, err := loadDatapath()
+	datapath, err := loadDatapath()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock, err := loadSock()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -17,8 +24,44 @@ func TestLayouts(t *testing.T) {
 		t.Fatal("abiLayouts is empty")
 	}
 	for _, l := range abiLayouts {
-		if err := maps.CheckLayout(spec.Types, l.cType, l.goValue); err != nil {
+		types := datapath.Types
+		var st *btf.Struct
+		if err := types.TypeByName(l.cType, &st); err != nil {
+			types = sock.Types
+		}
+		if err := maps.CheckLayout(types, l.cType, l.goValue); err != nil {
 			t.Errorf("%s: %v", l.cType, err)
+		}
+	}
+}
+
+// TestSockMapTypes checks the connect-time object's maps: the service
+// maps it shares with the datapath have the datapath's types, and its
+// socket storage holds SockNAT.
+func TestSockMapTypes(t *testing.T) {
+	datapath, err := LoadSpec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock, err := LoadSockSpec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, m := range sock.Maps {
+		if name == MapSockNAT {
+			if got := m.Value.TypeName(); got != TypeSockNAT {
+				t.Errorf("%s value: %s, want %s", name, got, TypeSockNAT)
+			}
+			continue
+		}
+		d, ok := datapath.Maps[name]
+		if !ok {
+			t.Errorf("sock map %s is not a datapath map", name)
+			continue
+		}
+		if m.Key.TypeName() != d.Key.TypeName() || m.Value.TypeName() != d.Value.TypeName() || m.Type != d.Type {
+			t.Errorf("sock map %s: %v %s to %s, datapath's %v %s to %s", name, m.Type, m.Key.TypeName(),
+				m.Value.TypeName(), d.Type, d.Key.TypeName(), d.Value.TypeName())
 		}
 	}
 }

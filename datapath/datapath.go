@@ -100,7 +100,9 @@ type Datapath struct {
 	// maps (struct sl_iface_policy).
 	generation uint32
 	objs       bpf.Objects
-	state      *state
+	// sock are connect-time balancing's programs (SockPrograms).
+	sock  bpf.SockObjects
+	state *state
 
 	policySlots  *slotPool
 	counterSlots *slotPool
@@ -156,13 +158,21 @@ func open(opts Options) (*Datapath, error) {
 		return nil, fmt.Errorf("assign specs: %w", err)
 	}
 	specs.SlPolicyJumps.MaxEntries = opts.PolicySlots
+	sockSpec, err := bpf.LoadSockSpec()
+	if err != nil {
+		return nil, err
+	}
+	var sockSpecs bpf.SockSpecs
+	if err := sockSpec.Assign(&sockSpecs); err != nil {
+		return nil, fmt.Errorf("assign sock specs: %w", err)
+	}
 
-	st, err := openState(&specs, opts)
+	st, err := openState(&specs, &sockSpecs, opts)
 	if err != nil {
 		return nil, err
 	}
 	d := &Datapath{opts: opts, state: st, ifaces: map[uint32]*ifaceState{}}
-	if err := d.load(spec, &specs); err != nil {
+	if err := d.load(spec, &specs, sockSpec); err != nil {
 		if d.generation != 0 {
 			d.unpinOwn()
 		}
@@ -172,9 +182,10 @@ func open(opts Options) (*Datapath, error) {
 	return d, nil
 }
 
-// load loads the programs of a new generation against the state maps and
-// builds the handles.
-func (d *Datapath) load(spec *ebpf.CollectionSpec, specs *bpf.Specs) error {
+// load loads the programs of a new generation, the TC object's (spec) and
+// connect-time balancing's (sockSpec), against the state maps and builds
+// the handles.
+func (d *Datapath) load(spec *ebpf.CollectionSpec, specs *bpf.Specs, sockSpec *ebpf.CollectionSpec) error {
 	var err error
 	if d.ifaceMap, err = maps.New[uint32, bpf.Iface](d.state.ifaces); err != nil {
 		return err
@@ -188,9 +199,13 @@ func (d *Datapath) load(spec *ebpf.CollectionSpec, specs *bpf.Specs) error {
 	if err := specs.SlGeneration.Set(d.generation); err != nil {
 		return fmt.Errorf("set generation: %w", err)
 	}
-	err = spec.LoadAndAssign(&d.objs, &ebpf.CollectionOptions{MapReplacements: d.state.replacements()})
+	err = spec.LoadAndAssign(&d.objs, &ebpf.CollectionOptions{MapReplacements: d.state.replacements(spec)})
 	if err != nil {
 		return fmt.Errorf("load programs: %w", err)
+	}
+	err = sockSpec.LoadAndAssign(&d.sock, &ebpf.CollectionOptions{MapReplacements: d.state.replacements(sockSpec)})
+	if err != nil {
+		return fmt.Errorf("load sock programs: %w", err)
 	}
 	for slot, prog := range map[bpf.ContSlot]*ebpf.Program{bpf.ContAllow: d.objs.SlTcAllow, bpf.ContDeny: d.objs.SlTcDeny} {
 		if err := d.objs.SlConts.Put(uint32(slot), prog); err != nil {
@@ -402,7 +417,7 @@ func (d *Datapath) closeAll() error {
 	if d.conntrack != nil {
 		errs = append(errs, d.conntrack.Close())
 	}
-	errs = append(errs, d.objs.Close(), d.state.close())
+	errs = append(errs, d.objs.Close(), d.sock.Close(), d.state.close())
 	return errors.Join(errs...)
 }
 

@@ -51,6 +51,24 @@ func CheckKernel() error {
 		{"helper bpf_redirect_peer", func() error {
 			return features.HaveProgramHelper(ebpf.SchedCLS, asm.FnRedirectPeer)
 		}},
+		// Connect-time balancing (sock.c).
+		{"program type cgroup_sock_addr", func() error { return features.HaveProgramType(ebpf.CGroupSockAddr) }},
+		{"attach type cgroup getpeername", haveGetpeernameHook},
+		{"map type sk_storage", func() error { return features.HaveMapType(ebpf.SkStorage) }},
+		{"helper bpf_sk_storage_get", func() error {
+			return features.HaveProgramHelper(ebpf.CGroupSockAddr, asm.FnSkStorageGet)
+		}},
+		{"helper bpf_get_netns_cookie", func() error {
+			return features.HaveProgramHelper(ebpf.CGroupSockAddr, asm.FnGetNetnsCookie)
+		}},
+		{"helper bpf_get_socket_cookie", func() error {
+			return features.HaveProgramHelper(ebpf.CGroupSockAddr, asm.FnGetSocketCookie)
+		}},
+		// A connect to a service without backends fails with
+		// ECONNREFUSED rather than the hook's default EPERM.
+		{"helper bpf_set_retval", func() error {
+			return features.HaveProgramHelper(ebpf.CGroupSockAddr, asm.FnSetRetval)
+		}},
 		{"v3 instruction set", features.HaveV3ISA},
 		{"bounded loops", features.HaveBoundedLoops},
 		{"atomic compare-and-exchange", haveCmpXchg},
@@ -85,6 +103,28 @@ func haveCmpXchg() error {
 		License: "Dual BSD/GPL",
 	})
 	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EACCES) {
+		return fmt.Errorf("%w: %w", ebpf.ErrNotSupported, err)
+	}
+	if err != nil {
+		return err
+	}
+	return prog.Close()
+}
+
+// haveGetpeernameHook loads a cgroup sock_addr program for the
+// getpeername hook, which shows a balanced socket's frontend: the kernel
+// refuses the attach type where it lacks the hook.
+func haveGetpeernameHook() error {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:       ebpf.CGroupSockAddr,
+		AttachType: ebpf.AttachCgroupInet4GetPeername,
+		Instructions: asm.Instructions{
+			asm.Mov.Imm(asm.R0, 1),
+			asm.Return(),
+		},
+		License: "Dual BSD/GPL",
+	})
+	if errors.Is(err, unix.EINVAL) {
 		return fmt.Errorf("%w: %w", ebpf.ErrNotSupported, err)
 	}
 	if err != nil {

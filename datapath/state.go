@@ -24,6 +24,7 @@ const (
 	ctVersion       = 1 // struct sl_ct_key to struct sl_ct_value
 	metaVersion     = 1 // struct sl_meta
 	lbVersion       = 1 // the load-balancing maps (nat.h)
+	sockNATVersion  = 1 // struct sl_sock_nat (sock.h)
 )
 
 // ctName is the conntrack table's name in the registry; the object only
@@ -37,6 +38,10 @@ type state struct {
 	ifaces, counters, ruleHits, ipsets, routes, meta *ebpf.Map
 	// The load-balancing maps (nat.h).
 	svcs, lbSlots, backends, affinity, lbRanges, lbMembers, maglev, snat *ebpf.Map
+	// sockNAT is connect-time balancing's socket storage (sock.h):
+	// shared by every generation's sock programs, so a socket balanced
+	// before a restart still shows its frontend after it.
+	sockNAT *ebpf.Map
 	// ct is the live conntrack table. draining, when not nil, is a table
 	// an interrupted resize left to be emptied into ct.
 	ct, draining *ebpf.Map
@@ -52,8 +57,9 @@ type state struct {
 	dir *os.File
 }
 
-// openState opens or creates every state map with the sizes of opts.
-func openState(specs *bpf.Specs, opts Options) (*state, error) {
+// openState opens or creates every state map of both objects (specs, the
+// TC datapath's; sock, connect-time balancing's) with the sizes of opts.
+func openState(specs *bpf.Specs, sock *bpf.SockSpecs, opts Options) (*state, error) {
 	s := &state{pinDir: opts.PinDir}
 	if opts.PinDir != "" {
 		if err := os.MkdirAll(opts.PinDir, 0o700); err != nil {
@@ -95,6 +101,8 @@ func openState(specs *bpf.Specs, opts Options) (*state, error) {
 		// Two tables per Maglev service while one replaces the other.
 		{&s.maglev, specs.SlMaglev, lbVersion, 2 * opts.MaglevServices, nil},
 		{&s.snat, specs.SlSnat, lbVersion, 1, nil},
+		// Socket storage has no size: it lives in the sockets.
+		{&s.sockNAT, sock.SlSockNat, sockNATVersion, 0, nil},
 	}
 	s.byName = make(map[string]*ebpf.Map, len(entries))
 	for _, e := range entries {
@@ -196,13 +204,19 @@ func (s *state) openConntrack(template *ebpf.MapSpec, entries uint32) error {
 	return nil
 }
 
-// replacements are the state maps by their names in the object: every
-// map openState opened from the registry but the conntrack table, which
-// the object holds inside sl_ct_tables.
-func (s *state) replacements() map[string]*ebpf.Map {
+// replacements are the state maps spec (either object's) names, by those
+// names: the maps openState opened from the registry, but the conntrack
+// table, which the TC object holds inside sl_ct_tables. A map of the
+// other object only is left out, as the loader wants, and spec's maps
+// take the sizes of their replacements (the registry's, which a pinned
+// map may have kept), as the loader checks.
+func (s *state) replacements(spec *ebpf.CollectionSpec) map[string]*ebpf.Map {
 	out := make(map[string]*ebpf.Map, len(s.byName))
 	for name, m := range s.byName {
-		out[name] = m
+		if ms, ok := spec.Maps[name]; ok {
+			ms.MaxEntries = m.MaxEntries()
+			out[name] = m
+		}
 	}
 	return out
 }

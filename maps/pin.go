@@ -103,8 +103,9 @@ func (p Params) validate() error {
 			return fmt.Errorf("map name %q has character %q; only letters, digits, '_' and '.' are allowed", name, r)
 		}
 	}
-	if p.KeySize == 0 || p.MaxEntries == 0 {
-		return errors.New("key size and max entries must be positive")
+	// Socket storage has no size: it lives in the sockets.
+	if p.KeySize == 0 || (p.MaxEntries == 0) != (p.Type == ebpf.SkStorage) {
+		return errors.New("key size and max entries (0 for socket storage) must be positive")
 	}
 	return nil
 }

@@ -1,15 +1,47 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* The service stage's choices: which frontend a new flow is for, whether
- * its client may use it, and which backend it goes to. Works on the maps
- * of nat.h, which the including object defines (sl_svcs, sl_lb_slots,
- * sl_backends, sl_affinity, sl_lb_ranges, sl_members, sl_maglev), and on
- * sl_route_of. The Go package nat holds the same choice as a reference
- * model (nat.Explain): a change here is a change there. */
+/* The service choice of a new flow: which frontend it is for, whether its
+ * client may use it, and which backend it goes to (sl_lb_pick). One
+ * function for both program types that balance: the TC service stage
+ * (datapath.c) on a flow's first packet, and connect-time balancing
+ * (sock.c) on a socket's connect or sendmsg. Works on the maps of
+ * lb_maps.h. The Go package nat holds the same choice as a reference model
+ * (nat.Choose, nat.ChooseConnect, Table.Explain): a change here is a
+ * change there.
+ *
+ * At connect time three inputs differ from a packet's, and each is given
+ * its closest faithful stand-in:
+ *   - the hash: the socket has no source port yet, and often no source
+ *     address, so its cookie takes the client's place (SL_LB_SOCK_PREFIX
+ *     and the cookie as the client address, port 0): one socket's flow
+ *     keeps one backend, and sockets spread over the group;
+ *   - affinity: by the socket's bound source address, else by its network
+ *     namespace (SL_LB_SOCK_PREFIX and the namespace's cookie): a pod's
+ *     namespace has its one address, the host's all its processes (as
+ *     Cilium keys socket-LB affinity by namespace cookie);
+ *   - source ranges: decided on the bound source address; an unbound
+ *     socket's connect is left untranslated for the TC stage, which sees
+ *     the source (SL_LB_SOURCE_UNKNOWN). */
 #pragma once
 
-#include "nat.h"
+#include "lb_maps.h"
 #include "parse.h"
-#include "routes.h"
+
+/* SL_LB_SOCK_PREFIX is the first word (big-endian) of the address that
+ * stands for a socket or a network namespace at connect time: 100::/64,
+ * the discard-only prefix (RFC 6666), which no real client uses, followed
+ * by the 64-bit cookie. nat.SocketAddr writes the same. */
+#define SL_LB_SOCK_PREFIX 0x01000000u
+
+/* sl_lb_sock_addr writes the address that stands for cookie. */
+SL_INLINE void sl_lb_sock_addr(__u8 *dst, __u64 cookie)
+{
+	__be32 *w = (__be32 *)dst;
+
+	w[0] = bpf_htonl(SL_LB_SOCK_PREFIX);
+	w[1] = 0;
+	w[2] = bpf_htonl(cookie >> 32);
+	w[3] = bpf_htonl((__u32)cookie);
+}
 
 /* sl_lb_mix is one round of MurmurHash3's 32-bit body. */
 SL_INLINE __u32 sl_lb_mix(__u32 h, __u32 k)
@@ -25,10 +57,12 @@ SL_INLINE __u32 sl_lb_mix(__u32 h, __u32 k)
 /* sl_lb_hash hashes a flow from its client to the address it sent to:
  * both addresses as big-endian words, the ports, the protocol, then
  * MurmurHash3's finaliser. Deterministic, so a retransmitted SYN meets
- * the same backend and nat.FlowHash can say where a flow goes. */
-SL_INLINE __u32 sl_lb_hash(const struct sl_pkt *pkt)
+ * the same backend and nat.FlowHash can say where a flow goes. At connect
+ * time (sock.c) the client is the socket: SL_LB_SOCK_PREFIX and its
+ * cookie, port 0 (nat.ConnectFlow). */
+SL_INLINE __u32 sl_lb_hash(const __u8 *client, const __u8 *dest, __u16 cport, __u16 dport, __u8 proto)
 {
-	const __be32 *s = (const __be32 *)pkt->saddr, *d = (const __be32 *)pkt->daddr;
+	const __be32 *s = (const __be32 *)client, *d = (const __be32 *)dest;
 	__u32 h = 0;
 
 	h = sl_lb_mix(h, bpf_ntohl(s[0]));
@@ -39,8 +73,8 @@ SL_INLINE __u32 sl_lb_hash(const struct sl_pkt *pkt)
 	h = sl_lb_mix(h, bpf_ntohl(d[1]));
 	h = sl_lb_mix(h, bpf_ntohl(d[2]));
 	h = sl_lb_mix(h, bpf_ntohl(d[3]));
-	h = sl_lb_mix(h, ((__u32)pkt->sport << 16) | pkt->dport);
-	h = sl_lb_mix(h, pkt->proto);
+	h = sl_lb_mix(h, ((__u32)cport << 16) | dport);
+	h = sl_lb_mix(h, proto);
 	h ^= 40;
 	h ^= h >> 16;
 	h *= 0x85ebca6b;
@@ -50,32 +84,32 @@ SL_INLINE __u32 sl_lb_hash(const struct sl_pkt *pkt)
 	return h;
 }
 
-/* sl_svc_find returns the frontend a packet is sent to, or NULL: the
- * exact (address, port, protocol), else, where the destination is an
- * address of this node (dst, its route), the NodePort of that port and
- * protocol. A NodePort answers on node addresses only: a packet sent to
- * the wildcard address itself (0.0.0.0 or ::, which only NodePorts are
- * keyed by) finds its entry in the exact lookup, and is held to the same
- * test, or a client could reach every NodePort through an address that
- * is no node's. */
-SL_INLINE const struct sl_svc *sl_svc_find(const struct sl_pkt *pkt, const struct sl_route *dst)
+/* sl_svc_find returns the frontend a flow is sent to (dest, dport,
+ * proto), or NULL: the exact (address, port, protocol), else, where dest
+ * is an address of this node (to_node: its route says SL_ROUTE_LOCAL_HOST),
+ * the NodePort of that port and protocol. A NodePort answers on node
+ * addresses only: a flow sent to the wildcard address itself (0.0.0.0 or
+ * ::, which only NodePorts are keyed by) finds its entry in the exact
+ * lookup, and is held to the same test, or a client could reach every
+ * NodePort through an address that is no node's. */
+SL_INLINE const struct sl_svc *sl_svc_find(const __u8 *dest, __u16 dport, __u8 proto, bool to_node)
 {
-	struct sl_svc_key k = { .port = pkt->dport, .proto = pkt->proto };
+	struct sl_svc_key k = { .port = dport, .proto = proto };
 	const struct sl_svc *svc;
 	__be32 *w = (__be32 *)k.addr;
 
-	if (pkt->proto != IPPROTO_TCP && pkt->proto != IPPROTO_UDP && pkt->proto != SL_IPPROTO_SCTP)
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != SL_IPPROTO_SCTP)
 		return NULL;
-	sl_addr_copy(k.addr, pkt->daddr);
+	sl_addr_copy(k.addr, dest);
 	svc = bpf_map_lookup_elem(&sl_svcs, &k);
 	if (svc && !(svc->flags & SL_SVC_NODE_PORT))
 		return svc;
-	if (!dst || !(dst->flags & SL_ROUTE_LOCAL_HOST))
+	if (!to_node)
 		return NULL;
 	/* The family's wildcard: ::ffff:0.0.0.0 keeps IPv4's mapped prefix. */
 	w[0] = 0;
 	w[1] = 0;
-	w[2] = sl_addr_is_v4(pkt->daddr) ? bpf_htonl(0xffff) : 0;
+	w[2] = sl_addr_is_v4(dest) ? bpf_htonl(0xffff) : 0;
 	w[3] = 0;
 	svc = bpf_map_lookup_elem(&sl_svcs, &k);
 	return svc && (svc->flags & SL_SVC_NODE_PORT) ? svc : NULL;
@@ -170,24 +204,19 @@ SL_INLINE __u32 sl_lb_maglev(const struct sl_svc *svc, __u32 hash)
  * its ID in *id, or NULL when the service has no usable backend: the
  * client's affinity, else the Maglev table (serving group, not local
  * only), else the flow's hash over the group's slots. A service with
- * affinity remembers the choice once policy allowed it (sl_lb_remember). */
-SL_INLINE const struct sl_backend *sl_lb_choose(const struct sl_svc *svc, const struct sl_pkt *pkt,
+ * affinity remembers the choice once the flow is allowed (sl_lb_remember). */
+SL_INLINE const struct sl_backend *sl_lb_choose(const struct sl_svc *svc, const __u8 *client, __u32 hash,
 						__u32 *id)
 {
 	struct sl_lb_group g = sl_lb_group_of(svc);
 	struct sl_backend_slot_key sk = { .svc_id = svc->id };
-	bool affinity = svc->flags & SL_SVC_AFFINITY;
 	const struct sl_backend *be;
-	__u32 hash, backend = 0, *slot;
-	__u64 now = 0;
+	__u32 backend = 0, *slot;
 
 	if (g.count == 0)
 		return NULL;
-	if (affinity) {
-		now = bpf_ktime_get_coarse_ns();
-		backend = sl_lb_affinity(svc, &g, pkt->saddr, now);
-	}
-	hash = sl_lb_hash(pkt);
+	if (svc->flags & SL_SVC_AFFINITY)
+		backend = sl_lb_affinity(svc, &g, client, bpf_ktime_get_coarse_ns());
 	if (!backend && (svc->flags & SL_SVC_MAGLEV) && g.serving && !g.local)
 		backend = sl_lb_maglev(svc, hash);
 	if (!backend) {
@@ -202,6 +231,51 @@ SL_INLINE const struct sl_backend *sl_lb_choose(const struct sl_svc *svc, const 
 		return NULL;
 	*id = backend;
 	return be;
+}
+
+/* What sl_lb_pick decided for a new flow. */
+enum sl_lb_rc {
+	SL_LB_NONE,		/* no frontend: the flow is no service's */
+	SL_LB_CHOSEN,		/* a backend: the choice's be and id */
+	SL_LB_NO_BACKEND,	/* a frontend without a usable backend: refuse the flow */
+	SL_LB_SOURCE_REFUSED,	/* the client is outside the frontend's source ranges */
+	SL_LB_SOURCE_UNKNOWN,	/* the frontend has source ranges and the client's address is not known yet */
+};
+
+/* A new flow's frontend and backend, from sl_lb_pick. */
+struct sl_lb_choice {
+	const struct sl_svc	*svc;	/* the frontend met; with SL_LB_CHOSEN and SL_LB_NO_BACKEND */
+	const struct sl_backend	*be;	/* with SL_LB_CHOSEN */
+	__u32			id;	/* be's backend ID */
+};
+
+/* sl_lb_pick is the whole service choice of a new flow, for both program
+ * types (the TC service stage, and connect-time balancing in sock.c):
+ * the frontend at dest:dport/proto (sl_svc_find, NodePorts where to_node),
+ * the source ranges, then the backend (sl_lb_choose: traffic policy Local,
+ * terminating fallback, affinity, Maglev, hash). client is whom affinity
+ * and source ranges are decided for; client_known says it is the flow's
+ * real source address (at connect time a socket may not be bound yet: it
+ * then stands for the socket's network namespace, affinity is by
+ * namespace, and a frontend with source ranges is left to the TC stage,
+ * which sees the address: SL_LB_SOURCE_UNKNOWN). hash_client and hash_port
+ * are the hash's client side (sl_lb_hash): the packet's source at TC, the
+ * socket's cookie at connect. */
+SL_INLINE enum sl_lb_rc sl_lb_pick(const __u8 *client, bool client_known, const __u8 *hash_client,
+				   __u16 hash_port, const __u8 *dest, __u16 dport, __u8 proto, bool to_node,
+				   struct sl_lb_choice *c)
+{
+	c->svc = sl_svc_find(dest, dport, proto, to_node);
+	if (!c->svc)
+		return SL_LB_NONE;
+	if (c->svc->flags & SL_SVC_SOURCE_RANGES) {
+		if (!client_known)
+			return SL_LB_SOURCE_UNKNOWN;
+		if (!sl_lb_source_ok(c->svc, client))
+			return SL_LB_SOURCE_REFUSED;
+	}
+	c->be = sl_lb_choose(c->svc, client, sl_lb_hash(hash_client, dest, hash_port, dport, proto), &c->id);
+	return c->be ? SL_LB_CHOSEN : SL_LB_NO_BACKEND;
 }
 
 /* sl_lb_remember records that a client of a service with affinity went to

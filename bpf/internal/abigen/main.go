@@ -15,7 +15,8 @@
 //     its name without C_PREFIX_ (SL_REASON_IPV6_PASSED with prefixes
 //     SL_REASON_ and Reason gives ReasonIPv6Passed). The suffix :flags
 //     marks an enum of bits. Repeatable.
-//   - -obj is the compiled object whose BTF gives sizes, offsets and values.
+//   - -obj is a compiled object whose BTF gives sizes, offsets and values.
+//     Repeatable: a type is read from the first object that has it.
 //   - -headers is a directory whose *.h files give the comments. Repeatable.
 //   - -out is the file to write; -pkg its package (default $GOPACKAGE).
 //
@@ -76,7 +77,7 @@ func main() {
 
 // options are the parsed command line.
 type options struct {
-	obj     string
+	objs    []string
 	headers []string
 	out     string
 	pkg     string
@@ -102,7 +103,10 @@ func run(args []string) error {
 func parseArgs(args []string) (*options, error) {
 	opts := &options{pkg: os.Getenv("GOPACKAGE")}
 	fs := flag.NewFlagSet("abigen", flag.ContinueOnError)
-	fs.StringVar(&opts.obj, "obj", "", "compiled BPF `object` whose BTF to read")
+	fs.Func("obj", "compiled BPF `object` whose BTF to read; repeatable", func(s string) error {
+		opts.objs = append(opts.objs, s)
+		return nil
+	})
 	fs.Func("headers", "`directory` of C headers (*.h) holding the comments; repeatable", func(s string) error {
 		opts.headers = append(opts.headers, s)
 		return nil
@@ -129,13 +133,16 @@ func parseArgs(args []string) (*options, error) {
 		return nil, err
 	}
 	var missing []string
-	for name, v := range map[string]string{"-obj": opts.obj, "-out": opts.out, "-pkg": opts.pkg} {
+	for name, v := range map[string]string{"-out": opts.out, "-pkg": opts.pkg} {
 		if v == "" {
 			missing = append(missing, name)
 		}
 	}
 	if len(opts.headers) == 0 {
 		missing = append(missing, "-headers")
+	}
+	if len(opts.objs) == 0 {
+		missing = append(missing, "-obj")
 	}
 	if len(missing) > 0 {
 		slices.Sort(missing)
@@ -173,9 +180,13 @@ func parseEnum(s string) (enumSpec, error) {
 
 // generate reads the object and headers and renders the output.
 func generate(opts *options) ([]byte, error) {
-	types, err := btf.LoadSpec(opts.obj)
-	if err != nil {
-		return nil, fmt.Errorf("read BTF: %w", err)
+	var types btfSpecs
+	for _, obj := range opts.objs {
+		spec, err := btf.LoadSpec(obj)
+		if err != nil {
+			return nil, fmt.Errorf("read BTF: %w", err)
+		}
+		types = append(types, spec)
 	}
 	docs, err := readHeaders(opts.headers)
 	if err != nil {
@@ -215,6 +226,21 @@ func generate(opts *options) ([]byte, error) {
 	return render(opts.pkg, enums, structs)
 }
 
+// btfSpecs are the objects' BTF, searched in order.
+type btfSpecs []*btf.Spec
+
+// TypeByName finds name in the first spec that has it, as
+// btf.Spec.TypeByName does in one.
+func (ss btfSpecs) TypeByName(name string, typ any) error {
+	err := fmt.Errorf("type %s: %w", name, btf.ErrNotFound)
+	for _, s := range ss {
+		if err = s.TypeByName(name, typ); !errors.Is(err, btf.ErrNotFound) {
+			return err
+		}
+	}
+	return err
+}
+
 func readHeaders(dirs []string) (*headerDocs, error) {
 	docs := newHeaderDocs()
 	for _, dir := range dirs {
@@ -238,7 +264,7 @@ func readHeaders(dirs []string) (*headerDocs, error) {
 	return docs, nil
 }
 
-func enumType(types *btf.Spec, docs *headerDocs, spec enumSpec) (*goEnum, error) {
+func enumType(types btfSpecs, docs *headerDocs, spec enumSpec) (*goEnum, error) {
 	var e *btf.Enum
 	if err := types.TypeByName(spec.CName, &e); err != nil {
 		return nil, fmt.Errorf("enum %s: %w (BTF has an enum only if the object uses it: as a member, map key or value, or variable type)", spec.CName, err)
@@ -250,7 +276,7 @@ func enumType(types *btf.Spec, docs *headerDocs, spec enumSpec) (*goEnum, error)
 	return buildEnum(spec, e, d)
 }
 
-func structType(types *btf.Spec, docs *headerDocs, spec structSpec, names typeNames) (*goStruct, error) {
+func structType(types btfSpecs, docs *headerDocs, spec structSpec, names typeNames) (*goStruct, error) {
 	var s *btf.Struct
 	if err := types.TypeByName(spec.CName, &s); err != nil {
 		return nil, fmt.Errorf("struct %s: %w", spec.CName, err)

@@ -1,0 +1,62 @@
+package datapath
+
+import (
+	"github.com/cilium/ebpf"
+)
+
+// SockProgram is a program of connect-time load balancing and the cgroup
+// hook it is written for.
+type SockProgram struct {
+	// Program is the loaded program, closed with the Datapath.
+	Program *ebpf.Program
+	// Attach is the cgroup hook to attach Program to
+	// (ebpf.AttachCGroupInet4Connect, ...).
+	Attach ebpf.AttachType
+}
+
+// SockPrograms are the programs of connect-time load balancing, for the
+// cgroup v2 hooks of an embedder's choice (the root cgroup's, for every
+// process of the host and its pods). A connect or unconnected UDP sendmsg
+// to a service frontend goes to the backend the TC service stage would
+// choose, over the same maps; recvmsg and getpeername show the frontend
+// again. The Datapath does not attach them.
+type SockPrograms struct {
+	// Connect4 and Connect6 balance connect (TCP, UDP) to a frontend.
+	Connect4, Connect6 SockProgram
+	// Sendmsg4 and Sendmsg6 balance unconnected UDP sendmsg.
+	Sendmsg4, Sendmsg6 SockProgram
+	// Recvmsg4 and Recvmsg6 show a backend's datagrams as the frontend's.
+	Recvmsg4, Recvmsg6 SockProgram
+	// Getpeername4 and Getpeername6 show a balanced socket's peer as the
+	// frontend.
+	Getpeername4, Getpeername6 SockProgram
+}
+
+// All returns the programs in a fixed order, for attaching every hook in
+// a loop.
+func (s SockPrograms) All() []SockProgram {
+	return []SockProgram{s.Connect4, s.Connect6, s.Sendmsg4, s.Sendmsg6, s.Recvmsg4, s.Recvmsg6,
+		s.Getpeername4, s.Getpeername6}
+}
+
+// SockPrograms returns this generation's programs of connect-time load
+// balancing (the zero SockPrograms for a nil Datapath). A restarted agent
+// replaces the previous process's cgroup links with these (link.Update):
+// the maps are shared, so a socket balanced by the old programs keeps its
+// translation under the new ones.
+func (d *Datapath) SockPrograms() SockPrograms {
+	if d == nil {
+		return SockPrograms{}
+	}
+	o := &d.sock
+	return SockPrograms{
+		Connect4:     SockProgram{o.SlSockConnect4, ebpf.AttachCGroupInet4Connect},
+		Connect6:     SockProgram{o.SlSockConnect6, ebpf.AttachCGroupInet6Connect},
+		Sendmsg4:     SockProgram{o.SlSockSendmsg4, ebpf.AttachCGroupUDP4Sendmsg},
+		Sendmsg6:     SockProgram{o.SlSockSendmsg6, ebpf.AttachCGroupUDP6Sendmsg},
+		Recvmsg4:     SockProgram{o.SlSockRecvmsg4, ebpf.AttachCGroupUDP4Recvmsg},
+		Recvmsg6:     SockProgram{o.SlSockRecvmsg6, ebpf.AttachCGroupUDP6Recvmsg},
+		Getpeername4: SockProgram{o.SlSockGetpeername4, ebpf.AttachCgroupInet4GetPeername},
+		Getpeername6: SockProgram{o.SlSockGetpeername6, ebpf.AttachCgroupInet6GetPeername},
+	}
+}
