@@ -52,12 +52,16 @@ const (
 	// ReasonSourceRange: the client is outside the service's source
 	// ranges at an external frontend; the datapath refuses the flow.
 	ReasonSourceRange
+	// ReasonSourceUnknown: at connect time (ChooseConnect), the frontend
+	// has source ranges and the socket no bound source to decide them
+	// by; the connect is left untranslated, for the TC service stage.
+	ReasonSourceUnknown
 )
 
-var reasonNames = [...]string{"none", "hash", "maglev", "affinity", "no-backend", "source-range"}
+var reasonNames = [...]string{"none", "hash", "maglev", "affinity", "no-backend", "source-range", "source-unknown"}
 
 // String returns the reason's name: none, hash, maglev, affinity,
-// no-backend or source-range.
+// no-backend, source-range or source-unknown.
 func (r Reason) String() string {
 	if int(r) < len(reasonNames) {
 		return reasonNames[r]
@@ -158,7 +162,7 @@ func Choose(services map[string]Service, flow Flow, aff *AffinityRecord, now tim
 	if !ok {
 		return Choice{}
 	}
-	return choose(name, services[name], f, flow, aff, now)
+	return choose(name, services[name], f, flow.Client.Addr(), true, FlowHash(flow), aff, now)
 }
 
 // flowValid reports whether flow is one the datapath's service stage
@@ -209,14 +213,21 @@ func findFrontend(services map[string]Service, flow Flow) (string, Frontend, boo
 	return bestNode, bestNodeF, foundNode
 }
 
-// choose is Choose's steps 2 to 6 for service s, met at frontend f.
-func choose(name string, s Service, f Frontend, flow Flow, aff *AffinityRecord, now time.Duration) Choice {
+// choose is Choose's steps 2 to 6 for service s, met at frontend f, by
+// a flow whose client is client (known: its real address, else what
+// stands for an unbound socket, see ChooseConnect) and whose hash is
+// hash.
+func choose(name string, s Service, f Frontend, client netip.Addr, known bool, hash uint32, aff *AffinityRecord, now time.Duration) Choice {
 	local := (f.External && s.ExternalLocal) || (!f.External && s.InternalLocal)
 	c := Choice{Service: name, Frontend: f, LocalOnly: local}
 	if f.External && len(s.SourceRanges) > 0 {
+		if !known {
+			c.Reason = ReasonSourceUnknown
+			return c
+		}
 		in := false
 		for _, p := range s.SourceRanges {
-			in = in || p.Contains(flow.Client.Addr())
+			in = in || p.Contains(client)
 		}
 		if !in {
 			c.Reason = ReasonSourceRange
@@ -248,7 +259,7 @@ func choose(name string, s Service, f Frontend, flow Flow, aff *AffinityRecord, 
 			}
 		}
 	}
-	h := FlowHash(flow)
+	h := hash
 	if s.Maglev && !c.Terminating && !local {
 		if idx, err := Maglev(maglevBackends(list), maglevSize); err == nil {
 			c.Backend, c.Reason = list[idx[h%uint32(maglevSize)]], ReasonMaglev
@@ -265,6 +276,12 @@ func choose(name string, s Service, f Frontend, flow Flow, aff *AffinityRecord, 
 // in the affinity map. A record naming a backend ID the Table does not
 // know is no record.
 func (t *Table) Explain(flow Flow, now time.Duration) (Choice, error) {
+	return t.explain(flow, flow.Client.Addr(), true, FlowHash(flow), now)
+}
+
+// explain is Explain and ExplainConnect: flow finds the frontend, client
+// (known or not, see choose) the affinity record, and hash the backend.
+func (t *Table) explain(flow Flow, client netip.Addr, known bool, hash uint32, now time.Duration) (Choice, error) {
 	if err := t.made(); err != nil {
 		return Choice{}, err
 	}
@@ -281,7 +298,7 @@ func (t *Table) Explain(flow Flow, now time.Duration) (Choice, error) {
 	p := t.services[name]
 	var aff *AffinityRecord
 	if p.svc.Affinity > 0 {
-		v, err := t.affinity.Lookup(bpf.AffinityKey{SvcID: p.id, Client: flow.Client.Addr().As16()})
+		v, err := t.affinity.Lookup(bpf.AffinityKey{SvcID: p.id, Client: client.As16()})
 		switch {
 		case errors.Is(err, ebpf.ErrKeyNotExist):
 		case err != nil:
@@ -292,5 +309,5 @@ func (t *Table) Explain(flow Flow, now time.Duration) (Choice, error) {
 			}
 		}
 	}
-	return choose(name, p.svc, f, flow, aff, now), nil
+	return choose(name, p.svc, f, client, known, hash, aff, now), nil
 }

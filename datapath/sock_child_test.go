@@ -1,0 +1,297 @@
+package datapath
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"syscall"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
+	"github.com/sluicenet/sluice/bpf"
+)
+
+// Connect-time balancing acts on the sockets of the processes in a
+// cgroup, so its tests run their clients in a child process: the test
+// binary again, started inside the test's cgroup (CLONE_INTO_CGROUP),
+// which enters a network namespace, runs a list of socket operations and
+// writes what each saw to a file.
+
+// sockChildEnv names the variable that makes TestSockChild the client: the
+// path of its request.
+const sockChildEnv = "SLUICE_SOCK_CHILD"
+
+// Kinds of sockOp.
+const (
+	sockTCP            = "tcp"             // connect, getpeername, read the server's name to EOF
+	sockUDPConnected   = "udp-connected"   // connect, getpeername, send, recvfrom the name
+	sockUDPUnconnected = "udp-unconnected" // sendto, recvfrom the name
+	sockUDPConnectOnly = "udp-connect"     // connect and getpeername, no traffic
+)
+
+// sockOp is one socket a client opens.
+type sockOp struct {
+	Kind string
+	// Dest is where the socket connects or sends.
+	Dest netip.AddrPort
+	// Bind, when valid, is the source address bound first.
+	Bind netip.Addr
+	// V6 opens an IPv6 socket even for an IPv4 (IPv4-mapped) Dest.
+	V6 bool
+}
+
+// sockResult is what one sockOp saw.
+type sockResult struct {
+	// Errno is the connect's or first send's error, 0 on success.
+	Errno syscall.Errno
+	// Reply is what the server answered.
+	Reply string
+	// Peer is getpeername's answer, From recvfrom's.
+	Peer, From netip.AddrPort
+	// Socket and NetNS are the socket's and its namespace's cookies.
+	Socket, NetNS uint64
+	// NAT is the socket's storage in bpf.MapSockNAT, if HasNAT.
+	NAT    bpf.SockNAT
+	HasNAT bool
+}
+
+// sockRequest is what the parent asks of a client.
+type sockRequest struct {
+	// NetNS is the name of the namespace to run in.
+	NetNS string
+	Ops   []sockOp
+}
+
+// runSockClient runs ops in a child process inside the cgroup and the
+// named network namespace, and returns their results. natMap is
+// bpf.MapSockNAT, handed to the child to read each socket's storage.
+func runSockClient(t *testing.T, cgroup, netns string, natMap *ebpf.Map, ops []sockOp) []sockResult {
+	t.Helper()
+	dir := t.TempDir()
+	req := filepath.Join(dir, "request.json")
+	b, err := json.Marshal(sockRequest{NetNS: netns, Ops: ops})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(req, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cg, err := os.Open(cgroup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cg.Close()
+	fd, err := unix.Dup(natMap.FD())
+	if err != nil {
+		t.Fatal(err)
+	}
+	mapFile := os.NewFile(uintptr(fd), "sl_sock_nat")
+	defer mapFile.Close()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestSockChild$", "-test.count=1", "-test.v")
+	cmd.Env = append(os.Environ(), sockChildEnv+"="+req)
+	cmd.ExtraFiles = []*os.File{mapFile}
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("socket client: %v\n%s", err, out)
+	}
+	b, err = os.ReadFile(req + ".out")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res []sockResult
+	if err := json.Unmarshal(b, &res); err != nil {
+		t.Fatal(err)
+	}
+	if len(res) != len(ops) {
+		t.Fatalf("socket client: %d results for %d operations", len(res), len(ops))
+	}
+	return res
+}
+
+// TestSockChild is the socket client of the connect-time tests when
+// sockChildEnv is set, and does nothing otherwise.
+func TestSockChild(t *testing.T) {
+	path := os.Getenv(sockChildEnv)
+	if path == "" {
+		return
+	}
+	if err := sockChild(path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func sockChild(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var req sockRequest
+	if err := json.Unmarshal(b, &req); err != nil {
+		return err
+	}
+	// The thread's namespace is the sockets': this goroutine keeps its
+	// thread, which is discarded when the process exits.
+	runtime.LockOSThread()
+	ns, err := os.Open(filepath.Join("/run/netns", req.NetNS))
+	if err != nil {
+		return err
+	}
+	if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
+		return fmt.Errorf("enter %s: %w", req.NetNS, err)
+	}
+	ns.Close()
+	natMap, err := ebpf.NewMapFromFD(3)
+	if err != nil {
+		return fmt.Errorf("socket storage map: %w", err)
+	}
+	defer natMap.Close()
+	res := make([]sockResult, len(req.Ops))
+	for i, op := range req.Ops {
+		if res[i], err = sockRun(op, natMap); err != nil {
+			return fmt.Errorf("operation %d %+v: %w", i, op, err)
+		}
+	}
+	if b, err = json.Marshal(res); err != nil {
+		return err
+	}
+	return os.WriteFile(path+".out", b, 0o600)
+}
+
+// sockRun runs one operation.
+func sockRun(op sockOp, natMap *ebpf.Map) (sockResult, error) {
+	var res sockResult
+	v6 := op.V6 || op.Dest.Addr().Is6()
+	family, typ := unix.AF_INET, unix.SOCK_DGRAM
+	if v6 {
+		family = unix.AF_INET6
+	}
+	if op.Kind == sockTCP {
+		typ = unix.SOCK_STREAM
+	}
+	fd, err := unix.Socket(family, typ|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return res, err
+	}
+	defer unix.Close(fd)
+	tv := unix.Timeval{Sec: 3}
+	for _, opt := range []int{unix.SO_RCVTIMEO, unix.SO_SNDTIMEO} {
+		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, opt, &tv); err != nil {
+			return res, err
+		}
+	}
+	if op.Bind.IsValid() {
+		if err := unix.Bind(fd, sockaddrOf(netip.AddrPortFrom(op.Bind, 0), v6)); err != nil {
+			return res, fmt.Errorf("bind: %w", err)
+		}
+	}
+	dest := sockaddrOf(op.Dest, v6)
+	payload := []byte("who")
+	if op.Kind == sockUDPUnconnected {
+		err = unix.Sendto(fd, payload, 0, dest)
+	} else {
+		err = unix.Connect(fd, dest)
+	}
+	if res.Errno, err = errnoOf(err); err != nil {
+		return res, err
+	}
+	if res.Socket, err = unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE); err != nil {
+		return res, err
+	}
+	if res.NetNS, err = unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE); err != nil {
+		return res, err
+	}
+	switch err := natMap.Lookup(int32(fd), &res.NAT); {
+	case err == nil:
+		res.HasNAT = true
+	case !errors.Is(err, ebpf.ErrKeyNotExist):
+		return res, fmt.Errorf("socket storage: %w", err)
+	}
+	if res.Errno != 0 {
+		return res, nil
+	}
+	if op.Kind != sockUDPUnconnected {
+		sa, err := unix.Getpeername(fd)
+		if err != nil {
+			return res, fmt.Errorf("getpeername: %w", err)
+		}
+		res.Peer = addrPortOf(sa)
+	}
+	buf := make([]byte, 64)
+	switch op.Kind {
+	case sockTCP:
+		for {
+			n, err := unix.Read(fd, buf)
+			if err != nil {
+				return res, fmt.Errorf("read: %w", err)
+			}
+			if n == 0 {
+				break
+			}
+			res.Reply += string(buf[:n])
+		}
+	case sockUDPConnected:
+		if _, err := unix.Write(fd, payload); err != nil {
+			return res, fmt.Errorf("send: %w", err)
+		}
+		fallthrough
+	case sockUDPUnconnected:
+		n, from, err := unix.Recvfrom(fd, buf, 0)
+		if err != nil {
+			return res, fmt.Errorf("recvfrom: %w", err)
+		}
+		res.Reply, res.From = string(buf[:n]), addrPortOf(from)
+	}
+	return res, nil
+}
+
+// errnoOf splits err into an errno the test asserts on and any other error.
+func errnoOf(err error) (syscall.Errno, error) {
+	var errno syscall.Errno
+	if err == nil || errors.As(err, &errno) {
+		return errno, nil
+	}
+	return 0, err
+}
+
+// sockaddrOf is ap as a socket address of the family v6 says: an IPv4
+// address on an IPv6 socket is IPv4-mapped.
+func sockaddrOf(ap netip.AddrPort, v6 bool) unix.Sockaddr {
+	if v6 {
+		return &unix.SockaddrInet6{Addr: ap.Addr().As16(), Port: int(ap.Port())}
+	}
+	return &unix.SockaddrInet4{Addr: ap.Addr().As4(), Port: int(ap.Port())}
+}
+
+// addrPortOf is a socket address as an AddrPort, IPv4-mapped ones
+// unmapped.
+func addrPortOf(sa unix.Sockaddr) netip.AddrPort {
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(sa.Port))
+	}
+	return netip.AddrPort{}
+}
+
+// attachSock attaches every program of connect-time balancing to the
+// cgroup, detaching in t.Cleanup. The one place the tests attach them:
+// it moves to the attach package's AttachCgroup once that is merged.
+func attachSock(t *testing.T, cgroup string, d *Datapath) {
+	t.Helper()
+	for _, p := range d.SockPrograms().All() {
+		l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroup, Attach: p.Attach, Program: p.Program})
+		if err != nil {
+			t.Fatalf("attach %v to %s: %v", p.Attach, cgroup, err)
+		}
+		t.Cleanup(func() { l.Close() })
+	}
+}
