@@ -13,7 +13,8 @@
 // # Maps and restarts
 //
 // The maps that carry state across a restart (conntrack, interfaces,
-// counters, rule hits, IP sets, routes, the load-balancing maps) are opened through
+// counters, rule hits, IP sets, routes, the load-balancing maps, the
+// sockets' storage of connect-time balancing) are opened through
 // maps.OpenOrCreate under Options.PinDir, each with its own name, layout
 // version and size. Per-CPU scratch maps are not pinned, and prog arrays
 // are not shared: a restarted agent builds fresh programs and swaps them
@@ -42,6 +43,16 @@
 // frontend without a usable backend is answered at once with a TCP RST or
 // an ICMP port unreachable.
 //
+// Connect-time balancing (Datapath.SockPrograms) is a second object,
+// loaded with the TC one in every generation over the same service maps:
+// cgroup sock_addr programs an embedder attaches to a cgroup v2 path. A
+// connect or unconnected UDP sendmsg to a frontend goes to the backend
+// the TC stage would choose (nat.ChooseConnect), and the socket keeps the
+// translation in its storage for recvmsg and getpeername, which show the
+// frontend. The connection is then a plain flow to its backend, which the
+// TC programs track without NAT. A frontend without a usable backend fails
+// the connect or sendmsg with ECONNREFUSED.
+//
 // The conntrack table grows while traffic flows (Datapath.ResizeConntrack):
 // the programs find it through an array of tables, read the old table on
 // a miss while entries move, and no tracked flow is lost or sent back to
@@ -53,7 +64,10 @@
 // per-CPU array and hash, LPM trie, prog array and array-of-maps maps,
 // BPF_F_NO_PREALLOC, bpf_tail_call, bpf_ktime_get_coarse_ns,
 // bpf_skb_load_bytes, the v3 instruction set, bounded loops (the IPv6
-// extension-header walk) and atomic compare-and-exchange. Open calls it
+// extension-header walk) and atomic compare-and-exchange; for
+// connect-time balancing BPF_PROG_TYPE_CGROUP_SOCK_ADDR with the
+// getpeername hooks (5.8), socket storage, bpf_get_socket_cookie,
+// bpf_get_netns_cookie and bpf_set_retval (5.18). Open calls it
 // first. The walk is a BTF-typed global function (Linux 5.6), which every
 // kernel with bpf_ktime_get_coarse_ns (5.11) has.
 // Freeing a replaced policy relies on an update of an array of maps

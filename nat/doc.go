@@ -39,6 +39,9 @@
 // allows, affinity, Maglev and the flow hash (FlowHash) decide its backend.
 // It needs no privilege. Table.Explain applies it to the services a Table
 // programmed and the client's affinity record in the kernel.
+// ChooseConnect and Table.ExplainConnect are the same choice at a socket's
+// connect (connect-time balancing), with the socket's cookie in the hash
+// (ConnectHash) and its bound source or network namespace as the client.
 //
 // # Maglev
 //
