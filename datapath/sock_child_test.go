@@ -283,15 +283,19 @@ func addrPortOf(sa unix.Sockaddr) netip.AddrPort {
 }
 
 // attachSock attaches every program of connect-time balancing to the
-// cgroup, detaching in t.Cleanup. The one place the tests attach them:
-// it moves to the attach package's AttachCgroup once that is merged.
-func attachSock(t *testing.T, cgroup string, d *Datapath) {
+// cgroup and returns the links (in SockPrograms.All's order), detached in
+// t.Cleanup. The one place the tests attach them: it moves to the attach
+// package's AttachCgroup once that is merged.
+func attachSock(t *testing.T, cgroup string, d *Datapath) []link.Link {
 	t.Helper()
+	var links []link.Link
 	for _, p := range d.SockPrograms().All() {
 		l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroup, Attach: p.Attach, Program: p.Program})
 		if err != nil {
 			t.Fatalf("attach %v to %s: %v", p.Attach, cgroup, err)
 		}
 		t.Cleanup(func() { l.Close() })
+		links = append(links, l)
 	}
+	return links
 }

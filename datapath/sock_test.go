@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/cilium/ebpf"
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/sluicenet/sluice/conntrack"
@@ -270,4 +271,66 @@ func (e *sockEnv) checkPlainFlows(t *testing.T) {
 	if diff := cmp.Diff(want, plain); diff != "" {
 		t.Errorf("backends with a plain flow from the client workload (-want +got):\n%s", diff)
 	}
+}
+
+// TestSockRestart: a restarted agent's connect-time programs replace the
+// previous ones in the cgroup's links (link.Update, no moment without a
+// program), over the same pinned service maps and the same socket
+// storage, so the new generation balances what the old one programmed
+// and still shows the frontend to sockets the old one balanced.
+func TestSockRestart(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	fam := sockFamilies[0]
+	e := newSockEnv(t, fam)
+	// newSockEnv's datapath has no pins: this test's pair share some.
+	pinDir := filepath.Join(testutil.TempBPFFS(t), "sluice")
+	opts := Options{PinDir: pinDir, ConntrackEntries: 1 << 12, MaxInterfaces: 8, PolicySlots: 64}
+	old, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	if err := old.Services().Sync(e.services()); err != nil {
+		t.Fatal(err)
+	}
+	// Not under e.cgroup, whose programs (e.d's) would balance too.
+	cgroup := testutil.TempCgroup(t)
+	links := attachSock(t, cgroup, old)
+	ops := []sockOp{}
+	for range 16 {
+		ops = append(ops, sockOp{Kind: sockTCP, Dest: netip.AddrPortFrom(netip.MustParseAddr(fam.clusterIP), sockTCPPort)})
+	}
+	e.checkBalanced(t, "old generation", ops, runSockClient(t, cgroup, e.client.NS.Name, old.state.sockNAT, ops))
+
+	next, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer next.Close()
+	if a, b := mapID(t, old.state.sockNAT), mapID(t, next.state.sockNAT); a != b {
+		t.Errorf("socket storage: the new generation's is map %d, the old one's %d", b, a)
+	}
+	for i, p := range next.SockPrograms().All() {
+		if err := links[i].Update(p.Program); err != nil {
+			t.Fatalf("update link %v: %v", p.Attach, err)
+		}
+	}
+	if err := old.Close(); err != nil {
+		t.Fatal(err)
+	}
+	e.checkBalanced(t, "new generation", ops, runSockClient(t, cgroup, e.client.NS.Name, next.state.sockNAT, ops))
+}
+
+// mapID is m's kernel ID.
+func mapID(t *testing.T, m *ebpf.Map) ebpf.MapID {
+	t.Helper()
+	info, err := m.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, ok := info.ID()
+	if !ok {
+		t.Fatal("the kernel gives no map ID")
+	}
+	return id
 }
