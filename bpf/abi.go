@@ -1131,8 +1131,10 @@ type SockNATEntry struct {
 	FrontendPort uint16 `btf:"frontend_port"`
 	// The backend's port, host order.
 	BackendPort uint16 `btf:"backend_port"`
-	// The backend's ID in sl_backends: which sockets a removed backend
-	// leaves.
+	// The frontend's service (sl_svc.id).
+	SvcID uint32 `btf:"svc_id"`
+	// The backend's ID: while sl_members holds (svc_id, backend_id), the
+	// backend is the service's.
 	BackendID uint32 `btf:"backend_id"`
 }
 

@@ -156,6 +156,28 @@ const (
 	MapSockNAT = sockMapSlSockNat
 )
 
+// SockDestroyObjects are the socket-destroying object's program and maps.
+type SockDestroyObjects = sockdestroyObjects
+
+// LoadSockDestroySpec returns a fresh CollectionSpec of the object that
+// destroys connected UDP sockets a removed backend leaves
+// (sockdestroy.c): a socket iterator, ProgSockDestroyUDP, over the
+// service maps and MapSockNAT of the other objects (load it with theirs
+// as MapReplacements). It needs bpf_sock_destroy (Linux 6.5), which the
+// balancing programs do not.
+func LoadSockDestroySpec() (*ebpf.CollectionSpec, error) {
+	spec, err := loadSockdestroy()
+	if err != nil {
+		return nil, fmt.Errorf("load sockdestroy spec: %w", err)
+	}
+	return spec, nil
+}
+
+// ProgSockDestroyUDP is the iter/udp program that aborts each connected
+// UDP socket of its network namespace whose balanced backend left its
+// service, writing one byte to the iterator's output for each.
+const ProgSockDestroyUDP = sockdestroyProgSlSockDestroyUdp
+
 // IPSetID encodes a 64-bit IP set ID as IPSetKey.SetID holds it (big-endian).
 func IPSetID(id uint64) [8]byte {
 	var b [8]byte

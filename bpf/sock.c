@@ -33,14 +33,6 @@
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
-/* Each socket's translations (struct sl_sock_nat). */
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct sl_sock_nat);
-} sl_sock_nat SEC(".maps");
-
 /* The return values of a sock_addr program. */
 #define SL_SOCK_REJECT	0
 #define SL_SOCK_PASS	1
@@ -111,6 +103,7 @@ SL_INLINE void sl_sock_remember(struct bpf_sock *sk, const __u8 *frontend, __u16
 	sl_addr_copy(e->backend, c->be->addr);
 	e->frontend_port = fport;
 	e->backend_port = c->be->port;
+	e->svc_id = c->svc->id;
 	e->backend_id = c->id;
 }
 

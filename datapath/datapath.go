@@ -100,9 +100,12 @@ type Datapath struct {
 	// maps (struct sl_iface_policy).
 	generation uint32
 	objs       bpf.Objects
-	// sock are connect-time balancing's programs (SockPrograms).
-	sock  bpf.SockObjects
-	state *state
+	// sock are connect-time balancing's programs (SockPrograms), and
+	// sockDestroy its socket iterator, loaded on first use
+	// (DestroyStaleSockets).
+	sock        bpf.SockObjects
+	sockDestroy bpf.SockDestroyObjects
+	state       *state
 
 	policySlots  *slotPool
 	counterSlots *slotPool
@@ -417,7 +420,7 @@ func (d *Datapath) closeAll() error {
 	if d.conntrack != nil {
 		errs = append(errs, d.conntrack.Close())
 	}
-	errs = append(errs, d.objs.Close(), d.sock.Close(), d.state.close())
+	errs = append(errs, d.objs.Close(), d.sock.Close(), d.sockDestroy.Close(), d.state.close())
 	return errors.Join(errs...)
 }
 

@@ -1,7 +1,13 @@
 package datapath
 
 import (
+	"fmt"
+	"io"
+
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/sluicenet/sluice/bpf"
 )
 
 // SockProgram is a program of connect-time load balancing and the cgroup
@@ -59,4 +65,68 @@ func (d *Datapath) SockPrograms() SockPrograms {
 		Getpeername4: SockProgram{o.SlSockGetpeername4, ebpf.AttachCgroupInet4GetPeername},
 		Getpeername6: SockProgram{o.SlSockGetpeername6, ebpf.AttachCgroupInet6GetPeername},
 	}
+}
+
+// DestroyStaleSockets aborts every connected UDP socket of the calling
+// thread's network namespace that connect-time balancing sent to a
+// backend its service no longer has (nat.Table removed it; a terminating
+// backend is still the service's): the socket is disconnected, its next
+// receive fails with ECONNABORTED (a send without an address with
+// EDESTADDRREQ), so its application reconnects and meets a live
+// backend rather than send to a removed one for ever (a DNS client's
+// connected socket, say). Unconnected sockets choose again at every
+// sendmsg and are left alone. It returns how many sockets it aborted.
+//
+// A socket iterator sees one network namespace, the one the calling OS
+// thread is in: call it after a Sync that removed backends, once in each
+// namespace whose processes are balanced (the host's, each pod's), from a
+// goroutine locked to a thread in that namespace. Where the kernel lacks
+// the bpf_sock_destroy kfunc (Linux 6.5) it returns an error wrapping
+// ebpf.ErrNotSupported, and such sockets keep their removed backend until
+// their application reconnects.
+func (d *Datapath) DestroyStaleSockets() (int, error) {
+	n, err := d.destroyStaleSockets()
+	if err != nil {
+		return 0, fmt.Errorf("destroy stale sockets: %w", err)
+	}
+	return n, nil
+}
+
+func (d *Datapath) destroyStaleSockets() (int, error) {
+	if err := d.opened(); err != nil {
+		return 0, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.check(); err != nil {
+		return 0, err
+	}
+	// Loaded on first use: the kfunc is the only part of connect-time
+	// balancing that needs Linux 6.5.
+	if d.sockDestroy.SlSockDestroyUdp == nil {
+		spec, err := bpf.LoadSockDestroySpec()
+		if err != nil {
+			return 0, err
+		}
+		err = spec.LoadAndAssign(&d.sockDestroy, &ebpf.CollectionOptions{MapReplacements: d.state.replacements(spec)})
+		if err != nil {
+			return 0, fmt.Errorf("load socket iterator: %w", err)
+		}
+	}
+	it, err := link.AttachIter(link.IterOptions{Program: d.sockDestroy.SlSockDestroyUdp})
+	if err != nil {
+		return 0, fmt.Errorf("socket iterator: %w", err)
+	}
+	defer it.Close()
+	rd, err := it.Open()
+	if err != nil {
+		return 0, fmt.Errorf("socket iterator: %w", err)
+	}
+	defer rd.Close()
+	// One byte for each socket aborted.
+	n, err := io.Copy(io.Discard, rd)
+	if err != nil {
+		return 0, fmt.Errorf("socket iterator: %w", err)
+	}
+	return int(n), nil
 }

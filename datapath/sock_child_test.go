@@ -1,6 +1,7 @@
 package datapath
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"runtime"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -35,6 +37,7 @@ const (
 	sockUDPConnected   = "udp-connected"   // connect, getpeername, send, recvfrom the name
 	sockUDPUnconnected = "udp-unconnected" // sendto, recvfrom the name
 	sockUDPConnectOnly = "udp-connect"     // connect and getpeername, no traffic
+	sockUDPHold        = "udp-hold"        // udp-connected, and the socket kept open for the hold
 )
 
 // sockOp is one socket a client opens.
@@ -61,6 +64,10 @@ type sockResult struct {
 	// NAT is the socket's storage in bpf.MapSockNAT, if HasNAT.
 	NAT    bpf.SockNAT
 	HasNAT bool
+	// After is the error a held socket meets after the hold: the one
+	// pending, else its send's and receive's; AfterReply their answer.
+	After      syscall.Errno
+	AfterReply string
 }
 
 // sockRequest is what the parent asks of a client.
@@ -68,6 +75,9 @@ type sockRequest struct {
 	// NetNS is the name of the namespace to run in.
 	NetNS string
 	Ops   []sockOp
+	// Hold keeps the sockUDPHold sockets open until the parent releases
+	// them (startSockClient).
+	Hold bool
 }
 
 // runSockClient runs ops in a child process inside the cgroup and the
@@ -75,13 +85,28 @@ type sockRequest struct {
 // bpf.MapSockNAT, handed to the child to read each socket's storage.
 func runSockClient(t *testing.T, cgroup, netns string, natMap *ebpf.Map, ops []sockOp) []sockResult {
 	t.Helper()
-	dir := t.TempDir()
-	req := filepath.Join(dir, "request.json")
-	b, err := json.Marshal(sockRequest{NetNS: netns, Ops: ops})
+	return startSockClient(t, cgroup, netns, natMap, ops, false).wait(t)
+}
+
+// sockClient is a running child of startSockClient.
+type sockClient struct {
+	cmd *exec.Cmd
+	req string
+	out bytes.Buffer
+	n   int
+}
+
+// startSockClient starts runSockClient's child. With hold, the child
+// keeps its sockHold sockets open once the operations are done, says so
+// (ready), and waits for release before it uses them once more.
+func startSockClient(t *testing.T, cgroup, netns string, natMap *ebpf.Map, ops []sockOp, hold bool) *sockClient {
+	t.Helper()
+	c := &sockClient{req: filepath.Join(t.TempDir(), "request.json"), n: len(ops)}
+	b, err := json.Marshal(sockRequest{NetNS: netns, Ops: ops, Hold: hold})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(req, b, 0o600); err != nil {
+	if err := os.WriteFile(c.req, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	cg, err := os.Open(cgroup)
@@ -95,14 +120,53 @@ func runSockClient(t *testing.T, cgroup, netns string, natMap *ebpf.Map, ops []s
 	}
 	mapFile := os.NewFile(uintptr(fd), "sl_sock_nat")
 	defer mapFile.Close()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestSockChild$", "-test.count=1", "-test.v")
-	cmd.Env = append(os.Environ(), sockChildEnv+"="+req)
-	cmd.ExtraFiles = []*os.File{mapFile}
-	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("socket client: %v\n%s", err, out)
+	c.cmd = exec.Command(os.Args[0], "-test.run=^TestSockChild$", "-test.count=1", "-test.v")
+	c.cmd.Env = append(os.Environ(), sockChildEnv+"="+c.req)
+	c.cmd.ExtraFiles = []*os.File{mapFile}
+	c.cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
+	c.cmd.Stdout, c.cmd.Stderr = &c.out, &c.out
+	if err := c.cmd.Start(); err != nil {
+		t.Fatal(err)
 	}
-	b, err = os.ReadFile(req + ".out")
+	t.Cleanup(func() {
+		if c.cmd.ProcessState == nil {
+			c.cmd.Process.Kill()
+			c.cmd.Wait()
+		}
+	})
+	return c
+}
+
+// ready waits until a holding child has done its operations.
+func (c *sockClient) ready(t *testing.T) {
+	t.Helper()
+	for range 200 {
+		if _, err := os.Stat(c.req + ".ready"); err == nil {
+			return
+		}
+		if c.cmd.ProcessState != nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("socket client never got ready:\n%s", c.out.String())
+}
+
+// release lets a holding child use its held sockets again.
+func (c *sockClient) release(t *testing.T) {
+	t.Helper()
+	if err := os.WriteFile(c.req+".go", nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// wait waits for the child and returns its results.
+func (c *sockClient) wait(t *testing.T) []sockResult {
+	t.Helper()
+	if err := c.cmd.Wait(); err != nil {
+		t.Fatalf("socket client: %v\n%s", err, c.out.String())
+	}
+	b, err := os.ReadFile(c.req + ".out")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,8 +174,8 @@ func runSockClient(t *testing.T, cgroup, netns string, natMap *ebpf.Map, ops []s
 	if err := json.Unmarshal(b, &res); err != nil {
 		t.Fatal(err)
 	}
-	if len(res) != len(ops) {
-		t.Fatalf("socket client: %d results for %d operations", len(res), len(ops))
+	if len(res) != c.n {
+		t.Fatalf("socket client: %d results for %d operations", len(res), c.n)
 	}
 	return res
 }
@@ -154,9 +218,19 @@ func sockChild(path string) error {
 	}
 	defer natMap.Close()
 	res := make([]sockResult, len(req.Ops))
+	held := map[int]int{}
 	for i, op := range req.Ops {
-		if res[i], err = sockRun(op, natMap); err != nil {
+		fd := -1
+		if res[i], fd, err = sockRun(op, natMap); err != nil {
 			return fmt.Errorf("operation %d %+v: %w", i, op, err)
+		}
+		if fd >= 0 {
+			held[i] = fd
+		}
+	}
+	if req.Hold {
+		if err := sockHold(path, held, res); err != nil {
+			return err
 		}
 	}
 	if b, err = json.Marshal(res); err != nil {
@@ -165,8 +239,54 @@ func sockChild(path string) error {
 	return os.WriteFile(path+".out", b, 0o600)
 }
 
-// sockRun runs one operation.
-func sockRun(op sockOp, natMap *ebpf.Map) (sockResult, error) {
+// sockHold says the operations are done (path.ready), waits for the
+// parent's release (path.go), and uses each held socket once more.
+func sockHold(path string, held map[int]int, res []sockResult) error {
+	if err := os.WriteFile(path+".ready", nil, 0o600); err != nil {
+		return err
+	}
+	for {
+		if _, err := os.Stat(path + ".go"); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	buf := make([]byte, 64)
+	for i, fd := range held {
+		// A pending error (an aborted socket's) comes first; a live
+		// socket has nothing to read yet.
+		_, _, err := unix.Recvfrom(fd, buf, unix.MSG_DONTWAIT)
+		if errors.Is(err, unix.EAGAIN) {
+			if _, err = unix.Write(fd, []byte("who")); err == nil {
+				var n int
+				if n, _, err = unix.Recvfrom(fd, buf, 0); err == nil {
+					res[i].AfterReply = string(buf[:n])
+				}
+			}
+		}
+		if res[i].After, err = errnoOf(err); err != nil {
+			return err
+		}
+		unix.Close(fd)
+	}
+	return nil
+}
+
+// sockRun runs one operation, and returns the socket of a sockUDPHold
+// (else -1), which the caller closes.
+func sockRun(op sockOp, natMap *ebpf.Map) (sockResult, int, error) {
+	res, fd, err := sockDo(op, natMap)
+	if op.Kind == sockUDPHold && err == nil {
+		return res, fd, nil
+	}
+	if fd >= 0 {
+		unix.Close(fd)
+	}
+	return res, -1, err
+}
+
+// sockDo runs one operation and returns its socket, or -1.
+func sockDo(op sockOp, natMap *ebpf.Map) (sockResult, int, error) {
 	var res sockResult
 	v6 := op.V6 || op.Dest.Addr().Is6()
 	family, typ := unix.AF_INET, unix.SOCK_DGRAM
@@ -178,18 +298,17 @@ func sockRun(op sockOp, natMap *ebpf.Map) (sockResult, error) {
 	}
 	fd, err := unix.Socket(family, typ|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return res, err
+		return res, -1, err
 	}
-	defer unix.Close(fd)
 	tv := unix.Timeval{Sec: 3}
 	for _, opt := range []int{unix.SO_RCVTIMEO, unix.SO_SNDTIMEO} {
 		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, opt, &tv); err != nil {
-			return res, err
+			return res, fd, err
 		}
 	}
 	if op.Bind.IsValid() {
 		if err := unix.Bind(fd, sockaddrOf(netip.AddrPortFrom(op.Bind, 0), v6)); err != nil {
-			return res, fmt.Errorf("bind: %w", err)
+			return res, fd, fmt.Errorf("bind: %w", err)
 		}
 	}
 	dest := sockaddrOf(op.Dest, v6)
@@ -200,27 +319,27 @@ func sockRun(op sockOp, natMap *ebpf.Map) (sockResult, error) {
 		err = unix.Connect(fd, dest)
 	}
 	if res.Errno, err = errnoOf(err); err != nil {
-		return res, err
+		return res, fd, err
 	}
 	if res.Socket, err = unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE); err != nil {
-		return res, err
+		return res, fd, err
 	}
 	if res.NetNS, err = unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE); err != nil {
-		return res, err
+		return res, fd, err
 	}
 	switch err := natMap.Lookup(int32(fd), &res.NAT); {
 	case err == nil:
 		res.HasNAT = true
 	case !errors.Is(err, ebpf.ErrKeyNotExist):
-		return res, fmt.Errorf("socket storage: %w", err)
+		return res, fd, fmt.Errorf("socket storage: %w", err)
 	}
 	if res.Errno != 0 {
-		return res, nil
+		return res, fd, nil
 	}
 	if op.Kind != sockUDPUnconnected {
 		sa, err := unix.Getpeername(fd)
 		if err != nil {
-			return res, fmt.Errorf("getpeername: %w", err)
+			return res, fd, fmt.Errorf("getpeername: %w", err)
 		}
 		res.Peer = addrPortOf(sa)
 	}
@@ -230,26 +349,26 @@ func sockRun(op sockOp, natMap *ebpf.Map) (sockResult, error) {
 		for {
 			n, err := unix.Read(fd, buf)
 			if err != nil {
-				return res, fmt.Errorf("read: %w", err)
+				return res, fd, fmt.Errorf("read: %w", err)
 			}
 			if n == 0 {
 				break
 			}
 			res.Reply += string(buf[:n])
 		}
-	case sockUDPConnected:
+	case sockUDPConnected, sockUDPHold:
 		if _, err := unix.Write(fd, payload); err != nil {
-			return res, fmt.Errorf("send: %w", err)
+			return res, fd, fmt.Errorf("send: %w", err)
 		}
 		fallthrough
 	case sockUDPUnconnected:
 		n, from, err := unix.Recvfrom(fd, buf, 0)
 		if err != nil {
-			return res, fmt.Errorf("recvfrom: %w", err)
+			return res, fd, fmt.Errorf("recvfrom: %w", err)
 		}
 		res.Reply, res.From = string(buf[:n]), addrPortOf(from)
 	}
-	return res, nil
+	return res, fd, nil
 }
 
 // errnoOf splits err into an errno the test asserts on and any other error.

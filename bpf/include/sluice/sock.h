@@ -20,9 +20,10 @@ struct sl_sock_nat_entry {
 	__u8	backend[16];	/* where it went instead, IPv4-mapped for IPv4 */
 	__u16	frontend_port;	/* the frontend's port, host order; 0: an unused entry */
 	__u16	backend_port;	/* the backend's port, host order */
-	__u32	backend_id;	/* the backend's ID in sl_backends: which sockets a removed backend leaves */
+	__u32	svc_id;		/* the frontend's service (sl_svc.id) */
+	__u32	backend_id;	/* the backend's ID: while sl_members holds (svc_id, backend_id), the backend is the service's */
 };
-SL_ASSERT_SIZE(struct sl_sock_nat_entry, 40);
+SL_ASSERT_SIZE(struct sl_sock_nat_entry, 44);
 
 /* Value of sl_sock_nat, the socket storage of connect-time balancing. */
 struct sl_sock_nat {
@@ -30,4 +31,14 @@ struct sl_sock_nat {
 	__u32	next;	/* the entry a new translation replaces, modulo SL_SOCK_NAT_ENTRIES */
 	__u32	pad;	/* zero */
 };
-SL_ASSERT_SIZE(struct sl_sock_nat, 168);
+SL_ASSERT_SIZE(struct sl_sock_nat, 184);
+
+/* Each socket's translations (struct sl_sock_nat), defined here for the
+ * two objects that read it: sock.c writes it, sockdestroy.c finds the
+ * sockets a removed backend leaves. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct sl_sock_nat);
+} sl_sock_nat SEC(".maps");
