@@ -35,9 +35,9 @@ func TestLayouts(t *testing.T) {
 	}
 }
 
-// TestSockMapTypes checks the connect-time object's maps: the service
-// maps it shares with the datapath have the datapath's types, and its
-// socket storage holds SockNAT.
+// TestSockMapTypes checks the connect-time objects' maps (balancing's and
+// the socket iterator's): the service maps they share with the datapath
+// have the datapath's types, and the socket storage holds SockNAT.
 func TestSockMapTypes(t *testing.T) {
 	datapath, err := LoadSpec()
 	if err != nil {
@@ -46,6 +46,15 @@ func TestSockMapTypes(t *testing.T) {
 	sock, err := LoadSockSpec()
 	if err != nil {
 		t.Fatal(err)
+	}
+	destroy, err := LoadSockDestroySpec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, m := range destroy.Maps {
+		if s, ok := sock.Maps[name]; !ok || s.Type != m.Type || s.Value.TypeName() != m.Value.TypeName() {
+			t.Errorf("sockdestroy map %s is not the sock object's", name)
+		}
 	}
 	for name, m := range sock.Maps {
 		if name == MapSockNAT {
