@@ -38,6 +38,7 @@ const (
 	sockUDPUnconnected = "udp-unconnected" // sendto, recvfrom the name
 	sockUDPConnectOnly = "udp-connect"     // connect and getpeername, no traffic
 	sockUDPHold        = "udp-hold"        // udp-connected, and the socket kept open for the hold
+	sockUDPConnectLoop = "udp-connect-loop" // Repeat times socket, connect, close: Nanos
 )
 
 // sockOp is one socket a client opens.
@@ -49,6 +50,8 @@ type sockOp struct {
 	Bind netip.Addr
 	// V6 opens an IPv6 socket even for an IPv4 (IPv4-mapped) Dest.
 	V6 bool
+	// Repeat is how many connects a sockUDPConnectLoop times.
+	Repeat int
 }
 
 // sockResult is what one sockOp saw.
@@ -68,6 +71,8 @@ type sockResult struct {
 	// pending, else its send's and receive's; AfterReply their answer.
 	After      syscall.Errno
 	AfterReply string
+	// Nanos is the time a sockUDPConnectLoop took.
+	Nanos int64
 }
 
 // sockRequest is what the parent asks of a client.
@@ -83,7 +88,7 @@ type sockRequest struct {
 // runSockClient runs ops in a child process inside the cgroup and the
 // named network namespace, and returns their results. natMap is
 // bpf.MapSockNAT, handed to the child to read each socket's storage.
-func runSockClient(t *testing.T, cgroup, netns string, natMap *ebpf.Map, ops []sockOp) []sockResult {
+func runSockClient(t testing.TB, cgroup, netns string, natMap *ebpf.Map, ops []sockOp) []sockResult {
 	t.Helper()
 	return startSockClient(t, cgroup, netns, natMap, ops, false).wait(t)
 }
@@ -99,7 +104,7 @@ type sockClient struct {
 // startSockClient starts runSockClient's child. With hold, the child
 // keeps its sockHold sockets open once the operations are done, says so
 // (ready), and waits for release before it uses them once more.
-func startSockClient(t *testing.T, cgroup, netns string, natMap *ebpf.Map, ops []sockOp, hold bool) *sockClient {
+func startSockClient(t testing.TB, cgroup, netns string, natMap *ebpf.Map, ops []sockOp, hold bool) *sockClient {
 	t.Helper()
 	c := &sockClient{req: filepath.Join(t.TempDir(), "request.json"), n: len(ops)}
 	b, err := json.Marshal(sockRequest{NetNS: netns, Ops: ops, Hold: hold})
@@ -138,7 +143,7 @@ func startSockClient(t *testing.T, cgroup, netns string, natMap *ebpf.Map, ops [
 }
 
 // ready waits until a holding child has done its operations.
-func (c *sockClient) ready(t *testing.T) {
+func (c *sockClient) ready(t testing.TB) {
 	t.Helper()
 	for range 200 {
 		if _, err := os.Stat(c.req + ".ready"); err == nil {
@@ -153,7 +158,7 @@ func (c *sockClient) ready(t *testing.T) {
 }
 
 // release lets a holding child use its held sockets again.
-func (c *sockClient) release(t *testing.T) {
+func (c *sockClient) release(t testing.TB) {
 	t.Helper()
 	if err := os.WriteFile(c.req+".go", nil, 0o600); err != nil {
 		t.Fatal(err)
@@ -161,7 +166,7 @@ func (c *sockClient) release(t *testing.T) {
 }
 
 // wait waits for the child and returns its results.
-func (c *sockClient) wait(t *testing.T) []sockResult {
+func (c *sockClient) wait(t testing.TB) []sockResult {
 	t.Helper()
 	if err := c.cmd.Wait(); err != nil {
 		t.Fatalf("socket client: %v\n%s", err, c.out.String())
@@ -275,6 +280,10 @@ func sockHold(path string, held map[int]int, res []sockResult) error {
 // sockRun runs one operation, and returns the socket of a sockUDPHold
 // (else -1), which the caller closes.
 func sockRun(op sockOp, natMap *ebpf.Map) (sockResult, int, error) {
+	if op.Kind == sockUDPConnectLoop {
+		res, err := sockConnectLoop(op)
+		return res, -1, err
+	}
 	res, fd, err := sockDo(op, natMap)
 	if op.Kind == sockUDPHold && err == nil {
 		return res, fd, nil
@@ -283,6 +292,31 @@ func sockRun(op sockOp, natMap *ebpf.Map) (sockResult, int, error) {
 		unix.Close(fd)
 	}
 	return res, -1, err
+}
+
+// sockConnectLoop times op.Repeat UDP sockets opened, connected to
+// op.Dest and closed.
+func sockConnectLoop(op sockOp) (sockResult, error) {
+	var res sockResult
+	family := unix.AF_INET
+	if op.Dest.Addr().Is6() {
+		family = unix.AF_INET6
+	}
+	dest := sockaddrOf(op.Dest, family == unix.AF_INET6)
+	start := time.Now()
+	for range op.Repeat {
+		fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return res, err
+		}
+		err = unix.Connect(fd, dest)
+		unix.Close(fd)
+		if err != nil {
+			return res, fmt.Errorf("connect: %w", err)
+		}
+	}
+	res.Nanos = time.Since(start).Nanoseconds()
+	return res, nil
 }
 
 // sockDo runs one operation and returns its socket, or -1.
@@ -405,7 +439,7 @@ func addrPortOf(sa unix.Sockaddr) netip.AddrPort {
 // cgroup and returns the links (in SockPrograms.All's order), detached in
 // t.Cleanup. The one place the tests attach them: it moves to the attach
 // package's AttachCgroup once that is merged.
-func attachSock(t *testing.T, cgroup string, d *Datapath) []link.Link {
+func attachSock(t testing.TB, cgroup string, d *Datapath) []link.Link {
 	t.Helper()
 	var links []link.Link
 	for _, p := range d.SockPrograms().All() {

@@ -52,7 +52,7 @@ const (
 	sockBackendPort                  = 8080
 )
 
-func newSockEnv(t *testing.T, fam sockFamily) *sockEnv {
+func newSockEnv(t testing.TB, fam sockFamily) *sockEnv {
 	t.Helper()
 	testutil.RequirePrivileged(t)
 	addr := netip.MustParseAddr
