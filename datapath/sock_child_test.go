@@ -33,11 +33,11 @@ const sockChildEnv = "SLUICE_SOCK_CHILD"
 
 // Kinds of sockOp.
 const (
-	sockTCP            = "tcp"             // connect, getpeername, read the server's name to EOF
-	sockUDPConnected   = "udp-connected"   // connect, getpeername, send, recvfrom the name
-	sockUDPUnconnected = "udp-unconnected" // sendto, recvfrom the name
-	sockUDPConnectOnly = "udp-connect"     // connect and getpeername, no traffic
-	sockUDPHold        = "udp-hold"        // udp-connected, and the socket kept open for the hold
+	sockTCP            = "tcp"              // connect, getpeername, read the server's name to EOF
+	sockUDPConnected   = "udp-connected"    // connect, getpeername, send, recvfrom the name
+	sockUDPUnconnected = "udp-unconnected"  // sendto, recvfrom the name
+	sockUDPConnectOnly = "udp-connect"      // connect and getpeername, no traffic
+	sockUDPHold        = "udp-hold"         // udp-connected, and the socket kept open for the hold
 	sockUDPConnectLoop = "udp-connect-loop" // Repeat times socket, connect, close: Nanos
 )
 
