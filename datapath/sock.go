@@ -1,10 +1,12 @@
 package datapath
 
 import (
+	"errors"
 	"fmt"
 	"io"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 
 	"github.com/sluicenet/sluice/bpf"
@@ -104,6 +106,9 @@ func (d *Datapath) destroyStaleSockets() (int, error) {
 	// Loaded on first use: the kfunc is the only part of connect-time
 	// balancing that needs Linux 6.5.
 	if d.sockDestroy.SlSockDestroyUdp == nil {
+		if err := haveSockDestroy(); err != nil {
+			return 0, err
+		}
 		spec, err := bpf.LoadSockDestroySpec()
 		if err != nil {
 			return 0, err
@@ -129,4 +134,20 @@ func (d *Datapath) destroyStaleSockets() (int, error) {
 		return 0, fmt.Errorf("socket iterator: %w", err)
 	}
 	return int(n), nil
+}
+
+// haveSockDestroy says whether the kernel has the bpf_sock_destroy kfunc,
+// from its BTF; a variable, so that a test can take the kfunc away.
+var haveSockDestroy = func() error {
+	spec, err := btf.LoadKernelSpec()
+	if err != nil {
+		return fmt.Errorf("kernel BTF: %w", err)
+	}
+	var fn *btf.Func
+	if err := spec.TypeByName("bpf_sock_destroy", &fn); errors.Is(err, btf.ErrNotFound) {
+		return fmt.Errorf("kfunc bpf_sock_destroy: %w", ebpf.ErrNotSupported)
+	} else if err != nil {
+		return fmt.Errorf("kfunc bpf_sock_destroy: %w", err)
+	}
+	return nil
 }

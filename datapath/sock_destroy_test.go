@@ -1,9 +1,15 @@
 package datapath
 
 import (
+	"errors"
+	"fmt"
 	"net/netip"
 	"syscall"
 	"testing"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/sluicenet/sluice/internal/testutil"
 )
 
 // TestSockDestroyStale: a pod's connected UDP sockets to a ClusterIP are
@@ -69,5 +75,27 @@ func TestSockDestroyStale(t *testing.T) {
 					inPod, onB1, inNode, again)
 			}
 		})
+	}
+}
+
+// TestSockDestroyUnsupported: where the kernel lacks bpf_sock_destroy (the
+// probe made to say so), DestroyStaleSockets says so with
+// ebpf.ErrNotSupported and aborts nothing; on this kernel the probe finds
+// the kfunc.
+func TestSockDestroyUnsupported(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	if err := haveSockDestroy(); err != nil {
+		t.Fatalf("probe on this kernel: %v", err)
+	}
+	d, err := Open(Options{ConntrackEntries: 1 << 12, MaxInterfaces: 8, PolicySlots: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	probe := haveSockDestroy
+	haveSockDestroy = func() error { return fmt.Errorf("kfunc bpf_sock_destroy: %w", ebpf.ErrNotSupported) }
+	defer func() { haveSockDestroy = probe }()
+	if n, err := d.DestroyStaleSockets(); !errors.Is(err, ebpf.ErrNotSupported) || n != 0 {
+		t.Errorf("DestroyStaleSockets without the kfunc = %d, %v; want 0 and ErrNotSupported", n, err)
 	}
 }
