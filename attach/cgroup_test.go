@@ -420,3 +420,48 @@ func TestCgroupErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestCgroupStalePin: when the cgroup a pinned link was made for is removed
+// and another is made at the same path, AttachCgroup drops the old link
+// and attaches afresh to the new cgroup; DetachCgroup finds a pin by its
+// path after the cgroup has gone.
+func TestCgroupStalePin(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	cg := filepath.Join(testutil.TempCgroup(t), "child")
+	pinDir := testutil.TempBPFFS(t)
+	counters := newCounters(t)
+	ch, _ := cgroupHookFor(ebpf.AttachCGroupInet4Connect)
+	old, fresh := cgroupCountProg(t, ch, counters, 0), cgroupCountProg(t, ch, counters, 1)
+	pin := cgroupPin(pinDir, ch.hook, cg)
+	a := open(t, pinDir)
+	for i, prog := range []*ebpf.Program{old, fresh} {
+		if err := os.Mkdir(cg, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a.AttachCgroup(cg, ch.attach, prog); err != nil {
+			os.Remove(cg)
+			t.Fatal(err)
+		}
+		got := cgroupProgs(t, cg, ch.attach)
+		if err := os.Remove(cg); err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff([]ebpf.ProgramID{progID(t, prog)}, got); diff != "" {
+			t.Errorf("cgroup %d: kernel (-want +got):\n%s", i, diff)
+		}
+		list, err := a.List()
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := []Attachment{{Hook: ch.hook, Cgroup: cg, Mode: ModeCgroup, Program: progID(t, prog), Pin: pin}}
+		if diff := cmp.Diff(want, list); diff != "" {
+			t.Errorf("cgroup %d removed: list (-want +got):\n%s", i, diff)
+		}
+	}
+	if err := a.DetachCgroup(cg, ch.attach); err != nil {
+		t.Fatal(err)
+	}
+	if got := pins(t, pinDir); len(got) != 0 {
+		t.Errorf("pins after detach: %v", got)
+	}
+}
