@@ -168,10 +168,6 @@ func cgroup2Mounts() string {
 // The link is a multi-attach bpf_link pinned at
 // <pinDir>/links/<hook>-<escaped absolute path>: programs others attach
 // to the same cgroup and hook keep running beside it.
-//
-// The kernel checks the expected attach type when it creates the link,
-// not when it replaces the program of one: give a replacement the same
-// expected attach type as the program it replaces.
 func (a *Attacher) AttachCgroup(cgroupPath string, at ebpf.AttachType, prog *ebpf.Program) (Attachment, error) {
 	unlock, err := a.lock()
 	if err != nil {
@@ -228,20 +224,15 @@ func (a *Attacher) attachCgroup(cgroupPath string, at ebpf.AttachType, prog *ebp
 		} else {
 			defer l.Close()
 			if err := l.Update(prog); err != nil {
-				return Attachment{}, fmt.Errorf("update link pinned at %s: %w", pin, err)
+				return Attachment{}, refused(ch, fmt.Errorf("update link pinned at %s: %w", pin, err))
 			}
 			return att, nil
 		}
 	}
 
 	l, err := link.AttachRawLink(link.RawLinkOptions{Target: int(cg.Fd()), Program: prog, Attach: at})
-	if errors.Is(err, unix.EINVAL) {
-		// The program type fits (checked above), so the kernel refused
-		// its expected attach type.
-		return Attachment{}, fmt.Errorf("%w: kernel refused the program for %s (was it loaded with that expected attach type?): %w", ErrProgramType, ch.name, err)
-	}
 	if err != nil {
-		return Attachment{}, fmt.Errorf("create cgroup link: %w", err)
+		return Attachment{}, refused(ch, fmt.Errorf("create cgroup link: %w", err))
 	}
 	err = l.Pin(pin)
 	l.Close() // Without the pin, closing detaches.
@@ -249,6 +240,16 @@ func (a *Attacher) attachCgroup(cgroupPath string, at ebpf.AttachType, prog *ebp
 		return Attachment{}, err
 	}
 	return att, nil
+}
+
+// refused marks the kernel's EINVAL for a program of the right type as
+// ErrProgramType: when creating a link and when replacing the program of
+// one, the kernel checks the program's expected attach type.
+func refused(ch cgroupHook, err error) error {
+	if errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("%w: kernel refused the program for %s (was it loaded with that expected attach type?): %w", ErrProgramType, ch.name, err)
+	}
+	return err
 }
 
 // linkCgroup returns the ID of the cgroup a cgroup link is bound to (0

@@ -396,6 +396,16 @@ func TestCgroupErrors(t *testing.T) {
 		{"nil-program", attach(cg, connect4.attach, nil), []error{ErrProgramType}},
 		{"not-a-cgroup-type", attach(cg, ebpf.AttachTCXIngress, tc), []error{ErrProgramType}},
 		{"expected-attach-type", attach(cg, connect4.attach, send), []error{ErrProgramType}},
+		{"replace-expected-attach-type", func() error {
+			if _, err := a.AttachCgroup(cg, connect4.attach, conn); err != nil {
+				return err
+			}
+			_, err := a.AttachCgroup(cg, connect4.attach, send)
+			if derr := a.DetachCgroup(cg, connect4.attach); derr != nil {
+				return derr
+			}
+			return err
+		}, []error{ErrProgramType}},
 		{"detach-nothing", func() error { return a.DetachCgroup(cg, connect4.attach) }, []error{ErrNotAttached}},
 		{"detach-not-a-cgroup-type", func() error { return a.DetachCgroup(cg, ebpf.AttachXDP) }, []error{ErrProgramType}},
 	} {
