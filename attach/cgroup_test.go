@@ -366,6 +366,9 @@ func waitBlockedOnFlock(t *testing.T, pid int) {
 	}
 }
 
+// errWant marks a case whose error was not the one expected.
+var errWant = errors.New("unexpected error")
+
 // TestCgroupErrors: bad input gets a wrapped sentinel error and leaves
 // nothing attached or pinned.
 func TestCgroupErrors(t *testing.T) {
@@ -406,11 +409,26 @@ func TestCgroupErrors(t *testing.T) {
 			}
 			return err
 		}, []error{ErrProgramType}},
+		{"path-too-long-for-a-pin", func() error {
+			long := filepath.Join(cg, strings.Repeat("c", 250))
+			if err := os.Mkdir(long, 0o755); err != nil {
+				return err
+			}
+			defer os.Remove(long)
+			_, err := a.AttachCgroup(long, connect4.attach, conn)
+			if err == nil || !strings.Contains(err.Error(), "pin name") {
+				return fmt.Errorf("%w: got %v", errWant, err)
+			}
+			return nil
+		}, nil},
 		{"detach-nothing", func() error { return a.DetachCgroup(cg, connect4.attach) }, []error{ErrNotAttached}},
 		{"detach-not-a-cgroup-type", func() error { return a.DetachCgroup(cg, ebpf.AttachXDP) }, []error{ErrProgramType}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			err := c.run()
+			if c.want == nil && err != nil {
+				t.Errorf("error %v", err)
+			}
 			for _, w := range c.want {
 				if !errors.Is(err, w) {
 					t.Errorf("error %v, want %v", err, w)

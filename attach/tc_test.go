@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -283,6 +284,12 @@ func TestTCXPosition(t *testing.T) {
 		}
 		return nil
 	})
+
+	var bad error
+	in(t, p.B, func() error { _, bad = a.AttachTC("slb", Ingress, ours, Position(9)); return nil })
+	if bad == nil || !strings.Contains(bad.Error(), "invalid position") {
+		t.Errorf("Position(9): %v, want an invalid position", bad)
+	}
 
 	t.Run("clsact", func(t *testing.T) {
 		forceNoTCX(t)
