@@ -211,9 +211,10 @@ type Attachment struct {
 	Pin string
 }
 
-// Attacher attaches programs to TC and XDP hooks and pins what it attaches
-// under one bpffs directory, so that a restarted process opening the same
-// directory replaces the programs in place instead of detaching them.
+// Attacher attaches programs to TC, XDP and cgroup hooks and pins what it
+// attaches under one bpffs directory, so that a restarted process opening
+// the same directory replaces the programs in place instead of detaching
+// them.
 //
 // An Attacher works in the network namespace of the calling thread: run
 // its methods on a thread locked into the namespace whose interfaces they
@@ -364,8 +365,10 @@ func removeLink(l link.Link, path string) error {
 
 // List returns what this library attached in the calling thread's
 // namespace: the links pinned under the pin directory (including defunct
-// ones, with Ifindex 0) and the clsact filters carrying its name prefix,
-// handle and priority. It is sorted by interface name, then hook.
+// ones, with Ifindex 0, and those of cgroups that are gone, until
+// DetachCgroup removes them) and the clsact filters carrying its name
+// prefix, handle and priority. It is sorted by interface name, cgroup
+// path, then hook; a cgroup hook's attach type is its Hook's AttachType.
 func (a *Attacher) List() ([]Attachment, error) {
 	unlock, err := a.lock()
 	if err != nil {
