@@ -21,6 +21,9 @@
 // Each method holds an exclusive flock on the pin directory while it runs,
 // so two processes sharing a pin directory (an agent and its successor
 // during a rolling restart) never interleave an attach, replace or detach.
+// The lock is on the directory itself (bpffs holds no regular files), and
+// the kernel lets go of it when its holder dies, so a crashed agent blocks
+// no successor.
 //
 // # Cgroup hooks
 //
