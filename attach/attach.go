@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -22,9 +21,19 @@ var (
 	ErrNoInterface = errors.New("no such interface")
 	// ErrNoBPFFS means the pin directory is not on a bpffs mount.
 	ErrNoBPFFS = errors.New("not on a bpffs mount")
+	// ErrNoCgroup2 means the path given as a cgroup is missing or not a
+	// directory on a cgroup v2 mount.
+	ErrNoCgroup2 = errors.New("not a cgroup v2 directory")
 	// ErrProgramType means the program's type does not fit the hook: TC
-	// takes SchedCLS programs, XDP takes XDP programs.
+	// takes SchedCLS programs, XDP takes XDP programs, and each cgroup
+	// attach type its own program type and expected attach type. An attach
+	// type this library does not attach to is refused with it too.
 	ErrProgramType = errors.New("wrong program type for hook")
+	// ErrPosition means a TC program was asked to go first or last among
+	// the programs on its hook where that cannot be done: the clsact
+	// fallback orders filters by priority, and other agents' priorities
+	// are theirs to choose.
+	ErrPosition = errors.New("position among programs not supported")
 	// ErrModeMismatch means an XDP program is already attached through this
 	// library in another mode than the one asked for; replacing it in place
 	// cannot change the mode, so the caller has to detach first.
@@ -65,10 +74,59 @@ const (
 	HookTCEgress
 	// HookXDP is the XDP hook.
 	HookXDP
+	// HookConnect4 is the cgroup hook ebpf.AttachCGroupInet4Connect, and
+	// the Hooks after it the other cgroup attach types AttachCgroup takes,
+	// each named after its attach type.
+	HookConnect4
+	// HookConnect6 is ebpf.AttachCGroupInet6Connect.
+	HookConnect6
+	// HookSendmsg4 is ebpf.AttachCGroupUDP4Sendmsg.
+	HookSendmsg4
+	// HookSendmsg6 is ebpf.AttachCGroupUDP6Sendmsg.
+	HookSendmsg6
+	// HookRecvmsg4 is ebpf.AttachCGroupUDP4Recvmsg.
+	HookRecvmsg4
+	// HookRecvmsg6 is ebpf.AttachCGroupUDP6Recvmsg.
+	HookRecvmsg6
+	// HookGetpeername4 is ebpf.AttachCgroupInet4GetPeername.
+	HookGetpeername4
+	// HookGetpeername6 is ebpf.AttachCgroupInet6GetPeername.
+	HookGetpeername6
+	// HookGetsockname4 is ebpf.AttachCgroupInet4GetSockname.
+	HookGetsockname4
+	// HookGetsockname6 is ebpf.AttachCgroupInet6GetSockname.
+	HookGetsockname6
+	// HookBind4 is ebpf.AttachCGroupInet4Bind.
+	HookBind4
+	// HookBind6 is ebpf.AttachCGroupInet6Bind.
+	HookBind6
+	// HookPostBind4 is ebpf.AttachCGroupInet4PostBind.
+	HookPostBind4
+	// HookPostBind6 is ebpf.AttachCGroupInet6PostBind.
+	HookPostBind6
+	// HookSockCreate is ebpf.AttachCGroupInetSockCreate.
+	HookSockCreate
+	// HookSockRelease is ebpf.AttachCgroupInetSockRelease.
+	HookSockRelease
+	// HookCgroupIngress is ebpf.AttachCGroupInetIngress.
+	HookCgroupIngress
+	// HookCgroupEgress is ebpf.AttachCGroupInetEgress.
+	HookCgroupEgress
+	// HookSockOps is ebpf.AttachCGroupSockOps.
+	HookSockOps
+	// HookGetsockopt is ebpf.AttachCGroupGetsockopt.
+	HookGetsockopt
+	// HookSetsockopt is ebpf.AttachCGroupSetsockopt.
+	HookSetsockopt
+	// HookSysctl is ebpf.AttachCGroupSysctl.
+	HookSysctl
+	// HookDevice is ebpf.AttachCGroupDevice.
+	HookDevice
 )
 
-// String returns "tc-ingress", "tc-egress" or "xdp", the stem of the
-// hook's pin name.
+// String returns "tc-ingress", "tc-egress", "xdp", or "cgroup-" and
+// bpftool's name of the attach type (cgroup-connect4, cgroup-post_bind4,
+// ...): the stem of the hook's pin name.
 func (h Hook) String() string {
 	switch h {
 	case HookTCIngress:
@@ -78,7 +136,17 @@ func (h Hook) String() string {
 	case HookXDP:
 		return "xdp"
 	}
+	if c, ok := cgroupHookOf(h); ok {
+		return "cgroup-" + c.name
+	}
 	return fmt.Sprintf("Hook(%d)", uint8(h))
+}
+
+// AttachType returns the kernel attach type of a cgroup hook, and false
+// for the TC and XDP hooks (whose attach type depends on the mode).
+func (h Hook) AttachType() (ebpf.AttachType, bool) {
+	c, ok := cgroupHookOf(h)
+	return c.attach, ok
 }
 
 func tcHook(d Direction) Hook {
@@ -101,9 +169,12 @@ const (
 	ModeXDPNative
 	// ModeXDPGeneric is an XDP bpf_link in the generic (skb) path, pinned.
 	ModeXDPGeneric
+	// ModeCgroup is a multi-attach cgroup bpf_link, pinned.
+	ModeCgroup
 )
 
-// String returns "tcx", "clsact", "xdp-native" or "xdp-generic".
+// String returns "tcx", "clsact", "xdp-native", "xdp-generic" or
+// "cgroup".
 func (m Mode) String() string {
 	switch m {
 	case ModeTCX:
@@ -114,6 +185,8 @@ func (m Mode) String() string {
 		return "xdp-native"
 	case ModeXDPGeneric:
 		return "xdp-generic"
+	case ModeCgroup:
+		return "cgroup"
 	}
 	return fmt.Sprintf("Mode(%d)", uint8(m))
 }
@@ -122,10 +195,14 @@ func (m Mode) String() string {
 type Attachment struct {
 	// Hook is where the program runs.
 	Hook Hook
-	// Ifname and Ifindex name the interface. Ifindex is 0 for a pinned link
-	// whose interface has gone (the link is defunct).
+	// Ifname and Ifindex name the interface of a TC or XDP hook. Ifindex
+	// is 0 for a pinned link whose interface has gone (the link is
+	// defunct).
 	Ifname  string
 	Ifindex int
+	// Cgroup is the cgroup v2 directory of a cgroup hook, the path given
+	// to AttachCgroup made absolute.
+	Cgroup string
 	// Mode is the mechanism the program is attached through.
 	Mode Mode
 	// Program is the ID of the attached program.
@@ -134,16 +211,18 @@ type Attachment struct {
 	Pin string
 }
 
-// Attacher attaches programs to TC and XDP hooks and pins what it attaches
-// under one bpffs directory, so that a restarted process opening the same
-// directory replaces the programs in place instead of detaching them.
+// Attacher attaches programs to TC, XDP and cgroup hooks and pins what it
+// attaches under one bpffs directory, so that a restarted process opening
+// the same directory replaces the programs in place instead of detaching
+// them.
 //
 // An Attacher works in the network namespace of the calling thread: run
 // its methods on a thread locked into the namespace whose interfaces they
 // name, and give each namespace its own pin directory. Its methods are safe
-// for concurrent use; one process at a time should use a pin directory.
+// for concurrent use, and processes may share a pin directory: each method
+// holds an exclusive flock on the directory while it runs, so the
+// attaches, replaces and detaches of two agents never interleave.
 type Attacher struct {
-	mu     sync.Mutex
 	pinDir string
 }
 
@@ -181,6 +260,30 @@ func checkBPFFS(dir string) error {
 		return fmt.Errorf("%w (filesystem magic %#x)", ErrNoBPFFS, uint32(st.Type))
 	}
 	return nil
+}
+
+// lock takes the exclusive flock on the pin directory that every method
+// holds while it runs, waiting for another holder (in this or another
+// process) to let go, and returns its release. The lock is on a file
+// descriptor of its own, so two Attachers in one process exclude each
+// other as two processes do.
+func (a *Attacher) lock() (func(), error) {
+	fd, err := unix.Open(a.pinDir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("lock pin directory: %w", err)
+	}
+	for {
+		err = unix.Flock(fd, unix.LOCK_EX)
+		if !errors.Is(err, unix.EINTR) {
+			break
+		}
+	}
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("lock pin directory: %w", err)
+	}
+	// Closing the only descriptor of the open file releases the lock.
+	return func() { unix.Close(fd) }, nil
 }
 
 // PinDir returns the directory the Attacher pins under.
@@ -262,11 +365,16 @@ func removeLink(l link.Link, path string) error {
 
 // List returns what this library attached in the calling thread's
 // namespace: the links pinned under the pin directory (including defunct
-// ones, with Ifindex 0) and the clsact filters carrying its name prefix,
-// handle and priority. It is sorted by interface name, then hook.
+// ones, with Ifindex 0, and those of cgroups that are gone, until
+// DetachCgroup removes them) and the clsact filters carrying its name
+// prefix, handle and priority. It is sorted by interface name, cgroup
+// path, then hook; a cgroup hook's attach type is its Hook's AttachType.
 func (a *Attacher) List() ([]Attachment, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
+	unlock, err := a.lock()
+	if err != nil {
+		return nil, fmt.Errorf("attach: list: %w", err)
+	}
+	defer unlock()
 	pinned, err := a.listPinned()
 	if err != nil {
 		return nil, fmt.Errorf("attach: list: %w", err)
@@ -279,6 +387,9 @@ func (a *Attacher) List() ([]Attachment, error) {
 	sort.Slice(all, func(i, j int) bool {
 		if all[i].Ifname != all[j].Ifname {
 			return all[i].Ifname < all[j].Ifname
+		}
+		if all[i].Cgroup != all[j].Cgroup {
+			return all[i].Cgroup < all[j].Cgroup
 		}
 		if all[i].Hook != all[j].Hook {
 			return all[i].Hook < all[j].Hook
@@ -296,11 +407,21 @@ func (a *Attacher) listPinned() ([]Attachment, error) {
 	}
 	var out []Attachment
 	for _, e := range entries {
+		path := filepath.Join(dir, e.Name())
+		if hook, cgroup, ok := parseCgroupPin(e.Name()); ok {
+			at, err := listCgroupPin(hook, cgroup, path)
+			if err != nil {
+				return nil, err
+			}
+			if at != nil {
+				out = append(out, *at)
+			}
+			continue
+		}
 		hook, ifname, ok := parsePinName(e.Name())
 		if !ok {
 			continue
 		}
-		path := filepath.Join(dir, e.Name())
 		l, err := loadPin(path)
 		if err != nil {
 			return nil, fmt.Errorf("open pin %s: %w", path, err)
@@ -323,4 +444,22 @@ func (a *Attacher) listPinned() ([]Attachment, error) {
 		out = append(out, at)
 	}
 	return out, nil
+}
+
+// listCgroupPin describes the cgroup link pinned at path, nil if the pin
+// has gone since the directory was read.
+func listCgroupPin(hook Hook, cgroup, path string) (*Attachment, error) {
+	l, err := loadPin(path)
+	if err != nil {
+		return nil, fmt.Errorf("open pin %s: %w", path, err)
+	}
+	if l == nil {
+		return nil, nil
+	}
+	defer l.Close()
+	_, prog, err := linkCgroup(l)
+	if err != nil {
+		return nil, fmt.Errorf("pin %s: %w", path, err)
+	}
+	return &Attachment{Hook: hook, Cgroup: cgroup, Mode: ModeCgroup, Program: prog, Pin: path}, nil
 }

@@ -1,19 +1,44 @@
 // Package attach attaches BPF programs to the TC and XDP hooks of network
-// interfaces, replaces them atomically, detaches them, and lists what it
-// attached: the attach helpers an agent combines with its own programs.
+// interfaces and to the hooks of cgroup v2 directories, replaces them
+// atomically, detaches them, and lists what it attached: the attach
+// helpers an agent combines with its own programs.
 //
 // # Pins and restarts
 //
 // An [Attacher] pins every link it creates under the bpffs directory given
 // to [Open]: <pinDir>/links/tc-ingress-<ifname>, tc-egress-<ifname> and
-// xdp-<ifname>. The pin, not the process, keeps a program attached, so a
-// restarted agent that opens the same directory finds the links and
-// replaces their programs with link.Update: packets never meet a hook
-// without a program. A pin whose link lost its interface (the interface was
-// deleted, or replaced by another of the same name) is removed and the
+// xdp-<ifname>, and cgroup-<attach type>-<escaped cgroup path> (for
+// example cgroup-connect4-%2Fsys%2Ffs%2Fcgroup%2Fagent). The pin, not the
+// process, keeps a program attached, so a restarted agent that opens the
+// same directory finds the links and replaces their programs with
+// link.Update: packets and socket calls never meet a hook without a
+// program. A pin whose link lost its interface or cgroup (deleted, or
+// replaced by another of the same name or path) is removed and the
 // program attached afresh. Everything under the pin directory's links/
 // sub-directory is this library's; List reports those pins and nothing
 // else of the kind.
+//
+// Each method holds an exclusive flock on the pin directory while it runs,
+// so two processes sharing a pin directory (an agent and its successor
+// during a rolling restart) never interleave an attach, replace or detach.
+// The lock is on the directory itself (bpffs holds no regular files), and
+// the kernel lets go of it when its holder dies, so a crashed agent blocks
+// no successor.
+//
+// # Cgroup hooks
+//
+// AttachCgroup takes the attach types of the Hook constants from
+// [HookConnect4] on: the sock_addr hooks (connect, sendmsg, recvmsg,
+// getpeername, getsockname and bind, IPv4 and IPv6, the hooks of
+// connect-time load balancing), post_bind, sock_create and sock_release,
+// the cgroup skb ingress and egress, sock_ops, getsockopt and setsockopt,
+// sysctl and device. Each link is a multi-attach cgroup bpf_link (5.7+):
+// other agents' programs on the same cgroup and hook run beside ours. The
+// path must be a directory on a cgroup v2 mount ([ErrNoCgroup2]
+// otherwise; the error says where /proc/mounts has cgroup v2), and the
+// program of the hook's type, loaded with the hook's expected attach type
+// ([ErrProgramType]; the kernel checks the latter on every replace too).
+// The unix socket hooks are not among them.
 //
 // # Kernel features, and how they are probed
 //
@@ -34,6 +59,11 @@
 //     <pinDir>/qdiscs). Adding or deleting a clsact qdisc deactivates the
 //     device for a moment and drops the packets in flight, so it happens
 //     only on the first attach and the last detach, never on a replace.
+//     A [Position] option (First, Last) puts a TCX program before or
+//     after the other TCX programs on the hook when its link is created
+//     (link.Head, link.Tail); the clsact fallback refuses it with
+//     [ErrPosition] rather than pick priorities for filters of other
+//     agents it does not know.
 //     When TCX becomes available (a kernel upgrade) the next AttachTC
 //     moves the hook to TCX and then deletes the filter (TCX programs run
 //     before legacy filters, so there is no gap); the qdisc stays until
@@ -58,5 +88,6 @@
 // the network namespace of the calling thread. To attach in another
 // namespace, call the Attacher on a thread locked into it, and give each
 // namespace its own pin directory (pin names carry only the interface
-// name).
+// name). Cgroup hooks do not depend on the network namespace: a cgroup's
+// programs run for its processes' sockets in every namespace.
 package attach

@@ -2,6 +2,7 @@ package attach
 
 import (
 	"errors"
+	"fmt"
 	"path/filepath"
 	"testing"
 
@@ -116,9 +117,13 @@ var errNative = errors.New("native refused")
 func TestStrings(t *testing.T) {
 	got := []string{Ingress.String(), Egress.String(), HookTCIngress.String(), HookTCEgress.String(),
 		HookXDP.String(), ModeTCX.String(), ModeClsact.String(), ModeXDPNative.String(),
-		ModeXDPGeneric.String(), XDPAuto.String(), XDPNative.String(), XDPGeneric.String(), Mode(0).String()}
+		ModeXDPGeneric.String(), XDPAuto.String(), XDPNative.String(), XDPGeneric.String(), Mode(0).String(),
+		ModeCgroup.String(), HookConnect4.String(), HookPostBind6.String(), HookDevice.String(), Hook(HookDevice + 1).String(),
+		Position(0).String(), First.String(), Last.String()}
 	want := []string{"ingress", "egress", "tc-ingress", "tc-egress", "xdp", "tcx", "clsact",
-		"xdp-native", "xdp-generic", "auto", "native", "generic", "Mode(0)"}
+		"xdp-native", "xdp-generic", "auto", "native", "generic", "Mode(0)",
+		"cgroup", "cgroup-connect4", "cgroup-post_bind6", "cgroup-device", fmt.Sprintf("Hook(%d)", HookDevice+1),
+		"any", "first", "last"}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("(-want +got):\n%s", diff)
 	}
@@ -140,6 +145,42 @@ func TestStrings(t *testing.T) {
 		h, ifname, ok := parsePinName(c.name)
 		if diff := cmp.Diff(c.want, parsed{h, ifname, ok}); diff != "" {
 			t.Errorf("parsePinName(%q) (-want +got):\n%s", c.name, diff)
+		}
+	}
+	type parsedCgroup struct {
+		Hook   Hook
+		Cgroup string
+		OK     bool
+	}
+	for _, c := range []struct {
+		name string
+		want parsedCgroup
+	}{
+		{cgroupPinName(HookConnect4, "/sys/fs/cgroup/a/b%c"), parsedCgroup{HookConnect4, "/sys/fs/cgroup/a/b%c", true}},
+		{cgroupPinName(HookGetsockopt, "/"), parsedCgroup{HookGetsockopt, "/", true}},
+		{"cgroup-connect4-%2Fsys%2Ffs", parsedCgroup{HookConnect4, "/sys/fs", true}},
+		{"cgroup-connect4-relative", parsedCgroup{}},
+		{"cgroup-connect4-%zz", parsedCgroup{}},
+		{"cgroup-nosuch-%2F", parsedCgroup{}},
+		{"tc-ingress-eth0", parsedCgroup{}},
+	} {
+		h, dir, ok := parseCgroupPin(c.name)
+		if diff := cmp.Diff(c.want, parsedCgroup{h, dir, ok}); diff != "" {
+			t.Errorf("parseCgroupPin(%q) (-want +got):\n%s", c.name, diff)
+		}
+	}
+	// Every cgroup hook maps to its attach type and back; the others have
+	// none.
+	for _, ch := range cgroupHooks {
+		at, ok := ch.hook.AttachType()
+		back, _ := cgroupHookFor(at)
+		if !ok || at != ch.attach || back.hook != ch.hook {
+			t.Errorf("%s: attach type %s %v, back to %s", ch.hook, at, ok, back.hook)
+		}
+	}
+	for _, h := range []Hook{HookTCIngress, HookTCEgress, HookXDP, HookDevice + 1} {
+		if _, ok := h.AttachType(); ok {
+			t.Errorf("%s has a cgroup attach type", h)
 		}
 	}
 }

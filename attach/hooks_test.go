@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/sluicenet/sluice/internal/testutil"
@@ -276,6 +277,78 @@ func TestReplaceUnderTraffic(t *testing.T) {
 				t.Errorf("only %d program(s) saw traffic over %d replacements: %v", used, replacements, got)
 			}
 			t.Logf("%d replacements, %d programs saw the %d requests", replacements, used, answered)
+			in(t, p.B, func() error { return c.detach(a, "slb") })
+			if got := pins(t, pinDir); len(got) != 0 {
+				t.Errorf("pins after detach: %v", got)
+			}
+		})
+	}
+}
+
+// TestSecondProcess: for every hook in every mode, another process (this
+// test binary, re-executed) opens the pin directory and replaces the
+// program while UDP requests cross the pair. No request is lost, the
+// program it loaded stays in force after it exits, through the same
+// pinned link, and the two programs together counted every packet once.
+func TestSecondProcess(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	for _, c := range hookCases {
+		t.Run(c.name, func(t *testing.T) {
+			if c.force != nil {
+				c.force(t)
+			}
+			p := newPair(t)
+			pinDir := testutil.TempBPFFS(t)
+			srv := p.echo(t)
+			counters := newCounters(t)
+			a := open(t, pinDir)
+			in(t, p.B, func() error { _, err := c.attach(a, "slb", countProg(t, c.progType(), counters, 0)); return err })
+			pin := ""
+			var linkID link.ID
+			if c.pinned() {
+				pin = filepath.Join(pinDir, linksDir, c.hook.String()+"-slb")
+				linkID = pinnedLinkID(t, pin)
+			}
+
+			traffic := startFlow(p.A.ListenPacket(t, "udp4", "10.0.0.1:0"), srv)
+			traffic.waitCount(t, counters, 0, 20)
+			h := startHelper(t, "replace-hook", counters, nil, helperPinDir+"="+pinDir, helperNetNS+"="+p.B.Name,
+				helperCase+"="+c.name, helperSlot+"=1")
+			line := h.next(t)
+			if err := h.wait(); err != nil {
+				t.Fatalf("second process: %v (%s)", err, line)
+			}
+			traffic.waitCount(t, counters, 1, 20)
+			answered, err := traffic.end()
+			if err != nil {
+				t.Fatalf("after %d answered: %v", answered, err)
+			}
+			if got := counts(t, counters); sum(got) != uint64(answered) {
+				t.Errorf("programs counted %v, want %d in all", got[:2], answered)
+			}
+
+			id := ebpf.ProgramID(parseReport(t, line, "program")[0])
+			want := Attachment{Hook: c.hook, Ifname: "slb", Ifindex: p.VB.Index, Mode: c.want, Program: id, Pin: pin}
+			var list []Attachment
+			var state kernelState
+			in(t, p.B, func() (err error) {
+				if list, err = a.List(); err != nil {
+					return err
+				}
+				state, err = stateOf("slb")
+				return err
+			})
+			if diff := cmp.Diff([]Attachment{want}, list); diff != "" {
+				t.Errorf("list after the second process (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(c.state("count1", id), state); diff != "" {
+				t.Errorf("kernel after the second process (-want +got):\n%s", diff)
+			}
+			if c.pinned() {
+				if got := pinnedLinkID(t, pin); got != linkID {
+					t.Errorf("pinned link %d after the second process, want %d", got, linkID)
+				}
+			}
 			in(t, p.B, func() error { return c.detach(a, "slb") })
 			if got := pins(t, pinDir); len(got) != 0 {
 				t.Errorf("pins after detach: %v", got)

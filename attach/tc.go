@@ -54,29 +54,97 @@ func clsactParent(d Direction) uint32 {
 	return netlink.HANDLE_MIN_INGRESS
 }
 
+// TCOption changes how AttachTC attaches a program. Position is the only
+// one.
+type TCOption interface {
+	applyTC(*tcConfig)
+}
+
+type tcConfig struct {
+	position Position
+}
+
+// Position is where among the other TCX programs on its hook AttachTC
+// puts a program it attaches afresh. The zero Position leaves it to the
+// kernel, which appends the program after those already there.
+//
+// The position is taken when the link is created: programs other agents
+// attach later may go before or after it, and a replace (link.Update)
+// keeps the program where its link is, whatever position it asks for.
+type Position uint8
+
+const (
+	// First puts the program before every TCX program on the hook
+	// (link.Head).
+	First Position = iota + 1
+	// Last puts the program after every TCX program on the hook
+	// (link.Tail).
+	Last
+)
+
+func (p Position) applyTC(c *tcConfig) { c.position = p }
+
+// String returns "first", "last" or "any".
+func (p Position) String() string {
+	switch p {
+	case 0:
+		return "any"
+	case First:
+		return "first"
+	case Last:
+		return "last"
+	}
+	return fmt.Sprintf("Position(%d)", uint8(p))
+}
+
+func (p Position) anchor() link.Anchor {
+	switch p {
+	case First:
+		return link.Head()
+	case Last:
+		return link.Tail()
+	}
+	return nil
+}
+
 // AttachTC attaches prog, a SchedCLS program, to the ingress or egress of
 // the interface ifname, or atomically replaces the program this library
-// attached there before (by this process or an earlier one using the same
-// pin directory).
+// attached there before (by this process or another using the same pin
+// directory).
 //
 // Where the kernel has TCX the program is attached through a TCX link
-// pinned at <pinDir>/links/tc-<direction>-<ifname>, and any clsact filter
-// of this library's on the same hook is removed afterwards. Otherwise it
-// is attached as a direct-action filter on a clsact qdisc, which is created
-// if the interface has none.
-func (a *Attacher) AttachTC(ifname string, dir Direction, prog *ebpf.Program) (Attachment, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	at, err := a.attachTC(ifname, dir, prog)
+// pinned at <pinDir>/links/tc-<direction>-<ifname>, at the Position among
+// other TCX programs an option asks for, and any clsact filter of this
+// library's on the same hook is removed afterwards. Otherwise it is
+// attached as a direct-action filter on a clsact qdisc, which is created
+// if the interface has none; a First or Last Position then fails with
+// ErrPosition, since the order of filters is their priorities, and
+// other agents' are theirs to choose.
+func (a *Attacher) AttachTC(ifname string, dir Direction, prog *ebpf.Program, opts ...TCOption) (Attachment, error) {
+	unlock, err := a.lock()
+	if err != nil {
+		return Attachment{}, fmt.Errorf("attach: tc %s on %s: %w", dir, ifname, err)
+	}
+	defer unlock()
+	var cfg tcConfig
+	for _, o := range opts {
+		if o != nil {
+			o.applyTC(&cfg)
+		}
+	}
+	at, err := a.attachTC(ifname, dir, prog, cfg)
 	if err != nil {
 		return Attachment{}, fmt.Errorf("attach: tc %s on %s: %w", dir, ifname, err)
 	}
 	return at, nil
 }
 
-func (a *Attacher) attachTC(ifname string, dir Direction, prog *ebpf.Program) (Attachment, error) {
+func (a *Attacher) attachTC(ifname string, dir Direction, prog *ebpf.Program, cfg tcConfig) (Attachment, error) {
 	if dir != Ingress && dir != Egress {
 		return Attachment{}, fmt.Errorf("invalid direction %d", dir)
+	}
+	if cfg.position > Last {
+		return Attachment{}, fmt.Errorf("invalid position %d", cfg.position)
 	}
 	if prog == nil || prog.Type() != ebpf.SchedCLS {
 		return Attachment{}, fmt.Errorf("%w: need %s, have %s", ErrProgramType, ebpf.SchedCLS, progType(prog))
@@ -95,8 +163,12 @@ func (a *Attacher) attachTC(ifname string, dir Direction, prog *ebpf.Program) (A
 		return Attachment{}, err
 	}
 	if !replaced {
-		l, err := kernel.attachTCX(link.TCXOptions{Interface: ifindex, Program: prog, Attach: tcxAttachType(dir)})
+		l, err := kernel.attachTCX(link.TCXOptions{Interface: ifindex, Program: prog, Attach: tcxAttachType(dir),
+			Anchor: cfg.position.anchor()})
 		if errors.Is(err, ebpf.ErrNotSupported) {
+			if cfg.position != 0 {
+				return Attachment{}, fmt.Errorf("%w: no TCX, and the clsact fallback cannot put a filter %s", ErrPosition, cfg.position)
+			}
 			return a.attachClsact(dev, dir, prog)
 		}
 		if err != nil {
@@ -332,8 +404,11 @@ func (a *Attacher) removeQdiscIfOurs(dev netlink.Link) error {
 // filter is left on it). It returns an error wrapping ErrNotAttached if
 // there was nothing to detach.
 func (a *Attacher) DetachTC(ifname string, dir Direction) error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
+	unlock, err := a.lock()
+	if err != nil {
+		return fmt.Errorf("attach: detach tc %s on %s: %w", dir, ifname, err)
+	}
+	defer unlock()
 	if err := a.detachTC(ifname, dir); err != nil {
 		return fmt.Errorf("attach: detach tc %s on %s: %w", dir, ifname, err)
 	}

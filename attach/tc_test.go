@@ -1,9 +1,11 @@
 package attach
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -221,5 +223,94 @@ func TestStalePin(t *testing.T) {
 	})
 	if got := pins(t, pinDir); len(got) != 0 {
 		t.Errorf("pins after detach: %v", got)
+	}
+}
+
+// TestTCXPosition: First and Last put our program before or after another
+// agent's TCX program on the same hook, a replace keeps it where its link
+// is, and the clsact fallback refuses a position with ErrPosition,
+// changing nothing.
+func TestTCXPosition(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	p := newPair(t)
+	pinDir := testutil.TempBPFFS(t)
+	foreign, ours, again := passProg(t, ebpf.SchedCLS), passProg(t, ebpf.SchedCLS), passProg(t, ebpf.SchedCLS)
+	in(t, p.B, func() error {
+		for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
+			l, err := link.AttachTCX(link.TCXOptions{Interface: p.VB.Index, Program: foreign, Attach: at})
+			if err != nil {
+				return err
+			}
+			t.Cleanup(func() { l.Close() })
+		}
+		return nil
+	})
+	f, o, g := progID(t, foreign), progID(t, ours), progID(t, again)
+	a := open(t, pinDir)
+	steps := []struct {
+		name string
+		dir  Direction
+		prog *ebpf.Program
+		opts []TCOption
+		want kernelState
+	}{
+		{"ingress-first", Ingress, ours, []TCOption{First},
+			kernelState{TCXIngress: []ebpf.ProgramID{o, f}, TCXEgress: []ebpf.ProgramID{f}}},
+		{"egress-last", Egress, ours, []TCOption{Last},
+			kernelState{TCXIngress: []ebpf.ProgramID{o, f}, TCXEgress: []ebpf.ProgramID{f, o}}},
+		{"ingress-replace-keeps-first", Ingress, again, []TCOption{Last},
+			kernelState{TCXIngress: []ebpf.ProgramID{g, f}, TCXEgress: []ebpf.ProgramID{f, o}}},
+		{"egress-default-option", Egress, again, []TCOption{nil},
+			kernelState{TCXIngress: []ebpf.ProgramID{g, f}, TCXEgress: []ebpf.ProgramID{f, g}}},
+	}
+	for _, s := range steps {
+		var state kernelState
+		in(t, p.B, func() (err error) {
+			if _, err = a.AttachTC("slb", s.dir, s.prog, s.opts...); err != nil {
+				return err
+			}
+			state, err = stateOf("slb")
+			return err
+		})
+		if diff := cmp.Diff(s.want, state); diff != "" {
+			t.Errorf("%s: kernel (-want +got):\n%s", s.name, diff)
+		}
+	}
+	in(t, p.B, func() error {
+		for _, d := range []Direction{Ingress, Egress} {
+			if err := a.DetachTC("slb", d); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+
+	var bad error
+	in(t, p.B, func() error { _, bad = a.AttachTC("slb", Ingress, ours, Position(9)); return nil })
+	if bad == nil || !strings.Contains(bad.Error(), "invalid position") {
+		t.Errorf("Position(9): %v, want an invalid position", bad)
+	}
+
+	t.Run("clsact", func(t *testing.T) {
+		forceNoTCX(t)
+		for _, pos := range []Position{First, Last} {
+			var err error
+			var state kernelState
+			in(t, p.B, func() (serr error) {
+				_, err = a.AttachTC("slb", Ingress, ours, pos)
+				state, serr = stateOf("slb")
+				return serr
+			})
+			if !errors.Is(err, ErrPosition) {
+				t.Errorf("%s: %v, want ErrPosition", pos, err)
+			}
+			want := kernelState{TCXIngress: []ebpf.ProgramID{f}, TCXEgress: []ebpf.ProgramID{f}}
+			if diff := cmp.Diff(want, state); diff != "" {
+				t.Errorf("%s: kernel (-want +got):\n%s", pos, diff)
+			}
+		}
+	})
+	if got := pins(t, pinDir); len(got) != 0 {
+		t.Errorf("pins left: %v", got)
 	}
 }

@@ -56,8 +56,11 @@ func (r XDPMode) fits(m Mode) bool {
 // one in force fails with ErrModeMismatch. The returned Attachment's Mode
 // is the mode the kernel reports in force.
 func (a *Attacher) AttachXDP(ifname string, prog *ebpf.Program, mode XDPMode) (Attachment, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
+	unlock, err := a.lock()
+	if err != nil {
+		return Attachment{}, fmt.Errorf("attach: xdp (%s) on %s: %w", mode, ifname, err)
+	}
+	defer unlock()
 	at, err := a.attachXDP(ifname, prog, mode)
 	if err != nil {
 		return Attachment{}, fmt.Errorf("attach: xdp (%s) on %s: %w", mode, ifname, err)
@@ -175,8 +178,11 @@ func xdpModeInForce(ifindex int) (Mode, error) {
 // ifname. It returns an error wrapping ErrNotAttached if there was none.
 // The interface need not exist any more.
 func (a *Attacher) DetachXDP(ifname string) error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
+	unlock, err := a.lock()
+	if err != nil {
+		return fmt.Errorf("attach: detach xdp on %s: %w", ifname, err)
+	}
+	defer unlock()
 	pin := a.linkPin(HookXDP, ifname)
 	l, err := loadPin(pin)
 	if err == nil && l == nil {
