@@ -27,7 +27,8 @@ type SockProgram struct {
 // process of the host and its pods). A connect or unconnected UDP sendmsg
 // to a service frontend goes to the backend the TC service stage would
 // choose, over the same maps; recvmsg and getpeername show the frontend
-// again. The Datapath does not attach them.
+// again. The Datapath does not attach them: an agent passes each to
+// attach.Attacher.AttachCgroup with its Attach type.
 type SockPrograms struct {
 	// Connect4 and Connect6 balance connect (TCP, UDP) to a frontend.
 	Connect4, Connect6 SockProgram
@@ -49,7 +50,8 @@ func (s SockPrograms) All() []SockProgram {
 
 // SockPrograms returns this generation's programs of connect-time load
 // balancing (the zero SockPrograms for a nil Datapath). A restarted agent
-// replaces the previous process's cgroup links with these (link.Update):
+// attaches these where the previous process attached its own
+// (AttachCgroup on the same pin directory updates the pinned links):
 // the maps are shared, so a socket balanced by the old programs keeps its
 // translation under the new ones.
 func (d *Datapath) SockPrograms() SockPrograms {

@@ -15,10 +15,11 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
+	"github.com/sluicenet/sluice/attach"
 	"github.com/sluicenet/sluice/bpf"
+	"github.com/sluicenet/sluice/internal/testutil"
 )
 
 // Connect-time balancing acts on the sockets of the processes in a
@@ -435,20 +436,41 @@ func addrPortOf(sa unix.Sockaddr) netip.AddrPort {
 	return netip.AddrPort{}
 }
 
+// sockAttachment is connect-time balancing's programs attached to a
+// cgroup through the attach package, as an agent attaches them.
+type sockAttachment struct {
+	a      *attach.Attacher
+	cgroup string
+}
+
 // attachSock attaches every program of connect-time balancing to the
-// cgroup and returns the links (in SockPrograms.All's order), detached in
-// t.Cleanup. The one place the tests attach them: it moves to the attach
-// package's AttachCgroup once that is merged.
-func attachSock(t testing.TB, cgroup string, d *Datapath) []link.Link {
+// cgroup (links pinned on a bpffs of the test's), detached in t.Cleanup.
+func attachSock(t testing.TB, cgroup string, d *Datapath) *sockAttachment {
 	t.Helper()
-	var links []link.Link
-	for _, p := range d.SockPrograms().All() {
-		l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroup, Attach: p.Attach, Program: p.Program})
-		if err != nil {
-			t.Fatalf("attach %v to %s: %v", p.Attach, cgroup, err)
-		}
-		t.Cleanup(func() { l.Close() })
-		links = append(links, l)
+	a, err := attach.Open(testutil.TempBPFFS(t))
+	if err != nil {
+		t.Fatal(err)
 	}
-	return links
+	s := &sockAttachment{a: a, cgroup: cgroup}
+	s.replace(t, d)
+	t.Cleanup(func() {
+		for _, p := range d.SockPrograms().All() {
+			if err := a.DetachCgroup(cgroup, p.Attach); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+	return s
+}
+
+// replace attaches d's programs, replacing those attached before in place
+// (the pinned links are updated: no socket call meets a hook without a
+// program).
+func (s *sockAttachment) replace(t testing.TB, d *Datapath) {
+	t.Helper()
+	for _, p := range d.SockPrograms().All() {
+		if _, err := s.a.AttachCgroup(s.cgroup, p.Attach, p.Program); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

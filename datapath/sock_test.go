@@ -274,8 +274,8 @@ func (e *sockEnv) checkPlainFlows(t *testing.T) {
 }
 
 // TestSockRestart: a restarted agent's connect-time programs replace the
-// previous ones in the cgroup's links (link.Update, no moment without a
-// program), over the same pinned service maps and the same socket
+// previous ones in the cgroup's pinned links (attach.AttachCgroup again:
+// an update in place, no moment without a program), over the same pinned service maps and the same socket
 // storage, so the new generation balances what the old one programmed
 // and still shows the frontend to sockets the old one balanced.
 func TestSockRestart(t *testing.T) {
@@ -310,11 +310,7 @@ func TestSockRestart(t *testing.T) {
 	if a, b := mapID(t, old.state.sockNAT), mapID(t, next.state.sockNAT); a != b {
 		t.Errorf("socket storage: the new generation's is map %d, the old one's %d", b, a)
 	}
-	for i, p := range next.SockPrograms().All() {
-		if err := links[i].Update(p.Program); err != nil {
-			t.Fatalf("update link %v: %v", p.Attach, err)
-		}
-	}
+	links.replace(t, next)
 	if err := old.Close(); err != nil {
 		t.Fatal(err)
 	}
