@@ -142,7 +142,8 @@ func (e *sockEnv) services() map[string]nat.Service {
 
 // balancedOps are the operations of one client that a service balances:
 // n of each kind to the ClusterIP and to the node's NodePorts, and for
-// IPv4 TCP from an IPv6 socket to the IPv4-mapped ClusterIP.
+// IPv4 TCP and unconnected UDP from an IPv6 socket to the IPv4-mapped
+// ClusterIP.
 func (e *sockEnv) balancedOps(n int) []sockOp {
 	ap := func(a string, port uint16) netip.AddrPort { return netip.AddrPortFrom(netip.MustParseAddr(a), port) }
 	var ops []sockOp
@@ -155,7 +156,8 @@ func (e *sockEnv) balancedOps(n int) []sockOp {
 			sockOp{Kind: sockUDPUnconnected, Dest: ap(e.fam.node, sockNodeUDPPort)},
 		)
 		if e.fam.name == "ipv4" {
-			ops = append(ops, sockOp{Kind: sockTCP, Dest: ap(e.fam.clusterIP, sockTCPPort), V6: true})
+			ops = append(ops, sockOp{Kind: sockTCP, Dest: ap(e.fam.clusterIP, sockTCPPort), V6: true},
+				sockOp{Kind: sockUDPUnconnected, Dest: ap(e.fam.clusterIP, sockUDPPort), V6: true})
 		}
 	}
 	return ops
@@ -209,10 +211,10 @@ func (e *sockEnv) checkBalanced(t *testing.T, who string, ops []sockOp, res []so
 // both families: a host process (in the test's cgroup, the node's
 // namespace) and a pod's (in its child cgroup, the client workload's
 // namespace) reach both backends of a ClusterIP and of the node's
-// NodePorts by TCP, connected UDP and unconnected UDP (and, for IPv4,
-// from an IPv6 socket to the IPv4-mapped ClusterIP); getpeername and
-// recvfrom show the frontend; a service without backends refuses connect
-// and sendto at once with ECONNREFUSED. The pod's balanced connections
+// NodePorts by TCP, connected UDP and unconnected UDP (and, for IPv4, by
+// TCP and UDP from IPv6 sockets to the IPv4-mapped ClusterIP);
+// getpeername and recvfrom show the frontend; a service without backends
+// refuses connect and sendto at once with ECONNREFUSED. The pod's balanced connections
 // cross its interface's TC hooks as plain flows: not one conntrack entry
 // is a NAT entry, and each backend's flow has a plain one.
 func TestSockConnectBalancing(t *testing.T) {
