@@ -27,7 +27,8 @@ var (
 	// ErrProgramType means the program's type does not fit the hook: TC
 	// takes SchedCLS programs, XDP takes XDP programs, and each cgroup
 	// attach type its own program type and expected attach type. An attach
-	// type this library does not attach to is refused with it too.
+	// type this library does not attach to, and a nil or closed program,
+	// are refused with it too.
 	ErrProgramType = errors.New("wrong program type for hook")
 	// ErrPosition means a TC program was asked to go first or last among
 	// the programs on its hook where that cannot be done: the clsact

@@ -186,8 +186,8 @@ func (a *Attacher) attachCgroup(cgroupPath string, at ebpf.AttachType, prog *ebp
 	if !ok {
 		return Attachment{}, fmt.Errorf("%w: %s is not a cgroup attach type this library attaches", ErrProgramType, at)
 	}
-	if prog == nil || prog.Type() != ch.prog {
-		return Attachment{}, fmt.Errorf("%w: need %s, have %s", ErrProgramType, ch.prog, progType(prog))
+	if err := checkProgram(prog, ch.prog); err != nil {
+		return Attachment{}, err
 	}
 	dir, err := cgroupDir(cgroupPath)
 	if err != nil {

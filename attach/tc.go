@@ -146,8 +146,8 @@ func (a *Attacher) attachTC(ifname string, dir Direction, prog *ebpf.Program, cf
 	if cfg.position > Last {
 		return Attachment{}, fmt.Errorf("invalid position %d", cfg.position)
 	}
-	if prog == nil || prog.Type() != ebpf.SchedCLS {
-		return Attachment{}, fmt.Errorf("%w: need %s, have %s", ErrProgramType, ebpf.SchedCLS, progType(prog))
+	if err := checkProgram(prog, ebpf.SchedCLS); err != nil {
+		return Attachment{}, err
 	}
 	dev, err := iface(ifname)
 	if err != nil {
@@ -214,11 +214,20 @@ func replacePinned(pin string, ifindex int, prog *ebpf.Program) (bool, error) {
 	return true, nil
 }
 
-func progType(p *ebpf.Program) string {
-	if p == nil {
-		return "no program"
+// checkProgram refuses a program that is nil, closed or not of type want
+// with ErrProgramType, before anything is attached: a closed program's
+// descriptor would otherwise reach the kernel only after a qdisc was
+// made for it.
+func checkProgram(p *ebpf.Program, want ebpf.ProgramType) error {
+	switch {
+	case p == nil:
+		return fmt.Errorf("%w: need %s, have no program", ErrProgramType, want)
+	case p.FD() < 0:
+		return fmt.Errorf("%w: the %s program is closed", ErrProgramType, p.Type())
+	case p.Type() != want:
+		return fmt.Errorf("%w: need %s, have %s", ErrProgramType, want, p.Type())
 	}
-	return p.Type().String()
+	return nil
 }
 
 func programID(p *ebpf.Program) (ebpf.ProgramID, error) {
@@ -307,6 +316,10 @@ func (a *Attacher) qdiscMarker(ifname string) string {
 
 func (a *Attacher) attachClsact(dev netlink.Link, dir Direction, prog *ebpf.Program) (Attachment, error) {
 	ifname, ifindex := dev.Attrs().Name, dev.Attrs().Index
+	info, err := prog.Info()
+	if err != nil {
+		return Attachment{}, err
+	}
 	has, err := hasClsact(dev)
 	if err != nil {
 		return Attachment{}, err
@@ -319,10 +332,6 @@ func (a *Attacher) attachClsact(dev netlink.Link, dir Direction, prog *ebpf.Prog
 			os.Remove(a.qdiscMarker(ifname))
 			return Attachment{}, fmt.Errorf("add clsact qdisc: %w", err)
 		}
-	}
-	info, err := prog.Info()
-	if err != nil {
-		return Attachment{}, err
 	}
 	f := &netlink.BpfFilter{
 		FilterAttrs: netlink.FilterAttrs{
@@ -337,7 +346,12 @@ func (a *Attacher) attachClsact(dev netlink.Link, dir Direction, prog *ebpf.Prog
 		DirectAction: true,
 	}
 	if err := netlink.FilterReplace(f); err != nil {
-		return Attachment{}, fmt.Errorf("replace filter: %w", err)
+		err = fmt.Errorf("replace filter: %w", err)
+		if !has {
+			// Take back the qdisc made for the filter the kernel refused.
+			err = errors.Join(err, a.removeQdiscIfOurs(dev))
+		}
+		return Attachment{}, err
 	}
 	// A TCX link of ours would run before the filter and hide it; it can
 	// only be left from a run that had TCX, and goes now that the filter

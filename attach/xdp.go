@@ -72,8 +72,8 @@ func (a *Attacher) attachXDP(ifname string, prog *ebpf.Program, mode XDPMode) (A
 	if mode > XDPGeneric {
 		return Attachment{}, fmt.Errorf("invalid XDP mode %d", mode)
 	}
-	if prog == nil || prog.Type() != ebpf.XDP {
-		return Attachment{}, fmt.Errorf("%w: need %s, have %s", ErrProgramType, ebpf.XDP, progType(prog))
+	if err := checkProgram(prog, ebpf.XDP); err != nil {
+		return Attachment{}, err
 	}
 	dev, err := iface(ifname)
 	if err != nil {
