@@ -39,6 +39,10 @@ var (
 	// library in another mode than the one asked for; replacing it in place
 	// cannot change the mode, so the caller has to detach first.
 	ErrModeMismatch = errors.New("attached in another mode")
+	// ErrOccupied means the clsact fallback's filter slot (ClsactHandle
+	// at ClsactPriority) on the hook holds a filter that is not this
+	// library's; replacing it would detach another agent's program.
+	ErrOccupied = errors.New("filter slot held by another agent")
 	// ErrNotAttached means there is nothing of this library's to detach
 	// from the hook.
 	ErrNotAttached = errors.New("nothing attached")

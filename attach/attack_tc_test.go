@@ -140,8 +140,8 @@ func TestAttackClsactForeignFilterAtOurHandle(t *testing.T) {
 		state, err = stateOf("atk0")
 		return err
 	})
-	if attachErr == nil {
-		t.Error("AttachTC replaced another agent's filter without an error")
+	if !errors.Is(attachErr, ErrOccupied) {
+		t.Errorf("AttachTC: %v, want ErrOccupied", attachErr)
 	}
 	if !errors.Is(detachErr, ErrNotAttached) {
 		t.Errorf("DetachTC: %v, want ErrNotAttached", detachErr)

@@ -119,7 +119,8 @@ func (p Position) anchor() link.Anchor {
 // attached as a direct-action filter on a clsact qdisc, which is created
 // if the interface has none; a First or Last Position then fails with
 // ErrPosition, since the order of filters is their priorities, and
-// other agents' are theirs to choose.
+// other agents' are theirs to choose, and a filter of another agent's at
+// ClsactHandle and ClsactPriority fails it with ErrOccupied.
 func (a *Attacher) AttachTC(ifname string, dir Direction, prog *ebpf.Program, opts ...TCOption) (Attachment, error) {
 	unlock, err := a.lock()
 	if err != nil {
@@ -256,6 +257,24 @@ func ourFilter(dev netlink.Link, parent uint32) (*netlink.BpfFilter, error) {
 	return nil, nil
 }
 
+// foreignAtOurSlot fails with ErrOccupied if a filter that is not this
+// library's sits at ClsactHandle and ClsactPriority on the hook: a filter
+// replace there would swap another agent's program for ours.
+func foreignAtOurSlot(dev netlink.Link, dir Direction) error {
+	filters, err := filterList(dev, clsactParent(dir))
+	if err != nil {
+		return err
+	}
+	for _, f := range filters {
+		at := f.Attrs()
+		if at.Handle == ClsactHandle && at.Priority == ClsactPriority && !ours(f) {
+			return fmt.Errorf("%w: a %s filter not named %s* sits at handle %#x priority %#x",
+				ErrOccupied, f.Type(), FilterNamePrefix, ClsactHandle, ClsactPriority)
+		}
+	}
+	return nil
+}
+
 func ours(f netlink.Filter) bool {
 	bf, ok := f.(*netlink.BpfFilter)
 	return ok && bf.Handle == ClsactHandle && bf.Priority == ClsactPriority &&
@@ -323,6 +342,11 @@ func (a *Attacher) attachClsact(dev netlink.Link, dir Direction, prog *ebpf.Prog
 	has, err := hasClsact(dev)
 	if err != nil {
 		return Attachment{}, err
+	}
+	if has {
+		if err := foreignAtOurSlot(dev, dir); err != nil {
+			return Attachment{}, err
+		}
 	}
 	if !has {
 		if err := os.Mkdir(a.qdiscMarker(ifname), 0o700); err != nil && !errors.Is(err, os.ErrExist) {
