@@ -310,10 +310,37 @@ func parsePinName(name string) (Hook, string, bool) {
 	return 0, "", false
 }
 
+// validIfname refuses a name no interface can have; it is checked before
+// the name goes into a pin path, where "/" and ".." would reach pins
+// outside the pin directory.
+func validIfname(ifname string) error {
+	if ifname == "" || ifname == "." || ifname == ".." || strings.ContainsAny(ifname, "/\x00") ||
+		len(ifname) >= unix.IFNAMSIZ {
+		return fmt.Errorf("%w: invalid name %q", ErrNoInterface, ifname)
+	}
+	return nil
+}
+
+// ifaceIfAny looks ifname up like iface, but returns a nil link and index
+// 0, not an error, for a valid name no interface has.
+func ifaceIfAny(ifname string) (netlink.Link, int, error) {
+	if err := validIfname(ifname); err != nil {
+		return nil, 0, err
+	}
+	dev, err := iface(ifname)
+	if errors.Is(err, ErrNoInterface) {
+		return nil, 0, nil
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	return dev, dev.Attrs().Index, nil
+}
+
 // iface looks ifname up in the calling thread's namespace.
 func iface(ifname string) (netlink.Link, error) {
-	if ifname == "" || strings.ContainsRune(ifname, '/') || len(ifname) >= unix.IFNAMSIZ {
-		return nil, fmt.Errorf("%w: invalid name %q", ErrNoInterface, ifname)
+	if err := validIfname(ifname); err != nil {
+		return nil, err
 	}
 	l, err := netlink.LinkByName(ifname)
 	var notFound netlink.LinkNotFoundError
@@ -337,6 +364,82 @@ func loadPin(path string) (link.Link, error) {
 		return nil, err
 	}
 	return l, nil
+}
+
+// findPin returns the link of ours on hook h of the interface ifname, whose
+// index is ifindex (0 if no interface has that name now), the interface
+// index it is bound to and its pin, or a nil link if there is none. Pins
+// follow renamed interfaces: a pin under ifname whose link runs on a live
+// interface of another name moves to that name, and a pin under another
+// name whose link runs on ifindex moves to ifname. A pin whose interface
+// is gone (bound to 0) is returned for the caller to remove; a live link
+// is never mistaken for a stale one and detached.
+func (a *Attacher) findPin(h Hook, ifname string, ifindex int) (link.Link, int, string, error) {
+	pin := a.linkPin(h, ifname)
+	l, err := loadPin(pin)
+	if err != nil {
+		return nil, 0, "", err
+	}
+	if l != nil {
+		bound, _, err := linkIfindex(l)
+		if err != nil {
+			l.Close()
+			return nil, 0, "", fmt.Errorf("pin %s: %w", pin, err)
+		}
+		if bound == 0 || bound == ifindex {
+			return l, bound, pin, nil
+		}
+		l.Close()
+		// The interface this pin was made for was renamed.
+		dev, err := netlink.LinkByIndex(bound)
+		if err != nil {
+			return nil, 0, "", fmt.Errorf("pin %s: interface %d of its link: %w", pin, bound, err)
+		}
+		if err := movePin(pin, a.linkPin(h, dev.Attrs().Name)); err != nil {
+			return nil, 0, "", err
+		}
+	}
+	if ifindex == 0 {
+		return nil, 0, "", nil
+	}
+	entries, err := os.ReadDir(filepath.Join(a.pinDir, linksDir))
+	if err != nil {
+		return nil, 0, "", err
+	}
+	for _, e := range entries {
+		if hook, _, ok := parsePinName(e.Name()); !ok || hook != h {
+			continue
+		}
+		other := filepath.Join(a.pinDir, linksDir, e.Name())
+		l, err := loadPin(other)
+		if err != nil || l == nil {
+			return nil, 0, "", err
+		}
+		bound, _, err := linkIfindex(l)
+		if err != nil || bound != ifindex {
+			l.Close()
+			if err != nil {
+				return nil, 0, "", fmt.Errorf("pin %s: %w", other, err)
+			}
+			continue
+		}
+		// ifname is the new name of the interface this pin was made for.
+		if err := movePin(other, pin); err != nil {
+			l.Close()
+			return nil, 0, "", err
+		}
+		return l, bound, pin, nil
+	}
+	return nil, 0, "", nil
+}
+
+// movePin renames the pin from to to, failing if to exists: that pin is
+// another link's, which the caller must not drop.
+func movePin(from, to string) error {
+	if err := unix.Renameat2(unix.AT_FDCWD, from, unix.AT_FDCWD, to, unix.RENAME_NOREPLACE); err != nil {
+		return fmt.Errorf("move pin %s to %s after a rename of its interface: %w", from, to, err)
+	}
+	return nil
 }
 
 // linkIfindex returns the interface index a TCX or XDP link is bound to,

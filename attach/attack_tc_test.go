@@ -3,6 +3,7 @@ package attach
 import (
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -14,15 +15,16 @@ import (
 )
 
 // addIface creates the interface name in ns, up: one end of a veth pair
-// whose other end, name+"p", is in ns too (the kernel here has no dummy
+// whose other end, atkp<n>, is in ns too (the kernel here has no dummy
 // driver). It returns the index of name; the namespace takes both ends
 // with it when the test ends.
 func addIface(t *testing.T, ns *testutil.NetNS, name string) int {
 	t.Helper()
-	if err := ns.Veth(name, ns.NS, name+"p"); err != nil {
+	peer := fmt.Sprintf("atkp%d", peers.Add(1))
+	if err := ns.Veth(name, ns.NS, peer); err != nil {
 		t.Fatal(err)
 	}
-	for _, n := range []string{name + "p", name} {
+	for _, n := range []string{peer, name} {
 		if _, err := ns.LinkUp(n); err != nil {
 			t.Fatal(err)
 		}
@@ -33,6 +35,8 @@ func addIface(t *testing.T, ns *testutil.NetNS, name string) int {
 	}
 	return l.Attrs().Index
 }
+
+var peers atomic.Uint32
 
 // foreignFilter adds a direct-action cls_bpf filter of another agent's to
 // the ingress of ifname at handle and prio, creating the clsact qdisc if
@@ -153,5 +157,134 @@ func TestAttackClsactForeignFilterAtOurHandle(t *testing.T) {
 		fmt.Sprintf("other-agent handle %#x prio %#x id %d", ClsactHandle, ClsactPriority, progID(t, foreign))}}
 	if diff := cmp.Diff(want, state); diff != "" {
 		t.Errorf("kernel (-want +got):\n%s", diff)
+	}
+}
+
+// rename renames the interface from to to inside ns (down, rename, up).
+func rename(t *testing.T, ns *testutil.NetNS, from, to string) {
+	t.Helper()
+	l, err := ns.Handle.LinkByName(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ns.Handle.LinkSetDown(l); err != nil {
+		t.Fatal(err)
+	}
+	if err := ns.Handle.LinkSetName(l, to); err != nil {
+		t.Fatalf("rename %s to %s: %v", from, to, err)
+	}
+	if err := ns.Handle.LinkSetUp(l); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestAttackRenamedInterface: the pin follows an interface that is
+// renamed. Replacing the program of the interface under its new name
+// updates the link in place (not a second program beside the first, and
+// for XDP not an EBUSY), and a new interface taking the old name gets a
+// link of its own without the renamed interface losing its program.
+func TestAttackRenamedInterface(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	type step struct {
+		Old, New kernelState
+		List     []string
+	}
+	for _, c := range []struct {
+		name   string
+		attach func(a *Attacher, ifname string, p *ebpf.Program) error
+		typ    ebpf.ProgramType
+		state  func(ids ...ebpf.ProgramID) kernelState
+	}{
+		{"tcx", func(a *Attacher, ifname string, p *ebpf.Program) error {
+			_, err := a.AttachTC(ifname, Ingress, p)
+			return err
+		}, ebpf.SchedCLS, func(ids ...ebpf.ProgramID) kernelState { return kernelState{TCXIngress: ids} }},
+		{"xdp", func(a *Attacher, ifname string, p *ebpf.Program) error {
+			_, err := a.AttachXDP(ifname, p, XDPNative)
+			return err
+		}, ebpf.XDP, func(ids ...ebpf.ProgramID) kernelState {
+			if len(ids) == 0 {
+				return kernelState{}
+			}
+			return kernelState{XDP: ModeXDPNative, XDPProgram: ids[0]}
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ns := testutil.NewNetNS(t)
+			addIface(t, ns, "atk0")
+			pinDir := testutil.TempBPFFS(t)
+			a := open(t, pinDir)
+			p1, p2, p3 := passProg(t, c.typ), passProg(t, c.typ), passProg(t, c.typ)
+			in(t, ns, func() error { return c.attach(a, "atk0", p1) })
+			rename(t, ns, "atk0", "atk1")
+
+			var renamed, fresh kernelState
+			var list []Attachment
+			var errRenamed, errFresh error
+			in(t, ns, func() (err error) {
+				errRenamed = c.attach(a, "atk1", p2)
+				if renamed, err = stateOf("atk1"); err != nil {
+					return err
+				}
+				return nil
+			})
+			if errRenamed != nil {
+				t.Errorf("replace on the renamed interface: %v", errRenamed)
+			}
+			if diff := cmp.Diff(c.state(progID(t, p2)), renamed); diff != "" {
+				t.Errorf("renamed interface after the replace (-want +got):\n%s", diff)
+			}
+
+			addIface(t, ns, "atk0")
+			in(t, ns, func() (err error) {
+				errFresh = c.attach(a, "atk0", p3)
+				if renamed, err = stateOf("atk1"); err != nil {
+					return err
+				}
+				if fresh, err = stateOf("atk0"); err != nil {
+					return err
+				}
+				list, err = a.List()
+				return err
+			})
+			if errFresh != nil {
+				t.Errorf("attach to the new interface of the old name: %v", errFresh)
+			}
+			if diff := cmp.Diff(c.state(progID(t, p2)), renamed); diff != "" {
+				t.Errorf("renamed interface after attaching to a new one of its old name (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(c.state(progID(t, p3)), fresh); diff != "" {
+				t.Errorf("new interface (-want +got):\n%s", diff)
+			}
+			var got []string
+			for _, at := range list {
+				got = append(got, fmt.Sprintf("%s %s %d", at.Hook, at.Ifname, at.Program))
+			}
+			h := HookTCIngress
+			if c.typ == ebpf.XDP {
+				h = HookXDP
+			}
+			want := []string{fmt.Sprintf("%s atk0 %d", h, progID(t, p3)), fmt.Sprintf("%s atk1 %d", h, progID(t, p2))}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("List (-want +got):\n%s", diff)
+			}
+			in(t, ns, func() error {
+				for _, ifname := range []string{"atk0", "atk1"} {
+					var err error
+					if c.typ == ebpf.XDP {
+						err = a.DetachXDP(ifname)
+					} else {
+						err = a.DetachTC(ifname, Ingress)
+					}
+					if err != nil {
+						t.Errorf("detach %s: %v", ifname, err)
+					}
+				}
+				return nil
+			})
+			if got := pins(t, pinDir); len(got) != 0 {
+				t.Errorf("pins left: %v", got)
+			}
+		})
 	}
 }

@@ -159,7 +159,7 @@ func (a *Attacher) attachTC(ifname string, dir Direction, prog *ebpf.Program, cf
 	pin := a.linkPin(hook, ifname)
 	at := Attachment{Hook: hook, Ifname: ifname, Ifindex: ifindex, Mode: ModeTCX, Pin: pin}
 
-	replaced, err := replacePinned(pin, ifindex, prog)
+	replaced, err := a.replacePinned(hook, ifname, ifindex, prog)
 	if err != nil {
 		return Attachment{}, err
 	}
@@ -192,17 +192,12 @@ func (a *Attacher) attachTC(ifname string, dir Direction, prog *ebpf.Program, cf
 	return at, nil
 }
 
-// replacePinned updates the link pinned at pin to run prog, if it is live
-// and bound to ifindex, and reports whether it did. A stale pin (its
-// interface gone or replaced by another of the same name) is removed.
-func replacePinned(pin string, ifindex int, prog *ebpf.Program) (bool, error) {
-	l, err := loadPin(pin)
+// replacePinned updates the link of ours on the hook of ifname to run
+// prog, if it is live and bound to ifindex, and reports whether it did. A
+// stale pin (its interface gone) is removed.
+func (a *Attacher) replacePinned(h Hook, ifname string, ifindex int, prog *ebpf.Program) (bool, error) {
+	l, bound, pin, err := a.findPin(h, ifname, ifindex)
 	if err != nil || l == nil {
-		return false, err
-	}
-	bound, _, err := linkIfindex(l)
-	if err != nil {
-		l.Close()
 		return false, err
 	}
 	if bound != ifindex {
@@ -380,7 +375,7 @@ func (a *Attacher) attachClsact(dev netlink.Link, dir Direction, prog *ebpf.Prog
 	// A TCX link of ours would run before the filter and hide it; it can
 	// only be left from a run that had TCX, and goes now that the filter
 	// is in place.
-	if err := a.removeStalePin(tcHook(dir), ifname); err != nil {
+	if err := a.removeStalePin(tcHook(dir), ifname, ifindex); err != nil {
 		return Attachment{}, err
 	}
 	id, err := programID(prog)
@@ -390,9 +385,8 @@ func (a *Attacher) attachClsact(dev netlink.Link, dir Direction, prog *ebpf.Prog
 	return Attachment{Hook: tcHook(dir), Ifname: ifname, Ifindex: ifindex, Mode: ModeClsact, Program: id}, nil
 }
 
-func (a *Attacher) removeStalePin(h Hook, ifname string) error {
-	pin := a.linkPin(h, ifname)
-	l, err := loadPin(pin)
+func (a *Attacher) removeStalePin(h Hook, ifname string, ifindex int) error {
+	l, _, pin, err := a.findPin(h, ifname, ifindex)
 	if err != nil || l == nil {
 		return err
 	}
@@ -454,8 +448,11 @@ func (a *Attacher) DetachTC(ifname string, dir Direction) error {
 }
 
 func (a *Attacher) detachTC(ifname string, dir Direction) error {
-	pin := a.linkPin(tcHook(dir), ifname)
-	l, err := loadPin(pin)
+	dev, ifindex, err := ifaceIfAny(ifname)
+	if err != nil {
+		return err
+	}
+	l, _, pin, err := a.findPin(tcHook(dir), ifname, ifindex)
 	if err != nil {
 		return err
 	}
@@ -465,12 +462,11 @@ func (a *Attacher) detachTC(ifname string, dir Direction) error {
 			return err
 		}
 	}
-	dev, err := iface(ifname)
-	if errors.Is(err, ErrNoInterface) && found {
-		return nil // The interface took its filters with it.
-	}
-	if err != nil {
-		return err
+	if dev == nil {
+		if found {
+			return nil // The interface took its filters with it.
+		}
+		return fmt.Errorf("%w: %s", ErrNoInterface, ifname)
 	}
 	f, err := ourFilter(dev, clsactParent(dir))
 	if err != nil {

@@ -83,14 +83,9 @@ func (a *Attacher) attachXDP(ifname string, prog *ebpf.Program, mode XDPMode) (A
 	pin := a.linkPin(HookXDP, ifname)
 	at := Attachment{Hook: HookXDP, Ifname: ifname, Ifindex: ifindex, Pin: pin}
 
-	if l, err := loadPin(pin); err != nil {
+	if l, bound, pin, err := a.findPin(HookXDP, ifname, ifindex); err != nil {
 		return Attachment{}, err
 	} else if l != nil {
-		bound, _, err := linkIfindex(l)
-		if err != nil {
-			l.Close()
-			return Attachment{}, err
-		}
 		if bound != ifindex {
 			if err := removeLink(l, pin); err != nil {
 				return Attachment{}, err
@@ -183,8 +178,12 @@ func (a *Attacher) DetachXDP(ifname string) error {
 		return fmt.Errorf("attach: detach xdp on %s: %w", ifname, err)
 	}
 	defer unlock()
-	pin := a.linkPin(HookXDP, ifname)
-	l, err := loadPin(pin)
+	_, ifindex, err := ifaceIfAny(ifname)
+	var l link.Link
+	var pin string
+	if err == nil {
+		l, _, pin, err = a.findPin(HookXDP, ifname, ifindex)
+	}
 	if err == nil && l == nil {
 		err = ErrNotAttached
 	}
