@@ -3,6 +3,8 @@ package attach
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"sync/atomic"
 	"testing"
 
@@ -287,4 +289,51 @@ func TestAttackRenamedInterface(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestAttackDetachNameTraversal: an interface name with "/" and ".." is
+// refused before it goes into a pin path: it must not reach the pins of
+// another Attacher (here one on a sibling pin directory) and detach its
+// links.
+func TestAttackDetachNameTraversal(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	ns := testutil.NewNetNS(t)
+	addIface(t, ns, "atk0")
+	root := testutil.TempBPFFS(t)
+	for _, d := range []string{"a", "b"} {
+		if err := os.Mkdir(filepath.Join(root, d), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, b := open(t, filepath.Join(root, "a")), open(t, filepath.Join(root, "b"))
+	tc, xdp := passProg(t, ebpf.SchedCLS), passProg(t, ebpf.XDP)
+	var tcErr, xdpErr error
+	var state kernelState
+	in(t, ns, func() (err error) {
+		if _, err := b.AttachTC("atk0", Ingress, tc); err != nil {
+			return err
+		}
+		if _, err := b.AttachXDP("atk0", xdp, XDPAuto); err != nil {
+			return err
+		}
+		tcErr = a.DetachTC("x/../../../b/links/tc-ingress-atk0", Ingress)
+		xdpErr = a.DetachXDP("x/../../../b/links/xdp-atk0")
+		state, err = stateOf("atk0")
+		return err
+	})
+	for _, e := range []error{tcErr, xdpErr} {
+		if !errors.Is(e, ErrNoInterface) {
+			t.Errorf("detach through a traversing name: %v, want ErrNoInterface", e)
+		}
+	}
+	want := kernelState{TCXIngress: []ebpf.ProgramID{progID(t, tc)}, XDP: ModeXDPNative, XDPProgram: progID(t, xdp)}
+	if diff := cmp.Diff(want, state); diff != "" {
+		t.Errorf("other Attacher's hooks (-want +got):\n%s", diff)
+	}
+	in(t, ns, func() error {
+		if err := b.DetachTC("atk0", Ingress); err != nil {
+			return err
+		}
+		return b.DetachXDP("atk0")
+	})
 }
