@@ -337,3 +337,43 @@ func TestAttackDetachNameTraversal(t *testing.T) {
 		return b.DetachXDP("atk0")
 	})
 }
+
+// TestAttackQdiscMarkerOfGoneInterface: the record that this library made
+// an interface's clsact qdisc dies with the interface. An interface
+// deleted without DetachTC and made again under the same name, whose
+// clsact qdisc another agent then adds, keeps that qdisc when our filter
+// on it is detached.
+func TestAttackQdiscMarkerOfGoneInterface(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	forceNoTCX(t)
+	ns := testutil.NewNetNS(t)
+	addIface(t, ns, "atk0")
+	pinDir := testutil.TempBPFFS(t)
+	a := open(t, pinDir)
+	p := passProg(t, ebpf.SchedCLS)
+	in(t, ns, func() error { _, err := a.AttachTC("atk0", Ingress, p); return err })
+	if err := ns.DeleteLink("atk0"); err != nil {
+		t.Fatal(err)
+	}
+	idx := addIface(t, ns, "atk0")
+	var state kernelState
+	in(t, ns, func() (err error) {
+		if err := netlink.QdiscAdd(clsact(idx)); err != nil {
+			return fmt.Errorf("another agent's qdisc: %w", err)
+		}
+		if _, err := a.AttachTC("atk0", Ingress, p); err != nil {
+			return err
+		}
+		if err := a.DetachTC("atk0", Ingress); err != nil {
+			return err
+		}
+		state, err = stateOf("atk0")
+		return err
+	})
+	if diff := cmp.Diff(kernelState{Clsact: true}, state); diff != "" {
+		t.Errorf("kernel (-want +got):\n%s", diff)
+	}
+	if got := pins(t, pinDir); len(got) != 0 {
+		t.Errorf("pins left: %v", got)
+	}
+}

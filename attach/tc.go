@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -323,9 +324,44 @@ func clsact(ifindex int) *netlink.Clsact {
 }
 
 // qdiscMarker is the marker directory recording that this library created
-// the clsact qdisc of ifname.
-func (a *Attacher) qdiscMarker(ifname string) string {
-	return filepath.Join(a.pinDir, qdiscsDir, "clsact-"+ifname)
+// the clsact qdisc of the interface: clsact-<ifname>-<ifindex>. The index
+// ties the marker to one interface, so that another interface made later
+// under the same name does not inherit it, and the qdisc another agent
+// adds there is never taken for ours.
+func (a *Attacher) qdiscMarker(dev netlink.Link) string {
+	return filepath.Join(a.pinDir, qdiscsDir, fmt.Sprintf("clsact-%s-%d", dev.Attrs().Name, dev.Attrs().Index))
+}
+
+// markQdisc creates the marker of dev's clsact qdisc.
+func (a *Attacher) markQdisc(dev netlink.Link) error {
+	if err := a.pruneMarkers(dev); err != nil {
+		return err
+	}
+	if err := os.Mkdir(a.qdiscMarker(dev), 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return err
+	}
+	return nil
+}
+
+// pruneMarkers removes the qdisc markers of earlier interfaces of dev's
+// name, whose qdiscs went with them.
+func (a *Attacher) pruneMarkers(dev netlink.Link) error {
+	dir := filepath.Join(a.pinDir, qdiscsDir)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	prefix := "clsact-" + dev.Attrs().Name + "-"
+	for _, e := range entries {
+		index, ok := strings.CutPrefix(e.Name(), prefix)
+		if _, err := strconv.Atoi(index); !ok || err != nil || index == strconv.Itoa(dev.Attrs().Index) {
+			continue
+		}
+		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
 }
 
 func (a *Attacher) attachClsact(dev netlink.Link, dir Direction, prog *ebpf.Program) (Attachment, error) {
@@ -344,11 +380,11 @@ func (a *Attacher) attachClsact(dev netlink.Link, dir Direction, prog *ebpf.Prog
 		}
 	}
 	if !has {
-		if err := os.Mkdir(a.qdiscMarker(ifname), 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		if err := a.markQdisc(dev); err != nil {
 			return Attachment{}, fmt.Errorf("mark clsact qdisc: %w", err)
 		}
 		if err := netlink.QdiscAdd(clsact(ifindex)); err != nil && !errors.Is(err, unix.EEXIST) {
-			os.Remove(a.qdiscMarker(ifname))
+			os.Remove(a.qdiscMarker(dev))
 			return Attachment{}, fmt.Errorf("add clsact qdisc: %w", err)
 		}
 	}
@@ -411,7 +447,10 @@ func removeFilter(dev netlink.Link, dir Direction) error {
 // removeQdiscIfOurs deletes the clsact qdisc of dev if this library
 // created it and no filter is left on it.
 func (a *Attacher) removeQdiscIfOurs(dev netlink.Link) error {
-	marker := a.qdiscMarker(dev.Attrs().Name)
+	if err := a.pruneMarkers(dev); err != nil {
+		return err
+	}
+	marker := a.qdiscMarker(dev)
 	if _, err := os.Stat(marker); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
