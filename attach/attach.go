@@ -206,7 +206,7 @@ type Attachment struct {
 	Ifname  string
 	Ifindex int
 	// Cgroup is the cgroup v2 directory of a cgroup hook, the path given
-	// to AttachCgroup made absolute.
+	// to AttachCgroup made absolute, its symlinks resolved.
 	Cgroup string
 	// Mode is the mechanism the program is attached through.
 	Mode Mode

@@ -80,7 +80,11 @@ func cgroupPinName(h Hook, dir string) string {
 	return h.String() + "-" + url.PathEscape(dir)
 }
 
-// cgroupDir makes path absolute and clean, the form pin names carry.
+// cgroupDir makes path absolute and clean, the form pin names carry, with
+// its symlinks resolved where it exists: one cgroup named through a
+// symlink, or through a ".." after one, has one pin, not one per
+// spelling, each attaching a program of ours. A path that no longer
+// resolves (a cgroup gone, for DetachCgroup) is only made absolute.
 func cgroupDir(path string) (string, error) {
 	if path == "" {
 		return "", fmt.Errorf("%w: empty path", ErrNoCgroup2)
@@ -88,6 +92,13 @@ func cgroupDir(path string) (string, error) {
 	dir, err := filepath.Abs(path)
 	if err != nil {
 		return "", fmt.Errorf("%w: %w", ErrNoCgroup2, err)
+	}
+	// Resolve the path as given, not the lexically cleaned one: the
+	// kernel takes the ".." of a symlink's target.
+	if real, err := filepath.EvalSymlinks(path); err == nil {
+		if dir, err = filepath.Abs(real); err != nil {
+			return "", fmt.Errorf("%w: %w", ErrNoCgroup2, err)
+		}
 	}
 	return dir, nil
 }
