@@ -410,17 +410,16 @@ func (a *Attacher) findPin(h Hook, ifname string, ifindex int) (link.Link, int, 
 		if hook, _, ok := parsePinName(e.Name()); !ok || hook != h {
 			continue
 		}
+		// A pin that is gone or holds no TC or XDP link is not the one
+		// looked for; it must not stop the attach of another interface.
 		other := filepath.Join(a.pinDir, linksDir, e.Name())
 		l, err := loadPin(other)
 		if err != nil || l == nil {
-			return nil, 0, "", err
+			continue
 		}
 		bound, _, err := linkIfindex(l)
 		if err != nil || bound != ifindex {
 			l.Close()
-			if err != nil {
-				return nil, 0, "", fmt.Errorf("pin %s: %w", other, err)
-			}
 			continue
 		}
 		// ifname is the new name of the interface this pin was made for.

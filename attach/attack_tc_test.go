@@ -377,3 +377,35 @@ func TestAttackQdiscMarkerOfGoneInterface(t *testing.T) {
 		t.Errorf("pins left: %v", got)
 	}
 }
+
+// TestAttackStrayPin: a pin under links/ that holds no TC or XDP link (a
+// map an embedder pinned there by mistake) does not stop attaching to
+// another interface, which looks through the pins for one that followed
+// a rename.
+func TestAttackStrayPin(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	ns := testutil.NewNetNS(t)
+	addIface(t, ns, "atk0")
+	pinDir := testutil.TempBPFFS(t)
+	a := open(t, pinDir)
+	stray := newCounters(t)
+	for _, name := range []string{"tc-ingress-junk0", "xdp-junk0"} {
+		path := filepath.Join(pinDir, linksDir, name)
+		if err := stray.Pin(path); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.Remove(path) })
+	}
+	in(t, ns, func() error {
+		if _, err := a.AttachTC("atk0", Ingress, passProg(t, ebpf.SchedCLS)); err != nil {
+			return err
+		}
+		if _, err := a.AttachXDP("atk0", passProg(t, ebpf.XDP), XDPAuto); err != nil {
+			return err
+		}
+		if err := a.DetachTC("atk0", Ingress); err != nil {
+			return err
+		}
+		return a.DetachXDP("atk0")
+	})
+}
