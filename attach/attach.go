@@ -231,12 +231,15 @@ type Attacher struct {
 	pinDir string
 }
 
-// linksDir and qdiscsDir are the sub-directories of the pin directory:
-// the pinned links, and one empty marker directory per clsact qdisc this
-// library created (so that it removes only its own qdiscs).
+// linksDir, qdiscsDir and filtersDir are the sub-directories of the pin
+// directory: the pinned links, one empty marker directory per clsact
+// qdisc this library created (so that it removes only its own qdiscs),
+// and one per clsact filter this Attacher added (so that two agents with
+// pin directories of their own never take each other's filters).
 const (
-	linksDir  = "links"
-	qdiscsDir = "qdiscs"
+	linksDir   = "links"
+	qdiscsDir  = "qdiscs"
+	filtersDir = "filters"
 )
 
 // Open returns an Attacher pinning under pinDir, which must be a directory
@@ -245,7 +248,7 @@ func Open(pinDir string) (*Attacher, error) {
 	if err := checkBPFFS(pinDir); err != nil {
 		return nil, fmt.Errorf("attach: open %s: %w", pinDir, err)
 	}
-	for _, sub := range []string{linksDir, qdiscsDir} {
+	for _, sub := range []string{linksDir, qdiscsDir, filtersDir} {
 		if err := os.MkdirAll(filepath.Join(pinDir, sub), 0o700); err != nil {
 			return nil, fmt.Errorf("attach: open %s: %w", pinDir, err)
 		}
@@ -486,7 +489,7 @@ func (a *Attacher) List() ([]Attachment, error) {
 	if err != nil {
 		return nil, fmt.Errorf("attach: list: %w", err)
 	}
-	filters, err := listFilters()
+	filters, err := a.listFilters()
 	if err != nil {
 		return nil, fmt.Errorf("attach: list: %w", err)
 	}

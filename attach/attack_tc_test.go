@@ -409,3 +409,58 @@ func TestAttackStrayPin(t *testing.T) {
 		return a.DetachXDP("atk0")
 	})
 }
+
+// TestAttackClsactTwoPinDirs: two agents built on this library, each with
+// a pin directory of its own, in one network namespace without TCX. The
+// clsact filter one attached is not the other's: the second's AttachTC
+// fails with ErrOccupied instead of swapping the first's program for its
+// own, its List does not report it, and its DetachTC does not delete it.
+func TestAttackClsactTwoPinDirs(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	forceNoTCX(t)
+	ns := testutil.NewNetNS(t)
+	addIface(t, ns, "atk0")
+	pinA, pinB := testutil.TempBPFFS(t), testutil.TempBPFFS(t)
+	a, b := open(t, pinA), open(t, pinB)
+	pa, pb := passProg(t, ebpf.SchedCLS), passProg(t, ebpf.SchedCLS)
+	var attachErr, detachErr error
+	var listA, listB []Attachment
+	var state kernelState
+	in(t, ns, func() (err error) {
+		if _, err := a.AttachTC("atk0", Ingress, pa); err != nil {
+			return err
+		}
+		_, attachErr = b.AttachTC("atk0", Ingress, pb)
+		if listB, err = b.List(); err != nil {
+			return err
+		}
+		detachErr = b.DetachTC("atk0", Ingress)
+		if listA, err = a.List(); err != nil {
+			return err
+		}
+		state, err = stateOf("atk0")
+		return err
+	})
+	if !errors.Is(attachErr, ErrOccupied) {
+		t.Errorf("second agent's AttachTC: %v, want ErrOccupied", attachErr)
+	}
+	if !errors.Is(detachErr, ErrNotAttached) {
+		t.Errorf("second agent's DetachTC: %v, want ErrNotAttached", detachErr)
+	}
+	if len(listB) != 0 {
+		t.Errorf("second agent's List: %v", listB)
+	}
+	if len(listA) != 1 || listA[0].Program != progID(t, pa) {
+		t.Errorf("first agent's List: %v, want its filter of program %d", listA, progID(t, pa))
+	}
+	want := kernelState{Clsact: true, FiltersIngress: []string{filterDesc("pass", progID(t, pa))}}
+	if diff := cmp.Diff(want, state); diff != "" {
+		t.Errorf("kernel (-want +got):\n%s", diff)
+	}
+	in(t, ns, func() error { return a.DetachTC("atk0", Ingress) })
+	for _, dir := range []string{pinA, pinB} {
+		if got := pins(t, dir); len(got) != 0 {
+			t.Errorf("pins left in %s: %v", dir, got)
+		}
+	}
+}

@@ -51,7 +51,10 @@
 //     clsact qdisc with a direct-action cls_bpf filter (CONFIG_NET_CLS_ACT,
 //     CONFIG_NET_SCH_INGRESS, CONFIG_NET_CLS_BPF) through netlink. The
 //     filter is this library's by its fixed handle ([ClsactHandle]),
-//     priority ([ClsactPriority]) and name prefix ([FilterNamePrefix]);
+//     priority ([ClsactPriority]) and name prefix ([FilterNamePrefix]),
+//     and an Attacher's by a marker directory under <pinDir>/filters, so
+//     that agents with pin directories of their own never take each
+//     other's filters (the second gets [ErrOccupied]);
 //     netlink's filter replace on the same parent, handle, priority and
 //     protocol swaps its program in place. The clsact qdisc is created if
 //     the interface has none, and deleted with the last filter only if this

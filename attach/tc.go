@@ -16,8 +16,12 @@ import (
 
 // The clsact fallback's filter identity. A filter is this library's when it
 // sits at ClsactHandle and ClsactPriority and its name starts with
-// FilterNamePrefix; replacing it with the same parent, handle, priority and
-// protocol swaps the program in place, with no moment without one.
+// FilterNamePrefix, and an Attacher's when its pin directory also has the
+// filter's marker (filters/<hook>-<ifname>-<ifindex>); replacing it with
+// the same parent, handle, priority and protocol swaps the program in
+// place, with no moment without one. Another agent's filter in that slot
+// (a foreign one, or that of an Attacher with another pin directory) is
+// never replaced: AttachTC fails with ErrOccupied.
 const (
 	// ClsactHandle is the handle of every filter this library adds.
 	ClsactHandle uint32 = 0x51ce
@@ -184,7 +188,7 @@ func (a *Attacher) attachTC(ifname string, dir Direction, prog *ebpf.Program, cf
 	}
 	// The TCX program now runs before any legacy filter, so a filter of
 	// ours left from a clsact attachment can go without a gap.
-	if err := removeFilter(dev, dir); err != nil {
+	if err := a.removeFilter(dev, dir); err != nil {
 		return Attachment{}, err
 	}
 	if at.Program, err = programID(prog); err != nil {
@@ -239,38 +243,61 @@ func programID(p *ebpf.Program) (ebpf.ProgramID, error) {
 	return id, nil
 }
 
-// ourFilter returns the filter of ours on the interface's clsact parent.
-func ourFilter(dev netlink.Link, parent uint32) (*netlink.BpfFilter, error) {
-	filters, err := filterList(dev, parent)
+// ourFilter returns the filter of ours on the hook of dev: at our handle
+// and priority, with our name prefix, and marked under this Attacher's pin
+// directory. Without the marker the filter is another agent's that uses
+// this library with a pin directory of its own.
+func (a *Attacher) ourFilter(dev netlink.Link, dir Direction) (*netlink.BpfFilter, error) {
+	filters, err := filterList(dev, clsactParent(dir))
 	if err != nil {
 		return nil, err
 	}
 	for _, f := range filters {
-		if ours(f) {
-			return f.(*netlink.BpfFilter), nil
+		if !ours(f) {
+			continue
 		}
+		if _, err := os.Stat(a.filterMarker(dev, dir)); err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				return nil, nil
+			}
+			return nil, err
+		}
+		return f.(*netlink.BpfFilter), nil
 	}
 	return nil, nil
 }
 
 // foreignAtOurSlot fails with ErrOccupied if a filter that is not this
-// library's sits at ClsactHandle and ClsactPriority on the hook: a filter
+// Attacher's sits at ClsactHandle and ClsactPriority on the hook: a filter
 // replace there would swap another agent's program for ours.
-func foreignAtOurSlot(dev netlink.Link, dir Direction) error {
+func (a *Attacher) foreignAtOurSlot(dev netlink.Link, dir Direction) error {
 	filters, err := filterList(dev, clsactParent(dir))
+	if err != nil {
+		return err
+	}
+	mine, err := a.ourFilter(dev, dir)
 	if err != nil {
 		return err
 	}
 	for _, f := range filters {
 		at := f.Attrs()
-		if at.Handle == ClsactHandle && at.Priority == ClsactPriority && !ours(f) {
+		if at.Handle != ClsactHandle || at.Priority != ClsactPriority {
+			continue
+		}
+		if !ours(f) {
 			return fmt.Errorf("%w: a %s filter not named %s* sits at handle %#x priority %#x",
 				ErrOccupied, f.Type(), FilterNamePrefix, ClsactHandle, ClsactPriority)
+		}
+		if mine == nil {
+			return fmt.Errorf("%w: the filter at handle %#x priority %#x is of an Attacher with another pin directory",
+				ErrOccupied, ClsactHandle, ClsactPriority)
 		}
 	}
 	return nil
 }
 
+// ours reports whether f has the handle, priority and name prefix of the
+// filters this library adds (through any pin directory).
 func ours(f netlink.Filter) bool {
 	bf, ok := f.(*netlink.BpfFilter)
 	return ok && bf.Handle == ClsactHandle && bf.Priority == ClsactPriority &&
@@ -323,35 +350,46 @@ func clsact(ifindex int) *netlink.Clsact {
 	}}
 }
 
-// qdiscMarker is the marker directory recording that this library created
-// the clsact qdisc of the interface: clsact-<ifname>-<ifindex>. The index
-// ties the marker to one interface, so that another interface made later
-// under the same name does not inherit it, and the qdisc another agent
-// adds there is never taken for ours.
-func (a *Attacher) qdiscMarker(dev netlink.Link) string {
-	return filepath.Join(a.pinDir, qdiscsDir, fmt.Sprintf("clsact-%s-%d", dev.Attrs().Name, dev.Attrs().Index))
+// marker is the path of a marker directory under sub recording that this
+// Attacher made a clsact qdisc or filter (kind) on dev:
+// <sub>/<kind>-<ifname>-<ifindex>. The index ties the marker to one
+// interface, so that another made later under the same name does not
+// inherit it, and the qdisc or filter another agent adds there is never
+// taken for ours.
+func (a *Attacher) marker(sub, kind string, dev netlink.Link) string {
+	return filepath.Join(a.pinDir, sub, fmt.Sprintf("%s-%s-%d", kind, dev.Attrs().Name, dev.Attrs().Index))
 }
 
-// markQdisc creates the marker of dev's clsact qdisc.
-func (a *Attacher) markQdisc(dev netlink.Link) error {
-	if err := a.pruneMarkers(dev); err != nil {
+// qdiscMarker records that this library created the clsact qdisc of dev.
+func (a *Attacher) qdiscMarker(dev netlink.Link) string { return a.marker(qdiscsDir, "clsact", dev) }
+
+// filterMarker records that the filter of ours on the hook of dev is this
+// Attacher's (this pin directory's).
+func (a *Attacher) filterMarker(dev netlink.Link, dir Direction) string {
+	return a.marker(filtersDir, tcHook(dir).String(), dev)
+}
+
+// mark creates the marker of kind on dev, and removes those of earlier
+// interfaces of its name, whose qdiscs and filters went with them.
+func (a *Attacher) mark(sub, kind string, dev netlink.Link) error {
+	if err := a.pruneMarkers(sub, kind, dev); err != nil {
 		return err
 	}
-	if err := os.Mkdir(a.qdiscMarker(dev), 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+	if err := os.Mkdir(a.marker(sub, kind, dev), 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 		return err
 	}
 	return nil
 }
 
-// pruneMarkers removes the qdisc markers of earlier interfaces of dev's
-// name, whose qdiscs went with them.
-func (a *Attacher) pruneMarkers(dev netlink.Link) error {
-	dir := filepath.Join(a.pinDir, qdiscsDir)
+// pruneMarkers removes the markers of kind of earlier interfaces of dev's
+// name.
+func (a *Attacher) pruneMarkers(sub, kind string, dev netlink.Link) error {
+	dir := filepath.Join(a.pinDir, sub)
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return err
 	}
-	prefix := "clsact-" + dev.Attrs().Name + "-"
+	prefix := kind + "-" + dev.Attrs().Name + "-"
 	for _, e := range entries {
 		index, ok := strings.CutPrefix(e.Name(), prefix)
 		if _, err := strconv.Atoi(index); !ok || err != nil || index == strconv.Itoa(dev.Attrs().Index) {
@@ -360,6 +398,14 @@ func (a *Attacher) pruneMarkers(dev netlink.Link) error {
 		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
 		}
+	}
+	return nil
+}
+
+// unmark removes a marker.
+func unmark(path string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
 	}
 	return nil
 }
@@ -375,18 +421,24 @@ func (a *Attacher) attachClsact(dev netlink.Link, dir Direction, prog *ebpf.Prog
 		return Attachment{}, err
 	}
 	if has {
-		if err := foreignAtOurSlot(dev, dir); err != nil {
+		if err := a.foreignAtOurSlot(dev, dir); err != nil {
 			return Attachment{}, err
 		}
 	}
 	if !has {
-		if err := a.markQdisc(dev); err != nil {
+		if err := a.mark(qdiscsDir, "clsact", dev); err != nil {
 			return Attachment{}, fmt.Errorf("mark clsact qdisc: %w", err)
 		}
 		if err := netlink.QdiscAdd(clsact(ifindex)); err != nil && !errors.Is(err, unix.EEXIST) {
 			os.Remove(a.qdiscMarker(dev))
 			return Attachment{}, fmt.Errorf("add clsact qdisc: %w", err)
 		}
+	}
+	// The marker goes first: a crash between the two leaves a marker with
+	// no filter, which claims nothing, never a filter of ours unmarked,
+	// which a restarted agent could not take back.
+	if err := a.mark(filtersDir, tcHook(dir).String(), dev); err != nil {
+		return Attachment{}, fmt.Errorf("mark filter: %w", err)
 	}
 	f := &netlink.BpfFilter{
 		FilterAttrs: netlink.FilterAttrs{
@@ -402,6 +454,9 @@ func (a *Attacher) attachClsact(dev netlink.Link, dir Direction, prog *ebpf.Prog
 	}
 	if err := netlink.FilterReplace(f); err != nil {
 		err = fmt.Errorf("replace filter: %w", err)
+		if mine, ferr := a.ourFilter(dev, dir); ferr != nil || mine == nil {
+			err = errors.Join(err, ferr, unmark(a.filterMarker(dev, dir)))
+		}
 		if !has {
 			// Take back the qdisc made for the filter the kernel refused.
 			err = errors.Join(err, a.removeQdiscIfOurs(dev))
@@ -433,21 +488,21 @@ func (a *Attacher) removeStalePin(h Hook, ifname string, ifindex int) error {
 // clsact qdisc: deleting a qdisc deactivates the device for a moment,
 // dropping the packets in flight, so the qdisc goes only when the hooks
 // are detached (removeQdiscIfOurs).
-func removeFilter(dev netlink.Link, dir Direction) error {
-	f, err := ourFilter(dev, clsactParent(dir))
+func (a *Attacher) removeFilter(dev netlink.Link, dir Direction) error {
+	f, err := a.ourFilter(dev, dir)
 	if err != nil || f == nil {
 		return err
 	}
 	if err := netlink.FilterDel(f); err != nil {
 		return fmt.Errorf("delete filter: %w", err)
 	}
-	return nil
+	return unmark(a.filterMarker(dev, dir))
 }
 
 // removeQdiscIfOurs deletes the clsact qdisc of dev if this library
 // created it and no filter is left on it.
 func (a *Attacher) removeQdiscIfOurs(dev netlink.Link) error {
-	if err := a.pruneMarkers(dev); err != nil {
+	if err := a.pruneMarkers(qdiscsDir, "clsact", dev); err != nil {
 		return err
 	}
 	marker := a.qdiscMarker(dev)
@@ -507,24 +562,22 @@ func (a *Attacher) detachTC(ifname string, dir Direction) error {
 		}
 		return fmt.Errorf("%w: %s", ErrNoInterface, ifname)
 	}
-	f, err := ourFilter(dev, clsactParent(dir))
+	f, err := a.ourFilter(dev, dir)
 	if err != nil {
 		return err
 	}
 	if f == nil && !found {
 		return ErrNotAttached
 	}
-	if f != nil {
-		if err := netlink.FilterDel(f); err != nil {
-			return fmt.Errorf("delete filter: %w", err)
-		}
+	if err := a.removeFilter(dev, dir); err != nil {
+		return err
 	}
 	return a.removeQdiscIfOurs(dev)
 }
 
 // listFilters returns the clsact filters of ours on every interface of the
 // calling thread's namespace.
-func listFilters() ([]Attachment, error) {
+func (a *Attacher) listFilters() ([]Attachment, error) {
 	var links []netlink.Link
 	if err := retryDump(func() (err error) { links, err = netlink.LinkList(); return }); err != nil {
 		return nil, err
@@ -532,7 +585,7 @@ func listFilters() ([]Attachment, error) {
 	var out []Attachment
 	for _, dev := range links {
 		for _, dir := range []Direction{Ingress, Egress} {
-			f, err := ourFilter(dev, clsactParent(dir))
+			f, err := a.ourFilter(dev, dir)
 			if err != nil {
 				return nil, fmt.Errorf("filters of %s: %w", dev.Attrs().Name, err)
 			}
