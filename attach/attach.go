@@ -39,9 +39,11 @@ var (
 	// library in another mode than the one asked for; replacing it in place
 	// cannot change the mode, so the caller has to detach first.
 	ErrModeMismatch = errors.New("attached in another mode")
-	// ErrOccupied means the clsact fallback's filter slot (ClsactHandle
-	// at ClsactPriority) on the hook holds a filter that is not this
-	// library's; replacing it would detach another agent's program.
+	// ErrOccupied means a hook holds another agent's program that
+	// attaching ours would replace or that keeps ours out: the clsact
+	// fallback's filter slot (ClsactHandle at ClsactPriority) holds a
+	// filter that is not this Attacher's, or the XDP hook has a program
+	// not attached through this Attacher's pin directory.
 	ErrOccupied = errors.New("filter slot held by another agent")
 	// ErrNotAttached means there is nothing of this library's to detach
 	// from the hook.
