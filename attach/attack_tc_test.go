@@ -464,3 +464,43 @@ func TestAttackClsactTwoPinDirs(t *testing.T) {
 		}
 	}
 }
+
+// TestAttackRenamedInterfaceClsact: without TCX, the filter and qdisc of
+// an interface that was renamed stay this Attacher's: a replace under the
+// new name swaps the program in place, and a detach under it removes the
+// filter and the qdisc this library made.
+func TestAttackRenamedInterfaceClsact(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	forceNoTCX(t)
+	ns := testutil.NewNetNS(t)
+	addIface(t, ns, "atk0")
+	pinDir := testutil.TempBPFFS(t)
+	a := open(t, pinDir)
+	p1, p2 := passProg(t, ebpf.SchedCLS), passProg(t, ebpf.SchedCLS)
+	in(t, ns, func() error { _, err := a.AttachTC("atk0", Ingress, p1); return err })
+	rename(t, ns, "atk0", "atk1")
+	var replaced, detached kernelState
+	in(t, ns, func() (err error) {
+		if _, err := a.AttachTC("atk1", Ingress, p2); err != nil {
+			return err
+		}
+		if replaced, err = stateOf("atk1"); err != nil {
+			return err
+		}
+		if err := a.DetachTC("atk1", Ingress); err != nil {
+			return err
+		}
+		detached, err = stateOf("atk1")
+		return err
+	})
+	want := kernelState{Clsact: true, FiltersIngress: []string{filterDesc("pass", progID(t, p2))}}
+	if diff := cmp.Diff(want, replaced); diff != "" {
+		t.Errorf("after the replace (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(kernelState{}, detached); diff != "" {
+		t.Errorf("after the detach (-want +got):\n%s", diff)
+	}
+	if got := pins(t, pinDir); len(got) != 0 {
+		t.Errorf("pins left: %v", got)
+	}
+}

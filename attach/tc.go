@@ -256,10 +256,7 @@ func (a *Attacher) ourFilter(dev netlink.Link, dir Direction) (*netlink.BpfFilte
 		if !ours(f) {
 			continue
 		}
-		if _, err := os.Stat(a.filterMarker(dev, dir)); err != nil {
-			if errors.Is(err, os.ErrNotExist) {
-				return nil, nil
-			}
+		if has, err := a.findMarker(filtersDir, tcHook(dir).String(), dev); err != nil || !has {
 			return nil, err
 		}
 		return f.(*netlink.BpfFilter), nil
@@ -382,7 +379,8 @@ func (a *Attacher) mark(sub, kind string, dev netlink.Link) error {
 }
 
 // pruneMarkers removes the markers of kind of earlier interfaces of dev's
-// name.
+// name that are gone; one whose interface was renamed stays, for
+// findMarker to move when that interface is next attached or detached.
 func (a *Attacher) pruneMarkers(sub, kind string, dev netlink.Link) error {
 	dir := filepath.Join(a.pinDir, sub)
 	entries, err := os.ReadDir(dir)
@@ -391,8 +389,13 @@ func (a *Attacher) pruneMarkers(sub, kind string, dev netlink.Link) error {
 	}
 	prefix := kind + "-" + dev.Attrs().Name + "-"
 	for _, e := range entries {
-		index, ok := strings.CutPrefix(e.Name(), prefix)
-		if _, err := strconv.Atoi(index); !ok || err != nil || index == strconv.Itoa(dev.Attrs().Index) {
+		rest, ok := strings.CutPrefix(e.Name(), prefix)
+		index, err := strconv.Atoi(rest)
+		if !ok || err != nil || index == dev.Attrs().Index {
+			continue
+		}
+		var notFound netlink.LinkNotFoundError
+		if _, err := netlink.LinkByIndex(index); !errors.As(err, &notFound) {
 			continue
 		}
 		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -400,6 +403,35 @@ func (a *Attacher) pruneMarkers(sub, kind string, dev netlink.Link) error {
 		}
 	}
 	return nil
+}
+
+// findMarker reports whether dev has the marker of kind, moving one made
+// under an earlier name of the interface (the same index) to its name
+// now.
+func (a *Attacher) findMarker(sub, kind string, dev netlink.Link) (bool, error) {
+	want := a.marker(sub, kind, dev)
+	if _, err := os.Stat(want); err == nil {
+		return true, nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return false, err
+	}
+	dir := filepath.Join(a.pinDir, sub)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return false, err
+	}
+	suffix := "-" + strconv.Itoa(dev.Attrs().Index)
+	for _, e := range entries {
+		name, ok := strings.CutPrefix(e.Name(), kind+"-")
+		if !ok || !strings.HasSuffix(name, suffix) || len(name) == len(suffix) {
+			continue
+		}
+		if err := unix.Renameat2(unix.AT_FDCWD, filepath.Join(dir, e.Name()), unix.AT_FDCWD, want, unix.RENAME_NOREPLACE); err != nil {
+			return false, fmt.Errorf("move marker %s after a rename of its interface: %w", e.Name(), err)
+		}
+		return true, nil
+	}
+	return false, nil
 }
 
 // unmark removes a marker.
@@ -505,10 +537,10 @@ func (a *Attacher) removeQdiscIfOurs(dev netlink.Link) error {
 	if err := a.pruneMarkers(qdiscsDir, "clsact", dev); err != nil {
 		return err
 	}
-	marker := a.qdiscMarker(dev)
-	if _, err := os.Stat(marker); errors.Is(err, os.ErrNotExist) {
-		return nil
+	if has, err := a.findMarker(qdiscsDir, "clsact", dev); err != nil || !has {
+		return err
 	}
+	marker := a.qdiscMarker(dev)
 	for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
 		filters, err := filterList(dev, parent)
 		if err != nil {
