@@ -19,7 +19,8 @@ var (
 	// ErrNoInterface means the named interface does not exist in the
 	// calling thread's network namespace.
 	ErrNoInterface = errors.New("no such interface")
-	// ErrNoBPFFS means the pin directory is not on a bpffs mount.
+	// ErrNoBPFFS means the pin directory is not a directory on a bpffs
+	// mount.
 	ErrNoBPFFS = errors.New("not on a bpffs mount")
 	// ErrNoCgroup2 means the path given as a cgroup is missing or not a
 	// directory on a cgroup v2 mount.
@@ -245,9 +246,16 @@ const (
 )
 
 // Open returns an Attacher pinning under pinDir, which must be a directory
-// on a bpffs mount; it creates pinDir's sub-directories if needed.
+// on a bpffs mount (a relative path is made absolute now); it creates
+// pinDir's sub-directories if needed.
 func Open(pinDir string) (*Attacher, error) {
 	if err := checkBPFFS(pinDir); err != nil {
+		return nil, fmt.Errorf("attach: open %s: %w", pinDir, err)
+	}
+	// Every call names its pins and takes its lock through this path, so
+	// a relative one must not follow later changes of working directory.
+	pinDir, err := filepath.Abs(pinDir)
+	if err != nil {
 		return nil, fmt.Errorf("attach: open %s: %w", pinDir, err)
 	}
 	for _, sub := range []string{linksDir, qdiscsDir, filtersDir} {
@@ -268,6 +276,11 @@ func checkBPFFS(dir string) error {
 	}
 	if uint32(st.Type) != unix.BPF_FS_MAGIC {
 		return fmt.Errorf("%w (filesystem magic %#x)", ErrNoBPFFS, uint32(st.Type))
+	}
+	if fi, err := os.Stat(dir); err != nil {
+		return err
+	} else if !fi.IsDir() {
+		return fmt.Errorf("%w: a pinned object, not a directory", ErrNoBPFFS)
 	}
 	return nil
 }
