@@ -390,8 +390,9 @@ func loadPin(path string) (link.Link, error) {
 // follow renamed interfaces: a pin under ifname whose link runs on a live
 // interface of another name moves to that name, and a pin under another
 // name whose link runs on ifindex moves to ifname. A pin whose interface
-// is gone (bound to 0) is returned for the caller to remove; a live link
-// is never mistaken for a stale one and detached.
+// is gone (bound to 0) or has left the namespace is returned for the
+// caller to remove; a live link on an interface of the namespace is never
+// mistaken for a stale one and detached.
 func (a *Attacher) findPin(h Hook, ifname string, ifindex int) (link.Link, int, string, error) {
 	pin := a.linkPin(h, ifname)
 	l, err := loadPin(pin)
@@ -407,9 +408,14 @@ func (a *Attacher) findPin(h Hook, ifname string, ifindex int) (link.Link, int, 
 		if bound == 0 || bound == ifindex {
 			return l, bound, pin, nil
 		}
-		l.Close()
-		// The interface this pin was made for was renamed.
+		// The interface this pin was made for was renamed, or moved to
+		// another namespace, where this one's pins do not reach.
 		dev, err := netlink.LinkByIndex(bound)
+		var notFound netlink.LinkNotFoundError
+		if errors.As(err, &notFound) {
+			return l, bound, pin, nil
+		}
+		l.Close()
 		if err != nil {
 			return nil, 0, "", fmt.Errorf("pin %s: interface %d of its link: %w", pin, bound, err)
 		}

@@ -504,3 +504,41 @@ func TestAttackRenamedInterfaceClsact(t *testing.T) {
 		t.Errorf("pins left: %v", got)
 	}
 }
+
+// TestAttackInterfaceMovedAway: an interface moved to another network
+// namespace, with our TCX link on it, leaves a pin this namespace's
+// Attacher cannot follow; a new interface of its name is still attached
+// to afresh.
+func TestAttackInterfaceMovedAway(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	ns, other := testutil.NewNetNS(t), testutil.NewNetNS(t)
+	addIface(t, ns, "atk0")
+	a := open(t, testutil.TempBPFFS(t))
+	p1, p2 := passProg(t, ebpf.SchedCLS), passProg(t, ebpf.SchedCLS)
+	in(t, ns, func() error { _, err := a.AttachTC("atk0", Ingress, p1); return err })
+	dev, err := ns.Handle.LinkByName("atk0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, err := unix.Open("/run/netns/"+other.Name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := ns.Handle.LinkSetNsFd(dev, fd); err != nil {
+		t.Fatal(err)
+	}
+	addIface(t, ns, "atk0")
+	var state kernelState
+	in(t, ns, func() (err error) {
+		if _, err := a.AttachTC("atk0", Ingress, p2); err != nil {
+			return err
+		}
+		state, err = stateOf("atk0")
+		return err
+	})
+	if diff := cmp.Diff(kernelState{TCXIngress: []ebpf.ProgramID{progID(t, p2)}}, state); diff != "" {
+		t.Errorf("new interface (-want +got):\n%s", diff)
+	}
+	in(t, ns, func() error { return a.DetachTC("atk0", Ingress) })
+}
