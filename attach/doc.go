@@ -12,9 +12,14 @@
 // process, keeps a program attached, so a restarted agent that opens the
 // same directory finds the links and replaces their programs with
 // link.Update: packets and socket calls never meet a hook without a
-// program. A pin whose link lost its interface or cgroup (deleted, or
-// replaced by another of the same name or path) is removed and the
-// program attached afresh. Everything under the pin directory's links/
+// program. A pin whose link lost its interface or cgroup (deleted, moved
+// to another network namespace, or replaced by another of the same name
+// or path) is removed and the program attached afresh. A pin follows its
+// interface through a rename: the next attach or detach under the new
+// name finds it by the interface index and moves it, so a renamed
+// interface neither gets a second program nor loses its own to a new
+// interface of its old name. A cgroup path is resolved through its
+// symlinks, so one cgroup has one pin however it is named. Everything under the pin directory's links/
 // sub-directory is this library's; List reports those pins and nothing
 // else of the kind.
 //
