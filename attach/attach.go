@@ -456,11 +456,12 @@ func (a *Attacher) findPin(h Hook, ifname string, ifindex int) (link.Link, int, 
 	return nil, 0, "", nil
 }
 
-// movePin renames the pin from to to, failing if to exists: that pin is
-// another link's, which the caller must not drop.
+// movePin renames the pin from to to (its interface renamed, its cgroup
+// named by another path), failing if to exists: that pin is another
+// link's, which the caller must not drop.
 func movePin(from, to string) error {
 	if err := unix.Renameat2(unix.AT_FDCWD, from, unix.AT_FDCWD, to, unix.RENAME_NOREPLACE); err != nil {
-		return fmt.Errorf("move pin %s to %s after a rename of its interface: %w", from, to, err)
+		return fmt.Errorf("move pin %s to %s: %w", from, to, err)
 	}
 	return nil
 }

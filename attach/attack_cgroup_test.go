@@ -1,12 +1,16 @@
 package attach
 
 import (
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
 
 	"github.com/cilium/ebpf"
 	"github.com/google/go-cmp/cmp"
+	"golang.org/x/sys/unix"
 
 	"github.com/sluicenet/sluice/internal/testutil"
 )
@@ -62,4 +66,77 @@ func TestAttackCgroupPathAliases(t *testing.T) {
 	if got := pins(t, pinDir); len(got) != 0 {
 		t.Errorf("pins left: %v", got)
 	}
+}
+
+// TestAttackCgroupOtherMount: a restarted agent that sees the cgroup v2
+// hierarchy at another mount point (a second process, in a mount
+// namespace of its own with the test's cgroup bind-mounted elsewhere)
+// replaces the program of the link the first attached, found by the
+// cgroup's ID, instead of adding a second link of ours beside it.
+func TestAttackCgroupOtherMount(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	cg := testutil.TempCgroup(t)
+	pinDir := testutil.TempBPFFS(t)
+	counters := newCounters(t)
+	a := open(t, pinDir)
+	ch, _ := cgroupHookFor(ebpf.AttachCGroupInet4Connect)
+	if _, err := a.AttachCgroup(cg, ch.attach, cgroupCountProg(t, ch, counters, 0)); err != nil {
+		t.Fatal(err)
+	}
+	h := startHelper(t, "cgroup-other-mount", counters, func(cmd *exec.Cmd) {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS}
+	}, helperPinDir+"="+pinDir, helperCgroup+"="+cg, helperSlot+"=1")
+	line := h.next(t)
+	if err := h.wait(); err != nil {
+		t.Fatalf("second process: %v (%s)", err, line)
+	}
+	id := ebpf.ProgramID(parseReport(t, line, "program")[0])
+	if diff := cmp.Diff([]ebpf.ProgramID{id}, cgroupProgs(t, cg, ch.attach)); diff != "" {
+		t.Errorf("programs after the second process (-want +got):\n%s", diff)
+	}
+	if err := a.DetachCgroup(cg, ch.attach); err != nil {
+		t.Error(err)
+	}
+	if got := cgroupProgs(t, cg, ch.attach); len(got) != 0 {
+		t.Errorf("programs left: %v", got)
+	}
+	for _, p := range pins(t, pinDir) {
+		os.Remove(filepath.Join(pinDir, p)) // what a failing run left
+		t.Errorf("pin left: %s", p)
+	}
+}
+
+// helperCgroupOtherMount runs in a mount namespace of its own: it
+// bind-mounts the test's cgroup at a directory of its own and attaches a
+// connect4 program through that path, reports the program and exits (the
+// mount goes with its namespace; the directory it removes).
+func helperCgroupOtherMount(t *testing.T) error {
+	counters, err := helperCounters()
+	if err != nil {
+		return err
+	}
+	slot, err := helperSlotEnv()
+	if err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "sluice-atk-cg-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(dir)
+	if err := unix.Mount(os.Getenv(helperCgroup), dir, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind-mount the cgroup: %w", err)
+	}
+	defer unix.Unmount(dir, unix.MNT_DETACH)
+	a, err := Open(os.Getenv(helperPinDir))
+	if err != nil {
+		return err
+	}
+	ch, _ := cgroupHookFor(ebpf.AttachCGroupInet4Connect)
+	at, err := a.AttachCgroup(dir, ch.attach, cgroupCountProg(t, ch, counters, slot))
+	if err != nil {
+		return err
+	}
+	report("program %d", at.Program)
+	return nil
 }

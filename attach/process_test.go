@@ -133,6 +133,8 @@ func TestHelperProcess(t *testing.T) {
 		err = helperReplaceHook(t)
 	case "attach-cgroup":
 		err = helperAttachCgroup(t)
+	case "cgroup-other-mount":
+		err = helperCgroupOtherMount(t)
 	case "replace-loop":
 		err = helperReplaceLoop(t)
 	case "connect-loop":
