@@ -19,7 +19,9 @@
 // name finds it by the interface index and moves it, so a renamed
 // interface neither gets a second program nor loses its own to a new
 // interface of its old name. A cgroup path is resolved through its
-// symlinks, so one cgroup has one pin however it is named. Everything under the pin directory's links/
+// symlinks, and a pin made through another mount point of the same cgroup
+// is found by the cgroup's ID and moved, so one cgroup has one link of
+// ours on a hook however it is named. Everything under the pin directory's links/
 // sub-directory is this library's; List reports those pins and nothing
 // else of the kind.
 //
