@@ -309,6 +309,38 @@ func (a *Attacher) lock() (func(), error) {
 	return func() { unix.Close(fd) }, nil
 }
 
+// lockTC takes the pin directory's lock and then an exclusive flock on the
+// calling thread's network namespace (its nsfs inode, the same for every
+// process in it), and returns their release. The clsact qdisc and filters
+// of a namespace are shared by every Attacher in it, whatever its pin
+// directory: without the second lock one agent deleting the qdisc it made,
+// having found no filter on it, could take with it the filter another
+// agent had added in the meantime. The locks are always taken in this
+// order, so no two holders wait on each other.
+func (a *Attacher) lockTC() (func(), error) {
+	unlock, err := a.lock()
+	if err != nil {
+		return nil, err
+	}
+	fd, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		unlock()
+		return nil, fmt.Errorf("lock network namespace: %w", err)
+	}
+	for {
+		err = unix.Flock(fd, unix.LOCK_EX)
+		if !errors.Is(err, unix.EINTR) {
+			break
+		}
+	}
+	if err != nil {
+		unix.Close(fd)
+		unlock()
+		return nil, fmt.Errorf("lock network namespace: %w", err)
+	}
+	return func() { unix.Close(fd); unlock() }, nil
+}
+
 // PinDir returns the directory the Attacher pins under.
 func (a *Attacher) PinDir() string { return a.pinDir }
 
@@ -502,7 +534,7 @@ func removeLink(l link.Link, path string) error {
 // prefix, handle and priority. It is sorted by interface name, cgroup
 // path, then hook; a cgroup hook's attach type is its Hook's AttachType.
 func (a *Attacher) List() ([]Attachment, error) {
-	unlock, err := a.lock()
+	unlock, err := a.lockTC()
 	if err != nil {
 		return nil, fmt.Errorf("attach: list: %w", err)
 	}

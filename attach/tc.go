@@ -127,7 +127,7 @@ func (p Position) anchor() link.Anchor {
 // other agents' are theirs to choose, and a filter of another agent's at
 // ClsactHandle and ClsactPriority fails it with ErrOccupied.
 func (a *Attacher) AttachTC(ifname string, dir Direction, prog *ebpf.Program, opts ...TCOption) (Attachment, error) {
-	unlock, err := a.lock()
+	unlock, err := a.lockTC()
 	if err != nil {
 		return Attachment{}, fmt.Errorf("attach: tc %s on %s: %w", dir, ifname, err)
 	}
@@ -562,7 +562,7 @@ func (a *Attacher) removeQdiscIfOurs(dev netlink.Link) error {
 // filter is left on it). It returns an error wrapping ErrNotAttached if
 // there was nothing to detach.
 func (a *Attacher) DetachTC(ifname string, dir Direction) error {
-	unlock, err := a.lock()
+	unlock, err := a.lockTC()
 	if err != nil {
 		return fmt.Errorf("attach: detach tc %s on %s: %w", dir, ifname, err)
 	}
