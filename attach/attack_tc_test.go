@@ -237,6 +237,24 @@ func TestAttackRenamedInterface(t *testing.T) {
 				t.Errorf("renamed interface after the replace (-want +got):\n%s", diff)
 			}
 
+			// A detach under the old name, which no interface has now, is
+			// not a detach of the renamed interface.
+			in(t, ns, func() (err error) {
+				if c.typ == ebpf.XDP {
+					err = a.DetachXDP("atk0")
+				} else {
+					err = a.DetachTC("atk0", Ingress)
+				}
+				if !errors.Is(err, ErrNotAttached) && !errors.Is(err, ErrNoInterface) {
+					t.Errorf("detach under the old name: %v, want ErrNotAttached or ErrNoInterface", err)
+				}
+				renamed, err = stateOf("atk1")
+				return err
+			})
+			if diff := cmp.Diff(c.state(progID(t, p2)), renamed); diff != "" {
+				t.Errorf("renamed interface after a detach under its old name (-want +got):\n%s", diff)
+			}
+
 			addIface(t, ns, "atk0")
 			in(t, ns, func() (err error) {
 				errFresh = c.attach(a, "atk0", p3)
