@@ -598,6 +598,13 @@ func (a *Attacher) listPinned() ([]Attachment, error) {
 		if err != nil {
 			return nil, fmt.Errorf("pin %s: %w", path, err)
 		}
+		// A renamed interface is reported, and its pin moved, under the
+		// name it has now, the one its owner will call it by.
+		if dev, err := netlink.LinkByIndex(ifindex); ifindex != 0 && err == nil && dev.Attrs().Name != ifname {
+			if moved := a.linkPin(hook, dev.Attrs().Name); movePin(path, moved) == nil {
+				ifname, path = dev.Attrs().Name, moved
+			}
+		}
 		at := Attachment{Hook: hook, Ifname: ifname, Ifindex: ifindex, Program: prog, Pin: path, Mode: ModeTCX}
 		if hook == HookXDP {
 			at.Mode, err = xdpModeInForce(ifindex)

@@ -219,6 +219,11 @@ func TestAttackRenamedInterface(t *testing.T) {
 			p1, p2, p3 := passProg(t, c.typ), passProg(t, c.typ), passProg(t, c.typ)
 			in(t, ns, func() error { return c.attach(a, "atk0", p1) })
 			rename(t, ns, "atk0", "atk1")
+			var listed []Attachment
+			in(t, ns, func() (err error) { listed, err = a.List(); return err })
+			if len(listed) != 1 || listed[0].Ifname != "atk1" || filepath.Base(listed[0].Pin) != listed[0].Hook.String()+"-atk1" {
+				t.Errorf("List after the rename: %v, want the interface under its new name", listed)
+			}
 
 			var renamed, fresh kernelState
 			var list []Attachment
