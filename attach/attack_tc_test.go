@@ -565,3 +565,38 @@ func TestAttackInterfaceMovedAway(t *testing.T) {
 	}
 	in(t, ns, func() error { return a.DetachTC("atk0", Ingress) })
 }
+
+// TestAttackTCXKeepsOtherPinDirsFilter: an agent on TCX does not take the
+// clsact filter of an agent with another pin directory for a leftover of
+// its own: attaching through TCX, which removes our filter of an earlier
+// clsact attachment, leaves the other agent's filter in place.
+func TestAttackTCXKeepsOtherPinDirsFilter(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	ns := testutil.NewNetNS(t)
+	addIface(t, ns, "atk0")
+	a, b := open(t, testutil.TempBPFFS(t)), open(t, testutil.TempBPFFS(t))
+	pa, pb := passProg(t, ebpf.SchedCLS), passProg(t, ebpf.SchedCLS)
+	orig := kernel.attachTCX
+	forceNoTCX(t)
+	in(t, ns, func() error { _, err := a.AttachTC("atk0", Ingress, pa); return err })
+	kernel.attachTCX = orig
+	var state kernelState
+	in(t, ns, func() (err error) {
+		if _, err := b.AttachTC("atk0", Ingress, pb); err != nil {
+			return err
+		}
+		state, err = stateOf("atk0")
+		return err
+	})
+	want := kernelState{TCXIngress: []ebpf.ProgramID{progID(t, pb)}, Clsact: true,
+		FiltersIngress: []string{filterDesc("pass", progID(t, pa))}}
+	if diff := cmp.Diff(want, state); diff != "" {
+		t.Errorf("kernel (-want +got):\n%s", diff)
+	}
+	in(t, ns, func() error {
+		if err := b.DetachTC("atk0", Ingress); err != nil {
+			return err
+		}
+		return a.DetachTC("atk0", Ingress)
+	})
+}
