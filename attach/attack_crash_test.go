@@ -77,7 +77,8 @@ func TestAttackKillMidReplace(t *testing.T) {
 }
 
 // helperReplaceLoop is an agent killed while it works: it replaces the
-// program of one TC or XDP hook case with two counting programs in turn
+// program of one TC or XDP hook case (or the connect4 hook of a cgroup)
+// with two counting programs in turn
 // (slots slot and slot+1), reports "ready" after the first replace, and
 // goes on until it is killed.
 func helperReplaceLoop(t *testing.T) error {
@@ -92,6 +93,18 @@ func helperReplaceLoop(t *testing.T) error {
 	a, err := Open(os.Getenv(helperPinDir))
 	if err != nil {
 		return err
+	}
+	if dir := os.Getenv(helperCgroup); dir != "" {
+		ch, _ := cgroupHookFor(ebpf.AttachCGroupInet4Connect)
+		progs := []*ebpf.Program{cgroupCountProg(t, ch, counters, slot), cgroupCountProg(t, ch, counters, slot+1)}
+		for i := 0; ; i++ {
+			if _, err := a.AttachCgroup(dir, ch.attach, progs[i%2]); err != nil {
+				return err
+			}
+			if i == 0 {
+				report("ready")
+			}
+		}
 	}
 	var c *hookCase
 	for i := range hookCases {
@@ -116,4 +129,51 @@ func helperReplaceLoop(t *testing.T) error {
 			}
 		}
 	})
+}
+
+// TestAttackKillMidReplaceCgroup: as TestAttackKillMidReplace, for a
+// cgroup hook: after each kill the cgroup has exactly one program of ours
+// on the hook, and this process replaces it in place.
+func TestAttackKillMidReplaceCgroup(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	cg := testutil.TempCgroup(t)
+	pinDir := testutil.TempBPFFS(t)
+	counters := newCounters(t)
+	a := open(t, pinDir)
+	ch, _ := cgroupHookFor(ebpf.AttachCGroupInet4Connect)
+	if _, err := a.AttachCgroup(cg, ch.attach, cgroupCountProg(t, ch, counters, 0)); err != nil {
+		t.Fatal(err)
+	}
+	pin := cgroupPin(pinDir, ch.hook, cg)
+	linkID := pinnedLinkID(t, pin)
+	for round, delay := range []time.Duration{0, time.Millisecond, 3 * time.Millisecond, 10 * time.Millisecond} {
+		h := startHelper(t, "replace-loop", counters, nil, helperPinDir+"="+pinDir, helperCgroup+"="+cg, helperSlot+"=1")
+		if line := h.next(t); line != "ready" {
+			t.Fatalf("round %d: helper: %s", round, line)
+		}
+		time.Sleep(delay) // kill at some point of a replace, not a chosen one
+		if err := h.cmd.Process.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		h.wait()
+		if got := cgroupProgs(t, cg, ch.attach); len(got) != 1 {
+			t.Fatalf("round %d: after the kill, programs %v", round, got)
+		}
+		next := cgroupCountProg(t, ch, counters, uint32(10+round))
+		if _, err := a.AttachCgroup(cg, ch.attach, next); err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff([]ebpf.ProgramID{progID(t, next)}, cgroupProgs(t, cg, ch.attach)); diff != "" {
+			t.Errorf("round %d: programs after the replace (-want +got):\n%s", round, diff)
+		}
+		if got := pinnedLinkID(t, pin); got != linkID {
+			t.Errorf("round %d: pinned link %d, want %d", round, got, linkID)
+		}
+	}
+	if err := a.DetachCgroup(cg, ch.attach); err != nil {
+		t.Fatal(err)
+	}
+	if got := pins(t, pinDir); len(got) != 0 {
+		t.Errorf("pins after detach: %v", got)
+	}
 }
