@@ -43,8 +43,10 @@ var (
 	// ErrOccupied means a hook holds another agent's program that
 	// attaching ours would replace or that keeps ours out: the clsact
 	// fallback's filter slot (ClsactHandle at ClsactPriority) holds a
-	// filter that is not this Attacher's, or the XDP hook has a program
-	// not attached through this Attacher's pin directory.
+	// filter that is not this Attacher's, the XDP hook has a program not
+	// attached through this Attacher's pin directory, or the pin of the
+	// hook holds the link of another network namespace's interface of the
+	// same name and index (a pin directory shared between namespaces).
 	ErrOccupied = errors.New("filter slot held by another agent")
 	// ErrNotAttached means there is nothing of this library's to detach
 	// from the hook.
@@ -437,6 +439,18 @@ func (a *Attacher) findPin(h Hook, ifname string, ifindex int) (link.Link, int, 
 			l.Close()
 			return nil, 0, "", fmt.Errorf("pin %s: %w", pin, err)
 		}
+		if bound == ifindex && ifindex != 0 {
+			// The index alone does not say the namespace: another's
+			// interface may have it, if the pin directory is shared.
+			if here, err := linkHere(l, h, ifindex); err != nil || !here {
+				l.Close()
+				if err == nil {
+					err = fmt.Errorf("%w: pin %s holds the link of an interface %d of another network namespace; give each namespace its own pin directory",
+						ErrOccupied, pin, ifindex)
+				}
+				return nil, 0, "", err
+			}
+		}
 		if bound == 0 || bound == ifindex {
 			return l, bound, pin, nil
 		}
@@ -478,6 +492,10 @@ func (a *Attacher) findPin(h Hook, ifname string, ifindex int) (link.Link, int, 
 			l.Close()
 			continue
 		}
+		if here, err := linkHere(l, h, ifindex); err != nil || !here {
+			l.Close()
+			continue
+		}
 		// ifname is the new name of the interface this pin was made for.
 		if err := movePin(other, pin); err != nil {
 			l.Close()
@@ -486,6 +504,39 @@ func (a *Attacher) findPin(h Hook, ifname string, ifindex int) (link.Link, int, 
 		return l, bound, pin, nil
 	}
 	return nil, 0, "", nil
+}
+
+// linkHere reports whether the TCX or XDP link l of hook h runs on the
+// interface ifindex of the calling thread's namespace: the kernel lists
+// the link on the interface's TCX hook, or the interface's XDP program is
+// the link's.
+func linkHere(l link.Link, h Hook, ifindex int) (bool, error) {
+	info, err := l.Info()
+	if err != nil {
+		return false, err
+	}
+	if h == HookXDP {
+		dev, err := netlink.LinkByIndex(ifindex)
+		if err != nil {
+			return false, fmt.Errorf("look up interface %d: %w", ifindex, err)
+		}
+		x := dev.Attrs().Xdp
+		return x != nil && x.Attached && ebpf.ProgramID(x.ProgId) == info.Program, nil
+	}
+	dir := Ingress
+	if h == HookTCEgress {
+		dir = Egress
+	}
+	res, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: tcxAttachType(dir)})
+	if err != nil {
+		return false, fmt.Errorf("query TCX programs of interface %d: %w", ifindex, err)
+	}
+	for _, p := range res.Programs {
+		if id, ok := p.LinkID(); ok && id == info.ID {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // movePin renames the pin from to to (its interface renamed, its cgroup
@@ -594,17 +645,20 @@ func (a *Attacher) listPinned() ([]Attachment, error) {
 			continue
 		}
 		ifindex, prog, err := linkIfindex(l)
-		l.Close()
 		if err != nil {
+			l.Close()
 			return nil, fmt.Errorf("pin %s: %w", path, err)
 		}
 		// A renamed interface is reported, and its pin moved, under the
 		// name it has now, the one its owner will call it by.
 		if dev, err := netlink.LinkByIndex(ifindex); ifindex != 0 && err == nil && dev.Attrs().Name != ifname {
-			if moved := a.linkPin(hook, dev.Attrs().Name); movePin(path, moved) == nil {
-				ifname, path = dev.Attrs().Name, moved
+			if here, _ := linkHere(l, hook, ifindex); here {
+				if moved := a.linkPin(hook, dev.Attrs().Name); movePin(path, moved) == nil {
+					ifname, path = dev.Attrs().Name, moved
+				}
 			}
 		}
+		l.Close()
 		at := Attachment{Hook: hook, Ifname: ifname, Ifindex: ifindex, Program: prog, Pin: path, Mode: ModeTCX}
 		if hook == HookXDP {
 			at.Mode, err = xdpModeInForce(ifindex)

@@ -600,3 +600,57 @@ func TestAttackTCXKeepsOtherPinDirsFilter(t *testing.T) {
 		return a.DetachTC("atk0", Ingress)
 	})
 }
+
+// TestAttackPinDirSharedAcrossNetNS: one pin directory used from two
+// network namespaces (against the package doc's advice) whose interfaces
+// of one name have one index, as new namespaces' interfaces often do. The
+// second namespace's attach must not replace the program the first
+// attached: it fails with ErrOccupied and the first keeps its program.
+func TestAttackPinDirSharedAcrossNetNS(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	for _, c := range []struct {
+		name   string
+		typ    ebpf.ProgramType
+		attach func(a *Attacher, p *ebpf.Program) error
+		state  func(id ebpf.ProgramID) kernelState
+	}{
+		{"tcx", ebpf.SchedCLS, func(a *Attacher, p *ebpf.Program) error { _, err := a.AttachTC("atk0", Ingress, p); return err },
+			func(id ebpf.ProgramID) kernelState { return kernelState{TCXIngress: []ebpf.ProgramID{id}} }},
+		{"xdp", ebpf.XDP, func(a *Attacher, p *ebpf.Program) error { _, err := a.AttachXDP("atk0", p, XDPAuto); return err },
+			func(id ebpf.ProgramID) kernelState { return kernelState{XDP: ModeXDPNative, XDPProgram: id} }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ns1, ns2 := testutil.NewNetNS(t), testutil.NewNetNS(t)
+			i1, i2 := addIface(t, ns1, "atk0"), addIface(t, ns2, "atk0")
+			if i1 != i2 {
+				t.Skipf("interfaces got indexes %d and %d", i1, i2)
+			}
+			a := open(t, testutil.TempBPFFS(t))
+			p1, p2 := passProg(t, c.typ), passProg(t, c.typ)
+			in(t, ns1, func() error { return c.attach(a, p1) })
+			var err2 error
+			var s1, s2 kernelState
+			in(t, ns2, func() (err error) {
+				err2 = c.attach(a, p2)
+				s2, err = stateOf("atk0")
+				return err
+			})
+			in(t, ns1, func() (err error) { s1, err = stateOf("atk0"); return err })
+			if !errors.Is(err2, ErrOccupied) {
+				t.Errorf("attach from the second namespace: %v, want ErrOccupied", err2)
+			}
+			if diff := cmp.Diff(c.state(progID(t, p1)), s1); diff != "" {
+				t.Errorf("first namespace (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(kernelState{}, s2); diff != "" {
+				t.Errorf("second namespace (-want +got):\n%s", diff)
+			}
+			in(t, ns1, func() error {
+				if c.typ == ebpf.XDP {
+					return a.DetachXDP("atk0")
+				}
+				return a.DetachTC("atk0", Ingress)
+			})
+		})
+	}
+}
