@@ -101,6 +101,8 @@
 // the network namespace of the calling thread. To attach in another
 // namespace, call the Attacher on a thread locked into it, and give each
 // namespace its own pin directory (pin names carry only the interface
-// name). Cgroup hooks do not depend on the network namespace: a cgroup's
+// name; an attach that finds the pin of its interface's name and index
+// holding a link of another namespace's interface fails with
+// [ErrOccupied] rather than replace that namespace's program). Cgroup hooks do not depend on the network namespace: a cgroup's
 // programs run for its processes' sockets in every namespace.
 package attach
