@@ -103,6 +103,7 @@
 // namespace its own pin directory (pin names carry only the interface
 // name; an attach that finds the pin of its interface's name and index
 // holding a link of another namespace's interface fails with
-// [ErrOccupied] rather than replace that namespace's program). Cgroup hooks do not depend on the network namespace: a cgroup's
-// programs run for its processes' sockets in every namespace.
+// [ErrOccupied] rather than replace that namespace's program). Cgroup
+// hooks do not depend on the network namespace: a cgroup's programs run
+// for its processes' sockets in every namespace.
 package attach
