@@ -455,11 +455,17 @@ func (a *Attacher) findPin(h Hook, ifname string, ifindex int) (link.Link, int, 
 			return l, bound, pin, nil
 		}
 		// The interface this pin was made for was renamed, or moved to
-		// another namespace, where this one's pins do not reach.
+		// another namespace, where this one's pins do not reach (an
+		// interface here may have its index then, without the link).
 		dev, err := netlink.LinkByIndex(bound)
 		var notFound netlink.LinkNotFoundError
 		if errors.As(err, &notFound) {
 			return l, bound, pin, nil
+		}
+		if err == nil {
+			if here, herr := linkHere(l, h, bound); herr == nil && !here {
+				return l, bound, pin, nil
+			}
 		}
 		l.Close()
 		if err != nil {
