@@ -293,22 +293,36 @@ func checkBPFFS(dir string) error {
 // descriptor of its own, so two Attachers in one process exclude each
 // other as two processes do.
 func (a *Attacher) lock() (func(), error) {
-	fd, err := unix.Open(a.pinDir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("lock pin directory: %w", err)
-	}
 	for {
-		err = unix.Flock(fd, unix.LOCK_EX)
-		if !errors.Is(err, unix.EINTR) {
-			break
+		fd, err := unix.Open(a.pinDir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil, fmt.Errorf("lock pin directory: %w", err)
 		}
+		for {
+			err = unix.Flock(fd, unix.LOCK_EX)
+			if !errors.Is(err, unix.EINTR) {
+				break
+			}
+		}
+		if err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("lock pin directory: %w", err)
+		}
+		// The directory may have been removed and made again while this
+		// waited: the lock of the old one excludes no one using the new
+		// one, so it is taken again there.
+		var held, now unix.Stat_t
+		if err := unix.Fstat(fd, &held); err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("lock pin directory: %w", err)
+		}
+		if err := unix.Stat(a.pinDir, &now); err == nil && (held.Dev != now.Dev || held.Ino != now.Ino) {
+			unix.Close(fd)
+			continue
+		}
+		// Closing the only descriptor of the open file releases the lock.
+		return func() { unix.Close(fd) }, nil
 	}
-	if err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("lock pin directory: %w", err)
-	}
-	// Closing the only descriptor of the open file releases the lock.
-	return func() { unix.Close(fd) }, nil
 }
 
 // lockTC takes the pin directory's lock and then an exclusive flock on the

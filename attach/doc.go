@@ -30,7 +30,8 @@
 // during a rolling restart) never interleave an attach, replace or detach.
 // The lock is on the directory itself (bpffs holds no regular files), and
 // the kernel lets go of it when its holder dies, so a crashed agent blocks
-// no successor. AttachTC, DetachTC and List also hold an exclusive flock on
+// no successor; a waiter whose directory was removed and made again takes
+// the new directory's lock. AttachTC, DetachTC and List also hold an exclusive flock on
 // the calling thread's network namespace (/proc/thread-self/ns/net): the
 // clsact qdiscs and filters there are shared by every Attacher, whatever
 // its pin directory.
