@@ -19,7 +19,8 @@ var (
 	// ErrNoInterface means the named interface does not exist in the
 	// calling thread's network namespace.
 	ErrNoInterface = errors.New("no such interface")
-	// ErrNoBPFFS means the pin directory is not on a bpffs mount.
+	// ErrNoBPFFS means the pin directory is not a directory on a bpffs
+	// mount.
 	ErrNoBPFFS = errors.New("not on a bpffs mount")
 	// ErrNoCgroup2 means the path given as a cgroup is missing or not a
 	// directory on a cgroup v2 mount.
@@ -27,7 +28,8 @@ var (
 	// ErrProgramType means the program's type does not fit the hook: TC
 	// takes SchedCLS programs, XDP takes XDP programs, and each cgroup
 	// attach type its own program type and expected attach type. An attach
-	// type this library does not attach to is refused with it too.
+	// type this library does not attach to, and a nil or closed program,
+	// are refused with it too.
 	ErrProgramType = errors.New("wrong program type for hook")
 	// ErrPosition means a TC program was asked to go first or last among
 	// the programs on its hook where that cannot be done: the clsact
@@ -38,6 +40,14 @@ var (
 	// library in another mode than the one asked for; replacing it in place
 	// cannot change the mode, so the caller has to detach first.
 	ErrModeMismatch = errors.New("attached in another mode")
+	// ErrOccupied means a hook holds another agent's program that
+	// attaching ours would replace or that keeps ours out: the clsact
+	// fallback's filter slot (ClsactHandle at ClsactPriority) holds a
+	// filter that is not this Attacher's, the XDP hook has a program not
+	// attached through this Attacher's pin directory, or the pin of the
+	// hook holds the link of another network namespace's interface of the
+	// same name and index (a pin directory shared between namespaces).
+	ErrOccupied = errors.New("filter slot held by another agent")
 	// ErrNotAttached means there is nothing of this library's to detach
 	// from the hook.
 	ErrNotAttached = errors.New("nothing attached")
@@ -201,7 +211,7 @@ type Attachment struct {
 	Ifname  string
 	Ifindex int
 	// Cgroup is the cgroup v2 directory of a cgroup hook, the path given
-	// to AttachCgroup made absolute.
+	// to AttachCgroup made absolute, its symlinks resolved.
 	Cgroup string
 	// Mode is the mechanism the program is attached through.
 	Mode Mode
@@ -226,21 +236,31 @@ type Attacher struct {
 	pinDir string
 }
 
-// linksDir and qdiscsDir are the sub-directories of the pin directory:
-// the pinned links, and one empty marker directory per clsact qdisc this
-// library created (so that it removes only its own qdiscs).
+// linksDir, qdiscsDir and filtersDir are the sub-directories of the pin
+// directory: the pinned links, one empty marker directory per clsact
+// qdisc this library created (so that it removes only its own qdiscs),
+// and one per clsact filter this Attacher added (so that two agents with
+// pin directories of their own never take each other's filters).
 const (
-	linksDir  = "links"
-	qdiscsDir = "qdiscs"
+	linksDir   = "links"
+	qdiscsDir  = "qdiscs"
+	filtersDir = "filters"
 )
 
 // Open returns an Attacher pinning under pinDir, which must be a directory
-// on a bpffs mount; it creates pinDir's sub-directories if needed.
+// on a bpffs mount (a relative path is made absolute now); it creates
+// pinDir's sub-directories if needed.
 func Open(pinDir string) (*Attacher, error) {
 	if err := checkBPFFS(pinDir); err != nil {
 		return nil, fmt.Errorf("attach: open %s: %w", pinDir, err)
 	}
-	for _, sub := range []string{linksDir, qdiscsDir} {
+	// Every call names its pins and takes its lock through this path, so
+	// a relative one must not follow later changes of working directory.
+	pinDir, err := filepath.Abs(pinDir)
+	if err != nil {
+		return nil, fmt.Errorf("attach: open %s: %w", pinDir, err)
+	}
+	for _, sub := range []string{linksDir, qdiscsDir, filtersDir} {
 		if err := os.MkdirAll(filepath.Join(pinDir, sub), 0o700); err != nil {
 			return nil, fmt.Errorf("attach: open %s: %w", pinDir, err)
 		}
@@ -259,6 +279,11 @@ func checkBPFFS(dir string) error {
 	if uint32(st.Type) != unix.BPF_FS_MAGIC {
 		return fmt.Errorf("%w (filesystem magic %#x)", ErrNoBPFFS, uint32(st.Type))
 	}
+	if fi, err := os.Stat(dir); err != nil {
+		return err
+	} else if !fi.IsDir() {
+		return fmt.Errorf("%w: a pinned object, not a directory", ErrNoBPFFS)
+	}
 	return nil
 }
 
@@ -268,9 +293,55 @@ func checkBPFFS(dir string) error {
 // descriptor of its own, so two Attachers in one process exclude each
 // other as two processes do.
 func (a *Attacher) lock() (func(), error) {
-	fd, err := unix.Open(a.pinDir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	for {
+		fd, err := unix.Open(a.pinDir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil, fmt.Errorf("lock pin directory: %w", err)
+		}
+		for {
+			err = unix.Flock(fd, unix.LOCK_EX)
+			if !errors.Is(err, unix.EINTR) {
+				break
+			}
+		}
+		if err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("lock pin directory: %w", err)
+		}
+		// The directory may have been removed and made again while this
+		// waited: the lock of the old one excludes no one using the new
+		// one, so it is taken again there.
+		var held, now unix.Stat_t
+		if err := unix.Fstat(fd, &held); err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("lock pin directory: %w", err)
+		}
+		if err := unix.Stat(a.pinDir, &now); err == nil && (held.Dev != now.Dev || held.Ino != now.Ino) {
+			unix.Close(fd)
+			continue
+		}
+		// Closing the only descriptor of the open file releases the lock.
+		return func() { unix.Close(fd) }, nil
+	}
+}
+
+// lockTC takes the pin directory's lock and then an exclusive flock on the
+// calling thread's network namespace (its nsfs inode, the same for every
+// process in it), and returns their release. The clsact qdisc and filters
+// of a namespace are shared by every Attacher in it, whatever its pin
+// directory: without the second lock one agent deleting the qdisc it made,
+// having found no filter on it, could take with it the filter another
+// agent had added in the meantime. The locks are always taken in this
+// order, so no two holders wait on each other.
+func (a *Attacher) lockTC() (func(), error) {
+	unlock, err := a.lock()
 	if err != nil {
-		return nil, fmt.Errorf("lock pin directory: %w", err)
+		return nil, err
+	}
+	fd, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		unlock()
+		return nil, fmt.Errorf("lock network namespace: %w", err)
 	}
 	for {
 		err = unix.Flock(fd, unix.LOCK_EX)
@@ -280,10 +351,10 @@ func (a *Attacher) lock() (func(), error) {
 	}
 	if err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("lock pin directory: %w", err)
+		unlock()
+		return nil, fmt.Errorf("lock network namespace: %w", err)
 	}
-	// Closing the only descriptor of the open file releases the lock.
-	return func() { unix.Close(fd) }, nil
+	return func() { unix.Close(fd); unlock() }, nil
 }
 
 // PinDir returns the directory the Attacher pins under.
@@ -305,10 +376,37 @@ func parsePinName(name string) (Hook, string, bool) {
 	return 0, "", false
 }
 
+// validIfname refuses a name no interface can have; it is checked before
+// the name goes into a pin path, where "/" and ".." would reach pins
+// outside the pin directory.
+func validIfname(ifname string) error {
+	if ifname == "" || ifname == "." || ifname == ".." || strings.ContainsAny(ifname, "/\x00") ||
+		len(ifname) >= unix.IFNAMSIZ {
+		return fmt.Errorf("%w: invalid name %q", ErrNoInterface, ifname)
+	}
+	return nil
+}
+
+// ifaceIfAny looks ifname up like iface, but returns a nil link and index
+// 0, not an error, for a valid name no interface has.
+func ifaceIfAny(ifname string) (netlink.Link, int, error) {
+	if err := validIfname(ifname); err != nil {
+		return nil, 0, err
+	}
+	dev, err := iface(ifname)
+	if errors.Is(err, ErrNoInterface) {
+		return nil, 0, nil
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	return dev, dev.Attrs().Index, nil
+}
+
 // iface looks ifname up in the calling thread's namespace.
 func iface(ifname string) (netlink.Link, error) {
-	if ifname == "" || strings.ContainsRune(ifname, '/') || len(ifname) >= unix.IFNAMSIZ {
-		return nil, fmt.Errorf("%w: invalid name %q", ErrNoInterface, ifname)
+	if err := validIfname(ifname); err != nil {
+		return nil, err
 	}
 	l, err := netlink.LinkByName(ifname)
 	var notFound netlink.LinkNotFoundError
@@ -332,6 +430,143 @@ func loadPin(path string) (link.Link, error) {
 		return nil, err
 	}
 	return l, nil
+}
+
+// findPin returns the link of ours on hook h of the interface ifname, whose
+// index is ifindex (0 if no interface has that name now), the interface
+// index it is bound to and its pin, or a nil link if there is none. Pins
+// follow renamed interfaces: a pin under ifname whose link runs on a live
+// interface of another name moves to that name, and a pin under another
+// name whose link runs on ifindex moves to ifname. A pin whose interface
+// is gone (bound to 0) or has left the namespace is returned for the
+// caller to remove; a live link on an interface of the namespace is never
+// mistaken for a stale one and detached.
+func (a *Attacher) findPin(h Hook, ifname string, ifindex int) (link.Link, int, string, error) {
+	pin := a.linkPin(h, ifname)
+	l, err := loadPin(pin)
+	if err != nil {
+		return nil, 0, "", err
+	}
+	if l != nil {
+		bound, _, err := linkIfindex(l)
+		if err != nil {
+			l.Close()
+			return nil, 0, "", fmt.Errorf("pin %s: %w", pin, err)
+		}
+		if bound == ifindex && ifindex != 0 {
+			// The index alone does not say the namespace: another's
+			// interface may have it, if the pin directory is shared.
+			if here, err := linkHere(l, h, ifindex); err != nil || !here {
+				l.Close()
+				if err == nil {
+					err = fmt.Errorf("%w: pin %s holds the link of an interface %d of another network namespace; give each namespace its own pin directory",
+						ErrOccupied, pin, ifindex)
+				}
+				return nil, 0, "", err
+			}
+		}
+		if bound == 0 || bound == ifindex {
+			return l, bound, pin, nil
+		}
+		// The interface this pin was made for was renamed, or moved to
+		// another namespace, where this one's pins do not reach (an
+		// interface here may have its index then, without the link).
+		dev, err := netlink.LinkByIndex(bound)
+		var notFound netlink.LinkNotFoundError
+		if errors.As(err, &notFound) {
+			return l, bound, pin, nil
+		}
+		if err == nil {
+			if here, herr := linkHere(l, h, bound); herr == nil && !here {
+				return l, bound, pin, nil
+			}
+		}
+		l.Close()
+		if err != nil {
+			return nil, 0, "", fmt.Errorf("pin %s: interface %d of its link: %w", pin, bound, err)
+		}
+		if err := movePin(pin, a.linkPin(h, dev.Attrs().Name)); err != nil {
+			return nil, 0, "", err
+		}
+	}
+	if ifindex == 0 {
+		return nil, 0, "", nil
+	}
+	entries, err := os.ReadDir(filepath.Join(a.pinDir, linksDir))
+	if err != nil {
+		return nil, 0, "", err
+	}
+	for _, e := range entries {
+		if hook, _, ok := parsePinName(e.Name()); !ok || hook != h {
+			continue
+		}
+		// A pin that is gone or holds no TC or XDP link is not the one
+		// looked for; it must not stop the attach of another interface.
+		other := filepath.Join(a.pinDir, linksDir, e.Name())
+		l, err := loadPin(other)
+		if err != nil || l == nil {
+			continue
+		}
+		bound, _, err := linkIfindex(l)
+		if err != nil || bound != ifindex {
+			l.Close()
+			continue
+		}
+		if here, err := linkHere(l, h, ifindex); err != nil || !here {
+			l.Close()
+			continue
+		}
+		// ifname is the new name of the interface this pin was made for.
+		if err := movePin(other, pin); err != nil {
+			l.Close()
+			return nil, 0, "", err
+		}
+		return l, bound, pin, nil
+	}
+	return nil, 0, "", nil
+}
+
+// linkHere reports whether the TCX or XDP link l of hook h runs on the
+// interface ifindex of the calling thread's namespace: the kernel lists
+// the link on the interface's TCX hook, or the interface's XDP program is
+// the link's.
+func linkHere(l link.Link, h Hook, ifindex int) (bool, error) {
+	info, err := l.Info()
+	if err != nil {
+		return false, err
+	}
+	if h == HookXDP {
+		dev, err := netlink.LinkByIndex(ifindex)
+		if err != nil {
+			return false, fmt.Errorf("look up interface %d: %w", ifindex, err)
+		}
+		x := dev.Attrs().Xdp
+		return x != nil && x.Attached && ebpf.ProgramID(x.ProgId) == info.Program, nil
+	}
+	dir := Ingress
+	if h == HookTCEgress {
+		dir = Egress
+	}
+	res, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: tcxAttachType(dir)})
+	if err != nil {
+		return false, fmt.Errorf("query TCX programs of interface %d: %w", ifindex, err)
+	}
+	for _, p := range res.Programs {
+		if id, ok := p.LinkID(); ok && id == info.ID {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// movePin renames the pin from to to (its interface renamed, its cgroup
+// named by another path), failing if to exists: that pin is another
+// link's, which the caller must not drop.
+func movePin(from, to string) error {
+	if err := unix.Renameat2(unix.AT_FDCWD, from, unix.AT_FDCWD, to, unix.RENAME_NOREPLACE); err != nil {
+		return fmt.Errorf("move pin %s to %s: %w", from, to, err)
+	}
+	return nil
 }
 
 // linkIfindex returns the interface index a TCX or XDP link is bound to,
@@ -370,7 +605,7 @@ func removeLink(l link.Link, path string) error {
 // prefix, handle and priority. It is sorted by interface name, cgroup
 // path, then hook; a cgroup hook's attach type is its Hook's AttachType.
 func (a *Attacher) List() ([]Attachment, error) {
-	unlock, err := a.lock()
+	unlock, err := a.lockTC()
 	if err != nil {
 		return nil, fmt.Errorf("attach: list: %w", err)
 	}
@@ -379,7 +614,7 @@ func (a *Attacher) List() ([]Attachment, error) {
 	if err != nil {
 		return nil, fmt.Errorf("attach: list: %w", err)
 	}
-	filters, err := listFilters()
+	filters, err := a.listFilters()
 	if err != nil {
 		return nil, fmt.Errorf("attach: list: %w", err)
 	}
@@ -430,10 +665,20 @@ func (a *Attacher) listPinned() ([]Attachment, error) {
 			continue
 		}
 		ifindex, prog, err := linkIfindex(l)
-		l.Close()
 		if err != nil {
+			l.Close()
 			return nil, fmt.Errorf("pin %s: %w", path, err)
 		}
+		// A renamed interface is reported, and its pin moved, under the
+		// name it has now, the one its owner will call it by.
+		if dev, err := netlink.LinkByIndex(ifindex); ifindex != 0 && err == nil && dev.Attrs().Name != ifname {
+			if here, _ := linkHere(l, hook, ifindex); here {
+				if moved := a.linkPin(hook, dev.Attrs().Name); movePin(path, moved) == nil {
+					ifname, path = dev.Attrs().Name, moved
+				}
+			}
+		}
+		l.Close()
 		at := Attachment{Hook: hook, Ifname: ifname, Ifindex: ifindex, Program: prog, Pin: path, Mode: ModeTCX}
 		if hook == HookXDP {
 			at.Mode, err = xdpModeInForce(ifindex)

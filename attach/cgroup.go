@@ -80,7 +80,11 @@ func cgroupPinName(h Hook, dir string) string {
 	return h.String() + "-" + url.PathEscape(dir)
 }
 
-// cgroupDir makes path absolute and clean, the form pin names carry.
+// cgroupDir makes path absolute and clean, the form pin names carry, with
+// its symlinks resolved where it exists: one cgroup named through a
+// symlink, or through a ".." after one, has one pin, not one per
+// spelling, each attaching a program of ours. A path that no longer
+// resolves (a cgroup gone, for DetachCgroup) is only made absolute.
 func cgroupDir(path string) (string, error) {
 	if path == "" {
 		return "", fmt.Errorf("%w: empty path", ErrNoCgroup2)
@@ -88,6 +92,13 @@ func cgroupDir(path string) (string, error) {
 	dir, err := filepath.Abs(path)
 	if err != nil {
 		return "", fmt.Errorf("%w: %w", ErrNoCgroup2, err)
+	}
+	// Resolve the path as given, not the lexically cleaned one: the
+	// kernel takes the ".." of a symlink's target.
+	if real, err := filepath.EvalSymlinks(path); err == nil {
+		if dir, err = filepath.Abs(real); err != nil {
+			return "", fmt.Errorf("%w: %w", ErrNoCgroup2, err)
+		}
 	}
 	return dir, nil
 }
@@ -186,8 +197,8 @@ func (a *Attacher) attachCgroup(cgroupPath string, at ebpf.AttachType, prog *ebp
 	if !ok {
 		return Attachment{}, fmt.Errorf("%w: %s is not a cgroup attach type this library attaches", ErrProgramType, at)
 	}
-	if prog == nil || prog.Type() != ch.prog {
-		return Attachment{}, fmt.Errorf("%w: need %s, have %s", ErrProgramType, ch.prog, progType(prog))
+	if err := checkProgram(prog, ch.prog); err != nil {
+		return Attachment{}, err
 	}
 	dir, err := cgroupDir(cgroupPath)
 	if err != nil {
@@ -228,6 +239,16 @@ func (a *Attacher) attachCgroup(cgroupPath string, at ebpf.AttachType, prog *ebp
 			}
 			return att, nil
 		}
+	}
+
+	if l, err := a.findCgroupPin(ch.hook, pin, id); err != nil {
+		return Attachment{}, err
+	} else if l != nil {
+		defer l.Close()
+		if err := l.Update(prog); err != nil {
+			return Attachment{}, refused(ch, fmt.Errorf("update link pinned at %s: %w", pin, err))
+		}
+		return att, nil
 	}
 
 	l, err := link.AttachRawLink(link.RawLinkOptions{Target: int(cg.Fd()), Program: prog, Attach: at})
@@ -297,9 +318,53 @@ func (a *Attacher) detachCgroup(cgroupPath string, at ebpf.AttachType) error {
 		return err
 	}
 	if l == nil {
+		// The cgroup may have a pin under another of its paths.
+		if cg, id, err := openCgroup(dir); err == nil {
+			cg.Close()
+			if l, err = a.findCgroupPin(ch.hook, pin, id); err != nil {
+				return err
+			}
+		}
+	}
+	if l == nil {
 		return ErrNotAttached
 	}
 	return removeLink(l, pin)
+}
+
+// findCgroupPin looks for a link of ours on hook h of the cgroup with ID id
+// pinned under another path of the cgroup than the one pin is named after
+// (a cgroup v2 hierarchy mounted twice, or seen by a restarted agent at
+// another mount point), and moves it to pin, which must be free: one
+// cgroup has one link of ours on a hook, however its path is spelt.
+func (a *Attacher) findCgroupPin(h Hook, pin string, id uint64) (link.Link, error) {
+	dir := filepath.Join(a.pinDir, linksDir)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range entries {
+		other := filepath.Join(dir, e.Name())
+		if hook, _, ok := parseCgroupPin(e.Name()); !ok || hook != h || other == pin {
+			continue
+		}
+		// A pin that is gone or holds no cgroup link is not the one
+		// looked for.
+		l, err := loadPin(other)
+		if err != nil || l == nil {
+			continue
+		}
+		if bound, _, err := linkCgroup(l); err != nil || bound != id {
+			l.Close()
+			continue
+		}
+		if err := movePin(other, pin); err != nil {
+			l.Close()
+			return nil, err
+		}
+		return l, nil
+	}
+	return nil, nil
 }
 
 // parseCgroupPin splits the name of a cgroup link's pin into its hook and

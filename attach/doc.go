@@ -12,9 +12,16 @@
 // process, keeps a program attached, so a restarted agent that opens the
 // same directory finds the links and replaces their programs with
 // link.Update: packets and socket calls never meet a hook without a
-// program. A pin whose link lost its interface or cgroup (deleted, or
-// replaced by another of the same name or path) is removed and the
-// program attached afresh. Everything under the pin directory's links/
+// program. A pin whose link lost its interface or cgroup (deleted, moved
+// to another network namespace, or replaced by another of the same name
+// or path) is removed and the program attached afresh. A pin follows its
+// interface through a rename: the next attach or detach under the new
+// name finds it by the interface index and moves it, so a renamed
+// interface neither gets a second program nor loses its own to a new
+// interface of its old name. A cgroup path is resolved through its
+// symlinks, and a pin made through another mount point of the same cgroup
+// is found by the cgroup's ID and moved, so one cgroup has one link of
+// ours on a hook however it is named. Everything under the pin directory's links/
 // sub-directory is this library's; List reports those pins and nothing
 // else of the kind.
 //
@@ -23,7 +30,11 @@
 // during a rolling restart) never interleave an attach, replace or detach.
 // The lock is on the directory itself (bpffs holds no regular files), and
 // the kernel lets go of it when its holder dies, so a crashed agent blocks
-// no successor.
+// no successor; a waiter whose directory was removed and made again takes
+// the new directory's lock. AttachTC, DetachTC and List also hold an exclusive flock on
+// the calling thread's network namespace (/proc/thread-self/ns/net): the
+// clsact qdiscs and filters there are shared by every Attacher, whatever
+// its pin directory.
 //
 // # Cgroup hooks
 //
@@ -51,7 +62,10 @@
 //     clsact qdisc with a direct-action cls_bpf filter (CONFIG_NET_CLS_ACT,
 //     CONFIG_NET_SCH_INGRESS, CONFIG_NET_CLS_BPF) through netlink. The
 //     filter is this library's by its fixed handle ([ClsactHandle]),
-//     priority ([ClsactPriority]) and name prefix ([FilterNamePrefix]);
+//     priority ([ClsactPriority]) and name prefix ([FilterNamePrefix]),
+//     and an Attacher's by a marker directory under <pinDir>/filters, so
+//     that agents with pin directories of their own never take each
+//     other's filters (the second gets [ErrOccupied]);
 //     netlink's filter replace on the same parent, handle, priority and
 //     protocol swaps its program in place. The clsact qdisc is created if
 //     the interface has none, and deleted with the last filter only if this
@@ -88,6 +102,9 @@
 // the network namespace of the calling thread. To attach in another
 // namespace, call the Attacher on a thread locked into it, and give each
 // namespace its own pin directory (pin names carry only the interface
-// name). Cgroup hooks do not depend on the network namespace: a cgroup's
-// programs run for its processes' sockets in every namespace.
+// name; an attach that finds the pin of its interface's name and index
+// holding a link of another namespace's interface fails with
+// [ErrOccupied] rather than replace that namespace's program). Cgroup
+// hooks do not depend on the network namespace: a cgroup's programs run
+// for its processes' sockets in every namespace.
 package attach

@@ -363,7 +363,7 @@ func pins(t *testing.T, dir string) []string {
 		}
 		rel, _ := filepath.Rel(dir, path)
 		switch rel {
-		case ".", linksDir, qdiscsDir:
+		case ".", linksDir, qdiscsDir, filtersDir:
 		case "maps.debug", "progs.debug": // a new bpffs's own iterators
 		default:
 			out = append(out, rel)

@@ -114,7 +114,8 @@ func TestHooks(t *testing.T) {
 				pin = filepath.Join(pinDir, linksDir, c.hook.String()+"-slb")
 				wantPins = []string{filepath.Join(linksDir, c.hook.String()+"-slb")}
 			} else {
-				wantPins = []string{filepath.Join(qdiscsDir, "clsact-slb")}
+				wantPins = []string{filepath.Join(filtersDir, fmt.Sprintf("%s-slb-%d", c.hook, p.VB.Index)),
+					filepath.Join(qdiscsDir, fmt.Sprintf("clsact-slb-%d", p.VB.Index))}
 			}
 			var linkID any
 			a := open(t, pinDir)

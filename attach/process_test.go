@@ -133,6 +133,10 @@ func TestHelperProcess(t *testing.T) {
 		err = helperReplaceHook(t)
 	case "attach-cgroup":
 		err = helperAttachCgroup(t)
+	case "cgroup-other-mount":
+		err = helperCgroupOtherMount(t)
+	case "replace-loop":
+		err = helperReplaceLoop(t)
 	case "connect-loop":
 		err = helperConnectLoop()
 	default:

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -15,8 +16,12 @@ import (
 
 // The clsact fallback's filter identity. A filter is this library's when it
 // sits at ClsactHandle and ClsactPriority and its name starts with
-// FilterNamePrefix; replacing it with the same parent, handle, priority and
-// protocol swaps the program in place, with no moment without one.
+// FilterNamePrefix, and an Attacher's when its pin directory also has the
+// filter's marker (filters/<hook>-<ifname>-<ifindex>); replacing it with
+// the same parent, handle, priority and protocol swaps the program in
+// place, with no moment without one. Another agent's filter in that slot
+// (a foreign one, or that of an Attacher with another pin directory) is
+// never replaced: AttachTC fails with ErrOccupied.
 const (
 	// ClsactHandle is the handle of every filter this library adds.
 	ClsactHandle uint32 = 0x51ce
@@ -119,9 +124,10 @@ func (p Position) anchor() link.Anchor {
 // attached as a direct-action filter on a clsact qdisc, which is created
 // if the interface has none; a First or Last Position then fails with
 // ErrPosition, since the order of filters is their priorities, and
-// other agents' are theirs to choose.
+// other agents' are theirs to choose, and a filter of another agent's at
+// ClsactHandle and ClsactPriority fails it with ErrOccupied.
 func (a *Attacher) AttachTC(ifname string, dir Direction, prog *ebpf.Program, opts ...TCOption) (Attachment, error) {
-	unlock, err := a.lock()
+	unlock, err := a.lockTC()
 	if err != nil {
 		return Attachment{}, fmt.Errorf("attach: tc %s on %s: %w", dir, ifname, err)
 	}
@@ -146,8 +152,8 @@ func (a *Attacher) attachTC(ifname string, dir Direction, prog *ebpf.Program, cf
 	if cfg.position > Last {
 		return Attachment{}, fmt.Errorf("invalid position %d", cfg.position)
 	}
-	if prog == nil || prog.Type() != ebpf.SchedCLS {
-		return Attachment{}, fmt.Errorf("%w: need %s, have %s", ErrProgramType, ebpf.SchedCLS, progType(prog))
+	if err := checkProgram(prog, ebpf.SchedCLS); err != nil {
+		return Attachment{}, err
 	}
 	dev, err := iface(ifname)
 	if err != nil {
@@ -158,7 +164,7 @@ func (a *Attacher) attachTC(ifname string, dir Direction, prog *ebpf.Program, cf
 	pin := a.linkPin(hook, ifname)
 	at := Attachment{Hook: hook, Ifname: ifname, Ifindex: ifindex, Mode: ModeTCX, Pin: pin}
 
-	replaced, err := replacePinned(pin, ifindex, prog)
+	replaced, err := a.replacePinned(hook, ifname, ifindex, prog)
 	if err != nil {
 		return Attachment{}, err
 	}
@@ -182,7 +188,7 @@ func (a *Attacher) attachTC(ifname string, dir Direction, prog *ebpf.Program, cf
 	}
 	// The TCX program now runs before any legacy filter, so a filter of
 	// ours left from a clsact attachment can go without a gap.
-	if err := removeFilter(dev, dir); err != nil {
+	if err := a.removeFilter(dev, dir); err != nil {
 		return Attachment{}, err
 	}
 	if at.Program, err = programID(prog); err != nil {
@@ -191,17 +197,12 @@ func (a *Attacher) attachTC(ifname string, dir Direction, prog *ebpf.Program, cf
 	return at, nil
 }
 
-// replacePinned updates the link pinned at pin to run prog, if it is live
-// and bound to ifindex, and reports whether it did. A stale pin (its
-// interface gone or replaced by another of the same name) is removed.
-func replacePinned(pin string, ifindex int, prog *ebpf.Program) (bool, error) {
-	l, err := loadPin(pin)
+// replacePinned updates the link of ours on the hook of ifname to run
+// prog, if it is live and bound to ifindex, and reports whether it did. A
+// stale pin (its interface gone) is removed.
+func (a *Attacher) replacePinned(h Hook, ifname string, ifindex int, prog *ebpf.Program) (bool, error) {
+	l, bound, pin, err := a.findPin(h, ifname, ifindex)
 	if err != nil || l == nil {
-		return false, err
-	}
-	bound, _, err := linkIfindex(l)
-	if err != nil {
-		l.Close()
 		return false, err
 	}
 	if bound != ifindex {
@@ -214,11 +215,20 @@ func replacePinned(pin string, ifindex int, prog *ebpf.Program) (bool, error) {
 	return true, nil
 }
 
-func progType(p *ebpf.Program) string {
-	if p == nil {
-		return "no program"
+// checkProgram refuses a program that is nil, closed or not of type want
+// with ErrProgramType, before anything is attached: a closed program's
+// descriptor would otherwise reach the kernel only after a qdisc was
+// made for it.
+func checkProgram(p *ebpf.Program, want ebpf.ProgramType) error {
+	switch {
+	case p == nil:
+		return fmt.Errorf("%w: need %s, have no program", ErrProgramType, want)
+	case p.FD() < 0:
+		return fmt.Errorf("%w: the %s program is closed", ErrProgramType, p.Type())
+	case p.Type() != want:
+		return fmt.Errorf("%w: need %s, have %s", ErrProgramType, want, p.Type())
 	}
-	return p.Type().String()
+	return nil
 }
 
 func programID(p *ebpf.Program) (ebpf.ProgramID, error) {
@@ -233,20 +243,58 @@ func programID(p *ebpf.Program) (ebpf.ProgramID, error) {
 	return id, nil
 }
 
-// ourFilter returns the filter of ours on the interface's clsact parent.
-func ourFilter(dev netlink.Link, parent uint32) (*netlink.BpfFilter, error) {
-	filters, err := filterList(dev, parent)
+// ourFilter returns the filter of ours on the hook of dev: at our handle
+// and priority, with our name prefix, and marked under this Attacher's pin
+// directory. Without the marker the filter is another agent's that uses
+// this library with a pin directory of its own.
+func (a *Attacher) ourFilter(dev netlink.Link, dir Direction) (*netlink.BpfFilter, error) {
+	filters, err := filterList(dev, clsactParent(dir))
 	if err != nil {
 		return nil, err
 	}
 	for _, f := range filters {
-		if ours(f) {
-			return f.(*netlink.BpfFilter), nil
+		if !ours(f) {
+			continue
 		}
+		if has, err := a.findMarker(filtersDir, tcHook(dir).String(), dev); err != nil || !has {
+			return nil, err
+		}
+		return f.(*netlink.BpfFilter), nil
 	}
 	return nil, nil
 }
 
+// foreignAtOurSlot fails with ErrOccupied if a filter that is not this
+// Attacher's sits at ClsactHandle and ClsactPriority on the hook: a filter
+// replace there would swap another agent's program for ours.
+func (a *Attacher) foreignAtOurSlot(dev netlink.Link, dir Direction) error {
+	filters, err := filterList(dev, clsactParent(dir))
+	if err != nil {
+		return err
+	}
+	mine, err := a.ourFilter(dev, dir)
+	if err != nil {
+		return err
+	}
+	for _, f := range filters {
+		at := f.Attrs()
+		if at.Handle != ClsactHandle || at.Priority != ClsactPriority {
+			continue
+		}
+		if !ours(f) {
+			return fmt.Errorf("%w: a %s filter not named %s* sits at handle %#x priority %#x",
+				ErrOccupied, f.Type(), FilterNamePrefix, ClsactHandle, ClsactPriority)
+		}
+		if mine == nil {
+			return fmt.Errorf("%w: the filter at handle %#x priority %#x is of an Attacher with another pin directory",
+				ErrOccupied, ClsactHandle, ClsactPriority)
+		}
+	}
+	return nil
+}
+
+// ours reports whether f has the handle, priority and name prefix of the
+// filters this library adds (through any pin directory).
 func ours(f netlink.Filter) bool {
 	bf, ok := f.(*netlink.BpfFilter)
 	return ok && bf.Handle == ClsactHandle && bf.Priority == ClsactPriority &&
@@ -299,30 +347,130 @@ func clsact(ifindex int) *netlink.Clsact {
 	}}
 }
 
-// qdiscMarker is the marker directory recording that this library created
-// the clsact qdisc of ifname.
-func (a *Attacher) qdiscMarker(ifname string) string {
-	return filepath.Join(a.pinDir, qdiscsDir, "clsact-"+ifname)
+// marker is the path of a marker directory under sub recording that this
+// Attacher made a clsact qdisc or filter (kind) on dev:
+// <sub>/<kind>-<ifname>-<ifindex>. The index ties the marker to one
+// interface, so that another made later under the same name does not
+// inherit it, and the qdisc or filter another agent adds there is never
+// taken for ours.
+func (a *Attacher) marker(sub, kind string, dev netlink.Link) string {
+	return filepath.Join(a.pinDir, sub, fmt.Sprintf("%s-%s-%d", kind, dev.Attrs().Name, dev.Attrs().Index))
+}
+
+// qdiscMarker records that this library created the clsact qdisc of dev.
+func (a *Attacher) qdiscMarker(dev netlink.Link) string { return a.marker(qdiscsDir, "clsact", dev) }
+
+// filterMarker records that the filter of ours on the hook of dev is this
+// Attacher's (this pin directory's).
+func (a *Attacher) filterMarker(dev netlink.Link, dir Direction) string {
+	return a.marker(filtersDir, tcHook(dir).String(), dev)
+}
+
+// mark creates the marker of kind on dev, and removes those of earlier
+// interfaces of its name, whose qdiscs and filters went with them.
+func (a *Attacher) mark(sub, kind string, dev netlink.Link) error {
+	if err := a.pruneMarkers(sub, kind, dev); err != nil {
+		return err
+	}
+	if err := os.Mkdir(a.marker(sub, kind, dev), 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return err
+	}
+	return nil
+}
+
+// pruneMarkers removes the markers of kind of earlier interfaces of dev's
+// name that are gone; one whose interface was renamed stays, for
+// findMarker to move when that interface is next attached or detached.
+func (a *Attacher) pruneMarkers(sub, kind string, dev netlink.Link) error {
+	dir := filepath.Join(a.pinDir, sub)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	prefix := kind + "-" + dev.Attrs().Name + "-"
+	for _, e := range entries {
+		rest, ok := strings.CutPrefix(e.Name(), prefix)
+		index, err := strconv.Atoi(rest)
+		if !ok || err != nil || index == dev.Attrs().Index {
+			continue
+		}
+		var notFound netlink.LinkNotFoundError
+		if _, err := netlink.LinkByIndex(index); !errors.As(err, &notFound) {
+			continue
+		}
+		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
+}
+
+// findMarker reports whether dev has the marker of kind, moving one made
+// under an earlier name of the interface (the same index) to its name
+// now.
+func (a *Attacher) findMarker(sub, kind string, dev netlink.Link) (bool, error) {
+	want := a.marker(sub, kind, dev)
+	if _, err := os.Stat(want); err == nil {
+		return true, nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return false, err
+	}
+	dir := filepath.Join(a.pinDir, sub)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return false, err
+	}
+	suffix := "-" + strconv.Itoa(dev.Attrs().Index)
+	for _, e := range entries {
+		name, ok := strings.CutPrefix(e.Name(), kind+"-")
+		if !ok || !strings.HasSuffix(name, suffix) || len(name) == len(suffix) {
+			continue
+		}
+		if err := unix.Renameat2(unix.AT_FDCWD, filepath.Join(dir, e.Name()), unix.AT_FDCWD, want, unix.RENAME_NOREPLACE); err != nil {
+			return false, fmt.Errorf("move marker %s after a rename of its interface: %w", e.Name(), err)
+		}
+		return true, nil
+	}
+	return false, nil
+}
+
+// unmark removes a marker.
+func unmark(path string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
 }
 
 func (a *Attacher) attachClsact(dev netlink.Link, dir Direction, prog *ebpf.Program) (Attachment, error) {
 	ifname, ifindex := dev.Attrs().Name, dev.Attrs().Index
+	info, err := prog.Info()
+	if err != nil {
+		return Attachment{}, err
+	}
 	has, err := hasClsact(dev)
 	if err != nil {
 		return Attachment{}, err
 	}
+	if has {
+		if err := a.foreignAtOurSlot(dev, dir); err != nil {
+			return Attachment{}, err
+		}
+	}
 	if !has {
-		if err := os.Mkdir(a.qdiscMarker(ifname), 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		if err := a.mark(qdiscsDir, "clsact", dev); err != nil {
 			return Attachment{}, fmt.Errorf("mark clsact qdisc: %w", err)
 		}
 		if err := netlink.QdiscAdd(clsact(ifindex)); err != nil && !errors.Is(err, unix.EEXIST) {
-			os.Remove(a.qdiscMarker(ifname))
+			os.Remove(a.qdiscMarker(dev))
 			return Attachment{}, fmt.Errorf("add clsact qdisc: %w", err)
 		}
 	}
-	info, err := prog.Info()
-	if err != nil {
-		return Attachment{}, err
+	// The marker goes first: a crash between the two leaves a marker with
+	// no filter, which claims nothing, never a filter of ours unmarked,
+	// which a restarted agent could not take back.
+	if err := a.mark(filtersDir, tcHook(dir).String(), dev); err != nil {
+		return Attachment{}, fmt.Errorf("mark filter: %w", err)
 	}
 	f := &netlink.BpfFilter{
 		FilterAttrs: netlink.FilterAttrs{
@@ -337,12 +485,20 @@ func (a *Attacher) attachClsact(dev netlink.Link, dir Direction, prog *ebpf.Prog
 		DirectAction: true,
 	}
 	if err := netlink.FilterReplace(f); err != nil {
-		return Attachment{}, fmt.Errorf("replace filter: %w", err)
+		err = fmt.Errorf("replace filter: %w", err)
+		if mine, ferr := a.ourFilter(dev, dir); ferr != nil || mine == nil {
+			err = errors.Join(err, ferr, unmark(a.filterMarker(dev, dir)))
+		}
+		if !has {
+			// Take back the qdisc made for the filter the kernel refused.
+			err = errors.Join(err, a.removeQdiscIfOurs(dev))
+		}
+		return Attachment{}, err
 	}
 	// A TCX link of ours would run before the filter and hide it; it can
 	// only be left from a run that had TCX, and goes now that the filter
 	// is in place.
-	if err := a.removeStalePin(tcHook(dir), ifname); err != nil {
+	if err := a.removeStalePin(tcHook(dir), ifname, ifindex); err != nil {
 		return Attachment{}, err
 	}
 	id, err := programID(prog)
@@ -352,9 +508,8 @@ func (a *Attacher) attachClsact(dev netlink.Link, dir Direction, prog *ebpf.Prog
 	return Attachment{Hook: tcHook(dir), Ifname: ifname, Ifindex: ifindex, Mode: ModeClsact, Program: id}, nil
 }
 
-func (a *Attacher) removeStalePin(h Hook, ifname string) error {
-	pin := a.linkPin(h, ifname)
-	l, err := loadPin(pin)
+func (a *Attacher) removeStalePin(h Hook, ifname string, ifindex int) error {
+	l, _, pin, err := a.findPin(h, ifname, ifindex)
 	if err != nil || l == nil {
 		return err
 	}
@@ -365,24 +520,27 @@ func (a *Attacher) removeStalePin(h Hook, ifname string) error {
 // clsact qdisc: deleting a qdisc deactivates the device for a moment,
 // dropping the packets in flight, so the qdisc goes only when the hooks
 // are detached (removeQdiscIfOurs).
-func removeFilter(dev netlink.Link, dir Direction) error {
-	f, err := ourFilter(dev, clsactParent(dir))
+func (a *Attacher) removeFilter(dev netlink.Link, dir Direction) error {
+	f, err := a.ourFilter(dev, dir)
 	if err != nil || f == nil {
 		return err
 	}
 	if err := netlink.FilterDel(f); err != nil {
 		return fmt.Errorf("delete filter: %w", err)
 	}
-	return nil
+	return unmark(a.filterMarker(dev, dir))
 }
 
 // removeQdiscIfOurs deletes the clsact qdisc of dev if this library
 // created it and no filter is left on it.
 func (a *Attacher) removeQdiscIfOurs(dev netlink.Link) error {
-	marker := a.qdiscMarker(dev.Attrs().Name)
-	if _, err := os.Stat(marker); errors.Is(err, os.ErrNotExist) {
-		return nil
+	if err := a.pruneMarkers(qdiscsDir, "clsact", dev); err != nil {
+		return err
 	}
+	if has, err := a.findMarker(qdiscsDir, "clsact", dev); err != nil || !has {
+		return err
+	}
+	marker := a.qdiscMarker(dev)
 	for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
 		filters, err := filterList(dev, parent)
 		if err != nil {
@@ -404,7 +562,7 @@ func (a *Attacher) removeQdiscIfOurs(dev netlink.Link) error {
 // filter is left on it). It returns an error wrapping ErrNotAttached if
 // there was nothing to detach.
 func (a *Attacher) DetachTC(ifname string, dir Direction) error {
-	unlock, err := a.lock()
+	unlock, err := a.lockTC()
 	if err != nil {
 		return fmt.Errorf("attach: detach tc %s on %s: %w", dir, ifname, err)
 	}
@@ -416,8 +574,11 @@ func (a *Attacher) DetachTC(ifname string, dir Direction) error {
 }
 
 func (a *Attacher) detachTC(ifname string, dir Direction) error {
-	pin := a.linkPin(tcHook(dir), ifname)
-	l, err := loadPin(pin)
+	dev, ifindex, err := ifaceIfAny(ifname)
+	if err != nil {
+		return err
+	}
+	l, _, pin, err := a.findPin(tcHook(dir), ifname, ifindex)
 	if err != nil {
 		return err
 	}
@@ -427,31 +588,28 @@ func (a *Attacher) detachTC(ifname string, dir Direction) error {
 			return err
 		}
 	}
-	dev, err := iface(ifname)
-	if errors.Is(err, ErrNoInterface) && found {
-		return nil // The interface took its filters with it.
+	if dev == nil {
+		if found {
+			return nil // The interface took its filters with it.
+		}
+		return fmt.Errorf("%w: %s", ErrNoInterface, ifname)
 	}
-	if err != nil {
-		return err
-	}
-	f, err := ourFilter(dev, clsactParent(dir))
+	f, err := a.ourFilter(dev, dir)
 	if err != nil {
 		return err
 	}
 	if f == nil && !found {
 		return ErrNotAttached
 	}
-	if f != nil {
-		if err := netlink.FilterDel(f); err != nil {
-			return fmt.Errorf("delete filter: %w", err)
-		}
+	if err := a.removeFilter(dev, dir); err != nil {
+		return err
 	}
 	return a.removeQdiscIfOurs(dev)
 }
 
 // listFilters returns the clsact filters of ours on every interface of the
 // calling thread's namespace.
-func listFilters() ([]Attachment, error) {
+func (a *Attacher) listFilters() ([]Attachment, error) {
 	var links []netlink.Link
 	if err := retryDump(func() (err error) { links, err = netlink.LinkList(); return }); err != nil {
 		return nil, err
@@ -459,7 +617,7 @@ func listFilters() ([]Attachment, error) {
 	var out []Attachment
 	for _, dev := range links {
 		for _, dir := range []Direction{Ingress, Egress} {
-			f, err := ourFilter(dev, clsactParent(dir))
+			f, err := a.ourFilter(dev, dir)
 			if err != nil {
 				return nil, fmt.Errorf("filters of %s: %w", dev.Attrs().Name, err)
 			}

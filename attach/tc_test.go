@@ -70,7 +70,7 @@ func TestClsactToTCX(t *testing.T) {
 	if diff := cmp.Diff(kernelState{TCXIngress: []ebpf.ProgramID{want.Program}, Clsact: true}, state); diff != "" {
 		t.Errorf("kernel (-want +got):\n%s", diff)
 	}
-	if diff := cmp.Diff([]string{"links/tc-ingress-slb", "qdiscs/clsact-slb"}, pins(t, pinDir)); diff != "" {
+	if diff := cmp.Diff([]string{"links/tc-ingress-slb", fmt.Sprintf("qdiscs/clsact-slb-%d", p.VB.Index)}, pins(t, pinDir)); diff != "" {
 		t.Errorf("pins (-want +got):\n%s", diff)
 	}
 

@@ -8,6 +8,7 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
 )
 
 // XDPMode is the XDP mode AttachXDP is asked for.
@@ -53,8 +54,9 @@ func (r XDPMode) fits(m Mode) bool {
 // If this library attached a program there before (by this process or an
 // earlier one using the same pin directory), it replaces it atomically;
 // the mode cannot change in place, so a request for another mode than the
-// one in force fails with ErrModeMismatch. The returned Attachment's Mode
-// is the mode the kernel reports in force.
+// one in force fails with ErrModeMismatch. Another agent's XDP program on
+// the interface fails it with ErrOccupied, in any mode. The returned
+// Attachment's Mode is the mode the kernel reports in force.
 func (a *Attacher) AttachXDP(ifname string, prog *ebpf.Program, mode XDPMode) (Attachment, error) {
 	unlock, err := a.lock()
 	if err != nil {
@@ -72,8 +74,8 @@ func (a *Attacher) attachXDP(ifname string, prog *ebpf.Program, mode XDPMode) (A
 	if mode > XDPGeneric {
 		return Attachment{}, fmt.Errorf("invalid XDP mode %d", mode)
 	}
-	if prog == nil || prog.Type() != ebpf.XDP {
-		return Attachment{}, fmt.Errorf("%w: need %s, have %s", ErrProgramType, ebpf.XDP, progType(prog))
+	if err := checkProgram(prog, ebpf.XDP); err != nil {
+		return Attachment{}, err
 	}
 	dev, err := iface(ifname)
 	if err != nil {
@@ -83,14 +85,9 @@ func (a *Attacher) attachXDP(ifname string, prog *ebpf.Program, mode XDPMode) (A
 	pin := a.linkPin(HookXDP, ifname)
 	at := Attachment{Hook: HookXDP, Ifname: ifname, Ifindex: ifindex, Pin: pin}
 
-	if l, err := loadPin(pin); err != nil {
+	if l, bound, pin, err := a.findPin(HookXDP, ifname, ifindex); err != nil {
 		return Attachment{}, err
 	} else if l != nil {
-		bound, _, err := linkIfindex(l)
-		if err != nil {
-			l.Close()
-			return Attachment{}, err
-		}
 		if bound != ifindex {
 			if err := removeLink(l, pin); err != nil {
 				return Attachment{}, err
@@ -137,18 +134,35 @@ func attachXDPMode(ifindex int, prog *ebpf.Program, mode XDPMode) (link.Link, er
 	opts := link.XDPOptions{Program: prog, Interface: ifindex, Flags: link.XDPDriverMode}
 	if mode != XDPGeneric {
 		l, err := kernel.attachXDP(opts)
-		if err == nil || mode == XDPNative {
-			return l, err
+		if err == nil || mode == XDPNative || occupied(err) {
+			return l, occupiedErr(err)
 		}
 		opts.Flags = link.XDPGenericMode
 		l, gerr := kernel.attachXDP(opts)
 		if gerr != nil {
-			return nil, errors.Join(fmt.Errorf("native: %w", err), fmt.Errorf("generic: %w", gerr))
+			return nil, errors.Join(fmt.Errorf("native: %w", err), fmt.Errorf("generic: %w", occupiedErr(gerr)))
 		}
 		return l, nil
 	}
 	opts.Flags = link.XDPGenericMode
-	return kernel.attachXDP(opts)
+	l, err := kernel.attachXDP(opts)
+	return l, occupiedErr(err)
+}
+
+// occupied reports whether the kernel refused an XDP link because another
+// program is attached to the interface: EBUSY for one in the same mode,
+// EEXIST for one in the other (native and generic programs exclude each
+// other). Another mode would meet the same program, so XDPAuto does not
+// fall back past it.
+func occupied(err error) bool {
+	return errors.Is(err, unix.EBUSY) || errors.Is(err, unix.EEXIST)
+}
+
+func occupiedErr(err error) error {
+	if occupied(err) {
+		return fmt.Errorf("%w: another program is attached to the XDP hook: %w", ErrOccupied, err)
+	}
+	return err
 }
 
 // xdpModeInForce asks the kernel in which mode the XDP program on ifindex
@@ -183,8 +197,12 @@ func (a *Attacher) DetachXDP(ifname string) error {
 		return fmt.Errorf("attach: detach xdp on %s: %w", ifname, err)
 	}
 	defer unlock()
-	pin := a.linkPin(HookXDP, ifname)
-	l, err := loadPin(pin)
+	_, ifindex, err := ifaceIfAny(ifname)
+	var l link.Link
+	var pin string
+	if err == nil {
+		l, _, pin, err = a.findPin(HookXDP, ifname, ifindex)
+	}
 	if err == nil && l == nil {
 		err = ErrNotAttached
 	}
