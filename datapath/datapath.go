@@ -100,9 +100,12 @@ type Datapath struct {
 	// maps (struct sl_iface_policy).
 	generation uint32
 	objs       bpf.Objects
-	state      *state
+	// xdp is the generation's XDP object (loadXDP).
+	xdp   bpf.XDPObjects
+	state *state
 
 	policySlots  *slotPool
+	xdpSlots     *slotPool
 	counterSlots *slotPool
 	// ifaces are the interfaces this process configured.
 	ifaces map[uint32]*ifaceState
@@ -111,6 +114,8 @@ type Datapath struct {
 	configured bool
 
 	ifaceMap  *maps.Map[uint32, bpf.Iface]
+	// xdpIfaceMap is the XDP interface map (bpf.MapXDPIfaces).
+	xdpIfaceMap *maps.Map[uint32, bpf.Iface]
 	meta      *maps.Map[uint32, bpf.Meta]
 	counters  *maps.PerCPUMap[uint32, bpf.ReasonCounts]
 	ruleHits  *RuleHits
@@ -124,7 +129,8 @@ type Datapath struct {
 // Open loads the datapath: it probes the kernel, opens (or creates) the
 // pinned maps, and loads the programs bound to them. The programs are not
 // attached; attach TCIngress and TCEgress to the TC hooks of the
-// interfaces SetInterface describes.
+// interfaces SetInterface describes, and XDP to the XDP hook of host
+// interfaces with Interface.XDP tiers.
 func Open(opts Options) (*Datapath, error) {
 	d, err := open(opts)
 	if err != nil {
@@ -182,6 +188,9 @@ func (d *Datapath) load(spec *ebpf.CollectionSpec, specs *bpf.Specs) error {
 	if d.meta, err = maps.New[uint32, bpf.Meta](d.state.meta); err != nil {
 		return err
 	}
+	if d.xdpIfaceMap, err = maps.New[uint32, bpf.Iface](d.state.xdpIfaces); err != nil {
+		return err
+	}
 	if d.generation, err = d.takeGeneration(); err != nil {
 		return err
 	}
@@ -199,6 +208,9 @@ func (d *Datapath) load(spec *ebpf.CollectionSpec, specs *bpf.Specs) error {
 	}
 	if err := d.objs.SlCtTables.Put(uint32(bpf.CTTableLive), d.state.ct); err != nil {
 		return fmt.Errorf("install conntrack table: %w", err)
+	}
+	if err := d.loadXDP(); err != nil {
+		return err
 	}
 	if d.state.draining != nil {
 		if err := d.objs.SlCtTables.Put(uint32(bpf.CTTableDraining), d.state.draining); err != nil {
@@ -402,7 +414,7 @@ func (d *Datapath) closeAll() error {
 	if d.conntrack != nil {
 		errs = append(errs, d.conntrack.Close())
 	}
-	errs = append(errs, d.objs.Close(), d.state.close())
+	errs = append(errs, d.objs.Close(), d.xdp.Close(), d.state.close())
 	return errors.Join(errs...)
 }
 

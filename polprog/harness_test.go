@@ -90,7 +90,7 @@ func newHookKernel(tb testing.TB, hook Hook) *kernel {
 func (k *kernel) stub(tb testing.TB, base int32) *ebpf.Program {
 	tb.Helper()
 	stub, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Type: k.hook.programType(), License: "Dual BSD/GPL",
+		Type: k.hook.programType(), AttachType: k.hook.attachType(), License: "Dual BSD/GPL",
 		Instructions: ebpfasm.Instructions{
 			ebpfasm.StoreImm(ebpfasm.R10, -4, 0, ebpfasm.Word),
 			ebpfasm.LoadMapPtr(ebpfasm.R1, k.maps.State.FD()),

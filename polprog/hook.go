@@ -54,6 +54,17 @@ func (h Hook) programType() ebpf.ProgramType {
 	return ebpf.SchedCLS
 }
 
+// attachType is the hook's expected attach type: AttachXDP for XDP, as
+// cilium/ebpf gives programs of an object's "xdp" sections. A prog array
+// takes only programs of its owner's attach type, so the parts must have
+// that of the programs they tail call.
+func (h Hook) attachType() ebpf.AttachType {
+	if h == HookXDP {
+		return ebpf.AttachXDP
+	}
+	return ebpf.AttachNone
+}
+
 // dropCode is what a part returns when there is no state, or when the
 // deny continuation cannot be reached.
 func (h Hook) dropCode() int32 {
