@@ -114,8 +114,6 @@ type Datapath struct {
 	configured bool
 
 	ifaceMap  *maps.Map[uint32, bpf.Iface]
-	// xdpIfaceMap is the XDP interface map (bpf.MapXDPIfaces).
-	xdpIfaceMap *maps.Map[uint32, bpf.Iface]
 	meta      *maps.Map[uint32, bpf.Meta]
 	counters  *maps.PerCPUMap[uint32, bpf.ReasonCounts]
 	ruleHits  *RuleHits
@@ -124,6 +122,9 @@ type Datapath struct {
 	services  *nat.Table
 	snat      *nat.SNATMap
 	conntrack *conntrack.Map
+
+	// xdpIfaceMap is the XDP interface map (bpf.MapXDPIfaces).
+	xdpIfaceMap *maps.Map[uint32, bpf.Iface]
 }
 
 // Open loads the datapath: it probes the kernel, opens (or creates) the

@@ -230,14 +230,15 @@ type change struct {
 	cfg     Interface
 	rules   [2]polprog.Rules     // by TC hook
 	compile [2]*polprog.Compiled // nil where the hook keeps its program
+	next    ifaceState
+	entry   bpf.Iface
+	fresh   bool // entry got a new counter slot
+	created bool // there was no entry: the interface is new
+
 	// xdpRules and compileXDP are the XDP policy's, as rules and compile
 	// are the TC hooks'.
 	xdpRules   polprog.Rules
 	compileXDP *polprog.Compiled
-	next       ifaceState
-	entry   bpf.Iface
-	fresh   bool // entry got a new counter slot
-	created bool // there was no entry: the interface is new
 }
 
 func (d *Datapath) setInterfaces(cfgs map[int]Interface) error {
