@@ -100,9 +100,7 @@ type Datapath struct {
 	// maps (struct sl_iface_policy).
 	generation uint32
 	objs       bpf.Objects
-	// xdp is the generation's XDP object (loadXDP).
-	xdp   bpf.XDPObjects
-	state *state
+	state      *state
 
 	policySlots  *slotPool
 	xdpSlots     *slotPool
@@ -123,7 +121,9 @@ type Datapath struct {
 	snat      *nat.SNATMap
 	conntrack *conntrack.Map
 
-	// xdpIfaceMap is the XDP interface map (bpf.MapXDPIfaces).
+	// xdp is the generation's XDP object (loadXDP), xdpIfaceMap its
+	// interface map (bpf.MapXDPIfaces).
+	xdp         bpf.XDPObjects
 	xdpIfaceMap *maps.Map[uint32, bpf.Iface]
 }
 
