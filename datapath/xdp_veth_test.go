@@ -149,4 +149,3 @@ func received(t *testing.T, c net.PacketConn, max int) int {
 	}
 	return n
 }
-
