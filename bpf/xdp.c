@@ -4,7 +4,7 @@
  * policy, decided before an skb exists.
  *
  * sl_xdp is attached to host interfaces, one program for all of them;
- * what differs between interfaces comes from sl_xdp_ifaces. A packet's
+ * what differs between interfaces comes from sl_xdpifaces. A packet's
  * path:
  *
  *   interface's XDP record (none: XDP_PASS) -> parse IPv4 or IPv6 and the
@@ -48,7 +48,7 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __u32);
 	__type(value, struct sl_iface);
-} sl_xdp_ifaces SEC(".maps");
+} sl_xdpifaces SEC(".maps"); /* short: the registry's name adds "_v1", within the kernel's 15 */
 
 /* The packet as the XDP policy sees it (entry 0). Its own, not the TC
  * datapath's sl_state_map: the two objects' programs then share no
@@ -72,7 +72,7 @@ struct {
 
 /* XDP policy programs (polprog.HookXDP) and the later parts of a policy
  * split for the verifier. Interfaces name their policy's slot in
- * sl_xdp_ifaces. A prog array of XDP programs: TC's sl_policy_jumps takes
+ * sl_xdpifaces. A prog array of XDP programs: TC's sl_policy_jumps takes
  * none. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
@@ -186,7 +186,7 @@ int sl_xdp(struct xdp_md *ctx)
 	struct sl_state *st;
 	__u64 *pending;
 
-	iface = bpf_map_lookup_elem(&sl_xdp_ifaces, &ifindex);
+	iface = bpf_map_lookup_elem(&sl_xdpifaces, &ifindex);
 	if (!iface)
 		return XDP_PASS;
 	rec = sl_xdp_record(iface);

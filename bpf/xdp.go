@@ -50,7 +50,7 @@ const (
 
 	// MapXDPIfaces is the hash of host interfaces' XDP settings, ifindex
 	// (uint32) to Iface.
-	MapXDPIfaces = xdpMapSlXdpIfaces
+	MapXDPIfaces = xdpMapSlXdpifaces
 	// MapXDPState is the per-CPU array holding the State of the packet
 	// an XDP policy decides.
 	MapXDPState = xdpMapSlXdpState

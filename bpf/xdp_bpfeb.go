@@ -18,10 +18,10 @@ import (
 const (
 	xdpMapSlCounters       = "sl_counters"
 	xdpMapSlXdpConts       = "sl_xdp_conts"
-	xdpMapSlXdpIfaces      = "sl_xdp_ifaces"
 	xdpMapSlXdpPending     = "sl_xdp_pending"
 	xdpMapSlXdpPolicyJumps = "sl_xdp_policy_jumps"
 	xdpMapSlXdpState       = "sl_xdp_state"
+	xdpMapSlXdpifaces      = "sl_xdpifaces"
 	xdpProgSlXdp           = "sl_xdp"
 	xdpProgSlXdpAllow      = "sl_xdp_allow"
 	xdpProgSlXdpDeny       = "sl_xdp_deny"
@@ -83,10 +83,10 @@ type xdpProgramSpecs struct {
 type xdpMapSpecs struct {
 	SlCounters       *ebpf.MapSpec `ebpf:"sl_counters"`
 	SlXdpConts       *ebpf.MapSpec `ebpf:"sl_xdp_conts"`
-	SlXdpIfaces      *ebpf.MapSpec `ebpf:"sl_xdp_ifaces"`
 	SlXdpPending     *ebpf.MapSpec `ebpf:"sl_xdp_pending"`
 	SlXdpPolicyJumps *ebpf.MapSpec `ebpf:"sl_xdp_policy_jumps"`
 	SlXdpState       *ebpf.MapSpec `ebpf:"sl_xdp_state"`
+	SlXdpifaces      *ebpf.MapSpec `ebpf:"sl_xdpifaces"`
 }
 
 // xdpVariableSpecs contains global variables before they are loaded into the kernel.
@@ -118,20 +118,20 @@ func (o *xdpObjects) Close() error {
 type xdpMaps struct {
 	SlCounters       *ebpf.Map `ebpf:"sl_counters"`
 	SlXdpConts       *ebpf.Map `ebpf:"sl_xdp_conts"`
-	SlXdpIfaces      *ebpf.Map `ebpf:"sl_xdp_ifaces"`
 	SlXdpPending     *ebpf.Map `ebpf:"sl_xdp_pending"`
 	SlXdpPolicyJumps *ebpf.Map `ebpf:"sl_xdp_policy_jumps"`
 	SlXdpState       *ebpf.Map `ebpf:"sl_xdp_state"`
+	SlXdpifaces      *ebpf.Map `ebpf:"sl_xdpifaces"`
 }
 
 func (m *xdpMaps) Close() error {
 	return _XdpClose(
 		m.SlCounters,
 		m.SlXdpConts,
-		m.SlXdpIfaces,
 		m.SlXdpPending,
 		m.SlXdpPolicyJumps,
 		m.SlXdpState,
+		m.SlXdpifaces,
 	)
 }
 

@@ -35,7 +35,7 @@ func (d *Datapath) loadXDP() error {
 	specs.SlXdpPolicyJumps.MaxEntries = d.opts.PolicySlots
 	// Replacements must match their specs.
 	specs.SlCounters.MaxEntries = d.state.counters.MaxEntries()
-	specs.SlXdpIfaces.MaxEntries = d.state.xdpIfaces.MaxEntries()
+	specs.SlXdpifaces.MaxEntries = d.state.xdpIfaces.MaxEntries()
 	if err := specs.SlGeneration.Set(d.generation); err != nil {
 		return fmt.Errorf("set xdp generation: %w", err)
 	}

@@ -29,11 +29,11 @@ var allowAllHost = polprog.Rules{Profiles: []polprog.Policy{{Name: "all", Rules:
 // treated as a host interface with XDP tiers (denying UDP to port 9999),
 // attached through package attach (XDP in the mode the driver allows, the
 // TC programs with TCX), and a server workload behind it.
-func xdpNode(t *testing.T, mode attach.XDPMode) (d *Datapath, node *topo.Node, client, server *topo.Workload, at attach.Attachment) {
+func xdpNode(t testing.TB, mode attach.XDPMode, cfg Interface) (d *Datapath, node *topo.Node, client, server *topo.Workload, detach func()) {
 	t.Helper()
 	node, client, server = nodePair(t, "10.67.0.1", "10.67.0.2")
 	d = openXDP(t)
-	if err := d.SetInterface(client.HostIfindex, Interface{Kind: Host, Ingress: allowAllHost, Egress: allowAllHost, XDP: denyUDPPort(9999, 77)}); err != nil {
+	if err := d.SetInterface(client.HostIfindex, cfg); err != nil {
 		t.Fatal(err)
 	}
 	if err := d.SetInterface(server.HostIfindex, Interface{Kind: Workload, Ingress: allowAllRules, Egress: allowAllRules}); err != nil {
@@ -54,15 +54,30 @@ func xdpNode(t *testing.T, mode attach.XDPMode) (d *Datapath, node *topo.Node, c
 			return err
 		}
 		ifname = l.Name
-		at, err = a.AttachXDP(ifname, d.XDP(), mode)
+		at, err := a.AttachXDP(ifname, d.XDP(), mode)
+		t.Logf("attached in %s", at.Mode)
 		return err
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { node.NS.Do(func() error { return a.DetachXDP(ifname) }) })
-	return d, node, client, server, at
+	detached := false
+	detach = func() {
+		if detached {
+			return
+		}
+		detached = true
+		if err := node.NS.Do(func() error { return a.DetachXDP(ifname) }); err != nil {
+			t.Error(err)
+		}
+	}
+	t.Cleanup(detach)
+	return d, node, client, server, detach
 }
+
+// xdpHostConfig is the client-side host interface of the XDP tests: XDP
+// tiers that deny UDP to port 9999 (rule 77), TC policy that allows all.
+var xdpHostConfig = Interface{Kind: Host, Ingress: allowAllHost, Egress: allowAllHost, XDP: denyUDPPort(9999, 77)}
 
 // TestXDPAttached: through a real veth, UDP the XDP tiers deny never
 // reaches the server and is counted as dropped by policy at the host
@@ -71,8 +86,7 @@ func xdpNode(t *testing.T, mode attach.XDPMode) (d *Datapath, node *topo.Node, c
 func TestXDPAttached(t *testing.T) {
 	for _, mode := range []attach.XDPMode{attach.XDPNative, attach.XDPGeneric} {
 		t.Run(mode.String(), func(t *testing.T) {
-			d, _, client, server, at := xdpNode(t, mode)
-			t.Logf("attached in %s", at.Mode)
+			d, _, client, server, _ := xdpNode(t, mode, xdpHostConfig)
 			var conns [2]net.PacketConn
 			for i, port := range []string{"9998", "9999"} {
 				err := server.NS.Do(func() (err error) {
