@@ -236,3 +236,38 @@ func (d *Datapath) switchEntries(c *change, settled uint32, rec int) error {
 	}
 	return err
 }
+
+// clearOlderXDPRecords is clearOlderRecords for the XDP interface map, at
+// Settle: older generations' records go, and an entry left with none. An
+// older generation's XDP program, which read those records, is detached
+// or replaced by then (attach.AttachXDP replaces it in place).
+func (d *Datapath) clearOlderXDPRecords() error {
+	var err error
+	updates := map[uint32]bpf.Iface{}
+	for idx, entry := range d.xdpIfaceMap.All(&err) {
+		changed := false
+		for j, r := range entry.Records {
+			if r.Generation != 0 && r.Generation < d.generation {
+				entry.Records[j] = bpf.IfaceRecord{}
+				changed = true
+			}
+		}
+		if changed {
+			updates[idx] = entry
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("read XDP interfaces: %w", err)
+	}
+	for idx, entry := range updates {
+		if entry.Records[0].Generation == 0 && entry.Records[1].Generation == 0 {
+			err = d.xdpIfaceMap.Delete(idx)
+		} else {
+			err = d.xdpIfaceMap.Update(idx, entry, ebpf.UpdateExist)
+		}
+		if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("clear XDP records: %w", err)
+		}
+	}
+	return nil
+}

@@ -356,3 +356,57 @@ func randomXDPPacket(tb testing.TB, r *rand.Rand) (polprog.Packet, []byte) {
 	}
 	return pkt, testpkt.MustBytes(tb, p)
 }
+
+// TestXDPRestart: a second process on the same pins finds the XDP
+// entry, writes its own generation's record beside the first's (whose
+// XDP program still decides until it is replaced), and at Settle the
+// first's record goes; the XDP arrays are pinned per generation as the
+// TC ones are.
+func TestXDPRestart(t *testing.T) {
+	opts := Options{ConntrackEntries: 1 << 10, MaxInterfaces: 4, PolicySlots: 16, PinDir: atk2PinDir(t)}
+	cfg := Interface{Kind: Host, XDP: xdpTiers}
+	denied := testpkt.MustBytes(t, testpkt.TCPv4(ap("10.1.1.1:1000"), ap("192.0.2.1:22"), testpkt.SYN, nil))
+	d1 := openSmall(t, opts)
+	if err := d1.SetInterface(loIfindex, cfg); err != nil {
+		t.Fatal(err)
+	}
+	d2 := openSmall(t, opts)
+	if err := d2.SetInterface(loIfindex, cfg); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []*Datapath{d1, d2} {
+		if got := runXDP(t, d, denied); got != xdpDrop {
+			t.Errorf("generation %d: xdp returned %d, want drop", d.Generation(), got)
+		}
+	}
+	if err := d1.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := d2.Settle(); err != nil {
+		t.Fatal(err)
+	}
+	entry, err := d2.XDPEntry(loIfindex)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gens []uint32
+	for _, r := range entry.Records {
+		gens = append(gens, r.Generation)
+	}
+	if diff := cmp.Diff([]uint32{d2.Generation()}, slicesNonZero(gens)); diff != "" {
+		t.Errorf("XDP records after Settle (-want +got):\n%s", diff)
+	}
+	if got := runXDP(t, d2, denied); got != xdpDrop {
+		t.Errorf("after Settle: xdp returned %d, want drop", got)
+	}
+}
+
+func slicesNonZero(s []uint32) []uint32 {
+	var out []uint32
+	for _, v := range s {
+		if v != 0 {
+			out = append(out, v)
+		}
+	}
+	return out
+}
