@@ -63,7 +63,8 @@
 //
 // # Kernel features
 //
-// CheckKernel probes for each: BPF_PROG_TYPE_SCHED_CLS, hash, LRU hash,
+// CheckKernel probes for each: BPF_PROG_TYPE_SCHED_CLS and
+// BPF_PROG_TYPE_XDP with bpf_xdp_load_bytes (Linux 5.18), hash, LRU hash,
 // per-CPU array and hash, LPM trie, prog array and array-of-maps maps,
 // BPF_F_NO_PREALLOC, bpf_tail_call, bpf_ktime_get_coarse_ns,
 // bpf_skb_load_bytes, the v3 instruction set, bounded loops (the IPv6

@@ -51,6 +51,9 @@ func CheckKernel() error {
 		{"helper bpf_redirect_peer", func() error {
 			return features.HaveProgramHelper(ebpf.SchedCLS, asm.FnRedirectPeer)
 		}},
+		// The XDP object (Datapath.XDP).
+		{"program type xdp", func() error { return features.HaveProgramType(ebpf.XDP) }},
+		{"helper bpf_xdp_load_bytes", func() error { return features.HaveProgramHelper(ebpf.XDP, asm.FnXdpLoadBytes) }},
 		{"v3 instruction set", features.HaveV3ISA},
 		{"bounded loops", features.HaveBoundedLoops},
 		{"atomic compare-and-exchange", haveCmpXchg},
