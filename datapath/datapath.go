@@ -59,7 +59,7 @@ type Options struct {
 	// holds a table of 64 KiB (two while its backends change).
 	MaglevServices uint32
 	// Policy are the compiler options of every policy SetInterface
-	// compiles.
+	// compiles. Leave Hook zero: XDP policies get HookXDP.
 	Policy polprog.Options
 }
 
@@ -150,6 +150,9 @@ func open(opts Options) (*Datapath, error) {
 	}
 	if opts.MaglevServices > maxBackendEntries {
 		return nil, fmt.Errorf("MaglevServices %d is above %d", opts.MaglevServices, maxBackendEntries)
+	}
+	if opts.Policy.Hook != polprog.HookTC {
+		return nil, fmt.Errorf("Options.Policy.Hook is %s: the datapath sets each policy's hook itself", opts.Policy.Hook)
 	}
 	if err := CheckKernel(); err != nil {
 		return nil, err

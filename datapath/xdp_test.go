@@ -410,3 +410,14 @@ func slicesNonZero(s []uint32) []uint32 {
 	}
 	return out
 }
+
+// TestXDPPolicyHookOption: Options.Policy.Hook is the datapath's to set,
+// per policy; Open refuses one set by the caller.
+func TestXDPPolicyHookOption(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	d, err := Open(Options{ConntrackEntries: 1 << 10, MaxInterfaces: 4, PolicySlots: 16, Policy: polprog.Options{Hook: polprog.HookXDP}})
+	if err == nil {
+		d.Close()
+		t.Fatal("Open took Policy.Hook HookXDP")
+	}
+}
