@@ -421,3 +421,58 @@ func TestXDPPolicyHookOption(t *testing.T) {
 		t.Fatal("Open took Policy.Hook HookXDP")
 	}
 }
+
+// TestXDPReplaceUnderTraffic: while the XDP tiers are replaced over and
+// over by others that deny the same packet with another rule, a packet
+// run meanwhile is always dropped: it meets the old policy or the new
+// one, never an empty slot.
+func TestXDPReplaceUnderTraffic(t *testing.T) {
+	d := openXDP(t)
+	denySSH := func(id uint64) []polprog.Tier {
+		return []polprog.Tier{{Name: "t", EndAction: polprog.EndPass, Policies: []polprog.Policy{{Rules: []polprog.Rule{
+			{ID: id, Action: polprog.ActionDeny, Protocol: "tcp", DstPorts: []polprog.PortRange{polprog.Port(22)}}}}}}}
+	}
+	if err := d.SetInterface(loIfindex, Interface{Kind: Host, XDP: denySSH(1)}); err != nil {
+		t.Fatal(err)
+	}
+	denied := testpkt.MustBytes(t, testpkt.TCPv4(ap("10.1.1.1:1000"), ap("192.0.2.1:22"), testpkt.SYN, nil))
+	stop := make(chan struct{})
+	result := make(chan error)
+	go func() {
+		runs := 0
+		for {
+			select {
+			case <-stop:
+				if runs == 0 {
+					result <- fmt.Errorf("no runs")
+					return
+				}
+				result <- nil
+				return
+			default:
+			}
+			ret, err := d.XDP().Run(&ebpf.RunOptions{Data: denied, Repeat: 64})
+			if err == nil && ret != xdpDrop {
+				err = fmt.Errorf("run %d: xdp returned %d", runs, ret)
+			}
+			if err != nil {
+				result <- err
+				return
+			}
+			runs++
+		}
+	}()
+	var swapErr error
+	for i := range 40 {
+		if swapErr = d.SetInterface(loIfindex, Interface{Kind: Host, XDP: denySSH(uint64(i%2) + 1)}); swapErr != nil {
+			break
+		}
+	}
+	close(stop)
+	if err := <-result; err != nil {
+		t.Error(err)
+	}
+	if swapErr != nil {
+		t.Fatal(swapErr)
+	}
+}
