@@ -235,9 +235,7 @@ type change struct {
 	fresh   bool // entry got a new counter slot
 	created bool // there was no entry: the interface is new
 
-	// xdpRules and compileXDP are the XDP policy's, as rules and compile
-	// are the TC hooks'.
-	xdpRules   polprog.Rules
+	// compileXDP is the XDP policy's, as compile is the TC hooks'.
 	compileXDP *polprog.Compiled
 }
 

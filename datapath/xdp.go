@@ -101,7 +101,6 @@ func (d *Datapath) compileXDP(c *change, prev *ifaceState) error {
 	if err != nil {
 		return err
 	}
-	c.xdpRules = rules
 	if len(c.cfg.XDP) == 0 {
 		return nil
 	}
