@@ -65,6 +65,14 @@ func (h Hook) attachType() ebpf.AttachType {
 	return ebpf.AttachNone
 }
 
+// contextName names the hook's context in listings.
+func (h Hook) contextName() string {
+	if h == HookXDP {
+		return "xdp_md"
+	}
+	return "skb"
+}
+
 // dropCode is what a part returns when there is no state, or when the
 // deny continuation cannot be reached.
 func (h Hook) dropCode() int32 {

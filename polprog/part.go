@@ -177,7 +177,7 @@ func (c *compiler) startPart(pending []string) error {
 	c.part = &partBuilder{b: asm.NewBlock(opts...), index: idx,
 		crossRefs: map[string]bool{}, crossDefs: map[string]bool{}, used: map[string]bool{}}
 	b := c.part.b
-	b.Comment(fmt.Sprintf("policy part %d: R6 = context, R7 = address families, R9 = &sl_state", idx))
+	b.Comment(fmt.Sprintf("policy part %d: R6 = %s, R7 = address families, R9 = &sl_state", idx, c.opts.Hook.contextName()))
 	b.Emit(
 		ebpfasm.Mov.Reg(regCtx, ebpfasm.R1),
 		ebpfasm.StoreImm(ebpfasm.R10, stackStateKey, 0, ebpfasm.Word),
