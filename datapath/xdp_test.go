@@ -476,3 +476,40 @@ func TestXDPReplaceUnderTraffic(t *testing.T) {
 		t.Fatal(swapErr)
 	}
 }
+
+// TestXDPPolicyFailed: an XDP policy that cannot finish (its second part
+// is gone from the jump map) drops the packet and counts it as a failed
+// policy, failing closed as TC does; an empty entry slot passes to TC.
+func TestXDPPolicyFailed(t *testing.T) {
+	d := openXDP(t)
+	d.opts.Policy.SplitJumps = 1
+	if err := d.SetInterface(loIfindex, Interface{Kind: Host, XDP: xdpTiers}); err != nil {
+		t.Fatal(err)
+	}
+	prog := d.ifaces[loIfindex].xdp.prog
+	slots := prog.Slots()
+	if len(slots) < 2 {
+		t.Fatalf("the XDP policy has %d parts, want several", len(slots))
+	}
+	denied := testpkt.MustBytes(t, testpkt.TCPv4(ap("10.1.1.1:1000"), ap("192.0.2.1:22"), testpkt.SYN, nil))
+	if err := d.xdp.SlXdpPolicyJumps.Delete(slots[1]); err != nil {
+		t.Fatal(err)
+	}
+	before := xdpCounts(t, d)
+	if got := runXDP(t, d, denied); got != xdpDrop {
+		t.Fatalf("failed policy: xdp returned %d, want drop", got)
+	}
+	if diff := cmp.Diff(map[bpf.Reason]uint64{bpf.ReasonDroppedPolicyFailed: 1}, diffCounts(before, xdpCounts(t, d))); diff != "" {
+		t.Errorf("ingress counters (-want +got):\n%s", diff)
+	}
+	if err := d.xdp.SlXdpPolicyJumps.Delete(slots[0]); err != nil {
+		t.Fatal(err)
+	}
+	before = xdpCounts(t, d)
+	if got := runXDP(t, d, denied); got != xdpPass {
+		t.Fatalf("empty entry slot: xdp returned %d, want pass", got)
+	}
+	if diff := cmp.Diff(map[bpf.Reason]uint64{}, diffCounts(before, xdpCounts(t, d))); diff != "" {
+		t.Errorf("ingress counters (-want +got):\n%s", diff)
+	}
+}
