@@ -415,10 +415,11 @@ func (d *Datapath) Close() error {
 
 func (d *Datapath) closeAll() error {
 	var errs []error
+	errs = append(errs, d.xdp.Close())
 	if d.conntrack != nil {
 		errs = append(errs, d.conntrack.Close())
 	}
-	errs = append(errs, d.objs.Close(), d.xdp.Close(), d.state.close())
+	errs = append(errs, d.objs.Close(), d.state.close())
 	return errors.Join(errs...)
 }
 
