@@ -16,7 +16,7 @@ import (
 // loader shares that map with it (ebpf.CollectionOptions.MapReplacements).
 // Kernel features beyond the datapath's: BPF_PROG_TYPE_XDP and
 // bpf_xdp_load_bytes (Linux 5.18).
-
+//
 // XDPObjects are the XDP object's programs, maps and variables, as
 // bpf2go generates them.
 type XDPObjects = xdpObjects
