@@ -178,8 +178,10 @@ func TestAttack3UnsettledOpensLeakPins(t *testing.T) {
 		}
 		d.Close()
 	}
-	if m := genPins(); len(m) != 10 {
-		t.Errorf("5 cycles that configured lo and did not settle: %d generation pins, want their 10: %v", len(m), m)
+	// Each generation pins four arrays: the TC and the XDP object's
+	// jump map and continuations.
+	if m := genPins(); len(m) != 5*4 {
+		t.Errorf("5 cycles that configured lo and did not settle: %d generation pins, want their 20: %v", len(m), m)
 	}
 	d := openSmall(t, opts)
 	if err := d.SetInterface(loIfindex, Interface{Kind: Workload, Egress: allowTCPPort(80, 10)}); err != nil {
@@ -188,7 +190,8 @@ func TestAttack3UnsettledOpensLeakPins(t *testing.T) {
 	if err := d.Settle(); err != nil {
 		t.Fatal(err)
 	}
-	want := []string{generationPin(opts.PinDir, bpf.MapConts, d.Generation()), generationPin(opts.PinDir, bpf.MapPolicyJumps, d.Generation())}
+	want := []string{generationPin(opts.PinDir, bpf.MapConts, d.Generation()), generationPin(opts.PinDir, bpf.MapPolicyJumps, d.Generation()),
+		generationPin(opts.PinDir, bpf.MapXDPConts, d.Generation()), generationPin(opts.PinDir, bpf.MapXDPPolicyJumps, d.Generation())}
 	if diff := cmp.Diff(want, genPins()); diff != "" {
 		t.Errorf("generation pins after a Settle (-want +got):\n%s", diff)
 	}

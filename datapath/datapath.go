@@ -59,7 +59,7 @@ type Options struct {
 	// holds a table of 64 KiB (two while its backends change).
 	MaglevServices uint32
 	// Policy are the compiler options of every policy SetInterface
-	// compiles.
+	// compiles. Leave Hook zero: XDP policies get HookXDP.
 	Policy polprog.Options
 }
 
@@ -108,6 +108,7 @@ type Datapath struct {
 	state       *state
 
 	policySlots  *slotPool
+	xdpSlots     *slotPool
 	counterSlots *slotPool
 	// ifaces are the interfaces this process configured.
 	ifaces map[uint32]*ifaceState
@@ -124,12 +125,18 @@ type Datapath struct {
 	services  *nat.Table
 	snat      *nat.SNATMap
 	conntrack *conntrack.Map
+
+	// xdp is the generation's XDP object (loadXDP), xdpIfaceMap its
+	// interface map (bpf.MapXDPIfaces).
+	xdp         bpf.XDPObjects
+	xdpIfaceMap *maps.Map[uint32, bpf.Iface]
 }
 
 // Open loads the datapath: it probes the kernel, opens (or creates) the
 // pinned maps, and loads the programs bound to them. The programs are not
 // attached; attach TCIngress and TCEgress to the TC hooks of the
-// interfaces SetInterface describes.
+// interfaces SetInterface describes, and XDP to the XDP hook of host
+// interfaces with Interface.XDP tiers.
 func Open(opts Options) (*Datapath, error) {
 	d, err := open(opts)
 	if err != nil {
@@ -148,6 +155,9 @@ func open(opts Options) (*Datapath, error) {
 	}
 	if opts.MaglevServices > maxBackendEntries {
 		return nil, fmt.Errorf("MaglevServices %d is above %d", opts.MaglevServices, maxBackendEntries)
+	}
+	if opts.Policy.Hook != polprog.HookTC {
+		return nil, fmt.Errorf("Options.Policy.Hook is %s: the datapath sets each policy's hook itself", opts.Policy.Hook)
 	}
 	if err := CheckKernel(); err != nil {
 		return nil, err
@@ -196,6 +206,9 @@ func (d *Datapath) load(spec *ebpf.CollectionSpec, specs *bpf.Specs, sockSpec *e
 	if d.meta, err = maps.New[uint32, bpf.Meta](d.state.meta); err != nil {
 		return err
 	}
+	if d.xdpIfaceMap, err = maps.New[uint32, bpf.Iface](d.state.xdpIfaces); err != nil {
+		return err
+	}
 	if d.generation, err = d.takeGeneration(); err != nil {
 		return err
 	}
@@ -217,6 +230,9 @@ func (d *Datapath) load(spec *ebpf.CollectionSpec, specs *bpf.Specs, sockSpec *e
 	}
 	if err := d.objs.SlCtTables.Put(uint32(bpf.CTTableLive), d.state.ct); err != nil {
 		return fmt.Errorf("install conntrack table: %w", err)
+	}
+	if err := d.loadXDP(); err != nil {
+		return err
 	}
 	if d.state.draining != nil {
 		if err := d.objs.SlCtTables.Put(uint32(bpf.CTTableDraining), d.state.draining); err != nil {
@@ -417,6 +433,7 @@ func (d *Datapath) Close() error {
 
 func (d *Datapath) closeAll() error {
 	var errs []error
+	errs = append(errs, d.xdp.Close())
 	if d.conntrack != nil {
 		errs = append(errs, d.conntrack.Close())
 	}

@@ -58,9 +58,24 @@
 // a miss while entries move, and no tracked flow is lost or sent back to
 // policy.
 //
+// # XDP
+//
+// A host interface's Interface.XDP tiers (untracked pre-DNAT deny policy)
+// run at its XDP hook, where Datapath.XDP is attached (attach.AttachXDP),
+// before an skb exists. Open loads the XDP object (bpf/xdp.c) with the TC
+// one, in the same generation: its own jump map and continuations, pinned
+// per generation like the TC ones, and an interface map (bpf.MapXDPIfaces)
+// in the registry whose records name each generation's XDP policy, written
+// make-before-break with the interface's entry. What the tiers deny is
+// dropped and counted under the interface's ingress counters; everything
+// else, malformed packets included, passes to TC, which decides it in
+// full and counts it. An interface without XDP tiers, or whose XDP slot
+// is empty, passes everything to TC.
+//
 // # Kernel features
 //
-// CheckKernel probes for each: BPF_PROG_TYPE_SCHED_CLS, hash, LRU hash,
+// CheckKernel probes for each: BPF_PROG_TYPE_SCHED_CLS and
+// BPF_PROG_TYPE_XDP with bpf_xdp_load_bytes (Linux 5.18), hash, LRU hash,
 // per-CPU array and hash, LPM trie, prog array and array-of-maps maps,
 // BPF_F_NO_PREALLOC, bpf_tail_call, bpf_ktime_get_coarse_ns,
 // bpf_skb_load_bytes, the v3 instruction set, bounded loops (the IPv6

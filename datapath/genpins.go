@@ -17,7 +17,7 @@ import (
 // left, even while attached programs still tail-call into it: every
 // policy of a generation whose process exited would be gone, and new
 // flows would drop as bpf.ReasonDroppedNoPolicy. So each generation pins
-// its two prog arrays under PinDir, named
+// its prog arrays (the TC and the XDP object's two each) under PinDir, named
 //
 //	<array>_gen<N>
 //
@@ -27,7 +27,8 @@ import (
 
 // generationArrays are the prog arrays a generation pins.
 func (d *Datapath) generationArrays() map[string]*ebpf.Map {
-	return map[string]*ebpf.Map{bpf.MapPolicyJumps: d.objs.SlPolicyJumps, bpf.MapConts: d.objs.SlConts}
+	return map[string]*ebpf.Map{bpf.MapPolicyJumps: d.objs.SlPolicyJumps, bpf.MapConts: d.objs.SlConts,
+		bpf.MapXDPPolicyJumps: d.xdp.SlXdpPolicyJumps, bpf.MapXDPConts: d.xdp.SlXdpConts}
 }
 
 // generationPin is where generation gen pins the prog array name.

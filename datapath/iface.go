@@ -102,6 +102,16 @@ type Interface struct {
 	// (bpf.IfaceRedirectLocal). Leave it off where the host's own rules
 	// must see that traffic.
 	RedirectLocal bool
+	// XDP are a host interface's untracked pre-DNAT tiers, decided at its
+	// XDP hook (attach Datapath.XDP there) before an skb exists: what they
+	// deny is dropped and counted under the interface's ingress counters
+	// (bpf.ReasonDroppedByPolicy), what they allow or pass goes on to
+	// the TC hooks, whose policy (Ingress) decides it in full. They match
+	// the destination the packet carries (no service is translated yet)
+	// and never the host flags; IPv6 and first fragments are matched
+	// whatever the interface's IPv6 mode, and malformed packets, later
+	// fragments and neighbour discovery pass to TC undecided.
+	XDP []polprog.Tier
 }
 
 // flags are the interface's bpf.IfaceFlags.
@@ -155,6 +165,8 @@ type ifaceState struct {
 	kind Kind
 	// hooks are the policies of the TC ingress and egress hooks.
 	hooks [2]hookPolicy
+	// xdp is the XDP policy, if the interface has one.
+	xdp hookPolicy
 }
 
 // hookPolicy is a TC hook's policy: the rules it was compiled from, so an
@@ -166,7 +178,11 @@ type hookPolicy struct {
 
 // release closes the policies' handles and leaves them installed.
 func (s *ifaceState) release() error {
-	return errors.Join(s.hooks[0].prog.Release(), s.hooks[1].prog.Release())
+	var errXDP error
+	if s.xdp.prog != nil {
+		errXDP = s.xdp.prog.Release()
+	}
+	return errors.Join(s.hooks[0].prog.Release(), s.hooks[1].prog.Release(), errXDP)
 }
 
 // SetInterface configures the interface with index ifindex, or changes
@@ -218,6 +234,9 @@ type change struct {
 	entry   bpf.Iface
 	fresh   bool // entry got a new counter slot
 	created bool // there was no entry: the interface is new
+
+	// compileXDP is the XDP policy's, as compile is the TC hooks'.
+	compileXDP *polprog.Compiled
 }
 
 func (d *Datapath) setInterfaces(cfgs map[int]Interface) error {
@@ -261,8 +280,7 @@ func (d *Datapath) setInterfaces(cfgs map[int]Interface) error {
 			err = fmt.Errorf("both records belong to generations this one (%d) must not evict: %d and %d",
 				d.generation, c.entry.Records[0].Generation, c.entry.Records[1].Generation)
 		} else {
-			c.entry.Records[rec] = c.record(d.generation)
-			err = d.ifaceMap.Update(c.ifindex, c.entry, ebpf.UpdateAny)
+			err = d.switchEntries(c, meta.SettledGeneration, rec)
 		}
 		if err != nil {
 			d.abandon(changes[i:])
@@ -280,6 +298,9 @@ func (d *Datapath) setInterfaces(cfgs map[int]Interface) error {
 				if prev.hooks[h].prog != c.next.hooks[h].prog {
 					retired = append(retired, prev.hooks[h].prog)
 				}
+			}
+			if prev.xdp.prog != nil && prev.xdp.prog != c.next.xdp.prog {
+				retired = append(retired, prev.xdp.prog)
 			}
 		}
 		d.ifaces[c.ifindex] = &c.next
@@ -310,6 +331,9 @@ func (d *Datapath) compileChanges(cfgs map[int]Interface) ([]*change, error) {
 				return nil, fmt.Errorf("interface %d: TC %s policy: %w", ifindex, bpf.Hook(h), err)
 			}
 			c.next.hooks[h].rules = rules
+		}
+		if err := d.compileXDP(c, prev); err != nil {
+			return nil, fmt.Errorf("interface %d: %w", ifindex, err)
 		}
 		changes = append(changes, c)
 	}
@@ -352,6 +376,12 @@ func (d *Datapath) prepare(changes []*change) error {
 				return fmt.Errorf("interface %d: TC %s policy: %w", c.ifindex, bpf.Hook(h), err)
 			}
 		}
+		if c.compileXDP != nil {
+			if c.next.xdp.prog, err = d.loadXDPPolicy(c.compileXDP); err != nil {
+				d.abandon(changes[:i+1])
+				return fmt.Errorf("interface %d: XDP policy: %w", c.ifindex, err)
+			}
+		}
 	}
 	return nil
 }
@@ -364,6 +394,9 @@ func (d *Datapath) abandon(changes []*change) {
 			if compiled != nil && c.next.hooks[h].prog != nil {
 				d.unloadPolicy(c.next.hooks[h].prog)
 			}
+		}
+		if c.compileXDP != nil && c.next.xdp.prog != nil {
+			d.unloadPolicy(c.next.xdp.prog)
 		}
 		if c.fresh {
 			d.counterSlots.release(c.entry.CounterSlot)
@@ -487,9 +520,9 @@ func (d *Datapath) loadPolicy(c *polprog.Compiled) (*polprog.Program, error) {
 
 // unloadPolicy removes a policy that no interface entry ever named.
 func (d *Datapath) unloadPolicy(p *polprog.Program) {
-	slots := p.Slots()
+	slots, pool := p.Slots(), d.poolOf(p)
 	if p.Close() == nil {
-		d.policySlots.release(slots...)
+		pool.release(slots...)
 	}
 }
 
@@ -512,12 +545,12 @@ func (d *Datapath) retire(progs ...*polprog.Program) error {
 func (d *Datapath) removePolicies(progs []*polprog.Program) error {
 	var errs []error
 	for _, p := range progs {
-		slots := p.Slots()
+		slots, pool := p.Slots(), d.poolOf(p)
 		if err := p.Close(); err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		d.policySlots.release(slots...)
+		pool.release(slots...)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("remove replaced policies: %w", err)
@@ -564,6 +597,9 @@ func (d *Datapath) removeInterface(ifindex int) error {
 	if err != nil {
 		return err
 	}
+	if err := d.removeXDP(idx); err != nil {
+		return err
+	}
 	if err := d.ifaceMap.Delete(idx); err != nil {
 		return err
 	}
@@ -578,7 +614,11 @@ func (d *Datapath) removeInterface(ifindex int) error {
 	errFlows := d.forgetFlows(map[uint32]bool{idx: true})
 	var errPolicies error
 	if prev != nil {
-		errPolicies = d.removePolicies([]*polprog.Program{prev.hooks[0].prog, prev.hooks[1].prog})
+		progs := []*polprog.Program{prev.hooks[0].prog, prev.hooks[1].prog}
+		if prev.xdp.prog != nil {
+			progs = append(progs, prev.xdp.prog)
+		}
+		errPolicies = d.removePolicies(progs)
 	}
 	return errors.Join(errFlows, errPolicies)
 }

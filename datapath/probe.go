@@ -22,6 +22,9 @@ func CheckKernel() error {
 		probe func() error
 	}{
 		{"program type sched_cls", func() error { return features.HaveProgramType(ebpf.SchedCLS) }},
+		// The XDP object (Datapath.XDP).
+		{"program type xdp", func() error { return features.HaveProgramType(ebpf.XDP) }},
+		{"helper bpf_xdp_load_bytes", func() error { return features.HaveProgramHelper(ebpf.XDP, asm.FnXdpLoadBytes) }},
 		{"map type hash", func() error { return features.HaveMapType(ebpf.Hash) }},
 		{"map type lru_hash", func() error { return features.HaveMapType(ebpf.LRUHash) }},
 		{"map type percpu_array", func() error { return features.HaveMapType(ebpf.PerCPUArray) }},

@@ -177,6 +177,9 @@ func (d *Datapath) settle() error {
 	if err != nil {
 		return err
 	}
+	if err := d.clearOlderXDPRecords(); err != nil {
+		return err
+	}
 	meta.SettledGeneration = d.generation
 	if err := d.meta.Update(0, meta, ebpf.UpdateAny); err != nil {
 		return err

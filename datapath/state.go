@@ -36,6 +36,8 @@ const ctName = "sl_ct"
 type state struct {
 	pinDir                                           string
 	ifaces, counters, ruleHits, ipsets, routes, meta *ebpf.Map
+	// xdpIfaces is the XDP object's interface map (bpf.MapXDPIfaces).
+	xdpIfaces *ebpf.Map
 	// The load-balancing maps (nat.h).
 	svcs, lbSlots, backends, affinity, lbRanges, lbMembers, maglev, snat *ebpf.Map
 	// sockNAT is connect-time balancing's socket storage (sock.h):
@@ -116,6 +118,10 @@ func openState(specs *bpf.Specs, sock *bpf.SockSpecs, opts Options) (*state, err
 		s.byName[e.spec.Name] = m
 	}
 	if err := s.openConntrack(specs.SlCtTables.InnerMap, opts.ConntrackEntries); err != nil {
+		s.close()
+		return nil, err
+	}
+	if err := s.openXDPIfaces(opts.MaxInterfaces); err != nil {
 		s.close()
 		return nil, err
 	}
@@ -238,7 +244,7 @@ func (s *state) close() error {
 	for _, m := range s.byName {
 		errs = append(errs, m.Close())
 	}
-	for _, m := range []*ebpf.Map{s.ct, s.draining} {
+	for _, m := range []*ebpf.Map{s.ct, s.draining, s.xdpIfaces} {
 		if m != nil {
 			errs = append(errs, m.Close())
 		}

@@ -82,6 +82,10 @@ type Options struct {
 	// ClassifierBytes bounds the rows of one classified run; a run that
 	// needs more stays linear. 0 means DefaultClassifierBytes.
 	ClassifierBytes int
+	// Hook is the kind of program to compile, HookTC by default. An
+	// HookXDP policy is loaded into an XDP program's jump map and ends in
+	// its continuations (Maps).
+	Hook Hook
 }
 
 // Compiled is a policy compiled into one or more programs. It holds no
@@ -153,6 +157,9 @@ func Compile(rules Rules, opts Options) (*Compiled, error) {
 func compile(rules Rules, opts Options, hints []*classLayout) (*Compiled, error) {
 	if opts.MaxParts > MaxParts {
 		return nil, fmt.Errorf("compile: Options.MaxParts %d is above MaxParts (%d), the tail-call budget", opts.MaxParts, MaxParts)
+	}
+	if err := opts.Hook.check(); err != nil {
+		return nil, fmt.Errorf("compile: %w", err)
 	}
 	p, err := validate(rules, opts.MaxRules)
 	if err != nil {

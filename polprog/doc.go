@@ -39,7 +39,8 @@
 // continuation failed, or a later part was entered with no resume point)
 // sets policy_rc to bpf.PolicyFailed and tail calls the deny continuation,
 // which counts it; only when there is no state, or the deny continuation
-// cannot be reached, does a part return TC_ACT_SHOT. Parts are cut between
+// cannot be reached, does a part return TC_ACT_SHOT (XDP_DROP for
+// Options.Hook HookXDP). Parts are cut between
 // rules, before the verifier's limit on pending branch states
 // (asm.MaxJumpSequences) or a configured instruction count; 20,000 rules
 // fit in a few parts, and at most MaxParts are allowed (the tail-call
@@ -110,9 +111,19 @@
 // work with protocol icmp and icmpv6. Merged lookups take IPv4 CIDR runs;
 // a run with IPv6 CIDRs stays inline.
 //
+// # Hooks
+//
+// Options.Hook selects the program type: HookTC (the default) compiles
+// BPF_PROG_TYPE_SCHED_CLS parts, HookXDP compiles BPF_PROG_TYPE_XDP parts
+// with the same code and state, which drop with XDP_DROP where TC parts
+// return TC_ACT_SHOT. A prog array takes programs of one type only, so an
+// XDP policy is loaded with an XDP program's own jump map and continuations
+// in Maps (the datapath's sl_xdp_policy_jumps and sl_xdp_conts); the kernel
+// refuses it in the TC ones.
+//
 // # Kernel features
 //
-// BPF_PROG_TYPE_SCHED_CLS programs, bpf_tail_call with BPF_MAP_TYPE_PROG_ARRAY,
+// BPF_PROG_TYPE_SCHED_CLS programs (BPF_PROG_TYPE_XDP with HookXDP), bpf_tail_call with BPF_MAP_TYPE_PROG_ARRAY,
 // BPF_MAP_TYPE_PERCPU_ARRAY (state), BPF_MAP_TYPE_LPM_TRIE (IP sets and
 // merged rules), BPF_MAP_TYPE_PERCPU_HASH (hit counters) and JMP32
 // instructions (Linux 5.1). Classified runs add BPF_MAP_TYPE_ARRAY, batch

@@ -26,6 +26,9 @@ const (
 // continuations in sl_conts (see stubAllowRC), and hands out
 // sl_policy_jumps slots.
 type kernel struct {
+	// hook is the kind of program the stubs are, and so the policies
+	// that the jump map takes.
+	hook  Hook
 	maps  Maps
 	ncpu  int
 	state []bpf.State
@@ -39,6 +42,12 @@ type kernel struct {
 const policyJumpSlots = 256
 
 func newKernel(tb testing.TB) *kernel {
+	tb.Helper()
+	return newHookKernel(tb, HookTC)
+}
+
+// newHookKernel is newKernel with continuations of hook's program type.
+func newHookKernel(tb testing.TB, hook Hook) *kernel {
 	tb.Helper()
 	testutil.RequirePrivileged(tb)
 	spec, err := bpf.LoadSpec()
@@ -58,7 +67,7 @@ func newKernel(tb testing.TB) *kernel {
 		tb.Cleanup(func() { m.Close() })
 		return m
 	}
-	k := &kernel{maps: Maps{
+	k := &kernel{hook: hook, maps: Maps{
 		State: mk(bpf.MapState), IPSets: mk(bpf.MapIPSets), RuleHits: mk(bpf.MapRuleHits),
 		PolicyJumps: mk(bpf.MapPolicyJumps), Conts: mk(bpf.MapConts),
 	}, slotUsed: make([]bool, policyJumpSlots)}
@@ -81,7 +90,7 @@ func newKernel(tb testing.TB) *kernel {
 func (k *kernel) stub(tb testing.TB, base int32) *ebpf.Program {
 	tb.Helper()
 	stub, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Type: ebpf.SchedCLS, License: "Dual BSD/GPL",
+		Type: k.hook.programType(), AttachType: k.hook.attachType(), License: "Dual BSD/GPL",
 		Instructions: ebpfasm.Instructions{
 			ebpfasm.StoreImm(ebpfasm.R10, -4, 0, ebpfasm.Word),
 			ebpfasm.LoadMapPtr(ebpfasm.R1, k.maps.State.FD()),
@@ -184,7 +193,7 @@ func stateOf(pkt Packet) bpf.State {
 	return s
 }
 
-// packetData is the smallest frame a SchedCLS test run accepts.
+// packetData is the smallest frame a SchedCLS or XDP test run accepts.
 var packetData = make([]byte, 14)
 
 // runProg sets every CPU's state to s, runs prog and returns its return

@@ -12,7 +12,9 @@ import (
 )
 
 // Maps are the datapath's maps that policy programs use, by their roles in
-// bpf/include/sluice/policy_maps.h.
+// bpf/include/sluice/policy_maps.h. A HookXDP policy takes the XDP
+// object's jump map and continuations (prog arrays of XDP programs) in
+// PolicyJumps and Conts.
 type Maps struct {
 	State       *ebpf.Map // sl_state_map
 	IPSets      *ebpf.Map // sl_ipsets
@@ -114,7 +116,7 @@ func (c *Compiled) load(maps Maps, slots []uint32) (*Program, error) {
 		return nil, err
 	}
 	for i, part := range c.Parts {
-		prog, id, err := loadPart(part.Instructions, i, slots, byName)
+		prog, id, err := loadPart(part.Instructions, c.opts.Hook, i, slots, byName)
 		if err != nil {
 			p.closeAll()
 			return nil, err
@@ -152,8 +154,9 @@ func checkSlots(slots []uint32, parts int, max uint32) error {
 }
 
 // loadPart sets the next part's slot and the maps in a copy of part i's
-// instructions, loads it and returns it with its program ID.
-func loadPart(insns ebpfasm.Instructions, i int, slots []uint32, byName map[string]*ebpf.Map) (*ebpf.Program, ebpf.ProgramID, error) {
+// instructions, loads it as a program of hook's type and returns it with
+// its program ID.
+func loadPart(insns ebpfasm.Instructions, hook Hook, i int, slots []uint32, byName map[string]*ebpf.Map) (*ebpf.Program, ebpf.ProgramID, error) {
 	insns = slices.Clone(insns)
 	if err := setNextSlot(insns, i, slots); err != nil {
 		return nil, 0, fmt.Errorf("part %d: %w", i, err)
@@ -165,7 +168,8 @@ func loadPart(insns ebpfasm.Instructions, i int, slots []uint32, byName map[stri
 	}
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Name:         fmt.Sprintf("slp_part%d", i),
-		Type:         ebpf.SchedCLS,
+		Type:         hook.programType(),
+		AttachType:   hook.attachType(),
 		License:      "Dual BSD/GPL",
 		Instructions: insns,
 	})

@@ -53,10 +53,6 @@ const (
 	stackTaggedPreNAT = -88
 )
 
-// TC_ACT_SHOT: the answer when there is no state, or when the deny
-// continuation cannot be reached.
-const tcActShot = 2
-
 // nextSlotPlaceholder is the immediate of the instruction that loads the
 // next part's sl_policy_jumps slot until Load sets it. As a u32 index it
 // is past the end of any prog array, so an unpatched tail call fails (and
@@ -83,7 +79,7 @@ const (
 
 // Registers with a fixed role.
 const (
-	regCtx = ebpfasm.R6 // the skb
+	regCtx = ebpfasm.R6 // the context: the skb, or the xdp_md
 	// R7 is regFamily (family.go).
 	regRuleID = ebpfasm.R8 // the deciding rule's ID, at the footer labels
 	regState  = ebpfasm.R9 // &sl_state
@@ -181,7 +177,7 @@ func (c *compiler) startPart(pending []string) error {
 	c.part = &partBuilder{b: asm.NewBlock(opts...), index: idx,
 		crossRefs: map[string]bool{}, crossDefs: map[string]bool{}, used: map[string]bool{}}
 	b := c.part.b
-	b.Comment(fmt.Sprintf("policy part %d: R6 = skb, R7 = address families, R9 = &sl_state", idx))
+	b.Comment(fmt.Sprintf("policy part %d: R6 = %s, R7 = address families, R9 = &sl_state", idx, c.opts.Hook.contextName()))
 	b.Emit(
 		ebpfasm.Mov.Reg(regCtx, ebpfasm.R1),
 		ebpfasm.StoreImm(ebpfasm.R10, stackStateKey, 0, ebpfasm.Word),
@@ -264,7 +260,7 @@ func (c *compiler) finishPart(last bool) error {
 	)
 	b.Label(labelNoState)
 	b.Comment("no state, or the deny continuation failed: drop")
-	b.Emit(ebpfasm.Mov.Imm(ebpfasm.R0, tcActShot), ebpfasm.Return())
+	b.Emit(ebpfasm.Mov.Imm(ebpfasm.R0, c.opts.Hook.dropCode()), ebpfasm.Return())
 	insns, err := b.Assemble()
 	if err != nil {
 		return fmt.Errorf("assemble part %d: %w", p.index, err)

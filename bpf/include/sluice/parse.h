@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* Packet parsing for the TC datapath: Ethernet, IPv4 (options skipped),
- * TCP, UDP and ICMP. Each step either fills struct sl_pkt or names the
- * reason the packet is dropped or passed unparsed. */
+/* Packet parsing for the TC datapath and the XDP program: Ethernet, IPv4
+ * (options skipped), TCP, UDP and ICMP. Each step either fills struct
+ * sl_pkt or names the reason the packet is dropped or passed unparsed. The
+ * steps work on the frame's bytes [data, end) and its length, so that an
+ * skb's (the TC wrappers) and an xdp_md's share them. */
 #pragma once
 
 #include <linux/if_ether.h>
@@ -23,7 +25,7 @@
 #define SL_IP6_EXT_MAX		8
 #define SL_IP6_CHAIN_MAX	256
 
-/* The furthest an L4 header may start from skb->data: after an IPv4 header
+/* The furthest an L4 header may start from the frame's start: after an IPv4 header
  * with full options, or an IPv6 header and the longest chain walked. */
 #define SL_L4_OFF_MAX (ETH_HLEN + 40 + SL_IP6_CHAIN_MAX)
 
@@ -77,7 +79,7 @@ struct sl_pkt {
 	__u8	daddr[16];	/* IPv4-mapped for IPv4 */
 	__u16	sport;		/* host order; 0 without ports */
 	__u16	dport;		/* host order; 0 without ports */
-	__u16	l4_off;		/* offset of the L4 header from skb->data */
+	__u16	l4_off;		/* offset of the L4 header from the frame's start */
 	__u16	l4_len;		/* IP total length minus the IP header */
 	__u16	ip_len;		/* IP total length */
 	__u8	proto;		/* IPPROTO_* */
@@ -168,15 +170,13 @@ SL_INLINE bool sl_ethertype_is_link(__be16 proto)
 	       proto == bpf_htons(SL_ETH_P_LLDP) || proto == bpf_htons(SL_ETH_P_PTP);
 }
 
-/* sl_parse_eth sorts frames by EtherType; IPv4 continues, and IPv6 where
- * the interface enforces it. A VLAN tag
- * drops the frame wherever it sits: in the frame, or in the skb, where
- * the receive path puts the outer tag before TC ingress runs. */
-SL_INLINE enum sl_parse_rc sl_parse_eth(struct __sk_buff *skb, enum sl_iface_flags iflags,
-					enum sl_reason *reason)
+/* sl_parse_eth_at sorts frames by EtherType; IPv4 continues, and IPv6
+ * where the interface enforces it. A VLAN tag drops the frame wherever it
+ * sits: in the frame, or outside it (vlan_tag), as in an skb, where the
+ * receive path puts the outer tag before TC ingress runs. */
+SL_INLINE enum sl_parse_rc sl_parse_eth_at(void *data, void *end, bool vlan_tag, enum sl_iface_flags iflags,
+					   enum sl_reason *reason)
 {
-	void *data = (void *)(long)skb->data;
-	void *end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
 	__be16 proto;
 
@@ -185,7 +185,7 @@ SL_INLINE enum sl_parse_rc sl_parse_eth(struct __sk_buff *skb, enum sl_iface_fla
 		return SL_PARSE_VERDICT;
 	}
 	proto = eth->h_proto;
-	if (skb->vlan_present || proto == bpf_htons(SL_ETH_P_8021Q) ||
+	if (vlan_tag || proto == bpf_htons(SL_ETH_P_8021Q) ||
 	    proto == bpf_htons(SL_ETH_P_8021AD) || proto == bpf_htons(SL_ETH_P_QINQ)) {
 		*reason = SL_REASON_DROPPED_VLAN;
 		return SL_PARSE_VERDICT;
@@ -203,18 +203,25 @@ SL_INLINE enum sl_parse_rc sl_parse_eth(struct __sk_buff *skb, enum sl_iface_fla
 	return SL_PARSE_VERDICT;
 }
 
-/* sl_parse_ipv4 checks the IPv4 header and its lengths. Options are
+/* sl_parse_eth is sl_parse_eth_at of an skb, with its offloaded tag. */
+SL_INLINE enum sl_parse_rc sl_parse_eth(struct __sk_buff *skb, enum sl_iface_flags iflags,
+					enum sl_reason *reason)
+{
+	return sl_parse_eth_at((void *)(long)skb->data, (void *)(long)skb->data_end, skb->vlan_present, iflags,
+			       reason);
+}
+
+/* sl_parse_ipv4_at checks the IPv4 header of a frame of len bytes and its
+ * lengths. Options are
  * accepted and skipped. Fragments: without reassembly a non-first fragment
  * has no ports to match, so by default every fragment is dropped (passing
  * the first alone would be pointless). With SL_IFACE_PASS_FRAGMENTS the
  * first fragment is policed like any packet and later ones are
  * SL_PARSE_LATER_FRAGMENT, which pass from a source the hook accepts: the
  * receiver cannot reassemble them without the policed first fragment. */
-SL_INLINE enum sl_parse_rc sl_parse_ipv4(struct __sk_buff *skb, enum sl_iface_flags iflags,
-					 struct sl_pkt *pkt, enum sl_reason *reason)
+SL_INLINE enum sl_parse_rc sl_parse_ipv4_at(void *data, void *end, __u32 len, enum sl_iface_flags iflags,
+					    struct sl_pkt *pkt, enum sl_reason *reason)
 {
-	void *data = (void *)(long)skb->data;
-	void *end = (void *)(long)skb->data_end;
 	struct iphdr *ip = data + ETH_HLEN;
 	__u32 ihl, tot_len;
 	__u16 frag;
@@ -234,7 +241,7 @@ SL_INLINE enum sl_parse_rc sl_parse_ipv4(struct __sk_buff *skb, enum sl_iface_fl
 	if ((void *)ip + ihl > end)
 		return SL_PARSE_VERDICT;
 	tot_len = bpf_ntohs(ip->tot_len);
-	if (tot_len < ihl || tot_len > skb->len - ETH_HLEN) {
+	if (tot_len < ihl || tot_len > len - ETH_HLEN) {
 		*reason = SL_REASON_DROPPED_BAD_LEN;
 		return SL_PARSE_VERDICT;
 	}
@@ -255,6 +262,14 @@ SL_INLINE enum sl_parse_rc sl_parse_ipv4(struct __sk_buff *skb, enum sl_iface_fl
 	 * Ethernet padding is never taken for L4 bytes. */
 	pkt->l4_len = tot_len - ihl;
 	return SL_PARSE_OK;
+}
+
+/* sl_parse_ipv4 is sl_parse_ipv4_at of an skb. */
+SL_INLINE enum sl_parse_rc sl_parse_ipv4(struct __sk_buff *skb, enum sl_iface_flags iflags,
+					 struct sl_pkt *pkt, enum sl_reason *reason)
+{
+	return sl_parse_ipv4_at((void *)(long)skb->data, (void *)(long)skb->data_end, skb->len, iflags, pkt,
+				reason);
 }
 
 /* sl_parse_tcp reads ports and flags and checks the data offset. */
@@ -300,14 +315,11 @@ SL_INLINE __u32 sl_ported_header_len(__u8 proto)
 	return 0;
 }
 
-/* sl_parse_l4 reads the L4 header the packet's protocol has. UDP, UDP-Lite,
- * SCTP, DCCP, ICMP and ICMPv6 need their headers; other protocols pass on with
- * ports 0. */
-SL_INLINE enum sl_parse_rc sl_parse_l4(struct __sk_buff *skb, struct sl_pkt *pkt,
-				       enum sl_reason *reason)
+/* sl_parse_l4_at reads the L4 header the packet's protocol has. UDP,
+ * UDP-Lite, SCTP, DCCP, ICMP and ICMPv6 need their headers; other
+ * protocols pass on with ports 0. */
+SL_INLINE enum sl_parse_rc sl_parse_l4_at(void *data, void *end, struct sl_pkt *pkt, enum sl_reason *reason)
 {
-	void *data = (void *)(long)skb->data;
-	void *end = (void *)(long)skb->data_end;
 	__u32 l4_len = pkt->l4_len;
 	__u32 off = pkt->l4_off;
 	void *l4;
@@ -337,4 +349,10 @@ SL_INLINE enum sl_parse_rc sl_parse_l4(struct __sk_buff *skb, struct sl_pkt *pkt
 	if (sl_icmp_any_echo(pkt->proto, icmp->type))
 		pkt->icmp_id = bpf_ntohs(icmp->id);
 	return SL_PARSE_OK;
+}
+
+/* sl_parse_l4 is sl_parse_l4_at of an skb. */
+SL_INLINE enum sl_parse_rc sl_parse_l4(struct __sk_buff *skb, struct sl_pkt *pkt, enum sl_reason *reason)
+{
+	return sl_parse_l4_at((void *)(long)skb->data, (void *)(long)skb->data_end, pkt, reason);
 }

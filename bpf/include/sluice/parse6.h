@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* IPv6 parsing for the TC datapath, at interfaces with
+/* IPv6 parsing for the TC datapath (and the XDP program), at interfaces with
  * SL_IFACE_ENFORCE_IPV6: the fixed header, a bounded chain of extension
  * headers, and neighbour discovery. What follows the chain (TCP, UDP,
  * ICMPv6, ...) is sl_parse_l4's, as for IPv4, so one path serves both
@@ -37,11 +37,13 @@ SL_INLINE bool sl_ip6_is_ext(__u8 next)
 	       next == SL_IP6_AH || next == SL_IP6_DSTOPTS;
 }
 
-/* sl_parse_ipv6 parses the IPv6 header at ETH_HLEN and walks its chain of
- * extension headers into *pkt, as sl_parse_ipv4 does for IPv4. A global
- * (not inlined) function: the verifier checks its loop once, not once per
- * path of the programs that call it. It returns SL_PARSE6_RESULT(rc,
- * reason):
+/* sl_parse_ipv6_at parses the IPv6 header at ETH_HLEN of a frame of len
+ * bytes, [data, end) of ctx (an xdp_md when xdp, a constant, else an skb),
+ * and walks its chain of extension headers into *pkt, as sl_parse_ipv4
+ * does for IPv4. Its callers are global (not inlined) functions, one per
+ * context type (sl_parse_ipv6 and the XDP program's): the verifier checks
+ * the loop once, not once per path of the programs that call it. It
+ * returns SL_PARSE6_RESULT(rc, reason):
  *
  *   - SL_PARSE_OK: addresses, protocol and L4 offset and length are set;
  *   - SL_PARSE_LATER_FRAGMENT: a fragment past the first, with
@@ -57,10 +59,9 @@ SL_INLINE bool sl_ip6_is_ext(__u8 next)
  * packet; an atomic fragment (offset 0, no more fragments) is a packet.
  * A fragment's hop limit is recorded as 0: it is never neighbour
  * discovery. */
-__noinline int sl_parse_ipv6(struct __sk_buff *skb, __u32 iflags, struct sl_pkt *pkt)
+SL_INLINE int sl_parse_ipv6_at(void *ctx, void *data, void *end, __u32 len, bool xdp, __u32 iflags,
+			       struct sl_pkt *pkt)
 {
-	void *data = (void *)(long)skb->data;
-	void *end = (void *)(long)skb->data_end;
 	struct ipv6hdr *ip6 = data + ETH_HLEN;
 	__u32 off = ETH_HLEN + sizeof(*ip6), payload_end;
 	bool fragment = false;
@@ -76,7 +77,7 @@ __noinline int sl_parse_ipv6(struct __sk_buff *skb, __u32 iflags, struct sl_pkt 
 	payload_end = off + bpf_ntohs(ip6->payload_len);
 	/* A payload length of 0 is a jumbogram's, which needs more than the
 	 * 64 KiB a TC packet has. */
-	if (payload_end == off || payload_end > skb->len)
+	if (payload_end == off || payload_end > len)
 		return SL_PARSE6_RESULT(SL_PARSE_VERDICT, SL_REASON_DROPPED_BAD_LEN);
 	/* An IPv4-mapped address on the wire would share an IPv4 flow's
 	 * conntrack key and routes. */
@@ -93,7 +94,8 @@ __noinline int sl_parse_ipv6(struct __sk_buff *skb, __u32 iflags, struct sl_pkt 
 
 		if (!sl_ip6_is_ext(next))
 			break;
-		if (off + sizeof(h) > payload_end || bpf_skb_load_bytes(skb, off, h, sizeof(h)))
+		if (off + sizeof(h) > payload_end ||
+		    (xdp ? bpf_xdp_load_bytes(ctx, off, h, sizeof(h)) : bpf_skb_load_bytes(ctx, off, h, sizeof(h))))
 			return SL_PARSE6_RESULT(SL_PARSE_VERDICT, SL_REASON_DROPPED_IPV6_EXT);
 		if (next == SL_IP6_FRAGMENT) {
 			__u16 frag = ((__u16)h[2] << 8) | h[3];
@@ -141,6 +143,13 @@ __noinline int sl_parse_ipv6(struct __sk_buff *skb, __u32 iflags, struct sl_pkt 
 	pkt->ip_len = payload_end - ETH_HLEN;
 	pkt->l4_len = payload_end - off;
 	return SL_PARSE6_RESULT(SL_PARSE_OK, 0);
+}
+
+/* sl_parse_ipv6 is sl_parse_ipv6_at of an skb. */
+__noinline int sl_parse_ipv6(struct __sk_buff *skb, __u32 iflags, struct sl_pkt *pkt)
+{
+	return sl_parse_ipv6_at(skb, (void *)(long)skb->data, (void *)(long)skb->data_end, skb->len, false, iflags,
+				pkt);
 }
 
 /* sl_icmp6_link says whether an ICMPv6 message is one the link needs:
