@@ -15,7 +15,8 @@
 // a group, by address and port. Source ranges are an LPM trie keyed by
 // service ID and family. Members (service ID, backend ID) say whether each
 // backend of the current list is serving and local, which decides whether
-// a client's affinity still fits; a Maglev service has a table per list
+// a client's affinity still fits, so only a service with affinity has
+// them; a Maglev service has a table per list
 // (service ID, slot base) over its serving backends, by weight.
 //
 // # Table
