@@ -111,7 +111,9 @@ type programmed struct {
 	// leaves two).
 	lists   []slotList
 	ordered []Backend
-	values  map[bpf.SvcKey]bpf.Svc
+	// values are its frontends as the maps hold them: a slice, as a
+	// service has few, and a map of them costs ten times the memory.
+	values []frontendValue
 	ranges  map[bpf.SvcRangeKey]bool
 	// members are the service's sl_members entries: backend ID to flags.
 	members map[uint32]bpf.LBMemberFlags
@@ -119,6 +121,22 @@ type programmed struct {
 	// print of the serving backends it was built from (maglevPrint); ""
 	// for an adopted table whose content is not known yet.
 	maglev map[uint32]string
+}
+
+// frontendValue is a frontend's key and its sl_svcs value.
+type frontendValue struct {
+	key bpf.SvcKey
+	val bpf.Svc
+}
+
+// value returns the value p's frontend k has in the maps.
+func (p *programmed) value(k bpf.SvcKey) (bpf.Svc, bool) {
+	for _, fv := range p.values {
+		if fv.key == k {
+			return fv.val, true
+		}
+	}
+	return bpf.Svc{}, false
 }
 
 // slotList is a backend list: the backend ID in each slot from base on,
