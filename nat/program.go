@@ -40,6 +40,10 @@ type plan struct {
 	// released are backends a deleted slot named; those no slot names
 	// when the plan is applied are deleted.
 	released []bpf.Backend
+	// sweepAffinity: the plan deletes a service ID, or sweeps what a
+	// previous process left, so that client affinities of IDs no
+	// frontend holds are deleted last (sweepAffinity).
+	sweepAffinity bool
 }
 
 // entries are the new backends, members, slots, Maglev tables and ranges
@@ -82,7 +86,7 @@ func (t *Table) upsert(name string, s Service, pl *plan, owners map[bpf.SvcKey]s
 	// expressions, so that neither grows into the other).
 	n := len(s.Backends)
 	buf := make([]Backend, 2*n)
-	ordered := s.orderedTo(buf[n:n:2*n])
+	ordered := s.orderedTo(buf[n : n : 2*n])
 	s.Backends = append(buf[:0:n], s.Backends...)
 	s.Frontends = slices.Clone(s.Frontends)
 	s.SourceRanges = slices.Clone(s.SourceRanges)
@@ -234,6 +238,7 @@ func (t *Table) delete(name string, pl *plan) {
 	}
 	delete(t.services, name)
 	delete(t.svcIDs, p.id)
+	pl.sweepAffinity = true
 }
 
 // adopt returns, as programmed, the service a previous process left
@@ -485,6 +490,7 @@ func (t *Table) planStray(pl *plan, live map[bpf.BackendSlotKey]bool) error {
 	}
 	clear(t.reserved)
 	t.swept = true
+	pl.sweepAffinity = true
 	return nil
 }
 
@@ -560,6 +566,11 @@ func (t *Table) write(pl *plan) error {
 	}
 	if err := remove(t, t.backends, gone); err != nil {
 		return fmt.Errorf("delete backends: %w", err)
+	}
+	if pl.sweepAffinity {
+		if err := t.sweepAffinity(); err != nil {
+			return fmt.Errorf("delete client affinities: %w", err)
+		}
 	}
 	return nil
 }

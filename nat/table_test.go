@@ -439,13 +439,32 @@ func TestMakeBeforeBreak(t *testing.T) {
 	for step := 0; step < 300; step++ {
 		before := readKernel(t, tb)
 		next := randomServices(r)
-		op := r.IntN(3)
+		op := r.IntN(4)
+		// Op 3 Applies a random part of the change: upserts of some of
+		// next's services, deletions of some of those it lacks.
+		upserts, deletes := map[string]Service{}, []string{}
+		if op == 3 {
+			for _, name := range slices.Sorted(maps.Keys(next)) {
+				if r.IntN(2) == 0 {
+					upserts[name] = next[name]
+				}
+			}
+			for _, name := range slices.Sorted(maps.Keys(desired)) {
+				if _, ok := next[name]; !ok && r.IntN(2) == 0 {
+					deletes = append(deletes, name)
+				}
+			}
+		}
+		touched := func(name string) bool {
+			_, up := upserts[name]
+			return op == 0 || (op == 3 && up) || (op != 3 && name == "svc-1")
+		}
 		// Frontends that must stay live: in the current and the next
 		// state of the services the operation touches, with backends in
 		// both.
 		live := map[bpf.SvcKey]bool{}
 		for name, s := range next {
-			if op != 0 && name != "svc-1" {
+			if !touched(name) {
 				continue
 			}
 			old, ok := desired[name]
@@ -469,6 +488,11 @@ func TestMakeBeforeBreak(t *testing.T) {
 			target["svc-1"] = s
 		case op == 1:
 			delete(target, "svc-1")
+		case op == 3:
+			maps.Copy(target, upserts)
+			for _, name := range deletes {
+				delete(target, name)
+			}
 		}
 		tb.afterWrite = func() {
 			writes++
@@ -497,6 +521,9 @@ func TestMakeBeforeBreak(t *testing.T) {
 				err = tb.Delete("svc-1")
 				delete(desired, "svc-1")
 			}
+		case 3:
+			err = tb.Apply(upserts, deletes)
+			desired = target
 		default:
 			// An Upsert that would take another service's frontend
 			// fails and changes nothing.
