@@ -149,7 +149,8 @@ func affinityKeys(t *testing.T, tb *Table) []bpf.AffinityKey {
 
 // TestAffinitySweptWithService: a deleted service's client affinities
 // leave the kernel's map with it (by Delete, Sync and Apply), after its
-// frontends, while the other services' stay; a service that later gets
+// frontends, while the other services' stay, also when it had given up
+// its affinity before; a service that later gets
 // the ID (a new process hands out the IDs after the highest it finds)
 // starts without clients; and after a process died between a deletion
 // and its sweep, the ID its affinities hold is not handed out until the
@@ -196,6 +197,13 @@ func TestAffinitySweptWithService(t *testing.T) {
 	}
 	if diff := cmp.Diff([]bpf.AffinityKey{keys["a"], keys["b"], keys["c"]}, affinityKeys(t, tb)); diff != "" {
 		t.Errorf("after Delete: affinity keys (-want +got):\n%s", diff)
+	}
+	// c loses its affinity before it goes: the clients the datapath
+	// recorded before still go with it.
+	cOff := all["c"]
+	cOff.Affinity = 0
+	if err := tb.Upsert("c", cOff); err != nil {
+		t.Fatal(err)
 	}
 	delete(all, "c")
 	if err := tb.Sync(all); err != nil {

@@ -40,9 +40,10 @@ type plan struct {
 	// released are backends a deleted slot named; those no slot names
 	// when the plan is applied are deleted.
 	released []bpf.Backend
-	// sweepAffinity: the plan deletes a service ID, or sweeps what a
-	// previous process left, so that client affinities of IDs no
-	// frontend holds are deleted last (sweepAffinity).
+	// sweepAffinity: the plan deletes a service that has or had
+	// affinity, or sweeps what a previous process left, so that client
+	// affinities of IDs no frontend holds are deleted last
+	// (sweepAffinity).
 	sweepAffinity bool
 }
 
@@ -118,7 +119,8 @@ func (t *Table) upsert(name string, s Service, pl *plan, owners map[bpf.SvcKey]s
 			return err
 		}
 	}
-	p := &programmed{svc: s, id: id, ordered: ordered, values: make([]frontendValue, 0, len(s.Frontends))}
+	p := &programmed{svc: s, id: id, ordered: ordered, values: make([]frontendValue, 0, len(s.Frontends)),
+		hadAffinity: s.Affinity > 0 || (old != nil && old.hadAffinity)}
 	if len(s.SourceRanges) > 0 {
 		p.ranges = make(map[bpf.SvcRangeKey]bool, len(s.SourceRanges))
 	}
@@ -238,7 +240,8 @@ func (t *Table) delete(name string, pl *plan) {
 	}
 	delete(t.services, name)
 	delete(t.svcIDs, p.id)
-	pl.sweepAffinity = true
+	// Only a frontend with affinity records clients.
+	pl.sweepAffinity = pl.sweepAffinity || p.hadAffinity
 }
 
 // adopt returns, as programmed, the service a previous process left
@@ -253,7 +256,7 @@ func (t *Table) adopt(s Service) (*programmed, error) {
 		if _, taken := t.svcIDs[v.ID]; taken {
 			continue
 		}
-		p := &programmed{id: v.ID, ranges: map[bpf.SvcRangeKey]bool{},
+		p := &programmed{id: v.ID, ranges: map[bpf.SvcRangeKey]bool{}, hadAffinity: true,
 			members: t.adoptedMembers[v.ID], maglev: map[uint32]string{}}
 		if p.members == nil {
 			p.members = map[uint32]bpf.LBMemberFlags{}

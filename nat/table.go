@@ -119,6 +119,10 @@ type programmed struct {
 	ranges map[bpf.SvcRangeKey]bool
 	// members are the service's sl_members entries: backend ID to flags.
 	members map[uint32]bpf.LBMemberFlags
+	// hadAffinity: the service has or had affinity, so that the
+	// datapath may have recorded its clients (an adopted one's history
+	// is not known: it counts as had).
+	hadAffinity bool
 	// maglev are the service's Maglev tables by slot base, each with the
 	// print of the serving backends it was built from (maglevPrint); ""
 	// for an adopted table whose content is not known yet.
