@@ -3,6 +3,7 @@ package nat
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"slices"
 	"testing"
@@ -268,5 +269,48 @@ func TestAffinitySweptWithService(t *testing.T) {
 	}
 	if got := affinityKeys(t, third); len(got) != 0 {
 		t.Errorf("after the first Sync: affinities %v left", got)
+	}
+}
+
+// TestBackendIDsAfterWrap: new backend IDs skip those in use once the
+// counter wraps around, and when the maps a Table adopts hold the
+// largest ID.
+func TestBackendIDsAfterWrap(t *testing.T) {
+	m := newTestMaps(t)
+	tb, err := NewTable(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tb.Upsert("a", oneFrontendService("10.96.0.1", 80, "10.1.0.1", "10.1.0.2", "10.1.0.3")); err != nil {
+		t.Fatal(err)
+	}
+	tb.nextBackend = math.MaxUint32 - 1
+	if err := tb.Upsert("b", oneFrontendService("10.96.0.2", 80, "10.1.1.1", "10.1.1.2", "10.1.1.3", "10.1.1.4")); err != nil {
+		t.Fatal(err)
+	}
+	if err := readKernel(t, tb).checkExact(t, tb.Services()); err != nil {
+		t.Fatal(err)
+	}
+	var got []uint32
+	for _, ap := range []string{"10.1.1.1:8080", "10.1.1.2:8080", "10.1.1.3:8080", "10.1.1.4:8080"} {
+		id, _ := tb.BackendID(netip.MustParseAddrPort(ap))
+		got = append(got, id)
+	}
+	if want := []uint32{math.MaxUint32 - 1, math.MaxUint32, 4, 5}; !slices.Equal(got, want) {
+		t.Errorf("IDs across the wrap %v, want %v", got, want)
+	}
+	// A new Table over these maps: the largest ID is in use, so the
+	// next ones are looked up.
+	again, err := NewTable(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again.nextBackend = 1
+	if err := again.Sync(map[string]Service{"a": tb.Services()["a"], "b": tb.Services()["b"],
+		"c": oneFrontendService("10.96.0.3", 80, "10.1.2.1")}); err != nil {
+		t.Fatal(err)
+	}
+	if id, _ := again.BackendID(netip.MustParseAddrPort("10.1.2.1:8080")); id != 6 {
+		t.Errorf("a new backend after the restart has ID %d, want 6", id)
 	}
 }

@@ -372,6 +372,10 @@ func (t *Table) newBackendID() uint32 {
 		t.nextBackend++
 		if t.nextBackend == 0 {
 			t.nextBackend = 1
+			t.backendsWrapped = true
+		}
+		if !t.backendsWrapped {
+			return id
 		}
 		if _, used := t.backendByID[id]; id != 0 && !used {
 			return id

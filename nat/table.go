@@ -3,6 +3,7 @@ package nat
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"slices"
 	"sync"
@@ -74,6 +75,11 @@ type Table struct {
 	backendByID map[uint32]bpf.Backend
 	nextSvcID   uint32
 	nextBackend uint32
+	// backendsWrapped: nextBackend may be at or below an ID in use (it
+	// wrapped around, or the maps hold the largest ID), so that a new ID
+	// must be looked up first. Until then every ID from nextBackend on is
+	// free, which spares a Sync from empty a lookup per backend.
+	backendsWrapped bool
 	// adopted are the kernel's frontends found by NewTable, until a
 	// service takes them over or Sync removes them; adoptedByID indexes
 	// them by service ID, and adoptedRanges are the source ranges of
@@ -210,6 +216,7 @@ func (t *Table) readKernel() error {
 		t.backendIDs[b] = backendRef{id: id}
 		t.backendByID[id] = b
 		t.nextBackend = max(t.nextBackend, id+1)
+		t.backendsWrapped = t.backendsWrapped || id == math.MaxUint32
 	}
 	for k, v := range t.svcs.All(&iterErr) {
 		t.adopted[k] = v
