@@ -715,9 +715,30 @@ func remove[K, V any](t *Table, m *sluicemaps.Map[K, V], keys []K) error {
 	return nil
 }
 
-// equalServices reports whether a and b program the same entries.
-func equalServices(a, b Service) bool {
-	return slices.Equal(a.Frontends, b.Frontends) && slices.Equal(a.Backends, b.Backends) &&
-		a.ExternalLocal == b.ExternalLocal && a.InternalLocal == b.InternalLocal && a.Affinity == b.Affinity &&
-		a.Maglev == b.Maglev && slices.Equal(a.SourceRanges, b.SourceRanges)
+// equalServices reports whether a and b program the same entries. A Sync
+// calls it for every service it is given, so it takes pointers and
+// compares in loops of the concrete types: slices.Equal's generic
+// comparison calls an equality function per element.
+func equalServices(a, b *Service) bool {
+	if a.ExternalLocal != b.ExternalLocal || a.InternalLocal != b.InternalLocal || a.Affinity != b.Affinity ||
+		a.Maglev != b.Maglev || len(a.Frontends) != len(b.Frontends) || len(a.Backends) != len(b.Backends) ||
+		len(a.SourceRanges) != len(b.SourceRanges) {
+		return false
+	}
+	for i := range a.Frontends {
+		if a.Frontends[i] != b.Frontends[i] {
+			return false
+		}
+	}
+	for i := range a.Backends {
+		if a.Backends[i] != b.Backends[i] {
+			return false
+		}
+	}
+	for i := range a.SourceRanges {
+		if a.SourceRanges[i] != b.SourceRanges[i] {
+			return false
+		}
+	}
+	return true
 }

@@ -306,7 +306,7 @@ func (t *Table) Upsert(name string, s Service) error {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if p, ok := t.services[name]; ok && equalServices(p.svc, s) {
+	if p, ok := t.services[name]; ok && equalServices(&p.svc, &s) {
 		return nil
 	}
 	var pl plan
@@ -367,7 +367,7 @@ func (t *Table) Sync(all map[string]Service) error {
 	for name, s := range all {
 		if p, ok := t.services[name]; ok {
 			kept++
-			if equalServices(p.svc, s) {
+			if equalServices(&p.svc, &s) {
 				continue
 			}
 		}
@@ -386,7 +386,7 @@ func (t *Table) Sync(all map[string]Service) error {
 	}
 	keeps := func(name string) bool {
 		s, ok := all[name]
-		return ok && equalServices(t.services[name].svc, s)
+		return ok && equalServices(&t.services[name].svc, &s)
 	}
 	if err := t.change(all, changed, deleted, keeps, true); err != nil {
 		return fmt.Errorf("sync services: %w", err)
@@ -416,7 +416,7 @@ func (t *Table) Apply(upserts map[string]Service, deletes []string) error {
 	defer t.mu.Unlock()
 	var changed []string
 	for name, s := range upserts {
-		if p, ok := t.services[name]; ok && equalServices(p.svc, s) {
+		if p, ok := t.services[name]; ok && equalServices(&p.svc, &s) {
 			continue
 		}
 		if _, err := s.validate(); err != nil {
@@ -435,7 +435,7 @@ func (t *Table) Apply(upserts map[string]Service, deletes []string) error {
 			return false
 		}
 		s, ok := upserts[name]
-		return !ok || equalServices(t.services[name].svc, s)
+		return !ok || equalServices(&t.services[name].svc, &s)
 	}
 	if err := t.change(upserts, changed, deleted, keeps, false); err != nil {
 		return fmt.Errorf("apply services: %w", err)
