@@ -51,7 +51,8 @@ func newBenchMaps(b testing.TB, entries uint32) Maps {
 }
 
 // BenchmarkSync: 10,000 services of 5 backends from empty, and one
-// service's backends changed among 10,000.
+// service's backends changed among 10,000, by a Sync of all, an Apply of
+// the one and an Upsert.
 func BenchmarkSync(b *testing.B) {
 	const n = 10000
 	all := benchServices(n)
@@ -84,6 +85,25 @@ func BenchmarkSync(b *testing.B) {
 			all["svc-7"] = s
 			i++
 			if err := tb.Sync(all); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("apply-one/services=10000", func(b *testing.B) {
+		tb, err := NewTable(newBenchMaps(b, 1<<17))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := tb.Sync(all); err != nil {
+			b.Fatal(err)
+		}
+		i := 0
+		for b.Loop() {
+			s := all["svc-7"]
+			s.Backends = append([]Backend(nil), s.Backends...)
+			s.Backends[0].Port = uint16(9000 + i%2)
+			i++
+			if err := tb.Apply(map[string]Service{"svc-7": s}, nil); err != nil {
 				b.Fatal(err)
 			}
 		}

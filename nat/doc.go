@@ -15,12 +15,13 @@
 // a group, by address and port. Source ranges are an LPM trie keyed by
 // service ID and family. Members (service ID, backend ID) say whether each
 // backend of the current list is serving and local, which decides whether
-// a client's affinity still fits; a Maglev service has a table per list
+// a client's affinity still fits, so only a service with affinity has
+// them; a Maglev service has a table per list
 // (service ID, slot base) over its serving backends, by weight.
 //
 // # Table
 //
-// Table.Upsert, Delete and Sync program services make-before-break: new
+// Table.Upsert, Delete, Apply and Sync program services make-before-break: new
 // backends, then the new list (its members, slots and Maglev table) in the
 // half of the service's slot space the current list does not use, then
 // each frontend flipped to it in one map update, then the old list, its
@@ -30,7 +31,24 @@
 // The kernel maps are the record: a Table over maps a previous process
 // programmed adopts its service and backend IDs, members and Maglev
 // tables, a Sync of unchanged services writes nothing, and Sync removes
-// what no desired service accounts for.
+// what no desired service accounts for. Sync is given every service and
+// compares each with what it programmed; Apply is given the changed ones
+// (and the names of the deleted), for an agent that learns of changes one
+// by one. A deleted service's client affinities are deleted after its
+// frontends, so that a service given its ID later inherits no clients.
+//
+// # Costs
+//
+// Measured on a two-vCPU machine shared with other test suites
+// (docs/benchmarks.md): a Sync of 10,000 services with 5 backends each
+// into empty maps writes 110,000 entries (a frontend per service, a
+// backend and a slot per backend; a member more per backend of a service
+// with affinity) in 77-94 ms while the machine is otherwise idle (a
+// median of 280 ms at a load average of 12), most of it the kernel's
+// inserts. A Sync of the same 10,000 with one changed takes 2.0-2.5 ms,
+// nearly all of it comparing every service; an Apply or Upsert of that
+// one service 20-30 µs. The deletion of a service with affinity reads
+// the affinity map once (about 10 ms with 65,536 clients recorded).
 //
 // # Choosing a backend
 //

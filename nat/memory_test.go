@@ -35,7 +35,8 @@ func memlock(tb testing.TB, m *ebpf.Map) int {
 // in the load-balancing maps: 10,000 ClusterIP services programmed with
 // one backend each and then with five, from the maps' memlock before and
 // after (bytes/service counts a service's frontend and its list's
-// bookkeeping, bytes/backend a backend's entry, slot and membership).
+// bookkeeping, bytes/backend a backend's entry and slot: these services
+// have no affinity, which adds a membership per backend).
 func BenchmarkMemory(b *testing.B) {
 	const n = 10000
 	use := func(perService int) int {

@@ -40,6 +40,11 @@ type plan struct {
 	// released are backends a deleted slot named; those no slot names
 	// when the plan is applied are deleted.
 	released []bpf.Backend
+	// sweepAffinity: the plan deletes a service that has or had
+	// affinity, or sweeps what a previous process left, so that client
+	// affinities of IDs no frontend holds are deleted last
+	// (sweepAffinity).
+	sweepAffinity bool
 }
 
 // entries are the new backends, members, slots, Maglev tables and ranges
@@ -77,7 +82,15 @@ func (e *entries) grow(n int) {
 // are the frontends' owners when it is done: a frontend another service
 // holds now may come to name.
 func (t *Table) upsert(name string, s Service, pl *plan, owners map[bpf.SvcKey]string) error {
-	s = cloneService(s)
+	// The Table keeps s, in slices of its own, and its list in slot
+	// order: one allocation holds both backend slices (full slice
+	// expressions, so that neither grows into the other).
+	n := len(s.Backends)
+	buf := make([]Backend, 2*n)
+	ordered := s.orderedTo(buf[n : n : 2*n])
+	s.Backends = append(buf[:0:n], s.Backends...)
+	s.Frontends = slices.Clone(s.Frontends)
+	s.SourceRanges = slices.Clone(s.SourceRanges)
 	for _, f := range s.Frontends {
 		k := f.key()
 		if owner, ok := t.frontends[k]; ok && owner != name && owners[k] != name {
@@ -97,7 +110,6 @@ func (t *Table) upsert(name string, s Service, pl *plan, owners map[bpf.SvcKey]s
 	} else {
 		id = t.newServiceID()
 	}
-	ordered := s.ordered()
 	sameList := old != nil && len(old.lists) == 1 && sameSlots(old.ordered, ordered) && !slices.Contains(old.lists[0].ids, 0)
 	if sameList && s.Maglev {
 		// A Maglev table a frontend may read is never rewritten in
@@ -107,7 +119,8 @@ func (t *Table) upsert(name string, s Service, pl *plan, owners map[bpf.SvcKey]s
 			return err
 		}
 	}
-	p := &programmed{svc: s, id: id, ordered: ordered, values: make(map[bpf.SvcKey]bpf.Svc, len(s.Frontends))}
+	p := &programmed{svc: s, id: id, ordered: ordered, values: make([]frontendValue, 0, len(s.Frontends)),
+		hadAffinity: s.Affinity > 0 || (old != nil && old.hadAffinity)}
 	if len(s.SourceRanges) > 0 {
 		p.ranges = make(map[bpf.SvcRangeKey]bool, len(s.SourceRanges))
 	}
@@ -137,10 +150,10 @@ func (t *Table) upsert(name string, s Service, pl *plan, owners map[bpf.SvcKey]s
 	for _, f := range s.Frontends {
 		k := f.key()
 		v := s.value(f, id, p.lists[0].base)
-		p.values[k] = v
+		p.values = append(p.values, frontendValue{k, v})
 		t.frontends[k] = name
 		if old != nil {
-			if ov, ok := old.values[k]; ok && ov == v {
+			if ov, ok := old.value(k); ok && ov == v {
 				continue
 			}
 		}
@@ -152,9 +165,9 @@ func (t *Table) upsert(name string, s Service, pl *plan, owners map[bpf.SvcKey]s
 	if old == nil {
 		return nil
 	}
-	for k := range old.values {
-		if _, ok := p.values[k]; !ok {
-			t.dropFrontend(name, k, pl)
+	for _, fv := range old.values {
+		if _, ok := p.value(fv.key); !ok {
+			t.dropFrontend(name, fv.key, pl)
 		}
 	}
 	if !sameList {
@@ -210,8 +223,8 @@ func (t *Table) delete(name string, pl *plan) {
 	if !ok {
 		return
 	}
-	for k := range p.values {
-		t.dropFrontend(name, k, pl)
+	for _, fv := range p.values {
+		t.dropFrontend(name, fv.key, pl)
 	}
 	for _, l := range p.lists {
 		t.deleteList(p.id, l, pl)
@@ -227,6 +240,8 @@ func (t *Table) delete(name string, pl *plan) {
 	}
 	delete(t.services, name)
 	delete(t.svcIDs, p.id)
+	// Only a frontend with affinity records clients.
+	pl.sweepAffinity = pl.sweepAffinity || p.hadAffinity
 }
 
 // adopt returns, as programmed, the service a previous process left
@@ -241,7 +256,7 @@ func (t *Table) adopt(s Service) (*programmed, error) {
 		if _, taken := t.svcIDs[v.ID]; taken {
 			continue
 		}
-		p := &programmed{id: v.ID, values: map[bpf.SvcKey]bpf.Svc{}, ranges: map[bpf.SvcRangeKey]bool{},
+		p := &programmed{id: v.ID, ranges: map[bpf.SvcRangeKey]bool{}, hadAffinity: true,
 			members: t.adoptedMembers[v.ID], maglev: map[uint32]string{}}
 		if p.members == nil {
 			p.members = map[uint32]bpf.LBMemberFlags{}
@@ -256,7 +271,7 @@ func (t *Table) adopt(s Service) (*programmed, error) {
 			if !ok {
 				continue
 			}
-			p.values[k] = av
+			p.values = append(p.values, frontendValue{k, av})
 			delete(t.adopted, k)
 			if err := t.adoptList(p, av); err != nil {
 				return nil, err
@@ -357,6 +372,10 @@ func (t *Table) newBackendID() uint32 {
 		t.nextBackend++
 		if t.nextBackend == 0 {
 			t.nextBackend = 1
+			t.backendsWrapped = true
+		}
+		if !t.backendsWrapped {
+			return id
 		}
 		if _, used := t.backendByID[id]; id != 0 && !used {
 			return id
@@ -478,6 +497,7 @@ func (t *Table) planStray(pl *plan, live map[bpf.BackendSlotKey]bool) error {
 	}
 	clear(t.reserved)
 	t.swept = true
+	pl.sweepAffinity = true
 	return nil
 }
 
@@ -554,6 +574,11 @@ func (t *Table) write(pl *plan) error {
 	if err := remove(t, t.backends, gone); err != nil {
 		return fmt.Errorf("delete backends: %w", err)
 	}
+	if pl.sweepAffinity {
+		if err := t.sweepAffinity(); err != nil {
+			return fmt.Errorf("delete client affinities: %w", err)
+		}
+	}
 	return nil
 }
 
@@ -564,23 +589,21 @@ func (t *Table) writeEntries(e *entries) error {
 	for i := range ones {
 		ones[i] = 1
 	}
-	// New backends and members name nothing a frontend reaches yet, nor
-	// each other; the slots and Maglev tables of the new lists name
-	// backends and have members, and ranges wait for nothing. The maps of
-	// each of these two phases are written at once (steps).
-	if err := t.steps(
+	// No frontend reaches a new list before the plan's frontends are
+	// written: its slots go to the half of the slot space no frontend of
+	// the service uses, its Maglev table under that half's base, and its
+	// backends are new. So these writes depend on nothing but each other's
+	// being done before the frontends, and all the maps are written at
+	// once (steps). Members are shared by a service's two lists, so one
+	// whose standing changes is updated in place, toward the new list's.
+	// Ranges only admit clients.
+	return t.steps(
 		step{len(e.backendKeys), func() error {
 			return wrap("write backends", update(t, t.backends, e.backendKeys, e.backendVals))
 		}},
-		// Members go before the slots that name them and after the slots
-		// that named them, so that every slot has its member.
 		step{len(e.memberKeys), func() error {
 			return wrap("write service members", update(t, t.members, e.memberKeys, e.memberVals))
 		}},
-	); err != nil {
-		return err
-	}
-	if err := t.steps(
 		step{len(e.slotKeys), func() error {
 			return wrap("write backend slots", update(t, t.slots, e.slotKeys, e.slotVals))
 		}},
@@ -590,10 +613,7 @@ func (t *Table) writeEntries(e *entries) error {
 		step{len(e.rangeKeys), func() error {
 			return wrap("write source ranges", update(t, t.ranges, e.rangeKeys, ones))
 		}},
-	); err != nil {
-		return err
-	}
-	return nil
+	)
 }
 
 // A step is the writes of one map in a phase of a plan: n entries.
@@ -695,16 +715,30 @@ func remove[K, V any](t *Table, m *sluicemaps.Map[K, V], keys []K) error {
 	return nil
 }
 
-// equalServices reports whether a and b program the same entries.
-func equalServices(a, b Service) bool {
-	return slices.Equal(a.Frontends, b.Frontends) && slices.Equal(a.Backends, b.Backends) &&
-		a.ExternalLocal == b.ExternalLocal && a.InternalLocal == b.InternalLocal && a.Affinity == b.Affinity &&
-		a.Maglev == b.Maglev && slices.Equal(a.SourceRanges, b.SourceRanges)
-}
-
-func cloneService(s Service) Service {
-	s.Frontends = slices.Clone(s.Frontends)
-	s.Backends = slices.Clone(s.Backends)
-	s.SourceRanges = slices.Clone(s.SourceRanges)
-	return s
+// equalServices reports whether a and b program the same entries. A Sync
+// calls it for every service it is given, so it takes pointers and
+// compares in loops of the concrete types: slices.Equal's generic
+// comparison calls an equality function per element.
+func equalServices(a, b *Service) bool {
+	if a.ExternalLocal != b.ExternalLocal || a.InternalLocal != b.InternalLocal || a.Affinity != b.Affinity ||
+		a.Maglev != b.Maglev || len(a.Frontends) != len(b.Frontends) || len(a.Backends) != len(b.Backends) ||
+		len(a.SourceRanges) != len(b.SourceRanges) {
+		return false
+	}
+	for i := range a.Frontends {
+		if a.Frontends[i] != b.Frontends[i] {
+			return false
+		}
+	}
+	for i := range a.Backends {
+		if a.Backends[i] != b.Backends[i] {
+			return false
+		}
+	}
+	for i := range a.SourceRanges {
+		if a.SourceRanges[i] != b.SourceRanges[i] {
+			return false
+		}
+	}
+	return true
 }

@@ -106,7 +106,6 @@ func (s *Service) validate() (bpf.Family, error) {
 		return 0, fmt.Errorf("%w: affinity %v is not whole seconds within a u32", ErrInvalidService, s.Affinity)
 	}
 	fam := familyOf(s.Frontends[0].Addr)
-	seen := map[bpf.SvcKey]bool{}
 	for _, f := range s.Frontends {
 		if !f.Addr.IsValid() || f.Addr.Is4In6() || f.Addr.Zone() != "" {
 			return 0, fmt.Errorf("%w: frontend address %v (IPv4-mapped addresses are written in the IPv4 form, and none has a zone)", ErrInvalidService, f.Addr)
@@ -126,13 +125,11 @@ func (s *Service) validate() (bpf.Family, error) {
 		if f.Protocol != ProtoTCP && f.Protocol != ProtoUDP && f.Protocol != ProtoSCTP {
 			return 0, fmt.Errorf("%w: frontend protocol %d", ErrInvalidService, f.Protocol)
 		}
-		k := f.key()
-		if seen[k] {
-			return 0, fmt.Errorf("%w: frontend %v port %d twice", ErrInvalidService, f.Addr, f.Port)
-		}
-		seen[k] = true
 	}
-	bes := map[netip.AddrPort]bool{}
+	if i := firstRepeat(len(s.Frontends), func(i int) bpf.SvcKey { return s.Frontends[i].key() }); i >= 0 {
+		f := s.Frontends[i]
+		return 0, fmt.Errorf("%w: frontend %v port %d twice", ErrInvalidService, f.Addr, f.Port)
+	}
 	serving := 0
 	for _, b := range s.Backends {
 		if !b.Terminating {
@@ -147,11 +144,10 @@ func (s *Service) validate() (bpf.Family, error) {
 		if b.Port == 0 {
 			return 0, fmt.Errorf("%w: backend %v with port 0", ErrInvalidService, b.Addr)
 		}
-		ap := netip.AddrPortFrom(b.Addr, b.Port)
-		if bes[ap] {
-			return 0, fmt.Errorf("%w: backend %v twice", ErrInvalidService, ap)
-		}
-		bes[ap] = true
+	}
+	backend := func(i int) netip.AddrPort { return netip.AddrPortFrom(s.Backends[i].Addr, s.Backends[i].Port) }
+	if i := firstRepeat(len(s.Backends), backend); i >= 0 {
+		return 0, fmt.Errorf("%w: backend %v twice", ErrInvalidService, backend(i))
 	}
 	if s.Maglev && serving > maglevSize {
 		return 0, fmt.Errorf("%w: %d serving backends, a Maglev table holds at most %d", ErrInvalidService, serving, maglevSize)
@@ -162,6 +158,33 @@ func (s *Service) validate() (bpf.Family, error) {
 		}
 	}
 	return fam, nil
+}
+
+// firstRepeat returns the first i whose key(i) equals that of an earlier
+// index below n, or -1: by comparing each pair for the few frontends and
+// backends most services have (a Sync validates every changed service,
+// and a map per service costs more than the pairs), by a map beyond.
+func firstRepeat[T comparable](n int, key func(int) T) int {
+	if n <= 16 {
+		for i := 1; i < n; i++ {
+			ki := key(i)
+			for j := range i {
+				if key(j) == ki {
+					return i
+				}
+			}
+		}
+		return -1
+	}
+	seen := make(map[T]struct{}, n)
+	for i := range n {
+		k := key(i)
+		if _, ok := seen[k]; ok {
+			return i
+		}
+		seen[k] = struct{}{}
+	}
+	return -1
 }
 
 func familyOf(a netip.Addr) bpf.Family {
@@ -180,7 +203,14 @@ func (f Frontend) key() bpf.SvcKey {
 // remote, terminating local, terminating remote; within a group by
 // address and port, so that a list is written the same way every time.
 func (s *Service) ordered() []Backend {
-	out := slices.Clone(s.Backends)
+	return s.orderedTo(nil)
+}
+
+// orderedTo appends s's backends to out in slot order (ordered) and
+// returns the result.
+func (s *Service) orderedTo(out []Backend) []Backend {
+	start := len(out)
+	out = append(out, s.Backends...)
 	rank := func(b Backend) int {
 		r := 0
 		if b.Terminating {
@@ -191,7 +221,7 @@ func (s *Service) ordered() []Backend {
 		}
 		return r
 	}
-	slices.SortFunc(out, func(a, b Backend) int {
+	slices.SortFunc(out[start:], func(a, b Backend) int {
 		if c := cmp.Compare(rank(a), rank(b)); c != 0 {
 			return c
 		}

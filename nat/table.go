@@ -3,6 +3,7 @@ package nat
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"slices"
 	"sync"
@@ -16,7 +17,8 @@ import (
 // Maps are the kernel maps a Table programs, normally the datapath's
 // bpf.MapServices, bpf.MapBackendSlots, bpf.MapBackends,
 // bpf.MapServiceRanges, sl_members and sl_maglev, and the affinity map
-// (bpf.MapAffinity) it reads to explain a flow. All are required.
+// (bpf.MapAffinity) it reads to explain a flow and sweeps of deleted
+// services. All are required.
 type Maps struct {
 	// Services maps frontends (bpf.SvcKey) to bpf.Svc.
 	Services *ebpf.Map
@@ -34,7 +36,8 @@ type Maps struct {
 	// its lists) to the list's bpf.MaglevTable.
 	Maglev *ebpf.Map
 	// Affinity is the LRU hash of client affinities (bpf.AffinityKey to
-	// bpf.Affinity) the datapath keeps; the Table only reads it (Explain).
+	// bpf.Affinity) the datapath writes; the Table reads it (Explain) and
+	// deletes the entries of service IDs no frontend holds.
 	Affinity *ebpf.Map
 }
 
@@ -72,6 +75,11 @@ type Table struct {
 	backendByID map[uint32]bpf.Backend
 	nextSvcID   uint32
 	nextBackend uint32
+	// backendsWrapped: nextBackend may be at or below an ID in use (it
+	// wrapped around, or the maps hold the largest ID), so that a new ID
+	// must be looked up first. Until then every ID from nextBackend on is
+	// free, which spares a Sync from empty a lookup per backend.
+	backendsWrapped bool
 	// adopted are the kernel's frontends found by NewTable, until a
 	// service takes them over or Sync removes them; adoptedByID indexes
 	// them by service ID, and adoptedRanges are the source ranges of
@@ -85,9 +93,9 @@ type Table struct {
 	adoptedMembers map[uint32]map[uint32]bpf.LBMemberFlags
 	adoptedMaglev  map[uint32][]uint32
 
-	// reserved are the service IDs the kernel's slots, ranges, members
-	// and Maglev tables hold,
-	// which no new service takes until the first Sync has swept them.
+	// reserved are the service IDs the kernel's slots, ranges, members,
+	// Maglev tables and client affinities hold without a frontend, which
+	// no new service takes until the first Sync has swept them.
 	reserved map[uint32]bool
 	// swept: the first Sync removed what a previous process left.
 	swept bool
@@ -111,14 +119,36 @@ type programmed struct {
 	// leaves two).
 	lists   []slotList
 	ordered []Backend
-	values  map[bpf.SvcKey]bpf.Svc
-	ranges  map[bpf.SvcRangeKey]bool
+	// values are its frontends as the maps hold them: a slice, as a
+	// service has few, and a map of them costs ten times the memory.
+	values []frontendValue
+	ranges map[bpf.SvcRangeKey]bool
 	// members are the service's sl_members entries: backend ID to flags.
 	members map[uint32]bpf.LBMemberFlags
+	// hadAffinity: the service has or had affinity, so that the
+	// datapath may have recorded its clients (an adopted one's history
+	// is not known: it counts as had).
+	hadAffinity bool
 	// maglev are the service's Maglev tables by slot base, each with the
 	// print of the serving backends it was built from (maglevPrint); ""
 	// for an adopted table whose content is not known yet.
 	maglev map[uint32]string
+}
+
+// frontendValue is a frontend's key and its sl_svcs value.
+type frontendValue struct {
+	key bpf.SvcKey
+	val bpf.Svc
+}
+
+// value returns the value p's frontend k has in the maps.
+func (p *programmed) value(k bpf.SvcKey) (bpf.Svc, bool) {
+	for _, fv := range p.values {
+		if fv.key == k {
+			return fv.val, true
+		}
+	}
+	return bpf.Svc{}, false
 }
 
 // slotList is a backend list: the backend ID in each slot from base on,
@@ -186,6 +216,7 @@ func (t *Table) readKernel() error {
 		t.backendIDs[b] = backendRef{id: id}
 		t.backendByID[id] = b
 		t.nextBackend = max(t.nextBackend, id+1)
+		t.backendsWrapped = t.backendsWrapped || id == math.MaxUint32
 	}
 	for k, v := range t.svcs.All(&iterErr) {
 		t.adopted[k] = v
@@ -214,6 +245,15 @@ func (t *Table) readKernel() error {
 		}
 		t.adoptedMembers[k.SvcID][k.BackendID] = v.Flags
 		t.reserved[k.SvcID] = true
+		t.nextSvcID = max(t.nextSvcID, k.SvcID+1)
+	}
+	// A client affinity outlives its service only when the process that
+	// deleted the service died before its sweep: its ID is reserved, so
+	// that no new service inherits the clients, until the first Sync.
+	for k := range t.affinity.All(&iterErr) {
+		if _, live := t.adoptedByID[k.SvcID]; !live {
+			t.reserved[k.SvcID] = true
+		}
 		t.nextSvcID = max(t.nextSvcID, k.SvcID+1)
 	}
 	if iterErr != nil {
@@ -266,7 +306,7 @@ func (t *Table) Upsert(name string, s Service) error {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if p, ok := t.services[name]; ok && equalServices(p.svc, s) {
+	if p, ok := t.services[name]; ok && equalServices(&p.svc, &s) {
 		return nil
 	}
 	var pl plan
@@ -308,6 +348,12 @@ func (t *Table) Delete(name string) error {
 // commands: every backend any service gains is written before any frontend
 // moves, and nothing a frontend uses is deleted before every frontend has
 // moved. A frontend may move between services.
+//
+// Sync compares every service of all with the one it programmed, which
+// at 10,000 services costs a few milliseconds even when none changed
+// (docs/benchmarks.md); an agent that knows which services changed, from
+// a watch's events, passes just those to Apply, and keeps Sync for a
+// start or a resynchronisation.
 func (t *Table) Sync(all map[string]Service) error {
 	if err := t.made(); err != nil {
 		return err
@@ -321,7 +367,7 @@ func (t *Table) Sync(all map[string]Service) error {
 	for name, s := range all {
 		if p, ok := t.services[name]; ok {
 			kept++
-			if equalServices(p.svc, s) {
+			if equalServices(&p.svc, &s) {
 				continue
 			}
 		}
@@ -330,40 +376,110 @@ func (t *Table) Sync(all map[string]Service) error {
 		}
 		changed = append(changed, name)
 	}
-	owners, err := t.frontendOwners(all, changed)
-	if err != nil {
-		return fmt.Errorf("sync services: %w", err)
-	}
-	var live map[bpf.BackendSlotKey]bool
-	if !t.swept && !t.clean {
-		live = t.liveSlots()
-	}
-	var pl plan
-	chunk := t.grow(all, changed, &pl)
+	var deleted []string
 	if kept < len(t.services) {
 		for name := range t.services {
 			if _, ok := all[name]; !ok {
-				t.delete(name, &pl)
+				deleted = append(deleted, name)
 			}
 		}
+	}
+	keeps := func(name string) bool {
+		s, ok := all[name]
+		return ok && equalServices(&t.services[name].svc, &s)
+	}
+	if err := t.change(all, changed, deleted, keeps, true); err != nil {
+		return fmt.Errorf("sync services: %w", err)
+	}
+	return nil
+}
+
+// Apply upserts the services of upserts and deletes those named in
+// deletes (a name the Table does not hold is passed over), in one plan
+// as Sync makes it, make-before-break over all of them: a frontend may
+// move from a deleted service, or one upserted, to another upserted one.
+// The services it is not given stay as they are, so that it costs what
+// the named services' changes cost, whatever the number of services the
+// Table holds. A name both upserted and deleted is an error.
+func (t *Table) Apply(upserts map[string]Service, deletes []string) error {
+	if err := t.made(); err != nil {
+		return err
+	}
+	gone := make(map[string]bool, len(deletes))
+	for _, name := range deletes {
+		if _, ok := upserts[name]; ok {
+			return fmt.Errorf("apply services: %q both upserted and deleted", name)
+		}
+		gone[name] = true
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var changed []string
+	for name, s := range upserts {
+		if p, ok := t.services[name]; ok && equalServices(&p.svc, &s) {
+			continue
+		}
+		if _, err := s.validate(); err != nil {
+			return fmt.Errorf("apply services: %q: %w", name, err)
+		}
+		changed = append(changed, name)
+	}
+	var deleted []string
+	for name := range gone {
+		if _, ok := t.services[name]; ok {
+			deleted = append(deleted, name)
+		}
+	}
+	keeps := func(name string) bool {
+		if gone[name] {
+			return false
+		}
+		s, ok := upserts[name]
+		return !ok || equalServices(&t.services[name].svc, &s)
+	}
+	if err := t.change(upserts, changed, deleted, keeps, false); err != nil {
+		return fmt.Errorf("apply services: %w", err)
+	}
+	return nil
+}
+
+// change plans and applies one plan: the services named in changed (all
+// validated) as desired has them, and the deletion of those named in
+// deleted. keeps says whether a service the Table holds keeps its
+// frontends: one neither changed nor deleted. sweep (Sync) also removes,
+// on the first Sync, what no service accounts for.
+func (t *Table) change(desired map[string]Service, changed, deleted []string, keeps func(string) bool, sweep bool) error {
+	owners, err := t.frontendOwners(desired, changed, keeps)
+	if err != nil {
+		return err
+	}
+	sweep = sweep && !t.swept
+	var live map[bpf.BackendSlotKey]bool
+	if sweep && !t.clean {
+		live = t.liveSlots()
+	}
+	var pl plan
+	chunk := t.grow(desired, changed, &pl)
+	for _, name := range deleted {
+		t.delete(name, &pl)
 	}
 	// Without leftovers to sweep first, the new lists are written while
 	// the rest is planned, in chunks: the kernel's updates take longer
 	// than their planning, and no frontend reaches them before the plan's
 	// frontends are written, last.
 	var ahead *writeAhead
-	if t.swept || t.clean {
+	if !sweep || t.clean {
 		ahead = t.writeAhead()
 	}
 	// In name order, so that new IDs do not depend on map order.
 	slices.Sort(changed)
 	for _, name := range changed {
-		if err := t.upsert(name, all[name], &pl, owners); err != nil {
+		if err := t.upsert(name, desired[name], &pl, owners); err != nil {
 			// Forget the planned state: what was written of it (new
 			// lists no frontend uses) is stray for the next Sync.
 			werr := ahead.wait()
 			rerr := t.readKernel()
-			return errors.Join(fmt.Errorf("sync services: upsert %q: %w", name, err), werr, rerr)
+			return errors.Join(fmt.Errorf("upsert %q: %w", name, err), werr, rerr)
 		}
 		if ahead != nil && pl.entries.len() >= writeAheadEntries {
 			ahead.write(pl.entries)
@@ -372,15 +488,14 @@ func (t *Table) Sync(all map[string]Service) error {
 		}
 	}
 	if err := ahead.wait(); err != nil {
-		return fmt.Errorf("sync services: %w", errors.Join(err, t.readKernel()))
+		return errors.Join(err, t.readKernel())
 	}
-	if err := t.planStray(&pl, live); err != nil {
-		return fmt.Errorf("sync services: %w", err)
+	if sweep {
+		if err := t.planStray(&pl, live); err != nil {
+			return err
+		}
 	}
-	if err := t.apply(&pl); err != nil {
-		return fmt.Errorf("sync services: %w", err)
-	}
-	return nil
+	return t.apply(&pl)
 }
 
 // writeAheadEntries is the size of the chunks of new entries a Sync
@@ -472,11 +587,11 @@ func (t *Table) grow(all map[string]Service, changed []string, pl *plan) int {
 }
 
 // frontendOwners returns the owner each frontend of the changed services
-// of all is to have, or an error when two services of all claim one
-// frontend. Only a changed service can claim a frontend another holds:
-// the unchanged ones keep the frontends they hold now, which are the
-// Table's and distinct.
-func (t *Table) frontendOwners(all map[string]Service, changed []string) (map[bpf.SvcKey]string, error) {
+// of all is to have, or an error when two services claim one frontend.
+// Only a changed service can claim a frontend another holds: the ones
+// that keep theirs (keeps) hold frontends that are the Table's and
+// distinct.
+func (t *Table) frontendOwners(all map[string]Service, changed []string, keeps func(string) bool) (map[bpf.SvcKey]string, error) {
 	owners := make(map[bpf.SvcKey]string, len(changed))
 	for _, name := range changed {
 		for _, f := range all[name].Frontends {
@@ -493,9 +608,9 @@ func (t *Table) frontendOwners(all map[string]Service, changed []string) (map[bp
 			if !ok || other == name {
 				continue
 			}
-			// A changed other gave f up (owners says so); an
-			// unchanged one keeps it.
-			if s, ok := all[other]; ok && equalServices(t.services[other].svc, s) {
+			// A changed other gave f up (owners says so), a deleted
+			// one frees it; one that keeps its frontends keeps it.
+			if keeps(other) {
 				return nil, fmt.Errorf("%w: frontend %v port %d in %q and %q", ErrInvalidService, f.Addr, f.Port, other, name)
 			}
 		}
