@@ -496,73 +496,90 @@ var mappedZero = netip.AddrFrom16([16]byte{10: 0xff, 11: 0xff})
 // contain that longest match, so every address under it is treated alike.
 // Row 0 is for addresses no prefix contains.
 func (cl *classifier) buildAddr(d *classDim, rs *rowSet, src bool) {
+	x := cl.addrIndex(src)
+	rs.add(x.wild) // no prefix contains the address
+	row := make([]uint64, cl.words)
+	for _, p := range x.prefixes {
+		x.row(p, row)
+		d.prefix = append(d.prefix, prefixRow{p: p, row: rs.add(row)})
+	}
+}
+
+// addrIndex is what an address dimension's rows are made of.
+type addrIndex struct {
+	// posOf and negOf are the positions that name each prefix,
+	// positively and negatively; all are the prefixes, sorted in
+	// prefixes; wild are the positions naming none positively.
+	posOf, negOf map[netip.Prefix][]int
+	all          map[netip.Prefix]bool
+	prefixes     []netip.Prefix
+	wild         []uint64
+}
+
+func (cl *classifier) addrIndex(src bool) *addrIndex {
 	nets := func(r *rule) (pos, neg []netip.Prefix) {
 		if src {
 			return r.srcNets, r.notSrcNets
 		}
 		return r.dstNets, r.notDstNets
 	}
-	// Positions that name each prefix, positively and negatively.
-	posOf, negOf := map[netip.Prefix][]int{}, map[netip.Prefix][]int{}
-	wild := make([]uint64, cl.words)
+	x := &addrIndex{posOf: map[netip.Prefix][]int{}, negOf: map[netip.Prefix][]int{}, all: map[netip.Prefix]bool{},
+		wild: make([]uint64, cl.words)}
 	for i := range cl.pos {
 		pos, neg := nets(cl.pos[i].r)
 		if len(pos) == 0 {
-			wild[i/64] |= 1 << (i % 64)
+			x.wild[i/64] |= 1 << (i % 64)
 		}
 		for _, n := range pos {
-			posOf[n] = append(posOf[n], i)
+			x.posOf[n] = append(x.posOf[n], i)
+			x.all[n] = true
 		}
 		for _, n := range neg {
-			negOf[n] = append(negOf[n], i)
+			x.negOf[n] = append(x.negOf[n], i)
+			x.all[n] = true
 		}
-	}
-	all := map[netip.Prefix]bool{}
-	for n := range posOf {
-		all[n] = true
-	}
-	for n := range negOf {
-		all[n] = true
 	}
 	// An IPv6 prefix that covers ::ffff:0:0/96 (::/0, say) would be the
 	// longest match of IPv4 addresses in the trie, which never contains
 	// them (netip, Evaluate): the IPv4 /0, whose row is that of no
 	// prefix, then comes first for every IPv4 address.
-	for n := range all {
+	for n := range x.all {
 		if n.Addr().Is6() && n.Bits() <= 96 && n.Contains(mappedZero) {
-			all[netip.PrefixFrom(netip.IPv4Unspecified(), 0)] = true
+			x.all[netip.PrefixFrom(netip.IPv4Unspecified(), 0)] = true
 			break
 		}
 	}
-	prefixes := make([]netip.Prefix, 0, len(all))
-	for n := range all {
-		prefixes = append(prefixes, n)
+	x.prefixes = make([]netip.Prefix, 0, len(x.all))
+	for n := range x.all {
+		x.prefixes = append(x.prefixes, n)
 	}
-	slices.SortFunc(prefixes, func(a, b netip.Prefix) int {
-		if c := a.Addr().Compare(b.Addr()); c != 0 {
-			return c
+	slices.SortFunc(x.prefixes, comparePrefixes)
+	return x
+}
+
+func comparePrefixes(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.Bits(), b.Bits())
+}
+
+// row sets row to that of the addresses whose longest match is p.
+func (x *addrIndex) row(p netip.Prefix, row []uint64) {
+	copy(row, x.wild)
+	var neg []int
+	for bits := 0; bits <= p.Bits(); bits++ {
+		a, err := p.Addr().Prefix(bits)
+		if err != nil || !x.all[a] {
+			continue
 		}
-		return cmp.Compare(a.Bits(), b.Bits())
-	})
-	rs.add(wild) // no prefix contains the address
-	row := make([]uint64, cl.words)
-	for _, p := range prefixes {
-		copy(row, wild)
-		var neg []int
-		for bits := 0; bits <= p.Bits(); bits++ {
-			a, err := p.Addr().Prefix(bits)
-			if err != nil || !all[a] {
-				continue
-			}
-			for _, i := range posOf[a] {
-				row[i/64] |= 1 << (i % 64)
-			}
-			neg = append(neg, negOf[a]...)
+		for _, i := range x.posOf[a] {
+			row[i/64] |= 1 << (i % 64)
 		}
-		for _, i := range neg {
-			row[i/64] &^= 1 << (i % 64)
-		}
-		d.prefix = append(d.prefix, prefixRow{p: p, row: rs.add(row)})
+		neg = append(neg, x.negOf[a]...)
+	}
+	for _, i := range neg {
+		row[i/64] &^= 1 << (i % 64)
 	}
 }
 

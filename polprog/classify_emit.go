@@ -19,6 +19,10 @@ const (
 	stackGen      = -160 // u64 generation of the part's classifier maps, -1 until read
 	stackRowPtr   = -168
 	// stackRowPtr - 8*d holds dimension d's row pointer.
+	stackEpoch    = -248 // u64 the generation map's value as the part read it
+	stackCacheKey = -296 // the cache key (cacheKeySize bytes)
+	stackCacheVal = -312 // the cache value: u64 rule ID, u32 action, u32 pad
+	stackNoCache  = -320 // u64 not zero once a log rule matched: the outcome is not cached
 )
 
 // keyLowHalf is where, in a u64 stored at stackClassKey, its low u32 (an
@@ -56,6 +60,7 @@ func (c *compiler) classifierCode(st stage, cl *classifier, l *classLayout, tier
 	if !c.haveGenMap {
 		c.haveGenMap = true
 		c.addLookupMap(genMapName, genSpec())
+		c.addLookupMap(cacheMapName, cacheSpec())
 	}
 	for _, lm := range cc.specs() {
 		c.addLookupMap(lm.Name, lm)
@@ -64,9 +69,41 @@ func (c *compiler) classifierCode(st stage, cl *classifier, l *classLayout, tier
 	rowsName, tableName := cc.names[0], cc.names[1]
 
 	c.loadGeneration()
+	b.Emit(
+		ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R10, stackEpoch, ebpfasm.DWord),
+		ebpfasm.StoreMem(ebpfasm.R10, stackCacheKey, ebpfasm.R1, ebpfasm.Word),
+		ebpfasm.StoreImm(ebpfasm.R10, stackCacheKey+4, int64(len(c.out.classes)-1), ebpfasm.Word),
+	)
+	for di := len(cl.dims); di < int(dimCount); di++ {
+		b.Emit(ebpfasm.StoreImm(ebpfasm.R10, stackCacheKey+8+4*int16(di), 0, ebpfasm.Word))
+	}
 	for di, d := range cl.dims {
 		c.dimRow(st, d, cc.names[2+di])
+		b.Emit(ebpfasm.StoreMem(ebpfasm.R10, stackCacheKey+8+4*int16(di), ebpfasm.R1, ebpfasm.Word))
+	}
+	sloop, snext := c.newLabel("cls_summary"), c.newLabel("cls_summary_next")
+	cloop, bits := c.newLabel("cls_word"), c.newLabel("cls_bits")
+	none, record, act := c.newLabel("cls_none"), c.newLabel("cls_record"), c.newLabel("cls_act")
+	miss, end := c.newLabel("cls_miss"), c.newLabel("cls_end")
+	sum := int32(l.summary())
+
+	// A cached outcome skips the rows and the search.
+	b.Emit(
+		ebpfasm.LoadMapPtr(ebpfasm.R1, 0).WithReference(cacheMapName),
+		ebpfasm.Mov.Reg(ebpfasm.R2, ebpfasm.R10),
+		ebpfasm.Add.Imm(ebpfasm.R2, stackCacheKey),
+		ebpfasm.FnMapLookupElem.Call(),
+	)
+	b.Jump(ebpfasm.JEq, ebpfasm.R0, 0, miss)
+	b.Emit(
+		ebpfasm.LoadMem(regRuleID, ebpfasm.R0, 0, ebpfasm.DWord),
+		ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R0, 8, ebpfasm.Word),
+	)
+	b.Ja(act)
+	b.Label(miss)
+	for di := range cl.dims {
 		b.Emit(
+			ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R10, stackCacheKey+8+4*int16(di), ebpfasm.Word),
 			ebpfasm.Add.Imm32(ebpfasm.R1, int32(l.base(di))),
 			ebpfasm.LoadMem(ebpfasm.R2, ebpfasm.R10, stackGen, ebpfasm.DWord),
 			ebpfasm.Mul.Imm(ebpfasm.R2, int32(l.rows())),
@@ -88,16 +125,15 @@ func (c *compiler) classifierCode(st stage, cl *classifier, l *classLayout, tier
 	// verifier sees as an unknown number: bounded by a check, it is the
 	// same in every iteration, so the verifier checks each loop once
 	// instead of once per word (each with its hits).
-	sloop, snext := c.newLabel("cls_summary"), c.newLabel("cls_summary_next")
-	cloop, bits := c.newLabel("cls_word"), c.newLabel("cls_bits")
-	end := c.newLabel("cls_end")
-	sum := int32(l.summary())
-	b.Emit(ebpfasm.Mov.Imm(ebpfasm.R1, 0))
+	b.Emit(
+		ebpfasm.Mov.Imm(ebpfasm.R1, 0),
+		ebpfasm.StoreMem(ebpfasm.R10, stackNoCache, ebpfasm.R1, ebpfasm.DWord),
+	)
 	storeHalves(b.Emit, stackSum)
 	b.Label(sloop)
 	b.MayGoto(labelFailed)
 	b.Emit(ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R10, stackSum, ebpfasm.DWord))
-	b.Jump(ebpfasm.JGE, ebpfasm.R1, sum, end)
+	b.Jump(ebpfasm.JGE, ebpfasm.R1, sum, none)
 	b.Emit(ebpfasm.LSh.Imm(ebpfasm.R1, 3))
 	c.andRows(len(cl.dims))
 	b.Jump(ebpfasm.JEq, ebpfasm.R0, 0, snext)
@@ -152,6 +188,8 @@ func (c *compiler) classifierCode(st stage, cl *classifier, l *classLayout, tier
 	b.Jump(ebpfasm.JNE, ebpfasm.R1, tableLog, labelFailed)
 	b.Comment("log: clear the rule's other positions, flag, count and go on with the next position")
 	b.Emit(
+		ebpfasm.Mov.Imm(ebpfasm.R1, 1),
+		ebpfasm.StoreMem(ebpfasm.R10, stackNoCache, ebpfasm.R1, ebpfasm.DWord),
 		ebpfasm.LoadMem(ebpfasm.R2, ebpfasm.R0, 16, ebpfasm.DWord),
 		ebpfasm.Xor.Imm(ebpfasm.R2, -1),
 		ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R10, stackBits, ebpfasm.DWord),
@@ -167,14 +205,6 @@ func (c *compiler) classifierCode(st stage, cl *classifier, l *classLayout, tier
 	b.Emit(ebpfasm.StoreMem(ebpfasm.R10, stackLogID, regRuleID, ebpfasm.DWord))
 	c.bumpHits(ebpfasm.R10, stackLogID)
 	b.Ja(bits)
-	b.Label(allow)
-	c.groupAction(ActionAllow, true, tierEnd)
-	b.Label(deny)
-	c.groupAction(ActionDeny, true, tierEnd)
-	if tierEnd != "" {
-		b.Label(pass)
-		c.groupAction(ActionPass, false, tierEnd)
-	}
 	b.Label(snext)
 	b.Emit(
 		ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R10, stackSum, ebpfasm.DWord),
@@ -182,6 +212,55 @@ func (c *compiler) classifierCode(st stage, cl *classifier, l *classLayout, tier
 	)
 	storeHalves(b.Emit, stackSum)
 	b.Ja(sloop)
+
+	// The search's outcome, R1 the table action (0: no rule decided),
+	// is cached unless a log rule matched, then acted on.
+	b.Label(none)
+	b.Emit(ebpfasm.Mov.Imm(ebpfasm.R1, 0), ebpfasm.Mov.Imm(regRuleID, 0))
+	b.Ja(record)
+	b.Label(allow)
+	b.Emit(ebpfasm.Mov.Imm(ebpfasm.R1, tableAllow))
+	b.Ja(record)
+	b.Label(deny)
+	b.Emit(ebpfasm.Mov.Imm(ebpfasm.R1, tableDeny))
+	if tierEnd != "" {
+		b.Ja(record)
+		b.Label(pass)
+		b.Emit(ebpfasm.Mov.Imm(ebpfasm.R1, tablePass))
+	}
+	b.Label(record)
+	b.Emit(
+		ebpfasm.StoreMem(ebpfasm.R10, stackCacheVal, regRuleID, ebpfasm.DWord),
+		ebpfasm.StoreMem(ebpfasm.R10, stackCacheVal+8, ebpfasm.R1, ebpfasm.DWord),
+		ebpfasm.LoadMem(ebpfasm.R2, ebpfasm.R10, stackNoCache, ebpfasm.DWord),
+	)
+	b.Jump(ebpfasm.JNE, ebpfasm.R2, 0, act)
+	b.Emit(
+		ebpfasm.LoadMapPtr(ebpfasm.R1, 0).WithReference(cacheMapName),
+		ebpfasm.Mov.Reg(ebpfasm.R2, ebpfasm.R10),
+		ebpfasm.Add.Imm(ebpfasm.R2, stackCacheKey),
+		ebpfasm.Mov.Reg(ebpfasm.R3, ebpfasm.R10),
+		ebpfasm.Add.Imm(ebpfasm.R3, stackCacheVal),
+		ebpfasm.Mov.Imm(ebpfasm.R4, 0), // BPF_ANY
+		ebpfasm.FnMapUpdateElem.Call(),
+		ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R10, stackCacheVal+8, ebpfasm.Word),
+	)
+	b.Label(act)
+	doAllow, doDeny, doPass := c.newLabel("cls_do_allow"), c.newLabel("cls_do_deny"), c.newLabel("cls_do_pass")
+	b.Jump(ebpfasm.JEq, ebpfasm.R1, tableAllow, doAllow)
+	b.Jump(ebpfasm.JEq, ebpfasm.R1, tableDeny, doDeny)
+	if tierEnd != "" {
+		b.Jump(ebpfasm.JEq, ebpfasm.R1, tablePass, doPass)
+	}
+	b.Ja(end)
+	b.Label(doAllow)
+	c.groupAction(ActionAllow, true, tierEnd)
+	b.Label(doDeny)
+	c.groupAction(ActionDeny, true, tierEnd)
+	if tierEnd != "" {
+		b.Label(doPass)
+		c.groupAction(ActionPass, false, tierEnd)
+	}
 	c.label(end)
 }
 
@@ -288,6 +367,7 @@ func (c *compiler) loadGeneration() {
 	b.Jump(ebpfasm.JEq, ebpfasm.R0, 0, labelFailed)
 	b.Emit(
 		ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R0, 0, ebpfasm.Word),
+		ebpfasm.StoreMem(ebpfasm.R10, stackEpoch, ebpfasm.R1, ebpfasm.DWord),
 		ebpfasm.And.Imm(ebpfasm.R1, 1),
 		ebpfasm.StoreMem(ebpfasm.R10, stackGen, ebpfasm.R1, ebpfasm.DWord),
 	)

@@ -3,6 +3,7 @@ package polprog
 import (
 	"encoding/binary"
 	"fmt"
+	"net/netip"
 	"reflect"
 	"slices"
 
@@ -109,6 +110,11 @@ type mapContents struct {
 	// stride is, for u32 keys, how many keys one generation has; a
 	// trie's key holds the generation after its prefixlen instead.
 	stride uint32
+	// from is, for contents made by changing others (cloneContents),
+	// those; changed the keys set since. fromFrom and fromChanged are
+	// from's own.
+	from, fromFrom       *mapContents
+	changed, fromChanged []string
 }
 
 func newContents(keySize, valueSize int, array bool, stride uint32) *mapContents {
@@ -139,21 +145,10 @@ func (cc *compiledClass) contents() map[string]*mapContents {
 	cl, l := cc.cl, cc.layout
 	out := map[string]*mapContents{}
 
-	sum := l.summary()
-	rowSize := (sum + l.words) * 8
-	rows := newContents(4, rowSize, true, l.rows())
-	buf := make([]byte, rowSize)
+	rows := newContents(4, l.rowSize(), true, l.rows())
 	for di, d := range cl.dims {
 		for i, row := range d.rows {
-			clear(buf)
-			for w, v := range row {
-				binary.NativeEndian.PutUint64(buf[8*(sum+w):], v)
-				if v != 0 {
-					s := buf[8*(w/64):]
-					binary.NativeEndian.PutUint64(s, binary.NativeEndian.Uint64(s)|1<<(w%64))
-				}
-			}
-			rows.entries[u32Key(l.base(di)+uint32(i))] = string(buf)
+			rows.entries[u32Key(l.base(di)+uint32(i))] = l.rowValue(row)
 		}
 	}
 	out[cc.names[0]] = rows
@@ -173,15 +168,7 @@ func (cc *compiledClass) contents() map[string]*mapContents {
 		case d.kind == dimSrcAddr || d.kind == dimDstAddr:
 			m := newContents(lpmAddrKeySize, 4, false, 0)
 			for _, pr := range d.prefix {
-				var k [lpmAddrKeySize]byte
-				bits := 32 + pr.p.Bits()
-				if pr.p.Addr().Is4() {
-					bits += 96
-				}
-				binary.NativeEndian.PutUint32(k[:4], uint32(bits))
-				a := pr.p.Addr().As16()
-				copy(k[8:], a[:])
-				m.entries[string(k[:])] = u32Key(pr.row)
+				m.entries[trieKey(pr.p)] = u32Key(pr.row)
 			}
 			out[name] = m
 		default:
@@ -194,6 +181,36 @@ func (cc *compiledClass) contents() map[string]*mapContents {
 		}
 	}
 	return out
+}
+
+// rowSize is a rows map value: the summary words, then the row.
+func (l *classLayout) rowSize() int { return (l.summary() + l.words) * 8 }
+
+// rowValue is row as a rows map value.
+func (l *classLayout) rowValue(row []uint64) string {
+	sum := l.summary()
+	buf := make([]byte, l.rowSize())
+	for w, v := range row {
+		binary.NativeEndian.PutUint64(buf[8*(sum+w):], v)
+		if v != 0 {
+			s := buf[8*(w/64):]
+			binary.NativeEndian.PutUint64(s, binary.NativeEndian.Uint64(s)|1<<(w%64))
+		}
+	}
+	return string(buf)
+}
+
+// trieKey is p as an address trie's key in generation 0.
+func trieKey(p netip.Prefix) string {
+	var k [lpmAddrKeySize]byte
+	bits := 32 + p.Bits()
+	if p.Addr().Is4() {
+		bits += 96
+	}
+	binary.NativeEndian.PutUint32(k[:4], uint32(bits))
+	a := p.Addr().As16()
+	copy(k[8:], a[:])
+	return string(k[:])
 }
 
 // tableValue is the table entry of position i, whose rule has id and
@@ -247,6 +264,31 @@ func (cc *compiledClass) specs() []LookupMap {
 	return out
 }
 
+// The outcome cache. A classified run's outcome (the deciding rule's ID
+// and action, or no decision) depends only on the packet's row in each
+// dimension and on the maps' contents, which the generation map's value
+// names: each Update writes a new value. For policies whose rules each
+// constrain a few fields, each field accepts most rules (wildcards and
+// negations) and the search visits every word, so the search's outcome is
+// cached in an LRU hash keyed by the value, the run and the rows; a packet
+// that matched a log rule is not cached (its hits must count again).
+const (
+	cacheMapName = "polprog_cls_cache"
+	// cacheKeySize: u32 generation value, u32 run, u32 row per
+	// dimension (zero for the dimensions a run does not have).
+	cacheKeySize   = 8 + 4*uint32(dimCount)
+	cacheValueSize = 16
+	// cacheEntries bounds the outcomes kept for all runs of a program:
+	// the distinct row combinations traffic meets, not flows.
+	cacheEntries = 8192
+)
+
+// cacheSpec is the outcome cache.
+func cacheSpec() LookupMap {
+	return LookupMap{Name: cacheMapName, Spec: &ebpf.MapSpec{Name: "slp_cls_cache", Type: ebpf.LRUHash,
+		KeySize: cacheKeySize, ValueSize: cacheValueSize, MaxEntries: cacheEntries}}
+}
+
 // genSpec is the generation map.
 func genSpec() LookupMap {
 	return LookupMap{Name: genMapName, Spec: &ebpf.MapSpec{Name: "slp_gen", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1}}
@@ -256,17 +298,34 @@ func genSpec() LookupMap {
 // nothing written yet): changed and new entries in one batch update, stale
 // ones zeroed (arrays) or deleted (tries).
 func writeContents(m *ebpf.Map, g int, had, want *mapContents) error {
-	var keys, values []string
-	for k, v := range want.entries {
-		if had == nil || had.entries[k] != v {
-			keys, values = append(keys, want.key(k, g)), append(values, v)
-		}
-	}
-	var stale []string
-	if had != nil {
-		for k := range had.entries {
-			if _, ok := want.entries[k]; !ok {
+	var keys, values, stale []string
+	if changed, ok := want.changedSince(had); ok {
+		seen := map[string]bool{}
+		for _, k := range changed {
+			if seen[k] {
+				continue
+			}
+			seen[k] = true
+			v, in := want.entries[k]
+			_, was := had.entries[k]
+			switch {
+			case in && had.entries[k] != v:
+				keys, values = append(keys, want.key(k, g)), append(values, v)
+			case !in && was:
 				stale = append(stale, k)
+			}
+		}
+	} else {
+		for k, v := range want.entries {
+			if had == nil || had.entries[k] != v {
+				keys, values = append(keys, want.key(k, g)), append(values, v)
+			}
+		}
+		if had != nil {
+			for k := range had.entries {
+				if _, ok := want.entries[k]; !ok {
+					stale = append(stale, k)
+				}
 			}
 		}
 	}

@@ -1,6 +1,7 @@
 package polprog
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"reflect"
@@ -214,5 +215,60 @@ func classifierFamilies(t *testing.T, k *kernel, rules []Rule) {
 		if diff := cmp.Diff(want, k.run(t, p, pkt), decisionCmp); diff != "" {
 			t.Errorf("source %s: kernel differs from Evaluate (-evaluate +kernel):\n%s", src, diff)
 		}
+	}
+}
+
+// TestClassifierCache sends each packet three times (the later runs meet
+// the outcome the first one cached, logs and hits included), then changes
+// the rules deciding them through Update and sends them again: a cached
+// outcome of the rules before never decides a packet after the switch.
+func TestClassifierCache(t *testing.T) {
+	k := newKernel(t)
+	g := newGen(21)
+	rules := g.largeRules(3000, false)
+	k.setIPSets(t, g.sets)
+	p := k.loadCompiled(t, classifiedOnly(t, rules))
+	pkts := make([]Packet, 200)
+	for i := range pkts {
+		pkts[i] = g.packet()
+	}
+	check := func(when string, rules Rules) {
+		t.Helper()
+		ev, err := NewEvaluator(rules)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, pkt := range pkts {
+			want := ev.Evaluate(g.sets, pkt)
+			for run := range 3 {
+				if diff := cmp.Diff(want, k.run(t, p, pkt), decisionCmp); diff != "" {
+					t.Fatalf("%s, run %d, packet %+v (-evaluate +kernel):\n%s", when, run, pkt, diff)
+				}
+			}
+		}
+	}
+	check("before updates", rules)
+	changed := 0
+	for u := 0; u < 4; u++ {
+		ev, err := NewEvaluator(rules)
+		if err != nil {
+			t.Fatal(err)
+		}
+		next := cloneRules(rules)
+		for _, pkt := range pkts[u*10 : u*10+10] {
+			g.mutateRule(&next, ev.Evaluate(g.sets, pkt).RuleID)
+		}
+		if err := p.Update(next); err != nil {
+			if errors.Is(err, ErrNeedsReload) {
+				continue
+			}
+			t.Fatal(err)
+		}
+		rules = next
+		changed++
+		check(fmt.Sprintf("after update %d", u), rules)
+	}
+	if changed == 0 {
+		t.Fatal("no update applied")
 	}
 }

@@ -133,6 +133,11 @@ func differentialRules(t testing.TB, k *kernel, g *gen, seed uint64, rules Rules
 			t.Fatalf("seed %d (options %+v), packet %d %+v: kernel differs from Evaluate (-evaluate +kernel):\n%s",
 				seed, opts, i, pkt, diff)
 		}
+		// Again: a classified run's outcome is now cached.
+		if diff := cmp.Diff(want, k.run(t, p, pkt), decisionCmp); diff != "" {
+			t.Fatalf("seed %d (options %+v), packet %d %+v, second run: kernel differs from Evaluate (-evaluate +kernel):\n%s",
+				seed, opts, i, pkt, diff)
+		}
 		st.cases++
 		st.verdicts[got.Verdict]++
 		st.families[packetFamilies(pkt)+"/"+got.Verdict.String()]++

@@ -85,16 +85,32 @@
 // lookup per dimension and per set named plus a word per 64 positions
 // that every summary allows, instead of a check per rule. The loops are
 // bounded by may_goto (Linux 6.9), probed once; without it, or when a
-// run's rows would pass Options.ClassifierBytes, the run stays linear.
+// run's rows would pass Options.ClassifierBytes, the run stays linear. A
+// run ends where a rule would take a dimension past eight sets; the next
+// starts there (a rule naming more than eight in one dimension is checked
+// inline).
+//
+// The search's outcome (the deciding rule's ID and action, or none) is a
+// function of the packet's row in each dimension and of the generation,
+// so it is cached: an LRU hash, shared by the program's runs, keyed by
+// the generation map's value, the run and the rows. A packet whose rows
+// were seen skips the rows and the search; one that matched a log rule is
+// never cached, so that its hits count each time. This is what bounds
+// random policies, whose rules each constrain a few fields: every field
+// accepts most rules (wildcards, negations), so the AND of the summaries
+// allows every word, and an uncached search is linear in words.
 //
 // Every classifier map holds two generations. A part reads the one in use
 // from its generation map once, before its first classified run, so a
 // packet sees one generation of every run of the part. Program.Update
 // compiles the new rules with the loaded runs' layouts (their capacities
 // leave room); when the code is unchanged it writes the idle generation's
-// changed entries and switches with one map write. Changes of classified
-// rules' IDs and actions alone are found without compiling and touch only
-// their table entries. Anything else returns an error wrapping
+// changed entries and switches with one map write (a new generation map
+// value, so no cached outcome outlives it). Changes of classified rules'
+// IDs and actions alone are found without compiling and touch only their
+// table entries; changes of their CIDRs (a positive list staying
+// non-empty) rewrite only the rows of the prefixes under the CIDRs
+// changed and their trie entries. Anything else returns an error wrapping
 // ErrNeedsReload, for the caller to compile, load and switch.
 //
 // IP sets live in the shared sl_ipsets LPM trie, which package ipsets
@@ -126,7 +142,8 @@
 // BPF_PROG_TYPE_SCHED_CLS programs (BPF_PROG_TYPE_XDP with HookXDP), bpf_tail_call with BPF_MAP_TYPE_PROG_ARRAY,
 // BPF_MAP_TYPE_PERCPU_ARRAY (state), BPF_MAP_TYPE_LPM_TRIE (IP sets and
 // merged rules), BPF_MAP_TYPE_PERCPU_HASH (hit counters) and JMP32
-// instructions (Linux 5.1). Classified runs add BPF_MAP_TYPE_ARRAY, batch
-// map updates (Linux 5.6) and may_goto (Linux 6.9), which Compile probes
+// instructions (Linux 5.1). Classified runs add BPF_MAP_TYPE_ARRAY,
+// BPF_MAP_TYPE_LRU_HASH (the outcome cache), batch map updates (Linux
+// 5.6) and may_goto (Linux 6.9), which Compile probes
 // for by loading a small program; without it every run stays linear.
 package polprog

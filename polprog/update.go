@@ -32,8 +32,10 @@ type classState struct {
 	// lookups are the lookup maps by name.
 	lookups map[string]*ebpf.Map
 	// gen is the generation in use; written[g] what each map holds in
-	// generation g.
+	// generation g. epoch is the generation map's value, gen in its low
+	// bit: each switch writes a new one, which keys the outcome cache.
 	gen        int
+	epoch      uint32
 	written    [generations]map[string]*mapContents
 	lastSwitch time.Time
 	// broken: a write of the idle generation failed, so what it holds is
@@ -151,8 +153,14 @@ func (p *Program) update(rules Rules) error {
 	if s.broken {
 		return fmt.Errorf("%w: an earlier update failed half-way", ErrNeedsReload)
 	}
-	if want, np, ok := s.tableOnly(rules); ok {
-		return s.apply(want, nil, np)
+	// Validated once for the paths that change maps without compiling.
+	if np, err := validateWith(rules, validator{max: s.compiled.opts.MaxRules, noWhere: true}); err == nil && sameShape(s.prog, np) {
+		if want, ok := s.tableOnly(np); ok {
+			return s.apply(want, nil, np)
+		}
+		if want, nc, ok := s.addrOnly(np); ok {
+			return s.apply(want, nc, np)
+		}
 	}
 	old := s.compiled
 	hints := make([]*classLayout, len(old.classes))
@@ -174,7 +182,8 @@ func (p *Program) update(rules Rules) error {
 }
 
 // apply switches to want (every map's contents), with nc the Compiled it
-// came from, or np the rules when only table entries changed.
+// came from, np the rules when only table entries changed, or both when
+// the rules' positions are those of the program (posOf holds).
 func (s *classState) apply(want map[string]*mapContents, nc *Compiled, np *program) error {
 	cur, next := s.gen, 1-s.gen
 	changedParts := map[int]bool{}
@@ -205,30 +214,30 @@ func (s *classState) apply(want map[string]*mapContents, nc *Compiled, np *progr
 				return fmt.Errorf("%w: write generation %d of %s: %w", ErrNeedsReload, next, name, err)
 			}
 		}
-		if err := s.lookups[genMapName].Put(uint32(0), uint32(next)); err != nil {
+		epoch := s.epoch + 1
+		if err := s.lookups[genMapName].Put(uint32(0), epoch); err != nil {
 			s.broken = true
 			return fmt.Errorf("%w: switch to generation %d: %w", ErrNeedsReload, next, err)
 		}
 		s.written[next] = want
-		s.gen, s.lastSwitch = next, time.Now()
+		s.gen, s.epoch, s.lastSwitch = next, epoch, time.Now()
 	}
-	if nc != nil {
+	switch {
+	case np == nil:
 		s.index(nc)
-	} else {
+	case nc != nil:
+		s.compiled, s.prog = nc, np
+	default:
 		s.prog = np
 	}
 	return nil
 }
 
-// tableOnly returns, when rules differ from the program's only in the IDs
-// and actions of classified rules (and no rule with several positions
-// starts or stops logging), the maps' contents with those table entries
-// changed, and the validated rules.
-func (s *classState) tableOnly(rules Rules) (map[string]*mapContents, *program, bool) {
-	np, err := validateWith(rules, validator{max: s.compiled.opts.MaxRules, noWhere: true})
-	if err != nil || !sameShape(s.prog, np) {
-		return nil, nil, false
-	}
+// tableOnly returns, when np, of the program's shape, differs from the
+// program's rules only in the IDs and actions of classified rules (and no
+// rule with several positions starts or stops logging), the maps'
+// contents with those table entries changed.
+func (s *classState) tableOnly(np *program) (map[string]*mapContents, bool) {
 	type change struct {
 		k int
 		r *rule
@@ -257,7 +266,7 @@ func (s *classState) tableOnly(rules Rules) (map[string]*mapContents, *program, 
 		changes = append(changes, change{k, r})
 	})
 	if !ok {
-		return nil, nil, false
+		return nil, false
 	}
 	want := maps.Clone(s.written[s.gen])
 	for _, ch := range changes {
@@ -265,15 +274,13 @@ func (s *classState) tableOnly(rules Rules) (map[string]*mapContents, *program, 
 		cc := s.compiled.classes[rp.run]
 		name := cc.names[1]
 		if want[name] == s.written[s.gen][name] {
-			t := *want[name]
-			t.entries = maps.Clone(t.entries)
-			want[name] = &t
+			want[name] = cloneContents(want[name])
 		}
 		for _, i := range rp.pos {
-			want[name].entries[u32Key(uint32(i))] = tableValue(cc.cl, i, ch.r.id, ch.r.action)
+			want[name].set(u32Key(uint32(i)), tableValue(cc.cl, i, ch.r.id, ch.r.action))
 		}
 	}
-	return want, np, true
+	return want, true
 }
 
 // sameShape reports whether a and b have the same tiers (names, ends,
@@ -370,5 +377,21 @@ func sameSpecContents(a, b []ebpf.MapKV) bool {
 }
 
 func sameContents(a, b *mapContents) bool {
-	return a == b || (a != nil && b != nil && maps.Equal(a.entries, b.entries))
+	if a == b {
+		return true
+	}
+	if a == nil || b == nil {
+		return false
+	}
+	if changed, ok := b.changedSince(a); ok {
+		for _, k := range changed {
+			v, in := b.entries[k]
+			w, was := a.entries[k]
+			if in != was || v != w {
+				return false
+			}
+		}
+		return len(a.entries) == len(b.entries)
+	}
+	return maps.Equal(a.entries, b.entries)
 }

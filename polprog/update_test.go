@@ -231,6 +231,43 @@ func TestUpdateAtomic(t *testing.T) {
 		return Rules{NoMatchRuleID: 1 << 40, Tiers: []Tier{tier("one", first, 1<<30), tier("two", second, 1<<31)}}
 	}
 	a, b := policy(ActionPass, ActionAllow), policy(ActionAllow, ActionDeny)
+	updateAtomic(t, k, a, b, pkt)
+}
+
+// TestUpdateAtomicCIDR is TestUpdateAtomic with CIDR changes: under A the
+// first tier's pass and the second tier's allow hold the packet's source,
+// under B the first tier's allow after the pass does. Only A's first tier
+// with B's second denies.
+func TestUpdateAtomicCIDR(t *testing.T) {
+	k := newKernel(t)
+	const n = 600
+	pkt := Packet{Src: mustAddr("10.9.9.9"), Dst: mustAddr("10.200.0.1"), Protocol: 6, SrcPort: 5555, DstPort: 80}
+	hit, miss := []netip.Prefix{mustPrefix("10.9.9.0/24")}, []netip.Prefix{mustPrefix("192.168.77.0/24")}
+	policy := func(pass, allowOne, allowTwo []netip.Prefix) Rules {
+		tier := func(name string, id uint64, special []Rule) Tier {
+			var rs []Rule
+			for i := 0; i < n; i++ {
+				rs = append(rs, benchRule(i, "tcp", true))
+			}
+			copy(rs[n/2:], special)
+			return Tier{Name: name, EndAction: EndDeny, EndRuleID: id + 1, Policies: []Policy{{Name: "p", Rules: rs}}}
+		}
+		return Rules{NoMatchRuleID: 1 << 40, Tiers: []Tier{
+			tier("one", 1<<30, []Rule{{ID: 1 << 30, Action: ActionPass, SrcNets: pass}, {ID: 1<<30 + 2, Action: ActionAllow, SrcNets: allowOne}}),
+			tier("two", 1<<31, []Rule{{ID: 1 << 31, Action: ActionAllow, SrcNets: allowTwo}}),
+		}}
+	}
+	a, b := policy(hit, miss, hit), policy(miss, hit, miss)
+	if d, _ := Evaluate(Rules{NoMatchRuleID: 1 << 40, Tiers: []Tier{a.Tiers[0], b.Tiers[1]}}, nil, pkt); d.Verdict != VerdictDeny {
+		t.Fatalf("the mix decides %+v", d)
+	}
+	updateAtomic(t, k, a, b, pkt)
+}
+
+// updateAtomic loads a, switches between a and b (both allowing pkt, one
+// part, two classified runs) while every CPU runs pkt, and fails on any
+// run not allowed.
+func updateAtomic(t *testing.T, k *kernel, a, b Rules, pkt Packet) {
 	for _, rules := range []Rules{a, b} {
 		if d, _ := Evaluate(rules, nil, pkt); d.Verdict != VerdictAllow {
 			t.Fatalf("policy decides %+v", d)
@@ -291,5 +328,87 @@ func TestUpdateAtomic(t *testing.T) {
 	t.Logf("%d runs during %d updates, %d not allowed", runs.Load(), updates, mixed.Load())
 	if mixed.Load() != 0 {
 		t.Errorf("%d of %d runs saw a half-applied policy", mixed.Load(), runs.Load())
+	}
+}
+
+// TestUpdateCIDRDifferential changes the CIDRs (positive ones kept
+// positive, negations freely, both families, /0 among them) of a few
+// rules at a time of a 10,000-rule random policy and holds the kernel to
+// Evaluate after each Update, which must take the address-row path (no
+// compile) for most.
+func TestUpdateCIDRDifferential(t *testing.T) {
+	k := newKernel(t)
+	updates, packets := 30, 200
+	if testing.Short() {
+		updates = 8
+	}
+	g := newGen(300)
+	rules := g.largeRules(10000, false)
+	k.setIPSets(t, g.sets)
+	c, err := Compile(rules, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := k.loadCompiled(t, c)
+	fast := 0
+	for u := 0; u < updates; u++ {
+		before, err := NewEvaluator(rules)
+		if err != nil {
+			t.Fatal(err)
+		}
+		next := cloneRules(rules)
+		all := allRules(&next)
+		var pkts []Packet
+		for range 1 + g.r.IntN(3) {
+			aim := g.packet()
+			r := all[g.r.IntN(len(all))]
+			if id := before.Evaluate(g.sets, aim).RuleID; id != 0 {
+				if i := slices.IndexFunc(all, func(r *Rule) bool { return r.ID == id }); i >= 0 {
+					r = all[i]
+				}
+			}
+			for _, nets := range []*[]netip.Prefix{&r.SrcNets, &r.DstNets, &r.NotSrcNets, &r.NotDstNets} {
+				if !g.chance(2) {
+					continue
+				}
+				switch positive := nets == &r.SrcNets || nets == &r.DstNets; {
+				case positive && len(*nets) == 0:
+				case !positive && g.chance(3):
+					*nets = nil
+				default:
+					*nets = g.prefixes()
+				}
+			}
+			pkts = append(pkts, aim, g.packetFor(r))
+		}
+		for len(pkts) < packets {
+			pkts = append(pkts, g.packet())
+		}
+		np, err := validateWith(next, validator{noWhere: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, ok := p.class.addrOnly(np); ok {
+			fast++
+		}
+		switch err := p.Update(next); {
+		case err == nil:
+			rules = next
+		case !errors.Is(err, ErrNeedsReload):
+			t.Fatalf("update %d: %v", u, err)
+		}
+		ev, err := NewEvaluator(rules)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, pkt := range pkts {
+			if diff := cmp.Diff(ev.Evaluate(g.sets, pkt), k.run(t, p, pkt), decisionCmp); diff != "" {
+				t.Fatalf("after update %d, packet %+v (-evaluate +kernel):\n%s", u, pkt, diff)
+			}
+		}
+	}
+	t.Logf("%d of %d updates without a compile", fast, updates)
+	if fast < updates/2 {
+		t.Errorf("only %d of %d updates took the address-row path", fast, updates)
 	}
 }
