@@ -1,0 +1,107 @@
+package datapath
+
+import (
+	"fmt"
+	"net/netip"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// sockScript is a sockOp that runs its Steps on one UDP socket (IPv6 when
+// V6 or Dest is IPv6), the calls a hostile or unusual application makes:
+// the attack tests' client. A last step "hold" keeps the socket open for
+// startSockClient's hold, like sockUDPHold.
+const sockScript = "script"
+
+// sockStep is one call of a sockScript.
+type sockStep struct {
+	// Do is the call: "bind" (Src), "connect" (Dest), "sendto" (Dest, with
+	// Src, when valid, as the IP_PKTINFO or IPV6_PKTINFO source), "send",
+	// "recv", "peer" (getpeername), "disconnect" (connect to AF_UNSPEC),
+	// "hold".
+	Do string
+	// Dest is where a connect or sendto goes.
+	Dest netip.AddrPort
+	// Src is the address a bind binds or a sendto sends from.
+	Src netip.Addr
+}
+
+// sockRunScript runs a sockScript and returns its socket if held, else -1.
+// Each step's result is "ok", an errno's name, getpeername's address, or
+// what a recv got and from where.
+func sockRunScript(op sockOp) (sockResult, int, error) {
+	var res sockResult
+	v6 := op.V6 || op.Dest.Addr().Is6()
+	family := unix.AF_INET
+	if v6 {
+		family = unix.AF_INET6
+	}
+	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return res, -1, err
+	}
+	tv := unix.Timeval{Sec: 2}
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		unix.Close(fd)
+		return res, -1, err
+	}
+	buf := make([]byte, 64)
+	for _, s := range op.Steps {
+		var out string
+		switch s.Do {
+		case "bind":
+			err = unix.Bind(fd, sockaddrOf(netip.AddrPortFrom(s.Src, 0), v6))
+		case "connect":
+			err = unix.Connect(fd, sockaddrOf(s.Dest, v6))
+		case "sendto":
+			var oob []byte
+			if s.Src.IsValid() && v6 {
+				oob = unix.PktInfo6(&unix.Inet6Pktinfo{Addr: s.Src.As16()})
+			} else if s.Src.IsValid() {
+				oob = unix.PktInfo4(&unix.Inet4Pktinfo{Spec_dst: s.Src.As4()})
+			}
+			_, err = unix.SendmsgN(fd, []byte("who"), oob, sockaddrOf(s.Dest, v6), 0)
+		case "send":
+			_, err = unix.Write(fd, []byte("who"))
+		case "recv":
+			var n int
+			var from unix.Sockaddr
+			if n, from, err = unix.Recvfrom(fd, buf, 0); err == nil {
+				out = fmt.Sprintf("%s from %s", buf[:n], addrPortOf(from))
+			}
+		case "peer":
+			var sa unix.Sockaddr
+			if sa, err = unix.Getpeername(fd); err == nil {
+				out = addrPortOf(sa).String()
+			}
+		case "disconnect":
+			sa := struct {
+				family uint16
+				pad    [26]byte
+			}{family: unix.AF_UNSPEC}
+			if _, _, e := unix.Syscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&sa)), unsafe.Sizeof(sa)); e != 0 {
+				err = e
+			}
+		case "hold":
+			res.Steps = append(res.Steps, "held")
+			return res, fd, nil
+		default:
+			unix.Close(fd)
+			return res, -1, fmt.Errorf("unknown step %q", s.Do)
+		}
+		if err != nil {
+			errno, other := errnoOf(err)
+			if other != nil {
+				unix.Close(fd)
+				return res, -1, fmt.Errorf("%s: %w", s.Do, other)
+			}
+			out = unix.ErrnoName(errno)
+		} else if out == "" {
+			out = "ok"
+		}
+		res.Steps = append(res.Steps, s.Do+": "+out)
+	}
+	unix.Close(fd)
+	return res, -1, nil
+}

@@ -1,0 +1,164 @@
+package datapath
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/sluicenet/sluice/nat"
+)
+
+// Attacks on connect-time balancing: a pod's process that calls its
+// sockets in unusual orders, each run in the pod's cgroup by a sockScript.
+
+// sockExtraIP is the family's ClusterIP plus n in its last byte: more
+// frontends beside web's and empty's.
+func (e *sockEnv) sockExtraIP(n byte) netip.Addr {
+	b := netip.MustParseAddr(e.fam.clusterIP).AsSlice()
+	b[len(b)-1] += n
+	a, _ := netip.AddrFromSlice(b)
+	return a
+}
+
+// syncWith programs e.services plus extra.
+func (e *sockEnv) syncWith(t *testing.T, extra map[string]nat.Service) {
+	t.Helper()
+	svcs := e.services()
+	for name, s := range extra {
+		svcs[name] = s
+	}
+	if err := e.d.Services().Sync(svcs); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// udpService is a ClusterIP service at addr:53/UDP over the named backends.
+func (e *sockEnv) udpService(addr netip.Addr, backends ...string) nat.Service {
+	s := nat.Service{Frontends: []nat.Frontend{{Addr: addr, Port: sockUDPPort, Protocol: nat.ProtoUDP}}}
+	for _, name := range backends {
+		s.Backends = append(s.Backends, nat.Backend{Addr: e.backendsByName[name], Port: sockBackendPort, Local: true})
+	}
+	return s
+}
+
+// TestAttack10SockConnectedSendto: a connected UDP socket that also sends
+// (sendto with an address) to four other frontends keeps its own
+// translation: getpeername still shows the frontend it connected to. The
+// sends cannot be answered on a connected socket (the kernel delivers only
+// its peer's datagrams), so they have nothing to remember; before the fix
+// they filled the four entries and pushed the connect's out, and the
+// socket showed its backend (and DestroyStaleSockets, which matches the
+// peer against the entries, could no longer find it).
+func TestAttack10SockConnectedSendto(t *testing.T) {
+	for _, fam := range sockFamilies {
+		t.Run(fam.name, func(t *testing.T) {
+			e := newSockEnv(t, fam)
+			extra := map[string]nat.Service{}
+			steps := []sockStep{{Do: "connect", Dest: netip.AddrPortFrom(netip.MustParseAddr(fam.clusterIP), sockUDPPort)}}
+			for i := range byte(4) {
+				a := e.sockExtraIP(10 + i)
+				extra["x"+a.String()] = e.udpService(a, "b1", "b2")
+				steps = append(steps, sockStep{Do: "sendto", Dest: netip.AddrPortFrom(a, sockUDPPort)})
+			}
+			steps = append(steps, sockStep{Do: "peer"})
+			e.syncWith(t, extra)
+			res := runSockClient(t, e.pod, e.client.NS.Name, e.d.state.sockNAT, []sockOp{{Kind: sockScript, Dest: steps[0].Dest, Steps: steps}})
+			want := []string{"connect: ok", "sendto: ok", "sendto: ok", "sendto: ok", "sendto: ok", "peer: " + steps[0].Dest.String()}
+			if diff := cmp.Diff(want, res[0].Steps); diff != "" {
+				t.Errorf("connected socket that sent to four more frontends (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestAttack10SockReconnectDirect: a UDP socket balanced once (connect to
+// solo's frontend, whose one backend is b1), then disconnected
+// (AF_UNSPEC) and connected straight to b1's own address, is a plain
+// socket: getpeername shows b1, and when solo is deleted
+// DestroyStaleSockets leaves it alone (b1 still answers it). Before the
+// fix the old translation outlived the connect it was for: getpeername
+// showed solo's frontend for b1, and the socket was aborted.
+func TestAttack10SockReconnectDirect(t *testing.T) {
+	for _, fam := range sockFamilies {
+		t.Run(fam.name, func(t *testing.T) {
+			e := newSockEnv(t, fam)
+			solo := netip.AddrPortFrom(e.sockExtraIP(20), sockUDPPort)
+			b1 := netip.AddrPortFrom(e.backendsByName["b1"], sockBackendPort)
+			e.syncWith(t, map[string]nat.Service{"solo": e.udpService(solo.Addr(), "b1")})
+			steps := []sockStep{
+				{Do: "connect", Dest: solo}, {Do: "peer"}, {Do: "disconnect"},
+				{Do: "connect", Dest: b1}, {Do: "peer"}, {Do: "hold"},
+			}
+			c := startSockClient(t, e.pod, e.client.NS.Name, e.d.state.sockNAT, []sockOp{{Kind: sockScript, Dest: solo, Steps: steps}}, true)
+			c.ready(t)
+			e.syncWith(t, nil)
+			var n int
+			if err := e.client.NS.Do(func() (err error) { n, err = e.d.DestroyStaleSockets(); return }); err != nil {
+				t.Fatal(err)
+			}
+			c.release(t)
+			res := c.wait(t)
+			want := []string{"connect: ok", "peer: " + solo.String(), "disconnect: ok", "connect: ok", "peer: " + b1.String(), "held"}
+			if diff := cmp.Diff(want, res[0].Steps); diff != "" {
+				t.Errorf("socket reconnected straight to b1 (-want +got):\n%s", diff)
+			}
+			if n != 0 || res[0].After != 0 || res[0].AfterReply != "b1" {
+				t.Errorf("after solo's deletion: %d sockets aborted, errno %v, reply %q; want 0 aborted and b1's answer", n, res[0].After, res[0].AfterReply)
+			}
+		})
+	}
+}
+
+// TestAttack10SockPktinfoSourceRanges: source ranges are decided on the
+// source a datagram really leaves with. A pod whose namespace has a
+// second address outside the frontend's source ranges binds its socket to
+// its address inside them, and sends to the frontend from the outside
+// one (IP_PKTINFO, IPV6_PKTINFO): the send is refused (EPERM), as it is
+// from a socket bound to the outside address. Before the fix the bound
+// address was judged and the datagram balanced.
+func TestAttack10SockPktinfoSourceRanges(t *testing.T) {
+	for _, fam := range sockFamilies {
+		t.Run(fam.name, func(t *testing.T) {
+			e := newSockEnv(t, fam)
+			in := e.client.Addr
+			out := netip.MustParseAddr("10.69.0.100")
+			if in.Is6() {
+				out = netip.MustParseAddr("fd00:69::100")
+			}
+			if err := e.client.NS.AddrAdd("eth0", netip.PrefixFrom(out, out.BitLen())); err != nil {
+				t.Fatal(err)
+			}
+			lb := netip.AddrPortFrom(e.sockExtraIP(30), sockUDPPort)
+			ranged := e.udpService(lb.Addr(), "b1", "b2")
+			ranged.Frontends[0].External = true
+			ranged.SourceRanges = []netip.Prefix{netip.PrefixFrom(in, in.BitLen())}
+			e.syncWith(t, map[string]nat.Service{"ranged": ranged})
+			ops := []sockOp{
+				{Kind: sockScript, Dest: lb, Steps: []sockStep{{Do: "bind", Src: out}, {Do: "sendto", Dest: lb}}},
+				{Kind: sockScript, Dest: lb, Steps: []sockStep{{Do: "bind", Src: in}, {Do: "sendto", Dest: lb}, {Do: "recv"}}},
+				{Kind: sockScript, Dest: lb, Steps: []sockStep{{Do: "bind", Src: in}, {Do: "sendto", Dest: lb, Src: out}}},
+			}
+			res := runSockClient(t, e.pod, e.client.NS.Name, e.d.state.sockNAT, ops)
+			if r := res[1].Steps; len(r) == 3 && r[2] != "recv: b1 from "+lb.String() && r[2] != "recv: b2 from "+lb.String() {
+				t.Errorf("in-range send's reply: %q, want a backend's name from %v", r[2], lb)
+			}
+			var got [][]string
+			for _, r := range res {
+				got = append(got, append([]string(nil), r.Steps...))
+			}
+			// The one balanced send's reply shows the frontend from either backend.
+			if len(got[1]) == 3 {
+				got[1][2] = ""
+			}
+			want := [][]string{
+				{"bind: ok", "sendto: EPERM"},
+				{"bind: ok", "sendto: ok", ""},
+				{"bind: ok", "sendto: EPERM"},
+			}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("sends to a frontend with source ranges (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
