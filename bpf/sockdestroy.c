@@ -39,6 +39,20 @@ SL_INLINE __u16 sl_sock_peer(const struct sock *sk, __u8 *peer)
 	return bpf_ntohs(sk->__sk_common.skc_dport);
 }
 
+/* sl_sock_still_member says whether entry e's backend is still a member
+ * of its service: (svc_id, backend_id) in sl_members, and the ID still
+ * names e's address and port, since a restarted agent's Table may give a
+ * freed ID to another backend. */
+SL_INLINE bool sl_sock_still_member(const struct sl_sock_nat_entry *e, const struct sl_lb_member_key *mk)
+{
+	const struct sl_backend *be;
+
+	if (!bpf_map_lookup_elem(&sl_members, mk))
+		return false;
+	be = bpf_map_lookup_elem(&sl_backends, &mk->backend_id);
+	return be && be->port == e->backend_port && sl_addr_eq(be->addr, e->backend);
+}
+
 /* sl_sock_destroy_udp aborts each connected UDP socket sent to a backend
  * its service no longer has, and writes one byte to the iterator's output
  * for each, which the runtime counts. */
@@ -62,7 +76,7 @@ int sl_sock_destroy_udp(struct bpf_iter__udp *ctx)
 
 		if (!e->frontend_port || e->backend_port != port || !sl_addr_eq(e->backend, peer))
 			continue;
-		if (bpf_map_lookup_elem(&sl_members, &mk))
+		if (sl_sock_still_member(e, &mk))
 			return 0;
 		if (bpf_sock_destroy((struct sock_common *)sk) == 0) {
 			char one = 1;

@@ -2,10 +2,13 @@ package datapath
 
 import (
 	"net/netip"
+	"path/filepath"
+	"syscall"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/sluicenet/sluice/internal/testutil"
 	"github.com/sluicenet/sluice/nat"
 )
 
@@ -160,5 +163,62 @@ func TestAttack10SockPktinfoSourceRanges(t *testing.T) {
 				t.Errorf("sends to a frontend with source ranges (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// TestAttack10SockDestroyReusedID: a backend ID freed while a socket still
+// points at its backend can name another backend after a restart (a new
+// Table starts its IDs after the highest the maps hold). solo's one
+// backend b1 (ID 1) leaves while a pod's socket is connected to it; the
+// agent restarts; solo gets b2, which the new Table gives ID 1 again.
+// DestroyStaleSockets must still abort the socket on b1: (solo, 1) is a
+// member, but of another address. Before the fix the iterator trusted the
+// ID alone and left the socket on the departed b1.
+func TestAttack10SockDestroyReusedID(t *testing.T) {
+	fam := sockFamilies[0]
+	e := newSockEnv(t, fam)
+	opts := Options{PinDir: filepath.Join(testutil.TempBPFFS(t), "sluice"), ConntrackEntries: 1 << 12, MaxInterfaces: 8, PolicySlots: 64}
+	old, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	solo := netip.AddrPortFrom(e.sockExtraIP(40), sockUDPPort)
+	sync := func(d *Datapath, backends ...string) {
+		t.Helper()
+		if err := d.Services().Sync(map[string]nat.Service{"solo": e.udpService(solo.Addr(), backends...)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sync(old, "b1")
+	// Not under e.cgroup, whose programs (e.d's) would balance too.
+	cgroup := testutil.TempCgroup(t)
+	links := attachSock(t, cgroup, old)
+	c := startSockClient(t, cgroup, e.client.NS.Name, old.state.sockNAT, []sockOp{{Kind: sockUDPHold, Dest: solo}}, true)
+	c.ready(t)
+	sync(old)
+	next, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer next.Close()
+	links.replace(t, next)
+	if err := old.Close(); err != nil {
+		t.Fatal(err)
+	}
+	sync(next, "b2")
+	b2, _ := next.Services().BackendID(netip.AddrPortFrom(e.backendsByName["b2"], sockBackendPort))
+	var n int
+	if err := e.client.NS.Do(func() (err error) { n, err = next.DestroyStaleSockets(); return }); err != nil {
+		t.Fatal(err)
+	}
+	c.release(t)
+	res := c.wait(t)
+	if res[0].Reply != "b1" {
+		t.Fatalf("the held socket reached %q (errno %v), want b1", res[0].Reply, res[0].Errno)
+	}
+	if n != 1 || res[0].After != syscall.ECONNABORTED {
+		t.Errorf("b1 (ID %d before the restart) gone, b2 ID %d after: %d sockets aborted, the socket on b1 then saw errno %v, reply %q; want 1 aborted and ECONNABORTED",
+			res[0].NAT.Entries[0].BackendID, b2, n, res[0].After, res[0].AfterReply)
 	}
 }

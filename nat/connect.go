@@ -21,8 +21,9 @@ type ConnectFlow struct {
 	// (SO_NETNS_COOKIE): whom affinity is kept for when the socket has no
 	// bound source.
 	NetNS uint64
-	// Source is the address the socket is bound to; the zero Addr or an
-	// unspecified address when it is not bound.
+	// Source is the address the flow leaves from: a sendmsg's own
+	// (IP_PKTINFO, IPV6_PKTINFO), else the one the socket is bound to; the
+	// zero Addr or an unspecified address when it has neither.
 	Source netip.Addr
 	// Dest is the address and port connected or sent to. An IPv4-mapped
 	// IPv6 address (an IPv6 socket's IPv4 peer) is its IPv4 address.

@@ -18,7 +18,8 @@
  *     namespace (SL_LB_SOCK_PREFIX and the namespace's cookie): a pod's
  *     namespace has its one address, the host's all its processes (as
  *     Cilium keys socket-LB affinity by namespace cookie);
- *   - source ranges: decided on the bound source address; an unbound
+ *   - source ranges: decided on the source address a sendmsg names
+ *     (IP_PKTINFO), else the bound one; an unbound
  *     socket's connect is left untranslated for the TC stage, which sees
  *     the source (SL_LB_SOURCE_UNKNOWN). */
 #pragma once
