@@ -1,11 +1,15 @@
 package datapath
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"unsafe"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/sluicenet/sluice/bpf"
 )
 
 // sockScript is a sockOp that runs its Steps on one UDP socket (IPv6 when
@@ -30,7 +34,7 @@ type sockStep struct {
 // sockRunScript runs a sockScript and returns its socket if held, else -1.
 // Each step's result is "ok", an errno's name, getpeername's address, or
 // what a recv got and from where.
-func sockRunScript(op sockOp) (sockResult, int, error) {
+func sockRunScript(op sockOp, natMap *ebpf.Map) (sockResult, int, error) {
 	var res sockResult
 	v6 := op.V6 || op.Dest.Addr().Is6()
 	family := unix.AF_INET
@@ -41,7 +45,8 @@ func sockRunScript(op sockOp) (sockResult, int, error) {
 	if err != nil {
 		return res, -1, err
 	}
-	tv := unix.Timeval{Sec: 2}
+	// Short: a policy test waits it out on each denied socket.
+	tv := unix.Timeval{Usec: 500000}
 	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
 		unix.Close(fd)
 		return res, -1, err
@@ -85,7 +90,8 @@ func sockRunScript(op sockOp) (sockResult, int, error) {
 			}
 		case "hold":
 			res.Steps = append(res.Steps, "held")
-			return res, fd, nil
+			res.NAT, res.HasNAT, err = sockStorage(fd, natMap)
+			return res, fd, err
 		default:
 			unix.Close(fd)
 			return res, -1, fmt.Errorf("unknown step %q", s.Do)
@@ -102,6 +108,20 @@ func sockRunScript(op sockOp) (sockResult, int, error) {
 		}
 		res.Steps = append(res.Steps, s.Do+": "+out)
 	}
+	res.NAT, res.HasNAT, err = sockStorage(fd, natMap)
 	unix.Close(fd)
-	return res, -1, nil
+	return res, -1, err
+}
+
+// sockStorage reads socket fd's storage in natMap, if it has one.
+func sockStorage(fd int, natMap *ebpf.Map) (bpf.SockNAT, bool, error) {
+	var st bpf.SockNAT
+	switch err := natMap.Lookup(int32(fd), &st); {
+	case err == nil:
+		return st, true, nil
+	case errors.Is(err, ebpf.ErrKeyNotExist):
+		return st, false, nil
+	default:
+		return st, false, fmt.Errorf("socket storage: %w", err)
+	}
 }

@@ -9,7 +9,9 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/sluicenet/sluice/internal/testutil"
+	"github.com/sluicenet/sluice/internal/topo"
 	"github.com/sluicenet/sluice/nat"
+	"github.com/sluicenet/sluice/polprog"
 )
 
 // Attacks on connect-time balancing: a pod's process that calls its
@@ -220,5 +222,82 @@ func TestAttack10SockDestroyReusedID(t *testing.T) {
 	if n != 1 || res[0].After != syscall.ECONNABORTED {
 		t.Errorf("b1 (ID %d before the restart) gone, b2 ID %d after: %d sockets aborted, the socket on b1 then saw errno %v, reply %q; want 1 aborted and ECONNABORTED",
 			res[0].NAT.Entries[0].BackendID, b2, n, res[0].After, res[0].AfterReply)
+	}
+}
+
+// denyRules deny traffic whose peer (destination at egress, source at
+// ingress) is addr, and allow the rest.
+func denyRules(addr netip.Addr, egress bool) polprog.Rules {
+	deny := polprog.Rule{ID: 1, Action: polprog.ActionDeny}
+	if egress {
+		deny.DstNets = []netip.Prefix{netip.PrefixFrom(addr, addr.BitLen())}
+	} else {
+		deny.SrcNets = []netip.Prefix{netip.PrefixFrom(addr, addr.BitLen())}
+	}
+	return polprog.Rules{Tiers: []polprog.Tier{{
+		Name:     "default",
+		Policies: []polprog.Policy{{Name: "deny-one", Rules: []polprog.Rule{deny, {ID: 2, Action: polprog.ActionAllow}}}},
+	}}}
+}
+
+// TestAttack10SockPolicyAtTC: a flow balanced at connect time skips no
+// policy: its packets meet the client's egress policy with the backend's
+// address, and the backend's ingress policy. With the client's egress
+// denying b1, the pod's connected UDP sockets balanced to b1 hear nothing
+// and those on b2 are answered; with b2's ingress denying the client
+// instead, the reverse.
+func TestAttack10SockPolicyAtTC(t *testing.T) {
+	for _, fam := range sockFamilies {
+		t.Run(fam.name, func(t *testing.T) {
+			e := newSockEnv(t, fam)
+			web := netip.AddrPortFrom(netip.MustParseAddr(fam.clusterIP), sockUDPPort)
+			var ops []sockOp
+			for range 12 {
+				ops = append(ops, sockOp{Kind: sockScript, Dest: web, Steps: []sockStep{{Do: "connect", Dest: web}, {Do: "send"}, {Do: "recv"}}})
+			}
+			var b2 *topo.Workload
+			for _, w := range e.node.Workloads {
+				if w.Addr == e.backendsByName["b2"] {
+					b2 = w
+				}
+			}
+			for _, phase := range []struct {
+				name               string
+				clientEgress, b2In polprog.Rules
+				denied             string
+			}{
+				{"client egress denies b1", denyRules(e.backendsByName["b1"], true), allowAllRules, "b1"},
+				{"b2 ingress denies the client", allowAllRules, denyRules(e.client.Addr, false), "b2"},
+			} {
+				if err := e.d.SetInterface(e.client.HostIfindex, Interface{Kind: Workload, Egress: phase.clientEgress, Ingress: allowAllRules}); err != nil {
+					t.Fatal(err)
+				}
+				if err := e.d.SetInterface(b2.HostIfindex, Interface{Kind: Workload, Egress: allowAllRules, Ingress: phase.b2In}); err != nil {
+					t.Fatal(err)
+				}
+				res := runSockClient(t, e.pod, e.client.NS.Name, e.d.state.sockNAT, ops)
+				on := map[string]int{}
+				for i, r := range res {
+					be := netip.AddrFrom16(r.NAT.Entries[0].Backend).Unmap()
+					name := "b1"
+					if be == e.backendsByName["b2"] {
+						name = "b2"
+					}
+					on[name]++
+					want := []string{"connect: ok", "send: ok", "recv: " + name + " from " + web.String()}
+					if name == phase.denied {
+						want[2] = "recv: EAGAIN"
+					}
+					if !r.HasNAT || (be != e.backendsByName["b1"] && be != e.backendsByName["b2"]) {
+						t.Errorf("%s: socket %d: storage %v (%v), want a backend", phase.name, i, r.NAT, r.HasNAT)
+					} else if diff := cmp.Diff(want, r.Steps); diff != "" {
+						t.Errorf("%s: socket %d on %s (-want +got):\n%s", phase.name, i, name, diff)
+					}
+				}
+				if on["b1"] == 0 || on["b2"] == 0 {
+					t.Fatalf("%s: sockets per backend %v: the test needs both", phase.name, on)
+				}
+			}
+		})
 	}
 }

@@ -290,7 +290,7 @@ func sockRun(op sockOp, natMap *ebpf.Map) (sockResult, int, error) {
 		return res, -1, err
 	}
 	if op.Kind == sockScript {
-		return sockRunScript(op)
+		return sockRunScript(op, natMap)
 	}
 	res, fd, err := sockDo(op, natMap)
 	if op.Kind == sockUDPHold && err == nil {
