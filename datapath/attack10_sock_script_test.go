@@ -18,6 +18,11 @@ import (
 // startSockClient's hold, like sockUDPHold.
 const sockScript = "script"
 
+// sockScriptTCP is sockScript on a TCP socket, whose "sendto" is a TCP
+// fast open (MSG_FASTOPEN, without data) and whose "recv" reads what
+// arrives.
+const sockScriptTCP = "script-tcp"
+
 // sockStep is one call of a sockScript.
 type sockStep struct {
 	// Do is the call: "bind" (Src), "connect" (Dest), "sendto" (Dest, with
@@ -41,7 +46,13 @@ func sockRunScript(op sockOp, natMap *ebpf.Map) (sockResult, int, error) {
 	if v6 {
 		family = unix.AF_INET6
 	}
-	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	typ, sendFlags, payload := unix.SOCK_DGRAM, 0, []byte("who")
+	if op.Kind == sockScriptTCP {
+		// No data: the server closes without reading, which would reset
+		// the connection before getpeername.
+		typ, sendFlags, payload = unix.SOCK_STREAM, unix.MSG_FASTOPEN, nil
+	}
+	fd, err := unix.Socket(family, typ|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return res, -1, err
 	}
@@ -66,13 +77,15 @@ func sockRunScript(op sockOp, natMap *ebpf.Map) (sockResult, int, error) {
 			} else if s.Src.IsValid() {
 				oob = unix.PktInfo4(&unix.Inet4Pktinfo{Spec_dst: s.Src.As4()})
 			}
-			_, err = unix.SendmsgN(fd, []byte("who"), oob, sockaddrOf(s.Dest, v6), 0)
+			_, err = unix.SendmsgN(fd, payload, oob, sockaddrOf(s.Dest, v6), sendFlags)
 		case "send":
-			_, err = unix.Write(fd, []byte("who"))
+			_, err = unix.Write(fd, payload)
 		case "recv":
 			var n int
 			var from unix.Sockaddr
-			if n, from, err = unix.Recvfrom(fd, buf, 0); err == nil {
+			if n, from, err = unix.Recvfrom(fd, buf, 0); err == nil && from == nil {
+				out = string(buf[:n])
+			} else if err == nil {
 				out = fmt.Sprintf("%s from %s", buf[:n], addrPortOf(from))
 			}
 		case "peer":

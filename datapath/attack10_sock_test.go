@@ -3,6 +3,7 @@ package datapath
 import (
 	"net/netip"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -324,6 +325,42 @@ func TestAttack10SockSharedBackend(t *testing.T) {
 			want := []string{"sendto: ok", "recv: b1 from " + sa.String(), "sendto: ok", "recv: b1 from " + sb.String()}
 			if diff := cmp.Diff(want, res[0].Steps); diff != "" {
 				t.Errorf("one socket to two frontends over one backend (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestAttack10SockFastOpen: a TCP fast open (sendto with MSG_FASTOPEN, no
+// connect) to the ClusterIP passes the connect hook like a connect: it
+// reaches a backend, getpeername shows the frontend once the handshake
+// is done (a fast open's sendto returns in SYN_SENT, where getpeername
+// says ENOTCONN), and both backends are reached over the sockets.
+func TestAttack10SockFastOpen(t *testing.T) {
+	for _, fam := range sockFamilies {
+		t.Run(fam.name, func(t *testing.T) {
+			e := newSockEnv(t, fam)
+			web := netip.AddrPortFrom(netip.MustParseAddr(fam.clusterIP), sockTCPPort)
+			var ops []sockOp
+			for range 12 {
+				ops = append(ops, sockOp{Kind: sockScriptTCP, Dest: web, Steps: []sockStep{{Do: "sendto", Dest: web}, {Do: "recv"}, {Do: "peer"}}})
+			}
+			on := map[string]bool{}
+			for i, r := range runSockClient(t, e.pod, e.client.NS.Name, e.d.state.sockNAT, ops) {
+				name := ""
+				if len(r.Steps) == 3 {
+					name = strings.TrimPrefix(r.Steps[1], "recv: ")
+				}
+				on[name] = true
+				want := []string{"sendto: ok", "recv: " + name, "peer: " + web.String()}
+				if _, ok := e.backendsByName[name]; !ok {
+					want[1] = "recv: b1 or b2"
+				}
+				if diff := cmp.Diff(want, r.Steps); diff != "" {
+					t.Errorf("fast open %d (-want +got):\n%s", i, diff)
+				}
+			}
+			if !on["b1"] || !on["b2"] {
+				t.Errorf("fast opens reached %v, want both backends", on)
 			}
 		})
 	}

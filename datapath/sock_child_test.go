@@ -289,7 +289,7 @@ func sockRun(op sockOp, natMap *ebpf.Map) (sockResult, int, error) {
 		res, err := sockConnectLoop(op)
 		return res, -1, err
 	}
-	if op.Kind == sockScript {
+	if op.Kind == sockScript || op.Kind == sockScriptTCP {
 		return sockRunScript(op, natMap)
 	}
 	res, fd, err := sockDo(op, natMap)
