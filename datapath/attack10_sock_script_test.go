@@ -25,7 +25,8 @@ const sockScriptTCP = "script-tcp"
 
 // sockStep is one call of a sockScript.
 type sockStep struct {
-	// Do is the call: "bind" (Src), "connect" (Dest), "sendto" (Dest, with
+	// Do is the call: "bind" (Src), "freebind" (IP_FREEBIND,
+	// IPV6_FREEBIND: bind may then name any address), "connect" (Dest), "sendto" (Dest, with
 	// Src, when valid, as the IP_PKTINFO or IPV6_PKTINFO source), "send",
 	// "recv", "peer" (getpeername), "disconnect" (connect to AF_UNSPEC),
 	// "hold".
@@ -68,6 +69,12 @@ func sockRunScript(op sockOp, natMap *ebpf.Map) (sockResult, int, error) {
 		switch s.Do {
 		case "bind":
 			err = unix.Bind(fd, sockaddrOf(netip.AddrPortFrom(s.Src, 0), v6))
+		case "freebind":
+			if v6 {
+				err = unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_FREEBIND, 1)
+			} else {
+				err = unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_FREEBIND, 1)
+			}
 		case "connect":
 			err = unix.Connect(fd, sockaddrOf(s.Dest, v6))
 		case "sendto":

@@ -6,9 +6,11 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/sluicenet/sluice/bpf"
 	"github.com/sluicenet/sluice/internal/testutil"
 	"github.com/sluicenet/sluice/internal/topo"
 	"github.com/sluicenet/sluice/nat"
@@ -361,6 +363,53 @@ func TestAttack10SockFastOpen(t *testing.T) {
 			}
 			if !on["b1"] || !on["b2"] {
 				t.Errorf("fast opens reached %v, want both backends", on)
+			}
+		})
+	}
+}
+
+// TestAttack10SockAffinityFreebind: a pod's process may bind any address
+// without privilege (IP_FREEBIND), and a UDP connect sends nothing; yet
+// each such connect to a frontend with affinity writes an affinity record
+// for the address it claimed, even when the connect then fails. 64 connects from 64 addresses that are not
+// the pod's must not leave 64 records: the affinity map is an LRU shared
+// by every client of the node, which a pod can so flush (and it can set
+// the backend of another pod's address). The TC stage records affinity
+// only for a flow's real packets, once policy allowed them.
+func TestAttack10SockAffinityFreebind(t *testing.T) {
+	t.Skip("finding: connect-time affinity is recorded for any address a socket binds with IP_FREEBIND, so a pod can flood the node's affinity LRU or set another client's backend")
+	for _, fam := range sockFamilies {
+		t.Run(fam.name, func(t *testing.T) {
+			e := newSockEnv(t, fam)
+			sticky := netip.AddrPortFrom(e.sockExtraIP(60), sockUDPPort)
+			s := e.udpService(sticky.Addr(), "b1", "b2")
+			s.Affinity = time.Hour
+			e.syncWith(t, map[string]nat.Service{"sticky": s})
+			fake := netip.MustParsePrefix("10.69.200.0/24")
+			if fam.name == "ipv6" {
+				fake = netip.MustParsePrefix("fd00:69:200::/120")
+			}
+			var ops []sockOp
+			for a, i := fake.Addr(), 0; i < 64; a, i = a.Next(), i+1 {
+				ops = append(ops, sockOp{Kind: sockScript, Dest: sticky, Steps: []sockStep{{Do: "freebind"}, {Do: "bind", Src: a}, {Do: "connect", Dest: sticky}}})
+			}
+			for i, r := range runSockClient(t, e.pod, e.client.NS.Name, e.d.state.sockNAT, ops) {
+				// An IPv4 connect from an address no route has fails
+				// (ENETUNREACH), after the hook.
+				if diff := cmp.Diff([]string{"freebind: ok", "bind: ok"}, r.Steps[:2]); diff != "" {
+					t.Fatalf("socket %d (-want +got):\n%s", i, diff)
+				}
+			}
+			var k bpf.AffinityKey
+			var v bpf.Affinity
+			n := 0
+			for it := e.d.state.affinity.Iterate(); it.Next(&k, &v); {
+				if fake.Contains(netip.AddrFrom16(k.Client).Unmap()) {
+					n++
+				}
+			}
+			if n != 0 {
+				t.Errorf("%d affinity records for addresses the pod does not have, want 0", n)
 			}
 		})
 	}
