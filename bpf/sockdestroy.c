@@ -14,7 +14,7 @@
 
 #include "sluice/common.h"
 #include "sluice/kernel.h"
-#include "sluice/lb_maps.h"
+#include "sluice/lb.h"
 #include "sluice/sock.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
@@ -40,14 +40,17 @@ SL_INLINE __u16 sl_sock_peer(const struct sock *sk, __u8 *peer)
 }
 
 /* sl_sock_still_member says whether entry e's backend is still a member
- * of its service: (svc_id, backend_id) in sl_members, and the ID still
- * names e's address and port, since a restarted agent's Table may give a
- * freed ID to another backend. */
+ * of its frontend's service: e's frontend is still svc_id's, (svc_id,
+ * backend_id) is in sl_members, and the ID still names e's address and
+ * port. The IDs alone are not enough: a restarted agent's Table may give
+ * a freed ID to another service or backend. A frontend at a node address
+ * is a NodePort's (sl_svc_find's wildcard). */
 SL_INLINE bool sl_sock_still_member(const struct sl_sock_nat_entry *e, const struct sl_lb_member_key *mk)
 {
+	const struct sl_svc *svc = sl_svc_find(e->frontend, e->frontend_port, IPPROTO_UDP, true);
 	const struct sl_backend *be;
 
-	if (!bpf_map_lookup_elem(&sl_members, mk))
+	if (!svc || svc->id != e->svc_id || !bpf_map_lookup_elem(&sl_members, mk))
 		return false;
 	be = bpf_map_lookup_elem(&sl_backends, &mk->backend_id);
 	return be && be->port == e->backend_port && sl_addr_eq(be->addr, e->backend);

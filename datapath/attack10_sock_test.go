@@ -171,60 +171,76 @@ func TestAttack10SockPktinfoSourceRanges(t *testing.T) {
 	}
 }
 
-// TestAttack10SockDestroyReusedID: a backend ID freed while a socket still
-// points at its backend can name another backend after a restart (a new
-// Table starts its IDs after the highest the maps hold). solo's one
-// backend b1 (ID 1) leaves while a pod's socket is connected to it; the
-// agent restarts; solo gets b2, which the new Table gives ID 1 again.
-// DestroyStaleSockets must still abort the socket on b1: (solo, 1) is a
-// member, but of another address. Before the fix the iterator trusted the
-// ID alone and left the socket on the departed b1.
+// TestAttack10SockDestroyReusedID: an ID freed while a socket still
+// points at its backend can name something else after a restart (a new
+// Table starts its IDs after the highest the maps hold).
+//   - backend: solo's one backend b1 (ID 1) leaves while a pod's socket is
+//     connected to it; the agent restarts; solo gets b2, which the new
+//     Table gives ID 1 again: (solo, 1) is a member, but of another
+//     address.
+//   - service: solo (ID 1) is deleted; the agent restarts; another service
+//     at another address gets ID 1 and b1 (ID 1 again): (1, 1) is a member,
+//     but solo's frontend is gone.
+//
+// DestroyStaleSockets must abort the socket either way. Before the fix the
+// iterator trusted the IDs alone.
 func TestAttack10SockDestroyReusedID(t *testing.T) {
 	fam := sockFamilies[0]
 	e := newSockEnv(t, fam)
-	opts := Options{PinDir: filepath.Join(testutil.TempBPFFS(t), "sluice"), ConntrackEntries: 1 << 12, MaxInterfaces: 8, PolicySlots: 64}
-	old, err := Open(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer old.Close()
 	solo := netip.AddrPortFrom(e.sockExtraIP(40), sockUDPPort)
-	sync := func(d *Datapath, backends ...string) {
-		t.Helper()
-		if err := d.Services().Sync(map[string]nat.Service{"solo": e.udpService(solo.Addr(), backends...)}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	sync(old, "b1")
-	// Not under e.cgroup, whose programs (e.d's) would balance too.
-	cgroup := testutil.TempCgroup(t)
-	links := attachSock(t, cgroup, old)
-	c := startSockClient(t, cgroup, e.client.NS.Name, old.state.sockNAT, []sockOp{{Kind: sockUDPHold, Dest: solo}}, true)
-	c.ready(t)
-	sync(old)
-	next, err := Open(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer next.Close()
-	links.replace(t, next)
-	if err := old.Close(); err != nil {
-		t.Fatal(err)
-	}
-	sync(next, "b2")
-	b2, _ := next.Services().BackendID(netip.AddrPortFrom(e.backendsByName["b2"], sockBackendPort))
-	var n int
-	if err := e.client.NS.Do(func() (err error) { n, err = next.DestroyStaleSockets(); return }); err != nil {
-		t.Fatal(err)
-	}
-	c.release(t)
-	res := c.wait(t)
-	if res[0].Reply != "b1" {
-		t.Fatalf("the held socket reached %q (errno %v), want b1", res[0].Reply, res[0].Errno)
-	}
-	if n != 1 || res[0].After != syscall.ECONNABORTED {
-		t.Errorf("b1 (ID %d before the restart) gone, b2 ID %d after: %d sockets aborted, the socket on b1 then saw errno %v, reply %q; want 1 aborted and ECONNABORTED",
-			res[0].NAT.Entries[0].BackendID, b2, n, res[0].After, res[0].AfterReply)
+	other := netip.AddrPortFrom(e.sockExtraIP(41), sockUDPPort)
+	for _, tc := range []struct {
+		name   string
+		before map[string]nat.Service // synced by the old agent after the socket's connect
+		after  map[string]nat.Service // synced by the restarted one
+	}{
+		{"backend", map[string]nat.Service{"solo": e.udpService(solo.Addr())}, map[string]nat.Service{"solo": e.udpService(solo.Addr(), "b2")}},
+		{"service", map[string]nat.Service{}, map[string]nat.Service{"other": e.udpService(other.Addr(), "b1")}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			opts := Options{PinDir: filepath.Join(testutil.TempBPFFS(t), "sluice"), ConntrackEntries: 1 << 12, MaxInterfaces: 8, PolicySlots: 64}
+			old, err := Open(opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer old.Close()
+			sync := func(d *Datapath, svcs map[string]nat.Service) {
+				t.Helper()
+				if err := d.Services().Sync(svcs); err != nil {
+					t.Fatal(err)
+				}
+			}
+			sync(old, map[string]nat.Service{"solo": e.udpService(solo.Addr(), "b1")})
+			// Not under e.cgroup, whose programs (e.d's) would balance too.
+			cgroup := testutil.TempCgroup(t)
+			links := attachSock(t, cgroup, old)
+			c := startSockClient(t, cgroup, e.client.NS.Name, old.state.sockNAT, []sockOp{{Kind: sockUDPHold, Dest: solo}}, true)
+			c.ready(t)
+			sync(old, tc.before)
+			next, err := Open(opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer next.Close()
+			links.replace(t, next)
+			if err := old.Close(); err != nil {
+				t.Fatal(err)
+			}
+			sync(next, tc.after)
+			var n int
+			if err := e.client.NS.Do(func() (err error) { n, err = next.DestroyStaleSockets(); return }); err != nil {
+				t.Fatal(err)
+			}
+			c.release(t)
+			res := c.wait(t)
+			if res[0].Reply != "b1" {
+				t.Fatalf("the held socket reached %q (errno %v), want b1", res[0].Reply, res[0].Errno)
+			}
+			if n != 1 || res[0].After != syscall.ECONNABORTED {
+				t.Errorf("socket balanced as (service %d, backend %d): %d sockets aborted, then errno %v, reply %q; want 1 aborted and ECONNABORTED",
+					res[0].NAT.Entries[0].SvcID, res[0].NAT.Entries[0].BackendID, n, res[0].After, res[0].AfterReply)
+			}
+		})
 	}
 }
 
