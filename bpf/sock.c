@@ -85,25 +85,29 @@ SL_INLINE struct sl_sock_nat *sl_sock_storage(struct bpf_sock *sk, bool create)
 	return bpf_sk_storage_get(&sl_sock_nat, sk, 0, create ? BPF_SK_STORAGE_GET_F_CREATE : 0);
 }
 
-/* sl_sock_forget empties the socket's translations, if it has storage: a
- * connect starts them afresh, since a connected UDP socket meets only its
- * peer (the kernel delivers no other datagram to it), and an entry left
- * from before would show a peer connected to directly as a frontend, and
- * have DestroyStaleSockets abort it. */
-SL_INLINE void sl_sock_forget(struct bpf_sock *sk)
+/* sl_sock_forget empties the socket's translations to addr:port, if it
+ * has storage: a connect to addr:port replaces the socket's peer, and a
+ * connected UDP socket meets only its peer (the kernel delivers no other
+ * datagram to it), so such an entry, left from a sendmsg or an earlier
+ * connect, would show a peer connected to directly as a frontend (or as
+ * the wrong one), and have DestroyStaleSockets abort it. Other entries
+ * stay: they match no datagram of the new peer, and a connect that fails
+ * after this hook leaves the old peer, whose entry they may be. */
+SL_INLINE void sl_sock_forget(struct bpf_sock *sk, const __u8 *addr, __u16 port)
 {
 	struct sl_sock_nat *st = sl_sock_storage(sk, false);
 
 	if (!st)
 		return;
-	for (__u32 i = 0; i < SL_SOCK_NAT_ENTRIES; i++)
-		st->entries[i].frontend_port = 0;
-	st->next = 0;
+	for (__u32 i = 0; i < SL_SOCK_NAT_ENTRIES; i++) {
+		if (st->entries[i].backend_port == port && sl_addr_eq(st->entries[i].backend, addr))
+			st->entries[i].frontend_port = 0;
+	}
 }
 
 /* sl_sock_remember records in the socket's storage that frontend:fport
  * went to the chosen backend: in the entry of that frontend if it has
- * one, else in the oldest (a connect has forgotten the others first).
+ * one, else in the oldest.
  * Without storage (no memory) the socket still reaches its backend, and
  * shows the backend's address to recvmsg and getpeername. */
 SL_INLINE void sl_sock_remember(struct bpf_sock *sk, const __u8 *frontend, __u16 fport,
@@ -189,12 +193,13 @@ SL_INLINE int sl_sock_balance(struct bpf_sock_addr *ctx, bool v6, bool sendmsg)
 	}
 	if (rc == SL_LB_SOURCE_REFUSED)
 		return SL_SOCK_REJECT;
-	/* A refused connect leaves the socket as it was; one that goes on
-	 * replaces its peer. */
-	if (!sendmsg)
-		sl_sock_forget(sk);
-	if (rc != SL_LB_CHOSEN || !sl_sock_set_dest(ctx, v6, c.be->addr, c.be->port))
+	if (rc != SL_LB_CHOSEN || !sl_sock_set_dest(ctx, v6, c.be->addr, c.be->port)) {
+		if (!sendmsg)
+			sl_sock_forget(sk, dest, dport);
 		return SL_SOCK_PASS;
+	}
+	if (!sendmsg)
+		sl_sock_forget(sk, c.be->addr, c.be->port);
 	/* A connected UDP socket's sendto elsewhere is never answered on it
 	 * (only its peer's datagrams are delivered): remembering it would
 	 * only push out the connect's entry. */

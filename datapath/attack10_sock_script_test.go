@@ -26,7 +26,8 @@ const sockScriptTCP = "script-tcp"
 // sockStep is one call of a sockScript.
 type sockStep struct {
 	// Do is the call: "bind" (Src), "freebind" (IP_FREEBIND,
-	// IPV6_FREEBIND: bind may then name any address), "connect" (Dest), "sendto" (Dest, with
+	// IPV6_FREEBIND: bind may then name any address), "v6only"
+	// (IPV6_V6ONLY), "connect" (Dest), "sendto" (Dest, with
 	// Src, when valid, as the IP_PKTINFO or IPV6_PKTINFO source), "send",
 	// "recv", "peer" (getpeername), "disconnect" (connect to AF_UNSPEC),
 	// "hold".
@@ -69,6 +70,8 @@ func sockRunScript(op sockOp, natMap *ebpf.Map) (sockResult, int, error) {
 		switch s.Do {
 		case "bind":
 			err = unix.Bind(fd, sockaddrOf(netip.AddrPortFrom(s.Src, 0), v6))
+		case "v6only":
+			err = unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1)
 		case "freebind":
 			if v6 {
 				err = unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_FREEBIND, 1)

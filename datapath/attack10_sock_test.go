@@ -430,3 +430,28 @@ func TestAttack10SockAffinityFreebind(t *testing.T) {
 		})
 	}
 }
+
+// TestAttack10SockFailedReconnect: a connected UDP socket balanced to a
+// backend that connects again, to an address the kernel refuses after the
+// connect hook (IPv4: the broadcast address without SO_BROADCAST, EACCES;
+// an IPV6_V6ONLY socket: an IPv4-mapped address, ENETUNREACH), keeps its
+// peer, and so its translation: getpeername still shows the frontend.
+func TestAttack10SockFailedReconnect(t *testing.T) {
+	for _, fam := range sockFamilies {
+		t.Run(fam.name, func(t *testing.T) {
+			e := newSockEnv(t, fam)
+			web := netip.AddrPortFrom(netip.MustParseAddr(fam.clusterIP), sockUDPPort)
+			steps := []sockStep{{Do: "connect", Dest: web}, {Do: "connect", Dest: netip.MustParseAddrPort("255.255.255.255:9")}, {Do: "peer"}}
+			want := []string{"connect: ok", "connect: EACCES", "peer: " + web.String()}
+			if fam.name == "ipv6" {
+				steps = append([]sockStep{{Do: "v6only"}}, steps...)
+				steps[2].Dest = netip.MustParseAddrPort("[::ffff:10.1.2.3]:9")
+				want = append([]string{"v6only: ok"}, "connect: ok", "connect: ENETUNREACH", "peer: "+web.String())
+			}
+			res := runSockClient(t, e.pod, e.client.NS.Name, e.d.state.sockNAT, []sockOp{{Kind: sockScript, Dest: web, Steps: steps}})
+			if diff := cmp.Diff(want, res[0].Steps); diff != "" {
+				t.Errorf("failed reconnect (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
