@@ -28,7 +28,8 @@ type sockStep struct {
 	// Do is the call: "bind" (Src), "freebind" (IP_FREEBIND,
 	// IPV6_FREEBIND: bind may then name any address), "v6only"
 	// (IPV6_V6ONLY), "connect" (Dest), "sendto" (Dest, with
-	// Src, when valid, as the IP_PKTINFO or IPV6_PKTINFO source), "send",
+	// Src, when valid, as the IP_PKTINFO or IPV6_PKTINFO source), "send"
+	// (on the connected socket, with Src as a sendto's),
 	// "recv", "peer" (getpeername), "disconnect" (connect to AF_UNSPEC),
 	// "hold".
 	Do string
@@ -81,15 +82,9 @@ func sockRunScript(op sockOp, natMap *ebpf.Map) (sockResult, int, error) {
 		case "connect":
 			err = unix.Connect(fd, sockaddrOf(s.Dest, v6))
 		case "sendto":
-			var oob []byte
-			if s.Src.IsValid() && v6 {
-				oob = unix.PktInfo6(&unix.Inet6Pktinfo{Addr: s.Src.As16()})
-			} else if s.Src.IsValid() {
-				oob = unix.PktInfo4(&unix.Inet4Pktinfo{Spec_dst: s.Src.As4()})
-			}
-			_, err = unix.SendmsgN(fd, payload, oob, sockaddrOf(s.Dest, v6), sendFlags)
+			_, err = unix.SendmsgN(fd, payload, pktinfo(s.Src, v6), sockaddrOf(s.Dest, v6), sendFlags)
 		case "send":
-			_, err = unix.Write(fd, payload)
+			_, err = unix.SendmsgN(fd, payload, pktinfo(s.Src, v6), nil, 0)
 		case "recv":
 			var n int
 			var from unix.Sockaddr
@@ -134,6 +129,19 @@ func sockRunScript(op sockOp, natMap *ebpf.Map) (sockResult, int, error) {
 	res.NAT, res.HasNAT, err = sockStorage(fd, natMap)
 	unix.Close(fd)
 	return res, -1, err
+}
+
+// pktinfo is the control message that sends from src (IP_PKTINFO,
+// IPV6_PKTINFO), or nil when src is not valid.
+func pktinfo(src netip.Addr, v6 bool) []byte {
+	switch {
+	case !src.IsValid():
+		return nil
+	case v6:
+		return unix.PktInfo6(&unix.Inet6Pktinfo{Addr: src.As16()})
+	default:
+		return unix.PktInfo4(&unix.Inet4Pktinfo{Spec_dst: src.As4()})
+	}
 }
 
 // sockStorage reads socket fd's storage in natMap, if it has one.
