@@ -18,8 +18,8 @@
  *   sl_sock_getpeername4/6: getpeername()       backend  -> frontend
  *
  * A frontend without a usable backend fails the connect or sendmsg at
- * once with ECONNREFUSED (bpf_set_retval); a bound source outside a
- * frontend's source ranges with EPERM. A NodePort is balanced when the
+ * once with ECONNREFUSED (bpf_set_retval); a source (a sendmsg's own,
+ * else the bound one) outside a frontend's source ranges with EPERM. A NodePort is balanced when the
  * address connected to is one of this node's (its route says
  * SL_ROUTE_LOCAL_HOST), as Cilium does for host processes. */
 
