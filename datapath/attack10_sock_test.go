@@ -478,3 +478,46 @@ func TestAttack10SockFailedReconnect(t *testing.T) {
 		})
 	}
 }
+
+// TestAttack10SockDestroyNodePort: DestroyStaleSockets finds a NodePort
+// socket's service through the NodePort's wildcard frontend (the socket
+// connected to a node address): once b1 leaves web, exactly the pod's
+// sockets on b1 are aborted, and those on b2 go on.
+func TestAttack10SockDestroyNodePort(t *testing.T) {
+	for _, fam := range sockFamilies {
+		t.Run(fam.name, func(t *testing.T) {
+			e := newSockEnv(t, fam)
+			var ops []sockOp
+			for range 12 {
+				ops = append(ops, sockOp{Kind: sockUDPHold, Dest: netip.AddrPortFrom(netip.MustParseAddr(fam.node), sockNodeUDPPort)})
+			}
+			c := startSockClient(t, e.pod, e.client.NS.Name, e.d.state.sockNAT, ops, true)
+			c.ready(t)
+			svcs := e.services()
+			web := svcs["web"]
+			web.Backends = web.Backends[1:]
+			svcs["web"] = web
+			if err := e.d.Services().Sync(svcs); err != nil {
+				t.Fatal(err)
+			}
+			var n int
+			if err := e.client.NS.Do(func() (err error) { n, err = e.d.DestroyStaleSockets(); return }); err != nil {
+				t.Fatal(err)
+			}
+			c.release(t)
+			onB1 := 0
+			for i, r := range c.wait(t) {
+				switch {
+				case r.Reply == "b1" && r.After == syscall.ECONNABORTED:
+					onB1++
+				case r.Reply == "b2" && r.After == 0 && r.AfterReply == "b2":
+				default:
+					t.Errorf("NodePort socket %d: reply %q (errno %v), after the destroy errno %v, reply %q", i, r.Reply, r.Errno, r.After, r.AfterReply)
+				}
+			}
+			if onB1 == 0 || onB1 == len(ops) || n != onB1 {
+				t.Errorf("%d of %d sockets on b1 aborted, %d aborted in all: want both backends used and only b1's aborted", onB1, len(ops), n)
+			}
+		})
+	}
+}
