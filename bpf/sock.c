@@ -18,8 +18,8 @@
  *   sl_sock_getpeername4/6: getpeername()       backend  -> frontend
  *
  * A frontend without a usable backend fails the connect or sendmsg at
- * once with ECONNREFUSED (bpf_set_retval); a bound source outside a
- * frontend's source ranges with EPERM. A NodePort is balanced when the
+ * once with ECONNREFUSED (bpf_set_retval); a source (a sendmsg's own,
+ * else the bound one) outside a frontend's source ranges with EPERM. A NodePort is balanced when the
  * address connected to is one of this node's (its route says
  * SL_ROUTE_LOCAL_HOST), as Cilium does for host processes. */
 
@@ -36,6 +36,9 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 /* The return values of a sock_addr program. */
 #define SL_SOCK_REJECT	0
 #define SL_SOCK_PASS	1
+
+/* bpf_sock.state of a connected UDP socket (the kernel's TCP_ESTABLISHED). */
+#define SL_SOCK_STATE_CONNECTED	1
 
 /* sl_sock_dest reads the address and port a sock_addr hook is given
  * (user_ip4 or user_ip6, user_port) as 16 bytes and a host-order port.
@@ -76,15 +79,41 @@ SL_INLINE bool sl_sock_set_dest(struct bpf_sock_addr *ctx, bool v6, const __u8 *
 	return true;
 }
 
+/* sl_sock_storage returns the socket's storage, created if create. */
+SL_INLINE struct sl_sock_nat *sl_sock_storage(struct bpf_sock *sk, bool create)
+{
+	return bpf_sk_storage_get(&sl_sock_nat, sk, 0, create ? BPF_SK_STORAGE_GET_F_CREATE : 0);
+}
+
+/* sl_sock_forget empties the socket's translations to addr:port, if it
+ * has storage: a connect to addr:port replaces the socket's peer, and a
+ * connected UDP socket meets only its peer (the kernel delivers no other
+ * datagram to it), so such an entry, left from a sendmsg or an earlier
+ * connect, would show a peer connected to directly as a frontend (or as
+ * the wrong one), and have DestroyStaleSockets abort it. Other entries
+ * stay: they match no datagram of the new peer, and a connect that fails
+ * after this hook leaves the old peer, whose entry they may be. */
+SL_INLINE void sl_sock_forget(struct bpf_sock *sk, const __u8 *addr, __u16 port)
+{
+	struct sl_sock_nat *st = sl_sock_storage(sk, false);
+
+	if (!st)
+		return;
+	for (__u32 i = 0; i < SL_SOCK_NAT_ENTRIES; i++) {
+		if (st->entries[i].backend_port == port && sl_addr_eq(st->entries[i].backend, addr))
+			st->entries[i].frontend_port = 0;
+	}
+}
+
 /* sl_sock_remember records in the socket's storage that frontend:fport
  * went to the chosen backend: in the entry of that frontend if it has
- * one, else in the oldest. Without storage (no memory) the socket still
- * reaches its backend, and shows the backend's address to recvmsg and
- * getpeername. */
+ * one, else in the oldest.
+ * Without storage (no memory) the socket still reaches its backend, and
+ * shows the backend's address to recvmsg and getpeername. */
 SL_INLINE void sl_sock_remember(struct bpf_sock *sk, const __u8 *frontend, __u16 fport,
 				const struct sl_lb_choice *c)
 {
-	struct sl_sock_nat *st = bpf_sk_storage_get(&sl_sock_nat, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	struct sl_sock_nat *st = sl_sock_storage(sk, true);
 	struct sl_sock_nat_entry *e = NULL;
 
 	if (!st)
@@ -107,53 +136,75 @@ SL_INLINE void sl_sock_remember(struct bpf_sock *sk, const __u8 *frontend, __u16
 	e->backend_id = c->id;
 }
 
+/* sl_sock_client reads the source a socket's flow leaves with: a
+ * sendmsg's own (IP_PKTINFO, IPV6_PKTINFO; msg_src, which connect
+ * programs may not read) if it names one, else the bound one. */
+SL_INLINE void sl_sock_client(const struct bpf_sock_addr *ctx, bool v6, bool sendmsg, __u8 *client)
+{
+	const struct bpf_sock *sk = ctx->sk;
+	__be32 *w = (__be32 *)client;
+
+	if (v6) {
+		w[0] = sendmsg ? ctx->msg_src_ip6[0] : 0;
+		w[1] = sendmsg ? ctx->msg_src_ip6[1] : 0;
+		w[2] = sendmsg ? ctx->msg_src_ip6[2] : 0;
+		w[3] = sendmsg ? ctx->msg_src_ip6[3] : 0;
+		if (!sl_addr_is_zero(client))
+			return;
+		w[0] = sk->src_ip6[0];
+		w[1] = sk->src_ip6[1];
+		w[2] = sk->src_ip6[2];
+		w[3] = sk->src_ip6[3];
+	} else {
+		sl_addr_set4(client, sendmsg && ctx->msg_src_ip4 ? ctx->msg_src_ip4 : sk->src_ip4);
+	}
+}
+
 /* sl_sock_balance is connect and sendmsg: a frontend's socket address is
  * rewritten to its backend, chosen by sl_lb_pick with the socket's stand-
  * ins for what a packet would carry (lb.h): the socket's cookie for the
- * hash, its bound source, else its namespace, for affinity. */
-SL_INLINE int sl_sock_balance(struct bpf_sock_addr *ctx, bool v6)
+ * hash, its source (a sendmsg's own, else the bound one), else its
+ * namespace, for affinity and source ranges. */
+SL_INLINE int sl_sock_balance(struct bpf_sock_addr *ctx, bool v6, bool sendmsg)
 {
 	__u8 dest[16] SL_ADDR_ALIGNED, client[16] SL_ADDR_ALIGNED, hclient[16] SL_ADDR_ALIGNED;
 	struct bpf_sock *sk = ctx->sk;
 	const struct sl_route *route;
 	struct sl_lb_choice c;
+	enum sl_lb_rc rc;
 	bool known;
 	__u16 dport;
 
 	if (!sk)
 		return SL_SOCK_PASS;
 	dport = sl_sock_dest(ctx, v6, dest);
-	if (v6) {
-		__be32 *w = (__be32 *)client;
-
-		w[0] = sk->src_ip6[0];
-		w[1] = sk->src_ip6[1];
-		w[2] = sk->src_ip6[2];
-		w[3] = sk->src_ip6[3];
-	} else {
-		sl_addr_set4(client, sk->src_ip4);
-	}
+	sl_sock_client(ctx, v6, sendmsg, client);
 	/* 0.0.0.0 is stored ::ffff:0.0.0.0: unbound either way. */
 	known = !sl_addr_is_zero(client) && !(sl_addr_is_v4(client) && ((__be32 *)client)[3] == 0);
 	if (!known)
 		sl_lb_sock_addr(client, bpf_get_netns_cookie(ctx));
 	sl_lb_sock_addr(hclient, bpf_get_socket_cookie(ctx));
 	route = sl_route_of(dest);
-	switch (sl_lb_pick(client, known, hclient, 0, dest, dport, ctx->protocol,
-			   route && (route->flags & SL_ROUTE_LOCAL_HOST), &c)) {
-	case SL_LB_CHOSEN:
-		break;
-	case SL_LB_NO_BACKEND:
+	rc = sl_lb_pick(client, known, hclient, 0, dest, dport, ctx->protocol,
+			route && (route->flags & SL_ROUTE_LOCAL_HOST), &c);
+	if (rc == SL_LB_NO_BACKEND) {
 		bpf_set_retval(-ECONNREFUSED);
 		return SL_SOCK_REJECT;
-	case SL_LB_SOURCE_REFUSED:
+	}
+	if (rc == SL_LB_SOURCE_REFUSED)
 		return SL_SOCK_REJECT;
-	default:
+	if (rc != SL_LB_CHOSEN || !sl_sock_set_dest(ctx, v6, c.be->addr, c.be->port)) {
+		if (!sendmsg)
+			sl_sock_forget(sk, dest, dport);
 		return SL_SOCK_PASS;
 	}
-	if (!sl_sock_set_dest(ctx, v6, c.be->addr, c.be->port))
-		return SL_SOCK_PASS;
-	sl_sock_remember(sk, dest, dport, &c);
+	if (!sendmsg)
+		sl_sock_forget(sk, c.be->addr, c.be->port);
+	/* A connected UDP socket's sendto elsewhere is never answered on it
+	 * (only its peer's datagrams are delivered): remembering it would
+	 * only push out the connect's entry. */
+	if (!sendmsg || sk->state != SL_SOCK_STATE_CONNECTED)
+		sl_sock_remember(sk, dest, dport, &c);
 	/* Recorded at once: no TC policy stands between connect and the
 	 * choice here (the backend's flow meets policy as a plain flow). */
 	if (c.svc->flags & SL_SVC_AFFINITY)
@@ -189,25 +240,25 @@ SL_INLINE int sl_sock_reverse(struct bpf_sock_addr *ctx, bool v6)
 SEC("cgroup/connect4")
 int sl_sock_connect4(struct bpf_sock_addr *ctx)
 {
-	return sl_sock_balance(ctx, false);
+	return sl_sock_balance(ctx, false, false);
 }
 
 SEC("cgroup/connect6")
 int sl_sock_connect6(struct bpf_sock_addr *ctx)
 {
-	return sl_sock_balance(ctx, true);
+	return sl_sock_balance(ctx, true, false);
 }
 
 SEC("cgroup/sendmsg4")
 int sl_sock_sendmsg4(struct bpf_sock_addr *ctx)
 {
-	return sl_sock_balance(ctx, false);
+	return sl_sock_balance(ctx, false, true);
 }
 
 SEC("cgroup/sendmsg6")
 int sl_sock_sendmsg6(struct bpf_sock_addr *ctx)
 {
-	return sl_sock_balance(ctx, true);
+	return sl_sock_balance(ctx, true, true);
 }
 
 SEC("cgroup/recvmsg4")

@@ -14,7 +14,7 @@
 
 #include "sluice/common.h"
 #include "sluice/kernel.h"
-#include "sluice/lb_maps.h"
+#include "sluice/lb.h"
 #include "sluice/sock.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
@@ -37,6 +37,23 @@ SL_INLINE __u16 sl_sock_peer(const struct sock *sk, __u8 *peer)
 		w[3] = sk->__sk_common.skc_v6_daddr.in6_u.u6_addr32[3];
 	}
 	return bpf_ntohs(sk->__sk_common.skc_dport);
+}
+
+/* sl_sock_still_member says whether entry e's backend is still a member
+ * of its frontend's service: e's frontend is still svc_id's, (svc_id,
+ * backend_id) is in sl_members, and the ID still names e's address and
+ * port. The IDs alone are not enough: a restarted agent's Table may give
+ * a freed ID to another service or backend. A frontend at a node address
+ * is a NodePort's (sl_svc_find's wildcard). */
+SL_INLINE bool sl_sock_still_member(const struct sl_sock_nat_entry *e, const struct sl_lb_member_key *mk)
+{
+	const struct sl_svc *svc = sl_svc_find(e->frontend, e->frontend_port, IPPROTO_UDP, true);
+	const struct sl_backend *be;
+
+	if (!svc || svc->id != e->svc_id || !bpf_map_lookup_elem(&sl_members, mk))
+		return false;
+	be = bpf_map_lookup_elem(&sl_backends, &mk->backend_id);
+	return be && be->port == e->backend_port && sl_addr_eq(be->addr, e->backend);
 }
 
 /* sl_sock_destroy_udp aborts each connected UDP socket sent to a backend
@@ -62,7 +79,7 @@ int sl_sock_destroy_udp(struct bpf_iter__udp *ctx)
 
 		if (!e->frontend_port || e->backend_port != port || !sl_addr_eq(e->backend, peer))
 			continue;
-		if (bpf_map_lookup_elem(&sl_members, &mk))
+		if (sl_sock_still_member(e, &mk))
 			return 0;
 		if (bpf_sock_destroy((struct sock_common *)sk) == 0) {
 			char one = 1;

@@ -53,6 +53,8 @@ type sockOp struct {
 	V6 bool
 	// Repeat is how many connects a sockUDPConnectLoop times.
 	Repeat int
+	// Steps are what a sockScript does with its one socket.
+	Steps []sockStep
 }
 
 // sockResult is what one sockOp saw.
@@ -74,6 +76,8 @@ type sockResult struct {
 	AfterReply string
 	// Nanos is the time a sockUDPConnectLoop took.
 	Nanos int64
+	// Steps is what each step of a sockScript saw.
+	Steps []string
 }
 
 // sockRequest is what the parent asks of a client.
@@ -284,6 +288,9 @@ func sockRun(op sockOp, natMap *ebpf.Map) (sockResult, int, error) {
 	if op.Kind == sockUDPConnectLoop {
 		res, err := sockConnectLoop(op)
 		return res, -1, err
+	}
+	if op.Kind == sockScript || op.Kind == sockScriptTCP {
+		return sockRunScript(op, natMap)
 	}
 	res, fd, err := sockDo(op, natMap)
 	if op.Kind == sockUDPHold && err == nil {

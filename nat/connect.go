@@ -21,8 +21,9 @@ type ConnectFlow struct {
 	// (SO_NETNS_COOKIE): whom affinity is kept for when the socket has no
 	// bound source.
 	NetNS uint64
-	// Source is the address the socket is bound to; the zero Addr or an
-	// unspecified address when it is not bound.
+	// Source is the address the flow leaves from: a sendmsg's own
+	// (IP_PKTINFO, IPV6_PKTINFO), else the one the socket is bound to; the
+	// zero Addr or an unspecified address when it has neither.
 	Source netip.Addr
 	// Dest is the address and port connected or sent to. An IPv4-mapped
 	// IPv6 address (an IPv6 socket's IPv4 peer) is its IPv4 address.
@@ -69,7 +70,7 @@ func (flow ConnectFlow) client() (netip.Addr, bool) {
 }
 
 // frontendFlow is the Flow whose frontend lookup (findFrontend) is the
-// connect's: to Dest, from the bound source or the family's unspecified
+// connect's: to Dest, from Source or the family's unspecified
 // address.
 func (flow ConnectFlow) frontendFlow() Flow {
 	d := flow.dest()
@@ -84,15 +85,15 @@ func (flow ConnectFlow) frontendFlow() Flow {
 }
 
 // ChooseConnect returns what connect-time balancing does with flow among
-// services; aff is the affinity record of flow's client (the bound source,
+// services; aff is the affinity record of flow's client (Source,
 // else SocketAddr(NetNS)) for the service it reaches, and now is
 // CLOCK_MONOTONIC. It is Choose with three inputs replaced, as a socket
 // has them at connect:
 //
 //   - the hash is ConnectHash (the socket's cookie for the client);
-//   - affinity is kept for the bound source, else for the network
+//   - affinity is kept for Source, else for the network
 //     namespace (SocketAddr(NetNS));
-//   - source ranges are decided on the bound source; a socket without
+//   - source ranges are decided on Source; a socket without
 //     one gets ReasonSourceUnknown: its connect is left untranslated, for
 //     the TC service stage, which sees its packets' source.
 //

@@ -14,13 +14,14 @@
  *     address, so its cookie takes the client's place (SL_LB_SOCK_PREFIX
  *     and the cookie as the client address, port 0): one socket's flow
  *     keeps one backend, and sockets spread over the group;
- *   - affinity: by the socket's bound source address, else by its network
- *     namespace (SL_LB_SOCK_PREFIX and the namespace's cookie): a pod's
- *     namespace has its one address, the host's all its processes (as
- *     Cilium keys socket-LB affinity by namespace cookie);
- *   - source ranges: decided on the bound source address; an unbound
- *     socket's connect is left untranslated for the TC stage, which sees
- *     the source (SL_LB_SOURCE_UNKNOWN). */
+ *   - affinity: by the socket's source address (a sendmsg's own, else the
+ *     bound one), else by its network namespace (SL_LB_SOCK_PREFIX and the
+ *     namespace's cookie): a pod's namespace has its one address, the
+ *     host's all its processes (as Cilium keys socket-LB affinity by
+ *     namespace cookie);
+ *   - source ranges: decided on the same source address; a socket without
+ *     one is left untranslated for the TC stage, which sees the source
+ *     (SL_LB_SOURCE_UNKNOWN). */
 #pragma once
 
 #include "lb_maps.h"
