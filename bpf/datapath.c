@@ -479,7 +479,7 @@ __noinline int sl_service(struct __sk_buff *skb, struct sl_pkt *pkt, struct sl_c
 		port = io->backend_port;
 	} else {
 		io->snat = 0;
-		rc = sl_lb_pick(pkt->saddr, true, pkt->saddr, pkt->sport, pkt->daddr, pkt->dport, pkt->proto,
+		rc = sl_lb_pick(pkt->saddr, true, pkt->saddr, pkt->saddr, pkt->sport, pkt->daddr, pkt->dport, pkt->proto,
 				io->dst_flags & SL_ROUTE_LOCAL_HOST, &c);
 		if (rc == SL_LB_NONE)
 			return -1;

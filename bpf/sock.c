@@ -163,11 +163,12 @@ SL_INLINE void sl_sock_client(const struct bpf_sock_addr *ctx, bool v6, bool sen
 /* sl_sock_balance is connect and sendmsg: a frontend's socket address is
  * rewritten to its backend, chosen by sl_lb_pick with the socket's stand-
  * ins for what a packet would carry (lb.h): the socket's cookie for the
- * hash, its source (a sendmsg's own, else the bound one), else its
- * namespace, for affinity and source ranges. */
+ * hash, its namespace for affinity, and its source (a sendmsg's own,
+ * else the bound one) for source ranges. */
 SL_INLINE int sl_sock_balance(struct bpf_sock_addr *ctx, bool v6, bool sendmsg)
 {
 	__u8 dest[16] SL_ADDR_ALIGNED, client[16] SL_ADDR_ALIGNED, hclient[16] SL_ADDR_ALIGNED;
+	__u8 aff[16] SL_ADDR_ALIGNED;
 	struct bpf_sock *sk = ctx->sk;
 	const struct sl_route *route;
 	struct sl_lb_choice c;
@@ -181,11 +182,10 @@ SL_INLINE int sl_sock_balance(struct bpf_sock_addr *ctx, bool v6, bool sendmsg)
 	sl_sock_client(ctx, v6, sendmsg, client);
 	/* 0.0.0.0 is stored ::ffff:0.0.0.0: unbound either way. */
 	known = !sl_addr_is_zero(client) && !(sl_addr_is_v4(client) && ((__be32 *)client)[3] == 0);
-	if (!known)
-		sl_lb_sock_addr(client, bpf_get_netns_cookie(ctx));
+	sl_lb_sock_addr(aff, bpf_get_netns_cookie(ctx));
 	sl_lb_sock_addr(hclient, bpf_get_socket_cookie(ctx));
 	route = sl_route_of(dest);
-	rc = sl_lb_pick(client, known, hclient, 0, dest, dport, ctx->protocol,
+	rc = sl_lb_pick(client, known, aff, hclient, 0, dest, dport, ctx->protocol,
 			route && (route->flags & SL_ROUTE_LOCAL_HOST), &c);
 	if (rc == SL_LB_NO_BACKEND) {
 		bpf_set_retval(-ECONNREFUSED);
@@ -208,7 +208,7 @@ SL_INLINE int sl_sock_balance(struct bpf_sock_addr *ctx, bool v6, bool sendmsg)
 	/* Recorded at once: no TC policy stands between connect and the
 	 * choice here (the backend's flow meets policy as a plain flow). */
 	if (c.svc->flags & SL_SVC_AFFINITY)
-		sl_lb_remember(c.svc->id, client, c.id);
+		sl_lb_remember(c.svc->id, aff, c.id);
 	return SL_SOCK_PASS;
 }
 

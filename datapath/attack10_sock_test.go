@@ -416,7 +416,6 @@ func TestAttack10SockFastOpen(t *testing.T) {
 // the backend of another pod's address). The TC stage records affinity
 // only for a flow's real packets, once policy allowed them.
 func TestAttack10SockAffinityFreebind(t *testing.T) {
-	t.Skip("finding: connect-time affinity is recorded for any address a socket binds with IP_FREEBIND, so a pod can flood the node's affinity LRU or set another client's backend")
 	for _, fam := range sockFamilies {
 		t.Run(fam.name, func(t *testing.T) {
 			e := newSockEnv(t, fam)

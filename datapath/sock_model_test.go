@@ -102,10 +102,8 @@ func TestSockChoiceMatchesModel(t *testing.T) {
 	for i, r := range res {
 		op, tg := ops[i], targets[i]
 		flow := nat.ConnectFlow{Socket: r.Socket, NetNS: r.NetNS, Source: op.Bind, Dest: op.Dest, Protocol: nat.ProtoUDP}
-		who := op.Bind
-		if !who.IsValid() {
-			who = nat.SocketAddr(r.NetNS)
-		}
+		// Connect-time affinity is the namespace's, whatever the bind.
+		who := nat.SocketAddr(r.NetNS)
 		now := monotonicNow(t)
 		want := nat.ChooseConnect(services, flow, affs[affKey{tg.service, who}], now)
 		reasons[want.Reason]++

@@ -276,12 +276,15 @@ func choose(name string, s Service, f Frontend, client netip.Addr, known bool, h
 // in the affinity map. A record naming a backend ID the Table does not
 // know is no record.
 func (t *Table) Explain(flow Flow, now time.Duration) (Choice, error) {
-	return t.explain(flow, flow.Client.Addr(), true, FlowHash(flow), now)
+	return t.explain(flow, flow.Client.Addr(), true, flow.Client.Addr(), FlowHash(flow), now)
 }
 
 // explain is Explain and ExplainConnect: flow finds the frontend, client
 // (known or not, see choose) the affinity record, and hash the backend.
-func (t *Table) explain(flow Flow, client netip.Addr, known bool, hash uint32, now time.Duration) (Choice, error) {
+// explain is Explain and ExplainConnect: client is whom source ranges are
+// decided for (known: the flow's real source), affClient whom affinity is
+// kept for.
+func (t *Table) explain(flow Flow, client netip.Addr, known bool, affClient netip.Addr, hash uint32, now time.Duration) (Choice, error) {
 	if err := t.made(); err != nil {
 		return Choice{}, err
 	}
@@ -298,7 +301,7 @@ func (t *Table) explain(flow Flow, client netip.Addr, known bool, hash uint32, n
 	p := t.services[name]
 	var aff *AffinityRecord
 	if p.svc.Affinity > 0 {
-		v, err := t.affinity.Lookup(bpf.AffinityKey{SvcID: p.id, Client: client.As16()})
+		v, err := t.affinity.Lookup(bpf.AffinityKey{SvcID: p.id, Client: affClient.As16()})
 		switch {
 		case errors.Is(err, ebpf.ErrKeyNotExist):
 		case err != nil:

@@ -18,8 +18,7 @@ type ConnectFlow struct {
 	// place in the hash (ConnectHash).
 	Socket uint64
 	// NetNS is the cookie of the socket's network namespace
-	// (SO_NETNS_COOKIE): whom affinity is kept for when the socket has no
-	// bound source.
+	// (SO_NETNS_COOKIE): whom affinity is kept for.
 	NetNS uint64
 	// Source is the address the flow leaves from: a sendmsg's own
 	// (IP_PKTINFO, IPV6_PKTINFO), else the one the socket is bound to; the
@@ -59,8 +58,8 @@ func (flow ConnectFlow) dest() netip.AddrPort {
 	return netip.AddrPortFrom(flow.Dest.Addr().Unmap(), flow.Dest.Port())
 }
 
-// client returns whom affinity and source ranges are decided for: the
-// bound source (known), else SocketAddr(NetNS).
+// client returns whom source ranges are decided for: the source
+// (known), else SocketAddr(NetNS), which no range holds.
 func (flow ConnectFlow) client() (netip.Addr, bool) {
 	src := flow.Source.Unmap()
 	if src.IsValid() && !src.IsUnspecified() {
@@ -85,14 +84,14 @@ func (flow ConnectFlow) frontendFlow() Flow {
 }
 
 // ChooseConnect returns what connect-time balancing does with flow among
-// services; aff is the affinity record of flow's client (Source,
-// else SocketAddr(NetNS)) for the service it reaches, and now is
+// services; aff is the affinity record of flow's network namespace
+// (SocketAddr(NetNS)) for the service it reaches, and now is
 // CLOCK_MONOTONIC. It is Choose with three inputs replaced, as a socket
 // has them at connect:
 //
 //   - the hash is ConnectHash (the socket's cookie for the client);
-//   - affinity is kept for Source, else for the network
-//     namespace (SocketAddr(NetNS));
+//   - affinity is kept for the network namespace (SocketAddr(NetNS)),
+//     never for Source, which any socket can choose (IP_FREEBIND);
 //   - source ranges are decided on Source; a socket without
 //     one gets ReasonSourceUnknown: its connect is left untranslated, for
 //     the TC service stage, which sees its packets' source.
@@ -113,5 +112,5 @@ func ChooseConnect(services map[string]Service, flow ConnectFlow, aff *AffinityR
 // programmed and the affinity record in the kernel.
 func (t *Table) ExplainConnect(flow ConnectFlow, now time.Duration) (Choice, error) {
 	client, known := flow.client()
-	return t.explain(flow.frontendFlow(), client, known, ConnectHash(flow), now)
+	return t.explain(flow.frontendFlow(), client, known, SocketAddr(flow.NetNS), ConnectHash(flow), now)
 }

@@ -14,14 +14,14 @@
  *     address, so its cookie takes the client's place (SL_LB_SOCK_PREFIX
  *     and the cookie as the client address, port 0): one socket's flow
  *     keeps one backend, and sockets spread over the group;
- *   - affinity: by the socket's source address (a sendmsg's own, else the
- *     bound one), else by its network namespace (SL_LB_SOCK_PREFIX and the
- *     namespace's cookie): a pod's namespace has its one address, the
- *     host's all its processes (as Cilium keys socket-LB affinity by
- *     namespace cookie);
- *   - source ranges: decided on the same source address; a socket without
- *     one is left untranslated for the TC stage, which sees the source
- *     (SL_LB_SOURCE_UNKNOWN). */
+ *   - affinity: by the socket's network namespace (SL_LB_SOCK_PREFIX and
+ *     the namespace's cookie), never by its source address, which any
+ *     socket can choose (IP_FREEBIND): a pod's namespace has its one
+ *     address, the host's all its processes (as Cilium keys socket-LB
+ *     affinity by namespace cookie);
+ *   - source ranges: decided on the socket's source address (a sendmsg's
+ *     own, else the bound one); a socket without one is left untranslated
+ *     for the TC stage, which sees the source (SL_LB_SOURCE_UNKNOWN). */
 #pragma once
 
 #include "lb_maps.h"
@@ -256,17 +256,20 @@ struct sl_lb_choice {
  * types (the TC service stage, and connect-time balancing in sock.c):
  * the frontend at dest:dport/proto (sl_svc_find, NodePorts where to_node),
  * the source ranges, then the backend (sl_lb_choose: traffic policy Local,
- * terminating fallback, affinity, Maglev, hash). client is whom affinity
- * and source ranges are decided for; client_known says it is the flow's
- * real source address (at connect time a socket may not be bound yet: it
- * then stands for the socket's network namespace, affinity is by
- * namespace, and a frontend with source ranges is left to the TC stage,
- * which sees the address: SL_LB_SOURCE_UNKNOWN). hash_client and hash_port
- * are the hash's client side (sl_lb_hash): the packet's source at TC, the
- * socket's cookie at connect. */
-SL_INLINE enum sl_lb_rc sl_lb_pick(const __u8 *client, bool client_known, const __u8 *hash_client,
-				   __u16 hash_port, const __u8 *dest, __u16 dport, __u8 proto, bool to_node,
-				   struct sl_lb_choice *c)
+ * terminating fallback, affinity, Maglev, hash). client is whom source
+ * ranges are decided for; client_known says it is the flow's real source
+ * address (at connect time a socket may not be bound yet, and a frontend
+ * with source ranges is then left to the TC stage, which sees the
+ * address: SL_LB_SOURCE_UNKNOWN). aff_client is whom affinity is kept
+ * for: the packet's source at TC; at connect time always the socket's
+ * network namespace, since a socket can bind any address (IP_FREEBIND,
+ * no privilege needed) and must not record or steer another client's
+ * affinity. hash_client and hash_port are the hash's client side
+ * (sl_lb_hash): the packet's source at TC, the socket's cookie at
+ * connect. */
+SL_INLINE enum sl_lb_rc sl_lb_pick(const __u8 *client, bool client_known, const __u8 *aff_client,
+				   const __u8 *hash_client, __u16 hash_port, const __u8 *dest, __u16 dport,
+				   __u8 proto, bool to_node, struct sl_lb_choice *c)
 {
 	c->svc = sl_svc_find(dest, dport, proto, to_node);
 	if (!c->svc)
@@ -277,7 +280,7 @@ SL_INLINE enum sl_lb_rc sl_lb_pick(const __u8 *client, bool client_known, const 
 		if (!sl_lb_source_ok(c->svc, client))
 			return SL_LB_SOURCE_REFUSED;
 	}
-	c->be = sl_lb_choose(c->svc, client, sl_lb_hash(hash_client, dest, hash_port, dport, proto), &c->id);
+	c->be = sl_lb_choose(c->svc, aff_client, sl_lb_hash(hash_client, dest, hash_port, dport, proto), &c->id);
 	return c->be ? SL_LB_CHOSEN : SL_LB_NO_BACKEND;
 }
 
