@@ -32,7 +32,9 @@ const (
 func serverAddr(k int) netip.Addr { return netip.AddrFrom4([4]byte{198, 18, byte(k), 2}) }
 
 // clusterIP is service i's ClusterIP: 198.19.(i/250).(i%250+1).
-func clusterIP(i int) netip.Addr { return netip.AddrFrom4([4]byte{198, 19, byte(i / 250), byte(i%250 + 1)}) }
+func clusterIP(i int) netip.Addr {
+	return netip.AddrFrom4([4]byte{198, 19, byte(i / 250), byte(i%250 + 1)})
+}
 
 // svc is one generated service: its ClusterIP and its endpoints.
 type svc struct {
