@@ -21,8 +21,9 @@ var (
 )
 
 const (
-	servicePort = 80
-	backendPort = 8080
+	servicePort     = 80
+	backendPort     = 8080
+	lastBackendPort = 8081
 	// servers is the number of server namespaces, the endpoints of the
 	// services under test.
 	servers = 5
@@ -44,20 +45,30 @@ type svc struct {
 }
 
 // services returns n services. The first and the last have the servers as
-// endpoints; every other has fake pod addresses in 198.18.128.0/17 that
-// are never contacted.
+// endpoints (the first at backendPort, the last at lastBackendPort); every
+// other has fake pod addresses in 198.18.128.0/17 that are never
+// contacted.
+//
+// The first and the last service's endpoints differ in port so that a
+// client port reused from a connection to the other service never meets
+// the same backend tuple: sluice's TC NAT then translates the SYN-ACK
+// back to the other service's frontend (see docs/benchmarks.md), which
+// this benchmark is not about.
 func services(n int) []svc {
 	out := make([]svc, n)
 	for i := range out {
 		s := svc{name: fmt.Sprintf("ns%d/svc%d", i/100, i), ip: clusterIP(i)}
 		for k := 1; k <= servers; k++ {
-			ep := serverAddr(k)
+			ep, port := serverAddr(k), uint16(backendPort)
+			if i == n-1 && n > 1 {
+				port = lastBackendPort
+			}
 			if i != 0 && i != n-1 {
 				off := uint32((i*servers+k-1)%32766 + 1)
 				b := fakePods.As4()
 				ep = netip.AddrFrom4([4]byte{b[0], b[1], b[2] + byte(off>>8), byte(off)})
 			}
-			s.endpoints = append(s.endpoints, netip.AddrPortFrom(ep, backendPort))
+			s.endpoints = append(s.endpoints, netip.AddrPortFrom(ep, port))
 		}
 		out[i] = s
 	}

@@ -91,7 +91,8 @@ func missingTools(tb testing.TB, p peer, install bool) []string {
 
 // side is one peer's topology: a client namespace, a node namespace
 // that forwards (where the peer's rules live, and only there) and the
-// server namespaces, each server listening on backendPort.
+// server namespaces, each server listening on backendPort and
+// lastBackendPort.
 type side struct {
 	peer   peer
 	node   *topo.Node
@@ -129,15 +130,17 @@ func newSide(tb testing.TB, p peer, svcs []svc, cgroup string) (_ *side, err err
 		if err != nil {
 			return nil, err
 		}
-		var l net.Listener
-		if err := w.NS.Do(func() (err error) {
-			l, err = net.Listen("tcp4", netip.AddrPortFrom(w.Addr, backendPort).String())
-			return err
-		}); err != nil {
-			return nil, err
+		for _, port := range []uint16{backendPort, lastBackendPort} {
+			var l net.Listener
+			if err := w.NS.Do(func() (err error) {
+				l, err = net.Listen("tcp4", netip.AddrPortFrom(w.Addr, port).String())
+				return err
+			}); err != nil {
+				return nil, err
+			}
+			s.closers = append(s.closers, l.Close)
+			go acceptLoop(l)
 		}
-		s.closers = append(s.closers, l.Close)
-		go acceptLoop(l)
 	}
 	if err := p.program(tb, s, svcs); err != nil {
 		return nil, fmt.Errorf("%s: program %d services: %w", p.name, len(svcs), err)
