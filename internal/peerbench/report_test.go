@@ -68,7 +68,7 @@ func resultsMarkdown(results []result) []byte {
 			fmt.Fprintf(&b, "| %d |", n)
 			for _, c := range cols {
 				if r, ok := find(results, n, c); ok {
-					fmt.Fprintf(&b, " %.3g |", q.get(r)/1000)
+					fmt.Fprintf(&b, " %s |", micros(q.get(r)))
 				} else {
 					b.WriteString(" - |")
 				}
@@ -78,6 +78,16 @@ func resultsMarkdown(results []result) []byte {
 		b.WriteString("\n")
 	}
 	return []byte(b.String())
+}
+
+// micros formats ns as µs with three significant digits, without an
+// exponent.
+func micros(ns float64) string {
+	us := ns / 1000
+	if us >= 100 {
+		return fmt.Sprintf("%.0f", us)
+	}
+	return fmt.Sprintf("%.3g", us)
 }
 
 // svgColors are the lines' colours, by peer.
