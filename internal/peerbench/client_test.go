@@ -46,6 +46,8 @@ type reply struct {
 	Err   string
 }
 
+// TestMain makes the test binary a client (runClient) when clientEnv is
+// set, and runs the tests otherwise.
 func TestMain(m *testing.M) {
 	if path := os.Getenv(clientEnv); path != "" {
 		if err := runClient(path); err != nil {

@@ -1,8 +1,12 @@
 package peerbench
 
 import (
+	"errors"
+	"fmt"
 	"os"
 	"testing"
+
+	"github.com/vishvananda/netlink"
 
 	"github.com/sluicenet/sluice/internal/testutil"
 )
@@ -31,6 +35,9 @@ func TestPeerSetup(t *testing.T) {
 			}
 			name := s.node.NS.Name
 			nanos, err := runClientIn(t, cgroup, request{NetNS: s.client.NS.Name, Dests: s.targets(svcs), Count: 20})
+			if err == nil && p.conntrack {
+				err = checkFlush(s)
+			}
 			if cerr := s.Close(); cerr != nil {
 				t.Error(cerr)
 			}
@@ -47,4 +54,24 @@ func TestPeerSetup(t *testing.T) {
 			}
 		})
 	}
+}
+
+// checkFlush checks that the side's node tracked the client's
+// connections and that flushConntrack empties its table.
+func checkFlush(s *side) error {
+	flows, err := s.node.NS.Handle.ConntrackTableList(netlink.ConntrackTable, netlink.FAMILY_V4)
+	if err != nil {
+		return err
+	}
+	if len(flows) == 0 {
+		return errors.New("no conntrack entries in the node after the connections")
+	}
+	s.flushConntrack()
+	if flows, err = s.node.NS.Handle.ConntrackTableList(netlink.ConntrackTable, netlink.FAMILY_V4); err != nil {
+		return err
+	}
+	if len(flows) != 0 {
+		return fmt.Errorf("%d conntrack entries left after the flush", len(flows))
+	}
+	return nil
 }
