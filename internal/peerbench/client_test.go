@@ -1,0 +1,187 @@
+package peerbench
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// The client runs in a child process (the test binary again, started by
+// TestMain when clientEnv is set): connect-time balancing acts on the
+// sockets of the processes of a cgroup, so the child is started inside one
+// (CLONE_INTO_CGROUP), and every side's client is such a child so that all
+// are timed alike.
+
+// clientEnv names the variable holding the path of a child's request.
+const clientEnv = "SLUICE_PEERBENCH_CLIENT"
+
+// clientCPU is the CPU the client pins itself to, as the reference run
+// did (its servers ran on CPU 0).
+const clientCPU = 1
+
+// request is what the parent asks of a client.
+type request struct {
+	// NetNS is the name of the namespace to connect from.
+	NetNS string
+	// Dests are connected to in turn, each Warmup times untimed and then
+	// Count times timed.
+	Dests         []netip.AddrPort
+	Warmup, Count int
+}
+
+// reply is what a client saw: per destination, the nanoseconds of each
+// timed connect.
+type reply struct {
+	Nanos [][]int64
+	Err   string
+}
+
+// TestMain makes the test binary a client (runClient) when clientEnv is
+// set, and runs the tests otherwise.
+func TestMain(m *testing.M) {
+	if path := os.Getenv(clientEnv); path != "" {
+		if err := runClient(path); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// runClient is the child: it reads the request at path and writes its
+// reply to path+".out".
+func runClient(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var req request
+	if err := json.Unmarshal(b, &req); err != nil {
+		return err
+	}
+	var rep reply
+	rep.Nanos, err = connectLoop(req)
+	if err != nil {
+		rep.Err = err.Error()
+	}
+	out, err := json.Marshal(rep)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path+".out", out, 0o600)
+}
+
+// connectLoop does the request's connects on a thread pinned to
+// clientCPU inside its namespace.
+func connectLoop(req request) ([][]int64, error) {
+	runtime.LockOSThread()
+	var cpus unix.CPUSet
+	cpus.Set(clientCPU)
+	if runtime.NumCPU() > clientCPU {
+		if err := unix.SchedSetaffinity(0, &cpus); err != nil {
+			return nil, fmt.Errorf("pin to CPU %d: %w", clientCPU, err)
+		}
+	}
+	ns, err := netns.GetFromName(req.NetNS)
+	if err != nil {
+		return nil, fmt.Errorf("open netns %s: %w", req.NetNS, err)
+	}
+	defer ns.Close()
+	if err := netns.Set(ns); err != nil {
+		return nil, fmt.Errorf("enter netns %s: %w", req.NetNS, err)
+	}
+	out := make([][]int64, len(req.Dests))
+	for i, dest := range req.Dests {
+		sa := &unix.SockaddrInet4{Port: int(dest.Port()), Addr: dest.Addr().As4()}
+		for n := range req.Warmup + req.Count {
+			d, err := connectOnce(sa)
+			if err != nil {
+				return nil, fmt.Errorf("connect %d to %s: %w", n, dest, err)
+			}
+			if n >= req.Warmup {
+				out[i] = append(out[i], d.Nanoseconds())
+			}
+		}
+	}
+	return out, nil
+}
+
+// connectOnce times one blocking connect to sa: the SYN's round trip, the
+// only packet that walks the NAT rules. The socket closes with a reset
+// (SO_LINGER 0) so that no TIME_WAIT piles up.
+func connectOnce(sa unix.Sockaddr) (time.Duration, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer unix.Close(fd)
+	if err := unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0}); err != nil {
+		return 0, err
+	}
+	// A lost SYN fails the connect after 3 s rather than retrying for
+	// minutes.
+	tv := unix.NsecToTimeval((3 * time.Second).Nanoseconds())
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv); err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	for {
+		err = unix.Connect(fd, sa)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	d := time.Since(start)
+	if err != nil {
+		return 0, err
+	}
+	return d, nil
+}
+
+// runClientIn runs a child client in the cgroup (the directory of a
+// cgroup v2) and returns its connect times per destination.
+func runClientIn(tb testing.TB, cgroup string, req request) ([][]int64, error) {
+	tb.Helper()
+	path := filepath.Join(tb.TempDir(), "request.json")
+	b, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		return nil, err
+	}
+	cg, err := os.Open(cgroup)
+	if err != nil {
+		return nil, err
+	}
+	defer cg.Close()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), clientEnv+"="+path)
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("client in %s: %w\n%s", req.NetNS, err, out)
+	}
+	b, err = os.ReadFile(path + ".out")
+	if err != nil {
+		return nil, err
+	}
+	var rep reply
+	if err := json.Unmarshal(b, &rep); err != nil {
+		return nil, err
+	}
+	if rep.Err != "" {
+		return nil, fmt.Errorf("client in %s: %s", req.NetNS, rep.Err)
+	}
+	return rep.Nanos, nil
+}
