@@ -365,6 +365,20 @@ static __noinline int sl_ct_approve(void *live, const struct sl_pending *pd, __u
 	return sl_ct_approve_leg(ct, pd, pd->leg_flags, len, ingress_ifindex);
 }
 
+/* sl_ct_reopens says whether pd, a TCP SYN without ACK, starts a new flow
+ * over ct, another flow's entry under its tuple: ct's flow is over once
+ * either side reset it or both sent a FIN, and a client that reuses the
+ * port (after a RST close, or past TIME_WAIT) opens a new connection on
+ * the tuple, as netfilter reopens a closed connection's. */
+SL_INLINE bool sl_ct_reopens(const struct sl_ct_value *ct, const struct sl_pending *pd)
+{
+	__u32 a = ct->a_to_b.flags, b = ct->b_to_a.flags;
+
+	if (pd->ct_key.proto != IPPROTO_TCP || (pd->leg_flags & (SL_CT_LEG_SYN | SL_CT_LEG_ACK)) != SL_CT_LEG_SYN)
+		return false;
+	return ((a | b) & SL_CT_LEG_RST) || (a & b & SL_CT_LEG_FIN);
+}
+
 /* sl_ct_approve_nat records that policy allowed a packet of a service's
  * flow, DNATed before policy (SL_PENDING_DNAT): the reverse entry, keyed
  * by the translated tuple (pd->ct_key), holds the flow's state and the
@@ -372,9 +386,14 @@ static __noinline int sl_ct_approve(void *live, const struct sl_pending *pd, __u
  * sent (st's source and pre-NAT destination), leads to it. The reverse
  * entry is written first, so a stub never leads nowhere. An entry under
  * the translated tuple that is not this flow's (a flow sent straight to
- * the backend from the same client port) is left alone and the packet
- * refused: translating into it would merge two flows. A real function,
- * like sl_ct_approve_leg: it runs once per new NAT flow. */
+ * the backend from the same client port, or through another frontend of
+ * the same backend) is left alone and the packet refused, since
+ * translating into it would merge two flows; unless that flow is over
+ * and this packet opens a new one (sl_ct_reopens): then this flow's
+ * entry replaces it, and the old flow's stub, which no longer leads back
+ * to its reverse entry, is deleted as an orphan by the next lookup that
+ * meets it. A real function, like sl_ct_approve_leg: it runs once per new
+ * NAT flow. */
 static __noinline int sl_ct_approve_nat(void *live, const struct sl_pending *pd,
 					const struct sl_state *st, __u32 len, __u32 ingress_ifindex)
 {
@@ -382,12 +401,19 @@ static __noinline int sl_ct_approve_nat(void *live, const struct sl_pending *pd,
 	struct sl_ct_key fwd;
 	enum sl_ct_dir fwd_dir;
 	__u64 now = bpf_ktime_get_coarse_ns();
+	bool reopen = false;
 
 	if (!st)
 		return -1;
 	fwd_dir = sl_ct_key_fill(&fwd, pd->ct_key.proto, st->src_addr, st->src_port,
 				 st->pre_nat_dst_addr, st->pre_nat_dst_port);
 	ct = sl_ct_find(live, &pd->ct_key);
+	if (ct && (ct->type != SL_CT_NAT_REV || !sl_ct_key_eq(&ct->nat_peer, &fwd))) {
+		if (!sl_ct_reopens(ct, pd))
+			return -1;
+		reopen = true;
+		ct = NULL;
+	}
 	if (!ct) {
 		entry.created = now;
 		entry.last_seen = now;
@@ -399,15 +425,13 @@ static __noinline int sl_ct_approve_nat(void *live, const struct sl_pending *pd,
 		sl_addr_copy(entry.orig_addr, st->pre_nat_dst_addr);
 		entry.orig_port = st->pre_nat_dst_port;
 		sl_ct_fresh_legs(&entry, pd, len);
-		if (!bpf_map_update_elem(live, &pd->ct_key, &entry, BPF_NOEXIST))
+		if (!bpf_map_update_elem(live, &pd->ct_key, &entry, reopen ? BPF_EXIST : BPF_NOEXIST))
 			goto stub;
 		/* Another CPU created it first: account on that entry. */
 		ct = bpf_map_lookup_elem(live, &pd->ct_key);
-		if (!ct)
+		if (!ct || ct->type != SL_CT_NAT_REV || !sl_ct_key_eq(&ct->nat_peer, &fwd))
 			return -1;
 	}
-	if (ct->type != SL_CT_NAT_REV || !sl_ct_key_eq(&ct->nat_peer, &fwd))
-		return -1;
 	sl_ct_approve_leg(ct, pd, pd->leg_flags, len, ingress_ifindex);
 stub:
 	__builtin_memset(&entry, 0, sizeof(entry));
