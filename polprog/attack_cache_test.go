@@ -266,3 +266,94 @@ func TestAttackCacheTwoPrograms(t *testing.T) {
 	}
 	check("reloaded and updated", again, next)
 }
+
+// TestAttackCacheHostUpdates holds host endpoint policies (pre-DNAT,
+// normal and forward tiers, profiles), every run classified and some
+// split into parts, to Evaluate's decisions and counters on packets run
+// twice (the second from the cache), across updates of rules (IDs,
+// actions, CIDRs, ports, protocols) and of IP set members.
+func TestAttackCacheHostUpdates(t *testing.T) {
+	k := newKernel(t)
+	applied, refused := 0, 0
+	for seed := uint64(0); seed < 16; seed++ {
+		g := attackClsGen(seed + 4400)
+		rules := Rules{NoMatchRuleID: g.id(), Tiers: g.tiers(1+g.r.IntN(2), 2, 20), ForHost: true,
+			PreDNATTiers: g.tiers(1+g.r.IntN(2), 3, 15), ApplyOnForwardTiers: g.tiers(g.r.IntN(2), 3, 15)}
+		if g.chance(2) {
+			rules.Profiles = g.tiers(1, 2, 15)[0].Policies
+		}
+		if len(allRules(&rules)) == 0 {
+			continue
+		}
+		opts := Options{ClassifierRules: 1}
+		if seed%2 == 1 {
+			opts.SplitJumps, opts.MaxParts = 60, MaxParts
+		}
+		c, err := Compile(rules, opts)
+		for opts.SplitJumps != 0 && err != nil && opts.SplitJumps < DefaultSplitJumps {
+			opts.SplitJumps += 40
+			c, err = Compile(rules, opts)
+		}
+		if err != nil {
+			t.Fatalf("seed %d: compile: %v", seed, err)
+		}
+		k.setIPSets(t, g.sets)
+		slots, free := k.allocSlots(t, len(c.Parts))
+		p, err := c.Load(k.maps, slots)
+		if err != nil {
+			free()
+			t.Fatalf("seed %d: load: %v", seed, err)
+		}
+		for step := range 6 {
+			if step > 0 {
+				next := cloneRules(rules)
+				ev, err := NewEvaluator(rules)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for range 1 + g.r.IntN(2) {
+					g.mutateRule(&next, ev.Evaluate(g.sets, g.packet()).RuleID)
+				}
+				if g.chance(2) {
+					id := g.setIDs[g.r.IntN(len(g.setIDs))]
+					s := g.sets[id]
+					s.Nets = g.prefixes()
+					g.sets[id] = s
+					k.setIPSets(t, g.sets)
+				}
+				switch err := p.Update(next); {
+				case err == nil:
+					rules = next
+					applied++
+				case errors.Is(err, ErrNeedsReload):
+					refused++
+				default:
+					t.Fatalf("seed %d step %d: %v", seed, step, err)
+				}
+			}
+			ev, err := NewEvaluator(rules)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids := ruleIDs(&rules)
+			all := allRules(&rules)
+			for i := 0; i < 40; i++ {
+				pkt := g.packet()
+				if g.chance(2) {
+					pkt = g.packetFor(all[g.r.IntN(len(all))])
+				}
+				want := ev.Evaluate(g.sets, pkt)
+				for run := range 2 {
+					if msg := k.checkRunHits(t, p, ids, pkt, want); msg != "" {
+						p.Close()
+						free()
+						t.Fatalf("seed %d step %d (%d parts), run %d, packet %+v: %s", seed, step, len(c.Parts), run, pkt, msg)
+					}
+				}
+			}
+		}
+		p.Close()
+		free()
+	}
+	t.Logf("%d updates applied, %d refused", applied, refused)
+}
