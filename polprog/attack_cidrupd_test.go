@@ -258,3 +258,41 @@ func TestAttackCIDRUpdateFresh(t *testing.T) {
 	}
 	t.Logf("%d updates by the address-row path, %d reloads", fast, reload)
 }
+
+// TestAttackCIDRReplaceAll replaces every CIDR of a classified run in one
+// update, then again: the code is the same, so each Update must apply.
+// The trie holds both generations; the idle one's stale prefixes must go
+// before its new ones come, or the new ones find no room (ENOSPC) and the
+// Program needs a reload for good.
+func TestAttackCIDRReplaceAll(t *testing.T) {
+	k := newKernel(t)
+	const n = 64
+	mk := func(b int) Rules {
+		var rs []Rule
+		for i := range n {
+			rs = append(rs, Rule{ID: uint64(1 + i), Action: ActionAllow, SrcNets: []netip.Prefix{
+				netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(b), byte(i), 1}), 32)}})
+		}
+		return Rules{NoMatchRuleID: 999, Tiers: []Tier{{Name: "t", EndAction: EndDeny, EndRuleID: 998,
+			Policies: []Policy{{Name: "p", Rules: rs}}}}}
+	}
+	p := k.load(t, mk(0), Options{ClassifierRules: 1, MergeThreshold: -1})
+	for b := 1; b <= 4; b++ {
+		rules := mk(b)
+		if err := p.Update(rules); err != nil {
+			t.Fatalf("update %d: %v", b, err)
+		}
+		for bb := range b + 2 {
+			for i := range n {
+				pkt := Packet{Src: netip.AddrFrom4([4]byte{10, byte(bb), byte(i), 1}), Dst: mustAddr("10.9.9.9"), Protocol: 6, DstPort: 80}
+				want, err := Evaluate(rules, nil, pkt)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if diff := cmp.Diff(want, k.run(t, p, pkt), decisionCmp); diff != "" {
+					t.Fatalf("after update %d, packet from %v (-evaluate +kernel):\n%s", b, pkt.Src, diff)
+				}
+			}
+		}
+	}
+}
