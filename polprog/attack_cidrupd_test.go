@@ -296,3 +296,87 @@ func TestAttackCIDRReplaceAll(t *testing.T) {
 		}
 	}
 }
+
+// TestAttackUpdatePositions changes rules so that their positions move:
+// ports ORed with named-port sets gained and lost (one position or two),
+// log toggled on rules of two positions (padding moves), IDs and actions;
+// Update compiles with the loaded layouts. Packets run twice, with
+// counters, after each.
+func TestAttackUpdatePositions(t *testing.T) {
+	k := newKernel(t)
+	applied, refused := 0, 0
+	for seed := uint64(0); seed < 4; seed++ {
+		g := attackClsGen(seed + 3300)
+		rules := g.cidrRules(70)
+		k.setIPSets(t, g.sets)
+		c, err := Compile(rules, Options{ClassifierRules: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		slots, free := k.allocSlots(t, len(c.Parts))
+		p, err := c.Load(k.maps, slots)
+		if err != nil {
+			free()
+			t.Fatal(err)
+		}
+		pkts := g.cidrPackets(120)
+		for step := range 25 {
+			next := cloneRules(rules)
+			all := allRules(&next)
+			for n := 1 + g.r.IntN(4); n > 0; n-- {
+				r := all[g.r.IntN(len(all))]
+				switch g.r.IntN(4) {
+				case 0:
+					if len(r.SrcNamedPorts) > 0 {
+						r.SrcNamedPorts = nil
+						if len(r.SrcPorts) == 0 {
+							r.SrcPorts = []PortRange{Port(1)}
+						}
+					} else {
+						r.SrcNamedPorts = []uint64{g.setIDs[g.r.IntN(len(g.setIDs))]}
+					}
+				case 1:
+					if r.Action == ActionLog {
+						r.Action = ActionDeny
+					} else {
+						r.Action = ActionLog
+					}
+				case 2:
+					r.SrcPorts = nil
+				default:
+					r.ID = g.id()
+				}
+			}
+			switch err := p.Update(next); {
+			case err == nil:
+				rules = next
+				applied++
+			case errors.Is(err, ErrNeedsReload):
+				refused++
+			default:
+				t.Fatalf("seed %d step %d: %v", seed, step, err)
+			}
+			ev, err := NewEvaluator(rules)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids := ruleIDs(&rules)
+			for _, pkt := range pkts {
+				want := ev.Evaluate(g.sets, pkt)
+				for run := range 2 {
+					if msg := k.checkRunHits(t, p, ids, pkt, want); msg != "" {
+						p.Close()
+						free()
+						t.Fatalf("seed %d step %d, run %d, packet %+v: %s", seed, step, run, pkt, msg)
+					}
+				}
+			}
+		}
+		p.Close()
+		free()
+	}
+	t.Logf("%d updates applied, %d refused", applied, refused)
+	if applied == 0 {
+		t.Error("no update applied")
+	}
+}
