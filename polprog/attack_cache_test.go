@@ -357,3 +357,62 @@ func TestAttackCacheHostUpdates(t *testing.T) {
 	}
 	t.Logf("%d updates applied, %d refused", applied, refused)
 }
+
+// TestAttackCacheEviction sends more distinct classes than the outcome
+// cache holds (cacheEntries), so that the LRU evicts, then sends the first
+// ones again: evicted or kept, each outcome must be Evaluate's.
+func TestAttackCacheEviction(t *testing.T) {
+	k := newKernel(t)
+	var rs []Rule
+	for i := range 300 {
+		rs = append(rs, Rule{ID: uint64(10 + i), Action: []Action{ActionAllow, ActionDeny}[i%2], Protocol: []string{"tcp", "udp"}[i%2],
+			SrcPorts: []PortRange{Port(uint16(1000 + 3*i))}, DstPorts: []PortRange{{First: uint16(100 + 7*i), Last: uint16(100 + 7*i + 3)}}})
+	}
+	rules := Rules{NoMatchRuleID: 7, Tiers: []Tier{{Name: "t", EndAction: EndDeny, EndRuleID: 8,
+		Policies: []Policy{{Name: "p", Rules: rs}}}}}
+	c, err := Compile(rules, Options{ClassifierRules: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.classes) == 0 {
+		t.Fatal("no classified run")
+	}
+	p := k.loadCompiled(t, c)
+	ev, err := NewEvaluator(rules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every (source port class, destination port class) pair is its own
+	// cache key; one in ten matches a rule.
+	var pkts []Packet
+	for n := 0; len(pkts) < 3*cacheEntries/2; n++ {
+		a, b := n%300, (n*7+n/300)%300
+		if n%10 == 0 {
+			b = a
+		}
+		pkts = append(pkts, Packet{Src: mustAddr("10.0.0.1"), Dst: mustAddr("10.0.0.2"), Protocol: []uint8{6, 17}[a%2],
+			SrcPort: uint16(1000 + 3*a), DstPort: uint16(100 + 7*b)})
+	}
+	for _, pass := range []int{0, 1} {
+		for i, pkt := range pkts {
+			if pass == 1 && i%7 != 0 {
+				continue
+			}
+			if diff := cmp.Diff(ev.Evaluate(nil, pkt), k.run(t, p, pkt), decisionCmp); diff != "" {
+				t.Fatalf("pass %d, packet %d %+v (-evaluate +kernel):\n%s", pass, i, pkt, diff)
+			}
+		}
+		if pass == 0 {
+			var key [cacheKeySize]byte
+			var val [cacheValueSize]byte
+			n := 0
+			for it := p.class.lookups[cacheMapName].Iterate(); it.Next(&key, &val); {
+				n++
+			}
+			t.Logf("%d packets, %d cached outcomes", len(pkts), n)
+			if n < cacheEntries/2 {
+				t.Fatalf("only %d cached outcomes: the cache did not fill", n)
+			}
+		}
+	}
+}
