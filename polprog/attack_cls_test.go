@@ -379,12 +379,11 @@ func TestAttackManySets(t *testing.T) {
 }
 
 // TestAttackUpdateTrieOverflow replaces every source CIDR of a classified
-// run twice. The second update writes the idle generation's new prefixes
-// before deleting its stale ones, so the trie (two generations of
-// capacity) can overflow; after that failure the idle generation is
-// forgotten (written[next] emptied), and a later update that fits leaves
-// the stale prefixes in the trie. The kernel must still agree with
-// Evaluate of the rules it reports to have.
+// run twice. Writing the idle generation's new prefixes before deleting
+// its stale ones overflowed the trie (two generations of capacity) and
+// left the Program needing a reload; the stale ones now go first (see
+// TestAttackCIDRReplaceAll). The kernel must agree with Evaluate of the
+// rules it reports to have.
 func TestAttackUpdateTrieOverflow(t *testing.T) {
 	k := newKernel(t)
 	const n = 64

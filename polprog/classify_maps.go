@@ -340,14 +340,17 @@ func writeContents(m *ebpf.Map, g int, had, want *mapContents) error {
 		}
 		stale = nil
 	}
-	if len(keys) > 0 {
-		if _, err := m.BatchUpdate(rawSlice(keys, want.keySize), rawSlice(values, want.valueSize), nil); err != nil {
-			return fmt.Errorf("write %d entries: %w", len(keys), err)
-		}
-	}
+	// Stale entries go first: a trie holds both generations in its
+	// capacity, so the new entries of one that changes every prefix find
+	// room only once its old ones are gone (no packet reads generation g).
 	for _, k := range stale {
 		if err := m.Delete([]byte(k)); err != nil {
 			return fmt.Errorf("delete entry: %w", err)
+		}
+	}
+	if len(keys) > 0 {
+		if _, err := m.BatchUpdate(rawSlice(keys, want.keySize), rawSlice(values, want.valueSize), nil); err != nil {
+			return fmt.Errorf("write %d entries: %w", len(keys), err)
 		}
 	}
 	return nil
