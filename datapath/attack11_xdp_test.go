@@ -81,6 +81,10 @@ func atk11Frames(tb testing.TB) []atk11Case {
 		{"v6 trailing bytes", with(dns(), func(q *testpkt.Packet) { q.Trailer = make([]byte, 30) }), true},
 		{"v6 echo", testpkt.MustBytes(tb, testpkt.ICMPv6Echo(netip.MustParseAddr("2001:db8::1"), netip.MustParseAddr("2001:db9::1"), 1, 1, false)), true},
 		{"v6 error", testpkt.MustBytes(tb, testpkt.ICMPv6Error(netip.MustParseAddr("2001:db8::1"), netip.MustParseAddr("2001:db9::1"), 1, 3, testpkt.QuoteIPv6(testpkt.MustBytes(tb, dns())))), true},
+		// RFC 7112's case: the UDP header is in the second fragment.
+		{"v6 first fragment ends in the chain", testpkt.MustBytes(tb, testpkt.Packet{Eth: dns().Eth, IPv6: &testpkt.IPv6{
+			Src: netip.MustParseAddr("2001:db8::1"), Dst: netip.MustParseAddr("2001:db9::1"), Protocol: 17,
+			Ext: []testpkt.IPv6Ext{testpkt.ExtFragment(0, true, 7), testpkt.ExtDestOpts(nil)}}}), true},
 		{"v6 later fragment", atk7Frag(tb, dns(), 8, false), false},
 		{"v6 other port", testpkt.MustBytes(tb, testpkt.UDPv6(ap("[2001:db8::1]:1000"), ap("[2001:db9::1]:54"), nil)), false},
 		{"v6 neighbour discovery", testpkt.MustBytes(tb, testpkt.NDRouterSolicit(netip.MustParseAddr("2001:db8::5"))), false},
