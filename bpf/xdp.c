@@ -24,7 +24,10 @@
  * counts it: malformed packets too (a header past the packet, a bad
  * length, VLAN tags, fragments, ...), so that TC alone drops them, with the
  * reason its parser gives, under the interface's settings (which
- * fragments, which IPv6), and no packet is counted at two hooks. Neighbour
+ * fragments, which IPv6), and no packet is counted at two hooks; but at
+ * an interface whose TC passes IPv6 unchecked, an IPv6 packet the parser
+ * stops at is dropped here with that reason (sl_xdp_unparsed), since TC
+ * would pass it past the XDP policy. Neighbour
  * discovery passes unpoliced to TC, which decides it before policy. An
  * interface whose XDP policy slot is empty passes everything: the XDP
  * program is an early drop of what its policy denies, and TC still
@@ -39,7 +42,9 @@
 /* XDP settings of host interfaces, keyed by ifindex, in the layout of
  * sl_ifaces: counter_slot is the interface's sl_counters slot (that of its
  * sl_ifaces entry), and a generation's record names in ingress its XDP
- * policy's slot in sl_xdp_policy_jumps; flags and egress are unused. Not
+ * policy's slot in sl_xdp_policy_jumps, and in flags SL_IFACE_PASS_IPV6
+ * when the interface's TC passes IPv6 unchecked (sl_xdp_unparsed); egress
+ * is unused. Not
  * preallocated, so that a replaced entry is freed only after the programs
  * that may still read it have finished. */
 struct {
@@ -111,7 +116,7 @@ char __license[] SEC("license") = "Dual BSD/GPL";
  * match. */
 #define SL_XDP_PARSE_FLAGS (SL_IFACE_ENFORCE_IPV6 | SL_IFACE_PASS_FRAGMENTS)
 
-/* sl_xdp_drop counts a packet the XDP policy decided to drop. */
+/* sl_xdp_drop counts a packet the XDP program decided to drop. */
 SL_INLINE int sl_xdp_drop(__u32 index, enum sl_reason reason)
 {
 	struct sl_reason_counts *c = bpf_map_lookup_elem(&sl_counters, &index);
@@ -148,31 +153,55 @@ SL_INLINE const struct sl_iface_record *sl_xdp_record(const struct sl_iface *ifa
 	return NULL;
 }
 
-/* sl_xdp_parse parses the packet into *pkt: true when the XDP policy is
- * to decide it, false when it passes to TC unpoliced. */
-SL_INLINE bool sl_xdp_parse(struct xdp_md *ctx, struct sl_pkt *pkt)
+/* What sl_xdp_parse returns besides a reason to drop the packet for. */
+#define SL_XDP_POLICE	(-1)	/* the XDP policy decides the packet */
+#define SL_XDP_TO_TC	(-2)	/* passed to TC unpoliced */
+
+/* sl_xdp_unparsed is what becomes of an IPv6 packet the parser stopped
+ * at for reason: TC's to drop and count, unless the interface's TC passes
+ * IPv6 unchecked (SL_IFACE_PASS_IPV6 in its record). There nothing else
+ * would stop a packet the XDP policy cannot match, which the receiving
+ * kernel may still take (a chain longer than the parser walks, a first
+ * fragment holding part of its TCP header), so it is dropped here, with
+ * the reason TC would give it. */
+SL_INLINE int sl_xdp_unparsed(__u32 rflags, enum sl_reason reason)
+{
+	if (!(rflags & SL_IFACE_PASS_IPV6) || reason < SL_REASON_FIRST_DROP)
+		return SL_XDP_TO_TC;
+	return reason;
+}
+
+/* sl_xdp_parse parses the packet into *pkt of an interface whose record
+ * has flags rflags: SL_XDP_POLICE when the XDP policy is to decide it,
+ * SL_XDP_TO_TC when it passes to TC unpoliced, else the reason to drop it
+ * for (sl_xdp_unparsed). */
+SL_INLINE int sl_xdp_parse(struct xdp_md *ctx, __u32 rflags, struct sl_pkt *pkt)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
 	enum sl_reason reason;
 	enum sl_parse_rc rc;
 	bool v6 = false;
+	int res;
 
 	rc = sl_parse_eth_at(data, end, false, SL_XDP_PARSE_FLAGS, &reason);
 	if (rc == SL_PARSE_IPV6) {
 		v6 = true;
-		if (SL_PARSE6_RC(sl_xdp_parse_ipv6(ctx, pkt)) != SL_PARSE_OK)
-			return false;
+		res = sl_xdp_parse_ipv6(ctx, pkt);
+		if (SL_PARSE6_RC(res) == SL_PARSE_LATER_FRAGMENT)
+			return SL_XDP_TO_TC;
+		if (SL_PARSE6_RC(res) != SL_PARSE_OK)
+			return sl_xdp_unparsed(rflags, SL_PARSE6_REASON(res));
 	} else if (rc != SL_PARSE_IPV4 ||
 		   sl_parse_ipv4_at(data, end, end - data, SL_XDP_PARSE_FLAGS, pkt, &reason) != SL_PARSE_OK) {
-		return false;
+		return SL_XDP_TO_TC;
 	}
 	/* The IPv6 parse ran in another function: read the frame anew. */
 	data = (void *)(long)ctx->data;
 	end = (void *)(long)ctx->data_end;
 	if (sl_parse_l4_at(data, end, pkt, &reason) != SL_PARSE_OK)
-		return false;
-	return !(v6 && sl_icmp6_link(pkt));
+		return v6 ? sl_xdp_unparsed(rflags, reason) : SL_XDP_TO_TC;
+	return v6 && sl_icmp6_link(pkt) ? SL_XDP_TO_TC : SL_XDP_POLICE;
 }
 
 /* sl_xdp is the program to attach to host interfaces. */
@@ -185,6 +214,7 @@ int sl_xdp(struct xdp_md *ctx)
 	struct sl_iface *iface;
 	struct sl_state *st;
 	__u64 *pending;
+	int parsed;
 
 	iface = bpf_map_lookup_elem(&sl_xdpifaces, &ifindex);
 	if (!iface)
@@ -192,8 +222,11 @@ int sl_xdp(struct xdp_md *ctx)
 	rec = sl_xdp_record(iface);
 	if (!rec)
 		return XDP_PASS;
-	if (!sl_xdp_parse(ctx, &pkt))
+	parsed = sl_xdp_parse(ctx, rec->flags, &pkt);
+	if (parsed == SL_XDP_TO_TC)
 		return XDP_PASS;
+	if (parsed != SL_XDP_POLICE)
+		return sl_xdp_drop(SL_COUNTER_INDEX(iface->counter_slot, SL_HOOK_INGRESS), parsed);
 	st = bpf_map_lookup_elem(&sl_xdp_state, &zero);
 	pending = bpf_map_lookup_elem(&sl_xdp_pending, &zero);
 	if (!st || !pending)

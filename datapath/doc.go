@@ -69,8 +69,10 @@
 // make-before-break with the interface's entry. What the tiers deny is
 // dropped and counted under the interface's ingress counters; everything
 // else, malformed packets included, passes to TC, which decides it in
-// full and counts it. An interface without XDP tiers, or whose XDP slot
-// is empty, passes everything to TC.
+// full and counts it; except at an IPv6Pass interface, whose TC would pass
+// an IPv6 packet the XDP parser cannot read past the tiers: XDP drops it,
+// counted with the parser's reason. An interface without XDP tiers, or
+// whose XDP slot is empty, passes everything to TC.
 //
 // # Kernel features
 //

@@ -110,7 +110,9 @@ type Interface struct {
 	// the destination the packet carries (no service is translated yet)
 	// and never the host flags; IPv6 and first fragments are matched
 	// whatever the interface's IPv6 mode, and malformed packets, later
-	// fragments and neighbour discovery pass to TC undecided.
+	// fragments and neighbour discovery pass to TC undecided (but with
+	// IPv6Pass, which TC would pass unchecked, a malformed IPv6 packet is
+	// dropped at XDP, counted with the parser's reason).
 	XDP []polprog.Tier
 }
 

@@ -16,9 +16,18 @@ import (
 // the XDP policy's slot in Ingress.
 const xdpIfacesVersion = 1
 
-// xdpRecordFlags are the flags of an XDP record, which the XDP program
+// xdpRecordFlags are the flags of every XDP record, which the XDP program
 // does not read: they say what the record is to someone reading the map.
+// It reads bpf.IfacePassIPv6, which xdpFlags adds.
 const xdpRecordFlags = bpf.IfaceReady | bpf.IfaceHost
+
+// xdpFlags are the flags of an interface's XDP record: with
+// bpf.IfacePassIPv6 where its TC passes IPv6 unchecked, so that the XDP
+// program drops the IPv6 packets it cannot parse, which would otherwise
+// pass both hooks undecided by the XDP tiers.
+func (c *Interface) xdpFlags() bpf.IfaceFlags {
+	return xdpRecordFlags | c.flags()&bpf.IfacePassIPv6
+}
 
 // loadXDP loads this generation's XDP object: its counters are the
 // datapath's, its interface map the registry's, its jump map and
@@ -161,7 +170,7 @@ func (d *Datapath) writeXDP(c *change, prev *ifaceState, settled uint32) (old bp
 		return bpf.Iface{}, false, false, fmt.Errorf("both XDP records belong to generations this one (%d) must not evict: %d and %d",
 			d.generation, entry.Records[0].Generation, entry.Records[1].Generation)
 	}
-	entry.Records[rec] = bpf.IfaceRecord{Generation: d.generation, Flags: xdpRecordFlags, Ingress: c.next.xdp.prog.EntrySlot()}
+	entry.Records[rec] = bpf.IfaceRecord{Generation: d.generation, Flags: c.cfg.xdpFlags(), Ingress: c.next.xdp.prog.EntrySlot()}
 	if err := xm.Update(c.ifindex, entry, ebpf.UpdateAny); err != nil {
 		return bpf.Iface{}, false, false, err
 	}
