@@ -37,6 +37,7 @@ var (
 	ipsetKeyAddr   = int16(unsafe.Offsetof(bpf.IPSetKey{}.Addr))
 	ipsetKeyPort   = int16(unsafe.Offsetof(bpf.IPSetKey{}.Port))
 	ipsetKeyProto  = int16(unsafe.Offsetof(bpf.IPSetKey{}.Proto))
+	ipsetKeySize   = int16(unsafe.Sizeof(bpf.IPSetKey{}))
 )
 
 // Stack layout (offsets from R10). The verifier wants aligned stack
