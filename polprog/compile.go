@@ -19,6 +19,13 @@ import (
 // leaves two for later stages of the datapath.
 const MaxParts = 30
 
+// ErrTooLarge is wrapped by Compile's error when the policy needs more than
+// Options.MaxParts parts, or one rule more jumps than a part holds, and by
+// Load's when the kernel finds a part too large or too complex to verify
+// (E2BIG: its limits on processed instructions and pending branch states).
+// Such a policy loads only smaller, or with merging or classification on.
+var ErrTooLarge = errors.New("policy too large for its programs")
+
 // Defaults for Options fields left zero.
 const (
 	// DefaultMaxParts bounds the chain of tail calls a policy uses when
@@ -361,7 +368,7 @@ func (c *compiler) rules(st stage, rs []rule, tierEnd string) error {
 			return fmt.Errorf("rule %s: %w", rs[i].where, err)
 		}
 		if added := c.part.b.Stats().Jumps - before.Jumps; added > c.maxRuleJumps() {
-			return fmt.Errorf("rule %s needs %d jumps, more than one program can hold after %d", rs[i].where, added, c.opts.SplitJumps)
+			return fmt.Errorf("rule %s needs %d jumps, more than one program can hold after %d: %w", rs[i].where, added, c.opts.SplitJumps, ErrTooLarge)
 		}
 		c.part.rules += n
 		i += n

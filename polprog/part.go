@@ -169,7 +169,7 @@ func (c *compiler) use(label string) {
 func (c *compiler) startPart(pending []string) error {
 	idx := len(c.out.Parts)
 	if idx >= c.opts.MaxParts {
-		return fmt.Errorf("policy needs more than %d programs", c.opts.MaxParts)
+		return fmt.Errorf("policy needs more than %d programs: %w", c.opts.MaxParts, ErrTooLarge)
 	}
 	var opts []asm.Option
 	if c.opts.TrampolineStride != 0 {
