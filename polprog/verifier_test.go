@@ -12,6 +12,10 @@ import (
 // verifying one program (BPF_COMPLEXITY_LIMIT_INSNS).
 const verifierLimit = 1_000_000
 
+// maxVerifiedPerInstruction bounds the instructions the verifier may
+// process per instruction of a part in TestLoadRandomLayouts.
+const maxVerifiedPerInstruction = 5
+
 // verifierLayouts are the layouts that TestLoadRandomLayouts loads: plain
 // is linear (no merging, no fall-through, no classifier), merged adds LPM
 // lookups of runs, classified classifies every run, default is Options{}.
@@ -65,6 +69,13 @@ func TestLoadRandomLayouts(t *testing.T) {
 						worstRatio = max(worstRatio, float64(v)/float64(len(c.Parts[i].Instructions)))
 					}
 					t.Logf("%d parts; verifier processed at most %d instructions for a part, %.2f per instruction", len(c.Parts), worst, worstRatio)
+					// Pruning at the rules' joins keeps the count linear
+					// in a part's length (1.6 per instruction, 3.1 for a
+					// small classified part); paths that never join again
+					// multiply it.
+					if worstRatio > maxVerifiedPerInstruction {
+						t.Errorf("verifier processed %.2f instructions per instruction of a part, more than %d", worstRatio, maxVerifiedPerInstruction)
+					}
 					for name, pkt := range benchPackets {
 						want, err := Evaluate(rules, nil, pkt)
 						if err != nil {
