@@ -139,26 +139,6 @@ func (k *kernel) kernelNs(b *testing.B, p *Program, pkt Packet, mode string, rep
 	return sum / float64(repeat)
 }
 
-// tryLoad compiles and loads rules, failing the benchmark on error unless
-// mayFail, when it logs the error and returns nil.
-func (k *kernel) tryLoad(b *testing.B, rules Rules, opts Options, mayFail bool) *Program {
-	c, err := Compile(rules, opts)
-	if err == nil {
-		slots, free := k.allocSlots(b, len(c.Parts))
-		b.Cleanup(free)
-		var p *Program
-		if p, err = c.Load(k.maps, slots); err == nil {
-			b.Cleanup(func() { p.Close() })
-			return p
-		}
-	}
-	if !mayFail {
-		b.Fatal(err)
-	}
-	b.Logf("left out: %.200v", err)
-	return nil
-}
-
 // emptyCache deletes every entry of p's outcome cache, if it has one.
 func emptyCache(b *testing.B, p *Program) {
 	if p.class == nil || p.class.lookups[cacheMapName] == nil {
@@ -185,10 +165,7 @@ func BenchmarkPolicy(b *testing.B) {
 			rules := benchPolicy(n, shape)
 			progs := make([]*Program, len(benchLayouts))
 			for i, l := range benchLayouts {
-				// The linear layouts of large random policies can take the
-				// verifier past its budget (a finding of issue 8's last
-				// stop): they are left out, as their metrics are.
-				progs[i] = k.tryLoad(b, rules, l.opts, l.opts.ClassifierRules < 0)
+				progs[i] = k.load(b, rules, l.opts)
 			}
 			for _, c := range []string{"last-match", "no-match"} {
 				pkt := benchPackets[c]
@@ -197,9 +174,6 @@ func BenchmarkPolicy(b *testing.B) {
 					b.Fatal(err)
 				}
 				for i, p := range progs {
-					if p == nil {
-						continue
-					}
 					if d := k.run(b, p, pkt); d.Verdict != want.Verdict || d.RuleID != want.RuleID {
 						b.Fatalf("%s/%d/%s/%s: decision %+v, want %+v", shape.name, n, c, benchLayouts[i].name, d, want)
 					}
@@ -218,19 +192,14 @@ func BenchmarkPolicy(b *testing.B) {
 						for b.Loop() {
 							floorSum += k.kernelNs(b, floor, pkt, mode, repeat)
 							for i, p := range progs {
-								if p != nil {
-									sums[i] += k.kernelNs(b, p, pkt, mode, repeat)
-								}
+								sums[i] += k.kernelNs(b, p, pkt, mode, repeat)
 							}
 							runs++
 						}
 						b.ReportMetric(floorSum/float64(runs), "floor-ns")
 						for i, l := range benchLayouts {
-							if progs[i] == nil {
-								continue
-							}
 							b.ReportMetric(sums[i]/float64(runs), l.name+"-ns")
-							if i > 0 && progs[0] != nil {
+							if i > 0 {
 								b.ReportMetric(sums[i]/sums[0], l.name+"/plain")
 							}
 						}

@@ -326,6 +326,18 @@ func (c *compiler) ipsetLookup(id uint64, addrOff, portOff int16, op ebpfasm.Jum
 	k := &c.part.key
 	const base = stackIPSetKey
 	idBytes := bpf.IPSetID(id)
+	if !k.valid {
+		// The key's fields are 4 bytes or less, and the verifier tracks
+		// stack liveness by 8-byte slot: only a whole-slot write ends a
+		// slot's liveness. Without these, every slot of the key that the
+		// helper reads stays live back through earlier rules, and paths
+		// that left different set IDs there are never pruned (processed
+		// instructions grow with the square of the rules).
+		b.Emit(ebpfasm.Mov.Imm(ebpfasm.R1, 0))
+		for off := int16(base); off < base+ipsetKeySize; off += 8 {
+			b.Emit(ebpfasm.StoreMem(ebpfasm.R10, off, ebpfasm.R1, ebpfasm.DWord))
+		}
+	}
 	b.Emit(
 		ebpfasm.StoreImm(ebpfasm.R10, base+ipsetKeySetID, int64(int32(binary.NativeEndian.Uint32(idBytes[:4]))), ebpfasm.Word),
 		ebpfasm.StoreImm(ebpfasm.R10, base+ipsetKeySetID+4, int64(int32(binary.NativeEndian.Uint32(idBytes[4:]))), ebpfasm.Word),

@@ -149,7 +149,7 @@ func (c *compiler) nets(addrOff int16, nets []netip.Prefix, fail string, negate 
 			c.netCompare(addrOff, v4[0], ebpfasm.JNE, fail)
 			return
 		}
-		b.Jump(ebpfasm.JSet, regFamily, v4bit, fail)
+		c.familyJump(v4bit, fail)
 		c.net6Compare(addrOff, v6[0], fail, "")
 		return
 	}
@@ -165,7 +165,7 @@ func (c *compiler) nets(addrOff int16, nets []netip.Prefix, fail string, negate 
 		}
 	}
 	if len(v6) > 0 {
-		b.Jump(ebpfasm.JSet, regFamily, v4bit, out)
+		c.familyJump(v4bit, out)
 		for _, n := range v6 {
 			next := c.newLabel("net6_next")
 			c.net6Compare(addrOff, n, next, in)
@@ -180,6 +180,17 @@ func (c *compiler) nets(addrOff int16, nets []netip.Prefix, fail string, negate 
 	c.label(in)
 }
 
+// familyJump jumps to label when regFamily has bit set. It tests a copy
+// (R3, masked): a JSET of regFamily itself would leave the bit known in
+// regFamily on both branches, and a later test of it decided, which the
+// verifier must then keep precise, so that paths through different
+// families' checks could never be pruned at the rules' join points.
+func (c *compiler) familyJump(bit int32, label string) {
+	b := c.part.b
+	b.Emit(ebpfasm.Mov.Reg(ebpfasm.R3, regFamily), ebpfasm.And.Imm(ebpfasm.R3, bit))
+	b.Jump(ebpfasm.JNE, ebpfasm.R3, 0, label)
+}
+
 // netCompare jumps to label when (the address in R1, a tagged word, is in
 // IPv4 network n) is (op == JEq). A /0 network needs the family alone.
 func (c *compiler) netCompare(addrOff int16, n netip.Prefix, op ebpfasm.JumpOp, label string) {
@@ -187,20 +198,22 @@ func (c *compiler) netCompare(addrOff int16, n netip.Prefix, op ebpfasm.JumpOp, 
 	if n.Bits() == 0 {
 		v6bit, v4bit, _ := familyBits(addrOff)
 		if op == ebpfasm.JNE {
-			b.Jump(ebpfasm.JSet, regFamily, v6bit, label)
+			c.familyJump(v6bit, label)
 		} else {
-			b.Jump(ebpfasm.JSet, regFamily, v4bit, label)
+			c.familyJump(v4bit, label)
 		}
 		return
 	}
 	a := n.Addr().As4()
 	network := int32(binary.BigEndian.Uint32(a[:]))
-	reg := ebpfasm.R1
-	if n.Bits() != 32 {
-		reg = ebpfasm.R2
-		mask := int32(uint32(0xffffffff) << (32 - n.Bits()))
-		b.Emit(ebpfasm.Mov.Reg(ebpfasm.R2, ebpfasm.R1), ebpfasm.And.Imm(ebpfasm.R2, mask))
-	}
+	// A /32 is masked too (with all ones): R1 is a fill of the tagged
+	// word, which the verifier links to the stack slot, so a compare of R1
+	// itself would teach the slot the network on one branch, and paths
+	// that learned different networks would never be pruned. The AND
+	// gives R2 a value of its own.
+	reg := ebpfasm.R2
+	mask := int32(uint32(0xffffffff) << (32 - n.Bits()))
+	b.Emit(ebpfasm.Mov.Reg(ebpfasm.R2, ebpfasm.R1), ebpfasm.And.Imm(ebpfasm.R2, mask))
 	if op == ebpfasm.JNE {
 		c.mismatch(false, op, reg, network, label)
 		return

@@ -169,7 +169,7 @@ func (c *compiler) groupCode(st stage, g *group, tierEnd string) error {
 		}
 		// The trie holds IPv4 prefixes only: an IPv6 address matches none.
 		v6bit, _, _ := familyBits(off)
-		b.Jump(ebpfasm.JSet, regFamily, v6bit, next)
+		c.familyJump(v6bit, next)
 		b.Emit(ebpfasm.StoreImm(ebpfasm.R10, stackLPMKey, int64(groupKeyBits(g.field)), ebpfasm.Word))
 		b.Emit(ebpfasm.LoadMem(ebpfasm.R1, regState, off+12, ebpfasm.Word),
 			ebpfasm.StoreMem(ebpfasm.R10, stackLPMKey+4, ebpfasm.R1, ebpfasm.Word))

@@ -7,6 +7,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	ebpfasm "github.com/cilium/ebpf/asm"
+	"golang.org/x/sys/unix"
 
 	"github.com/sluicenet/sluice/bpf"
 )
@@ -173,6 +174,9 @@ func loadPart(insns ebpfasm.Instructions, hook Hook, i int, slots []uint32, byNa
 		License:      "Dual BSD/GPL",
 		Instructions: insns,
 	})
+	if errors.Is(err, unix.E2BIG) {
+		return nil, 0, fmt.Errorf("part %d: %w: %w", i, ErrTooLarge, err)
+	}
 	if err != nil {
 		return nil, 0, fmt.Errorf("part %d: %w", i, err)
 	}

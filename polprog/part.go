@@ -37,6 +37,7 @@ var (
 	ipsetKeyAddr   = int16(unsafe.Offsetof(bpf.IPSetKey{}.Addr))
 	ipsetKeyPort   = int16(unsafe.Offsetof(bpf.IPSetKey{}.Port))
 	ipsetKeyProto  = int16(unsafe.Offsetof(bpf.IPSetKey{}.Proto))
+	ipsetKeySize   = int16(unsafe.Sizeof(bpf.IPSetKey{}))
 )
 
 // Stack layout (offsets from R10). The verifier wants aligned stack
@@ -168,7 +169,7 @@ func (c *compiler) use(label string) {
 func (c *compiler) startPart(pending []string) error {
 	idx := len(c.out.Parts)
 	if idx >= c.opts.MaxParts {
-		return fmt.Errorf("policy needs more than %d programs", c.opts.MaxParts)
+		return fmt.Errorf("policy needs more than %d programs: %w", c.opts.MaxParts, ErrTooLarge)
 	}
 	var opts []asm.Option
 	if c.opts.TrampolineStride != 0 {
