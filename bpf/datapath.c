@@ -31,7 +31,7 @@
 #include "sluice/policy_maps.h"
 #include "sluice/conntrack.h"
 #include "sluice/iface.h"
-#include "sluice/counters.h"
+#include "sluice/counters_map.h"
 #include "sluice/pending.h"
 #include "sluice/routes.h"
 #include "sluice/lb_maps.h"
@@ -76,14 +76,7 @@ struct {
 	__type(value, struct sl_snat);
 } sl_snat SEC(".maps");
 
-/* Verdict counters by SL_COUNTER_INDEX(slot, hook). Per-CPU, so
- * increments need no atomics. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 2048);
-	__type(key, __u32);
-	__type(value, struct sl_reason_counts);
-} sl_counters SEC(".maps");
+/* The verdict counters, sl_counters, are in counters_map.h. */
 
 /* The packet waiting for policy on this CPU (entry 0). */
 struct {
@@ -119,23 +112,6 @@ volatile const enum sl_reason sl_reason_btf = SL_REASON_COUNT;
 #include "sluice/related.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
-
-/* sl_count adds a packet to the counters at index. An index past the
- * array (a counter slot the runtime never hands out) counts in slot 0. */
-SL_INLINE int sl_count(__u32 index, enum sl_reason reason)
-{
-	struct sl_reason_counts *c = bpf_map_lookup_elem(&sl_counters, &index);
-
-	if (!c) {
-		index &= 1;
-		c = bpf_map_lookup_elem(&sl_counters, &index);
-		if (!c)
-			return 0;
-	}
-	if (reason < SL_REASON_COUNT)
-		c->packets[reason]++;
-	return 0;
-}
 
 /* sl_verdict counts the packet and turns its reason into a TC action. */
 SL_INLINE int sl_verdict(__u32 counter_index, enum sl_reason reason)

@@ -36,7 +36,7 @@
 #include "sluice/common.h"
 #include "sluice/state.h"
 #include "sluice/iface.h"
-#include "sluice/counters.h"
+#include "sluice/counters_map.h"
 #include "sluice/parse6.h"
 
 /* XDP settings of host interfaces, keyed by ifindex, in the layout of
@@ -95,15 +95,6 @@ struct {
 	__type(value, __u32);
 } sl_xdp_conts SEC(".maps");
 
-/* The datapath's verdict counters, which the loader replaces with the
- * datapath object's sl_counters (see datapath.c). */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 2048);
-	__type(key, __u32);
-	__type(value, struct sl_reason_counts);
-} sl_counters SEC(".maps");
-
 /* This object's generation, as the datapath object's: the runtime sets it
  * to the same number before it loads the objects. */
 volatile const __u32 sl_generation = 0;
@@ -119,14 +110,7 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 /* sl_xdp_drop counts a packet the XDP program decided to drop. */
 SL_INLINE int sl_xdp_drop(__u32 index, enum sl_reason reason)
 {
-	struct sl_reason_counts *c = bpf_map_lookup_elem(&sl_counters, &index);
-
-	if (!c) {
-		index &= 1;
-		c = bpf_map_lookup_elem(&sl_counters, &index);
-	}
-	if (c && reason < SL_REASON_COUNT)
-		c->packets[reason]++;
+	sl_count(index, reason);
 	return XDP_DROP;
 }
 

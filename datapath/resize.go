@@ -199,19 +199,13 @@ func (d *Datapath) settle() error {
 	return d.resizeConntrack(d.opts.ConntrackEntries)
 }
 
-// clearOlderRecords removes the records of generations before this one;
-// an entry left with no record at all, an interface this generation did
-// not configure, goes, and clearOlderRecords returns those interfaces.
-// Records of a newer generation, a process already taking over from this
-// one, stay.
-func (d *Datapath) clearOlderRecords() (map[uint32]bool, error) {
+// withoutOlderRecords returns the entries of m, an interface map, that
+// hold records of generations before this one, with those records
+// cleared.
+func (d *Datapath) withoutOlderRecords(m *maps.Map[uint32, bpf.Iface]) (map[uint32]bpf.Iface, error) {
 	var err error
-	type update struct {
-		ifindex uint32
-		entry   bpf.Iface
-	}
-	var updates []update
-	for idx, entry := range d.ifaceMap.All(&err) {
+	updates := map[uint32]bpf.Iface{}
+	for idx, entry := range m.All(&err) {
 		changed := false
 		for j, r := range entry.Records {
 			if r.Generation != 0 && r.Generation < d.generation {
@@ -220,20 +214,30 @@ func (d *Datapath) clearOlderRecords() (map[uint32]bool, error) {
 			}
 		}
 		if changed {
-			updates = append(updates, update{idx, entry})
+			updates[idx] = entry
 		}
 	}
+	return updates, err
+}
+
+// clearOlderRecords removes the records of generations before this one;
+// an entry left with no record at all, an interface this generation did
+// not configure, goes, and clearOlderRecords returns those interfaces.
+// Records of a newer generation, a process already taking over from this
+// one, stay.
+func (d *Datapath) clearOlderRecords() (map[uint32]bool, error) {
+	updates, err := d.withoutOlderRecords(d.ifaceMap)
 	if err != nil {
 		return nil, fmt.Errorf("read interfaces: %w", err)
 	}
 	removed := map[uint32]bool{}
-	for _, u := range updates {
-		if u.entry.Records[0].Generation == 0 && u.entry.Records[1].Generation == 0 {
-			err = d.ifaceMap.Delete(u.ifindex)
-			d.counterSlots.release(u.entry.CounterSlot)
-			removed[u.ifindex] = true
+	for ifindex, entry := range updates {
+		if entry.Records[0].Generation == 0 && entry.Records[1].Generation == 0 {
+			err = d.ifaceMap.Delete(ifindex)
+			d.counterSlots.release(entry.CounterSlot)
+			removed[ifindex] = true
 		} else {
-			err = d.ifaceMap.Update(u.ifindex, u.entry, ebpf.UpdateExist)
+			err = d.ifaceMap.Update(ifindex, entry, ebpf.UpdateExist)
 		}
 		if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return nil, err

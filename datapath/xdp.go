@@ -250,20 +250,7 @@ func (d *Datapath) switchEntries(c *change, settled uint32, rec int) error {
 // older generation's XDP program, which read those records, is detached
 // or replaced by then (attach.AttachXDP replaces it in place).
 func (d *Datapath) clearOlderXDPRecords() error {
-	var err error
-	updates := map[uint32]bpf.Iface{}
-	for idx, entry := range d.xdpIfaceMap.All(&err) {
-		changed := false
-		for j, r := range entry.Records {
-			if r.Generation != 0 && r.Generation < d.generation {
-				entry.Records[j] = bpf.IfaceRecord{}
-				changed = true
-			}
-		}
-		if changed {
-			updates[idx] = entry
-		}
-	}
+	updates, err := d.withoutOlderRecords(d.xdpIfaceMap)
 	if err != nil {
 		return fmt.Errorf("read XDP interfaces: %w", err)
 	}
