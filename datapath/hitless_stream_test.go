@@ -1,0 +1,309 @@
+package datapath
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/sluicenet/sluice/internal/topo"
+)
+
+// hitlessStreams are the two streams the hitless tests carry from a client
+// workload through a service frontend to a backend: TCP at full speed,
+// and sequence-numbered UDP datagrams paced at about one per
+// hitlessUDPPace. Each receiver notes the longest time between two
+// arrivals: the stall a change caused, on top of the machine's own
+// jitter.
+type hitlessStreams struct {
+	stop chan struct{}
+	wg   sync.WaitGroup
+
+	tcpConn   net.Conn
+	tcpL      net.Listener
+	tcpSent   atomic.Int64
+	tcpWErr   error
+	tcpDone   chan struct{}
+	tcpRecv   int64
+	tcpRErr   error
+	tcpStall  time.Duration
+	udpConn   net.Conn
+	udpPC     net.PacketConn
+	udpSent   uint64
+	udpErrs   int
+	udpDone   chan struct{}
+	udpSeen   []bool
+	udpStall  time.Duration
+	server    *topo.NS
+	rcvbufErr uint64
+}
+
+// hitlessUDPPace is the pause between two datagrams of the UDP stream:
+// ten thousand or so a second, well inside what a socket takes.
+const hitlessUDPPace = 50 * time.Microsecond
+
+// hitlessResult is what the streams saw.
+type hitlessResult struct {
+	// TCPSent and TCPReceived are the bytes the client wrote and the
+	// backend read; TCPErr is the first error either side met (a reset,
+	// or a stall past the deadlines).
+	TCPSent, TCPReceived int64
+	TCPErr               error
+	// TCPStall is the longest time between two reads of the backend.
+	TCPStall time.Duration
+	// UDPSent is how many datagrams the client sent (sequence numbers
+	// 0 to UDPSent-1), UDPLost how many of them never arrived, UDPSendErrs
+	// how many sends failed (an ICMP error of a dropped datagram, reported
+	// on a later send of the connected socket).
+	UDPSent, UDPLost uint64
+	UDPSendErrs      int
+	// UDPStall is the longest time between two datagrams arriving.
+	UDPStall time.Duration
+	// RcvbufErrors is how many datagrams the backend's kernel dropped for
+	// a full socket buffer (Udp RcvbufErrors in its namespace's
+	// /proc/net/snmp) while the streams ran: a loss there is not the
+	// datapath's.
+	RcvbufErrors uint64
+}
+
+func (r hitlessResult) String() string {
+	return fmt.Sprintf("tcp %d of %d bytes, longest stall %v, err %v; udp %d of %d datagrams lost, longest gap %v, %d send errors, %d socket buffer drops",
+		r.TCPSent-r.TCPReceived, r.TCPSent, r.TCPStall, r.TCPErr, r.UDPLost, r.UDPSent, r.UDPStall, r.UDPSendErrs, r.RcvbufErrors)
+}
+
+// startHitlessStreams listens at tcpBackend and udpBackend in the
+// server's namespace and starts both streams from the client's to
+// tcpFrontend and udpFrontend.
+func startHitlessStreams(client, server *topo.Workload, tcpFrontend, tcpBackend, udpFrontend, udpBackend string) (*hitlessStreams, error) {
+	s := &hitlessStreams{stop: make(chan struct{}), tcpDone: make(chan struct{}), udpDone: make(chan struct{}), server: server.NS}
+	var err error
+	if s.rcvbufErr, err = udpRcvbufErrors(server.NS); err != nil {
+		return nil, err
+	}
+	err = server.NS.Do(func() (err error) {
+		if s.tcpL, err = net.Listen("tcp4", tcpBackend); err != nil {
+			return err
+		}
+		if s.udpPC, err = net.ListenPacket("udp4", udpBackend); err != nil {
+			return err
+		}
+		// A large buffer (forced past rmem_max, with CAP_NET_ADMIN and no
+		// sysctl) so that the reader's scheduling delays on a busy machine
+		// drop nothing.
+		return forceRcvbuf(s.udpPC.(*net.UDPConn), 16<<20)
+	})
+	if err != nil {
+		s.closeAll()
+		return nil, err
+	}
+	go s.readTCP()
+	go s.readUDP()
+	err = client.NS.Do(func() (err error) {
+		if s.tcpConn, err = net.DialTimeout("tcp4", tcpFrontend, 5*time.Second); err != nil {
+			return err
+		}
+		s.udpConn, err = net.Dial("udp4", udpFrontend)
+		return err
+	})
+	if err != nil {
+		s.closeAll()
+		return nil, err
+	}
+	s.wg.Add(2)
+	go s.writeTCP()
+	go s.writeUDP()
+	return s, nil
+}
+
+func forceRcvbuf(c *net.UDPConn, size int) error {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := raw.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, size)
+	}); err != nil {
+		return err
+	}
+	return serr
+}
+
+func (s *hitlessStreams) closeAll() {
+	// Each is an interface, nil until made.
+	for _, c := range []io.Closer{s.tcpL, s.udpPC, s.tcpConn, s.udpConn} {
+		if c != nil {
+			c.Close()
+		}
+	}
+}
+
+func (s *hitlessStreams) readTCP() {
+	defer close(s.tcpDone)
+	c, err := s.tcpL.Accept()
+	if err != nil {
+		s.tcpRErr = err
+		return
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(60 * time.Second))
+	buf := make([]byte, 256<<10)
+	var last time.Time
+	for {
+		n, err := c.Read(buf)
+		if n > 0 {
+			now := time.Now()
+			if !last.IsZero() {
+				s.tcpStall = max(s.tcpStall, now.Sub(last))
+			}
+			last = now
+			s.tcpRecv += int64(n)
+		}
+		if errors.Is(err, io.EOF) {
+			return
+		}
+		if err != nil {
+			s.tcpRErr = err
+			return
+		}
+	}
+}
+
+func (s *hitlessStreams) writeTCP() {
+	defer s.wg.Done()
+	buf := make([]byte, 64<<10)
+	for {
+		select {
+		case <-s.stop:
+			s.tcpWErr = s.tcpConn.(*net.TCPConn).CloseWrite()
+			return
+		default:
+		}
+		s.tcpConn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		n, err := s.tcpConn.Write(buf)
+		s.tcpSent.Add(int64(n))
+		if err != nil {
+			s.tcpWErr = err
+			return
+		}
+	}
+}
+
+func (s *hitlessStreams) readUDP() {
+	defer close(s.udpDone)
+	buf := make([]byte, 64)
+	var last time.Time
+	for {
+		n, _, err := s.udpPC.ReadFrom(buf)
+		if err != nil {
+			return // closed by Stop
+		}
+		now := time.Now()
+		if !last.IsZero() {
+			s.udpStall = max(s.udpStall, now.Sub(last))
+		}
+		last = now
+		if n != 8 {
+			continue
+		}
+		seq := binary.BigEndian.Uint64(buf)
+		for uint64(len(s.udpSeen)) <= seq {
+			s.udpSeen = append(s.udpSeen, false)
+		}
+		s.udpSeen[seq] = true
+	}
+}
+
+func (s *hitlessStreams) writeUDP() {
+	defer s.wg.Done()
+	var msg [8]byte
+	for {
+		select {
+		case <-s.stop:
+			return
+		default:
+		}
+		binary.BigEndian.PutUint64(msg[:], s.udpSent)
+		// A failed send sent nothing: its sequence number is sent again.
+		if _, err := s.udpConn.Write(msg[:]); err != nil {
+			s.udpErrs++
+		} else {
+			s.udpSent++
+		}
+		time.Sleep(hitlessUDPPace)
+	}
+}
+
+// Stop ends both streams, waits for the receivers to take what is in
+// flight, and returns what they saw.
+func (s *hitlessStreams) Stop() hitlessResult {
+	close(s.stop)
+	s.wg.Wait()
+	var r hitlessResult
+	select {
+	case <-s.tcpDone:
+	case <-time.After(15 * time.Second):
+		r.TCPErr = errors.New("the backend never saw the TCP stream end")
+	}
+	time.Sleep(200 * time.Millisecond) // the last datagrams
+	s.closeAll()
+	<-s.udpDone
+	if r.TCPErr == nil {
+		r.TCPErr = errors.Join(s.tcpWErr, s.tcpRErr)
+	}
+	r.TCPSent, r.TCPStall = s.tcpSent.Load(), s.tcpStall
+	r.TCPReceived = s.tcpRecv
+	r.UDPSent, r.UDPSendErrs, r.UDPStall = s.udpSent, s.udpErrs, s.udpStall
+	for seq := range r.UDPSent {
+		if seq >= uint64(len(s.udpSeen)) || !s.udpSeen[seq] {
+			r.UDPLost++
+		}
+	}
+	if after, err := udpRcvbufErrors(s.server); err == nil {
+		r.RcvbufErrors = after - s.rcvbufErr
+	}
+	return r
+}
+
+// udpRcvbufErrors reads Udp RcvbufErrors from /proc/net/snmp in ns.
+func udpRcvbufErrors(ns *topo.NS) (uint64, error) {
+	var n uint64
+	err := ns.Do(func() error {
+		f, err := os.Open("/proc/net/snmp")
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		var header []string
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			fields := strings.Fields(sc.Text())
+			if len(fields) == 0 || fields[0] != "Udp:" {
+				continue
+			}
+			if header == nil {
+				header = fields
+				continue
+			}
+			for i, name := range header {
+				if name == "RcvbufErrors" && i < len(fields) {
+					n, err = strconv.ParseUint(fields[i], 10, 64)
+					return err
+				}
+			}
+		}
+		return fmt.Errorf("no Udp RcvbufErrors in /proc/net/snmp: %w", syscall.ENOENT)
+	})
+	return n, err
+}
