@@ -165,10 +165,10 @@ func runHitless(t *testing.T, c hitlessCase, gap bool) hitlessResult {
 			h.gap(hitlessGapPause, !c.child)
 		}
 	})
-	took := time.Since(start)
+	end := time.Now()
 	time.Sleep(300 * time.Millisecond)
-	res := streams.Stop()
-	t.Logf("the change took %v", took)
+	res := streams.Stop(start, end)
+	t.Logf("the change took %v", end.Sub(start))
 	if h.d != nil && before != nil && !gap {
 		after := h.counters()
 		for ifindex, a := range after {

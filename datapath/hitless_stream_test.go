@@ -37,14 +37,14 @@ type hitlessStreams struct {
 	tcpDone   chan struct{}
 	tcpRecv   int64
 	tcpRErr   error
-	tcpStall  time.Duration
+	tcpGaps   []hitlessGap
 	udpConn   net.Conn
 	udpPC     net.PacketConn
 	udpSent   uint64
 	udpErrs   int
 	udpDone   chan struct{}
 	udpSeen   []bool
-	udpStall  time.Duration
+	udpGaps   []hitlessGap
 	server    *topo.NS
 	rcvbufErr uint64
 }
@@ -53,6 +53,37 @@ type hitlessStreams struct {
 // ten thousand or so a second, well inside what a socket takes.
 const hitlessUDPPace = 50 * time.Microsecond
 
+// hitlessGap is a time between two arrivals of a stream, longer than
+// hitlessGapMin, ending at End.
+type hitlessGap struct {
+	End time.Time
+	Len time.Duration
+}
+
+// hitlessGapMin is the shortest gap a receiver notes.
+const hitlessGapMin = time.Millisecond
+
+// note notes the gap from last to now if it is long enough.
+func note(gaps []hitlessGap, last, now time.Time) []hitlessGap {
+	if last.IsZero() || now.Sub(last) < hitlessGapMin {
+		return gaps
+	}
+	return append(gaps, hitlessGap{End: now, Len: now.Sub(last)})
+}
+
+// longest returns the longest of gaps that overlap [from, to], and of
+// those that do not.
+func longest(gaps []hitlessGap, from, to time.Time) (during, outside time.Duration) {
+	for _, g := range gaps {
+		if g.End.After(from) && g.End.Add(-g.Len).Before(to) {
+			during = max(during, g.Len)
+		} else {
+			outside = max(outside, g.Len)
+		}
+	}
+	return during, outside
+}
+
 // hitlessResult is what the streams saw.
 type hitlessResult struct {
 	// TCPSent and TCPReceived are the bytes the client wrote and the
@@ -60,16 +91,18 @@ type hitlessResult struct {
 	// or a stall past the deadlines).
 	TCPSent, TCPReceived int64
 	TCPErr               error
-	// TCPStall is the longest time between two reads of the backend.
-	TCPStall time.Duration
+	// TCPStall is the longest time between two reads of the backend
+	// that overlaps the change, TCPJitter the longest elsewhere in the
+	// stream (the machine's own, the floor to compare with).
+	TCPStall, TCPJitter time.Duration
 	// UDPSent is how many datagrams the client sent (sequence numbers
 	// 0 to UDPSent-1), UDPLost how many of them never arrived, UDPSendErrs
 	// how many sends failed (an ICMP error of a dropped datagram, reported
 	// on a later send of the connected socket).
 	UDPSent, UDPLost uint64
 	UDPSendErrs      int
-	// UDPStall is the longest time between two datagrams arriving.
-	UDPStall time.Duration
+	// UDPStall and UDPJitter are the same of the datagrams' arrivals.
+	UDPStall, UDPJitter time.Duration
 	// RcvbufErrors is how many datagrams the backend's kernel dropped for
 	// a full socket buffer (Udp RcvbufErrors in its namespace's
 	// /proc/net/snmp) while the streams ran: a loss there is not the
@@ -78,8 +111,10 @@ type hitlessResult struct {
 }
 
 func (r hitlessResult) String() string {
-	return fmt.Sprintf("tcp %d of %d bytes, longest stall %v, err %v; udp %d of %d datagrams lost, longest gap %v, %d send errors, %d socket buffer drops",
-		r.TCPSent-r.TCPReceived, r.TCPSent, r.TCPStall, r.TCPErr, r.UDPLost, r.UDPSent, r.UDPStall, r.UDPSendErrs, r.RcvbufErrors)
+	return fmt.Sprintf("tcp %d of %d bytes lost, longest stall %v (%v outside the change), err %v; "+
+		"udp %d of %d datagrams lost, longest gap %v (%v outside), %d send errors, %d socket buffer drops",
+		r.TCPSent-r.TCPReceived, r.TCPSent, r.TCPStall, r.TCPJitter, r.TCPErr,
+		r.UDPLost, r.UDPSent, r.UDPStall, r.UDPJitter, r.UDPSendErrs, r.RcvbufErrors)
 }
 
 // startHitlessStreams listens at tcpBackend and udpBackend in the
@@ -164,9 +199,7 @@ func (s *hitlessStreams) readTCP() {
 		n, err := c.Read(buf)
 		if n > 0 {
 			now := time.Now()
-			if !last.IsZero() {
-				s.tcpStall = max(s.tcpStall, now.Sub(last))
-			}
+			s.tcpGaps = note(s.tcpGaps, last, now)
 			last = now
 			s.tcpRecv += int64(n)
 		}
@@ -210,9 +243,7 @@ func (s *hitlessStreams) readUDP() {
 			return // closed by Stop
 		}
 		now := time.Now()
-		if !last.IsZero() {
-			s.udpStall = max(s.udpStall, now.Sub(last))
-		}
+		s.udpGaps = note(s.udpGaps, last, now)
 		last = now
 		if n != 8 {
 			continue
@@ -246,8 +277,9 @@ func (s *hitlessStreams) writeUDP() {
 }
 
 // Stop ends both streams, waits for the receivers to take what is in
-// flight, and returns what they saw.
-func (s *hitlessStreams) Stop() hitlessResult {
+// flight, and returns what they saw, the change having run from from to
+// to.
+func (s *hitlessStreams) Stop(from, to time.Time) hitlessResult {
 	close(s.stop)
 	s.wg.Wait()
 	var r hitlessResult
@@ -262,9 +294,11 @@ func (s *hitlessStreams) Stop() hitlessResult {
 	if r.TCPErr == nil {
 		r.TCPErr = errors.Join(s.tcpWErr, s.tcpRErr)
 	}
-	r.TCPSent, r.TCPStall = s.tcpSent.Load(), s.tcpStall
+	r.TCPSent = s.tcpSent.Load()
+	r.TCPStall, r.TCPJitter = longest(s.tcpGaps, from, to)
 	r.TCPReceived = s.tcpRecv
-	r.UDPSent, r.UDPSendErrs, r.UDPStall = s.udpSent, s.udpErrs, s.udpStall
+	r.UDPSent, r.UDPSendErrs = s.udpSent, s.udpErrs
+	r.UDPStall, r.UDPJitter = longest(s.udpGaps, from, to)
 	for seq := range r.UDPSent {
 		if seq >= uint64(len(s.udpSeen)) || !s.udpSeen[seq] {
 			r.UDPLost++
