@@ -10,6 +10,7 @@ import (
 	"github.com/sluicenet/sluice/bpf"
 	"github.com/sluicenet/sluice/conntrack"
 	"github.com/sluicenet/sluice/internal/testpkt"
+	"github.com/sluicenet/sluice/internal/topo"
 )
 
 // hitlessCase is one change made under the streams. change gets gap, to
@@ -124,8 +125,8 @@ func TestHitless(t *testing.T) {
 			switch {
 			case res.UDPSent == 0:
 				t.Error("udp stream: nothing sent")
-			case res.UDPLost > res.RcvbufErrors:
-				t.Errorf("udp stream: %d of %d datagrams lost, %d of them by the backend's socket buffer", res.UDPLost, res.UDPSent, res.RcvbufErrors)
+			case res.UDPLost > res.Kernel.RcvbufErrors:
+				t.Errorf("udp stream: %d of %d datagrams lost, %d of them by the backend's socket buffer", res.UDPLost, res.UDPSent, res.Kernel.RcvbufErrors)
 			case res.UDPLost > 0:
 				t.Logf("udp stream: %d datagrams lost, all to the backend's full socket buffer (RcvbufErrors), none by the datapath", res.UDPLost)
 			}
@@ -145,7 +146,7 @@ func TestHitless(t *testing.T) {
 // runHitless builds the node, starts the streams, makes the change (with
 // the deliberate gap if gap), and returns what the streams saw; without
 // the gap it also checks that the datapath dropped nothing at either
-// workload, when the agent is this process.
+// workload.
 func runHitless(t *testing.T, c hitlessCase, gap bool) hitlessResult {
 	h := newHitlessNode(t, c.child)
 	streams, err := startHitlessStreams(h.client, h.server, hitlessTCPFrontend.String(),
@@ -154,10 +155,18 @@ func runHitless(t *testing.T, c hitlessCase, gap bool) hitlessResult {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var before map[int]Counters
-	if h.d != nil {
-		before = h.counters()
+	// A child agent's counters are read through a datapath of this
+	// process's on the same pinned state, which configures and attaches
+	// nothing.
+	observer := h.d
+	if observer == nil {
+		if observer, err = Open(Options{PinDir: h.env.PinDir, ConntrackEntries: 1 << 12, MaxInterfaces: 8, PolicySlots: 64}); err != nil {
+			t.Fatal(err)
+		}
+		defer observer.Close()
 	}
+	before := h.counters(observer)
+	vethBefore := h.vethDrops()
 	time.Sleep(300 * time.Millisecond)
 	start := time.Now()
 	c.change(h, func() {
@@ -168,9 +177,13 @@ func runHitless(t *testing.T, c hitlessCase, gap bool) hitlessResult {
 	end := time.Now()
 	time.Sleep(300 * time.Millisecond)
 	res := streams.Stop(start, end)
+	res.VethDrops = h.vethDrops() - vethBefore
 	t.Logf("the change took %v", end.Sub(start))
-	if h.d != nil && before != nil && !gap {
-		after := h.counters()
+	if !gap {
+		if h.d != nil {
+			observer = h.d // a replaced one is closed
+		}
+		after := h.counters(observer)
 		for ifindex, a := range after {
 			for name, hc := range map[string][2]HookCounters{"ingress": {before[ifindex].Ingress, a.Ingress}, "egress": {before[ifindex].Egress, a.Egress}} {
 				for r, n := range reasonDelta(hc[0], hc[1]) {
@@ -184,16 +197,36 @@ func runHitless(t *testing.T, c hitlessCase, gap bool) hitlessResult {
 	return res
 }
 
-// counters are the datapath's counters of both workloads.
-func (h *hitlessNode) counters() map[int]Counters {
+// counters are d's counters of both workloads.
+func (h *hitlessNode) counters(d *Datapath) map[int]Counters {
 	h.t.Helper()
 	m := map[int]Counters{}
 	for _, ifindex := range []int{h.env.ClientIf.Ifindex, h.env.ServerIf.Ifindex} {
-		c, err := h.d.Counters(ifindex)
+		c, err := d.Counters(ifindex)
 		if err != nil {
 			h.t.Fatal(err)
 		}
 		m[ifindex] = c
 	}
 	return m
+}
+
+// vethDrops is the sum of the rx and tx dropped statistics of both ends of
+// the client's and the backend's veth pairs.
+func (h *hitlessNode) vethDrops() uint64 {
+	h.t.Helper()
+	var n uint64
+	for _, end := range []struct {
+		ns  *topo.NS
+		dev string
+	}{{h.node.NS, h.env.ClientIf.Name}, {h.node.NS, h.env.ServerIf.Name}, {h.client.NS, "eth0"}, {h.server.NS, "eth0"}} {
+		l, err := end.ns.Handle.LinkByName(end.dev)
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		if st := l.Attrs().Statistics; st != nil {
+			n += st.RxDropped + st.TxDropped
+		}
+	}
+	return n
 }

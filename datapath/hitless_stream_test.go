@@ -30,23 +30,69 @@ type hitlessStreams struct {
 	stop chan struct{}
 	wg   sync.WaitGroup
 
-	tcpConn   net.Conn
-	tcpL      net.Listener
-	tcpSent   atomic.Int64
-	tcpWErr   error
-	tcpDone   chan struct{}
-	tcpRecv   int64
-	tcpRErr   error
-	tcpGaps   []hitlessGap
-	udpConn   net.Conn
-	udpPC     net.PacketConn
-	udpSent   uint64
-	udpErrs   int
-	udpDone   chan struct{}
-	udpSeen   []bool
-	udpGaps   []hitlessGap
-	server    *topo.NS
-	rcvbufErr uint64
+	tcpConn net.Conn
+	tcpL    net.Listener
+	tcpSent atomic.Int64
+	tcpWErr error
+	tcpDone chan struct{}
+	tcpRecv int64
+	tcpRErr error
+	tcpGaps []hitlessGap
+	udpConn net.Conn
+	udpPC   net.PacketConn
+	udpSent uint64
+	udpErrs int
+	udpDone chan struct{}
+	udpSeen []bool
+	udpGaps []hitlessGap
+	client  *topo.NS
+	server  *topo.NS
+	before  hitlessKernel
+}
+
+// hitlessKernel are the kernel's counters that tell a loss of the
+// datapath's from one of the kernel's, and a retransmit of a lost segment
+// from a spurious one.
+type hitlessKernel struct {
+	// RcvbufErrors is Udp RcvbufErrors in the backend's namespace: the
+	// datagrams its kernel dropped for a full socket buffer.
+	RcvbufErrors uint64
+	// Retransmits is Tcp RetransSegs in the client's namespace, LossProbes
+	// TcpExt TCPLossProbes there: the probes its kernel sends when no
+	// acknowledgement came for 10 ms or two round trips (a scheduling
+	// stall on a busy machine is enough).
+	Retransmits, LossProbes uint64
+	// DSACKs is TcpExt TCPDSACKOldSent and TCPDSACKOfoSent in the backend's
+	// namespace: the segments it received twice, so retransmits of
+	// segments that were not lost.
+	DSACKs uint64
+}
+
+// read reads the counters of the client's and the backend's namespaces.
+func (k *hitlessKernel) read(client, server *topo.NS) error {
+	for _, c := range []struct {
+		ns               *topo.NS
+		file, proto, key string
+		into             *uint64
+	}{
+		{server, "snmp", "Udp:", "RcvbufErrors", &k.RcvbufErrors},
+		{client, "snmp", "Tcp:", "RetransSegs", &k.Retransmits},
+		{client, "netstat", "TcpExt:", "TCPLossProbes", &k.LossProbes},
+		{server, "netstat", "TcpExt:", "TCPDSACKOldSent", &k.DSACKs},
+	} {
+		n, err := netCounter(c.ns, c.file, c.proto, c.key)
+		if err != nil {
+			return err
+		}
+		*c.into = n
+	}
+	n, err := netCounter(server, "netstat", "TcpExt:", "TCPDSACKOfoSent")
+	k.DSACKs += n
+	return err
+}
+
+func (k hitlessKernel) sub(o hitlessKernel) hitlessKernel {
+	return hitlessKernel{k.RcvbufErrors - o.RcvbufErrors, k.Retransmits - o.Retransmits, k.LossProbes - o.LossProbes, k.DSACKs - o.DSACKs}
 }
 
 // hitlessUDPPace is the pause between two datagrams of the UDP stream:
@@ -103,29 +149,29 @@ type hitlessResult struct {
 	UDPSendErrs      int
 	// UDPStall and UDPJitter are the same of the datagrams' arrivals.
 	UDPStall, UDPJitter time.Duration
-	// RcvbufErrors is how many datagrams the backend's kernel dropped for
-	// a full socket buffer (Udp RcvbufErrors in its namespace's
-	// /proc/net/snmp) while the streams ran: a loss there is not the
-	// datapath's.
-	RcvbufErrors uint64
+	// Kernel is how the kernel's counters moved while the streams ran.
+	Kernel hitlessKernel
+	// VethDrops is the packets the veth pairs of the client and the
+	// backend dropped, both ends (their rx and tx dropped statistics).
+	VethDrops uint64
 }
 
 func (r hitlessResult) String() string {
 	return fmt.Sprintf("tcp %d of %d bytes lost, longest stall %v (%v outside the change), err %v; "+
-		"udp %d of %d datagrams lost, longest gap %v (%v outside), %d send errors, %d socket buffer drops",
+		"udp %d of %d datagrams lost, longest gap %v (%v outside), %d send errors; kernel %+v, veth drops %d",
 		r.TCPSent-r.TCPReceived, r.TCPSent, r.TCPStall, r.TCPJitter, r.TCPErr,
-		r.UDPLost, r.UDPSent, r.UDPStall, r.UDPJitter, r.UDPSendErrs, r.RcvbufErrors)
+		r.UDPLost, r.UDPSent, r.UDPStall, r.UDPJitter, r.UDPSendErrs, r.Kernel, r.VethDrops)
 }
 
 // startHitlessStreams listens at tcpBackend and udpBackend in the
 // server's namespace and starts both streams from the client's to
 // tcpFrontend and udpFrontend.
 func startHitlessStreams(client, server *topo.Workload, tcpFrontend, tcpBackend, udpFrontend, udpBackend string) (*hitlessStreams, error) {
-	s := &hitlessStreams{stop: make(chan struct{}), tcpDone: make(chan struct{}), udpDone: make(chan struct{}), server: server.NS}
-	var err error
-	if s.rcvbufErr, err = udpRcvbufErrors(server.NS); err != nil {
+	s := &hitlessStreams{stop: make(chan struct{}), tcpDone: make(chan struct{}), udpDone: make(chan struct{}), client: client.NS, server: server.NS}
+	if err := s.before.read(client.NS, server.NS); err != nil {
 		return nil, err
 	}
+	var err error
 	err = server.NS.Do(func() (err error) {
 		if s.tcpL, err = net.Listen("tcp4", tcpBackend); err != nil {
 			return err
@@ -304,17 +350,21 @@ func (s *hitlessStreams) Stop(from, to time.Time) hitlessResult {
 			r.UDPLost++
 		}
 	}
-	if after, err := udpRcvbufErrors(s.server); err == nil {
-		r.RcvbufErrors = after - s.rcvbufErr
+	var after hitlessKernel
+	if err := after.read(s.client, s.server); err == nil {
+		r.Kernel = after.sub(s.before)
 	}
 	return r
 }
 
-// udpRcvbufErrors reads Udp RcvbufErrors from /proc/net/snmp in ns.
-func udpRcvbufErrors(ns *topo.NS) (uint64, error) {
+// netCounter reads the counter name of the lines of proto ("Udp:") of
+// /proc/net/<file> ("snmp", "netstat") in ns.
+func netCounter(ns *topo.NS, file, proto, name string) (uint64, error) {
 	var n uint64
 	err := ns.Do(func() error {
-		f, err := os.Open("/proc/net/snmp")
+		// thread-self: /proc/net is the namespace of the process's main
+		// thread, not of this one.
+		f, err := os.Open("/proc/thread-self/net/" + file)
 		if err != nil {
 			return err
 		}
@@ -323,21 +373,21 @@ func udpRcvbufErrors(ns *topo.NS) (uint64, error) {
 		sc := bufio.NewScanner(f)
 		for sc.Scan() {
 			fields := strings.Fields(sc.Text())
-			if len(fields) == 0 || fields[0] != "Udp:" {
+			if len(fields) == 0 || fields[0] != proto {
 				continue
 			}
 			if header == nil {
 				header = fields
 				continue
 			}
-			for i, name := range header {
-				if name == "RcvbufErrors" && i < len(fields) {
+			for i, h := range header {
+				if h == name && i < len(fields) {
 					n, err = strconv.ParseUint(fields[i], 10, 64)
 					return err
 				}
 			}
 		}
-		return fmt.Errorf("no Udp RcvbufErrors in /proc/net/snmp: %w", syscall.ENOENT)
+		return fmt.Errorf("no %s %s in /proc/net/%s: %w", proto, name, file, syscall.ENOENT)
 	})
 	return n, err
 }
