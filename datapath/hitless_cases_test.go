@@ -149,7 +149,7 @@ func TestHitless(t *testing.T) {
 // workload.
 func runHitless(t *testing.T, c hitlessCase, gap bool) hitlessResult {
 	h := newHitlessNode(t, c.child)
-	streams, err := startHitlessStreams(h.client, h.server, hitlessTCPFrontend.String(),
+	streams, err := startHitlessStreams(h.node.NS, h.client, h.server, hitlessTCPFrontend.String(),
 		netip.AddrPortFrom(hitlessBackend, hitlessTCPPort).String(), hitlessUDPFrontend.String(),
 		netip.AddrPortFrom(hitlessBackend, hitlessUDPPort).String())
 	if err != nil {

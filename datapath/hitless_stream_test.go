@@ -47,6 +47,7 @@ type hitlessStreams struct {
 	udpGaps []hitlessGap
 	client  *topo.NS
 	server  *topo.NS
+	node    *topo.NS
 	before  hitlessKernel
 }
 
@@ -62,14 +63,27 @@ type hitlessKernel struct {
 	// acknowledgement came for 10 ms or two round trips (a scheduling
 	// stall on a busy machine is enough).
 	Retransmits, LossProbes uint64
-	// DSACKs is TcpExt TCPDSACKOldSent and TCPDSACKOfoSent in the backend's
-	// namespace: the segments it received twice, so retransmits of
-	// segments that were not lost.
-	DSACKs uint64
+	// DSACKedSegs is TcpExt TCPDSACKRecvSegs in the client's namespace:
+	// the segments the backend said it received twice, so retransmits of
+	// segments that were not lost (a retransmit the backend received
+	// only once makes up for a segment that was).
+	DSACKedSegs uint64
+	// ReceiverDrops is what the backend's TCP dropped on arrival (TcpExt
+	// TCPBacklogDrop, TCPRcvQDrop, TCPOFODrop, TCPZeroWindowDrop,
+	// RcvPruned and OfoPruned in its namespace): a full socket's, not the
+	// datapath's.
+	ReceiverDrops uint64
+	// NodeDrops is what the node's IP stack dropped (Ip OutNoRoutes,
+	// InAddrErrors, InDiscards, OutDiscards, IpExt InNoRoutes in its
+	// namespace), and
+	// NodeICMP the ICMP errors it sent (Icmp OutDestUnreachs): a packet
+	// the datapath passed to the node untranslated lands there.
+	NodeDrops, NodeICMP uint64
 }
 
-// read reads the counters of the client's and the backend's namespaces.
-func (k *hitlessKernel) read(client, server *topo.NS) error {
+// read reads the counters of the client's, the backend's and the node's
+// namespaces.
+func (k *hitlessKernel) read(client, server, node *topo.NS) error {
 	for _, c := range []struct {
 		ns               *topo.NS
 		file, proto, key string
@@ -78,7 +92,7 @@ func (k *hitlessKernel) read(client, server *topo.NS) error {
 		{server, "snmp", "Udp:", "RcvbufErrors", &k.RcvbufErrors},
 		{client, "snmp", "Tcp:", "RetransSegs", &k.Retransmits},
 		{client, "netstat", "TcpExt:", "TCPLossProbes", &k.LossProbes},
-		{server, "netstat", "TcpExt:", "TCPDSACKOldSent", &k.DSACKs},
+		{client, "netstat", "TcpExt:", "TCPDSACKRecvSegs", &k.DSACKedSegs},
 	} {
 		n, err := netCounter(c.ns, c.file, c.proto, c.key)
 		if err != nil {
@@ -86,13 +100,34 @@ func (k *hitlessKernel) read(client, server *topo.NS) error {
 		}
 		*c.into = n
 	}
-	n, err := netCounter(server, "netstat", "TcpExt:", "TCPDSACKOfoSent")
-	k.DSACKs += n
+	k.ReceiverDrops = 0
+	for _, key := range []string{"TCPBacklogDrop", "TCPRcvQDrop", "TCPOFODrop", "TCPZeroWindowDrop", "RcvPruned", "OfoPruned"} {
+		n, err := netCounter(server, "netstat", "TcpExt:", key)
+		if err != nil {
+			return err
+		}
+		k.ReceiverDrops += n
+	}
+	k.NodeDrops = 0
+	for _, key := range []string{"OutNoRoutes", "InAddrErrors", "InDiscards", "OutDiscards"} {
+		n, err := netCounter(node, "snmp", "Ip:", key)
+		if err != nil {
+			return err
+		}
+		k.NodeDrops += n
+	}
+	n, err := netCounter(node, "netstat", "IpExt:", "InNoRoutes")
+	if err != nil {
+		return err
+	}
+	k.NodeDrops += n
+	k.NodeICMP, err = netCounter(node, "snmp", "Icmp:", "OutDestUnreachs")
 	return err
 }
 
 func (k hitlessKernel) sub(o hitlessKernel) hitlessKernel {
-	return hitlessKernel{k.RcvbufErrors - o.RcvbufErrors, k.Retransmits - o.Retransmits, k.LossProbes - o.LossProbes, k.DSACKs - o.DSACKs}
+	return hitlessKernel{k.RcvbufErrors - o.RcvbufErrors, k.Retransmits - o.Retransmits, k.LossProbes - o.LossProbes,
+		k.DSACKedSegs - o.DSACKedSegs, k.ReceiverDrops - o.ReceiverDrops, k.NodeDrops - o.NodeDrops, k.NodeICMP - o.NodeICMP}
 }
 
 // hitlessUDPPace is the pause between two datagrams of the UDP stream:
@@ -165,10 +200,10 @@ func (r hitlessResult) String() string {
 
 // startHitlessStreams listens at tcpBackend and udpBackend in the
 // server's namespace and starts both streams from the client's to
-// tcpFrontend and udpFrontend.
-func startHitlessStreams(client, server *topo.Workload, tcpFrontend, tcpBackend, udpFrontend, udpBackend string) (*hitlessStreams, error) {
-	s := &hitlessStreams{stop: make(chan struct{}), tcpDone: make(chan struct{}), udpDone: make(chan struct{}), client: client.NS, server: server.NS}
-	if err := s.before.read(client.NS, server.NS); err != nil {
+// tcpFrontend and udpFrontend, through the node's namespace.
+func startHitlessStreams(node *topo.NS, client, server *topo.Workload, tcpFrontend, tcpBackend, udpFrontend, udpBackend string) (*hitlessStreams, error) {
+	s := &hitlessStreams{stop: make(chan struct{}), tcpDone: make(chan struct{}), udpDone: make(chan struct{}), client: client.NS, server: server.NS, node: node}
+	if err := s.before.read(client.NS, server.NS, node); err != nil {
 		return nil, err
 	}
 	var err error
@@ -351,7 +386,7 @@ func (s *hitlessStreams) Stop(from, to time.Time) hitlessResult {
 		}
 	}
 	var after hitlessKernel
-	if err := after.read(s.client, s.server); err == nil {
+	if err := after.read(s.client, s.server, s.node); err == nil {
 		r.Kernel = after.sub(s.before)
 	}
 	return r
