@@ -22,10 +22,10 @@ import (
 
 // hitlessStreams are the two streams the hitless tests carry from a client
 // workload through a service frontend to a backend: TCP at full speed,
-// and sequence-numbered UDP datagrams paced at about one per
-// hitlessUDPPace. Each receiver notes the longest time between two
-// arrivals: the stall a change caused, on top of the machine's own
-// jitter.
+// and sequence-numbered UDP datagrams paced by hitlessUDPPace. Each
+// receiver notes every gap between two arrivals longer than
+// hitlessGapMin: Stop tells those during the change (the stall it caused,
+// on top of the machine's jitter) from the others (the jitter alone).
 type hitlessStreams struct {
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -159,8 +159,9 @@ func (k hitlessKernel) sub(o hitlessKernel) hitlessKernel {
 		k.BacklogDrops - o.BacklogDrops}
 }
 
-// hitlessUDPPace is the pause between two datagrams of the UDP stream:
-// ten thousand or so a second, well inside what a socket takes.
+// hitlessUDPPace is the sleep between two datagrams of the UDP stream:
+// at most 20,000 a second, well inside what a socket takes (a sleep's
+// granularity on a busy machine makes it about 2,000 here).
 const hitlessUDPPace = 50 * time.Microsecond
 
 // hitlessGap is a time between two arrivals of a stream, longer than
@@ -173,8 +174,8 @@ type hitlessGap struct {
 // hitlessGapMin is the shortest gap a receiver notes.
 const hitlessGapMin = time.Millisecond
 
-// note notes the gap from last to now if it is long enough.
-func note(gaps []hitlessGap, last, now time.Time) []hitlessGap {
+// noteGap notes the gap from last to now if it is long enough.
+func noteGap(gaps []hitlessGap, last, now time.Time) []hitlessGap {
 	if last.IsZero() || now.Sub(last) < hitlessGapMin {
 		return gaps
 	}
@@ -309,7 +310,7 @@ func (s *hitlessStreams) readTCP() {
 		n, err := c.Read(buf)
 		if n > 0 {
 			now := time.Now()
-			s.tcpGaps = note(s.tcpGaps, last, now)
+			s.tcpGaps = noteGap(s.tcpGaps, last, now)
 			last = now
 			s.tcpRecv += int64(n)
 		}
@@ -353,7 +354,7 @@ func (s *hitlessStreams) readUDP() {
 			return // closed by Stop
 		}
 		now := time.Now()
-		s.udpGaps = note(s.udpGaps, last, now)
+		s.udpGaps = noteGap(s.udpGaps, last, now)
 		last = now
 		if n != 8 {
 			continue
