@@ -18,7 +18,8 @@ import (
 // baseline's to a server) succeed, and that the side's namespaces are
 // gone once it is closed: the benchmark's setup is right. It does the
 // same for the policy benchmark's sides with 10 rules, whose floods must
-// arrive, and runs each control-plane side with 10 services. Peers whose
+// arrive and, with a policy that does not allow the client, must not;
+// and it runs each control-plane side with 10 services. Peers whose
 // tools are not installed are skipped; sluice's sides always run.
 func TestPeerSetup(t *testing.T) {
 	testutil.RequirePrivileged(t)
@@ -58,7 +59,7 @@ func TestPeerSetup(t *testing.T) {
 			}
 		})
 	}
-	for _, p := range policyPeers(10) {
+	for _, p := range policyPeers(10, clientNet) {
 		t.Run("policy/"+p.name, func(t *testing.T) {
 			if missing := missingTools(t, p, false); len(missing) > 0 {
 				t.Skipf("%v not installed", missing)
@@ -85,6 +86,36 @@ func TestPeerSetup(t *testing.T) {
 			}
 			if pps <= 0 {
 				t.Error("no flood packet reached the server")
+			}
+		})
+	}
+	// The same sides with a policy that allows another net must drop the
+	// client's flood: the rules are enforced, not passed by.
+	for _, p := range policyPeers(10, missNet(16383)) {
+		if p.name == baseline || p.name == "sluice-nopolicy" {
+			continue
+		}
+		t.Run("policy-deny/"+p.name, func(t *testing.T) {
+			if missing := missingTools(t, p, false); len(missing) > 0 {
+				t.Skipf("%v not installed", missing)
+			}
+			s, err := newSide(t, p, nil, plain)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() {
+				if err := s.Close(); err != nil {
+					t.Error(err)
+				}
+			}()
+			d := 20 * time.Millisecond
+			pps, err := floodOnce(t, s, d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// A few packets may be the server's own neighbour traffic.
+			if got := pps * d.Seconds(); got > 5 {
+				t.Errorf("%.0f flood packets reached the server through a policy that denies them", got)
 			}
 		})
 	}

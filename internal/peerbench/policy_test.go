@@ -35,29 +35,29 @@ func missNet(i int) netip.Prefix {
 
 // sluicePolicy is the policy as sluice rules, for the client's workload
 // interface: n allows of TCP to backendPort from a missNet, then the
-// allow of clientNet; the tier denies the rest.
-func sluicePolicy(n int) polprog.Rules {
+// allow of allow (clientNet); the tier denies the rest.
+func sluicePolicy(n int, allow netip.Prefix) polprog.Rules {
 	rules := make([]polprog.Rule, 0, n+1)
 	for i := range n {
 		rules = append(rules, polprog.Rule{ID: uint64(i + 2), Action: polprog.ActionAllow, Protocol: "tcp",
 			SrcNets: []netip.Prefix{missNet(i)}, DstPorts: []polprog.PortRange{polprog.Port(backendPort)}})
 	}
-	rules = append(rules, polprog.Rule{ID: 1, Action: polprog.ActionAllow, SrcNets: []netip.Prefix{clientNet}})
+	rules = append(rules, polprog.Rule{ID: 1, Action: polprog.ActionAllow, SrcNets: []netip.Prefix{allow}})
 	return polprog.Rules{Tiers: []polprog.Tier{{Name: "default", Policies: []polprog.Policy{{Name: "bench", Rules: rules}}}}}
 }
 
 // iptablesPolicy is the policy as a linear FORWARD chain with policy
 // DROP, in iptables-restore input: established flows first (so that only
 // a flow's first packet, and every packet of an unreplied UDP flow,
-// walks the list), n "-s net -p tcp --dport" accepts, the client's
-// accept.
-func iptablesPolicy(n int) string {
+// walks the list), n "-s net -p tcp --dport" accepts, the accept of
+// allow (clientNet).
+func iptablesPolicy(n int, allow netip.Prefix) string {
 	var b strings.Builder
 	b.WriteString("*filter\n:FORWARD DROP [0:0]\n-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n")
 	for i := range n {
 		fmt.Fprintf(&b, "-A FORWARD -s %s -p tcp -m tcp --dport %d -j ACCEPT\n", missNet(i), backendPort)
 	}
-	fmt.Fprintf(&b, "-A FORWARD -s %s -j ACCEPT\nCOMMIT\n", clientNet)
+	fmt.Fprintf(&b, "-A FORWARD -s %s -j ACCEPT\nCOMMIT\n", allow)
 	return b.String()
 }
 
@@ -65,14 +65,15 @@ func iptablesPolicy(n int) string {
 const ipsetName = "pb-allow"
 
 // ipsetMembers is ipset restore input: a hash:net set of the n missNets
-// and clientNet, one prefix length so that a lookup is one probe.
-func ipsetMembers(n int) string {
+// and allow (clientNet), one prefix length so that a lookup is one
+// probe.
+func ipsetMembers(n int, allow netip.Prefix) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "create %s hash:net family inet maxelem 65536\n", ipsetName)
 	for i := range n {
 		fmt.Fprintf(&b, "add %s %s\n", ipsetName, missNet(i))
 	}
-	fmt.Fprintf(&b, "add %s %s\n", ipsetName, clientNet)
+	fmt.Fprintf(&b, "add %s %s\n", ipsetName, allow)
 	return b.String()
 }
 
@@ -83,23 +84,26 @@ const ipsetRules = "*filter\n:FORWARD DROP [0:0]\n-A FORWARD -m conntrack --ctst
 
 // policyPeers are the sides of the policy benchmark with n rules:
 // the floor, sluice without and with the policy, and the netfilter
-// peers.
-func policyPeers(n int) []peer {
+// peers. allow is the policy's last rule's source: clientNet, or
+// another net for TestPeerSetup's check that the policy denies.
+func policyPeers(n int, allow netip.Prefix) []peer {
 	return []peer{
 		{name: baseline, code: 'B', program: func(testing.TB, *side, []svc) error { return nil }},
 		{name: "sluice-nopolicy", code: 'q', program: func(tb testing.TB, s *side, _ []svc) error { return programSluice(tb, s, nil, allowAll, false) }},
-		{name: "sluice", code: 'Q', program: func(tb testing.TB, s *side, _ []svc) error { return programSluice(tb, s, nil, sluicePolicy(n), false) }},
+		{name: "sluice", code: 'Q', program: func(tb testing.TB, s *side, _ []svc) error {
+			return programSluice(tb, s, nil, sluicePolicy(n, allow), false)
+		}},
 		{name: "iptables-legacy", code: 'g', conntrack: true, tools: []string{"iptables-legacy-restore"},
 			program: func(_ testing.TB, s *side, _ []svc) error {
-				return s.restore(iptablesPolicy(n), "iptables-legacy-restore")
+				return s.restore(iptablesPolicy(n, allow), "iptables-legacy-restore")
 			}},
 		{name: "iptables-nft", code: 'h', conntrack: true, tools: []string{"iptables-nft-restore"},
 			program: func(_ testing.TB, s *side, _ []svc) error {
-				return s.restore(iptablesPolicy(n), "iptables-nft-restore")
+				return s.restore(iptablesPolicy(n, allow), "iptables-nft-restore")
 			}},
 		{name: "ipset", code: 'i', conntrack: true, tools: []string{"ipset", "iptables-legacy-restore"},
 			program: func(_ testing.TB, s *side, _ []svc) error {
-				if err := s.restore(ipsetMembers(n), "ipset", "restore"); err != nil {
+				if err := s.restore(ipsetMembers(n, allow), "ipset", "restore"); err != nil {
 					return err
 				}
 				return s.restore(ipsetRules, "iptables-legacy-restore")
@@ -171,7 +175,7 @@ func BenchmarkPolicy(b *testing.B) {
 	for _, n := range policySizes {
 		b.Run(fmt.Sprintf("N=%d", n), func(b *testing.B) {
 			var sides []*side
-			for _, p := range policyPeers(n) {
+			for _, p := range policyPeers(n, clientNet) {
 				if missing := missingTools(b, p, install); len(missing) > 0 {
 					b.Logf("skipping %s: %v not installed (SLUICE_PEERBENCH=1 installs them)", p.name, missing)
 					continue
@@ -242,7 +246,7 @@ func BenchmarkPolicy(b *testing.B) {
 // policyPeerNames are the peers with results, in policyPeers' order.
 func policyPeerNames(results []polResult) []string {
 	var names []string
-	for _, p := range policyPeers(0) {
+	for _, p := range policyPeers(0, clientNet) {
 		if slices.ContainsFunc(results, func(r polResult) bool { return r.Peer == p.name }) {
 			names = append(names, p.name)
 		}
