@@ -19,8 +19,8 @@ import (
 var policySizes = []int{10, 1000, 10000}
 
 const (
-	polRounds = 3
-	floodFor  = 500 * time.Millisecond
+	polRounds = 5
+	floodFor  = time.Second
 )
 
 // The policy under test: n rules that miss on the source address (/24s
