@@ -51,9 +51,12 @@ const floodPayload = 18
 // timed connect.
 type reply struct {
 	Nanos [][]int64
-	// Sent and Elapsed are a flood's datagrams sent and its nanoseconds.
-	Sent, Elapsed int64
-	Err           string
+	// Sent, Elapsed and CPU are a flood's datagrams sent, its
+	// nanoseconds and the nanoseconds of CPU its thread was charged (user
+	// and system: the whole forwarding path runs in the sender's
+	// syscalls on veth).
+	Sent, Elapsed, CPU int64
+	Err                string
 }
 
 // TestMain makes the test binary a client (runClient) when clientEnv is
@@ -83,7 +86,7 @@ func runClient(path string) error {
 	var rep reply
 	err = enterClient(req)
 	if err == nil && req.FloodFor > 0 {
-		rep.Sent, rep.Elapsed, err = flood(req.Dests[0], req.FloodFor)
+		rep.Sent, rep.Elapsed, rep.CPU, err = flood(req.Dests[0], req.FloodFor)
 	} else if err == nil {
 		rep.Nanos, err = connectLoop(req)
 	}
@@ -141,17 +144,21 @@ func connectLoop(req request) ([][]int64, error) {
 // flood sends floodPayload-byte datagrams to dest from one connected
 // socket for d and returns how many it sent and how long it took. A send
 // the socket's buffer refuses is retried, so the count is of datagrams
-// that left.
-func flood(dest netip.AddrPort, d time.Duration) (sent, elapsed int64, err error) {
+// that left. It also returns the CPU time the thread was charged.
+func flood(dest netip.AddrPort, d time.Duration) (sent, elapsed, cpu int64, err error) {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	defer unix.Close(fd)
 	if err := unix.Connect(fd, &unix.SockaddrInet4{Port: int(dest.Port()), Addr: dest.Addr().As4()}); err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	payload := make([]byte, floodPayload)
+	var before, after unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_THREAD, &before); err != nil {
+		return 0, 0, 0, err
+	}
 	start := time.Now()
 	for {
 		// The clock is read every 256 sends, not every send.
@@ -159,11 +166,15 @@ func flood(dest netip.AddrPort, d time.Duration) (sent, elapsed int64, err error
 			if _, err := unix.Write(fd, payload); err == nil {
 				sent++
 			} else if err != unix.ENOBUFS && err != unix.EAGAIN && err != unix.EINTR && err != unix.ECONNREFUSED {
-				return sent, 0, fmt.Errorf("send to %s: %w", dest, err)
+				return sent, 0, 0, fmt.Errorf("send to %s: %w", dest, err)
 			}
 		}
 		if e := time.Since(start); e >= d {
-			return sent, e.Nanoseconds(), nil
+			if err := unix.Getrusage(unix.RUSAGE_THREAD, &after); err != nil {
+				return 0, 0, 0, err
+			}
+			used := after.Utime.Nano() + after.Stime.Nano() - before.Utime.Nano() - before.Stime.Nano()
+			return sent, e.Nanoseconds(), used, nil
 		}
 	}
 }

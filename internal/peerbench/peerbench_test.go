@@ -80,7 +80,7 @@ func TestPeerSetup(t *testing.T) {
 			if len(rep.Nanos[0]) != 20 {
 				t.Errorf("%d connects timed, want 20", len(rep.Nanos[0]))
 			}
-			pps, err := floodOnce(t, s, 20*time.Millisecond)
+			pps, _, err := floodOnce(t, s, 20*time.Millisecond)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -109,7 +109,7 @@ func TestPeerSetup(t *testing.T) {
 				}
 			}()
 			d := 20 * time.Millisecond
-			pps, err := floodOnce(t, s, d)
+			pps, _, err := floodOnce(t, s, d)
 			if err != nil {
 				t.Fatal(err)
 			}

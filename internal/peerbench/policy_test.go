@@ -118,8 +118,12 @@ var (
 )
 
 // floodOnce floods server 1 from the side's client for d and returns
-// the packets per second server 1's interface received.
-func floodOnce(tb testing.TB, s *side, d time.Duration) (float64, error) {
+// the packets per second server 1's interface received, per second of
+// the flood and per second of CPU the sender's thread was charged. The
+// second leaves out the time the sender waited for the CPU while other
+// work ran, which on a loaded machine swings the first by tens of
+// percent.
+func floodOnce(tb testing.TB, s *side, d time.Duration) (pps, cpuPPS float64, err error) {
 	srv := s.node.Workloads[1]
 	rx := func() (uint64, error) {
 		l, err := srv.NS.Handle.LinkByName("eth0")
@@ -130,29 +134,34 @@ func floodOnce(tb testing.TB, s *side, d time.Duration) (float64, error) {
 	}
 	before, err := rx()
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	rep, err := runClientIn(tb, s.cgroup, request{NetNS: s.client.NS.Name, Dests: []netip.AddrPort{policyFlood}, FloodFor: d})
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	after, err := rx()
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	if rep.Elapsed <= 0 {
-		return 0, fmt.Errorf("flood took %d ns", rep.Elapsed)
+		return 0, 0, fmt.Errorf("flood took %d ns", rep.Elapsed)
 	}
-	return float64(after-before) / (float64(rep.Elapsed) / 1e9), nil
+	if rep.CPU <= 0 {
+		return 0, 0, fmt.Errorf("flood charged %d ns of CPU", rep.CPU)
+	}
+	got := float64(after - before)
+	return got / (float64(rep.Elapsed) / 1e9), got / (float64(rep.CPU) / 1e9), nil
 }
 
 // polResult is one cell: a side's connect latency (ns) and flood rate
-// (packets per second, one value per round) at one size.
+// (packets per second of the flood and per CPU-second of its sender,
+// one value per round) at one size.
 type polResult struct {
-	N        int
-	Peer     string
-	P50, P99 float64
-	PPS      []float64
+	N           int
+	Peer        string
+	P50, P99    float64
+	PPS, CPUPPS []float64
 }
 
 // BenchmarkPolicy measures a node's forwarding policy with N rules that
@@ -192,7 +201,7 @@ func BenchmarkPolicy(b *testing.B) {
 				sides = append(sides, s)
 			}
 			samples := make([][]int64, len(sides))
-			pps := make([][]float64, len(sides))
+			pps, cpuPPS := make([][]float64, len(sides)), make([][]float64, len(sides))
 			for r := range polRounds {
 				for j := range sides {
 					i := (j + r) % len(sides)
@@ -204,29 +213,32 @@ func BenchmarkPolicy(b *testing.B) {
 					}
 					samples[i] = append(samples[i], rep.Nanos[0]...)
 					s.flushConntrack()
-					rate, err := floodOnce(b, s, floodFor)
+					rate, cpuRate, err := floodOnce(b, s, floodFor)
 					if err != nil {
 						b.Fatalf("%s: %v", s.peer.name, err)
 					}
 					pps[i] = append(pps[i], rate)
+					cpuPPS[i] = append(cpuPPS[i], cpuRate)
 				}
 			}
-			var nopolicy float64
+			var nopolicy, nopolicyCPU float64
 			var cells []polResult
 			for i, s := range sides {
-				c := polResult{N: n, Peer: s.peer.name, P50: percentile(samples[i], 50), P99: percentile(samples[i], 99), PPS: pps[i]}
+				c := polResult{N: n, Peer: s.peer.name, P50: percentile(samples[i], 50), P99: percentile(samples[i], 99), PPS: pps[i], CPUPPS: cpuPPS[i]}
 				if c.Peer == "sluice-nopolicy" {
-					nopolicy = median(c.PPS)
+					nopolicy, nopolicyCPU = median(c.PPS), median(c.CPUPPS)
 				}
 				cells = append(cells, c)
 			}
 			for _, c := range cells {
 				b.Run(c.Peer, func(b *testing.B) {
 					b.ReportMetric(median(c.PPS)/1000, "kpps")
+					b.ReportMetric(median(c.CPUPPS)/1000, "kpps-cpu")
 					b.ReportMetric(c.P50, "p50-ns")
 					b.ReportMetric(c.P99, "p99-ns")
 					if c.Peer == "sluice" && nopolicy > 0 {
 						b.ReportMetric(median(c.PPS)/nopolicy, "x-nopolicy")
+						b.ReportMetric(median(c.CPUPPS)/nopolicyCPU, "x-nopolicy-cpu")
 					}
 				})
 			}
@@ -257,10 +269,10 @@ func policyPeerNames(results []polResult) []string {
 // policyCSV is one line per cell and round.
 func policyCSV(results []polResult) []byte {
 	var b strings.Builder
-	b.WriteString("n,peer,p50_ns,p99_ns,round,pps\n")
+	b.WriteString("n,peer,p50_ns,p99_ns,round,pps,cpu_pps\n")
 	for _, r := range results {
 		for i, v := range r.PPS {
-			fmt.Fprintf(&b, "%d,%s,%.0f,%.0f,%d,%.0f\n", r.N, r.Peer, r.P50, r.P99, i, v)
+			fmt.Fprintf(&b, "%d,%s,%.0f,%.0f,%d,%.0f,%.0f\n", r.N, r.Peer, r.P50, r.P99, i, v, r.CPUPPS[i])
 		}
 	}
 	return []byte(b.String())
@@ -294,9 +306,12 @@ func policyMarkdown(results []polResult) []byte {
 		b.WriteString("\n")
 	}
 	header(fmt.Sprintf("Policy: one-way UDP flood, 64-byte frames, kpps received (median (min-max) of %d floods of %v)", polRounds, floodFor))
-	rows(func(r polResult) string {
-		return fmt.Sprintf("%s (%s-%s)", millis(median(r.PPS)/1000), millis(slices.Min(r.PPS)/1000), millis(slices.Max(r.PPS)/1000))
-	})
+	kpps := func(v []float64) string {
+		return fmt.Sprintf("%s (%s-%s)", millis(median(v)/1000), millis(slices.Min(v)/1000), millis(slices.Max(v)/1000))
+	}
+	rows(func(r polResult) string { return kpps(r.PPS) })
+	header("Policy: the same floods, kpps per CPU-second of the sender (median (min-max))")
+	rows(func(r polResult) string { return kpps(r.CPUPPS) })
 	header("Policy: TCP connect latency p50 / p99 (µs)")
 	rows(func(r polResult) string { return micros(r.P50) + " / " + micros(r.P99) })
 	return []byte(b.String())
