@@ -28,9 +28,10 @@ type cpSide struct {
 	name string
 	// peer names the side's namespaces (sidePrefix) and its tools.
 	peer peer
-	// run programs svcs into node from empty and then adds more[0] and
-	// more[1], and returns the milliseconds of each operation by name.
-	run func(tb testing.TB, node *topo.Node, svcs, more []svc) (map[string]float64, error)
+	// run programs svcs into node from empty and then adds more[0] (and,
+	// by a second way, more[1]), and returns the milliseconds of each
+	// operation by name.
+	run func(node *topo.Node, svcs, more []svc) (map[string]float64, error)
 }
 
 // cpSides are the control planes measured. Each runs in a namespace of
@@ -40,15 +41,15 @@ var cpSides = []cpSide{
 	{name: "exec", peer: peer{name: "exec", code: 'e', tools: []string{"true"}}, run: runExecFloor},
 	{name: "sluice", peer: peer{name: "sluice", code: 's'}, run: runSluiceControl},
 	{name: "iptables-legacy", peer: peer{name: "iptables-legacy", code: 'L', tools: []string{"iptables-legacy-restore"}},
-		run: func(tb testing.TB, node *topo.Node, svcs, more []svc) (map[string]float64, error) {
+		run: func(node *topo.Node, svcs, more []svc) (map[string]float64, error) {
 			return runRestores(node, svcs, more, iptablesRules, iptablesDelta, "iptables-legacy-restore")
 		}},
 	{name: "iptables-nft", peer: peer{name: "iptables-nft", code: 'N', tools: []string{"iptables-nft-restore"}},
-		run: func(tb testing.TB, node *topo.Node, svcs, more []svc) (map[string]float64, error) {
+		run: func(node *topo.Node, svcs, more []svc) (map[string]float64, error) {
 			return runRestores(node, svcs, more, iptablesRules, iptablesDelta, "iptables-nft-restore")
 		}},
 	{name: "nftables", peer: peer{name: "nftables", code: 'F', tools: []string{"nft"}},
-		run: func(tb testing.TB, node *topo.Node, svcs, more []svc) (map[string]float64, error) {
+		run: func(node *topo.Node, svcs, more []svc) (map[string]float64, error) {
 			nftDelta := func(s svc) string {
 				var b strings.Builder
 				nftService(&b, s)
@@ -68,7 +69,7 @@ func timed(fn func() error) (float64, error) {
 // runExecFloor times starting a program in the namespace the way the
 // netfilter sides start their loaders (side.restore), without any input:
 // the part of their figures that is not the loader's own.
-func runExecFloor(_ testing.TB, node *topo.Node, _, _ []svc) (map[string]float64, error) {
+func runExecFloor(node *topo.Node, _, _ []svc) (map[string]float64, error) {
 	s := &side{node: node}
 	ms, err := timed(func() error { return s.restore("", "true") })
 	return map[string]float64{"full": ms, "delta": ms}, err
@@ -95,7 +96,7 @@ func runRestores(node *topo.Node, svcs, more []svc, full func([]svc) string, del
 // runSluiceControl opens a datapath and times nat.Table.Sync of svcs
 // into its empty maps, then one added service by Sync of everything and
 // another by Apply of that one service.
-func runSluiceControl(_ testing.TB, _ *topo.Node, svcs, more []svc) (map[string]float64, error) {
+func runSluiceControl(_ *topo.Node, svcs, more []svc) (map[string]float64, error) {
 	d, err := datapath.Open(datapath.Options{ConntrackEntries: 1 << 16, MaxInterfaces: 16, PolicySlots: 64})
 	if err != nil {
 		return nil, err
@@ -161,7 +162,7 @@ func BenchmarkControlPlane(b *testing.B) {
 	for r := range cpRounds {
 		for j := range avail {
 			i := (j + r) % len(avail)
-			got, err := runControlSide(b, avail[i], svcs, more)
+			got, err := runControlSide(avail[i], svcs, more)
 			if err != nil {
 				b.Fatalf("%s: %v", avail[i].name, err)
 			}
@@ -191,12 +192,12 @@ func BenchmarkControlPlane(b *testing.B) {
 }
 
 // runControlSide runs one side in a namespace of its own and removes it.
-func runControlSide(tb testing.TB, s cpSide, svcs, more []svc) (map[string]float64, error) {
+func runControlSide(s cpSide, svcs, more []svc) (map[string]float64, error) {
 	node, err := topo.NewNode(sidePrefix(s.peer))
 	if err != nil {
 		return nil, err
 	}
-	got, err := s.run(tb, node, svcs, more)
+	got, err := s.run(node, svcs, more)
 	if cerr := node.Close(); err == nil {
 		err = cerr
 	}

@@ -126,7 +126,7 @@ func TestPeerSetup(t *testing.T) {
 			if missing := missingTools(t, cs.peer, false); len(missing) > 0 {
 				t.Skipf("%v not installed", missing)
 			}
-			ms, err := runControlSide(t, cs, small, more)
+			ms, err := runControlSide(cs, small, more)
 			if err != nil {
 				t.Fatal(err)
 			}
