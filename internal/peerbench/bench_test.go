@@ -80,14 +80,14 @@ func BenchmarkServiceConnect(b *testing.B) {
 					i := (j + r) % len(sides)
 					s := sides[i]
 					s.flushConntrack()
-					nanos, err := runClientIn(b, s.cgroup, request{NetNS: s.client.NS.Name, Dests: s.targets(svcs), Warmup: warmup, Count: perRound})
+					rep, err := runClientIn(b, s.cgroup, request{NetNS: s.client.NS.Name, Dests: s.targets(svcs), Warmup: warmup, Count: perRound})
 					if err != nil {
 						b.Fatal(err)
 					}
 					if samples[i] == nil {
-						samples[i] = make([][]int64, len(nanos))
+						samples[i] = make([][]int64, len(rep.Nanos))
 					}
-					for t, ns := range nanos {
+					for t, ns := range rep.Nanos {
 						samples[i][t] = append(samples[i][t], ns...)
 					}
 				}
@@ -122,17 +122,22 @@ func BenchmarkServiceConnect(b *testing.B) {
 	if len(results) == 0 {
 		return
 	}
+	writeOutputs(b, map[string][]byte{
+		"peerbench-connect.csv": resultsCSV(results),
+		"peerbench-connect.md":  resultsMarkdown(results),
+		"peerbench-connect.svg": resultsSVG(results),
+	})
+}
+
+// writeOutputs writes each file into docs/ or $SLUICE_PEERBENCH_OUT.
+func writeOutputs(tb testing.TB, files map[string][]byte) {
 	dir := os.Getenv("SLUICE_PEERBENCH_OUT")
 	if dir == "" {
 		dir = filepath.Join("..", "..", "docs")
 	}
-	for name, data := range map[string][]byte{
-		"peerbench-connect.csv": resultsCSV(results),
-		"peerbench-connect.md":  resultsMarkdown(results),
-		"peerbench-connect.svg": resultsSVG(results),
-	} {
+	for name, data := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
-			b.Error(err)
+			tb.Error(err)
 		}
 	}
 }

@@ -37,13 +37,26 @@ type request struct {
 	// Count times timed.
 	Dests         []netip.AddrPort
 	Warmup, Count int
+	// FloodFor, when set, makes the client send floodPayload-byte UDP
+	// datagrams to Dests[0] from one socket for that long instead of
+	// connecting.
+	FloodFor time.Duration
 }
+
+// floodPayload is the flood's UDP payload: 18 bytes make a 64-byte
+// Ethernet frame with its FCS, as the reference run sent.
+const floodPayload = 18
 
 // reply is what a client saw: per destination, the nanoseconds of each
 // timed connect.
 type reply struct {
 	Nanos [][]int64
-	Err   string
+	// Sent, Elapsed and CPU are a flood's datagrams sent, its
+	// nanoseconds and the nanoseconds of CPU its thread was charged (user
+	// and system: the whole forwarding path runs in the sender's
+	// syscalls on veth).
+	Sent, Elapsed, CPU int64
+	Err                string
 }
 
 // TestMain makes the test binary a client (runClient) when clientEnv is
@@ -71,7 +84,12 @@ func runClient(path string) error {
 		return err
 	}
 	var rep reply
-	rep.Nanos, err = connectLoop(req)
+	err = enterClient(req)
+	if err == nil && req.FloodFor > 0 {
+		rep.Sent, rep.Elapsed, rep.CPU, err = flood(req.Dests[0], req.FloodFor)
+	} else if err == nil {
+		rep.Nanos, err = connectLoop(req)
+	}
 	if err != nil {
 		rep.Err = err.Error()
 	}
@@ -82,25 +100,31 @@ func runClient(path string) error {
 	return os.WriteFile(path+".out", out, 0o600)
 }
 
-// connectLoop does the request's connects on a thread pinned to
-// clientCPU inside its namespace.
-func connectLoop(req request) ([][]int64, error) {
+// enterClient pins the calling thread to clientCPU and moves it into
+// the request's namespace, for good: the child exits after one request.
+func enterClient(req request) error {
 	runtime.LockOSThread()
 	var cpus unix.CPUSet
 	cpus.Set(clientCPU)
 	if runtime.NumCPU() > clientCPU {
 		if err := unix.SchedSetaffinity(0, &cpus); err != nil {
-			return nil, fmt.Errorf("pin to CPU %d: %w", clientCPU, err)
+			return fmt.Errorf("pin to CPU %d: %w", clientCPU, err)
 		}
 	}
 	ns, err := netns.GetFromName(req.NetNS)
 	if err != nil {
-		return nil, fmt.Errorf("open netns %s: %w", req.NetNS, err)
+		return fmt.Errorf("open netns %s: %w", req.NetNS, err)
 	}
 	defer ns.Close()
 	if err := netns.Set(ns); err != nil {
-		return nil, fmt.Errorf("enter netns %s: %w", req.NetNS, err)
+		return fmt.Errorf("enter netns %s: %w", req.NetNS, err)
 	}
+	return nil
+}
+
+// connectLoop does the request's connects, on the thread enterClient
+// prepared.
+func connectLoop(req request) ([][]int64, error) {
 	out := make([][]int64, len(req.Dests))
 	for i, dest := range req.Dests {
 		sa := &unix.SockaddrInet4{Port: int(dest.Port()), Addr: dest.Addr().As4()}
@@ -115,6 +139,44 @@ func connectLoop(req request) ([][]int64, error) {
 		}
 	}
 	return out, nil
+}
+
+// flood sends floodPayload-byte datagrams to dest from one connected
+// socket for d and returns how many it sent and how long it took. A send
+// the socket's buffer refuses is retried, so the count is of datagrams
+// that left. It also returns the CPU time the thread was charged.
+func flood(dest netip.AddrPort, d time.Duration) (sent, elapsed, cpu int64, err error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	defer unix.Close(fd)
+	if err := unix.Connect(fd, &unix.SockaddrInet4{Port: int(dest.Port()), Addr: dest.Addr().As4()}); err != nil {
+		return 0, 0, 0, err
+	}
+	payload := make([]byte, floodPayload)
+	var before, after unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_THREAD, &before); err != nil {
+		return 0, 0, 0, err
+	}
+	start := time.Now()
+	for {
+		// The clock is read every 256 sends, not every send.
+		for range 256 {
+			if _, err := unix.Write(fd, payload); err == nil {
+				sent++
+			} else if err != unix.ENOBUFS && err != unix.EAGAIN && err != unix.EINTR && err != unix.ECONNREFUSED {
+				return sent, 0, 0, fmt.Errorf("send to %s: %w", dest, err)
+			}
+		}
+		if e := time.Since(start); e >= d {
+			if err := unix.Getrusage(unix.RUSAGE_THREAD, &after); err != nil {
+				return 0, 0, 0, err
+			}
+			used := after.Utime.Nano() + after.Stime.Nano() - before.Utime.Nano() - before.Stime.Nano()
+			return sent, e.Nanoseconds(), used, nil
+		}
+	}
 }
 
 // connectOnce times one blocking connect to sa: the SYN's round trip, the
@@ -150,38 +212,39 @@ func connectOnce(sa unix.Sockaddr) (time.Duration, error) {
 }
 
 // runClientIn runs a child client in the cgroup (the directory of a
-// cgroup v2) and returns its connect times per destination.
-func runClientIn(tb testing.TB, cgroup string, req request) ([][]int64, error) {
+// cgroup v2) and returns its reply: the connect times per destination,
+// or a flood's counts.
+func runClientIn(tb testing.TB, cgroup string, req request) (reply, error) {
 	tb.Helper()
 	path := filepath.Join(tb.TempDir(), "request.json")
 	b, err := json.Marshal(req)
 	if err != nil {
-		return nil, err
+		return reply{}, err
 	}
 	if err := os.WriteFile(path, b, 0o600); err != nil {
-		return nil, err
+		return reply{}, err
 	}
 	cg, err := os.Open(cgroup)
 	if err != nil {
-		return nil, err
+		return reply{}, err
 	}
 	defer cg.Close()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), clientEnv+"="+path)
 	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("client in %s: %w\n%s", req.NetNS, err, out)
+		return reply{}, fmt.Errorf("client in %s: %w\n%s", req.NetNS, err, out)
 	}
 	b, err = os.ReadFile(path + ".out")
 	if err != nil {
-		return nil, err
+		return reply{}, err
 	}
 	var rep reply
 	if err := json.Unmarshal(b, &rep); err != nil {
-		return nil, err
+		return reply{}, err
 	}
 	if rep.Err != "" {
-		return nil, fmt.Errorf("client in %s: %s", req.NetNS, rep.Err)
+		return reply{}, fmt.Errorf("client in %s: %s", req.NetNS, rep.Err)
 	}
-	return rep.Nanos, nil
+	return rep, nil
 }

@@ -3,8 +3,10 @@ package peerbench
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 
@@ -14,7 +16,10 @@ import (
 // TestPeerSetup builds every available side with 10 services and checks
 // that its client's connections to the first and the last service (the
 // baseline's to a server) succeed, and that the side's namespaces are
-// gone once it is closed: the benchmark's setup is right. Peers whose
+// gone once it is closed: the benchmark's setup is right. It does the
+// same for the policy benchmark's sides with 10 rules, whose floods must
+// arrive and, with a policy that does not allow the client, must not;
+// and it runs each control-plane side with 10 services. Peers whose
 // tools are not installed are skipped; sluice's sides always run.
 func TestPeerSetup(t *testing.T) {
 	testutil.RequirePrivileged(t)
@@ -34,7 +39,7 @@ func TestPeerSetup(t *testing.T) {
 				t.Fatal(err)
 			}
 			name := s.node.NS.Name
-			nanos, err := runClientIn(t, cgroup, request{NetNS: s.client.NS.Name, Dests: s.targets(svcs), Count: 20})
+			rep, err := runClientIn(t, cgroup, request{NetNS: s.client.NS.Name, Dests: s.targets(svcs), Count: 20})
 			if err == nil && p.conntrack {
 				err = checkFlush(s)
 			}
@@ -44,13 +49,89 @@ func TestPeerSetup(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			for i, n := range nanos {
+			for i, n := range rep.Nanos {
 				if len(n) != 20 {
 					t.Errorf("destination %d: %d connects timed, want 20", i, len(n))
 				}
 			}
 			if _, err := os.Stat("/run/netns/" + name); !os.IsNotExist(err) {
 				t.Errorf("namespace %s left after Close: %v", name, err)
+			}
+		})
+	}
+	for _, p := range policyPeers(10, clientNet) {
+		t.Run("policy/"+p.name, func(t *testing.T) {
+			if missing := missingTools(t, p, false); len(missing) > 0 {
+				t.Skipf("%v not installed", missing)
+			}
+			s, err := newSide(t, p, nil, plain)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() {
+				if err := s.Close(); err != nil {
+					t.Error(err)
+				}
+			}()
+			rep, err := runClientIn(t, plain, request{NetNS: s.client.NS.Name, Dests: []netip.AddrPort{policyConnect}, Count: 20})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(rep.Nanos[0]) != 20 {
+				t.Errorf("%d connects timed, want 20", len(rep.Nanos[0]))
+			}
+			pps, _, err := floodOnce(t, s, 20*time.Millisecond)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if pps <= 0 {
+				t.Error("no flood packet reached the server")
+			}
+		})
+	}
+	// The same sides with a policy that allows another net must drop the
+	// client's flood: the rules are enforced, not passed by.
+	for _, p := range policyPeers(10, missNet(16383)) {
+		if p.name == baseline || p.name == "sluice-nopolicy" {
+			continue
+		}
+		t.Run("policy-deny/"+p.name, func(t *testing.T) {
+			if missing := missingTools(t, p, false); len(missing) > 0 {
+				t.Skipf("%v not installed", missing)
+			}
+			s, err := newSide(t, p, nil, plain)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() {
+				if err := s.Close(); err != nil {
+					t.Error(err)
+				}
+			}()
+			d := 20 * time.Millisecond
+			pps, _, err := floodOnce(t, s, d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// A few packets may be the server's own neighbour traffic.
+			if got := pps * d.Seconds(); got > 5 {
+				t.Errorf("%.0f flood packets reached the server through a policy that denies them", got)
+			}
+		})
+	}
+	small := services(10)
+	more := services(13)[10:12]
+	for _, cs := range cpSides {
+		t.Run("control/"+cs.name, func(t *testing.T) {
+			if missing := missingTools(t, cs.peer, false); len(missing) > 0 {
+				t.Skipf("%v not installed", missing)
+			}
+			ms, err := runControlSide(cs, small, more)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(ms) == 0 {
+				t.Error("no operation timed")
 			}
 		})
 	}

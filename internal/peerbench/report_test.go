@@ -2,6 +2,7 @@ package peerbench
 
 import (
 	"fmt"
+	"html"
 	"math"
 	"slices"
 	"strings"
@@ -21,12 +22,15 @@ func columns(results []result) [][2]string {
 	return cols
 }
 
+// size is the cell's size, for sizes.
+func (r result) size() int { return r.N }
+
 // sizes are the sizes with results, in increasing order.
-func sizes(results []result) []int {
+func sizes[R interface{ size() int }](results []R) []int {
 	var ns []int
 	for _, r := range results {
-		if !slices.Contains(ns, r.N) {
-			ns = append(ns, r.N)
+		if !slices.Contains(ns, r.size()) {
+			ns = append(ns, r.size())
 		}
 	}
 	slices.Sort(ns)
@@ -94,6 +98,7 @@ func micros(ns float64) string {
 var svgColors = map[string]string{
 	baseline: "#888888", "sluice-tc": "#1f77b4", "sluice-sock": "#17becf",
 	"iptables-legacy": "#d62728", "iptables-nft": "#ff7f0e", "nftables": "#2ca02c",
+	"exec": "#888888", "sluice": "#1f77b4", "sluice-nopolicy": "#17becf", "ipset": "#9467bd",
 }
 
 // resultsSVG plots p50 to the last service (the floor's direct
@@ -161,6 +166,52 @@ func resultsSVG(results []result) []byte {
 		fmt.Fprintf(&b, `<line x1="%d" x2="%d" y1="%d" y2="%d" stroke="%s" stroke-width="2"/><text x="%d" y="%d">%s</text>`+"\n",
 			w-right+12, w-right+32, ly, ly, c, w-right+38, ly+4, p.name)
 		row++
+	}
+	b.WriteString("</svg>\n")
+	return []byte(b.String())
+}
+
+// bar is one bar of barsSVG.
+type bar struct {
+	Label string
+	Value float64
+	Color string
+}
+
+// barsSVG draws bars as horizontal bars on a logarithmic axis, labelled
+// with their values, for the control-plane and policy figures.
+func barsSVG(title string, bars []bar) []byte {
+	const w, left, right, top, rowH = 720, 190, 70, 40, 18
+	h := top + rowH*len(bars) + 30
+	lo, hi := math.Inf(1), math.Inf(-1)
+	for _, r := range bars {
+		if r.Value > 0 {
+			lo, hi = min(lo, r.Value), max(hi, r.Value)
+		}
+	}
+	if math.IsInf(lo, 1) {
+		lo, hi = 1, 10
+	}
+	lo, hi = math.Pow(10, math.Floor(math.Log10(lo))), math.Pow(10, math.Ceil(math.Log10(hi)))
+	if hi <= lo {
+		hi = lo * 10
+	}
+	x := func(v float64) float64 {
+		return left + (math.Log10(max(v, lo))-math.Log10(lo))/(math.Log10(hi)-math.Log10(lo))*float64(w-left-right)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">`+"\n", w, h)
+	fmt.Fprintf(&b, `<rect width="%d" height="%d" fill="white"/>`+"\n", w, h)
+	fmt.Fprintf(&b, `<text x="10" y="18" font-size="14">%s</text>`+"\n", html.EscapeString(title))
+	for d := lo; d <= hi*1.001; d *= 10 {
+		fmt.Fprintf(&b, `<line x1="%.1f" x2="%.1f" y1="%d" y2="%d" stroke="#e0e0e0"/><text x="%.1f" y="%d" text-anchor="middle">%g</text>`+"\n",
+			x(d), x(d), top-4, h-24, x(d), h-10, d)
+	}
+	for i, r := range bars {
+		y := top + i*rowH
+		fmt.Fprintf(&b, `<text x="%d" y="%d" text-anchor="end">%s</text>`+"\n", left-6, y+12, html.EscapeString(r.Label))
+		fmt.Fprintf(&b, `<rect x="%d" y="%d" width="%.1f" height="%d" fill="%s"/>`+"\n", left, y+2, x(r.Value)-left, rowH-4, r.Color)
+		fmt.Fprintf(&b, `<text x="%.1f" y="%d">%s</text>`+"\n", x(r.Value)+4, y+12, millis(r.Value))
 	}
 	b.WriteString("</svg>\n")
 	return []byte(b.String())

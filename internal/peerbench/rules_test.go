@@ -24,6 +24,8 @@ const (
 	servicePort     = 80
 	backendPort     = 8080
 	lastBackendPort = 8081
+	// floodPort is where the servers drain UDP floods.
+	floodPort = 9000
 	// servers is the number of server namespaces, the endpoints of the
 	// services under test.
 	servers = 5
@@ -115,22 +117,7 @@ func iptablesRules(svcs []svc) string {
 	w(&rules, `-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000`)
 	w(&rules, `-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE --random-fully`)
 	for _, s := range svcs {
-		port := s.name + ":http"
-		svcChain := "KUBE-SVC-" + hash(port, "tcp")
-		w(&chains, ":%s - [0:0]", svcChain)
-		w(&rules, `-A KUBE-SERVICES -m comment --comment "%s cluster IP" -m tcp -p tcp -d %s/32 --dport %d -j %s`, port, s.ip, servicePort, svcChain)
-		w(&rules, `-A %s -m comment --comment "%s cluster IP" -m tcp -p tcp -d %s/32 --dport %d ! -s %s -j KUBE-MARK-MASQ`, svcChain, port, s.ip, servicePort, clusterCIDR)
-		for j, ep := range s.endpoints {
-			sep := "KUBE-SEP-" + hash(port, "tcp", ep.String())
-			w(&chains, ":%s - [0:0]", sep)
-			if left := len(s.endpoints) - j; left > 1 {
-				w(&rules, `-A %s -m comment --comment "%s -> %s" -m statistic --mode random --probability %.10f -j %s`, svcChain, port, ep, 1/float64(left), sep)
-			} else {
-				w(&rules, `-A %s -m comment --comment "%s -> %s" -j %s`, svcChain, port, ep, sep)
-			}
-			w(&rules, `-A %s -m comment --comment %s -s %s/32 -j KUBE-MARK-MASQ`, sep, port, ep.Addr())
-			w(&rules, `-A %s -m comment --comment %s -m tcp -p tcp -j DNAT --to-destination %s`, sep, port, ep)
-		}
+		iptablesService(&chains, &rules, s, false)
 	}
 	w(&rules, `-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; NOTE: this must be the last rule in this chain" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS`)
 	return "*filter\n" +
@@ -141,6 +128,43 @@ func iptablesRules(svcs []svc) string {
 		`-A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" -m mark --mark 0x4000/0x4000 -j ACCEPT` + "\n" +
 		`-A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT` + "\n" +
 		"COMMIT\n*nat\n" + chains.String() + rules.String() + "COMMIT\n"
+}
+
+// iptablesService writes s's chain declarations into chains and its
+// rules into rules, in iptablesRules' shape. insert puts its
+// KUBE-SERVICES rule first instead of appending it, as a delta on a
+// loaded table must (the nodeports rule stays last).
+func iptablesService(chains, rules *strings.Builder, s svc, insert bool) {
+	w := func(b *strings.Builder, format string, args ...any) { fmt.Fprintf(b, format+"\n", args...) }
+	op := "-A KUBE-SERVICES"
+	if insert {
+		op = "-I KUBE-SERVICES 1"
+	}
+	port := s.name + ":http"
+	svcChain := "KUBE-SVC-" + hash(port, "tcp")
+	w(chains, ":%s - [0:0]", svcChain)
+	w(rules, `%s -m comment --comment "%s cluster IP" -m tcp -p tcp -d %s/32 --dport %d -j %s`, op, port, s.ip, servicePort, svcChain)
+	w(rules, `-A %s -m comment --comment "%s cluster IP" -m tcp -p tcp -d %s/32 --dport %d ! -s %s -j KUBE-MARK-MASQ`, svcChain, port, s.ip, servicePort, clusterCIDR)
+	for j, ep := range s.endpoints {
+		sep := "KUBE-SEP-" + hash(port, "tcp", ep.String())
+		w(chains, ":%s - [0:0]", sep)
+		if left := len(s.endpoints) - j; left > 1 {
+			w(rules, `-A %s -m comment --comment "%s -> %s" -m statistic --mode random --probability %.10f -j %s`, svcChain, port, ep, 1/float64(left), sep)
+		} else {
+			w(rules, `-A %s -m comment --comment "%s -> %s" -j %s`, svcChain, port, ep, sep)
+		}
+		w(rules, `-A %s -m comment --comment %s -s %s/32 -j KUBE-MARK-MASQ`, sep, port, ep.Addr())
+		w(rules, `-A %s -m comment --comment %s -m tcp -p tcp -j DNAT --to-destination %s`, sep, port, ep)
+	}
+}
+
+// iptablesDelta is the iptables-restore --noflush input that adds s to a
+// table loaded from iptablesRules: its chains and rules and one inserted
+// KUBE-SERVICES rule, the smallest change kube-proxy could write.
+func iptablesDelta(s svc) string {
+	var chains, rules strings.Builder
+	iptablesService(&chains, &rules, s, true)
+	return "*nat\n" + chains.String() + rules.String() + "COMMIT\n"
 }
 
 // nftRules is nft -f input in the statement form kube-proxy's nftables
@@ -169,20 +193,28 @@ func nftRules(svcs []svc) string {
 	w(`add map ip kube-proxy service-ips { type ipv4_addr . inet_proto . inet_service : verdict ; comment "ClusterIP, ExternalIP and LoadBalancer IP traffic" ; }`)
 	w(`add rule ip kube-proxy services ip daddr . meta l4proto . th dport vmap @service-ips`)
 	for _, s := range svcs {
-		id := strings.ReplaceAll(s.name, "/", "_") + "_tcp_http"
-		chain := "service-" + hash(s.name, "tcp", "http")[:8] + "-" + id
-		w(`add chain ip kube-proxy %s`, chain)
-		w(`add rule ip kube-proxy %s ip daddr %s tcp dport %d ip saddr != %s jump mark-for-masquerade`, chain, s.ip, servicePort, clusterCIDR)
-		var vmap []string
-		for j, ep := range s.endpoints {
-			epChain := "endpoint-" + hash(s.name, "tcp", ep.String())[:8] + "-" + id + "__" + strings.ReplaceAll(ep.String(), ":", "_")
-			w(`add chain ip kube-proxy %s`, epChain)
-			w(`add rule ip kube-proxy %s ip saddr %s jump mark-for-masquerade`, epChain, ep.Addr())
-			w(`add rule ip kube-proxy %s meta l4proto tcp dnat to %s`, epChain, ep)
-			vmap = append(vmap, fmt.Sprintf("%d : goto %s", j, epChain))
-		}
-		w(`add rule ip kube-proxy %s numgen random mod %d vmap { %s }`, chain, len(s.endpoints), strings.Join(vmap, " , "))
-		w(`add element ip kube-proxy service-ips { %s . tcp . %d : goto %s }`, s.ip, servicePort, chain)
+		nftService(&b, s)
 	}
 	return b.String()
+}
+
+// nftService writes s's statements in nftRules' form into b. On a loaded
+// table they are also the delta kube-proxy's nftables mode sends for a new
+// service.
+func nftService(b *strings.Builder, s svc) {
+	w := func(format string, args ...any) { fmt.Fprintf(b, format+"\n", args...) }
+	id := strings.ReplaceAll(s.name, "/", "_") + "_tcp_http"
+	chain := "service-" + hash(s.name, "tcp", "http")[:8] + "-" + id
+	w(`add chain ip kube-proxy %s`, chain)
+	w(`add rule ip kube-proxy %s ip daddr %s tcp dport %d ip saddr != %s jump mark-for-masquerade`, chain, s.ip, servicePort, clusterCIDR)
+	var vmap []string
+	for j, ep := range s.endpoints {
+		epChain := "endpoint-" + hash(s.name, "tcp", ep.String())[:8] + "-" + id + "__" + strings.ReplaceAll(ep.String(), ":", "_")
+		w(`add chain ip kube-proxy %s`, epChain)
+		w(`add rule ip kube-proxy %s ip saddr %s jump mark-for-masquerade`, epChain, ep.Addr())
+		w(`add rule ip kube-proxy %s meta l4proto tcp dnat to %s`, epChain, ep)
+		vmap = append(vmap, fmt.Sprintf("%d : goto %s", j, epChain))
+	}
+	w(`add rule ip kube-proxy %s numgen random mod %d vmap { %s }`, chain, len(s.endpoints), strings.Join(vmap, " , "))
+	w(`add element ip kube-proxy service-ips { %s . tcp . %d : goto %s }`, s.ip, servicePort, chain)
 }

@@ -46,8 +46,8 @@ const baseline = "none"
 
 var peers = []peer{
 	{name: baseline, code: 'b', program: func(testing.TB, *side, []svc) error { return nil }},
-	{name: "sluice-tc", code: 't', program: func(tb testing.TB, s *side, svcs []svc) error { return programSluice(tb, s, svcs, false) }},
-	{name: "sluice-sock", code: 'c', sock: true, program: func(tb testing.TB, s *side, svcs []svc) error { return programSluice(tb, s, svcs, true) }},
+	{name: "sluice-tc", code: 't', program: func(tb testing.TB, s *side, svcs []svc) error { return programSluice(tb, s, svcs, allowAll, false) }},
+	{name: "sluice-sock", code: 'c', sock: true, program: func(tb testing.TB, s *side, svcs []svc) error { return programSluice(tb, s, svcs, allowAll, true) }},
 	{name: "iptables-legacy", code: 'l', conntrack: true, tools: []string{"iptables-legacy-restore"},
 		program: func(_ testing.TB, s *side, svcs []svc) error {
 			return s.restore(iptablesRules(svcs), "iptables-legacy-restore")
@@ -77,7 +77,7 @@ func missingTools(tb testing.TB, p peer, install bool) []string {
 		return missing
 	}
 	installOnce.Do(func() {
-		for _, args := range [][]string{{"update"}, {"install", "-y", "--no-install-recommends", "iptables", "nftables"}} {
+		for _, args := range [][]string{{"update"}, {"install", "-y", "--no-install-recommends", "iptables", "nftables", "ipset"}} {
 			cmd := exec.Command("apt-get", args...)
 			cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
 			if out, err := cmd.CombinedOutput(); err != nil {
@@ -92,7 +92,7 @@ func missingTools(tb testing.TB, p peer, install bool) []string {
 // side is one peer's topology: a client namespace, a node namespace
 // that forwards (where the peer's rules live, and only there) and the
 // server namespaces, each server listening on backendPort and
-// lastBackendPort.
+// lastBackendPort (TCP) and draining floodPort (UDP).
 type side struct {
 	peer   peer
 	node   *topo.Node
@@ -141,6 +141,15 @@ func newSide(tb testing.TB, p peer, svcs []svc, cgroup string) (_ *side, err err
 			s.closers = append(s.closers, l.Close)
 			go acceptLoop(l)
 		}
+		var pc net.PacketConn
+		if err := w.NS.Do(func() (err error) {
+			pc, err = net.ListenPacket("udp4", netip.AddrPortFrom(w.Addr, floodPort).String())
+			return err
+		}); err != nil {
+			return nil, err
+		}
+		s.closers = append(s.closers, pc.Close)
+		go drainLoop(pc)
 	}
 	if err := p.program(tb, s, svcs); err != nil {
 		return nil, fmt.Errorf("%s: program %d services: %w", p.name, len(svcs), err)
@@ -157,6 +166,17 @@ func acceptLoop(l net.Listener) {
 			return
 		}
 		c.Close()
+	}
+}
+
+// drainLoop reads datagrams until pc closes, so that a flood meets a
+// listening socket (no ICMP errors back) as in the reference run.
+func drainLoop(pc net.PacketConn) {
+	buf := make([]byte, 2048)
+	for {
+		if _, _, err := pc.ReadFrom(buf); err != nil {
+			return
+		}
 	}
 }
 
@@ -210,9 +230,11 @@ var allowAll = polprog.Rules{Tiers: []polprog.Tier{{
 
 // programSluice opens a datapath with svcs, attaches its TC programs to
 // every interface of the node with attach.AttachTC, and with sock its
-// connect-time programs to the side's cgroup.
-func programSluice(tb testing.TB, s *side, svcs []svc, sock bool) error {
-	d, err := datapath.Open(datapath.Options{ConntrackEntries: 1 << 16, MaxInterfaces: 16, PolicySlots: 64})
+// connect-time programs to the side's cgroup. client is the policy of
+// traffic from the client's workload interface; every other policy
+// allows all.
+func programSluice(tb testing.TB, s *side, svcs []svc, client polprog.Rules, sock bool) error {
+	d, err := datapath.Open(datapath.Options{ConntrackEntries: 1 << 16, MaxInterfaces: 16, PolicySlots: 1024})
 	if err != nil {
 		return err
 	}
@@ -222,7 +244,11 @@ func programSluice(tb testing.TB, s *side, svcs []svc, sock bool) error {
 		return err
 	}
 	for _, w := range s.node.Workloads {
-		if err := d.SetInterface(w.HostIfindex, datapath.Interface{Kind: datapath.Workload, Egress: allowAll, Ingress: allowAll}); err != nil {
+		egress := allowAll
+		if w == s.client {
+			egress = client
+		}
+		if err := d.SetInterface(w.HostIfindex, datapath.Interface{Kind: datapath.Workload, Egress: egress, Ingress: allowAll}); err != nil {
 			return err
 		}
 		r := routes.Route{Prefix: netip.PrefixFrom(w.Addr, w.Addr.BitLen()), Flags: routes.FlagLocalWorkload, Ifindex: uint32(w.HostIfindex)}
