@@ -1133,8 +1133,8 @@ type SockNATEntry struct {
 	BackendPort uint16 `btf:"backend_port"`
 	// The frontend's service (sl_svc.id).
 	SvcID uint32 `btf:"svc_id"`
-	// The backend's ID: while sl_members holds (svc_id, backend_id), the
-	// backend is the service's.
+	// The backend's ID: while a slot of svc_id's current list holds it,
+	// the backend is the service's.
 	BackendID uint32 `btf:"backend_id"`
 }
 

@@ -3,7 +3,7 @@
 /* Destroying the sockets a removed backend leaves: a socket iterator over
  * the UDP sockets of the network namespace that runs it. A connected UDP
  * socket whose peer is a backend that connect-time balancing (sock.c)
- * sent it to, and that is no longer a member of the service (sl_members),
+ * sent it to, and that is no longer in the service's backend list,
  * is aborted with bpf_sock_destroy: it is disconnected, and its next
  * receive fails with ECONNABORTED, so a client (a DNS resolver, say)
  * reconnects and meets a live backend instead of sending to a dead one
@@ -39,20 +39,53 @@ SL_INLINE __u16 sl_sock_peer(const struct sock *sk, __u8 *peer)
 	return bpf_ntohs(sk->__sk_common.skc_dport);
 }
 
+/* A search of a service's current backend list for one backend ID. */
+struct sl_slot_search {
+	__u32	svc_id;		/* the service (sl_svc.id) */
+	__u32	slot_base;	/* its current list's first slot (sl_svc.slot_base) */
+	__u32	backend_id;	/* the ID searched for */
+	__u32	found;		/* 1 once a slot holds it */
+};
+
+/* sl_slot_holds is bpf_loop's step i of an sl_slot_search: slot
+ * slot_base + i. */
+static long sl_slot_holds(__u32 i, void *data)
+{
+	struct sl_slot_search *s = data;
+	struct sl_backend_slot_key k = { .svc_id = s->svc_id, .slot = s->slot_base + i };
+	__u32 *id = bpf_map_lookup_elem(&sl_lb_slots, &k);
+
+	if (id && *id == s->backend_id) {
+		s->found = 1;
+		return 1;
+	}
+	return 0;
+}
+
 /* sl_sock_still_member says whether entry e's backend is still a member
- * of its frontend's service: e's frontend is still svc_id's, (svc_id,
- * backend_id) is in sl_members, and the ID still names e's address and
- * port. The IDs alone are not enough: a restarted agent's Table may give
- * a freed ID to another service or backend. A frontend at a node address
- * is a NodePort's (sl_svc_find's wildcard). */
-SL_INLINE bool sl_sock_still_member(const struct sl_sock_nat_entry *e, const struct sl_lb_member_key *mk)
+ * of its frontend's service: e's frontend is still svc_id's, a slot of
+ * the service's current list (serving and terminating backends alike)
+ * holds backend_id, and the ID still names e's address and port. The IDs
+ * alone are not enough: a restarted agent's Table may give a freed ID to
+ * another service or backend. A frontend at a node address is a
+ * NodePort's (sl_svc_find's wildcard). The list is searched slot by slot
+ * rather than through sl_members, which only services with affinity have
+ * (the TC path reads it for nothing else): this runs once per socket when
+ * backends were removed, not per packet. */
+SL_INLINE bool sl_sock_still_member(const struct sl_sock_nat_entry *e)
 {
 	const struct sl_svc *svc = sl_svc_find(e->frontend, e->frontend_port, IPPROTO_UDP, true);
+	struct sl_slot_search search = { .backend_id = e->backend_id };
 	const struct sl_backend *be;
 
-	if (!svc || svc->id != e->svc_id || !bpf_map_lookup_elem(&sl_members, mk))
+	if (!svc || svc->id != e->svc_id)
 		return false;
-	be = bpf_map_lookup_elem(&sl_backends, &mk->backend_id);
+	search.svc_id = svc->id;
+	search.slot_base = svc->slot_base;
+	bpf_loop((__u32)svc->serving + svc->terminating, sl_slot_holds, &search, 0);
+	if (!search.found)
+		return false;
+	be = bpf_map_lookup_elem(&sl_backends, &e->backend_id);
 	return be && be->port == e->backend_port && sl_addr_eq(be->addr, e->backend);
 }
 
@@ -75,11 +108,10 @@ int sl_sock_destroy_udp(struct bpf_iter__udp *ctx)
 	port = sl_sock_peer(sk, peer);
 	for (__u32 i = 0; i < SL_SOCK_NAT_ENTRIES; i++) {
 		const struct sl_sock_nat_entry *e = &st->entries[i];
-		struct sl_lb_member_key mk = { .svc_id = e->svc_id, .backend_id = e->backend_id };
 
 		if (!e->frontend_port || e->backend_port != port || !sl_addr_eq(e->backend, peer))
 			continue;
-		if (sl_sock_still_member(e, &mk))
+		if (sl_sock_still_member(e))
 			return 0;
 		if (bpf_sock_destroy((struct sock_common *)sk) == 0) {
 			char one = 1;

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/sluicenet/sluice/bpf"
 	"github.com/sluicenet/sluice/internal/testutil"
@@ -60,8 +61,8 @@ func TestServicesSurviveRestart(t *testing.T) {
 }
 
 // TestServicesMembersAndMaglev: the Table the datapath makes keeps its
-// members and Maglev tables in the datapath's maps, and a restart's Sync
-// keeps them where they were.
+// members (a service with affinity has them) and Maglev tables in the
+// datapath's maps, and a restart's Sync keeps them where they were.
 func TestServicesMembersAndMaglev(t *testing.T) {
 	testutil.RequirePrivileged(t)
 	pinDir := filepath.Join(testutil.TempBPFFS(t), "sluice")
@@ -71,7 +72,8 @@ func TestServicesMembersAndMaglev(t *testing.T) {
 		Frontends: []nat.Frontend{{Addr: netip.MustParseAddr("10.96.0.10"), Port: 80, Protocol: nat.ProtoTCP}},
 		Backends: []nat.Backend{{Addr: netip.MustParseAddr("10.1.0.5"), Port: 80, Weight: 3},
 			{Addr: netip.MustParseAddr("10.1.0.6"), Port: 80, Local: true, Terminating: true}},
-		Maglev: true,
+		Maglev:   true,
+		Affinity: time.Minute,
 	}
 	contents := func(d *Datapath) (members map[bpf.LBMemberKey]bpf.LBMember, tables []bpf.MaglevKey) {
 		t.Helper()

@@ -15,9 +15,8 @@
 // a group, by address and port. Source ranges are an LPM trie keyed by
 // service ID and family. Members (service ID, backend ID) say whether each
 // backend of the current list is serving and local, which decides whether
-// a client's affinity still fits and whether a socket balanced to it at
-// connect time is stale (so every service has them); a Maglev service has
-// a table per list
+// a client's affinity still fits, so only a service with affinity has
+// them; a Maglev service has a table per list
 // (service ID, slot base) over its serving backends, by weight.
 //
 // # Table
@@ -42,9 +41,11 @@
 //
 // Measured on a two-vCPU machine shared with other test suites
 // (docs/benchmarks.md): a Sync of 10,000 services with 5 backends each
-// into empty maps writes 160,000 entries (a frontend per service; a
-// backend, a slot and a member per backend) in 125-160 ms at a load
-// average of 3, most of it the kernel's inserts. A Sync of the same 10,000 with one changed takes 2.0-2.5 ms,
+// into empty maps writes 110,000 entries (a frontend per service, a
+// backend and a slot per backend; a member more per backend of a service
+// with affinity) in 77-94 ms while the machine is otherwise idle (a
+// median of 280 ms at a load average of 12), most of it the kernel's
+// inserts. A Sync of the same 10,000 with one changed takes 2.0-2.5 ms,
 // nearly all of it comparing every service; an Apply or Upsert of that
 // one service 20-30 µs. The deletion of a service with affinity reads
 // the affinity map once (about 10 ms with 65,536 clients recorded).

@@ -49,23 +49,27 @@ func sameSlots(a, b []Backend) bool {
 
 // planMembers plans p's members: those of its list that the maps lack or
 // hold with other flags are written with the list, and those of old that
-// p's list no longer holds are deleted after the flip. Every service has
-// members, with affinity or not: the datapath's affinity check reads them,
-// and so does its stale-socket iterator, which aborts a connected socket
-// whose backend is no longer a member of its service.
+// p's list no longer holds are deleted after the flip. Only the datapath's
+// affinity check reads members, so a service without affinity has none:
+// a third of the entries of a typical service it need not write. One that
+// gains affinity gets them with its list, before its frontends carry the
+// flag; one that loses it keeps them until its frontends no longer do.
 func (t *Table) planMembers(old, p *programmed, pl *plan) {
-	p.members = make(map[uint32]bpf.LBMemberFlags, len(p.ordered))
-	ids := p.lists[0].ids
-	for i, b := range p.ordered {
-		f := memberFlags(b)
-		p.members[ids[i]] = f
-		if old != nil {
-			if of, ok := old.members[ids[i]]; ok && of == f {
-				continue
+	p.members = nil
+	if p.svc.Affinity > 0 {
+		p.members = make(map[uint32]bpf.LBMemberFlags, len(p.ordered))
+		ids := p.lists[0].ids
+		for i, b := range p.ordered {
+			f := memberFlags(b)
+			p.members[ids[i]] = f
+			if old != nil {
+				if of, ok := old.members[ids[i]]; ok && of == f {
+					continue
+				}
 			}
+			pl.memberKeys = append(pl.memberKeys, bpf.LBMemberKey{SvcID: p.id, BackendID: ids[i]})
+			pl.memberVals = append(pl.memberVals, bpf.LBMember{Flags: f})
 		}
-		pl.memberKeys = append(pl.memberKeys, bpf.LBMemberKey{SvcID: p.id, BackendID: ids[i]})
-		pl.memberVals = append(pl.memberVals, bpf.LBMember{Flags: f})
 	}
 	if old == nil {
 		return

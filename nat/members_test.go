@@ -31,15 +31,16 @@ func maglevService() Service {
 	}
 }
 
-// TestMembersAndMaglevLayout: each backend of the list is a member with
-// its standing, and the Maglev table is the model's, over the serving
-// backends only.
+// TestMembersAndMaglevLayout: each backend of the list of a service with
+// affinity is a member with its standing, and the Maglev table is the
+// model's, over the serving backends only.
 func TestMembersAndMaglevLayout(t *testing.T) {
 	tb, err := NewTable(newTestMaps(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := maglevService()
+	s.Affinity = time.Minute
 	if err := tb.Upsert("mg", s); err != nil {
 		t.Fatal(err)
 	}
@@ -191,6 +192,7 @@ func TestMemberPhases(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := oneFrontendService("10.96.0.1", 80, "10.1.0.1", "10.1.0.2", "10.1.0.3")
+	s.Affinity = time.Minute
 	if err := tb.Upsert("s", s); err != nil {
 		t.Fatal(err)
 	}
@@ -200,6 +202,7 @@ func TestMemberPhases(t *testing.T) {
 	gone, _ := tb.BackendID(netip.MustParseAddrPort("10.1.0.3:8080"))
 	changed, _ := tb.BackendID(netip.MustParseAddrPort("10.1.0.2:8080"))
 	next := oneFrontendService("10.96.0.1", 80, "10.1.0.1", "10.1.0.2")
+	next.Affinity = time.Minute
 	next.Backends[1].Terminating = true
 	// order is when each change was first seen.
 	var order []string
@@ -248,9 +251,11 @@ func TestRestartAdoptsMembersAndMaglev(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gone := maglevService()
+	mg := maglevService()
+	mg.Affinity = time.Minute // so that it has members
+	gone := mg
 	gone.Frontends = []Frontend{{Addr: addr("10.96.9.9"), Port: 9, Protocol: ProtoTCP}}
-	all := map[string]Service{"mg": maglevService(), "web": webService(), "gone": gone}
+	all := map[string]Service{"mg": mg, "web": webService(), "gone": gone}
 	if err := prev.Sync(all); err != nil {
 		t.Fatal(err)
 	}

@@ -100,18 +100,13 @@ func (ks kernelState) String() string {
 	return fmt.Sprint(ks.svcs, ks.slots, ks.backends, ks.ranges, ks.members, digests)
 }
 
-// checkWhole reports a slot without its member, a member without its
-// backend, and a frontend whose list has a hole: a slot missing, a
-// slot whose backend or member is missing, or, at a Maglev frontend with
-// a serving backend, a Maglev table missing for its list or naming a
-// backend outside the list's serving slots. A packet must never meet one.
+// checkWhole reports a member without its backend, and a frontend whose
+// list has a hole: a slot missing, a slot whose backend is missing, or
+// whose member is at a frontend with affinity (the only reader of
+// members), or, at a Maglev frontend with a serving backend, a Maglev
+// table missing for its list or naming a backend outside the list's
+// serving slots. A packet must never meet one.
 func (ks kernelState) checkWhole() error {
-	// Every slot has its member, and every member its backend.
-	for k, id := range ks.slots {
-		if _, ok := ks.members[bpf.LBMemberKey{SvcID: k.SvcID, BackendID: id}]; !ok {
-			return fmt.Errorf("slot %d of service %d names backend %d, which is no member of it", k.Slot, k.SvcID, id)
-		}
-	}
 	for k := range ks.members {
 		if _, ok := ks.backends[k.BackendID]; !ok {
 			return fmt.Errorf("member %d of service %d: no such backend", k.BackendID, k.SvcID)
@@ -127,7 +122,7 @@ func (ks kernelState) checkWhole() error {
 			if _, ok := ks.backends[id]; !ok {
 				return fmt.Errorf("frontend %v: slot %d names backend %d, which is missing", netip.AddrFrom16(k.Addr), v.SlotBase+i, id)
 			}
-			if _, ok := ks.members[bpf.LBMemberKey{SvcID: v.ID, BackendID: id}]; !ok {
+			if _, ok := ks.members[bpf.LBMemberKey{SvcID: v.ID, BackendID: id}]; !ok && v.Flags&bpf.SvcAffinity != 0 {
 				return fmt.Errorf("frontend %v: slot %d names backend %d, which is no member of service %d", netip.AddrFrom16(k.Addr), v.SlotBase+i, id, v.ID)
 			}
 			if i < uint32(v.Serving) {
@@ -150,10 +145,10 @@ func (ks kernelState) checkWhole() error {
 	return nil
 }
 
-// checkMembers reports a member of a frontend's list whose flags are
-// neither its standing in the list nor the one the target state gives it
-// in the service that is to hold the list's service ID (ids, from the
-// Table's plan): members change only toward the target.
+// checkMembers reports a member of the list of a frontend with affinity
+// whose flags are neither its standing in the list nor the one the target
+// state gives it in the service that is to hold the list's service ID
+// (ids, from the Table's plan): members change only toward the target.
 func (ks kernelState) checkMembers(target map[string]Service, ids map[uint32]string) error {
 	want := map[uint32]map[netip.AddrPort]bpf.LBMemberFlags{}
 	for id, name := range ids {
@@ -163,6 +158,9 @@ func (ks kernelState) checkMembers(target map[string]Service, ids map[uint32]str
 		}
 	}
 	for k, v := range ks.svcs {
+		if v.Flags&bpf.SvcAffinity == 0 {
+			continue
+		}
 		for i := uint32(0); i < uint32(v.Serving)+uint32(v.Terminating); i++ {
 			id := ks.slots[bpf.BackendSlotKey{SvcID: v.ID, Slot: v.SlotBase + i}]
 			b := ks.backends[id]
@@ -255,10 +253,10 @@ func (ks kernelState) backendsOf(k bpf.SvcKey) ([]netip.AddrPort, bool) {
 }
 
 // checkExact compares the maps with services: every frontend and its
-// list, and nothing more.
+// list, the members of the services with affinity, and nothing more.
 func (ks kernelState) checkExact(t *testing.T, services map[string]Service) error {
 	t.Helper()
-	slots, ranges, tables := 0, 0, 0
+	slots, ranges, tables, members := 0, 0, 0, 0
 	for name, s := range services {
 		for _, f := range s.Frontends {
 			got, ok := ks.backendsOf(f.key())
@@ -278,8 +276,12 @@ func (ks kernelState) checkExact(t *testing.T, services map[string]Service) erro
 			}
 			for i, b := range s.ordered() {
 				id := ks.slots[bpf.BackendSlotKey{SvcID: v.ID, Slot: v.SlotBase + uint32(i)}]
-				if got, want := ks.members[bpf.LBMemberKey{SvcID: v.ID, BackendID: id}], testMemberFlags(b); got != want {
-					return fmt.Errorf("service %q: member %v:%d has flags %v, want %v", name, b.Addr, b.Port, got, want)
+				got, ok := ks.members[bpf.LBMemberKey{SvcID: v.ID, BackendID: id}]
+				if s.Affinity == 0 && ok {
+					return fmt.Errorf("service %q without affinity: member %v:%d", name, b.Addr, b.Port)
+				}
+				if want := testMemberFlags(b); s.Affinity > 0 && (!ok || got != want) {
+					return fmt.Errorf("service %q: member %v:%d has flags %v (held: %v), want %v", name, b.Addr, b.Port, got, ok, want)
 				}
 			}
 			wantTable := modelMaglev(t, s)
@@ -292,6 +294,9 @@ func (ks kernelState) checkExact(t *testing.T, services map[string]Service) erro
 			}
 		}
 		slots += len(s.Backends)
+		if s.Affinity > 0 {
+			members += len(s.Backends)
+		}
 		ranges += len(s.SourceRanges)
 		if s.Maglev && modelMaglev(t, s) != nil {
 			tables++
@@ -301,9 +306,9 @@ func (ks kernelState) checkExact(t *testing.T, services map[string]Service) erro
 	for _, s := range services {
 		frontends += len(s.Frontends)
 	}
-	if len(ks.svcs) != frontends || len(ks.slots) != slots || len(ks.ranges) != ranges || len(ks.members) != slots || len(ks.maglev) != tables {
+	if len(ks.svcs) != frontends || len(ks.slots) != slots || len(ks.ranges) != ranges || len(ks.members) != members || len(ks.maglev) != tables {
 		return fmt.Errorf("maps hold %d frontends, %d slots, %d ranges, %d members, %d Maglev tables; services need %d, %d, %d, %d, %d",
-			len(ks.svcs), len(ks.slots), len(ks.ranges), len(ks.members), len(ks.maglev), frontends, slots, ranges, slots, tables)
+			len(ks.svcs), len(ks.slots), len(ks.ranges), len(ks.members), len(ks.maglev), frontends, slots, ranges, members, tables)
 	}
 	refs := map[uint32]bool{}
 	for _, id := range ks.slots {

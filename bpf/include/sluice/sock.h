@@ -21,7 +21,7 @@ struct sl_sock_nat_entry {
 	__u16	frontend_port;	/* the frontend's port, host order; 0: an unused entry */
 	__u16	backend_port;	/* the backend's port, host order */
 	__u32	svc_id;		/* the frontend's service (sl_svc.id) */
-	__u32	backend_id;	/* the backend's ID: while sl_members holds (svc_id, backend_id), the backend is the service's */
+	__u32	backend_id;	/* the backend's ID: while a slot of svc_id's current list holds it, the backend is the service's */
 };
 SL_ASSERT_SIZE(struct sl_sock_nat_entry, 44);
 
