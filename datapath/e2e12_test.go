@@ -17,8 +17,8 @@ package datapath
 //     TestHostEndpointRealTraffic.
 //   - Every backend of a frontend reached: TestRealServiceTraffic (TC NAT,
 //     both reached) and TestSockConnectBalancing (connect-time LB, both
-//     reached). Distribution within a binomial bound through TC NAT:
-//     TestE2E12Distribution.
+//     reached). Distribution within a binomial bound: TestE2E12Distribution
+//     (TC NAT), TestE2E12SockDistribution (connect-time LB).
 //   - UDP request and reply through a frontend: TestRealServiceTraffic,
 //     TestSockConnectBalancing.
 //   - No backends gives "connection refused" at once, TCP ECONNREFUSED and
@@ -285,6 +285,33 @@ func TestE2E12Affinity(t *testing.T) {
 	for i, a := range answers {
 		if a[0] != answers[0][0] {
 			t.Errorf("connection %d reached %s, the first reached %s", i, a[0], answers[0][0])
+		}
+	}
+}
+
+// TestE2E12SockDistribution: a pod's TCP connections to a ClusterIP with
+// two backends, balanced at connect time (newSockEnv), reach each backend
+// with a share within a binomial bound of a half.
+func TestE2E12SockDistribution(t *testing.T) {
+	const conns = 200
+	e := newSockEnv(t, sockFamilies[0])
+	dest := netip.AddrPortFrom(netip.MustParseAddr(e.fam.clusterIP), sockTCPPort)
+	ops := make([]sockOp, conns)
+	for i := range ops {
+		ops[i] = sockOp{Kind: sockTCP, Dest: dest}
+	}
+	got := map[string]int{}
+	for i, r := range runSockClient(t, e.pod, e.client.NS.Name, e.d.state.sockNAT, ops) {
+		if r.Errno != 0 {
+			t.Fatalf("connection %d: %v", i, r.Errno)
+		}
+		got[r.Reply]++
+	}
+	t.Logf("connections per backend: %v", got)
+	lo, hi := binomialBound(conns, 0.5)
+	for name := range e.backendsByName {
+		if got[name] < lo || got[name] > hi {
+			t.Errorf("backend %s got %d of %d connections, want %d to %d", name, got[name], conns, lo, hi)
 		}
 	}
 }
