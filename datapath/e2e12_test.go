@@ -10,9 +10,9 @@ package datapath
 //     directly (attachTCX); the hitless tests and the tests here go
 //     through the attach package.
 //   - Policy, allowed TCP passes, denied fails, replies pass, counters
-//     move: TestRealTraffic (IPv4), TestRealTrafficIPv6 (TCP only). UDP
-//     and ICMP echo, v4 and v6, with the deciding rule's RuleHits:
-//     TestE2E12Policy.
+//     move: TestRealTraffic (IPv4), TestRealTrafficIPv6 (TCP only). TCP,
+//     UDP and ICMP echo, v4 and v6, with the deciding rule's RuleHits:
+//     TestE2E12Policy (e2e12_policy_test.go).
 //   - Host-endpoint policy on traffic to the node:
 //     TestHostEndpointRealTraffic.
 //   - Every backend of a frontend reached: TestRealServiceTraffic (TC NAT,
