@@ -149,61 +149,72 @@ func e2e12Ask(ns interface{ Do(func() error) error }, addr string, n int) ([][2]
 // TestE2E12NodePortRemote: a client in a "remote node" namespace, routed
 // to the node over its uplink (a host interface with the datapath
 // attached), reaches a NodePort's backend workload through the node's
-// address, with the external traffic policy Cluster and Local; with Local
-// the backend sees the client's own address. The backend's host-side
-// interface needs accept_local (see below).
+// address, in both families, with the external traffic policy Cluster
+// and Local; with Local the backend sees the client's own address. The
+// backend's host-side IPv4 interface needs accept_local (see below).
 func TestE2E12NodePortRemote(t *testing.T) {
-	for _, etpLocal := range []bool{false, true} {
-		t.Run(fmt.Sprintf("etp-local=%v", etpLocal), func(t *testing.T) {
-			testutil.RequirePrivileged(t)
-			node := testutil.NewNode(t)
-			web, err := node.AddWorkload("web", netip.MustParseAddr("10.112.0.2"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			remote := testutil.NewNetNS(t)
-			nodeAddr, remoteAddr := netip.MustParsePrefix("192.168.112.1/24"), netip.MustParsePrefix("192.168.112.2/24")
-			uplink, _ := testutil.ConnectVeth(t, &testutil.NetNS{NS: node.NS}, "sl12up", nodeAddr, remote, "eth0", remoteAddr)
+	for _, fam := range []struct{ name, backend, node, remote string }{
+		{"ipv4", "10.112.0.2", "192.168.112.1/24", "192.168.112.2/24"},
+		{"ipv6", "fd00:112::2", "fd00:112:ff::1/64", "fd00:112:ff::2/64"},
+	} {
+		for _, etpLocal := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/etp-local=%v", fam.name, etpLocal), func(t *testing.T) {
+				testE2E12NodePortRemote(t, fam.backend, netip.MustParsePrefix(fam.node), netip.MustParsePrefix(fam.remote), etpLocal)
+			})
+		}
+	}
+}
 
-			d := e2e12Workloads(t, node)
-			if err := d.Routes().Put(routes.Route{Prefix: netip.PrefixFrom(nodeAddr.Addr(), 32), Flags: routes.FlagLocalHost}); err != nil {
-				t.Fatal(err)
-			}
-			if err := d.SetInterface(uplink.Index, Interface{Kind: Host, Ingress: allowAllRules, Egress: allowAllRules}); err != nil {
-				t.Fatal(err)
-			}
-			e2e12Attach(t, node.NS, d, uplink.Name)
-			// The backend's reply is translated back at the workload's
-			// interface, so it enters the node with the node's own address
-			// as its source, which Linux drops as a martian unless the
-			// interface accepts local sources (found here; no doc says so).
-			if err := node.NS.Sysctl("net/ipv4/conf/"+web.HostIfname+"/accept_local", "1"); err != nil {
-				t.Fatal(err)
-			}
-			svc := nodePort("10.112.0.2:8080", true)
-			svc.ExternalLocal = etpLocal
-			if err := d.Services().Sync(map[string]nat.Service{"np": svc}); err != nil {
-				t.Fatal(err)
-			}
-			e2e12ServePeer(t, web.NS, "10.112.0.2:8080", "web")
+func testE2E12NodePortRemote(t *testing.T, backend string, nodeAddr, remoteAddr netip.Prefix, etpLocal bool) {
+	testutil.RequirePrivileged(t)
+	node := testutil.NewNode(t)
+	web, err := node.AddWorkload("web", netip.MustParseAddr(backend))
+	if err != nil {
+		t.Fatal(err)
+	}
+	remote := testutil.NewNetNS(t)
+	uplink, _ := testutil.ConnectVeth(t, &testutil.NetNS{NS: node.NS}, "sl12up", nodeAddr, remote, "eth0", remoteAddr)
 
-			answers, err := e2e12Ask(remote, netip.AddrPortFrom(nodeAddr.Addr(), 30080).String(), 5)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, a := range answers {
-				if a[0] != "web" {
-					t.Errorf("answer from %q, want web", a[0])
-				}
-				peer, err := netip.ParseAddrPort(a[1])
-				if err != nil {
-					t.Fatal(err)
-				}
-				if etpLocal && peer.Addr() != remoteAddr.Addr() {
-					t.Errorf("with ETP Local the backend saw client %v, want %v", peer, remoteAddr.Addr())
-				}
-			}
-		})
+	d := e2e12Workloads(t, node)
+	if err := d.Routes().Put(routes.Route{Prefix: netip.PrefixFrom(nodeAddr.Addr(), nodeAddr.Addr().BitLen()), Flags: routes.FlagLocalHost}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.SetInterface(uplink.Index, Interface{Kind: Host, Ingress: allowAllRules, Egress: allowAllRules}); err != nil {
+		t.Fatal(err)
+	}
+	e2e12Attach(t, node.NS, d, uplink.Name)
+	if nodeAddr.Addr().Is4() {
+		// The backend's reply is translated back at the workload's
+		// interface, so it enters the node with the node's own address as
+		// its source, which Linux drops as a martian unless the interface
+		// accepts local sources (found here; no doc says so).
+		if err := node.NS.Sysctl("net/ipv4/conf/"+web.HostIfname+"/accept_local", "1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	backendAP := netip.AddrPortFrom(web.Addr, 8080).String()
+	svc := nodePort(backendAP, true)
+	svc.ExternalLocal = etpLocal
+	if err := d.Services().Sync(map[string]nat.Service{"np": svc}); err != nil {
+		t.Fatal(err)
+	}
+	e2e12ServePeer(t, web.NS, backendAP, "web")
+
+	answers, err := e2e12Ask(remote, netip.AddrPortFrom(nodeAddr.Addr(), 30080).String(), 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range answers {
+		if a[0] != "web" {
+			t.Errorf("answer from %q, want web", a[0])
+		}
+		peer, err := netip.ParseAddrPort(a[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if etpLocal && peer.Addr().Unmap() != remoteAddr.Addr() {
+			t.Errorf("with ETP Local the backend saw client %v, want %v", peer, remoteAddr.Addr())
+		}
 	}
 }
 
