@@ -22,19 +22,22 @@ package datapath
 //   - UDP request and reply through a frontend: TestRealServiceTraffic,
 //     TestSockConnectBalancing.
 //   - No backends gives "connection refused" at once, TCP ECONNREFUSED and
-//     UDP port unreachable: TestRealServiceTraffic (TC NAT),
-//     TestSockConnectBalancing (connect-time).
-//   - NodePort from the remote node, ETP Local keeps the client address:
-//     TestE2E12NodePortRemote.
+//     UDP port unreachable: TestRealServiceTraffic (TC NAT, ClusterIP),
+//     TestSockConnectBalancing (connect-time), TestE2E12NodePortRemote
+//     (a NodePort from the remote node).
+//   - NodePort from the remote node (TCP and UDP, both families), ETP
+//     Local keeps the client address: TestE2E12NodePortRemote.
 //   - Affinity holds across connections through TC NAT:
 //     TestE2E12Affinity.
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"math"
 	"net"
 	"net/netip"
+	"syscall"
 	"testing"
 	"time"
 
@@ -150,7 +153,9 @@ func e2e12Ask(ns interface{ Do(func() error) error }, addr string, n int) ([][2]
 // to the node over its uplink (a host interface with the datapath
 // attached), reaches a NodePort's backend workload through the node's
 // address, in both families, with the external traffic policy Cluster
-// and Local; with Local the backend sees the client's own address. The
+// and Local; with Local the backend sees the client's own address. UDP
+// gets its answer through the NodePort, and a NodePort without backends
+// refuses TCP at once and answers UDP with a port unreachable. The
 // backend's host-side IPv4 interface needs accept_local (see below).
 func TestE2E12NodePortRemote(t *testing.T) {
 	for _, fam := range []struct{ name, backend, node, remote string }{
@@ -195,10 +200,17 @@ func testE2E12NodePortRemote(t *testing.T, backend string, nodeAddr, remoteAddr 
 	backendAP := netip.AddrPortFrom(web.Addr, 8080).String()
 	svc := nodePort(backendAP, true)
 	svc.ExternalLocal = etpLocal
-	if err := d.Services().Sync(map[string]nat.Service{"np": svc}); err != nil {
+	anyAddr := svc.Frontends[0].Addr
+	svc.Frontends = append(svc.Frontends, nat.Frontend{Addr: anyAddr, Port: 30053, Protocol: nat.ProtoUDP, NodePort: true, External: true})
+	empty := nat.Service{ExternalLocal: etpLocal, Frontends: []nat.Frontend{
+		{Addr: anyAddr, Port: 30081, Protocol: nat.ProtoTCP, NodePort: true, External: true},
+		{Addr: anyAddr, Port: 30054, Protocol: nat.ProtoUDP, NodePort: true, External: true},
+	}}
+	if err := d.Services().Sync(map[string]nat.Service{"np": svc, "empty": empty}); err != nil {
 		t.Fatal(err)
 	}
 	e2e12ServePeer(t, web.NS, backendAP, "web")
+	e2e12EchoUDP(t, web.NS, backendAP)
 
 	answers, err := e2e12Ask(remote, netip.AddrPortFrom(nodeAddr.Addr(), 30080).String(), 5)
 	if err != nil {
@@ -215,6 +227,27 @@ func testE2E12NodePortRemote(t *testing.T, backend string, nodeAddr, remoteAddr 
 		if etpLocal && peer.Addr().Unmap() != remoteAddr.Addr() {
 			t.Errorf("with ETP Local the backend saw client %v, want %v", peer, remoteAddr.Addr())
 		}
+	}
+	err = e2e12UDPOnce(remote.NS, netip.AddrPortFrom(nodeAddr.Addr(), 30053).String())
+	for try := 1; err != nil && try < e2e12Tries; try++ {
+		err = e2e12UDPOnce(remote.NS, netip.AddrPortFrom(nodeAddr.Addr(), 30053).String())
+	}
+	if err != nil {
+		t.Errorf("UDP through the NodePort: %v", err)
+	}
+	err = remote.Do(func() error {
+		// Refused at once: a timeout would take the whole 3 s.
+		_, err := net.DialTimeout("tcp", netip.AddrPortFrom(nodeAddr.Addr(), 30081).String(), 3*time.Second)
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			return fmt.Errorf("TCP to a NodePort without backends: %v, want connection refused", err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Error(err)
+	}
+	if err := e2e12UDPOnce(remote.NS, netip.AddrPortFrom(nodeAddr.Addr(), 30054).String()); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("UDP to a NodePort without backends: %v, want connection refused (a port unreachable)", err)
 	}
 }
 
