@@ -259,22 +259,33 @@ func binomialBound(n int, p float64) (lo, hi int) {
 	return int(math.Floor(mean - 6*sd)), int(math.Ceil(mean + 6*sd))
 }
 
-// TestE2E12Distribution: a client workload's connections to a ClusterIP
-// with three backend workloads, through TC NAT, reach every backend, each
-// with a share within a binomial bound of a third.
-func TestE2E12Distribution(t *testing.T) {
-	const conns = 240
-	node, client, b1 := nodePair(t, "10.112.1.1", "10.112.1.2")
-	b2, err := node.AddWorkload("b2", netip.MustParseAddr("10.112.1.3"))
+// e2e12Family is one family's addresses for the three-backend tests:
+// a workload prefix (client .1, backends .2 to .4) and a ClusterIP.
+type e2e12Family struct{ name, prefix, clusterIP string }
+
+var e2e12Families = []e2e12Family{
+	{"ipv4", "10.112.1.", "10.96.112.1"},
+	{"ipv6", "fd00:112:1::", "fd00:96::112:1"},
+}
+
+// e2e12ThreeBackends builds a node with a client workload and three
+// backend workloads (b1 to b3, answering as e2e12ServePeer on port 8080),
+// the datapath attached to them, and a ClusterIP on port 80 whose
+// service is svc with those backends; it returns the client and the
+// frontend.
+func e2e12ThreeBackends(t *testing.T, fam e2e12Family, svc nat.Service) (*topo.Workload, string) {
+	t.Helper()
+	node, client, b1 := nodePair(t, fam.prefix+"1", fam.prefix+"2")
+	b2, err := node.AddWorkload("b2", netip.MustParseAddr(fam.prefix+"3"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	b3, err := node.AddWorkload("b3", netip.MustParseAddr("10.112.1.4"))
+	b3, err := node.AddWorkload("b3", netip.MustParseAddr(fam.prefix+"4"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	d := e2e12Workloads(t, node)
-	svc := nat.Service{Frontends: []nat.Frontend{{Addr: netip.MustParseAddr("10.96.112.1"), Port: 80, Protocol: nat.ProtoTCP}}}
+	svc.Frontends = []nat.Frontend{{Addr: netip.MustParseAddr(fam.clusterIP), Port: 80, Protocol: nat.ProtoTCP}}
 	for i, w := range []*topo.Workload{b1, b2, b3} {
 		svc.Backends = append(svc.Backends, nat.Backend{Addr: w.Addr, Port: 8080, Local: true})
 		e2e12ServePeer(t, w.NS, netip.AddrPortFrom(w.Addr, 8080).String(), fmt.Sprintf("b%d", i+1))
@@ -282,54 +293,54 @@ func TestE2E12Distribution(t *testing.T) {
 	if err := d.Services().Sync(map[string]nat.Service{"web": svc}); err != nil {
 		t.Fatal(err)
 	}
-	answers, err := e2e12Ask(client.NS, "10.96.112.1:80", conns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := map[string]int{}
-	for _, a := range answers {
-		got[a[0]]++
-	}
-	t.Logf("connections per backend: %v", got)
-	lo, hi := binomialBound(conns, 1.0/3)
-	for _, name := range []string{"b1", "b2", "b3"} {
-		if got[name] < lo || got[name] > hi {
-			t.Errorf("backend %s got %d of %d connections, want %d to %d", name, got[name], conns, lo, hi)
-		}
+	return client, netip.AddrPortFrom(netip.MustParseAddr(fam.clusterIP), 80).String()
+}
+
+// TestE2E12Distribution: a client workload's connections to a ClusterIP
+// with three backend workloads, through TC NAT, reach every backend, each
+// with a share within a binomial bound of a third, in both families.
+func TestE2E12Distribution(t *testing.T) {
+	const conns = 240
+	for _, fam := range e2e12Families {
+		t.Run(fam.name, func(t *testing.T) {
+			client, frontend := e2e12ThreeBackends(t, fam, nat.Service{})
+			answers, err := e2e12Ask(client.NS, frontend, conns)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]int{}
+			for _, a := range answers {
+				got[a[0]]++
+			}
+			t.Logf("connections per backend: %v", got)
+			lo, hi := binomialBound(conns, 1.0/3)
+			for _, name := range []string{"b1", "b2", "b3"} {
+				if got[name] < lo || got[name] > hi {
+					t.Errorf("backend %s got %d of %d connections, want %d to %d", name, got[name], conns, lo, hi)
+				}
+			}
+		})
 	}
 }
 
 // TestE2E12Affinity: with session affinity, every connection of a client
 // workload to a ClusterIP with three backends reaches the backend its
-// first one did, through TC NAT.
+// first one did, through TC NAT, in both families. Without affinity 30
+// connections would all land on one backend with a chance of 3^-29.
 func TestE2E12Affinity(t *testing.T) {
-	node, client, b1 := nodePair(t, "10.112.2.1", "10.112.2.2")
-	b2, err := node.AddWorkload("b2", netip.MustParseAddr("10.112.2.3"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b3, err := node.AddWorkload("b3", netip.MustParseAddr("10.112.2.4"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := e2e12Workloads(t, node)
-	svc := nat.Service{Frontends: []nat.Frontend{{Addr: netip.MustParseAddr("10.96.112.2"), Port: 80, Protocol: nat.ProtoTCP}},
-		Affinity: time.Hour}
-	for i, w := range []*topo.Workload{b1, b2, b3} {
-		svc.Backends = append(svc.Backends, nat.Backend{Addr: w.Addr, Port: 8080, Local: true})
-		e2e12ServePeer(t, w.NS, netip.AddrPortFrom(w.Addr, 8080).String(), fmt.Sprintf("b%d", i+1))
-	}
-	if err := d.Services().Sync(map[string]nat.Service{"sticky": svc}); err != nil {
-		t.Fatal(err)
-	}
-	answers, err := e2e12Ask(client.NS, "10.96.112.2:80", 30)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i, a := range answers {
-		if a[0] != answers[0][0] {
-			t.Errorf("connection %d reached %s, the first reached %s", i, a[0], answers[0][0])
-		}
+	for _, fam := range e2e12Families {
+		t.Run(fam.name, func(t *testing.T) {
+			client, frontend := e2e12ThreeBackends(t, fam, nat.Service{Affinity: time.Hour})
+			answers, err := e2e12Ask(client.NS, frontend, 30)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, a := range answers {
+				if a[0] != answers[0][0] {
+					t.Errorf("connection %d reached %s, the first reached %s", i, a[0], answers[0][0])
+				}
+			}
+		})
 	}
 }
 
