@@ -155,7 +155,8 @@ func e2e12Ask(ns interface{ Do(func() error) error }, addr string, n int) ([][2]
 // address, in both families, with the external traffic policy Cluster
 // and Local; with Local the backend sees the client's own address. UDP
 // gets its answer through the NodePort, and a NodePort without backends
-// refuses TCP at once and answers UDP with a port unreachable. The
+// refuses TCP at once and answers UDP with a port unreachable; with ETP
+// Local, so does TCP to one whose only backend is on another node. The
 // backend's host-side IPv4 interface needs accept_local (see below).
 func TestE2E12NodePortRemote(t *testing.T) {
 	for _, fam := range []struct{ name, backend, node, remote string }{
@@ -206,7 +207,12 @@ func testE2E12NodePortRemote(t *testing.T, backend string, nodeAddr, remoteAddr 
 		{Addr: anyAddr, Port: 30081, Protocol: nat.ProtoTCP, NodePort: true, External: true},
 		{Addr: anyAddr, Port: 30054, Protocol: nat.ProtoUDP, NodePort: true, External: true},
 	}}
-	if err := d.Services().Sync(map[string]nat.Service{"np": svc, "empty": empty}); err != nil {
+	// elsewhere's only backend is on another node: with ETP Local a
+	// client from outside has no backend to reach.
+	elsewhere := nat.Service{ExternalLocal: etpLocal,
+		Frontends: []nat.Frontend{{Addr: anyAddr, Port: 30082, Protocol: nat.ProtoTCP, NodePort: true, External: true}},
+		Backends:  []nat.Backend{{Addr: e2e12Elsewhere(anyAddr), Port: 8080}}}
+	if err := d.Services().Sync(map[string]nat.Service{"np": svc, "empty": empty, "elsewhere": elsewhere}); err != nil {
 		t.Fatal(err)
 	}
 	e2e12ServePeer(t, web.NS, backendAP, "web")
@@ -235,20 +241,35 @@ func testE2E12NodePortRemote(t *testing.T, backend string, nodeAddr, remoteAddr 
 	if err != nil {
 		t.Errorf("UDP through the NodePort: %v", err)
 	}
-	err = remote.Do(func() error {
-		// Refused at once: a timeout would take the whole 3 s.
-		_, err := net.DialTimeout("tcp", netip.AddrPortFrom(nodeAddr.Addr(), 30081).String(), 3*time.Second)
-		if !errors.Is(err, syscall.ECONNREFUSED) {
-			return fmt.Errorf("TCP to a NodePort without backends: %v, want connection refused", err)
+	refused := []uint16{30081}
+	if etpLocal {
+		refused = append(refused, 30082)
+	}
+	for _, port := range refused {
+		err = remote.Do(func() error {
+			// Refused at once: a timeout would take the whole 3 s.
+			_, err := net.DialTimeout("tcp", netip.AddrPortFrom(nodeAddr.Addr(), port).String(), 3*time.Second)
+			if !errors.Is(err, syscall.ECONNREFUSED) {
+				return fmt.Errorf("TCP to NodePort %d without backends to reach: %v, want connection refused", port, err)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Error(err)
 		}
-		return nil
-	})
-	if err != nil {
-		t.Error(err)
 	}
 	if err := e2e12UDPOnce(remote.NS, netip.AddrPortFrom(nodeAddr.Addr(), 30054).String()); !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Errorf("UDP to a NodePort without backends: %v, want connection refused (a port unreachable)", err)
 	}
+}
+
+// e2e12Elsewhere is an address of a backend on another node, of the
+// family of addr.
+func e2e12Elsewhere(addr netip.Addr) netip.Addr {
+	if addr.Is4() {
+		return netip.MustParseAddr("10.112.9.9")
+	}
+	return netip.MustParseAddr("fd00:112:9::9")
 }
 
 // binomialBound is the range in which a binomial count of n trials of
