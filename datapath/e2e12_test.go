@@ -367,27 +367,31 @@ func TestE2E12Affinity(t *testing.T) {
 
 // TestE2E12SockDistribution: a pod's TCP connections to a ClusterIP with
 // two backends, balanced at connect time (newSockEnv), reach each backend
-// with a share within a binomial bound of a half.
+// with a share within a binomial bound of a half, in both families.
 func TestE2E12SockDistribution(t *testing.T) {
 	const conns = 200
-	e := newSockEnv(t, sockFamilies[0])
-	dest := netip.AddrPortFrom(netip.MustParseAddr(e.fam.clusterIP), sockTCPPort)
-	ops := make([]sockOp, conns)
-	for i := range ops {
-		ops[i] = sockOp{Kind: sockTCP, Dest: dest}
-	}
-	got := map[string]int{}
-	for i, r := range runSockClient(t, e.pod, e.client.NS.Name, e.d.state.sockNAT, ops) {
-		if r.Errno != 0 {
-			t.Fatalf("connection %d: %v", i, r.Errno)
-		}
-		got[r.Reply]++
-	}
-	t.Logf("connections per backend: %v", got)
-	lo, hi := binomialBound(conns, 0.5)
-	for name := range e.backendsByName {
-		if got[name] < lo || got[name] > hi {
-			t.Errorf("backend %s got %d of %d connections, want %d to %d", name, got[name], conns, lo, hi)
-		}
+	for _, fam := range sockFamilies {
+		t.Run(fam.name, func(t *testing.T) {
+			e := newSockEnv(t, fam)
+			dest := netip.AddrPortFrom(netip.MustParseAddr(fam.clusterIP), sockTCPPort)
+			ops := make([]sockOp, conns)
+			for i := range ops {
+				ops[i] = sockOp{Kind: sockTCP, Dest: dest}
+			}
+			got := map[string]int{}
+			for i, r := range runSockClient(t, e.pod, e.client.NS.Name, e.d.state.sockNAT, ops) {
+				if r.Errno != 0 {
+					t.Fatalf("connection %d: %v", i, r.Errno)
+				}
+				got[r.Reply]++
+			}
+			t.Logf("connections per backend: %v", got)
+			lo, hi := binomialBound(conns, 0.5)
+			for name := range e.backendsByName {
+				if got[name] < lo || got[name] > hi {
+					t.Errorf("backend %s got %d of %d connections, want %d to %d", name, got[name], conns, lo, hi)
+				}
+			}
+		})
 	}
 }
