@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicenet/sluice/bpf"
 	"github.com/sluicenet/sluice/internal/topo"
 	"github.com/sluicenet/sluice/polprog"
 )
@@ -38,7 +39,9 @@ func e2e12ServerPolicy(proto string, echoType uint8, icmp bool) polprog.Rules {
 // to one port and echo requests; those exchanges complete (their replies
 // pass as established) and the rule that allowed each counts a hit; UDP
 // and TCP to other ports, and echo requests once the policy no longer
-// allows them, get no answer and count hits of the tier's end.
+// allows them, get no answer and count hits of the tier's end; the
+// server's counters show the replies established and the requests
+// dropped by policy.
 func TestE2E12Policy(t *testing.T) {
 	for _, fam := range []struct {
 		name, client, server, icmpNet, icmpProto string
@@ -120,6 +123,17 @@ func TestE2E12Policy(t *testing.T) {
 				if got := hits(c.ruleID) - before; got < 1 {
 					t.Errorf("%s: rule %d hit %d times, want at least once", c.name, c.ruleID, got)
 				}
+			}
+			// The replies of the three allowed exchanges left the server
+			// as established; the three denied requests were dropped by
+			// its policy.
+			srv, err := d.Counters(server.HostIfindex)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if srv.Egress[bpf.ReasonAcceptedEstablished] < 3 || srv.Ingress[bpf.ReasonDroppedByPolicy] < 3 {
+				t.Errorf("server counters: ingress %v, egress %v; want at least 3 established replies and 3 policy drops",
+					srv.Ingress.NonZero(), srv.Egress.NonZero())
 			}
 		})
 	}
