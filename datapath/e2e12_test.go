@@ -26,7 +26,9 @@ package datapath
 //     TestSockConnectBalancing (connect-time), TestE2E12NodePortRemote
 //     (a NodePort from the remote node).
 //   - NodePort from the remote node (TCP and UDP, both families), ETP
-//     Local keeps the client address: TestE2E12NodePortRemote.
+//     Local keeps the client address: TestE2E12NodePortRemote; ETP
+//     Cluster to a backend on another node, source-NATed:
+//     TestE2E12NodePortElsewhere (IPv4).
 //   - Affinity holds across connections through TC NAT:
 //     TestE2E12Affinity.
 
@@ -393,5 +395,61 @@ func TestE2E12SockDistribution(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestE2E12NodePortElsewhere: with ETP Cluster, a client in the remote
+// namespace reaches a NodePort whose only backend is on another node (a
+// second address of the remote namespace, past the uplink): the node
+// source-NATs the flow to its own address, so the backend sees the node
+// as the client, and the reply returns to the client from the NodePort.
+func TestE2E12NodePortElsewhere(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	node := testutil.NewNode(t)
+	remote := testutil.NewNetNS(t)
+	nodeAddr, remoteAddr := netip.MustParsePrefix("192.168.113.1/24"), netip.MustParsePrefix("192.168.113.2/24")
+	backend := netip.MustParseAddrPort("192.168.113.3:8080")
+	uplink, _ := testutil.ConnectVeth(t, &testutil.NetNS{NS: node.NS}, "sl12up", nodeAddr, remote, "eth0", remoteAddr)
+	if err := remote.AddrAdd("eth0", netip.PrefixFrom(backend.Addr(), 32)); err != nil {
+		t.Fatal(err)
+	}
+	d, err := Open(Options{ConntrackEntries: 1 << 12, MaxInterfaces: 8, PolicySlots: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	if err := d.Routes().Put(routes.Route{Prefix: netip.PrefixFrom(nodeAddr.Addr(), 32), Flags: routes.FlagLocalHost}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.SNAT().Set(nat.SNAT{IPv4: nodeAddr.Addr(), PortMin: 61000, PortMax: 61099}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.SetInterface(uplink.Index, Interface{Kind: Host, Ingress: allowAllRules, Egress: allowAllRules}); err != nil {
+		t.Fatal(err)
+	}
+	e2e12Attach(t, node.NS, d, uplink.Name)
+	// The uplink's TC ingress hook source-NATs the client's packets to
+	// the node's own address before the host routes them, which Linux
+	// drops as martians unless the interface accepts local sources, as
+	// in TestE2E12NodePortRemote.
+	if err := node.NS.Sysctl("net/ipv4/conf/"+uplink.Name+"/accept_local", "1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Services().Sync(map[string]nat.Service{"np": nodePort(backend.String(), false)}); err != nil {
+		t.Fatal(err)
+	}
+	e2e12ServePeer(t, remote.NS, backend.String(), "far")
+	answers, err := e2e12Ask(remote, netip.AddrPortFrom(nodeAddr.Addr(), 30080).String(), 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range answers {
+		peer, err := netip.ParseAddrPort(a[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a[0] != "far" || peer.Addr() != nodeAddr.Addr() {
+			t.Errorf("answer from %s, which saw client %v; want far, seeing the node %v", a[0], peer, nodeAddr.Addr())
+		}
 	}
 }
