@@ -287,6 +287,15 @@ func checkBPFFS(dir string) error {
 	return nil
 }
 
+// flockExclusive waits for the exclusive flock on fd, through signals.
+func flockExclusive(fd int) error {
+	for {
+		if err := unix.Flock(fd, unix.LOCK_EX); !errors.Is(err, unix.EINTR) {
+			return err
+		}
+	}
+}
+
 // lock takes the exclusive flock on the pin directory that every method
 // holds while it runs, waiting for another holder (in this or another
 // process) to let go, and returns its release. The lock is on a file
@@ -298,13 +307,7 @@ func (a *Attacher) lock() (func(), error) {
 		if err != nil {
 			return nil, fmt.Errorf("lock pin directory: %w", err)
 		}
-		for {
-			err = unix.Flock(fd, unix.LOCK_EX)
-			if !errors.Is(err, unix.EINTR) {
-				break
-			}
-		}
-		if err != nil {
+		if err := flockExclusive(fd); err != nil {
 			unix.Close(fd)
 			return nil, fmt.Errorf("lock pin directory: %w", err)
 		}
@@ -343,13 +346,7 @@ func (a *Attacher) lockTC() (func(), error) {
 		unlock()
 		return nil, fmt.Errorf("lock network namespace: %w", err)
 	}
-	for {
-		err = unix.Flock(fd, unix.LOCK_EX)
-		if !errors.Is(err, unix.EINTR) {
-			break
-		}
-	}
-	if err != nil {
+	if err := flockExclusive(fd); err != nil {
 		unix.Close(fd)
 		unlock()
 		return nil, fmt.Errorf("lock network namespace: %w", err)

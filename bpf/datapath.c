@@ -192,18 +192,6 @@ SL_INLINE void sl_fill_state(struct sl_state *st, const struct sl_pkt *pkt, cons
 	st->flags = flags;
 }
 
-/* sl_record returns this generation's record of an interface, or NULL. */
-SL_INLINE const struct sl_iface_record *sl_record(const struct sl_iface *iface)
-{
-	if (sl_generation == 0)
-		return NULL;
-	if (iface->records[0].generation == sl_generation)
-		return &iface->records[0];
-	if (iface->records[1].generation == sl_generation)
-		return &iface->records[1];
-	return NULL;
-}
-
 /* sl_to_policy hands the packet to the hook's policy program. It returns
  * only when there is no policy to run: fail closed. */
 SL_INLINE int sl_to_policy(struct __sk_buff *skb, const struct sl_iface_record *rec, enum sl_hook hook,
@@ -708,7 +696,7 @@ SL_INLINE int sl_tc_main(struct __sk_buff *skb, enum sl_hook hook)
 		skb->mark = 0;
 		return sl_verdict(counters, SL_REASON_REFUSAL_PASSED);
 	}
-	const struct sl_iface_record *rec = sl_record(iface);
+	const struct sl_iface_record *rec = sl_iface_record_of(iface, sl_generation);
 	if (!rec)
 		return sl_verdict(counters, SL_REASON_DROPPED_NO_IFACE);
 	if (!(rec->flags & SL_IFACE_READY))

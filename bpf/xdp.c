@@ -124,19 +124,6 @@ __noinline int sl_xdp_parse_ipv6(struct xdp_md *ctx, struct sl_pkt *pkt)
 	return sl_parse_ipv6_at(ctx, data, end, end - data, true, SL_XDP_PARSE_FLAGS, pkt);
 }
 
-/* sl_xdp_record returns this generation's record of an interface, or
- * NULL. */
-SL_INLINE const struct sl_iface_record *sl_xdp_record(const struct sl_iface *iface)
-{
-	if (sl_generation == 0)
-		return NULL;
-	if (iface->records[0].generation == sl_generation)
-		return &iface->records[0];
-	if (iface->records[1].generation == sl_generation)
-		return &iface->records[1];
-	return NULL;
-}
-
 /* What sl_xdp_parse returns besides a reason to drop the packet for. */
 #define SL_XDP_POLICE	(-1)	/* the XDP policy decides the packet */
 #define SL_XDP_TO_TC	(-2)	/* passed to TC unpoliced */
@@ -203,7 +190,7 @@ int sl_xdp(struct xdp_md *ctx)
 	iface = bpf_map_lookup_elem(&sl_xdpifaces, &ifindex);
 	if (!iface)
 		return XDP_PASS;
-	rec = sl_xdp_record(iface);
+	rec = sl_iface_record_of(iface, sl_generation);
 	if (!rec)
 		return XDP_PASS;
 	parsed = sl_xdp_parse(ctx, rec->flags, &pkt);

@@ -62,6 +62,20 @@ struct sl_iface {
 };
 SL_ASSERT_SIZE(struct sl_iface, 40);
 
+/* sl_iface_record_of returns the record of generation gen (an object's
+ * sl_generation) in iface, or NULL: generation 0, never a real one, finds
+ * none. */
+SL_INLINE const struct sl_iface_record *sl_iface_record_of(const struct sl_iface *iface, __u32 gen)
+{
+	if (gen == 0)
+		return NULL;
+	if (iface->records[0].generation == gen)
+		return &iface->records[0];
+	if (iface->records[1].generation == gen)
+		return &iface->records[1];
+	return NULL;
+}
+
 /* The runtime's own record in the registry (sl_meta, entry 0), read by no
  * program: which generations exist, so that two processes sharing the
  * pinned maps never take one number, and a process taking over knows whose
