@@ -60,8 +60,10 @@ func (f flow) packet(client netip.Addr, srcPort uint16, server netip.Addr) polpr
 }
 
 // timeout is how long an exchange waits for its answer: a denied flow
-// gets none.
-const timeout = time.Second
+// gets none. It is shorter than TCP's first retransmission timeout (1 s),
+// so that a denied SYN is not sent again, to be counted with the next
+// flow's hits.
+const timeout = 800 * time.Millisecond
 
 // try runs the exchange from client's srcPort (the echo request's
 // identifier) and returns nil when the server answered.
