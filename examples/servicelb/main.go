@@ -19,17 +19,19 @@
 // nat.Choose, over the services programmed and the kernel's affinity
 // records) predicts its backend: every choice is deterministic once the
 // connection's addresses and ports are known, the hash too. It
-// prints a few connections of each service, then the distribution per
-// backend next to the model's, and fails if any connection went
-// elsewhere than predicted. It removes everything it made.
+// prints a few connections of each service (-all: every one), then the
+// distribution per backend next to the model's, and fails if any
+// connection went elsewhere than predicted. It removes everything it
+// made.
 //
 // Run it as root on Linux 6.6 or later from the repository root:
 //
-//	go run ./examples/servicelb
+//	go run ./examples/servicelb [-all]
 package main
 
 import (
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log"
@@ -49,7 +51,10 @@ import (
 	"github.com/sluicenet/sluice/routes"
 )
 
+var showAll = flag.Bool("all", false, "print every connection with its prediction, not only each service's first few")
+
 func main() {
+	flag.Parse()
 	if err := run(os.Stdout); err != nil {
 		log.Fatal(err)
 	}
@@ -185,7 +190,7 @@ func run(out io.Writer) (err error) {
 				if got != predicted || want.Service != name {
 					wrong++
 					fmt.Fprintf(out, "  MISPREDICTED %s -> %s: served by %s, nat.Explain: %s %s (%s)\n", from, front, got, want.Service, predicted, want.Reason)
-				} else if tally.flows <= shown {
+				} else if tally.flows <= shown || *showAll {
 					fmt.Fprintf(out, "  %s -> %s: served by %s, nat.Explain: %s (%s)\n", from, front, got, predicted, want.Reason)
 				}
 			}
