@@ -168,8 +168,8 @@ func run(out io.Writer) (err error) {
 	}
 	fmt.Fprintf(out, "server counters\n  sent:     %v\n  received: %v\n", c.Egress.NonZero(), c.Ingress.NonZero())
 
-	for _, w := range node.Workloads[2:] {
-		if err := serveName(w); err != nil {
+	for i, w := range node.Workloads[2:] {
+		if err := serveName(w, backends[i].name); err != nil {
 			return err
 		}
 	}
@@ -285,15 +285,13 @@ func detach(pinDir string, workloads []endpoint) error {
 	return errors.Join(errs...)
 }
 
-// serveName answers every TCP connection to w's backend port with w's
-// name.
-func serveName(w *topo.Workload) error {
+// serveName answers every TCP connection to w's backend port with name.
+func serveName(w *topo.Workload, name string) error {
 	return w.NS.Do(func() error {
 		l, err := net.Listen("tcp4", netip.AddrPortFrom(w.Addr, backendPort).String())
 		if err != nil {
 			return err
 		}
-		name := w.NS.Name[len(prefix):]
 		go func() {
 			for {
 				c, err := l.Accept()
