@@ -84,7 +84,7 @@ func TestCLI(t *testing.T) {
 		}
 		diffJSON(t, "web service", serviceOut{Maglev: true, SourceRanges: []string{},
 			Frontends: []frontendOut{{Addr: webVIP.String(), Port: 80, Protocol: "tcp", Kind: "cluster-ip", Flags: "maglev"}},
-			Backends: []backendOut{{Addr: serverAddr.String(), Port: 8080, Local: true}, {Addr: server2Addr.String(), Port: 8080, Local: true}}}, web)
+			Backends:  []backendOut{{Addr: serverAddr.String(), Port: 8080, Local: true}, {Addr: server2Addr.String(), Port: 8080, Local: true}}}, web)
 		diffJSON(t, "dns service", serviceOut{AffinitySeconds: 30, SourceRanges: []string{},
 			Frontends: []frontendOut{{Addr: dnsVIP.String(), Port: 53, Protocol: "udp", Kind: "cluster-ip", Flags: "affinity"}},
 			Backends:  []backendOut{{Addr: serverAddr.String(), Port: 53, Local: true}}}, dns)

@@ -336,7 +336,7 @@ func (e *explainer) run() error {
 	}
 	e.out.Routes.SrcIsHost = srcRoute != nil && srcRoute.Flags.Has(routes.FlagLocalHost)
 	e.out.Routes.DstIsHost = dstRoute != nil && dstRoute.Flags.Has(routes.FlagLocalHost)
-	if dstRoute != nil || e.out.Routes.Destination != nil {
+	if host || e.hook == bpf.HookIngress {
 		e.say("routes", "destination %s: %s", e.dst.Addr(), describeRoute(dstRoute))
 	}
 

@@ -38,19 +38,42 @@
 // versions), an interface without a record or without a debug file.
 //
 // An example session against an agent with PinDir /sys/fs/bpf/sluice and
-// DebugDir /run/sluice:
+// DebugDir /run/sluice, whose client workload (10.131.0.1, host side
+// clih) reached a Maglev service 10.96.131.1:80 and was denied by rule 12
+// at the server (10.131.0.2, host side srvh):
 //
-//	# sluice -pin-dir /sys/fs/bpf/sluice services
-//	ID  FRONTEND          KIND       FLAGS     AFFINITY  MAGLEV  SOURCE RANGES  BACKENDS
-//	1   10.96.0.10:80/tcp cluster-ip 0         -         no      -              10.0.0.2:8080 (local)
-//	# sluice -pin-dir /sys/fs/bpf/sluice -debug-dir /run/sluice explain \
-//	      -iface cli0h -dir ingress -proto tcp -src 10.0.0.1:40000 -dst 10.96.0.10:80
-//	interface    cli0h (ifindex 7), TC ingress, generation 1 record: ready|workload|enforce_ipv6
-//	conntrack    no entry: a new flow
-//	routes       source 10.0.0.1/32 local_workload ifindex 7: reverse-path check passes
-//	service      1 at 10.96.0.10:80/tcp: backend 10.0.0.2:8080 by hash
-//	policy       allow by rule 11 (ingress policy file: generation 1, entry slot 3)
-//	verdict      allow: DNAT to 10.0.0.2:8080, tracked from then on
+//	# alias sl='sluice -pin-dir /sys/fs/bpf/sluice -debug-dir /run/sluice'
+//	# sl services
+//	ID  FRONTEND            KIND        FLAGS     AFFINITY  MAGLEV  SOURCE RANGES  BACKENDS
+//	2   10.96.131.1:80/tcp  cluster-ip  maglev    -         yes     -              10.131.0.2:8080 (local) 10.131.0.3:8080 (local)
+//	# sl conntrack -port 8081
+//	PROTO  A                 B                 TYPE    STATE         FLAGS  A->B                          B->A             ORIG  BACKEND
+//	tcp    10.131.0.1:40812  10.131.0.2:8081   normal  tcp-syn-sent  0      1 pkts syn|ingress_ok if 2/0  0 pkts 0 if 0/0  -     -
+//	# sl explain -iface srvh -dir egress -proto tcp -src 10.131.0.1:40812 -dst 10.131.0.2:8081
+//	STEP       WHAT
+//	interface  srvh (ifindex 3), TC egress, generation 1 record: workload|ready|enforce_ipv6
+//	conntrack  normal tcp 10.131.0.1:40812 <-> 10.131.0.2:8081, tcp-syn-sent: the flow was not approved at this hook; its packets here go to policy
+//	policy     deny 10.131.0.2:8081 by rule 12 (egress policy file: generation 1, entry slot 3)
+//	verdict    dropped_by_policy
+//	# sl explain -iface clih -dir ingress -proto tcp -src 10.131.0.1:45000 -dst 10.96.131.1:80
+//	STEP       WHAT
+//	interface  clih (ifindex 2), TC ingress, generation 1 record: workload|ready|enforce_ipv6
+//	conntrack  no entry: a new flow
+//	routes     source 10.131.0.1: 10.131.0.1/32 local_workload ifindex 2; reverse-path check passes
+//	routes     destination 10.96.131.1: no route
+//	service    service 2 at 10.96.131.1:80/tcp: backend 10.131.0.3:8080 by maglev
+//	policy     allow 10.131.0.3:8080 by rule 1 (ingress policy file: generation 1, entry slot 0)
+//	verdict    accepted_by_policy: DNAT to 10.131.0.3:8080
+//	# sl policy -iface srvh -hook egress
+//	interface srvh (ifindex 3), hook egress, generation 1, entry slot 3
+//	; part 0
+//	...
+//	         ; rule tier default/server#1: deny, id 12
+//	...
+//
+// A workload's egress policy runs at its host-side interface's TC ingress
+// hook, and its ingress policy at the TC egress hook: -dir and -hook name
+// the hook.
 //
 // The same with -o json prints one object per command for scripts.
 package main
