@@ -261,6 +261,16 @@ func testExplain(t *testing.T, a *agent) {
 	}
 	diffJSON(t, "web flow's outcome", outcomeOut{Reason: "accepted_established", Passes: true, DNAT: a.webBackend, Tracked: true}, web.Outcome)
 
+	// Its replies, where the backend sends them: established, from the
+	// frontend.
+	backend := netip.MustParseAddrPort(a.webBackend)
+	beIface := a.server.HostIfname
+	if backend.Addr() == server2Addr {
+		beIface = a.server2.HostIfname
+	}
+	reply := a.explainJSON(t, beIface, "ingress", "tcp", backend, a.webClient)
+	diffJSON(t, "web flow's reply", outcomeOut{Reason: "accepted_established", Passes: true, Tracked: true, ReplyFrom: ap(webVIP, 80).String()}, reply.Outcome)
+
 	// A new web flow: explain predicts its backend, then the kernel
 	// gives it one.
 	fresh := ap(clientAddr, 45000)

@@ -119,6 +119,8 @@ type outcomeOut struct {
 	DNAT string `json:"dnat,omitempty"`
 	// Tracked says the packet creates or follows a conntrack entry.
 	Tracked bool `json:"tracked"`
+	// ReplyFrom is the source a NAT flow's reply is given: the frontend.
+	ReplyFrom string `json:"reply_from,omitempty"`
 }
 
 // explainStep is one line of the explanation.
@@ -197,7 +199,8 @@ func (e *explainer) say(step, format string, args ...any) {
 }
 
 func (e *explainer) finish(reason bpf.Reason, dnat string, tracked bool) {
-	e.out.Outcome = outcomeOut{Reason: reason.String(), Passes: reason < bpf.ReasonFirstDrop, DNAT: dnat, Tracked: tracked}
+	e.out.Outcome = outcomeOut{Reason: reason.String(), Passes: reason < bpf.ReasonFirstDrop, DNAT: dnat, Tracked: tracked,
+		ReplyFrom: e.out.Outcome.ReplyFrom}
 	switch {
 	case dnat != "":
 		e.say("verdict", "%s: DNAT to %s", reason, dnat)
@@ -315,6 +318,12 @@ func (e *explainer) run() error {
 			if _, _, err := e.service(flow, known, dstRoute, now); err != nil {
 				return err
 			}
+		}
+		if rev := flow.reverse(); rev.EntryType() == conntrack.NATReverse && !flow.fromClient() {
+			// The backend's reply: sl_nat_translate gives it the
+			// frontend's address as its source.
+			e.out.Outcome.ReplyFrom = rev.Orig().String()
+			e.say("nat", "a reply of the NAT flow: its source becomes the frontend %s", rev.Orig())
 		}
 		e.finish(bpf.ReasonAcceptedEstablished, dnat, true)
 		return nil
