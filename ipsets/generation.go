@@ -46,6 +46,9 @@ func (m *Map) readGenerations() error {
 		return fmt.Errorf("read ip set memberships: %w", iterErr)
 	}
 	m.cur, m.written = cur, written
+	// Another writer (this Map's predecessor, before a restart) may have
+	// switched just now: the idle generation waits a grace period too.
+	m.grace.Start()
 	return nil
 }
 
