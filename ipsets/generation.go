@@ -129,3 +129,42 @@ func (m *Map) Lookup(id uint64, addr netip.Addr, proto uint8, port uint16) (bool
 	}
 	return InMemberValue(found, id, func(id uint64) (bool, error) { return m.Contains(id, addr, proto, port) })
 }
+
+// Rebuild writes the membership map from the members map when it holds
+// no entry while the members map holds some: what opening maps pinned by a
+// version without the membership map finds (or a membership map lost while
+// the members stayed). Otherwise it does nothing: Sync, Add and Remove
+// keep both maps in step.
+func (m *Map) Rebuild() error {
+	if err := m.made(); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.readGenerations(); err != nil {
+		return fmt.Errorf("rebuild ip set memberships: %w", err)
+	}
+	if len(m.written[0]) != 0 || len(m.written[1]) != 0 {
+		return nil
+	}
+	var iterErr error
+	empty := true
+	for range m.typed.All(&iterErr) {
+		empty = false
+		break
+	}
+	if iterErr != nil {
+		return fmt.Errorf("rebuild ip set memberships: %w", iterErr)
+	}
+	if empty {
+		return nil
+	}
+	sets, err := m.current()
+	if err != nil {
+		return fmt.Errorf("rebuild ip set memberships: %w", err)
+	}
+	if err := m.switchMembers(sets); err != nil {
+		return fmt.Errorf("rebuild ip set memberships: %w", err)
+	}
+	return nil
+}
