@@ -38,8 +38,7 @@
 // A value has 32 slots: set ID id is in slot id % 32, which holds its ID
 // when it is the entry's only set there; a slot two or more of the entry's
 // sets fall into is marked shared, and a program asks the members map
-// about each set of it instead (Lookup and InMemberValue are the
-// reference).
+// about each set of it instead (Map.Lookup is the reference).
 //
 // The membership map holds two generations, and bpf.MapIPSetGen names the
 // one in use. Sync, Add and Remove write the idle one where it differs,

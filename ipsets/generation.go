@@ -127,7 +127,7 @@ func (m *Map) Lookup(id uint64, addr netip.Addr, proto uint8, port uint16) (bool
 	case !errors.Is(err, ebpf.ErrKeyNotExist):
 		return false, fmt.Errorf("look up ip set %d: %w", id, err)
 	}
-	return InMemberValue(found, id, func(id uint64) (bool, error) { return m.Contains(id, addr, proto, port) })
+	return inMemberValue(found, id, func(id uint64) (bool, error) { return m.Contains(id, addr, proto, port) })
 }
 
 // Rebuild writes the membership map from the members map when it holds

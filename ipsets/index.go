@@ -139,12 +139,12 @@ func slotValue(ids []uint64) MemberValue {
 	return v
 }
 
-// InMemberValue answers, from the membership entry v that a lookup found
+// inMemberValue answers, from the membership entry v that a lookup found
 // (nil: none did), whether set id holds the looked-up address as the
 // programs do: the slot's set when it holds one, not a member when it
 // holds none, and ask(id), the set's own lookup in sl_ipsets, when the
 // slot is shared. It is the reference of the code polprog emits.
-func InMemberValue(v *MemberValue, id uint64, ask func(id uint64) (bool, error)) (bool, error) {
+func inMemberValue(v *MemberValue, id uint64, ask func(id uint64) (bool, error)) (bool, error) {
 	if v == nil {
 		return false, nil
 	}

@@ -120,11 +120,11 @@ func TestSlotValue(t *testing.T) {
 		id   uint64
 		want bool
 	}{{1, false}, {33, true}, {2, true}, {34, false}, {4, true}, {5, false}} {
-		if got, _ := InMemberValue(&v, c.id, ask); got != c.want {
-			t.Errorf("InMemberValue(%d) = %v, want %v", c.id, got, c.want)
+		if got, _ := inMemberValue(&v, c.id, ask); got != c.want {
+			t.Errorf("inMemberValue(%d) = %v, want %v", c.id, got, c.want)
 		}
 	}
-	if got, _ := InMemberValue(nil, 2, ask); got {
-		t.Error("InMemberValue(nil) found a member")
+	if got, _ := inMemberValue(nil, 2, ask); got {
+		t.Error("inMemberValue(nil) found a member")
 	}
 }
