@@ -665,6 +665,10 @@ const (
 	TypeState = "sl_state"
 	// TypeIPSetKey is the C name of IPSetKey.
 	TypeIPSetKey = "sl_ipset_key"
+	// TypeIPSetMKey is the C name of IPSetMKey.
+	TypeIPSetMKey = "sl_ipsetm_key"
+	// TypeIPSetMValue is the C name of IPSetMValue.
+	TypeIPSetMValue = "sl_ipsetm_value"
 	// TypeCTKey is the C name of CTKey.
 	TypeCTKey = "sl_ct_key"
 	// TypeCTLeg is the C name of CTLeg.
@@ -781,6 +785,52 @@ type IPSetKey struct {
 	// Always 0; named, unlike padding, so that a key another writer set it
 	// in is seen.
 	Zero uint8 `btf:"zero"`
+}
+
+// IPSetMKey mirrors struct sl_ipsetm_key: the sets an address (or a named
+// port) belongs to, in the sl_ipsetm LPM trie: what one lookup per
+// membership dimension of a classified run finds, instead of one sl_ipsets
+// lookup per set. Written by the Go package ipsets alongside sl_ipsets, from
+// the same members; nothing in C reads it. The key is sl_ipset_key's without
+// the set ID and with a generation: the prefix length counts bits from gen
+// on and always covers gen and family. An IPv4 CIDR entry's length is
+// 32+32+96 plus its prefix length, an IPv6 one's 32+32 plus its prefix
+// length, a named-port entry's the whole key (224 bits). Lookups use the
+// whole key as for sl_ipsets. There is one entry per distinct member of any
+// set, and its value lists every set that a lookup ending there is in: the
+// writer adds the sets of every shorter CIDR member covering it, so the
+// longest match alone answers.
+type IPSetMKey struct {
+	_ structs.HostLayout
+	// LPM prefix length in bits, from gen on.
+	Prefixlen uint32 `btf:"prefixlen"`
+	// Generation, 0 or 1: the one sl_ipsetgen names is in use.
+	Gen uint32 `btf:"gen"`
+	// The entry's address family, always matched.
+	Family Family `btf:"family"`
+	// Address, IPv4-mapped for IPv4.
+	Addr [16]uint8 `btf:"addr"`
+	// named-port entries: port, host order; else 0.
+	Port uint16 `btf:"port"`
+	// named-port entries: IPPROTO_*; else 0.
+	Proto uint8 `btf:"proto"`
+	// Always 0.
+	Zero uint8 `btf:"zero"`
+}
+
+// IPSetMValue mirrors struct sl_ipsetm_value: the sets of an sl_ipsetm
+// entry, by slot. A slot holding one of the entry's sets has its bit in
+// member and the set's ID in ids; a slot holding two or more has its bit in
+// shared (ids unused), and a program asks sl_ipsets about each set of that
+// slot instead. A slot with neither bit holds none of the entry's sets.
+type IPSetMValue struct {
+	_ structs.HostLayout
+	// Bit s: slot s holds one set, ids[s].
+	Member uint32 `btf:"member"`
+	// Bit s: slot s holds two or more sets.
+	Shared uint32 `btf:"shared"`
+	// The set of each member slot.
+	Ids [32]uint64 `btf:"ids"`
 }
 
 // CTKey mirrors struct sl_ct_key: canonical flow key: the lower (address,
@@ -1157,6 +1207,8 @@ var abiLayouts = []struct {
 }{
 	{TypeState, State{}},
 	{TypeIPSetKey, IPSetKey{}},
+	{TypeIPSetMKey, IPSetMKey{}},
+	{TypeIPSetMValue, IPSetMValue{}},
 	{TypeCTKey, CTKey{}},
 	{TypeCTLeg, CTLeg{}},
 	{TypeCTValue, CTValue{}},

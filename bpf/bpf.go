@@ -77,6 +77,13 @@ const (
 	MapState = datapathMapSlStateMap
 	// MapIPSets is the LPM trie of IP set members, keyed by IPSetKey.
 	MapIPSets = datapathMapSlIpsets
+	// MapIPSetMembers is the LPM trie of the sets each IP set member
+	// address and named port is in, IPSetMKey to IPSetMValue, in two
+	// generations.
+	MapIPSetMembers = datapathMapSlIpsetm
+	// MapIPSetGen is the array (one u32) naming the generation of
+	// MapIPSetMembers in use.
+	MapIPSetGen = datapathMapSlIpsetgen
 	// MapRuleHits is the per-CPU hash of policy rule hit counters.
 	MapRuleHits = datapathMapSlRuleHits
 	// MapPolicyJumps is the prog array holding policy programs.

@@ -22,6 +22,8 @@ const (
 	datapathMapSlCounters      = "sl_counters"
 	datapathMapSlCtTables      = "sl_ct_tables"
 	datapathMapSlIfaces        = "sl_ifaces"
+	datapathMapSlIpsetgen      = "sl_ipsetgen"
+	datapathMapSlIpsetm        = "sl_ipsetm"
 	datapathMapSlIpsets        = "sl_ipsets"
 	datapathMapSlLbRanges      = "sl_lb_ranges"
 	datapathMapSlLbSlots       = "sl_lb_slots"
@@ -105,6 +107,8 @@ type datapathMapSpecs struct {
 	SlCounters      *ebpf.MapSpec `ebpf:"sl_counters"`
 	SlCtTables      *ebpf.MapSpec `ebpf:"sl_ct_tables"`
 	SlIfaces        *ebpf.MapSpec `ebpf:"sl_ifaces"`
+	SlIpsetgen      *ebpf.MapSpec `ebpf:"sl_ipsetgen"`
+	SlIpsetm        *ebpf.MapSpec `ebpf:"sl_ipsetm"`
 	SlIpsets        *ebpf.MapSpec `ebpf:"sl_ipsets"`
 	SlLbRanges      *ebpf.MapSpec `ebpf:"sl_lb_ranges"`
 	SlLbSlots       *ebpf.MapSpec `ebpf:"sl_lb_slots"`
@@ -156,6 +160,8 @@ type datapathMaps struct {
 	SlCounters      *ebpf.Map `ebpf:"sl_counters"`
 	SlCtTables      *ebpf.Map `ebpf:"sl_ct_tables"`
 	SlIfaces        *ebpf.Map `ebpf:"sl_ifaces"`
+	SlIpsetgen      *ebpf.Map `ebpf:"sl_ipsetgen"`
+	SlIpsetm        *ebpf.Map `ebpf:"sl_ipsetm"`
 	SlIpsets        *ebpf.Map `ebpf:"sl_ipsets"`
 	SlLbRanges      *ebpf.Map `ebpf:"sl_lb_ranges"`
 	SlLbSlots       *ebpf.Map `ebpf:"sl_lb_slots"`
@@ -181,6 +187,8 @@ func (m *datapathMaps) Close() error {
 		m.SlCounters,
 		m.SlCtTables,
 		m.SlIfaces,
+		m.SlIpsetgen,
+		m.SlIpsetm,
 		m.SlIpsets,
 		m.SlLbRanges,
 		m.SlLbSlots,

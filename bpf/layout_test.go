@@ -91,6 +91,8 @@ func TestMapTypes(t *testing.T) {
 		{MapPending, "__u32", TypePending},
 		{MapState, "__u32", TypeState},
 		{MapIPSets, TypeIPSetKey, "__u32"},
+		{MapIPSetMembers, TypeIPSetMKey, TypeIPSetMValue},
+		{MapIPSetGen, "__u32", "__u32"},
 	}
 	tables, ok := spec.Maps[MapConntrackTables]
 	if !ok || tables.InnerMap == nil {

@@ -49,7 +49,8 @@ type Options struct {
 	// replacement is in place.
 	PolicySlots uint32
 	// IPSetEntries, RouteEntries and RuleHitEntries size the IP set,
-	// route and rule hit maps.
+	// route and rule hit maps (the IP set membership map takes twice
+	// IPSetEntries: two generations).
 	IPSetEntries, RouteEntries, RuleHitEntries uint32
 	// ServiceEntries sizes the frontends and their source ranges,
 	// BackendEntries the backends (and twice as many backend slots), and
@@ -270,7 +271,13 @@ func (d *Datapath) handles() error {
 		return err
 	}
 	d.ruleHits = &RuleHits{m: hits}
-	if d.ipsets, err = ipsets.NewMap(d.state.ipsets); err != nil {
+	if d.ipsets, err = ipsets.NewMap(ipsets.Maps{Sets: d.state.ipsets, Members: d.state.ipsetMembers,
+		Gen: d.state.ipsetGen}); err != nil {
+		return err
+	}
+	// Maps pinned before the membership map existed have members and no
+	// memberships.
+	if err := d.ipsets.Rebuild(); err != nil {
 		return err
 	}
 	if d.services, err = nat.NewTable(nat.Maps{Services: d.state.svcs, Slots: d.state.lbSlots,
@@ -471,11 +478,13 @@ func (d *Datapath) check() error {
 // polprogMaps are the maps policy programs use.
 func (d *Datapath) polprogMaps() polprog.Maps {
 	return polprog.Maps{
-		State:       d.objs.SlStateMap,
-		IPSets:      d.state.ipsets,
-		RuleHits:    d.state.ruleHits,
-		PolicyJumps: d.objs.SlPolicyJumps,
-		Conts:       d.objs.SlConts,
+		State:        d.objs.SlStateMap,
+		IPSets:       d.state.ipsets,
+		IPSetMembers: d.state.ipsetMembers,
+		IPSetGen:     d.state.ipsetGen,
+		RuleHits:     d.state.ruleHits,
+		PolicyJumps:  d.objs.SlPolicyJumps,
+		Conts:        d.objs.SlConts,
 	}
 }
 

@@ -20,6 +20,7 @@ const (
 	countersVersion = 3 // struct sl_reason_counts; 2: the IPv6 reasons (upgradeCountersV1); 3: the service reasons (upgradeCountersV2)
 	ruleHitsVersion = 1 // rule ID to hits
 	ipsetsVersion   = 2 // struct sl_ipset_key; 2: with the family (upgradeIPSetKey)
+	ipsetmVersion   = 1 // struct sl_ipsetm_key to struct sl_ipsetm_value, and sl_ipsetgen
 	routesVersion   = 1 // struct sl_route_key to struct sl_route
 	ctVersion       = 1 // struct sl_ct_key to struct sl_ct_value
 	metaVersion     = 1 // struct sl_meta
@@ -36,6 +37,9 @@ const ctName = "sl_ct"
 type state struct {
 	pinDir                                           string
 	ifaces, counters, ruleHits, ipsets, routes, meta *ebpf.Map
+	// ipsetMembers and ipsetGen are the IP set membership map, written
+	// with ipsets, and its generation (package ipsets).
+	ipsetMembers, ipsetGen *ebpf.Map
 	// xdpIfaces is the XDP object's interface map (bpf.MapXDPIfaces).
 	xdpIfaces *ebpf.Map
 	// The load-balancing maps (nat.h).
@@ -90,6 +94,9 @@ func openState(specs *bpf.Specs, sock *bpf.SockSpecs, opts Options) (*state, err
 		{&s.counters, specs.SlCounters, countersVersion, 2 * (opts.MaxInterfaces + 1), []maps.Option{maps.WithUpgrade(1, upgradeCountersV1), maps.WithUpgrade(2, upgradeCountersV2)}},
 		{&s.ruleHits, specs.SlRuleHits, ruleHitsVersion, opts.RuleHitEntries, nil},
 		{&s.ipsets, specs.SlIpsets, ipsetsVersion, opts.IPSetEntries, []maps.Option{maps.WithUpgrade(1, upgradeIPSetKey)}},
+		// An entry per distinct member, in each of two generations.
+		{&s.ipsetMembers, specs.SlIpsetm, ipsetmVersion, 2 * opts.IPSetEntries, nil},
+		{&s.ipsetGen, specs.SlIpsetgen, ipsetmVersion, 1, nil},
 		{&s.routes, specs.SlRoutes, routesVersion, opts.RouteEntries, nil},
 		{&s.meta, specs.SlMeta, metaVersion, 1, nil},
 		{&s.svcs, specs.SlSvcs, lbVersion, opts.ServiceEntries, nil},

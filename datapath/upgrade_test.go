@@ -91,5 +91,13 @@ func TestIPSetsUpgradeFromV1(t *testing.T) {
 		if err != nil || ok != c.want {
 			t.Errorf("set %d contains %s: %v (%v), want %v", c.id, c.addr, ok, err, c.want)
 		}
+		// The membership map did not exist before: Open built it.
+		ok, err = d.IPSets().Lookup(c.id, netip.MustParseAddr(c.addr), 0, 0)
+		if err != nil || ok != c.want {
+			t.Errorf("membership lookup of set %d, %s: %v (%v), want %v", c.id, c.addr, ok, err, c.want)
+		}
+	}
+	if ok, err := d.IPSets().Lookup(4, netip.MustParseAddr("10.0.0.7"), 6, 80); err != nil || !ok {
+		t.Errorf("membership lookup of named port 10.0.0.7 tcp/80 in set 4: %v (%v), want true", ok, err)
 	}
 }

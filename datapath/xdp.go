@@ -81,11 +81,13 @@ func (d *Datapath) XDP() *ebpf.Program {
 // xdpMaps are the maps XDP policy programs use.
 func (d *Datapath) xdpMaps() polprog.Maps {
 	return polprog.Maps{
-		State:       d.xdp.SlXdpState,
-		IPSets:      d.state.ipsets,
-		RuleHits:    d.state.ruleHits,
-		PolicyJumps: d.xdp.SlXdpPolicyJumps,
-		Conts:       d.xdp.SlXdpConts,
+		State:        d.xdp.SlXdpState,
+		IPSets:       d.state.ipsets,
+		IPSetMembers: d.state.ipsetMembers,
+		IPSetGen:     d.state.ipsetGen,
+		RuleHits:     d.state.ruleHits,
+		PolicyJumps:  d.xdp.SlXdpPolicyJumps,
+		Conts:        d.xdp.SlXdpConts,
 	}
 }
 

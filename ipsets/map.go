@@ -3,42 +3,85 @@ package ipsets
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
 	"sync"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
 
-	"github.com/sluicenet/sluice/maps"
+	"github.com/sluicenet/sluice/internal/grace"
+	smaps "github.com/sluicenet/sluice/maps"
 )
 
-// Map is the IP set members map: an LPM trie from Key to a u32, normally
-// the datapath's bpf.MapIPSets. It is safe for concurrent use as far as the
-// kernel map is; Sync calls are serialised.
-type Map struct {
-	typed *maps.Map[Key, uint32]
+// Maps are the kernel maps a Map writes, normally the datapath's.
+type Maps struct {
+	// Sets is the members map, bpf.MapIPSets: an LPM trie from Key to
+	// a u32.
+	Sets *ebpf.Map
+	// Members is the membership map, bpf.MapIPSetMembers: an LPM trie
+	// from MemberKey to MemberValue.
+	Members *ebpf.Map
+	// Gen is bpf.MapIPSetGen: an array of one u32, the generation of
+	// Members in use.
+	Gen *ebpf.Map
+}
 
-	mu     sync.Mutex // guards syncer
-	syncer *maps.Syncer[Key, uint32]
+// Map writes IP sets into the members map, which inline rule checks look
+// each set up in, and the membership map, which classified runs look an
+// address up in once for all its sets. It is safe for concurrent use as
+// far as the kernel maps are; writes are serialised.
+type Map struct {
+	typed   *smaps.Map[Key, uint32]
+	members *smaps.Map[MemberKey, MemberValue]
+	gen     *smaps.Map[uint32, uint32]
+
+	mu     sync.Mutex // guards what follows
+	syncer *smaps.Syncer[Key, uint32]
+	// state is what the maps hold, nil until read or written.
+	state Members
+	// cur is the membership generation in use; written[g] what
+	// generation g holds, nil until read.
+	cur     uint32
+	written [2]map[MemberKey]MemberValue
+	// grace follows each switch: until it ends, packets may still read
+	// the idle generation.
+	grace grace.Pending
 }
 
 const keySize = int(unsafe.Sizeof(Key{}))
 
-// NewMap wraps m, which must be an LPM trie with the IP set key and a u32
-// value. The Map does not own m: closing m is the caller's.
-func NewMap(m *ebpf.Map) (*Map, error) {
-	if m == nil {
-		return nil, errors.New("ip set map: nil map")
-	}
-	if t := m.Type(); t != ebpf.LPMTrie {
-		return nil, fmt.Errorf("ip set map %s: type %s, want LPM trie", m, t)
+// NewMap wraps ms, whose maps must have the types and key and value sizes
+// Maps describes. The Map does not own them: closing them is the caller's.
+func NewMap(ms Maps) (*Map, error) {
+	for _, c := range []struct {
+		name string
+		m    *ebpf.Map
+		t    ebpf.MapType
+	}{{"ip set map", ms.Sets, ebpf.LPMTrie}, {"ip set membership map", ms.Members, ebpf.LPMTrie},
+		{"ip set generation map", ms.Gen, ebpf.Array}} {
+		if c.m == nil {
+			return nil, fmt.Errorf("%s: nil map", c.name)
+		}
+		if t := c.m.Type(); t != c.t {
+			return nil, fmt.Errorf("%s %s: type %s, want %s", c.name, c.m, t, c.t)
+		}
 	}
 	// maps.New refuses a map whose key or value is of another size.
-	typed, err := maps.New[Key, uint32](m)
+	typed, err := smaps.New[Key, uint32](ms.Sets)
 	if err != nil {
 		return nil, fmt.Errorf("ip set map: %w", err)
 	}
-	return &Map{typed: typed, syncer: maps.NewSyncer(typed)}, nil
+	members, err := smaps.New[MemberKey, MemberValue](ms.Members)
+	if err != nil {
+		return nil, fmt.Errorf("ip set membership map: %w", err)
+	}
+	gen, err := smaps.New[uint32, uint32](ms.Gen)
+	if err != nil {
+		return nil, fmt.Errorf("ip set generation map: %w", err)
+	}
+	return &Map{typed: typed, members: members, gen: gen, syncer: smaps.NewSyncer(typed)}, nil
 }
 
 // errNotMade is the error of every operation on a nil or zero Map.
@@ -51,7 +94,7 @@ func (m *Map) made() error {
 	return nil
 }
 
-// EBPF returns the underlying map (nil for a Map not made by NewMap).
+// EBPF returns the members map (nil for a Map not made by NewMap).
 func (m *Map) EBPF() *ebpf.Map {
 	if m.made() != nil {
 		return nil
@@ -68,7 +111,24 @@ func (m *Map) Add(id uint64, mem Member) error {
 	if err != nil {
 		return fmt.Errorf("add to ip set %d: %w", id, err)
 	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	sets, err := m.current()
+	if err != nil {
+		return fmt.Errorf("add to ip set %d: %w", id, err)
+	}
+	s := sets[id]
+	if mem.IsNamedPort() {
+		s.NamedPorts = append(slices.Clone(s.NamedPorts), mem.NamedPort)
+	} else {
+		s.Nets = append(slices.Clone(s.Nets), mem.Net)
+	}
+	next := maps.Clone(sets)
+	next[id] = s
 	if err := m.typed.Update(k, memberValue, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("add to ip set %d: %w", id, err)
+	}
+	if err := m.switchMembers(next); err != nil {
 		return fmt.Errorf("add to ip set %d: %w", id, err)
 	}
 	return nil
@@ -84,27 +144,50 @@ func (m *Map) Remove(id uint64, mem Member) error {
 	if err != nil {
 		return fmt.Errorf("remove from ip set %d: %w", id, err)
 	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	sets, err := m.current()
+	if err != nil {
+		return fmt.Errorf("remove from ip set %d: %w", id, err)
+	}
+	s := sets[id]
+	if mem.IsNamedPort() {
+		s.NamedPorts = slices.DeleteFunc(slices.Clone(s.NamedPorts), func(np NamedPort) bool { return np == mem.NamedPort })
+	} else {
+		s.Nets = slices.DeleteFunc(slices.Clone(s.Nets), func(p netip.Prefix) bool { return p.Masked() == mem.Net.Masked() })
+	}
+	next := maps.Clone(sets)
+	next[id] = s
+	if err := m.switchMembers(next); err != nil {
+		return fmt.Errorf("remove from ip set %d: %w", id, err)
+	}
 	if err := m.typed.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("remove from ip set %d: %w", id, err)
 	}
 	return nil
 }
 
-// Sync makes the map hold exactly the members of sets, writing only the
-// entries that differ (maps.Syncer): a member present before and after is
-// never missing in between.
-func (m *Map) Sync(sets Members) (maps.SyncStats, error) {
+// Sync makes the maps hold exactly the members of sets. The members map
+// gets only the entries that differ (maps.Syncer): a member present before
+// and after is never missing in between. The membership map's idle
+// generation is rewritten where it differs and then switched to with one
+// write, so a classified run sees the whole change or none of it.
+func (m *Map) Sync(sets Members) (smaps.SyncStats, error) {
 	if err := m.made(); err != nil {
-		return maps.SyncStats{}, err
+		return smaps.SyncStats{}, err
 	}
 	desired, err := sets.Keys()
 	if err != nil {
-		return maps.SyncStats{}, fmt.Errorf("sync ip sets: %w", err)
+		return smaps.SyncStats{}, fmt.Errorf("sync ip sets: %w", err)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	stats, err := m.syncer.Apply(desired)
 	if err != nil {
+		m.state = nil
+		return stats, fmt.Errorf("sync ip sets: %w", err)
+	}
+	if err := m.switchMembers(sets); err != nil {
 		return stats, fmt.Errorf("sync ip sets: %w", err)
 	}
 	return stats, nil

@@ -15,19 +15,37 @@ import (
 
 func newTestMap(t *testing.T, entries uint32) *Map {
 	t.Helper()
+	return newMapOf(t, newTestMaps(t, entries))
+}
+
+// newTestMaps creates the three maps of a Map, as the datapath declares
+// them, with room for entries members.
+func newTestMaps(t *testing.T, entries uint32) Maps {
+	t.Helper()
 	testutil.RequirePrivileged(t)
 	spec, err := bpf.LoadSpec()
 	if err != nil {
 		t.Fatal(err)
 	}
-	ms := spec.Maps[bpf.MapIPSets].Copy()
-	ms.MaxEntries = entries
-	em, err := ebpf.NewMap(ms)
-	if err != nil {
-		t.Fatal(err)
+	mk := func(name string, n uint32) *ebpf.Map {
+		ms := spec.Maps[name].Copy()
+		if n != 0 {
+			ms.MaxEntries = n
+		}
+		em, err := ebpf.NewMap(ms)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { em.Close() })
+		return em
 	}
-	t.Cleanup(func() { em.Close() })
-	m, err := NewMap(em)
+	return Maps{Sets: mk(bpf.MapIPSets, entries), Members: mk(bpf.MapIPSetMembers, 2*entries),
+		Gen: mk(bpf.MapIPSetGen, 0)}
+}
+
+func newMapOf(t *testing.T, ms Maps) *Map {
+	t.Helper()
+	m, err := NewMap(ms)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,7 +196,7 @@ func TestSyncRead(t *testing.T) {
 }
 
 func TestNewMapRejects(t *testing.T) {
-	testutil.RequirePrivileged(t)
+	good := newTestMaps(t, 4)
 	for _, spec := range []ebpf.MapSpec{
 		{Type: ebpf.Hash, KeySize: uint32(keySize), ValueSize: 4, MaxEntries: 4},
 		{Type: ebpf.LPMTrie, KeySize: 32, ValueSize: 4, MaxEntries: 4, Flags: 1},
@@ -188,12 +206,16 @@ func TestNewMapRejects(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := NewMap(m); err == nil {
-			t.Errorf("NewMap accepted a %s with key/value %d/%d", spec.Type, spec.KeySize, spec.ValueSize)
+		for _, ms := range []Maps{{m, good.Members, good.Gen}, {good.Sets, m, good.Gen}, {good.Sets, good.Members, m}} {
+			if _, err := NewMap(ms); err == nil {
+				t.Errorf("NewMap accepted a %s with key/value %d/%d", spec.Type, spec.KeySize, spec.ValueSize)
+			}
 		}
 		m.Close()
 	}
-	if _, err := NewMap(nil); err == nil {
-		t.Error("NewMap(nil) succeeded")
+	for _, ms := range []Maps{{}, {Sets: good.Sets}, {Sets: good.Sets, Members: good.Members}} {
+		if _, err := NewMap(ms); err == nil {
+			t.Errorf("NewMap(%+v) succeeded", ms)
+		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	ebpfasm "github.com/cilium/ebpf/asm"
 
 	"github.com/sluicenet/sluice/bpf"
+	"github.com/sluicenet/sluice/ipsets"
 )
 
 // Stack slots of the classifier (offsets from R10), below those in part.go.
@@ -23,6 +24,8 @@ const (
 	stackCacheKey = -296 // the cache key (cacheKeySize bytes)
 	stackCacheVal = -312 // the cache value: u64 rule ID, u32 action, u32 pad
 	stackNoCache  = -320 // u64 not zero once a log rule matched: the outcome is not cached
+	stackSetGen   = -328 // u64 generation of sl_ipsetm the part reads, -1 until read
+	stackSetEntry = -336 // the sl_ipsetm value pointer of the dimension being looked up
 )
 
 // keyLowHalf is where, in a u64 stored at stackClassKey, its low u32 (an
@@ -448,9 +451,6 @@ func (c *compiler) dimRow(st stage, d *classDim, name string) {
 		b.Emit(ebpfasm.Mov.Imm(ebpfasm.R1, 0))
 		b.Label(done)
 	default:
-		// Membership vector of the sets in regRuleID, free until the
-		// search and kept across the lookups (R7 is regFamily, which
-		// the lookups read).
 		addr, port := offSrcAddr, int16(-1)
 		switch d.kind {
 		case dimDstSets:
@@ -460,15 +460,112 @@ func (c *compiler) dimRow(st stage, d *classDim, name string) {
 		case dimDstNamed:
 			addr, port = st.dstAddr, st.dstPort
 		}
-		b.Emit(ebpfasm.Mov.Imm(regRuleID, 0))
-		for i, id := range d.sets {
-			skip := c.newLabel("cls_not_member")
-			c.ipsetLookup(id, addr, port, ebpfasm.JEq, skip)
-			b.Emit(ebpfasm.Or.Imm(regRuleID, 1<<i))
-			c.label(skip)
-		}
+		c.memberRow(d, addr, port)
 		b.Emit(ebpfasm.Mov.Reg(ebpfasm.R1, regRuleID))
 	}
+}
+
+// memberRow emits regRuleID = the membership vector of d's sets (bit i:
+// the address at addrOff, with the port at portOff and the protocol when
+// portOff >= 0, is in d.sets[i]). regRuleID is free until the search and
+// kept across the helper calls (R7 is regFamily, which the lookups read).
+// One sl_ipsetm lookup finds every set the address is in (package
+// ipsets' memberships); each set is then its slot's ID, or, in a slot the
+// entry's sets share, its own sl_ipsets lookup. The generation of
+// sl_ipsetm is read once per part, so every membership dimension of the
+// part sees one whole change of set contents.
+func (c *compiler) memberRow(d *classDim, addrOff, portOff int16) {
+	b := c.part.b
+	have := c.newLabel("cls_have_setgen")
+	b.Emit(ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R10, stackSetGen, ebpfasm.DWord))
+	b.Jump(ebpfasm.JNE, ebpfasm.R1, -1, have)
+	b.Emit(
+		ebpfasm.Mov.Imm(ebpfasm.R1, 0),
+		ebpfasm.StoreMem(ebpfasm.R10, stackClassKey, ebpfasm.R1, ebpfasm.DWord),
+		ebpfasm.LoadMapPtr(ebpfasm.R1, 0).WithReference(bpf.MapIPSetGen),
+		ebpfasm.Mov.Reg(ebpfasm.R2, ebpfasm.R10),
+		ebpfasm.Add.Imm(ebpfasm.R2, stackClassKey+keyLowHalf),
+		ebpfasm.FnMapLookupElem.Call(),
+	)
+	b.Jump(ebpfasm.JEq, ebpfasm.R0, 0, labelFailed)
+	b.Emit(
+		ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R0, 0, ebpfasm.Word),
+		ebpfasm.StoreMem(ebpfasm.R10, stackSetGen, ebpfasm.R1, ebpfasm.DWord),
+	)
+	c.label(have)
+
+	// The key, in the IP set key's place: whole 8-byte slots first, so
+	// that the verifier sees each slot's liveness end (see ipsetLookup).
+	const base = stackIPSetKey
+	b.Emit(ebpfasm.Mov.Imm(ebpfasm.R1, 0))
+	for off := int16(0); off < memberKeySize; off += 8 {
+		b.Emit(ebpfasm.StoreMem(ebpfasm.R10, base+off, ebpfasm.R1, ebpfasm.DWord))
+	}
+	b.Emit(
+		ebpfasm.StoreImm(ebpfasm.R10, base, int64(ipsets.MemberLookupBits), ebpfasm.Word),
+		ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R10, stackSetGen, ebpfasm.DWord),
+		ebpfasm.StoreMem(ebpfasm.R10, base+memberKeyGen, ebpfasm.R1, ebpfasm.Word),
+	)
+	c.storeFamilyAt(addrOff, base+memberKeyFamily)
+	for i := int16(0); i < 16; i += 4 {
+		b.Emit(
+			ebpfasm.LoadMem(ebpfasm.R1, regState, addrOff+i, ebpfasm.Word),
+			ebpfasm.StoreMem(ebpfasm.R10, base+memberKeyAddr+i, ebpfasm.R1, ebpfasm.Word),
+		)
+	}
+	if portOff >= 0 {
+		b.Emit(
+			ebpfasm.LoadMem(ebpfasm.R1, regState, portOff, ebpfasm.Half),
+			ebpfasm.StoreMem(ebpfasm.R10, base+memberKeyPort, ebpfasm.R1, ebpfasm.Half),
+			ebpfasm.LoadMem(ebpfasm.R1, regState, offProto, ebpfasm.Byte),
+			ebpfasm.StoreMem(ebpfasm.R10, base+memberKeyProto, ebpfasm.R1, ebpfasm.Byte),
+		)
+	}
+	// The IP set key's place now holds another key.
+	c.part.key.valid = false
+	done := c.newLabel("cls_members_done")
+	b.Emit(
+		ebpfasm.Mov.Imm(regRuleID, 0),
+		ebpfasm.LoadMapPtr(ebpfasm.R1, 0).WithReference(bpf.MapIPSetMembers),
+		ebpfasm.Mov.Reg(ebpfasm.R2, ebpfasm.R10),
+		ebpfasm.Add.Imm(ebpfasm.R2, base),
+		ebpfasm.FnMapLookupElem.Call(),
+	)
+	// No entry: the address is in none of the sets.
+	b.Jump(ebpfasm.JEq, ebpfasm.R0, 0, done)
+	b.Emit(ebpfasm.StoreMem(ebpfasm.R10, stackSetEntry, ebpfasm.R0, ebpfasm.DWord))
+	for i, id := range d.sets {
+		slot := id % uint64(ipsets.MemberSlots)
+		bit := int32(uint32(1) << slot)
+		member, notMember, shared := c.newLabel("cls_member"), c.newLabel("cls_not_member"), c.newLabel("cls_shared_slot")
+		b.Emit(
+			ebpfasm.LoadMem(ebpfasm.R0, ebpfasm.R10, stackSetEntry, ebpfasm.DWord),
+			ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R0, memberValueMember, ebpfasm.Word),
+			ebpfasm.And.Imm32(ebpfasm.R1, bit),
+		)
+		b.Jump(ebpfasm.JEq, ebpfasm.R1, 0, shared)
+		b.Emit(
+			ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R0, memberValueIDs+8*int16(slot), ebpfasm.DWord),
+			ebpfasm.LoadImm(ebpfasm.R2, int64(id), ebpfasm.DWord),
+		)
+		b.JumpReg(ebpfasm.JNE, ebpfasm.R1, ebpfasm.R2, notMember)
+		b.Ja(member)
+		c.label(shared)
+		b.Emit(
+			ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R0, memberValueShared, ebpfasm.Word),
+			ebpfasm.And.Imm32(ebpfasm.R1, bit),
+		)
+		b.Jump(ebpfasm.JEq, ebpfasm.R1, 0, notMember)
+		// Whatever the other paths left in the IP set key's place, this
+		// lookup writes its whole key, and leaves it to no later one.
+		c.part.key.valid = false
+		c.ipsetLookup(id, addrOff, portOff, ebpfasm.JEq, notMember)
+		c.part.key.valid = false
+		c.label(member)
+		b.Emit(ebpfasm.Or.Imm(regRuleID, 1<<i))
+		c.label(notMember)
+	}
+	c.label(done)
 }
 
 func (c *compiler) addLookupMap(name string, lm LookupMap) {

@@ -76,8 +76,10 @@
 // same longest match among the run's prefixes (an LPM trie keyed on the
 // 16-byte address, IPv4 as ::ffff:a.b.c.d), and the membership vectors of
 // the IP sets and named-port sets the run names (up to eight per
-// dimension, looked up in sl_ipsets per packet, so changes of set contents
-// apply at once). A class names a row: the bitmap of positions whose rule
+// dimension: one lookup of the address in the membership map sl_ipsetm,
+// which package ipsets writes with sl_ipsets and whose entry lists every
+// set the address is in, so changes of set contents apply at once; see
+// package ipsets). A class names a row: the bitmap of positions whose rule
 // the class satisfies, negations included. The program looks up one row
 // per dimension, ANDs the rows' summary words (bit w: word w is not zero)
 // and then the words those allow, and handles the positions set in every
@@ -86,8 +88,8 @@
 // and goes on (clearing the rule's other position). A packet that no
 // position matches falls through to the code after the run. Order, tiers,
 // pass, log, profiles and rule IDs are exact; the cost per packet is a
-// lookup per dimension and per set named plus a word per 64 positions
-// that every summary allows, instead of a check per rule. The loops are
+// lookup per dimension plus a word per 64 positions that every summary
+// allows, instead of a check per rule. The loops are
 // bounded by may_goto (Linux 6.9), probed once; without it, or when a
 // run's rows would pass Options.ClassifierBytes, the run stays linear. A
 // run ends where a rule would take a dimension past eight sets; the next
@@ -120,6 +122,12 @@
 // IP sets live in the shared sl_ipsets LPM trie, which package ipsets
 // writes (ipsets.Map.Sync); its keys carry the member's family, and the
 // programs look an address up with the whole key (see package ipsets).
+// Classified runs look an address up once per membership dimension in
+// sl_ipsetm instead, in the generation sl_ipsetgen names, read once per
+// part: a change of set contents (one Sync) reaches every classified run
+// of a part whole. A set whose slot in the entry another of the address's
+// sets shares is looked up in sl_ipsets, as inline rules are; those
+// lookups see a Sync member by member.
 //
 // # Address families
 //

@@ -70,13 +70,15 @@ func ExampleCompile() {
 		return m
 	}
 	maps := polprog.Maps{
-		State:       newMap(bpf.MapState),
-		IPSets:      newMap(bpf.MapIPSets),
-		RuleHits:    newMap(bpf.MapRuleHits),
-		PolicyJumps: newMap(bpf.MapPolicyJumps),
-		Conts:       newMap(bpf.MapConts),
+		State:        newMap(bpf.MapState),
+		IPSets:       newMap(bpf.MapIPSets),
+		IPSetMembers: newMap(bpf.MapIPSetMembers),
+		IPSetGen:     newMap(bpf.MapIPSetGen),
+		RuleHits:     newMap(bpf.MapRuleHits),
+		PolicyJumps:  newMap(bpf.MapPolicyJumps),
+		Conts:        newMap(bpf.MapConts),
 	}
-	for _, m := range []*ebpf.Map{maps.State, maps.IPSets, maps.RuleHits, maps.PolicyJumps, maps.Conts} {
+	for _, m := range []*ebpf.Map{maps.State, maps.IPSets, maps.IPSetMembers, maps.IPSetGen, maps.RuleHits, maps.PolicyJumps, maps.Conts} {
 		defer m.Close()
 	}
 

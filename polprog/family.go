@@ -250,6 +250,12 @@ func (c *compiler) net6Compare(addrOff int16, n netip.Prefix, differs, match str
 // set key on the stack: SL_FAMILY_IPV4 when its IPv4 bit is set, else
 // SL_FAMILY_IPV6, without a branch (6 - 2*bit).
 func (c *compiler) storeKeyFamily(addrOff int16) {
+	c.storeFamilyAt(addrOff, stackIPSetKey+ipsetKeyFamily)
+}
+
+// storeFamilyAt stores at stack offset off the family of the address at
+// addrOff, as an enum sl_family.
+func (c *compiler) storeFamilyAt(addrOff, off int16) {
 	_, v4bit, _ := familyBits(addrOff)
 	shift := int32(0)
 	for v4bit>>shift != 1 {
@@ -262,6 +268,6 @@ func (c *compiler) storeKeyFamily(addrOff int16) {
 		ebpfasm.Mul.Imm(ebpfasm.R1, int32(bpf.FamilyIPv6)-int32(bpf.FamilyIPv4)),
 		ebpfasm.Mov.Imm(ebpfasm.R2, int32(bpf.FamilyIPv6)),
 		ebpfasm.Sub.Reg(ebpfasm.R2, ebpfasm.R1),
-		ebpfasm.StoreMem(ebpfasm.R10, stackIPSetKey+ipsetKeyFamily, ebpfasm.R2, ebpfasm.Word),
+		ebpfasm.StoreMem(ebpfasm.R10, off, ebpfasm.R2, ebpfasm.Word),
 	)
 }

@@ -36,6 +36,8 @@ type kernel struct {
 	// for a free one starts, so that loads get varied slots.
 	slotUsed []bool
 	nextSlot int
+	// ipsets writes the IP set maps, made at the first use.
+	ipsets *ipsets.Map
 }
 
 // policyJumpSlots sizes the test's sl_policy_jumps.
@@ -68,7 +70,8 @@ func newHookKernel(tb testing.TB, hook Hook) *kernel {
 		return m
 	}
 	k := &kernel{hook: hook, maps: Maps{
-		State: mk(bpf.MapState), IPSets: mk(bpf.MapIPSets), RuleHits: mk(bpf.MapRuleHits),
+		State: mk(bpf.MapState), IPSets: mk(bpf.MapIPSets), IPSetMembers: mk(bpf.MapIPSetMembers),
+		IPSetGen: mk(bpf.MapIPSetGen), RuleHits: mk(bpf.MapRuleHits),
 		PolicyJumps: mk(bpf.MapPolicyJumps), Conts: mk(bpf.MapConts),
 	}, slotUsed: make([]bool, policyJumpSlots)}
 	k.ncpu, err = ebpf.PossibleCPU()
@@ -165,16 +168,26 @@ func (k *kernel) load(tb testing.TB, rules Rules, opts Options) *Program {
 	return k.loadCompiled(tb, c)
 }
 
-// setIPSets makes sl_ipsets hold exactly sets, through package ipsets.
+// setIPSets makes the IP set maps hold exactly sets, through package
+// ipsets.
 func (k *kernel) setIPSets(tb testing.TB, sets IPSetMembers) {
 	tb.Helper()
-	m, err := ipsets.NewMap(k.maps.IPSets)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if _, err := m.Sync(sets); err != nil {
+	if _, err := k.ipsetMap(tb).Sync(sets); err != nil {
 		tb.Fatalf("sync ip sets: %v", err)
 	}
+}
+
+// ipsetMap returns the package ipsets writer of k's IP set maps.
+func (k *kernel) ipsetMap(tb testing.TB) *ipsets.Map {
+	tb.Helper()
+	if k.ipsets == nil {
+		m, err := ipsets.NewMap(ipsets.Maps{Sets: k.maps.IPSets, Members: k.maps.IPSetMembers, Gen: k.maps.IPSetGen})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		k.ipsets = m
+	}
+	return k.ipsets
 }
 
 func stateOf(pkt Packet) bpf.State {

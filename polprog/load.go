@@ -17,11 +17,16 @@ import (
 // object's jump map and continuations (prog arrays of XDP programs) in
 // PolicyJumps and Conts.
 type Maps struct {
-	State       *ebpf.Map // sl_state_map
-	IPSets      *ebpf.Map // sl_ipsets
-	RuleHits    *ebpf.Map // sl_rule_hits
-	PolicyJumps *ebpf.Map // sl_policy_jumps: the parts are installed here
-	Conts       *ebpf.Map // sl_conts
+	State  *ebpf.Map // sl_state_map
+	IPSets *ebpf.Map // sl_ipsets
+	// IPSetMembers and IPSetGen are the IP set membership map and its
+	// generation (package ipsets), which classified runs with IP sets
+	// or named ports look up.
+	IPSetMembers *ebpf.Map // sl_ipsetm
+	IPSetGen     *ebpf.Map // sl_ipsetgen
+	RuleHits     *ebpf.Map // sl_rule_hits
+	PolicyJumps  *ebpf.Map // sl_policy_jumps: the parts are installed here
+	Conts        *ebpf.Map // sl_conts
 }
 
 // Program is a loaded policy: its parts are installed in sl_policy_jumps.
@@ -76,11 +81,13 @@ func (c *Compiled) load(maps Maps, slots []uint32) (*Program, error) {
 		return nil, err
 	}
 	byName := map[string]*ebpf.Map{
-		bpf.MapState:       maps.State,
-		bpf.MapIPSets:      maps.IPSets,
-		bpf.MapRuleHits:    maps.RuleHits,
-		bpf.MapPolicyJumps: maps.PolicyJumps,
-		bpf.MapConts:       maps.Conts,
+		bpf.MapState:        maps.State,
+		bpf.MapIPSets:       maps.IPSets,
+		bpf.MapIPSetMembers: maps.IPSetMembers,
+		bpf.MapIPSetGen:     maps.IPSetGen,
+		bpf.MapRuleHits:     maps.RuleHits,
+		bpf.MapPolicyJumps:  maps.PolicyJumps,
+		bpf.MapConts:        maps.Conts,
 	}
 	lookupNames := map[string]bool{}
 	for _, lm := range c.LookupMaps {

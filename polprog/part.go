@@ -40,6 +40,21 @@ var (
 	ipsetKeySize   = int16(unsafe.Sizeof(bpf.IPSetKey{}))
 )
 
+// Offsets in struct sl_ipsetm_key and struct sl_ipsetm_value, the
+// membership lookups of classified runs; the prefix length of every lookup
+// is ipsets.MemberLookupBits.
+var (
+	memberKeyGen      = int16(unsafe.Offsetof(bpf.IPSetMKey{}.Gen))
+	memberKeyFamily   = int16(unsafe.Offsetof(bpf.IPSetMKey{}.Family))
+	memberKeyAddr     = int16(unsafe.Offsetof(bpf.IPSetMKey{}.Addr))
+	memberKeyPort     = int16(unsafe.Offsetof(bpf.IPSetMKey{}.Port))
+	memberKeyProto    = int16(unsafe.Offsetof(bpf.IPSetMKey{}.Proto))
+	memberKeySize     = int16(unsafe.Sizeof(bpf.IPSetMKey{}))
+	memberValueMember = int16(unsafe.Offsetof(bpf.IPSetMValue{}.Member))
+	memberValueShared = int16(unsafe.Offsetof(bpf.IPSetMValue{}.Shared))
+	memberValueIDs    = int16(unsafe.Offsetof(bpf.IPSetMValue{}.Ids))
+)
+
 // Stack layout (offsets from R10). The verifier wants aligned stack
 // accesses, hence the 32-bit halves of the IP set key's 64-bit set ID.
 const (
@@ -47,7 +62,7 @@ const (
 	stackHitsOne  = -8  // u64 1, a new hit counter's value
 	stackLogID    = -16 // u64 ID of a log rule, a sl_rule_hits key
 	stackLPMKey   = -24 // u32 prefixlen + data, the key of lookup maps
-	stackIPSetKey = -64 // struct sl_ipset_key (36 bytes)
+	stackIPSetKey = -64 // struct sl_ipset_key (36 bytes), or struct sl_ipsetm_key (32)
 	// Tagged IPv4 words of the checked addresses (family.go).
 	stackTaggedSrc    = -72
 	stackTaggedDst    = -80
@@ -191,7 +206,8 @@ func (c *compiler) startPart(pending []string) error {
 	b.Emit(ebpfasm.Mov.Reg(regState, ebpfasm.R0))
 	c.familyPrologue()
 	if c.classifying {
-		b.Emit(ebpfasm.Mov.Imm(ebpfasm.R1, -1), ebpfasm.StoreMem(ebpfasm.R10, stackGen, ebpfasm.R1, ebpfasm.DWord))
+		b.Emit(ebpfasm.Mov.Imm(ebpfasm.R1, -1), ebpfasm.StoreMem(ebpfasm.R10, stackGen, ebpfasm.R1, ebpfasm.DWord),
+			ebpfasm.StoreMem(ebpfasm.R10, stackSetGen, ebpfasm.R1, ebpfasm.DWord))
 	}
 	if idx == 0 {
 		return nil

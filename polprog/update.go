@@ -7,40 +7,14 @@ import (
 	"slices"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/sluicenet/sluice/internal/grace"
 )
 
 // ErrNeedsReload is wrapped by Program.Update's error when the new rules
 // need other code than the loaded program's: compile and load them, and
 // switch to the new Program, instead.
 var ErrNeedsReload = errors.New("the new rules need a program reload")
-
-// waitForPrograms returns once every BPF program that was running when it
-// was called has finished: the kernel ends an update of an array of maps
-// with an RCU grace period (synchronize_rcu_expedited), so that user space
-// knows no program still reads the old value, and TC and XDP programs run
-// inside RCU read-side sections. Update calls it after a switch before it
-// rewrites the generation that packets used until then, so no packet can
-// still be reading it, however long it was delayed; a sleep would only make
-// that likely. The maps live for one call.
-func waitForPrograms() error {
-	inner, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
-	if err != nil {
-		return fmt.Errorf("wait for running programs: %w", err)
-	}
-	defer inner.Close()
-	outer, err := ebpf.NewMap(&ebpf.MapSpec{
-		Type: ebpf.ArrayOfMaps, KeySize: 4, MaxEntries: 1,
-		InnerMap: &ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1},
-	})
-	if err != nil {
-		return fmt.Errorf("wait for running programs: %w", err)
-	}
-	defer outer.Close()
-	if err := outer.Put(uint32(0), inner); err != nil {
-		return fmt.Errorf("wait for running programs: %w", err)
-	}
-	return nil
-}
 
 // classState is what a Program keeps to update its classified runs.
 type classState struct {
@@ -58,11 +32,11 @@ type classState struct {
 	gen     int
 	epoch   uint32
 	written [generations]map[string]*mapContents
-	// grace, after a switch, receives waitForPrograms' answer: until then
+	// grace, after a switch, is the grace period (grace.Wait) until which
 	// packets may still read the idle generation. It runs in the
 	// background, so an Update that comes later than a grace period after
-	// the previous one does not wait. nil: no switch since the last one.
-	grace chan error
+	// the previous one does not wait.
+	grace grace.Pending
 	// broken: a write of the idle generation failed, so what it holds is
 	// not known; only a reload can go on (the generation in use is
 	// untouched).
@@ -117,25 +91,6 @@ func (s *classState) index(c *Compiled) {
 			s.posOf[k] = rulePositions{run: -1}
 		}
 	})
-}
-
-// waitGrace returns once no packet can still read the idle generation:
-// at once when no switch happened since the last grace period, else when
-// the background wait the switch started ends. Should that wait fail, it
-// waits again here, and an error leaves the grace owed to the next call.
-func (s *classState) waitGrace() error {
-	if s.grace == nil {
-		return nil
-	}
-	if err := <-s.grace; err != nil {
-		if err := waitForPrograms(); err != nil {
-			s.grace = make(chan error, 1)
-			s.grace <- err
-			return err
-		}
-	}
-	s.grace = nil
-	return nil
 }
 
 // fillClasses writes c's classified runs into their maps.
@@ -242,7 +197,7 @@ func (s *classState) apply(want map[string]*mapContents, nc *Compiled, np *progr
 		return fmt.Errorf("%w: classified runs change in parts %v", ErrNeedsReload, slices.Sorted(maps.Keys(changedParts)))
 	}
 	if len(changedParts) == 1 {
-		if err := s.waitGrace(); err != nil {
+		if err := s.grace.Wait(); err != nil {
 			return err
 		}
 		for _, name := range slices.Sorted(maps.Keys(want)) {
@@ -265,8 +220,7 @@ func (s *classState) apply(want map[string]*mapContents, nc *Compiled, np *progr
 		}
 		s.written[next] = want
 		s.gen, s.epoch = next, epoch
-		s.grace = make(chan error, 1)
-		go func(done chan<- error) { done <- waitForPrograms() }(s.grace)
+		s.grace.Start()
 	}
 	switch {
 	case np == nil:

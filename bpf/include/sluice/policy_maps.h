@@ -30,6 +30,26 @@ struct {
 	__type(value, __u32);
 } sl_ipsets SEC(".maps");
 
+/* The sets of each IP set member address and named port, two generations
+ * (struct sl_ipsetm_key); written by package ipsets with sl_ipsets. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1 << 21);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sl_ipsetm_key);
+	__type(value, struct sl_ipsetm_value);
+} sl_ipsetm SEC(".maps");
+
+/* The generation of sl_ipsetm in use (entry 0, 0 or 1): package ipsets
+ * writes the idle one and then switches this, so a program that read it
+ * once sees one whole change of set contents. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} sl_ipsetgen SEC(".maps");
+
 /* Per-rule hit counters keyed by rule ID, bumped by policy programs when a
  * rule decides (or logs). */
 struct {

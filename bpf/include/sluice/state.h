@@ -72,3 +72,41 @@ struct sl_ipset_key {
 	__u8	zero;			/* always 0; named, unlike padding, so that a key another writer set it in is seen */
 };
 SL_ASSERT_SIZE(struct sl_ipset_key, 36);
+
+/* The sets an address (or a named port) belongs to, in the sl_ipsetm LPM
+ * trie: what one lookup per membership dimension of a classified run finds,
+ * instead of one sl_ipsets lookup per set. Written by the Go package ipsets
+ * alongside sl_ipsets, from the same members; nothing in C reads it. The
+ * key is sl_ipset_key's without the set ID and with a generation: the
+ * prefix length counts bits from gen on and always covers gen and family.
+ * An IPv4 CIDR entry's length is 32+32+96 plus its prefix length, an IPv6
+ * one's 32+32 plus its prefix length, a named-port entry's the whole key
+ * (224 bits). Lookups use the whole key as for sl_ipsets. There is one
+ * entry per distinct member of any set, and its value lists every set that
+ * a lookup ending there is in: the writer adds the sets of every shorter
+ * CIDR member covering it, so the longest match alone answers. */
+struct sl_ipsetm_key {
+	__u32	prefixlen;		/* LPM prefix length in bits, from gen on */
+	__u32	gen;			/* generation, 0 or 1: the one sl_ipsetgen names is in use */
+	enum sl_family family;		/* the entry's address family, always matched */
+	__u8	addr[16];		/* address, IPv4-mapped for IPv4 */
+	__u16	port;			/* named-port entries: port, host order; else 0 */
+	__u8	proto;			/* named-port entries: IPPROTO_*; else 0 */
+	__u8	zero;			/* always 0 */
+};
+SL_ASSERT_SIZE(struct sl_ipsetm_key, 32);
+
+/* Slots of a sl_ipsetm value: set ID s is in slot s % SL_IPSETM_SLOTS. */
+#define SL_IPSETM_SLOTS 32
+
+/* The sets of an sl_ipsetm entry, by slot. A slot holding one of the
+ * entry's sets has its bit in member and the set's ID in ids; a slot
+ * holding two or more has its bit in shared (ids unused), and a program
+ * asks sl_ipsets about each set of that slot instead. A slot with neither
+ * bit holds none of the entry's sets. */
+struct sl_ipsetm_value {
+	__u32	member;			/* bit s: slot s holds one set, ids[s] */
+	__u32	shared;			/* bit s: slot s holds two or more sets */
+	__u64	ids[SL_IPSETM_SLOTS];	/* the set of each member slot */
+};
+SL_ASSERT_SIZE(struct sl_ipsetm_value, 264);
