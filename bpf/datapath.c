@@ -110,6 +110,7 @@ volatile const enum sl_reason sl_reason_btf = SL_REASON_COUNT;
 #include "sluice/rewrite.h"
 #include "sluice/reject.h"
 #include "sluice/related.h"
+#include "sluice/fib.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -293,7 +294,9 @@ SL_INLINE int sl_later_fragment(struct __sk_buff *skb, enum sl_iface_flags iflag
  * the stub) goes to the backend, and one the backend sends (found under
  * the reverse entry's own key) comes from the frontend; a source-NATed
  * flow's also from the node and to the client. Packets already
- * translated find the other entry and stay as they are. */
+ * translated find the other entry and stay as they are. Returns -1 when
+ * a rewrite failed, 1 when the packet's source was rewritten (to the
+ * frontend or the node: sl_fib_redirect's case), else 0. */
 SL_INLINE int sl_nat_translate(struct __sk_buff *skb, const struct sl_pkt *pkt, bool v6,
 			       const struct sl_ct_value *ct, const struct sl_ct_key *key,
 			       enum sl_ct_dir dir, bool via_stub)
@@ -313,15 +316,15 @@ SL_INLINE int sl_nat_translate(struct __sk_buff *skb, const struct sl_pkt *pkt, 
 		if (!snat)
 			return 0;
 		sl_ct_nat_side(ct, key, true, &addr, &port);
-		return sl_nat_rewrite(skb, pkt, v6, true, addr, port);
+		return sl_nat_rewrite(skb, pkt, v6, true, addr, port) ? -1 : 1;
 	}
 	if (!via_stub && !from_client) {
 		if (sl_nat_rewrite(skb, pkt, v6, true, ct->orig_addr, ct->orig_port))
 			return -1;
 		if (!snat)
-			return 0;
+			return 1;
 		sl_ct_nat_origin(ct, &addr, &port);
-		return sl_nat_rewrite(skb, pkt, v6, false, addr, port);
+		return sl_nat_rewrite(skb, pkt, v6, false, addr, port) ? -1 : 1;
 	}
 	return 0;
 }
@@ -648,8 +651,14 @@ SL_INLINE int sl_tc_parsed(struct __sk_buff *skb, const struct sl_iface_record *
 
 		sl_ct_leg_account(ct, leg, sl_ct_leg_flags_of(pkt->tcp_flags), skb->len,
 				  bpf_ktime_get_coarse_ns(), count);
-		if (ct->type == SL_CT_NAT_REV && sl_nat_translate(skb, pkt, v6, ct, &key, dir, via_stub))
+		int nat = ct->type == SL_CT_NAT_REV ? sl_nat_translate(skb, pkt, v6, ct, &key, dir, via_stub) : 0;
+
+		if (nat < 0)
 			return sl_verdict(counters, SL_REASON_DROPPED_NAT_FAILED);
+		if (nat > 0 && hook == SL_HOOK_INGRESS) {
+			sl_count(counters, SL_REASON_ACCEPTED_ESTABLISHED);
+			return sl_fib_redirect(skb, v6);
+		}
 		if (hook == SL_HOOK_INGRESS && (rec->flags & SL_IFACE_REDIRECT_LOCAL))
 			return sl_redirect_local(skb, counters, v6);
 		return sl_verdict(counters, SL_REASON_ACCEPTED_ESTABLISHED);
@@ -765,7 +774,11 @@ int sl_tc_allow(struct __sk_buff *skb)
 			return sl_verdict(pd.counter_index, SL_REASON_DROPPED_NAT_FAILED);
 		if (pd.flags & SL_PENDING_AFFINITY)
 			sl_lb_remember(pd.affinity_svc, st->src_addr, pd.affinity_backend);
-		return sl_verdict(pd.counter_index, SL_REASON_ACCEPTED_BY_POLICY);
+		if (!(pd.flags & SL_PENDING_SNAT) || pd.hook != SL_HOOK_INGRESS)
+			return sl_verdict(pd.counter_index, SL_REASON_ACCEPTED_BY_POLICY);
+		/* The flow's first packet, from the node's address now. */
+		sl_count(pd.counter_index, SL_REASON_ACCEPTED_BY_POLICY);
+		return sl_fib_redirect(skb, !sl_addr_is_v4(st->dst_addr));
 	}
 	if (!(pd.flags & SL_PENDING_TRACK))
 		return sl_verdict(pd.counter_index, SL_REASON_ACCEPTED_BY_POLICY);
