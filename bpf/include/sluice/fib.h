@@ -25,6 +25,7 @@
 
 #define SL_AF_INET	2
 #define SL_AF_INET6	10
+#define SL_LOOPBACK_IFINDEX 1
 
 /* The 16-bit word of the IPv4 header that holds the TTL (its high byte)
  * and the protocol, which the header checksum covers. */
@@ -52,7 +53,7 @@ SL_INLINE void sl_fib_ports(struct __sk_buff *skb, struct bpf_fib_lookup *fib, _
  * limit) as forwarding would and redirects to the FIB's interface with
  * its next hop (bpf_redirect_neigh). Anything else, a FIB answer other
  * than success included (no route, forwarding off, a packet past the
- * MTU, a TTL that expires here), is TC_ACT_OK: the stack takes the packet
+ * MTU, a TTL that expires here, a packet at loopback), is TC_ACT_OK: the stack takes the packet
  * as before this step existed, and accept_local decides it. The caller
  * counts the packet. A global function: its lookup parameters stay out of
  * the calling frame, and the verifier checks it once. */
@@ -65,7 +66,9 @@ __noinline int sl_fib_redirect(struct __sk_buff *skb, __u32 v6)
 	__u16 old_word, new_word;
 	__u8 ttl;
 
-	if (!skb)
+	/* Loopback (ifindex 1 in every namespace) carries the node's own
+	 * packets, which the stack delivers here and never forwards. */
+	if (!skb || skb->ingress_ifindex <= SL_LOOPBACK_IFINDEX)
 		return TC_ACT_OK;
 	fib.ifindex = skb->ingress_ifindex;
 	if (v6) {
