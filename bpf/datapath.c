@@ -504,8 +504,13 @@ SL_INLINE int sl_new_packet(struct __sk_buff *skb, const struct sl_iface_record 
 	if ((iflags & SL_IFACE_HOST) || hook == SL_HOOK_INGRESS)
 		dst = sl_route_of(pkt->daddr);
 
-	if ((pkt->proto == IPPROTO_ICMP || pkt->proto == IPPROTO_ICMPV6) && sl_related_error(skb, pkt, hook))
-		return sl_verdict(counters, SL_REASON_ACCEPTED_RELATED);
+	if ((pkt->proto == IPPROTO_ICMP || pkt->proto == IPPROTO_ICMPV6) && sl_related_error(skb, pkt, hook)) {
+		if (hook != SL_HOOK_INGRESS)
+			return sl_verdict(counters, SL_REASON_ACCEPTED_RELATED);
+		/* An error about a NAT flow may come from the NodePort now. */
+		sl_count(counters, SL_REASON_ACCEPTED_RELATED);
+		return sl_fib_redirect(skb, v6);
+	}
 	/* TCP that is neither a SYN nor part of a flow approved here started
 	 * before this hook watched it, or is forged. */
 	if (pkt->proto == IPPROTO_TCP && !(pkt->tcp_flags & SL_TCP_SYN) &&
@@ -550,34 +555,6 @@ SL_INLINE int sl_new_packet(struct __sk_buff *skb, const struct sl_iface_record 
 			return rc;
 	}
 	return sl_to_policy(skb, rec, hook, counters, pkt, io, key, io->dir, sl_host_flags(src, dst));
-}
-
-/* sl_redirect_local passes an established packet (counted so) and, when
- * its destination, as translated, is a local workload behind another
- * interface, sends it straight to that interface's egress with its
- * neighbour resolved (bpf_redirect_neigh), past the host's routing and
- * netfilter. A real function: it runs on the path of interfaces that ask
- * for it only, and its route key stays out of the main frame. */
-static __noinline int sl_redirect_local(struct __sk_buff *skb, __u32 counters, bool v6)
-{
-	__u8 daddr[16] SL_ADDR_ALIGNED;
-	const struct sl_route *dst;
-
-	sl_count(counters, SL_REASON_ACCEPTED_ESTABLISHED);
-	if (v6) {
-		if (bpf_skb_load_bytes(skb, SL_IP6_DADDR_OFF, daddr, 16))
-			return TC_ACT_OK;
-	} else {
-		__be32 a;
-
-		if (bpf_skb_load_bytes(skb, SL_IP4_DADDR_OFF, &a, 4))
-			return TC_ACT_OK;
-		sl_addr_set4(daddr, a);
-	}
-	dst = sl_route_of(daddr);
-	if (!dst || !(dst->flags & SL_ROUTE_LOCAL_WORKLOAD) || dst->ifindex == skb->ifindex)
-		return TC_ACT_OK;
-	return bpf_redirect_neigh(dst->ifindex, NULL, 0, 0);
 }
 
 /* sl_nd_on_link says whether a neighbour-discovery message that

@@ -73,6 +73,14 @@ func hops(p *testpkt.Packet) uint8 {
 	return p.IPv6.HopLimit
 }
 
+// ipEnds is p's IP source and destination.
+func ipEnds(p *testpkt.Packet) (src, dst netip.Addr) {
+	if p.IPv4 != nil {
+		return p.IPv4.Src, p.IPv4.Dst
+	}
+	return p.IPv6.Src, p.IPv6.Dst
+}
+
 // TestServiceFIBRedirect drives sl_fib_redirect with BPF_PROG_TEST_RUN at
 // an uplink: a NodePort's SYN to a backend elsewhere, source-NATed to the
 // node, and the backend's SYN-ACK, reverse-translated to come from the
@@ -124,6 +132,17 @@ func TestServiceFIBRedirect(t *testing.T) {
 				}
 				if diff := cmp.Diff(map[bpf.Reason]uint64{bpf.ReasonAcceptedEstablished: 1}, counted); diff != "" {
 					t.Errorf("SYN-ACK counters (-want +got):\n%s", diff)
+				}
+				// The backend's error about the SYN reaches the client from
+				// the NodePort, so it takes the same step.
+				ret, counted, icmp := n.at(bpf.HookIngress, icmpError(dst.Addr(), src.Addr(), ipOf(t, *syn)))
+				esrc, edst := ipEnds(icmp)
+				if client := netip.MustParseAddrPort(fam.client).Addr(); ret != verdict || esrc != node.Addr() || edst != client || hops(icmp) != 64-hop {
+					t.Errorf("error about the SYN: verdict %d, %v -> %v with %d hops left; want verdict %d, from %v to %v with %d",
+						ret, esrc, edst, hops(icmp), verdict, node.Addr(), client, 64-hop)
+				}
+				if diff := cmp.Diff(map[bpf.Reason]uint64{bpf.ReasonAcceptedRelated: 1}, counted); diff != "" {
+					t.Errorf("error counters (-want +got):\n%s", diff)
 				}
 
 				// A local backend keeps the client's address: the stack

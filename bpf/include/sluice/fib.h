@@ -1,8 +1,13 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* The FIB step of the service stage: a packet that translation gave one
- * of the node's own addresses as its source is routed by the hook that
- * translated it (bpf_fib_lookup) and sent out with bpf_redirect_neigh,
- * not handed to the stack.
+/* Redirects past the host's routing: the FIB step of the service stage,
+ * and Local redirect (SL_IFACE_REDIRECT_LOCAL).
+ *
+ * The FIB step: a packet that translation gave one of the node's own
+ * addresses as its source is routed by the hook that translated it
+ * (bpf_fib_lookup) and sent out with bpf_redirect_neigh, not handed to
+ * the stack. The packets: the client's source-NATed to the node, a reply
+ * reverse-NATed to come from a NodePort, and an ICMP error about a NAT
+ * flow translated to come from one.
  *
  * Why: Linux's IPv4 input route (ip_route_input_slow) validates a
  * packet's source (fib_validate_source), and a source that is a local
@@ -20,6 +25,7 @@
 #include <linux/ip.h>
 #include <linux/ipv6.h>
 
+#include "counters_map.h"
 #include "lb_maps.h"
 #include "rewrite.h"
 
@@ -125,4 +131,32 @@ __noinline int sl_fib_redirect(struct __sk_buff *skb, __u32 v6)
 		nh.ipv4_nh = fib.ipv4_dst;
 	}
 	return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
+}
+
+/* sl_redirect_local passes an established packet (counted so) and, when
+ * its destination, as translated, is a local workload behind another
+ * interface, sends it straight to that interface's egress with its
+ * neighbour resolved (bpf_redirect_neigh), past the host's routing and
+ * netfilter. A real function: it runs on the path of interfaces that ask
+ * for it only, and its route key stays out of the main frame. */
+static __noinline int sl_redirect_local(struct __sk_buff *skb, __u32 counters, bool v6)
+{
+	__u8 daddr[16] SL_ADDR_ALIGNED;
+	const struct sl_route *dst;
+
+	sl_count(counters, SL_REASON_ACCEPTED_ESTABLISHED);
+	if (v6) {
+		if (bpf_skb_load_bytes(skb, SL_IP6_DADDR_OFF, daddr, 16))
+			return TC_ACT_OK;
+	} else {
+		__be32 a;
+
+		if (bpf_skb_load_bytes(skb, SL_IP4_DADDR_OFF, &a, 4))
+			return TC_ACT_OK;
+		sl_addr_set4(daddr, a);
+	}
+	dst = sl_route_of(daddr);
+	if (!dst || !(dst->flags & SL_ROUTE_LOCAL_WORKLOAD) || dst->ifindex == skb->ifindex)
+		return TC_ACT_OK;
+	return bpf_redirect_neigh(dst->ifindex, NULL, 0, 0);
 }
