@@ -110,6 +110,7 @@ volatile const enum sl_reason sl_reason_btf = SL_REASON_COUNT;
 #include "sluice/rewrite.h"
 #include "sluice/reject.h"
 #include "sluice/related.h"
+#include "sluice/fib.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -293,7 +294,9 @@ SL_INLINE int sl_later_fragment(struct __sk_buff *skb, enum sl_iface_flags iflag
  * the stub) goes to the backend, and one the backend sends (found under
  * the reverse entry's own key) comes from the frontend; a source-NATed
  * flow's also from the node and to the client. Packets already
- * translated find the other entry and stay as they are. */
+ * translated find the other entry and stay as they are. Returns -1 when
+ * a rewrite failed, 1 when the packet's source was rewritten (to the
+ * frontend or the node: sl_fib_redirect's case), else 0. */
 SL_INLINE int sl_nat_translate(struct __sk_buff *skb, const struct sl_pkt *pkt, bool v6,
 			       const struct sl_ct_value *ct, const struct sl_ct_key *key,
 			       enum sl_ct_dir dir, bool via_stub)
@@ -313,15 +316,15 @@ SL_INLINE int sl_nat_translate(struct __sk_buff *skb, const struct sl_pkt *pkt, 
 		if (!snat)
 			return 0;
 		sl_ct_nat_side(ct, key, true, &addr, &port);
-		return sl_nat_rewrite(skb, pkt, v6, true, addr, port);
+		return sl_nat_rewrite(skb, pkt, v6, true, addr, port) ? -1 : 1;
 	}
 	if (!via_stub && !from_client) {
 		if (sl_nat_rewrite(skb, pkt, v6, true, ct->orig_addr, ct->orig_port))
 			return -1;
 		if (!snat)
-			return 0;
+			return 1;
 		sl_ct_nat_origin(ct, &addr, &port);
-		return sl_nat_rewrite(skb, pkt, v6, false, addr, port);
+		return sl_nat_rewrite(skb, pkt, v6, false, addr, port) ? -1 : 1;
 	}
 	return 0;
 }
@@ -501,8 +504,13 @@ SL_INLINE int sl_new_packet(struct __sk_buff *skb, const struct sl_iface_record 
 	if ((iflags & SL_IFACE_HOST) || hook == SL_HOOK_INGRESS)
 		dst = sl_route_of(pkt->daddr);
 
-	if ((pkt->proto == IPPROTO_ICMP || pkt->proto == IPPROTO_ICMPV6) && sl_related_error(skb, pkt, hook))
-		return sl_verdict(counters, SL_REASON_ACCEPTED_RELATED);
+	if ((pkt->proto == IPPROTO_ICMP || pkt->proto == IPPROTO_ICMPV6) && sl_related_error(skb, pkt, hook)) {
+		if (hook != SL_HOOK_INGRESS)
+			return sl_verdict(counters, SL_REASON_ACCEPTED_RELATED);
+		/* An error about a NAT flow may come from the NodePort now. */
+		sl_count(counters, SL_REASON_ACCEPTED_RELATED);
+		return sl_fib_redirect(skb, v6);
+	}
 	/* TCP that is neither a SYN nor part of a flow approved here started
 	 * before this hook watched it, or is forged. */
 	if (pkt->proto == IPPROTO_TCP && !(pkt->tcp_flags & SL_TCP_SYN) &&
@@ -547,34 +555,6 @@ SL_INLINE int sl_new_packet(struct __sk_buff *skb, const struct sl_iface_record 
 			return rc;
 	}
 	return sl_to_policy(skb, rec, hook, counters, pkt, io, key, io->dir, sl_host_flags(src, dst));
-}
-
-/* sl_redirect_local passes an established packet (counted so) and, when
- * its destination, as translated, is a local workload behind another
- * interface, sends it straight to that interface's egress with its
- * neighbour resolved (bpf_redirect_neigh), past the host's routing and
- * netfilter. A real function: it runs on the path of interfaces that ask
- * for it only, and its route key stays out of the main frame. */
-static __noinline int sl_redirect_local(struct __sk_buff *skb, __u32 counters, bool v6)
-{
-	__u8 daddr[16] SL_ADDR_ALIGNED;
-	const struct sl_route *dst;
-
-	sl_count(counters, SL_REASON_ACCEPTED_ESTABLISHED);
-	if (v6) {
-		if (bpf_skb_load_bytes(skb, SL_IP6_DADDR_OFF, daddr, 16))
-			return TC_ACT_OK;
-	} else {
-		__be32 a;
-
-		if (bpf_skb_load_bytes(skb, SL_IP4_DADDR_OFF, &a, 4))
-			return TC_ACT_OK;
-		sl_addr_set4(daddr, a);
-	}
-	dst = sl_route_of(daddr);
-	if (!dst || !(dst->flags & SL_ROUTE_LOCAL_WORKLOAD) || dst->ifindex == skb->ifindex)
-		return TC_ACT_OK;
-	return bpf_redirect_neigh(dst->ifindex, NULL, 0, 0);
 }
 
 /* sl_nd_on_link says whether a neighbour-discovery message that
@@ -648,8 +628,14 @@ SL_INLINE int sl_tc_parsed(struct __sk_buff *skb, const struct sl_iface_record *
 
 		sl_ct_leg_account(ct, leg, sl_ct_leg_flags_of(pkt->tcp_flags), skb->len,
 				  bpf_ktime_get_coarse_ns(), count);
-		if (ct->type == SL_CT_NAT_REV && sl_nat_translate(skb, pkt, v6, ct, &key, dir, via_stub))
+		int nat = ct->type == SL_CT_NAT_REV ? sl_nat_translate(skb, pkt, v6, ct, &key, dir, via_stub) : 0;
+
+		if (nat < 0)
 			return sl_verdict(counters, SL_REASON_DROPPED_NAT_FAILED);
+		if (nat > 0 && hook == SL_HOOK_INGRESS) {
+			sl_count(counters, SL_REASON_ACCEPTED_ESTABLISHED);
+			return sl_fib_redirect(skb, v6);
+		}
 		if (hook == SL_HOOK_INGRESS && (rec->flags & SL_IFACE_REDIRECT_LOCAL))
 			return sl_redirect_local(skb, counters, v6);
 		return sl_verdict(counters, SL_REASON_ACCEPTED_ESTABLISHED);
@@ -765,7 +751,11 @@ int sl_tc_allow(struct __sk_buff *skb)
 			return sl_verdict(pd.counter_index, SL_REASON_DROPPED_NAT_FAILED);
 		if (pd.flags & SL_PENDING_AFFINITY)
 			sl_lb_remember(pd.affinity_svc, st->src_addr, pd.affinity_backend);
-		return sl_verdict(pd.counter_index, SL_REASON_ACCEPTED_BY_POLICY);
+		if (!(pd.flags & SL_PENDING_SNAT) || pd.hook != SL_HOOK_INGRESS)
+			return sl_verdict(pd.counter_index, SL_REASON_ACCEPTED_BY_POLICY);
+		/* The flow's first packet, from the node's address now. */
+		sl_count(pd.counter_index, SL_REASON_ACCEPTED_BY_POLICY);
+		return sl_fib_redirect(skb, !sl_addr_is_v4(st->dst_addr));
 	}
 	if (!(pd.flags & SL_PENDING_TRACK))
 		return sl_verdict(pd.counter_index, SL_REASON_ACCEPTED_BY_POLICY);

@@ -28,7 +28,9 @@ package datapath
 //   - NodePort from the remote node (TCP and UDP, both families), ETP
 //     Local keeps the client address: TestE2E12NodePortRemote; ETP
 //     Cluster to a backend on another node, source-NATed:
-//     TestE2E12NodePortElsewhere (IPv4).
+//     TestE2E12NodePortElsewhere (both families, the stack fallback, and
+//     the uplink's policy denying the translated flow). Neither needs
+//     accept_local.
 //   - Affinity holds across connections through TC NAT:
 //     TestE2E12Affinity.
 
@@ -39,14 +41,19 @@ import (
 	"math"
 	"net"
 	"net/netip"
+	"os"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/sluicenet/sluice/attach"
+	"github.com/sluicenet/sluice/bpf"
 	"github.com/sluicenet/sluice/internal/testutil"
 	"github.com/sluicenet/sluice/internal/topo"
 	"github.com/sluicenet/sluice/nat"
+	"github.com/sluicenet/sluice/polprog"
 	"github.com/sluicenet/sluice/routes"
 )
 
@@ -158,8 +165,11 @@ func e2e12Ask(ns interface{ Do(func() error) error }, addr string, n int) ([][2]
 // and Local; with Local the backend sees the client's own address. UDP
 // gets its answer through the NodePort, and a NodePort without backends
 // refuses TCP at once and answers UDP with a port unreachable; with ETP
-// Local, so does TCP to one whose only backend is on another node. The
-// backend's host-side IPv4 interface needs accept_local (see below).
+// Local, so does TCP to one whose only backend is on another node.
+// accept_local stays 0: the backend's reply, whose source the workload
+// interface's ingress hook translates to the node's address, is routed by
+// that hook (sl_fib_redirect) rather than by the stack, which would drop
+// it as a martian.
 func TestE2E12NodePortRemote(t *testing.T) {
 	for _, fam := range []struct{ name, backend, node, remote string }{
 		{"ipv4", "10.112.0.2", "192.168.112.1/24", "192.168.112.2/24"},
@@ -191,15 +201,7 @@ func testE2E12NodePortRemote(t *testing.T, backend string, nodeAddr, remoteAddr 
 		t.Fatal(err)
 	}
 	e2e12Attach(t, node.NS, d, uplink.Name)
-	if nodeAddr.Addr().Is4() {
-		// The backend's reply is translated back at the workload's
-		// interface, so it enters the node with the node's own address as
-		// its source, which Linux drops as a martian unless the interface
-		// accepts local sources (found here; no doc says so).
-		if err := node.NS.Sysctl("net/ipv4/conf/"+web.HostIfname+"/accept_local", "1"); err != nil {
-			t.Fatal(err)
-		}
-	}
+	e2e12NoAcceptLocal(t, node.NS, uplink.Name, web.HostIfname)
 	backendAP := netip.AddrPortFrom(web.Addr, 8080).String()
 	svc := nodePort(backendAP, true)
 	svc.ExternalLocal = etpLocal
@@ -400,46 +402,134 @@ func TestE2E12SockDistribution(t *testing.T) {
 
 // TestE2E12NodePortElsewhere: with ETP Cluster, a client in the remote
 // namespace reaches a NodePort whose only backend is on another node (a
-// second address of the remote namespace, past the uplink): the node
-// source-NATs the flow to its own address, so the backend sees the node
-// as the client, and the reply returns to the client from the NodePort.
+// second address of the remote namespace, past the uplink), in both
+// families: the node source-NATs the flow to its own address, so the
+// backend sees the node as the client, and the reply returns to the
+// client from the NodePort. accept_local stays 0 on every interface: the
+// uplink's ingress hook, which translates both directions, routes the
+// translated packets itself (sl_fib_redirect), so the node's stack
+// forwards none of them, which its forwarding counter shows. A packet the
+// hook leaves to the stack takes it as before this path existed, and
+// needs accept_local there: the fallback sub-test source-NATs to a node
+// address the routes map does not name as the node's, so the hook does
+// not route those packets itself (sl_fib_redirect's answer to a source it
+// does not know as the node's and to any FIB lookup other than a
+// success). A policy of the uplink that denies the translated flow still
+// denies it, at the egress hook the redirected packets cross.
 func TestE2E12NodePortElsewhere(t *testing.T) {
+	for _, c := range []struct {
+		name, node, remote, backend string
+		// fallback source-NATs to a second node address without a
+		// FlagLocalHost route, with accept_local on the uplink.
+		fallback bool
+		// fibOff turns IPv6 forwarding off on the uplink alone: the FIB
+		// lookup answers "forwarding disabled", while the stack, which
+		// consults the namespace's setting, still forwards.
+		fibOff bool
+		// deny gives the uplink an Egress policy that denies TCP to the
+		// backend's port.
+		deny bool
+	}{
+		{name: "ipv4", node: "192.168.113.1/24", remote: "192.168.113.2/24", backend: "192.168.113.3:8080"},
+		{name: "ipv6", node: "fd00:113::1/64", remote: "fd00:113::2/64", backend: "[fd00:113::3]:8080"},
+		{name: "ipv4/stack-fallback", node: "192.168.113.1/24", remote: "192.168.113.2/24", backend: "192.168.113.3:8080", fallback: true},
+		{name: "ipv6/fib-fallback", node: "fd00:113::1/64", remote: "fd00:113::2/64", backend: "[fd00:113::3]:8080", fibOff: true},
+		{name: "ipv4/denied", node: "192.168.113.1/24", remote: "192.168.113.2/24", backend: "192.168.113.3:8080", deny: true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			testE2E12NodePortElsewhere(t, netip.MustParsePrefix(c.node), netip.MustParsePrefix(c.remote),
+				netip.MustParseAddrPort(c.backend), c.fallback, c.fibOff, c.deny)
+		})
+	}
+}
+
+func testE2E12NodePortElsewhere(t *testing.T, nodeAddr, remoteAddr netip.Prefix, backend netip.AddrPort, fallback, fibOff, deny bool) {
 	testutil.RequirePrivileged(t)
 	node := testutil.NewNode(t)
 	remote := testutil.NewNetNS(t)
-	nodeAddr, remoteAddr := netip.MustParsePrefix("192.168.113.1/24"), netip.MustParsePrefix("192.168.113.2/24")
-	backend := netip.MustParseAddrPort("192.168.113.3:8080")
+	v6 := nodeAddr.Addr().Is6()
+	if v6 {
+		// No IPv6 workload turned it on (topo.Node.AddWorkload).
+		if err := node.NS.Sysctl("net/ipv6/conf/all/forwarding", "1"); err != nil {
+			t.Fatal(err)
+		}
+	}
 	uplink, _ := testutil.ConnectVeth(t, &testutil.NetNS{NS: node.NS}, "sl12up", nodeAddr, remote, "eth0", remoteAddr)
-	if err := remote.AddrAdd("eth0", netip.PrefixFrom(backend.Addr(), 32)); err != nil {
+	if err := remote.AddrAdd("eth0", netip.PrefixFrom(backend.Addr(), backend.Addr().BitLen())); err != nil {
 		t.Fatal(err)
+	}
+	snat := nat.SNAT{IPv4: nodeAddr.Addr(), PortMin: 61000, PortMax: 61099}
+	if v6 {
+		snat.IPv4, snat.IPv6 = netip.Addr{}, nodeAddr.Addr()
+	}
+	e2e12NoAcceptLocal(t, node.NS, uplink.Name)
+	if fibOff {
+		if err := node.NS.Sysctl("net/ipv6/conf/"+uplink.Name+"/forwarding", "0"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if fallback {
+		snat.IPv4 = netip.MustParseAddr("192.168.113.4")
+		if err := node.NS.AddrAdd(uplink.Name, netip.PrefixFrom(snat.IPv4, 32)); err != nil {
+			t.Fatal(err)
+		}
+		if err := node.NS.Sysctl("net/ipv4/conf/"+uplink.Name+"/accept_local", "1"); err != nil {
+			t.Fatal(err)
+		}
 	}
 	d, err := Open(Options{ConntrackEntries: 1 << 12, MaxInterfaces: 8, PolicySlots: 64})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { d.Close() })
-	if err := d.Routes().Put(routes.Route{Prefix: netip.PrefixFrom(nodeAddr.Addr(), 32), Flags: routes.FlagLocalHost}); err != nil {
+	if err := d.Routes().Put(routes.Route{Prefix: netip.PrefixFrom(nodeAddr.Addr(), nodeAddr.Addr().BitLen()), Flags: routes.FlagLocalHost}); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.SNAT().Set(nat.SNAT{IPv4: nodeAddr.Addr(), PortMin: 61000, PortMax: 61099}); err != nil {
+	if err := d.SNAT().Set(snat); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.SetInterface(uplink.Index, Interface{Kind: Host, Ingress: allowAllRules, Egress: allowAllRules}); err != nil {
+	egress := allowAllRules
+	if deny {
+		egress = polprog.Rules{Tiers: []polprog.Tier{{Name: "default", Policies: []polprog.Policy{{Name: "up", Rules: []polprog.Rule{
+			{ID: 7, Action: polprog.ActionDeny, Protocol: "tcp", DstPorts: []polprog.PortRange{polprog.Port(backend.Port())}},
+			{ID: 8, Action: polprog.ActionAllow},
+		}}}}}}
+	}
+	if err := d.SetInterface(uplink.Index, Interface{Kind: Host, Ingress: allowAllRules, Egress: egress}); err != nil {
 		t.Fatal(err)
 	}
 	e2e12Attach(t, node.NS, d, uplink.Name)
-	// The uplink's TC ingress hook source-NATs the client's packets to
-	// the node's own address before the host routes them, which Linux
-	// drops as martians unless the interface accepts local sources, as
-	// in TestE2E12NodePortRemote.
-	if err := node.NS.Sysctl("net/ipv4/conf/"+uplink.Name+"/accept_local", "1"); err != nil {
-		t.Fatal(err)
-	}
 	if err := d.Services().Sync(map[string]nat.Service{"np": nodePort(backend.String(), false)}); err != nil {
 		t.Fatal(err)
 	}
 	e2e12ServePeer(t, remote.NS, backend.String(), "far")
-	answers, err := e2e12Ask(remote, netip.AddrPortFrom(nodeAddr.Addr(), 30080).String(), 5)
+	forwardedBefore := e2e12Forwarded(t, node.NS, v6)
+	frontend := netip.AddrPortFrom(nodeAddr.Addr(), 30080).String()
+	if deny {
+		err := remote.Do(func() error {
+			c, err := net.DialTimeout("tcp", frontend, time.Second)
+			if err == nil {
+				c.Close()
+			}
+			return err
+		})
+		if err == nil {
+			t.Error("a flow the uplink's Egress policy denies was connected")
+		}
+		up, err := d.Counters(uplink.Index)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hits, err := d.RuleHits().Get(7)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if up.Egress[bpf.ReasonDroppedByPolicy] == 0 || hits == 0 {
+			t.Errorf("uplink egress counters %v, deny rule hits %d: want the SYN dropped by policy", up.Egress.NonZero(), hits)
+		}
+		return
+	}
+	answers, err := e2e12Ask(remote, frontend, 5)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -448,8 +538,85 @@ func TestE2E12NodePortElsewhere(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if a[0] != "far" || peer.Addr() != nodeAddr.Addr() {
-			t.Errorf("answer from %s, which saw client %v; want far, seeing the node %v", a[0], peer, nodeAddr.Addr())
+		if a[0] != "far" || peer.Addr().Unmap() != snat.IPv4.Unmap() && peer.Addr().Unmap() != snat.IPv6 {
+			t.Errorf("answer from %s, which saw client %v; want far, seeing the node %v", a[0], peer, snat)
 		}
 	}
+	forwarded := e2e12Forwarded(t, node.NS, v6) - forwardedBefore
+	if (fallback || fibOff) && forwarded == 0 {
+		t.Errorf("with the hook leaving the packets to the stack, the node's stack forwarded none; want the client's")
+	}
+	if !fallback && !fibOff && forwarded != 0 {
+		t.Errorf("the node's stack forwarded %d packets; want none: the uplink's hook redirects them", forwarded)
+	}
+}
+
+// e2e12NoAcceptLocal fails the test unless accept_local is 0 in ns,
+// for all, default and each named interface: what these tests show
+// works without it.
+func e2e12NoAcceptLocal(t *testing.T, ns *topo.NS, ifnames ...string) {
+	t.Helper()
+	for _, name := range append([]string{"all", "default"}, ifnames...) {
+		var b []byte
+		err := ns.Do(func() (err error) {
+			b, err = os.ReadFile("/proc/sys/net/ipv4/conf/" + name + "/accept_local")
+			return
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v := strings.TrimSpace(string(b)); v != "0" {
+			t.Fatalf("net.ipv4.conf.%s.accept_local is %s in %s; these tests need it 0", name, v, ns.Name)
+		}
+	}
+}
+
+// e2e12Forwarded returns how many packets the stack of ns has forwarded
+// in the family: IpForwDatagrams (net/snmp) or Ip6OutForwDatagrams
+// (net/snmp6), read through /proc/thread-self: /proc/net follows the
+// process's first thread, which is not in ns.
+func e2e12Forwarded(t *testing.T, ns *topo.NS, v6 bool) uint64 {
+	t.Helper()
+	var n uint64
+	err := ns.Do(func() error {
+		if v6 {
+			b, err := os.ReadFile("/proc/thread-self/net/snmp6")
+			if err != nil {
+				return err
+			}
+			for _, line := range strings.Split(string(b), "\n") {
+				if f := strings.Fields(line); len(f) == 2 && f[0] == "Ip6OutForwDatagrams" {
+					n, err = strconv.ParseUint(f[1], 10, 64)
+					return err
+				}
+			}
+			return errors.New("no Ip6OutForwDatagrams in /proc/net/snmp6")
+		}
+		b, err := os.ReadFile("/proc/thread-self/net/snmp")
+		if err != nil {
+			return err
+		}
+		var names []string
+		for _, line := range strings.Split(string(b), "\n") {
+			f := strings.Fields(line)
+			if len(f) == 0 || f[0] != "Ip:" {
+				continue
+			}
+			if names == nil {
+				names = f
+				continue
+			}
+			for i, name := range names {
+				if name == "ForwDatagrams" && i < len(f) {
+					n, err = strconv.ParseUint(f[i], 10, 64)
+					return err
+				}
+			}
+		}
+		return errors.New("no Ip ForwDatagrams in /proc/net/snmp")
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

@@ -1,0 +1,162 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Redirects past the host's routing: the FIB step of the service stage,
+ * and Local redirect (SL_IFACE_REDIRECT_LOCAL).
+ *
+ * The FIB step: a packet that translation gave one of the node's own
+ * addresses as its source is routed by the hook that translated it
+ * (bpf_fib_lookup) and sent out with bpf_redirect_neigh, not handed to
+ * the stack. The packets: the client's source-NATed to the node, a reply
+ * reverse-NATed to come from a NodePort, and an ICMP error about a NAT
+ * flow translated to come from one.
+ *
+ * Why: Linux's IPv4 input route (ip_route_input_slow) validates a
+ * packet's source (fib_validate_source), and a source that is a local
+ * address (a route of type RTN_LOCAL) is refused as a martian unless the
+ * interface it arrived on has accept_local. Source NAT at an uplink's
+ * ingress hook (a NodePort to a backend elsewhere), and the reverse NAT of
+ * a reply to a NodePort client (its source becomes the node address the
+ * client sent to) make exactly such packets. A redirected packet never
+ * takes the input route: it goes to the egress of the interface the FIB
+ * names, whose TC egress hook (its policy included) still runs. IPv6 has
+ * no such check; it takes the same path so that both families behave
+ * alike. */
+#pragma once
+
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+
+#include "counters_map.h"
+#include "lb_maps.h"
+#include "rewrite.h"
+
+#define SL_AF_INET	2
+#define SL_AF_INET6	10
+#define SL_LOOPBACK_IFINDEX 1
+
+/* The 16-bit word of the IPv4 header that holds the TTL (its high byte)
+ * and the protocol, which the header checksum covers. */
+#define SL_IP4_TTL_OFF		(ETH_HLEN + 8)
+#define SL_IP6_HOPLIMIT_OFF	(ETH_HLEN + 7)
+
+/* sl_fib_ports fills fib's ports from the L4 header at off, for the
+ * protocols that have them: policy routing may select on ports. */
+SL_INLINE void sl_fib_ports(struct __sk_buff *skb, struct bpf_fib_lookup *fib, __u32 off)
+{
+	__be16 ports[2];
+
+	if (fib->l4_protocol != IPPROTO_TCP && fib->l4_protocol != IPPROTO_UDP &&
+	    fib->l4_protocol != SL_IPPROTO_SCTP)
+		return;
+	if (bpf_skb_load_bytes(skb, off, ports, sizeof(ports)))
+		return;
+	fib->sport = ports[0];
+	fib->dport = ports[1];
+}
+
+/* sl_fib_redirect routes a translated packet at an ingress hook when its
+ * source, as translated, is one of the node's addresses (route
+ * SL_ROUTE_LOCAL_HOST): on a FIB success it decrements the TTL (hop
+ * limit) as forwarding would and redirects to the FIB's interface with
+ * its next hop (bpf_redirect_neigh). Anything else, a FIB answer other
+ * than success included (no route, forwarding off, a packet past the
+ * MTU, a TTL that expires here, a packet at loopback), is TC_ACT_OK: the stack takes the packet
+ * as before this step existed, and accept_local decides it. The caller
+ * counts the packet. A global function: its lookup parameters stay out of
+ * the calling frame, and the verifier checks it once. */
+__noinline int sl_fib_redirect(struct __sk_buff *skb, __u32 v6)
+{
+	struct bpf_fib_lookup fib = {};
+	struct bpf_redir_neigh nh = {};
+	__u8 saddr[16] SL_ADDR_ALIGNED;
+	const struct sl_route *src;
+	__u16 old_word, new_word;
+	__u8 ttl;
+
+	/* Loopback (ifindex 1 in every namespace) carries the node's own
+	 * packets, which the stack delivers here and never forwards. */
+	if (!skb || skb->ingress_ifindex <= SL_LOOPBACK_IFINDEX)
+		return TC_ACT_OK;
+	fib.ifindex = skb->ingress_ifindex;
+	if (v6) {
+		struct ipv6hdr ip6;
+
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6)))
+			return TC_ACT_OK;
+		__builtin_memcpy(saddr, &ip6.saddr, 16);
+		fib.family = SL_AF_INET6;
+		fib.flowinfo = *(__be32 *)&ip6 & bpf_htonl(0x0fffffff);
+		fib.l4_protocol = ip6.nexthdr;
+		if (!skb->gso_size)
+			fib.tot_len = bpf_ntohs(ip6.payload_len) + sizeof(ip6);
+		__builtin_memcpy(fib.ipv6_src, &ip6.saddr, 16);
+		__builtin_memcpy(fib.ipv6_dst, &ip6.daddr, 16);
+		sl_fib_ports(skb, &fib, ETH_HLEN + sizeof(ip6));
+		ttl = ip6.hop_limit;
+	} else {
+		struct iphdr ip;
+
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)))
+			return TC_ACT_OK;
+		sl_addr_set4(saddr, ip.saddr);
+		fib.family = SL_AF_INET;
+		fib.tos = ip.tos;
+		fib.l4_protocol = ip.protocol;
+		if (!skb->gso_size)
+			fib.tot_len = bpf_ntohs(ip.tot_len);
+		fib.ipv4_src = ip.saddr;
+		fib.ipv4_dst = ip.daddr;
+		sl_fib_ports(skb, &fib, ETH_HLEN + ip.ihl * 4);
+		ttl = ip.ttl;
+	}
+	src = sl_route_of(saddr);
+	if (!src || !(src->flags & SL_ROUTE_LOCAL_HOST) || ttl <= 1)
+		return TC_ACT_OK;
+	if (bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_SKIP_NEIGH) != BPF_FIB_LKUP_RET_SUCCESS)
+		return TC_ACT_OK;
+	ttl--;
+	if (v6) {
+		if (bpf_skb_store_bytes(skb, SL_IP6_HOPLIMIT_OFF, &ttl, 1, 0))
+			return TC_ACT_OK;
+		nh.nh_family = SL_AF_INET6;
+		__builtin_memcpy(nh.ipv6_nh, fib.ipv6_dst, 16);
+	} else {
+		if (bpf_skb_load_bytes(skb, SL_IP4_TTL_OFF, &old_word, 2))
+			return TC_ACT_OK;
+		new_word = old_word;
+		*(__u8 *)&new_word = ttl;
+		if (bpf_l3_csum_replace(skb, SL_IP4_CSUM_OFF, old_word, new_word, 2) ||
+		    bpf_skb_store_bytes(skb, SL_IP4_TTL_OFF, &new_word, 2, 0))
+			return TC_ACT_OK;
+		nh.nh_family = SL_AF_INET;
+		nh.ipv4_nh = fib.ipv4_dst;
+	}
+	return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
+}
+
+/* sl_redirect_local passes an established packet (counted so) and, when
+ * its destination, as translated, is a local workload behind another
+ * interface, sends it straight to that interface's egress with its
+ * neighbour resolved (bpf_redirect_neigh), past the host's routing and
+ * netfilter. A real function: it runs on the path of interfaces that ask
+ * for it only, and its route key stays out of the main frame. */
+static __noinline int sl_redirect_local(struct __sk_buff *skb, __u32 counters, bool v6)
+{
+	__u8 daddr[16] SL_ADDR_ALIGNED;
+	const struct sl_route *dst;
+
+	sl_count(counters, SL_REASON_ACCEPTED_ESTABLISHED);
+	if (v6) {
+		if (bpf_skb_load_bytes(skb, SL_IP6_DADDR_OFF, daddr, 16))
+			return TC_ACT_OK;
+	} else {
+		__be32 a;
+
+		if (bpf_skb_load_bytes(skb, SL_IP4_DADDR_OFF, &a, 4))
+			return TC_ACT_OK;
+		sl_addr_set4(daddr, a);
+	}
+	dst = sl_route_of(daddr);
+	if (!dst || !(dst->flags & SL_ROUTE_LOCAL_WORKLOAD) || dst->ifindex == skb->ifindex)
+		return TC_ACT_OK;
+	return bpf_redirect_neigh(dst->ifindex, NULL, 0, 0);
+}
