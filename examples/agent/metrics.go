@@ -58,6 +58,19 @@ func (a *agent) writeMetrics(w io.Writer) error {
 			}
 		}
 	}
+	tcIn, tcOut, err := a.dp.UnconfiguredCounters()
+	if err != nil {
+		return fmt.Errorf("counters of unconfigured interfaces: %w", err)
+	}
+	m.family("sluice_unconfigured_packets_total", "counter", "Packets at interfaces without a configuration (dropped, bar a few link protocols), by TC hook and reason.")
+	for _, hook := range []struct {
+		name string
+		c    [bpf.ReasonCount]uint64
+	}{{"tc_ingress", tcIn}, {"tc_egress", tcOut}} {
+		for r, n := range hook.c {
+			m.sample("sluice_unconfigured_packets_total", n, "hook", hook.name, "reason", bpf.Reason(r).String())
+		}
+	}
 	hits, err := a.dp.RuleHits().All()
 	if err != nil {
 		return fmt.Errorf("rule hits: %w", err)
