@@ -121,6 +121,9 @@ func TestAgent(t *testing.T) {
 	m := waitMetrics(t, node.NS, metricsAddr, first, "first agent settled", func(m metrics) bool {
 		return m["sluice_settled"] == 1 && m["sluice_last_apply_success"] == 1
 	})
+	if n := m[series("sluice_applies_total", "result", "error")]; n != 0 {
+		t.Fatalf("the first agent failed %v applies:\n%s", n, first.logText())
+	}
 	gen := m["sluice_generation"]
 	if got := backendsReached(t, client, 1); got["s1"] == 0 || len(got) != 1 {
 		t.Fatalf("connections through the frontend reached %v, want s1 only", got)
@@ -179,10 +182,18 @@ func TestAgent(t *testing.T) {
 		st.waitProgress(t, n, "no agent")
 		checkDenied(t, client, nil, 0)
 		second := startAgent(t, node.NS, bin, args...)
-		t.Cleanup(func() { second.stop(syscall.SIGKILL) })
+		t.Cleanup(func() {
+			second.stop(syscall.SIGKILL)
+			if t.Failed() {
+				t.Logf("first agent's log:\n%s\nsecond agent's log:\n%s", first.logText(), second.logText())
+			}
+		})
 		m := waitMetrics(t, node.NS, metricsAddr, second, "second agent settled", func(m metrics) bool {
 			return m["sluice_generation"] > gen && m["sluice_settled"] == 1 && m["sluice_last_apply_success"] == 1
 		})
+		if n := m[series("sluice_applies_total", "result", "error")]; n != 0 {
+			t.Fatalf("the second agent failed %v applies", n)
+		}
 		if m["sluice_interfaces"] != 3 || m["sluice_services"] != 2 {
 			t.Errorf("the second agent has %v interfaces and %v services, want 3 and 2", m["sluice_interfaces"], m["sluice_services"])
 		}
@@ -194,11 +205,12 @@ func TestAgent(t *testing.T) {
 		checkDenied(t, client, node.NS, 49)
 
 		t.Run("bad-state", func(t *testing.T) {
+			errorsBefore := waitMetrics(t, node.NS, metricsAddr, second, "scrape", func(metrics) bool { return true })[series("sluice_applies_total", "result", "error")]
 			bad := testState(client, backendPolicy(60), server, server2)
 			bad.Interfaces[server2.HostIfname] = InterfaceState{Kind: "workloud"}
 			writeState(t, statePath, bad)
 			m := waitMetrics(t, node.NS, metricsAddr, second, "bad file reported", func(m metrics) bool {
-				return m[series("sluice_applies_total", "result", "error")] > 0
+				return m[series("sluice_applies_total", "result", "error")] > errorsBefore
 			})
 			if m["sluice_last_apply_success"] != 0 {
 				t.Errorf("sluice_last_apply_success %v after a bad file, want 0", m["sluice_last_apply_success"])
