@@ -15,6 +15,7 @@ import (
 	"github.com/sluicenet/sluice/attach"
 	"github.com/sluicenet/sluice/datapath"
 	"github.com/sluicenet/sluice/ipsets"
+	smaps "github.com/sluicenet/sluice/maps"
 	"github.com/sluicenet/sluice/nat"
 	"github.com/sluicenet/sluice/routes"
 )
@@ -32,6 +33,8 @@ type agent struct {
 	applied *applied
 	// settled says Settle ran: this process's programs run every hook.
 	settled bool
+	// writes counts what applies wrote, by object (see status.writes).
+	writes map[string]uint64
 
 	// mu guards status, which /metrics reads.
 	mu     sync.Mutex
@@ -64,6 +67,11 @@ type status struct {
 	// applies counts applies by result ("ok", "error").
 	applies map[string]uint64
 	settled bool
+	// writes counts, since the start, the interfaces configured, the
+	// services upserted or deleted (a full apply passes all of them to
+	// Sync), the route and IP set member entries written or deleted, and
+	// the links attached: what "apply only what changed" keeps small.
+	writes map[string]uint64
 }
 
 // record notes the result of an apply (err nil) or of a state file that
@@ -78,6 +86,7 @@ func (a *agent) record(err error) {
 	}
 	a.status.applies[result]++
 	a.status.settled = a.settled
+	a.status.writes = maps.Clone(a.writes)
 	if a.applied != nil {
 		a.status.ifaces = map[string]int{}
 		for name, i := range a.applied.ifaces {
@@ -130,10 +139,14 @@ func (a *agent) apply(d *desired) (err error) {
 	}
 
 	// Make: what d adds or changes.
-	if _, err := a.dp.IPSets().Sync(unionSets(prev.sets, next.sets)); err != nil {
+	stats, err := a.dp.IPSets().Sync(unionSets(prev.sets, next.sets))
+	a.count("ipset_members", stats)
+	if err != nil {
 		return fmt.Errorf("IP sets: %w", err)
 	}
-	if _, err := a.dp.Routes().Sync(unionRoutes(prev.routes, next.routes)); err != nil {
+	stats, err = a.dp.Routes().Sync(unionRoutes(prev.routes, next.routes))
+	a.count("routes", stats)
+	if err != nil {
 		return fmt.Errorf("routes: %w", err)
 	}
 	if d.snat != nil {
@@ -143,10 +156,12 @@ func (a *agent) apply(d *desired) (err error) {
 	}
 	if full {
 		err = a.dp.Services().Sync(next.services)
+		a.writes["services"] += uint64(len(next.services))
 	} else {
 		upserts, deletes := diffServices(prev.services, next.services)
 		if len(upserts) > 0 || len(deletes) > 0 {
 			err = a.dp.Services().Apply(upserts, deletes)
+			a.writes["services"] += uint64(len(upserts) + len(deletes))
 		}
 	}
 	if err != nil {
@@ -174,6 +189,7 @@ func (a *agent) apply(d *desired) (err error) {
 		if err := a.dp.SetInterfaces(changed); err != nil {
 			return fmt.Errorf("interfaces: %w", err)
 		}
+		a.writes["interfaces"] += uint64(len(changed))
 	}
 	// An interface is configured before its hooks run our programs, so no
 	// packet of it meets them without its entry. On a takeover (full)
@@ -186,12 +202,14 @@ func (a *agent) apply(d *desired) (err error) {
 		if _, err := a.at.AttachTC(name, attach.Egress, a.dp.TCEgress()); err != nil {
 			return fmt.Errorf("interfaces[%q]: attach: %w", name, err)
 		}
+		a.writes["links"] += 2
 	}
 	if full && a.cgroup != "" {
 		for _, p := range a.dp.SockPrograms().All() {
 			if _, err := a.at.AttachCgroup(a.cgroup, p.Attach, p.Program); err != nil {
 				return fmt.Errorf("cgroup %s: %w", a.cgroup, err)
 			}
+			a.writes["links"]++
 		}
 	}
 	if !a.settled {
@@ -219,15 +237,25 @@ func (a *agent) apply(d *desired) (err error) {
 		if err := a.dp.RemoveInterface(p.ifindex); err != nil {
 			return fmt.Errorf("interfaces[%q]: remove: %w", name, err)
 		}
+		a.writes["interfaces"]++
 	}
-	if _, err := a.dp.IPSets().Sync(next.sets); err != nil {
+	stats, err = a.dp.IPSets().Sync(next.sets)
+	a.count("ipset_members", stats)
+	if err != nil {
 		return fmt.Errorf("IP sets: %w", err)
 	}
-	if _, err := a.dp.Routes().Sync(slices.Collect(maps.Values(next.routes))); err != nil {
+	stats, err = a.dp.Routes().Sync(slices.Collect(maps.Values(next.routes)))
+	a.count("routes", stats)
+	if err != nil {
 		return fmt.Errorf("routes: %w", err)
 	}
 	a.applied = next
 	return nil
+}
+
+// count adds the entries a Sync wrote or deleted to writes[object].
+func (a *agent) count(object string, s smaps.SyncStats) {
+	a.writes[object] += uint64(s.Added + s.Changed + s.Deleted)
 }
 
 // detachStale detaches the TC links an earlier process attached to

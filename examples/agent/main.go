@@ -103,7 +103,7 @@ func run(ctx context.Context, cfg config) error {
 	if err != nil {
 		return err
 	}
-	a := &agent{dp: dp, at: at, cgroup: cfg.cgroup, status: status{applies: map[string]uint64{}}}
+	a := &agent{dp: dp, at: at, cgroup: cfg.cgroup, writes: map[string]uint64{}, status: status{applies: map[string]uint64{}}}
 	log.Printf("datapath generation %d on %s", dp.Generation(), cfg.pinDir)
 
 	events, err := watchFile(cfg.state)

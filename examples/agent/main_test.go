@@ -2,15 +2,19 @@ package main
 
 import (
 	"bufio"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
 
 	"github.com/sluicenet/sluice/attach"
 	"github.com/sluicenet/sluice/bpf"
@@ -157,6 +161,9 @@ func TestAgent(t *testing.T) {
 		if after["sluice_last_apply_success"] != 1 || after["sluice_interfaces"] != 3 {
 			t.Fatalf("after the change: success %v, interfaces %v", after["sluice_last_apply_success"], after["sluice_interfaces"])
 		}
+		// Only what changed was written: s1's policy and the new s2, the
+		// two services' backends, s2's route and links.
+		checkWrites(t, before, after, map[string]float64{"interfaces": 2, "services": 2, "routes": 1, "links": 2})
 		if got := backendsReached(t, client, 2); got["s1"] == 0 || got["s2"] == 0 {
 			t.Errorf("connections through the frontend reached %v, want s1 and s2", got)
 		}
@@ -194,6 +201,9 @@ func TestAgent(t *testing.T) {
 		if n := m[series("sluice_applies_total", "result", "error")]; n != 0 {
 			t.Fatalf("the second agent failed %v applies", n)
 		}
+		// A new process configures every interface for its generation and
+		// moves every link, but finds the routes and members in place.
+		checkWrites(t, metrics{}, m, map[string]float64{"interfaces": 3, "services": 2, "links": 6})
 		if m["sluice_interfaces"] != 3 || m["sluice_services"] != 2 {
 			t.Errorf("the second agent has %v interfaces and %v services, want 3 and 2", m["sluice_interfaces"], m["sluice_services"])
 		}
@@ -205,13 +215,22 @@ func TestAgent(t *testing.T) {
 		checkDenied(t, client, node.NS, 49)
 
 		t.Run("bad-state", func(t *testing.T) {
-			errorsBefore := waitMetrics(t, node.NS, metricsAddr, second, "scrape", func(metrics) bool { return true })[series("sluice_applies_total", "result", "error")]
+			before := waitMetrics(t, node.NS, metricsAddr, second, "scrape", func(metrics) bool { return true })
+			errs := series("sluice_applies_total", "result", "error")
 			bad := testState(client, backendPolicy(60), server, server2)
 			bad.Interfaces[server2.HostIfname] = InterfaceState{Kind: "workloud"}
-			writeState(t, statePath, bad)
+			// Written in place this time, not renamed over.
+			b, err := json.Marshal(bad)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(statePath, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
 			m := waitMetrics(t, node.NS, metricsAddr, second, "bad file reported", func(m metrics) bool {
-				return m[series("sluice_applies_total", "result", "error")] > errorsBefore
+				return m[errs] > before[errs]
 			})
+			checkWrites(t, before, m, nil)
 			if m["sluice_last_apply_success"] != 0 {
 				t.Errorf("sluice_last_apply_success %v after a bad file, want 0", m["sluice_last_apply_success"])
 			}
@@ -358,6 +377,28 @@ func checkDenied(t *testing.T, client *topo.Workload, node *topo.NS, endRule uin
 	}
 	if after[k] <= before[k] {
 		t.Errorf("the denied connection did not count on rule %d: %v, then %v", endRule, before[k], after[k])
+	}
+}
+
+// checkWrites compares the growth of sluice_apply_writes_total between
+// two scrapes with want, by object.
+func checkWrites(t *testing.T, from, to metrics, want map[string]float64) {
+	t.Helper()
+	got := map[string]float64{}
+	for _, object := range []string{"interfaces", "services", "routes", "ipset_members", "links"} {
+		k := series("sluice_apply_writes_total", "object", object)
+		if _, ok := to[k]; !ok {
+			t.Errorf("no series %s", k)
+		}
+		if d := to[k] - from[k]; d != 0 {
+			got[object] = d
+		}
+	}
+	if want == nil {
+		want = map[string]float64{}
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("apply writes (-want +got):\n%s", diff)
 	}
 }
 

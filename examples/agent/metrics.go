@@ -105,6 +105,10 @@ func (a *agent) writeMetrics(w io.Writer) error {
 	for _, result := range []string{"ok", "error"} {
 		m.sample("sluice_applies_total", st.applies[result], "result", result)
 	}
+	m.family("sluice_apply_writes_total", "counter", "What applies wrote, by object: interfaces configured or removed, services upserted or deleted, route and IP set member entries written or deleted, links attached.")
+	for _, object := range []string{"interfaces", "services", "routes", "ipset_members", "links"} {
+		m.sample("sluice_apply_writes_total", st.writes[object], "object", object)
+	}
 	m.family("sluice_last_apply_success", "gauge", "1 if the last apply succeeded, 0 if it failed and the state before it stays in force.")
 	m.sample("sluice_last_apply_success", b2u(st.lastOK))
 	m.family("sluice_last_apply_timestamp_seconds", "gauge", "When the last apply ended, in seconds since the epoch.")
