@@ -1,9 +1,11 @@
 // Command agent is a long-running node agent built on sluice: the shape an
 // embedder copies. It reads the node's desired state from a JSON file
 // (interfaces with their policies, workload endpoints, routes, services and
-// IP sets; the schema is the State type in state.go), programs the datapath
-// through the library, watches the file and applies only what changed,
-// make-before-break, and serves its counters on /metrics.
+// IP sets; the schema is the State type in state.go, and state.example.json
+// is an example), programs the datapath through the library, watches the
+// file (inotify on its directory, so a rename over it counts; SIGHUP
+// rereads it too) and applies only what changed, make-before-break, and
+// serves its counters on /metrics.
 //
 //	agent -state /etc/sluice/state.json -pin-dir /sys/fs/bpf/sluice \
 //	      -listen 127.0.0.1:9477 [-cgroup /sys/fs/cgroup]
@@ -23,7 +25,9 @@
 // A state file that does not parse or validate is rejected with an error
 // naming the field (for example `interfaces["eth1"].kind`), logged and
 // counted (sluice_last_apply_success 0, sluice_applies_total{result="error"});
-// the last good state stays in force. An apply that fails in the kernel is
+// the last good state stays in force. An agent whose file is bad when it
+// starts does not settle: the previous process's programs go on enforcing
+// its state until the file is fixed. An apply that fails in the kernel is
 // retried every few seconds.
 //
 // To stay within the core module's dependencies the agent uses only the

@@ -2,6 +2,7 @@ package main
 
 import (
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -45,6 +46,22 @@ func TestParseStateRejects(t *testing.T) {
 				t.Errorf("error %v, want one containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestExampleState: the example file in this directory is a valid state,
+// its rules naming its set by ID.
+func TestExampleState(t *testing.T) {
+	data, err := os.ReadFile("state.example.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := parseState(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(d.ifaces) != 2 || len(d.services) != 1 || len(d.routes) != 4 || len(d.sets) != 1 {
+		t.Errorf("parsed %d interfaces, %d services, %d routes, %d sets; want 2, 1, 4, 1", len(d.ifaces), len(d.services), len(d.routes), len(d.sets))
 	}
 }
 
