@@ -98,8 +98,8 @@ func (a *agent) record(err error) {
 
 // apply programs d, changing only what differs from the last apply, and
 // make-before-break: first everything d adds or changes (IP set members and
-// routes as the union of old and new, services, interfaces, then their
-// hooks), then what it removes. A policy that names a new set member, or
+// routes as the union of old and new, interfaces, their hooks, then
+// services), then what it removes. A policy that names a new set member, or
 // a new endpoint's route, finds it in place when it switches; a member or
 // route that goes is removed only after no policy of d's needs it.
 func (a *agent) apply(d *desired) (err error) {
@@ -154,19 +154,6 @@ func (a *agent) apply(d *desired) (err error) {
 			return fmt.Errorf("snat: %w", err)
 		}
 	}
-	if full {
-		err = a.dp.Services().Sync(next.services)
-		a.writes["services"] += uint64(len(next.services))
-	} else {
-		upserts, deletes := diffServices(prev.services, next.services)
-		if len(upserts) > 0 || len(deletes) > 0 {
-			err = a.dp.Services().Apply(upserts, deletes)
-			a.writes["services"] += uint64(len(upserts) + len(deletes))
-		}
-	}
-	if err != nil {
-		return fmt.Errorf("services: %w", err)
-	}
 	changed := map[int]datapath.Interface{}
 	var attachNew []string
 	for name, n := range next.ifaces {
@@ -203,6 +190,19 @@ func (a *agent) apply(d *desired) (err error) {
 			return fmt.Errorf("interfaces[%q]: attach: %w", name, err)
 		}
 		a.writes["links"] += 2
+	}
+	// Services last: a new backend's interface has its policy and its
+	// hooks before the first flow is sent to it.
+	var svcErr error
+	if full {
+		svcErr = a.dp.Services().Sync(next.services)
+		a.writes["services"] += uint64(len(next.services))
+	} else if upserts, deletes := diffServices(prev.services, next.services); len(upserts) > 0 || len(deletes) > 0 {
+		svcErr = a.dp.Services().Apply(upserts, deletes)
+		a.writes["services"] += uint64(len(upserts) + len(deletes))
+	}
+	if svcErr != nil {
+		return fmt.Errorf("services: %w", svcErr)
 	}
 	if full && a.cgroup != "" {
 		for _, p := range a.dp.SockPrograms().All() {

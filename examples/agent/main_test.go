@@ -245,6 +245,38 @@ func TestAgent(t *testing.T) {
 			checkDenied(t, client, node.NS, 49)
 		})
 
+		// An agent that starts on a bad file does not settle: the one it
+		// replaces goes on enforcing until the file is good again.
+		rt := t
+		t.Run("bad-start", func(t *testing.T) {
+			second.stop(syscall.SIGKILL)
+			// The third agent outlives this sub-test.
+			third := startAgent(rt, node.NS, bin, args...)
+			rt.Cleanup(func() {
+				if rt.Failed() {
+					t.Logf("third agent's log:\n%s", third.logText())
+				}
+			})
+			second = third
+			m := waitMetrics(t, node.NS, metricsAddr, third, "bad file reported", func(m metrics) bool {
+				return m[series("sluice_applies_total", "result", "error")] > 0
+			})
+			if m["sluice_settled"] != 0 || m["sluice_interfaces"] != 0 {
+				t.Errorf("on a bad file the agent settled (%v) or configured %v interfaces", m["sluice_settled"], m["sluice_interfaces"])
+			}
+			if got := backendsReached(t, client, 2); got["s1"] == 0 || got["s2"] == 0 {
+				t.Errorf("connections through the frontend reached %v, want s1 and s2", got)
+			}
+			checkDenied(t, client, node.NS, 49)
+			n, _ := st.progress()
+			st.waitProgress(t, n, "bad start")
+			writeState(t, statePath, testState(client, backendPolicy(40, netip.MustParsePrefix("10.0.0.0/8")), server, server2))
+			waitMetrics(t, node.NS, metricsAddr, third, "settled on the good file", func(m metrics) bool {
+				return m["sluice_settled"] == 1 && m["sluice_last_apply_success"] == 1 && m["sluice_interfaces"] == 3
+			})
+			checkDenied(t, client, node.NS, 49)
+		})
+
 		end := waitMetrics(t, node.NS, metricsAddr, second, "scrape", func(metrics) bool { return true })
 		checkDrops(t, base, end, server.HostIfname, client.HostIfname, server.HostIfname, server2.HostIfname)
 
