@@ -7,6 +7,7 @@ import (
 	"maps"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"sync"
@@ -259,14 +260,33 @@ func (a *agent) count(object string, s smaps.SyncStats) {
 }
 
 // detachStale detaches the TC links an earlier process attached to
-// interfaces the state no longer names: Settle removed their entries, so
-// their packets would drop.
+// interfaces the state no longer names (Settle removed their entries, so
+// their packets would drop), and its cgroup links on a cgroup other than
+// -cgroup.
 func (a *agent) detachStale(ifaces map[string]appliedIface) error {
 	list, err := a.at.List()
 	if err != nil {
 		return fmt.Errorf("list attachments: %w", err)
 	}
+	cgroup := ""
+	if a.cgroup != "" {
+		if cgroup, err = filepath.Abs(a.cgroup); err == nil {
+			cgroup, err = filepath.EvalSymlinks(cgroup)
+		}
+		if err != nil {
+			return fmt.Errorf("cgroup %s: %w", a.cgroup, err)
+		}
+	}
 	for _, at := range list {
+		if at.Cgroup != "" && at.Cgroup != cgroup {
+			// Started before with another -cgroup, or none.
+			typ, _ := at.Hook.AttachType()
+			if err := a.at.DetachCgroup(at.Cgroup, typ); err != nil && !errors.Is(err, attach.ErrNotAttached) {
+				return fmt.Errorf("detach %s from %s: %w", at.Hook, at.Cgroup, err)
+			}
+			log.Printf("detached %s from %s, which is not -cgroup", at.Hook, at.Cgroup)
+			continue
+		}
 		if _, ok := ifaces[at.Ifname]; ok || at.Ifname == "" {
 			continue
 		}

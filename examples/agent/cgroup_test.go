@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -31,7 +32,8 @@ var nodeAddr = netip.MustParseAddr("10.77.255.1")
 // namespace, which has no route to the frontend, reaches the service's
 // backend, because connect-time balancing translated its connect; a
 // process outside the cgroup cannot. A SIGKILLed agent's successor takes
-// the cgroup links over in place.
+// the cgroup links over in place, and one started without -cgroup
+// detaches them.
 func TestAgentCgroup(t *testing.T) {
 	testutil.RequirePrivileged(t)
 	bin := buildAgent(t)
@@ -81,23 +83,33 @@ func TestAgentCgroup(t *testing.T) {
 		}},
 	}
 	writeState(t, statePath, s)
-	args := []string{"-state", statePath, "-pin-dir", pinDir, "-listen", metricsAddr, "-cgroup", cgroup}
+	args := []string{"-state", statePath, "-pin-dir", pinDir, "-listen", metricsAddr}
 
 	gen := 0.0
-	for round := range 2 {
-		p := startAgent(t, node.NS, bin, args...)
+	// Two agents with -cgroup, the second taking over the first's links;
+	// then one without it, which detaches them.
+	for round, withCgroup := range []bool{true, true, false} {
+		a := args
+		if withCgroup {
+			a = append(slices.Clip(args), "-cgroup", cgroup)
+		}
+		p := startAgent(t, node.NS, bin, a...)
 		m := waitMetrics(t, node.NS, metricsAddr, p, "agent settled", func(m metrics) bool {
 			return m["sluice_generation"] > gen && m["sluice_settled"] == 1 && m["sluice_last_apply_success"] == 1
 		})
 		gen = m["sluice_generation"]
-		if out, err := connectClient(t, node.NS, cgroup); err != nil || out != "backend=s1 peer="+netip.AddrPortFrom(frontendAddr, frontendTCP).String() {
+		balanced := "backend=s1 peer=" + netip.AddrPortFrom(frontendAddr, frontendTCP).String()
+		out, err := connectClient(t, node.NS, cgroup)
+		if withCgroup && (err != nil || out != balanced) {
 			t.Errorf("round %d: a client in the cgroup: %q, %v\n%s", round, out, err, p.logText())
 		}
-		out, err := connectClient(t, node.NS, "")
+		if !withCgroup && err == nil {
+			t.Errorf("round %d: without -cgroup a client in the cgroup reached the frontend: %q", round, out)
+		}
+		out, err = connectClient(t, node.NS, "")
 		if err == nil {
 			t.Errorf("round %d: a client outside the cgroup reached the frontend: %q", round, out)
 		}
-		t.Logf("round %d: outside the cgroup: %s", round, out)
 		var cgroupLinks int
 		err = node.NS.Do(func() error {
 			a, err := attach.Open(filepath.Join(pinDir, "attach"))
@@ -115,7 +127,11 @@ func TestAgentCgroup(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if want := 8; cgroupLinks != want {
+		want := 0
+		if withCgroup {
+			want = 8
+		}
+		if cgroupLinks != want {
 			t.Errorf("round %d: %d cgroup links, want %d", round, cgroupLinks, want)
 		}
 		p.stop(syscall.SIGKILL)

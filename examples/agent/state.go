@@ -46,8 +46,10 @@ type State struct {
 type InterfaceState struct {
 	// Kind is "workload" (the host side of a workload's veth) or "host".
 	Kind string `json:"kind"`
-	// Ingress is the policy of what reaches the endpoint, Egress of what
-	// it sends, in polprog's JSON form.
+	// Ingress is the policy of what reaches the endpoint, in polprog's
+	// JSON form: its Go field names, which match case-insensitively
+	// ("tiers", "endRuleID"), actions and end actions by name, port
+	// ranges as "80" or "8000-8080", IP sets by ID.
 	Ingress polprog.Rules `json:"ingress"`
 	// Egress is the policy of what the endpoint sends.
 	Egress polprog.Rules `json:"egress"`
