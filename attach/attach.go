@@ -51,6 +51,9 @@ var (
 	// ErrNotAttached means there is nothing of this library's to detach
 	// from the hook.
 	ErrNotAttached = errors.New("nothing attached")
+	// ErrNilAttacher means a method was called on a nil *Attacher (one
+	// that Open did not return).
+	ErrNilAttacher = errors.New("nil Attacher")
 )
 
 // Direction is the side of an interface a TC program runs on.
@@ -302,6 +305,9 @@ func flockExclusive(fd int) error {
 // descriptor of its own, so two Attachers in one process exclude each
 // other as two processes do.
 func (a *Attacher) lock() (func(), error) {
+	if a == nil {
+		return nil, ErrNilAttacher
+	}
 	for {
 		fd, err := unix.Open(a.pinDir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 		if err != nil {
@@ -354,8 +360,14 @@ func (a *Attacher) lockTC() (func(), error) {
 	return func() { unix.Close(fd); unlock() }, nil
 }
 
-// PinDir returns the directory the Attacher pins under.
-func (a *Attacher) PinDir() string { return a.pinDir }
+// PinDir returns the directory the Attacher pins under, "" for a nil
+// Attacher.
+func (a *Attacher) PinDir() string {
+	if a == nil {
+		return ""
+	}
+	return a.pinDir
+}
 
 // linkPin returns where the link of hook on ifname is pinned:
 // <pinDir>/links/<hook>-<ifname>, for example links/tc-ingress-eth0.
@@ -418,12 +430,33 @@ func iface(ifname string) (netlink.Link, error) {
 
 // loadPin opens the link pinned at path; it returns nil and no error if
 // there is none.
+// strayObject reports whether the pin at path, which is not a link, is a
+// map or a program: an object someone else pinned under a link's name.
+func strayObject(path string) bool {
+	if m, err := ebpf.LoadPinnedMap(path, nil); err == nil {
+		m.Close()
+		return true
+	}
+	if p, err := ebpf.LoadPinnedProgram(path, nil); err == nil {
+		p.Close()
+		return true
+	}
+	return false
+}
+
+// loadPin opens the link pinned at path, nil if there is none. A map or
+// program pinned there instead is no attachment of this library's: the
+// error wraps ErrOccupied, List leaves it out, and attaching at that name
+// fails rather than remove another's object.
 func loadPin(path string) (link.Link, error) {
 	l, err := link.LoadPinnedLink(path, nil)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
+		if strayObject(path) {
+			return nil, fmt.Errorf("%w: %s holds a map or program, not a link", ErrOccupied, path)
+		}
 		return nil, err
 	}
 	return l, nil
@@ -656,6 +689,9 @@ func (a *Attacher) listPinned() ([]Attachment, error) {
 		}
 		l, err := loadPin(path)
 		if err != nil {
+			if errors.Is(err, ErrOccupied) {
+				continue
+			}
 			return nil, fmt.Errorf("open pin %s: %w", path, err)
 		}
 		if l == nil {
@@ -693,6 +729,9 @@ func (a *Attacher) listPinned() ([]Attachment, error) {
 func listCgroupPin(hook Hook, cgroup, path string) (*Attachment, error) {
 	l, err := loadPin(path)
 	if err != nil {
+		if errors.Is(err, ErrOccupied) {
+			return nil, nil
+		}
 		return nil, fmt.Errorf("open pin %s: %w", path, err)
 	}
 	if l == nil {

@@ -58,7 +58,9 @@ type tableRef struct {
 
 // Entry is one key and value of the table.
 type Entry struct {
-	Key   Key
+	// Key is the entry's flow tuple.
+	Key Key
+	// Value is the entry's state.
 	Value Value
 }
 

@@ -44,6 +44,7 @@ func (v Verdict) String() string {
 // NATReverse; a NATReverse entry's key is the post-DNAT tuple and
 // Value.Orig the pre-DNAT destination).
 type Check interface {
+	// Check returns what to do with the entry k, v at time now.
 	Check(k Key, v Value, now time.Duration) Verdict
 }
 

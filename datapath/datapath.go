@@ -61,6 +61,13 @@ type Options struct {
 	// Policy are the compiler options of every policy SetInterface
 	// compiles. Leave Hook zero: XDP policies get HookXDP.
 	Policy polprog.Options
+	// DebugDir, when set, is where the policy debug files go: after an
+	// interface's entry switches to a new policy, its rules and listing
+	// are written to <DebugDir>/policy/<ifindex>-<hook>.json
+	// (PolicyDebug), and RemoveInterface removes them. The maps hold
+	// only bytecode; these files let a debugging tool explain verdicts.
+	// Empty writes none.
+	DebugDir string
 }
 
 func (o *Options) setDefaults() {

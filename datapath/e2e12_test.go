@@ -14,7 +14,7 @@ package datapath
 //     UDP and ICMP echo, v4 and v6, with the deciding rule's RuleHits:
 //     TestE2E12Policy (e2e12_policy_test.go).
 //   - Host-endpoint policy on traffic to the node:
-//     TestHostEndpointRealTraffic.
+//     TestHostEndpointRealTraffic (IPv4 and IPv6).
 //   - Every backend of a frontend reached: TestRealServiceTraffic (TC NAT,
 //     both reached) and TestSockConnectBalancing (connect-time LB, both
 //     reached). Distribution within a binomial bound: TestE2E12Distribution

@@ -2,6 +2,7 @@ package datapath
 
 import (
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 
@@ -29,6 +30,26 @@ const hitlessGapPause = 100 * time.Millisecond
 
 var hitlessCases = []hitlessCase{
 	{name: "baseline", change: func(h *hitlessNode, gap func()) { gap() }},
+	// cpu-load changes nothing: two goroutines spin for 300 ms, as a
+	// change's own work competes with the streams for the CPUs. It is the
+	// control for what the others show besides loss: the TCP sender's
+	// retransmits that the backend reports as duplicates (DSACKedSegs,
+	// segments that were not lost) appear here and in baseline too on a
+	// loaded machine, with no change to the datapath at all.
+	{name: "cpu-load", change: func(h *hitlessNode, gap func()) {
+		var wg sync.WaitGroup
+		deadline := time.Now().Add(300 * time.Millisecond)
+		for range 2 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for time.Now().Before(deadline) {
+				}
+			}()
+		}
+		gap()
+		wg.Wait()
+	}},
 	{name: "replace", change: func(h *hitlessNode, gap func()) {
 		// A new generation on the pinned state, attached in place of the
 		// old one's programs; then the old one goes and the new settles.

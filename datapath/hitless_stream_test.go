@@ -45,10 +45,13 @@ type hitlessStreams struct {
 	udpDone chan struct{}
 	udpSeen []bool
 	udpGaps []hitlessGap
-	client  *topo.NS
-	server  *topo.NS
-	node    *topo.NS
-	before  hitlessKernel
+	// udpDelays are the datagrams whose one-way delay was at least
+	// hitlessGapMin: End the kernel's receive time, Len the delay.
+	udpDelays []hitlessGap
+	client    *topo.NS
+	server    *topo.NS
+	node      *topo.NS
+	before    hitlessKernel
 }
 
 // hitlessKernel are the kernel's counters that tell a loss of the
@@ -214,6 +217,14 @@ type hitlessResult struct {
 	UDPSendErrs      int
 	// UDPStall and UDPJitter are the same of the datagrams' arrivals.
 	UDPStall, UDPJitter time.Duration
+	// UDPDelay is the longest one-way delay of a datagram received during
+	// the change, UDPDelayOutside the longest of the others: from the
+	// sender's clock just before its send to the kernel's receive
+	// timestamp (SO_TIMESTAMPNS), so neither the sender's nor the
+	// receiver's waits for a CPU count, only the path between them. A
+	// datapath that held or slowed packets shows here; one whose change
+	// only competes for the CPU shows in UDPStall.
+	UDPDelay, UDPDelayOutside time.Duration
 	// Kernel is how the kernel's counters moved while the streams ran.
 	Kernel hitlessKernel
 	// VethDrops is the packets the veth pairs of the client and the
@@ -223,9 +234,10 @@ type hitlessResult struct {
 
 func (r hitlessResult) String() string {
 	return fmt.Sprintf("tcp %d of %d bytes lost, longest stall %v (%v outside the change), err %v; "+
-		"udp %d of %d datagrams lost, longest gap %v (%v outside), %d send errors; kernel %+v, veth drops %d",
+		"udp %d of %d datagrams lost, longest gap %v (%v outside), longest one-way delay %v (%v outside), %d send errors; "+
+		"kernel %+v, veth drops %d",
 		r.TCPSent-r.TCPReceived, r.TCPSent, r.TCPStall, r.TCPJitter, r.TCPErr,
-		r.UDPLost, r.UDPSent, r.UDPStall, r.UDPJitter, r.UDPSendErrs, r.Kernel, r.VethDrops)
+		r.UDPLost, r.UDPSent, r.UDPStall, r.UDPJitter, r.UDPDelay, r.UDPDelayOutside, r.UDPSendErrs, r.Kernel, r.VethDrops)
 }
 
 // startHitlessStreams listens at tcpBackend and udpBackend in the
@@ -247,7 +259,10 @@ func startHitlessStreams(node *topo.NS, client, server *topo.Workload, tcpFronte
 		// A large buffer (forced past rmem_max, with CAP_NET_ADMIN and no
 		// sysctl) so that the reader's scheduling delays on a busy machine
 		// drop nothing.
-		return forceRcvbuf(s.udpPC.(*net.UDPConn), 16<<20)
+		if err := forceRcvbuf(s.udpPC.(*net.UDPConn), 16<<20); err != nil {
+			return err
+		}
+		return setsockoptInt(s.udpPC.(*net.UDPConn), unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1)
 	})
 	if err != nil {
 		s.closeAll()
@@ -273,17 +288,39 @@ func startHitlessStreams(node *topo.NS, client, server *topo.Workload, tcpFronte
 }
 
 func forceRcvbuf(c *net.UDPConn, size int) error {
+	return setsockoptInt(c, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, size)
+}
+
+// setsockoptInt sets an integer socket option of c.
+func setsockoptInt(c *net.UDPConn, level, opt, value int) error {
 	raw, err := c.SyscallConn()
 	if err != nil {
 		return err
 	}
 	var serr error
 	if err := raw.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, size)
+		serr = unix.SetsockoptInt(int(fd), level, opt, value)
 	}); err != nil {
 		return err
 	}
 	return serr
+}
+
+// rxTimestamp is the SCM_TIMESTAMPNS receive time in oob, false if there
+// is none.
+func rxTimestamp(oob []byte) (time.Time, bool) {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return time.Time{}, false
+	}
+	for _, m := range msgs {
+		if m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SCM_TIMESTAMPNS && len(m.Data) >= 16 {
+			sec := int64(binary.NativeEndian.Uint64(m.Data[0:8]))
+			nsec := int64(binary.NativeEndian.Uint64(m.Data[8:16]))
+			return time.Unix(sec, nsec), true
+		}
+	}
+	return time.Time{}, false
 }
 
 func (s *hitlessStreams) closeAll() {
@@ -346,18 +383,24 @@ func (s *hitlessStreams) writeTCP() {
 
 func (s *hitlessStreams) readUDP() {
 	defer close(s.udpDone)
-	buf := make([]byte, 64)
+	buf, oob := make([]byte, 64), make([]byte, 128)
 	var last time.Time
 	for {
-		n, _, err := s.udpPC.ReadFrom(buf)
+		n, oobn, _, _, err := s.udpPC.(*net.UDPConn).ReadMsgUDP(buf, oob)
 		if err != nil {
 			return // closed by Stop
 		}
 		now := time.Now()
 		s.udpGaps = noteGap(s.udpGaps, last, now)
 		last = now
-		if n != 8 {
+		if n != 16 {
 			continue
+		}
+		if rx, ok := rxTimestamp(oob[:oobn]); ok {
+			sent := time.Unix(0, int64(binary.BigEndian.Uint64(buf[8:])))
+			if d := rx.Sub(sent); d >= hitlessGapMin {
+				s.udpDelays = append(s.udpDelays, hitlessGap{End: rx, Len: d})
+			}
 		}
 		seq := binary.BigEndian.Uint64(buf)
 		for uint64(len(s.udpSeen)) <= seq {
@@ -369,7 +412,7 @@ func (s *hitlessStreams) readUDP() {
 
 func (s *hitlessStreams) writeUDP() {
 	defer s.wg.Done()
-	var msg [8]byte
+	var msg [16]byte
 	for {
 		select {
 		case <-s.stop:
@@ -377,6 +420,7 @@ func (s *hitlessStreams) writeUDP() {
 		default:
 		}
 		binary.BigEndian.PutUint64(msg[:], s.udpSent)
+		binary.BigEndian.PutUint64(msg[8:], uint64(time.Now().UnixNano()))
 		// A failed send sent nothing: its sequence number is sent again.
 		if _, err := s.udpConn.Write(msg[:]); err != nil {
 			s.udpErrs++
@@ -410,6 +454,7 @@ func (s *hitlessStreams) Stop(from, to time.Time) hitlessResult {
 	r.TCPReceived = s.tcpRecv
 	r.UDPSent, r.UDPSendErrs = s.udpSent, s.udpErrs
 	r.UDPStall, r.UDPJitter = longest(s.udpGaps, from, to)
+	r.UDPDelay, r.UDPDelayOutside = longest(s.udpDelays, from, to)
 	for seq := range r.UDPSent {
 		if seq >= uint64(len(s.udpSeen)) || !s.udpSeen[seq] {
 			r.UDPLost++

@@ -17,19 +17,37 @@ import (
 // uplink, a veth to a "remote" namespace: TCP from the remote to the
 // node's own address is decided by the normal host tiers (the routes map
 // marks the address as the host's), and TCP the node forwards to one of
-// its workloads by the apply-on-forward tiers, as polprog.Evaluate says.
+// its workloads by the apply-on-forward tiers, as polprog.Evaluate says;
+// in both families.
 func TestHostEndpointRealTraffic(t *testing.T) {
+	for _, fam := range []hostEndpointFamily{
+		{name: "ipv4", network: "tcp4", web: "10.69.0.2", webNet: "10.69.0.0/24", node: "192.168.69.1/24", remote: "192.168.69.2/24"},
+		{name: "ipv6", network: "tcp6", web: "fd00:69::2", webNet: "fd00:69::/64", node: "fd00:69:ff::1/64", remote: "fd00:69:ff::2/64"},
+	} {
+		t.Run(fam.name, func(t *testing.T) { testHostEndpointRealTraffic(t, fam) })
+	}
+}
+
+// hostEndpointFamily is one family's addresses of
+// TestHostEndpointRealTraffic: the workload's, the net the remote routes
+// to the node, the uplink's two ends.
+type hostEndpointFamily struct {
+	name, network, web, webNet, node, remote string
+}
+
+func testHostEndpointRealTraffic(t *testing.T, fam hostEndpointFamily) {
 	testutil.RequirePrivileged(t)
 	node := testutil.NewNode(t)
-	web, err := node.AddWorkload("web", netip.MustParseAddr("10.69.0.2"))
+	webAddr := netip.MustParseAddr(fam.web)
+	web, err := node.AddWorkload("web", webAddr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	remote := testutil.NewNetNS(t)
 	nodeNS := &testutil.NetNS{NS: node.NS}
-	nodeAddr, remoteAddr := netip.MustParsePrefix("192.168.69.1/24"), netip.MustParsePrefix("192.168.69.2/24")
+	nodeAddr, remoteAddr := netip.MustParsePrefix(fam.node), netip.MustParsePrefix(fam.remote)
 	uplink, _ := testutil.ConnectVeth(t, nodeNS, "slup", nodeAddr, remote, "eth0", remoteAddr)
-	remote.AddRoute(t, netip.MustParsePrefix("10.69.0.0/24"), nodeAddr.Addr(), "eth0")
+	remote.AddRoute(t, netip.MustParsePrefix(fam.webNet), nodeAddr.Addr(), "eth0")
 
 	d, err := Open(Options{ConntrackEntries: 1 << 12, MaxInterfaces: 8, PolicySlots: 64})
 	if err != nil {
@@ -37,8 +55,8 @@ func TestHostEndpointRealTraffic(t *testing.T) {
 	}
 	defer d.Close()
 	for _, r := range []routes.Route{
-		{Prefix: netip.PrefixFrom(nodeAddr.Addr(), 32), Flags: routes.FlagLocalHost},
-		{Prefix: netip.MustParsePrefix("10.69.0.2/32"), Flags: routes.FlagLocalWorkload, Ifindex: uint32(web.HostIfindex)},
+		{Prefix: netip.PrefixFrom(nodeAddr.Addr(), nodeAddr.Addr().BitLen()), Flags: routes.FlagLocalHost},
+		{Prefix: netip.PrefixFrom(webAddr, webAddr.BitLen()), Flags: routes.FlagLocalWorkload, Ifindex: uint32(web.HostIfindex)},
 	} {
 		if err := d.Routes().Put(r); err != nil {
 			t.Fatal(err)
@@ -63,7 +81,7 @@ func TestHostEndpointRealTraffic(t *testing.T) {
 
 	listenIn := func(ns interface{ Do(func() error) error }, addr string) {
 		var l net.Listener
-		if err := ns.Do(func() (err error) { l, err = net.Listen("tcp4", addr); return }); err != nil {
+		if err := ns.Do(func() (err error) { l, err = net.Listen(fam.network, addr); return }); err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { l.Close() })
@@ -77,10 +95,11 @@ func TestHostEndpointRealTraffic(t *testing.T) {
 			}
 		}()
 	}
-	listenIn(node.NS, "192.168.69.1:7022") // the host's own service
-	listenIn(node.NS, "192.168.69.1:8080")
-	listenIn(web.NS, "10.69.0.2:7022")
-	listenIn(web.NS, "10.69.0.2:8080")
+	at := func(a netip.Addr, port uint16) string { return netip.AddrPortFrom(a, port).String() }
+	listenIn(node.NS, at(nodeAddr.Addr(), 7022)) // the host's own service
+	listenIn(node.NS, at(nodeAddr.Addr(), 8080))
+	listenIn(web.NS, at(webAddr, 7022))
+	listenIn(web.NS, at(webAddr, 8080))
 
 	hits := func(id uint64) uint64 {
 		n, err := d.RuleHits().Get(id)
@@ -95,14 +114,14 @@ func TestHostEndpointRealTraffic(t *testing.T) {
 		ok     bool
 		ruleID uint64
 	}{
-		{"to the host, allowed by its normal tier", "192.168.69.1:7022", true, 10},
-		{"to the host, the normal tier's end denies", "192.168.69.1:8080", false, 19},
-		{"forwarded, allowed by apply-on-forward", "10.69.0.2:8080", true, 20},
-		{"forwarded, apply-on-forward's end denies", "10.69.0.2:7022", false, 29},
+		{"to the host, allowed by its normal tier", at(nodeAddr.Addr(), 7022), true, 10},
+		{"to the host, the normal tier's end denies", at(nodeAddr.Addr(), 8080), false, 19},
+		{"forwarded, allowed by apply-on-forward", at(webAddr, 8080), true, 20},
+		{"forwarded, apply-on-forward's end denies", at(webAddr, 7022), false, 29},
 	} {
 		before := hits(c.ruleID)
 		err := remote.Do(func() error {
-			conn, err := net.DialTimeout("tcp4", c.dst, 500*time.Millisecond)
+			conn, err := net.DialTimeout(fam.network, c.dst, 500*time.Millisecond)
 			if err != nil {
 				return err
 			}

@@ -265,6 +265,7 @@ func (d *Datapath) setInterfaces(cfgs map[int]Interface) error {
 		return err
 	}
 	var retired []*polprog.Program
+	var errDebug error
 	switched := 0
 	for i, c := range changes {
 		rec, ok := recordIndex(c.entry, d.generation, meta.SettledGeneration)
@@ -306,8 +307,9 @@ func (d *Datapath) setInterfaces(cfgs map[int]Interface) error {
 			}
 		}
 		d.ifaces[c.ifindex] = &c.next
+		errDebug = errors.Join(errDebug, d.writeDebugInfo(c))
 	}
-	return d.retire(retired...)
+	return errors.Join(d.retire(retired...), errDebug)
 }
 
 // compileChanges validates and compiles every configuration; a hook whose
@@ -613,7 +615,7 @@ func (d *Datapath) removeInterface(ifindex int) error {
 		return err
 	}
 	d.counterSlots.release(entry.CounterSlot)
-	errFlows := d.forgetFlows(map[uint32]bool{idx: true})
+	errFlows := errors.Join(d.forgetFlows(map[uint32]bool{idx: true}), d.removeDebugInfo(idx))
 	var errPolicies error
 	if prev != nil {
 		progs := []*polprog.Program{prev.hooks[0].prog, prev.hooks[1].prog}

@@ -43,6 +43,11 @@
 // pinned, so a migration interrupted by a crash is redone by the next
 // OpenOrCreate.
 //
+// OpenPinned is the reader's side: a debugging tool beside the owner opens
+// a map of a name and version read-only, and learns from a wrapped
+// ErrNotPinned or ErrOtherVersion what is missing, never creating or
+// migrating anything.
+//
 // # Live resize
 //
 // A copy misses what the datapath writes while it runs, so a map the

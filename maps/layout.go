@@ -24,8 +24,11 @@ type LayoutMismatch struct {
 
 // LayoutError reports every mismatch CheckLayout found.
 type LayoutError struct {
-	CType      string
-	GoType     string
+	// CType is the C type's name in the BTF.
+	CType string
+	// GoType is the Go type's name.
+	GoType string
+	// Mismatches are the differences found, in field order.
 	Mismatches []LayoutMismatch
 }
 

@@ -38,6 +38,8 @@ type Map[K, V any] struct {
 
 // BatchSupport says which batch commands a Map still tries.
 type BatchSupport struct {
+	// Lookup, Update and Delete are true while the batch command of that
+	// name has not failed as unsupported on this map.
 	Lookup, Update, Delete bool
 }
 

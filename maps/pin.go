@@ -235,6 +235,7 @@ func (a OpenAction) String() string {
 
 // OpenReport describes what OpenOrCreate did.
 type OpenReport struct {
+	// Action says whether the map was created, reused or migrated.
 	Action OpenAction
 	// FromVersion is the version migrated from (Migrated only).
 	FromVersion uint32

@@ -57,6 +57,9 @@
 // allows, affinity, Maglev and the flow hash (FlowHash) decide its backend.
 // It needs no privilege. Table.Explain applies it to the services a Table
 // programmed and the client's affinity record in the kernel.
+// Table.Adopted reads the services of maps another process programmed
+// back into the model (by service ID), with the reading a Table adopts
+// them by, for a debugging tool's Choose.
 // ChooseConnect and Table.ExplainConnect are the same choice at a socket's
 // connect (connect-time balancing), with the socket's cookie in the hash
 // (ConnectHash) and its bound source or network namespace as the client.

@@ -122,6 +122,7 @@ type Policy struct {
 // PortRange is an inclusive range of ports; a single port has First ==
 // Last.
 type PortRange struct {
+	// First and Last are the lowest and highest port of the range.
 	First, Last uint16
 }
 
@@ -130,6 +131,7 @@ func Port(p uint16) PortRange { return PortRange{First: p, Last: p} }
 
 // ICMPMatch matches an ICMP type and optionally its code.
 type ICMPMatch struct {
+	// Type is the ICMP (or ICMPv6) type to match.
 	Type uint8
 	// Code is compared only when HasCode is set.
 	Code    uint8
@@ -202,14 +204,22 @@ func (v Verdict) String() string {
 // Packet is what policy sees of a packet: the fields the datapath writes
 // into struct sl_state.
 type Packet struct {
+	// Src and Dst are the addresses, Dst after DNAT.
 	Src, Dst netip.Addr
 	// PreNATDst is the destination before DNAT; the zero Addr means
 	// there was no DNAT (Dst and DstPort apply).
-	PreNATDst            netip.Addr
-	SrcPort, DstPort     uint16
-	PreNATDstPort        uint16
-	Protocol             uint8
-	ICMPType, ICMPCode   uint8
+	PreNATDst netip.Addr
+	// SrcPort and DstPort are the L4 ports (DstPort after DNAT), 0 for
+	// protocols without ports.
+	SrcPort, DstPort uint16
+	// PreNATDstPort is the destination port before DNAT.
+	PreNATDstPort uint16
+	// Protocol is the IP protocol number.
+	Protocol uint8
+	// ICMPType and ICMPCode are the ICMP or ICMPv6 type and code.
+	ICMPType, ICMPCode uint8
+	// SrcIsHost and DstIsHost are the datapath's host flags (host
+	// endpoint semantics).
 	SrcIsHost, DstIsHost bool
 }
 
@@ -223,6 +233,7 @@ func (p Packet) preNAT() (netip.Addr, uint16) {
 
 // Decision is the full answer of policy for a packet.
 type Decision struct {
+	// Verdict is allow or deny.
 	Verdict Verdict
 	// RuleID is the ID of the rule (or tier end, or NoMatchRuleID) that
 	// decided; 0 for a host endpoint's forwarded packet that no

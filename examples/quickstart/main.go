@@ -1,30 +1,36 @@
-// Command quickstart is sluice's first run: it builds a node and two
+// Command quickstart is sluice's first run: it builds a node and five
 // workloads in network namespaces joined by veth pairs (as a CNI wires
-// pods), loads the datapath, gives the server workload a policy, sends
-// allowed and denied TCP, UDP and ICMP from the client, and prints what
-// passed, what was denied and by which rule, and the counters. It removes
-// everything it made and exits 0.
+// pods), loads the datapath and attaches it through pinned links (package
+// attach), and shows its two halves:
 //
-// Run it as root on Linux with TCX (6.6 or later):
+//   - policy: the server workload has a policy; the client sends allowed
+//     and denied TCP, UDP and ICMP to it, and the quickstart prints what
+//     passed, what was denied and by which rule, and the counters;
+//   - a service: a ClusterIP in front of three backend workloads, each
+//     answering with its name; the client connects to it several times,
+//     and the quickstart prints which backend served each connection.
+//
+// It removes everything it made and exits 0. Run it as root on Linux 6.6
+// or later (TCX; attach falls back to a clsact qdisc without it):
 //
 //	go run ./examples/quickstart
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"log"
 	"net"
 	"net/netip"
 	"os"
-	"syscall"
+	"path/filepath"
 	"time"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
-
+	"github.com/sluicenet/sluice/attach"
 	"github.com/sluicenet/sluice/datapath"
 	"github.com/sluicenet/sluice/internal/topo"
+	"github.com/sluicenet/sluice/nat"
 	"github.com/sluicenet/sluice/polprog"
 	"github.com/sluicenet/sluice/routes"
 )
@@ -35,7 +41,8 @@ func main() {
 	}
 }
 
-// The client may send anything; the server takes web traffic and DNS.
+// The client may send anything; the server takes web traffic and DNS; the
+// service's backends take their port.
 var (
 	allowAll = polprog.Rules{Tiers: []polprog.Tier{{
 		Name:     "default",
@@ -52,50 +59,93 @@ var (
 		EndAction: polprog.EndDeny,
 		EndRuleID: 199,
 	}}}
+	backendPolicy = polprog.Rules{Tiers: []polprog.Tier{{
+		Name: "default",
+		Policies: []polprog.Policy{{Name: "web", Namespace: "demo", Rules: []polprog.Rule{
+			{ID: 201, Action: polprog.ActionAllow, Protocol: "tcp", DstPorts: []polprog.PortRange{polprog.Port(backendPort)}},
+		}}},
+		EndAction: polprog.EndDeny,
+		EndRuleID: 299,
+	}}}
 )
 
-// prefix starts the name of every namespace the quickstart makes.
+// The service: a ClusterIP port in front of the backends' port.
+const backendPort = 8080
+
+var clusterIP = netip.AddrPortFrom(netip.MustParseAddr("10.96.70.1"), 80)
+
+// prefix starts the name of every namespace the quickstart makes, and
+// of its bpffs.
 const prefix = "slqs-"
 
-func run(out io.Writer) error {
-	// A run killed halfway leaves its namespaces: remove them by name.
-	topo.DeleteNS(prefix+"node", prefix+"client", prefix+"server")
+// connections is how many times the client connects to the service.
+const connections = 12
+
+func run(out io.Writer) (err error) {
+	// A run killed halfway leaves its namespaces and its bpffs: remove
+	// them by name. An agent pins under /sys/fs/bpf, so that its successor
+	// finds the links; the quickstart takes everything with it.
+	names := []string{"client", "server", "web-1", "web-2", "web-3"}
+	for _, name := range names {
+		topo.DeleteNS(prefix + name)
+	}
+	topo.DeleteNS(prefix + "node")
+	pinDir := filepath.Join(os.TempDir(), prefix+"bpffs")
+	if err := topo.MountBPFFS(pinDir); err != nil {
+		return err
+	}
+	defer topo.UnmountBPFFS(pinDir)
 	node, err := topo.NewNode(prefix)
 	if err != nil {
 		return err
 	}
 	defer node.Close()
-	client, err := node.AddWorkload("client", netip.MustParseAddr("10.70.0.1"))
-	if err != nil {
-		return err
+	// Policies in the workloads' own terms: what each may send (Egress),
+	// what it accepts (Ingress).
+	policies := map[string]datapath.Interface{
+		"client": {Kind: datapath.Workload, Egress: allowAll},
+		"server": {Kind: datapath.Workload, Ingress: serverPolicy},
 	}
-	server, err := node.AddWorkload("server", netip.MustParseAddr("10.70.0.2"))
-	if err != nil {
-		return err
+	var workloads []endpoint
+	for i, name := range names {
+		w, err := node.AddWorkload(name, netip.AddrFrom4([4]byte{10, 70, 0, byte(i + 1)}))
+		if err != nil {
+			return err
+		}
+		iface, ok := policies[name]
+		if !ok {
+			iface = datapath.Interface{Kind: datapath.Workload, Ingress: backendPolicy}
+		}
+		workloads = append(workloads, endpoint{name: name, ifname: w.HostIfname, ifindex: w.HostIfindex, addr: w.Addr, iface: iface})
+	}
+	client, server, backends := node.Workloads[0], node.Workloads[1], workloads[2:]
+	web := nat.Service{Frontends: []nat.Frontend{{Addr: clusterIP.Addr(), Port: clusterIP.Port(), Protocol: nat.ProtoTCP}}}
+	for _, b := range backends {
+		web.Backends = append(web.Backends, nat.Backend{Addr: b.addr, Port: backendPort, Local: true})
 	}
 
 	var dp *datapath.Datapath
-	var links []link.Link
 	// The agent's part runs in the node's namespace, as an agent on a
-	// node runs in the host's.
+	// node runs in the host's. Its links are pinned: they stay attached
+	// after it exits, until they are detached by name.
+	defer func() {
+		if derr := node.NS.Do(func() error { return detach(pinDir, workloads) }); err == nil {
+			err = derr
+		}
+	}()
 	err = node.NS.Do(func() (err error) {
-		dp, links, err = startDatapath(
-			endpoint{ifindex: client.HostIfindex, addr: client.Addr},
-			endpoint{ifindex: server.HostIfindex, addr: server.Addr})
+		dp, err = startDatapath(pinDir, workloads, web)
 		return err
 	})
 	if err != nil {
 		return err
 	}
 	defer dp.Close()
-	for _, l := range links {
-		defer l.Close()
-	}
 
 	if err := serve(server); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "client %s -> server %s\n", client.Addr, server.Addr)
+	fmt.Fprintf(out, "policy: client %s -> server %s\n", client.Addr, server.Addr)
 	for _, f := range flows {
 		before, err := dp.RuleHits().All()
 		if err != nil {
@@ -117,206 +167,154 @@ func run(out io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(out, "server counters\n  sent:     %v\n  received: %v\n", c.Egress.NonZero(), c.Ingress.NonZero())
+
+	for i, w := range node.Workloads[2:] {
+		if err := serveName(w, backends[i].name); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(out, "service: client %s -> ClusterIP %s, backends", client.Addr, clusterIP)
+	for _, b := range backends {
+		fmt.Fprintf(out, " %s (%s)", b.name, netip.AddrPortFrom(b.addr, backendPort))
+	}
+	fmt.Fprintln(out)
+	served := map[string]int{}
+	for i := range connections {
+		var from, name string
+		err := client.NS.Do(func() (err error) {
+			from, name, err = askName(clusterIP)
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("connection %d: %w", i+1, err)
+		}
+		served[name]++
+		fmt.Fprintf(out, "  connection %2d from %s: served by %s\n", i+1, from, name)
+	}
+	fmt.Fprint(out, "connections per backend:")
+	for _, b := range backends {
+		fmt.Fprintf(out, " %s %d", b.name, served[b.name])
+	}
+	fmt.Fprintln(out)
 	return nil
 }
 
-// endpoint is a workload as the agent knows it: the host side of its veth
-// and its address.
+// endpoint is a workload as the agent knows it: its name, the host side
+// of its veth, its address and how the datapath treats it.
 type endpoint struct {
+	name    string
+	ifname  string
 	ifindex int
 	addr    netip.Addr
+	iface   datapath.Interface
 }
 
 // startDatapath is what an agent does: it opens the datapath, tells it
-// where the workloads are, gives each workload its policies, and attaches
-// the datapath's two programs to their interfaces.
-func startDatapath(client, server endpoint) (*datapath.Datapath, []link.Link, error) {
+// where the workloads are, gives each workload its policies, programs the
+// service, and attaches the datapath's two
+// programs to every workload's interface through links pinned under
+// pinDir. The caller detaches them (detach).
+func startDatapath(pinDir string, workloads []endpoint, web nat.Service) (*datapath.Datapath, error) {
 	// embed:start
 	dp, err := datapath.Open(datapath.Options{})
 	if err != nil {
-		return nil, nil, err
+		return nil, err
+	}
+	fail := func(err error) (*datapath.Datapath, error) {
+		dp.Close()
+		return nil, err
 	}
 	// Where each workload lives: the reverse-path check lets a workload
 	// send only from its own addresses.
-	for _, w := range []endpoint{client, server} {
+	ifaces := map[int]datapath.Interface{}
+	for _, w := range workloads {
 		route := routes.Route{Prefix: netip.PrefixFrom(w.addr, 32), Flags: routes.FlagLocalWorkload, Ifindex: uint32(w.ifindex)}
 		if err := dp.Routes().Put(route); err != nil {
-			dp.Close()
-			return nil, nil, err
+			return fail(err)
 		}
+		ifaces[w.ifindex] = w.iface
 	}
-	// Policies in the workloads' own terms, make-before-break: what each
-	// may send (Egress), what it accepts (Ingress).
-	err = dp.SetInterfaces(map[int]datapath.Interface{
-		client.ifindex: {Kind: datapath.Workload, Egress: allowAll},
-		server.ifindex: {Kind: datapath.Workload, Ingress: serverPolicy},
-	})
+	// Every interface's policies at once, make-before-break.
+	if err := dp.SetInterfaces(ifaces); err != nil {
+		return fail(err)
+	}
+	// Services by name; Sync makes the maps hold exactly these, and a
+	// flow always meets a whole backend list.
+	if err := dp.Services().Sync(map[string]nat.Service{"web": web}); err != nil {
+		return fail(err)
+	}
+	// One program per TC hook of every interface, through links pinned
+	// under pinDir: a restarted agent that opens the same directory
+	// replaces their programs in place, without a moment unenforced.
+	a, err := attach.Open(pinDir)
 	if err != nil {
-		dp.Close()
-		return nil, nil, err
+		return fail(err)
 	}
-	// One program per TC hook, attached to every interface.
-	var links []link.Link
-	for _, w := range []endpoint{client, server} {
-		for _, hook := range []struct {
-			prog   *ebpf.Program
-			attach ebpf.AttachType
-		}{{dp.TCIngress(), ebpf.AttachTCXIngress}, {dp.TCEgress(), ebpf.AttachTCXEgress}} {
-			l, err := link.AttachTCX(link.TCXOptions{Interface: w.ifindex, Program: hook.prog, Attach: hook.attach})
-			if err != nil {
-				for _, l := range links {
-					l.Close()
-				}
-				dp.Close()
-				return nil, nil, err
-			}
-			links = append(links, l)
+	for _, w := range workloads {
+		if _, err := a.AttachTC(w.ifname, attach.Ingress, dp.TCIngress()); err != nil {
+			return fail(err)
+		}
+		if _, err := a.AttachTC(w.ifname, attach.Egress, dp.TCEgress()); err != nil {
+			return fail(err)
 		}
 	}
 	// The first start of an agent settles at once; a restarted one, once
 	// it has moved every link to its programs.
 	if err := dp.Settle(); err != nil {
-		dp.Close()
-		return nil, nil, err
+		return fail(err)
 	}
 	// embed:end
-	return dp, links, nil
+	return dp, nil
 }
 
-// decidingRule names the rules whose hits went up, by ID.
-func decidingRule(before, after map[uint64]uint64) string {
-	s := ""
-	for id, n := range after {
-		if n > before[id] && id != 1 { // 1 is the client's allow-all
-			s += fmt.Sprintf("%d ", id)
+// detach removes what startDatapath attached, by interface name; an
+// interface it never reached has nothing to detach.
+func detach(pinDir string, workloads []endpoint) error {
+	a, err := attach.Open(pinDir)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, w := range workloads {
+		for _, dir := range []attach.Direction{attach.Ingress, attach.Egress} {
+			if err := a.DetachTC(w.ifname, dir); err != nil && !errors.Is(err, attach.ErrNotAttached) {
+				errs = append(errs, err)
+			}
 		}
 	}
-	if s == "" {
-		return "- (conntrack)"
-	}
-	return s
+	return errors.Join(errs...)
 }
 
-// flow is one exchange the client tries.
-type flow struct {
-	name string
-	try  func(server netip.Addr) error
-}
-
-var flows = []flow{
-	{"tcp/80", func(s netip.Addr) error { return tcpEcho(s, 80) }},
-	{"tcp/81", func(s netip.Addr) error { return tcpEcho(s, 81) }},
-	{"tcp/8080", func(s netip.Addr) error { return tcpEcho(s, 8080) }},
-	{"udp/53", func(s netip.Addr) error { return udpEcho(s, 53) }},
-	{"udp/54", func(s netip.Addr) error { return udpEcho(s, 54) }},
-	{"icmp echo", ping},
-}
-
-// serve answers on every port the flows try.
-func serve(server *topo.Workload) error {
-	return server.NS.Do(func() error {
-		for _, port := range []int{80, 81, 8080} {
-			l, err := net.Listen("tcp4", fmt.Sprintf("%s:%d", server.Addr, port))
-			if err != nil {
-				return err
-			}
-			go func() {
-				for {
-					c, err := l.Accept()
-					if err != nil {
-						return
-					}
-					go func() { io.Copy(c, c); c.Close() }()
-				}
-			}()
+// serveName answers every TCP connection to w's backend port with name.
+func serveName(w *topo.Workload, name string) error {
+	return w.NS.Do(func() error {
+		l, err := net.Listen("tcp4", netip.AddrPortFrom(w.Addr, backendPort).String())
+		if err != nil {
+			return err
 		}
-		for _, port := range []int{53, 54} {
-			c, err := net.ListenPacket("udp4", fmt.Sprintf("%s:%d", server.Addr, port))
-			if err != nil {
-				return err
-			}
-			go func() {
-				buf := make([]byte, 1500)
-				for {
-					n, from, err := c.ReadFrom(buf)
-					if err != nil {
-						return
-					}
-					c.WriteTo(buf[:n], from)
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
 				}
-			}()
-		}
+				c.Write([]byte(name))
+				c.Close()
+			}
+		}()
 		return nil
 	})
 }
 
-const timeout = 500 * time.Millisecond
-
-func tcpEcho(server netip.Addr, port uint16) error {
-	c, err := net.DialTimeout("tcp4", netip.AddrPortFrom(server, port).String(), timeout)
+// askName connects to addr and returns the connection's local address and
+// what the other end answered.
+func askName(addr netip.AddrPort) (from, name string, err error) {
+	c, err := net.DialTimeout("tcp4", addr.String(), time.Second)
 	if err != nil {
-		return err
+		return "", "", err
 	}
 	defer c.Close()
-	return echo(c)
-}
-
-func udpEcho(server netip.Addr, port uint16) error {
-	c, err := net.Dial("udp4", netip.AddrPortFrom(server, port).String())
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	return echo(c)
-}
-
-func echo(c net.Conn) error {
-	c.SetDeadline(time.Now().Add(timeout))
-	if _, err := c.Write([]byte("hello")); err != nil {
-		return err
-	}
-	buf := make([]byte, 5)
-	_, err := io.ReadFull(c, buf)
-	return err
-}
-
-// ping sends one ICMP echo request on a raw socket and waits for the reply.
-func ping(server netip.Addr) error {
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_RAW, syscall.IPPROTO_ICMP)
-	if err != nil {
-		return err
-	}
-	defer syscall.Close(fd)
-	tv := syscall.NsecToTimeval(timeout.Nanoseconds())
-	if err := syscall.SetsockoptTimeval(fd, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &tv); err != nil {
-		return err
-	}
-	req := []byte{8, 0, 0, 0, 0x51, 0x51, 0, 1} // echo request, id 0x5151, seq 1
-	sum := checksum(req)
-	req[2], req[3] = byte(sum>>8), byte(sum)
-	if err := syscall.Sendto(fd, req, 0, &syscall.SockaddrInet4{Addr: server.As4()}); err != nil {
-		return err
-	}
-	buf := make([]byte, 1500)
-	for {
-		n, _, err := syscall.Recvfrom(fd, buf, 0)
-		if err != nil {
-			return err
-		}
-		// A raw socket returns the IP header too.
-		if ihl := int(buf[0]&0x0f) * 4; n >= ihl+8 && buf[ihl] == 0 && buf[ihl+4] == 0x51 {
-			return nil
-		}
-	}
-}
-
-func checksum(b []byte) uint16 {
-	var s uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		s += uint32(b[i])<<8 | uint32(b[i+1])
-	}
-	for s > 0xffff {
-		s = s&0xffff + s>>16
-	}
-	return ^uint16(s)
+	c.SetDeadline(time.Now().Add(time.Second))
+	b, err := io.ReadAll(c)
+	return c.LocalAddr().String(), string(b), err
 }

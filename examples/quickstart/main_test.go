@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -11,7 +12,9 @@ import (
 )
 
 // TestQuickstart runs the quickstart as `go run ./examples/quickstart`
-// does and checks each flow's verdict and deciding rule.
+// does and checks each flow's verdict and deciding rule, and that every
+// connection to the service was served by one of its backends, more than
+// one backend serving (all 12 on one of 3 backends has odds of 3^-11).
 func TestQuickstart(t *testing.T) {
 	testutil.RequirePrivileged(t)
 	var out bytes.Buffer
@@ -30,6 +33,29 @@ func TestQuickstart(t *testing.T) {
 	} {
 		if !regexp.MustCompile(want).MatchString(out.String()) {
 			t.Errorf("output has no line matching %q", want)
+		}
+	}
+	served := map[string]int{}
+	for _, m := range regexp.MustCompile(`(?m)^  connection +\d+ from 10\.70\.0\.1:\d+: served by (.*)$`).FindAllStringSubmatch(out.String(), -1) {
+		served[m[1]]++
+	}
+	total := 0
+	for name, n := range served {
+		if name != "web-1" && name != "web-2" && name != "web-3" {
+			t.Errorf("%d connections served by %q, not a backend", n, name)
+		}
+		total += n
+	}
+	if total != connections || len(served) < 2 {
+		t.Errorf("connections served: %v, want %d over more than one backend", served, connections)
+	}
+	per := regexp.MustCompile(`connections per backend: web-1 (\d+) web-2 (\d+) web-3 (\d+)`).FindStringSubmatch(out.String())
+	if per == nil {
+		t.Fatal("output has no connections per backend")
+	}
+	for i, name := range []string{"web-1", "web-2", "web-3"} {
+		if per[i+1] != strconv.Itoa(served[name]) {
+			t.Errorf("%s: %s connections per backend, %d lines", name, per[i+1], served[name])
 		}
 	}
 }

@@ -82,6 +82,46 @@ func ipsetMembers(n int, allow netip.Prefix) string {
 const ipsetRules = "*filter\n:FORWARD DROP [0:0]\n-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n" +
 	"-A FORWARD -m set --match-set " + ipsetName + " src -j ACCEPT\nCOMMIT\n"
 
+// nftPolicy is the policy as nft -f input: a forward chain with policy
+// drop, established flows first, then the n "ip saddr net tcp dport"
+// accepts and the accept of allow, the shape iptablesPolicy has, rule by
+// rule (nftables evaluates a chain's rules in order, as iptables does).
+func nftPolicy(n int, allow netip.Prefix) string {
+	var b strings.Builder
+	b.WriteString("add table ip pbpolicy\n")
+	b.WriteString("add chain ip pbpolicy forward { type filter hook forward priority 0 ; policy drop ; }\n")
+	b.WriteString("add rule ip pbpolicy forward ct state established,related accept\n")
+	for i := range n {
+		fmt.Fprintf(&b, "add rule ip pbpolicy forward ip saddr %s tcp dport %d accept\n", missNet(i), backendPort)
+	}
+	fmt.Fprintf(&b, "add rule ip pbpolicy forward ip saddr %s accept\n", allow)
+	return b.String()
+}
+
+// nftSetPolicy is nftPolicy's set form, what an nftables policy
+// compiler emits for a rule with many sources: one interval set of the
+// n nets and allow, one rule that matches it.
+func nftSetPolicy(n int, allow netip.Prefix) string {
+	var b strings.Builder
+	b.WriteString("add table ip pbpolicy\n")
+	b.WriteString("add set ip pbpolicy allow { type ipv4_addr ; flags interval ; }\n")
+	b.WriteString("add chain ip pbpolicy forward { type filter hook forward priority 0 ; policy drop ; }\n")
+	b.WriteString("add rule ip pbpolicy forward ct state established,related accept\n")
+	b.WriteString("add rule ip pbpolicy forward ip saddr @allow accept\n")
+	// One element statement per 1,000 nets keeps each line short.
+	nets := make([]string, 0, n+1)
+	for i := range n {
+		nets = append(nets, missNet(i).String())
+	}
+	nets = append(nets, allow.String())
+	for len(nets) > 0 {
+		k := min(len(nets), 1000)
+		fmt.Fprintf(&b, "add element ip pbpolicy allow { %s }\n", strings.Join(nets[:k], ", "))
+		nets = nets[k:]
+	}
+	return b.String()
+}
+
 // policyPeers are the sides of the policy benchmark with n rules:
 // the floor, sluice without and with the policy, and the netfilter
 // peers. allow is the policy's last rule's source: clientNet, or
@@ -108,6 +148,10 @@ func policyPeers(n int, allow netip.Prefix) []peer {
 				}
 				return s.restore(ipsetRules, "iptables-legacy-restore")
 			}},
+		{name: "nftables", code: 'j', conntrack: true, tools: []string{"nft"},
+			program: func(_ testing.TB, s *side, _ []svc) error { return s.restore(nftPolicy(n, allow), "nft", "-f", "-") }},
+		{name: "nftables-set", code: 'k', conntrack: true, tools: []string{"nft"},
+			program: func(_ testing.TB, s *side, _ []svc) error { return s.restore(nftSetPolicy(n, allow), "nft", "-f", "-") }},
 	}
 }
 
@@ -171,8 +215,8 @@ type polResult struct {
 // for sluice (the datapath on every node interface through
 // attach.AttachTC, the policy on the client's workload interface) and
 // sluice without policy, against iptables (a linear FORWARD chain, legacy
-// and nft back ends), ipset (one hash:net set match) and the no-rules
-// floor, every side in the same run with interleaved rounds. Each
+// and nft back ends), ipset (one hash:net set match), nftables (the same
+// linear chain, and one interval-set match) and the no-rules floor, every side in the same run with interleaved rounds. Each
 // sub-benchmark reports kpps, p50-ns and p99-ns, and sluice x-nopolicy
 // (its rate over sluice-nopolicy's); the run writes peerbench-policy.csv,
 // .md and .svg beside the connect benchmark's files.

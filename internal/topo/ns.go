@@ -3,8 +3,9 @@
 // node namespace with workloads attached the way a CNI attaches pods (a
 // veth per workload, a host route to it on the node, the workload's
 // default route through a link-local gateway the node answers by proxy
-// ARP). Everything is created under names the caller chooses and removed
-// by those names; nothing outside the namespaces is touched.
+// ARP), and a private bpffs for pins that go with the program.
+// Everything is created under names the caller chooses and removed by
+// those names; nothing outside the namespaces and that mount is touched.
 package topo
 
 import (
