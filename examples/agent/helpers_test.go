@@ -38,6 +38,21 @@ func buildAgent(t *testing.T) string {
 	return bin
 }
 
+// buildCLI builds the debug CLI, cmd/sluice, into a temporary directory.
+func buildCLI(t *testing.T) string {
+	t.Helper()
+	gobin, err := exec.LookPath("go")
+	if err != nil {
+		gobin = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
+	bin := filepath.Join(t.TempDir(), "sluice")
+	out, err := exec.Command(gobin, "build", "-o", bin, "../../cmd/sluice").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
 // agentProc is one agent process, started in the node's namespace.
 type agentProc struct {
 	cmd *exec.Cmd

@@ -8,7 +8,13 @@
 // serves its counters on /metrics.
 //
 //	agent -state /etc/sluice/state.json -pin-dir /sys/fs/bpf/sluice \
-//	      -listen 127.0.0.1:9477 [-cgroup /sys/fs/cgroup]
+//	      -listen 127.0.0.1:9477 [-cgroup /sys/fs/cgroup] [-debug-dir /run/sluice]
+//
+// The debug CLI reads what it runs: the datapath's pins are under the
+// datapath/ sub-directory of -pin-dir, and -debug-dir holds the policy
+// files that let it explain verdicts:
+//
+//	sluice -pin-dir /sys/fs/bpf/sluice/datapath -debug-dir /run/sluice counters
 //
 // Restarts are hitless. Everything that must outlive the process is pinned
 // under -pin-dir: the datapath's maps (its datapath/ directory) and the
@@ -73,6 +79,7 @@ func main() {
 	flag.StringVar(&cfg.pinDir, "pin-dir", "", "bpffs `directory` for the datapath's maps and the attach links (required)")
 	flag.StringVar(&cfg.listen, "listen", "127.0.0.1:9477", "`address` of the /metrics listener")
 	flag.StringVar(&cfg.cgroup, "cgroup", "", "cgroup v2 `directory` to attach connect-time load balancing to (none if empty)")
+	flag.StringVar(&cfg.debugDir, "debug-dir", "", "`directory` for the policy debug files the sluice CLI explains verdicts with (datapath.Options.DebugDir; none if empty)")
 	flag.Parse()
 	if cfg.state == "" || cfg.pinDir == "" || flag.NArg() > 0 {
 		flag.Usage()
@@ -87,7 +94,7 @@ func main() {
 
 // config is the agent's flags.
 type config struct {
-	state, pinDir, listen, cgroup string
+	state, pinDir, listen, cgroup, debugDir string
 }
 
 func run(ctx context.Context, cfg config) error {
@@ -97,7 +104,7 @@ func run(ctx context.Context, cfg config) error {
 			return err
 		}
 	}
-	dp, err := datapath.Open(datapath.Options{PinDir: dpDir})
+	dp, err := datapath.Open(datapath.Options{PinDir: dpDir, DebugDir: cfg.debugDir})
 	if err != nil {
 		return fmt.Errorf("open datapath: %w", err)
 	}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -118,7 +119,8 @@ func TestAgent(t *testing.T) {
 
 	pinDir := filepath.Join(testutil.TempBPFFS(t), "agent")
 	statePath := filepath.Join(t.TempDir(), "state.json")
-	args := []string{"-state", statePath, "-pin-dir", pinDir, "-listen", metricsAddr}
+	debugDir := t.TempDir()
+	args := []string{"-state", statePath, "-pin-dir", pinDir, "-listen", metricsAddr, "-debug-dir", debugDir}
 	writeState(t, statePath, testState(client, backendPolicy(30), server))
 
 	first := startAgent(t, node.NS, bin, args...)
@@ -178,6 +180,23 @@ func TestAgent(t *testing.T) {
 		if moved[k] <= before[k] {
 			t.Errorf("%s did not move: %v, then %v", k, before[k], moved[k])
 		}
+	})
+
+	// The debug CLI reads the agent's pins and debug files: it explains
+	// the denied flow by the new policy's end rule.
+	t.Run("cli", func(t *testing.T) {
+		cli := buildCLI(t)
+		var out []byte
+		err := node.NS.Do(func() (err error) {
+			out, err = exec.Command(cli, "-pin-dir", filepath.Join(pinDir, "datapath"), "-debug-dir", debugDir,
+				"explain", "-iface", server.HostIfname, "-dir", "egress", "-proto", "tcp",
+				"-src", netip.AddrPortFrom(clientAddr, 40000).String(), "-dst", netip.AddrPortFrom(serverAddr, deniedTCPPort).String()).CombinedOutput()
+			return err
+		})
+		if err != nil || !strings.Contains(string(out), "by rule 49") || !strings.Contains(string(out), "dropped_by_policy") {
+			t.Errorf("sluice explain: %v\n%s", err, out)
+		}
+		t.Logf("sluice explain:\n%s", out)
 	})
 
 	t.Run("restart", func(t *testing.T) {
