@@ -242,6 +242,8 @@ func PinnedParams(pinDir string) (map[string]maps.Params, error) {
 		{specs.SlCounters, countersVersion},
 		{specs.SlRuleHits, ruleHitsVersion},
 		{specs.SlIpsets, ipsetsVersion},
+		{specs.SlIpsetm, ipsetmVersion},
+		{specs.SlIpsetgen, ipsetmVersion},
 		{specs.SlRoutes, routesVersion},
 		{specs.SlMeta, metaVersion},
 		{specs.SlSvcs, lbVersion},

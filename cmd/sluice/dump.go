@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/sluicenet/sluice/bpf"
@@ -368,11 +369,18 @@ func (c *cli) ipsets(args []string) error {
 
 // ipsetMembers reads the IP set map.
 func (c *cli) ipsetMembers() (ipsets.Members, error) {
-	m, err := c.open(bpf.MapIPSets)
-	if err != nil {
-		return nil, err
+	var ms ipsets.Maps
+	for _, o := range []struct {
+		to   **ebpf.Map
+		name string
+	}{{&ms.Sets, bpf.MapIPSets}, {&ms.Members, bpf.MapIPSetMembers}, {&ms.Gen, bpf.MapIPSetGen}} {
+		m, err := c.open(o.name)
+		if err != nil {
+			return nil, err
+		}
+		*o.to = m
 	}
-	im, err := ipsets.NewMap(m)
+	im, err := ipsets.NewMap(ms)
 	if err != nil {
 		return nil, err
 	}
