@@ -508,8 +508,9 @@ SL_INLINE int sl_new_packet(struct __sk_buff *skb, const struct sl_iface_record 
 		if (hook != SL_HOOK_INGRESS)
 			return sl_verdict(counters, SL_REASON_ACCEPTED_RELATED);
 		/* An error about a NAT flow may come from the NodePort now. */
+		rc = sl_fib_redirect(skb, v6);
 		sl_count(counters, SL_REASON_ACCEPTED_RELATED);
-		return sl_fib_redirect(skb, v6);
+		return rc == SL_FIB_NOT_NODE ? TC_ACT_OK : rc;
 	}
 	/* TCP that is neither a SYN nor part of a flow approved here started
 	 * before this hook watched it, or is forged. */
@@ -633,8 +634,12 @@ SL_INLINE int sl_tc_parsed(struct __sk_buff *skb, const struct sl_iface_record *
 		if (nat < 0)
 			return sl_verdict(counters, SL_REASON_DROPPED_NAT_FAILED);
 		if (nat > 0 && hook == SL_HOOK_INGRESS) {
-			sl_count(counters, SL_REASON_ACCEPTED_ESTABLISHED);
-			return sl_fib_redirect(skb, v6);
+			int rc = sl_fib_redirect(skb, v6);
+
+			if (rc != SL_FIB_NOT_NODE) {
+				sl_count(counters, SL_REASON_ACCEPTED_ESTABLISHED);
+				return rc;
+			}
 		}
 		if (hook == SL_HOOK_INGRESS && (rec->flags & SL_IFACE_REDIRECT_LOCAL))
 			return sl_redirect_local(skb, counters, v6);
@@ -754,8 +759,10 @@ int sl_tc_allow(struct __sk_buff *skb)
 		if (!(pd.flags & SL_PENDING_SNAT) || pd.hook != SL_HOOK_INGRESS)
 			return sl_verdict(pd.counter_index, SL_REASON_ACCEPTED_BY_POLICY);
 		/* The flow's first packet, from the node's address now. */
+		int rc = sl_fib_redirect(skb, !sl_addr_is_v4(st->dst_addr));
+
 		sl_count(pd.counter_index, SL_REASON_ACCEPTED_BY_POLICY);
-		return sl_fib_redirect(skb, !sl_addr_is_v4(st->dst_addr));
+		return rc == SL_FIB_NOT_NODE ? TC_ACT_OK : rc;
 	}
 	if (!(pd.flags & SL_PENDING_TRACK))
 		return sl_verdict(pd.counter_index, SL_REASON_ACCEPTED_BY_POLICY);

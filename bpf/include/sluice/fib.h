@@ -33,6 +33,9 @@
 #define SL_AF_INET6	10
 #define SL_LOOPBACK_IFINDEX 1
 
+/* sl_fib_redirect's answer for a packet whose source is not the node's. */
+#define SL_FIB_NOT_NODE (-1)
+
 /* The 16-bit word of the IPv4 header that holds the TTL (its high byte)
  * and the protocol, which the header checksum covers. */
 #define SL_IP4_TTL_OFF		(ETH_HLEN + 8)
@@ -57,11 +60,13 @@ SL_INLINE void sl_fib_ports(struct __sk_buff *skb, struct bpf_fib_lookup *fib, _
  * source, as translated, is one of the node's addresses (route
  * SL_ROUTE_LOCAL_HOST): on a FIB success it decrements the TTL (hop
  * limit) as forwarding would and redirects to the FIB's interface with
- * its next hop (bpf_redirect_neigh). Anything else, a FIB answer other
- * than success included (no route, forwarding off, a packet past the
- * MTU, a TTL that expires here, a packet at loopback), is TC_ACT_OK: the stack takes the packet
- * as before this step existed, and accept_local decides it. The caller
- * counts the packet. A global function: its lookup parameters stay out of
+ * its next hop (bpf_redirect_neigh). A packet the step is not for (at
+ * loopback, or from a source that is not the node's) is SL_FIB_NOT_NODE:
+ * the caller goes on as without the step (to Local redirect, say). A FIB
+ * answer other than success (no route, forwarding off, a packet past the
+ * MTU) or a TTL that expires here is TC_ACT_OK: the stack takes the
+ * packet as before this step existed, and accept_local decides it. The
+ * caller counts the packet. A global function: its lookup parameters stay out of
  * the calling frame, and the verifier checks it once. */
 __noinline int sl_fib_redirect(struct __sk_buff *skb, __u32 v6)
 {
@@ -75,13 +80,13 @@ __noinline int sl_fib_redirect(struct __sk_buff *skb, __u32 v6)
 	/* Loopback (ifindex 1 in every namespace) carries the node's own
 	 * packets, which the stack delivers here and never forwards. */
 	if (!skb || skb->ingress_ifindex <= SL_LOOPBACK_IFINDEX)
-		return TC_ACT_OK;
+		return SL_FIB_NOT_NODE;
 	fib.ifindex = skb->ingress_ifindex;
 	if (v6) {
 		struct ipv6hdr ip6;
 
 		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6)))
-			return TC_ACT_OK;
+			return SL_FIB_NOT_NODE;
 		__builtin_memcpy(saddr, &ip6.saddr, 16);
 		fib.family = SL_AF_INET6;
 		fib.flowinfo = *(__be32 *)&ip6 & bpf_htonl(0x0fffffff);
@@ -96,7 +101,7 @@ __noinline int sl_fib_redirect(struct __sk_buff *skb, __u32 v6)
 		struct iphdr ip;
 
 		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)))
-			return TC_ACT_OK;
+			return SL_FIB_NOT_NODE;
 		sl_addr_set4(saddr, ip.saddr);
 		fib.family = SL_AF_INET;
 		fib.tos = ip.tos;
@@ -109,7 +114,9 @@ __noinline int sl_fib_redirect(struct __sk_buff *skb, __u32 v6)
 		ttl = ip.ttl;
 	}
 	src = sl_route_of(saddr);
-	if (!src || !(src->flags & SL_ROUTE_LOCAL_HOST) || ttl <= 1)
+	if (!src || !(src->flags & SL_ROUTE_LOCAL_HOST))
+		return SL_FIB_NOT_NODE;
+	if (ttl <= 1)
 		return TC_ACT_OK;
 	if (bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_SKIP_NEIGH) != BPF_FIB_LKUP_RET_SUCCESS)
 		return TC_ACT_OK;
