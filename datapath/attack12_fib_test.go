@@ -8,6 +8,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/sluicenet/sluice/bpf"
+	"github.com/sluicenet/sluice/internal/testpkt"
 	"github.com/sluicenet/sluice/internal/testutil"
 	"github.com/sluicenet/sluice/nat"
 	"github.com/sluicenet/sluice/routes"
@@ -97,5 +99,45 @@ func TestAttack12FIBIPv6NextHop(t *testing.T) {
 		if peer, err := netip.ParseAddrPort(a[1]); err != nil || a[0] != "far" || peer.Addr().Unmap() != nodeAddr.Addr() {
 			t.Errorf("answer from %s, which saw client %s; want far, seeing the node %v", a[0], a[1], nodeAddr.Addr())
 		}
+	}
+}
+
+// TestAttack12FIBPastMTU sends, through the FIB step at an uplink whose
+// MTU is 1280, a backend's 1400-byte IPv4 reply of a source-NATed
+// NodePort flow. bpf_fib_lookup answers BPF_FIB_LKUP_RET_FRAG_NEEDED and
+// the hook leaves the packet, now from the node's address, to the stack,
+// counted as accepted. With accept_local 0 (what the FIB step is for) the
+// stack's input route drops it as a martian: no fragmentation, no ICMP
+// fragmentation-needed to the backend, nothing counted as a drop. A path
+// MTU black hole for any flow whose replies outgrow the egress MTU.
+func TestAttack12FIBPastMTU(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	t.Skip("finding: a translated IPv4 packet past the egress MTU goes to the stack, which drops it as a martian without accept_local: silent, counted as accepted, no ICMP fragmentation-needed")
+	n := newFIBNet(t, true)
+	err := n.ns.Do(func() error {
+		link, err := netlink.LinkByName("lbup")
+		if err != nil {
+			return err
+		}
+		return netlink.LinkSetMTU(link, 1280)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const client, node, remote = "203.0.113.7:40000", "10.0.0.100:30080", "10.2.0.5:8080"
+	n.sync(map[string]nat.Service{"np": nodePort(remote, false)})
+	ret, _, syn := n.at(bpf.HookIngress, tcpSeg(client, node, testpkt.SYN, 10, 0))
+	if ret != tcActRedirect {
+		t.Fatalf("SYN: verdict %d, want %d", ret, tcActRedirect)
+	}
+	src, dst := endpoints(t, syn)
+	if ret, _, _ := n.at(bpf.HookEgress, tcpSeg(src.String(), dst.String(), testpkt.SYN, 10, 0)); ret != tcActOK {
+		t.Fatalf("SYN at the uplink's egress: verdict %d", ret)
+	}
+	big := tcpSeg(dst.String(), src.String(), testpkt.ACK, 50, 11)
+	big.Payload = make([]byte, 1400)
+	ret, counted, _ := n.at(bpf.HookIngress, big)
+	if ret == tcActOK && counted[bpf.ReasonAcceptedEstablished] == 1 {
+		t.Errorf("a reply past the uplink's MTU: verdict %d, counted %v: left to a stack that drops it as a martian, as accepted", ret, counted)
 	}
 }
