@@ -124,8 +124,6 @@ __noinline int sl_fib_redirect(struct __sk_buff *skb, __u32 v6)
 	if (v6) {
 		if (bpf_skb_store_bytes(skb, SL_IP6_HOPLIMIT_OFF, &ttl, 1, 0))
 			return TC_ACT_OK;
-		nh.nh_family = SL_AF_INET6;
-		__builtin_memcpy(nh.ipv6_nh, fib.ipv6_dst, 16);
 	} else {
 		if (bpf_skb_load_bytes(skb, SL_IP4_TTL_OFF, &old_word, 2))
 			return TC_ACT_OK;
@@ -134,6 +132,14 @@ __noinline int sl_fib_redirect(struct __sk_buff *skb, __u32 v6)
 		if (bpf_l3_csum_replace(skb, SL_IP4_CSUM_OFF, old_word, new_word, 2) ||
 		    bpf_skb_store_bytes(skb, SL_IP4_TTL_OFF, &new_word, 2, 0))
 			return TC_ACT_OK;
+	}
+	/* The next hop's family is the FIB's answer, not the packet's: an
+	 * IPv4 route may have an IPv6 gateway (RFC 5549), which the lookup
+	 * returns in ipv6_dst with family AF_INET6. */
+	if (fib.family == SL_AF_INET6) {
+		nh.nh_family = SL_AF_INET6;
+		__builtin_memcpy(nh.ipv6_nh, fib.ipv6_dst, 16);
+	} else {
 		nh.nh_family = SL_AF_INET;
 		nh.ipv4_nh = fib.ipv4_dst;
 	}
