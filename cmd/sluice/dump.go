@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/sluicenet/sluice/bpf"
@@ -368,11 +369,18 @@ func (c *cli) ipsets(args []string) error {
 
 // ipsetMembers reads the IP set map.
 func (c *cli) ipsetMembers() (ipsets.Members, error) {
-	m, err := c.open(bpf.MapIPSets)
-	if err != nil {
-		return nil, err
+	var ms ipsets.Maps
+	for _, o := range []struct {
+		name string
+		m    **ebpf.Map
+	}{{bpf.MapIPSets, &ms.Sets}, {bpf.MapIPSetMembers, &ms.Members}, {bpf.MapIPSetGen, &ms.Gen}} {
+		m, err := c.open(o.name)
+		if err != nil {
+			return nil, err
+		}
+		*o.m = m
 	}
-	im, err := ipsets.NewMap(m)
+	im, err := ipsets.NewMap(ms)
 	if err != nil {
 		return nil, err
 	}
