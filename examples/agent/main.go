@@ -159,6 +159,21 @@ func run(ctx context.Context, cfg config) error {
 	}
 }
 
+// readStateFile reads the state file, refusing one larger than
+// maxStateSize.
+func readStateFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := readState(f)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	return data, nil
+}
+
 // loader reads the state file and applies it.
 type loader struct {
 	a    *agent
@@ -173,7 +188,7 @@ type loader struct {
 // load reads, validates and applies the state file, unless it holds what
 // was last applied.
 func (l *loader) load() {
-	data, err := os.ReadFile(l.path)
+	data, err := readStateFile(l.path)
 	if err == nil && l.good != nil && !l.kernelFailed && bytes.Equal(data, l.good) {
 		l.a.record(nil)
 		return

@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/sluicenet/sluice/datapath"
@@ -179,7 +181,88 @@ func parseState(data []byte) (*desired, error) {
 	if dec.More() {
 		return nil, errors.New("decode: data after the state object")
 	}
+	// encoding/json keeps the last of two equal keys without a word; a
+	// name given twice is more likely a bad merge than intent.
+	if err := checkDuplicates(data); err != nil {
+		return nil, err
+	}
 	return s.check()
+}
+
+// maxStateSize bounds the state file the agent reads, so that a runaway
+// writer cannot make it allocate without limit.
+const maxStateSize = 64 << 20
+
+// readState reads a state file of at most maxStateSize bytes.
+func readState(r io.Reader) ([]byte, error) {
+	data, err := io.ReadAll(io.LimitReader(r, maxStateSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > maxStateSize {
+		return nil, fmt.Errorf("larger than %d bytes", maxStateSize)
+	}
+	return data, nil
+}
+
+// checkDuplicates returns an error naming, as a JSON path, the first key
+// given twice in one object of a document that decodes. The values of the
+// top-level interfaces, services and ipsets are maps by name, whose keys
+// are compared exactly (interface names are case-sensitive); every other
+// object is a struct, whose fields encoding/json matches case-insensitively.
+func checkDuplicates(data []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	var walk func(path string, isMap bool) error
+	walk = func(path string, isMap bool) error {
+		tok, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		switch tok {
+		case json.Delim('{'):
+			seen := map[string]bool{}
+			for dec.More() {
+				kt, err := dec.Token()
+				if err != nil {
+					return err
+				}
+				key := kt.(string)
+				var sub string
+				switch {
+				case isMap:
+					sub = fmt.Sprintf("%s[%q]", path, key)
+				case path == "":
+					sub = strings.ToLower(key)
+				default:
+					sub = path + "." + key
+				}
+				norm := key
+				if !isMap {
+					norm = strings.ToLower(key)
+				}
+				if seen[norm] {
+					return fmt.Errorf("%s: given twice", sub)
+				}
+				seen[norm] = true
+				childMap := path == "" && (norm == "interfaces" || norm == "services" || norm == "ipsets")
+				if err := walk(sub, childMap); err != nil {
+					return err
+				}
+			}
+			_, err = dec.Token()
+			return err
+		case json.Delim('['):
+			for i := 0; dec.More(); i++ {
+				if err := walk(fmt.Sprintf("%s[%d]", path, i), false); err != nil {
+					return err
+				}
+			}
+			_, err = dec.Token()
+			return err
+		}
+		return nil
+	}
+	return walk("", false)
 }
 
 func (s *State) check() (*desired, error) {
