@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -62,7 +63,12 @@ func (c *cli) open(name string) (*ebpf.Map, error) {
 	m, err := maps.OpenPinned(p)
 	switch {
 	case errors.Is(err, maps.ErrNotPinned):
-		return nil, fmt.Errorf("map %s_v%d is not pinned in %s (is the agent running with this pin directory?): %w", name, p.Version, c.pinDir, err)
+		hint := "is the agent running with this pin directory?"
+		// The agent example keeps the datapath's pins in a subdirectory.
+		if _, serr := os.Stat(filepath.Join(c.pinDir, "datapath", fmt.Sprintf("%s_v%d", name, p.Version))); serr == nil {
+			hint = "the datapath's pins are in " + filepath.Join(c.pinDir, "datapath") + ": give that as -pin-dir"
+		}
+		return nil, fmt.Errorf("map %s_v%d is not pinned in %s (%s): %w", name, p.Version, c.pinDir, hint, err)
 	case errors.Is(err, maps.ErrOtherVersion):
 		return nil, fmt.Errorf("map %s: this binary reads layout version %d, the agent pinned another (upgrade or downgrade sluice to the agent's version): %w", name, p.Version, err)
 	case err != nil:
