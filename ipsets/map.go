@@ -125,10 +125,20 @@ func (m *Map) Add(id uint64, mem Member) error {
 	}
 	next := maps.Clone(sets)
 	next[id] = s
+	_, err = m.typed.Lookup(k)
+	existed := err == nil
 	if err := m.typed.Update(k, memberValue, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("add to ip set %d: %w", id, err)
 	}
 	if err := m.switchMembers(next); err != nil {
+		// The memberships keep the old contents: so must the members
+		// map, or inline rules and classified runs disagree.
+		if !existed {
+			if derr := m.typed.Delete(k); derr != nil && !errors.Is(derr, ebpf.ErrKeyNotExist) {
+				m.state = nil
+				return fmt.Errorf("add to ip set %d: %w (and undo: %v)", id, err, derr)
+			}
+		}
 		return fmt.Errorf("add to ip set %d: %w", id, err)
 	}
 	return nil

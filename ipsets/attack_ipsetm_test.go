@@ -1,0 +1,70 @@
+package ipsets
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/sluicenet/sluice/bpf"
+	"github.com/sluicenet/sluice/internal/testutil"
+)
+
+// Attack tests of the membership map (issue 8): a write that fails
+// halfway leaves the old contents whole in both maps.
+
+// newSmallMembershipMaps creates a Map whose membership map holds only
+// members entries in all, far fewer than its members map.
+func newSmallMembershipMaps(t *testing.T, members uint32) *Map {
+	t.Helper()
+	testutil.RequirePrivileged(t)
+	spec, err := bpf.LoadSpec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mk := func(name string, n uint32) *ebpf.Map {
+		ms := spec.Maps[name].Copy()
+		if n != 0 {
+			ms.MaxEntries = n
+		}
+		em, err := ebpf.NewMap(ms)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { em.Close() })
+		return em
+	}
+	return newMapOf(t, Maps{Sets: mk(bpf.MapIPSets, 64), Members: mk(bpf.MapIPSetMembers, members),
+		Gen: mk(bpf.MapIPSetGen, 0)})
+}
+
+// TestAttackIPSetAddFullKeepsOld adds a member when the membership map
+// has no room for the new generation: Add fails, and the inline lookup
+// (sl_ipsets) and the classified one (sl_ipsetm) must still agree on the
+// old contents, the new member in neither.
+func TestAttackIPSetAddFullKeepsOld(t *testing.T) {
+	m := newSmallMembershipMaps(t, 2)
+	const id = 7
+	if _, err := m.Sync(Members{id: {Nets: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/24")}}}); err != nil {
+		t.Fatal(err)
+	}
+	err := m.Add(id, Member{Net: netip.MustParsePrefix("10.9.0.0/16")})
+	if err == nil {
+		t.Fatal("Add into a full membership map succeeded")
+	}
+	for _, a := range []string{"10.0.0.1", "10.9.1.1", "10.1.1.1"} {
+		addr := netip.MustParseAddr(a)
+		inline, err := m.Contains(id, addr, 0, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		classified, err := m.Lookup(id, addr, 0, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := a == "10.0.0.1"
+		if inline != want || classified != want {
+			t.Errorf("%s after a failed Add: inline %v, classified %v, want both %v", a, inline, classified, want)
+		}
+	}
+}
