@@ -68,3 +68,32 @@ func TestAttackIPSetAddFullKeepsOld(t *testing.T) {
 		}
 	}
 }
+
+// TestAttackIPSetSyncFullKeepsOld is TestAttackIPSetAddFullKeepsOld for
+// Sync: the members map is written (syncer) before the memberships, so
+// a membership map without room must not leave the members map new and
+// the memberships old.
+func TestAttackIPSetSyncFullKeepsOld(t *testing.T) {
+	m := newSmallMembershipMaps(t, 2)
+	const id = 7
+	if _, err := m.Sync(Members{id: {Nets: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/24")}}}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := m.Sync(Members{id: {Nets: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/24"),
+		netip.MustParsePrefix("10.9.0.0/16")}}})
+	if err == nil {
+		t.Fatal("Sync into a full membership map succeeded")
+	}
+	addr := netip.MustParseAddr("10.9.1.1")
+	inline, err := m.Contains(id, addr, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	classified, err := m.Lookup(id, addr, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if inline || classified {
+		t.Errorf("%s after a failed Sync: inline %v, classified %v, want both false", addr, inline, classified)
+	}
+}
