@@ -125,10 +125,20 @@ func (m *Map) Add(id uint64, mem Member) error {
 	}
 	next := maps.Clone(sets)
 	next[id] = s
+	_, err = m.typed.Lookup(k)
+	existed := err == nil
 	if err := m.typed.Update(k, memberValue, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("add to ip set %d: %w", id, err)
 	}
 	if err := m.switchMembers(next); err != nil {
+		// The memberships keep the old contents: so must the members
+		// map, or inline rules and classified runs disagree.
+		if !existed {
+			if derr := m.typed.Delete(k); derr != nil && !errors.Is(derr, ebpf.ErrKeyNotExist) {
+				m.state = nil
+				return fmt.Errorf("add to ip set %d: %w (and undo: %v)", id, err, derr)
+			}
+		}
 		return fmt.Errorf("add to ip set %d: %w", id, err)
 	}
 	return nil
@@ -182,12 +192,29 @@ func (m *Map) Sync(sets Members) (smaps.SyncStats, error) {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	// old undoes a failed membership write; a map holding keys ipsets
+	// would not write (which Sync removes) has none to go back to.
+	old, oldErr := m.current()
 	stats, err := m.syncer.Apply(desired)
 	if err != nil {
 		m.state = nil
 		return stats, fmt.Errorf("sync ip sets: %w", err)
 	}
 	if err := m.switchMembers(sets); err != nil {
+		// The memberships keep the old contents: so must the members
+		// map, or inline rules and classified runs disagree.
+		kerr := oldErr
+		var oldKeys map[Key]uint32
+		if kerr == nil {
+			oldKeys, kerr = old.Keys()
+		}
+		if kerr == nil {
+			_, kerr = m.syncer.Apply(oldKeys)
+		}
+		if kerr != nil {
+			m.state = nil
+			return stats, fmt.Errorf("sync ip sets: %w (and undo: %v)", err, kerr)
+		}
 		return stats, fmt.Errorf("sync ip sets: %w", err)
 	}
 	return stats, nil
