@@ -233,31 +233,8 @@ func PinnedParams(pinDir string) (map[string]maps.Params, error) {
 		}
 	}
 	out := map[string]maps.Params{}
-	// The versions openState and openXDPIfaces open the maps at.
-	for _, e := range []struct {
-		spec    *ebpf.MapSpec
-		version uint32
-	}{
-		{specs.SlIfaces, ifacesVersion},
-		{specs.SlCounters, countersVersion},
-		{specs.SlRuleHits, ruleHitsVersion},
-		{specs.SlIpsets, ipsetsVersion},
-		{specs.SlIpsetm, ipsetmVersion},
-		{specs.SlIpsetgen, ipsetmVersion},
-		{specs.SlRoutes, routesVersion},
-		{specs.SlMeta, metaVersion},
-		{specs.SlSvcs, lbVersion},
-		{specs.SlLbSlots, lbVersion},
-		{specs.SlBackends, lbVersion},
-		{specs.SlAffinity, lbVersion},
-		{specs.SlLbRanges, lbVersion},
-		{specs.SlMembers, lbVersion},
-		{specs.SlMaglev, lbVersion},
-		{specs.SlSnat, lbVersion},
-		{sockSpecs.SlSockNat, sockNATVersion},
-		{xdpSpecs.SlXdpifaces, xdpIfacesVersion},
-	} {
-		out[e.spec.Name] = maps.ParamsFromSpec(e.spec, e.version, pinDir)
+	for _, r := range registryMaps(&specs, &sockSpecs, &xdpSpecs) {
+		out[r.spec.Name] = maps.ParamsFromSpec(r.spec, r.version, pinDir)
 	}
 	if specs.SlCtTables.InnerMap == nil {
 		return nil, fmt.Errorf("registry: no conntrack template in %s", bpf.MapConntrackTables)

@@ -63,6 +63,42 @@ type state struct {
 	dir *os.File
 }
 
+// registryMap is a map of the registry and the layout version it is
+// opened at.
+type registryMap struct {
+	spec    *ebpf.MapSpec
+	version uint32
+}
+
+// registryMaps pairs every map the registry opens with its layout version
+// (conntrack's tables aside: openConntrack names them): the one list
+// openState and PinnedParams read the versions from. xdp may be nil.
+func registryMaps(specs *bpf.Specs, sock *bpf.SockSpecs, xdp *bpf.XDPSpecs) []registryMap {
+	out := []registryMap{
+		{specs.SlIfaces, ifacesVersion},
+		{specs.SlCounters, countersVersion},
+		{specs.SlRuleHits, ruleHitsVersion},
+		{specs.SlIpsets, ipsetsVersion},
+		{specs.SlIpsetm, ipsetmVersion},
+		{specs.SlIpsetgen, ipsetmVersion},
+		{specs.SlRoutes, routesVersion},
+		{specs.SlMeta, metaVersion},
+		{specs.SlSvcs, lbVersion},
+		{specs.SlLbSlots, lbVersion},
+		{specs.SlBackends, lbVersion},
+		{specs.SlAffinity, lbVersion},
+		{specs.SlLbRanges, lbVersion},
+		{specs.SlMembers, lbVersion},
+		{specs.SlMaglev, lbVersion},
+		{specs.SlSnat, lbVersion},
+		{sock.SlSockNat, sockNATVersion},
+	}
+	if xdp != nil {
+		out = append(out, registryMap{xdp.SlXdpifaces, xdpIfacesVersion})
+	}
+	return out
+}
+
 // openState opens or creates every state map of both objects (specs, the
 // TC datapath's; sock, connect-time balancing's) with the sizes of opts.
 func openState(specs *bpf.Specs, sock *bpf.SockSpecs, opts Options) (*state, error) {
@@ -83,40 +119,48 @@ func openState(specs *bpf.Specs, sock *bpf.SockSpecs, opts Options) (*state, err
 		return nil, err
 	}
 	defer unlock()
+	versions := map[*ebpf.MapSpec]uint32{}
+	for _, r := range registryMaps(specs, sock, nil) {
+		versions[r.spec] = r.version
+	}
 	entries := []struct {
 		m        **ebpf.Map
 		spec     *ebpf.MapSpec
-		version  uint32
 		size     uint32
 		upgrades []maps.Option
 	}{
-		{&s.ifaces, specs.SlIfaces, ifacesVersion, opts.MaxInterfaces, nil},
-		{&s.counters, specs.SlCounters, countersVersion, 2 * (opts.MaxInterfaces + 1), []maps.Option{maps.WithUpgrade(1, upgradeCountersV1), maps.WithUpgrade(2, upgradeCountersV2)}},
-		{&s.ruleHits, specs.SlRuleHits, ruleHitsVersion, opts.RuleHitEntries, nil},
-		{&s.ipsets, specs.SlIpsets, ipsetsVersion, opts.IPSetEntries, []maps.Option{maps.WithUpgrade(1, upgradeIPSetKey)}},
+		{&s.ifaces, specs.SlIfaces, opts.MaxInterfaces, nil},
+		{&s.counters, specs.SlCounters, 2 * (opts.MaxInterfaces + 1), []maps.Option{maps.WithUpgrade(1, upgradeCountersV1), maps.WithUpgrade(2, upgradeCountersV2)}},
+		{&s.ruleHits, specs.SlRuleHits, opts.RuleHitEntries, nil},
+		{&s.ipsets, specs.SlIpsets, opts.IPSetEntries, []maps.Option{maps.WithUpgrade(1, upgradeIPSetKey)}},
 		// An entry per distinct member, in each of two generations.
-		{&s.ipsetMembers, specs.SlIpsetm, ipsetmVersion, 2 * opts.IPSetEntries, nil},
-		{&s.ipsetGen, specs.SlIpsetgen, ipsetmVersion, 1, nil},
-		{&s.routes, specs.SlRoutes, routesVersion, opts.RouteEntries, nil},
-		{&s.meta, specs.SlMeta, metaVersion, 1, nil},
-		{&s.svcs, specs.SlSvcs, lbVersion, opts.ServiceEntries, nil},
+		{&s.ipsetMembers, specs.SlIpsetm, 2 * opts.IPSetEntries, nil},
+		{&s.ipsetGen, specs.SlIpsetgen, 1, nil},
+		{&s.routes, specs.SlRoutes, opts.RouteEntries, nil},
+		{&s.meta, specs.SlMeta, 1, nil},
+		{&s.svcs, specs.SlSvcs, opts.ServiceEntries, nil},
 		// Two lists per service while one replaces the other.
-		{&s.lbSlots, specs.SlLbSlots, lbVersion, 2 * opts.BackendEntries, nil},
-		{&s.backends, specs.SlBackends, lbVersion, opts.BackendEntries, nil},
-		{&s.affinity, specs.SlAffinity, lbVersion, opts.AffinityEntries, nil},
-		{&s.lbRanges, specs.SlLbRanges, lbVersion, opts.ServiceEntries, nil},
+		{&s.lbSlots, specs.SlLbSlots, 2 * opts.BackendEntries, nil},
+		{&s.backends, specs.SlBackends, opts.BackendEntries, nil},
+		{&s.affinity, specs.SlAffinity, opts.AffinityEntries, nil},
+		{&s.lbRanges, specs.SlLbRanges, opts.ServiceEntries, nil},
 		// A member per slot: two lists per service while one replaces the other.
-		{&s.lbMembers, specs.SlMembers, lbVersion, 2 * opts.BackendEntries, nil},
+		{&s.lbMembers, specs.SlMembers, 2 * opts.BackendEntries, nil},
 		// Two tables per Maglev service while one replaces the other.
-		{&s.maglev, specs.SlMaglev, lbVersion, 2 * opts.MaglevServices, nil},
-		{&s.snat, specs.SlSnat, lbVersion, 1, nil},
+		{&s.maglev, specs.SlMaglev, 2 * opts.MaglevServices, nil},
+		{&s.snat, specs.SlSnat, 1, nil},
 		// Socket storage has no size: it lives in the sockets.
-		{&s.sockNAT, sock.SlSockNat, sockNATVersion, 0, nil},
+		{&s.sockNAT, sock.SlSockNat, 0, nil},
 	}
 	s.byName = make(map[string]*ebpf.Map, len(entries))
 	for _, e := range entries {
+		version, ok := versions[e.spec]
+		if !ok {
+			s.close()
+			return nil, fmt.Errorf("registry: map %s has no layout version", e.spec.Name)
+		}
 		e.spec.MaxEntries = e.size
-		m, err := s.open(e.spec, e.version, e.upgrades...)
+		m, err := s.open(e.spec, version, e.upgrades...)
 		if err != nil {
 			s.close()
 			return nil, err
