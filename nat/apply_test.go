@@ -218,7 +218,9 @@ func TestAffinitySweptWithService(t *testing.T) {
 	}
 
 	// A new process hands out b's, c's and d's IDs again: the service
-	// that gets b's starts without clients.
+	// that gets b's starts without clients. (readKernel deletes what tb
+	// retired, which would hold the IDs.)
+	readKernel(t, tb)
 	again, err := NewTable(m)
 	if err != nil {
 		t.Fatal(err)

@@ -35,8 +35,10 @@ func memlock(tb testing.TB, m *ebpf.Map) int {
 // in the load-balancing maps: 10,000 ClusterIP services programmed with
 // one backend each and then with five, from the maps' memlock before and
 // after (bytes/service counts a service's frontend and its list's
-// bookkeeping, bytes/backend a backend's entry and slot: these services
-// have no affinity, which adds a membership per backend).
+// bookkeeping, bytes/backend what a backend adds beyond the preallocated
+// maps: these services have no affinity, which adds a membership per
+// backend), and what the preallocated slots and backends maps take per
+// backend of capacity.
 func BenchmarkMemory(b *testing.B) {
 	const n = 10000
 	use := func(perService int) int {
@@ -71,4 +73,12 @@ func BenchmarkMemory(b *testing.B) {
 	perBackend := float64(five-one) / (4 * n)
 	b.ReportMetric(float64(one)/n-perBackend, "bytes/service")
 	b.ReportMetric(perBackend, "bytes/backend")
+	// The slots and backends maps are preallocated: they take their
+	// memory when made, per backend of capacity two slots (the
+	// datapath's sizing: two lists while one replaces the other) and an
+	// entry.
+	m := newBenchMaps(b, 1<<17)
+	perCapacity := 2*float64(memlock(b, m.Slots))/float64(m.Slots.MaxEntries()) +
+		float64(memlock(b, m.Backends))/float64(m.Backends.MaxEntries())
+	b.ReportMetric(perCapacity, "bytes/backend-capacity")
 }

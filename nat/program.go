@@ -127,7 +127,7 @@ func (t *Table) upsert(name string, s Service, pl *plan, owners map[bpf.SvcKey]s
 	if sameList {
 		p.lists = old.lists
 	} else {
-		list := slotList{base: freeBase(old), ids: make([]uint32, 0, len(ordered))}
+		list := slotList{base: t.freeBase(old, id, len(ordered)), ids: make([]uint32, 0, len(ordered))}
 		for i, b := range ordered {
 			bid := t.acquireBackend(b, pl)
 			list.ids = append(list.ids, bid)
@@ -183,15 +183,19 @@ func (t *Table) upsert(name string, s Service, pl *plan, owners map[bpf.SvcKey]s
 	return nil
 }
 
-// freeBase returns a slot base no list of old uses: the other half of
-// the slot space for a service with one list.
-func freeBase(old *programmed) uint32 {
+// freeBase returns a slot base for a list of n backends of service id
+// that no list of old uses (the other half of the slot space for a
+// service with one list) and where no retired slot waits (retire.go).
+func (t *Table) freeBase(old *programmed, id uint32, n int) uint32 {
 	for base := uint32(0); ; base += 1 << 16 {
 		used := false
 		if old != nil {
 			for _, l := range old.lists {
 				used = used || l.base == base
 			}
+		}
+		for i := 0; i < n && !used && len(t.retiredSlots) > 0; i++ {
+			used = t.retiredSlots[bpf.BackendSlotKey{SvcID: id, Slot: base + uint32(i)}]
 		}
 		if !used {
 			return base
@@ -355,6 +359,13 @@ func backendAddr(b bpf.Backend) netip.AddrPort {
 func (t *Table) acquireBackend(b Backend, pl *plan) uint32 {
 	k := backendOf(b.Addr, b.Port)
 	ref, ok := t.backendIDs[k]
+	if id, retired := t.retiredByValue[k]; !ok && retired {
+		// Retired and not deleted yet: the same entry serves again.
+		delete(t.retiredByValue, k)
+		delete(t.retiredIDs, id)
+		ref, ok = backendRef{id: id}, true
+		t.backendByID[id] = k
+	}
 	if !ok {
 		ref = backendRef{id: t.newBackendID()}
 		pl.backendKeys = append(pl.backendKeys, ref.id)
@@ -377,7 +388,8 @@ func (t *Table) newBackendID() uint32 {
 		if !t.backendsWrapped {
 			return id
 		}
-		if _, used := t.backendByID[id]; id != 0 && !used {
+		_, retired := t.retiredIDs[id]
+		if _, used := t.backendByID[id]; id != 0 && !used && !retired {
 			return id
 		}
 	}
@@ -390,6 +402,9 @@ func (t *Table) releaseBackend(bid uint32, pl *plan) {
 		return
 	}
 	ref := t.backendIDs[k]
+	if ref.id != bid {
+		return // a second ID of the backend (readKernel): not accounted
+	}
 	ref.refs--
 	t.backendIDs[k] = ref
 	pl.released = append(pl.released, k)
@@ -461,8 +476,8 @@ func (t *Table) planStray(pl *plan, live map[bpf.BackendSlotKey]bool) error {
 		if live[k] {
 			liveBackends[bid] = true
 		}
-		if wantSlots[k] {
-			continue
+		if wantSlots[k] || t.retiredSlots[k] {
+			continue // planned, or retired with its backend released
 		}
 		if live[k] {
 			pl.delSlots = append(pl.delSlots, k)
@@ -486,6 +501,9 @@ func (t *Table) planStray(pl *plan, live map[bpf.BackendSlotKey]bool) error {
 	if iterErr != nil {
 		return iterErr
 	}
+	// No slot names a shadowed ID (readKernel).
+	pl.preBackends = append(pl.preBackends, t.shadowed...)
+	t.shadowed = nil
 	for k, ref := range t.backendIDs {
 		if ref.refs == 0 && !liveBackends[ref.id] {
 			pl.preBackends = append(pl.preBackends, ref.id)
@@ -505,16 +523,30 @@ func (t *Table) planStray(pl *plan, live map[bpf.BackendSlotKey]bool) error {
 // programmed and adopts the maps' contents again, so that the next Sync
 // starts from what the kernel holds.
 func (t *Table) apply(pl *plan) error {
+	// What earlier plans retired goes once its grace period passed; a
+	// failure to delete leaves the batch to a later plan.
+	_ = t.reap(false)
 	err := t.write(pl)
 	if err != nil {
 		if rerr := t.readKernel(); rerr != nil {
 			err = errors.Join(err, rerr)
 		}
+		return err
 	}
-	return err
+	// What the plan retired waits for a grace period.
+	_ = t.reap(false)
+	return nil
 }
 
 func (t *Table) write(pl *plan) error {
+	// Stray slots and backends no frontend used when the plan began are
+	// deleted once every program that might have found them finished:
+	// the maps are preallocated (retire.go).
+	if len(pl.preSlots)+len(pl.preBackends) > 0 {
+		if err := t.waitGrace(); err != nil {
+			return err
+		}
+	}
 	if err := remove(t, t.slots, pl.preSlots); err != nil {
 		return fmt.Errorf("delete unused backend slots: %w", err)
 	}
@@ -551,9 +583,6 @@ func (t *Table) write(pl *plan) error {
 	if err := remove(t, t.svcs, dropped); err != nil {
 		return fmt.Errorf("delete frontends: %w", err)
 	}
-	if err := remove(t, t.slots, pl.delSlots); err != nil {
-		return fmt.Errorf("delete backend slots: %w", err)
-	}
 	if err := remove(t, t.ranges, pl.delRanges); err != nil {
 		return fmt.Errorf("delete source ranges: %w", err)
 	}
@@ -564,16 +593,16 @@ func (t *Table) write(pl *plan) error {
 		return fmt.Errorf("delete maglev tables: %w", err)
 	}
 	var gone []uint32
+	var goneValues []bpf.Backend
 	for _, k := range pl.released {
 		if ref, ok := t.backendIDs[k]; ok && ref.refs == 0 {
 			gone = append(gone, ref.id)
+			goneValues = append(goneValues, k)
 			delete(t.backendIDs, k)
 			delete(t.backendByID, ref.id)
 		}
 	}
-	if err := remove(t, t.backends, gone); err != nil {
-		return fmt.Errorf("delete backends: %w", err)
-	}
+	t.retire(pl.delSlots, gone, goneValues)
 	if pl.sweepAffinity {
 		if err := t.sweepAffinity(); err != nil {
 			return fmt.Errorf("delete client affinities: %w", err)
@@ -678,12 +707,22 @@ func update[K, V any](t *Table, m *sluicemaps.Map[K, V], keys []K, vals []V) err
 		return err
 	}
 	for i := range keys {
+		if t.beforeWrite != nil {
+			t.beforeWrite(m, false, keys[i])
+		}
 		if err := m.Update(keys[i], vals[i], ebpf.UpdateAny); err != nil {
 			return err
 		}
-		t.afterWrite()
+		t.runAfterWrite()
 	}
 	return nil
+}
+
+// runAfterWrite runs the test hook, marked as running.
+func (t *Table) runAfterWrite() {
+	t.hooked = true
+	defer func() { t.hooked = false }()
+	t.afterWrite()
 }
 
 // remove deletes keys in batches, passing over keys that are gone, or one
@@ -691,6 +730,9 @@ func update[K, V any](t *Table, m *sluicemaps.Map[K, V], keys []K, vals []V) err
 func remove[K, V any](t *Table, m *sluicemaps.Map[K, V], keys []K) error {
 	if t.afterWrite != nil {
 		for _, k := range keys {
+			if t.beforeWrite != nil {
+				t.beforeWrite(m, true, k)
+			}
 			err := m.Delete(k)
 			if errors.Is(err, ebpf.ErrKeyNotExist) {
 				continue
@@ -698,7 +740,7 @@ func remove[K, V any](t *Table, m *sluicemaps.Map[K, V], keys []K) error {
 			if err != nil {
 				return err
 			}
-			t.afterWrite()
+			t.runAfterWrite()
 		}
 		return nil
 	}

@@ -93,6 +93,10 @@ type Table struct {
 	adoptedMembers map[uint32]map[uint32]bpf.LBMemberFlags
 	adoptedMaglev  map[uint32][]uint32
 
+	// shadowed are backend IDs the maps hold for a backend another ID
+	// stands for (readKernel), swept by the first Sync.
+	shadowed []uint32
+
 	// reserved are the service IDs the kernel's slots, ranges, members,
 	// Maglev tables and client affinities hold without a frontend, which
 	// no new service takes until the first Sync has swept them.
@@ -104,9 +108,30 @@ type Table struct {
 	// nothing to sweep.
 	clean bool
 
+	// retiring and retired are the slots and backends plans stopped
+	// using, deleted once grace periods passed (retire.go): grace is the
+	// one running for retiring. retiredSlots and retiredIDs hold their
+	// keys, which no new entry takes until they are deleted.
+	retiring, retired retirement
+	grace             *graceRun
+	retiredSlots      map[bpf.BackendSlotKey]bool
+	// retiredIDs are the retired backends by ID, with the batch each
+	// waits in; retiredByValue indexes them by value, for an operation
+	// that takes a backend back before it is deleted (acquireBackend).
+	retiredIDs     map[uint32]retiredBackend
+	retiredByValue map[bpf.Backend]uint32
+	// nextBatch numbers the retired batch; retiring holds its own.
+	nextBatch uint64
+
 	// afterWrite, when set (tests), makes every kernel write a single
-	// element's and runs after each.
-	afterWrite func()
+	// element's and runs after each; beforeWrite, with it, runs before each with the typed
+	// map, whether it deletes, and the key. graceHook runs when a grace
+	// period starts. hooked is set
+	// while afterWrite runs.
+	afterWrite  func()
+	hooked      bool
+	beforeWrite func(m any, del bool, key any)
+	graceHook   func(g *graceRun)
 }
 
 // programmed is a service as the maps hold it.
@@ -198,6 +223,11 @@ func NewTable(m Maps) (*Table, error) {
 // readKernel forgets what the Table programmed and takes the maps'
 // contents as a previous process's, to adopt.
 func (t *Table) readKernel() error {
+	// What this Table retired is in the maps, and must be gone before
+	// they are read: nothing tells it from what frontends use.
+	if err := t.settle(); err != nil {
+		return err
+	}
 	t.services = map[string]*programmed{}
 	t.svcIDs = map[uint32]string{}
 	t.frontends = map[bpf.SvcKey]string{}
@@ -210,29 +240,44 @@ func (t *Table) readKernel() error {
 	t.adoptedMaglev = map[uint32][]uint32{}
 	t.reserved = map[uint32]bool{}
 	t.swept = false
+	t.shadowed = nil
 	var iterErr error
+	// Every slot holds its backend, whoever the slot belongs to: a
+	// backend goes only when no slot names it.
+	named := map[uint32]int{}
+	for k, id := range t.slots.All(&iterErr) {
+		named[id]++
+		t.reserved[k.SvcID] = true
+		t.nextSvcID = max(t.nextSvcID, k.SvcID+1)
+	}
 	for id, b := range t.backends.All(&iterErr) {
 		b = bpf.Backend{Addr: b.Addr, Port: b.Port}
-		t.backendIDs[b] = backendRef{id: id}
-		t.backendByID[id] = b
 		t.nextBackend = max(t.nextBackend, id+1)
 		t.backendsWrapped = t.backendsWrapped || id == math.MaxUint32
+		// A process that died with a backend retired under one ID may
+		// have given it another: the ID a slot names is the backend's,
+		// one no slot names is stray. (Two named IDs cannot both be
+		// accounted for: the second stays in the maps, resolvable.)
+		if prev, ok := t.backendIDs[b]; ok {
+			switch {
+			case named[id] == 0:
+				t.shadowed = append(t.shadowed, id)
+				continue
+			case prev.refs == 0:
+				t.shadowed = append(t.shadowed, prev.id)
+				delete(t.backendByID, prev.id)
+			default:
+				t.backendByID[id] = b
+				continue
+			}
+		}
+		t.backendIDs[b] = backendRef{id: id, refs: named[id]}
+		t.backendByID[id] = b
 	}
 	for k, v := range t.svcs.All(&iterErr) {
 		t.adopted[k] = v
 		t.adoptedByID[v.ID] = append(t.adoptedByID[v.ID], k)
 		t.nextSvcID = max(t.nextSvcID, v.ID+1)
-	}
-	// Every slot holds its backend, whoever the slot belongs to: a
-	// backend goes only when no slot names it.
-	for k, id := range t.slots.All(&iterErr) {
-		if b, ok := t.backendByID[id]; ok {
-			ref := t.backendIDs[b]
-			ref.refs++
-			t.backendIDs[b] = ref
-		}
-		t.reserved[k.SvcID] = true
-		t.nextSvcID = max(t.nextSvcID, k.SvcID+1)
 	}
 	for k := range t.ranges.All(&iterErr) {
 		t.adoptedRanges[k.SvcID] = append(t.adoptedRanges[k.SvcID], k)
@@ -268,7 +313,7 @@ func (t *Table) readKernel() error {
 		t.reserved[k.SvcID] = true
 		t.nextSvcID = max(t.nextSvcID, k.SvcID+1)
 	}
-	t.clean = len(t.backendByID) == 0 && len(t.adopted) == 0 && len(t.reserved) == 0
+	t.clean = len(t.backendByID) == 0 && len(t.adopted) == 0 && len(t.reserved) == 0 && len(t.shadowed) == 0
 	return nil
 }
 

@@ -60,8 +60,18 @@ type kernelState struct {
 	maglev   map[bpf.MaglevKey]*bpf.MaglevTable
 }
 
+// readKernel reads the maps; outside the test hook, once every entry
+// the Table retired is deleted.
 func readKernel(t *testing.T, tb *Table) kernelState {
 	t.Helper()
+	if !tb.hooked {
+		tb.mu.Lock()
+		err := tb.settle()
+		tb.mu.Unlock()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 	var err error
 	ks := kernelState{svcs: map[bpf.SvcKey]bpf.Svc{}, slots: map[bpf.BackendSlotKey]uint32{},
 		backends: map[uint32]bpf.Backend{}, ranges: map[bpf.SvcRangeKey]uint8{},
@@ -436,7 +446,73 @@ func TestMakeBeforeBreak(t *testing.T) {
 	r := rand.New(rand.NewPCG(5, 6))
 	desired := map[string]Service{}
 	writes := 0
-	for step := 0; step < 300; step++ {
+	// The slots and backends maps are preallocated (lb_maps.h): an entry
+	// of either is deleted only once a grace period has passed that
+	// began after no frontend reached it, and none is replaced in place.
+	// reached holds, for each slot key and backend ID, the last write
+	// after which a frontend reached it (through its list, its Maglev
+	// table or, for affinity, its members), and graceFrom the write
+	// count each grace period began at. A delete needs a grace period
+	// that began after a later write and has passed (its done closed).
+	reached := map[any]int{}
+	graceFrom := map[*graceRun]int{}
+	tb.graceHook = func(g *graceRun) { graceFrom[g] = writes }
+	gracePassedSince := func(w int) bool {
+		for g, from := range graceFrom {
+			select {
+			case <-g.done:
+				if from > w {
+					return true
+				}
+			default:
+			}
+		}
+		return false
+	}
+	deletes := 0
+	step := 0
+	tb.beforeWrite = func(m any, del bool, key any) {
+		var exists error
+		switch m {
+		case any(tb.slots):
+			_, exists = tb.slots.Lookup(key.(bpf.BackendSlotKey))
+		case any(tb.backends):
+			_, exists = tb.backends.Lookup(key.(uint32))
+		default:
+			return
+		}
+		last, ever := reached[key]
+		switch {
+		case del && ever && !gracePassedSince(last):
+			t.Fatalf("step %d: %v deleted from a preallocated map after write %d reached it, with no grace period begun since passed", step, key, last)
+		case del:
+			deletes++
+		case !del && exists == nil:
+			t.Fatalf("step %d: %v replaced in place in a preallocated map", step, key)
+		}
+	}
+	// noteReached records what the kernel's frontends reach after write w.
+	noteReached := func(ks kernelState, w int) {
+		for k, v := range ks.svcs {
+			for i := uint32(0); i < uint32(v.Serving)+uint32(v.Terminating); i++ {
+				sk := bpf.BackendSlotKey{SvcID: v.ID, Slot: v.SlotBase + i}
+				reached[sk] = w
+				if id, ok := ks.slots[sk]; ok {
+					reached[id] = w
+				}
+			}
+			if tbl, ok := ks.maglev[bpf.MaglevKey{SvcID: v.ID, SlotBase: v.SlotBase}]; ok {
+				for _, id := range tbl.BackendIds {
+					reached[id] = w
+				}
+			}
+			_ = k
+		}
+		for k := range ks.members {
+			reached[k.BackendID] = w
+		}
+	}
+	for ; step < 300; step++ {
 		before := readKernel(t, tb)
 		next := randomServices(r)
 		op := r.IntN(4)
@@ -497,6 +573,7 @@ func TestMakeBeforeBreak(t *testing.T) {
 		tb.afterWrite = func() {
 			writes++
 			ks := readKernel(t, tb)
+			noteReached(ks, writes)
 			if err := ks.checkWhole(); err != nil {
 				t.Fatalf("step %d: after a write: %v", step, err)
 			}
@@ -539,7 +616,8 @@ func TestMakeBeforeBreak(t *testing.T) {
 			}
 			err = nil
 		}
-		tb.afterWrite = nil
+		// The hook stays while readKernel deletes what the operation
+		// retired, so that those deletes are checked too.
 		if err != nil {
 			t.Fatalf("step %d: %v", step, err)
 		}
@@ -549,6 +627,9 @@ func TestMakeBeforeBreak(t *testing.T) {
 	}
 	if writes < 300 {
 		t.Errorf("only %d kernel writes in 300 steps", writes)
+	}
+	if deletes == 0 {
+		t.Error("no slot or backend deleted in 300 steps")
 	}
 }
 

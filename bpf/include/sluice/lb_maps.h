@@ -19,9 +19,10 @@ struct {
 	__type(value, struct sl_route);
 } sl_routes SEC(".maps");
 
-/* Service load balancing (nat.h). Not preallocated, so that a replaced
- * entry is freed only after the programs that may still read it finished;
- * affinity is an LRU, so a full table forgets the coldest client. */
+/* Service load balancing (nat.h). Frontends are not preallocated, so that
+ * a replaced entry is freed only after the programs that may still read
+ * it finished; affinity is an LRU, so a full table forgets the coldest
+ * client. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1 << 16);
@@ -30,10 +31,18 @@ struct {
 	__type(value, struct sl_svc);
 } sl_svcs SEC(".maps");
 
+/* The slots and the backends are preallocated: writing 50,000 entries
+ * costs a third of what allocating each does (docs/benchmarks.md), and
+ * these two are the bulk of a Sync. A preallocated hash reuses a deleted
+ * element for the next insert at once, so nat.Table keeps two rules that
+ * make that safe: an entry is never replaced in place (a new list takes
+ * other slot keys, a backend ID names one address and port for its
+ * life), and after deleting from either map it waits for an RCU grace
+ * period before it inserts into either again, so that no program still
+ * holds an element that is reused. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1 << 18);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct sl_backend_slot_key);
 	__type(value, __u32);
 } sl_lb_slots SEC(".maps");
@@ -41,7 +50,6 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1 << 18);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __u32);
 	__type(value, struct sl_backend);
 } sl_backends SEC(".maps");
