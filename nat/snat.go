@@ -3,7 +3,11 @@ package nat
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/netip"
+	"os"
+	"strconv"
+	"strings"
 
 	"github.com/cilium/ebpf"
 
@@ -23,9 +27,11 @@ type SNAT struct {
 	IPv4 netip.Addr
 	// IPv6 is this node's IPv6 address, or the zero Addr.
 	IPv6 netip.Addr
-	// PortMin and PortMax bound the source ports; keep them outside the
-	// host's ip_local_port_range, so that no socket of the host shares a
-	// tuple with a translated flow.
+	// PortMin and PortMax bound the source ports. SNATMap.Set refuses
+	// ports the host's own sockets may pick: inside the calling
+	// namespace's net.ipv4.ip_local_port_range (which IPv6 shares) and
+	// not in its ip_local_reserved_ports, so that no socket of the host
+	// shares a tuple with a translated flow.
 	PortMin, PortMax uint16
 }
 
@@ -59,10 +65,14 @@ func NewSNATMap(m *ebpf.Map) (*SNATMap, error) {
 	return &SNATMap{m: typed}, nil
 }
 
-// Set writes s; ports left 0 take the defaults.
+// Set writes s; ports left 0 take the defaults. Ports the host's sockets
+// may take (see SNAT.PortMin) are an error wrapping ErrInvalidSNAT.
 func (m *SNATMap) Set(s SNAT) error {
 	v, err := s.value()
 	if err != nil {
+		return err
+	}
+	if err := checkHostPorts(v.PortMin, v.PortMax); err != nil {
 		return err
 	}
 	if err := m.m.Update(0, v, ebpf.UpdateAny); err != nil {
@@ -111,4 +121,77 @@ func (s SNAT) value() (bpf.SNAT, error) {
 	}
 	v.PortMin, v.PortMax = s.PortMin, s.PortMax
 	return v, nil
+}
+
+// The files where Linux says which ports its sockets pick on their own
+// and which of those it never picks; variables for tests.
+var (
+	localPortRangeFile    = "/proc/sys/net/ipv4/ip_local_port_range"
+	localReservedPortFile = "/proc/sys/net/ipv4/ip_local_reserved_ports"
+)
+
+// checkHostPorts returns an error wrapping ErrInvalidSNAT when a port of
+// [lo, hi] is one the host may give its own sockets: in its local port
+// range and not reserved. A host without the files (not Linux, no /proc)
+// is not checked.
+func checkHostPorts(lo, hi uint16) error {
+	raw, err := os.ReadFile(localPortRangeFile)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read the host's local port range: %w", err)
+	}
+	var first, last int
+	if _, err := fmt.Sscan(string(raw), &first, &last); err != nil {
+		return fmt.Errorf("parse %s %q: %w", localPortRangeFile, raw, err)
+	}
+	reserved, err := os.ReadFile(localReservedPortFile)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("read the host's reserved ports: %w", err)
+	}
+	isReserved, err := parsePortList(strings.TrimSpace(string(reserved)))
+	if err != nil {
+		return fmt.Errorf("parse %s: %w", localReservedPortFile, err)
+	}
+	for p := max(int(lo), first); p <= min(int(hi), last); p++ {
+		if !isReserved(p) {
+			return fmt.Errorf("%w: SNAT port %d (of %d-%d) is in the host's ip_local_port_range %d-%d and not in ip_local_reserved_ports: a host socket may take it",
+				ErrInvalidSNAT, p, lo, hi, first, last)
+		}
+	}
+	return nil
+}
+
+// parsePortList parses ip_local_reserved_ports' format, "" or ports and
+// ranges separated by commas ("8080,61000-61999"), into a membership
+// test.
+func parsePortList(list string) (func(int) bool, error) {
+	type span struct{ lo, hi int }
+	var spans []span
+	for part := range strings.SplitSeq(list, ",") {
+		if part == "" {
+			continue
+		}
+		loText, hiText, isRange := strings.Cut(part, "-")
+		lo, err := strconv.ParseUint(loText, 10, 16)
+		if err != nil {
+			return nil, fmt.Errorf("port %q: %w", part, err)
+		}
+		hi := lo
+		if isRange {
+			if hi, err = strconv.ParseUint(hiText, 10, 16); err != nil {
+				return nil, fmt.Errorf("port range %q: %w", part, err)
+			}
+		}
+		spans = append(spans, span{int(lo), int(hi)})
+	}
+	return func(p int) bool {
+		for _, s := range spans {
+			if s.lo <= p && p <= s.hi {
+				return true
+			}
+		}
+		return false
+	}, nil
 }
