@@ -160,9 +160,9 @@ const (
 func HaveFIBLookupMark() error {
 	// struct bpf_fib_lookup is 64 bytes, all zero (family 0) here.
 	const paramsSize = 64
-	insns := asm.Instructions{asm.Mov.Reg(asm.R6, asm.R1)}
+	insns := asm.Instructions{asm.Mov.Reg(asm.R6, asm.R1), asm.Mov.Imm(asm.R0, 0)}
 	for off := int16(-paramsSize); off < 0; off += 8 {
-		insns = append(insns, asm.StoreImm(asm.RFP, off, 0, asm.DWord))
+		insns = append(insns, asm.StoreMem(asm.RFP, off, asm.R0, asm.DWord))
 	}
 	insns = append(insns,
 		asm.Mov.Reg(asm.R1, asm.R6),
