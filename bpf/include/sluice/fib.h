@@ -52,7 +52,7 @@ SL_ASSERT(SL_REASON_FIRST_DROP > 1, "a negated drop reason is never SL_FIB_NOT_N
  * SL_FIB_LOOKUP_MARK: the FIB step then passes the skb's mark, so ip
  * rules with fwmark choose a redirected packet's route as they would a
  * forwarded one's. Set by the runtime, which probes the flag
- * (datapath.haveFIBLookupMark), before it loads the object. */
+ * (datapath.HaveFIBLookupMark), before it loads the object. */
 volatile const __u32 sl_fib_mark = 0;
 
 /* The 16-bit word of the IPv4 header that holds the TTL (its high byte)
@@ -98,10 +98,10 @@ SL_INLINE int sl_fib_lookup_drop(long rc)
  * its IPv4 input route drops a local source as a martian unless
  * accept_local is set, and its ICMP error would quote the translated
  * header, which the packet's sender never sent. The caller counts the
- * packet (datapath.c's sl_fib_verdict). When the kernel takes it (sl_fib_mark), the
- * lookup passes the skb's mark for policy routing. A global function: its
- * lookup parameters stay out of the calling frame, and the verifier
- * checks it once. */
+ * packet (datapath.c's sl_fib_verdict). When the kernel takes it
+ * (sl_fib_mark), the lookup passes the skb's mark for policy routing. A
+ * global function: its lookup parameters stay out of the calling frame,
+ * and the verifier checks it once. */
 __noinline int sl_fib_redirect(struct __sk_buff *skb, __u32 v6)
 {
 	struct bpf_fib_lookup fib = {};
