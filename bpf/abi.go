@@ -428,8 +428,23 @@ const (
 	// allowed a service's new flow, but its NAT entries could not be
 	// written.
 	ReasonDroppedNATFailed Reason = 35
+	// ReasonDroppedFIBTTL is SL_REASON_DROPPED_FIB_TTL: the FIB step
+	// (fib.h): a translated packet from the node's address whose TTL or
+	// hop limit would expire here.
+	ReasonDroppedFIBTTL Reason = 36
+	// ReasonDroppedFIBMTU is SL_REASON_DROPPED_FIB_MTU: the FIB step: a
+	// translated packet from the node's address past the MTU of the route
+	// the FIB chose (BPF_FIB_LKUP_RET_FRAG_NEEDED; a GSO packet is not
+	// checked).
+	ReasonDroppedFIBMTU Reason = 37
+	// ReasonDroppedFIBNoRoute is SL_REASON_DROPPED_FIB_NO_ROUTE: the FIB
+	// step: the lookup for a translated packet from the node's address
+	// failed otherwise (no route, blackhole, unreachable, prohibit,
+	// forwarding off at the ingress interface, a local destination), or
+	// its hop could not be written.
+	ReasonDroppedFIBNoRoute Reason = 38
 	// ReasonCount is SL_REASON_COUNT: number of reasons; not a reason.
-	ReasonCount Reason = 36
+	ReasonCount Reason = 39
 	// ReasonFirstDrop is SL_REASON_FIRST_DROP: the first reason that
 	// drops.
 	ReasonFirstDrop Reason = 9
@@ -511,6 +526,12 @@ func (r Reason) String() string {
 		return "dropped_no_backend"
 	case ReasonDroppedNATFailed:
 		return "dropped_nat_failed"
+	case ReasonDroppedFIBTTL:
+		return "dropped_fib_ttl"
+	case ReasonDroppedFIBMTU:
+		return "dropped_fib_mtu"
+	case ReasonDroppedFIBNoRoute:
+		return "dropped_fib_no_route"
 	}
 	return "Reason(" + strconv.FormatUint(uint64(r), 10) + ")"
 }
@@ -954,7 +975,7 @@ type Iface struct {
 type ReasonCounts struct {
 	_ structs.HostLayout
 	// Packets per enum sl_reason.
-	Packets [36]uint64 `btf:"packets"`
+	Packets [39]uint64 `btf:"packets"`
 }
 
 // Pending mirrors struct sl_pending: the packet waiting for a policy verdict

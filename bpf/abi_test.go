@@ -2,10 +2,33 @@ package bpf
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
 )
+
+// TestReasonNames: every reason below ReasonCount has a name of its own
+// (counters, metrics and the CLI label packets with it), an accepting
+// one below ReasonFirstDrop and a dropping or rejecting one from it.
+func TestReasonNames(t *testing.T) {
+	seen := map[string]Reason{}
+	for r := Reason(0); r < ReasonCount; r++ {
+		name := r.String()
+		if strings.HasPrefix(name, "Reason(") {
+			t.Errorf("reason %d has no name", int(r))
+			continue
+		}
+		if other, ok := seen[name]; ok {
+			t.Errorf("reasons %d and %d are both %q", int(other), int(r), name)
+		}
+		seen[name] = r
+		drop := strings.HasPrefix(name, "dropped_") || strings.HasPrefix(name, "rejected_")
+		if drop != (r >= ReasonFirstDrop) {
+			t.Errorf("reason %d, %q, is on the wrong side of ReasonFirstDrop (%d)", int(r), name, int(ReasonFirstDrop))
+		}
+	}
+}
 
 // TestEnumStrings checks the String methods abigen generates, for value
 // and flags enums, named and unknown values.
@@ -17,7 +40,10 @@ func TestEnumStrings(t *testing.T) {
 		{ReasonDroppedByPolicy, "dropped_by_policy"},
 		{ReasonIPv6Passed, "ipv6_passed"},
 		{Reason(42), "Reason(42)"},
-		{ReasonCount, "Reason(36)"},
+		{ReasonCount, fmt.Sprintf("Reason(%d)", int(ReasonCount))},
+		{ReasonDroppedFIBTTL, "dropped_fib_ttl"},
+		{ReasonDroppedFIBMTU, "dropped_fib_mtu"},
+		{ReasonDroppedFIBNoRoute, "dropped_fib_no_route"},
 		{PolicyFailed, "failed"},
 		{CTNATFwd, "nat_fwd"},
 		{CTDirBToA, "b_to_a"},

@@ -121,6 +121,20 @@ SL_INLINE int sl_verdict(__u32 counter_index, enum sl_reason reason)
 	return reason < SL_REASON_FIRST_DROP ? TC_ACT_OK : TC_ACT_SHOT;
 }
 
+/* sl_fib_verdict counts a packet the FIB step was asked about (rc, its
+ * answer) and returns its TC action: a drop under its reason, a redirect
+ * under accepted, and a packet the step is not for under accepted, passed
+ * as it is. */
+SL_INLINE int sl_fib_verdict(__u32 counters, int rc, enum sl_reason accepted)
+{
+	if (rc == SL_FIB_NOT_NODE)
+		return sl_verdict(counters, accepted);
+	if (rc < 0)
+		return sl_verdict(counters, (enum sl_reason)-rc);
+	sl_count(counters, accepted);
+	return rc;
+}
+
 /* sl_related_error says whether an ICMP or ICMPv6 error is related to a
  * tracked flow at this hook (sl_related, sl_related6), translating an
  * error about a NAT flow; hook is SL_HOOK_INGRESS or SL_HOOK_EGRESS. An
@@ -508,9 +522,7 @@ SL_INLINE int sl_new_packet(struct __sk_buff *skb, const struct sl_iface_record 
 		if (hook != SL_HOOK_INGRESS)
 			return sl_verdict(counters, SL_REASON_ACCEPTED_RELATED);
 		/* An error about a NAT flow may come from the NodePort now. */
-		rc = sl_fib_redirect(skb, v6);
-		sl_count(counters, SL_REASON_ACCEPTED_RELATED);
-		return rc == SL_FIB_NOT_NODE ? TC_ACT_OK : rc;
+		return sl_fib_verdict(counters, sl_fib_redirect(skb, v6), SL_REASON_ACCEPTED_RELATED);
 	}
 	/* TCP that is neither a SYN nor part of a flow approved here started
 	 * before this hook watched it, or is forged. */
@@ -636,10 +648,8 @@ SL_INLINE int sl_tc_parsed(struct __sk_buff *skb, const struct sl_iface_record *
 		if (nat > 0 && hook == SL_HOOK_INGRESS) {
 			int rc = sl_fib_redirect(skb, v6);
 
-			if (rc != SL_FIB_NOT_NODE) {
-				sl_count(counters, SL_REASON_ACCEPTED_ESTABLISHED);
-				return rc;
-			}
+			if (rc != SL_FIB_NOT_NODE)
+				return sl_fib_verdict(counters, rc, SL_REASON_ACCEPTED_ESTABLISHED);
 		}
 		if (hook == SL_HOOK_INGRESS && (rec->flags & SL_IFACE_REDIRECT_LOCAL))
 			return sl_redirect_local(skb, counters, v6);
@@ -759,10 +769,8 @@ int sl_tc_allow(struct __sk_buff *skb)
 		if (!(pd.flags & SL_PENDING_SNAT) || pd.hook != SL_HOOK_INGRESS)
 			return sl_verdict(pd.counter_index, SL_REASON_ACCEPTED_BY_POLICY);
 		/* The flow's first packet, from the node's address now. */
-		int rc = sl_fib_redirect(skb, !sl_addr_is_v4(st->dst_addr));
-
-		sl_count(pd.counter_index, SL_REASON_ACCEPTED_BY_POLICY);
-		return rc == SL_FIB_NOT_NODE ? TC_ACT_OK : rc;
+		return sl_fib_verdict(pd.counter_index, sl_fib_redirect(skb, !sl_addr_is_v4(st->dst_addr)),
+				      SL_REASON_ACCEPTED_BY_POLICY);
 	}
 	if (!(pd.flags & SL_PENDING_TRACK))
 		return sl_verdict(pd.counter_index, SL_REASON_ACCEPTED_BY_POLICY);

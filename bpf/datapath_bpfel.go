@@ -44,6 +44,7 @@ const (
 	datapathProgSlTcEgress     = "sl_tc_egress"
 	datapathProgSlTcIngress    = "sl_tc_ingress"
 	datapathProgSlTcPass       = "sl_tc_pass"
+	datapathVarSlFibMark       = "sl_fib_mark"
 	datapathVarSlGeneration    = "sl_generation"
 	datapathVarSlReasonBtf     = "sl_reason_btf"
 )
@@ -130,6 +131,7 @@ type datapathMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathVariableSpecs struct {
+	SlFibMark    *ebpf.VariableSpec `ebpf:"sl_fib_mark"`
 	SlGeneration *ebpf.VariableSpec `ebpf:"sl_generation"`
 	SlReasonBtf  *ebpf.VariableSpec `ebpf:"sl_reason_btf"`
 }
@@ -211,6 +213,7 @@ func (m *datapathMaps) Close() error {
 //
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathVariables struct {
+	SlFibMark    *ebpf.Variable `ebpf:"sl_fib_mark"`
 	SlGeneration *ebpf.Variable `ebpf:"sl_generation"`
 	SlReasonBtf  *ebpf.Variable `ebpf:"sl_reason_btf"`
 }

@@ -134,6 +134,10 @@ type Datapath struct {
 	snat      *nat.SNATMap
 	conntrack *conntrack.Map
 
+	// fibMark says the FIB step's lookup takes the skb mark
+	// (setFIBMark).
+	fibMark bool
+
 	// xdp is the generation's XDP object (loadXDP), xdpIfaceMap its
 	// interface map (bpf.MapXDPIfaces).
 	xdp         bpf.XDPObjects
@@ -223,6 +227,9 @@ func (d *Datapath) load(spec *ebpf.CollectionSpec, specs *bpf.Specs, sockSpec *e
 	if err := specs.SlGeneration.Set(d.generation); err != nil {
 		return fmt.Errorf("set generation: %w", err)
 	}
+	if err := d.setFIBMark(specs); err != nil {
+		return err
+	}
 	err = spec.LoadAndAssign(&d.objs, &ebpf.CollectionOptions{MapReplacements: d.state.replacements(spec)})
 	if err != nil {
 		return fmt.Errorf("load programs: %w", err)
@@ -294,6 +301,31 @@ func (d *Datapath) handles() error {
 	d.conntrack, err = conntrack.NewMap(d.objs.SlCtTables)
 	return err
 }
+
+// setFIBMark tells the FIB step (sl_fib_mark) whether the kernel's
+// bpf_fib_lookup takes the skb mark (HaveFIBLookupMark), and records it
+// for FIBLookupMark.
+func (d *Datapath) setFIBMark(specs *bpf.Specs) error {
+	err := HaveFIBLookupMark()
+	if err != nil && !errors.Is(err, ebpf.ErrNotSupported) {
+		return err
+	}
+	d.fibMark = err == nil
+	var v uint32
+	if d.fibMark {
+		v = 1
+	}
+	if err := specs.SlFibMark.Set(v); err != nil {
+		return fmt.Errorf("set sl_fib_mark: %w", err)
+	}
+	return nil
+}
+
+// FIBLookupMark says whether this Open's programs pass a packet's skb
+// mark to the FIB step's lookup, so that ip rules with fwmark choose the
+// route of a translated packet from the node's address: true when the
+// kernel takes BPF_FIB_LOOKUP_MARK (HaveFIBLookupMark).
+func (d *Datapath) FIBLookupMark() bool { return d != nil && d.fibMark }
 
 // takeGeneration hands this Open a generation no other Open of the
 // pinned maps has: one more than the newest recorded in sl_meta or named

@@ -90,4 +90,17 @@
 // Freeing a replaced policy relies on an update of an array of maps
 // returning only after an RCU grace period, which Linux has done since
 // map-in-map maps exist (kernel/bpf/syscall.c, maybe_wait_bpf_programs).
+//
+// One feature is optional: BPF_FIB_LOOKUP_MARK (Linux 6.10), which Open
+// probes with HaveFIBLookupMark. Where the kernel has it, the FIB step
+// (the routing of a translated packet whose source became one of the
+// node's addresses) passes the packet's skb mark to bpf_fib_lookup, so ip
+// rules with fwmark choose its route; where it does not, the lookup runs
+// without the mark (Datapath.FIBLookupMark says which). The probe runs
+// (BPF_PROG_TEST_RUN) a program that calls bpf_fib_lookup with the flag
+// and address family 0: a kernel that knows the flag answers
+// -EAFNOSUPPORT, one that does not refuses it with -EINVAL. A packet the step
+// cannot route (its TTL or hop limit expiring here, past the route's MTU,
+// no route) is dropped, counted as bpf.ReasonDroppedFIBTTL,
+// ReasonDroppedFIBMTU or ReasonDroppedFIBNoRoute.
 package datapath

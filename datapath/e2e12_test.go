@@ -28,9 +28,9 @@ package datapath
 //   - NodePort from the remote node (TCP and UDP, both families), ETP
 //     Local keeps the client address: TestE2E12NodePortRemote; ETP
 //     Cluster to a backend on another node, source-NATed:
-//     TestE2E12NodePortElsewhere (both families, the stack fallback, and
-//     the uplink's policy denying the translated flow). Neither needs
-//     accept_local.
+//     TestE2E12NodePortElsewhere (both families, the stack fallback, a
+//     FIB lookup's failure counted as a drop, and the uplink's policy
+//     denying the translated flow). Neither needs accept_local.
 //   - Affinity holds across connections through TC NAT:
 //     TestE2E12Affinity.
 
@@ -413,9 +413,13 @@ func TestE2E12SockDistribution(t *testing.T) {
 // needs accept_local there: the fallback sub-test source-NATs to a node
 // address the routes map does not name as the node's, so the hook does
 // not route those packets itself (sl_fib_redirect's answer to a source it
-// does not know as the node's and to any FIB lookup other than a
-// success). A policy of the uplink that denies the translated flow still
-// denies it, at the egress hook the redirected packets cross.
+// does not know as the node's). A FIB lookup that fails is a drop,
+// counted: with IPv6 forwarding off on the uplink alone, the stack would
+// still forward (it consults the namespace's setting), but the lookup
+// answers "forwarding disabled" for the interface, and the hook drops the
+// source-NATed SYN as dropped_fib_no_route rather than hand it on. A
+// policy of the uplink that denies the translated flow still denies it,
+// at the egress hook the redirected packets cross.
 func TestE2E12NodePortElsewhere(t *testing.T) {
 	for _, c := range []struct {
 		name, node, remote, backend string
@@ -423,8 +427,9 @@ func TestE2E12NodePortElsewhere(t *testing.T) {
 		// FlagLocalHost route, with accept_local on the uplink.
 		fallback bool
 		// fibOff turns IPv6 forwarding off on the uplink alone: the FIB
-		// lookup answers "forwarding disabled", while the stack, which
-		// consults the namespace's setting, still forwards.
+		// lookup answers "forwarding disabled", and the hook drops the
+		// flow's SYN, counted, though the stack, which consults the
+		// namespace's setting, would forward it.
 		fibOff bool
 		// deny gives the uplink an Egress policy that denies TCP to the
 		// backend's port.
@@ -433,7 +438,7 @@ func TestE2E12NodePortElsewhere(t *testing.T) {
 		{name: "ipv4", node: "192.168.113.1/24", remote: "192.168.113.2/24", backend: "192.168.113.3:8080"},
 		{name: "ipv6", node: "fd00:113::1/64", remote: "fd00:113::2/64", backend: "[fd00:113::3]:8080"},
 		{name: "ipv4/stack-fallback", node: "192.168.113.1/24", remote: "192.168.113.2/24", backend: "192.168.113.3:8080", fallback: true},
-		{name: "ipv6/fib-fallback", node: "fd00:113::1/64", remote: "fd00:113::2/64", backend: "[fd00:113::3]:8080", fibOff: true},
+		{name: "ipv6/fib-forwarding-off", node: "fd00:113::1/64", remote: "fd00:113::2/64", backend: "[fd00:113::3]:8080", fibOff: true},
 		{name: "ipv4/denied", node: "192.168.113.1/24", remote: "192.168.113.2/24", backend: "192.168.113.3:8080", deny: true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -505,7 +510,7 @@ func testE2E12NodePortElsewhere(t *testing.T, nodeAddr, remoteAddr netip.Prefix,
 	e2e12ServePeer(t, remote.NS, backend.String(), "far")
 	forwardedBefore := e2e12Forwarded(t, node.NS, v6)
 	frontend := netip.AddrPortFrom(nodeAddr.Addr(), 30080).String()
-	if deny {
+	if deny || fibOff {
 		err := remote.Do(func() error {
 			c, err := net.DialTimeout("tcp", frontend, time.Second)
 			if err == nil {
@@ -514,11 +519,20 @@ func testE2E12NodePortElsewhere(t *testing.T, nodeAddr, remoteAddr netip.Prefix,
 			return err
 		})
 		if err == nil {
-			t.Error("a flow the uplink's Egress policy denies was connected")
+			t.Error("a flow the uplink's Egress policy or its FIB lookup refuses was connected")
 		}
 		up, err := d.Counters(uplink.Index)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if fibOff {
+			if up.Ingress[bpf.ReasonDroppedFIBNoRoute] == 0 || up.Ingress[bpf.ReasonAcceptedByPolicy] != 0 {
+				t.Errorf("uplink ingress counters %v: want the SYNs dropped as dropped_fib_no_route, none accepted", up.Ingress.NonZero())
+			}
+			if forwarded := e2e12Forwarded(t, node.NS, v6) - forwardedBefore; forwarded != 0 {
+				t.Errorf("the node's stack forwarded %d packets; want none: the hook drops them", forwarded)
+			}
+			return
 		}
 		hits, err := d.RuleHits().Get(7)
 		if err != nil {
@@ -543,10 +557,10 @@ func testE2E12NodePortElsewhere(t *testing.T, nodeAddr, remoteAddr netip.Prefix,
 		}
 	}
 	forwarded := e2e12Forwarded(t, node.NS, v6) - forwardedBefore
-	if (fallback || fibOff) && forwarded == 0 {
+	if fallback && forwarded == 0 {
 		t.Errorf("with the hook leaving the packets to the stack, the node's stack forwarded none; want the client's")
 	}
-	if !fallback && !fibOff && forwarded != 0 {
+	if !fallback && forwarded != 0 {
 		t.Errorf("the node's stack forwarded %d packets; want none: the uplink's hook redirects them", forwarded)
 	}
 }

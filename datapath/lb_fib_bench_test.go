@@ -29,7 +29,8 @@ import (
 //     sl_fib_redirect stops after its header load and route lookup: the
 //     path as it was before the FIB step, plus that.
 //   - fib-fails: the node's address, forwarding off in the namespace: the
-//     FIB lookup runs and fails, and the packet goes to the stack.
+//     FIB lookup runs and fails, and the packet is dropped, counted as
+//     dropped_fib_no_route.
 //   - redirect: the node's address, forwarding on: FIB lookup, hop
 //     decrement and bpf_redirect_neigh (which a test run does not carry
 //     out).
@@ -82,7 +83,7 @@ func BenchmarkNodePortFIB(b *testing.B) {
 		verdict    uint32
 	}{
 		{"unrouted", other, "1", tcActOK},
-		{"fib-fails", node, "0", tcActOK},
+		{"fib-fails", node, "0", tcActShot},
 		{"redirect", node, "1", tcActRedirect},
 	} {
 		b.Run(c.name, func(b *testing.B) {

@@ -50,10 +50,16 @@ func newFIBNet(t *testing.T, forwarding bool) *fibNet {
 // reasons counted and the packet as it left.
 func (n *fibNet) at(hook bpf.Hook, p testpkt.Packet) (uint32, map[bpf.Reason]uint64, *testpkt.Packet) {
 	n.t.Helper()
+	return n.atCtx(hook, p, skbCtx{Ifindex: n.uplink, IngressIfindex: n.uplink})
+}
+
+// atCtx is at with the test run's skb context (ctx: an skbCtx, or a
+// larger head of struct __sk_buff), which names the uplink.
+func (n *fibNet) atCtx(hook bpf.Hook, p testpkt.Packet, ctx any) (uint32, map[bpf.Reason]uint64, *testpkt.Packet) {
+	n.t.Helper()
 	frame := testpkt.MustBytes(n.t, p)
 	before := n.counters(n.uplink, hook)
-	opts := &ebpf.RunOptions{Data: frame, DataOut: make([]byte, len(frame)+512),
-		Context: skbCtx{Ifindex: n.uplink, IngressIfindex: n.uplink}}
+	opts := &ebpf.RunOptions{Data: frame, DataOut: make([]byte, len(frame)+512), Context: ctx}
 	var ret uint32
 	if err := n.ns.Do(func() (err error) { ret, err = n.program(hookProg(hook)).Run(opts); return }); err != nil {
 		n.t.Fatalf("run: %v", err)
@@ -89,10 +95,12 @@ func ipEnds(p *testpkt.Packet) (src, dst netip.Addr) {
 // does). With
 // forwarding on, the hook routes them itself: TC_ACT_REDIRECT (to the
 // FIB's interface, with its next hop) and one hop fewer, the IPv4 header
-// checksum updated. With forwarding off the FIB lookup fails and both go
-// to the stack as they are (TC_ACT_OK, no hop taken). Either way each is
-// counted once, as before the step existed. A packet whose source stays
-// the client's (the local backend's SYN, not source-NATed) is never
+// checksum updated, each counted once as accepted, as before the step
+// existed. With forwarding off the FIB lookup fails
+// (BPF_FIB_LKUP_RET_FWD_DISABLED) and each is dropped (TC_ACT_SHOT, no hop
+// taken), counted once as dropped_fib_no_route: the stack would drop the
+// IPv4 ones as martians, uncounted. A packet whose source stays the
+// client's (the local backend's SYN, not source-NATed) is never
 // redirected.
 func TestServiceFIBRedirect(t *testing.T) {
 	testutil.RequirePrivileged(t)
@@ -104,9 +112,12 @@ func TestServiceFIBRedirect(t *testing.T) {
 			t.Run(fam.name+map[bool]string{true: "/forwarding", false: "/no-forwarding"}[forwarding], func(t *testing.T) {
 				n := newFIBNet(t, forwarding)
 				n.sync(map[string]nat.Service{"np": nodePort(fam.remote, false)})
-				verdict, hop := uint32(tcActOK), uint8(0)
+				verdict, hop := uint32(tcActShot), uint8(0)
+				// The reason each of the three is counted under.
+				synReason, synAckReason, errReason := bpf.ReasonDroppedFIBNoRoute, bpf.ReasonDroppedFIBNoRoute, bpf.ReasonDroppedFIBNoRoute
 				if forwarding {
 					verdict, hop = tcActRedirect, 1
+					synReason, synAckReason, errReason = bpf.ReasonAcceptedByPolicy, bpf.ReasonAcceptedEstablished, bpf.ReasonAcceptedRelated
 				}
 				node := netip.MustParseAddrPort(fam.node)
 				ret, counted, syn := n.at(bpf.HookIngress, tcpSeg(fam.client, fam.node, testpkt.SYN, 10, 0))
@@ -115,7 +126,7 @@ func TestServiceFIBRedirect(t *testing.T) {
 					t.Errorf("SYN: verdict %d, %v -> %v with %d hops left; want verdict %d, from %v to %s with %d",
 						ret, src, dst, hops(syn), verdict, node.Addr(), fam.remote, 64-hop)
 				}
-				if diff := cmp.Diff(map[bpf.Reason]uint64{bpf.ReasonAcceptedByPolicy: 1}, counted); diff != "" {
+				if diff := cmp.Diff(map[bpf.Reason]uint64{synReason: 1}, counted); diff != "" {
 					t.Errorf("SYN counters (-want +got):\n%s", diff)
 				}
 				// It leaves by the uplink, whose egress hook approves it
@@ -130,7 +141,7 @@ func TestServiceFIBRedirect(t *testing.T) {
 					t.Errorf("SYN-ACK: verdict %d, %v -> %v with %d hops left; want verdict %d, from %v to %s with %d",
 						ret, rsrc, rdst, hops(synAck), verdict, node, fam.client, 64-hop)
 				}
-				if diff := cmp.Diff(map[bpf.Reason]uint64{bpf.ReasonAcceptedEstablished: 1}, counted); diff != "" {
+				if diff := cmp.Diff(map[bpf.Reason]uint64{synAckReason: 1}, counted); diff != "" {
 					t.Errorf("SYN-ACK counters (-want +got):\n%s", diff)
 				}
 				// The backend's error about the SYN reaches the client from
@@ -141,7 +152,7 @@ func TestServiceFIBRedirect(t *testing.T) {
 					t.Errorf("error about the SYN: verdict %d, %v -> %v with %d hops left; want verdict %d, from %v to %v with %d",
 						ret, esrc, edst, hops(icmp), verdict, node.Addr(), client, 64-hop)
 				}
-				if diff := cmp.Diff(map[bpf.Reason]uint64{bpf.ReasonAcceptedRelated: 1}, counted); diff != "" {
+				if diff := cmp.Diff(map[bpf.Reason]uint64{errReason: 1}, counted); diff != "" {
 					t.Errorf("error counters (-want +got):\n%s", diff)
 				}
 

@@ -135,3 +135,63 @@ func haveGetpeernameHook() error {
 	}
 	return prog.Close()
 }
+
+// fibLookupMark is BPF_FIB_LOOKUP_MARK (Linux 6.10), fib.h's
+// SL_FIB_LOOKUP_MARK; fibLookupSkipNeigh is BPF_FIB_LOOKUP_SKIP_NEIGH,
+// the flag the FIB step always passes.
+const (
+	fibLookupSkipNeigh = 1 << 2
+	fibLookupMark      = 1 << 5
+)
+
+// HaveFIBLookupMark says whether the kernel's bpf_fib_lookup takes
+// BPF_FIB_LOOKUP_MARK (Linux 6.10), the flag that makes the lookup select
+// ip rules by a packet's mark (fwmark): nil when it does, an error
+// wrapping ebpf.ErrNotSupported when it does not. Unlike CheckKernel's
+// features it is optional: Open probes it, and where it is present the
+// FIB step (the routing of translated packets from a node address, see
+// docs/design.md) passes each packet's skb mark to its lookup; where it is
+// not, the lookup runs without the mark.
+//
+// The probe runs a program that calls bpf_fib_lookup with the flag and an
+// address family the helper does not route: a kernel that knows the flag
+// answers -EAFNOSUPPORT, one that does not refuses the flag with -EINVAL
+// before it looks at the family.
+func HaveFIBLookupMark() error {
+	// struct bpf_fib_lookup is 64 bytes, all zero (family 0) here.
+	const paramsSize = 64
+	insns := asm.Instructions{asm.Mov.Reg(asm.R6, asm.R1), asm.Mov.Imm(asm.R0, 0)}
+	for off := int16(-paramsSize); off < 0; off += 8 {
+		insns = append(insns, asm.StoreMem(asm.RFP, off, asm.R0, asm.DWord))
+	}
+	insns = append(insns,
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -paramsSize),
+		asm.Mov.Imm(asm.R3, paramsSize),
+		asm.Mov.Imm(asm.R4, fibLookupSkipNeigh|fibLookupMark),
+		asm.FnFibLookup.Call(),
+		asm.Return(),
+	)
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, Instructions: insns, License: "Dual BSD/GPL"})
+	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EACCES) {
+		return fmt.Errorf("probe bpf_fib_lookup: %w: %w", ebpf.ErrNotSupported, err)
+	}
+	if err != nil {
+		return fmt.Errorf("probe bpf_fib_lookup: %w", err)
+	}
+	defer prog.Close()
+	// An Ethernet header's worth of zeros: the smallest skb a test run of
+	// sched_cls takes.
+	ret, err := prog.Run(&ebpf.RunOptions{Data: make([]byte, 14)})
+	if err != nil {
+		return fmt.Errorf("probe BPF_FIB_LOOKUP_MARK: run: %w", err)
+	}
+	switch int32(ret) {
+	case -int32(unix.EAFNOSUPPORT):
+		return nil
+	case -int32(unix.EINVAL):
+		return fmt.Errorf("bpf_fib_lookup refuses BPF_FIB_LOOKUP_MARK: %w", ebpf.ErrNotSupported)
+	}
+	return fmt.Errorf("probe BPF_FIB_LOOKUP_MARK: bpf_fib_lookup answered %d, want -EAFNOSUPPORT or -EINVAL", int32(ret))
+}

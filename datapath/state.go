@@ -17,7 +17,7 @@ import (
 // upgrade from the previous version (maps.WithUpgrade).
 const (
 	ifacesVersion   = 1 // struct sl_iface
-	countersVersion = 3 // struct sl_reason_counts; 2: the IPv6 reasons (upgradeCountersV1); 3: the service reasons (upgradeCountersV2)
+	countersVersion = 4 // struct sl_reason_counts; 2: the IPv6 reasons (upgradeCountersV1); 3: the service reasons (upgradeCountersV2); 4: the FIB step's reasons (upgradeCountersV3)
 	ruleHitsVersion = 1 // rule ID to hits
 	ipsetsVersion   = 2 // struct sl_ipset_key; 2: with the family (upgradeIPSetKey)
 	ipsetmVersion   = 1 // struct sl_ipsetm_key to struct sl_ipsetm_value, and sl_ipsetgen
@@ -130,7 +130,7 @@ func openState(specs *bpf.Specs, sock *bpf.SockSpecs, opts Options) (*state, err
 		upgrades []maps.Option
 	}{
 		{&s.ifaces, specs.SlIfaces, opts.MaxInterfaces, nil},
-		{&s.counters, specs.SlCounters, 2 * (opts.MaxInterfaces + 1), []maps.Option{maps.WithUpgrade(1, upgradeCountersV1), maps.WithUpgrade(2, upgradeCountersV2)}},
+		{&s.counters, specs.SlCounters, 2 * (opts.MaxInterfaces + 1), []maps.Option{maps.WithUpgrade(1, upgradeCountersV1), maps.WithUpgrade(2, upgradeCountersV2), maps.WithUpgrade(3, upgradeCountersV3)}},
 		{&s.ruleHits, specs.SlRuleHits, opts.RuleHitEntries, nil},
 		{&s.ipsets, specs.SlIpsets, opts.IPSetEntries, []maps.Option{maps.WithUpgrade(1, upgradeIPSetKey)}},
 		// An entry per distinct member, in each of two generations.
@@ -197,12 +197,14 @@ func (s *state) open(spec *ebpf.MapSpec, version uint32, upgrades ...maps.Option
 // where version 2 put SL_REASON_ND_PASSED; version 2 appends the other
 // IPv6 reasons after the 26, 31 in all, its first drop at 8. Version 3
 // puts SL_REASON_REFUSAL_PASSED at 8, one more accepting reason, and
-// appends the service reasons.
+// appends the service reasons, 36 in all; version 4 appends the FIB
+// step's drop reasons after them.
 const (
 	countersV1Reasons   = 26
 	countersV1FirstDrop = 7
 	countersV2Reasons   = 31
 	countersV2FirstDrop = 8
+	countersV3Reasons   = 36
 )
 
 // upgradeCountersV1 moves a version-1 counter entry to version 2: each
@@ -225,9 +227,21 @@ func upgradeCountersV2(key, value []byte) ([]byte, []byte, bool, error) {
 	if len(value) != 8*countersV2Reasons {
 		return nil, nil, false, fmt.Errorf("counters version 2: value of %d bytes, want %d", len(value), 8*countersV2Reasons)
 	}
-	out := make([]byte, 8*bpf.ReasonCount)
+	out := make([]byte, 8*countersV3Reasons)
 	copy(out, value[:8*countersV2FirstDrop])
-	copy(out[8*int(bpf.ReasonDroppedByPolicy):], value[8*countersV2FirstDrop:])
+	copy(out[8*(countersV2FirstDrop+1):], value[8*countersV2FirstDrop:])
+	return key, out, true, nil
+}
+
+// upgradeCountersV3 moves a version-3 counter entry to version 4: every
+// reason keeps its number, and the FIB step's reasons, appended, start at
+// zero.
+func upgradeCountersV3(key, value []byte) ([]byte, []byte, bool, error) {
+	if len(value) != 8*countersV3Reasons {
+		return nil, nil, false, fmt.Errorf("counters version 3: value of %d bytes, want %d", len(value), 8*countersV3Reasons)
+	}
+	out := make([]byte, 8*bpf.ReasonCount)
+	copy(out, value)
 	return key, out, true, nil
 }
 

@@ -175,6 +175,11 @@ func TestCLI(t *testing.T) {
 		if n := find(a.client.HostIfindex, "ingress", "accepted_by_policy"); n == 0 {
 			t.Errorf("client's ingress hook accepted nothing by policy: %+v", got)
 		}
+		for _, c := range got {
+			if strings.HasPrefix(c.Reason, "Reason(") {
+				t.Errorf("a counter without a reason's name: %+v", c)
+			}
+		}
 		if table := a.cli(t, "counters"); !strings.Contains(table, "dropped_by_policy") {
 			t.Errorf("table:\n%s", table)
 		}

@@ -45,7 +45,10 @@ enum sl_reason {
 	SL_REASON_REJECTED_NO_BACKEND	= 33, /* a service without a usable backend: answered with a TCP RST or an ICMP(v6) port unreachable */
 	SL_REASON_DROPPED_NO_BACKEND	= 34, /* a service without a usable backend, for a packet no reject answers (SCTP, a TCP RST, or no room for the reply) */
 	SL_REASON_DROPPED_NAT_FAILED	= 35, /* policy allowed a service's new flow, but its NAT entries could not be written */
-	SL_REASON_COUNT			= 36, /* number of reasons; not a reason */
+	SL_REASON_DROPPED_FIB_TTL	= 36, /* the FIB step (fib.h): a translated packet from the node's address whose TTL or hop limit would expire here */
+	SL_REASON_DROPPED_FIB_MTU	= 37, /* the FIB step: a translated packet from the node's address past the MTU of the route the FIB chose (BPF_FIB_LKUP_RET_FRAG_NEEDED; a GSO packet is not checked) */
+	SL_REASON_DROPPED_FIB_NO_ROUTE	= 38, /* the FIB step: the lookup for a translated packet from the node's address failed otherwise (no route, blackhole, unreachable, prohibit, forwarding off at the ingress interface, a local destination), or its hop could not be written */
+	SL_REASON_COUNT			= 39, /* number of reasons; not a reason */
 	SL_REASON_FIRST_DROP		= SL_REASON_DROPPED_BY_POLICY, /* the first reason that drops */
 };
 

@@ -36,6 +36,25 @@
 /* sl_fib_redirect's answer for a packet whose source is not the node's. */
 #define SL_FIB_NOT_NODE (-1)
 
+/* sl_fib_redirect's answer for a packet it drops: the reason, negated.
+ * Drop reasons are above 1, so none is SL_FIB_NOT_NODE. */
+#define SL_FIB_DROP(reason) (-(int)(reason))
+SL_ASSERT(SL_REASON_FIRST_DROP > 1, "a negated drop reason is never SL_FIB_NOT_NODE");
+
+/* BPF_FIB_LOOKUP_MARK (Linux 6.10): the lookup selects routing rules by
+ * the mark in struct bpf_fib_lookup (its input shares the bytes of smac,
+ * an output), as ip rule's fwmark does. The build's uapi header predates
+ * the flag and the field; a kernel without them refuses the flag with
+ * -EINVAL, so the runtime probes it (sl_fib_mark). */
+#define SL_FIB_LOOKUP_MARK (1U << 5)
+
+/* Nonzero when the running kernel's bpf_fib_lookup takes
+ * SL_FIB_LOOKUP_MARK: the FIB step then passes the skb's mark, so ip
+ * rules with fwmark choose a redirected packet's route as they would a
+ * forwarded one's. Set by the runtime, which probes the flag
+ * (datapath.HaveFIBLookupMark), before it loads the object. */
+volatile const __u32 sl_fib_mark = 0;
+
 /* The 16-bit word of the IPv4 header that holds the TTL (its high byte)
  * and the protocol, which the header checksum covers. */
 #define SL_IP4_TTL_OFF		(ETH_HLEN + 8)
@@ -56,26 +75,43 @@ SL_INLINE void sl_fib_ports(struct __sk_buff *skb, struct bpf_fib_lookup *fib, _
 	fib->dport = ports[1];
 }
 
+/* sl_fib_lookup_drop is the reason a FIB answer other than success
+ * drops the packet for. */
+SL_INLINE int sl_fib_lookup_drop(long rc)
+{
+	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED)
+		return SL_FIB_DROP(SL_REASON_DROPPED_FIB_MTU);
+	return SL_FIB_DROP(SL_REASON_DROPPED_FIB_NO_ROUTE);
+}
+
 /* sl_fib_redirect routes a translated packet at an ingress hook when its
  * source, as translated, is one of the node's addresses (route
  * SL_ROUTE_LOCAL_HOST): on a FIB success it decrements the TTL (hop
  * limit) as forwarding would and redirects to the FIB's interface with
  * its next hop (bpf_redirect_neigh). A packet the step is not for (at
  * loopback, or from a source that is not the node's) is SL_FIB_NOT_NODE:
- * the caller goes on as without the step (to Local redirect, say). A FIB
- * answer other than success (no route, forwarding off, a packet past the
- * MTU) or a TTL that expires here is TC_ACT_OK: the stack takes the
- * packet as before this step existed, and accept_local decides it. The
- * caller counts the packet. A global function: its lookup parameters stay out of
- * the calling frame, and the verifier checks it once. */
+ * the caller goes on as without the step (to Local redirect, say). Every
+ * other end is a drop, SL_FIB_DROP of its reason: a TTL that expires here
+ * (SL_REASON_DROPPED_FIB_TTL), a packet past the MTU
+ * (SL_REASON_DROPPED_FIB_MTU), any other FIB answer
+ * (SL_REASON_DROPPED_FIB_NO_ROUTE). The stack cannot take such a packet:
+ * its IPv4 input route drops a local source as a martian unless
+ * accept_local is set, and its ICMP error would quote the translated
+ * header, which the packet's sender never sent. The caller counts the
+ * packet (datapath.c's sl_fib_verdict). When the kernel takes it
+ * (sl_fib_mark), the lookup passes the skb's mark for policy routing. A
+ * global function: its lookup parameters stay out of the calling frame,
+ * and the verifier checks it once. */
 __noinline int sl_fib_redirect(struct __sk_buff *skb, __u32 v6)
 {
 	struct bpf_fib_lookup fib = {};
 	struct bpf_redir_neigh nh = {};
 	__u8 saddr[16] SL_ADDR_ALIGNED;
 	const struct sl_route *src;
+	__u32 flags = BPF_FIB_LOOKUP_SKIP_NEIGH;
 	__u16 old_word, new_word;
 	__u8 ttl;
+	long rc;
 
 	/* Loopback (ifindex 1 in every namespace) carries the node's own
 	 * packets, which the stack delivers here and never forwards. */
@@ -116,22 +152,32 @@ __noinline int sl_fib_redirect(struct __sk_buff *skb, __u32 v6)
 	src = sl_route_of(saddr);
 	if (!src || !(src->flags & SL_ROUTE_LOCAL_HOST))
 		return SL_FIB_NOT_NODE;
+	/* Forwarding would send a time exceeded quoting the translated
+	 * header; the drop is counted instead. */
 	if (ttl <= 1)
-		return TC_ACT_OK;
-	if (bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_SKIP_NEIGH) != BPF_FIB_LKUP_RET_SUCCESS)
-		return TC_ACT_OK;
+		return SL_FIB_DROP(SL_REASON_DROPPED_FIB_TTL);
+	if (sl_fib_mark) {
+		__u32 mark = skb->mark;
+
+		/* The input mark is where the output smac goes. */
+		__builtin_memcpy(fib.smac, &mark, sizeof(mark));
+		flags |= SL_FIB_LOOKUP_MARK;
+	}
+	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), flags);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
+		return sl_fib_lookup_drop(rc);
 	ttl--;
 	if (v6) {
 		if (bpf_skb_store_bytes(skb, SL_IP6_HOPLIMIT_OFF, &ttl, 1, 0))
-			return TC_ACT_OK;
+			return SL_FIB_DROP(SL_REASON_DROPPED_FIB_NO_ROUTE);
 	} else {
 		if (bpf_skb_load_bytes(skb, SL_IP4_TTL_OFF, &old_word, 2))
-			return TC_ACT_OK;
+			return SL_FIB_DROP(SL_REASON_DROPPED_FIB_NO_ROUTE);
 		new_word = old_word;
 		*(__u8 *)&new_word = ttl;
 		if (bpf_l3_csum_replace(skb, SL_IP4_CSUM_OFF, old_word, new_word, 2) ||
 		    bpf_skb_store_bytes(skb, SL_IP4_TTL_OFF, &new_word, 2, 0))
-			return TC_ACT_OK;
+			return SL_FIB_DROP(SL_REASON_DROPPED_FIB_NO_ROUTE);
 	}
 	/* The next hop's family is the FIB's answer, not the packet's: an
 	 * IPv4 route may have an IPv6 gateway (RFC 5549), which the lookup

@@ -17,6 +17,7 @@ var initialisms = map[string]string{
 	"dnat":      "DNAT",
 	"ethertype": "EtherType",
 	"fin":       "FIN",
+	"fib":       "FIB",
 	"icmp":      "ICMP",
 	"icmpv6":    "ICMPv6",
 	"id":        "ID",
