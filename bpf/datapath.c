@@ -401,8 +401,11 @@ SL_INLINE bool sl_snat_needed(const struct sl_pkt *pkt, __u32 src_flags, const _
 /* sl_snat_pick fills io with the source a flow to backend:port is given:
  * this node's address of the family (struct sl_snat) and the first port
  * from the flow's hash on, within the range, that no tracked flow to the
- * backend uses. A family without an address is not source-NATed (0, with
- * io->snat unset); -1 when every port tried was taken. */
+ * backend uses. SCTP keeps the client's port, if no tracked flow uses it:
+ * its CRC32c covers the ports (and no addresses), which the datapath does
+ * not recompute (rewrite.h). A family without an address is not
+ * source-NATed (0, with io->snat unset); -1 when every port tried was
+ * taken. */
 SL_INLINE int sl_snat_pick(const struct sl_pkt *pkt, const __u8 *backend, __u16 port, struct sl_svc_io *io)
 {
 	__u32 zero = 0, span, start;
@@ -422,6 +425,12 @@ SL_INLINE int sl_snat_pick(const struct sl_pkt *pkt, const __u8 *backend, __u16 
 	start = sl_lb_hash(pkt->saddr, pkt->daddr, pkt->sport, pkt->dport, pkt->proto) % span;
 	for (__u32 i = 0; i < SL_SNAT_TRIES; i++) {
 		__u16 p = cfg->port_min + (start + i) % span;
+
+		if (pkt->proto == SL_IPPROTO_SCTP) {
+			if (i > 0)
+				break;
+			p = pkt->sport;
+		}
 
 		sl_ct_key_fill(&k, pkt->proto, addr, p, backend, port);
 		if (bpf_map_lookup_elem(live, &k))

@@ -1,6 +1,7 @@
 package datapath
 
 import (
+	"bytes"
 	"net/netip"
 	"testing"
 
@@ -171,5 +172,51 @@ func TestSNATSetting(t *testing.T) {
 		if err := h.d.SNAT().Set(bad); err == nil {
 			t.Errorf("Set(%+v) accepted", bad)
 		}
+	}
+}
+
+// TestServiceSNATSCTP: an SCTP flow that must be source-NATed (an outside
+// client to a backend elsewhere) keeps its source port, as its CRC32c
+// covers the ports: the addresses change, every SCTP byte stays, and the
+// reply comes back reverse-NATed alike. A second client with the same
+// port to the same backend would share the translated tuple: it is
+// dropped and counted.
+func TestServiceSNATSCTP(t *testing.T) {
+	for _, fam := range []struct{ name, client, other, frontend, backend string }{
+		{"ipv4", "203.0.113.8:5000", "203.0.113.9:5000", "10.96.0.60:80", "10.2.0.6:80"},
+		{"ipv6", "[2001:db8:77::8]:5000", "[2001:db8:77::9]:5000", "[fd00:96::60]:80", "[fd00:2::6]:80"},
+	} {
+		t.Run(fam.name, func(t *testing.T) {
+			h := newSNATHarness(t)
+			h.sync(map[string]nat.Service{"sctp": oneBackend(fam.frontend, fam.backend, nat.ProtoSCTP)})
+			node := snatNode4
+			if fam.name == "ipv6" {
+				node = snatNode6
+			}
+			addrs := func(p *testpkt.Packet) (netip.Addr, netip.Addr) {
+				if p.IPv6 != nil {
+					return p.IPv6.Src, p.IPv6.Dst
+				}
+				return p.IPv4.Src, p.IPv4.Dst
+			}
+			client, backend := netip.MustParseAddrPort(fam.client), netip.MustParseAddrPort(fam.backend)
+			init := sctpPacket(fam.client, fam.frontend)
+			got := h.counted(bpf.HookIngress, init, tcActOK, bpf.ReasonAcceptedByPolicy)
+			if src, dst := addrs(got); src != node || dst != backend.Addr() || !bytes.Equal(got.Payload, init.Payload) {
+				t.Fatalf("INIT left %v -> %v with SCTP %x, want %v -> %v with %x (the client's port, the CRC untouched)",
+					src, dst, got.Payload, node, backend.Addr(), init.Payload)
+			}
+			wire := netip.AddrPortFrom(node, client.Port())
+			h.counted(bpf.HookEgress, sctpPacket(wire.String(), fam.backend), tcActOK, bpf.ReasonAcceptedByPolicy)
+
+			h.counted(bpf.HookIngress, sctpPacket(fam.other, fam.frontend), tcActShot, bpf.ReasonDroppedNATFailed)
+
+			reply := sctpPacket(fam.backend, wire.String())
+			got = h.counted(bpf.HookIngress, reply, tcActOK, bpf.ReasonAcceptedEstablished)
+			front := netip.MustParseAddrPort(fam.frontend)
+			if src, dst := addrs(got); src != front.Addr() || dst != client.Addr() || !bytes.Equal(got.Payload, reply.Payload) {
+				t.Errorf("reply left %v -> %v with SCTP %x, want %v -> %v with %x", src, dst, got.Payload, front.Addr(), client.Addr(), reply.Payload)
+			}
+		})
 	}
 }

@@ -27,7 +27,9 @@ type Frontend struct {
 	Addr netip.Addr
 	// Port is the frontend port.
 	Port uint16
-	// Protocol is ProtoTCP, ProtoUDP or ProtoSCTP.
+	// Protocol is ProtoTCP, ProtoUDP or ProtoSCTP. An SCTP frontend's
+	// backends have its port: the datapath does not translate SCTP ports
+	// (its CRC32c covers them).
 	Protocol uint8
 	// NodePort marks a NodePort frontend (Addr unspecified); it is
 	// External too.
@@ -143,6 +145,18 @@ func (s *Service) validate() (bpf.Family, error) {
 		}
 		if b.Port == 0 {
 			return 0, fmt.Errorf("%w: backend %v with port 0", ErrInvalidService, b.Addr)
+		}
+	}
+	// SCTP's CRC32c covers its ports, which the datapath does not
+	// recompute: an SCTP frontend's backends listen on its port.
+	for _, f := range s.Frontends {
+		if f.Protocol != ProtoSCTP {
+			continue
+		}
+		for _, b := range s.Backends {
+			if b.Port != f.Port {
+				return 0, fmt.Errorf("%w: SCTP frontend port %d to backend %v port %d: SCTP ports are not translated", ErrInvalidService, f.Port, b.Addr, b.Port)
+			}
 		}
 	}
 	backend := func(i int) netip.AddrPort { return netip.AddrPortFrom(s.Backends[i].Addr, s.Backends[i].Port) }

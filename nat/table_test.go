@@ -722,6 +722,10 @@ func TestInvalidServices(t *testing.T) {
 		"range of the other":   {Frontends: []Frontend{fe}, SourceRanges: []netip.Prefix{netip.MustParsePrefix("fd00::/8")}},
 		"invalid range":        {Frontends: []Frontend{fe}, SourceRanges: []netip.Prefix{{}}},
 		"too many backends":    {Frontends: []Frontend{fe}, Backends: make([]Backend, maxBackends+1)},
+		"sctp to another port": {Frontends: []Frontend{{Addr: addr("10.96.0.1"), Port: 80, Protocol: ProtoSCTP}},
+			Backends: []Backend{be, {Addr: addr("10.1.0.2"), Port: 8080}}},
+		"sctp node port": {Frontends: []Frontend{fe, {Addr: netip.IPv4Unspecified(), Port: 30080, Protocol: ProtoSCTP, NodePort: true, External: true}},
+			Backends: []Backend{be}},
 	} {
 		if err := tb.Upsert("x", s); !errors.Is(err, ErrInvalidService) {
 			t.Errorf("%s: Upsert error %v, want ErrInvalidService", name, err)
