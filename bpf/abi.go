@@ -290,6 +290,8 @@ const (
 	// HookEgress is SL_HOOK_EGRESS: TC egress: packets the interface
 	// transmits.
 	HookEgress Hook = 1
+	// HookCount is SL_HOOK_COUNT: number of hooks; not a hook.
+	HookCount Hook = 2
 )
 
 // String returns the lower-case C name of h without its SL_HOOK_ prefix, or

@@ -197,5 +197,5 @@ func IPSetID(id uint64) [8]byte {
 // interfaces without state; the runtime gives each interface its own slot
 // from 1 up.
 func CounterIndex(slot uint32, hook Hook) uint32 {
-	return slot*2 + uint32(hook)
+	return slot*uint32(HookCount) + uint32(hook)
 }

@@ -65,7 +65,7 @@ enum sl_reason {
  * interface its own slot from 1 up. An array rather than a hash keyed by
  * ifindex because the verifier inlines its lookup: counting stays a few
  * instructions on every packet's path. */
-#define SL_COUNTER_INDEX(slot, hook) ((slot) * 2 + (hook))
+#define SL_COUNTER_INDEX(slot, hook) ((slot) * SL_HOOK_COUNT + (hook))
 
 /* Value of sl_counters: packets per enum sl_reason, one copy per CPU. */
 struct sl_reason_counts {

@@ -10,6 +10,7 @@
 enum sl_hook {
 	SL_HOOK_INGRESS	= 0, /* TC ingress: packets the interface receives */
 	SL_HOOK_EGRESS	= 1, /* TC egress: packets the interface transmits */
+	SL_HOOK_COUNT	= 2, /* number of hooks; not a hook */
 };
 
 /* Bits of sl_iface.flags. Every bit's zero value is the safe default, so
