@@ -53,8 +53,9 @@ type Options struct {
 	// IPSetEntries: two generations).
 	IPSetEntries, RouteEntries, RuleHitEntries uint32
 	// ServiceEntries sizes the frontends and their source ranges,
-	// BackendEntries the backends (and twice as many backend slots), and
-	// AffinityEntries the client affinities.
+	// BackendEntries the backends (and twice as many backend slots,
+	// both preallocated: about 256 bytes of kernel memory per backend
+	// from the start), and AffinityEntries the client affinities.
 	ServiceEntries, BackendEntries, AffinityEntries uint32
 	// MaglevServices is how many services may use Maglev at once; each
 	// holds a table of 64 KiB (two while its backends change).
