@@ -172,12 +172,13 @@ func TestAttackRetireFailedWriteOverStrayBase(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Fill the slots map but one entry, with slots of an ID no service
-	// holds: the next list of two gets one slot in.
+	// holds, naming no backend (the test deletes them behind the
+	// Table's back): the next list of two gets one slot in.
 	free := int(m.Slots.MaxEntries()) - len(readKernel(t, tb).slots) - 1
 	var junk []bpf.BackendSlotKey
 	for i := range free {
 		k := bpf.BackendSlotKey{SvcID: 1 << 20, Slot: uint32(i)}
-		if err := tb.slots.Update(k, 1, ebpf.UpdateAny); err != nil {
+		if err := tb.slots.Update(k, 1<<30, ebpf.UpdateAny); err != nil {
 			t.Fatal(err)
 		}
 		junk = append(junk, k)
