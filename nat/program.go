@@ -183,9 +183,15 @@ func (t *Table) upsert(name string, s Service, pl *plan, owners map[bpf.SvcKey]s
 	return nil
 }
 
+// slotBase is a service ID and the base of one of its lists: a multiple
+// of 1<<16, above maxBackends.
+type slotBase struct{ id, base uint32 }
+
 // freeBase returns a slot base for a list of n backends of service id
 // that no list of old uses (the other half of the slot space for a
-// service with one list) and where no retired slot waits (retire.go).
+// service with one list), where no retired slot waits (retire.go) and
+// where the kernel held no slot of id when the Table last read it, until
+// the first Sync swept them (kernelBases).
 func (t *Table) freeBase(old *programmed, id uint32, n int) uint32 {
 	for base := uint32(0); ; base += 1 << 16 {
 		used := false
@@ -194,6 +200,7 @@ func (t *Table) freeBase(old *programmed, id uint32, n int) uint32 {
 				used = used || l.base == base
 			}
 		}
+		used = used || t.kernelBases[slotBase{id, base}]
 		for i := 0; i < n && !used && len(t.retiredSlots) > 0; i++ {
 			used = t.retiredSlots[bpf.BackendSlotKey{SvcID: id, Slot: base + uint32(i)}]
 		}
@@ -388,8 +395,9 @@ func (t *Table) newBackendID() uint32 {
 		if !t.backendsWrapped {
 			return id
 		}
+		// A shadowed ID is in the maps until the first Sync deletes it.
 		_, retired := t.retiredIDs[id]
-		if _, used := t.backendByID[id]; id != 0 && !used && !retired {
+		if _, used := t.backendByID[id]; id != 0 && !used && !retired && !slices.Contains(t.shadowed, id) {
 			return id
 		}
 	}
@@ -504,6 +512,9 @@ func (t *Table) planStray(pl *plan, live map[bpf.BackendSlotKey]bool) error {
 	// No slot names a shadowed ID (readKernel).
 	pl.preBackends = append(pl.preBackends, t.shadowed...)
 	t.shadowed = nil
+	// Every slot the kernel holds is now a list's, retired, or deleted
+	// by this plan.
+	t.kernelBases = nil
 	for k, ref := range t.backendIDs {
 		if ref.refs == 0 && !liveBackends[ref.id] {
 			pl.preBackends = append(pl.preBackends, ref.id)

@@ -96,6 +96,13 @@ type Table struct {
 	// shadowed are backend IDs the maps hold for a backend another ID
 	// stands for (readKernel), swept by the first Sync.
 	shadowed []uint32
+	// kernelBases are the services' slot bases the kernel's slots were
+	// at when readKernel read them: slots a dead process retired, or a
+	// failed write left, may wait under a base no adopted frontend uses,
+	// and a new list written over them would replace them in place and
+	// leave their backends counted. No new list takes one until the
+	// first Sync has swept the slots no list accounts for.
+	kernelBases map[slotBase]bool
 
 	// reserved are the service IDs the kernel's slots, ranges, members,
 	// Maglev tables and client affinities hold without a frontend, which
@@ -241,12 +248,14 @@ func (t *Table) readKernel() error {
 	t.reserved = map[uint32]bool{}
 	t.swept = false
 	t.shadowed = nil
+	t.kernelBases = map[slotBase]bool{}
 	var iterErr error
 	// Every slot holds its backend, whoever the slot belongs to: a
 	// backend goes only when no slot names it.
 	named := map[uint32]int{}
 	for k, id := range t.slots.All(&iterErr) {
 		named[id]++
+		t.kernelBases[slotBase{k.SvcID, k.Slot &^ (1<<16 - 1)}] = true
 		t.reserved[k.SvcID] = true
 		t.nextSvcID = max(t.nextSvcID, k.SvcID+1)
 	}
