@@ -395,3 +395,37 @@ func TestAttackRetireConcurrentChurn(t *testing.T) {
 		t.Errorf("after a settle, %d backends and %d slots still retired", len(tb.retiredIDs), len(tb.retiredSlots))
 	}
 }
+
+// TestAttackRetireBackToBackListChanges: Syncs back to back, each of
+// which gives every service a new list, over maps with room for two
+// lists of every service (the datapath's sizing: two lists while one
+// replaces the other, BenchmarkMemory) but not three. A Sync must not
+// fail for want of room that only the lists retired by the previous
+// Sync, no frontend's any more, take.
+func TestAttackRetireBackToBackListChanges(t *testing.T) {
+	m := newTestMaps(t)
+	tb, err := NewTable(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const services, perService = 10, 150 // 1,500 slots a generation; the maps hold 4,096
+	gen := func(g int) map[string]Service {
+		out := map[string]Service{}
+		for i := range services {
+			s := oneFrontendService(fmt.Sprintf("10.96.0.%d", 1+i), 80)
+			for j := range perService {
+				s.Backends = append(s.Backends, Backend{Addr: netip.AddrFrom4([4]byte{10, byte(g), byte(i), byte(j)}), Port: 8080})
+			}
+			out[fmt.Sprintf("svc-%d", i)] = s
+		}
+		return out
+	}
+	for g := range 6 {
+		if err := tb.Sync(gen(g)); err != nil {
+			t.Fatalf("Sync of generation %d, right after the previous one: %v", g, err)
+		}
+	}
+	if err := readKernel(t, tb).checkExact(t, gen(5)); err != nil {
+		t.Fatal(err)
+	}
+}
