@@ -715,6 +715,9 @@ func wrap(what string, err error) error {
 func update[K, V any](t *Table, m *sluicemaps.Map[K, V], keys []K, vals []V) error {
 	if t.afterWrite == nil {
 		_, err := m.BatchUpdate(keys, vals, ebpf.UpdateAny)
+		if err == nil {
+			t.countHeld(m, len(keys))
+		}
 		return err
 	}
 	for i := range keys {
@@ -724,6 +727,7 @@ func update[K, V any](t *Table, m *sluicemaps.Map[K, V], keys []K, vals []V) err
 		if err := m.Update(keys[i], vals[i], ebpf.UpdateAny); err != nil {
 			return err
 		}
+		t.countHeld(m, 1)
 		t.runAfterWrite()
 	}
 	return nil
@@ -751,6 +755,7 @@ func remove[K, V any](t *Table, m *sluicemaps.Map[K, V], keys []K) error {
 			if err != nil {
 				return err
 			}
+			t.countHeld(m, -1)
 			t.runAfterWrite()
 		}
 		return nil
@@ -758,14 +763,28 @@ func remove[K, V any](t *Table, m *sluicemaps.Map[K, V], keys []K) error {
 	for len(keys) > 0 {
 		n, err := m.BatchDelete(keys)
 		if err == nil {
+			t.countHeld(m, -len(keys))
 			return nil
 		}
+		t.countHeld(m, -n)
 		if !errors.Is(err, ebpf.ErrKeyNotExist) || n >= len(keys) {
 			return err
 		}
 		keys = keys[n+1:]
 	}
 	return nil
+}
+
+// countHeld counts n entries more (fewer, when negative) in m, when it
+// is the slots or the backends map (Table.heldSlots). Keys are never
+// written over (retire.go), so that every write adds one.
+func (t *Table) countHeld(m any, n int) {
+	switch m {
+	case any(t.slots):
+		t.heldSlots.Add(int64(n))
+	case any(t.backends):
+		t.heldBackends.Add(int64(n))
+	}
 }
 
 // equalServices reports whether a and b program the same entries. A Sync

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/cilium/ebpf"
 
@@ -129,6 +130,10 @@ type Table struct {
 	retiredByValue map[bpf.Backend]uint32
 	// nextBatch numbers the retired batch; retiring holds its own.
 	nextBatch uint64
+	// heldSlots and heldBackends count the entries of the slots and
+	// backends maps, retired ones too, as readKernel found them and the
+	// Table's writes and deletes changed them since (makeRoom).
+	heldSlots, heldBackends atomic.Int64
 
 	// afterWrite, when set (tests), makes every kernel write a single
 	// element's and runs after each; beforeWrite, with it, runs before each with the typed
@@ -253,13 +258,16 @@ func (t *Table) readKernel() error {
 	// Every slot holds its backend, whoever the slot belongs to: a
 	// backend goes only when no slot names it.
 	named := map[uint32]int{}
+	var slots, backends int64
 	for k, id := range t.slots.All(&iterErr) {
+		slots++
 		named[id]++
 		t.kernelBases[slotBase{k.SvcID, k.Slot &^ (1<<16 - 1)}] = true
 		t.reserved[k.SvcID] = true
 		t.nextSvcID = max(t.nextSvcID, k.SvcID+1)
 	}
 	for id, b := range t.backends.All(&iterErr) {
+		backends++
 		b = bpf.Backend{Addr: b.Addr, Port: b.Port}
 		t.nextBackend = max(t.nextBackend, id+1)
 		t.backendsWrapped = t.backendsWrapped || id == math.MaxUint32
@@ -322,6 +330,8 @@ func (t *Table) readKernel() error {
 		t.reserved[k.SvcID] = true
 		t.nextSvcID = max(t.nextSvcID, k.SvcID+1)
 	}
+	t.heldSlots.Store(slots)
+	t.heldBackends.Store(backends)
 	t.clean = len(t.backendByID) == 0 && len(t.adopted) == 0 && len(t.reserved) == 0 && len(t.shadowed) == 0
 	return nil
 }
@@ -362,6 +372,9 @@ func (t *Table) Upsert(name string, s Service) error {
 	defer t.mu.Unlock()
 	if p, ok := t.services[name]; ok && equalServices(&p.svc, &s) {
 		return nil
+	}
+	if err := t.makeRoom(len(s.Backends)); err != nil {
+		return fmt.Errorf("upsert service %q: %w", name, err)
 	}
 	var pl plan
 	if err := t.upsert(name, s, &pl, nil); err != nil {
@@ -505,6 +518,13 @@ func (t *Table) Apply(upserts map[string]Service, deletes []string) error {
 func (t *Table) change(desired map[string]Service, changed, deleted []string, keeps func(string) bool, sweep bool) error {
 	owners, err := t.frontendOwners(desired, changed, keeps)
 	if err != nil {
+		return err
+	}
+	backends := 0
+	for _, name := range changed {
+		backends += len(desired[name].Backends)
+	}
+	if err := t.makeRoom(backends); err != nil {
 		return err
 	}
 	sweep = sweep && !t.swept
