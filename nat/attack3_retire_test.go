@@ -429,3 +429,157 @@ func TestAttackRetireBackToBackListChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// heldBackends is the number of backends the maps hold now, retired ones
+// too (readKernel would delete those first).
+func heldBackends(t *testing.T, tb *Table) int {
+	t.Helper()
+	var err error
+	n := 0
+	for range tb.backends.All(&err) {
+		n++
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestAttackRetireUnchangedUpsertReaps: an Upsert that changes nothing
+// is an operation like any other: what earlier ones retired, once its
+// grace period has passed, is gone after it, and does not wait for a
+// later change.
+func TestAttackRetireUnchangedUpsertReaps(t *testing.T) {
+	tb, err := NewTable(newTestMaps(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tb.Upsert("a", oneFrontendService("10.96.0.1", 80, "10.1.0.1")); err != nil {
+		t.Fatal(err)
+	}
+	s := oneFrontendService("10.96.0.1", 80, "10.1.0.2")
+	if err := tb.Upsert("a", s); err != nil {
+		t.Fatal(err)
+	}
+	if tb.grace == nil {
+		t.Fatal("nothing retired")
+	}
+	<-tb.grace.done // the grace period of what the change retired
+	for range 2 {
+		if err := tb.Upsert("a", s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := heldBackends(t, tb); n != 1 {
+		t.Errorf("after the grace period and two unchanged Upserts the maps hold %d backends, want 1", n)
+	}
+}
+
+// TestAttackRetireTakenBackKeepsID: a backend removed from a service and
+// added back by the next call, back to back, is the same entry: it keeps
+// its ID, is not written again, and is deleted only once no list names
+// it.
+func TestAttackRetireTakenBackKeepsID(t *testing.T) {
+	tb, err := NewTable(newTestMaps(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := newRetireGuard(t)
+	g.attach(tb)
+	x := netip.MustParseAddrPort("10.1.0.1:8080")
+	both := oneFrontendService("10.96.0.1", 80, "10.1.0.1", "10.1.0.2")
+	if err := tb.Upsert("a", both); err != nil {
+		t.Fatal(err)
+	}
+	id, _ := tb.BackendID(x)
+	for range 5 {
+		if err := tb.Upsert("a", oneFrontendService("10.96.0.1", 80, "10.1.0.2")); err != nil {
+			t.Fatal(err)
+		}
+		if err := tb.Upsert("a", both); err != nil {
+			t.Fatal(err)
+		}
+		if again, ok := tb.BackendID(x); !ok || again != id {
+			t.Fatalf("backend %v taken back has ID %d (%v), want %d", x, again, ok, id)
+		}
+	}
+	// Removed for good, on another service meanwhile, then from that one.
+	if err := tb.Apply(map[string]Service{"a": oneFrontendService("10.96.0.1", 80, "10.1.0.2"),
+		"b": oneFrontendService("10.96.0.2", 80, "10.1.0.1")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := tb.BackendID(x); again != id {
+		t.Errorf("backend %v moved to another service has ID %d, want %d", x, again, id)
+	}
+	want := map[string]Service{"a": oneFrontendService("10.96.0.1", 80, "10.1.0.2")}
+	if err := tb.Sync(want); err != nil {
+		t.Fatal(err)
+	}
+	if err := readKernel(t, tb).checkExact(t, want); err != nil {
+		t.Error(err)
+	}
+	g.report("taken back")
+}
+
+// TestAttackRetireWrapSkipsRetiredIDs: once backend IDs wrap, a new
+// backend never gets the ID of a retired one its grace period has not
+// deleted: that key exists.
+func TestAttackRetireWrapSkipsRetiredIDs(t *testing.T) {
+	tb, err := NewTable(newTestMaps(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := newRetireGuard(t)
+	g.attach(tb)
+	if err := tb.Upsert("a", oneFrontendService("10.96.0.1", 80, "10.1.0.1", "10.1.0.2", "10.1.0.3")); err != nil {
+		t.Fatal(err)
+	}
+	// 10.1.0.1 and .2 (IDs 1 and 2) retire.
+	if err := tb.Upsert("a", oneFrontendService("10.96.0.1", 80, "10.1.0.3")); err != nil {
+		t.Fatal(err)
+	}
+	tb.nextBackend = math.MaxUint32
+	want := map[string]Service{"a": oneFrontendService("10.96.0.1", 80, "10.1.0.3"),
+		"b": oneFrontendService("10.96.0.2", 80, "10.1.1.1", "10.1.1.2", "10.1.1.3")}
+	if err := tb.Upsert("b", want["b"]); err != nil {
+		t.Fatal(err)
+	}
+	g.report("after the wrap")
+	if err := readKernel(t, tb).checkExact(t, want); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestAttackRetireTwoNamedIDs: a previous process left one backend under
+// two IDs, each named by a slot of a service no frontend holds. The
+// first Sync of nothing must leave the maps empty: once no slot names
+// either ID, neither stays.
+func TestAttackRetireTwoNamedIDs(t *testing.T) {
+	m := newTestMaps(t)
+	seed, err := NewTable(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := backendOf(addr("10.8.0.1"), 8080)
+	for i, id := range []uint32{5, 7} {
+		if err := seed.backends.Update(id, v, ebpf.UpdateAny); err != nil {
+			t.Fatal(err)
+		}
+		if err := seed.slots.Update(bpf.BackendSlotKey{SvcID: 50 + uint32(i), Slot: 0}, id, ebpf.UpdateAny); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tb, err := NewTable(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tb.Sync(nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := tb.Sync(nil); err != nil {
+		t.Fatal(err)
+	}
+	if ks := readKernel(t, tb); len(ks.slots)+len(ks.backends) != 0 {
+		t.Errorf("after Syncs of nothing the maps hold slots %v and backends %v", ks.slots, ks.backends)
+	}
+}
