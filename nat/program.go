@@ -40,6 +40,9 @@ type plan struct {
 	// released are backends a deleted slot named; those no slot names
 	// when the plan is applied are deleted.
 	released []bpf.Backend
+	// releasedAliases are second IDs of backends (Table.aliases) no slot
+	// names any more, retired with the backends.
+	releasedAliases []uint32
 	// sweepAffinity: the plan deletes a service that has or had
 	// affinity, or sweeps what a previous process left, so that client
 	// affinities of IDs no frontend holds are deleted last
@@ -411,7 +414,16 @@ func (t *Table) releaseBackend(bid uint32, pl *plan) {
 	}
 	ref := t.backendIDs[k]
 	if ref.id != bid {
-		return // a second ID of the backend (readKernel): not accounted
+		// A second ID of the backend (readKernel), counted apart.
+		if n, ok := t.aliases[bid]; ok {
+			if n--; n > 0 {
+				t.aliases[bid] = n
+			} else {
+				delete(t.aliases, bid)
+				pl.releasedAliases = append(pl.releasedAliases, bid)
+			}
+		}
+		return
 	}
 	ref.refs--
 	t.backendIDs[k] = ref
@@ -612,6 +624,11 @@ func (t *Table) write(pl *plan) error {
 			delete(t.backendIDs, k)
 			delete(t.backendByID, ref.id)
 		}
+	}
+	for _, id := range pl.releasedAliases {
+		gone = append(gone, id)
+		goneValues = append(goneValues, t.backendByID[id])
+		delete(t.backendByID, id)
 	}
 	t.retire(pl.delSlots, gone, goneValues)
 	if pl.sweepAffinity {

@@ -97,6 +97,10 @@ type Table struct {
 	// shadowed are backend IDs the maps hold for a backend another ID
 	// stands for (readKernel), swept by the first Sync.
 	shadowed []uint32
+	// aliases are the other backend IDs the maps hold for a backend
+	// another ID stands for, named by slots (readKernel), with the number
+	// of slots naming each: one is retired when no slot names it.
+	aliases map[uint32]int
 	// kernelBases are the services' slot bases the kernel's slots were
 	// at when readKernel read them: slots a dead process retired, or a
 	// failed write left, may wait under a base no adopted frontend uses,
@@ -253,6 +257,7 @@ func (t *Table) readKernel() error {
 	t.reserved = map[uint32]bool{}
 	t.swept = false
 	t.shadowed = nil
+	t.aliases = map[uint32]int{}
 	t.kernelBases = map[slotBase]bool{}
 	var iterErr error
 	// Every slot holds its backend, whoever the slot belongs to: a
@@ -274,7 +279,8 @@ func (t *Table) readKernel() error {
 		// A process that died with a backend retired under one ID may
 		// have given it another: the ID a slot names is the backend's,
 		// one no slot names is stray. (Two named IDs cannot both be
-		// accounted for: the second stays in the maps, resolvable.)
+		// accounted for by the backend: the second is an alias,
+		// resolvable, and retired once no slot names it.)
 		if prev, ok := t.backendIDs[b]; ok {
 			switch {
 			case named[id] == 0:
@@ -285,6 +291,7 @@ func (t *Table) readKernel() error {
 				delete(t.backendByID, prev.id)
 			default:
 				t.backendByID[id] = b
+				t.aliases[id] = named[id]
 				continue
 			}
 		}
@@ -371,6 +378,9 @@ func (t *Table) Upsert(name string, s Service) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if p, ok := t.services[name]; ok && equalServices(&p.svc, &s) {
+		// Nothing to write; what earlier operations retired goes once
+		// its grace period passed, as after any operation.
+		_ = t.reap(false)
 		return nil
 	}
 	if err := t.makeRoom(len(s.Backends)); err != nil {
