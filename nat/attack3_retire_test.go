@@ -31,6 +31,8 @@ type retireGuard struct {
 	graceFrom  map[*graceRun]int
 	violations []string
 	deletes    int
+	// live are frontends that must lead to a backend after every write.
+	live map[bpf.SvcKey]bool
 }
 
 func newRetireGuard(t *testing.T) *retireGuard {
@@ -72,6 +74,11 @@ func (g *retireGuard) attach(tb *Table) {
 		g.noteReached(ks)
 		if err := ks.checkWhole(); err != nil {
 			g.note("after write %d: %v", g.writes, err)
+		}
+		for k := range g.live {
+			if got, ok := ks.backendsOf(k); !ok || len(got) == 0 {
+				g.note("after write %d: live frontend %v missing or empty", g.writes, netip.AddrFrom16(k.Addr).Unmap())
+			}
 		}
 	}
 }
@@ -581,5 +588,61 @@ func TestAttackRetireTwoNamedIDs(t *testing.T) {
 	}
 	if ks := readKernel(t, tb); len(ks.slots)+len(ks.backends) != 0 {
 		t.Errorf("after Syncs of nothing the maps hold slots %v and backends %v", ks.slots, ks.backends)
+	}
+}
+
+// TestAttackRetireFullFrontendsMap: an Upsert that adds a frontend to a
+// service and changes its list fails when the frontends map is full,
+// after some of the service's frontends moved to the new list. The
+// service's frontends stay live through the failure, the next Upsert
+// (once there is room) and the Sync after it, no write breaks either
+// rule, and the maps then hold exactly the service.
+func TestAttackRetireFullFrontendsMap(t *testing.T) {
+	m := newTestMaps(t)
+	g := newRetireGuard(t)
+	tb, err := NewTable(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.attach(tb)
+	two := oneFrontendService("10.96.0.1", 80, "10.1.0.1", "10.1.0.2")
+	two.Frontends = append(two.Frontends, Frontend{Addr: addr("10.96.0.2"), Port: 80, Protocol: ProtoTCP})
+	if err := tb.Sync(map[string]Service{"a": two}); err != nil {
+		t.Fatal(err)
+	}
+	g.live = map[bpf.SvcKey]bool{two.Frontends[0].key(): true, two.Frontends[1].key(): true}
+	var junk []bpf.SvcKey
+	for i := range int(m.Services.MaxEntries()) - len(two.Frontends) {
+		k := bpf.SvcKey{Addr: netip.AddrFrom4([4]byte{10, 200, byte(i >> 8), byte(i)}).As16(), Port: 1, Proto: uint8(ProtoTCP)}
+		if err := tb.svcs.Update(k, bpf.Svc{ID: 1 << 20}, ebpf.UpdateAny); err != nil {
+			t.Fatal(err)
+		}
+		junk = append(junk, k)
+	}
+	three := oneFrontendService("10.96.0.1", 80, "10.1.0.3", "10.1.0.4")
+	three.Frontends = append(append(three.Frontends, two.Frontends[1]), Frontend{Addr: addr("10.96.0.3"), Port: 80, Protocol: ProtoTCP})
+	base := readKernel(t, tb).svcs[two.Frontends[0].key()].SlotBase
+	if err := tb.Upsert("a", three); err == nil {
+		t.Fatal("an Upsert of a new frontend into a full frontends map succeeded")
+	}
+	if ks := readKernel(t, tb); ks.svcs[two.Frontends[0].key()].SlotBase == base {
+		t.Fatal("the failed Upsert moved no frontend: the test tests nothing")
+	}
+	for _, k := range junk {
+		if err := tb.svcs.Delete(k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	three.Backends = append(three.Backends, Backend{Addr: addr("10.1.0.5"), Port: 8080})
+	if err := tb.Upsert("a", three); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]Service{"a": three}
+	if err := tb.Sync(want); err != nil {
+		t.Fatal(err)
+	}
+	g.report("full frontends map")
+	if err := readKernel(t, tb).checkExact(t, want); err != nil {
+		t.Error(err)
 	}
 }
