@@ -646,3 +646,72 @@ func TestAttackRetireFullFrontendsMap(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestAttackRetireRandomRestarts: the random services of
+// TestMakeBeforeBreak (shared backends, Maglev, affinity, ranges),
+// changed by Syncs, Upserts, Deletes and Applies back to back, mostly
+// without a settle in between, and a restart every few steps whose first
+// operation is at times an Upsert before its first Sync. No write may
+// break either rule or leave a hole, and after each Sync and a settle
+// the maps hold exactly the services.
+func TestAttackRetireRandomRestarts(t *testing.T) {
+	m := newTestMaps(t)
+	g := newRetireGuard(t)
+	r := rand.New(rand.NewPCG(77, 3))
+	var tb *Table
+	desired := map[string]Service{}
+	for step := range 90 {
+		next := randomServices(r)
+		var err error
+		if step%9 == 0 {
+			if tb, err = NewTable(m); err != nil {
+				t.Fatal(err)
+			}
+			g.attach(tb)
+			if s, ok := next["svc-1"]; ok && r.IntN(2) == 0 {
+				if _, held := desired["svc-1"]; held || len(desired) == 0 {
+					if err := tb.Upsert("svc-1", s); err != nil {
+						t.Fatalf("step %d: Upsert before the first Sync: %v", step, err)
+					}
+				}
+			}
+			err = tb.Sync(next)
+			desired = next
+		} else {
+			switch r.IntN(3) {
+			case 0:
+				err = tb.Sync(next)
+				desired = next
+			case 1:
+				if s, ok := next["svc-1"]; ok {
+					err = tb.Upsert("svc-1", s)
+					desired["svc-1"] = s
+				} else {
+					err = tb.Delete("svc-1")
+					delete(desired, "svc-1")
+				}
+			default:
+				var deletes []string
+				for name := range desired {
+					if _, ok := next[name]; !ok {
+						deletes = append(deletes, name)
+					}
+				}
+				err = tb.Apply(next, deletes)
+				desired = next
+			}
+		}
+		if err != nil {
+			t.Fatalf("step %d: %v", step, err)
+		}
+		g.report(fmt.Sprintf("step %d", step))
+		if step%4 == 3 {
+			if err := readKernel(t, tb).checkExact(t, desired); err != nil {
+				t.Fatalf("step %d: %v", step, err)
+			}
+		}
+	}
+	if g.deletes == 0 {
+		t.Error("no slot or backend was deleted")
+	}
+}
