@@ -715,3 +715,49 @@ func TestAttackRetireRandomRestarts(t *testing.T) {
 		t.Error("no slot or backend was deleted")
 	}
 }
+
+// TestAttackRetireAliasOnLiveList: a previous process left a service
+// whose list names one ID of a backend, and a stray slot naming another
+// ID of the same backend. The new Table's Syncs change the service's
+// list off the backend and back, checked on every write: the frontend
+// stays live, neither rule breaks, and each Sync leaves exactly the
+// service.
+func TestAttackRetireAliasOnLiveList(t *testing.T) {
+	m := newTestMaps(t)
+	seed, err := NewTable(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := oneFrontendService("10.96.0.1", 80, "10.1.0.1")
+	if err := seed.Upsert("x", v); err != nil {
+		t.Fatal(err)
+	}
+	id, _ := seed.BackendID(netip.MustParseAddrPort("10.1.0.1:8080"))
+	if err := seed.backends.Update(id+10, backendOf(addr("10.1.0.1"), 8080), ebpf.UpdateAny); err != nil {
+		t.Fatal(err)
+	}
+	if err := seed.slots.Update(bpf.BackendSlotKey{SvcID: 61, Slot: 0}, id+10, ebpf.UpdateAny); err != nil {
+		t.Fatal(err)
+	}
+	tb, err := NewTable(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := newRetireGuard(t)
+	g.attach(tb)
+	g.live = map[bpf.SvcKey]bool{v.Frontends[0].key(): true}
+	for i, s := range []Service{
+		oneFrontendService("10.96.0.1", 80, "10.1.0.1", "10.1.0.2"),
+		oneFrontendService("10.96.0.1", 80, "10.1.0.2"),
+		oneFrontendService("10.96.0.1", 80, "10.1.0.1"),
+	} {
+		want := map[string]Service{"a": s}
+		if err := tb.Sync(want); err != nil {
+			t.Fatal(err)
+		}
+		g.report(fmt.Sprintf("Sync %d", i))
+		if err := readKernel(t, tb).checkExact(t, want); err != nil {
+			t.Fatalf("Sync %d: %v", i, err)
+		}
+	}
+}
