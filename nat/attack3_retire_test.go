@@ -11,6 +11,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/sluicenet/sluice/bpf"
+	"github.com/sluicenet/sluice/internal/testutil"
 )
 
 // Attack tests from the review of the retirement of preallocated slots
@@ -759,5 +760,73 @@ func TestAttackRetireAliasOnLiveList(t *testing.T) {
 		if err := readKernel(t, tb).checkExact(t, want); err != nil {
 			t.Fatalf("Sync %d: %v", i, err)
 		}
+	}
+}
+
+// TestAttackRetireBackToBackSmallMaps: back-to-back Applies, each of
+// which gives every service a new list and deals the frontends among the
+// services anew, over slots and backends maps with room for two
+// generations of lists but not three, checked on every write: the
+// settling that makes room breaks neither rule and leaves no hole, and
+// every Apply succeeds.
+func TestAttackRetireBackToBackSmallMaps(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	m := newTestMaps(t)
+	spec, err := bpf.LoadSpec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mm := range []struct {
+		name string
+		into **ebpf.Map
+	}{{bpf.MapBackendSlots, &m.Slots}, {bpf.MapBackends, &m.Backends}} {
+		ms := spec.Maps[mm.name].Copy()
+		ms.MaxEntries = 64
+		small, err := ebpf.NewMap(ms)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { small.Close() })
+		*mm.into = small
+	}
+	tb, err := NewTable(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := newRetireGuard(t)
+	g.attach(tb)
+	const services, perService = 3, 10 // 30 slots and backends a generation; the maps hold 64
+	gen := func(n int) map[string]Service {
+		out := map[string]Service{}
+		for i := range services {
+			// Frontend j is service (j+n)%services's: each
+			// generation moves every frontend to another service.
+			s := Service{}
+			for j := range services {
+				if (j+n)%services == i {
+					s.Frontends = append(s.Frontends, Frontend{Addr: netip.AddrFrom4([4]byte{10, 96, 0, byte(1 + j)}), Port: 80, Protocol: ProtoTCP})
+				}
+			}
+			for j := range perService {
+				s.Backends = append(s.Backends, Backend{Addr: netip.AddrFrom4([4]byte{10, byte(n), byte(i), byte(j)}), Port: 8080})
+			}
+			out[fmt.Sprintf("svc-%d", i)] = s
+		}
+		return out
+	}
+	for n := range 6 {
+		if err := tb.Apply(gen(n), nil); err != nil {
+			t.Fatalf("Apply of generation %d, right after the previous one: %v", n, err)
+		}
+		if n == 0 {
+			g.live = map[bpf.SvcKey]bool{}
+			for _, s := range gen(0) {
+				g.live[s.Frontends[0].key()] = true
+			}
+		}
+		g.report(fmt.Sprintf("generation %d", n))
+	}
+	if err := readKernel(t, tb).checkExact(t, gen(5)); err != nil {
+		t.Fatal(err)
 	}
 }
