@@ -40,6 +40,9 @@ type plan struct {
 	// released are backends a deleted slot named; those no slot names
 	// when the plan is applied are deleted.
 	released []bpf.Backend
+	// releasedAliases are second IDs of backends (Table.aliases) no slot
+	// names any more, retired with the backends.
+	releasedAliases []uint32
 	// sweepAffinity: the plan deletes a service that has or had
 	// affinity, or sweeps what a previous process left, so that client
 	// affinities of IDs no frontend holds are deleted last
@@ -183,9 +186,15 @@ func (t *Table) upsert(name string, s Service, pl *plan, owners map[bpf.SvcKey]s
 	return nil
 }
 
+// slotBase is a service ID and the base of one of its lists: a multiple
+// of 1<<16, above maxBackends.
+type slotBase struct{ id, base uint32 }
+
 // freeBase returns a slot base for a list of n backends of service id
 // that no list of old uses (the other half of the slot space for a
-// service with one list) and where no retired slot waits (retire.go).
+// service with one list), where no retired slot waits (retire.go) and
+// where the kernel held no slot of id when the Table last read it, until
+// the first Sync swept them (kernelBases).
 func (t *Table) freeBase(old *programmed, id uint32, n int) uint32 {
 	for base := uint32(0); ; base += 1 << 16 {
 		used := false
@@ -194,6 +203,7 @@ func (t *Table) freeBase(old *programmed, id uint32, n int) uint32 {
 				used = used || l.base == base
 			}
 		}
+		used = used || t.kernelBases[slotBase{id, base}]
 		for i := 0; i < n && !used && len(t.retiredSlots) > 0; i++ {
 			used = t.retiredSlots[bpf.BackendSlotKey{SvcID: id, Slot: base + uint32(i)}]
 		}
@@ -388,8 +398,9 @@ func (t *Table) newBackendID() uint32 {
 		if !t.backendsWrapped {
 			return id
 		}
+		// A shadowed ID is in the maps until the first Sync deletes it.
 		_, retired := t.retiredIDs[id]
-		if _, used := t.backendByID[id]; id != 0 && !used && !retired {
+		if _, used := t.backendByID[id]; id != 0 && !used && !retired && !slices.Contains(t.shadowed, id) {
 			return id
 		}
 	}
@@ -403,7 +414,16 @@ func (t *Table) releaseBackend(bid uint32, pl *plan) {
 	}
 	ref := t.backendIDs[k]
 	if ref.id != bid {
-		return // a second ID of the backend (readKernel): not accounted
+		// A second ID of the backend (readKernel), counted apart.
+		if n, ok := t.aliases[bid]; ok {
+			if n--; n > 0 {
+				t.aliases[bid] = n
+			} else {
+				delete(t.aliases, bid)
+				pl.releasedAliases = append(pl.releasedAliases, bid)
+			}
+		}
+		return
 	}
 	ref.refs--
 	t.backendIDs[k] = ref
@@ -504,6 +524,9 @@ func (t *Table) planStray(pl *plan, live map[bpf.BackendSlotKey]bool) error {
 	// No slot names a shadowed ID (readKernel).
 	pl.preBackends = append(pl.preBackends, t.shadowed...)
 	t.shadowed = nil
+	// Every slot the kernel holds is now a list's, retired, or deleted
+	// by this plan.
+	t.kernelBases = nil
 	for k, ref := range t.backendIDs {
 		if ref.refs == 0 && !liveBackends[ref.id] {
 			pl.preBackends = append(pl.preBackends, ref.id)
@@ -601,6 +624,11 @@ func (t *Table) write(pl *plan) error {
 			delete(t.backendIDs, k)
 			delete(t.backendByID, ref.id)
 		}
+	}
+	for _, id := range pl.releasedAliases {
+		gone = append(gone, id)
+		goneValues = append(goneValues, t.backendByID[id])
+		delete(t.backendByID, id)
 	}
 	t.retire(pl.delSlots, gone, goneValues)
 	if pl.sweepAffinity {
@@ -704,6 +732,9 @@ func wrap(what string, err error) error {
 func update[K, V any](t *Table, m *sluicemaps.Map[K, V], keys []K, vals []V) error {
 	if t.afterWrite == nil {
 		_, err := m.BatchUpdate(keys, vals, ebpf.UpdateAny)
+		if err == nil {
+			t.countHeld(m, len(keys))
+		}
 		return err
 	}
 	for i := range keys {
@@ -713,6 +744,7 @@ func update[K, V any](t *Table, m *sluicemaps.Map[K, V], keys []K, vals []V) err
 		if err := m.Update(keys[i], vals[i], ebpf.UpdateAny); err != nil {
 			return err
 		}
+		t.countHeld(m, 1)
 		t.runAfterWrite()
 	}
 	return nil
@@ -740,6 +772,7 @@ func remove[K, V any](t *Table, m *sluicemaps.Map[K, V], keys []K) error {
 			if err != nil {
 				return err
 			}
+			t.countHeld(m, -1)
 			t.runAfterWrite()
 		}
 		return nil
@@ -747,14 +780,28 @@ func remove[K, V any](t *Table, m *sluicemaps.Map[K, V], keys []K) error {
 	for len(keys) > 0 {
 		n, err := m.BatchDelete(keys)
 		if err == nil {
+			t.countHeld(m, -len(keys))
 			return nil
 		}
+		t.countHeld(m, -n)
 		if !errors.Is(err, ebpf.ErrKeyNotExist) || n >= len(keys) {
 			return err
 		}
 		keys = keys[n+1:]
 	}
 	return nil
+}
+
+// countHeld counts n entries more (fewer, when negative) in m, when it
+// is the slots or the backends map (Table.heldSlots). Keys are never
+// written over (retire.go), so that every write adds one.
+func (t *Table) countHeld(m any, n int) {
+	switch m {
+	case any(t.slots):
+		t.heldSlots.Add(int64(n))
+	case any(t.backends):
+		t.heldBackends.Add(int64(n))
+	}
 }
 
 // equalServices reports whether a and b program the same entries. A Sync

@@ -184,3 +184,20 @@ func (t *Table) settle() error {
 	}
 	return nil
 }
+
+// makeRoom settles what is retired, waiting for the grace periods it
+// takes, when a plan of up to n new slots and backends might not fit in
+// the maps beside it: the maps are sized for two lists of every backend
+// (one replacing the other), and back-to-back changes of every list
+// would otherwise find the lists the previous change retired still
+// there. t.mu is held.
+func (t *Table) makeRoom(n int) error {
+	if t.grace == nil && t.retired.empty() {
+		return nil
+	}
+	if t.heldSlots.Load()+int64(n) <= int64(t.slots.EBPF().MaxEntries()) &&
+		t.heldBackends.Load()+int64(n) <= int64(t.backends.EBPF().MaxEntries()) {
+		return nil
+	}
+	return t.settle()
+}

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/cilium/ebpf"
 
@@ -96,6 +97,17 @@ type Table struct {
 	// shadowed are backend IDs the maps hold for a backend another ID
 	// stands for (readKernel), swept by the first Sync.
 	shadowed []uint32
+	// aliases are the other backend IDs the maps hold for a backend
+	// another ID stands for, named by slots (readKernel), with the number
+	// of slots naming each: one is retired when no slot names it.
+	aliases map[uint32]int
+	// kernelBases are the services' slot bases the kernel's slots were
+	// at when readKernel read them: slots a dead process retired, or a
+	// failed write left, may wait under a base no adopted frontend uses,
+	// and a new list written over them would replace them in place and
+	// leave their backends counted. No new list takes one until the
+	// first Sync has swept the slots no list accounts for.
+	kernelBases map[slotBase]bool
 
 	// reserved are the service IDs the kernel's slots, ranges, members,
 	// Maglev tables and client affinities hold without a frontend, which
@@ -122,6 +134,10 @@ type Table struct {
 	retiredByValue map[bpf.Backend]uint32
 	// nextBatch numbers the retired batch; retiring holds its own.
 	nextBatch uint64
+	// heldSlots and heldBackends count the entries of the slots and
+	// backends maps, retired ones too, as readKernel found them and the
+	// Table's writes and deletes changed them since (makeRoom).
+	heldSlots, heldBackends atomic.Int64
 
 	// afterWrite, when set (tests), makes every kernel write a single
 	// element's and runs after each; beforeWrite, with it, runs before each with the typed
@@ -241,23 +257,30 @@ func (t *Table) readKernel() error {
 	t.reserved = map[uint32]bool{}
 	t.swept = false
 	t.shadowed = nil
+	t.aliases = map[uint32]int{}
+	t.kernelBases = map[slotBase]bool{}
 	var iterErr error
 	// Every slot holds its backend, whoever the slot belongs to: a
 	// backend goes only when no slot names it.
 	named := map[uint32]int{}
+	var slots, backends int64
 	for k, id := range t.slots.All(&iterErr) {
+		slots++
 		named[id]++
+		t.kernelBases[slotBase{k.SvcID, k.Slot &^ (1<<16 - 1)}] = true
 		t.reserved[k.SvcID] = true
 		t.nextSvcID = max(t.nextSvcID, k.SvcID+1)
 	}
 	for id, b := range t.backends.All(&iterErr) {
+		backends++
 		b = bpf.Backend{Addr: b.Addr, Port: b.Port}
 		t.nextBackend = max(t.nextBackend, id+1)
 		t.backendsWrapped = t.backendsWrapped || id == math.MaxUint32
 		// A process that died with a backend retired under one ID may
 		// have given it another: the ID a slot names is the backend's,
 		// one no slot names is stray. (Two named IDs cannot both be
-		// accounted for: the second stays in the maps, resolvable.)
+		// accounted for by the backend: the second is an alias,
+		// resolvable, and retired once no slot names it.)
 		if prev, ok := t.backendIDs[b]; ok {
 			switch {
 			case named[id] == 0:
@@ -268,6 +291,7 @@ func (t *Table) readKernel() error {
 				delete(t.backendByID, prev.id)
 			default:
 				t.backendByID[id] = b
+				t.aliases[id] = named[id]
 				continue
 			}
 		}
@@ -313,6 +337,8 @@ func (t *Table) readKernel() error {
 		t.reserved[k.SvcID] = true
 		t.nextSvcID = max(t.nextSvcID, k.SvcID+1)
 	}
+	t.heldSlots.Store(slots)
+	t.heldBackends.Store(backends)
 	t.clean = len(t.backendByID) == 0 && len(t.adopted) == 0 && len(t.reserved) == 0 && len(t.shadowed) == 0
 	return nil
 }
@@ -352,7 +378,13 @@ func (t *Table) Upsert(name string, s Service) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if p, ok := t.services[name]; ok && equalServices(&p.svc, &s) {
+		// Nothing to write; what earlier operations retired goes once
+		// its grace period passed, as after any operation.
+		_ = t.reap(false)
 		return nil
+	}
+	if err := t.makeRoom(len(s.Backends)); err != nil {
+		return fmt.Errorf("upsert service %q: %w", name, err)
 	}
 	var pl plan
 	if err := t.upsert(name, s, &pl, nil); err != nil {
@@ -496,6 +528,13 @@ func (t *Table) Apply(upserts map[string]Service, deletes []string) error {
 func (t *Table) change(desired map[string]Service, changed, deleted []string, keeps func(string) bool, sweep bool) error {
 	owners, err := t.frontendOwners(desired, changed, keeps)
 	if err != nil {
+		return err
+	}
+	backends := 0
+	for _, name := range changed {
+		backends += len(desired[name].Backends)
+	}
+	if err := t.makeRoom(backends); err != nil {
 		return err
 	}
 	sweep = sweep && !t.swept

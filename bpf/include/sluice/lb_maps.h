@@ -37,9 +37,10 @@ struct {
  * element for the next insert at once, so nat.Table keeps two rules that
  * make that safe: an entry is never replaced in place (a new list takes
  * other slot keys, a backend ID names one address and port for its
- * life), and after deleting from either map it waits for an RCU grace
- * period before it inserts into either again, so that no program still
- * holds an element that is reused. */
+ * life), and an entry no frontend, slot, Maglev table or member reaches
+ * any more is deleted only after an RCU grace period that began then
+ * (nat/retire.go), so that no program still holds an element that is
+ * reused. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1 << 18);
