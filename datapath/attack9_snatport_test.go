@@ -23,9 +23,14 @@ const (
 )
 
 // setSNATPorts replaces the harness's SNAT range.
+//
+// The setting goes straight into the datapath's map: what is under test
+// is the datapath's arithmetic over any range, and SNATMap.Set refuses
+// ranges the host's own sockets may use (TestCheckHostPorts).
 func (h *lbHarness) setSNATPorts(min, max uint16) {
 	h.t.Helper()
-	if err := h.d.SNAT().Set(nat.SNAT{IPv4: snatNode4, IPv6: snatNode6, PortMin: min, PortMax: max}); err != nil {
+	v := bpf.SNAT{Addr4: snatNode4.As16(), Addr6: snatNode6.As16(), PortMin: min, PortMax: max}
+	if err := h.d.state.snat.Put(uint32(0), v); err != nil {
 		h.t.Fatal(err)
 	}
 }
