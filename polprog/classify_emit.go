@@ -28,6 +28,19 @@ const (
 	stackSetEntry = -336 // the sl_ipsetm value pointer of the dimension being looked up
 )
 
+// classOmit is a set of steps of a classified run's code to leave out
+// (Options.omit): a benchmark measures what each costs by timing programs
+// without it. A dimension left out has row 0; without the cache lookup,
+// every packet is a cache hit with no outcome.
+type classOmit uint
+
+const (
+	omitArrayDims classOmit = 1 << iota
+	omitAddrDims
+	omitMemberDims
+	omitCacheLookup
+)
+
 // keyLowHalf is where, in a u64 stored at stackClassKey, its low u32 (an
 // array key) lies. u32 keys are stored as whole u64s so that each store
 // overwrites the verifier's whole stack slot: a partly written slot stays
@@ -81,7 +94,11 @@ func (c *compiler) classifierCode(st stage, cl *classifier, l *classLayout, tier
 		b.Emit(ebpfasm.StoreImm(ebpfasm.R10, stackCacheKey+8+4*int16(di), 0, ebpfasm.Word))
 	}
 	for di, d := range cl.dims {
-		c.dimRow(st, d, cc.names[2+di])
+		if c.opts.omit&d.kind.omitBit() != 0 {
+			b.Emit(ebpfasm.Mov.Imm(ebpfasm.R1, 0))
+		} else {
+			c.dimRow(st, d, cc.names[2+di])
+		}
 		b.Emit(ebpfasm.StoreMem(ebpfasm.R10, stackCacheKey+8+4*int16(di), ebpfasm.R1, ebpfasm.Word))
 	}
 	sloop, snext := c.newLabel("cls_summary"), c.newLabel("cls_summary_next")
@@ -91,6 +108,10 @@ func (c *compiler) classifierCode(st stage, cl *classifier, l *classLayout, tier
 	sum := int32(l.summary())
 
 	// A cached outcome skips the rows and the search.
+	if c.opts.omit&omitCacheLookup != 0 {
+		b.Emit(ebpfasm.Mov.Imm(ebpfasm.R1, 0), ebpfasm.Mov.Imm(regRuleID, 0))
+		b.Ja(act)
+	}
 	b.Emit(
 		ebpfasm.LoadMapPtr(ebpfasm.R1, 0).WithReference(cacheMapName),
 		ebpfasm.Mov.Reg(ebpfasm.R2, ebpfasm.R10),
@@ -265,6 +286,17 @@ func (c *compiler) classifierCode(st stage, cl *classifier, l *classLayout, tier
 		c.groupAction(ActionPass, false, tierEnd)
 	}
 	c.label(end)
+}
+
+// omitBit is the classOmit step of dimensions of kind k.
+func (k dimKind) omitBit() classOmit {
+	switch k {
+	case dimSrcAddr, dimDstAddr:
+		return omitAddrDims
+	case dimSrcSets, dimDstSets, dimSrcNamed, dimDstNamed:
+		return omitMemberDims
+	}
+	return omitArrayDims
 }
 
 // andRows emits R0 = the AND of the u64 at byte offset R1 of every

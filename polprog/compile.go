@@ -107,6 +107,10 @@ type Options struct {
 	// HookXDP policy is loaded into an XDP program's jump map and ends in
 	// its continuations (Maps).
 	Hook Hook
+
+	// omit drops steps of classified runs' code, for measuring what
+	// each costs (tests only; the programs it makes decide wrongly).
+	omit classOmit
 }
 
 // Compiled is a policy compiled into one or more programs. It holds no
