@@ -73,6 +73,10 @@ func (c *compiler) classifierCode(st stage, cl *classifier, l *classLayout, tier
 	for _, d := range cl.dims {
 		cc.names = append(cc.names, dimMapName(d.kind, mapName))
 	}
+	if l.v4Chunks() > 0 {
+		cc.v4 = mapName("v4")
+		cc.names = append(cc.names, cc.v4)
+	}
 	if !c.haveGenMap {
 		c.haveGenMap = true
 		c.addLookupMap(genMapName, genSpec())
@@ -97,7 +101,7 @@ func (c *compiler) classifierCode(st stage, cl *classifier, l *classLayout, tier
 		if c.opts.omit&d.kind.omitBit() != 0 {
 			b.Emit(ebpfasm.Mov.Imm(ebpfasm.R1, 0))
 		} else {
-			c.dimRow(st, d, cc.names[2+di])
+			c.dimRow(st, d, cc.names[2+di], cc.v4, l, di)
 		}
 		b.Emit(ebpfasm.StoreMem(ebpfasm.R10, stackCacheKey+8+4*int16(di), ebpfasm.R1, ebpfasm.Word))
 	}
@@ -288,6 +292,24 @@ func (c *compiler) classifierCode(st stage, cl *classifier, l *classLayout, tier
 	c.label(end)
 }
 
+// classMaps is the number of lookup maps that the classified run cl, of
+// layout l, adds to the part.
+func (c *compiler) classMaps(cl *classifier, l *classLayout) int {
+	n := 2 // rows, table
+	if !c.haveGenMap {
+		n += 2 // the generation map and the outcome cache
+	}
+	for _, d := range cl.dims {
+		if dimMapName(d.kind, func(string) string { return "x" }) != "" {
+			n++
+		}
+	}
+	if l.v4Chunks() > 0 {
+		n++ // the stride tables
+	}
+	return n
+}
+
 // omitBit is the classOmit step of dimensions of kind k.
 func (k dimKind) omitBit() classOmit {
 	switch k {
@@ -411,8 +433,9 @@ func (c *compiler) loadGeneration() {
 
 // dimRow emits R1 = the packet's row in d, relative to the dimension's
 // first row, looking it up in the map name (of the generation in
-// stackGen).
-func (c *compiler) dimRow(st stage, d *classDim, name string) {
+// stackGen); for an IPv4 address, in its stride table in the map v4
+// when l gives it one (d is dimension di of l).
+func (c *compiler) dimRow(st stage, d *classDim, name, v4 string, l *classLayout, di int) {
 	b := c.part.b
 	// genOffset adds to R1 the generation's first key, size keys each.
 	genOffset := func(size uint32) {
@@ -459,6 +482,9 @@ func (c *compiler) dimRow(st stage, d *classDim, name string) {
 			off = st.dstAddr
 		}
 		miss, done := c.newLabel("cls_addr_miss"), c.newLabel("cls_addr_done")
+		if l.v4Cap[di] > 0 {
+			c.v4Row(off, v4, l.v4Base(di), l.v4Chunks(), done)
+		}
 		b.Emit(
 			ebpfasm.StoreImm(ebpfasm.R10, stackClassKey, 32+128, ebpfasm.Word),
 			ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R10, stackGen, ebpfasm.DWord),
@@ -495,6 +521,48 @@ func (c *compiler) dimRow(st stage, d *classDim, name string) {
 		c.memberRow(d, addr, port)
 		b.Emit(ebpfasm.Mov.Reg(ebpfasm.R1, regRuleID))
 	}
+}
+
+// v4Row emits, for an IPv4 address at state offset off, R1 = its row
+// from the stride table at chunk base of the map name (chunks a
+// generation) and a jump to done; an IPv6 address falls through. Each
+// byte is one array lookup, which the verifier inlines: chunk*256 +
+// byte, in the generation's chunks.
+func (c *compiler) v4Row(off int16, name string, base, chunks uint32, done string) {
+	b := c.part.b
+	v6 := c.newLabel("cls_addr_v6")
+	// R1 = words 0-1 | (word 2 ^ the IPv4-mapped marker): 0 for IPv4.
+	b.Emit(
+		ebpfasm.LoadMem(ebpfasm.R1, regState, off, ebpfasm.DWord),
+		ebpfasm.LoadMem(ebpfasm.R2, regState, off+8, ebpfasm.Word),
+		ebpfasm.Xor.Imm32(ebpfasm.R2, mappedMarker),
+		ebpfasm.Or.Reg(ebpfasm.R1, ebpfasm.R2),
+	)
+	b.Jump(ebpfasm.JNE, ebpfasm.R1, 0, v6)
+	b.Emit(ebpfasm.Mov.Imm(ebpfasm.R1, int32(base)))
+	for level := int16(0); level < 4; level++ {
+		b.Emit(
+			ebpfasm.LSh.Imm(ebpfasm.R1, 8),
+			ebpfasm.LoadMem(ebpfasm.R2, regState, off+12+level, ebpfasm.Byte),
+			ebpfasm.Add.Reg(ebpfasm.R1, ebpfasm.R2),
+			ebpfasm.LoadMem(ebpfasm.R2, ebpfasm.R10, stackGen, ebpfasm.DWord),
+			ebpfasm.Mul.Imm(ebpfasm.R2, int32(chunks*256)),
+			ebpfasm.Add.Reg(ebpfasm.R1, ebpfasm.R2),
+			ebpfasm.StoreMem(ebpfasm.R10, stackClassKey, ebpfasm.R1, ebpfasm.DWord),
+			ebpfasm.LoadMapPtr(ebpfasm.R1, 0).WithReference(name),
+			ebpfasm.Mov.Reg(ebpfasm.R2, ebpfasm.R10),
+			ebpfasm.Add.Imm(ebpfasm.R2, stackClassKey+keyLowHalf),
+			ebpfasm.FnMapLookupElem.Call(),
+		)
+		b.Jump(ebpfasm.JEq, ebpfasm.R0, 0, labelFailed)
+		b.Emit(ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R0, 0, ebpfasm.Word))
+		if level < 3 {
+			b.Jump(ebpfasm.JLT, ebpfasm.R1, v4ChunkFlag, done)
+			b.Emit(ebpfasm.And.Imm32(ebpfasm.R1, v4ChunkFlag-1))
+		}
+	}
+	b.Ja(done)
+	b.Label(v6)
 }
 
 // memberRow emits regRuleID = the membership vector of d's sets (bit i:
