@@ -4,6 +4,8 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"testing"
+
+	"github.com/google/go-cmp/cmp"
 )
 
 // TestV4Table holds the IPv4 stride table to the longest match among a
@@ -64,5 +66,49 @@ func TestV4Table(t *testing.T) {
 	}
 	if buildV4(many) != nil {
 		t.Errorf("%d /32s in as many /24s: a table, want none (more than %d chunks)", len(many), maxV4Chunks)
+	}
+}
+
+// TestClassifierV4Fallback loads a classified run whose source dimension
+// needs more stride chunks than maxV4Chunks (one /32 in each of 2,100
+// /24s), so that IPv4 sources look the trie up, while its destination
+// dimension has a table, and holds the kernel to Evaluate on packets from
+// and to the rules' addresses, their neighbours and IPv6 ones.
+func TestClassifierV4Fallback(t *testing.T) {
+	k := newKernel(t)
+	var rs []Rule
+	for i := range 2100 {
+		rs = append(rs, Rule{ID: uint64(i + 1), Action: []Action{ActionAllow, ActionDeny}[i%2],
+			SrcNets: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 1}), 32)},
+			DstNets: []netip.Prefix{mustPrefix([]string{"192.168.0.0/16", "192.168.7.0/24", "10.0.0.0/8", "fd00::/16"}[i%4])}})
+	}
+	rules := Rules{Tiers: []Tier{{Name: "t", EndRuleID: 1 << 40, Policies: []Policy{{Name: "p", Rules: rs}}}}, NoMatchRuleID: 1 << 41}
+	c := classifiedOnly(t, rules)
+	l := c.classes[0].layout
+	for di, kind := range l.dims {
+		switch {
+		case kind == dimSrcAddr && l.v4Cap[di] != 0:
+			t.Fatalf("source dimension has a stride table of %d chunks, want none", l.v4Cap[di])
+		case kind == dimDstAddr && l.v4Cap[di] == 0:
+			t.Fatal("destination dimension has no stride table")
+		}
+	}
+	p := k.loadCompiled(t, c)
+	r := rand.New(rand.NewPCG(5, 5))
+	for range 400 {
+		i := r.IntN(2200)
+		src := netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), byte(r.IntN(3))})
+		dst := netip.AddrFrom4([4]byte{[]byte{192, 10, 172}[r.IntN(3)], 168, byte(r.IntN(9)), 1})
+		if r.IntN(6) == 0 {
+			src, dst = netip.MustParseAddr("fd00::1"), netip.MustParseAddr("fd00::2")
+		}
+		pkt := Packet{Src: src, Dst: dst, Protocol: 6, SrcPort: 1, DstPort: 2}
+		want, err := Evaluate(rules, nil, pkt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(want, k.run(t, p, pkt), decisionCmp); diff != "" {
+			t.Fatalf("%v to %v (-evaluate +kernel):\n%s", src, dst, diff)
+		}
 	}
 }
