@@ -6,11 +6,14 @@ import (
 )
 
 // classifierSteps are the variants of BenchmarkClassifierSteps: the
-// default layout less some steps of its classified runs' code.
+// default layout less some steps of its classified runs' code, and
+// "trie", which classifies IPv4 addresses by the trie alone (the code
+// before the stride tables).
 var classifierSteps = []struct {
 	name string
 	omit classOmit
 }{
+	{"trie", omitV4Tables},
 	{"full", 0},
 	{"no-arrays", omitArrayDims},
 	{"no-addrs", omitAddrDims},

@@ -39,6 +39,9 @@ const (
 	omitAddrDims
 	omitMemberDims
 	omitCacheLookup
+	// omitV4Tables: IPv4 addresses look the trie up, as before the
+	// stride tables.
+	omitV4Tables
 )
 
 // keyLowHalf is where, in a u64 stored at stackClassKey, its low u32 (an
@@ -482,7 +485,7 @@ func (c *compiler) dimRow(st stage, d *classDim, name, v4 string, l *classLayout
 			off = st.dstAddr
 		}
 		miss, done := c.newLabel("cls_addr_miss"), c.newLabel("cls_addr_done")
-		if l.v4Cap[di] > 0 {
+		if l.v4Cap[di] > 0 && c.opts.omit&omitV4Tables == 0 {
 			c.v4Row(off, v4, l.v4Base(di), l.v4Chunks(), done)
 		}
 		b.Emit(
