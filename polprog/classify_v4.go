@@ -109,3 +109,36 @@ func v4Contents(cl *classifier, l *classLayout) *mapContents {
 	}
 	return m
 }
+
+// setV4 changes m, the stride tables' contents, from the table was to
+// is at chunk base, setting only the entries that differ (and dropping
+// those that become zero).
+func setV4(m *mapContents, base uint32, was, is []v4Chunk) {
+	for c := range max(len(was), len(is)) {
+		var from, to v4Chunk
+		if c < len(was) {
+			from = was[c]
+		}
+		if c < len(is) {
+			to = is[c]
+		}
+		if from == to {
+			continue
+		}
+		for i := range to {
+			if from[i] == to[i] {
+				continue
+			}
+			k := u32Key((base+uint32(c))*256 + uint32(i))
+			if v := to[i]; v == 0 {
+				delete(m.entries, k)
+				m.changed = append(m.changed, k)
+			} else {
+				if v&v4ChunkFlag != 0 {
+					v += base
+				}
+				m.set(k, u32Key(v))
+			}
+		}
+	}
+}
