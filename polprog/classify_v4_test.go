@@ -1,6 +1,8 @@
 package polprog
 
 import (
+	"errors"
+	"fmt"
 	"math/rand/v2"
 	"net/netip"
 	"testing"
@@ -110,5 +112,88 @@ func TestClassifierV4Fallback(t *testing.T) {
 		if diff := cmp.Diff(want, k.run(t, p, pkt), decisionCmp); diff != "" {
 			t.Fatalf("%v to %v (-evaluate +kernel):\n%s", src, dst, diff)
 		}
+	}
+}
+
+// TestUpdateV4Tables changes the source and destination CIDRs of rules of
+// a classified run through Update (its CIDR path), to prefixes under
+// first bytes no rule had (new chunks, and the destination table's
+// chunks offset by the source table's), to longer and shorter ones and
+// back, and after each update holds the kernel to Evaluate on packets
+// from and to addresses in and around every prefix. An update that needs
+// more rows than the layout has is loaded afresh; most must not.
+func TestUpdateV4Tables(t *testing.T) {
+	k := newKernel(t)
+	r := rand.New(rand.NewPCG(6, 6))
+	nets := []string{"10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24", "10.1.2.3/32", "192.168.0.0/16", "192.168.5.0/24",
+		"172.16.0.0/12", "172.20.7.0/26", "11.0.0.0/8", "11.11.11.11/32", "0.0.0.0/0", "fd00::/16"}
+	rule := func(i int) Rule {
+		return Rule{ID: uint64(i + 1), Action: []Action{ActionAllow, ActionDeny}[i%2],
+			SrcNets: []netip.Prefix{mustPrefix(nets[r.IntN(4)])}, DstNets: []netip.Prefix{mustPrefix(nets[4+r.IntN(2)])}}
+	}
+	var rs []Rule
+	for i := range 300 {
+		rs = append(rs, rule(i))
+	}
+	rules := Rules{Tiers: []Tier{{Name: "t", EndRuleID: 1 << 40, Policies: []Policy{{Name: "p", Rules: rs}}}}, NoMatchRuleID: 1 << 41}
+	p := k.load(t, rules, Options{ClassifierRules: 1, MergeThreshold: -1})
+	addrs := func() []netip.Addr {
+		var out []netip.Addr
+		for _, n := range nets {
+			pr := mustPrefix(n)
+			a := pr.Addr()
+			if a.Is6() {
+				out = append(out, a.Next())
+				continue
+			}
+			b := a.As4()
+			out = append(out, a, a.Next())
+			b[3] ^= 0x80
+			out = append(out, netip.AddrFrom4(b))
+			b[1] ^= 0x40
+			out = append(out, netip.AddrFrom4(b))
+		}
+		return out
+	}()
+	check := func(when string) {
+		t.Helper()
+		for _, src := range addrs {
+			for _, dst := range addrs {
+				if src.Is4() != dst.Is4() {
+					continue
+				}
+				pkt := Packet{Src: src, Dst: dst, Protocol: 6, SrcPort: 1, DstPort: 2}
+				want, err := Evaluate(rules, nil, pkt)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if diff := cmp.Diff(want, k.run(t, p, pkt), decisionCmp); diff != "" {
+					t.Fatalf("%s: %v to %v (-evaluate +kernel):\n%s", when, src, dst, diff)
+				}
+			}
+		}
+	}
+	check("loaded")
+	reloads := 0
+	for u := range 12 {
+		next := cloneRules(rules)
+		for range 1 + r.IntN(3) {
+			rl := &next.Tiers[0].Policies[0].Rules[r.IntN(len(rs))]
+			rl.SrcNets = []netip.Prefix{mustPrefix(nets[r.IntN(len(nets)-1)])}
+			rl.DstNets = []netip.Prefix{mustPrefix(nets[r.IntN(len(nets)-1)])}
+		}
+		switch err := p.Update(next); {
+		case errors.Is(err, ErrNeedsReload):
+			// More rows than the layout has room for: a new program.
+			p = k.load(t, next, Options{ClassifierRules: 1, MergeThreshold: -1})
+			reloads++
+		case err != nil:
+			t.Fatalf("update %d: %v", u, err)
+		}
+		rules = next
+		check(fmt.Sprintf("after update %d", u))
+	}
+	if reloads > 6 {
+		t.Errorf("%d of 12 updates needed a reload", reloads)
 	}
 }
