@@ -54,8 +54,8 @@ func newLayout(cl *classifier) *classLayout {
 		l.lpmCap = append(l.lpmCap, np+np/8+16)
 		var nc uint32
 		if d.v4 != nil {
-			// Room for an update's prefixes under other bytes: 16
-			// chunks are a 32 KiB of both generations.
+			// Room for an update's prefixes under other bytes (16
+			// chunks are 32 KiB over both generations).
 			nc = uint32(len(d.v4))
 			nc += nc/4 + 16
 		}
