@@ -94,6 +94,9 @@ type classDim struct {
 	// sets are a membership dimension's set IDs: bit i of the row index
 	// is membership of sets[i].
 	sets []uint64
+	// v4 is an address dimension's IPv4 stride table (see buildV4), nil
+	// when it would be too large.
+	v4 []v4Chunk
 }
 
 type prefixRow struct {
@@ -503,6 +506,7 @@ func (cl *classifier) buildAddr(d *classDim, rs *rowSet, src bool) {
 		x.row(p, row)
 		d.prefix = append(d.prefix, prefixRow{p: p, row: rs.add(row)})
 	}
+	d.v4 = buildV4(d.prefix)
 }
 
 // addrIndex is what an address dimension's rows are made of.

@@ -28,6 +28,22 @@ const (
 	stackSetEntry = -336 // the sl_ipsetm value pointer of the dimension being looked up
 )
 
+// classOmit is a set of steps of a classified run's code to leave out
+// (Options.omit): a benchmark measures what each costs by timing programs
+// without it. A dimension left out has row 0; without the cache lookup,
+// every packet is a cache hit with no outcome.
+type classOmit uint
+
+const (
+	omitArrayDims classOmit = 1 << iota
+	omitAddrDims
+	omitMemberDims
+	omitCacheLookup
+	// omitV4Tables: IPv4 addresses look the trie up, as before the
+	// stride tables.
+	omitV4Tables
+)
+
 // keyLowHalf is where, in a u64 stored at stackClassKey, its low u32 (an
 // array key) lies. u32 keys are stored as whole u64s so that each store
 // overwrites the verifier's whole stack slot: a partly written slot stays
@@ -60,6 +76,10 @@ func (c *compiler) classifierCode(st stage, cl *classifier, l *classLayout, tier
 	for _, d := range cl.dims {
 		cc.names = append(cc.names, dimMapName(d.kind, mapName))
 	}
+	if l.v4Chunks() > 0 {
+		cc.v4 = mapName("v4")
+		cc.names = append(cc.names, cc.v4)
+	}
 	if !c.haveGenMap {
 		c.haveGenMap = true
 		c.addLookupMap(genMapName, genSpec())
@@ -81,7 +101,11 @@ func (c *compiler) classifierCode(st stage, cl *classifier, l *classLayout, tier
 		b.Emit(ebpfasm.StoreImm(ebpfasm.R10, stackCacheKey+8+4*int16(di), 0, ebpfasm.Word))
 	}
 	for di, d := range cl.dims {
-		c.dimRow(st, d, cc.names[2+di])
+		if c.opts.omit&d.kind.omitBit() != 0 {
+			b.Emit(ebpfasm.Mov.Imm(ebpfasm.R1, 0))
+		} else {
+			c.dimRow(st, d, cc.names[2+di], cc.v4, l, di)
+		}
 		b.Emit(ebpfasm.StoreMem(ebpfasm.R10, stackCacheKey+8+4*int16(di), ebpfasm.R1, ebpfasm.Word))
 	}
 	sloop, snext := c.newLabel("cls_summary"), c.newLabel("cls_summary_next")
@@ -91,6 +115,10 @@ func (c *compiler) classifierCode(st stage, cl *classifier, l *classLayout, tier
 	sum := int32(l.summary())
 
 	// A cached outcome skips the rows and the search.
+	if c.opts.omit&omitCacheLookup != 0 {
+		b.Emit(ebpfasm.Mov.Imm(ebpfasm.R1, 0), ebpfasm.Mov.Imm(regRuleID, 0))
+		b.Ja(act)
+	}
 	b.Emit(
 		ebpfasm.LoadMapPtr(ebpfasm.R1, 0).WithReference(cacheMapName),
 		ebpfasm.Mov.Reg(ebpfasm.R2, ebpfasm.R10),
@@ -267,6 +295,35 @@ func (c *compiler) classifierCode(st stage, cl *classifier, l *classLayout, tier
 	c.label(end)
 }
 
+// classMaps is the number of lookup maps that the classified run cl, of
+// layout l, adds to the part.
+func (c *compiler) classMaps(cl *classifier, l *classLayout) int {
+	n := 2 // rows, table
+	if !c.haveGenMap {
+		n += 2 // the generation map and the outcome cache
+	}
+	for _, d := range cl.dims {
+		if dimMapName(d.kind, func(string) string { return "x" }) != "" {
+			n++
+		}
+	}
+	if l.v4Chunks() > 0 {
+		n++ // the stride tables
+	}
+	return n
+}
+
+// omitBit is the classOmit step of dimensions of kind k.
+func (k dimKind) omitBit() classOmit {
+	switch k {
+	case dimSrcAddr, dimDstAddr:
+		return omitAddrDims
+	case dimSrcSets, dimDstSets, dimSrcNamed, dimDstNamed:
+		return omitMemberDims
+	}
+	return omitArrayDims
+}
+
 // andRows emits R0 = the AND of the u64 at byte offset R1 of every
 // dimension's row.
 func (c *compiler) andRows(dims int) {
@@ -379,8 +436,9 @@ func (c *compiler) loadGeneration() {
 
 // dimRow emits R1 = the packet's row in d, relative to the dimension's
 // first row, looking it up in the map name (of the generation in
-// stackGen).
-func (c *compiler) dimRow(st stage, d *classDim, name string) {
+// stackGen); for an IPv4 address, in its stride table in the map v4
+// when l gives it one (d is dimension di of l).
+func (c *compiler) dimRow(st stage, d *classDim, name, v4 string, l *classLayout, di int) {
 	b := c.part.b
 	// genOffset adds to R1 the generation's first key, size keys each.
 	genOffset := func(size uint32) {
@@ -427,6 +485,9 @@ func (c *compiler) dimRow(st stage, d *classDim, name string) {
 			off = st.dstAddr
 		}
 		miss, done := c.newLabel("cls_addr_miss"), c.newLabel("cls_addr_done")
+		if l.v4Cap[di] > 0 && c.opts.omit&omitV4Tables == 0 {
+			c.v4Row(off, v4, l.v4Base(di), l.v4Chunks(), done)
+		}
 		b.Emit(
 			ebpfasm.StoreImm(ebpfasm.R10, stackClassKey, 32+128, ebpfasm.Word),
 			ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R10, stackGen, ebpfasm.DWord),
@@ -463,6 +524,48 @@ func (c *compiler) dimRow(st stage, d *classDim, name string) {
 		c.memberRow(d, addr, port)
 		b.Emit(ebpfasm.Mov.Reg(ebpfasm.R1, regRuleID))
 	}
+}
+
+// v4Row emits, for an IPv4 address at state offset off, R1 = its row
+// from the stride table at chunk base of the map name (chunks a
+// generation) and a jump to done; an IPv6 address falls through. Each
+// byte is one array lookup, which the verifier inlines: chunk*256 +
+// byte, in the generation's chunks.
+func (c *compiler) v4Row(off int16, name string, base, chunks uint32, done string) {
+	b := c.part.b
+	v6 := c.newLabel("cls_addr_v6")
+	// R1 = words 0-1 | (word 2 ^ the IPv4-mapped marker): 0 for IPv4.
+	b.Emit(
+		ebpfasm.LoadMem(ebpfasm.R1, regState, off, ebpfasm.DWord),
+		ebpfasm.LoadMem(ebpfasm.R2, regState, off+8, ebpfasm.Word),
+		ebpfasm.Xor.Imm32(ebpfasm.R2, mappedMarker),
+		ebpfasm.Or.Reg(ebpfasm.R1, ebpfasm.R2),
+	)
+	b.Jump(ebpfasm.JNE, ebpfasm.R1, 0, v6)
+	b.Emit(ebpfasm.Mov.Imm(ebpfasm.R1, int32(base)))
+	for level := int16(0); level < 4; level++ {
+		b.Emit(
+			ebpfasm.LSh.Imm(ebpfasm.R1, 8),
+			ebpfasm.LoadMem(ebpfasm.R2, regState, off+12+level, ebpfasm.Byte),
+			ebpfasm.Add.Reg(ebpfasm.R1, ebpfasm.R2),
+			ebpfasm.LoadMem(ebpfasm.R2, ebpfasm.R10, stackGen, ebpfasm.DWord),
+			ebpfasm.Mul.Imm(ebpfasm.R2, int32(chunks*256)),
+			ebpfasm.Add.Reg(ebpfasm.R1, ebpfasm.R2),
+			ebpfasm.StoreMem(ebpfasm.R10, stackClassKey, ebpfasm.R1, ebpfasm.DWord),
+			ebpfasm.LoadMapPtr(ebpfasm.R1, 0).WithReference(name),
+			ebpfasm.Mov.Reg(ebpfasm.R2, ebpfasm.R10),
+			ebpfasm.Add.Imm(ebpfasm.R2, stackClassKey+keyLowHalf),
+			ebpfasm.FnMapLookupElem.Call(),
+		)
+		b.Jump(ebpfasm.JEq, ebpfasm.R0, 0, labelFailed)
+		b.Emit(ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R0, 0, ebpfasm.Word))
+		if level < 3 {
+			b.Jump(ebpfasm.JLT, ebpfasm.R1, v4ChunkFlag, done)
+			b.Emit(ebpfasm.And.Imm32(ebpfasm.R1, v4ChunkFlag-1))
+		}
+	}
+	b.Ja(done)
+	b.Label(v6)
 }
 
 // memberRow emits regRuleID = the membership vector of d's sets (bit i:

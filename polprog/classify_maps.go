@@ -31,7 +31,11 @@ type classLayout struct {
 	sets   [][]uint64
 	rowCap []uint32
 	lpmCap []uint32
-	words  int
+	// v4Cap is each address dimension's IPv4 stride table capacity in
+	// chunks, 0 when the dimension has none (it looks up the trie
+	// alone). The run's tables share one map, in order of dimension.
+	v4Cap []uint32
+	words int
 }
 
 // newLayout returns a layout for cl with room to grow.
@@ -48,6 +52,14 @@ func newLayout(cl *classifier) *classLayout {
 		l.rowCap = append(l.rowCap, n)
 		np := uint32(len(d.prefix))
 		l.lpmCap = append(l.lpmCap, np+np/8+16)
+		var nc uint32
+		if d.v4 != nil {
+			// Room for an update's prefixes under other bytes (16
+			// chunks are 32 KiB over both generations).
+			nc = uint32(len(d.v4))
+			nc += nc/4 + 16
+		}
+		l.v4Cap = append(l.v4Cap, nc)
 	}
 	return l
 }
@@ -59,7 +71,8 @@ func (l *classLayout) fits(cl *classifier) bool {
 	}
 	for i, d := range cl.dims {
 		if d.kind != l.dims[i] || !slices.Equal(d.sets, l.sets[i]) ||
-			uint32(len(d.rows)) > l.rowCap[i] || uint32(len(d.prefix)) > l.lpmCap[i] {
+			uint32(len(d.rows)) > l.rowCap[i] || uint32(len(d.prefix)) > l.lpmCap[i] ||
+			l.v4Cap[i] > 0 && (d.v4 == nil || uint32(len(d.v4)) > l.v4Cap[i]) {
 			return false
 		}
 	}
@@ -84,6 +97,19 @@ func (l *classLayout) summary() int { return (l.words + 63) / 64 }
 // positions is the table size of one generation.
 func (l *classLayout) positions() int { return l.words * 64 }
 
+// v4Base is the first chunk of dimension i's stride table in one
+// generation.
+func (l *classLayout) v4Base(i int) uint32 {
+	var n uint32
+	for _, c := range l.v4Cap[:i] {
+		n += c
+	}
+	return n
+}
+
+// v4Chunks is the stride tables' chunks of one generation.
+func (l *classLayout) v4Chunks() uint32 { return l.v4Base(len(l.v4Cap)) }
+
 // bytes is the memory of the rows map.
 func (l *classLayout) bytes() int { return generations * int(l.rows()) * (l.summary() + l.words) * 8 }
 
@@ -94,8 +120,11 @@ type compiledClass struct {
 	layout *classLayout
 	part   int
 	// names are the maps: rows, table, then one per dimension that has
-	// a map ("" for membership dimensions).
+	// a map ("" for membership dimensions), then the IPv4 stride tables'
+	// when there are any.
 	names []string
+	// v4 is the stride tables' map, "" for none.
+	v4 string
 }
 
 // mapContents are the entries of a map in any one generation, as raw
@@ -180,6 +209,9 @@ func (cc *compiledClass) contents() map[string]*mapContents {
 			out[name] = m
 		}
 	}
+	if cc.v4 != "" {
+		out[cc.v4] = v4Contents(cl, l)
+	}
 	return out
 }
 
@@ -260,6 +292,10 @@ func (cc *compiledClass) specs() []LookupMap {
 			out = append(out, LookupMap{Name: name, Spec: &ebpf.MapSpec{Name: shortName(name), Type: ebpf.Array,
 				KeySize: 4, ValueSize: 4, MaxEntries: generations * dimArraySize(k)}})
 		}
+	}
+	if cc.v4 != "" {
+		out = append(out, LookupMap{Name: cc.v4, Spec: &ebpf.MapSpec{Name: shortName(cc.v4), Type: ebpf.Array,
+			KeySize: 4, ValueSize: 4, MaxEntries: generations * l.v4Chunks() * 256}})
 	}
 	return out
 }

@@ -123,6 +123,19 @@ func (s *classState) addrOnly(np *program) (map[string]*mapContents, *Compiled, 
 				trie.set(trieKey(pr.p), u32Key(pr.row))
 			}
 			want[cc.names[2+di]] = trie
+			if l.v4Cap[di] > 0 {
+				// The stride table again, from every prefix (what it
+				// holds depends on the longer prefixes under each);
+				// only the entries that differ are set.
+				nd.v4 = buildV4(nd.prefix)
+				if nd.v4 == nil || uint32(len(nd.v4)) > l.v4Cap[di] {
+					return nil, nil, false
+				}
+				if want[cc.v4] == s.written[s.gen][cc.v4] {
+					want[cc.v4] = cloneContents(want[cc.v4])
+				}
+				setV4(want[cc.v4], l.v4Base(di), d.v4, nd.v4)
+			}
 		}
 		// A changed side without its dimension needs other code.
 		if len(t.nets[0]) > 0 && !slices.ContainsFunc(cl.dims, func(d *classDim) bool { return d.kind == dimSrcAddr }) ||

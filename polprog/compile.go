@@ -61,9 +61,10 @@ const (
 	// splitHeadroom is kept below asm.MaxJumpSequences for the header,
 	// the resume table and the footer.
 	splitHeadroom = 200
-	// maxLookupMapsPerPart keeps a part's maps below the kernel's 64 per
-	// program, counting the five shared maps.
-	maxLookupMapsPerPart = 48
+	// maxLookupMapsPerPart keeps a part's maps within the kernel's 64
+	// per program: the seven shared maps (Maps), the generation map and
+	// the outcome cache that an earlier part added, and these.
+	maxLookupMapsPerPart = 64 - 7 - 2
 )
 
 // Options configure Compile.
@@ -107,6 +108,10 @@ type Options struct {
 	// HookXDP policy is loaded into an XDP program's jump map and ends in
 	// its continuations (Maps).
 	Hook Hook
+
+	// omit drops steps of classified runs' code, for measuring what
+	// each costs (tests only; the programs it makes decide wrongly).
+	omit classOmit
 }
 
 // Compiled is a policy compiled into one or more programs. It holds no
@@ -354,7 +359,11 @@ func (c *compiler) rules(st stage, rs []rule, tierEnd string) error {
 				continue
 			}
 		}
-		if err := c.maybeSplit(g != nil); err != nil {
+		maps := 0
+		if g != nil {
+			maps = 1
+		}
+		if err := c.maybeSplit(maps); err != nil {
 			return err
 		}
 		before := c.part.b.Stats()
@@ -402,7 +411,7 @@ func (c *compiler) classified(st stage, rs []rule, i int, tierEnd string) (int, 
 	if l.bytes() > c.opts.ClassifierBytes {
 		return 0, nil
 	}
-	if err := c.maybeSplit(true); err != nil {
+	if err := c.maybeSplit(c.classMaps(cl, l)); err != nil {
 		return 0, err
 	}
 	c.classifierCode(st, cl, l, tierEnd)
@@ -417,11 +426,13 @@ func (c *compiler) maxRuleJumps() int {
 	return asm.MaxJumpSequences - splitHeadroom - c.opts.SplitJumps
 }
 
-// maybeSplit ends the current part when it has reached a split threshold.
-func (c *compiler) maybeSplit(needsMap bool) error {
+// maybeSplit ends the current part when it has reached a split threshold
+// or when the code that follows, which adds maps lookup maps, would take
+// the part past maxLookupMapsPerPart.
+func (c *compiler) maybeSplit(maps int) error {
 	s := c.part.b.Stats()
 	full := s.Jumps >= c.opts.SplitJumps || s.Instructions >= c.opts.SplitInstructions ||
-		(needsMap && c.part.lookupMaps >= maxLookupMapsPerPart)
+		(maps > 0 && c.part.lookupMaps+maps > maxLookupMapsPerPart)
 	if !full {
 		return nil
 	}

@@ -74,7 +74,9 @@
 // alike: protocols (an array), ICMP type and code (an array), source and
 // destination port intervals (arrays of 65,536), the addresses with the
 // same longest match among the run's prefixes (an LPM trie keyed on the
-// 16-byte address, IPv4 as ::ffff:a.b.c.d), and the membership vectors of
+// 16-byte address, IPv4 as ::ffff:a.b.c.d; an IPv4 address is looked up
+// first in a stride table of the same classes, one array lookup per
+// byte, which the verifier inlines), and the membership vectors of
 // the IP sets and named-port sets the run names (up to eight per
 // dimension: one lookup of the address in the membership map sl_ipsetm,
 // which package ipsets writes with sl_ipsets and whose entry lists every
