@@ -1,0 +1,176 @@
+package polprog
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// strideNets are prefixes of every interesting length, nested and
+// overlapping, at chunk boundaries (x.255 -> x+1.0) and at the ends of the
+// address space, with IPv6 ones (::/80 covers ::ffff:0:0/96).
+var strideNets = []string{
+	"0.0.0.0/0", "0.0.0.0/1", "128.0.0.0/1", "10.0.0.0/7", "10.0.0.0/8", "11.0.0.0/8",
+	"10.128.0.0/9", "10.254.0.0/15", "10.255.0.0/16", "11.0.0.0/16", "10.255.128.0/17",
+	"11.0.0.0/17", "10.255.254.0/23", "10.255.255.0/24", "11.0.0.0/24", "10.255.255.128/25",
+	"11.0.0.0/25", "10.255.255.254/31", "10.255.255.255/32", "11.0.0.0/32", "0.0.0.0/32",
+	"0.0.0.0/8", "255.255.255.255/32", "255.255.255.0/24", "255.0.0.0/8", "254.255.255.255/32",
+	"fd00::/16", "::/0", "::/80", "fd00::1/128",
+}
+
+// strideAddrs are the first and last address of each prefix and their
+// neighbours outside it.
+func strideAddrs(nets []string) []netip.Addr {
+	seen := map[netip.Addr]bool{}
+	var out []netip.Addr
+	add := func(a netip.Addr) {
+		if a.IsValid() && !seen[a] {
+			seen[a] = true
+			out = append(out, a)
+		}
+	}
+	for _, n := range nets {
+		p := mustPrefix(n)
+		first := p.Addr()
+		last := first
+		if first.Is4() {
+			b := first.As4()
+			v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+			v |= uint32(uint64(1)<<(32-p.Bits()) - 1)
+			last = netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+		}
+		add(first)
+		add(last)
+		add(first.Prev())
+		add(last.Next())
+		add(first.Next())
+	}
+	add(netip.MustParseAddr("0.0.0.0"))
+	add(netip.MustParseAddr("255.255.255.255"))
+	add(netip.MustParseAddr("fd00::2"))
+	add(netip.MustParseAddr("::1"))
+	return out
+}
+
+// strideRule is a rule of random source and destination CIDRs from nets,
+// some negated, of one family for each side.
+func strideRule(r *rand.Rand, id int, nets []string) Rule {
+	pick := func(v6 bool) netip.Prefix {
+		for {
+			p := mustPrefix(nets[r.IntN(len(nets))])
+			if p.Addr().Is6() == v6 {
+				return p
+			}
+		}
+	}
+	v6 := r.IntN(6) == 0
+	rl := Rule{ID: uint64(id), Action: []Action{ActionAllow, ActionDeny}[id%2]}
+	for range 1 + r.IntN(2) {
+		rl.SrcNets = append(rl.SrcNets, pick(v6))
+	}
+	for range 1 + r.IntN(2) {
+		rl.DstNets = append(rl.DstNets, pick(v6))
+	}
+	if r.IntN(3) == 0 {
+		rl.NotSrcNets = []netip.Prefix{pick(v6)}
+	}
+	if r.IntN(3) == 0 {
+		rl.NotDstNets = []netip.Prefix{pick(v6)}
+	}
+	if r.IntN(4) == 0 {
+		rl.SrcNets = nil
+	}
+	return rl
+}
+
+// strideCheck holds the kernel to Evaluate on packets between addrs.
+func strideCheck(t *testing.T, k *kernel, p *Program, rules Rules, addrs []netip.Addr, r *rand.Rand, when string) {
+	t.Helper()
+	for _, src := range addrs {
+		for range 12 {
+			dst := addrs[r.IntN(len(addrs))]
+			for _, pair := range [][2]netip.Addr{{src, dst}, {dst, src}} {
+				if pair[0].Is4() != pair[1].Is4() {
+					continue
+				}
+				pkt := Packet{Src: pair[0], Dst: pair[1], Protocol: 6, SrcPort: 1, DstPort: 2}
+				want, err := Evaluate(rules, nil, pkt)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if diff := cmp.Diff(want, k.run(t, p, pkt), decisionCmp); diff != "" {
+					t.Fatalf("%s: %v to %v (-evaluate +kernel):\n%s", when, pair[0], pair[1], diff)
+				}
+			}
+		}
+	}
+}
+
+func strideRules(rs []Rule) Rules {
+	return Rules{Tiers: []Tier{{Name: "t", EndRuleID: 1 << 40, Policies: []Policy{{Name: "p", Rules: rs}}}}, NoMatchRuleID: 1 << 41}
+}
+
+// TestAttackStrideEdges loads classified runs of random rules over
+// strideNets (every prefix length class, chunk boundaries, /0, the ends of
+// the address space, negated CIDRs, IPv6 ones including ::/0) and holds
+// the kernel to Evaluate at every prefix's edges.
+func TestAttackStrideEdges(t *testing.T) {
+	k := newKernel(t)
+	r := rand.New(rand.NewPCG(41, 41))
+	addrs := strideAddrs(strideNets)
+	for round := range 6 {
+		var rs []Rule
+		for i := range 20 + r.IntN(60) {
+			rs = append(rs, strideRule(r, i+1, strideNets))
+		}
+		rules := strideRules(rs)
+		c := classifiedOnly(t, rules)
+		p := k.loadCompiled(t, c)
+		strideCheck(t, k, p, rules, addrs, r, fmt.Sprintf("round %d", round))
+	}
+}
+
+// TestAttackStrideUpdates changes CIDRs of a classified run through Update
+// many times, back and forth between edge prefixes (making, dropping and
+// moving chunks), and after each update holds the kernel to Evaluate.
+func TestAttackStrideUpdates(t *testing.T) {
+	k := newKernel(t)
+	r := rand.New(rand.NewPCG(42, 42))
+	addrs := strideAddrs(strideNets)
+	var rs []Rule
+	for i := range 120 {
+		rs = append(rs, strideRule(r, i+1, strideNets))
+	}
+	rules := strideRules(rs)
+	opts := Options{ClassifierRules: 1, MergeThreshold: -1}
+	p := k.load(t, rules, opts)
+	strideCheck(t, k, p, rules, addrs, r, "loaded")
+	first := rules
+	reloads := 0
+	for u := range 30 {
+		next := cloneRules(rules)
+		if u%5 == 4 {
+			next = cloneRules(first) // back to the start
+		}
+		for range 1 + r.IntN(4) {
+			i := r.IntN(len(rs))
+			nr := strideRule(r, i+1, strideNets)
+			rl := &next.Tiers[0].Policies[0].Rules[i]
+			rl.SrcNets, rl.NotSrcNets, rl.DstNets, rl.NotDstNets = nr.SrcNets, nr.NotSrcNets, nr.DstNets, nr.NotDstNets
+		}
+		switch err := p.Update(next); {
+		case errors.Is(err, ErrNeedsReload):
+			p = k.load(t, next, opts)
+			reloads++
+		case err != nil:
+			t.Fatalf("update %d: %v", u, err)
+		}
+		rules = next
+		strideCheck(t, k, p, rules, addrs, r, fmt.Sprintf("after update %d", u))
+	}
+	t.Logf("%d of 30 updates reloaded", reloads)
+}
