@@ -174,3 +174,107 @@ func TestAttackStrideUpdates(t *testing.T) {
 	}
 	t.Logf("%d of 30 updates reloaded", reloads)
 }
+
+// TestAttackStrideLimit loads a source dimension at exactly maxV4Chunks
+// chunks (a stride table) and one chunk past it (the trie), and holds the
+// kernel to Evaluate on addresses at every /24's edges.
+func TestAttackStrideLimit(t *testing.T) {
+	k := newKernel(t)
+	// n /32s in as many /24s of 10/8: chunk 0, 10's chunk, ceil(n/256)
+	// chunks of /16s and n of /24s.
+	for _, n := range []int{2038, 2039} {
+		var rs []Rule
+		var prefix []prefixRow
+		for i := range n {
+			p := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 255}), 32)
+			prefix = append(prefix, prefixRow{p: p, row: 1})
+			rs = append(rs, Rule{ID: uint64(i + 1), Action: []Action{ActionAllow, ActionDeny}[i%2],
+				SrcNets: []netip.Prefix{p}, DstNets: []netip.Prefix{mustPrefix(strideNets[i%26])}})
+		}
+		chunks := buildV4(prefix)
+		switch {
+		case n == 2038 && len(chunks) != maxV4Chunks:
+			t.Fatalf("%d /32s: %d chunks, want %d", n, len(chunks), maxV4Chunks)
+		case n == 2039 && chunks != nil:
+			t.Fatalf("%d /32s: %d chunks, want no table", n, len(chunks))
+		}
+		rules := strideRules(rs)
+		c := classifiedOnly(t, rules)
+		l := c.classes[0].layout
+		for di, kind := range l.dims {
+			if kind == dimSrcAddr && (l.v4Cap[di] != 0) != (n == 2038) {
+				t.Fatalf("%d /32s: source table capacity %d", n, l.v4Cap[di])
+			}
+		}
+		p := k.loadCompiled(t, c)
+		r := rand.New(rand.NewPCG(43, uint64(n)))
+		dsts := strideAddrs(strideNets[:26])
+		for range 1500 {
+			i := r.IntN(n + 40)
+			src := netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), []byte{255, 254, 0}[r.IntN(3)]})
+			if r.IntN(10) == 0 {
+				src = src.Next()
+			}
+			pkt := Packet{Src: src, Dst: dsts[r.IntN(len(dsts))], Protocol: 6, SrcPort: 1, DstPort: 2}
+			want, err := Evaluate(rules, nil, pkt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(want, k.run(t, p, pkt), decisionCmp); diff != "" {
+				t.Fatalf("%d /32s: %v to %v (-evaluate +kernel):\n%s", n, pkt.Src, pkt.Dst, diff)
+			}
+		}
+	}
+}
+
+// TestAttackStrideOverflow loads a small stride table, then updates its
+// CIDRs to ones that need far more chunks than its 16 spare ones (and
+// back): each update either reloads or leaves the kernel agreeing with
+// Evaluate.
+func TestAttackStrideOverflow(t *testing.T) {
+	k := newKernel(t)
+	var rs []Rule
+	for i := range 64 {
+		rs = append(rs, Rule{ID: uint64(i + 1), Action: []Action{ActionAllow, ActionDeny}[i%2],
+			SrcNets: []netip.Prefix{mustPrefix(strideNets[i%5])}, DstNets: []netip.Prefix{mustPrefix("10.0.0.0/8")}})
+	}
+	rules := strideRules(rs)
+	opts := Options{ClassifierRules: 1, MergeThreshold: -1}
+	p := k.load(t, rules, opts)
+	first := rules
+	for u, spread := range []int{1, 8, 15, 16, 17, 24, 40, 0, 63, 0} {
+		next := cloneRules(first)
+		for i := range spread {
+			rl := &next.Tiers[0].Policies[0].Rules[i]
+			rl.SrcNets = []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(20 + i), byte(i), 255, 255}), 32)}
+			rl.DstNets = []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(100 + i), 0, byte(i), 0}), 31)}
+		}
+		reload := false
+		switch err := p.Update(next); {
+		case errors.Is(err, ErrNeedsReload):
+			p, reload = k.load(t, next, opts), true
+		case err != nil:
+			t.Fatalf("update %d: %v", u, err)
+		}
+		t.Logf("update %d: %d spread, reload %v", u, spread, reload)
+		rules = next
+		for i := range max(spread, 1) + 2 {
+			for _, src := range []netip.Addr{
+				netip.AddrFrom4([4]byte{byte(20 + i), byte(i), 255, 255}), netip.AddrFrom4([4]byte{byte(20 + i), byte(i), 255, 254}),
+				netip.AddrFrom4([4]byte{byte(20 + i), byte(i + 1), 0, 0}), mustAddr("0.0.0.0"), mustAddr("128.0.0.1"),
+			} {
+				for _, dst := range []netip.Addr{netip.AddrFrom4([4]byte{byte(100 + i), 0, byte(i), 1}),
+					netip.AddrFrom4([4]byte{byte(100 + i), 0, byte(i), 2}), mustAddr("10.1.2.3")} {
+					pkt := Packet{Src: src, Dst: dst, Protocol: 6, SrcPort: 1, DstPort: 2}
+					want, err := Evaluate(rules, nil, pkt)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if diff := cmp.Diff(want, k.run(t, p, pkt), decisionCmp); diff != "" {
+						t.Fatalf("update %d (%d spread, reload %v): %v to %v (-evaluate +kernel):\n%s", u, spread, reload, src, dst, diff)
+					}
+				}
+			}
+		}
+	}
+}
