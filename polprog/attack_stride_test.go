@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -276,5 +278,104 @@ func TestAttackStrideOverflow(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// TestAttackStrideUpdateAtomic switches a classified run's CIDRs between
+// two policies through Update's CIDR path while every CPU runs it: under
+// A rule 1 allows the packet by a /32 source and destination (chunks at
+// every level) and rule 2 names other /8s; under B rule 1 names those /8s
+// and rule 2 allows the packet by /8s (no chunks). A packet that reads
+// one dimension's table of one generation and the other's of the other
+// matches neither and is denied by rule 3.
+func TestAttackStrideUpdateAtomic(t *testing.T) {
+	k := newKernel(t)
+	src, dst := mustAddr("10.255.255.255"), mustAddr("11.0.0.0")
+	pkt := Packet{Src: src, Dst: dst, Protocol: 6, SrcPort: 5555, DstPort: 80}
+	mk := func(a bool) Rules {
+		near := []netip.Prefix{mustPrefix("10.255.255.255/32"), mustPrefix("11.0.0.0/32")}
+		far := []netip.Prefix{mustPrefix("12.0.0.0/8"), mustPrefix("13.0.0.0/8")}
+		wide := []netip.Prefix{mustPrefix("10.0.0.0/8"), mustPrefix("11.0.0.0/8")}
+		r1, r2 := near, far
+		if !a {
+			r1, r2 = far, wide
+		}
+		rs := []Rule{
+			{ID: 1, Action: ActionAllow, SrcNets: r1[:1], DstNets: r1[1:]},
+			{ID: 2, Action: ActionAllow, SrcNets: r2[:1], DstNets: r2[1:]},
+		}
+		r := rand.New(rand.NewPCG(44, 44))
+		for i := range 40 {
+			rl := strideRule(r, 10+i, strideNets)
+			rl.Action = ActionDeny
+			rl.SrcNets = []netip.Prefix{mustPrefix("99.0.0.0/8")} // never the packet
+			rs = append(rs, rl)
+		}
+		rs = append(rs, Rule{ID: 3, Action: ActionDeny})
+		return strideRules(rs)
+	}
+	a, b := mk(true), mk(false)
+	for _, rules := range []Rules{a, b} {
+		if d, _ := Evaluate(rules, nil, pkt); d.Verdict != VerdictAllow {
+			t.Fatalf("decides %+v", d)
+		}
+	}
+	c := classifiedOnly(t, a)
+	if len(c.Parts) != 1 {
+		t.Fatalf("%d parts, want 1", len(c.Parts))
+	}
+	p := k.loadCompiled(t, c)
+	for _, rules := range []Rules{b, a} {
+		if err := p.Update(rules); err != nil {
+			t.Fatalf("update: %v", err)
+		}
+		if d := k.run(t, p, pkt); d.Verdict != VerdictAllow {
+			t.Fatalf("kernel decides %+v", d)
+		}
+	}
+	s := stateOf(pkt)
+	for i := range k.state {
+		k.state[i] = s
+	}
+	if err := k.maps.State.Put(uint32(0), k.state); err != nil {
+		t.Fatal(err)
+	}
+	var stop atomic.Bool
+	var runs, mixed atomic.Int64
+	var wg sync.WaitGroup
+	for range max(2, k.ncpu) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for !stop.Load() {
+				ret, _, err := p.Programs()[0].Benchmark(packetData, 1, nil)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				runs.Add(1)
+				if ret != stubAllowRC+1 {
+					mixed.Add(1)
+				}
+			}
+		}()
+	}
+	changes := 300
+	for u := range changes {
+		rules := b
+		if u%2 == 1 {
+			rules = a
+		}
+		if err := p.Update(rules); err != nil {
+			stop.Store(true)
+			wg.Wait()
+			t.Fatalf("update %d: %v", u, err)
+		}
+	}
+	stop.Store(true)
+	wg.Wait()
+	t.Logf("%d runs during %d CIDR updates, %d not allowed", runs.Load(), changes, mixed.Load())
+	if mixed.Load() != 0 {
+		t.Errorf("%d of %d runs saw a mix of generations", mixed.Load(), runs.Load())
 	}
 }
