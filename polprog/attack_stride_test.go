@@ -379,3 +379,78 @@ func TestAttackStrideUpdateAtomic(t *testing.T) {
 		t.Errorf("%d of %d runs saw a mix of generations", mixed.Load(), runs.Load())
 	}
 }
+
+// TestAttackStrideHost loads host endpoint policies whose pre-DNAT, normal
+// and apply-on-forward tiers are classified runs of edge prefixes (each
+// run its own stride tables; the pre-DNAT ones index the destination
+// before DNAT), and holds the kernel to Evaluate on packets whose
+// destination before DNAT differs, from and to the host or not; then
+// updates the CIDRs of all of them and checks again.
+func TestAttackStrideHost(t *testing.T) {
+	k := newKernel(t)
+	r := rand.New(rand.NewPCG(45, 45))
+	addrs := strideAddrs(strideNets)
+	var v4 []netip.Addr
+	for _, a := range addrs {
+		if a.Is4() {
+			v4 = append(v4, a)
+		}
+	}
+	tier := func(name string, id int, end EndAction) Tier {
+		var rs []Rule
+		for i := range 15 + r.IntN(20) {
+			rl := strideRule(r, id+i, strideNets)
+			if r.IntN(4) == 0 {
+				rl.Action = ActionPass
+			}
+			rs = append(rs, rl)
+		}
+		return Tier{Name: name, EndAction: end, EndRuleID: uint64(id + 999), Policies: []Policy{{Name: name, Rules: rs}}}
+	}
+	mk := func() Rules {
+		return Rules{ForHost: true, NoMatchRuleID: 1 << 41,
+			PreDNATTiers:        []Tier{tier("pre", 1000, EndPass)},
+			Tiers:               []Tier{tier("a", 2000, EndPass), tier("b", 3000, EndDeny)},
+			ApplyOnForwardTiers: []Tier{tier("fwd", 4000, EndPass)}}
+	}
+	check := func(p *Program, rules Rules, when string) {
+		t.Helper()
+		for range 3000 {
+			pkt := Packet{Src: v4[r.IntN(len(v4))], Dst: v4[r.IntN(len(v4))], Protocol: 6, SrcPort: 1, DstPort: 2,
+				SrcIsHost: r.IntN(3) == 0, DstIsHost: r.IntN(3) == 0}
+			if r.IntN(2) == 0 {
+				pkt.PreNATDst, pkt.PreNATDstPort = v4[r.IntN(len(v4))], 3
+			}
+			want, err := Evaluate(rules, nil, pkt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(want, k.run(t, p, pkt), decisionCmp); diff != "" {
+				t.Fatalf("%s: %+v (-evaluate +kernel):\n%s", when, pkt, diff)
+			}
+		}
+	}
+	rules := mk()
+	opts := Options{ClassifierRules: 1, MergeThreshold: -1}
+	p := k.load(t, rules, opts)
+	check(p, rules, "loaded")
+	for u := range 6 {
+		next := cloneRules(rules)
+		for _, ts := range [][]Tier{next.PreDNATTiers, next.Tiers, next.ApplyOnForwardTiers} {
+			for ti := range ts {
+				rs := ts[ti].Policies[0].Rules
+				i := r.IntN(len(rs))
+				nr := strideRule(r, 1, strideNets)
+				rs[i].SrcNets, rs[i].NotSrcNets, rs[i].DstNets, rs[i].NotDstNets = nr.SrcNets, nr.NotSrcNets, nr.DstNets, nr.NotDstNets
+			}
+		}
+		switch err := p.Update(next); {
+		case errors.Is(err, ErrNeedsReload):
+			p = k.load(t, next, opts)
+		case err != nil:
+			t.Fatalf("update %d: %v", u, err)
+		}
+		rules = next
+		check(p, rules, fmt.Sprintf("after update %d", u))
+	}
+}
