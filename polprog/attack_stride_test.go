@@ -454,3 +454,51 @@ func TestAttackStrideHost(t *testing.T) {
 		check(p, rules, fmt.Sprintf("after update %d", u))
 	}
 }
+
+// TestAttackStrideFallbackUpdate updates a run between a source dimension
+// past the chunk limit (the trie alone), exactly at it and a small one, by
+// CIDR changes of its rules, back and forth: each update reloads or leaves
+// the kernel agreeing with Evaluate.
+func TestAttackStrideFallbackUpdate(t *testing.T) {
+	k := newKernel(t)
+	mk := func(n int, shift byte) Rules {
+		var rs []Rule
+		for i := range 2039 {
+			p := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 255}), 32)
+			if i >= n {
+				p = netip.PrefixFrom(netip.AddrFrom4([4]byte{10 + shift, byte(i >> 8), 0, 0}), 16)
+			}
+			rs = append(rs, Rule{ID: uint64(i + 1), Action: []Action{ActionAllow, ActionDeny}[i%2],
+				SrcNets: []netip.Prefix{p}, DstNets: []netip.Prefix{mustPrefix(strideNets[i%26])}})
+		}
+		return strideRules(rs)
+	}
+	opts := Options{ClassifierRules: 1, MergeThreshold: -1}
+	rules := mk(2039, 0)
+	p := k.load(t, rules, opts)
+	r := rand.New(rand.NewPCG(46, 46))
+	dsts := strideAddrs(strideNets[:26])
+	for u, n := range []int{10, 2039, 2038, 2039, 2038, 100, 2038, 10, 2039} {
+		next := mk(n, byte(u%2))
+		reload := false
+		switch err := p.Update(next); {
+		case errors.Is(err, ErrNeedsReload):
+			p, reload = k.load(t, next, opts), true
+		case err != nil:
+			t.Fatalf("update %d: %v", u, err)
+		}
+		rules = next
+		for range 600 {
+			i := r.IntN(2060)
+			src := netip.AddrFrom4([4]byte{byte(10 + r.IntN(2)), byte(i >> 8), byte(i), []byte{255, 254, 0}[r.IntN(3)]})
+			pkt := Packet{Src: src, Dst: dsts[r.IntN(len(dsts))], Protocol: 6, SrcPort: 1, DstPort: 2}
+			want, err := Evaluate(rules, nil, pkt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(want, k.run(t, p, pkt), decisionCmp); diff != "" {
+				t.Fatalf("update %d (%d /32s, reload %v): %v to %v (-evaluate +kernel):\n%s", u, n, reload, pkt.Src, pkt.Dst, diff)
+			}
+		}
+	}
+}
