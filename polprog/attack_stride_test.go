@@ -502,3 +502,64 @@ func TestAttackStrideFallbackUpdate(t *testing.T) {
 		}
 	}
 }
+
+// TestAttackStrideRowReuse changes the CIDRs of a small classified run
+// through Update many times, each to prefixes it never had, so that the
+// rows added pass the layout's room and move into rows no prefix refers
+// to any more, while the same packets are run after each update (their
+// outcomes cached under the rows of earlier generations).
+func TestAttackStrideRowReuse(t *testing.T) {
+	k := newKernel(t)
+	r := rand.New(rand.NewPCG(47, 47))
+	var rs []Rule
+	for i := range 8 {
+		rs = append(rs, Rule{ID: uint64(i + 1), Action: []Action{ActionAllow, ActionDeny}[i%2],
+			SrcNets: []netip.Prefix{mustPrefix(strideNets[i])}, DstNets: []netip.Prefix{mustPrefix(strideNets[8+i])}})
+	}
+	rules := strideRules(rs)
+	opts := Options{ClassifierRules: 1, MergeThreshold: -1}
+	p := k.load(t, rules, opts)
+	addrs := strideAddrs(strideNets)
+	var v4 []netip.Addr
+	for _, a := range addrs {
+		if a.Is4() {
+			v4 = append(v4, a)
+		}
+	}
+	v4nets := strideNets[:26]
+	reloads := 0
+	for u := range 60 {
+		next := cloneRules(rules)
+		for range 1 + r.IntN(3) {
+			rl := &next.Tiers[0].Policies[0].Rules[r.IntN(len(rs))]
+			rl.SrcNets = []netip.Prefix{mustPrefix(v4nets[r.IntN(len(v4nets))])}
+			rl.DstNets = []netip.Prefix{mustPrefix(v4nets[r.IntN(len(v4nets))])}
+			if r.IntN(3) == 0 {
+				rl.NotSrcNets = []netip.Prefix{mustPrefix(v4nets[r.IntN(len(v4nets))])}
+			} else {
+				rl.NotSrcNets = nil
+			}
+		}
+		switch err := p.Update(next); {
+		case errors.Is(err, ErrNeedsReload):
+			p = k.load(t, next, opts)
+			reloads++
+		case err != nil:
+			t.Fatalf("update %d: %v", u, err)
+		}
+		rules = next
+		for _, src := range v4 {
+			for _, dst := range v4[:20] {
+				pkt := Packet{Src: src, Dst: dst, Protocol: 6, SrcPort: 1, DstPort: 2}
+				want, err := Evaluate(rules, nil, pkt)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if diff := cmp.Diff(want, k.run(t, p, pkt), decisionCmp); diff != "" {
+					t.Fatalf("after update %d: %v to %v (-evaluate +kernel):\n%s", u, src, dst, diff)
+				}
+			}
+		}
+	}
+	t.Logf("%d of 60 updates reloaded", reloads)
+}
