@@ -563,3 +563,55 @@ func TestAttackStrideRowReuse(t *testing.T) {
 	}
 	t.Logf("%d of 60 updates reloaded", reloads)
 }
+
+// TestAttackStrideWithSets loads a classified run whose rules name IP sets
+// of edge prefixes as well as CIDRs on the same side, and holds the kernel
+// to Evaluate at the prefixes' edges, with IPv6 addresses that are nearly
+// IPv4-mapped among them.
+func TestAttackStrideWithSets(t *testing.T) {
+	k := newKernel(t)
+	r := rand.New(rand.NewPCG(48, 48))
+	sets := IPSetMembers{}
+	for id := uint64(1); id <= 4; id++ {
+		var nets []netip.Prefix
+		for range 1 + r.IntN(4) {
+			nets = append(nets, mustPrefix(strideNets[r.IntN(len(strideNets))]))
+		}
+		sets[id] = IPSet{Nets: nets}
+	}
+	k.setIPSets(t, sets)
+	t.Cleanup(func() { k.setIPSets(t, IPSetMembers{}) })
+	var rs []Rule
+	for i := range 60 {
+		rl := strideRule(r, i+1, strideNets)
+		switch r.IntN(4) {
+		case 0:
+			rl.SrcIPSets = []uint64{uint64(1 + r.IntN(4))}
+		case 1:
+			rl.NotDstIPSets = []uint64{uint64(1 + r.IntN(4))}
+		case 2:
+			rl.DstIPSets = []uint64{uint64(1 + r.IntN(4))}
+		}
+		rs = append(rs, rl)
+	}
+	rules := strideRules(rs)
+	c := classifiedOnly(t, rules)
+	p := k.loadCompiled(t, c)
+	addrs := append(strideAddrs(strideNets), mustAddr("::fffe:a00:1"), mustAddr("0:0:0:1:0:ffff:a00:1"),
+		mustAddr("::ffff:ffff:a00:1"), mustAddr("::a00:1"), mustAddr("::"))
+	for _, src := range addrs {
+		for _, dst := range addrs {
+			if src.Is4() != dst.Is4() {
+				continue
+			}
+			pkt := Packet{Src: src, Dst: dst, Protocol: 6, SrcPort: 1, DstPort: 2}
+			want, err := Evaluate(rules, sets, pkt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(want, k.run(t, p, pkt), decisionCmp); diff != "" {
+				t.Fatalf("%v to %v (-evaluate +kernel):\n%s", src, dst, diff)
+			}
+		}
+	}
+}
