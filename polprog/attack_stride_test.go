@@ -615,3 +615,28 @@ func TestAttackStrideWithSets(t *testing.T) {
 		}
 	}
 }
+
+// TestAttackStrideManyRuns loads many classified runs (one a tier, each
+// with its own stride tables' map), so that the maps they add must be
+// counted to place them in parts, and holds the kernel to Evaluate.
+func TestAttackStrideManyRuns(t *testing.T) {
+	k := newKernel(t)
+	r := rand.New(rand.NewPCG(49, 49))
+	var tiers []Tier
+	for ti := range 30 {
+		var rs []Rule
+		for i := range 6 {
+			rl := strideRule(r, ti*100+i+1, strideNets)
+			if r.IntN(3) != 0 {
+				rl.Action = ActionPass
+			}
+			rs = append(rs, rl)
+		}
+		tiers = append(tiers, Tier{Name: fmt.Sprint("t", ti), EndAction: EndPass, Policies: []Policy{{Name: "p", Rules: rs}}})
+	}
+	rules := Rules{Tiers: tiers, NoMatchRuleID: 1 << 41}
+	c := classifiedOnly(t, rules)
+	t.Logf("%d parts, %d classified runs", len(c.Parts), classifiedRuns(c))
+	p := k.loadCompiled(t, c)
+	strideCheck(t, k, p, rules, strideAddrs(strideNets), r, "loaded")
+}
