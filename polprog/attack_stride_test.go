@@ -59,9 +59,14 @@ func strideAddrs(nets []string) []netip.Addr {
 }
 
 // strideRule is a rule of random source and destination CIDRs from nets,
-// some negated, of one family for each side.
+// some negated, mostly of one family.
 func strideRule(r *rand.Rand, id int, nets []string) Rule {
+	// A mixed rule names prefixes of either family on each side.
+	mixed := r.IntN(5) == 0
 	pick := func(v6 bool) netip.Prefix {
+		if mixed && r.IntN(2) == 0 {
+			v6 = !v6
+		}
 		for {
 			p := mustPrefix(nets[r.IntN(len(nets))])
 			if p.Addr().Is6() == v6 {
