@@ -645,3 +645,67 @@ func TestAttackStrideManyRuns(t *testing.T) {
 	p := k.loadCompiled(t, c)
 	strideCheck(t, k, p, rules, strideAddrs(strideNets), r, "loaded")
 }
+
+// TestAttackStrideSpareChunks loads a source table of 4 chunks (room for
+// 21), then moves /32s of its rules under first bytes it had not, 3 new
+// chunks each: 5 fit the room and must be applied in place, 6 do not and
+// must reload; between those, moves elsewhere and back.
+func TestAttackStrideSpareChunks(t *testing.T) {
+	k := newKernel(t)
+	var rs []Rule
+	for i := range 40 {
+		rs = append(rs, Rule{ID: uint64(i + 1), Action: []Action{ActionAllow, ActionDeny}[i%2],
+			SrcNets: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(i)}), 32)}})
+	}
+	base := strideRules(rs)
+	opts := Options{ClassifierRules: 1, MergeThreshold: -1}
+	c, err := Compile(base, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := c.classes[0].layout
+	for di, kind := range l.dims {
+		if kind == dimSrcAddr && l.v4Cap[di] != 21 {
+			t.Fatalf("source table capacity %d, want 21", l.v4Cap[di])
+		}
+	}
+	p := k.loadCompiled(t, c)
+	rules := base
+	for u, move := range []struct{ n, at int }{{5, 20}, {5, 40}, {0, 0}, {5, 20}, {6, 60}, {5, 80}, {0, 0}} {
+		next := cloneRules(base)
+		for j := range move.n {
+			next.Tiers[0].Policies[0].Rules[j].SrcNets = []netip.Prefix{
+				netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(move.at + j), 0, 0, 1}), 32)}
+		}
+		err := p.Update(next)
+		switch {
+		case errors.Is(err, ErrNeedsReload):
+			if move.n <= 5 {
+				t.Errorf("update %d (%d moved): %v, want it applied", u, move.n, err)
+			}
+			p = k.load(t, next, opts)
+		case err != nil:
+			t.Fatalf("update %d: %v", u, err)
+		case move.n > 5:
+			t.Errorf("update %d (%d moved): applied, want a reload (more chunks than the table's room)", u, move.n)
+		}
+		rules = next
+		var srcs []netip.Addr
+		for i := range 45 {
+			srcs = append(srcs, netip.AddrFrom4([4]byte{10, 0, 0, byte(i)}))
+		}
+		for j := range 100 {
+			srcs = append(srcs, netip.AddrFrom4([4]byte{byte(j), 0, 0, 1}), netip.AddrFrom4([4]byte{byte(j), 0, 0, 0}))
+		}
+		for _, src := range srcs {
+			pkt := Packet{Src: src, Dst: mustAddr("1.2.3.4"), Protocol: 6, SrcPort: 1, DstPort: 2}
+			want, err := Evaluate(rules, nil, pkt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(want, k.run(t, p, pkt), decisionCmp); diff != "" {
+				t.Fatalf("update %d: %v (-evaluate +kernel):\n%s", u, src, diff)
+			}
+		}
+	}
+}
