@@ -709,3 +709,68 @@ func TestAttackStrideSpareChunks(t *testing.T) {
 		}
 	}
 }
+
+// TestAttackStrideRandomEdges updates a classified run of random prefixes
+// at byte boundaries (a.b.255.255 and the address after it, of every
+// length) many times, and after each update holds the kernel to Evaluate
+// on the first and last addresses of every prefix the rules name and
+// their neighbours.
+func TestAttackStrideRandomEdges(t *testing.T) {
+	k := newKernel(t)
+	r := rand.New(rand.NewPCG(50, 50))
+	var pool []string
+	for range 12 {
+		a := [4]byte{byte(r.IntN(256)), byte(r.IntN(256)), 255, 255}
+		if r.IntN(3) == 0 {
+			a[1] = 255
+		}
+		for _, x := range []netip.Addr{netip.AddrFrom4(a), netip.AddrFrom4(a).Next()} {
+			if !x.IsValid() {
+				continue
+			}
+			for range 4 {
+				pool = append(pool, netip.PrefixFrom(x, r.IntN(33)).Masked().String())
+			}
+		}
+	}
+	pool = append(pool, "0.0.0.0/0", "255.255.255.255/32", "0.0.0.0/32", "fd00::/16")
+	var rs []Rule
+	for i := range 150 {
+		rs = append(rs, strideRule(r, i+1, pool))
+	}
+	rules := strideRules(rs)
+	opts := Options{ClassifierRules: 1, MergeThreshold: -1}
+	p := k.load(t, rules, opts)
+	all := strideAddrs(pool)
+	addrs := func() []netip.Addr { // a sample, for time
+		out := make([]netip.Addr, 100)
+		for i := range out {
+			out[i] = all[r.IntN(len(all))]
+		}
+		return out
+	}
+	strideCheck(t, k, p, rules, addrs(), r, "loaded")
+	reloads := 0
+	for u := range 25 {
+		next := cloneRules(rules)
+		for range 1 + r.IntN(5) {
+			i := r.IntN(len(rs))
+			nr := strideRule(r, i+1, pool)
+			rl := &next.Tiers[0].Policies[0].Rules[i]
+			if (len(rl.SrcNets) == 0) != (len(nr.SrcNets) == 0) {
+				nr.SrcNets = rl.SrcNets // keep the CIDR path: no side gains or loses its CIDRs
+			}
+			rl.SrcNets, rl.NotSrcNets, rl.DstNets, rl.NotDstNets = nr.SrcNets, nr.NotSrcNets, nr.DstNets, nr.NotDstNets
+		}
+		switch err := p.Update(next); {
+		case errors.Is(err, ErrNeedsReload):
+			p = k.load(t, next, opts)
+			reloads++
+		case err != nil:
+			t.Fatalf("update %d: %v", u, err)
+		}
+		rules = next
+		strideCheck(t, k, p, rules, addrs(), r, fmt.Sprintf("after update %d", u))
+	}
+	t.Logf("%d of 25 updates reloaded", reloads)
+}
