@@ -774,3 +774,22 @@ func TestAttackStrideRandomEdges(t *testing.T) {
 	}
 	t.Logf("%d of 25 updates reloaded", reloads)
 }
+
+// TestAttackStrideMappedCIDR checks that an IPv4-mapped CIDR, which the
+// stride table (IPv4 prefixes only) and the trie would treat differently,
+// is refused by Compile on either side, positive or negated.
+func TestAttackStrideMappedCIDR(t *testing.T) {
+	ok := strideRules([]Rule{{ID: 1, Action: ActionAllow, SrcNets: []netip.Prefix{mustPrefix("10.0.0.0/8")}}})
+	for i, set := range []func(*Rule, []netip.Prefix){
+		func(r *Rule, n []netip.Prefix) { r.SrcNets = n },
+		func(r *Rule, n []netip.Prefix) { r.NotSrcNets = n },
+		func(r *Rule, n []netip.Prefix) { r.DstNets = n },
+		func(r *Rule, n []netip.Prefix) { r.NotDstNets = n },
+	} {
+		bad := cloneRules(ok)
+		set(&bad.Tiers[0].Policies[0].Rules[0], []netip.Prefix{mustPrefix("::ffff:10.0.0.0/104")})
+		if _, err := Compile(bad, Options{ClassifierRules: 1}); err == nil {
+			t.Errorf("side %d: an IPv4-mapped CIDR compiled", i)
+		}
+	}
+}
