@@ -158,7 +158,7 @@ func TestAttackStrideUpdates(t *testing.T) {
 	strideCheck(t, k, p, rules, addrs, r, "loaded")
 	first := rules
 	reloads := 0
-	for u := range 30 {
+	for u := range 15 {
 		next := cloneRules(rules)
 		if u%5 == 4 {
 			next = cloneRules(first) // back to the start
@@ -179,7 +179,7 @@ func TestAttackStrideUpdates(t *testing.T) {
 		rules = next
 		strideCheck(t, k, p, rules, addrs, r, fmt.Sprintf("after update %d", u))
 	}
-	t.Logf("%d of 30 updates reloaded", reloads)
+	t.Logf("%d of 15 updates reloaded", reloads)
 }
 
 // TestAttackStrideLimit loads a source dimension at exactly maxV4Chunks
@@ -483,7 +483,7 @@ func TestAttackStrideFallbackUpdate(t *testing.T) {
 	p := k.load(t, rules, opts)
 	r := rand.New(rand.NewPCG(46, 46))
 	dsts := strideAddrs(strideNets[:26])
-	for u, n := range []int{10, 2039, 2038, 2039, 2038, 100, 2038, 10, 2039} {
+	for u, n := range []int{10, 2039, 2038, 10, 2038, 2039} {
 		next := mk(n, byte(u%2))
 		reload := false
 		switch err := p.Update(next); {
@@ -751,7 +751,7 @@ func TestAttackStrideRandomEdges(t *testing.T) {
 	}
 	strideCheck(t, k, p, rules, addrs(), r, "loaded")
 	reloads := 0
-	for u := range 25 {
+	for u := range 12 {
 		next := cloneRules(rules)
 		for range 1 + r.IntN(5) {
 			i := r.IntN(len(rs))
@@ -772,7 +772,7 @@ func TestAttackStrideRandomEdges(t *testing.T) {
 		rules = next
 		strideCheck(t, k, p, rules, addrs(), r, fmt.Sprintf("after update %d", u))
 	}
-	t.Logf("%d of 25 updates reloaded", reloads)
+	t.Logf("%d of 12 updates reloaded", reloads)
 }
 
 // TestAttackStrideMappedCIDR checks that an IPv4-mapped CIDR, which the
