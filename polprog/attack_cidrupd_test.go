@@ -151,7 +151,7 @@ func TestAttackCIDRUpdateChain(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, _, ok := p.class.addrOnly(np); ok {
+			if _, _, ok := p.class.patchRows(np); ok {
 				fast++
 			}
 			uerr := p.Update(next)
@@ -222,7 +222,7 @@ func TestAttackCIDRUpdateFresh(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, _, ok := p.class.addrOnly(np); ok {
+		if _, _, ok := p.class.patchRows(np); ok {
 			fast++
 		}
 		switch err := p.Update(next); {

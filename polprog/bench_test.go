@@ -1,6 +1,7 @@
 package polprog
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"testing"
@@ -251,28 +252,74 @@ func BenchmarkUpdate(b *testing.B) {
 		for _, n := range benchSizes[2:] {
 			rules := benchPolicy(n, shape)
 			p := k.load(b, rules, opts)
-			for _, change := range []string{"action", "cidr"} {
+			for _, change := range []string{"action", "cidr", "port", "proto"} {
 				changed := cloneRules(rules)
 				r := &changed.Tiers[0].Policies[0].Rules[n/2]
-				if change == "action" {
+				switch change {
+				case "action":
 					r.ID, r.Action = 1<<35, ActionLog
-				} else {
+				case "cidr":
 					r.SrcNets = []netip.Prefix{mustPrefix("172.16.0.0/16")}
+				case "port":
+					r.Protocol, r.ICMP, r.NotICMP = "tcp", nil, nil
+					r.DstPorts = []PortRange{{First: 9000, Last: 9099}}
+				default:
+					r.Protocol, r.ICMP, r.NotICMP = "sctp", nil, nil
 				}
-				b.Run(fmt.Sprintf("%s/rules=%d/%s", shape.name, n, change), func(b *testing.B) {
-					i := 0
-					for b.Loop() {
-						next := rules
-						if i%2 == 0 {
-							next = changed
-						}
-						i++
-						if err := p.Update(next); err != nil {
+				// back-to-back: each update waits for the grace period
+				// of the one before; spaced: the grace period passes
+				// (untimed) between them, as for an agent's occasional
+				// change.
+				for _, spacing := range []string{"back-to-back", "spaced"} {
+					b.Run(fmt.Sprintf("%s/rules=%d/%s/%s", shape.name, n, change, spacing), func(b *testing.B) {
+						// A change the run's dimensions cannot tell (a
+						// protocol in rules that have none) is a
+						// reload: not measured.
+						if err := p.Update(changed); errors.Is(err, ErrNeedsReload) {
+							b.Skip(err)
+						} else if err != nil {
 							b.Fatal(err)
 						}
-					}
-				})
+						if err := p.Update(rules); err != nil {
+							b.Fatal(err)
+						}
+						i := 0
+						for b.Loop() {
+							if spacing == "spaced" {
+								b.StopTimer()
+								if err := p.class.grace.Wait(); err != nil {
+									b.Fatal(err)
+								}
+								b.StartTimer()
+							}
+							next := rules
+							if i%2 == 0 {
+								next = changed
+							}
+							i++
+							if err := p.Update(next); err != nil {
+								b.Fatal(err)
+							}
+						}
+					})
+				}
 			}
 		}
+	}
+}
+
+// BenchmarkValidate is the validation every Update starts with, of 10,000
+// rules of each shape.
+func BenchmarkValidate(b *testing.B) {
+	for _, shape := range benchShapes {
+		rules := benchPolicy(10000, shape)
+		b.Run(shape.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := validateWith(rules, validator{noWhere: true}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

@@ -89,7 +89,10 @@ type classDim struct {
 	rows [][]uint64
 	// index maps an array dimension's keys to row indexes; keys absent
 	// mean row 0. For address dimensions it maps the LPM prefixes.
-	index  map[uint32]uint32
+	index map[uint32]uint32
+	// dense is index as a slice by key, made when an update needs it
+	// (rowsByKey).
+	dense  []uint32
 	prefix []prefixRow
 	// sets are a membership dimension's set IDs: bit i of the row index
 	// is membership of sets[i].
@@ -214,18 +217,10 @@ func buildClassifier(rs []rule, maxBytes int) *classifier {
 		}
 	}
 	used := [dimCount]bool{}
-	for _, p := range cl.pos {
-		r := p.r
-		used[dimProto] = used[dimProto] || r.proto >= 0 || r.notProto >= 0
-		used[dimICMP] = used[dimICMP] || r.icmp != nil || r.notICMP != nil
-		used[dimSrcAddr] = used[dimSrcAddr] || len(r.srcNets) > 0 || len(r.notSrcNets) > 0
-		used[dimDstAddr] = used[dimDstAddr] || len(r.dstNets) > 0 || len(r.notDstNets) > 0
-		used[dimSrcPort] = used[dimSrcPort] || (len(r.srcPorts) > 0 && !p.srcNamedAlt) || len(r.notSrcPorts) > 0
-		used[dimDstPort] = used[dimDstPort] || (len(r.dstPorts) > 0 && !p.dstNamedAlt) || len(r.notDstPorts) > 0
-		used[dimSrcSets] = used[dimSrcSets] || len(r.srcSets) > 0 || len(r.notSrcSets) > 0
-		used[dimDstSets] = used[dimDstSets] || len(r.dstSets) > 0 || len(r.notDstSets) > 0
-		used[dimSrcNamed] = used[dimSrcNamed] || len(r.srcNamed) > 0 || len(r.notSrcNamed) > 0
-		used[dimDstNamed] = used[dimDstNamed] || len(r.dstNamed) > 0 || len(r.notDstNamed) > 0
+	for i := range cl.pos {
+		for k := range dimCount {
+			used[k] = used[k] || cl.pos[i].uses(k)
+		}
 	}
 	if !slices.Contains(used[:], true) {
 		// Every rule matches every packet: one all-ones dimension.
@@ -294,10 +289,7 @@ func (cl *classifier) buildDim(k dimKind) *classDim {
 		rows := make([][]uint64, 256)
 		classOf := make([]int, 256)
 		for v := range 256 {
-			rows[v] = cl.rowOf(func(p *position) bool {
-				r := p.r
-				return (r.proto < 0 || r.proto == v) && r.notProto != v
-			})
+			rows[v] = cl.rowOf(func(p *position) bool { return p.arrayHolds(dimProto, v) })
 			classOf[v] = v
 		}
 		cl.indexByFrequency(d, rs, rows, classOf)
@@ -367,10 +359,7 @@ func (cl *classifier) buildICMP(d *classDim, rs *rowSet) {
 		}
 	}
 	row := func(t, c uint8) []uint64 {
-		return cl.rowOf(func(p *position) bool {
-			r := p.r
-			return (r.icmp == nil || icmpMatch(r.icmp, t, c)) && (r.notICMP == nil || !icmpMatch(r.notICMP, t, c))
-		})
+		return cl.rowOf(func(p *position) bool { return p.arrayHolds(dimICMP, int(t)<<8|int(c)) })
 	}
 	classes := [][]uint64{row(0, 0)}
 	if codes[0] != nil {
@@ -408,13 +397,7 @@ func (cl *classifier) buildICMP(d *classDim, rs *rowSet) {
 
 // buildPort indexes ports by the intervals between the run's range ends.
 func (cl *classifier) buildPort(d *classDim, rs *rowSet, src bool) {
-	ranges := func(p *position) (pos, neg []PortRange, any bool) {
-		r := p.r
-		if src {
-			return r.srcPorts, r.notSrcPorts, p.srcNamedAlt || len(r.srcPorts) == 0
-		}
-		return r.dstPorts, r.notDstPorts, p.dstNamedAlt || len(r.dstPorts) == 0
-	}
+	ranges := func(p *position) (pos, neg []PortRange, any bool) { return p.portRanges(src) }
 	// starts are the first ports of the intervals.
 	startSet := map[int]bool{0: true}
 	for i := range cl.pos {
@@ -521,16 +504,10 @@ type addrIndex struct {
 }
 
 func (cl *classifier) addrIndex(src bool) *addrIndex {
-	nets := func(r *rule) (pos, neg []netip.Prefix) {
-		if src {
-			return r.srcNets, r.notSrcNets
-		}
-		return r.dstNets, r.notDstNets
-	}
 	x := &addrIndex{posOf: map[netip.Prefix][]int{}, negOf: map[netip.Prefix][]int{}, all: map[netip.Prefix]bool{},
 		wild: make([]uint64, cl.words)}
 	for i := range cl.pos {
-		pos, neg := nets(cl.pos[i].r)
+		pos, neg := cl.pos[i].nets(src)
 		if len(pos) == 0 {
 			x.wild[i/64] |= 1 << (i % 64)
 		}
@@ -589,21 +566,9 @@ func (x *addrIndex) row(p netip.Prefix, row []uint64) {
 
 // buildSets makes one row per membership vector of the dimension's sets.
 func (cl *classifier) buildSets(d *classDim, k dimKind) [][]uint64 {
-	lists := func(p *position) (pos, neg []uint64, any bool) {
-		r := p.r
-		switch k {
-		case dimSrcSets:
-			return r.srcSets, r.notSrcSets, false
-		case dimDstSets:
-			return r.dstSets, r.notDstSets, false
-		case dimSrcNamed:
-			return r.srcNamed, r.notSrcNamed, !p.srcNamedAlt
-		}
-		return r.dstNamed, r.notDstNamed, !p.dstNamedAlt
-	}
 	bit := map[uint64]int{}
 	for i := range cl.pos {
-		pos, neg, _ := lists(&cl.pos[i])
+		pos, neg, _ := cl.pos[i].setLists(k)
 		for _, id := range append(slices.Clone(pos), neg...) {
 			if _, ok := bit[id]; !ok {
 				bit[id] = len(d.sets)
@@ -614,25 +579,113 @@ func (cl *classifier) buildSets(d *classDim, k dimKind) [][]uint64 {
 	rows := make([][]uint64, 0, 1<<len(d.sets))
 	for v := range 1 << len(d.sets) {
 		member := func(id uint64) bool { return v&(1<<bit[id]) != 0 }
-		rows = append(rows, cl.rowOf(func(p *position) bool {
-			pos, neg, any := lists(p)
-			for _, id := range neg {
-				if member(id) {
-					return false
-				}
-			}
-			if k == dimSrcSets || k == dimDstSets {
-				// Every set must hold the address.
-				for _, id := range pos {
-					if !member(id) {
-						return false
-					}
-				}
-				return true
-			}
-			// Named ports: any set holding (address, protocol, port).
-			return any || slices.ContainsFunc(pos, member)
-		}))
+		rows = append(rows, cl.rowOf(func(p *position) bool { return p.setsHold(k, member) }))
 	}
 	return rows
+}
+
+// What each position's rule accepts in each dimension: the rows are made
+// of these, when a run is built and when an update changes its rules.
+
+// uses reports whether p's rule tests the field of dimension k.
+func (p *position) uses(k dimKind) bool {
+	r := p.r
+	switch k {
+	case dimProto:
+		return r.proto >= 0 || r.notProto >= 0
+	case dimICMP:
+		return r.icmp != nil || r.notICMP != nil
+	case dimSrcAddr, dimDstAddr:
+		pos, neg := p.nets(k == dimSrcAddr)
+		return len(pos) > 0 || len(neg) > 0
+	case dimSrcPort:
+		return (len(r.srcPorts) > 0 && !p.srcNamedAlt) || len(r.notSrcPorts) > 0
+	case dimDstPort:
+		return (len(r.dstPorts) > 0 && !p.dstNamedAlt) || len(r.notDstPorts) > 0
+	}
+	pos, neg, _ := p.setLists(k)
+	return len(pos) > 0 || len(neg) > 0
+}
+
+// arrayHolds reports whether p's rule accepts, in array dimension k
+// (protocol, ICMP or a port), the packets whose key is v: the protocol,
+// type<<8|code, or the port.
+func (p *position) arrayHolds(k dimKind, v int) bool {
+	r := p.r
+	switch k {
+	case dimProto:
+		return (r.proto < 0 || r.proto == v) && r.notProto != v
+	case dimICMP:
+		t, c := uint8(v>>8), uint8(v)
+		return (r.icmp == nil || icmpMatch(r.icmp, t, c)) && (r.notICMP == nil || !icmpMatch(r.notICMP, t, c))
+	}
+	pos, neg, any := p.portRanges(k == dimSrcPort)
+	in := func(rs []PortRange) bool {
+		return slices.ContainsFunc(rs, func(pr PortRange) bool { return int(pr.First) <= v && v <= int(pr.Last) })
+	}
+	return (any || in(pos)) && !in(neg)
+}
+
+// portRanges returns p's source (or destination) port ranges and
+// negations; any when its positive ports do not count here (none, or this
+// alternative matches them by named port).
+func (p *position) portRanges(src bool) (pos, neg []PortRange, any bool) {
+	r := p.r
+	if src {
+		return r.srcPorts, r.notSrcPorts, p.srcNamedAlt || len(r.srcPorts) == 0
+	}
+	return r.dstPorts, r.notDstPorts, p.dstNamedAlt || len(r.dstPorts) == 0
+}
+
+// nets returns p's source (or destination) CIDRs and negated CIDRs.
+func (p *position) nets(src bool) (pos, neg []netip.Prefix) {
+	if src {
+		return p.r.srcNets, p.r.notSrcNets
+	}
+	return p.r.dstNets, p.r.notDstNets
+}
+
+// addrHolds reports whether p's rule accepts, in an address dimension, the
+// addresses whose longest match among the run's prefixes is at (which
+// holds every CIDR of the rule's): none when at is the zero Prefix.
+func (p *position) addrHolds(src bool, at netip.Prefix) bool {
+	pos, neg := p.nets(src)
+	covers := func(nets []netip.Prefix) bool {
+		return at.IsValid() && slices.ContainsFunc(nets, func(n netip.Prefix) bool {
+			return n.Addr().BitLen() == at.Addr().BitLen() && n.Bits() <= at.Bits() && n.Contains(at.Addr())
+		})
+	}
+	return (len(pos) == 0 || covers(pos)) && !covers(neg)
+}
+
+// setLists returns the sets (or named-port sets) of membership dimension
+// k that p's rule names and negates; any when its positive named ports do
+// not count here (this alternative matches its ports by range, or it has
+// none).
+func (p *position) setLists(k dimKind) (pos, neg []uint64, any bool) {
+	r := p.r
+	switch k {
+	case dimSrcSets:
+		return r.srcSets, r.notSrcSets, false
+	case dimDstSets:
+		return r.dstSets, r.notDstSets, false
+	case dimSrcNamed:
+		return r.srcNamed, r.notSrcNamed, !p.srcNamedAlt
+	}
+	return r.dstNamed, r.notDstNamed, !p.dstNamedAlt
+}
+
+// setsHold reports whether p's rule accepts, in membership dimension k,
+// the packets whose address is in the sets member says.
+func (p *position) setsHold(k dimKind, member func(id uint64) bool) bool {
+	pos, neg, any := p.setLists(k)
+	if slices.ContainsFunc(neg, member) {
+		return false
+	}
+	if k == dimSrcSets || k == dimDstSets {
+		// Every set must hold the address.
+		return !slices.ContainsFunc(pos, func(id uint64) bool { return !member(id) })
+	}
+	// Named ports: any set holding (address, protocol, port).
+	return any || slices.ContainsFunc(pos, member)
 }

@@ -48,6 +48,13 @@ type rulePositions struct {
 	pos []int
 }
 
+// ruleList returns every rule in eachRule's order.
+func (p *program) ruleList() []*rule {
+	out := make([]*rule, 0, p.ruleCount)
+	p.eachRule(func(_ int, r *rule) { out = append(out, r) })
+	return out
+}
+
 // eachRule calls f with every rule in a fixed order and its index in it.
 func (p *program) eachRule(f func(k int, r *rule)) {
 	k := 0
@@ -127,9 +134,11 @@ func (p *Program) fillClasses(c *Compiled, byName map[string]*ebpf.Map) error {
 // ports and protocols inside classified runs may change. Otherwise Update
 // changes nothing and returns an error wrapping ErrNeedsReload; so it does
 // when the changed runs lie in more than one part, since a packet reads
-// the generation once per part. A change of only the IDs and actions of
-// classified rules is found without compiling and writes only their
-// table entries.
+// the generation once per part. A change of classified rules that keep
+// their positions (the same port and named-port alternatives) and use only
+// fields and sets their run already tells apart is found without
+// compiling: it writes the rows, keys and table entries it changes (see
+// patchRows); other changes compile the rules with the loaded layout.
 //
 // Update writes the generation of the maps that packets do not use, then
 // switches to it with one map write: a packet sees the old rules or the new
@@ -154,10 +163,7 @@ func (p *Program) update(rules Rules) error {
 	}
 	// Validated once for the paths that change maps without compiling.
 	if np, err := validateWith(rules, validator{max: s.compiled.opts.MaxRules, noWhere: true}); err == nil && sameShape(s.prog, np) {
-		if want, ok := s.tableOnly(np); ok {
-			return s.apply(want, nil, np)
-		}
-		if want, nc, ok := s.addrOnly(np); ok {
+		if want, nc, ok := s.patchRows(np); ok {
 			return s.apply(want, nc, np)
 		}
 	}
@@ -233,56 +239,6 @@ func (s *classState) apply(want map[string]*mapContents, nc *Compiled, np *progr
 	return nil
 }
 
-// tableOnly returns, when np, of the program's shape, differs from the
-// program's rules only in the IDs and actions of classified rules (and no
-// rule with several positions starts or stops logging), the maps'
-// contents with those table entries changed.
-func (s *classState) tableOnly(np *program) (map[string]*mapContents, bool) {
-	type change struct {
-		k int
-		r *rule
-	}
-	var changes []change
-	var olds []*rule
-	s.prog.eachRule(func(_ int, r *rule) { olds = append(olds, r) })
-	ok := true
-	np.eachRule(func(k int, r *rule) {
-		o := olds[k]
-		if !ok {
-			return
-		}
-		if !sameMatch(o, r) {
-			ok = false
-			return
-		}
-		if o.id == r.id && o.action == r.action {
-			return
-		}
-		rp := s.posOf[k]
-		if rp.run < 0 || (len(rp.pos) > 1 && (o.action == ActionLog) != (r.action == ActionLog)) {
-			ok = false
-			return
-		}
-		changes = append(changes, change{k, r})
-	})
-	if !ok {
-		return nil, false
-	}
-	want := maps.Clone(s.written[s.gen])
-	for _, ch := range changes {
-		rp := s.posOf[ch.k]
-		cc := s.compiled.classes[rp.run]
-		name := cc.names[1]
-		if want[name] == s.written[s.gen][name] {
-			want[name] = cloneContents(want[name])
-		}
-		for _, i := range rp.pos {
-			want[name].set(u32Key(uint32(i)), tableValue(cc.cl, i, ch.r.id, ch.r.action))
-		}
-	}
-	return want, true
-}
-
 // sameShape reports whether a and b have the same tiers (names, ends,
 // rule counts) and profiles, and host settings.
 func sameShape(a, b *program) bool {
@@ -305,16 +261,23 @@ func sameShape(a, b *program) bool {
 
 // sameMatch reports whether a and b match the same packets.
 func sameMatch(a, b *rule) bool {
-	icmp := func(x, y *ICMPMatch) bool { return (x == nil) == (y == nil) && (x == nil || *x == *y) }
-	return a.proto == b.proto && a.notProto == b.notProto && icmp(a.icmp, b.icmp) && icmp(a.notICMP, b.notICMP) &&
-		slices.Equal(a.srcNets, b.srcNets) && slices.Equal(a.notSrcNets, b.notSrcNets) &&
-		slices.Equal(a.dstNets, b.dstNets) && slices.Equal(a.notDstNets, b.notDstNets) &&
-		slices.Equal(a.srcSets, b.srcSets) && slices.Equal(a.notSrcSets, b.notSrcSets) &&
-		slices.Equal(a.dstSets, b.dstSets) && slices.Equal(a.notDstSets, b.notDstSets) &&
-		slices.Equal(a.srcPorts, b.srcPorts) && slices.Equal(a.notSrcPorts, b.notSrcPorts) &&
-		slices.Equal(a.dstPorts, b.dstPorts) && slices.Equal(a.notDstPorts, b.notDstPorts) &&
-		slices.Equal(a.srcNamed, b.srcNamed) && slices.Equal(a.notSrcNamed, b.notSrcNamed) &&
-		slices.Equal(a.dstNamed, b.dstNamed) && slices.Equal(a.notDstNamed, b.notDstNamed)
+	return a.proto == b.proto && a.notProto == b.notProto && sameICMP(a.icmp, b.icmp) && sameICMP(a.notICMP, b.notICMP) &&
+		sameList(a.srcNets, b.srcNets) && sameList(a.notSrcNets, b.notSrcNets) &&
+		sameList(a.dstNets, b.dstNets) && sameList(a.notDstNets, b.notDstNets) &&
+		sameList(a.srcSets, b.srcSets) && sameList(a.notSrcSets, b.notSrcSets) &&
+		sameList(a.dstSets, b.dstSets) && sameList(a.notDstSets, b.notDstSets) &&
+		sameList(a.srcPorts, b.srcPorts) && sameList(a.notSrcPorts, b.notSrcPorts) &&
+		sameList(a.dstPorts, b.dstPorts) && sameList(a.notDstPorts, b.notDstPorts) &&
+		sameList(a.srcNamed, b.srcNamed) && sameList(a.notSrcNamed, b.notSrcNamed) &&
+		sameList(a.dstNamed, b.dstNamed) && sameList(a.notDstNamed, b.notDstNamed)
+}
+
+func sameICMP(x, y *ICMPMatch) bool { return (x == nil) == (y == nil) && (x == nil || *x == *y) }
+
+// sameList is slices.Equal, at once for the same array: an update's
+// unchanged rules usually share their lists with the rules before.
+func sameList[T comparable](a, b []T) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0] || slices.Equal(a, b))
 }
 
 // sameCode reports, as an error, how b's code differs from a's: its

@@ -388,7 +388,7 @@ func TestUpdateCIDRDifferential(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, _, ok := p.class.addrOnly(np); ok {
+		if _, _, ok := p.class.patchRows(np); ok {
 			fast++
 		}
 		switch err := p.Update(next); {

@@ -91,16 +91,14 @@ func validateWith(rules Rules, v validator) (*program, error) {
 		return nil, err
 	}
 	for i, pol := range rules.Profiles {
-		rs, err := v.policy("profile", i, pol)
-		if err != nil {
+		if p.profiles, err = v.policy("profile", i, pol, p.profiles); err != nil {
 			return nil, err
 		}
-		for _, r := range rs {
-			// Pass has no next tier to go to in profiles.
-			if r.action == ActionPass {
-				r.action = ActionDeny
-			}
-			p.profiles = append(p.profiles, r)
+	}
+	for i := range p.profiles {
+		// Pass has no next tier to go to in profiles.
+		if p.profiles[i].action == ActionPass {
+			p.profiles[i].action = ActionDeny
 		}
 	}
 	defer func() { p.ruleCount = v.count }()
@@ -133,19 +131,24 @@ func (v *validator) tiers(kind string, in []Tier) ([]tier, error) {
 			return nil, fmt.Errorf("%stier %d (%q): invalid end action %d", kind, i, t.Name, t.EndAction)
 		}
 		vt := tier{name: t.Name, end: t.EndAction, endID: t.EndRuleID}
+		n := 0
+		for _, pol := range t.Policies {
+			n += len(pol.Rules)
+		}
+		vt.rules = make([]rule, 0, n)
 		for j, pol := range t.Policies {
-			rs, err := v.policy(kind+"tier "+t.Name, j, pol)
-			if err != nil {
+			var err error
+			if vt.rules, err = v.policy(kind+"tier "+t.Name, j, pol, vt.rules); err != nil {
 				return nil, err
 			}
-			vt.rules = append(vt.rules, rs...)
 		}
 		out = append(out, vt)
 	}
 	return out, nil
 }
 
-func (v *validator) policy(where string, index int, pol Policy) ([]rule, error) {
+// policy appends pol's validated rules to out.
+func (v *validator) policy(where string, index int, pol Policy, out []rule) ([]rule, error) {
 	name := pol.Name
 	if pol.Namespace != "" {
 		name = pol.Namespace + "/" + pol.Name
@@ -153,7 +156,6 @@ func (v *validator) policy(where string, index int, pol Policy) ([]rule, error) 
 	if name == "" {
 		name = strconv.Itoa(index)
 	}
-	out := make([]rule, 0, len(pol.Rules))
 	for i, r := range pol.Rules {
 		v.count++
 		if v.count > v.max {
@@ -188,39 +190,37 @@ func validateRule(r Rule) (rule, error) {
 	if (r.ICMP != nil || r.NotICMP != nil) && vr.proto != 1 && vr.proto != 58 {
 		return rule{}, errors.New("ICMP matches need protocol icmp or icmpv6")
 	}
-	nets := []struct {
-		name string
-		in   []netip.Prefix
-		out  *[]netip.Prefix
-	}{
-		{"source nets", r.SrcNets, &vr.srcNets},
-		{"not-source nets", r.NotSrcNets, &vr.notSrcNets},
-		{"destination nets", r.DstNets, &vr.dstNets},
-		{"not-destination nets", r.NotDstNets, &vr.notDstNets},
+	// Field by field, not through a table of pointers into vr, which
+	// would move vr to the heap: a policy of 10,000 rules is validated at
+	// every Update.
+	if vr.srcNets, err = validPrefixes(r.SrcNets); err != nil {
+		return rule{}, fmt.Errorf("source nets: %w", err)
 	}
-	for _, n := range nets {
-		if *n.out, err = validPrefixes(n.in); err != nil {
-			return rule{}, fmt.Errorf("%s: %w", n.name, err)
-		}
+	if vr.notSrcNets, err = validPrefixes(r.NotSrcNets); err != nil {
+		return rule{}, fmt.Errorf("not-source nets: %w", err)
 	}
-	ports := []struct {
+	if vr.dstNets, err = validPrefixes(r.DstNets); err != nil {
+		return rule{}, fmt.Errorf("destination nets: %w", err)
+	}
+	if vr.notDstNets, err = validPrefixes(r.NotDstNets); err != nil {
+		return rule{}, fmt.Errorf("not-destination nets: %w", err)
+	}
+	for _, p := range [...]struct {
 		name string
 		in   []PortRange
-		out  *[]PortRange
 	}{
-		{"source ports", r.SrcPorts, &vr.srcPorts},
-		{"not-source ports", r.NotSrcPorts, &vr.notSrcPorts},
-		{"destination ports", r.DstPorts, &vr.dstPorts},
-		{"not-destination ports", r.NotDstPorts, &vr.notDstPorts},
-	}
-	for _, p := range ports {
+		{"source ports", r.SrcPorts},
+		{"not-source ports", r.NotSrcPorts},
+		{"destination ports", r.DstPorts},
+		{"not-destination ports", r.NotDstPorts},
+	} {
 		for _, pr := range p.in {
 			if pr.First > pr.Last {
 				return rule{}, fmt.Errorf("%s: reversed range %d-%d", p.name, pr.First, pr.Last)
 			}
 		}
-		*p.out = p.in
 	}
+	vr.srcPorts, vr.notSrcPorts, vr.dstPorts, vr.notDstPorts = r.SrcPorts, r.NotSrcPorts, r.DstPorts, r.NotDstPorts
 	vr.srcSets, vr.notSrcSets = r.SrcIPSets, r.NotSrcIPSets
 	vr.dstSets, vr.notDstSets = r.DstIPSets, r.NotDstIPSets
 	vr.srcNamed, vr.notSrcNamed = r.SrcNamedPorts, r.NotSrcNamedPorts
@@ -238,22 +238,34 @@ func optionalProtocol(s string) (int, error) {
 
 // validPrefixes masks each prefix and rejects invalid and IPv4-mapped ones
 // (an IPv4-mapped prefix would silently never match an IPv4 packet; a
-// shorter IPv6 prefix that covers ::ffff:0:0/96 is an IPv6 prefix).
+// shorter IPv6 prefix that covers ::ffff:0:0/96 is an IPv6 prefix). A
+// list already masked is returned as it is, as port lists and set lists
+// are: the caller must not change what it passed.
 func validPrefixes(in []netip.Prefix) ([]netip.Prefix, error) {
 	if len(in) == 0 {
 		return nil, nil
 	}
-	out := make([]netip.Prefix, len(in))
+	var out []netip.Prefix
 	for i, p := range in {
 		if !p.IsValid() {
 			return nil, fmt.Errorf("invalid CIDR %q", p.String())
 		}
 		// Masked first: ::ffff:0:0/95 is an IPv6 prefix, and matches
 		// IPv6 addresses only.
-		out[i] = p.Masked()
-		if out[i].Addr().Is4In6() {
+		m := p.Masked()
+		if m.Addr().Is4In6() {
 			return nil, fmt.Errorf("IPv4-mapped CIDR %s: use the IPv4 form", p)
 		}
+		if m != p && out == nil {
+			out = make([]netip.Prefix, len(in))
+			copy(out, in[:i])
+		}
+		if out != nil {
+			out[i] = m
+		}
+	}
+	if out == nil {
+		return in, nil
 	}
 	return out, nil
 }

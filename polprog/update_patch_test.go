@@ -1,0 +1,179 @@
+package polprog
+
+import (
+	"errors"
+	"reflect"
+	"slices"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// mutateField sets one random match field of r (a protocol, ICMP, CIDR,
+// port, IP set or named-port list, or a negation of one) to that of a
+// fresh random rule: set, changed or cleared.
+func (g *gen) mutateField(r *Rule) {
+	f := g.rule()
+	switch g.r.IntN(13) {
+	case 0:
+		r.Protocol, r.ICMP, r.NotICMP = f.Protocol, f.ICMP, f.NotICMP
+	case 1:
+		r.NotProtocol = f.NotProtocol
+	case 2:
+		r.ICMP, r.NotICMP = f.ICMP, f.NotICMP
+	case 3:
+		r.SrcNets = f.SrcNets
+	case 4:
+		r.DstNets = f.DstNets
+	case 5:
+		r.NotSrcNets, r.NotDstNets = f.NotSrcNets, f.NotDstNets
+	case 6:
+		r.SrcPorts = f.SrcPorts
+	case 7:
+		r.DstPorts = f.DstPorts
+	case 8:
+		r.NotSrcPorts, r.NotDstPorts = f.NotSrcPorts, f.NotDstPorts
+	case 9:
+		r.SrcIPSets, r.NotSrcIPSets = f.SrcIPSets, f.NotSrcIPSets
+	case 10:
+		r.DstIPSets, r.NotDstIPSets = f.DstIPSets, f.NotDstIPSets
+	case 11:
+		r.SrcNamedPorts, r.NotDstNamedPorts = f.SrcNamedPorts, f.NotDstNamedPorts
+	default:
+		r.Action, r.ID = f.Action, f.ID
+	}
+}
+
+// edgePackets returns packets aimed at r (packetFor) with, one field at a
+// time, a port or address at an edge of one of r's ranges and CIDRs, or
+// just outside it: where a changed rule splits its dimensions' rows.
+func (g *gen) edgePackets(r *Rule) []Packet {
+	base := g.packetFor(r)
+	out := []Packet{base}
+	ports := func(rs ...[]PortRange) []uint16 {
+		var out []uint16
+		for _, pr := range slices.Concat(rs...) {
+			out = append(out, pr.First, pr.Last, pr.First-1, pr.Last+1)
+		}
+		return out
+	}
+	for _, v := range ports(r.SrcPorts, r.NotSrcPorts) {
+		p := base
+		p.SrcPort = v
+		out = append(out, p)
+	}
+	for _, v := range ports(r.DstPorts, r.NotDstPorts) {
+		p := base
+		p.DstPort, p.PreNATDstPort = v, v
+		out = append(out, p)
+	}
+	for _, a := range edgeAddrs(slices.Concat(r.SrcNets, r.NotSrcNets)) {
+		if a.Is4() == base.Src.Is4() {
+			p := base
+			p.Src = a
+			out = append(out, p)
+		}
+	}
+	for _, a := range edgeAddrs(slices.Concat(r.DstNets, r.NotDstNets)) {
+		if a.Is4() == base.Dst.Is4() {
+			p := base
+			p.Dst = a
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// TestUpdateFieldsDifferential changes random match fields (every kind,
+// gained, changed and lost) of one to three rules at a time of 10,000-rule
+// random policies and holds the kernel to Evaluate after each Update, on
+// packets aimed at the changed rules and random ones. Most updates must
+// take the map-only path (patchRows: all but those that change a rule's
+// named-port alternatives or name a set its run does not), and enough of them must change a
+// decision that a no-op Update would fail.
+func TestUpdateFieldsDifferential(t *testing.T) {
+	k := newKernel(t)
+	updates, packets := 40, 120
+	if testing.Short() {
+		updates = 10
+	}
+	patched, tried, seen := 0, 0, 0
+	for seed := uint64(0); seed < 2; seed++ {
+		g := newGen(500 + seed)
+		rules := g.largeRules(10000, seed == 1)
+		k.setIPSets(t, g.sets)
+		c, err := Compile(rules, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := k.loadCompiled(t, c)
+		for u := 0; u < updates; u++ {
+			before, err := NewEvaluator(rules)
+			if err != nil {
+				t.Fatal(err)
+			}
+			next := cloneRules(rules)
+			all := allRules(&next)
+			var pkts []Packet
+			for range 1 + g.r.IntN(3) {
+				aim := g.packet()
+				r := all[g.r.IntN(len(all))]
+				if id := before.Evaluate(g.sets, aim).RuleID; id != 0 {
+					if i := slices.IndexFunc(all, func(r *Rule) bool { return r.ID == id }); i >= 0 {
+						r = all[i]
+					}
+				}
+				was := *r
+				for try := 0; try < 10 && reflect.DeepEqual(was, *r); try++ {
+					g.mutateField(r)
+				}
+				if _, err := validateWith(next, validator{noWhere: true}); err != nil {
+					*r = was // a rule Validate refuses: not an update
+					continue
+				}
+				pkts = append(pkts, aim)
+				pkts = append(pkts, g.edgePackets(r)...)
+				pkts = append(pkts, g.edgePackets(&was)...)
+			}
+			for len(pkts) < packets {
+				pkts = append(pkts, g.packet())
+			}
+			np, err := validateWith(next, validator{noWhere: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			tried++
+			if _, _, ok := p.class.patchRows(np); ok {
+				patched++
+			}
+			switch err := p.Update(next); {
+			case err == nil:
+				rules = next
+			case !errors.Is(err, ErrNeedsReload):
+				t.Fatalf("seed %d, update %d: %v", seed, u, err)
+			}
+			ev, err := NewEvaluator(rules)
+			if err != nil {
+				t.Fatal(err)
+			}
+			differs := false
+			for _, pkt := range pkts {
+				want := ev.Evaluate(g.sets, pkt)
+				differs = differs || cmp.Diff(want, before.Evaluate(g.sets, pkt), decisionCmp) != ""
+				if diff := cmp.Diff(want, k.run(t, p, pkt), decisionCmp); diff != "" {
+					t.Fatalf("seed %d, after update %d, packet %+v (-evaluate +kernel):\n%s", seed, u, pkt, diff)
+				}
+			}
+			if differs {
+				seen++
+			}
+		}
+	}
+	t.Logf("%d of %d updates without a compile; after %d some packet was decided otherwise", patched, tried, seen)
+	if patched < tried*3/4 {
+		t.Errorf("only %d of %d updates took the map-only path", patched, tried)
+	}
+	if seen < tried/5 {
+		t.Errorf("only %d of %d updates changed a decision: the test does not see updates", seen, tried)
+	}
+}
