@@ -136,16 +136,8 @@ func (c *compiler) classifierCode(st stage, cl *classifier, l *classLayout, tier
 		b.Emit(
 			ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R10, stackCacheKey+8+4*int16(di), ebpfasm.Word),
 			ebpfasm.Add.Imm32(ebpfasm.R1, int32(l.base(di))),
-			ebpfasm.LoadMem(ebpfasm.R2, ebpfasm.R10, stackGen, ebpfasm.DWord),
-			ebpfasm.Mul.Imm(ebpfasm.R2, int32(l.rows())),
-			ebpfasm.Add.Reg(ebpfasm.R1, ebpfasm.R2),
-			ebpfasm.StoreMem(ebpfasm.R10, stackClassKey, ebpfasm.R1, ebpfasm.DWord),
-			ebpfasm.LoadMapPtr(ebpfasm.R1, 0).WithReference(rowsName),
-			ebpfasm.Mov.Reg(ebpfasm.R2, ebpfasm.R10),
-			ebpfasm.Add.Imm(ebpfasm.R2, stackClassKey+keyLowHalf),
-			ebpfasm.FnMapLookupElem.Call(),
 		)
-		b.Jump(ebpfasm.JEq, ebpfasm.R0, 0, labelFailed)
+		c.arrayLookup(rowsName, l.rows())
 		b.Emit(ebpfasm.StoreMem(ebpfasm.R10, stackRowPtr-8*int16(di), ebpfasm.R0, ebpfasm.DWord))
 	}
 
@@ -440,24 +432,8 @@ func (c *compiler) loadGeneration() {
 // when l gives it one (d is dimension di of l).
 func (c *compiler) dimRow(st stage, d *classDim, name, v4 string, l *classLayout, di int) {
 	b := c.part.b
-	// genOffset adds to R1 the generation's first key, size keys each.
-	genOffset := func(size uint32) {
-		b.Emit(
-			ebpfasm.LoadMem(ebpfasm.R2, ebpfasm.R10, stackGen, ebpfasm.DWord),
-			ebpfasm.Mul.Imm(ebpfasm.R2, int32(size)),
-			ebpfasm.Add.Reg(ebpfasm.R1, ebpfasm.R2),
-		)
-	}
 	lookup := func() {
-		genOffset(dimArraySize(d.kind))
-		b.Emit(
-			ebpfasm.StoreMem(ebpfasm.R10, stackClassKey, ebpfasm.R1, ebpfasm.DWord),
-			ebpfasm.LoadMapPtr(ebpfasm.R1, 0).WithReference(name),
-			ebpfasm.Mov.Reg(ebpfasm.R2, ebpfasm.R10),
-			ebpfasm.Add.Imm(ebpfasm.R2, stackClassKey+keyLowHalf),
-			ebpfasm.FnMapLookupElem.Call(),
-		)
-		b.Jump(ebpfasm.JEq, ebpfasm.R0, 0, labelFailed)
+		c.arrayLookup(name, dimArraySize(d.kind))
 		b.Emit(ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R0, 0, ebpfasm.Word))
 	}
 	switch d.kind {
@@ -526,6 +502,25 @@ func (c *compiler) dimRow(st stage, d *classDim, name, v4 string, l *classLayout
 	}
 }
 
+// arrayLookup emits R0 = the element of array map name at key R1 in the
+// generation in use, perGen keys a generation. The key is within the map
+// by construction; a null still fails the policy, which the verifier
+// needs.
+func (c *compiler) arrayLookup(name string, perGen uint32) {
+	b := c.part.b
+	b.Emit(
+		ebpfasm.LoadMem(ebpfasm.R2, ebpfasm.R10, stackGen, ebpfasm.DWord),
+		ebpfasm.Mul.Imm(ebpfasm.R2, int32(perGen)),
+		ebpfasm.Add.Reg(ebpfasm.R1, ebpfasm.R2),
+		ebpfasm.StoreMem(ebpfasm.R10, stackClassKey, ebpfasm.R1, ebpfasm.DWord),
+		ebpfasm.LoadMapPtr(ebpfasm.R1, 0).WithReference(name),
+		ebpfasm.Mov.Reg(ebpfasm.R2, ebpfasm.R10),
+		ebpfasm.Add.Imm(ebpfasm.R2, stackClassKey+keyLowHalf),
+		ebpfasm.FnMapLookupElem.Call(),
+	)
+	b.Jump(ebpfasm.JEq, ebpfasm.R0, 0, labelFailed)
+}
+
 // v4Row emits, for an IPv4 address at state offset off, R1 = its row
 // from the stride table at chunk base of the map name (chunks a
 // generation) and a jump to done; an IPv6 address falls through. Each
@@ -548,16 +543,8 @@ func (c *compiler) v4Row(off int16, name string, base, chunks uint32, done strin
 			ebpfasm.LSh.Imm(ebpfasm.R1, 8),
 			ebpfasm.LoadMem(ebpfasm.R2, regState, off+12+level, ebpfasm.Byte),
 			ebpfasm.Add.Reg(ebpfasm.R1, ebpfasm.R2),
-			ebpfasm.LoadMem(ebpfasm.R2, ebpfasm.R10, stackGen, ebpfasm.DWord),
-			ebpfasm.Mul.Imm(ebpfasm.R2, int32(chunks*256)),
-			ebpfasm.Add.Reg(ebpfasm.R1, ebpfasm.R2),
-			ebpfasm.StoreMem(ebpfasm.R10, stackClassKey, ebpfasm.R1, ebpfasm.DWord),
-			ebpfasm.LoadMapPtr(ebpfasm.R1, 0).WithReference(name),
-			ebpfasm.Mov.Reg(ebpfasm.R2, ebpfasm.R10),
-			ebpfasm.Add.Imm(ebpfasm.R2, stackClassKey+keyLowHalf),
-			ebpfasm.FnMapLookupElem.Call(),
 		)
-		b.Jump(ebpfasm.JEq, ebpfasm.R0, 0, labelFailed)
+		c.arrayLookup(name, chunks*256)
 		b.Emit(ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R0, 0, ebpfasm.Word))
 		if level < 3 {
 			b.Jump(ebpfasm.JLT, ebpfasm.R1, v4ChunkFlag, done)
