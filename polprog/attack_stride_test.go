@@ -182,7 +182,7 @@ func TestAttackStrideUpdates(t *testing.T) {
 	t.Logf("%d of 15 updates reloaded", reloads)
 }
 
-// TestAttackStrideLimit loads a source dimension at exactly maxV4Chunks
+// TestAttackStrideLimit loads a source dimension at exactly maxStrideChunks
 // chunks (a stride table) and one chunk past it (the trie), and holds the
 // kernel to Evaluate on addresses at every /24's edges.
 func TestAttackStrideLimit(t *testing.T) {
@@ -198,10 +198,10 @@ func TestAttackStrideLimit(t *testing.T) {
 			rs = append(rs, Rule{ID: uint64(i + 1), Action: []Action{ActionAllow, ActionDeny}[i%2],
 				SrcNets: []netip.Prefix{p}, DstNets: []netip.Prefix{mustPrefix(strideNets[i%26])}})
 		}
-		chunks := buildV4(prefix)
+		chunks := buildStride(prefix, false)
 		switch {
-		case n == 2038 && len(chunks) != maxV4Chunks:
-			t.Fatalf("%d /32s: %d chunks, want %d", n, len(chunks), maxV4Chunks)
+		case n == 2038 && len(chunks) != maxStrideChunks:
+			t.Fatalf("%d /32s: %d chunks, want %d", n, len(chunks), maxStrideChunks)
 		case n == 2039 && chunks != nil:
 			t.Fatalf("%d /32s: %d chunks, want no table", n, len(chunks))
 		}

@@ -97,9 +97,9 @@ type classDim struct {
 	// sets are a membership dimension's set IDs: bit i of the row index
 	// is membership of sets[i].
 	sets []uint64
-	// v4 is an address dimension's IPv4 stride table (see buildV4), nil
-	// when it would be too large.
-	v4 []v4Chunk
+	// v4 and v6 are an address dimension's IPv4 and IPv6 stride tables
+	// (see buildStride), nil when too large.
+	v4, v6 []strideChunk
 }
 
 type prefixRow struct {
@@ -489,7 +489,7 @@ func (cl *classifier) buildAddr(d *classDim, rs *rowSet, src bool) {
 		x.row(p, row)
 		d.prefix = append(d.prefix, prefixRow{p: p, row: rs.add(row)})
 	}
-	d.v4 = buildV4(d.prefix)
+	d.v4, d.v6 = buildStride(d.prefix, false), buildStride(d.prefix, true)
 }
 
 // addrIndex is what an address dimension's rows are made of.

@@ -39,9 +39,9 @@ const (
 	omitAddrDims
 	omitMemberDims
 	omitCacheLookup
-	// omitV4Tables: IPv4 addresses look the trie up, as before the
+	// omitStrideTables: IPv4 addresses look the trie up, as before the
 	// stride tables.
-	omitV4Tables
+	omitStrideTables
 )
 
 // keyLowHalf is where, in a u64 stored at stackClassKey, its low u32 (an
@@ -76,9 +76,9 @@ func (c *compiler) classifierCode(st stage, cl *classifier, l *classLayout, tier
 	for _, d := range cl.dims {
 		cc.names = append(cc.names, dimMapName(d.kind, mapName))
 	}
-	if l.v4Chunks() > 0 {
-		cc.v4 = mapName("v4")
-		cc.names = append(cc.names, cc.v4)
+	if l.strideChunks() > 0 {
+		cc.strides = mapName("stride")
+		cc.names = append(cc.names, cc.strides)
 	}
 	if !c.haveGenMap {
 		c.haveGenMap = true
@@ -104,7 +104,7 @@ func (c *compiler) classifierCode(st stage, cl *classifier, l *classLayout, tier
 		if c.opts.omit&d.kind.omitBit() != 0 {
 			b.Emit(ebpfasm.Mov.Imm(ebpfasm.R1, 0))
 		} else {
-			c.dimRow(st, d, cc.names[2+di], cc.v4, l, di)
+			c.dimRow(st, d, cc.names[2+di], cc.strides, l, di)
 		}
 		b.Emit(ebpfasm.StoreMem(ebpfasm.R10, stackCacheKey+8+4*int16(di), ebpfasm.R1, ebpfasm.Word))
 	}
@@ -299,7 +299,7 @@ func (c *compiler) classMaps(cl *classifier, l *classLayout) int {
 			n++
 		}
 	}
-	if l.v4Chunks() > 0 {
+	if l.strideChunks() > 0 {
 		n++ // the stride tables
 	}
 	return n
@@ -430,7 +430,7 @@ func (c *compiler) loadGeneration() {
 // first row, looking it up in the map name (of the generation in
 // stackGen); for an IPv4 address, in its stride table in the map v4
 // when l gives it one (d is dimension di of l).
-func (c *compiler) dimRow(st stage, d *classDim, name, v4 string, l *classLayout, di int) {
+func (c *compiler) dimRow(st stage, d *classDim, name, strides string, l *classLayout, di int) {
 	b := c.part.b
 	lookup := func() {
 		c.arrayLookup(name, dimArraySize(d.kind))
@@ -460,32 +460,10 @@ func (c *compiler) dimRow(st stage, d *classDim, name, v4 string, l *classLayout
 		if d.kind == dimDstAddr {
 			off = st.dstAddr
 		}
-		miss, done := c.newLabel("cls_addr_miss"), c.newLabel("cls_addr_done")
-		if l.v4Cap[di] > 0 && c.opts.omit&omitV4Tables == 0 {
-			c.v4Row(off, v4, l.v4Base(di), l.v4Chunks(), done)
+		done := c.newLabel("cls_addr_done")
+		if c.opts.omit&omitStrideTables != 0 || !c.strideRows(off, strides, l, di, done) {
+			c.trieRow(off, name, done)
 		}
-		b.Emit(
-			ebpfasm.StoreImm(ebpfasm.R10, stackClassKey, 32+128, ebpfasm.Word),
-			ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R10, stackGen, ebpfasm.DWord),
-			ebpfasm.StoreMem(ebpfasm.R10, stackClassKey+4, ebpfasm.R1, ebpfasm.Word),
-		)
-		for i := int16(0); i < 16; i += 4 {
-			b.Emit(
-				ebpfasm.LoadMem(ebpfasm.R1, regState, off+i, ebpfasm.Word),
-				ebpfasm.StoreMem(ebpfasm.R10, stackClassKey+8+i, ebpfasm.R1, ebpfasm.Word),
-			)
-		}
-		b.Emit(
-			ebpfasm.LoadMapPtr(ebpfasm.R1, 0).WithReference(name),
-			ebpfasm.Mov.Reg(ebpfasm.R2, ebpfasm.R10),
-			ebpfasm.Add.Imm(ebpfasm.R2, stackClassKey),
-			ebpfasm.FnMapLookupElem.Call(),
-		)
-		b.Jump(ebpfasm.JEq, ebpfasm.R0, 0, miss)
-		b.Emit(ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R0, 0, ebpfasm.Word))
-		b.Ja(done)
-		b.Label(miss)
-		b.Emit(ebpfasm.Mov.Imm(ebpfasm.R1, 0))
 		b.Label(done)
 	default:
 		addr, port := offSrcAddr, int16(-1)
@@ -500,6 +478,35 @@ func (c *compiler) dimRow(st stage, d *classDim, name, v4 string, l *classLayout
 		c.memberRow(d, addr, port)
 		b.Emit(ebpfasm.Mov.Reg(ebpfasm.R1, regRuleID))
 	}
+}
+
+// trieRow emits R1 = the row of the address at state offset off from the
+// trie name (row 0 when no prefix holds it) and a jump to done.
+func (c *compiler) trieRow(off int16, name, done string) {
+	b := c.part.b
+	miss := c.newLabel("cls_addr_miss")
+	b.Emit(
+		ebpfasm.StoreImm(ebpfasm.R10, stackClassKey, 32+128, ebpfasm.Word),
+		ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R10, stackGen, ebpfasm.DWord),
+		ebpfasm.StoreMem(ebpfasm.R10, stackClassKey+4, ebpfasm.R1, ebpfasm.Word),
+	)
+	for i := int16(0); i < 16; i += 4 {
+		b.Emit(
+			ebpfasm.LoadMem(ebpfasm.R1, regState, off+i, ebpfasm.Word),
+			ebpfasm.StoreMem(ebpfasm.R10, stackClassKey+8+i, ebpfasm.R1, ebpfasm.Word),
+		)
+	}
+	b.Emit(
+		ebpfasm.LoadMapPtr(ebpfasm.R1, 0).WithReference(name),
+		ebpfasm.Mov.Reg(ebpfasm.R2, ebpfasm.R10),
+		ebpfasm.Add.Imm(ebpfasm.R2, stackClassKey),
+		ebpfasm.FnMapLookupElem.Call(),
+	)
+	b.Jump(ebpfasm.JEq, ebpfasm.R0, 0, miss)
+	b.Emit(ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R0, 0, ebpfasm.Word))
+	b.Ja(done)
+	b.Label(miss)
+	b.Emit(ebpfasm.Mov.Imm(ebpfasm.R1, 0))
 }
 
 // arrayLookup emits R0 = the element of array map name at key R1 in the
@@ -521,14 +528,18 @@ func (c *compiler) arrayLookup(name string, perGen uint32) {
 	b.Jump(ebpfasm.JEq, ebpfasm.R0, 0, labelFailed)
 }
 
-// v4Row emits, for an IPv4 address at state offset off, R1 = its row
-// from the stride table at chunk base of the map name (chunks a
-// generation) and a jump to done; an IPv6 address falls through. Each
-// byte is one array lookup, which the verifier inlines: chunk*256 +
-// byte, in the generation's chunks.
-func (c *compiler) v4Row(off int16, name string, base, chunks uint32, done string) {
+// strideRows emits, for the address at state offset off, R1 = its row
+// from its family's stride table in map name and a jump to done, for the
+// families of dimension di that have one; an address of a family without
+// falls through, to the trie lookup. It reports whether both families have
+// a table (nothing falls through).
+func (c *compiler) strideRows(off int16, name string, l *classLayout, di int, done string) bool {
+	v4, v6 := l.v4Cap[di] > 0, l.v6Cap[di] > 0
+	if !v4 && !v6 {
+		return false
+	}
 	b := c.part.b
-	v6 := c.newLabel("cls_addr_v6")
+	other := c.newLabel("cls_addr_family")
 	// R1 = words 0-1 | (word 2 ^ the IPv4-mapped marker): 0 for IPv4.
 	b.Emit(
 		ebpfasm.LoadMem(ebpfasm.R1, regState, off, ebpfasm.DWord),
@@ -536,23 +547,45 @@ func (c *compiler) v4Row(off int16, name string, base, chunks uint32, done strin
 		ebpfasm.Xor.Imm32(ebpfasm.R2, mappedMarker),
 		ebpfasm.Or.Reg(ebpfasm.R1, ebpfasm.R2),
 	)
-	b.Jump(ebpfasm.JNE, ebpfasm.R1, 0, v6)
+	if v4 {
+		b.Jump(ebpfasm.JNE, ebpfasm.R1, 0, other)
+		c.strideWalk(off+12, 4, name, l.v4Base(di), l.strideChunks(), done)
+	} else {
+		b.Jump(ebpfasm.JEq, ebpfasm.R1, 0, other)
+	}
+	if v6 {
+		if v4 {
+			b.Label(other)
+		}
+		c.strideWalk(off, 16, name, l.v6Base(di), l.strideChunks(), done)
+	}
+	if !v4 || !v6 {
+		b.Label(other)
+	}
+	return v4 && v6
+}
+
+// strideWalk emits R1 = the row that the table at chunk base of map name
+// (chunks a generation) gives the n address bytes at state offset off,
+// and a jump to done. Each byte is one array lookup, which the verifier
+// inlines: chunk*256 + byte, in the generation's chunks.
+func (c *compiler) strideWalk(off int16, n int16, name string, base, chunks uint32, done string) {
+	b := c.part.b
 	b.Emit(ebpfasm.Mov.Imm(ebpfasm.R1, int32(base)))
-	for level := int16(0); level < 4; level++ {
+	for level := int16(0); level < n; level++ {
 		b.Emit(
 			ebpfasm.LSh.Imm(ebpfasm.R1, 8),
-			ebpfasm.LoadMem(ebpfasm.R2, regState, off+12+level, ebpfasm.Byte),
+			ebpfasm.LoadMem(ebpfasm.R2, regState, off+level, ebpfasm.Byte),
 			ebpfasm.Add.Reg(ebpfasm.R1, ebpfasm.R2),
 		)
 		c.arrayLookup(name, chunks*256)
 		b.Emit(ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R0, 0, ebpfasm.Word))
-		if level < 3 {
-			b.Jump(ebpfasm.JLT, ebpfasm.R1, v4ChunkFlag, done)
-			b.Emit(ebpfasm.And.Imm32(ebpfasm.R1, v4ChunkFlag-1))
+		if level < n-1 {
+			b.Jump(ebpfasm.JLT, ebpfasm.R1, strideFlag, done)
+			b.Emit(ebpfasm.And.Imm32(ebpfasm.R1, strideFlag-1))
 		}
 	}
 	b.Ja(done)
-	b.Label(v6)
 }
 
 // memberRow emits regRuleID = the membership vector of d's sets (bit i:

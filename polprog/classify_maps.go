@@ -31,11 +31,12 @@ type classLayout struct {
 	sets   [][]uint64
 	rowCap []uint32
 	lpmCap []uint32
-	// v4Cap is each address dimension's IPv4 stride table capacity in
-	// chunks, 0 when the dimension has none (it looks up the trie
-	// alone). The run's tables share one map, in order of dimension.
-	v4Cap []uint32
-	words int
+	// v4Cap and v6Cap are each address dimension's IPv4 and IPv6
+	// stride table capacities in chunks, 0 when the dimension has none
+	// (that family looks up the trie). The run's tables share one map:
+	// the IPv4 ones in order of dimension, then the IPv6 ones.
+	v4Cap, v6Cap []uint32
+	words        int
 }
 
 // newLayout returns a layout for cl with room to grow.
@@ -52,16 +53,21 @@ func newLayout(cl *classifier) *classLayout {
 		l.rowCap = append(l.rowCap, n)
 		np := uint32(len(d.prefix))
 		l.lpmCap = append(l.lpmCap, np+np/8+16)
-		var nc uint32
-		if d.v4 != nil {
-			// Room for an update's prefixes under other bytes (16
-			// chunks are 32 KiB over both generations).
-			nc = uint32(len(d.v4))
-			nc += nc/4 + 16
-		}
-		l.v4Cap = append(l.v4Cap, nc)
+		l.v4Cap = append(l.v4Cap, strideCap(d.v4))
+		l.v6Cap = append(l.v6Cap, strideCap(d.v6))
 	}
 	return l
+}
+
+// strideCap is the capacity a layout gives a stride table: room for an
+// update's prefixes under other bytes (16 chunks are 32 KiB over both
+// generations); 0 for none.
+func strideCap(t []strideChunk) uint32 {
+	if t == nil {
+		return 0
+	}
+	n := uint32(len(t))
+	return n + n/4 + 16
 }
 
 // fits reports whether cl can use l.
@@ -72,7 +78,8 @@ func (l *classLayout) fits(cl *classifier) bool {
 	for i, d := range cl.dims {
 		if d.kind != l.dims[i] || !slices.Equal(d.sets, l.sets[i]) ||
 			uint32(len(d.rows)) > l.rowCap[i] || uint32(len(d.prefix)) > l.lpmCap[i] ||
-			l.v4Cap[i] > 0 && (d.v4 == nil || uint32(len(d.v4)) > l.v4Cap[i]) {
+			l.v4Cap[i] > 0 && (d.v4 == nil || uint32(len(d.v4)) > l.v4Cap[i]) ||
+			l.v6Cap[i] > 0 && (d.v6 == nil || uint32(len(d.v6)) > l.v6Cap[i]) {
 			return false
 		}
 	}
@@ -97,7 +104,7 @@ func (l *classLayout) summary() int { return (l.words + 63) / 64 }
 // positions is the table size of one generation.
 func (l *classLayout) positions() int { return l.words * 64 }
 
-// v4Base is the first chunk of dimension i's stride table in one
+// v4Base is the first chunk of dimension i's IPv4 stride table in one
 // generation.
 func (l *classLayout) v4Base(i int) uint32 {
 	var n uint32
@@ -107,8 +114,18 @@ func (l *classLayout) v4Base(i int) uint32 {
 	return n
 }
 
-// v4Chunks is the stride tables' chunks of one generation.
-func (l *classLayout) v4Chunks() uint32 { return l.v4Base(len(l.v4Cap)) }
+// v6Base is the first chunk of dimension i's IPv6 stride table in one
+// generation: after every IPv4 one.
+func (l *classLayout) v6Base(i int) uint32 {
+	n := l.v4Base(len(l.v4Cap))
+	for _, c := range l.v6Cap[:i] {
+		n += c
+	}
+	return n
+}
+
+// strideChunks is the stride tables' chunks of one generation.
+func (l *classLayout) strideChunks() uint32 { return l.v6Base(len(l.v6Cap)) }
 
 // bytes is the memory of the rows map.
 func (l *classLayout) bytes() int { return generations * int(l.rows()) * (l.summary() + l.words) * 8 }
@@ -120,11 +137,11 @@ type compiledClass struct {
 	layout *classLayout
 	part   int
 	// names are the maps: rows, table, then one per dimension that has
-	// a map ("" for membership dimensions), then the IPv4 stride tables'
+	// a map ("" for membership dimensions), then the stride tables'
 	// when there are any.
 	names []string
-	// v4 is the stride tables' map, "" for none.
-	v4 string
+	// strides is the stride tables' map, "" for none.
+	strides string
 }
 
 // mapContents are the entries of a map in any one generation, as raw
@@ -209,8 +226,8 @@ func (cc *compiledClass) contents() map[string]*mapContents {
 			out[name] = m
 		}
 	}
-	if cc.v4 != "" {
-		out[cc.v4] = v4Contents(cl, l)
+	if cc.strides != "" {
+		out[cc.strides] = strideContents(cl, l)
 	}
 	return out
 }
@@ -293,9 +310,9 @@ func (cc *compiledClass) specs() []LookupMap {
 				KeySize: 4, ValueSize: 4, MaxEntries: generations * dimArraySize(k)}})
 		}
 	}
-	if cc.v4 != "" {
-		out = append(out, LookupMap{Name: cc.v4, Spec: &ebpf.MapSpec{Name: shortName(cc.v4), Type: ebpf.Array,
-			KeySize: 4, ValueSize: 4, MaxEntries: generations * l.v4Chunks() * 256}})
+	if cc.strides != "" {
+		out = append(out, LookupMap{Name: cc.strides, Spec: &ebpf.MapSpec{Name: shortName(cc.strides), Type: ebpf.Array,
+			KeySize: 4, ValueSize: 4, MaxEntries: generations * l.strideChunks() * 256}})
 	}
 	return out
 }

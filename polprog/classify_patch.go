@@ -124,18 +124,28 @@ func (s *classState) patchRows(np *program) (map[string]*mapContents, *Compiled,
 			for _, pr := range moved.prefixes {
 				m.set(trieKey(pr.p), u32Key(pr.row))
 			}
-			if len(moved.prefixes) > 0 && l.v4Cap[di] > 0 {
-				// The stride table again, from every prefix (what it
-				// holds depends on the longer prefixes under each);
-				// only the entries that differ are set.
-				nd.v4 = buildV4(nd.prefix)
-				if nd.v4 == nil || uint32(len(nd.v4)) > l.v4Cap[di] {
+			if len(moved.prefixes) == 0 {
+				continue
+			}
+			// The stride tables again, from every prefix (what they
+			// hold depends on the longer prefixes under each); only
+			// the entries that differ are set.
+			for _, t := range []struct {
+				v6        bool
+				cap, base uint32
+				was, is   *[]strideChunk
+			}{{false, l.v4Cap[di], l.v4Base(di), &d.v4, &nd.v4}, {true, l.v6Cap[di], l.v6Base(di), &d.v6, &nd.v6}} {
+				if t.cap == 0 {
+					continue
+				}
+				*t.is = buildStride(nd.prefix, t.v6)
+				if *t.is == nil || uint32(len(*t.is)) > t.cap {
 					return nil, nil, false
 				}
-				if want[cc.v4] == s.written[s.gen][cc.v4] {
-					want[cc.v4] = cloneContents(want[cc.v4])
+				if want[cc.strides] == s.written[s.gen][cc.strides] {
+					want[cc.strides] = cloneContents(want[cc.strides])
 				}
-				setV4(want[cc.v4], l.v4Base(di), d.v4, nd.v4)
+				setStride(want[cc.strides], t.base, *t.was, *t.is)
 			}
 		}
 	}
@@ -221,7 +231,7 @@ type patchMoves struct {
 // the changed positions differ, and what changed; false when its rows or
 // prefixes would pass their capacities.
 func (cl *classifier) patchDim(d *classDim, changed []int, rowCap, lpmCap uint32) (*classDim, patchMoves, bool) {
-	nd := &classDim{kind: d.kind, rows: d.rows, index: d.index, dense: d.dense, prefix: d.prefix, sets: d.sets, v4: d.v4}
+	nd := &classDim{kind: d.kind, rows: d.rows, index: d.index, dense: d.dense, prefix: d.prefix, sets: d.sets, v4: d.v4, v6: d.v6}
 	var g regrouping
 	switch d.kind {
 	case dimSrcSets, dimDstSets, dimSrcNamed, dimDstNamed:

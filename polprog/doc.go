@@ -74,9 +74,10 @@
 // alike: protocols (an array), ICMP type and code (an array), source and
 // destination port intervals (arrays of 65,536), the addresses with the
 // same longest match among the run's prefixes (an LPM trie keyed on the
-// 16-byte address, IPv4 as ::ffff:a.b.c.d; an IPv4 address is looked up
-// first in a stride table of the same classes, one array lookup per
-// byte, which the verifier inlines), and the membership vectors of
+// 16-byte address, IPv4 as ::ffff:a.b.c.d; an address is looked up in its
+// family's stride table of the same classes instead, one array lookup
+// per byte, which the verifier inlines, unless that table would pass
+// 2,048 chunks of 256 entries), and the membership vectors of
 // the IP sets and named-port sets the run names (up to eight per
 // dimension: one lookup of the address in the membership map sl_ipsetm,
 // which package ipsets writes with sl_ipsets and whose entry lists every
@@ -114,12 +115,15 @@
 // compiles the new rules with the loaded runs' layouts (their capacities
 // leave room); when the code is unchanged it writes the idle generation's
 // changed entries and switches with one map write (a new generation map
-// value, so no cached outcome outlives it). Changes of classified rules'
-// IDs and actions alone are found without compiling and touch only their
-// table entries; changes of their CIDRs (a positive list staying
-// non-empty) rewrite only the rows of the prefixes under the CIDRs
-// changed and their trie entries. Anything else returns an error wrapping
-// ErrNeedsReload, for the caller to compile, load and switch.
+// value, so no cached outcome outlives it). Changes of classified rules
+// that keep their positions and use only fields and sets their run tells
+// apart (any protocol, ICMP, CIDR, port, set reference or negation, ID or
+// action) are found without compiling: only the changed positions' bits
+// are made again, for every key of the dimensions whose field changed;
+// the keys of a row that now differ move to rows of their own, and only
+// the rows, keys, trie entries and table entries that change are written.
+// Anything else returns an error wrapping ErrNeedsReload, for the caller
+// to compile, load and switch.
 //
 // IP sets live in the shared sl_ipsets LPM trie, which package ipsets
 // writes (ipsets.Map.Sync); its keys carry the member's family, and the
