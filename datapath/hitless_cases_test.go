@@ -140,6 +140,9 @@ func TestHitless(t *testing.T) {
 			if res.TCPReceived != res.TCPSent || res.TCPSent == 0 {
 				t.Errorf("tcp stream: sent %d bytes, the backend read %d", res.TCPSent, res.TCPReceived)
 			}
+			if res.TCPStamped == 0 {
+				t.Errorf("tcp stream: none of %d writes had both a transmit and a receive timestamp: no one-way delay", res.TCPWrites)
+			}
 			if res.UDPSendErrs != 0 {
 				t.Errorf("udp stream: %d sends failed (an ICMP error of a dropped datagram)", res.UDPSendErrs)
 			}

@@ -31,11 +31,12 @@ import (
 //     stream's first byte), as the sock_extended_err's ee_data (32 bits:
 //     it wraps every 4 GiB, unwrapped here). When TCP splits that skb
 //     (tcp_fragment, at the congestion window or an MSS), the tag moves
-//     with the last byte.
+//     with the last byte. A write that adds to an skb not yet sent takes
+//     its tag: the earlier write has no stamp (a few in ten thousand here).
 //   - SOF_TIMESTAMPING_TX_SOFTWARE fires when the driver takes the skb:
 //     veth_xmit calls skb_tx_timestamp, so on the client's veth, before
 //     the node's side and its datapath. A retransmit is a new clone of the
-//     same skb and fires again; the first of a key's stamps is its first
+//     same skb and fires again (TCPRestamped); the first of a key's stamps is its first
 //     transmission, which is the one a delay is counted from (a segment
 //     the datapath dropped shows as at least the retransmit's wait).
 //   - veth offers TSO, so the stream's skbs cross every hop as GSO packets
