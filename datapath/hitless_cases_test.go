@@ -191,7 +191,7 @@ func runHitless(t *testing.T, c hitlessCase, gap bool) hitlessResult {
 		defer observer.Close()
 	}
 	before := h.counters(observer)
-	vethBefore := h.vethDrops()
+	vethBefore, txBefore := h.vethDrops(), h.clientTxPackets()
 	time.Sleep(300 * time.Millisecond)
 	start := time.Now()
 	c.change(h, func() {
@@ -203,6 +203,7 @@ func runHitless(t *testing.T, c hitlessCase, gap bool) hitlessResult {
 	time.Sleep(300 * time.Millisecond)
 	res := streams.Stop(start, end)
 	res.VethDrops = h.vethDrops() - vethBefore
+	res.TCPPackets = h.clientTxPackets() - txBefore - res.UDPSent
 	t.Logf("the change took %v", end.Sub(start))
 	if !gap {
 		if h.d != nil {

@@ -227,6 +227,11 @@ type hitlessResult struct {
 	// skb that held its last byte sent again).
 	TCPWrites                int64
 	TCPStamped, TCPRestamped int
+	// TCPPackets is how many packets the client's veth sent besides the
+	// datagrams (GSO packets of up to 64 KiB count one; after the stream
+	// started): a lost packet shows in TCPDelay if it held the last byte
+	// of a write, which about TCPStamped of them did.
+	TCPPackets uint64
 	// UDPSent is how many datagrams the client sent (sequence numbers
 	// 0 to UDPSent-1), UDPLost how many of them never arrived, UDPSendErrs
 	// how many sends failed (an ICMP error of a dropped datagram, reported
@@ -252,11 +257,11 @@ type hitlessResult struct {
 
 func (r hitlessResult) String() string {
 	return fmt.Sprintf("tcp %d of %d bytes lost, longest stall %v (%v outside the change), "+
-		"longest one-way delay %v (%v outside; %d of %d writes stamped, %d stamped again), err %v; "+
+		"longest one-way delay %v (%v outside; %d of %d writes stamped, %d stamped again, %d packets), err %v; "+
 		"udp %d of %d datagrams lost, longest gap %v (%v outside), longest one-way delay %v (%v outside), %d send errors; "+
 		"kernel %+v, veth drops %d",
 		r.TCPSent-r.TCPReceived, r.TCPSent, r.TCPStall, r.TCPJitter,
-		r.TCPDelay, r.TCPDelayOutside, r.TCPStamped, r.TCPWrites, r.TCPRestamped, r.TCPErr,
+		r.TCPDelay, r.TCPDelayOutside, r.TCPStamped, r.TCPWrites, r.TCPRestamped, r.TCPPackets, r.TCPErr,
 		r.UDPLost, r.UDPSent, r.UDPStall, r.UDPJitter, r.UDPDelay, r.UDPDelayOutside, r.UDPSendErrs, r.Kernel, r.VethDrops)
 }
 

@@ -347,3 +347,16 @@ func setsockoptInt(c syscall.Conn, level, opt, value int) error {
 	}
 	return serr
 }
+
+// clientTxPackets is the packets the client's veth (its eth0) sent.
+func (h *hitlessNode) clientTxPackets() uint64 {
+	h.t.Helper()
+	l, err := h.client.NS.Handle.LinkByName("eth0")
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if st := l.Attrs().Statistics; st != nil {
+		return st.TxPackets
+	}
+	return 0
+}
