@@ -174,6 +174,7 @@ func TestHitless(t *testing.T) {
 // workload.
 func runHitless(t *testing.T, c hitlessCase, gap bool) hitlessResult {
 	h := newHitlessNode(t, c.child)
+	txBefore := h.clientTxPackets() // the stream's packets, as its writes, from its start
 	streams, err := startHitlessStreams(h.node.NS, h.client, h.server, hitlessTCPFrontend.String(),
 		netip.AddrPortFrom(hitlessBackend, hitlessTCPPort).String(), hitlessUDPFrontend.String(),
 		netip.AddrPortFrom(hitlessBackend, hitlessUDPPort).String())
@@ -191,7 +192,7 @@ func runHitless(t *testing.T, c hitlessCase, gap bool) hitlessResult {
 		defer observer.Close()
 	}
 	before := h.counters(observer)
-	vethBefore, txBefore := h.vethDrops(), h.clientTxPackets()
+	vethBefore := h.vethDrops()
 	time.Sleep(300 * time.Millisecond)
 	start := time.Now()
 	c.change(h, func() {
