@@ -46,9 +46,13 @@ import (
 //     the datapath dropped shows as at least the retransmit's wait).
 //   - veth offers TSO, so the stream's skbs cross every hop as GSO packets
 //     of up to 64 KiB, one timestamp each at both ends.
-//   - The backend's skbs are stamped as its veth hands them to the stack
-//     (netif_rx, before the backlog: the node side's stamp is cleared as
-//     the packet crosses into the backend's namespace); tcp_recvmsg reports
+//   - The backend's skbs are stamped in its namespace before its TCP:
+//     a packet's stamp is cleared as it crosses namespaces and set again
+//     as the backend's veth hands it to the stack (netif_rx), unless it
+//     carries a delivery time (TCP's departure time, kept across
+//     namespaces), which its IP replaces with the time as it delivers
+//     the packet (skb_clear_delivery_time); either way in softirq, not in
+//     the reader. tcp_recvmsg reports
 //     the stamp of the last skb a read copied from. The backend reads up
 //     to the next multiple of the write size at most, so the read that
 //     ends a write ends at the tagged byte and reports that byte's skb
