@@ -140,6 +140,9 @@ func TestHitless(t *testing.T) {
 			if res.TCPReceived != res.TCPSent || res.TCPSent == 0 {
 				t.Errorf("tcp stream: sent %d bytes, the backend read %d", res.TCPSent, res.TCPReceived)
 			}
+			if res.TCPStamped == 0 {
+				t.Errorf("tcp stream: none of %d writes had both a transmit and a receive timestamp: no one-way delay", res.TCPWrites)
+			}
 			if res.UDPSendErrs != 0 {
 				t.Errorf("udp stream: %d sends failed (an ICMP error of a dropped datagram)", res.UDPSendErrs)
 			}
@@ -171,6 +174,7 @@ func TestHitless(t *testing.T) {
 // workload.
 func runHitless(t *testing.T, c hitlessCase, gap bool) hitlessResult {
 	h := newHitlessNode(t, c.child)
+	txBefore := h.clientTxPackets() // the stream's packets, as its writes, from its start
 	streams, err := startHitlessStreams(h.node.NS, h.client, h.server, hitlessTCPFrontend.String(),
 		netip.AddrPortFrom(hitlessBackend, hitlessTCPPort).String(), hitlessUDPFrontend.String(),
 		netip.AddrPortFrom(hitlessBackend, hitlessUDPPort).String())
@@ -200,6 +204,7 @@ func runHitless(t *testing.T, c hitlessCase, gap bool) hitlessResult {
 	time.Sleep(300 * time.Millisecond)
 	res := streams.Stop(start, end)
 	res.VethDrops = h.vethDrops() - vethBefore
+	res.TCPPackets = h.clientTxPackets() - txBefore - res.UDPSent
 	t.Logf("the change took %v", end.Sub(start))
 	if !gap {
 		if h.d != nil {

@@ -30,7 +30,7 @@ type hitlessStreams struct {
 	stop chan struct{}
 	wg   sync.WaitGroup
 
-	tcpConn net.Conn
+	tcpConn *stampedTCP
 	tcpL    net.Listener
 	tcpSent atomic.Int64
 	tcpWErr error
@@ -38,13 +38,15 @@ type hitlessStreams struct {
 	tcpRecv int64
 	tcpRErr error
 	tcpGaps []hitlessGap
-	udpConn net.Conn
-	udpPC   net.PacketConn
-	udpSent uint64
-	udpErrs int
-	udpDone chan struct{}
-	udpSeen []bool
-	udpGaps []hitlessGap
+	// tcpReads are the backend's reads, for the TCP one-way delay.
+	tcpReads []tcpRead
+	udpConn  net.Conn
+	udpPC    net.PacketConn
+	udpSent  uint64
+	udpErrs  int
+	udpDone  chan struct{}
+	udpSeen  []bool
+	udpGaps  []hitlessGap
 	// udpDelays are the datagrams whose one-way delay was at least
 	// hitlessGapMin: End the kernel's receive time, Len the delay.
 	udpDelays []hitlessGap
@@ -209,6 +211,27 @@ type hitlessResult struct {
 	// that overlaps the change, TCPJitter the longest elsewhere in the
 	// stream (the machine's own, the floor to compare with).
 	TCPStall, TCPJitter time.Duration
+	// TCPDelay is the longest one-way delay of a write of the client's
+	// during the change, TCPDelayOutside the longest of the others: from
+	// the kernel's transmit timestamp of the skb that held the write's
+	// last byte (its first transmission, on the client's veth) to the
+	// kernel's receive timestamp of that byte at the backend's veth (see
+	// hitless_tcpdelay_test.go), so that, as for UDPDelay, neither side's
+	// wait for a CPU counts, nor the sender's wait for its congestion
+	// window or send buffer; a segment lost and sent again counts the
+	// retransmit's wait.
+	TCPDelay, TCPDelayOutside time.Duration
+	// TCPWrites is how many writes (send calls) the client made, and
+	// TCPStamped how many of them had both timestamps; TCPRestamped is
+	// how many transmit timestamps were of a write already stamped (the
+	// skb that held its last byte sent again).
+	TCPWrites                int64
+	TCPStamped, TCPRestamped int
+	// TCPPackets is how many packets the client's veth sent besides the
+	// datagrams (GSO packets of up to 64 KiB count one; after the stream
+	// started): a lost packet shows in TCPDelay if it held the last byte
+	// of a write, which about TCPStamped of them did.
+	TCPPackets uint64
 	// UDPSent is how many datagrams the client sent (sequence numbers
 	// 0 to UDPSent-1), UDPLost how many of them never arrived, UDPSendErrs
 	// how many sends failed (an ICMP error of a dropped datagram, reported
@@ -233,10 +256,12 @@ type hitlessResult struct {
 }
 
 func (r hitlessResult) String() string {
-	return fmt.Sprintf("tcp %d of %d bytes lost, longest stall %v (%v outside the change), err %v; "+
+	return fmt.Sprintf("tcp %d of %d bytes lost, longest stall %v (%v outside the change), "+
+		"longest one-way delay %v (%v outside; %d of %d writes stamped, %d stamped again, %d packets), err %v; "+
 		"udp %d of %d datagrams lost, longest gap %v (%v outside), longest one-way delay %v (%v outside), %d send errors; "+
 		"kernel %+v, veth drops %d",
-		r.TCPSent-r.TCPReceived, r.TCPSent, r.TCPStall, r.TCPJitter, r.TCPErr,
+		r.TCPSent-r.TCPReceived, r.TCPSent, r.TCPStall, r.TCPJitter,
+		r.TCPDelay, r.TCPDelayOutside, r.TCPStamped, r.TCPWrites, r.TCPRestamped, r.TCPPackets, r.TCPErr,
 		r.UDPLost, r.UDPSent, r.UDPStall, r.UDPJitter, r.UDPDelay, r.UDPDelayOutside, r.UDPSendErrs, r.Kernel, r.VethDrops)
 }
 
@@ -271,7 +296,7 @@ func startHitlessStreams(node *topo.NS, client, server *topo.Workload, tcpFronte
 	go s.readTCP()
 	go s.readUDP()
 	err = client.NS.Do(func() (err error) {
-		if s.tcpConn, err = net.DialTimeout("tcp4", tcpFrontend, 5*time.Second); err != nil {
+		if s.tcpConn, err = dialStampedTCP(tcpFrontend); err != nil {
 			return err
 		}
 		s.udpConn, err = net.Dial("udp4", udpFrontend)
@@ -289,21 +314,6 @@ func startHitlessStreams(node *topo.NS, client, server *topo.Workload, tcpFronte
 
 func forceRcvbuf(c *net.UDPConn, size int) error {
 	return setsockoptInt(c, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, size)
-}
-
-// setsockoptInt sets an integer socket option of c.
-func setsockoptInt(c *net.UDPConn, level, opt, value int) error {
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var serr error
-	if err := raw.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), level, opt, value)
-	}); err != nil {
-		return err
-	}
-	return serr
 }
 
 // rxTimestamp is the SCM_TIMESTAMPNS receive time in oob, false if there
@@ -341,37 +351,25 @@ func (s *hitlessStreams) readTCP() {
 	}
 	defer c.Close()
 	c.SetReadDeadline(time.Now().Add(60 * time.Second))
-	buf := make([]byte, 256<<10)
 	var last time.Time
-	for {
-		n, err := c.Read(buf)
-		if n > 0 {
-			now := time.Now()
-			s.tcpGaps = noteGap(s.tcpGaps, last, now)
-			last = now
-			s.tcpRecv += int64(n)
-		}
-		if errors.Is(err, io.EOF) {
-			return
-		}
-		if err != nil {
-			s.tcpRErr = err
-			return
-		}
-	}
+	s.tcpReads, s.tcpRErr = readStampedTCP(c.(*net.TCPConn), func(n int) {
+		now := time.Now()
+		s.tcpGaps = noteGap(s.tcpGaps, last, now)
+		last = now
+		s.tcpRecv += int64(n)
+	})
 }
 
 func (s *hitlessStreams) writeTCP() {
 	defer s.wg.Done()
-	buf := make([]byte, 64<<10)
+	buf := make([]byte, hitlessTCPWrite)
 	for {
 		select {
 		case <-s.stop:
-			s.tcpWErr = s.tcpConn.(*net.TCPConn).CloseWrite()
+			s.tcpWErr = s.tcpConn.CloseWrite()
 			return
 		default:
 		}
-		s.tcpConn.SetWriteDeadline(time.Now().Add(10 * time.Second))
 		n, err := s.tcpConn.Write(buf)
 		s.tcpSent.Add(int64(n))
 		if err != nil {
@@ -443,12 +441,17 @@ func (s *hitlessStreams) Stop(from, to time.Time) hitlessResult {
 	case <-time.After(15 * time.Second):
 		r.TCPErr = errors.New("the backend never saw the TCP stream end")
 	}
+	stamps, stampErr := s.tcpConn.Stamps()
 	time.Sleep(200 * time.Millisecond) // the last datagrams
 	s.closeAll()
 	<-s.udpDone
 	if r.TCPErr == nil {
-		r.TCPErr = errors.Join(s.tcpWErr, s.tcpRErr)
+		r.TCPErr = errors.Join(s.tcpWErr, s.tcpRErr, stampErr)
 	}
+	var delays []hitlessGap
+	delays, r.TCPStamped, r.TCPRestamped = tcpDelays(stamps, s.tcpReads)
+	r.TCPWrites = s.tcpConn.writes
+	r.TCPDelay, r.TCPDelayOutside = longest(delays, from, to)
 	r.TCPSent = s.tcpSent.Load()
 	r.TCPStall, r.TCPJitter = longest(s.tcpGaps, from, to)
 	r.TCPReceived = s.tcpRecv
