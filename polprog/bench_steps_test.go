@@ -42,10 +42,13 @@ func BenchmarkClassifierSteps(b *testing.B) {
 	for _, c := range []string{"last-match", "no-match", "v6"} {
 		pkt, ok := benchPackets[c]
 		if !ok {
-			// An IPv6 flow between addresses of the generator's pools
-			// (whatever rule decides it: a warm flow's cost does not
-			// depend on which).
-			pkt = Packet{Src: mustAddr("fd00:1:0:2::105"), Dst: mustAddr("fd00:0:0:1::1ff"), Protocol: 6, SrcPort: 5555, DstPort: 80}
+			// An IPv6 flow between addresses of the generator's pools,
+			// which no log rule matches (a logged outcome is never
+			// cached, so every run would search).
+			pkt = Packet{Src: mustAddr("fd00:0:0:2::d4"), Dst: mustAddr("fd00:1::1cb"), Protocol: 6, SrcPort: 5555, DstPort: 80}
+			if d, err := Evaluate(rules, nil, pkt); err != nil || d.Logged {
+				b.Fatalf("the IPv6 flow: %+v, %v: want a decision without a log", d, err)
+			}
 		}
 		for _, mode := range []string{"single", "hot"} {
 			repeat := 500
