@@ -11,53 +11,78 @@ import (
 	"github.com/google/go-cmp/cmp"
 )
 
-// TestV4Table holds the IPv4 stride table to the longest match among a
-// dimension's prefixes (what the address trie returns), on random prefix
-// sets of every length (nested, overlapping, IPv6 ones mixed in) and
-// addresses drawn near them, and checks the size bound.
-func TestV4Table(t *testing.T) {
-	r := rand.New(rand.NewPCG(8, 8))
-	for round := range 200 {
-		var pool [][4]byte
-		for range 1 + r.IntN(6) {
-			pool = append(pool, [4]byte{byte(r.IntN(3)), byte(r.IntN(3)), byte(r.IntN(3)), byte(r.IntN(256))})
-		}
-		addr := func() [4]byte {
-			a := pool[r.IntN(len(pool))]
-			if r.IntN(3) == 0 {
-				a[r.IntN(4)] ^= byte(1 << r.IntN(8))
+// TestStrideTable holds each family's stride table to the longest match
+// among a dimension's prefixes of that family (what the address trie
+// returns), on random prefix sets of every length (nested, overlapping,
+// ending on and between byte boundaries, short IPv6 ones covering
+// ::ffff:0:0/96, the other family's mixed in) and addresses drawn near
+// them, and checks the size bound.
+func TestStrideTable(t *testing.T) {
+	for _, v6 := range []bool{false, true} {
+		r := rand.New(rand.NewPCG(8, 8))
+		size := map[bool]int{false: 4, true: 16}[v6]
+		fromSlice := func(b []byte) netip.Addr { a, _ := netip.AddrFromSlice(b); return a }
+		for round := range 200 {
+			var pool [][]byte
+			for range 1 + r.IntN(6) {
+				a := make([]byte, size)
+				for i := range a {
+					a[i] = byte(r.IntN(3))
+				}
+				a[size-1] = byte(r.IntN(256))
+				if v6 {
+					a[0], a[1] = 0xfd, byte(r.IntN(3))
+				}
+				pool = append(pool, a)
 			}
-			return a
-		}
-		seen := map[netip.Prefix]bool{}
-		var prefix []prefixRow
-		for range r.IntN(40) {
-			p := netip.PrefixFrom(netip.AddrFrom4(addr()), r.IntN(33)).Masked()
-			if r.IntN(5) == 0 {
-				p = netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfd, byte(r.IntN(2))}), r.IntN(129)).Masked()
+			addr := func() []byte {
+				a := slices.Clone(pool[r.IntN(len(pool))])
+				if r.IntN(3) == 0 {
+					a[r.IntN(size)] ^= byte(1 << r.IntN(8))
+				}
+				return a
 			}
-			if !seen[p] {
-				seen[p] = true
-				prefix = append(prefix, prefixRow{p: p, row: uint32(1 + r.IntN(1000))})
-			}
-		}
-		chunks := buildStride(prefix, false)
-		if chunks == nil {
-			t.Fatalf("round %d: %d prefixes: no table", round, len(prefix))
-		}
-		for range 500 {
-			a := addr()
-			if r.IntN(8) == 0 {
-				a = [4]byte{byte(r.IntN(256)), byte(r.IntN(256)), byte(r.IntN(256)), byte(r.IntN(256))}
-			}
-			want, best := uint32(0), -1
-			for _, pr := range prefix {
-				if pr.p.Contains(netip.AddrFrom4(a)) && pr.p.Bits() > best {
-					want, best = pr.row, pr.p.Bits()
+			seen := map[netip.Prefix]bool{}
+			var prefix []prefixRow
+			for range r.IntN(40) {
+				p := netip.PrefixFrom(fromSlice(addr()), r.IntN(8*size+1)).Masked()
+				switch r.IntN(10) {
+				case 0, 1:
+					// The other family.
+					p = netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfd, byte(r.IntN(2))}), r.IntN(129)).Masked()
+					if v6 {
+						p = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(r.IntN(3))}), r.IntN(33)).Masked()
+					}
+				case 2:
+					if v6 {
+						p = netip.PrefixFrom(netip.IPv6Unspecified(), r.IntN(20))
+					}
+				}
+				if !seen[p] {
+					seen[p] = true
+					prefix = append(prefix, prefixRow{p: p, row: uint32(1 + r.IntN(1000))})
 				}
 			}
-			if got := strideRow(chunks, a[:]); got != want {
-				t.Fatalf("round %d: %v: row %d, want %d (prefixes %v)", round, netip.AddrFrom4(a), got, want, prefix)
+			chunks := buildStride(prefix, v6)
+			if chunks == nil {
+				t.Fatalf("v6 %v, round %d: %d prefixes: no table", v6, round, len(prefix))
+			}
+			for range 500 {
+				a := addr()
+				if r.IntN(8) == 0 {
+					for i := range a {
+						a[i] = byte(r.IntN(256))
+					}
+				}
+				want, best := uint32(0), -1
+				for _, pr := range prefix {
+					if pr.p.Addr().Is6() == v6 && pr.p.Contains(fromSlice(a)) && pr.p.Bits() > best {
+						want, best = pr.row, pr.p.Bits()
+					}
+				}
+				if got := strideRow(chunks, a); got != want {
+					t.Fatalf("round %d: %v: row %d, want %d (prefixes %v)", round, fromSlice(a), got, want, prefix)
+				}
 			}
 		}
 	}
@@ -209,70 +234,6 @@ func testUpdateStrideTables(t *testing.T, v6 bool, nets []string) {
 	}
 	if reloads > 6 {
 		t.Errorf("%d of 12 updates needed a reload", reloads)
-	}
-}
-
-// TestV6Table is TestV4Table for the IPv6 table: random IPv6 prefixes of
-// every length (/0 to /128, nested, ending on and between byte
-// boundaries, some covering ::ffff:0:0/96) with IPv4 ones mixed in, and
-// addresses drawn near them, each given the row of its longest match
-// among the IPv6 prefixes.
-func TestV6Table(t *testing.T) {
-	r := rand.New(rand.NewPCG(9, 9))
-	for round := range 200 {
-		var pool [][16]byte
-		for range 1 + r.IntN(6) {
-			var a [16]byte
-			a[0], a[1] = 0xfd, byte(r.IntN(3))
-			for i := 2; i < 16; i++ {
-				a[i] = byte(r.IntN(3))
-			}
-			a[15] = byte(r.IntN(256))
-			pool = append(pool, a)
-		}
-		addr := func() [16]byte {
-			a := pool[r.IntN(len(pool))]
-			if r.IntN(3) == 0 {
-				a[r.IntN(16)] ^= byte(1 << r.IntN(8))
-			}
-			return a
-		}
-		seen := map[netip.Prefix]bool{}
-		var prefix []prefixRow
-		for range r.IntN(40) {
-			p := netip.PrefixFrom(netip.AddrFrom16(addr()), r.IntN(129)).Masked()
-			switch r.IntN(8) {
-			case 0:
-				p = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(r.IntN(3))}), r.IntN(33)).Masked()
-			case 1:
-				p = netip.PrefixFrom(netip.IPv6Unspecified(), r.IntN(20)).Masked()
-			}
-			if !seen[p] {
-				seen[p] = true
-				prefix = append(prefix, prefixRow{p: p, row: uint32(1 + r.IntN(1000))})
-			}
-		}
-		chunks := buildStride(prefix, true)
-		if chunks == nil {
-			t.Fatalf("round %d: %d prefixes: no table", round, len(prefix))
-		}
-		for range 500 {
-			a := addr()
-			if r.IntN(8) == 0 {
-				for i := range a {
-					a[i] = byte(r.IntN(256))
-				}
-			}
-			want, best := uint32(0), -1
-			for _, pr := range prefix {
-				if pr.p.Addr().Is6() && pr.p.Contains(netip.AddrFrom16(a)) && pr.p.Bits() > best {
-					want, best = pr.row, pr.p.Bits()
-				}
-			}
-			if got := strideRow(chunks, a[:]); got != want {
-				t.Fatalf("round %d: %v: row %d, want %d (prefixes %v)", round, netip.AddrFrom16(a), got, want, prefix)
-			}
-		}
 	}
 }
 

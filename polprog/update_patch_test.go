@@ -1,12 +1,9 @@
 package polprog
 
 import (
-	"errors"
 	"reflect"
 	"slices"
 	"testing"
-
-	"github.com/google/go-cmp/cmp"
 )
 
 // mutateField sets one random match field of r (a protocol, ICMP, CIDR,
@@ -97,23 +94,12 @@ func TestUpdateFieldsDifferential(t *testing.T) {
 	if testing.Short() {
 		updates = 10
 	}
-	patched, tried, seen := 0, 0, 0
+	var n updateCounts
 	for seed := uint64(0); seed < 2; seed++ {
 		g := newGen(500 + seed)
-		rules := g.largeRules(10000, seed == 1)
-		k.setIPSets(t, g.sets)
-		c, err := Compile(rules, Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		p := k.loadCompiled(t, c)
-		for u := 0; u < updates; u++ {
-			before, err := NewEvaluator(rules)
-			if err != nil {
-				t.Fatal(err)
-			}
-			next := cloneRules(rules)
-			all := allRules(&next)
+		p, rules := k.loadLarge(t, g, seed == 1)
+		c := updateRounds(t, k, p, g, rules, updates, packets, func(before *Evaluator, next *Rules) []Packet {
+			all := allRules(next)
 			var pkts []Packet
 			for range 1 + g.r.IntN(3) {
 				aim := g.packet()
@@ -127,7 +113,7 @@ func TestUpdateFieldsDifferential(t *testing.T) {
 				for try := 0; try < 10 && reflect.DeepEqual(was, *r); try++ {
 					g.mutateField(r)
 				}
-				if _, err := validateWith(next, validator{noWhere: true}); err != nil {
+				if _, err := validateWith(*next, validator{noWhere: true}); err != nil {
 					*r = was // a rule Validate refuses: not an update
 					continue
 				}
@@ -135,45 +121,16 @@ func TestUpdateFieldsDifferential(t *testing.T) {
 				pkts = append(pkts, g.edgePackets(r)...)
 				pkts = append(pkts, g.edgePackets(&was)...)
 			}
-			for len(pkts) < packets {
-				pkts = append(pkts, g.packet())
-			}
-			np, err := validateWith(next, validator{noWhere: true})
-			if err != nil {
-				t.Fatal(err)
-			}
-			tried++
-			if _, _, ok := p.class.patchRows(np); ok {
-				patched++
-			}
-			switch err := p.Update(next); {
-			case err == nil:
-				rules = next
-			case !errors.Is(err, ErrNeedsReload):
-				t.Fatalf("seed %d, update %d: %v", seed, u, err)
-			}
-			ev, err := NewEvaluator(rules)
-			if err != nil {
-				t.Fatal(err)
-			}
-			differs := false
-			for _, pkt := range pkts {
-				want := ev.Evaluate(g.sets, pkt)
-				differs = differs || cmp.Diff(want, before.Evaluate(g.sets, pkt), decisionCmp) != ""
-				if diff := cmp.Diff(want, k.run(t, p, pkt), decisionCmp); diff != "" {
-					t.Fatalf("seed %d, after update %d, packet %+v (-evaluate +kernel):\n%s", seed, u, pkt, diff)
-				}
-			}
-			if differs {
-				seen++
-			}
-		}
+			return pkts
+		})
+		n.patched, n.seen = n.patched+c.patched, n.seen+c.seen
 	}
-	t.Logf("%d of %d updates without a compile; after %d some packet was decided otherwise", patched, tried, seen)
-	if patched < tried*3/4 {
-		t.Errorf("only %d of %d updates took the map-only path", patched, tried)
+	tried := 2 * updates
+	t.Logf("%d of %d updates without a compile; after %d some packet was decided otherwise", n.patched, tried, n.seen)
+	if n.patched < tried*3/4 {
+		t.Errorf("only %d of %d updates took the map-only path", n.patched, tried)
 	}
-	if seen < tried/5 {
-		t.Errorf("only %d of %d updates changed a decision: the test does not see updates", seen, tried)
+	if n.seen < tried/5 {
+		t.Errorf("only %d of %d updates changed a decision: the test does not see updates", n.seen, tried)
 	}
 }

@@ -104,68 +104,29 @@ func TestUpdateDifferential(t *testing.T) {
 	if testing.Short() {
 		updates = 5
 	}
-	// seen counts the updates after which some packet is decided
-	// otherwise than before: those that a no-op Update would fail.
-	applied, reloads, seen := 0, 0, 0
+	var n updateCounts
 	for seed := uint64(0); seed < 2; seed++ {
 		g := newGen(100 + seed)
-		rules := g.largeRules(10000, seed == 1)
-		k.setIPSets(t, g.sets)
-		c, err := Compile(rules, Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		p := k.loadCompiled(t, c)
-		for u := 0; u < updates; u++ {
-			before, err := NewEvaluator(rules)
-			if err != nil {
-				t.Fatal(err)
-			}
+		p, rules := k.loadLarge(t, g, seed == 1)
+		c := updateRounds(t, k, p, g, rules, updates, packets, func(before *Evaluator, next *Rules) []Packet {
 			// Change the rule that decides a random packet, and send
 			// that packet, packets aimed at the rule and random ones.
 			aim := g.packet()
-			next := cloneRules(rules)
-			mutated := g.mutateRule(&next, before.Evaluate(g.sets, aim).RuleID)
+			mutated := g.mutateRule(next, before.Evaluate(g.sets, aim).RuleID)
 			pkts := []Packet{aim}
-			for i := 0; i < packets; i++ {
-				if i < packets/2 {
-					pkts = append(pkts, g.packetFor(mutated))
-				} else {
-					pkts = append(pkts, g.packet())
-				}
+			for range packets / 2 {
+				pkts = append(pkts, g.packetFor(mutated))
 			}
-			switch err := p.Update(next); {
-			case err == nil:
-				rules = next
-				applied++
-			case errors.Is(err, ErrNeedsReload):
-				reloads++
-			default:
-				t.Fatalf("seed %d, update %d: %v", seed, u, err)
-			}
-			ev, err := NewEvaluator(rules)
-			if err != nil {
-				t.Fatal(err)
-			}
-			differs := false
-			for _, pkt := range pkts {
-				want := ev.Evaluate(g.sets, pkt)
-				differs = differs || cmp.Diff(want, before.Evaluate(g.sets, pkt), decisionCmp) != ""
-				if diff := cmp.Diff(want, k.run(t, p, pkt), decisionCmp); diff != "" {
-					t.Fatalf("seed %d, after update %d, packet %+v (-evaluate +kernel):\n%s", seed, u, pkt, diff)
-				}
-			}
-			if differs {
-				seen++
-			}
-		}
+			return pkts
+		})
+		n.applied, n.reloads, n.seen = n.applied+c.applied, n.reloads+c.reloads, n.seen+c.seen
 	}
-	t.Logf("%d updates applied, %d needed a reload; after %d some packet was decided otherwise", applied, reloads, seen)
-	if seen < applied/5 {
-		t.Errorf("only %d of %d updates changed a decision: the test does not see updates", seen, applied)
+	t.Logf("%d updates applied, %d needed a reload; after %d some packet was decided otherwise", n.applied, n.reloads, n.seen)
+	if n.seen < n.applied/5 {
+		t.Errorf("only %d of %d updates changed a decision: the test does not see updates", n.seen, n.applied)
 	}
-	if applied < (applied+reloads)/2 {
-		t.Errorf("only %d of %d one-rule updates applied without a reload", applied, applied+reloads)
+	if n.applied < (n.applied+n.reloads)/2 {
+		t.Errorf("only %d of %d one-rule updates applied without a reload", n.applied, n.applied+n.reloads)
 	}
 }
 
@@ -343,21 +304,9 @@ func TestUpdateCIDRDifferential(t *testing.T) {
 		updates = 8
 	}
 	g := newGen(300)
-	rules := g.largeRules(10000, false)
-	k.setIPSets(t, g.sets)
-	c, err := Compile(rules, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := k.loadCompiled(t, c)
-	fast := 0
-	for u := 0; u < updates; u++ {
-		before, err := NewEvaluator(rules)
-		if err != nil {
-			t.Fatal(err)
-		}
-		next := cloneRules(rules)
-		all := allRules(&next)
+	p, rules := k.loadLarge(t, g, false)
+	n := updateRounds(t, k, p, g, rules, updates, packets, func(before *Evaluator, next *Rules) []Packet {
+		all := allRules(next)
 		var pkts []Packet
 		for range 1 + g.r.IntN(3) {
 			aim := g.packet()
@@ -381,34 +330,10 @@ func TestUpdateCIDRDifferential(t *testing.T) {
 			}
 			pkts = append(pkts, aim, g.packetFor(r))
 		}
-		for len(pkts) < packets {
-			pkts = append(pkts, g.packet())
-		}
-		np, err := validateWith(next, validator{noWhere: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, _, ok := p.class.patchRows(np); ok {
-			fast++
-		}
-		switch err := p.Update(next); {
-		case err == nil:
-			rules = next
-		case !errors.Is(err, ErrNeedsReload):
-			t.Fatalf("update %d: %v", u, err)
-		}
-		ev, err := NewEvaluator(rules)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, pkt := range pkts {
-			if diff := cmp.Diff(ev.Evaluate(g.sets, pkt), k.run(t, p, pkt), decisionCmp); diff != "" {
-				t.Fatalf("after update %d, packet %+v (-evaluate +kernel):\n%s", u, pkt, diff)
-			}
-		}
-	}
-	t.Logf("%d of %d updates without a compile", fast, updates)
-	if fast < updates/2 {
-		t.Errorf("only %d of %d updates took the address-row path", fast, updates)
+		return pkts
+	})
+	t.Logf("%d of %d updates without a compile", n.patched, updates)
+	if n.patched < updates/2 {
+		t.Errorf("only %d of %d updates took the map-only path", n.patched, updates)
 	}
 }
