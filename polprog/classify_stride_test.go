@@ -131,13 +131,7 @@ func TestClassifierV4Fallback(t *testing.T) {
 			src, dst = netip.MustParseAddr("fd00::1"), netip.MustParseAddr("fd00::2")
 		}
 		pkt := Packet{Src: src, Dst: dst, Protocol: 6, SrcPort: 1, DstPort: 2}
-		want, err := Evaluate(rules, nil, pkt)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if diff := cmp.Diff(want, k.run(t, p, pkt), decisionCmp); diff != "" {
-			t.Fatalf("%v to %v (-evaluate +kernel):\n%s", src, dst, diff)
-		}
+		k.agree(t, p, rules, nil, pkt)
 	}
 }
 
@@ -282,12 +276,6 @@ func TestClassifierV6Fallback(t *testing.T) {
 			dst = netip.AddrFrom4([4]byte{[]byte{192, 10, 172}[r.IntN(3)], 168, 0, 1})
 		}
 		pkt := Packet{Src: src, Dst: dst, Protocol: 6, SrcPort: 1, DstPort: 2}
-		want, err := Evaluate(rules, nil, pkt)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if diff := cmp.Diff(want, k.run(t, p, pkt), decisionCmp); diff != "" {
-			t.Fatalf("%v to %v (-evaluate +kernel):\n%s", src, dst, diff)
-		}
+		k.agree(t, p, rules, nil, pkt)
 	}
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	ebpfasm "github.com/cilium/ebpf/asm"
+	"github.com/google/go-cmp/cmp"
 
 	"github.com/sluicenet/sluice/bpf"
 	"github.com/sluicenet/sluice/internal/testutil"
@@ -260,6 +261,18 @@ func (k *kernel) run(tb testing.TB, p *Program, pkt Packet) Decision {
 }
 
 // hits reads the summed per-CPU hit counter of id.
+// agree fails tb unless p decides pkt as Evaluate of rules with sets does.
+func (k *kernel) agree(tb testing.TB, p *Program, rules Rules, sets IPSetMembers, pkt Packet) {
+	tb.Helper()
+	want, err := Evaluate(rules, sets, pkt)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if diff := cmp.Diff(want, k.run(tb, p, pkt), decisionCmp); diff != "" {
+		tb.Fatalf("%v to %v (-evaluate +kernel):\n%s", pkt.Src, pkt.Dst, diff)
+	}
+}
+
 func (k *kernel) hits(tb testing.TB, id uint64) uint64 {
 	tb.Helper()
 	vals := make([]uint64, k.ncpu)
