@@ -81,6 +81,18 @@ func (g *gen) edgePackets(r *Rule) []Packet {
 	return out
 }
 
+// aimedRule returns a random packet and the rule of all that decides it
+// by before (a random rule when none of all does).
+func (g *gen) aimedRule(before *Evaluator, all []*Rule) (Packet, *Rule) {
+	aim := g.packet()
+	if id := before.Evaluate(g.sets, aim).RuleID; id != 0 {
+		if i := slices.IndexFunc(all, func(r *Rule) bool { return r.ID == id }); i >= 0 {
+			return aim, all[i]
+		}
+	}
+	return aim, all[g.r.IntN(len(all))]
+}
+
 // TestUpdateFieldsDifferential changes random match fields (every kind,
 // gained, changed and lost) of one to three rules at a time of 10,000-rule
 // random policies and holds the kernel to Evaluate after each Update, on
@@ -102,13 +114,7 @@ func TestUpdateFieldsDifferential(t *testing.T) {
 			all := allRules(next)
 			var pkts []Packet
 			for range 1 + g.r.IntN(3) {
-				aim := g.packet()
-				r := all[g.r.IntN(len(all))]
-				if id := before.Evaluate(g.sets, aim).RuleID; id != 0 {
-					if i := slices.IndexFunc(all, func(r *Rule) bool { return r.ID == id }); i >= 0 {
-						r = all[i]
-					}
-				}
+				aim, r := g.aimedRule(before, all)
 				was := *r
 				for try := 0; try < 10 && reflect.DeepEqual(was, *r); try++ {
 					g.mutateField(r)

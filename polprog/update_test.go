@@ -309,13 +309,7 @@ func TestUpdateCIDRDifferential(t *testing.T) {
 		all := allRules(next)
 		var pkts []Packet
 		for range 1 + g.r.IntN(3) {
-			aim := g.packet()
-			r := all[g.r.IntN(len(all))]
-			if id := before.Evaluate(g.sets, aim).RuleID; id != 0 {
-				if i := slices.IndexFunc(all, func(r *Rule) bool { return r.ID == id }); i >= 0 {
-					r = all[i]
-				}
-			}
+			aim, r := g.aimedRule(before, all)
 			for _, nets := range []*[]netip.Prefix{&r.SrcNets, &r.DstNets, &r.NotSrcNets, &r.NotDstNets} {
 				if !g.chance(2) {
 					continue
