@@ -176,15 +176,15 @@ func sameIn(k dimKind, a, b *position) bool {
 	case dimSrcAddr, dimDstAddr:
 		ap, an := a.nets(k == dimSrcAddr)
 		bp, bn := b.nets(k == dimSrcAddr)
-		return sameList(ap, bp) && sameList(an, bn)
+		return slices.Equal(ap, bp) && slices.Equal(an, bn)
 	case dimSrcPort, dimDstPort:
 		ap, an, aany := a.portRanges(k == dimSrcPort)
 		bp, bn, bany := b.portRanges(k == dimSrcPort)
-		return aany == bany && (aany || sameList(ap, bp)) && sameList(an, bn)
+		return aany == bany && (aany || slices.Equal(ap, bp)) && slices.Equal(an, bn)
 	}
 	ap, an, aany := a.setLists(k)
 	bp, bn, bany := b.setLists(k)
-	return aany == bany && sameList(ap, bp) && sameList(an, bn)
+	return aany == bany && slices.Equal(ap, bp) && slices.Equal(an, bn)
 }
 
 // tells reports whether cl's dimensions can tell what the rules of the

@@ -262,23 +262,17 @@ func sameShape(a, b *program) bool {
 // sameMatch reports whether a and b match the same packets.
 func sameMatch(a, b *rule) bool {
 	return a.proto == b.proto && a.notProto == b.notProto && sameICMP(a.icmp, b.icmp) && sameICMP(a.notICMP, b.notICMP) &&
-		sameList(a.srcNets, b.srcNets) && sameList(a.notSrcNets, b.notSrcNets) &&
-		sameList(a.dstNets, b.dstNets) && sameList(a.notDstNets, b.notDstNets) &&
-		sameList(a.srcSets, b.srcSets) && sameList(a.notSrcSets, b.notSrcSets) &&
-		sameList(a.dstSets, b.dstSets) && sameList(a.notDstSets, b.notDstSets) &&
-		sameList(a.srcPorts, b.srcPorts) && sameList(a.notSrcPorts, b.notSrcPorts) &&
-		sameList(a.dstPorts, b.dstPorts) && sameList(a.notDstPorts, b.notDstPorts) &&
-		sameList(a.srcNamed, b.srcNamed) && sameList(a.notSrcNamed, b.notSrcNamed) &&
-		sameList(a.dstNamed, b.dstNamed) && sameList(a.notDstNamed, b.notDstNamed)
+		slices.Equal(a.srcNets, b.srcNets) && slices.Equal(a.notSrcNets, b.notSrcNets) &&
+		slices.Equal(a.dstNets, b.dstNets) && slices.Equal(a.notDstNets, b.notDstNets) &&
+		slices.Equal(a.srcSets, b.srcSets) && slices.Equal(a.notSrcSets, b.notSrcSets) &&
+		slices.Equal(a.dstSets, b.dstSets) && slices.Equal(a.notDstSets, b.notDstSets) &&
+		slices.Equal(a.srcPorts, b.srcPorts) && slices.Equal(a.notSrcPorts, b.notSrcPorts) &&
+		slices.Equal(a.dstPorts, b.dstPorts) && slices.Equal(a.notDstPorts, b.notDstPorts) &&
+		slices.Equal(a.srcNamed, b.srcNamed) && slices.Equal(a.notSrcNamed, b.notSrcNamed) &&
+		slices.Equal(a.dstNamed, b.dstNamed) && slices.Equal(a.notDstNamed, b.notDstNamed)
 }
 
 func sameICMP(x, y *ICMPMatch) bool { return (x == nil) == (y == nil) && (x == nil || *x == *y) }
-
-// sameList is slices.Equal, at once for the same array: an update's
-// unchanged rules usually share their lists with the rules before.
-func sameList[T comparable](a, b []T) bool {
-	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0] || slices.Equal(a, b))
-}
 
 // sameCode reports, as an error, how b's code differs from a's: its
 // instructions, its maps' specs, or the contents of maps that are not a

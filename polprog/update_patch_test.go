@@ -1,6 +1,7 @@
 package polprog
 
 import (
+	"net/netip"
 	"reflect"
 	"slices"
 	"testing"
@@ -138,5 +139,41 @@ func TestUpdateFieldsDifferential(t *testing.T) {
 	}
 	if n.seen < tried/5 {
 		t.Errorf("only %d of %d updates changed a decision: the test does not see updates", n.seen, tried)
+	}
+}
+
+// TestUpdateCallerEdits edits, in place, a list of the Rules the loaded
+// program was compiled from and then passes them to Update: the program
+// must not have kept the caller's lists (it would see no change), and must
+// decide by the edited rules after the Update, not before it.
+func TestUpdateCallerEdits(t *testing.T) {
+	k := newKernel(t)
+	var rs []Rule
+	for i := range 300 {
+		rs = append(rs, Rule{ID: uint64(i + 1), Action: ActionAllow, Protocol: "tcp",
+			SrcNets:  []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 1, byte(i), 0}), 24)},
+			DstPorts: []PortRange{Port(uint16(1000 + i))}})
+	}
+	rules := Rules{Tiers: []Tier{{Name: "t", EndRuleID: 1 << 40, Policies: []Policy{{Name: "p", Rules: rs}}}}, NoMatchRuleID: 1 << 41}
+	p := k.load(t, rules, Options{ClassifierRules: 1, MergeThreshold: -1})
+	moved := Packet{Src: mustAddr("172.16.0.1"), Dst: mustAddr("10.9.9.9"), Protocol: 6, SrcPort: 5, DstPort: 9999}
+	old := Packet{Src: mustAddr("10.1.7.1"), Dst: mustAddr("10.9.9.9"), Protocol: 6, SrcPort: 5, DstPort: 1007}
+	k.agree(t, p, rules, nil, old)
+	// The caller edits rule 7's lists in place.
+	r := &rules.Tiers[0].Policies[0].Rules[7]
+	r.SrcNets[0] = mustPrefix("172.16.0.0/16")
+	r.DstPorts[0] = Port(9999)
+	// Before the Update the program decides by what it was given.
+	if d := k.run(t, p, moved); d.RuleID == 8 {
+		t.Fatalf("before Update the edit already applies: %+v", d)
+	}
+	if err := p.Update(rules); err != nil {
+		t.Fatal(err)
+	}
+	for _, pkt := range []Packet{moved, old} {
+		k.agree(t, p, rules, nil, pkt)
+	}
+	if d := k.run(t, p, moved); d.RuleID != 8 {
+		t.Fatalf("after Update: %+v, want rule 8", d)
 	}
 }

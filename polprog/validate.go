@@ -122,6 +122,34 @@ type validator struct {
 	// noWhere leaves rule.where empty, for a comparison that names no
 	// rule (formatting 10,000 names costs more than the rest).
 	noWhere bool
+	// nets, ports and ids are where the validated rules' lists are
+	// copied, chunks of many rules' lists each: a program shares no list
+	// with the caller's Rules, which the caller may change after (and
+	// Update compares with), and 10,000 rules take a few allocations,
+	// not one per list.
+	nets  []netip.Prefix
+	ports []PortRange
+	ids   []uint64
+}
+
+// arenaChunk is the size from which a validator's arena allocates no
+// larger chunks.
+const arenaChunk = 4096
+
+// keep returns a copy of in, in arena (a new chunk of it when in does not
+// fit: the lists already kept stay where they are).
+func keep[T any](arena *[]T, in []T) []T {
+	if len(in) == 0 {
+		return nil
+	}
+	if cap(*arena)-len(*arena) < len(in) {
+		// Chunks double up to arenaChunk: one rule's validation
+		// allocates little.
+		*arena = make([]T, 0, max(len(in), min(arenaChunk, 2*cap(*arena)+8)))
+	}
+	start := len(*arena)
+	*arena = append(*arena, in...)
+	return (*arena)[start:len(*arena):len(*arena)]
 }
 
 func (v *validator) tiers(kind string, in []Tier) ([]tier, error) {
@@ -165,7 +193,7 @@ func (v *validator) policy(where string, index int, pol Policy, out []rule) ([]r
 		if !v.noWhere {
 			where = fmt.Sprintf("%s/%s#%d", where, name, i)
 		}
-		vr, err := validateRule(r)
+		vr, err := v.rule(r)
 		if err != nil {
 			return nil, fmt.Errorf("rule %s: %w", where, err)
 		}
@@ -175,7 +203,8 @@ func (v *validator) policy(where string, index int, pol Policy, out []rule) ([]r
 	return out, nil
 }
 
-func validateRule(r Rule) (rule, error) {
+// rule validates r, its lists copied to v's arenas.
+func (v *validator) rule(r Rule) (rule, error) {
 	vr := rule{id: r.ID, action: r.Action, proto: -1, notProto: -1, icmp: r.ICMP, notICMP: r.NotICMP}
 	if r.Action < ActionAllow || r.Action > ActionLog {
 		return rule{}, fmt.Errorf("invalid action %d", r.Action)
@@ -193,16 +222,16 @@ func validateRule(r Rule) (rule, error) {
 	// Field by field, not through a table of pointers into vr, which
 	// would move vr to the heap: a policy of 10,000 rules is validated at
 	// every Update.
-	if vr.srcNets, err = validPrefixes(r.SrcNets); err != nil {
+	if vr.srcNets, err = v.prefixes(r.SrcNets); err != nil {
 		return rule{}, fmt.Errorf("source nets: %w", err)
 	}
-	if vr.notSrcNets, err = validPrefixes(r.NotSrcNets); err != nil {
+	if vr.notSrcNets, err = v.prefixes(r.NotSrcNets); err != nil {
 		return rule{}, fmt.Errorf("not-source nets: %w", err)
 	}
-	if vr.dstNets, err = validPrefixes(r.DstNets); err != nil {
+	if vr.dstNets, err = v.prefixes(r.DstNets); err != nil {
 		return rule{}, fmt.Errorf("destination nets: %w", err)
 	}
-	if vr.notDstNets, err = validPrefixes(r.NotDstNets); err != nil {
+	if vr.notDstNets, err = v.prefixes(r.NotDstNets); err != nil {
 		return rule{}, fmt.Errorf("not-destination nets: %w", err)
 	}
 	for _, p := range [...]struct {
@@ -220,11 +249,12 @@ func validateRule(r Rule) (rule, error) {
 			}
 		}
 	}
-	vr.srcPorts, vr.notSrcPorts, vr.dstPorts, vr.notDstPorts = r.SrcPorts, r.NotSrcPorts, r.DstPorts, r.NotDstPorts
-	vr.srcSets, vr.notSrcSets = r.SrcIPSets, r.NotSrcIPSets
-	vr.dstSets, vr.notDstSets = r.DstIPSets, r.NotDstIPSets
-	vr.srcNamed, vr.notSrcNamed = r.SrcNamedPorts, r.NotSrcNamedPorts
-	vr.dstNamed, vr.notDstNamed = r.DstNamedPorts, r.NotDstNamedPorts
+	vr.srcPorts, vr.notSrcPorts = keep(&v.ports, r.SrcPorts), keep(&v.ports, r.NotSrcPorts)
+	vr.dstPorts, vr.notDstPorts = keep(&v.ports, r.DstPorts), keep(&v.ports, r.NotDstPorts)
+	vr.srcSets, vr.notSrcSets = keep(&v.ids, r.SrcIPSets), keep(&v.ids, r.NotSrcIPSets)
+	vr.dstSets, vr.notDstSets = keep(&v.ids, r.DstIPSets), keep(&v.ids, r.NotDstIPSets)
+	vr.srcNamed, vr.notSrcNamed = keep(&v.ids, r.SrcNamedPorts), keep(&v.ids, r.NotSrcNamedPorts)
+	vr.dstNamed, vr.notDstNamed = keep(&v.ids, r.DstNamedPorts), keep(&v.ids, r.NotDstNamedPorts)
 	return vr, nil
 }
 
@@ -236,36 +266,22 @@ func optionalProtocol(s string) (int, error) {
 	return int(n), err
 }
 
-// validPrefixes masks each prefix and rejects invalid and IPv4-mapped ones
-// (an IPv4-mapped prefix would silently never match an IPv4 packet; a
-// shorter IPv6 prefix that covers ::ffff:0:0/96 is an IPv6 prefix). A
-// list already masked is returned as it is, as port lists and set lists
-// are: the caller must not change what it passed.
-func validPrefixes(in []netip.Prefix) ([]netip.Prefix, error) {
-	if len(in) == 0 {
-		return nil, nil
-	}
-	var out []netip.Prefix
-	for i, p := range in {
+// prefixes returns in masked, in v's arena, and rejects invalid and
+// IPv4-mapped prefixes (an IPv4-mapped prefix would silently never match
+// an IPv4 packet; a shorter IPv6 prefix that covers ::ffff:0:0/96 is an
+// IPv6 prefix).
+func (v *validator) prefixes(in []netip.Prefix) ([]netip.Prefix, error) {
+	out := keep(&v.nets, in)
+	for i, p := range out {
 		if !p.IsValid() {
 			return nil, fmt.Errorf("invalid CIDR %q", p.String())
 		}
 		// Masked first: ::ffff:0:0/95 is an IPv6 prefix, and matches
 		// IPv6 addresses only.
-		m := p.Masked()
-		if m.Addr().Is4In6() {
+		out[i] = p.Masked()
+		if out[i].Addr().Is4In6() {
 			return nil, fmt.Errorf("IPv4-mapped CIDR %s: use the IPv4 form", p)
 		}
-		if m != p && out == nil {
-			out = make([]netip.Prefix, len(in))
-			copy(out, in[:i])
-		}
-		if out != nil {
-			out[i] = m
-		}
-	}
-	if out == nil {
-		return in, nil
 	}
 	return out, nil
 }
