@@ -259,18 +259,9 @@ func sameShape(a, b *program) bool {
 	return true
 }
 
-// sameMatch reports whether a and b match the same packets.
-func sameMatch(a, b *rule) bool {
-	return a.proto == b.proto && a.notProto == b.notProto && sameICMP(a.icmp, b.icmp) && sameICMP(a.notICMP, b.notICMP) &&
-		slices.Equal(a.srcNets, b.srcNets) && slices.Equal(a.notSrcNets, b.notSrcNets) &&
-		slices.Equal(a.dstNets, b.dstNets) && slices.Equal(a.notDstNets, b.notDstNets) &&
-		slices.Equal(a.srcSets, b.srcSets) && slices.Equal(a.notSrcSets, b.notSrcSets) &&
-		slices.Equal(a.dstSets, b.dstSets) && slices.Equal(a.notDstSets, b.notDstSets) &&
-		slices.Equal(a.srcPorts, b.srcPorts) && slices.Equal(a.notSrcPorts, b.notSrcPorts) &&
-		slices.Equal(a.dstPorts, b.dstPorts) && slices.Equal(a.notDstPorts, b.notDstPorts) &&
-		slices.Equal(a.srcNamed, b.srcNamed) && slices.Equal(a.notSrcNamed, b.notSrcNamed) &&
-		slices.Equal(a.dstNamed, b.dstNamed) && slices.Equal(a.notDstNamed, b.notDstNamed)
-}
+// sameMatch reports whether a and b, validated rules, match the same
+// packets.
+func sameMatch(a, b *rule) bool { return a.match == b.match }
 
 func sameICMP(x, y *ICMPMatch) bool { return (x == nil) == (y == nil) && (x == nil || *x == *y) }
 

@@ -1,6 +1,7 @@
 package polprog
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -50,6 +51,14 @@ type rule struct {
 	srcNamed, notSrcNamed, dstNamed, notDstNamed []uint64
 
 	icmp, notICMP *ICMPMatch
+
+	// match encodes every field above but the ID and the action (see
+	// appendMatch): rules with the same match the same packets. One
+	// string comparison per rule is how Update finds the rules that
+	// changed among 10,000. matchEnd is where the validator's encoding
+	// of the rule ends, until it sets match.
+	match    string
+	matchEnd int
 
 	// where names the rule in listings: tier/namespace/policy#index.
 	where string
@@ -101,7 +110,10 @@ func validateWith(rules Rules, v validator) (*program, error) {
 			p.profiles[i].action = ActionDeny
 		}
 	}
-	defer func() { p.ruleCount = v.count }()
+	defer func() {
+		p.ruleCount = v.count
+		p.setMatches(v.encoded)
+	}()
 	if !rules.ForHost {
 		if len(rules.PreDNATTiers) > 0 || len(rules.ApplyOnForwardTiers) > 0 {
 			return nil, errors.New("pre-DNAT and apply-on-forward tiers need ForHost")
@@ -130,6 +142,68 @@ type validator struct {
 	nets  []netip.Prefix
 	ports []PortRange
 	ids   []uint64
+	// encoded are the validated rules' match encodings (appendMatch), in
+	// the order of validation.
+	encoded []byte
+}
+
+// setMatches sets every rule's match from the validator's encodings,
+// appended in the order of validation to one buffer, which becomes one
+// string of which each rule's is a substring.
+func (p *program) setMatches(encoded []byte) {
+	all := string(encoded)
+	set := func(rs []rule, start int) int {
+		for i := range rs {
+			rs[i].match, start = all[start:rs[i].matchEnd], rs[i].matchEnd
+		}
+		return start
+	}
+	tiers := func(ts []tier, start int) int {
+		for i := range ts {
+			start = set(ts[i].rules, start)
+		}
+		return start
+	}
+	tiers(p.forward, tiers(p.preDNAT, set(p.profiles, tiers(p.tiers, 0))))
+}
+
+// appendMatch appends to buf an encoding of r's match fields, each list
+// after its length (a varint: most are empty), so that two rules' encodings are equal only when
+// their fields are.
+func appendMatch(buf []byte, r *rule) []byte {
+	buf = binary.LittleEndian.AppendUint16(buf, uint16(int16(r.proto)))
+	buf = binary.LittleEndian.AppendUint16(buf, uint16(int16(r.notProto)))
+	for _, m := range [2]*ICMPMatch{r.icmp, r.notICMP} {
+		switch {
+		case m == nil:
+			buf = append(buf, 0)
+		case m.HasCode:
+			buf = append(buf, 2, m.Type, m.Code)
+		default:
+			buf = append(buf, 1, m.Type)
+		}
+	}
+	for _, l := range [4][]netip.Prefix{r.srcNets, r.notSrcNets, r.dstNets, r.notDstNets} {
+		buf = binary.AppendUvarint(buf, uint64(len(l)))
+		for _, n := range l {
+			a := n.Addr().As16()
+			buf = append(append(buf, a[:]...), byte(n.Bits()), byte(n.Addr().BitLen()))
+		}
+	}
+	for _, l := range [4][]PortRange{r.srcPorts, r.notSrcPorts, r.dstPorts, r.notDstPorts} {
+		buf = binary.AppendUvarint(buf, uint64(len(l)))
+		for _, pr := range l {
+			buf = binary.LittleEndian.AppendUint16(binary.LittleEndian.AppendUint16(buf, pr.First), pr.Last)
+		}
+	}
+	for _, l := range [8][]uint64{r.srcSets, r.notSrcSets, r.dstSets, r.notDstSets,
+		r.srcNamed, r.notSrcNamed, r.dstNamed, r.notDstNamed} {
+		buf = binary.AppendUvarint(buf, uint64(len(l)))
+		for _, id := range l {
+			buf = binary.LittleEndian.AppendUint64(buf, id)
+		}
+	}
+	return buf
 }
 
 // arenaChunk is the size from which a validator's arena allocates no
@@ -198,6 +272,8 @@ func (v *validator) policy(where string, index int, pol Policy, out []rule) ([]r
 			return nil, fmt.Errorf("rule %s: %w", where, err)
 		}
 		vr.where = where
+		v.encoded = appendMatch(v.encoded, &vr)
+		vr.matchEnd = len(v.encoded)
 		out = append(out, vr)
 	}
 	return out, nil
