@@ -168,8 +168,8 @@ func (p *program) setMatches(encoded []byte) {
 }
 
 // appendMatch appends to buf an encoding of r's match fields, each list
-// after its length (a varint: most are empty), so that two rules' encodings are equal only when
-// their fields are.
+// after its length (a varint: most are empty), so that two rules'
+// encodings are equal only when their fields are.
 func appendMatch(buf []byte, r *rule) []byte {
 	buf = binary.LittleEndian.AppendUint16(buf, uint16(int16(r.proto)))
 	buf = binary.LittleEndian.AppendUint16(buf, uint16(int16(r.notProto)))
