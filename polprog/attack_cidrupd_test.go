@@ -261,7 +261,7 @@ func TestAttackCIDRUpdateFresh(t *testing.T) {
 
 // TestAttackCIDRReplaceAll replaces every CIDR of a classified run in one
 // update, then again: the code is the same, so each Update must apply.
-// The trie holds both generations; the idle one's stale prefixes must go
+// The trie holds every generation; the idle one's stale prefixes must go
 // before its new ones come, or the new ones find no room (ENOSPC) and the
 // Program needs a reload for good.
 func TestAttackCIDRReplaceAll(t *testing.T) {

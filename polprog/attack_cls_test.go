@@ -380,7 +380,7 @@ func TestAttackManySets(t *testing.T) {
 
 // TestAttackUpdateTrieOverflow replaces every source CIDR of a classified
 // run twice. Writing the idle generation's new prefixes before deleting
-// its stale ones overflowed the trie (two generations of capacity) and
+// its stale ones overflowed the trie (a capacity per generation) and
 // left the Program needing a reload; the stale ones now go first (see
 // TestAttackCIDRReplaceAll). The kernel must agree with Evaluate of the
 // rules it reports to have.

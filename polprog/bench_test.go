@@ -287,8 +287,10 @@ func BenchmarkUpdate(b *testing.B) {
 						for b.Loop() {
 							if spacing == "spaced" {
 								b.StopTimer()
-								if err := p.class.grace.Wait(); err != nil {
-									b.Fatal(err)
+								for g := range p.class.left {
+									if err := p.class.left[g].Wait(); err != nil {
+										b.Fatal(err)
+									}
 								}
 								b.StartTimer()
 							}

@@ -420,7 +420,7 @@ func (c *compiler) loadGeneration() {
 	b.Emit(
 		ebpfasm.LoadMem(ebpfasm.R1, ebpfasm.R0, 0, ebpfasm.Word),
 		ebpfasm.StoreMem(ebpfasm.R10, stackEpoch, ebpfasm.R1, ebpfasm.DWord),
-		ebpfasm.And.Imm(ebpfasm.R1, 1),
+		ebpfasm.And.Imm(ebpfasm.R1, genMask),
 		ebpfasm.StoreMem(ebpfasm.R10, stackGen, ebpfasm.R1, ebpfasm.DWord),
 	)
 	c.label(have)

@@ -11,15 +11,23 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Every classifier map holds two generations of contents; the program
+// Every classifier map holds three generations of contents; the program
 // reads the generation to use from the policy's generation map once per
-// part, so Program.Update can fill the idle generation and switch to it
-// with one map write.
-const generations = 2
+// part, so Program.Update can fill an idle generation and switch to it
+// with one map write. Three rather than two: the generation an update
+// writes is the one packets left two switches ago, so its grace period
+// (no packet still reading it) began an update earlier and back-to-back
+// updates rarely wait for it.
+const generations = 3
 
 // genMapName is the instructions' reference to the generation map: one
-// u32, the generation in use.
+// u32, the epoch (see genMask).
 const genMapName = "polprog_gen"
+
+// genMask selects the generation in use from the generation map's value,
+// the epoch; the bits above count switches, so that each switch writes a
+// value of its own (the outcome cache's key).
+const genMask = 3
 
 // classLayout is what a classified run's code depends on besides its
 // maps' contents: its dimensions (and their sets), each dimension's row
@@ -60,8 +68,8 @@ func newLayout(cl *classifier) *classLayout {
 }
 
 // strideCap is the capacity a layout gives a stride table: room for an
-// update's prefixes under other bytes (16 chunks are 32 KiB over both
-// generations); 0 for none.
+// update's prefixes under other bytes (16 chunks are 48 KiB over the
+// three generations); 0 for none.
 func strideCap(t []strideChunk) uint32 {
 	if t == nil {
 		return 0
@@ -156,11 +164,19 @@ type mapContents struct {
 	// stride is, for u32 keys, how many keys one generation has; a
 	// trie's key holds the generation after its prefixlen instead.
 	stride uint32
-	// from is, for contents made by changing others (cloneContents),
-	// those; changed the keys set since. fromFrom and fromChanged are
-	// from's own.
-	from, fromFrom       *mapContents
-	changed, fromChanged []string
+	// changed is, for contents made by changing others (cloneContents),
+	// the keys set since; from are those others and what they came from,
+	// newest first, as far back as a generation's contents can be.
+	changed []string
+	from    []origin
+}
+
+// origin is contents that later ones were made from, and the keys set in
+// making the next newer of them (nil for the newest, whose keys are
+// changed).
+type origin struct {
+	m       *mapContents
+	changed []string
 }
 
 func newContents(keySize, valueSize int, array bool, stride uint32) *mapContents {
@@ -393,7 +409,7 @@ func writeContents(m *ebpf.Map, g int, had, want *mapContents) error {
 		}
 		stale = nil
 	}
-	// Stale entries go first: a trie holds both generations in its
+	// Stale entries go first: a trie holds every generation in its
 	// capacity, so the new entries of one that changes every prefix find
 	// room only once its old ones are gone (no packet reads generation g).
 	for _, k := range stale {

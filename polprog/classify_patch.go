@@ -497,13 +497,25 @@ func (cl *classifier) withBitsOf(row []uint64, changed []int, bits uint64) []uin
 }
 
 // cloneContents returns a copy of m whose entries can be changed (by
-// set), which remembers m and the keys that made m of its own origin: a
-// write of the copy over either needs only the keys changed since. m
-// forgets its origin, so that no chain of old contents stays reachable.
+// set), which remembers m and its origins, generations deep, with the
+// keys that made each from the one before: a write of the copy over any
+// of them needs only the keys changed since. m forgets its origins, so
+// that no longer chain of old contents stays reachable.
 func cloneContents(m *mapContents) *mapContents {
+	from := make([]origin, 0, generations)
+	from = append(from, origin{m: m})
+	for i, o := range m.from {
+		if len(from) == generations {
+			break
+		}
+		if i == 0 {
+			o.changed = m.changed
+		}
+		from = append(from, o)
+	}
 	c := &mapContents{keySize: m.keySize, valueSize: m.valueSize, entries: maps.Clone(m.entries), array: m.array,
-		stride: m.stride, from: m, fromFrom: m.from, fromChanged: m.changed}
-	m.from, m.fromFrom, m.fromChanged = nil, nil, nil
+		stride: m.stride, from: from}
+	m.from = nil
 	return c
 }
 
@@ -516,13 +528,17 @@ func (m *mapContents) set(k, v string) {
 // changedSince returns the keys in which m may differ from had, or false
 // when only a comparison of every entry tells.
 func (m *mapContents) changedSince(had *mapContents) ([]string, bool) {
-	switch {
-	case had == nil || m.from == nil:
+	if had == nil {
 		return nil, false
-	case had == m.from:
-		return m.changed, true
-	case had == m.fromFrom:
-		return slices.Concat(m.changed, m.fromChanged), true
+	}
+	changed := m.changed
+	for i, o := range m.from {
+		if i > 0 {
+			changed = slices.Concat(changed, o.changed)
+		}
+		if o.m == had {
+			return changed, true
+		}
 	}
 	return nil, false
 }

@@ -109,12 +109,14 @@
 // accepts most rules (wildcards, negations), so the AND of the summaries
 // allows every word, and an uncached search is linear in words.
 //
-// Every classifier map holds two generations. A part reads the one in use
-// from its generation map once, before its first classified run, so a
+// Every classifier map holds three generations. A part reads the one in
+// use from its generation map once, before its first classified run, so a
 // packet sees one generation of every run of the part. Program.Update
 // compiles the new rules with the loaded runs' layouts (their capacities
-// leave room); when the code is unchanged it writes the idle generation's
-// changed entries and switches with one map write (a new generation map
+// leave room); when the code is unchanged it writes the changed entries
+// of the generation packets left two switches ago, once an RCU grace
+// period since has passed (begun in the background then, so an update
+// rarely waits), and switches with one map write (a new generation map
 // value, so no cached outcome outlives it). Changes of classified rules
 // that keep their positions and use only fields and sets their run tells
 // apart (any protocol, ICMP, CIDR, port, set reference or negation, ID or

@@ -27,16 +27,18 @@ type classState struct {
 	// lookups are the lookup maps by name.
 	lookups map[string]*ebpf.Map
 	// gen is the generation in use; written[g] what each map holds in
-	// generation g. epoch is the generation map's value, gen in its low
-	// bit: each switch writes a new one, which keys the outcome cache.
+	// generation g. epoch is the generation map's value, gen in its
+	// genMask bits: each switch writes a new one, which keys the outcome
+	// cache.
 	gen     int
 	epoch   uint32
 	written [generations]map[string]*mapContents
-	// grace, after a switch, is the grace period (grace.Wait) until which
-	// packets may still read the idle generation. It runs in the
-	// background, so an Update that comes later than a grace period after
-	// the previous one does not wait.
-	grace grace.Pending
+	// left[g], after a switch away from generation g, is the grace period
+	// (grace.Wait) until which packets may still read g. It runs in the
+	// background, and an update writes the generation left two switches
+	// ago, so one that comes later than a grace period after the update
+	// before the previous one does not wait.
+	left [generations]grace.Pending
 	// broken: a write of the idle generation failed, so what it holds is
 	// not known; only a reload can go on (the generation in use is
 	// untouched).
@@ -111,7 +113,7 @@ func (p *Program) fillClasses(c *Compiled, byName map[string]*ebpf.Map) error {
 	for _, cc := range c.classes {
 		maps.Copy(all, cc.contents())
 	}
-	// Both generations, so that an update writes only what changes.
+	// Every generation, so that an update writes only what changes.
 	for g := range generations {
 		for _, name := range slices.Sorted(maps.Keys(all)) {
 			if err := writeContents(byName[name], g, nil, all[name]); err != nil {
@@ -190,7 +192,7 @@ func (p *Program) update(rules Rules) error {
 // came from, np the rules when only table entries changed, or both when
 // the rules' positions are those of the program (posOf holds).
 func (s *classState) apply(want map[string]*mapContents, nc *Compiled, np *program) error {
-	cur, next := s.gen, 1-s.gen
+	cur, next := s.gen, (s.gen+1)%generations
 	changedParts := map[int]bool{}
 	for _, cc := range s.compiled.classes {
 		for _, name := range cc.names {
@@ -203,7 +205,7 @@ func (s *classState) apply(want map[string]*mapContents, nc *Compiled, np *progr
 		return fmt.Errorf("%w: classified runs change in parts %v", ErrNeedsReload, slices.Sorted(maps.Keys(changedParts)))
 	}
 	if len(changedParts) == 1 {
-		if err := s.grace.Wait(); err != nil {
+		if err := s.left[next].Wait(); err != nil {
 			return err
 		}
 		for _, name := range slices.Sorted(maps.Keys(want)) {
@@ -219,14 +221,14 @@ func (s *classState) apply(want map[string]*mapContents, nc *Compiled, np *progr
 				return fmt.Errorf("%w: write generation %d of %s: %w", ErrNeedsReload, next, name, err)
 			}
 		}
-		epoch := s.epoch + 1
+		epoch := (s.epoch&^genMask + genMask + 1) | uint32(next)
 		if err := s.lookups[genMapName].Put(uint32(0), epoch); err != nil {
 			s.broken = true
 			return fmt.Errorf("%w: switch to generation %d: %w", ErrNeedsReload, next, err)
 		}
 		s.written[next] = want
 		s.gen, s.epoch = next, epoch
-		s.grace.Start()
+		s.left[cur].Start()
 	}
 	switch {
 	case np == nil:

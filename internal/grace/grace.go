@@ -1,6 +1,6 @@
 // Package grace waits for the BPF programs running at the time of the call
-// to finish, which writers of double-buffered maps (two generations and a
-// switch) need before they rewrite the generation packets used until then.
+// to finish, which writers of multi-buffered maps (generations and a
+// switch) need before they rewrite a generation packets used until then.
 package grace
 
 import (
@@ -11,10 +11,10 @@ import (
 
 // Wait returns once every BPF program that was running when it was called
 // has finished: the kernel ends an update of an array of maps with an RCU
-// grace period (synchronize_rcu_expedited), so that user space knows no
-// program still reads the old value, and TC and XDP programs run inside
-// RCU read-side sections. A sleep would only make that likely. The maps
-// live for one call.
+// grace period (synchronize_rcu: milliseconds, 15 ms on a busy 2-CPU
+// machine), so that user space knows no program still reads the old
+// value, and TC and XDP programs run inside RCU read-side sections. A
+// sleep would only make that likely. The maps live for one call.
 func Wait() error {
 	inner, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
 	if err != nil {
