@@ -41,7 +41,24 @@ type request struct {
 	// datagrams to Dests[0] from one socket for that long instead of
 	// connecting.
 	FloodFor time.Duration
+	// ConnectTimeout bounds each connect; zero means
+	// defaultConnectTimeout. A test that expects a connect to fail sets
+	// it short.
+	ConnectTimeout time.Duration
+	// RealTime makes the client's thread SCHED_FIFO at realTimePriority,
+	// so that no ordinary task on its CPU preempts it between a SYN and
+	// its SYN-ACK; the client fails if the kernel refuses.
+	RealTime bool
 }
+
+// defaultConnectTimeout fails a connect whose SYN was lost after 3 s
+// rather than after minutes of retries.
+const defaultConnectTimeout = 3 * time.Second
+
+// realTimePriority is a RealTime client's SCHED_FIFO priority: low, so
+// that the kernel's own real-time threads (threaded interrupts at 50,
+// migration) still preempt it.
+const realTimePriority = 10
 
 // floodPayload is the flood's UDP payload: 18 bytes make a 64-byte
 // Ethernet frame with its FCS, as the reference run sent.
@@ -100,8 +117,9 @@ func runClient(path string) error {
 	return os.WriteFile(path+".out", out, 0o600)
 }
 
-// enterClient pins the calling thread to clientCPU and moves it into
-// the request's namespace, for good: the child exits after one request.
+// enterClient pins the calling thread to clientCPU, moves it into the
+// request's namespace and, with RealTime, makes it SCHED_FIFO, for good:
+// the child exits after one request.
 func enterClient(req request) error {
 	runtime.LockOSThread()
 	var cpus unix.CPUSet
@@ -119,6 +137,12 @@ func enterClient(req request) error {
 	if err := netns.Set(ns); err != nil {
 		return fmt.Errorf("enter netns %s: %w", req.NetNS, err)
 	}
+	if req.RealTime {
+		attr := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_FIFO, Priority: realTimePriority}
+		if err := unix.SchedSetAttr(0, &attr, 0); err != nil {
+			return fmt.Errorf("make the client thread SCHED_FIFO %d (request.RealTime): %w", realTimePriority, err)
+		}
+	}
 	return nil
 }
 
@@ -126,10 +150,14 @@ func enterClient(req request) error {
 // prepared.
 func connectLoop(req request) ([][]int64, error) {
 	out := make([][]int64, len(req.Dests))
+	timeout := req.ConnectTimeout
+	if timeout == 0 {
+		timeout = defaultConnectTimeout
+	}
 	for i, dest := range req.Dests {
 		sa := &unix.SockaddrInet4{Port: int(dest.Port()), Addr: dest.Addr().As4()}
 		for n := range req.Warmup + req.Count {
-			d, err := connectOnce(sa)
+			d, err := connectOnce(sa, timeout)
 			if err != nil {
 				return nil, fmt.Errorf("connect %d to %s: %w", n, dest, err)
 			}
@@ -181,8 +209,9 @@ func flood(dest netip.AddrPort, d time.Duration) (sent, elapsed, cpu int64, err 
 
 // connectOnce times one blocking connect to sa: the SYN's round trip, the
 // only packet that walks the NAT rules. The socket closes with a reset
-// (SO_LINGER 0) so that no TIME_WAIT piles up.
-func connectOnce(sa unix.Sockaddr) (time.Duration, error) {
+// (SO_LINGER 0) so that no TIME_WAIT piles up. A connect not done after
+// timeout fails.
+func connectOnce(sa unix.Sockaddr, timeout time.Duration) (time.Duration, error) {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return 0, err
@@ -191,9 +220,7 @@ func connectOnce(sa unix.Sockaddr) (time.Duration, error) {
 	if err := unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0}); err != nil {
 		return 0, err
 	}
-	// A lost SYN fails the connect after 3 s rather than retrying for
-	// minutes.
-	tv := unix.NsecToTimeval((3 * time.Second).Nanoseconds())
+	tv := unix.NsecToTimeval(timeout.Nanoseconds())
 	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv); err != nil {
 		return 0, err
 	}

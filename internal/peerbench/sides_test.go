@@ -18,6 +18,7 @@ import (
 	"github.com/sluicenet/sluice/datapath"
 	"github.com/sluicenet/sluice/internal/testutil"
 	"github.com/sluicenet/sluice/internal/topo"
+	"github.com/sluicenet/sluice/nat"
 	"github.com/sluicenet/sluice/polprog"
 	"github.com/sluicenet/sluice/routes"
 )
@@ -99,6 +100,9 @@ type side struct {
 	client *topo.Workload
 	// cgroup holds the side's client processes.
 	cgroup string
+	// services is a sluice side's service table (nil for the others),
+	// kept so that BenchmarkServiceConnectPaired can switch it by Sync.
+	services *nat.Table
 	// closers undo the setup, last first.
 	closers []func() error
 }
@@ -267,7 +271,8 @@ func programSluice(tb testing.TB, s *side, svcs []svc, client polprog.Rules, soc
 			})
 		}
 	}
-	if err := d.Services().Sync(sluiceServices(svcs)); err != nil {
+	s.services = d.Services()
+	if err := s.services.Sync(sluiceServices(svcs)); err != nil {
 		return err
 	}
 	if !sock {
