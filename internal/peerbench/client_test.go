@@ -68,6 +68,10 @@ const floodPayload = 18
 // timed connect.
 type reply struct {
 	Nanos [][]int64
+	// Policy is the scheduling policy the client's thread ran under
+	// (unix.SCHED_FIFO with request.RealTime), so that a test can see it
+	// took.
+	Policy uint32
 	// Sent, Elapsed and CPU are a flood's datagrams sent, its
 	// nanoseconds and the nanoseconds of CPU its thread was charged (user
 	// and system: the whole forwarding path runs in the sender's
@@ -102,6 +106,12 @@ func runClient(path string) error {
 	}
 	var rep reply
 	err = enterClient(req)
+	if err == nil {
+		var attr *unix.SchedAttr
+		if attr, err = unix.SchedGetAttr(0, 0); err == nil {
+			rep.Policy = attr.Policy
+		}
+	}
 	if err == nil && req.FloodFor > 0 {
 		rep.Sent, rep.Elapsed, rep.CPU, err = flood(req.Dests[0], req.FloodFor)
 	} else if err == nil {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"golang.org/x/sys/unix"
 
 	"github.com/sluicenet/sluice/internal/testutil"
 	"github.com/sluicenet/sluice/nat"
@@ -349,6 +350,9 @@ func TestPairedSetup(t *testing.T) {
 				}
 				if len(rep.Nanos[0]) != 5 {
 					t.Errorf("step %d: %d connects timed, want 5", step, len(rep.Nanos[0]))
+				}
+				if rep.Policy != unix.SCHED_FIFO {
+					t.Errorf("step %d: the RealTime client ran under scheduling policy %d, want SCHED_FIFO (%d)", step, rep.Policy, unix.SCHED_FIFO)
 				}
 				// Out of the table, the first service's SYN is dropped (the
 				// node has no route to ClusterIPs): the connect times out,
