@@ -186,8 +186,9 @@ func BenchmarkServiceConnectPaired(b *testing.B) {
 	}
 	start := time.Now()
 	pairs := make([]map[string]float64, pairedPairs)
-	per := len(schedule) / pairedPairs
+	perPair := len(schedule) / pairedPairs
 	for i, bt := range schedule {
+		k := i / perPair
 		if switches(bt.Peer) {
 			switchTo(bt.Peer, bt.N)
 		}
@@ -196,9 +197,8 @@ func BenchmarkServiceConnectPaired(b *testing.B) {
 		rep, err := runClientIn(b, s.cgroup, request{NetNS: s.client.NS.Name, Dests: []netip.AddrPort{pairedTarget(s, svcs)},
 			Warmup: warmup, Count: perRound, RealTime: true})
 		if err != nil {
-			b.Fatalf("pair %d, %s: %v", i/per, batchKey(bt.Peer, bt.N), err)
+			b.Fatalf("pair %d, %s: %v", k, batchKey(bt.Peer, bt.N), err)
 		}
-		k := i / per
 		if pairs[k] == nil {
 			pairs[k] = map[string]float64{}
 		}
