@@ -241,87 +241,108 @@ func BenchmarkCompileLoad(b *testing.B) {
 
 // BenchmarkUpdate measures Program.Update of a classified policy (merging
 // off, so that every shape is classified) of each shape and size, changing
-// one rule back and forth: "action" changes the middle rule's action and
-// ID (table entries only), "cidr" its source CIDR (a compile with the
-// loaded layout, then the changed entries). Each includes the switch, and
-// the 1 ms grace when the previous update was less than that ago.
+// the middle rule back and forth: "action" its action and ID (table
+// entries only), "cidr" its source CIDR, "port" its destination ports
+// (with protocol tcp) and "proto" its protocol (to sctp); each a map
+// update of the idle generation and a switch. A policy is loaded only
+// when a sub-benchmark of its shape and size runs.
 func BenchmarkUpdate(b *testing.B) {
 	k := newKernel(b)
 	opts := Options{MergeThreshold: -1}
 	for _, shape := range benchShapes {
-		for _, n := range benchSizes[2:] {
-			rules := benchPolicy(n, shape)
-			p := k.load(b, rules, opts)
-			for _, change := range []string{"action", "cidr", "port", "proto"} {
-				changed := cloneRules(rules)
-				r := &changed.Tiers[0].Policies[0].Rules[n/2]
-				switch change {
-				case "action":
-					r.ID, r.Action = 1<<35, ActionLog
-				case "cidr":
-					r.SrcNets = []netip.Prefix{mustPrefix("172.16.0.0/16")}
-				case "port":
-					r.Protocol, r.ICMP, r.NotICMP = "tcp", nil, nil
-					r.DstPorts = []PortRange{{First: 9000, Last: 9099}}
-				default:
-					r.Protocol, r.ICMP, r.NotICMP = "sctp", nil, nil
+		b.Run(shape.name, func(b *testing.B) {
+			for _, n := range benchSizes[2:] {
+				b.Run(fmt.Sprintf("rules=%d", n), func(b *testing.B) {
+					benchUpdates(b, k, benchPolicy(n, shape), opts)
+				})
+			}
+		})
+	}
+}
+
+// benchUpdates loads rules and times one-rule changes of them.
+func benchUpdates(b *testing.B, k *kernel, rules Rules, opts Options) {
+	p := k.load(b, rules, opts)
+	n := len(rules.Tiers[0].Policies[0].Rules)
+	for _, change := range []string{"action", "cidr", "port", "proto"} {
+		changed := cloneRules(rules)
+		r := &changed.Tiers[0].Policies[0].Rules[n/2]
+		switch change {
+		case "action":
+			r.ID, r.Action = 1<<35, ActionLog
+		case "cidr":
+			r.SrcNets = []netip.Prefix{mustPrefix("172.16.0.0/16")}
+		case "port":
+			r.Protocol, r.ICMP, r.NotICMP = "tcp", nil, nil
+			r.DstPorts = []PortRange{{First: 9000, Last: 9099}}
+		default:
+			r.Protocol, r.ICMP, r.NotICMP = "sctp", nil, nil
+		}
+		// back-to-back: each update waits for the grace period of the
+		// one before; spaced: the grace periods pass (untimed) between
+		// them, as for an agent's occasional change.
+		for _, spacing := range []string{"back-to-back", "spaced"} {
+			b.Run(change+"/"+spacing, func(b *testing.B) {
+				// A change the run's dimensions cannot tell (a protocol
+				// in rules that have none) is a reload: not measured.
+				if err := p.Update(changed); errors.Is(err, ErrNeedsReload) {
+					b.Skip(err)
+				} else if err != nil {
+					b.Fatal(err)
 				}
-				// back-to-back: each update waits for the grace period
-				// of the one before; spaced: the grace period passes
-				// (untimed) between them, as for an agent's occasional
-				// change.
-				for _, spacing := range []string{"back-to-back", "spaced"} {
-					b.Run(fmt.Sprintf("%s/rules=%d/%s/%s", shape.name, n, change, spacing), func(b *testing.B) {
-						// A change the run's dimensions cannot tell (a
-						// protocol in rules that have none) is a
-						// reload: not measured.
-						if err := p.Update(changed); errors.Is(err, ErrNeedsReload) {
-							b.Skip(err)
-						} else if err != nil {
-							b.Fatal(err)
-						}
-						if err := p.Update(rules); err != nil {
-							b.Fatal(err)
-						}
-						i := 0
-						for b.Loop() {
-							if spacing == "spaced" {
-								b.StopTimer()
-								for g := range p.class.left {
-									if err := p.class.left[g].Wait(); err != nil {
-										b.Fatal(err)
-									}
-								}
-								b.StartTimer()
-							}
-							next := rules
-							if i%2 == 0 {
-								next = changed
-							}
-							i++
-							if err := p.Update(next); err != nil {
+				if err := p.Update(rules); err != nil {
+					b.Fatal(err)
+				}
+				i := 0
+				for b.Loop() {
+					if spacing == "spaced" {
+						b.StopTimer()
+						for g := range p.class.left {
+							if err := p.class.left[g].Wait(); err != nil {
 								b.Fatal(err)
 							}
 						}
-					})
+						b.StartTimer()
+					}
+					next := rules
+					if i%2 == 0 {
+						next = changed
+					}
+					i++
+					if err := p.Update(next); err != nil {
+						b.Fatal(err)
+					}
 				}
-			}
+			})
 		}
 	}
 }
 
-// BenchmarkValidate is the validation every Update starts with, of 10,000
-// rules of each shape.
+// BenchmarkValidate is the validation of 10,000 rules of each shape:
+// "fresh" as Compile does, "previous" as Update does, against the
+// program of the same rules but the middle one (whose action changed).
 func BenchmarkValidate(b *testing.B) {
 	for _, shape := range benchShapes {
 		rules := benchPolicy(10000, shape)
-		b.Run(shape.name, func(b *testing.B) {
-			b.ReportAllocs()
-			for b.Loop() {
-				if _, err := validateWith(rules, validator{noWhere: true}); err != nil {
-					b.Fatal(err)
+		changed := cloneRules(rules)
+		r := &changed.Tiers[0].Policies[0].Rules[len(changed.Tiers[0].Policies[0].Rules)/2]
+		r.ID, r.Action = 1<<35, ActionLog
+		prev, err := validateWith(changed, validator{noWhere: true})
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, v := range []struct {
+			name string
+			prev *program
+		}{{"fresh", nil}, {"previous", prev}} {
+			b.Run(shape.name+"/"+v.name, func(b *testing.B) {
+				b.ReportAllocs()
+				for b.Loop() {
+					if _, err := validateWith(rules, validator{noWhere: true, prev: v.prev}); err != nil {
+						b.Fatal(err)
+					}
 				}
-			}
-		})
+			})
+		}
 	}
 }

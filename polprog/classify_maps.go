@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"reflect"
 	"slices"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -262,7 +263,9 @@ func (l *classLayout) rowValue(row []uint64) string {
 			binary.NativeEndian.PutUint64(s, binary.NativeEndian.Uint64(s)|1<<(w%64))
 		}
 	}
-	return string(buf)
+	// buf is not written again: the string shares it rather than copying
+	// a row (some KiB, thousands of them in an update of every row).
+	return unsafe.String(&buf[0], len(buf))
 }
 
 // trieKey is p as an address trie's key in generation 0.
@@ -429,8 +432,14 @@ func writeContents(m *ebpf.Map, g int, had, want *mapContents) error {
 // operation.
 func rawSlice(items []string, size int) any {
 	v := reflect.MakeSlice(reflect.SliceOf(reflect.ArrayOf(size, reflect.TypeFor[byte]())), len(items), len(items))
+	if len(items) == 0 {
+		return v.Interface()
+	}
+	// The slice's backing array as bytes: each item is copied straight in,
+	// with no []byte conversion or reflect.Value per item.
+	raw := unsafe.Slice((*byte)(v.UnsafePointer()), len(items)*size)
 	for i, it := range items {
-		reflect.Copy(v.Index(i), reflect.ValueOf([]byte(it)))
+		copy(raw[i*size:(i+1)*size], it)
 	}
 	return v.Interface()
 }

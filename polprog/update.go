@@ -163,8 +163,9 @@ func (p *Program) update(rules Rules) error {
 	if s.broken {
 		return fmt.Errorf("%w: an earlier update failed half-way", ErrNeedsReload)
 	}
-	// Validated once for the paths that change maps without compiling.
-	if np, err := validateWith(rules, validator{max: s.compiled.opts.MaxRules, noWhere: true}); err == nil && sameShape(s.prog, np) {
+	// Validated once for the paths that change maps without compiling;
+	// the rules that did not change are taken from the program in force.
+	if np, err := validateWith(rules, validator{max: s.compiled.opts.MaxRules, noWhere: true, prev: s.prog}); err == nil && sameShape(s.prog, np) {
 		if want, nc, ok := s.patchRows(np); ok {
 			return s.apply(want, nc, np)
 		}
@@ -265,6 +266,7 @@ func sameShape(a, b *program) bool {
 // packets.
 func sameMatch(a, b *rule) bool { return a.match == b.match }
 
+// sameICMP reports whether x and y are both nil or equal.
 func sameICMP(x, y *ICMPMatch) bool { return (x == nil) == (y == nil) && (x == nil || *x == *y) }
 
 // sameCode reports, as an error, how b's code differs from a's: its

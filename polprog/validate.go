@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -41,8 +42,10 @@ func ParseProtocol(s string) (uint8, error) {
 type rule struct {
 	id     uint64
 	action Action
-	// proto and notProto are -1 when unset.
-	proto, notProto int
+	// proto and notProto are -1 when unset; protoName and notProtoName
+	// are the Rule's strings they were parsed from.
+	proto, notProto         int
+	protoName, notProtoName string
 
 	srcNets, notSrcNets, dstNets, notDstNets []netip.Prefix
 	srcSets, notSrcSets, dstSets, notDstSets []uint64
@@ -50,13 +53,18 @@ type rule struct {
 	srcPorts, notSrcPorts, dstPorts, notDstPorts []PortRange
 	srcNamed, notSrcNamed, dstNamed, notDstNamed []uint64
 
+	// icmp and notICMP are copies, the caller's may change.
 	icmp, notICMP *ICMPMatch
 
 	// match encodes every field above but the ID and the action (see
 	// appendMatch): rules with the same match the same packets. One
 	// string comparison per rule is how Update finds the rules that
 	// changed among 10,000. matchEnd is where the validator's encoding
-	// of the rule ends, until it sets match.
+	// of the rule ends, until it sets match; -1 for a rule that keeps
+	// the match of the program it was taken over from.
+	// round is the validation (validator.round) that made its lists and
+	// match.
+	round    uint32
 	match    string
 	matchEnd int
 
@@ -81,6 +89,11 @@ type program struct {
 	forward   []tier
 	noMatchID uint64
 	ruleCount int
+	// takenOver counts the rules copied from the program validated
+	// before (validator.prev) rather than validated again.
+	takenOver int
+	// round is the validator's round that made it.
+	round uint32
 }
 
 // validate checks rules and turns them into a program. maxRules <= 0 means
@@ -95,12 +108,18 @@ func validateWith(rules Rules, v validator) (*program, error) {
 		v.max = DefaultMaxRules
 	}
 	p := &program{forHost: rules.ForHost, noMatchID: rules.NoMatchRuleID}
+	prev := v.prev
+	if prev == nil {
+		prev = &program{}
+	} else {
+		v.round = prev.round + 1
+	}
 	var err error
-	if p.tiers, err = v.tiers("", rules.Tiers); err != nil {
+	if p.tiers, err = v.tiers("", rules.Tiers, prev.tiers); err != nil {
 		return nil, err
 	}
 	for i, pol := range rules.Profiles {
-		if p.profiles, err = v.policy("profile", i, pol, p.profiles); err != nil {
+		if p.profiles, err = v.policy("profile", i, pol, p.profiles, prev.profiles); err != nil {
 			return nil, err
 		}
 	}
@@ -111,7 +130,7 @@ func validateWith(rules Rules, v validator) (*program, error) {
 		}
 	}
 	defer func() {
-		p.ruleCount = v.count
+		p.ruleCount, p.takenOver, p.round = v.count, v.takenOver, v.round
 		p.setMatches(v.encoded)
 	}()
 	if !rules.ForHost {
@@ -120,10 +139,10 @@ func validateWith(rules Rules, v validator) (*program, error) {
 		}
 		return p, nil
 	}
-	if p.preDNAT, err = v.tiers("pre-DNAT ", rules.PreDNATTiers); err != nil {
+	if p.preDNAT, err = v.tiers("pre-DNAT ", rules.PreDNATTiers, prev.preDNAT); err != nil {
 		return nil, err
 	}
-	if p.forward, err = v.tiers("apply-on-forward ", rules.ApplyOnForwardTiers); err != nil {
+	if p.forward, err = v.tiers("apply-on-forward ", rules.ApplyOnForwardTiers, prev.forward); err != nil {
 		return nil, err
 	}
 	return p, nil
@@ -131,9 +150,18 @@ func validateWith(rules Rules, v validator) (*program, error) {
 
 type validator struct {
 	max, count int
-	// noWhere leaves rule.where empty, for a comparison that names no
-	// rule (formatting 10,000 names costs more than the rest).
+	// noWhere names rules by their tier alone, for a comparison that
+	// names no rule (formatting 10,000 names costs more than the rest).
 	noWhere bool
+	// prev, when set, is a program validated before: a Rule equal to
+	// the rule at its place in prev (unchanged) is copied from there
+	// rather than checked and encoded again (what Update does to 10,000
+	// rules of which one changed).
+	prev      *program
+	takenOver int
+	// round counts validations along a chain of programs: prev's plus
+	// one.
+	round uint32
 	// nets, ports and ids are where the validated rules' lists are
 	// copied, chunks of many rules' lists each: a program shares no list
 	// with the caller's Rules, which the caller may change after (and
@@ -142,6 +170,7 @@ type validator struct {
 	nets  []netip.Prefix
 	ports []PortRange
 	ids   []uint64
+	icmps []ICMPMatch
 	// encoded are the validated rules' match encodings (appendMatch), in
 	// the order of validation.
 	encoded []byte
@@ -154,7 +183,9 @@ func (p *program) setMatches(encoded []byte) {
 	all := string(encoded)
 	set := func(rs []rule, start int) int {
 		for i := range rs {
-			rs[i].match, start = all[start:rs[i].matchEnd], rs[i].matchEnd
+			if rs[i].matchEnd >= 0 {
+				rs[i].match, start = all[start:rs[i].matchEnd], rs[i].matchEnd
+			}
 		}
 		return start
 	}
@@ -226,7 +257,8 @@ func keep[T any](arena *[]T, in []T) []T {
 	return (*arena)[start:len(*arena):len(*arena)]
 }
 
-func (v *validator) tiers(kind string, in []Tier) ([]tier, error) {
+// tiers validates in; prev are the tiers of v.prev of the same kind.
+func (v *validator) tiers(kind string, in []Tier, prev []tier) ([]tier, error) {
 	out := make([]tier, 0, len(in))
 	for i, t := range in {
 		if t.EndAction != EndDeny && t.EndAction != EndPass {
@@ -238,9 +270,13 @@ func (v *validator) tiers(kind string, in []Tier) ([]tier, error) {
 			n += len(pol.Rules)
 		}
 		vt.rules = make([]rule, 0, n)
+		var was []rule
+		if i < len(prev) {
+			was = prev[i].rules
+		}
 		for j, pol := range t.Policies {
 			var err error
-			if vt.rules, err = v.policy(kind+"tier "+t.Name, j, pol, vt.rules); err != nil {
+			if vt.rules, err = v.policy(kind+"tier "+t.Name, j, pol, vt.rules, was); err != nil {
 				return nil, err
 			}
 		}
@@ -249,8 +285,10 @@ func (v *validator) tiers(kind string, in []Tier) ([]tier, error) {
 	return out, nil
 }
 
-// policy appends pol's validated rules to out.
-func (v *validator) policy(where string, index int, pol Policy, out []rule) ([]rule, error) {
+// policy appends pol's validated rules to out. was are the rules of v.prev
+// at out's places: a Rule unchanged from the rule at its place is taken
+// from there.
+func (v *validator) policy(where string, index int, pol Policy, out []rule, was []rule) ([]rule, error) {
 	name := pol.Name
 	if pol.Namespace != "" {
 		name = pol.Namespace + "/" + pol.Name
@@ -258,7 +296,10 @@ func (v *validator) policy(where string, index int, pol Policy, out []rule) ([]r
 	if name == "" {
 		name = strconv.Itoa(index)
 	}
-	for i, r := range pol.Rules {
+	// Rules are read and written in place, by pointer: a Rule and a rule
+	// are some hundred bytes each, and a policy of 10,000 rules is
+	// validated at every Update.
+	for i := range pol.Rules {
 		v.count++
 		if v.count > v.max {
 			return nil, fmt.Errorf("more than %d rules: %w", v.max, ErrTooManyRules)
@@ -267,71 +308,153 @@ func (v *validator) policy(where string, index int, pol Policy, out []rule) ([]r
 		if !v.noWhere {
 			where = fmt.Sprintf("%s/%s#%d", where, name, i)
 		}
-		vr, err := v.rule(r)
-		if err != nil {
+		if k := len(out); k < len(was) && unchanged(&pol.Rules[i], &was[k]) {
+			out = append(out, was[k])
+			v.takeOver(&out[k], where)
+			continue
+		}
+		out = append(out, rule{})
+		vr := &out[len(out)-1]
+		if err := v.rule(&pol.Rules[i], vr); err != nil {
 			return nil, fmt.Errorf("rule %s: %w", where, err)
 		}
-		vr.where = where
-		v.encoded = appendMatch(v.encoded, &vr)
+		vr.where, vr.round = where, v.round
+		v.encoded = appendMatch(v.encoded, vr)
 		vr.matchEnd = len(v.encoded)
-		out = append(out, vr)
 	}
 	return out, nil
 }
 
-// rule validates r, its lists copied to v's arenas.
-func (v *validator) rule(r Rule) (rule, error) {
-	vr := rule{id: r.ID, action: r.Action, proto: -1, notProto: -1, icmp: r.ICMP, notICMP: r.NotICMP}
+// keepRounds bounds the memory a chain of programs validated each against
+// the one before holds: a rule taken over shares its lists and encoding
+// with the validation that made them (their arena chunks and string, which
+// hold other rules' too) for keepRounds to 2*keepRounds-1 rounds, staggered
+// by its index so that each round copies about 1/keepRounds of the rules,
+// and is copied into the round's own after. A program so holds the memory
+// of at most 2*keepRounds validations.
+const keepRounds = 8
+
+// takeOver finishes vr, a copy of the rule at its place in v.prev, as the
+// rule where names.
+func (v *validator) takeOver(vr *rule, where string) {
+	v.takenOver++
+	vr.where, vr.matchEnd = where, -1
+	if v.round-vr.round < keepRounds+uint32(v.count%keepRounds) {
+		return
+	}
+	v.keepLists(vr)
+	v.encoded = append(v.encoded, vr.match...)
+	vr.matchEnd, vr.round = len(v.encoded), v.round
+}
+
+// rule validates r into vr, its lists copied to v's arenas.
+func (v *validator) rule(r *Rule, vr *rule) error {
+	*vr = rule{id: r.ID, action: r.Action, protoName: r.Protocol, notProtoName: r.NotProtocol,
+		icmp: r.ICMP, notICMP: r.NotICMP,
+		srcNets: r.SrcNets, notSrcNets: r.NotSrcNets, dstNets: r.DstNets, notDstNets: r.NotDstNets,
+		srcSets: r.SrcIPSets, notSrcSets: r.NotSrcIPSets, dstSets: r.DstIPSets, notDstSets: r.NotDstIPSets,
+		srcPorts: r.SrcPorts, notSrcPorts: r.NotSrcPorts, dstPorts: r.DstPorts, notDstPorts: r.NotDstPorts,
+		srcNamed: r.SrcNamedPorts, notSrcNamed: r.NotSrcNamedPorts, dstNamed: r.DstNamedPorts, notDstNamed: r.NotDstNamedPorts}
+	v.keepLists(vr)
 	if r.Action < ActionAllow || r.Action > ActionLog {
-		return rule{}, fmt.Errorf("invalid action %d", r.Action)
+		return fmt.Errorf("invalid action %d", r.Action)
 	}
 	var err error
 	if vr.proto, err = optionalProtocol(r.Protocol); err != nil {
-		return rule{}, fmt.Errorf("protocol: %w", err)
+		return fmt.Errorf("protocol: %w", err)
 	}
 	if vr.notProto, err = optionalProtocol(r.NotProtocol); err != nil {
-		return rule{}, fmt.Errorf("not-protocol: %w", err)
+		return fmt.Errorf("not-protocol: %w", err)
 	}
 	if (r.ICMP != nil || r.NotICMP != nil) && vr.proto != 1 && vr.proto != 58 {
-		return rule{}, errors.New("ICMP matches need protocol icmp or icmpv6")
+		return errors.New("ICMP matches need protocol icmp or icmpv6")
 	}
-	// Field by field, not through a table of pointers into vr, which
-	// would move vr to the heap: a policy of 10,000 rules is validated at
-	// every Update.
-	if vr.srcNets, err = v.prefixes(r.SrcNets); err != nil {
-		return rule{}, fmt.Errorf("source nets: %w", err)
-	}
-	if vr.notSrcNets, err = v.prefixes(r.NotSrcNets); err != nil {
-		return rule{}, fmt.Errorf("not-source nets: %w", err)
-	}
-	if vr.dstNets, err = v.prefixes(r.DstNets); err != nil {
-		return rule{}, fmt.Errorf("destination nets: %w", err)
-	}
-	if vr.notDstNets, err = v.prefixes(r.NotDstNets); err != nil {
-		return rule{}, fmt.Errorf("not-destination nets: %w", err)
+	for _, n := range [...]struct {
+		name string
+		nets []netip.Prefix
+	}{
+		{"source nets", vr.srcNets},
+		{"not-source nets", vr.notSrcNets},
+		{"destination nets", vr.dstNets},
+		{"not-destination nets", vr.notDstNets},
+	} {
+		if err := maskPrefixes(n.nets); err != nil {
+			return fmt.Errorf("%s: %w", n.name, err)
+		}
 	}
 	for _, p := range [...]struct {
-		name string
-		in   []PortRange
+		name  string
+		ports []PortRange
 	}{
-		{"source ports", r.SrcPorts},
-		{"not-source ports", r.NotSrcPorts},
-		{"destination ports", r.DstPorts},
-		{"not-destination ports", r.NotDstPorts},
+		{"source ports", vr.srcPorts},
+		{"not-source ports", vr.notSrcPorts},
+		{"destination ports", vr.dstPorts},
+		{"not-destination ports", vr.notDstPorts},
 	} {
-		for _, pr := range p.in {
+		for _, pr := range p.ports {
 			if pr.First > pr.Last {
-				return rule{}, fmt.Errorf("%s: reversed range %d-%d", p.name, pr.First, pr.Last)
+				return fmt.Errorf("%s: reversed range %d-%d", p.name, pr.First, pr.Last)
 			}
 		}
 	}
-	vr.srcPorts, vr.notSrcPorts = keep(&v.ports, r.SrcPorts), keep(&v.ports, r.NotSrcPorts)
-	vr.dstPorts, vr.notDstPorts = keep(&v.ports, r.DstPorts), keep(&v.ports, r.NotDstPorts)
-	vr.srcSets, vr.notSrcSets = keep(&v.ids, r.SrcIPSets), keep(&v.ids, r.NotSrcIPSets)
-	vr.dstSets, vr.notDstSets = keep(&v.ids, r.DstIPSets), keep(&v.ids, r.NotDstIPSets)
-	vr.srcNamed, vr.notSrcNamed = keep(&v.ids, r.SrcNamedPorts), keep(&v.ids, r.NotSrcNamedPorts)
-	vr.dstNamed, vr.notDstNamed = keep(&v.ids, r.DstNamedPorts), keep(&v.ids, r.NotDstNamedPorts)
-	return vr, nil
+	return nil
+}
+
+// keepLists replaces vr's lists and ICMP matches with copies in v's
+// arenas: a program shares no list with the caller's Rules, which the
+// caller may change after (and Update compares with), nor with the
+// program a rule was taken over from, whose arenas it would keep alive.
+func (v *validator) keepLists(vr *rule) {
+	for _, l := range [...]*[]netip.Prefix{&vr.srcNets, &vr.notSrcNets, &vr.dstNets, &vr.notDstNets} {
+		*l = keep(&v.nets, *l)
+	}
+	for _, l := range [...]*[]PortRange{&vr.srcPorts, &vr.notSrcPorts, &vr.dstPorts, &vr.notDstPorts} {
+		*l = keep(&v.ports, *l)
+	}
+	for _, l := range [...]*[]uint64{&vr.srcSets, &vr.notSrcSets, &vr.dstSets, &vr.notDstSets,
+		&vr.srcNamed, &vr.notSrcNamed, &vr.dstNamed, &vr.notDstNamed} {
+		*l = keep(&v.ids, *l)
+	}
+	vr.icmp, vr.notICMP = v.keepICMP(vr.icmp), v.keepICMP(vr.notICMP)
+}
+
+// keepICMP returns a copy of m in v's arena, or nil.
+func (v *validator) keepICMP(m *ICMPMatch) *ICMPMatch {
+	if m == nil {
+		return nil
+	}
+	return &keep(&v.icmps, []ICMPMatch{*m})[0]
+}
+
+// unchanged says whether validating r would give vr (a rule validated
+// before, which must have been valid) but for where: the same ID, action
+// and protocol strings, the same ICMP matches, ports and IDs, and prefixes
+// that mask to vr's.
+func unchanged(r *Rule, vr *rule) bool {
+	return r.ID == vr.id && r.Action == vr.action && r.Protocol == vr.protoName && r.NotProtocol == vr.notProtoName &&
+		sameICMP(r.ICMP, vr.icmp) && sameICMP(r.NotICMP, vr.notICMP) &&
+		maskTo(r.SrcNets, vr.srcNets) && maskTo(r.NotSrcNets, vr.notSrcNets) &&
+		maskTo(r.DstNets, vr.dstNets) && maskTo(r.NotDstNets, vr.notDstNets) &&
+		slices.Equal(r.SrcPorts, vr.srcPorts) && slices.Equal(r.NotSrcPorts, vr.notSrcPorts) &&
+		slices.Equal(r.DstPorts, vr.dstPorts) && slices.Equal(r.NotDstPorts, vr.notDstPorts) &&
+		slices.Equal(r.SrcIPSets, vr.srcSets) && slices.Equal(r.NotSrcIPSets, vr.notSrcSets) &&
+		slices.Equal(r.DstIPSets, vr.dstSets) && slices.Equal(r.NotDstIPSets, vr.notDstSets) &&
+		slices.Equal(r.SrcNamedPorts, vr.srcNamed) && slices.Equal(r.NotSrcNamedPorts, vr.notSrcNamed) &&
+		slices.Equal(r.DstNamedPorts, vr.dstNamed) && slices.Equal(r.NotDstNamedPorts, vr.notDstNamed)
+}
+
+// maskTo says whether in, masked, is kept (valid prefixes: an invalid one
+// masks to the zero Prefix, which no kept list holds).
+func maskTo(in, kept []netip.Prefix) bool {
+	if len(in) != len(kept) {
+		return false
+	}
+	for i, p := range in {
+		if p != kept[i] && p.Masked() != kept[i] {
+			return false
+		}
+	}
+	return true
 }
 
 func optionalProtocol(s string) (int, error) {
@@ -342,22 +465,21 @@ func optionalProtocol(s string) (int, error) {
 	return int(n), err
 }
 
-// prefixes returns in masked, in v's arena, and rejects invalid and
-// IPv4-mapped prefixes (an IPv4-mapped prefix would silently never match
-// an IPv4 packet; a shorter IPv6 prefix that covers ::ffff:0:0/96 is an
-// IPv6 prefix).
-func (v *validator) prefixes(in []netip.Prefix) ([]netip.Prefix, error) {
-	out := keep(&v.nets, in)
-	for i, p := range out {
+// maskPrefixes masks nets in place and rejects invalid and IPv4-mapped
+// prefixes (an IPv4-mapped prefix would silently never match an IPv4
+// packet; a shorter IPv6 prefix that covers ::ffff:0:0/96 is an IPv6
+// prefix).
+func maskPrefixes(nets []netip.Prefix) error {
+	for i, p := range nets {
 		if !p.IsValid() {
-			return nil, fmt.Errorf("invalid CIDR %q", p.String())
+			return fmt.Errorf("invalid CIDR %q", p.String())
 		}
 		// Masked first: ::ffff:0:0/95 is an IPv6 prefix, and matches
 		// IPv6 addresses only.
-		out[i] = p.Masked()
-		if out[i].Addr().Is4In6() {
-			return nil, fmt.Errorf("IPv4-mapped CIDR %s: use the IPv4 form", p)
+		nets[i] = p.Masked()
+		if nets[i].Addr().Is4In6() {
+			return fmt.Errorf("IPv4-mapped CIDR %s: use the IPv4 form", p)
 		}
 	}
-	return out, nil
+	return nil
 }
