@@ -62,11 +62,11 @@ type rule struct {
 	// changed among 10,000. matchEnd is where the validator's encoding
 	// of the rule ends, until it sets match; -1 for a rule that keeps
 	// the match of the program it was taken over from.
-	// round is the validation (validator.round) that made its lists and
-	// match.
-	round    uint32
 	match    string
 	matchEnd int
+	// round is the validation (validator.round) that made its lists and
+	// match.
+	round uint32
 
 	// where names the rule in listings: tier/namespace/policy#index.
 	where string
