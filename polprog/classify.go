@@ -48,7 +48,7 @@ const (
 	// below.
 	DefaultClassifierRules = 256
 	// DefaultClassifierBytes bounds the rows one classified run may take
-	// (Options.ClassifierBytes); a run that needs more stays linear.
+	// (Options.ClassifierBytes); a run that needs more is halved.
 	DefaultClassifierBytes = 64 << 20
 	// maxClassSets is the most IP sets (or named-port sets) one
 	// membership dimension tracks: its rows are every membership vector.
@@ -328,11 +328,19 @@ func (cl *classifier) indexByFrequency(d *classDim, rs *rowSet, classes [][]uint
 		}
 	}
 	rs.add(tmp.rows[best])
+	// Each class's row is added once, at its first key, not once per key
+	// (65,536 ports): the rows are numbered as keys first reach them.
+	rowOf := make([]uint32, len(classes))
+	added := make([]bool, len(classes))
 	d.index = map[uint32]uint32{}
 	for v, c := range classOf {
-		if ids[c] != best {
-			d.index[uint32(v)] = rs.add(classes[c])
+		if ids[c] == best {
+			continue
 		}
+		if !added[c] {
+			rowOf[c], added[c] = rs.add(classes[c]), true
+		}
+		d.index[uint32(v)] = rowOf[c]
 	}
 }
 

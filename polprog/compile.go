@@ -101,8 +101,10 @@ type Options struct {
 	// means DefaultClassifierRules, negative never. Without may_goto in
 	// the kernel (probed once) every run stays linear.
 	ClassifierRules int
-	// ClassifierBytes bounds the rows of one classified run; a run that
-	// needs more stays linear. 0 means DefaultClassifierBytes.
+	// ClassifierBytes bounds the rows of one classified run (all
+	// generations); a run that needs more is halved until it fits, and
+	// one shorter than ClassifierRules stays linear. 0 means
+	// DefaultClassifierBytes.
 	ClassifierBytes int
 	// Hook is the kind of program to compile, HookTC by default. An
 	// HookXDP policy is loaded into an XDP program's jump map and ends in
@@ -394,23 +396,30 @@ func (c *compiler) classified(st stage, rs []rule, i int, tierEnd string) (int, 
 	if c.opts.ClassifierRules <= 0 {
 		return 0, nil
 	}
-	n := classifierRun(rs, i)
-	if n < c.opts.ClassifierRules {
-		return 0, nil
+	// A run whose rows would pass ClassifierBytes is halved until they
+	// fit (its rows shrink with the square of its length) or it is too
+	// short to classify: trying again from each next rule instead would
+	// build a classifier per rule of a long run.
+	var cl *classifier
+	var l *classLayout
+	for n := classifierRun(rs, i); n >= c.opts.ClassifierRules; n /= 2 {
+		if cl = buildClassifier(rs[i:i+n], c.opts.ClassifierBytes); cl == nil {
+			continue
+		}
+		if k := len(c.out.classes); k < len(c.hints) && c.hints[k].fits(cl) {
+			l = c.hints[k]
+		} else {
+			l = newLayout(cl)
+		}
+		if l.bytes() <= c.opts.ClassifierBytes {
+			break
+		}
+		cl = nil
 	}
-	cl := buildClassifier(rs[i:i+n], c.opts.ClassifierBytes)
 	if cl == nil {
 		return 0, nil
 	}
-	var l *classLayout
-	if k := len(c.out.classes); k < len(c.hints) && c.hints[k].fits(cl) {
-		l = c.hints[k]
-	} else {
-		l = newLayout(cl)
-	}
-	if l.bytes() > c.opts.ClassifierBytes {
-		return 0, nil
-	}
+	n := len(cl.rules)
 	if err := c.maybeSplit(c.classMaps(cl, l)); err != nil {
 		return 0, err
 	}

@@ -93,8 +93,9 @@
 // pass, log, profiles and rule IDs are exact; the cost per packet is a
 // lookup per dimension plus a word per 64 positions that every summary
 // allows, instead of a check per rule. The loops are
-// bounded by may_goto (Linux 6.9), probed once; without it, or when a
-// run's rows would pass Options.ClassifierBytes, the run stays linear. A
+// bounded by may_goto (Linux 6.9), probed once; without it the run stays
+// linear. A run whose rows would pass Options.ClassifierBytes is halved
+// until they fit, and the rest starts the next run. A
 // run ends where a rule would take a dimension past eight sets; the next
 // starts there (a rule naming more than eight in one dimension is checked
 // inline).
