@@ -90,8 +90,13 @@ type program struct {
 	noMatchID uint64
 	ruleCount int
 	// takenOver counts the rules copied from the program validated
-	// before (validator.prev) rather than validated again.
+	// before (validator.prev) rather than validated again; fresh are the
+	// others' indexes in eachRule's order, ascending (every rule's when
+	// there was no program before). A rule taken over has the ID,
+	// action and match of the rule at its place in that program, so
+	// Update looks only at the fresh ones for what changed.
 	takenOver int
+	fresh     []int
 	// round is the validator's round that made it.
 	round uint32
 }
@@ -123,6 +128,7 @@ func validateWith(rules Rules, v validator) (*program, error) {
 			return nil, err
 		}
 	}
+	profilesEnd := v.count
 	for i := range p.profiles {
 		// Pass has no next tier to go to in profiles.
 		if p.profiles[i].action == ActionPass {
@@ -132,6 +138,7 @@ func validateWith(rules Rules, v validator) (*program, error) {
 	defer func() {
 		p.ruleCount, p.takenOver, p.round = v.count, v.takenOver, v.round
 		p.setMatches(v.encoded)
+		p.fresh = p.freshOrder(v.fresh, profilesEnd)
 	}()
 	if !rules.ForHost {
 		if len(rules.PreDNATTiers) > 0 || len(rules.ApplyOnForwardTiers) > 0 {
@@ -174,6 +181,39 @@ type validator struct {
 	// encoded are the validated rules' match encodings (appendMatch), in
 	// the order of validation.
 	encoded []byte
+	// fresh are the indexes, in the order of validation, of the rules
+	// validated rather than taken over.
+	fresh []int
+}
+
+// freshOrder returns fresh, indexes in the order of validation (tiers,
+// profiles, pre-DNAT tiers, apply-on-forward tiers; profilesEnd the count
+// of the first two), as indexes in eachRule's order (pre-DNAT tiers,
+// tiers, apply-on-forward tiers, profiles), ascending.
+func (p *program) freshOrder(fresh []int, profilesEnd int) []int {
+	count := func(ts []tier) int {
+		n := 0
+		for i := range ts {
+			n += len(ts[i].rules)
+		}
+		return n
+	}
+	nTiers, nPreDNAT, nForward := count(p.tiers), count(p.preDNAT), count(p.forward)
+	out := make([]int, 0, len(fresh))
+	for _, c := range fresh {
+		switch {
+		case c < nTiers:
+			out = append(out, nPreDNAT+c)
+		case c < profilesEnd:
+			out = append(out, nPreDNAT+nTiers+nForward+c-nTiers)
+		case c < profilesEnd+nPreDNAT:
+			out = append(out, c-profilesEnd)
+		default:
+			out = append(out, nTiers+c-profilesEnd)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // setMatches sets every rule's match from the validator's encodings,
@@ -313,6 +353,7 @@ func (v *validator) policy(where string, index int, pol Policy, out []rule, was 
 			v.takeOver(&out[k], where)
 			continue
 		}
+		v.fresh = append(v.fresh, v.count-1)
 		out = append(out, rule{})
 		vr := &out[len(out)-1]
 		if err := v.rule(&pol.Rules[i], vr); err != nil {

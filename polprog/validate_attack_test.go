@@ -416,6 +416,9 @@ func TestValidateReuseRandom(t *testing.T) {
 			if diff := programDiff(want, got); diff != "" {
 				t.Fatalf("seed %d round %d: reusing differs from validating (-fresh +reused):\n%s", seed, round, diff)
 			}
+			if e := freshErr(nil, want) + freshErr(prev, got); e != "" {
+				t.Fatalf("seed %d round %d: %s", seed, round, e)
+			}
 			if !noWhere {
 				if diff := programDiffWhere(want, got); diff != "" {
 					t.Fatalf("seed %d round %d: where differs:\n%s", seed, round, diff)
@@ -485,6 +488,9 @@ func TestValidateReuseCallerEdits(t *testing.T) {
 			}
 			if diff := programDiff(want, got); diff != "" {
 				t.Fatalf("seed %d round %d: reusing differs (-fresh +reused):\n%s", seed, round, diff)
+			}
+			if e := freshErr(prev, got); e != "" {
+				t.Fatalf("seed %d round %d: %s", seed, round, e)
 			}
 			prev, prevRules = got, atkDeep(rules)
 		}

@@ -1,8 +1,10 @@
 package polprog
 
 import (
+	"fmt"
 	"net/netip"
 	"reflect"
+	"slices"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -76,7 +78,40 @@ var reuseMutations = map[string]func(r *Rule){
 func programDiff(want, got *program) string {
 	return cmp.Diff(want, got, cmp.AllowUnexported(program{}, tier{}, rule{}),
 		cmp.Comparer(func(a, b netip.Prefix) bool { return a == b }),
-		cmpopts.IgnoreFields(rule{}, "where", "matchEnd", "round"), cmpopts.IgnoreFields(program{}, "takenOver", "round"))
+		cmpopts.IgnoreFields(rule{}, "where", "matchEnd", "round"), cmpopts.IgnoreFields(program{}, "takenOver", "round", "fresh"))
+}
+
+// freshErr checks got.fresh, got validated against prev (nil: validated
+// alone): ascending, every rule when prev is nil, and, when the two have
+// one shape (so that eachRule's indexes are places), every rule left out
+// has the ID, action and match of prev's at its index, and the count of
+// those left out is takenOver. Update looks only at the fresh rules.
+func freshErr(prev, got *program) string {
+	if !slices.IsSorted(got.fresh) || len(slices.Compact(slices.Clone(got.fresh))) != len(got.fresh) {
+		return fmt.Sprintf("fresh not strictly ascending: %v", got.fresh)
+	}
+	if len(got.fresh)+got.takenOver != got.ruleCount {
+		return fmt.Sprintf("%d fresh and %d taken over of %d rules", len(got.fresh), got.takenOver, got.ruleCount)
+	}
+	if prev == nil {
+		if got.takenOver != 0 {
+			return fmt.Sprintf("%d rules taken over without a program before", got.takenOver)
+		}
+		return ""
+	}
+	if !sameShape(prev, got) {
+		return ""
+	}
+	olds, news := prev.ruleList(), got.ruleList()
+	for k := range news {
+		if _, fresh := slices.BinarySearch(got.fresh, k); fresh {
+			continue
+		}
+		if o, r := olds[k], news[k]; o.id != r.id || o.action != r.action || o.match != r.match {
+			return fmt.Sprintf("rule %d (%s) is not fresh but differs from the one before", k, r.where)
+		}
+	}
+	return ""
 }
 
 // TestValidateReuse holds validation against a previous program (what
@@ -109,6 +144,9 @@ func TestValidateReuse(t *testing.T) {
 			}
 			if diff := programDiff(want, got); diff != "" {
 				t.Errorf("%s of rule %d: reusing differs from validating (-fresh +reused):\n%s", name, k, diff)
+			}
+			if e := freshErr(nil, want) + freshErr(prev, got); e != "" {
+				t.Errorf("%s of rule %d: %s", name, k, e)
 			}
 			if got.takenOver != n-1 {
 				t.Errorf("%s of rule %d: %d of %d rules taken over, want all but the changed one", name, k, got.takenOver, n)
@@ -150,6 +188,9 @@ func TestValidateReuseEdges(t *testing.T) {
 			}
 			if diff := programDiff(want, got); diff != "" {
 				t.Errorf("reusing differs from validating (-fresh +reused):\n%s", diff)
+			}
+			if e := freshErr(prev, got); e != "" {
+				t.Error(e)
 			}
 			if got.takenOver != tc.reused {
 				t.Errorf("%d rules taken over, want %d", got.takenOver, tc.reused)
