@@ -59,20 +59,7 @@ func BenchmarkServiceConnect(b *testing.B) {
 			svcs := services(n)
 			var sides []*side
 			for _, p := range avail {
-				cgroup := plain
-				if p.sock {
-					cgroup = sock
-				}
-				s, err := newSide(b, p, svcs, cgroup)
-				if err != nil {
-					b.Fatal(err)
-				}
-				b.Cleanup(func() {
-					if err := s.Close(); err != nil {
-						b.Error(err)
-					}
-				})
-				sides = append(sides, s)
+				sides = append(sides, openSide(b, p, svcs, plain, sock))
 			}
 			samples := make([][][]int64, len(sides))
 			for r := range rounds {

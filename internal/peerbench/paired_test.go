@@ -142,20 +142,7 @@ func BenchmarkServiceConnectPaired(b *testing.B) {
 			b.Logf("skipping %s: %v not installed (SLUICE_PEERBENCH=1 installs them)", p.name, missing)
 			continue
 		}
-		cgroup := plain
-		if p.sock {
-			cgroup = sock
-		}
-		s, err := newSide(b, p, svcs, cgroup)
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() {
-			if err := s.Close(); err != nil {
-				b.Error(err)
-			}
-		})
-		sides[p.name] = s
+		sides[p.name] = openSide(b, p, svcs, plain, sock)
 		names = append(names, p.name)
 	}
 	b.Logf("sides %v built in %v", names, time.Since(setup).Round(time.Millisecond))
@@ -322,19 +309,7 @@ func TestPairedSetup(t *testing.T) {
 			continue
 		}
 		t.Run(p.name, func(t *testing.T) {
-			cgroup := plain
-			if p.sock {
-				cgroup = sock
-			}
-			s, err := newSide(t, p, svcs, cgroup)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer func() {
-				if err := s.Close(); err != nil {
-					t.Error(err)
-				}
-			}()
+			s := openSide(t, p, svcs, plain, sock)
 			for step, n := range []int{len(svcs), 1, len(svcs), 1} {
 				if step > 0 {
 					if err := s.services.Sync(states[n]); err != nil {
@@ -344,7 +319,7 @@ func TestPairedSetup(t *testing.T) {
 				if got := len(s.services.Services()); got != n {
 					t.Errorf("step %d: table holds %d services, want %d", step, got, n)
 				}
-				rep, err := runClientIn(t, cgroup, request{NetNS: s.client.NS.Name, Dests: []netip.AddrPort{last}, Count: 5, RealTime: true})
+				rep, err := runClientIn(t, s.cgroup, request{NetNS: s.client.NS.Name, Dests: []netip.AddrPort{last}, Count: 5, RealTime: true})
 				if err != nil {
 					t.Fatalf("step %d, %d services: last service: %v", step, n, err)
 				}
@@ -357,7 +332,7 @@ func TestPairedSetup(t *testing.T) {
 				// Out of the table, the first service's SYN is dropped (the
 				// node has no route to ClusterIPs): the connect times out,
 				// soon, since a connect here takes microseconds.
-				_, err = runClientIn(t, cgroup, request{NetNS: s.client.NS.Name, Dests: []netip.AddrPort{first}, Count: 1, ConnectTimeout: 100 * time.Millisecond})
+				_, err = runClientIn(t, s.cgroup, request{NetNS: s.client.NS.Name, Dests: []netip.AddrPort{first}, Count: 1, ConnectTimeout: 100 * time.Millisecond})
 				switch {
 				case n > 1 && err != nil:
 					t.Errorf("step %d, %d services: first service: %v", step, n, err)

@@ -64,15 +64,7 @@ func TestPeerSetup(t *testing.T) {
 			if missing := missingTools(t, p, false); len(missing) > 0 {
 				t.Skipf("%v not installed", missing)
 			}
-			s, err := newSide(t, p, nil, plain)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer func() {
-				if err := s.Close(); err != nil {
-					t.Error(err)
-				}
-			}()
+			s := openSide(t, p, nil, plain, plain)
 			rep, err := runClientIn(t, plain, request{NetNS: s.client.NS.Name, Dests: []netip.AddrPort{policyConnect}, Count: 20})
 			if err != nil {
 				t.Fatal(err)
@@ -99,15 +91,7 @@ func TestPeerSetup(t *testing.T) {
 			if missing := missingTools(t, p, false); len(missing) > 0 {
 				t.Skipf("%v not installed", missing)
 			}
-			s, err := newSide(t, p, nil, plain)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer func() {
-				if err := s.Close(); err != nil {
-					t.Error(err)
-				}
-			}()
+			s := openSide(t, p, nil, plain, plain)
 			d := 20 * time.Millisecond
 			pps, _, err := floodOnce(t, s, d)
 			if err != nil {

@@ -233,16 +233,7 @@ func BenchmarkPolicy(b *testing.B) {
 					b.Logf("skipping %s: %v not installed (SLUICE_PEERBENCH=1 installs them)", p.name, missing)
 					continue
 				}
-				s, err := newSide(b, p, nil, cgroup)
-				if err != nil {
-					b.Fatal(err)
-				}
-				b.Cleanup(func() {
-					if err := s.Close(); err != nil {
-						b.Error(err)
-					}
-				})
-				sides = append(sides, s)
+				sides = append(sides, openSide(b, p, nil, cgroup, cgroup))
 			}
 			samples := make([][]int64, len(sides))
 			pps, cpuPPS := make([][]float64, len(sides)), make([][]float64, len(sides))

@@ -111,6 +111,27 @@ type side struct {
 // concurrent runs differ) and the peer's code.
 func sidePrefix(p peer) string { return fmt.Sprintf("pb%04x%c", os.Getpid()&0xffff, p.code) }
 
+// openSide is newSide with the client in sock when p balances at connect
+// time and in plain otherwise, failing tb on an error and closing the side
+// when tb ends.
+func openSide(tb testing.TB, p peer, svcs []svc, plain, sock string) *side {
+	tb.Helper()
+	cgroup := plain
+	if p.sock {
+		cgroup = sock
+	}
+	s, err := newSide(tb, p, svcs, cgroup)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			tb.Error(err)
+		}
+	})
+	return s
+}
+
 // newSide builds p's topology and programs svcs into it. cgroup is where
 // its clients run. The caller closes it.
 func newSide(tb testing.TB, p peer, svcs []svc, cgroup string) (_ *side, err error) {
