@@ -313,9 +313,9 @@ func (cc *compiledClass) specs() []LookupMap {
 	l := cc.layout
 	out := []LookupMap{
 		{Name: cc.names[0], Spec: &ebpf.MapSpec{Name: shortName(cc.names[0]), Type: ebpf.Array, KeySize: 4,
-			ValueSize: uint32((l.summary() + l.words) * 8), MaxEntries: generations * l.rows()}},
+			ValueSize: uint32((l.summary() + l.words) * 8), MaxEntries: generations * l.rows(), Flags: unix.BPF_F_MMAPABLE}},
 		{Name: cc.names[1], Spec: &ebpf.MapSpec{Name: shortName(cc.names[1]), Type: ebpf.Array, KeySize: 4,
-			ValueSize: tableValueSize, MaxEntries: uint32(generations * l.positions())}},
+			ValueSize: tableValueSize, MaxEntries: uint32(generations * l.positions()), Flags: unix.BPF_F_MMAPABLE}},
 	}
 	for di, k := range l.dims {
 		name := cc.names[2+di]
@@ -326,12 +326,12 @@ func (cc *compiledClass) specs() []LookupMap {
 				KeySize: lpmAddrKeySize, ValueSize: 4, MaxEntries: generations * l.lpmCap[di], Flags: unix.BPF_F_NO_PREALLOC}})
 		default:
 			out = append(out, LookupMap{Name: name, Spec: &ebpf.MapSpec{Name: shortName(name), Type: ebpf.Array,
-				KeySize: 4, ValueSize: 4, MaxEntries: generations * dimArraySize(k)}})
+				KeySize: 4, ValueSize: 4, MaxEntries: generations * dimArraySize(k), Flags: unix.BPF_F_MMAPABLE}})
 		}
 	}
 	if cc.strides != "" {
 		out = append(out, LookupMap{Name: cc.strides, Spec: &ebpf.MapSpec{Name: shortName(cc.strides), Type: ebpf.Array,
-			KeySize: 4, ValueSize: 4, MaxEntries: generations * l.strideChunks() * 256}})
+			KeySize: 4, ValueSize: 4, MaxEntries: generations * l.strideChunks() * 256, Flags: unix.BPF_F_MMAPABLE}})
 	}
 	return out
 }
@@ -367,9 +367,10 @@ func genSpec() LookupMap {
 }
 
 // writeContents makes generation g of m hold want where it holds had (nil:
-// nothing written yet): changed and new entries in one batch update, stale
-// ones zeroed (arrays) or deleted (tries).
-func writeContents(m *ebpf.Map, g int, had, want *mapContents) error {
+// nothing written yet): changed and new entries copied into mem (an
+// array's mapping, see mapMemory) or, for maps without one, in one batch
+// update; stale ones zeroed (arrays) or deleted (tries).
+func writeContents(m *ebpf.Map, mem []byte, g int, had, want *mapContents) error {
 	var keys, values, stale []string
 	if changed, ok := want.changedSince(had); ok {
 		seen := map[string]bool{}
@@ -412,6 +413,9 @@ func writeContents(m *ebpf.Map, g int, had, want *mapContents) error {
 		}
 		stale = nil
 	}
+	if mem != nil {
+		return writeMemory(mem, keys, values, want.valueSize)
+	}
 	// Stale entries go first: a trie holds every generation in its
 	// capacity, so the new entries of one that changes every prefix find
 	// room only once its old ones are gone (no packet reads generation g).
@@ -442,4 +446,38 @@ func rawSlice(items []string, size int) any {
 		copy(raw[i*size:(i+1)*size], it)
 	}
 	return v.Interface()
+}
+
+// Array lookup maps are created mmapable (BPF_F_MMAPABLE) and written
+// through a shared mapping of their values: an update that changes
+// thousands of rows of a KiB each copies them once, with no batch buffer
+// and no syscall, into the generation no packet reads.
+
+// mapMemory maps the values of m, an mmapable array of spec.
+func mapMemory(m *ebpf.Map, spec *ebpf.MapSpec) ([]byte, error) {
+	page := unix.Getpagesize()
+	size := (int(arrayElemSize(int(spec.ValueSize)))*int(spec.MaxEntries) + page - 1) / page * page
+	mem, err := unix.Mmap(m.FD(), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("mmap %d bytes: %w", size, err)
+	}
+	return mem, nil
+}
+
+// arrayElemSize is the bytes an array map's value takes in its memory:
+// the kernel rounds values up to 8 bytes.
+func arrayElemSize(valueSize int) int { return (valueSize + 7) &^ 7 }
+
+// writeMemory writes each of values at its array key (a u32) of keys
+// into mem, an array's mapping.
+func writeMemory(mem []byte, keys, values []string, valueSize int) error {
+	elem := arrayElemSize(valueSize)
+	for i, k := range keys {
+		off := int(binary.NativeEndian.Uint32([]byte(k))) * elem
+		if len(values[i]) != valueSize || off+valueSize > len(mem) {
+			return fmt.Errorf("write key %d: outside the array's %d bytes", off/elem, len(mem))
+		}
+		copy(mem[off:off+valueSize], values[i])
+	}
+	return nil
 }

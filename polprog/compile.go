@@ -255,7 +255,7 @@ func newCompiler(opts Options) *compiler {
 	if opts.ClassifierRules == 0 {
 		opts.ClassifierRules = DefaultClassifierRules
 	}
-	if opts.ClassifierRules > 0 && !haveMayGoto() {
+	if opts.ClassifierRules > 0 && !(haveMayGoto() && haveMmapArrays()) {
 		opts.ClassifierRules = -1
 	}
 	if opts.ClassifierBytes <= 0 {

@@ -317,5 +317,8 @@ func (p *Program) closeAll() {
 	if p.jumps != nil {
 		p.jumps.Close()
 	}
+	if p.class != nil {
+		p.class.unmap()
+	}
 	p.parts, p.ids, p.lookups, p.jumps, p.class = nil, nil, nil, nil, nil
 }

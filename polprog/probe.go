@@ -5,6 +5,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	ebpfasm "github.com/cilium/ebpf/asm"
+	"golang.org/x/sys/unix"
 
 	"github.com/sluicenet/sluice/asm"
 )
@@ -33,4 +34,22 @@ var haveMayGoto = sync.OnceValue(func() bool {
 	}
 	prog.Close()
 	return true
+})
+
+// haveMmapArrays reports whether the kernel creates arrays that user space
+// can map (BPF_F_MMAPABLE), which Update writes classified runs through. It
+// creates and maps a one-entry array once; any failure counts as absent,
+// and the compiler stays linear.
+var haveMmapArrays = sync.OnceValue(func() bool {
+	spec := &ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1, Flags: unix.BPF_F_MMAPABLE}
+	m, err := ebpf.NewMap(spec)
+	if err != nil {
+		return false
+	}
+	defer m.Close()
+	mem, err := mapMemory(m, spec)
+	if err != nil {
+		return false
+	}
+	return unix.Munmap(mem) == nil
 })

@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"sync/atomic"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/sluicenet/sluice/internal/grace"
 )
@@ -24,8 +26,10 @@ type classState struct {
 	// program.eachRule), run -1 for a rule of the linear code.
 	prog  *program
 	posOf []rulePositions
-	// lookups are the lookup maps by name.
+	// lookups are the lookup maps by name; memory the mappings of those
+	// that are arrays (mapMemory), unmapped by Program.closeAll.
 	lookups map[string]*ebpf.Map
+	memory  map[string][]byte
 	// gen is the generation in use; written[g] what each map holds in
 	// generation g. epoch is the generation map's value, gen in its
 	// genMask bits: each switch writes a new one, which keys the outcome
@@ -43,6 +47,9 @@ type classState struct {
 	// not known; only a reload can go on (the generation in use is
 	// untouched).
 	broken bool
+	// switches counts generation switches; its atomic increment is the
+	// barrier between writes to memory and the switch.
+	switches uint32
 }
 
 type rulePositions struct {
@@ -104,9 +111,17 @@ func (s *classState) index(c *Compiled) {
 
 // fillClasses writes c's classified runs into their maps.
 func (p *Program) fillClasses(c *Compiled, byName map[string]*ebpf.Map) error {
-	s := &classState{lookups: map[string]*ebpf.Map{}}
+	s := &classState{lookups: map[string]*ebpf.Map{}, memory: map[string][]byte{}}
+	p.class = s // for closeAll, should this fail
 	for _, lm := range c.LookupMaps {
 		s.lookups[lm.Name] = byName[lm.Name]
+		if lm.Spec.Type == ebpf.Array && lm.Spec.Flags&unix.BPF_F_MMAPABLE != 0 {
+			mem, err := mapMemory(byName[lm.Name], lm.Spec)
+			if err != nil {
+				return fmt.Errorf("lookup map %s: %w", lm.Name, err)
+			}
+			s.memory[lm.Name] = mem
+		}
 	}
 	s.index(c)
 	all := map[string]*mapContents{}
@@ -116,14 +131,21 @@ func (p *Program) fillClasses(c *Compiled, byName map[string]*ebpf.Map) error {
 	// Every generation, so that an update writes only what changes.
 	for g := range generations {
 		for _, name := range slices.Sorted(maps.Keys(all)) {
-			if err := writeContents(byName[name], g, nil, all[name]); err != nil {
+			if err := writeContents(byName[name], s.memory[name], g, nil, all[name]); err != nil {
 				return fmt.Errorf("fill lookup map %s: %w", name, err)
 			}
 		}
 		s.written[g] = all
 	}
-	p.class = s
 	return nil
+}
+
+// unmap unmaps the array maps' memory.
+func (s *classState) unmap() {
+	for name, mem := range s.memory {
+		_ = unix.Munmap(mem)
+		delete(s.memory, name)
+	}
 }
 
 // Update makes the loaded program decide by rules, through map updates
@@ -213,7 +235,7 @@ func (s *classState) apply(want map[string]*mapContents, nc *Compiled, np *progr
 			if s.written[next][name] == want[name] {
 				continue // the same contents: nothing to write
 			}
-			if err := writeContents(s.lookups[name], next, s.written[next][name], want[name]); err != nil {
+			if err := writeContents(s.lookups[name], s.memory[name], next, s.written[next][name], want[name]); err != nil {
 				// What the idle generation holds is no longer known
 				// (a full trie keeps stale entries): packets go on
 				// with the generation in use, and only a reload
@@ -222,6 +244,11 @@ func (s *classState) apply(want map[string]*mapContents, nc *Compiled, np *progr
 				return fmt.Errorf("%w: write generation %d of %s: %w", ErrNeedsReload, next, name, err)
 			}
 		}
+		// The rows copied into mapped memory are ordered before the
+		// switch by a full barrier (an atomic read-modify-write is one on
+		// every architecture Go supports), as the kernel's own copies are
+		// by the syscalls that made them.
+		atomic.AddUint32(&s.switches, 1)
 		epoch := (s.epoch&^genMask + genMask + 1) | uint32(next)
 		if err := s.lookups[genMapName].Put(uint32(0), epoch); err != nil {
 			s.broken = true
