@@ -209,7 +209,9 @@ func updateChain(t *testing.T, k *kernel, g *gen, p *Program, rules Rules, pkts 
 // TestAttackFreshHostChain chains updates of a classified host policy:
 // rules of every section (pre-DNAT, normal, apply-on-forward, profiles)
 // change, so that a wrong map from validation order to eachRule's order
-// leaves a changed rule out of patchRows (or puts another in). Each
+// leaves a changed rule out of patchRows (or puts another in), and now
+// and then a rule moves from one policy of the normal tier to the other
+// (the rules between change places). Each
 // update's patchRows is held to that of every rule fresh, and packets of
 // all directions to Evaluate.
 func TestAttackFreshHostChain(t *testing.T) {
@@ -232,6 +234,19 @@ func TestAttackFreshHostChain(t *testing.T) {
 			return out
 		}
 		fast += updateChain(t, k, g, p, rules, pkts, 25, func(next *Rules) {
+			if g.chance(6) {
+				// A rule of the tier's first policy moves to the end of
+				// its second: the rules between change places (the
+				// tier's count stays), each fresh where it differs from
+				// the rule that was at its place.
+				a, b := &next.Tiers[0].Policies[0], &next.Tiers[0].Policies[1]
+				if len(a.Rules) > 1 {
+					i := g.r.IntN(len(a.Rules))
+					moved := a.Rules[i]
+					a.Rules = slices.Delete(slices.Clone(a.Rules), i, i+1)
+					b.Rules = append(slices.Clone(b.Rules), moved)
+				}
+			}
 			secs := sections(next)
 			// Mostly one section, so that only its index mapping is
 			// at stake; now and then several.
