@@ -491,3 +491,52 @@ func TestAttackFreshInPlaceEdits(t *testing.T) {
 		t.Errorf("only %d of 20 updates took the address-row path", fast)
 	}
 }
+
+// TestPatchRowsAgainstOther: a program validated against another than
+// the one in force (here, against one of its own rules, so that its
+// changed rule is taken over and not fresh) still has its change found:
+// patchRows compares every rule then, and writes what a validation of
+// every rule afresh writes.
+func TestPatchRowsAgainstOther(t *testing.T) {
+	k := newKernel(t)
+	const n = 600
+	policy := func(action Action) Rules {
+		rs := benchRules(n, func(i int) Rule { return benchRule(i, "tcp", true) })
+		rs[n/2].Action = action
+		return Rules{NoMatchRuleID: 1 << 40, Tiers: []Tier{{Name: "t", EndAction: EndDeny, EndRuleID: 1 << 41,
+			Policies: []Policy{{Name: "p", Rules: rs}}}}}
+	}
+	p := k.load(t, policy(ActionAllow), Options{})
+	if len(p.class.compiled.classes) == 0 {
+		t.Fatal("no classified run")
+	}
+	next := policy(ActionDeny)
+	other, err := validateWith(next, validator{noWhere: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	np, err := validateWith(next, validator{noWhere: true, prev: other})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(np.fresh) != 0 {
+		t.Fatalf("fresh %v against a program of the same rules, want none", np.fresh)
+	}
+	all, err := validateWith(next, validator{noWhere: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wn, _, okn := p.class.patchRows(np)
+	wa, _, oka := p.class.patchRows(all)
+	if !okn || !oka {
+		t.Fatalf("patchRows ok %v against another program, %v alone", okn, oka)
+	}
+	for name := range wa {
+		if !sameContents(wa[name], wn[name]) || !sameContents(wn[name], wa[name]) {
+			t.Errorf("map %s differs against another program from every rule fresh", name)
+		}
+	}
+	if sameContents(p.class.written[p.class.gen][p.class.compiled.classes[0].names[1]], wn[p.class.compiled.classes[0].names[1]]) {
+		t.Error("the table is unchanged: the action change was not found")
+	}
+}

@@ -30,13 +30,20 @@ const maxPatchPositions = 64
 // every dimension again, a hundred times the work for a one-rule change in
 // 10,000 rules.
 //
-// np must have been validated against the program in force (s.prog), of
-// whose rules only the fresh ones can differ.
+// When np was validated against the program in force (s.prog), only its
+// fresh rules can differ from those; otherwise each is compared.
 func (s *classState) patchRows(np *program) (map[string]*mapContents, *Compiled, bool) {
 	olds, news := s.prog.ruleList(), np.ruleList()
+	compare := np.fresh
+	if np.against != s.prog.serial {
+		compare = make([]int, len(news))
+		for k := range compare {
+			compare[k] = k
+		}
+	}
 	touched := map[int][]int{} // run -> positions whose rule matches otherwise
 	var entries []int          // rules whose table entries change
-	for _, k := range np.fresh {
+	for _, k := range compare {
 		o, r := olds[k], news[k]
 		match := sameMatch(o, r)
 		if match && o.id == r.id && o.action == r.action {
@@ -390,7 +397,8 @@ type keyRow struct {
 //
 // A row whose keeper bits are those its keys had, by was (the positions
 // the rows were made for), is not read: rows are exact, so each key's
-// old bits are its row's, and a change of one rule among 10,000 rows
+// old bits are its row's (taken from its lowest key: for row 0 of an
+// address dimension, key 0), and a change of one rule among 10,000 rows
 // leaves most rows as they are. (A prefix that the change adds has the
 // row of its longest match among the old ones, and the old rules' CIDRs,
 // all old prefixes, hold for both alike.)

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 )
 
 // DefaultMaxRules is the rule limit when Options.MaxRules is 0.
@@ -97,9 +98,16 @@ type program struct {
 	// Update looks only at the fresh ones for what changed.
 	takenOver int
 	fresh     []int
+	// serial tells validations apart (validations counts them); against
+	// is the serial of validator.prev, 0 without one: fresh means
+	// something only beside that program.
+	serial, against uint64
 	// round is the validator's round that made it.
 	round uint32
 }
+
+// validations counts validations, for program.serial.
+var validations atomic.Uint64
 
 // validate checks rules and turns them into a program. maxRules <= 0 means
 // DefaultMaxRules.
@@ -112,12 +120,12 @@ func validateWith(rules Rules, v validator) (*program, error) {
 	if v.max <= 0 {
 		v.max = DefaultMaxRules
 	}
-	p := &program{forHost: rules.ForHost, noMatchID: rules.NoMatchRuleID}
+	p := &program{forHost: rules.ForHost, noMatchID: rules.NoMatchRuleID, serial: validations.Add(1)}
 	prev := v.prev
 	if prev == nil {
 		prev = &program{}
 	} else {
-		v.round = prev.round + 1
+		v.round, p.against = prev.round+1, prev.serial
 	}
 	var err error
 	if p.tiers, err = v.tiers("", rules.Tiers, prev.tiers); err != nil {

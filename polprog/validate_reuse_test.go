@@ -78,7 +78,7 @@ var reuseMutations = map[string]func(r *Rule){
 func programDiff(want, got *program) string {
 	return cmp.Diff(want, got, cmp.AllowUnexported(program{}, tier{}, rule{}),
 		cmp.Comparer(func(a, b netip.Prefix) bool { return a == b }),
-		cmpopts.IgnoreFields(rule{}, "where", "matchEnd", "round"), cmpopts.IgnoreFields(program{}, "takenOver", "round", "fresh"))
+		cmpopts.IgnoreFields(rule{}, "where", "matchEnd", "round"), cmpopts.IgnoreFields(program{}, "takenOver", "round", "fresh", "serial", "against"))
 }
 
 // freshErr checks got.fresh, got validated against prev (nil: validated
