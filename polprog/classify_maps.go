@@ -453,10 +453,10 @@ func rawSlice(items []string, size int) any {
 // thousands of rows of a KiB each copies them once, with no batch buffer
 // and no syscall, into the generation no packet reads.
 
-// mapMemory maps the values of m, an mmapable array of spec.
-func mapMemory(m *ebpf.Map, spec *ebpf.MapSpec) ([]byte, error) {
+// mapMemory maps the values of m, an mmapable array.
+func mapMemory(m *ebpf.Map) ([]byte, error) {
 	page := unix.Getpagesize()
-	size := (int(arrayElemSize(int(spec.ValueSize)))*int(spec.MaxEntries) + page - 1) / page * page
+	size := (arrayElemSize(int(m.ValueSize()))*int(m.MaxEntries()) + page - 1) / page * page
 	mem, err := unix.Mmap(m.FD(), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
 		return nil, fmt.Errorf("mmap %d bytes: %w", size, err)

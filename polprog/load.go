@@ -251,7 +251,9 @@ func (p *Program) Programs() []*ebpf.Program {
 // filled with another program (a policy loaded into a freed slot) is left
 // alone. Looking a slot up and deleting it are two system calls, not one
 // atomic step, so writers of one jump map must be serialised by the
-// caller. Closing twice is fine; a nil Program is an error.
+// caller. It unmaps the memory Update writes classified runs through, so
+// it must not run while an Update does. Closing twice is fine; a nil
+// Program is an error.
 func (p *Program) Close() error {
 	if p == nil {
 		return errors.New("close policy: nil Program")
@@ -276,8 +278,10 @@ func (p *Program) Close() error {
 // Release closes the Program's handles (programs, lookup maps, the jump
 // map's clone) and leaves its parts installed, so that the policy keeps
 // deciding packets after the process that loaded it lets go: a prog array
-// holds its programs, and they their maps. Releasing twice, or after
-// Close, is fine; a nil Program is an error.
+// holds its programs, and they their maps. It unmaps the memory Update
+// writes through (the maps stay, held by the parts), so it must not run
+// while an Update does. Releasing twice, or after Close, is fine; a nil
+// Program is an error.
 func (p *Program) Release() error {
 	if p == nil {
 		return errors.New("release policy: nil Program")

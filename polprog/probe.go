@@ -47,7 +47,7 @@ var haveMmapArrays = sync.OnceValue(func() bool {
 		return false
 	}
 	defer m.Close()
-	mem, err := mapMemory(m, spec)
+	mem, err := mapMemory(m)
 	if err != nil {
 		return false
 	}

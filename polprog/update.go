@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"runtime"
 	"slices"
 	"sync/atomic"
 
@@ -26,10 +27,14 @@ type classState struct {
 	// program.eachRule), run -1 for a rule of the linear code.
 	prog  *program
 	posOf []rulePositions
-	// lookups are the lookup maps by name; memory the mappings of those
-	// that are arrays (mapMemory), unmapped by Program.closeAll.
-	lookups map[string]*ebpf.Map
-	memory  map[string][]byte
+	// lookups are the lookup maps by name; memory the mappings of the
+	// mmapable arrays among them (mapMemory; all but the generation map),
+	// unmapped by unmap (Program.Close and Release), or, for a Program
+	// dropped without either, by unmapLost once the classState is
+	// unreachable.
+	lookups  map[string]*ebpf.Map
+	memory   map[string][]byte
+	unmapped runtime.Cleanup
 	// gen is the generation in use; written[g] what each map holds in
 	// generation g. epoch is the generation map's value, gen in its
 	// genMask bits: each switch writes a new one, which keys the outcome
@@ -116,13 +121,14 @@ func (p *Program) fillClasses(c *Compiled, byName map[string]*ebpf.Map) error {
 	for _, lm := range c.LookupMaps {
 		s.lookups[lm.Name] = byName[lm.Name]
 		if lm.Spec.Type == ebpf.Array && lm.Spec.Flags&unix.BPF_F_MMAPABLE != 0 {
-			mem, err := mapMemory(byName[lm.Name], lm.Spec)
+			mem, err := mapMemory(byName[lm.Name])
 			if err != nil {
 				return fmt.Errorf("lookup map %s: %w", lm.Name, err)
 			}
 			s.memory[lm.Name] = mem
 		}
 	}
+	s.unmapped = runtime.AddCleanup(s, unmapLost, slices.Collect(maps.Values(s.memory)))
 	s.index(c)
 	all := map[string]*mapContents{}
 	for _, cc := range c.classes {
@@ -142,9 +148,16 @@ func (p *Program) fillClasses(c *Compiled, byName map[string]*ebpf.Map) error {
 
 // unmap unmaps the array maps' memory.
 func (s *classState) unmap() {
-	for name, mem := range s.memory {
+	s.unmapped.Stop()
+	unmapLost(slices.Collect(maps.Values(s.memory)))
+	clear(s.memory)
+}
+
+// unmapLost unmaps mems: the mappings of a classState, which keep their
+// maps alive.
+func unmapLost(mems [][]byte) {
+	for _, mem := range mems {
 		_ = unix.Munmap(mem)
-		delete(s.memory, name)
 	}
 }
 
@@ -244,10 +257,14 @@ func (s *classState) apply(want map[string]*mapContents, nc *Compiled, np *progr
 				return fmt.Errorf("%w: write generation %d of %s: %w", ErrNeedsReload, next, name, err)
 			}
 		}
-		// The rows copied into mapped memory are ordered before the
-		// switch by a full barrier (an atomic read-modify-write is one on
-		// every architecture Go supports), as the kernel's own copies are
-		// by the syscalls that made them.
+		// The values copied into mapped memory must be seen before the
+		// switch. On x86 stores are ordered anyway; on arm64 with LSE
+		// atomics Go's atomic add (LDADDAL) is fully ordered. On arm64
+		// without them (an LDAXR/STLXR loop, which a store before and an
+		// access after may pass) the order still holds because the
+		// switch's bpf() call takes a reference on the map's file, a fully
+		// ordered atomic, before the kernel writes the generation. Packets
+		// read the generation, then index by it: an address dependency.
 		atomic.AddUint32(&s.switches, 1)
 		epoch := (s.epoch&^genMask + genMask + 1) | uint32(next)
 		if err := s.lookups[genMapName].Put(uint32(0), epoch); err != nil {

@@ -4,8 +4,12 @@ import (
 	"errors"
 	"net/netip"
 	"os"
+	"runtime"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
 )
 
 // bpfMappings counts the process's mappings of BPF maps.
@@ -22,7 +26,8 @@ func bpfMappings(t *testing.T) int {
 // mappings of their memory; Load maps one per array, Update writes the
 // idle generation through them (what packets decide by after the switch),
 // and Close and Release unmap them all, after which Update is an error,
-// not a write to memory gone.
+// not a write to memory gone; a Program dropped without either has them
+// unmapped once it is collected.
 func TestUpdateMemory(t *testing.T) {
 	k := newKernel(t)
 	const n = 600
@@ -38,13 +43,37 @@ func TestUpdateMemory(t *testing.T) {
 	}
 	arrays := 0
 	for _, lm := range c.LookupMaps {
-		if lm.Name != genMapName && lm.Spec.Type.String() == "Array" {
+		if lm.Name != genMapName && lm.Spec.Type == ebpf.Array {
 			arrays++
 		}
 	}
 	if len(c.classes) == 0 || arrays < 2 {
 		t.Fatalf("%d classified runs, %d arrays: want a run with its rows and table", len(c.classes), arrays)
 	}
+	t.Run("dropped", func(t *testing.T) {
+		before := bpfMappings(t)
+		slots, free := k.allocSlots(t, len(c.Parts))
+		t.Cleanup(free)
+		p, err := c.Load(k.maps, slots)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := bpfMappings(t) - before; got != arrays {
+			t.Fatalf("%d maps mapped after Load, want %d", got, arrays)
+		}
+		runtime.KeepAlive(p)
+		p = nil
+		// A Program dropped without Close or Release: its mappings go
+		// once the collector finds it unreachable.
+		for range 50 {
+			if bpfMappings(t) == before {
+				return
+			}
+			runtime.GC()
+			time.Sleep(10 * time.Millisecond)
+		}
+		t.Errorf("%d maps still mapped after the Program was dropped", bpfMappings(t)-before)
+	})
 	for _, end := range []string{"close", "release"} {
 		t.Run(end, func(t *testing.T) {
 			before := bpfMappings(t)
