@@ -500,12 +500,7 @@ func TestAttackFreshInPlaceEdits(t *testing.T) {
 func TestPatchRowsAgainstOther(t *testing.T) {
 	k := newKernel(t)
 	const n = 600
-	policy := func(action Action) Rules {
-		rs := benchRules(n, func(i int) Rule { return benchRule(i, "tcp", true) })
-		rs[n/2].Action = action
-		return Rules{NoMatchRuleID: 1 << 40, Tiers: []Tier{{Name: "t", EndAction: EndDeny, EndRuleID: 1 << 41,
-			Policies: []Policy{{Name: "p", Rules: rs}}}}}
-	}
+	policy := func(action Action) Rules { return midActionPolicy(n, action) }
 	p := k.load(t, policy(ActionAllow), Options{})
 	if len(p.class.compiled.classes) == 0 {
 		t.Fatal("no classified run")

@@ -22,6 +22,15 @@ func bpfMappings(t *testing.T) int {
 	return strings.Count(string(b), "anon_inode:bpf-map")
 }
 
+// midActionPolicy is a classified tier of n-1 rules (benchRule, tcp with
+// ports), its middle rule's action set to action.
+func midActionPolicy(n int, action Action) Rules {
+	rs := benchRules(n, func(i int) Rule { return benchRule(i, "tcp", true) })
+	rs[n/2].Action = action
+	return Rules{NoMatchRuleID: 1 << 40, Tiers: []Tier{{Name: "t", EndAction: EndDeny, EndRuleID: 1 << 41,
+		Policies: []Policy{{Name: "p", Rules: rs}}}}}
+}
+
 // TestUpdateMemory: a classified run's array maps are written through
 // mappings of their memory; Load maps one per array, Update writes the
 // idle generation through them (what packets decide by after the switch),
@@ -31,12 +40,7 @@ func bpfMappings(t *testing.T) int {
 func TestUpdateMemory(t *testing.T) {
 	k := newKernel(t)
 	const n = 600
-	policy := func(action Action) Rules {
-		rs := benchRules(n, func(i int) Rule { return benchRule(i, "tcp", true) })
-		rs[n/2].Action = action
-		return Rules{NoMatchRuleID: 1 << 40, Tiers: []Tier{{Name: "t", EndAction: EndDeny, EndRuleID: 1 << 41,
-			Policies: []Policy{{Name: "p", Rules: rs}}}}}
-	}
+	policy := func(action Action) Rules { return midActionPolicy(n, action) }
 	c, err := Compile(policy(ActionAllow), Options{})
 	if err != nil {
 		t.Fatal(err)
